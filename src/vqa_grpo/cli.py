@@ -1,0 +1,156 @@
+"""The ``vqa-grpo`` command: parse arguments, call the library, turn user errors into one line.
+
+Bad input (a wrong config key, a missing file, a model directory without a processor) prints
+``error: ...`` on one line and exits with code 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from vqa_grpo.errors import UserError
+
+
+def _config_help() -> str:
+    from vqa_grpo import config as C
+
+    lines = ["config keys (set in the YAML file or as section.key=value; default shown):"]
+    for section, cls in (("model", C.ModelConfig), ("data", C.DataConfig), ("train", C.TrainConfig),
+                         ("grpo", C.GRPOConfig), ("reward", C.RewardConfig), ("eval", C.EvalConfig)):
+        docs = C.field_docs(cls)
+        default = cls()
+        for f in dataclasses.fields(cls):
+            value = getattr(default, f.name)
+            if dataclasses.is_dataclass(value):
+                sub_docs = C.field_docs(type(value))
+                for g in dataclasses.fields(value):
+                    lines.append(f"  {section}.{f.name}.{g.name} = {getattr(value, g.name)!r}  {sub_docs.get(g.name, '')}")
+                continue
+            lines.append(f"  {section}.{f.name} = {value!r}  {docs.get(f.name, '')}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(prog="vqa-grpo", description="Fine-tune vision-language models for VQA with GRPO.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors (default: off)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="make or inspect VQA data").add_subparsers(dest="data_command", required=True)
+    synth = data.add_parser("synth", help="write the synthetic CLEVR-like VQA set (JSONL + PNG)")
+    synth.add_argument("--out", required=True, help="output directory (required)")
+    synth.add_argument("--n", type=int, default=1000, help="number of questions (default: 1000)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default: 0)")
+    synth.add_argument("--image-size", type=int, default=112, help="image side in pixels (default: 112)")
+    insp = data.add_parser("inspect", help="load a data set and report kept rows and skips by reason")
+    insp.add_argument("path", help="data file or directory")
+    insp.add_argument("--format", default=None, help="data format (default: inferred from the files)")
+    insp.add_argument("--image-root", default=None, help="folder of relative image paths (default: the data file's folder)")
+    insp.add_argument("--json", action="store_true", help="print one JSON object (default: a table)")
+    insp.add_argument("overrides", nargs="*", help="config overrides, e.g. data.columns.image=img")
+
+    model = sub.add_parser("model", help="build models").add_subparsers(dest="model_command", required=True)
+    tiny = model.add_parser("tiny", help="build a tiny randomly initialised VLM offline")
+    tiny.add_argument("--family", default="qwen2_vl", help="model family (default: qwen2_vl)")
+    tiny.add_argument("--out", required=True, help="output directory (required)")
+    tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default: 0)")
+
+    for name, text in (("sft", "supervised fine-tuning on the ground-truth answers (seed eq. 1)"),
+                       ("train", "GRPO fine-tuning")):
+        sp = sub.add_parser(name, help=text, description=text, epilog=_config_help(), formatter_class=fmt)
+        sp.add_argument("--config", default=None, help="YAML config file (default: none, the built-in defaults)")
+        sp.add_argument("overrides", nargs="*", help="section.key=value overrides, applied after the file")
+
+    ev = sub.add_parser("evaluate", help="generate answers and write predictions.jsonl and metrics.json",
+                        epilog=_config_help(), formatter_class=fmt)
+    ev.add_argument("--model", required=True, help="model, checkpoint or LoRA adapter directory (required)")
+    ev.add_argument("--data", required=True, help="data file or directory to evaluate on (required)")
+    ev.add_argument("--out", default=None, help="output directory (default: print only)")
+    ev.add_argument("--config", default=None, help="YAML config file for eval.*/data.* settings (default: none)")
+    ev.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. eval.batch_size=64")
+
+    sc = sub.add_parser("score", help="score a predictions file: metric table overall and per answer type")
+    sc.add_argument("predictions", help="JSONL file with a prediction and answers per row")
+    sc.add_argument("--prediction-field", default="prediction", help="field of the prediction (default: prediction)")
+    sc.add_argument("--answers-field", default="answers", help="field of the reference answers (default: answers)")
+    sc.add_argument("--json", action="store_true", help="print one JSON object (default: a table)")
+
+    demo = sub.add_parser("demo", help="the whole pipeline offline: data, tiny model, SFT, GRPO, evaluation")
+    demo.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of data, model and training (default: 0)")
+    return p
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    if args.command == "data" and args.data_command == "synth":
+        from vqa_grpo.data.synthetic import synthesize
+
+        if args.n < 1:
+            raise UserError(f"--n={args.n}: need at least 1 question")
+        path = synthesize(args.out, n=args.n, seed=args.seed, image_size=args.image_size)
+        print(f"wrote {args.n} questions to {path}")
+        return 0
+    if args.command == "data" and args.data_command == "inspect":
+        from vqa_grpo.data.inspect import inspect_command
+
+        return inspect_command(args.path, args.format, args.image_root, args.json, args.overrides)
+    if args.command == "model":
+        from vqa_grpo.models.tiny import build_tiny
+
+        out = build_tiny(args.family, args.out, seed=args.seed)
+        print(f"wrote tiny {args.family} model to {out}")
+        return 0
+    if args.command in ("sft", "train"):
+        from vqa_grpo.config import load_config
+        from vqa_grpo.training.loop import run
+
+        cfg = load_config(args.config, args.overrides)
+        result = run(cfg, "sft" if args.command == "sft" else "grpo")
+        last = result.eval_history[-1] if result.eval_history else {}
+        print(f"done: {result.steps} steps in {result.wall_seconds:.1f}s; final model in {result.final_dir}")
+        if last:
+            print("eval: " + ", ".join(f"{k}={v:.4f}" for k, v in last.items() if k != "step"))
+        return 0
+    if args.command == "evaluate":
+        from vqa_grpo.config import load_config
+        from vqa_grpo.data.loader import load_examples
+        from vqa_grpo.evaluation.evaluate import evaluate, format_table
+
+        cfg = load_config(args.config, args.overrides)
+        examples, report = load_examples(args.data, cfg.data)
+        metrics = evaluate(args.model, examples, cfg, args.out)
+        print(format_table(metrics))
+        if args.out:
+            print(f"wrote {args.out}/predictions.jsonl and {args.out}/metrics.json")
+        return 0
+    if args.command == "score":
+        from vqa_grpo.rewards import run_score
+
+        return run_score(args.predictions, args.prediction_field, args.answers_field, args.json)
+    if args.command == "demo":
+        from vqa_grpo.demo import run_demo
+
+        run_demo(args.out, seed=args.seed)
+        return 0
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return dispatch(args)
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

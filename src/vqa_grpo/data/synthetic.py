@@ -1,0 +1,324 @@
+"""A CLEVR-like synthetic VQA set: the embedded default that the demo and the tests train on.
+
+Each image is a plain grey square with 1-6 flat objects (circle, square, triangle) in six
+well-separated colours and two sizes, placed without overlap by rejection sampling. Each image
+has one question from one of five families, with the VQA v2 answer types:
+
+    family     answer type  question                                               answers
+    existence  yes/no       "Is there a red circle?"                               yes, no
+    count      number       "How many objects / red objects / circles are there?"  0-6
+    color      other        "What color is the circle?"           (unique circle)  the 6 colours
+    shape      other        "What shape is the red object?"   (unique red object)  the 3 shapes
+    relation   other        "Is the red circle left or right of the blue square?"  left, right
+
+The answer is drawn first (answers are balanced inside each family: every answer of a family
+comes up equally often, up to one) and the scene is built to make it true, so no answer is
+learnable from the question alone. The families are mixed in the exact proportions of
+``FAMILY_PROPORTIONS`` (largest-remainder rounding) in a seeded shuffled order.
+
+Sizes are chosen for the tiny Qwen2-VL of the demo: its 14 px patches are merged 2x2, so a
+112 px image is 16 visual tokens of 28x28 px; a small object (~20 px) nearly fills a token, a
+large one (~34 px) spans several. Everything scales with ``image_size``.
+
+Output of ``synthesize(out_dir, n, seed)``::
+
+    out_dir/data.jsonl        one row per line, keys in this order:
+        id, image, question, answer, answers, question_type, answer_type, scene
+    out_dir/images/<id>.png   the image; ``image`` is this path relative to data.jsonl
+
+``question_type`` is the longest VQA v2 question-type prefix (shared/data/
+vqa_mscoco_question_types.txt) that the question starts with, lower-cased. ``scene`` lists the
+objects as {"shape", "color", "size", "box": [x0, y0, x1, y1]} with x1, y1 exclusive pixels.
+One seeded ``random.Random`` drives everything and PNGs carry no metadata, so the same seed gives
+byte-identical files (with the same Pillow version).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from PIL import Image, ImageDraw
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 230),
+    "yellow": (240, 215, 40),
+    "purple": (150, 60, 200),
+    "cyan": (40, 210, 220),
+}
+"""Colour name -> RGB; far apart in hue so that a 28 px visual token tells them apart."""
+
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+
+SIZES: dict[str, float] = {"small": 0.18, "large": 0.30}
+"""Size name -> side of the object's bounding box as a fraction of the image side
+(20 and 34 px at 112 px)."""
+
+BACKGROUND: tuple[int, int, int] = (128, 128, 128)
+MAX_OBJECTS = 6
+MIN_IMAGE_SIZE = 32
+
+FAMILY_PROPORTIONS: dict[str, float] = {
+    "existence": 0.30,
+    "count": 0.20,
+    "color": 0.20,
+    "shape": 0.15,
+    "relation": 0.15,
+}
+"""Share of each question family in a generated set (sums to 1). Answer types: yes/no 30 %,
+number 20 %, other 50 % (VQA v2 val has roughly 38 / 12 / 50)."""
+
+FAMILY_ANSWERS: dict[str, tuple[str, ...]] = {
+    "existence": ("yes", "no"),
+    "count": tuple(str(k) for k in range(MAX_OBJECTS + 1)),
+    "color": tuple(COLORS),
+    "shape": SHAPES,
+    "relation": ("left", "right"),
+}
+"""The answers of each family; each comes up equally often within its family."""
+
+FAMILY_ANSWER_TYPES: dict[str, str] = {
+    "existence": "yes/no",
+    "count": "number",
+    "color": "other",
+    "shape": "other",
+    "relation": "other",
+}
+
+_QUESTION_WORDS = (
+    "is there a",
+    "how many objects are there",
+    "what color is the",
+    "what shape is the object",
+    "is the left or right of the",
+)
+VOCABULARY: tuple[str, ...] = tuple(
+    sorted(
+        set(" ".join(_QUESTION_WORDS).split())
+        | set(COLORS)
+        | set(SHAPES)
+        | {s + "s" for s in SHAPES}
+        | {a for answers in FAMILY_ANSWERS.values() for a in answers}
+        | {str(d) for d in range(10)}
+        | {"?"}
+    )
+)
+"""Every token (lower-cased, split on ``\\w+|[^\\w\\s]``) of every question and answer, plus the
+digits 0-9. Questions are capitalised like VQA v2 ("Is there ..."), so a tokenizer built from
+this list should lower-case its input."""
+
+# Kinds of object: (colour, shape).
+_Kind = tuple[str, str]
+_ALL_KINDS: tuple[_Kind, ...] = tuple((c, s) for c in COLORS for s in SHAPES)
+_SCENE_TRIES = 200  # whole-scene restarts (new sizes) before giving up; a few suffice in practice
+_OBJECT_TRIES = 100  # positions tried for one object before restarting the scene
+
+
+@dataclass
+class _Plan:
+    """A question with its answer, and the objects a scene needs to make that answer true.
+
+    When ``left_pair`` is set, ``kinds[0]`` must lie wholly left of ``kinds[1]`` (disjoint
+    horizontal extents, at least the gap apart).
+    """
+
+    question: str
+    question_type: str
+    kinds: list[_Kind]
+    left_pair: bool = False
+
+
+def _others(rng: random.Random, count: int, allowed: Callable[[_Kind], bool]) -> list[_Kind]:
+    """``count`` random object kinds for which ``allowed`` holds."""
+    pool = [k for k in _ALL_KINDS if allowed(k)]
+    return [rng.choice(pool) for _ in range(count)]
+
+
+def _existence(rng: random.Random, answer: str) -> _Plan:
+    color, shape = rng.choice(_ALL_KINDS)
+    n_objects = rng.randint(1, MAX_OBJECTS)
+    if answer == "yes":
+        # One planted object, the rest free, so repeated kinds are no hint of a "yes".
+        kinds = [(color, shape)] + _others(rng, n_objects - 1, lambda k: True)
+    else:
+        kinds = _others(rng, n_objects, lambda k: k != (color, shape))
+    return _Plan(f"Is there a {color} {shape}?", "is there a", kinds)
+
+
+def _count(rng: random.Random, answer: str) -> _Plan:
+    k = int(answer)
+    # "0" is only a sensible answer for an attribute count: every image has an object.
+    template = rng.choice(("color", "shape") if k == 0 else ("all", "color", "shape"))
+    if template == "all":
+        return _Plan("How many objects are there?", "how many", _others(rng, k, lambda _: True))
+    n_objects = rng.randint(max(k, 1), MAX_OBJECTS)
+    if template == "color":
+        color = rng.choice(list(COLORS))
+        kinds = [(color, rng.choice(SHAPES)) for _ in range(k)]
+        kinds += _others(rng, n_objects - k, lambda kind: kind[0] != color)
+        return _Plan(f"How many {color} objects are there?", "how many", kinds)
+    shape = rng.choice(SHAPES)
+    kinds = [(rng.choice(list(COLORS)), shape) for _ in range(k)]
+    kinds += _others(rng, n_objects - k, lambda kind: kind[1] != shape)
+    return _Plan(f"How many {shape}s are there?", "how many", kinds)
+
+
+def _color(rng: random.Random, answer: str) -> _Plan:
+    shape = rng.choice(SHAPES)
+    kinds = [(answer, shape)]  # the only object of this shape
+    kinds += _others(rng, rng.randint(0, MAX_OBJECTS - 1), lambda k: k[1] != shape)
+    return _Plan(f"What color is the {shape}?", "what color is the", kinds)
+
+
+def _shape(rng: random.Random, answer: str) -> _Plan:
+    color = rng.choice(list(COLORS))
+    kinds = [(color, answer)]  # the only object of this colour
+    kinds += _others(rng, rng.randint(0, MAX_OBJECTS - 1), lambda k: k[0] != color)
+    return _Plan(f"What shape is the {color} object?", "what", kinds)
+
+
+def _relation(rng: random.Random, answer: str) -> _Plan:
+    left, right = rng.sample(_ALL_KINDS, 2)  # two different kinds, each unique in the scene
+    subject, reference = (left, right) if answer == "left" else (right, left)
+    kinds = [left, right]
+    kinds += _others(rng, rng.randint(0, MAX_OBJECTS - 2), lambda k: k not in (left, right))
+    question = (
+        f"Is the {subject[0]} {subject[1]} left or right of the {reference[0]} {reference[1]}?"
+    )
+    return _Plan(question, "is the", kinds, left_pair=True)
+
+
+_FAMILIES: dict[str, Callable[[random.Random, str], _Plan]] = {
+    "existence": _existence,
+    "count": _count,
+    "color": _color,
+    "shape": _shape,
+    "relation": _relation,
+}
+
+
+def _side_px(size: str, image_size: int) -> int:
+    """Bounding-box side in pixels, even so that the box has an integer centre."""
+    return max(2, 2 * round(SIZES[size] * image_size / 2))
+
+
+def _place(rng: random.Random, plan: _Plan, image_size: int) -> list[dict]:
+    """Sizes and non-overlapping boxes for ``plan.kinds`` by rejection sampling.
+
+    Boxes keep ``gap`` pixels from each other and from the border. A failed object restarts the
+    whole scene with new sizes, so a crowded draw of six large objects cannot get stuck.
+    """
+    gap = max(1, image_size // 50)
+    for _ in range(_SCENE_TRIES):
+        boxes: list[tuple[int, int, int, int]] = []
+        sizes: list[str] = []
+        for i in range(len(plan.kinds)):
+            size = rng.choice(tuple(SIZES))
+            side = _side_px(size, image_size)
+            for _ in range(_OBJECT_TRIES):
+                x0 = rng.randint(gap, image_size - gap - side)
+                y0 = rng.randint(gap, image_size - gap - side)
+                box = (x0, y0, x0 + side, y0 + side)
+                if plan.left_pair and i == 1 and x0 < boxes[0][2] + gap:
+                    continue
+                if not any(_overlaps(box, other, gap) for other in boxes):
+                    break
+            else:
+                break
+            boxes.append(box)
+            sizes.append(size)
+        else:
+            objects = [
+                {"shape": shape, "color": color, "size": size, "box": list(box)}
+                for (color, shape), size, box in zip(plan.kinds, sizes, boxes)
+            ]
+            rng.shuffle(objects)  # the order of the list must not give the answer away
+            return objects
+    raise RuntimeError(f"could not place {len(plan.kinds)} objects in {image_size} px")
+
+
+def _overlaps(a: tuple[int, ...], b: tuple[int, ...], gap: int) -> bool:
+    """Whether boxes ``a`` and ``b`` (x1, y1 exclusive) come closer than ``gap`` pixels."""
+    return not (
+        a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
+    )
+
+
+def _draw(objects: list[dict], image_size: int) -> Image.Image:
+    image = Image.new("RGB", (image_size, image_size), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    for obj in objects:
+        x0, y0, x1, y1 = obj["box"]
+        fill = COLORS[obj["color"]]
+        # PIL's shape boxes include their last pixel; ours exclude it.
+        if obj["shape"] == "circle":
+            draw.ellipse((x0, y0, x1 - 1, y1 - 1), fill=fill)
+        elif obj["shape"] == "square":
+            inset = round(0.06 * (x1 - x0))  # a full-box square would look much bigger
+            draw.rectangle((x0 + inset, y0 + inset, x1 - 1 - inset, y1 - 1 - inset), fill=fill)
+        else:
+            draw.polygon([((x0 + x1) // 2, y0), (x0, y1 - 1), (x1 - 1, y1 - 1)], fill=fill)
+    return image
+
+
+def _family_schedule(rng: random.Random, n: int) -> list[tuple[str, str]]:
+    """``n`` (family, answer) pairs: families in ``FAMILY_PROPORTIONS`` (largest remainder),
+    answers cycled within each family, the whole list shuffled."""
+    exact = {f: p * n for f, p in FAMILY_PROPORTIONS.items()}
+    counts = {f: int(x) for f, x in exact.items()}
+    by_remainder = sorted(FAMILY_PROPORTIONS, key=lambda f: counts[f] - exact[f])
+    for f in by_remainder[: n - sum(counts.values())]:
+        counts[f] += 1
+    schedule = []
+    for family, count in counts.items():
+        answers = list(FAMILY_ANSWERS[family])
+        rng.shuffle(answers)  # which answers get the leftover one varies with the seed
+        schedule += [(family, answers[i % len(answers)]) for i in range(count)]
+    rng.shuffle(schedule)
+    return schedule
+
+
+def synthesize(out_dir: str | os.PathLike, n: int = 1000, seed: int = 0,
+               image_size: int = 112) -> Path:
+    """Write ``n`` synthetic VQA examples under ``out_dir`` and return the path of data.jsonl.
+
+    Same arguments, byte-identical files. Images of an earlier run with a larger ``n`` are not
+    removed; data.jsonl is replaced whole (written to a temporary file, then renamed).
+    """
+    if n < 1:
+        raise ValueError(f"n must be a positive number of examples, got {n}")
+    if image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"image_size must be at least {MIN_IMAGE_SIZE} px, got {image_size}")
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    width = max(6, len(str(n - 1)))
+    rows = []
+    for index, (family, answer) in enumerate(_family_schedule(rng, n)):
+        plan = _FAMILIES[family](rng, answer)
+        objects = _place(rng, plan, image_size)
+        example_id = f"{index:0{width}d}"
+        image_path = f"images/{example_id}.png"
+        _draw(objects, image_size).save(out_dir / image_path, format="PNG")
+        row = {
+            "id": example_id,
+            "image": image_path,
+            "question": plan.question,
+            "answer": answer,
+            "answers": [answer],
+            "question_type": plan.question_type,
+            "answer_type": FAMILY_ANSWER_TYPES[family],
+            "scene": objects,
+        }
+        rows.append(json.dumps(row) + "\n")
+    path = out_dir / "data.jsonl"
+    tmp = out_dir / "data.jsonl.tmp"
+    tmp.write_text("".join(rows), encoding="utf-8")
+    os.replace(tmp, path)
+    return path

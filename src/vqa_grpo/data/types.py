@@ -1,0 +1,52 @@
+"""The example every data source yields, whatever its file format.
+
+The dataset yields images, questions, answers, types and ids; the prompt is built by the model
+family's adapter, never here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from PIL import Image
+
+ANSWER_TYPES = ("yes/no", "number", "other")
+
+
+class BadExample(Exception):
+    """One example cannot be used (its image fails to decode). The trainer skips it and counts it."""
+
+    def __init__(self, example_id: str, reason: str):
+        super().__init__(f"example {example_id}: {reason}")
+        self.example_id = example_id
+        self.reason = reason
+
+
+@dataclass
+class VQAExample:
+    """One (image, question, answers) triple.
+
+    ``answers`` holds every reference answer (VQA v2 has 10, a plain dataset 1); ``answer`` is the
+    single answer used as the SFT target (VQA v2's ``multiple_choice_answer``). The image is
+    opened lazily by ``load_image`` so that a data set is never held in memory.
+    """
+
+    id: str
+    question: str
+    answers: list[str]
+    answer: str
+    answer_type: str = "other"
+    question_type: str = "none of the above"
+    image_loader: Callable[[], Image.Image] | None = field(default=None, repr=False, compare=False)
+
+    def load_image(self) -> Image.Image:
+        """The image as RGB; raises BadExample when it cannot be decoded."""
+        if self.image_loader is None:
+            raise BadExample(self.id, "no image")
+        try:
+            return self.image_loader()
+        except BadExample:
+            raise
+        except Exception as e:  # any decode failure of one image must not stop a run
+            raise BadExample(self.id, f"image failed to load: {type(e).__name__}: {e}") from e

@@ -1,0 +1,102 @@
+"""``vqa-grpo evaluate``: batched generation on a data set, then every metric overall, per answer
+type and per question type, each with a 95% bootstrap confidence interval.
+
+metrics.json keys (fixed): ``n``, ``vqa_accuracy``, ``composite`` and the composite's parts,
+``per_answer_type`` and ``per_question_type`` (type -> {n, vqa_accuracy, ...}), ``ci95``
+(metric -> [low, high]), ``skipped`` (examples whose image failed to load).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from vqa_grpo.config import Config
+from vqa_grpo.data.types import VQAExample
+from vqa_grpo.models.generation import predict_answers
+from vqa_grpo.models.loading import load_model, resolve_device
+from vqa_grpo.rewards import clean_answer, score_predictions
+
+
+def bootstrap_ci(values: np.ndarray, samples: int, seed: int = 0) -> list[float]:
+    """Percentile 95% interval of the mean over ``samples`` resamples (seeded)."""
+    if len(values) == 0:
+        return [0.0, 0.0]
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(samples, len(values)))
+    means = values[idx].mean(axis=1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def summarise(scores: dict[str, np.ndarray], examples: list[VQAExample], samples: int = 1000) -> dict:
+    """Means overall, per answer type and per question type, with bootstrap intervals overall."""
+
+    def means(index: np.ndarray) -> dict:
+        return {"n": int(len(index)), **{k: float(v[index].mean()) if len(index) else 0.0 for k, v in scores.items()}}
+
+    all_idx = np.arange(len(examples))
+    out = means(all_idx)
+    for key, attr in (("per_answer_type", "answer_type"), ("per_question_type", "question_type")):
+        groups: dict[str, list[int]] = {}
+        for i, e in enumerate(examples):
+            groups.setdefault(getattr(e, attr), []).append(i)
+        out[key] = {}
+        for name, idx in sorted(groups.items()):
+            m = means(np.array(idx))
+            m["ci95"] = {"vqa_accuracy": bootstrap_ci(scores["vqa_accuracy"][idx], samples)}
+            out[key][name] = m
+    out["ci95"] = {k: bootstrap_ci(v, samples) for k, v in scores.items()}
+    return out
+
+
+def evaluate(model_dir: str, examples: list[VQAExample], cfg: Config, out_dir: str | Path | None) -> dict:
+    """Generate answers for ``examples`` with the model in ``model_dir``; write and return metrics."""
+    device = resolve_device(cfg.train.device)
+    cfg.model.name_or_path = model_dir
+    lm = load_model(cfg.model, device, trainable=False)
+    lm.model.eval()
+    texts = predict_answers(
+        lm.model, lm.adapter, lm.processor, examples,
+        batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens, device=device,
+        do_sample=cfg.eval.do_sample, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
+        progress=cfg.train.progress,
+    )
+    kept = [(e, t) for e, t in zip(examples, texts) if t is not None]
+    examples = [e for e, _ in kept]
+    preds = [clean_answer(t) for _, t in kept]
+    scores = score_predictions(preds, [e.answers for e in examples], [e.answer_type for e in examples])
+    metrics = summarise(scores, examples, cfg.eval.bootstrap_samples)
+    metrics["skipped"] = len(texts) - len(kept)
+    if out_dir is not None:
+        write_outputs(Path(out_dir), examples, [t for _, t in kept], preds, scores, metrics)
+    return metrics
+
+
+def write_outputs(out: Path, examples, raw, preds, scores, metrics) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "predictions.jsonl").open("w") as f:
+        for i, e in enumerate(examples):
+            row = {
+                "id": e.id,
+                "question": e.question,
+                "answers": e.answers,
+                "answer_type": e.answer_type,
+                "question_type": e.question_type,
+                "raw": raw[i],
+                "prediction": preds[i],
+                **{k: float(v[i]) for k, v in scores.items()},
+            }
+            f.write(json.dumps(row) + "\n")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+def format_table(metrics: dict, keys: tuple[str, ...] = ("vqa_accuracy", "composite", "exact_match")) -> str:
+    """The overall and per-answer-type metrics as a plain-text table."""
+    rows = [("overall", metrics)] + list(metrics.get("per_answer_type", {}).items())
+    head = f"{'subset':<12} {'n':>6} " + " ".join(f"{k:>13}" for k in keys)
+    lines = [head, "-" * len(head)]
+    for name, m in rows:
+        lines.append(f"{name:<12} {m['n']:>6} " + " ".join(f"{m.get(k, 0.0):>13.4f}" for k in keys))
+    return "\n".join(lines)

@@ -1,0 +1,83 @@
+"""The loss of one optimisation step on a rollout: the model's forward pass plus the pure math.
+
+``grpo_objective`` is DeepSeekMath's clipped GRPO objective (grpo/math.py ``policy_loss``),
+with the optional MLE term of the seed's hybrid objective (``grpo.sft_coef``). ``seed_objective``
+is the seed's Algorithm 1, kept as a reproduction mode (``grpo.loss_type=seed``): its factor
+-mean(normalised rewards) is zero by construction, so it trains nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vqa_grpo.config import GRPOConfig
+from vqa_grpo.grpo.math import policy_loss, seed_loss
+from vqa_grpo.grpo.rollout import Rollout
+from vqa_grpo.models.adapters import FamilyAdapter
+from vqa_grpo.models.scoring import answer_tokens, completion_logprobs
+
+
+def rollout_logprobs(model, adapter: FamilyAdapter, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs [R, C] (at each row's sampling temperature) and entropies [R, C]."""
+    return completion_logprobs(
+        model,
+        adapter,
+        rollout.repeated_prompts(adapter),
+        rollout.completion_ids,
+        rollout.completion_mask,
+        rollout.temperatures,
+    )
+
+
+def answer_nll(model, adapter: FamilyAdapter, processor, rollout: Rollout) -> torch.Tensor:
+    """Token-mean negative log-likelihood of the ground-truth answers (the seed's eq. 1)."""
+    stop = adapter.stop_token_ids(processor, model)[0]
+    ids, mask = answer_tokens(processor.tokenizer, [e.answer for e in rollout.examples], stop)
+    ids, mask = ids.to(rollout.completion_ids.device), mask.to(rollout.completion_ids.device)
+    logp, _ = completion_logprobs(model, adapter, rollout.prompts, ids, mask)
+    return -(logp * mask).sum() / mask.sum()
+
+
+def grpo_objective(model, adapter: FamilyAdapter, processor, rollout: Rollout, cfg: GRPOConfig) -> tuple[torch.Tensor, dict]:
+    """GRPO loss on one rollout, and detached statistics for the logs."""
+    logp, entropy = rollout_logprobs(model, adapter, rollout)
+    mask = rollout.completion_mask
+    old = rollout.old_logprobs if rollout.old_logprobs is not None else logp.detach()
+    loss, stats = policy_loss(
+        logp,
+        old,
+        rollout.advantages,
+        mask,
+        ref_logprobs=rollout.ref_logprobs,
+        beta=cfg.beta,
+        epsilon=cfg.epsilon,
+        epsilon_high=cfg.epsilon_high,
+        loss_type=cfg.loss_type,
+        max_completion_length=cfg.max_completion_length,
+    )
+    stats = {k: float(v) for k, v in stats.items()}
+    m = mask.float()
+    stats["entropy"] = float((entropy * m).sum() / m.sum().clamp(min=1))
+    if cfg.sft_coef > 0:
+        nll = answer_nll(model, adapter, processor, rollout)
+        stats["sft_nll"] = float(nll.detach())
+        loss = loss + cfg.sft_coef * nll
+    return loss, stats
+
+
+def seed_objective(model, adapter: FamilyAdapter, processor, rollout: Rollout) -> tuple[torch.Tensor, dict]:
+    """The seed's Algorithm 1: -mean(group-normalised rewards) x LM loss of the prompt.
+
+    L_base is the language-model loss of the prompt tokens (labels = input_ids, with padding and
+    image tokens ignored, as they can never be labels). The group mean of normalised rewards is 0
+    up to rounding, so the gradient vanishes; a test shows it.
+    """
+    prompts = rollout.prompts
+    labels = prompts.input_ids.masked_fill(prompts.attention_mask == 0, -100)
+    for tid in adapter.suppressed_token_ids(processor):
+        labels = labels.masked_fill(labels == tid, -100)
+    lm_loss = model(**prompts.model_inputs(), labels=labels, use_cache=False).loss
+    G = rollout.group_size
+    losses = [seed_loss(r, lm_loss) for r in rollout.rewards.to(lm_loss.device).view(-1, G)]
+    loss = torch.stack(losses).mean()
+    return loss, {"lm_loss": float(lm_loss.detach())}

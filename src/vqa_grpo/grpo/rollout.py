@@ -1,0 +1,98 @@
+"""A GRPO rollout: sample G completions per question in one generate call, score them, and
+compute group-relative advantages.
+
+Shapes: B questions, G completions each, R = B*G rows (group after group), P prompt tokens,
+C completion tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import LogitsProcessorList
+
+from vqa_grpo.config import GRPOConfig, RewardConfig
+from vqa_grpo.data.types import VQAExample
+from vqa_grpo.grpo.math import group_advantages
+from vqa_grpo.grpo.sampling import RowwiseTemperatureTopP, row_sampling_params, sampling_logprobs
+from vqa_grpo.models.adapters import FamilyAdapter, PromptBatch
+from vqa_grpo.models.generation import decode, generate
+from vqa_grpo.rewards import clean_answer, compute_rewards
+
+
+@dataclass
+class Rollout:
+    """Everything the loss needs from one rollout, and what the logs show of it."""
+
+    examples: list[VQAExample]  # [B]
+    prompts: PromptBatch  # [B, P], each prompt once; the adapter repeats it G times
+    group_size: int  # G
+    completion_ids: torch.Tensor  # [R, C]
+    completion_mask: torch.Tensor  # [R, C] 1 up to and including the stop token (0 for truncated rows when masked)
+    truncated: torch.Tensor  # [R] bool, no stop token within max_completion_length
+    temperatures: torch.Tensor  # [R] the temperature each row was sampled at
+    sampling_logprobs: torch.Tensor  # [R, C] log-prob of each token under the (tempered, top-p) sampler
+    answers: list[str]  # [R] decoded and cleaned completions
+    rewards: torch.Tensor  # [R] weighted total reward
+    reward_parts: dict[str, torch.Tensor]  # name -> [R]
+    advantages: torch.Tensor  # [R]
+    old_logprobs: torch.Tensor | None = None  # [R, C] rollout policy, when num_iterations > 1
+    ref_logprobs: torch.Tensor | None = None  # [R, C] reference policy, when beta > 0
+
+    def repeated_prompts(self, adapter: FamilyAdapter) -> PromptBatch:
+        return adapter.repeat(self.prompts, self.group_size)
+
+
+@torch.no_grad()
+def make_rollout(
+    model,
+    adapter: FamilyAdapter,
+    processor,
+    examples: list[VQAExample],
+    images: list,
+    grpo: GRPOConfig,
+    reward: RewardConfig,
+    device: torch.device,
+) -> Rollout:
+    """Sample G completions for each question (one batched generate call), score, and centre."""
+    G = grpo.num_generations
+    prompts = adapter.encode_prompts(processor, images, [e.question for e in examples]).to(device)
+    temps, top_ps = row_sampling_params(len(examples), G, grpo.temperatures, grpo.top_ps)
+    temps, top_ps = temps.to(device), top_ps.to(device)
+    sampler = RowwiseTemperatureTopP(temps, top_ps)
+    comp = generate(
+        model,
+        adapter,
+        processor,
+        adapter.repeat(prompts, G),
+        max_new_tokens=grpo.max_completion_length,
+        do_sample=True,
+        logits_processor=LogitsProcessorList([sampler]),
+        keep_scores=True,
+    )
+    samp_logp = sampling_logprobs(comp.scores, comp.ids) * comp.mask
+    answers = [clean_answer(t) for t in decode(processor, comp)]
+    rep_examples = [e for e in examples for _ in range(G)]
+    scored = compute_rewards(
+        answers, [e.answers for e in rep_examples], [e.answer_type for e in rep_examples], reward
+    )
+    rewards = torch.as_tensor(scored.total, dtype=torch.float32)
+    advantages = group_advantages(rewards, G, scale=grpo.scale_rewards)
+    mask = comp.mask
+    if grpo.mask_truncated_completions:
+        mask = mask * (~comp.truncated).long()[:, None]
+    return Rollout(
+        examples=examples,
+        prompts=prompts,
+        group_size=G,
+        completion_ids=comp.ids,
+        completion_mask=mask,
+        truncated=comp.truncated,
+        temperatures=temps,
+        sampling_logprobs=samp_logp,
+        answers=answers,
+        rewards=rewards,
+        reward_parts={k: torch.as_tensor(v, dtype=torch.float32) for k, v in scored.parts.items()},
+        advantages=advantages.to(device),
+    )

@@ -1,0 +1,128 @@
+"""Batched generation of answers: greedy for evaluation, sampled for GRPO rollouts.
+
+Shapes: R rows (prompts, already repeated G times for a rollout), P prompt tokens, C completion
+tokens (at most ``max_new_tokens``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vqa_grpo.models.adapters import FamilyAdapter, PromptBatch
+
+
+@dataclass
+class Completions:
+    """Generated tokens after the prompt, cut at the first stop token."""
+
+    ids: torch.Tensor  # [R, C] token ids; positions after the stop token hold padding
+    mask: torch.Tensor  # [R, C] 1 for real completion tokens, the stop token included
+    truncated: torch.Tensor  # [R] bool: no stop token within max_new_tokens
+    scores: tuple[torch.Tensor, ...] | None = None  # C x [R, V] processed logits when sampled
+
+
+def completion_mask(ids: torch.Tensor, stop_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask up to and including the first stop token of each row; rows with none are truncated."""
+    is_stop = torch.isin(ids, torch.tensor(stop_ids, device=ids.device))  # [R, C]
+    has_stop = is_stop.any(dim=1)  # [R]
+    first = torch.where(has_stop, is_stop.int().argmax(dim=1), torch.full_like(has_stop, ids.shape[1], dtype=torch.long))
+    positions = torch.arange(ids.shape[1], device=ids.device)[None, :]  # [1, C]
+    return (positions <= first[:, None]).long(), ~has_stop
+
+
+@torch.no_grad()
+def generate(
+    model,
+    adapter: FamilyAdapter,
+    processor,
+    prompts: PromptBatch,
+    *,
+    max_new_tokens: int,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    logits_processor=None,
+    keep_scores: bool = False,
+) -> Completions:
+    """One batched ``generate`` call over all rows; no Python loop over samples.
+
+    ``logits_processor`` (e.g. the row-wise temperature/top-p sampler of grpo/sampling.py)
+    replaces the shared ``temperature``/``top_p`` when given.
+    """
+    stop_ids = adapter.stop_token_ids(processor, model)
+    pad_id = processor.tokenizer.pad_token_id
+    kwargs = dict(
+        max_new_tokens=max_new_tokens,
+        eos_token_id=stop_ids,
+        pad_token_id=pad_id,
+        suppress_tokens=adapter.suppressed_token_ids(processor) or None,
+    )
+    if do_sample and logits_processor is not None:
+        kwargs.update(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, logits_processor=logits_processor)
+    elif do_sample:
+        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+    else:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    was_training = model.training
+    model.eval()
+    try:
+        out = model.generate(
+            **prompts.model_inputs(), **kwargs, return_dict_in_generate=True, output_scores=keep_scores
+        )
+    finally:
+        model.train(was_training)
+    ids = out.sequences[:, prompts.input_ids.shape[1] :]
+    mask, truncated = completion_mask(ids, stop_ids)
+    ids = ids.masked_fill(mask == 0, pad_id)
+    return Completions(ids, mask, truncated, out.scores if keep_scores else None)
+
+
+def decode(processor, completions: Completions) -> list[str]:
+    """Completion texts without special tokens (the stop token and padding removed)."""
+    lengths = completions.mask.sum(dim=1).tolist()
+    rows = [row[:n] for row, n in zip(completions.ids.tolist(), lengths)]
+    return processor.tokenizer.batch_decode(rows, skip_special_tokens=True)
+
+
+def predict_answers(
+    model,
+    adapter: FamilyAdapter,
+    processor,
+    examples: list,
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    device,
+    do_sample: bool = False,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    progress: bool = False,
+) -> list[str | None]:
+    """Decoded answers for ``examples`` in batches; None where the image failed to load."""
+    from tqdm.auto import tqdm
+
+    from vqa_grpo.data.types import BadExample
+
+    out: list[str | None] = [None] * len(examples)
+    starts = range(0, len(examples), batch_size)
+    for start in tqdm(starts, desc="evaluate", disable=not progress, leave=False):
+        chunk, images, index = [], [], []
+        for i, ex in enumerate(examples[start : start + batch_size], start=start):
+            try:
+                images.append(ex.load_image())
+            except BadExample:
+                continue
+            chunk.append(ex)
+            index.append(i)
+        if not chunk:
+            continue
+        prompts = adapter.encode_prompts(processor, images, [e.question for e in chunk]).to(device)
+        comp = generate(
+            model, adapter, processor, prompts,
+            max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
+        )
+        for i, text in zip(index, decode(processor, comp)):
+            out[i] = text
+    return out

@@ -1,0 +1,90 @@
+"""Load a VLM, its processor and its family adapter from a hub id or a local directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vqa_grpo.config import ModelConfig
+from vqa_grpo.errors import UserError
+from vqa_grpo.models.adapters import FamilyAdapter, adapter_for
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    processor: object
+    adapter: FamilyAdapter
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device={name} but no CUDA device is visible; use train.device=cpu")
+    return torch.device(name)
+
+
+def check_model_dir(path: str) -> None:
+    """Fail early, with one line, on a local directory that cannot hold a model and processor."""
+    p = Path(path)
+    if not path:
+        raise UserError("model.name_or_path is empty; set it to a hub id or a model directory")
+    looks_local = p.exists() or path.startswith((".", "/", "~")) or path.count("/") > 1
+    if not looks_local:
+        return  # a hub id: transformers resolves it
+    if not p.is_dir():
+        raise UserError(f"model directory not found: {p} (build one with `vqa-grpo model tiny --out DIR`)")
+    if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
+        raise UserError(f"{p} has no config.json: not a transformers model directory")
+    if not any((p / f).is_file() for f in ("processor_config.json", "preprocessor_config.json")):
+        raise UserError(f"{p} has no processor (processor_config.json); save the processor with the model")
+
+
+def load_model(cfg: ModelConfig, device: torch.device | str = "cpu", *, trainable: bool = True) -> LoadedModel:
+    """The model (optionally wrapped with LoRA), its processor and its family adapter."""
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    check_model_dir(cfg.name_or_path)
+    path = cfg.name_or_path
+    adapter_dir = Path(path) / "adapter_config.json"
+    base_path = path
+    if adapter_dir.is_file():  # a saved LoRA adapter: load its base model, then the adapter
+        import json
+
+        base_path = json.loads(adapter_dir.read_text())["base_model_name_or_path"]
+    try:
+        hf_config = AutoConfig.from_pretrained(base_path, trust_remote_code=cfg.trust_remote_code)
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise UserError(f"{base_path} needs its own code; set model.trust_remote_code=true if you trust it") from None
+        raise UserError(f"cannot read the model config of {base_path}: {e}") from None
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    model = AutoModelForImageTextToText.from_pretrained(
+        base_path,
+        dtype=DTYPES[cfg.dtype],
+        attn_implementation=cfg.attn_implementation,
+        trust_remote_code=cfg.trust_remote_code,
+    )
+    adapter = adapter_for(hf_config.model_type, cfg.family)
+    if adapter_dir.is_file():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, path, is_trainable=trainable and cfg.lora)
+    elif cfg.lora and trainable:
+        from peft import LoraConfig, get_peft_model
+
+        targets = cfg.lora_target_modules or adapter.lora_targets()
+        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets)
+        model = get_peft_model(model, lora)
+    elif cfg.freeze_vision:
+        for name, param in model.named_parameters():
+            if "visual" in name or "vision" in name:
+                param.requires_grad_(False)
+    if cfg.gradient_checkpointing and trainable:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return LoadedModel(model.to(device), processor, adapter)

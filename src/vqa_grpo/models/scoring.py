@@ -1,0 +1,70 @@
+"""Log-probabilities of completion tokens given the prompt and image: the forward pass of SFT and GRPO.
+
+Shapes: R rows, P prompt tokens (left-padded), C completion tokens (right-padded), V vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vqa_grpo.models.adapters import FamilyAdapter, PromptBatch
+
+
+def answer_tokens(tokenizer, answers: list[str], stop_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ground-truth answers as completions: the answer's tokens then the stop token, right-padded.
+
+    Returns ids [R, C] and mask [R, C].
+    """
+    rows = [tokenizer(a, add_special_tokens=False)["input_ids"] + [stop_id] for a in answers]
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_id
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+def selective_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[ids] without materialising the [R, C, V] log-softmax twice."""
+    logits = logits.float()
+    picked = logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1)  # [R, C]
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def completion_logits(
+    model, adapter: FamilyAdapter, prompts: PromptBatch, completion_ids: torch.Tensor, completion_mask: torch.Tensor
+) -> torch.Tensor:
+    """Logits that predict each completion token: [R, C, V].
+
+    ``prompts`` must already have R rows (repeated per completion). One forward pass over
+    prompt + completion; only the last C+1 positions' logits are computed (``logits_to_keep``).
+    """
+    full = adapter.append(prompts, completion_ids, completion_mask)
+    C = completion_ids.shape[1]
+    out = model(**full.model_inputs(), logits_to_keep=C + 1, use_cache=False)
+    return out.logits[:, :-1, :]  # position P-1+t predicts completion token t
+
+
+def completion_logprobs(
+    model,
+    adapter: FamilyAdapter,
+    prompts: PromptBatch,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    temperatures: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs [R, C] of the completion under the model, and the per-token entropy [R, C].
+
+    With ``temperatures`` [R], row r's logits are divided by its sampling temperature first, so
+    the log-probs are those of the distribution the row was sampled from (before top-p).
+    """
+    logits = completion_logits(model, adapter, prompts, completion_ids, completion_mask)  # [R, C, V]
+    if temperatures is not None:
+        logits = logits / temperatures.to(logits.dtype)[:, None, None]
+    logp = selective_logprobs(logits, completion_ids)
+    with torch.no_grad():
+        probs = torch.softmax(logits.float(), dim=-1)
+        entropy = -(probs * torch.log_softmax(logits.float(), dim=-1)).sum(-1)
+    return logp, entropy

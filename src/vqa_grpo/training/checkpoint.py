@@ -1,0 +1,90 @@
+"""Checkpoints: model (safetensors) or adapter, processor, optimizer, scheduler, RNG states, data
+position. Written to a temporary directory and renamed, so a kill during a save leaves the
+previous checkpoint intact. Loaded with ``torch.load(weights_only=True)`` only.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+STATE_FILE = "trainer_state.json"
+
+
+def save_model(model, processor, out: Path) -> None:
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+    }
+
+
+def set_rng_state(state: dict, torch_state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npy = state["numpy"]
+    np.random.set_state((npy[0], np.array(npy[1], dtype=np.uint32), *npy[2:]))
+    torch.set_rng_state(torch_state["cpu"])
+    if torch.cuda.is_available() and "cuda" in torch_state:
+        torch.cuda.set_rng_state_all(torch_state["cuda"])
+
+
+def save_checkpoint(run_dir: Path, step: int, model, processor, optimizer, scheduler, state: dict, limit: int) -> Path:
+    """Write ``checkpoint-<step>/`` atomically and keep at most ``limit`` checkpoints."""
+    final = run_dir / f"checkpoint-{step}"
+    tmp = run_dir / f".tmp-checkpoint-{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, processor, tmp)
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch_rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        torch_rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(torch_rng, tmp / "rng.pt")
+    (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step, "rng": rng_state()}))
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    for old in list_checkpoints(run_dir)[:-limit] if limit > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    found = [p for p in run_dir.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name) and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+    """Restore weights, optimizer, scheduler and RNG states; return the trainer state."""
+    from safetensors.torch import load_file
+
+    weights = {}
+    for f in sorted(path.glob("*.safetensors")):
+        weights.update(load_file(f))
+    if (path / "adapter_config.json").is_file():
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, weights)
+    else:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        tied = set(getattr(model, "_tied_weights_keys", None) or [])
+        if unexpected or [k for k in missing if k not in tied and "lm_head" not in k]:
+            raise RuntimeError(f"checkpoint {path} does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    state = json.loads((path / STATE_FILE).read_text())
+    set_rng_state(state["rng"], torch.load(path / "rng.pt", weights_only=True))
+    return state

@@ -1,0 +1,302 @@
+"""The loop shared by ``vqa-grpo sft`` and ``vqa-grpo train``.
+
+One optimiser step = ``gradient_accumulation_steps`` micro-batches of ``per_device_batch_size``
+questions. SFT minimises the token-mean NLL of the ground-truth answer (the seed's eq. 1),
+normalised by the answer tokens of the whole step so that accumulation equals a larger batch.
+GRPO samples a rollout per micro-batch and minimises the objective of grpo/objective.py; with
+``grpo.num_iterations`` mu > 1 the step's rollouts are reused for mu optimiser steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from vqa_grpo.config import Config, save_config
+from vqa_grpo.data.loader import load_vqa
+from vqa_grpo.data.types import BadExample, VQAExample
+from vqa_grpo.models.generation import predict_answers
+from vqa_grpo.models.loading import LoadedModel, load_model, resolve_device
+from vqa_grpo.models.scoring import answer_tokens, completion_logprobs
+from vqa_grpo.rewards import clean_answer, score_predictions
+from vqa_grpo.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_model
+from vqa_grpo.training.optim import make_optimizer, make_scheduler
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Batches:
+    """Seeded data order over epochs; skips examples whose image fails to decode, and counts them."""
+
+    def __init__(self, examples: list[VQAExample], batch_size: int, seed: int):
+        self.examples, self.batch_size, self.seed = examples, batch_size, seed
+        self.epoch, self.pos, self.skipped = 0, 0, 0
+        self._order = self._permutation()
+
+    def _permutation(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(len(self.examples), generator=g).tolist()
+
+    def next(self) -> tuple[list[VQAExample], list]:
+        chunk, images = [], []
+        while len(chunk) < self.batch_size:
+            if self.pos >= len(self._order):
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._order = self._permutation()
+            ex = self.examples[self._order[self.pos]]
+            self.pos += 1
+            try:
+                images.append(ex.load_image())
+            except BadExample:
+                self.skipped += 1
+                if self.skipped > 10 * len(self.examples):
+                    raise RuntimeError("no training image can be decoded") from None
+                continue
+            chunk.append(ex)
+        return chunk, images
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos, "skipped": self.skipped}
+
+    def restore(self, state: dict) -> None:
+        self.epoch, self.pos, self.skipped = state["epoch"], state["pos"], state["skipped"]
+        self._order = self._permutation()
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    final_dir: Path
+    steps: int
+    eval_history: list[dict] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+
+def evaluate_model(lm: LoadedModel, examples: list[VQAExample], cfg: Config, device) -> dict[str, float]:
+    """Mean metrics on ``examples`` (greedy unless eval.do_sample): used for periodic evaluation."""
+    texts = predict_answers(
+        lm.model, lm.adapter, lm.processor, examples,
+        batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens, device=device,
+        do_sample=cfg.eval.do_sample, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
+    )
+    kept = [(e, t) for e, t in zip(examples, texts) if t is not None]
+    preds = [clean_answer(t) for _, t in kept]
+    scores = score_predictions(preds, [e.answers for e, _ in kept], [e.answer_type for e, _ in kept])
+    return {k: float(np.mean(v)) if len(v) else 0.0 for k, v in scores.items()}
+
+
+def sft_micro_loss(lm: LoadedModel, examples, images, device, total_tokens: int) -> tuple[torch.Tensor, dict]:
+    stop = lm.adapter.stop_token_ids(lm.processor, lm.model)[0]
+    prompts = lm.adapter.encode_prompts(lm.processor, images, [e.question for e in examples]).to(device)
+    ids, mask = answer_tokens(lm.processor.tokenizer, [e.answer for e in examples], stop)
+    ids, mask = ids.to(device), mask.to(device)
+    logp, _ = completion_logprobs(lm.model, lm.adapter, prompts, ids, mask)
+    nll_sum = -(logp * mask).sum()
+    return nll_sum / total_tokens, {"nll": float(nll_sum.detach()) / max(1, int(mask.sum()))}
+
+
+def answer_token_count(lm: LoadedModel, examples) -> int:
+    tok = lm.processor.tokenizer
+    return sum(len(tok(e.answer, add_special_tokens=False)["input_ids"]) + 1 for e in examples)
+
+
+def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None) -> RunResult:
+    """Train with ``mode`` as configured; write the run directory; return where the model is."""
+    t0 = time.time()
+    device = resolve_device(cfg.train.device)
+    data = load_vqa(cfg.data, seed=cfg.train.seed)  # before the model: bad data fails fast
+    seed_everything(cfg.train.seed)
+    lm = load_model(cfg.model, device)
+    run_dir = Path(cfg.train.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    model = lm.model
+    model.train()
+    optimizer = make_optimizer(model.parameters(), cfg.train)
+    scheduler = make_scheduler(optimizer, cfg.train)
+    batches = Batches(data.train, cfg.train.per_device_batch_size, cfg.train.seed)
+    state = {"best_metric": None, "bad_steps": 0, "eval_history": []}
+    start = 0
+    resume = _resume_path(cfg, run_dir)
+    if resume is not None:
+        state = load_checkpoint(resume, model, optimizer, scheduler)
+        batches.restore(state["data"])
+        start = state["step"]
+    ref = _reference_model(cfg, lm) if mode == "grpo" else None
+    log = (run_dir / "metrics.jsonl").open("a")
+    samples_log = (run_dir / "completions.jsonl").open("a") if mode == "grpo" else None
+    bar = tqdm(total=cfg.train.max_steps, initial=start, desc=desc or mode, disable=not cfg.train.progress)
+    step = start
+    pending: list = []  # GRPO rollouts reused for num_iterations steps
+    while step < cfg.train.max_steps:
+        if mode == "sft":
+            micro = [batches.next() for _ in range(cfg.train.gradient_accumulation_steps)]
+            total = sum(answer_token_count(lm, ex) for ex, _ in micro)
+            stats = {}
+            for ex, im in micro:
+                loss, s = sft_micro_loss(lm, ex, im, device, total)
+                loss.backward()
+                stats = _accumulate([s, {"loss": float(loss.detach())}], stats)
+            stats["nll"] /= len(micro)
+        else:
+            if not pending:
+                pending = _make_rollouts(cfg, lm, ref, batches, device)
+            stats = _grpo_backward(cfg, lm, pending)
+            if cfg.grpo.num_iterations == stats.pop("_iteration"):
+                pending = []
+        grad_norm = _clip(model, cfg.train.max_grad_norm)
+        if not math.isfinite(grad_norm):
+            optimizer.zero_grad(set_to_none=True)
+            state["bad_steps"] += 1
+            stats["skipped_nonfinite"] = 1
+            if state["bad_steps"] > cfg.train.max_bad_steps:
+                raise RuntimeError(f"{state['bad_steps']} non-finite steps in a row; lower train.learning_rate")
+        else:
+            state["bad_steps"] = 0
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        step += 1
+        stats.update(step=step, lr=scheduler.get_last_lr()[0], grad_norm=grad_norm, skipped_images=batches.skipped)
+        if step % cfg.train.logging_steps == 0 or step == cfg.train.max_steps:
+            log.write(json.dumps(stats) + "\n")
+            log.flush()
+        bar.update(1)
+        bar.set_postfix({k: round(v, 3) for k, v in stats.items() if k in ("loss", "reward", "nll")})
+        if cfg.train.eval_steps and step % cfg.train.eval_steps == 0 and step < cfg.train.max_steps:
+            _eval_and_keep_best(cfg, lm, data.eval, device, step, state, run_dir, log)
+        if cfg.train.save_steps and step % cfg.train.save_steps == 0:
+            state["data"] = batches.state()
+            save_checkpoint(run_dir, step, model, lm.processor, optimizer, scheduler, state, cfg.train.save_total_limit)
+    bar.close()
+    if data.eval:
+        _eval_and_keep_best(cfg, lm, data.eval, device, step, state, run_dir, log)
+    log.close()
+    if samples_log:
+        samples_log.close()
+    final = run_dir / "final"
+    save_model(model, lm.processor, final)
+    return RunResult(run_dir, final, step, state["eval_history"], time.time() - t0)
+
+
+def _resume_path(cfg: Config, run_dir: Path) -> Path | None:
+    from vqa_grpo.errors import UserError
+
+    if cfg.train.resume is None:
+        return None
+    if cfg.train.resume == "auto":
+        found = list_checkpoints(run_dir)
+        return found[-1] if found else None
+    p = Path(cfg.train.resume)
+    if not (p / "trainer_state.json").is_file():
+        raise UserError(f"train.resume={p} is not a checkpoint directory (it has no trainer_state.json)")
+    return p
+
+
+def _reference_model(cfg: Config, lm: LoadedModel):
+    """The frozen reference for the KL term; None when beta = 0 (no reference pass at all)."""
+    if cfg.grpo.beta == 0:
+        return None
+    if cfg.model.lora:
+        return "disable_adapter"  # the base model: LoRA adapters switched off, no second copy
+    import copy
+
+    ref = copy.deepcopy(lm.model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+def _make_rollouts(cfg: Config, lm: LoadedModel, ref, batches: Batches, device) -> list:
+    from vqa_grpo.grpo.objective import rollout_logprobs
+    from vqa_grpo.grpo.rollout import make_rollout
+
+    rollouts = []
+    for _ in range(cfg.train.gradient_accumulation_steps):
+        examples, images = batches.next()
+        ro = make_rollout(lm.model, lm.adapter, lm.processor, examples, images, cfg.grpo, cfg.reward, device)
+        with torch.no_grad():
+            if cfg.grpo.num_iterations > 1:
+                ro.old_logprobs = rollout_logprobs(lm.model, lm.adapter, ro)[0]
+            if ref == "disable_adapter":
+                with lm.model.disable_adapter():
+                    ro.ref_logprobs = rollout_logprobs(lm.model, lm.adapter, ro)[0]
+            elif ref is not None:
+                ro.ref_logprobs = rollout_logprobs(ref, lm.adapter, ro)[0]
+        rollouts.append(ro)
+    return [[0, rollouts]]
+
+
+def _grpo_backward(cfg: Config, lm: LoadedModel, pending: list) -> dict:
+    from vqa_grpo.grpo.objective import grpo_objective, seed_objective
+
+    pending[0][0] += 1
+    iteration, rollouts = pending[0]
+    stats: dict = {}
+    for ro in rollouts:
+        if cfg.grpo.loss_type == "seed":
+            loss, s = seed_objective(lm.model, lm.adapter, lm.processor, ro)
+        else:
+            loss, s = grpo_objective(lm.model, lm.adapter, lm.processor, ro, cfg.grpo)
+        (loss / len(rollouts)).backward()
+        s["loss"] = float(loss.detach())
+        stats = _accumulate([s, _rollout_stats(ro)], stats)
+    stats = {k: v / len(rollouts) for k, v in stats.items()}
+    stats["_iteration"] = iteration
+    return stats
+
+
+def _rollout_stats(ro) -> dict:
+    G = ro.group_size
+    r = ro.rewards.view(-1, G)
+    out = {
+        "reward": float(ro.rewards.mean()),
+        "reward_std": float(r.std(dim=1).mean()),
+        "frac_zero_std_groups": float((r.std(dim=1) == 0).float().mean()),
+        "advantage_abs_mean": float(ro.advantages.abs().mean()),
+        "completion_length": float(ro.completion_mask.sum(1).float().mean()),
+        "truncated_fraction": float(ro.truncated.float().mean()),
+    }
+    for name, v in ro.reward_parts.items():
+        out[f"reward/{name}"] = float(v.mean())
+    return out
+
+
+def _accumulate(parts: list[dict], into: dict) -> dict:
+    for s in parts:
+        for k, v in s.items():
+            into[k] = into.get(k, 0.0) + float(v)
+    return into
+
+
+def _clip(model, max_norm: float) -> float:
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
+        return 0.0
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+    return float(norm)
+
+
+def _eval_and_keep_best(cfg: Config, lm: LoadedModel, examples, device, step: int, state: dict, run_dir: Path, log) -> None:
+    metrics = evaluate_model(lm, examples, cfg, device)
+    record = {"step": step, **{f"eval/{k}": v for k, v in metrics.items()}}
+    state["eval_history"].append(record)
+    log.write(json.dumps(record) + "\n")
+    log.flush()
+    value = metrics.get(cfg.train.eval_metric)
+    if value is not None and (state["best_metric"] is None or value > state["best_metric"]):
+        state["best_metric"] = value
+        save_model(lm.model, lm.processor, run_dir / "best")
