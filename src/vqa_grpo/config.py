@@ -88,6 +88,8 @@ class DataConfig:
     """Stop with an error when more than this fraction of rows is skipped as bad."""
     allow_outside_root: bool = False
     """Allow image paths that leave the image root."""
+    max_image_pixels: int = 1_000_000
+    """Images with more pixels are downscaled (aspect kept) when opened; 0 keeps the full size."""
     columns: ColumnsConfig = field(default_factory=ColumnsConfig)
     """Column mapping from the user's schema."""
 
@@ -130,6 +132,8 @@ class TrainConfig:
     """Autocast dtype where the device supports it."""
     device: str = "auto"
     """"auto" (cuda when available), "cpu" or "cuda"."""
+    cpu_threads: int = 0
+    """torch intra-op threads on the CPU; 0 keeps torch's default. Tiny models run fastest with 1."""
     eval_metric: str = "vqa_accuracy"
     """Metric that picks best/ (a key of metrics.json)."""
     max_bad_steps: int = 5
@@ -182,6 +186,10 @@ class RewardConfig:
         }
     )
     """The seed's w1..w5 (section 3.3)."""
+    reasoning: bool = False
+    """Score the content of one <answer>...</answer> pair (the format reward then asks for it)."""
+    number_partial_credit: bool = False
+    """answer_type reward: partial credit for counts by distance to the true number."""
 
 
 @dataclass
@@ -310,6 +318,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "5e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {value!r}")
         return float(value)

@@ -30,6 +30,7 @@ RL_STEPS = 60
 COMMON = [
     "data.eval_fraction={}".format(EVAL_FRACTION),
     "train.device=cpu",
+    "train.cpu_threads=1",
     "train.lr_scheduler=constant",
     "train.max_grad_norm=1.0",
     "eval.batch_size=64",

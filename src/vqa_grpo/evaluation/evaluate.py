@@ -54,6 +54,10 @@ def summarise(scores: dict[str, np.ndarray], examples: list[VQAExample], samples
 def evaluate(model_dir: str, examples: list[VQAExample], cfg: Config, out_dir: str | Path | None) -> dict:
     """Generate answers for ``examples`` with the model in ``model_dir``; write and return metrics."""
     device = resolve_device(cfg.train.device)
+    if cfg.train.cpu_threads > 0:
+        import torch
+
+        torch.set_num_threads(cfg.train.cpu_threads)
     cfg.model.name_or_path = model_dir
     lm = load_model(cfg.model, device, trainable=False)
     lm.model.eval()
@@ -65,7 +69,7 @@ def evaluate(model_dir: str, examples: list[VQAExample], cfg: Config, out_dir: s
     )
     kept = [(e, t) for e, t in zip(examples, texts) if t is not None]
     examples = [e for e, _ in kept]
-    preds = [clean_answer(t) for _, t in kept]
+    preds = [clean_answer(t, reasoning=cfg.reward.reasoning) for _, t in kept]
     scores = score_predictions(preds, [e.answers for e in examples], [e.answer_type for e in examples])
     metrics = summarise(scores, examples, cfg.eval.bootstrap_samples)
     metrics["skipped"] = len(texts) - len(kept)

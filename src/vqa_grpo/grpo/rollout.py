@@ -72,11 +72,11 @@ def make_rollout(
         keep_scores=True,
     )
     samp_logp = sampling_logprobs(comp.scores, comp.ids) * comp.mask
-    answers = [clean_answer(t) for t in decode(processor, comp)]
+    texts = decode(processor, comp)
     rep_examples = [e for e in examples for _ in range(G)]
-    scored = compute_rewards(
-        answers, [e.answers for e in rep_examples], [e.answer_type for e in rep_examples], reward
-    )
+    # The rewards clean the raw completions themselves (the format reward needs them raw).
+    scored = compute_rewards(texts, [e.answers for e in rep_examples], [e.answer_type for e in rep_examples], reward)
+    answers = [clean_answer(t, reasoning=reward.reasoning) for t in texts]
     rewards = torch.as_tensor(scored.total, dtype=torch.float32)
     advantages = group_advantages(rewards, G, scale=grpo.scale_rewards)
     mask = comp.mask

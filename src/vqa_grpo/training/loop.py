@@ -32,6 +32,12 @@ from vqa_grpo.training.checkpoint import list_checkpoints, load_checkpoint, save
 from vqa_grpo.training.optim import make_optimizer, make_scheduler
 
 
+def set_threads(n: int) -> None:
+    """Small models spend their time in per-op overhead, which extra OpenMP threads multiply."""
+    if n > 0:
+        torch.set_num_threads(n)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -93,7 +99,7 @@ def evaluate_model(lm: LoadedModel, examples: list[VQAExample], cfg: Config, dev
         do_sample=cfg.eval.do_sample, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
     )
     kept = [(e, t) for e, t in zip(examples, texts) if t is not None]
-    preds = [clean_answer(t) for _, t in kept]
+    preds = [clean_answer(t, reasoning=cfg.reward.reasoning) for _, t in kept]
     scores = score_predictions(preds, [e.answers for e, _ in kept], [e.answer_type for e, _ in kept])
     return {k: float(np.mean(v)) if len(v) else 0.0 for k, v in scores.items()}
 
@@ -117,6 +123,7 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None) -
     """Train with ``mode`` as configured; write the run directory; return where the model is."""
     t0 = time.time()
     device = resolve_device(cfg.train.device)
+    set_threads(cfg.train.cpu_threads)
     data = load_vqa(cfg.data, seed=cfg.train.seed)  # before the model: bad data fails fast
     seed_everything(cfg.train.seed)
     lm = load_model(cfg.model, device)

@@ -1,0 +1,53 @@
+"""``vqa-grpo data inspect PATH``: what the loader would keep and skip, before any training."""
+
+from __future__ import annotations
+
+import json
+
+from vqa_grpo.config import load_config
+from vqa_grpo.data.loader import LoadReport, read_examples
+from vqa_grpo.data.sources import open_source
+from vqa_grpo.data.types import BadExample, VQAExample
+from vqa_grpo.errors import UserError
+
+NUM_SHOWN = 5
+
+
+def inspect_command(path: str, fmt: str | None, image_root: str | None, as_json: bool, overrides: list[str]) -> int:
+    """Print rows read, kept, skips by reason, counts by answer type and the first examples.
+
+    With ``as_json`` prints one JSON object (rows, kept, skipped, answer_types). The report is
+    printed even when too many rows were skipped; that case then raises a one-line UserError,
+    as training would refuse the data.
+    """
+    cfg = load_config(None, list(overrides)).data
+    cfg.path = path
+    if fmt:
+        cfg.format = fmt
+    if image_root:
+        cfg.image_root = image_root
+    examples, report = read_examples(open_source(path, cfg), cfg)
+    print(json.dumps(report.to_dict()) if as_json else render(examples, report))
+    complaint = report.too_many_skipped(cfg.max_skip_fraction)
+    if complaint:
+        raise UserError(complaint)
+    return 0
+
+
+def render(examples: list[VQAExample], report: LoadReport) -> str:
+    lines = [report.table(), "", f"first {min(NUM_SHOWN, len(examples))} of {len(examples)} examples:"]
+    for ex in examples[:NUM_SHOWN]:
+        lines.append(f"  [{ex.id}] {ex.question}")
+        lines.append(f"      answer: {ex.answer}   answers: {' | '.join(ex.answers[:10])}")
+        lines.append(f"      answer type: {ex.answer_type}   question type: {ex.question_type}")
+        lines.append(f"      image: {_describe_image(ex)}")
+    return "\n".join(lines)
+
+
+def _describe_image(ex: VQAExample) -> str:
+    where = ex.image_loader.describe() if hasattr(ex.image_loader, "describe") else "custom loader"
+    try:
+        img = ex.load_image()
+    except BadExample as e:
+        return f"{where} (fails to decode: {e.reason})"
+    return f"{where} ({img.width}x{img.height} after loading)"

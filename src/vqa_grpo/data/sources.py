@@ -1,0 +1,305 @@
+"""Reading rows from each data format, keyed by the user's own column names.
+
+``open_source`` infers the format from the path (``data.format`` overrides it) and returns a
+:class:`Source`: a lazy stream of rows plus the folder that relative image paths start from.
+Turning rows into examples (column mapping, checks, skips) is the loader's job, not this module's.
+
+Formats: jsonl, csv (also .tsv), json (a list of objects), parquet (one file or a folder of
+shards), datasets (a ``Dataset.save_to_disk`` folder), imagefolder (a folder with
+``metadata.jsonl`` or ``metadata.csv`` whose ``file_name`` column names the images, as in Hugging
+Face's imagefolder) and vqa_v2 (the official questions + annotations pair, see ``vqa_v2.py``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache, partial
+from pathlib import Path
+from typing import Any
+
+from vqa_grpo.config import ColumnsConfig, DataConfig
+from vqa_grpo.errors import UserError
+
+FORMATS = ("auto", "jsonl", "csv", "json", "parquet", "datasets", "imagefolder", "vqa_v2")
+_SUFFIX_FORMATS = {
+    ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "csv",
+    ".json": "json", ".parquet": "parquet", ".pq": "parquet",
+}  # fmt: skip
+_METADATA_FILES = ("metadata.jsonl", "metadata.csv")
+_KNOWN = "JSONL, CSV, JSON, Parquet, a datasets save_to_disk folder, an image folder with metadata.jsonl, or a VQA v2 pair"
+
+
+@dataclass
+class Row:
+    """One row of the user's data, before any mapping or check."""
+
+    values: dict[str, Any]
+    reread_image: Callable[[], Any] | None = None
+    """Reads the image cell again from the file, so examples need not keep its bytes."""
+
+
+@dataclass
+class Source:
+    """A lazy stream of rows from one file or folder."""
+
+    name: str
+    """What was read, for messages: the path and its format."""
+    base_dir: Path
+    """Where relative image paths start when ``data.image_root`` is unset."""
+    rows: Iterable[Row]
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
+    """The column mapping that applies to these rows."""
+
+
+def open_source(path: str | os.PathLike, cfg: DataConfig) -> Source:
+    """The rows of ``path`` in ``cfg.format`` ("auto" infers it); UserError when it cannot be read."""
+    p = Path(path).expanduser()
+    if not str(path).strip() or not p.exists():
+        raise UserError(f"data path {str(path)!r} not found; set data.path to a file or folder ({_KNOWN})")
+    fmt = cfg.format
+    if fmt not in FORMATS:
+        raise UserError(f"data.format={fmt!r} is not known; choose one of {', '.join(FORMATS)}")
+    if fmt == "auto":
+        fmt = _infer_format(p)
+    if fmt == "vqa_v2":
+        from vqa_grpo.data.vqa_v2 import vqa_v2_source
+
+        return vqa_v2_source(p, cfg)
+    if fmt == "datasets":
+        return _datasets_source(p, cfg)
+    if fmt == "imagefolder":
+        return _imagefolder_source(p, cfg)
+    files = _data_files(p, fmt)
+    base = files[0].parent
+    name = f"{p} ({fmt})"
+    if fmt == "jsonl":
+        rows: Iterable[Row] = _jsonl_rows(files[0])
+    elif fmt == "csv":
+        rows = _csv_rows(files[0])
+    elif fmt == "json":
+        rows = _json_rows(files[0])
+    else:
+        rows = _parquet_rows(files, cfg.columns.image)
+    return Source(name, base, rows, cfg.columns)
+
+
+def frame_source(frame: Any, cfg: DataConfig) -> Source:
+    """Rows of an in-memory pandas DataFrame; relative image paths start at data.image_root, else the cwd."""
+    import pandas as pd
+
+    if not isinstance(frame, pd.DataFrame):
+        raise UserError(f"frame must be a pandas DataFrame, got {type(frame).__name__}")
+    rows = (Row(values) for values in frame.to_dict("records"))
+    return Source("DataFrame", Path.cwd(), rows, cfg.columns)
+
+
+# ----------------------------------------------------------------------------------------------
+# Which format a path holds.
+
+
+def _infer_format(p: Path) -> str:
+    from vqa_grpo.data.vqa_v2 import looks_like_vqa_v2
+
+    if p.is_file():
+        if looks_like_vqa_v2(p):
+            return "vqa_v2"
+        if p.name in _METADATA_FILES:
+            return "imagefolder"
+        fmt = _SUFFIX_FORMATS.get(p.suffix.lower())
+        if fmt is None:
+            raise UserError(f"cannot tell the format of {p} from its suffix; set data.format to one of {', '.join(FORMATS[1:])}")
+        return fmt
+    if (p / "dataset_dict.json").is_file() or (p / "state.json").is_file():
+        return "datasets"
+    if any((p / m).is_file() for m in _METADATA_FILES):
+        return "imagefolder"
+    if looks_like_vqa_v2(p):
+        return "vqa_v2"
+    if (p / "data.jsonl").is_file():
+        return "jsonl"
+    files = _candidate_files(p)
+    formats = {_SUFFIX_FORMATS[f.suffix.lower()] for f in files}
+    if len(formats) == 1 and (len(files) == 1 or formats == {"parquet"}):
+        return formats.pop()
+    if not files:
+        raise UserError(f"folder {p} holds no data file; point data.path at {_KNOWN}")
+    names = ", ".join(f.name for f in files[:5])
+    raise UserError(f"folder {p} holds several data files ({names}); set data.path to one of them")
+
+
+def _candidate_files(folder: Path) -> list[Path]:
+    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in _SUFFIX_FORMATS)
+
+
+def _data_files(p: Path, fmt: str) -> list[Path]:
+    """The file(s) to read for ``fmt``: ``p`` itself, or the matching file(s) in folder ``p``."""
+    if p.is_file():
+        return [p]
+    if fmt == "jsonl" and (p / "data.jsonl").is_file():
+        return [p / "data.jsonl"]
+    files = [f for f in _candidate_files(p) if _SUFFIX_FORMATS[f.suffix.lower()] == fmt]
+    if not files:
+        raise UserError(f"folder {p} holds no {fmt} file; set data.path to the file itself")
+    if len(files) > 1 and fmt != "parquet":
+        raise UserError(f"folder {p} holds several {fmt} files ({', '.join(f.name for f in files[:5])}); set data.path to one")
+    return files
+
+
+# ----------------------------------------------------------------------------------------------
+# Text formats.
+
+
+def _jsonl_rows(path: Path) -> Iterator[Row]:
+    with _open_text(path) as f:
+        for lineno, line in enumerate(_decoded(f, path), start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except (json.JSONDecodeError, RecursionError) as e:
+                msg = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+                raise UserError(f"{path} line {lineno} is not valid JSON ({msg}); fix or remove that line") from None
+            if not isinstance(value, dict):
+                raise UserError(f"{path} line {lineno} is a JSON {type(value).__name__}, not an object of fields; fix or remove that line")
+            yield Row(value)
+
+
+def _csv_rows(path: Path) -> Iterator[Row]:
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    with _open_text(path) as f:
+        reader = csv.DictReader(_decoded(f, path), delimiter=delimiter)
+        try:
+            for values in reader:
+                values.pop(None, None)  # cells beyond the header (a ragged row) have no column
+                yield Row(values)
+        except csv.Error as e:
+            raise UserError(f"{path} line {reader.line_num} is not valid CSV ({e}); fix that line") from None
+
+
+def _json_rows(path: Path) -> Iterator[Row]:
+    with _open_text(path) as f:
+        try:
+            data = json.loads("".join(_decoded(f, path)))
+        except (json.JSONDecodeError, RecursionError) as e:
+            where = f" at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
+            raise UserError(f"{path} is not valid JSON{where}; fix it (or use JSONL, one object per line)") from None
+    if isinstance(data, dict):
+        lists = [v for v in data.values() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
+        if len(lists) != 1:
+            raise UserError(f"{path} must hold a list of objects (or an object with one such list); found an object with keys {', '.join(list(data)[:8])}")
+        data = lists[0]
+    if not isinstance(data, list):
+        raise UserError(f"{path} must hold a list of objects, one per row; found a JSON {type(data).__name__}")
+    for i, value in enumerate(data, start=1):
+        if not isinstance(value, dict):
+            raise UserError(f"{path}: item {i} is a JSON {type(value).__name__}, not an object of fields; fix or remove it")
+        yield Row(value)
+
+
+def _open_text(path: Path):
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+def _decoded(f: Iterable[str], path: Path) -> Iterator[str]:
+    """The lines of ``f``, with a decoding error turned into a one-line UserError."""
+    try:
+        yield from f
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Parquet: read one row group at a time; embedded image bytes are re-read on demand.
+
+
+def _parquet_rows(files: list[Path], image_col: str) -> Iterator[Row]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for path in files:
+        try:
+            pf = pq.ParquetFile(path)
+        except (pa.ArrowException, OSError) as e:
+            raise UserError(f"{path} is not a readable Parquet file ({e})") from None
+        has_image = image_col in pf.schema_arrow.names
+        for group in range(pf.num_row_groups):
+            table = pf.read_row_group(group)
+            images = table.column(image_col).to_pylist() if has_image else []
+            others = table.drop_columns([image_col]) if has_image else table
+            for i, values in enumerate(others.to_pylist()):
+                reread = None
+                if has_image:
+                    values[image_col] = images[i]
+                    reread = partial(_parquet_cell, str(path), group, i, image_col)
+                yield Row(values, reread)
+
+
+def _parquet_cell(path: str, group: int, index: int, column: str) -> Any:
+    return _parquet_column(path, group, column)[index]
+
+
+@lru_cache(maxsize=1)  # one row group's images at a time: sequential reads decompress each group once
+def _parquet_column(path: str, group: int, column: str) -> list[Any]:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).read_row_group(group, columns=[column]).column(column).to_pylist()
+
+
+# ----------------------------------------------------------------------------------------------
+# datasets saved with save_to_disk: memory-mapped Arrow, images read without decoding.
+
+
+def _datasets_source(p: Path, cfg: DataConfig) -> Source:
+    import datasets
+
+    if (p / "dataset_dict.json").is_file():
+        splits = sorted(d.name for d in p.iterdir() if (d / "state.json").is_file())
+        raise UserError(f"{p} holds a DatasetDict with splits {', '.join(splits)}; set data.path to one split, e.g. {p / (splits[0] if splits else 'train')}")
+    try:
+        ds = datasets.load_from_disk(str(p))
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise UserError(f"{p} is not a datasets folder written by save_to_disk ({e})") from None
+    col = cfg.columns.image
+    if col in ds.column_names and isinstance(ds.features[col], datasets.Image):
+        ds = ds.cast_column(col, datasets.Image(decode=False))  # cells become {"bytes", "path"}
+    return Source(f"{p} (datasets)", p, _dataset_rows(ds, col), cfg.columns)
+
+
+def _dataset_rows(ds: Any, image_col: str) -> Iterator[Row]:
+    has_image = image_col in ds.column_names
+    start = 0
+    for batch in ds.iter(batch_size=256):
+        columns = list(batch)
+        n = len(batch[columns[0]]) if columns else 0
+        for i in range(n):
+            values = {c: batch[c][i] for c in columns}
+            reread = partial(_dataset_cell, ds, start + i, image_col) if has_image else None
+            yield Row(values, reread)
+        start += n
+
+
+def _dataset_cell(ds: Any, index: int, column: str) -> Any:
+    return ds[index][column]
+
+
+# ----------------------------------------------------------------------------------------------
+# Image folder with a metadata file (Hugging Face imagefolder layout).
+
+
+def _imagefolder_source(p: Path, cfg: DataConfig) -> Source:
+    meta = p if p.is_file() else next((p / m for m in _METADATA_FILES if (p / m).is_file()), None)
+    if meta is None:
+        raise UserError(f"folder {p} has no metadata.jsonl or metadata.csv; add one with a file_name column")
+    rows = _jsonl_rows(meta) if meta.suffix == ".jsonl" else _csv_rows(meta)
+    return Source(f"{meta} (imagefolder)", meta.parent, _file_name_as_image(rows, cfg.columns.image), cfg.columns)
+
+
+def _file_name_as_image(rows: Iterable[Row], image_col: str) -> Iterator[Row]:
+    for row in rows:
+        if image_col not in row.values and "file_name" in row.values:
+            row.values[image_col] = row.values.pop("file_name")
+        yield row

@@ -1,0 +1,27 @@
+"""GRPO: the objective's math (pure tensor functions) and row-wise sampling for the rollout."""
+
+from vqa_grpo.grpo.math import (
+    group_advantages,
+    kl_k3,
+    masked_mean,
+    masked_sum,
+    policy_loss,
+    seed_loss,
+    token_entropy,
+    token_logprobs,
+)
+from vqa_grpo.grpo.sampling import RowwiseTemperatureTopP, row_sampling_params, sampling_logprobs
+
+__all__ = [
+    "RowwiseTemperatureTopP",
+    "group_advantages",
+    "kl_k3",
+    "masked_mean",
+    "masked_sum",
+    "policy_loss",
+    "row_sampling_params",
+    "sampling_logprobs",
+    "seed_loss",
+    "token_entropy",
+    "token_logprobs",
+]

@@ -1,0 +1,257 @@
+"""The GRPO objective as pure tensor functions.
+
+GRPO (Shao et al., 2024, "DeepSeekMath", eq. 3) samples a group of G completions o_1..o_G for each
+question q from the rollout policy pi_old and maximises
+
+    J(theta) = E[ 1/G sum_i 1/|o_i| sum_t ( min(r_it A_i, clip(r_it, 1 - eps, 1 + eps) A_i)
+                                             - beta KL[pi_theta || pi_ref]_it ) ]
+
+with the token ratio r_it = pi_theta(o_it | q, o_i<t) / pi_old(o_it | q, o_i<t), the outcome
+advantage A_i = (R_i - mean(R)) / std(R) taken within the group (shared by all tokens of o_i), and
+the per-token KL estimated with Schulman's k3 estimator (eq. 4). This module computes the loss
+-J and the pieces it is made of; the variants are:
+
+- advantage scale: group std (DeepSeekMath), batch std, or none (Dr. GRPO, Liu et al., 2025,
+  "Understanding R1-Zero-Like Training", which drops the std because it re-weights questions);
+- upper clip range ``epsilon_high`` (DAPO, Yu et al., 2025, "clip-higher");
+- loss aggregation ``loss_type``: per-sequence mean then mean ("grpo", the paper's 1/G sum 1/|o_i|),
+  token mean over the batch ("bnpo", "dapo": DAPO's token-level loss), or the sum over a constant
+  N x max_completion_length ("dr_grpo": removes the length bias of 1/|o_i|).
+
+Shapes are written as comments: N completions (N = B x G, group after group), T completion
+tokens, V vocabulary entries. Masks are 1/True for completion tokens and 0/False for padding.
+Masked positions never reach a result, but should hold finite values: an inf there turns into a
+nan gradient through ``torch.where``.
+
+``seed_loss`` is the seed report's Algorithm 1, kept only to reproduce it: its value is zero by
+construction (see its docstring).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+AdvantageScale = Literal["group", "batch", "none"]
+LossType = Literal["grpo", "bnpo", "dapo", "dr_grpo"]
+LOSS_TYPES: tuple[str, ...] = ("grpo", "bnpo", "dapo", "dr_grpo")
+ADVANTAGE_SCALES: tuple[str, ...] = ("group", "batch", "none")
+
+
+# ----------------------------------------------------------------------------------------------
+# Advantages
+
+
+def group_advantages(
+    rewards: Tensor,  # [B*G], group after group
+    group_size: int,
+    *,
+    scale: AdvantageScale = "group",
+    eps: float = 1e-4,
+) -> Tensor:  # [B*G]
+    """Group-relative advantages A_i = (R_i - mean of R_i's group) / (scale + eps).
+
+    ``scale``:
+      - "group": the group's unbiased std (Bessel-corrected, ``torch.std``'s default), as in
+        DeepSeekMath's outcome supervision (section 4.1.2);
+      - "batch": the unbiased std of all B*G rewards (centring stays per group);
+      - "none": no division, centred rewards only (Dr. GRPO).
+
+    A group whose rewards are all equal carries no signal; its advantages are exactly zero in
+    every mode (not a rounding residue divided by ``eps``). A group of one sample is such a group.
+    """
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be flat [B*G], got shape {tuple(rewards.shape)}")
+    if group_size < 1 or rewards.numel() % group_size != 0:
+        raise ValueError(
+            f"{rewards.numel()} rewards do not split into groups of {group_size}; "
+            "give B*G rewards, group after group"
+        )
+    if scale not in ADVANTAGE_SCALES:
+        raise ValueError(f"scale={scale!r}: choose one of {', '.join(ADVANTAGE_SCALES)}")
+    r = (rewards if rewards.is_floating_point() else rewards.float()).view(-1, group_size)  # [B, G]
+    if group_size == 1:
+        return torch.zeros_like(r).view(-1)  # [B*G]; and torch.std of one value would be nan
+    centred = r - r.mean(dim=1, keepdim=True)  # [B, G]
+    if scale == "group":
+        adv = centred / (r.std(dim=1, keepdim=True) + eps)  # [B, G]
+    elif scale == "batch":
+        adv = centred / (r.std() + eps)  # [B, G]
+    else:
+        adv = centred
+    flat = (r == r[:, :1]).all(dim=1, keepdim=True)  # [B, 1] all rewards of the group equal
+    return torch.where(flat, torch.zeros_like(adv), adv).view(-1)  # [B*G]
+
+
+# ----------------------------------------------------------------------------------------------
+# Token-level helpers
+
+
+def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Sum of ``x`` over the positions where ``mask`` is true (bool mask, same shape)."""
+    kept = torch.where(mask, x, torch.zeros_like(x))
+    return kept.sum() if dim is None else kept.sum(dim)
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Mean of ``x`` over the positions where ``mask`` is true; 0 where there are none."""
+    count = mask.sum() if dim is None else mask.sum(dim)
+    return masked_sum(x, mask, dim) / count.clamp(min=1).to(x.dtype)
+
+
+def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    """Per-token k3 estimate of KL[pi_theta || pi_ref] (Schulman, 2020; DeepSeekMath eq. 4).
+
+    With d = log pi_ref - log pi_theta at the sampled token: k3 = exp(d) - d - 1. It is >= 0, and
+    unbiased for the KL when the tokens are drawn from pi_theta.
+    """
+    d = ref_logprobs - logprobs  # [N, T]
+    return torch.exp(d) - d - 1
+
+
+def token_logprobs(
+    logits: Tensor,  # [N, T, V]
+    ids: Tensor,  # [N, T]
+    *,
+    temperature: float | Tensor = 1.0,  # scalar or [N]
+) -> Tensor:  # [N, T]
+    """log softmax(logits / temperature)[ids], without materialising a [N, T, V] log-softmax.
+
+    Computed as the gathered logit minus the logsumexp, one sequence at a time, so the peak extra
+    memory is one [T, V] slice rather than a copy of the logits. ``temperature`` may be a tensor
+    [N] (one per sequence, e.g. the rollout's per-row temperatures). The result is in float32 or
+    wider; low-precision logits are upcast one sequence at a time.
+    """
+    if logits.shape[:-1] != ids.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and ids {tuple(ids.shape)} disagree on [N, T]")
+    temps = torch.as_tensor(temperature, dtype=torch.float32, device=logits.device).expand(ids.shape[0])  # [N]
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    rows = []
+    for logits_n, ids_n, t in zip(logits, ids, temps):  # [T, V], [T], []
+        scaled = logits_n.to(dtype) / t  # [T, V]
+        picked = scaled.gather(-1, ids_n.unsqueeze(-1)).squeeze(-1)  # [T]
+        rows.append(picked - torch.logsumexp(scaled, dim=-1))  # [T]
+    return torch.stack(rows)  # [N, T]
+
+
+def token_entropy(logits: Tensor) -> Tensor:  # [N, T, V] -> [N, T]
+    """Entropy H = logsumexp(z) - sum_v softmax(z)_v z_v of each position's distribution, in nats.
+
+    One sequence at a time, like ``token_logprobs``; meant for logging (take it under no_grad).
+    """
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    rows = []
+    for logits_n in logits:  # [T, V]
+        z = logits_n.to(dtype)  # [T, V]
+        rows.append(torch.logsumexp(z, dim=-1) - (torch.softmax(z, dim=-1) * z).sum(-1))  # [T]
+    return torch.stack(rows)  # [N, T]
+
+
+# ----------------------------------------------------------------------------------------------
+# The clipped surrogate with KL
+
+
+def policy_loss(
+    logprobs: Tensor,  # [N, T] log pi_theta of the completion tokens (with grad)
+    old_logprobs: Tensor,  # [N, T] log pi_old, the rollout policy (no grad)
+    advantages: Tensor,  # [N]
+    mask: Tensor,  # [N, T] bool or 0/1 float, true on completion tokens
+    *,
+    ref_logprobs: Tensor | None = None,  # [N, T] log pi_ref
+    beta: float = 0.0,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    loss_type: LossType = "grpo",
+    max_completion_length: int | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The GRPO loss -J(theta) and detached statistics.
+
+    Per token, with ratio = exp(logprobs - old_logprobs) and eps_high = epsilon_high or epsilon:
+
+        l_it = -min(ratio A_i, clip(ratio, 1 - epsilon, 1 + eps_high) A_i) + beta k3_it
+
+    where k3 is ``kl_k3(logprobs, ref_logprobs)``, added only when beta > 0 (then ``ref_logprobs``
+    is required). The tokens are then aggregated by ``loss_type``:
+
+      - "grpo": mean over each sequence's tokens, then mean over sequences (DeepSeekMath eq. 3).
+        A sequence with no unmasked token (e.g. a masked-out truncated completion) is left out of
+        the mean over sequences rather than counted as a zero, so masking a completion removes it
+        from the objective without shrinking the weight of the others. With no token at all the
+        loss is 0.
+      - "bnpo", "dapo": sum over all unmasked tokens / their number (DAPO's token-level loss).
+        The two names are the same here; they differ in TRL only in whether the token count is
+        taken per process or across processes, and this function sees one micro-batch.
+      - "dr_grpo": sum over all unmasked tokens / (N x max_completion_length), a constant (Dr. GRPO).
+
+    A float mask is read as a 0/1 mask (nonzero = token), not as weights.
+
+    Statistics (detached 0-dim tensors, no host sync): ``kl`` the token mean of k3 (0 when beta is
+    0), ``clip_fraction`` the share of tokens where the clipped term is the minimum and differs
+    from the unclipped one (ratio > 1 + eps_high with A > 0, or ratio < 1 - epsilon with A < 0:
+    the tokens that get no gradient), ``ratio_mean`` the token mean of the ratio.
+    """
+    if loss_type not in LOSS_TYPES:
+        hint = " (the seed's formula is seed_loss)" if loss_type == "seed" else ""
+        raise ValueError(f"loss_type={loss_type!r}: choose one of {', '.join(LOSS_TYPES)}{hint}")
+    if beta > 0 and ref_logprobs is None:
+        raise ValueError(f"beta={beta} needs ref_logprobs (the reference model's token log-probs)")
+    if loss_type == "dr_grpo" and max_completion_length is None:
+        raise ValueError("loss_type='dr_grpo' needs max_completion_length (its constant normaliser)")
+    if not (logprobs.shape == old_logprobs.shape == mask.shape) or advantages.shape != logprobs.shape[:1]:
+        raise ValueError(
+            f"shapes disagree: logprobs {tuple(logprobs.shape)}, old_logprobs {tuple(old_logprobs.shape)}, "
+            f"mask {tuple(mask.shape)} must be [N, T] and advantages {tuple(advantages.shape)} [N]"
+        )
+    mask = mask.bool()  # [N, T]
+    eps_high = epsilon if epsilon_high is None else epsilon_high
+
+    ratio = torch.exp(logprobs - old_logprobs)  # [N, T]
+    adv = advantages.to(ratio.dtype).unsqueeze(1)  # [N, 1]
+    unclipped = ratio * adv  # [N, T]
+    clipped = torch.clamp(ratio, 1 - epsilon, 1 + eps_high) * adv  # [N, T]
+    per_token = -torch.min(unclipped, clipped)  # [N, T]
+    if beta > 0:
+        kl = kl_k3(logprobs, ref_logprobs)  # [N, T]
+        per_token = per_token + beta * kl
+    else:
+        kl = torch.zeros_like(per_token)  # [N, T]
+
+    if loss_type == "grpo":
+        has_tokens = mask.any(dim=1)  # [N]
+        per_sequence = masked_mean(per_token, mask, dim=1)  # [N]
+        loss = masked_mean(per_sequence, has_tokens)
+    elif loss_type in ("bnpo", "dapo"):
+        loss = masked_mean(per_token, mask)
+    else:
+        loss = masked_sum(per_token, mask) / (mask.shape[0] * max_completion_length)
+
+    with torch.no_grad():
+        is_clipped = ((ratio > 1 + eps_high) & (adv > 0)) | ((ratio < 1 - epsilon) & (adv < 0))  # [N, T]
+        stats = {
+            "kl": masked_mean(kl, mask).detach(),
+            "clip_fraction": masked_mean(is_clipped.to(ratio.dtype), mask),
+            "ratio_mean": masked_mean(ratio, mask).detach(),
+        }
+    return loss, stats
+
+
+# ----------------------------------------------------------------------------------------------
+# The seed's formula (reproduction only)
+
+
+def seed_loss(rewards: Tensor, lm_loss: Tensor, *, eps: float = 1e-8) -> Tensor:
+    """The seed report's Algorithm 1: -mean((r - mean r) / (std r + eps)) x lm_loss.
+
+    ``rewards`` [G] are one group's rewards (any set works the same), ``lm_loss`` a 0-dim tensor,
+    the language-model loss of the prompt; std is unbiased (``torch.std``'s default).
+
+    Degenerate by construction: the standardised rewards have mean (mean r - mean r) / (std + eps)
+    = 0, so the loss is 0 x lm_loss up to float rounding, and its gradient is that rounding residue
+    (about 1e-8 in float32) times the gradient of ``lm_loss``. It does not depend on which
+    completion earned which reward. Kept as ``grpo.loss_type=seed`` only to reproduce the seed.
+    """
+    r = rewards if rewards.is_floating_point() else rewards.float()  # [G]
+    normalised = (r - r.mean()) / (r.std() + eps)  # [G]
+    return -normalised.mean() * lm_loss

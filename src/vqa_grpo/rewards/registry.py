@@ -1,0 +1,119 @@
+"""The rewards the trainer combines and the metrics evaluation reports, batched: lists in, arrays out.
+
+This module imports nothing of ``vqa_grpo.config`` (config imports ``REWARD_COMPONENTS`` from here).
+
+Training: ``compute_rewards`` takes the *raw decoded completions*; the format reward looks at them
+as they are, every other reward scores ``clean_answer(completion, reasoning=...)``. Evaluation:
+``score_predictions`` scores predictions with the same cleaning, so the reward and the metric can
+never disagree about what the model answered.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from vqa_grpo.rewards.answer_type import answer_type_batch
+from vqa_grpo.rewards.composite import SEED_WEIGHTS, composite_batch
+from vqa_grpo.rewards.format import clean_answer, format_batch
+from vqa_grpo.rewards.inputs import as_references, as_text, warn_bad
+from vqa_grpo.rewards.semantic import semantic_available, semantic_batch
+from vqa_grpo.rewards.vqa_accuracy import vqa_accuracy_batch
+
+REWARD_COMPONENTS: tuple[str, ...] = ("composite", "vqa_accuracy", "answer_type", "format", "semantic")
+
+__all__ = ["REWARD_COMPONENTS", "RewardResult", "clean_answer", "compute_rewards", "score_predictions"]
+
+
+@dataclass
+class RewardResult:
+    """Rewards of N completions.
+
+    total: [N] float64, sum over cfg.components of weight * component score.
+    parts: each component's score [N] under its name; with "composite", also its five parts as
+        "composite/bleu1", "composite/exact_match", "composite/substring", "composite/jaccard",
+        "composite/extractable".
+    bad_inputs: how many inputs were bad (None, not a string, empty, over-long), also logged.
+    """
+
+    total: np.ndarray
+    parts: dict[str, np.ndarray] = field(default_factory=dict)
+    bad_inputs: int = 0
+
+
+def _prepare(predictions: Sequence[Any], answers: Sequence[Any], answer_types: Sequence[Any], where: str, reasoning: bool):
+    """Cleaned prediction strings, reference lists, type strings, and the number of bad inputs (logged)."""
+    if not (len(predictions) == len(answers) == len(answer_types)):
+        raise ValueError(
+            f"{where}: {len(predictions)} predictions, {len(answers)} answer lists and "
+            f"{len(answer_types)} answer types; give one of each per example"
+        )
+    bad: Counter = Counter()
+    preds = [clean_answer(as_text(p, "prediction", bad), reasoning=reasoning) for p in predictions]
+    refs = [as_references(a, bad) for a in answers]
+    types = [t if isinstance(t, str) else "" for t in answer_types]  # unknown types are inferred
+    return preds, refs, types, warn_bad(where, bad)
+
+
+def compute_rewards(
+    predictions: list[str], answers: list[list[str]], answer_types: list[str], cfg: Any
+) -> RewardResult:
+    """Each of ``cfg.components`` for every completion, and their weighted sum by ``cfg.weights``.
+
+    predictions: raw decoded completions [N]; answers: reference answers per example [N][k];
+    answer_types: "yes/no", "number", "other", or anything else to infer it from the answers.
+    ``cfg`` is a RewardConfig (components, weights, composite_weights); two optional attributes
+    are read when present: ``reasoning`` (answers inside <answer> tags; default False) and
+    ``number_partial_credit`` (answer_type reward; default False).
+    vqa_accuracy as a reward is the lenient mode (always normalise both sides).
+    """
+    components, weights = list(cfg.components), list(cfg.weights)
+    unknown = [c for c in components if c not in REWARD_COMPONENTS]
+    if unknown or len(components) != len(weights):
+        raise ValueError(
+            f"reward components {components} with weights {weights}: choose from {REWARD_COMPONENTS}, one weight each"
+        )
+    reasoning = bool(getattr(cfg, "reasoning", False))
+    preds, refs, types, n_bad = _prepare(predictions, answers, answer_types, "compute_rewards", reasoning)
+
+    parts: dict[str, np.ndarray] = {}
+    for name in components:
+        if name == "composite":
+            comp = composite_batch(preds, refs, cfg.composite_weights)
+            parts["composite"] = comp.pop("total")
+            parts.update({f"composite/{k}": v for k, v in comp.items()})
+        elif name == "vqa_accuracy":
+            parts[name] = vqa_accuracy_batch(preds, refs, official=False)
+        elif name == "answer_type":
+            partial = bool(getattr(cfg, "number_partial_credit", False))
+            parts[name] = answer_type_batch(preds, refs, types, cfg.composite_weights, partial)
+        elif name == "format":
+            parts[name] = format_batch(predictions, reasoning=reasoning)
+        elif name == "semantic":
+            parts[name] = semantic_batch(preds, refs)
+    total = np.zeros(len(preds), dtype=np.float64)
+    for name, weight in zip(components, weights):
+        total += float(weight) * parts[name]
+    return RewardResult(total=total, parts=parts, bad_inputs=n_bad)
+
+
+def score_predictions(
+    predictions: list[str], answers: list[list[str]], answer_types: list[str], *, reasoning: bool = False
+) -> dict[str, np.ndarray]:
+    """Per-example evaluation metrics, each a float64 array [N] in [0, 1].
+
+    Keys: "vqa_accuracy" (official mode), "composite" (seed weights) and its parts "bleu1",
+    "exact_match", "substring", "jaccard", "extractable", and "semantic" only when the optional
+    extra is installed. Predictions are cleaned with ``clean_answer`` first (a no-op on answers
+    already cleaned, for plain completions). ``answer_types`` is checked for length only; group
+    by it to report per type (``score.run_score`` does).
+    """
+    preds, refs, _, _ = _prepare(predictions, answers, answer_types, "score_predictions", reasoning)
+    comp = composite_batch(preds, refs, SEED_WEIGHTS)
+    metrics = {"vqa_accuracy": vqa_accuracy_batch(preds, refs, official=True), "composite": comp.pop("total"), **comp}
+    if semantic_available():
+        metrics["semantic"] = semantic_batch(preds, refs)
+    return metrics

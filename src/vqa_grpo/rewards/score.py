@@ -1,0 +1,106 @@
+"""``vqa-grpo score PREDICTIONS.jsonl``: the metric table of a predictions file, overall and per answer type.
+
+Each line is a JSON object with a prediction (``prediction_field``, a string) and its answers
+(``answers_field``: a list of strings, a list of {"answer": ...} records as in VQA v2, or one
+string; when the field is "answers" and absent, an "answer" string is used). The answer type is
+the row's "answer_type" when it is a non-empty string, else inferred from the answers
+(``vqa_grpo.data.qtypes.answer_type_of``). Lines that are blank are ignored; lines that are not a
+JSON object or lack a usable prediction or answers are skipped, counted, and reported.
+Metrics are those of ``score_predictions``, as means: fractions in [0, 1] with ``--json``,
+percentages in the table.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from vqa_grpo.data.qtypes import answer_type_of
+from vqa_grpo.errors import UserError
+from vqa_grpo.rewards.registry import score_predictions
+
+
+def _answers(row: dict, field: str) -> list[str] | None:
+    value = row.get(field)
+    if value is None and field == "answers" and isinstance(row.get("answer"), str):
+        value = row["answer"]
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value:
+        out = [v.get("answer") if isinstance(v, dict) else v for v in value]
+        return out if all(isinstance(v, str) for v in out) else None
+    return None
+
+
+Row = tuple[str, list[str], str]  # prediction, answers, answer type
+
+
+def read_predictions(path: str, prediction_field: str, answers_field: str) -> tuple[list[Row], list[int]]:
+    """(prediction, answers, answer_type) per usable row, and the line numbers of skipped rows."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise UserError(f"predictions file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read predictions file {path}: {type(e).__name__}: {e}".splitlines()[0]) from None
+    rows, skipped = [], []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row: Any = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        pred = row.get(prediction_field) if isinstance(row, dict) else None
+        answers = _answers(row, answers_field) if isinstance(row, dict) else None
+        if not isinstance(pred, str) or answers is None:
+            skipped.append(number)
+            continue
+        kind = row.get("answer_type")
+        rows.append((pred, answers, kind if isinstance(kind, str) and kind else answer_type_of(answers)))
+    return rows, skipped
+
+
+def summarise(rows: list[Row]) -> dict[str, dict[str, float]]:
+    """{"overall": {"n", metric: mean, ...}, <answer type>: {...}, ...} (types sorted)."""
+    scores = score_predictions([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+    types = np.array([r[2] for r in rows], dtype=object)
+    groups = {"overall": np.ones(len(rows), dtype=bool)}
+    groups.update({t: types == t for t in sorted(set(types))})
+    return {name: {"n": int(m.sum()), **{k: float(v[m].mean()) for k, v in scores.items()}} for name, m in groups.items()}
+
+
+def format_table(table: dict[str, dict[str, float]]) -> str:
+    """The summary as plain text: one row per group, metric means in percent."""
+    metrics = [k for k in table["overall"] if k != "n"]
+    head = f"{'answer type':<12} {'n':>7} " + " ".join(f"{k:>12}" for k in metrics)
+    lines = [head, "-" * len(head)]
+    for name, m in table.items():
+        lines.append(f"{name:<12} {m['n']:>7} " + " ".join(f"{100 * m[k]:>12.2f}" for k in metrics))
+    return "\n".join(lines)
+
+
+def run_score(path: str, prediction_field: str = "prediction", answers_field: str = "answers", as_json: bool = False) -> int:
+    """Score a predictions JSONL file and print the table (or one JSON object); returns 0.
+
+    Raises UserError (one line) when the file is missing or unreadable, or has no usable row.
+    """
+    rows, skipped = read_predictions(path, prediction_field, answers_field)
+    if not rows:
+        raise UserError(
+            f"no scorable rows in {path} ({len(skipped)} skipped): each line needs a string "
+            f"{prediction_field!r} and {answers_field!r} (a list of strings); see --prediction-field/--answers-field"
+        )
+    table = summarise(rows)
+    if as_json:
+        out = {"path": path, "rows": len(rows), "skipped": len(skipped), "skipped_lines": skipped[:20], "metrics": table}
+        print(json.dumps(out))
+        return 0
+    where = ", ".join(map(str, skipped[:10])) + (", ..." if len(skipped) > 10 else "")
+    print(f"{path}: {len(rows)} rows scored, {len(skipped)} skipped" + (f" (lines {where})" if skipped else ""))
+    print("metric means in percent")
+    print(format_table(table))
+    return 0

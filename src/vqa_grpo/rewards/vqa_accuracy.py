@@ -1,0 +1,75 @@
+"""VQA accuracy: the official VQA v2 metric of GT-Vision-Lab/VQA ``vqaEval.py`` (master, 2021).
+
+For a prediction and the ground-truth answer entries g_1..g_n (VQA v2: n = 10), as upstream:
+
+1. Every text has "\\n" and "\\t" replaced by spaces, then is stripped.
+2. Official mode: *only when the stripped answers are not all identical* (``len(set(g)) > 1``),
+   the answers and the prediction are normalised by ``process_digit_article(process_punctuation(.))``
+   (see ``normalize``). When all answers are identical nothing is normalised, so the comparison is
+   exact and case-sensitive: answers ["yes"] * 10 give "Yes" and "yes." a score of 0 (the 2021
+   master behaves so). Lenient mode (``official=False``, as VLMEvalKit) always normalises both.
+3. Leave-one-out by entry: with M the number of entries equal to the prediction,
+   accuracy = mean over i of min(1, (M - [g_i == prediction]) / 3), i.e. each entry is left out once
+   even if its value repeats (upstream compares answer records, which differ by answer_id).
+
+Deviations, only for input VQA v2 never has: with n < 10 entries the same formula runs over the n
+entries given (so fewer than 4 matching entries cannot reach 1; e.g. 3 of 3 give 2/3), except that
+with exactly one entry leave-one-out leaves nothing, so the score is 1 if it equals the prediction
+else 0. No entries, or a prediction empty after processing, scores 0; empty entries still count
+as entries but never match.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Sequence
+
+import numpy as np
+
+from vqa_grpo.rewards.inputs import as_references, as_text, warn_bad
+from vqa_grpo.rewards.normalize import process_digit_article, process_punctuation
+
+
+def _whitespace(text: str) -> str:
+    return text.replace("\n", " ").replace("\t", " ").strip()
+
+
+def _normalise(text: str) -> str:
+    return process_digit_article(process_punctuation(text))
+
+
+def _accuracy(prediction: str, answers: Sequence[str], official: bool) -> float:
+    """The metric on strings (see the module docstring)."""
+    pred = _whitespace(prediction)
+    gts = [_whitespace(a) for a in answers]
+    if not official or len(set(gts)) > 1:
+        gts = [_normalise(g) for g in gts]
+        pred = _normalise(pred)
+    if not pred or not gts:
+        return 0.0
+    if len(gts) == 1:
+        return 1.0 if gts[0] == pred else 0.0
+    matches = sum(g == pred for g in gts)
+    # entries equal to pred see matches-1 others; the rest see matches
+    hit, miss = min(1.0, (matches - 1) / 3), min(1.0, matches / 3)
+    return (matches * hit + (len(gts) - matches) * miss) / len(gts)
+
+
+def vqa_accuracy(prediction: str, answers: list[str], *, official: bool = True) -> float:
+    """VQA accuracy in [0, 1] of one prediction against its ground-truth answers.
+
+    ``official=True`` reproduces vqaEval.py (normalising only when the answers differ);
+    ``official=False`` always normalises both sides (the training reward uses this). Bad input
+    never raises (see ``inputs``).
+    """
+    bad: Counter = Counter()
+    pred = as_text(prediction, "prediction", bad)
+    gts = as_references(answers, bad)
+    if bad:
+        warn_bad("vqa_accuracy", bad)
+    return _accuracy(pred, gts, official)
+
+
+def vqa_accuracy_batch(predictions: Sequence[str], answers: Sequence[Sequence[str]], *, official: bool) -> np.ndarray:
+    """``vqa_accuracy`` over a batch of strings: float64 array [N]."""
+    return np.array([_accuracy(p, a, official) for p, a in zip(predictions, answers)], dtype=np.float64)
