@@ -85,10 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def dispatch(args: argparse.Namespace) -> int:
     if args.command == "data" and args.data_command == "synth":
-        from vqa_grpo.data.synthetic import synthesize
+        from vqa_grpo.data.synthetic import MIN_IMAGE_SIZE, synthesize
 
         if args.n < 1:
             raise UserError(f"--n={args.n}: need at least 1 question")
+        if args.image_size < MIN_IMAGE_SIZE:
+            raise UserError(f"--image-size={args.image_size}: need at least {MIN_IMAGE_SIZE} px")
         path = synthesize(args.out, n=args.n, seed=args.seed, image_size=args.image_size)
         print(f"wrote {args.n} questions to {path}")
         return 0

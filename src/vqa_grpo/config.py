@@ -33,7 +33,7 @@ class ModelConfig:
     """Model family adapter; "auto" detects it from ``config.model_type``."""
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Dtype the weights are loaded in."""
-    attn_implementation: str = "sdpa"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     """Attention kernel: sdpa, eager, or flash_attention_2 when installed."""
     trust_remote_code: bool = False
     """Run code shipped with the model (needed by Phi-3-vision). Off unless asked for."""
@@ -45,14 +45,12 @@ class ModelConfig:
     """LoRA rank."""
     lora_alpha: int = 32
     """LoRA scaling numerator (scale = alpha / r)."""
-    lora_dropout: float = 0.05
-    """Dropout on the LoRA input."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA input; 0 keeps the old/reference log-probs of GRPO deterministic."""
     lora_target_modules: Optional[list[str]] = None
     """Module names to adapt; None takes the family's default (the language model's projections)."""
     freeze_vision: bool = False
     """Freeze the vision tower in full fine-tuning."""
-    max_image_pixels: int = 1_000_000
-    """Images larger than this many pixels are downscaled (aspect kept) before the processor."""
 
 
 @dataclass
@@ -60,12 +58,19 @@ class ColumnsConfig:
     """Which column of the user's data holds each field."""
 
     image: str = "image"
+    """Image: a path (relative to data.image_root), bytes, or a datasets Image."""
     question: str = "question"
+    """The question text."""
     answer: str = "answer"
+    """The single answer (the SFT target; VQA v2's multiple_choice_answer)."""
     answers: str = "answers"
+    """All reference answers: a list (VQA v2's 10) or one string."""
     question_type: str = "question_type"
+    """Question type; inferred from VQA v2's prefixes when the column is absent."""
     answer_type: str = "answer_type"
+    """Answer type (yes/no, number, other); inferred from the answers when absent."""
     id: str = "id"
+    """Unique example id; a row number when absent."""
 
 
 @dataclass
@@ -362,6 +367,15 @@ def validate(cfg: Config) -> None:
     for key in ("max_train_samples", "max_eval_samples"):
         v = getattr(d, key)
         need(v is None or v >= 1, f"data.{key}={v}: must be >= 1 or null")
+    m, e = cfg.model, cfg.eval
+    need(m.lora_r >= 1, f"model.lora_r={m.lora_r}: must be >= 1")
+    need(m.lora_alpha > 0, f"model.lora_alpha={m.lora_alpha}: must be > 0")
+    need(0 <= m.lora_dropout < 1, f"model.lora_dropout={m.lora_dropout}: must be in [0, 1)")
+    need(e.batch_size >= 1, f"eval.batch_size={e.batch_size}: must be >= 1")
+    need(e.max_new_tokens >= 1, f"eval.max_new_tokens={e.max_new_tokens}: must be >= 1")
+    need(e.temperature > 0, f"eval.temperature={e.temperature}: must be > 0")
+    need(0 < e.top_p <= 1, f"eval.top_p={e.top_p}: must be in (0, 1]")
+    need(e.bootstrap_samples >= 1, f"eval.bootstrap_samples={e.bootstrap_samples}: must be >= 1")
     from vqa_grpo.rewards.registry import REWARD_COMPONENTS  # late: rewards import nothing of config
 
     unknown = [c for c in r.components if c not in REWARD_COMPONENTS]

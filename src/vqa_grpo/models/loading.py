@@ -63,14 +63,21 @@ def load_model(cfg: ModelConfig, device: torch.device | str = "cpu", *, trainabl
         if "trust_remote_code" in str(e):
             raise UserError(f"{base_path} needs its own code; set model.trust_remote_code=true if you trust it") from None
         raise UserError(f"cannot read the model config of {base_path}: {e}") from None
-    processor = AutoProcessor.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-    model = AutoModelForImageTextToText.from_pretrained(
-        base_path,
-        dtype=DTYPES[cfg.dtype],
-        attn_implementation=cfg.attn_implementation,
-        trust_remote_code=cfg.trust_remote_code,
-    )
     adapter = adapter_for(hf_config.model_type, cfg.family)
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(
+            base_path,
+            dtype=DTYPES[cfg.dtype],
+            attn_implementation=cfg.attn_implementation,
+            trust_remote_code=cfg.trust_remote_code,
+        )
+    except ImportError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"model.attn_implementation={cfg.attn_implementation} cannot be used ({first}); "
+            "install flash-attn or set model.attn_implementation=sdpa"
+        ) from None
     if adapter_dir.is_file():
         from peft import PeftModel
 

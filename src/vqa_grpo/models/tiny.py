@@ -58,8 +58,17 @@ def build_word_tokenizer(words: list[str], specials: list[str], unk: str = "<|un
     return tok
 
 
-def build_tiny_qwen2_vl(out_dir: str | Path, *, seed: int = 0, words: list[str] | None = None) -> Path:
-    """A ~1.3M-parameter Qwen2-VL with its real processor, saved to ``out_dir``."""
+def build_tiny_qwen2_vl(
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    words: list[str] | None = None,
+    hidden: int = 128,
+    layers: int = 4,
+    vision_dim: int = 64,
+    vision_depth: int = 2,
+) -> Path:
+    """A ~1M-parameter Qwen2-VL (at the defaults) with its real processor, saved to ``out_dir``."""
     from transformers import (
         PreTrainedTokenizerFast,
         Qwen2VLConfig,
@@ -84,23 +93,25 @@ def build_tiny_qwen2_vl(out_dir: str | Path, *, seed: int = 0, words: list[str] 
     )
     tokenizer.chat_template = QWEN2_VL_CHAT_TEMPLATE
     ids = {t: raw.token_to_id(t) for t in QWEN2_VL_SPECIALS}
-    hidden, heads = 128, 4
+    heads = 4
+    # M-RoPE splits each head's rotary half (head_dim / 2) into temporal, height and width parts.
+    half = hidden // heads // 2
+    mrope = [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]
     config = Qwen2VLConfig(
         text_config=dict(
             vocab_size=raw.get_vocab_size(),
             hidden_size=hidden,
-            intermediate_size=384,
-            num_hidden_layers=4,
+            intermediate_size=3 * hidden,
+            num_hidden_layers=layers,
             num_attention_heads=heads,
             num_key_value_heads=2,
             max_position_embeddings=2048,
-            # M-RoPE splits each head's rotary half (head_dim/2 = 16) into temporal, height, width.
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
             bos_token_id=None,
             eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],
         ),
-        vision_config=dict(depth=2, embed_dim=64, hidden_size=hidden, num_heads=2, mlp_ratio=2),
+        vision_config=dict(depth=vision_depth, embed_dim=vision_dim, hidden_size=hidden, num_heads=2, mlp_ratio=2),
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],

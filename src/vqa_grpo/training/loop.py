@@ -135,6 +135,7 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None) -
     optimizer = make_optimizer(model.parameters(), cfg.train)
     scheduler = make_scheduler(optimizer, cfg.train)
     batches = Batches(data.train, cfg.train.per_device_batch_size, cfg.train.seed)
+    ref = _reference_model(cfg, lm) if mode == "grpo" else None  # the starting policy, before any resume
     state = {"best_metric": None, "bad_steps": 0, "eval_history": []}
     start = 0
     resume = _resume_path(cfg, run_dir)
@@ -142,26 +143,35 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None) -
         state = load_checkpoint(resume, model, optimizer, scheduler)
         batches.restore(state["data"])
         start = state["step"]
-    ref = _reference_model(cfg, lm) if mode == "grpo" else None
     log = (run_dir / "metrics.jsonl").open("a")
     samples_log = (run_dir / "completions.jsonl").open("a") if mode == "grpo" else None
     bar = tqdm(total=cfg.train.max_steps, initial=start, desc=desc or mode, disable=not cfg.train.progress)
     step = start
     pending: list = []  # GRPO rollouts reused for num_iterations steps
+    rollout_seconds = 0.0
     while step < cfg.train.max_steps:
+        t_step = time.time()
         if mode == "sft":
             micro = [batches.next() for _ in range(cfg.train.gradient_accumulation_steps)]
             total = sum(answer_token_count(lm, ex) for ex, _ in micro)
             stats = {}
             for ex, im in micro:
-                loss, s = sft_micro_loss(lm, ex, im, device, total)
+                with _autocast(cfg, device):
+                    loss, s = sft_micro_loss(lm, ex, im, device, total)
                 loss.backward()
                 stats = _accumulate([s, {"loss": float(loss.detach())}], stats)
             stats["nll"] /= len(micro)
         else:
             if not pending:
-                pending = _make_rollouts(cfg, lm, ref, batches, device)
-            stats = _grpo_backward(cfg, lm, pending)
+                t_roll = time.time()
+                with _autocast(cfg, device):
+                    pending = _make_rollouts(cfg, lm, ref, batches, device)
+                rollout_seconds = time.time() - t_roll
+                if step % cfg.train.logging_steps == 0:
+                    _log_completions(samples_log, step + 1, pending[0][1][0])
+            with _autocast(cfg, device):
+                stats = _grpo_backward(cfg, lm, pending)
+            stats["rollout_seconds"] = rollout_seconds
             if cfg.grpo.num_iterations == stats.pop("_iteration"):
                 pending = []
         grad_norm = _clip(model, cfg.train.max_grad_norm)
@@ -177,7 +187,11 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None) -
             optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         step += 1
+        seconds = time.time() - t_step
         stats.update(step=step, lr=scheduler.get_last_lr()[0], grad_norm=grad_norm, skipped_images=batches.skipped)
+        stats["step_seconds"] = seconds
+        if "completion_tokens" in stats:
+            stats["completion_tokens_per_second"] = stats.pop("completion_tokens") / max(seconds, 1e-9)
         if step % cfg.train.logging_steps == 0 or step == cfg.train.max_steps:
             log.write(json.dumps(stats) + "\n")
             log.flush()
@@ -215,7 +229,7 @@ def _resume_path(cfg: Config, run_dir: Path) -> Path | None:
 
 def _reference_model(cfg: Config, lm: LoadedModel):
     """The frozen reference for the KL term; None when beta = 0 (no reference pass at all)."""
-    if cfg.grpo.beta == 0:
+    if cfg.grpo.beta == 0 or cfg.grpo.loss_type == "seed":
         return None
     if cfg.model.lora:
         return "disable_adapter"  # the base model: LoRA adapters switched off, no second copy
@@ -261,7 +275,7 @@ def _grpo_backward(cfg: Config, lm: LoadedModel, pending: list) -> dict:
         (loss / len(rollouts)).backward()
         s["loss"] = float(loss.detach())
         stats = _accumulate([s, _rollout_stats(ro)], stats)
-    stats = {k: v / len(rollouts) for k, v in stats.items()}
+    stats = {k: v if k == "completion_tokens" else v / len(rollouts) for k, v in stats.items()}
     stats["_iteration"] = iteration
     return stats
 
@@ -269,17 +283,48 @@ def _grpo_backward(cfg: Config, lm: LoadedModel, pending: list) -> dict:
 def _rollout_stats(ro) -> dict:
     G = ro.group_size
     r = ro.rewards.view(-1, G)
+    adv = ro.advantages.float()
     out = {
         "reward": float(ro.rewards.mean()),
         "reward_std": float(r.std(dim=1).mean()),
         "frac_zero_std_groups": float((r.std(dim=1) == 0).float().mean()),
-        "advantage_abs_mean": float(ro.advantages.abs().mean()),
+        "advantage_abs_mean": float(adv.abs().mean()),
+        "advantage_std": float(adv.std()) if adv.numel() > 1 else 0.0,
+        "advantage_min": float(adv.min()),
+        "advantage_max": float(adv.max()),
         "completion_length": float(ro.completion_mask.sum(1).float().mean()),
+        "completion_tokens": float(ro.completion_mask.sum()),
         "truncated_fraction": float(ro.truncated.float().mean()),
     }
     for name, v in ro.reward_parts.items():
         out[f"reward/{name}"] = float(v.mean())
+        out[f"reward_std/{name}"] = float(v.view(-1, G).std(dim=1).mean())
     return out
+
+
+def _autocast(cfg: Config, device: torch.device):
+    """bf16/fp16 autocast when train.mixed_precision asks for it (a no-op context otherwise)."""
+    import contextlib
+
+    if cfg.train.mixed_precision == "no":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if cfg.train.mixed_precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _log_completions(f, step: int, ro) -> None:
+    """The first question of a rollout with its G answers and rewards, one JSON line."""
+    ex, G = ro.examples[0], ro.group_size
+    f.write(json.dumps({
+        "step": step,
+        "id": ex.id,
+        "question": ex.question,
+        "answers": ex.answers,
+        "completions": ro.answers[:G],
+        "rewards": [round(float(x), 4) for x in ro.rewards[:G]],
+        "advantages": [round(float(x), 4) for x in ro.advantages[:G]],
+    }) + "\n")
+    f.flush()
 
 
 def _accumulate(parts: list[dict], into: dict) -> dict:

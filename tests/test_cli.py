@@ -1,0 +1,314 @@
+"""The `vqa-grpo` command: --help of every subcommand, bad input, and the offline builders.
+
+Most cases call ``vqa_grpo.cli.main([...])`` in this process (torch is imported once); a few run
+the real command as a subprocess to check the process-level contract: exit code 2, one line on
+stderr that starts with "error:", no traceback, and nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vqa_grpo import config as C
+from vqa_grpo.cli import build_parser, main
+from vqa_grpo.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+
+SUBCOMMANDS = [
+    ["data", "synth"], ["data", "inspect"], ["model", "tiny"],
+    ["sft"], ["train"], ["evaluate"], ["score"], ["demo"],
+]
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The real command, as a user runs it (one OpenMP thread: see tests/conftest.py)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "vqa_grpo.cli", *args], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=timeout)
+
+
+def subparser(path: list[str]) -> argparse.ArgumentParser:
+    parser = build_parser()
+    for name in path:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[name]
+    return parser
+
+
+def help_text(capsys, args: list[str]) -> str:
+    with pytest.raises(SystemExit) as info:
+        main([*args, "--help"])
+    assert info.value.code == 0
+    return capsys.readouterr().out
+
+
+def config_keys() -> list[tuple[str, object]]:
+    """Every dotted config key with its default, nested sections (data.columns) included."""
+    keys = []
+    for section in dataclasses.fields(C.Config):
+        default = section.default_factory()
+        for f in dataclasses.fields(default):
+            value = getattr(default, f.name)
+            if dataclasses.is_dataclass(value):
+                keys += [(f"{section.name}.{f.name}.{g.name}", getattr(value, g.name)) for g in dataclasses.fields(value)]
+            else:
+                keys.append((f"{section.name}.{f.name}", value))
+    return keys
+
+
+def assert_user_error(rc: int, err: str) -> None:
+    assert rc == 2, err
+    assert err.startswith("error: "), err
+    assert err.strip().count("\n") == 0, f"more than one line on stderr:\n{err}"
+    assert "Traceback" not in err
+
+
+# ---- --help ----------------------------------------------------------------------------------
+
+
+def test_top_level_help_lists_the_subcommands_in_a_subprocess():
+    res = cli("--help")
+    assert res.returncode == 0
+    for name in ("data", "model", "sft", "train", "evaluate", "score", "demo", "--debug"):
+        assert name in res.stdout
+
+
+@pytest.mark.parametrize("path", SUBCOMMANDS, ids=" ".join)
+def test_help_mentions_every_option_and_its_default(path, capsys):
+    text = help_text(capsys, path)
+    for action in subparser(path)._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        if not action.option_strings:  # a positional: named in the usage and described
+            assert action.dest in text and action.help
+            continue
+        assert action.option_strings[-1] in text
+        assert action.help and ("default" in action.help or "required" in action.help), action.option_strings
+        if action.default not in (None, False, argparse.SUPPRESS):
+            assert f"default: {action.default}" in text, action.option_strings
+
+
+@pytest.mark.parametrize("command", ["sft", "train", "evaluate"])
+def test_training_help_lists_every_config_key_with_its_default(command, capsys):
+    text = help_text(capsys, [command])
+    lines = text.splitlines()
+    for key, default in config_keys():
+        line = next((ln for ln in lines if ln.strip().startswith(f"{key} = ")), None)
+        assert line is not None, f"{key} missing from `vqa-grpo {command} --help`"
+        assert repr(default) in line
+
+
+# ---- bad input: exit 2, one line, nothing written --------------------------------------------
+
+
+@pytest.fixture
+def out_dir(tmp_path):
+    """A run directory that must not exist after a refused command."""
+    d = tmp_path / "run"
+    yield d
+    assert not d.exists(), f"{d} was written although the command failed"
+
+
+@pytest.fixture(scope="module")
+def no_processor_model(tiny_model_dir, tmp_path_factory):
+    """The tiny model without its processor (or preprocessor) config."""
+    d = tmp_path_factory.mktemp("noproc") / "model"
+    shutil.copytree(tiny_model_dir, d)
+    for f in list(d.glob("*processor*.json")):
+        f.unlink()
+    return d
+
+
+def run_refused(capsys, args: list[str]) -> str:
+    rc = main(args)
+    err = capsys.readouterr().err
+    assert_user_error(rc, err)
+    return err
+
+
+def test_missing_config_file_in_a_subprocess(tmp_path, out_dir):
+    res = cli("train", "--config", str(tmp_path / "nope.yaml"), f"train.output_dir={out_dir}")
+    assert_user_error(res.returncode, res.stderr)
+    assert "nope.yaml" in res.stderr
+    assert res.stdout == ""
+
+
+def test_model_dir_without_processor_in_a_subprocess(synth_dir, no_processor_model, out_dir):
+    res = cli("train", f"data.path={synth_dir}", f"model.name_or_path={no_processor_model}",
+              f"train.output_dir={out_dir}")
+    assert_user_error(res.returncode, res.stderr)
+    assert "processor" in res.stderr
+
+
+def test_debug_shows_the_traceback_in_a_subprocess(tmp_path, out_dir):
+    res = cli("--debug", "train", "--config", str(tmp_path / "nope.yaml"), f"train.output_dir={out_dir}")
+    assert res.returncode != 0 and res.returncode != 2
+    assert "Traceback" in res.stderr and "ConfigError" in res.stderr
+
+
+@pytest.mark.parametrize("command", ["sft", "train"])
+@pytest.mark.parametrize(
+    "overrides, says",
+    [
+        (["model.foo=1"], "model.foo"),
+        (["train.max_steps=abc"], "train.max_steps"),
+        (["grpo.num_generations=1"], "grpo.num_generations"),
+        (["reward.components=[composite,format]", "reward.weights=[0.9,0.3]"], "reward.weights"),
+    ],
+    ids=["unknown-key", "wrong-type", "num_generations=1", "weights"],
+)
+def test_bad_config_is_refused_before_anything_loads(command, overrides, says, capsys, out_dir):
+    err = run_refused(capsys, [command, *overrides, f"train.output_dir={out_dir}"])
+    assert says in err
+
+
+def test_missing_config_file(capsys, tmp_path, out_dir):
+    for command in ("sft", "train"):
+        err = run_refused(capsys, [command, "--config", str(tmp_path / "nope.yaml"), f"train.output_dir={out_dir}"])
+        assert "nope.yaml" in err
+
+
+def test_missing_data_path_with_a_valid_model(tiny_model_dir, capsys, out_dir):
+    err = run_refused(capsys, ["train", "data.path=/nonexistent", f"model.name_or_path={tiny_model_dir}",
+                               f"train.output_dir={out_dir}"])
+    assert "/nonexistent" in err
+
+
+def test_data_path_that_is_not_data(tiny_model_dir, tmp_path, capsys, out_dir):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken.jsonl").write_text('{"question": "what?"\n')
+    for path in (tmp_path / "empty", tmp_path / "broken.jsonl"):
+        err = run_refused(capsys, ["train", f"data.path={path}", f"model.name_or_path={tiny_model_dir}",
+                                   f"train.output_dir={out_dir}"])
+        assert path.name in err
+
+
+def test_model_dir_without_processor(synth_dir, no_processor_model, capsys, out_dir):
+    for command in ("sft", "train"):
+        err = run_refused(capsys, [command, f"data.path={synth_dir}", f"model.name_or_path={no_processor_model}",
+                                   f"train.output_dir={out_dir}"])
+        assert "processor" in err
+
+
+def test_missing_model_dir(synth_dir, tmp_path, capsys, out_dir):
+    err = run_refused(capsys, ["train", f"data.path={synth_dir}", f"model.name_or_path={tmp_path / 'nomodel'}",
+                               f"train.output_dir={out_dir}"])
+    assert "nomodel" in err
+
+
+@pytest.mark.parametrize("value", ["", "''"], ids=["bare", "quoted"])
+def test_empty_model_name(synth_dir, value, capsys, out_dir):
+    err = run_refused(capsys, ["train", f"data.path={synth_dir}", f"model.name_or_path={value}",
+                               f"train.output_dir={out_dir}"])
+    assert "model.name_or_path" in err
+
+
+def test_unknown_model_family_is_refused_before_the_model_loads(synth_dir, tiny_model_dir, capsys, out_dir):
+    err = run_refused(capsys, ["train", f"data.path={synth_dir}", f"model.name_or_path={tiny_model_dir}",
+                               "model.family=nope", f"train.output_dir={out_dir}"])
+    assert "model.family" in err
+
+
+def test_evaluate_bad_input_writes_nothing(synth_dir, tiny_model_dir, no_processor_model, capsys, out_dir):
+    run_refused(capsys, ["evaluate", "--model", str(no_processor_model), "--data", str(synth_dir), "--out", str(out_dir)])
+    run_refused(capsys, ["evaluate", "--model", str(tiny_model_dir), "--data", "/nonexistent", "--out", str(out_dir)])
+    run_refused(capsys, ["evaluate", "--model", str(tiny_model_dir), "--data", str(synth_dir), "--out", str(out_dir),
+                         "eval.nope=1"])
+
+
+def test_other_subcommands_refuse_bad_input(tmp_path, capsys, out_dir):
+    run_refused(capsys, ["data", "synth", "--out", str(out_dir), "--n", "0"])
+    run_refused(capsys, ["data", "inspect", "/nonexistent"])
+    run_refused(capsys, ["score", str(tmp_path / "nope.jsonl")])
+    run_refused(capsys, ["model", "tiny", "--family", "nope", "--out", str(out_dir)])
+
+
+def test_debug_reraises_the_user_error(tmp_path):
+    with pytest.raises(UserError):
+        main(["--debug", "train", "--config", str(tmp_path / "nope.yaml")])
+
+
+def test_synth_with_too_small_image_size(capsys, out_dir):
+    run_refused(capsys, ["data", "synth", "--out", str(out_dir), "--image-size", "5"])
+
+
+def test_lora_rank_zero(synth_dir, tiny_model_dir, capsys, out_dir):
+    run_refused(capsys, ["train", f"data.path={synth_dir}", f"model.name_or_path={tiny_model_dir}",
+                         "model.lora=true", "model.lora_r=0", f"train.output_dir={out_dir}"])
+
+
+def _flash_attn_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+@pytest.mark.skipif(_flash_attn_installed(), reason="flash-attn is installed here")
+def test_flash_attention_without_flash_attn(synth_dir, tiny_model_dir, capsys, out_dir):
+    # The Phi-3 configs ask for flash_attention_2; without the package the user should get one
+    # line that says to install it or use sdpa.
+    err = run_refused(capsys, ["train", f"data.path={synth_dir}", f"model.name_or_path={tiny_model_dir}",
+                               "model.attn_implementation=flash_attention_2", f"train.output_dir={out_dir}"])
+    assert "sdpa" in err
+
+
+# ---- the builders and inspection -------------------------------------------------------------
+
+
+def test_synth_twice_with_the_same_seed_is_byte_identical(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert cli("data", "synth", "--out", str(a), "--n", "30", "--seed", "3").returncode == 0
+    assert main(["data", "synth", "--out", str(b), "--n", "30", "--seed", "3"]) == 0
+    assert (a / "data.jsonl").read_bytes() == (b / "data.jsonl").read_bytes()
+    images = sorted(p.name for p in (a / "images").iterdir())
+    assert len(images) == 30 and images == sorted(p.name for p in (b / "images").iterdir())
+    assert all((a / "images" / n).read_bytes() == (b / "images" / n).read_bytes() for n in images)
+    main(["data", "synth", "--out", str(b), "--n", "30", "--seed", "4"])
+    assert (a / "data.jsonl").read_bytes() != (b / "data.jsonl").read_bytes()
+
+
+def test_model_tiny_writes_a_model_transformers_loads(tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    out = tmp_path / "tiny"
+    assert main(["model", "tiny", "--out", str(out), "--seed", "1"]) == 0
+    model = AutoModelForImageTextToText.from_pretrained(out)
+    processor = AutoProcessor.from_pretrained(out)
+    assert model.config.model_type == "qwen2_vl"
+    assert 1e6 <= sum(p.numel() for p in model.parameters()) <= 5e6
+    assert processor.tokenizer.chat_template or processor.chat_template
+
+
+def test_data_inspect_json_prints_one_object(synth_dir, capsys):
+    assert main(["data", "inspect", str(synth_dir), "--json"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out)  # the whole of stdout is one JSON object
+    assert isinstance(report, dict)
+    assert {"rows", "kept", "skipped", "answer_types"} <= set(report)
+    assert report["rows"] == report["kept"] == 200
+    assert set(report["answer_types"]) == {"yes/no", "number", "other"}
+    assert sum(report["answer_types"].values()) == 200
+
+
+def test_tiny_cpu_config_trains_one_step(synth_dir, tiny_model_dir, tmp_path, capsys):
+    """configs/tiny_cpu.yaml works with `vqa-grpo train --config` (paths pointed at the fixtures)."""
+    run_dir = tmp_path / "run"
+    rc = main(["train", "--config", str(REPO / "configs" / "tiny_cpu.yaml"),
+               f"model.name_or_path={tiny_model_dir}", f"data.path={synth_dir}", f"train.output_dir={run_dir}",
+               "train.max_steps=1", "train.per_device_batch_size=2", "grpo.num_generations=2",
+               "train.save_steps=0", "train.progress=false", "data.max_eval_samples=4"])
+    assert rc == 0
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "final").is_dir()
+    saved = C.load_config(run_dir / "config.yaml")
+    assert saved.reward.components == ["vqa_accuracy", "composite"]  # from the file
+    assert saved.train.max_steps == 1  # from the command line
