@@ -24,11 +24,11 @@ from vqa_grpo.training.loop import run
 
 N_QUESTIONS = 3000
 EVAL_FRACTION = 0.2
-WARM_STEPS = 150
-RL_STEPS = 60
+WARM_STEPS = 1200
+RL_STEPS = 100
 
 COMMON = [
-    "data.eval_fraction={}".format(EVAL_FRACTION),
+    f"data.eval_fraction={EVAL_FRACTION}",
     "train.device=cpu",
     "train.cpu_threads=1",
     "train.lr_scheduler=constant",
@@ -36,12 +36,11 @@ COMMON = [
     "eval.batch_size=64",
     "eval.max_new_tokens=4",
 ]
-WARM = ["train.per_device_batch_size=16", "train.learning_rate=0.002", f"train.max_steps={WARM_STEPS}"]
-SFT_MORE = ["train.per_device_batch_size=16", "train.learning_rate=0.001", f"train.max_steps={RL_STEPS}"]
+WARM = ["train.per_device_batch_size=16", "train.learning_rate=2e-4"]
+SFT_MORE = ["train.per_device_batch_size=16", "train.learning_rate=1e-4"]
 GRPO = [
     "train.per_device_batch_size=16",
-    "train.learning_rate=0.001",
-    f"train.max_steps={RL_STEPS}",
+    "train.learning_rate=1e-4",
     "grpo.num_generations=8",
     "grpo.temperatures=[1.0]",
     "grpo.top_ps=[1.0]",
@@ -51,20 +50,30 @@ GRPO = [
 ]
 
 
-def run_demo(out: str | Path, *, seed: int = 0) -> dict:
+def run_demo(
+    out: str | Path,
+    *,
+    seed: int = 0,
+    n_questions: int = N_QUESTIONS,
+    warm_steps: int = WARM_STEPS,
+    rl_steps: int = RL_STEPS,
+    progress: bool = True,
+) -> dict:
+    """Run the demo into ``out``; the keyword sizes exist for the end-to-end test."""
     t0 = time.time()
     out = Path(out)
-    data_dir = synthesize(out / "data", n=N_QUESTIONS, seed=seed).parent
+    data_dir = synthesize(out / "data", n=n_questions, seed=seed).parent
     model_dir = build_tiny("qwen2_vl", out / "tiny-model", seed=seed)
-    base = [f"data.path={data_dir}", f"train.seed={seed}", *COMMON]
+    base = [f"data.path={data_dir}", f"train.seed={seed}", f"train.progress={str(progress).lower()}", *COMMON]
 
-    def stage(name: str, init: Path, mode: str, extra: list[str]) -> Path:
-        cfg = load_config(None, [*base, f"model.name_or_path={init}", f"train.output_dir={out / name}", *extra])
+    def stage(name: str, init: Path, mode: str, steps: int, extra: list[str]) -> Path:
+        overrides = [f"model.name_or_path={init}", f"train.output_dir={out / name}", f"train.max_steps={steps}"]
+        cfg = load_config(None, [*base, *overrides, *extra])
         return run(cfg, mode, desc=name).final_dir  # type: ignore[arg-type]
 
-    warm = stage("sft-warm-start", model_dir, "sft", WARM)
-    grpo = stage("grpo", warm, "grpo", GRPO)
-    sft_more = stage("sft-same-budget", warm, "sft", SFT_MORE)
+    warm = stage("sft-warm-start", model_dir, "sft", warm_steps, WARM)
+    grpo = stage("grpo", warm, "grpo", rl_steps, GRPO)
+    sft_more = stage("sft-same-budget", warm, "sft", rl_steps, SFT_MORE)
 
     eval_cfg = load_config(None, base)
     held_out = load_vqa(eval_cfg.data, seed=seed).eval
@@ -74,8 +83,8 @@ def run_demo(out: str | Path, *, seed: int = 0) -> dict:
     summary = {
         "seed": seed,
         "n_eval": len(held_out),
-        "warm_start_steps": WARM_STEPS,
-        "rl_steps": RL_STEPS,
+        "warm_start_steps": warm_steps,
+        "rl_steps": rl_steps,
         **{f"accuracy_{k}": v["vqa_accuracy"] for k, v in results.items()},
         **{f"composite_{k}": v["composite"] for k, v in results.items()},
         "per_answer_type": {
