@@ -58,8 +58,9 @@ def evaluate(model_dir: str, examples: list[VQAExample], cfg: Config, out_dir: s
         import torch
 
         torch.set_num_threads(cfg.train.cpu_threads)
-    cfg.model.name_or_path = model_dir
-    lm = load_model(cfg.model, device, trainable=False)
+    import dataclasses
+
+    lm = load_model(dataclasses.replace(cfg.model, name_or_path=model_dir), device, trainable=False)
     lm.model.eval()
     texts = predict_answers(
         lm.model, lm.adapter, lm.processor, examples,

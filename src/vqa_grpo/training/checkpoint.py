@@ -69,20 +69,19 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     """Restore weights, optimizer, scheduler and RNG states; return the trainer state."""
-    from safetensors.torch import load_file
-
-    weights = {}
-    for f in sorted(path.glob("*.safetensors")):
-        weights.update(load_file(f))
     if (path / "adapter_config.json").is_file():
         from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
 
+        weights = {}
+        for f in sorted(path.glob("*.safetensors")):
+            weights.update(load_file(f))
         set_peft_model_state_dict(model, weights)
     else:
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        tied = set(getattr(model, "_tied_weights_keys", None) or [])
-        if unexpected or [k for k in missing if k not in tied and "lm_head" not in k]:
-            raise RuntimeError(f"checkpoint {path} does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        # from_pretrained maps the saved key names (which transformers may rename on save) back
+        # to the module's own; the result is then copied into the live model in place.
+        loaded = type(model).from_pretrained(path, dtype=next(model.parameters()).dtype)
+        model.load_state_dict(loaded.state_dict())
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     state = json.loads((path / STATE_FILE).read_text())

@@ -143,6 +143,8 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None) -
         state = load_checkpoint(resume, model, optimizer, scheduler)
         batches.restore(state["data"])
         start = state["step"]
+        _truncate_log(run_dir / "metrics.jsonl", start)
+        _truncate_log(run_dir / "completions.jsonl", start)
     log = (run_dir / "metrics.jsonl").open("a")
     samples_log = (run_dir / "completions.jsonl").open("a") if mode == "grpo" else None
     bar = tqdm(total=cfg.train.max_steps, initial=start, desc=desc or mode, disable=not cfg.train.progress)
@@ -160,7 +162,7 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None) -
                     loss, s = sft_micro_loss(lm, ex, im, device, total)
                 loss.backward()
                 stats = _accumulate([s, {"loss": float(loss.detach())}], stats)
-            stats["nll"] /= len(micro)
+            stats["nll"] = stats["loss"]  # the step's token-mean NLL, whatever the micro-batch layout
         else:
             if not pending:
                 t_roll = time.time()
@@ -175,28 +177,35 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None) -
             if cfg.grpo.num_iterations == stats.pop("_iteration"):
                 pending = []
         grad_norm = _clip(model, cfg.train.max_grad_norm)
-        if not math.isfinite(grad_norm):
-            optimizer.zero_grad(set_to_none=True)
-            state["bad_steps"] += 1
-            stats["skipped_nonfinite"] = 1
-            if state["bad_steps"] > cfg.train.max_bad_steps:
-                raise RuntimeError(f"{state['bad_steps']} non-finite steps in a row; lower train.learning_rate")
-        else:
+        lr = scheduler.get_last_lr()[0]  # the rate this step uses
+        finite = math.isfinite(grad_norm)
+        if finite:
             state["bad_steps"] = 0
             optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        else:
+            state["bad_steps"] += 1
+            stats["skipped_nonfinite"] = 1
+        optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         step += 1
         seconds = time.time() - t_step
-        stats.update(step=step, lr=scheduler.get_last_lr()[0], grad_norm=grad_norm, skipped_images=batches.skipped)
+        stats.update(step=step, lr=lr, grad_norm=grad_norm if finite else None, skipped_images=batches.skipped)
         stats["step_seconds"] = seconds
         if "completion_tokens" in stats:
             stats["completion_tokens_per_second"] = stats.pop("completion_tokens") / max(seconds, 1e-9)
-        if step % cfg.train.logging_steps == 0 or step == cfg.train.max_steps:
+        too_many_bad = state["bad_steps"] > cfg.train.max_bad_steps
+        if step % cfg.train.logging_steps == 0 or step == cfg.train.max_steps or too_many_bad:
             log.write(json.dumps(stats) + "\n")
             log.flush()
+        if too_many_bad:
+            state["data"] = batches.state()
+            save_checkpoint(run_dir, step, model, lm.processor, optimizer, scheduler, state, cfg.train.save_total_limit)
+            raise RuntimeError(
+                f"{state['bad_steps']} non-finite steps in a row (train.max_bad_steps={cfg.train.max_bad_steps}); "
+                f"checkpoint-{step} saved; lower train.learning_rate or train.max_grad_norm"
+            )
         bar.update(1)
-        bar.set_postfix({k: round(v, 3) for k, v in stats.items() if k in ("loss", "reward", "nll")})
+        bar.set_postfix({k: round(v, 3) for k, v in stats.items() if k in ("loss", "reward", "nll") and v is not None})
         if cfg.train.eval_steps and step % cfg.train.eval_steps == 0 and step < cfg.train.max_steps:
             _eval_and_keep_best(cfg, lm, data.eval, device, step, state, run_dir, log)
         if cfg.train.save_steps and step % cfg.train.save_steps == 0:
@@ -211,6 +220,13 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None) -
     final = run_dir / "final"
     save_model(model, lm.processor, final)
     return RunResult(run_dir, final, step, state["eval_history"], time.time() - t0)
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop the lines a resumed run will write again (those after the checkpoint's step)."""
+    if path.is_file():
+        keep = [x for x in path.read_text().splitlines() if x.strip() and json.loads(x).get("step", 0) <= step]
+        path.write_text("".join(x + "\n" for x in keep))
 
 
 def _resume_path(cfg: Config, run_dir: Path) -> Path | None:

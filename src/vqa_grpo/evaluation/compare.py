@@ -1,0 +1,227 @@
+"""``vqa-grpo compare RUN_A RUN_B [...]``: evaluation runs side by side, and whether each differs
+from the first beyond chance.
+
+Each RUN is an output directory of ``vqa-grpo evaluate --out`` (``metrics.json`` and
+``predictions.jsonl``). The side-by-side values are those of each run's ``metrics.json``, overall
+and per answer type. For every run after the first, the difference to the first is measured on
+the questions both runs answered (matched by ``id``) with a paired bootstrap:
+
+* d_i = score_run(i) - score_first(i) for each shared question i and each metric;
+* the difference is mean(d); B resamples (default 10,000) draw the shared questions with
+  replacement (numpy ``default_rng(seed)``, default seed 0) and give the resampled means d*_b;
+* the 95% CI is the 2.5th and 97.5th percentiles of d*_b (percentile interval);
+* the two-sided p-value tests "no difference" on the null-centred bootstrap distribution
+  (Efron & Tibshirani 1993, sec. 16.4; Berg-Kirkpatrick et al. 2012):
+  p = (1 + #{b : |d*_b - mean(d)| >= |mean(d)|}) / (B + 1). Identical runs give p = 1.
+
+Each subset (overall, each answer type, each question type of the first run's predictions) is
+resampled on its own, with the same seed; within a subset all metrics share the resampled
+questions. Question types appear in the JSON output only (VQA v2 has 65 of them).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from vqa_grpo.errors import UserError
+
+BOOTSTRAP_SAMPLES = 10_000
+SEED = 0
+_NOT_METRICS = ("n", "skipped")
+_CHUNK = 500  # resamples drawn at a time, to bound memory at [chunk, N] counts
+
+
+def load_eval_dir(path: str | Path) -> tuple[dict, list[dict]]:
+    """``(metrics.json, predictions.jsonl rows)`` of an evaluate output directory.
+
+    Raises UserError (one line) when the directory or either file is missing or unreadable.
+    """
+    d = Path(path)
+    if not d.is_dir():
+        raise UserError(f"evaluation directory not found: {path} (give an output directory of `vqa-grpo evaluate --out`)")
+    metrics_path, preds_path = d / "metrics.json", d / "predictions.jsonl"
+    for p in (metrics_path, preds_path):
+        if not p.is_file():
+            raise UserError(f"{path} has no {p.name}: give an output directory of `vqa-grpo evaluate --out`")
+    try:
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read {metrics_path}: {type(e).__name__}: {e}".splitlines()[0]) from None
+    if not isinstance(metrics, dict):
+        raise UserError(f"{metrics_path} is not a JSON object")
+    rows = []
+    try:
+        with preds_path.open(encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                if not isinstance(row, dict) or "id" not in row:
+                    raise UserError(f"{preds_path} line {number}: expected a JSON object with an 'id'")
+                rows.append(row)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read {preds_path}: {type(e).__name__}: {e}".splitlines()[0]) from None
+    return metrics, rows
+
+
+def metric_names(metrics: dict) -> list[str]:
+    """The per-question metrics of a metrics.json (its top-level numbers other than n and skipped)."""
+    return [k for k, v in metrics.items() if k not in _NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def paired_bootstrap(diffs: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = SEED) -> dict[str, np.ndarray]:
+    """Mean, 95% percentile CI and two-sided p-value of paired differences ``diffs`` [N, M].
+
+    Returns {"mean": [M], "ci95": [M, 2], "p_value": [M]}; see the module docstring for the test.
+    """
+    n, m = diffs.shape
+    mean = diffs.mean(axis=0)  # [M]
+    rng = np.random.default_rng(seed)
+    boot = np.empty((samples, m))  # [B, M] resampled means
+    for start in range(0, samples, _CHUNK):
+        b = min(_CHUNK, samples - start)
+        idx = rng.integers(0, n, size=(b, n))  # [b, N] questions drawn with replacement
+        counts = np.bincount((idx + n * np.arange(b)[:, None]).ravel(), minlength=b * n).reshape(b, n)
+        boot[start : start + b] = counts @ diffs / n
+    ci = np.percentile(boot, [2.5, 97.5], axis=0).T  # [M, 2]
+    # Null-centred: how often a resample lands at least as far from mean(d) as mean(d) is from 0.
+    # The 1e-12 keeps exact ties (identical runs: every d*_b = mean(d) = 0) counted despite rounding.
+    extreme = (np.abs(boot - mean) >= np.abs(mean) - 1e-12).sum(axis=0)
+    return {"mean": mean, "ci95": ci, "p_value": (1 + extreme) / (samples + 1)}
+
+
+def _groups(rows: list[dict], field: str) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        value = r.get(field)
+        if isinstance(value, str):
+            out.setdefault(value, []).append(i)
+    return dict(sorted(out.items()))
+
+
+def _difference(base: list[dict], other: list[dict], metrics: list[str], samples: int, seed: int) -> dict:
+    """Paired differences ``other - base`` over the shared ids, overall and per type."""
+    by_id = {}
+    for r in other:
+        by_id.setdefault(str(r["id"]), r)
+    seen: set[str] = set()
+    pairs = []
+    for r in base:
+        key = str(r["id"])
+        if key in by_id and key not in seen:
+            seen.add(key)
+            pairs.append((r, by_id[key]))
+    shared = [m for m in metrics if all(m in a and m in b for a, b in pairs)]
+    if not pairs:
+        return {"n_shared": 0, "metrics": shared, "overall": {}, "per_answer_type": {}, "per_question_type": {}}
+    diffs = np.array([[float(b[m]) - float(a[m]) for m in shared] for a, b in pairs]).reshape(len(pairs), len(shared))
+
+    def test(index: list[int]) -> dict:
+        res = paired_bootstrap(diffs[index], samples, seed)
+        out: dict = {"n": len(index)}
+        for j, m in enumerate(shared):
+            out[m] = {"mean": float(res["mean"][j]), "ci95": [float(x) for x in res["ci95"][j]], "p_value": float(res["p_value"][j])}
+        return out
+
+    firsts = [a for a, _ in pairs]
+    return {
+        "n_shared": len(pairs),
+        "metrics": shared,
+        "overall": test(list(range(len(pairs)))),
+        "per_answer_type": {t: test(i) for t, i in _groups(firsts, "answer_type").items()},
+        "per_question_type": {t: test(i) for t, i in _groups(firsts, "question_type").items()},
+    }
+
+
+def _names(paths: list[str]) -> list[str]:
+    short = [Path(p).name or str(p) for p in paths]
+    return short if len(set(short)) == len(short) else [str(p) for p in paths]
+
+
+def compare_runs(paths: list[str], *, samples: int = BOOTSTRAP_SAMPLES, seed: int = SEED) -> dict:
+    """Side-by-side metrics of evaluate output dirs, and paired bootstrap tests against the first.
+
+    Returns {"runs": [{"path", "name", "n"}], "metrics": [names], "overall": {metric: [value per
+    run]}, "per_answer_type": {type: {"n": [per run], metric: [per run]}}, "differences": [one per
+    run after the first: {"run", "baseline", "n_shared", "overall": {"n", metric: {"mean", "ci95",
+    "p_value"}}, "per_answer_type": {...}, "per_question_type": {...}}], "bootstrap": {...}}.
+    A value a run lacks is None. Raises UserError for fewer than two runs or a missing directory/file.
+    """
+    if len(paths) < 2:
+        raise UserError(f"compare needs at least two evaluation directories, got {len(paths)}")
+    loaded = [load_eval_dir(p) for p in paths]
+    names = _names([str(p) for p in paths])
+    metrics = [m for m in metric_names(loaded[0][0]) if all(m in x[0] for x in loaded[1:])]
+    types = sorted({t for met, _ in loaded for t in met.get("per_answer_type", {})})
+
+    def value(d: dict | None, key: str):
+        return d.get(key) if isinstance(d, dict) else None
+
+    per_type = {}
+    for t in types:
+        subs = [met.get("per_answer_type", {}).get(t) for met, _ in loaded]
+        per_type[t] = {"n": [value(s, "n") for s in subs], **{m: [value(s, m) for s in subs] for m in metrics}}
+    differences = []
+    for name, (_, rows) in zip(names[1:], loaded[1:]):
+        diff = _difference(loaded[0][1], rows, metrics, samples, seed)
+        if diff["n_shared"] == 0:
+            raise UserError(f"{name} and {names[0]} share no question ids: were they evaluated on the same data?")
+        differences.append({"run": name, "baseline": names[0], **diff})
+    return {
+        "runs": [{"path": str(p), "name": n, "n": met.get("n")} for p, n, (met, _) in zip(paths, names, loaded)],
+        "metrics": metrics,
+        "overall": {m: [met[m] for met, _ in loaded] for m in metrics},
+        "per_answer_type": per_type,
+        "differences": differences,
+        "bootstrap": {
+            "samples": samples,
+            "seed": seed,
+            "ci": "percentile 2.5-97.5 of the resampled mean differences",
+            "p_value": "two-sided, null-centred: (1 + #{|d* - d| >= |d|}) / (B + 1)",
+        },
+    }
+
+
+def format_comparison(result: dict) -> str:
+    """The comparison as a plain-text table: one row per subset and metric; runs are lettered A, B, ..."""
+    letters = [chr(ord("A") + i) if i < 26 else f"R{i + 1}" for i in range(len(result["runs"]))]
+    w = 8
+    b = result["bootstrap"]
+    head = f"{'subset':<14} {'metric':<13} {'n':>6} " + " ".join(f"{x:>{w}}" for x in letters)
+    for x in letters[1:]:
+        head += f"  {x + ' - ' + letters[0]:>8} {'95% CI':>19} {'p':>7}"
+    lines = [f"{x} = {r['path']} (n={r['n']})" for x, r in zip(letters, result["runs"])]
+    lines += [
+        f"differences to A: paired bootstrap over the question ids both runs hold, {b['samples']} resamples, "
+        f"seed {b['seed']}; 95% percentile CI; two-sided p",
+        head,
+        "-" * len(head),
+    ]
+    subsets = [("overall", result["overall"], lambda d: d["overall"])]
+    for t, values in result["per_answer_type"].items():
+        subsets.append((t, values, lambda d, t=t: d["per_answer_type"].get(t, {})))
+    for subset, values, pick in subsets:
+        n = pick(result["differences"][0]).get("n", "-")
+        for m in result["metrics"]:
+            row = f"{subset:<14} {m:<13} {n:>6} "
+            row += " ".join(f"{v:>{w}.4f}" if isinstance(v, (int, float)) else f"{'-':>{w}}" for v in values[m])
+            for d in result["differences"]:
+                t = pick(d).get(m)
+                if t is None:
+                    row += f"  {'-':>8} {'-':>19} {'-':>7}"
+                else:
+                    lo, hi = t["ci95"]
+                    row += f"  {t['mean']:>+8.4f} {f'[{lo:+.4f}, {hi:+.4f}]':>19} {t['p_value']:>7.4f}"
+            lines.append(row)
+    lines.append("n: questions B shares with A (the differences are over these); A, B, ...: each run's metrics.json")
+    return "\n".join(lines)
+
+
+def compare_command(paths: list[str], as_json: bool) -> int:
+    """Print the comparison of ``paths`` (a table, or one JSON object with ``as_json``); returns 0."""
+    result = compare_runs(paths)
+    print(json.dumps(result) if as_json else format_comparison(result))
+    return 0
