@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 SUBCOMMANDS = [
     ["data", "synth"], ["data", "inspect"], ["model", "tiny"],
-    ["sft"], ["train"], ["evaluate"], ["score"], ["demo"],
+    ["sft"], ["train"], ["evaluate"], ["score"], ["compare"], ["report"], ["demo"],
 ]
 
 

@@ -77,6 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--answers-field", default="answers", help="field of the reference answers (default: answers)")
     sc.add_argument("--json", action="store_true", help="print one JSON object (default: a table)")
 
+    cp = sub.add_parser("compare", help="evaluation runs side by side, each tested against the first (paired bootstrap)")
+    cp.add_argument("runs", nargs="+", help="output directories of `vqa-grpo evaluate --out` (two or more; the first is the baseline)")
+    cp.add_argument("--json", action="store_true", help="print one JSON object (default: a table)")
+
+    rp = sub.add_parser("report", help="write RUN_DIR/report.html and RUN_DIR/plots/*.png")
+    rp.add_argument("run_dir", help="training run directory (holding metrics.jsonl)")
+    rp.add_argument("--before", default=None, help="`evaluate --out` directory before training (default: none)")
+    rp.add_argument("--after", default=None, help="`evaluate --out` directory after training (default: none)")
+    rp.add_argument("--data", default=None, help="the data both evaluations ran on, for gallery images (default: none)")
+    rp.add_argument("--out", default=None, help="output file (default: RUN_DIR/report.html)")
+
     demo = sub.add_parser("demo", help="the whole pipeline offline: data, tiny model, SFT, GRPO, evaluation")
     demo.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
     demo.add_argument("--seed", type=int, default=0, help="seed of data, model and training (default: 0)")
@@ -131,6 +142,16 @@ def dispatch(args: argparse.Namespace) -> int:
         from vqa_grpo.rewards import run_score
 
         return run_score(args.predictions, args.prediction_field, args.answers_field, args.json)
+    if args.command == "compare":
+        from vqa_grpo.evaluation.compare import compare_command
+
+        return compare_command(args.runs, args.json)
+    if args.command == "report":
+        from vqa_grpo.evaluation.report import write_report
+
+        path = write_report(args.run_dir, before=args.before, after=args.after, data_path=args.data, out=args.out)
+        print(f"wrote {path}")
+        return 0
     if args.command == "demo":
         from vqa_grpo.demo import run_demo
 

@@ -24,7 +24,7 @@ from vqa_grpo.training.loop import run
 
 N_QUESTIONS = 3000
 EVAL_FRACTION = 0.2
-WARM_STEPS = 1200
+WARM_STEPS = 1000
 RL_STEPS = 100
 
 COMMON = [

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(
 )
 # Headless as root in a closed network: no sandbox, no GPU, nothing that phones home.
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--dump-dom",
 ]

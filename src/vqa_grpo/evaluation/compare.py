@@ -31,7 +31,7 @@ from vqa_grpo.errors import UserError
 BOOTSTRAP_SAMPLES = 10_000
 SEED = 0
 _NOT_METRICS = ("n", "skipped")
-_CHUNK = 500  # resamples drawn at a time, to bound memory at [chunk, N] counts
+_CHUNK_ELEMENTS = 2_000_000  # resamples are drawn in chunks of [b, N] indices, b * N at most this
 
 
 def load_eval_dir(path: str | Path) -> tuple[dict, list[dict]]:
@@ -69,7 +69,10 @@ def load_eval_dir(path: str | Path) -> tuple[dict, list[dict]]:
 
 def metric_names(metrics: dict) -> list[str]:
     """The per-question metrics of a metrics.json (its top-level numbers other than n and skipped)."""
-    return [k for k, v in metrics.items() if k not in _NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    def is_number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    return [k for k, v in metrics.items() if k not in _NOT_METRICS and is_number(v)]
 
 
 def paired_bootstrap(diffs: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = SEED) -> dict[str, np.ndarray]:
@@ -81,8 +84,9 @@ def paired_bootstrap(diffs: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: 
     mean = diffs.mean(axis=0)  # [M]
     rng = np.random.default_rng(seed)
     boot = np.empty((samples, m))  # [B, M] resampled means
-    for start in range(0, samples, _CHUNK):
-        b = min(_CHUNK, samples - start)
+    chunk = max(1, _CHUNK_ELEMENTS // n)
+    for start in range(0, samples, chunk):
+        b = min(chunk, samples - start)
         idx = rng.integers(0, n, size=(b, n))  # [b, N] questions drawn with replacement
         counts = np.bincount((idx + n * np.arange(b)[:, None]).ravel(), minlength=b * n).reshape(b, n)
         boot[start : start + b] = counts @ diffs / n
@@ -123,7 +127,8 @@ def _difference(base: list[dict], other: list[dict], metrics: list[str], samples
         res = paired_bootstrap(diffs[index], samples, seed)
         out: dict = {"n": len(index)}
         for j, m in enumerate(shared):
-            out[m] = {"mean": float(res["mean"][j]), "ci95": [float(x) for x in res["ci95"][j]], "p_value": float(res["p_value"][j])}
+            lo, hi = (float(x) for x in res["ci95"][j])
+            out[m] = {"mean": float(res["mean"][j]), "ci95": [lo, hi], "p_value": float(res["p_value"][j])}
         return out
 
     firsts = [a for a, _ in pairs]

@@ -29,7 +29,7 @@ from collections import Counter
 from pathlib import Path
 
 from vqa_grpo.errors import UserError
-from vqa_grpo.evaluation.compare import compare_runs, load_eval_dir
+from vqa_grpo.evaluation.compare import SEED, compare_runs, load_eval_dir
 
 MAX_EXAMPLES = 60
 THUMBNAIL_PX = 128
@@ -131,7 +131,8 @@ def training_plots(run_dir: Path) -> tuple[list[tuple[str, str, bytes, str | Non
         for label, key in spec:
             if key.endswith("/*"):
                 prefix = key[:-1]
-                parts = sorted({k for r in train for k in r if k.startswith(prefix)})
+                # reward/<component>, not the composite's own parts (reward/composite/bleu1, ...)
+                parts = sorted({k for r in train for k in r if k.startswith(prefix) and "/" not in k[len(prefix):]})
                 lines.update({k[len(prefix):]: _series(train, k) for k in parts})
             else:
                 lines[label] = _series(evals if key.startswith("eval/") else train, key)
@@ -153,27 +154,25 @@ def join_predictions(before: list[dict] | None, after: list[dict] | None) -> lis
     """One row per question: {"id", "question", "answers", "before", "after", "gain"}.
 
     With both runs, the ids both hold (in the order of ``after``) and gain = after - before VQA
-    accuracy; with one run, its rows and gain = its VQA accuracy (for sorting).
+    accuracy; with one run, its rows and gain = its VQA accuracy (for sorting). The first row of
+    a repeated id wins.
     """
-    first = {str(r["id"]): r for r in reversed(before or [])}  # first row of an id wins
+    def by_id(rows: list[dict] | None) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        for r in rows or []:
+            out.setdefault(str(r["id"]), r)
+        return out
+
+    b_rows, a_rows = by_id(before), by_id(after)
+    ids = [i for i in a_rows if i in b_rows] if before is not None and after is not None else list(a_rows or b_rows)
     rows = []
-    for r in after if after is not None else before or []:
-        key = str(r["id"])
-        b = first.get(key) if after is not None else r
-        a = r if after is not None else None
-        if before is not None and b is None:
-            continue
-        if a is not None and b is not None:
-            gain = _score(a) - _score(b)
-        else:
-            gain = _score(a or b)
+    for i in ids:
+        b, a = b_rows.get(i), a_rows.get(i)
+        gain = _score(a) - _score(b) if a is not None and b is not None else _score(a or b)
         base = a or b
-        rows.append({"id": key, "question": base.get("question", ""), "answers": base.get("answers", []),
-                     "before": b if before is not None else None, "after": a, "gain": gain})
-    unique = {}
-    for row in rows:
-        unique.setdefault(row["id"], row)
-    return list(unique.values())
+        rows.append({"id": i, "question": base.get("question", ""), "answers": base.get("answers", []),
+                     "before": b, "after": a, "gain": gain})
+    return rows
 
 
 def _score(row: dict) -> float:
@@ -200,7 +199,7 @@ def load_thumbnails(data_path: str, ids: set[str], size: int = THUMBNAIL_PX) -> 
     from vqa_grpo.data.loader import load_examples
     from vqa_grpo.data.types import BadExample
 
-    examples, report = load_examples(data_path, DataConfig(max_skip_fraction=1.0))
+    examples, _ = load_examples(data_path, DataConfig(max_skip_fraction=1.0))  # skips are fine here
     by_id = {e.id: e for e in examples if e.id in ids}
     uris, failed = {}, []
     for key, example in by_id.items():
@@ -234,7 +233,7 @@ def _e(text) -> str:
 def _answers_text(answers) -> str:
     if isinstance(answers, str):
         return answers
-    counts = Counter(a.get("answer") if isinstance(a, dict) else str(a) for a in answers or [])
+    counts = Counter(str(a.get("answer")) if isinstance(a, dict) else str(a) for a in answers or [])
     return " / ".join(f"{a} \u00d7{n}" if n > 1 else a for a, n in counts.most_common())
 
 
@@ -277,19 +276,20 @@ def _type_table(title: str, groups: list[tuple[str, dict | None, dict | None, di
 
 def _types_section(before: dict | None, after: dict | None, diff: dict | None) -> str:
     if before is None and after is None:
-        return "<p class=note>No evaluation given: pass --after EVAL_DIR (and --before EVAL_DIR) from <code>vqa-grpo evaluate --out</code>.</p>"
+        return ("<p class=note>No evaluation given: pass --after EVAL_DIR (and --before EVAL_DIR), "
+                "output directories of <code>vqa-grpo evaluate --out</code>.</p>")
     has_before = before is not None and after is not None
     if after is None:  # only a before evaluation: show it in the "after" columns' place
         after, before = before, None
     parts = ["<p>VQA accuracy in percent (official metric); 95% CI: bootstrap over questions (evaluate). "
-             + ("after \u2212 before: paired bootstrap over the shared questions, two-sided p (compare)." if has_before else "")
+             + (f"after \u2212 before: paired bootstrap over the shared questions ({REPORT_BOOTSTRAP_SAMPLES:,} resamples, "
+                f"seed {SEED}), two-sided p; see vqa_grpo/evaluation/compare.py." if has_before else "")
              + "</p>"]
     # metrics.json holds ci95 = {metric: [low, high]} at the top and in every type alike.
     parts.append(_type_table("Overall", [("overall", before, after, (diff or {}).get("overall"))], has_before))
     for key, title in (("per_answer_type", "Per answer type"), ("per_question_type", "Per question type")):
-        names = sorted(set((after.get(key) or {})) | set(((before or {}).get(key) or {})))
-        groups = [(t, ((before or {}).get(key) or {}).get(t), (after.get(key) or {}).get(t), ((diff or {}).get(key) or {}).get(t))
-                  for t in names]
+        b_types, a_types, d_types = ((m or {}).get(key) or {} for m in (before, after, diff))
+        groups = [(t, b_types.get(t), a_types.get(t), d_types.get(t)) for t in sorted(set(a_types) | set(b_types))]
         parts.append(_type_table(title, groups, has_before) if groups else f"<p class=note>No {key} in metrics.json.</p>")
     return "\n".join(parts)
 
@@ -302,8 +302,10 @@ def _gallery_section(rows: list[dict], thumbs: dict[str, str], has_before: bool,
         buttons = [("gain", "-1", "largest gains"), ("gain", "1", "largest losses"), ("id", "1", "by id")]
     else:
         buttons = [("gain", "-1", "highest score"), ("gain", "1", "lowest score"), ("id", "1", "by id")]
-    bar = " ".join(f'<button type=button data-sort="{k}" data-direction="{d}" aria-pressed="{str(i == 0).lower()}">{_e(t)}</button>'
-                   for i, (k, d, t) in enumerate(buttons))
+    bar = " ".join(
+        f'<button type=button data-sort="{k}" data-direction="{d}" aria-pressed="{str(i == 0).lower()}">{_e(t)}</button>'
+        for i, (k, d, t) in enumerate(buttons)
+    )
     head = "<tr><th>image</th><th>id</th><th>question</th><th>ground truth</th>"
     head += ("<th>before</th>" if has_before else "") + ("<th>after</th>" if has_after else "")
     head += ("<th>\u0394 accuracy</th>" if both else "") + "</tr>"
@@ -323,7 +325,9 @@ def _gallery_section(rows: list[dict], thumbs: dict[str, str], has_before: bool,
             cls = "gain" if r["gain"] > 0 else "loss" if r["gain"] < 0 else ""
             cells.append(f"<td class='num {cls}'>{r['gain']:+.2f}</td>")
         body.append(f'<tr data-id="{_e(r["id"])}" data-gain="{r["gain"]!r}">' + "".join(cells) + "</tr>")
-    shown = f"{len(rows)} of {total} questions" + (" (the largest gains and losses and a spread of the rest)" if total > len(rows) else "")
+    shown = f"{len(rows)} of {total} questions"
+    if total > len(rows):
+        shown += " (the largest gains and losses and a spread of the rest)"
     return (f"<p>{shown}. Sort: {bar}</p>\n<table class=gallery>\n<thead>{head}</thead>\n<tbody id=gallery-body>\n"
             + "\n".join(body) + "\n</tbody>\n</table>")
 
@@ -401,12 +405,13 @@ def write_report(
     plots, notes = training_plots(run)
     diff = None
     if before and after:
-        diff = compare_runs([before, after], samples=REPORT_BOOTSTRAP_SAMPLES)["differences"][0]
+        diff = compare_runs([before, after], samples=REPORT_BOOTSTRAP_SAMPLES, seed=SEED)["differences"][0]
     elif not before:
         notes.append("no --before evaluation: no before column")
     if not after:
         notes.append("no --after evaluation" + (": the before evaluation is shown alone" if before else ""))
-    joined = join_predictions(evals["before"][1] if evals["before"] else None, evals["after"][1] if evals["after"] else None)
+    metrics = {k: v[0] if v else None for k, v in evals.items()}
+    joined = join_predictions(*(evals[k][1] if evals[k] else None for k in ("before", "after")))
     shown = select_examples(joined, max_examples)
     thumbs: dict[str, str] = {}
     if data_path and shown:
@@ -416,8 +421,12 @@ def write_report(
         notes.append("no --data: the gallery has no images")
 
     config = run / "config.yaml"
-    config_html = (f"<details><summary>config.yaml</summary><pre>{_e(config.read_text(encoding='utf-8', errors='replace'))}</pre></details>"
-                   if config.is_file() else "")
+    config_html = ""
+    if config.is_file():
+        text = config.read_text(encoding="utf-8", errors="replace")
+        config_html = f"<details><summary>config.yaml</summary><pre>{_e(text)}</pre></details>"
+    sources = "; ".join(f"{label}: <code>{_e(value or '-')}</code>"
+                        for label, value in (("before", before), ("after", after), ("data", data_path)))
     figures = "\n".join(
         f'<figure><img src="{_png_uri(png)}" alt="{_e(title)}"><figcaption>plots/{name}.png'
         + (f" ({_e(empty)})" if empty else "") + "</figcaption></figure>"
@@ -433,7 +442,7 @@ def write_report(
 </head>
 <body>
 <h1>vqa-grpo report: {_e(run.resolve().name)}</h1>
-<p>Run directory <code>{_e(run)}</code>; before: <code>{_e(before or '-')}</code>; after: <code>{_e(after or '-')}</code>; data: <code>{_e(data_path or '-')}</code>.</p>
+<p>Run directory <code>{_e(run)}</code>; {sources}.</p>
 {config_html}
 {''.join(f'<p class=note>{_e(n)}</p>' for n in notes)}
 <h2>Training curves</h2>
@@ -441,7 +450,7 @@ def write_report(
 {figures}
 </div>
 <h2>Accuracy by type</h2>
-{_types_section(evals['before'][0] if evals['before'] else None, evals['after'][0] if evals['after'] else None, diff)}
+{_types_section(metrics['before'], metrics['after'], diff)}
 <h2>Examples</h2>
 {_gallery_section(shown, thumbs, before is not None, after is not None, len(joined))}
 <script>{_SCRIPT}</script>

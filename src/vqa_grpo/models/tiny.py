@@ -67,6 +67,8 @@ def build_tiny_qwen2_vl(
     layers: int = 4,
     vision_dim: int = 64,
     vision_depth: int = 2,
+    heads: int = 4,
+    vision_heads: int = 2,
 ) -> Path:
     """A ~1M-parameter Qwen2-VL (at the defaults) with its real processor, saved to ``out_dir``."""
     from transformers import (
@@ -93,7 +95,6 @@ def build_tiny_qwen2_vl(
     )
     tokenizer.chat_template = QWEN2_VL_CHAT_TEMPLATE
     ids = {t: raw.token_to_id(t) for t in QWEN2_VL_SPECIALS}
-    heads = 4
     # M-RoPE splits each head's rotary half (head_dim / 2) into temporal, height and width parts.
     half = hidden // heads // 2
     mrope = [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]
@@ -111,7 +112,7 @@ def build_tiny_qwen2_vl(
             eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],
         ),
-        vision_config=dict(depth=vision_depth, embed_dim=vision_dim, hidden_size=hidden, num_heads=2, mlp_ratio=2),
+        vision_config=dict(depth=vision_depth, embed_dim=vision_dim, hidden_size=hidden, num_heads=vision_heads, mlp_ratio=2),
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
