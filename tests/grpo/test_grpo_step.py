@@ -20,7 +20,7 @@ from vqa_grpo.grpo.objective import answer_nll, grpo_objective, rollout_logprobs
 from vqa_grpo.grpo.rollout import make_rollout
 from vqa_grpo.models.loading import load_model
 from vqa_grpo.models.scoring import answer_tokens, completion_logprobs
-from vqa_grpo.training.loop import Batches, _grpo_backward, _make_rollouts, _reference_model, run
+from vqa_grpo.training.loop import Batches, Pending, _grpo_backward, _make_rollouts, _reference_model, run
 from vqa_grpo.training.optim import make_optimizer
 
 CPU = torch.device("cpu")
@@ -107,10 +107,10 @@ def test_seed_formula_has_no_gradient_on_a_real_model(lm, data, synth_dir, tiny_
     seed_cfg = config(synth_dir, tiny_model_dir, tmp_path, loss_type="seed")
     ro = set_rewards(sample(lm, data, grpo_cfg.grpo), [0.1, 0.7, 0.3, 0.9, 0.13, 0.71, 0.29, 0.97])
 
-    _grpo_backward(grpo_cfg, lm, [[0, [ro]]])
+    _grpo_backward(grpo_cfg, lm, Pending([ro]))
     grpo_norm = grad_norm(lm.model)
     lm.model.zero_grad(set_to_none=True)
-    stats = _grpo_backward(seed_cfg, lm, [[0, [ro]]])
+    stats = _grpo_backward(seed_cfg, lm, Pending([ro]))
     seed_norm = grad_norm(lm.model)
 
     assert stats["lm_loss"] > 1.0  # the prompt's LM loss itself is large (random model) ...
@@ -125,7 +125,7 @@ def test_seed_formula_has_no_gradient_on_a_real_model(lm, data, synth_dir, tiny_
 def test_second_iteration_takes_the_ratio_against_the_rollout_policy(lm, data, synth_dir, tiny_model_dir, tmp_path):
     cfg = config(synth_dir, tiny_model_dir, tmp_path, num_iterations=2)
     pending = _make_rollouts(cfg, lm, None, Batches(data.train, B, seed=0), CPU)
-    (ro,) = pending[0][1]
+    (ro,) = pending.rollouts
     assert ro.old_logprobs is not None and ro.ref_logprobs is None  # beta = 0: no reference pass
     set_rewards(ro, VARIED)
     opt = make_optimizer(lm.model.parameters(), cfg.train)
@@ -134,20 +134,20 @@ def test_second_iteration_takes_the_ratio_against_the_rollout_policy(lm, data, s
     logp, _ = rollout_logprobs(lm.model, lm.adapter, ro)
     assert torch.equal(logp.detach(), ro.old_logprobs)
     first = _grpo_backward(cfg, lm, pending)
-    assert first["_iteration"] == 1 and first["ratio_mean"] == 1.0 and first["clip_fraction"] == 0.0
+    assert pending.iteration == 1 and first["ratio_mean"] == 1.0 and first["clip_fraction"] == 0.0
     opt.step()
     opt.zero_grad(set_to_none=True)
 
     # Iteration 2: same rollout, moved policy; old_logprobs did not move with it.
     second = _grpo_backward(cfg, lm, pending)
-    assert second["_iteration"] == cfg.grpo.num_iterations  # the loop then samples anew
+    assert pending.iteration == cfg.grpo.num_iterations  # the loop then samples anew
     assert abs(second["ratio_mean"] - 1.0) > 1e-4
     logp, _ = rollout_logprobs(lm.model, lm.adapter, ro)
     assert (logp.detach() - ro.old_logprobs)[ro.completion_mask.bool()].abs().max() > 1e-3
 
     # With num_iterations = 1 no old log-probs are kept (the objective uses logp.detach()).
     cfg1 = config(synth_dir, tiny_model_dir, tmp_path)
-    assert _make_rollouts(cfg1, lm, None, Batches(data.train, B, seed=0), CPU)[0][1][0].old_logprobs is None
+    assert _make_rollouts(cfg1, lm, None, Batches(data.train, B, seed=0), CPU).rollouts[0].old_logprobs is None
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["frozen_copy", "lora_disabled"])
@@ -169,15 +169,15 @@ def test_kl_to_the_reference_is_zero_at_step_0_and_positive_after_a_step(
     opt = make_optimizer(lm.model.parameters(), cfg.train)
 
     pending = _make_rollouts(cfg, lm, ref, batches, CPU)
-    set_rewards(pending[0][1][0], VARIED)
-    assert pending[0][1][0].ref_logprobs is not None
+    set_rewards(pending.rollouts[0], VARIED)
+    assert pending.rollouts[0].ref_logprobs is not None
     at_start = _grpo_backward(cfg, lm, pending)
     assert at_start["kl"] == 0.0  # policy == reference: k3 = exp(0) - 0 - 1 = 0 on every token
     opt.step()
     opt.zero_grad(set_to_none=True)
 
     pending = _make_rollouts(cfg, lm, ref, batches, CPU)
-    set_rewards(pending[0][1][0], VARIED)
+    set_rewards(pending.rollouts[0], VARIED)
     after = _grpo_backward(cfg, lm, pending)
     assert after["kl"] > 1e-6
     if not lora:  # the step moved the policy, not the frozen reference

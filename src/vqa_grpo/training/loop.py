@@ -83,6 +83,14 @@ class Batches:
 
 
 @dataclass
+class Pending:
+    """The rollouts of one optimiser step, reused for grpo.num_iterations steps."""
+
+    rollouts: list
+    iteration: int = 0  # optimiser steps taken on them so far
+
+
+@dataclass
 class RunResult:
     run_dir: Path
     final_dir: Path
@@ -149,7 +157,7 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None) -
     samples_log = (run_dir / "completions.jsonl").open("a") if mode == "grpo" else None
     bar = tqdm(total=cfg.train.max_steps, initial=start, desc=desc or mode, disable=not cfg.train.progress)
     step = start
-    pending: list = []  # GRPO rollouts reused for num_iterations steps
+    pending: Pending | None = None
     rollout_seconds = 0.0
     while step < cfg.train.max_steps:
         t_step = time.time()
@@ -164,18 +172,18 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None) -
                 stats = _accumulate([s, {"loss": float(loss.detach())}], stats)
             stats["nll"] = stats["loss"]  # the step's token-mean NLL, whatever the micro-batch layout
         else:
-            if not pending:
+            if pending is None:
                 t_roll = time.time()
                 with _autocast(cfg, device):
                     pending = _make_rollouts(cfg, lm, ref, batches, device)
                 rollout_seconds = time.time() - t_roll
                 if step % cfg.train.logging_steps == 0:
-                    _log_completions(samples_log, step + 1, pending[0][1][0])
+                    _log_completions(samples_log, step + 1, pending.rollouts[0])
             with _autocast(cfg, device):
                 stats = _grpo_backward(cfg, lm, pending)
             stats["rollout_seconds"] = rollout_seconds
-            if cfg.grpo.num_iterations == stats.pop("_iteration"):
-                pending = []
+            if pending.iteration == cfg.grpo.num_iterations:
+                pending = None
         grad_norm = _clip(model, cfg.train.max_grad_norm)
         lr = scheduler.get_last_lr()[0]  # the rate this step uses
         finite = math.isfinite(grad_norm)
@@ -257,7 +265,7 @@ def _reference_model(cfg: Config, lm: LoadedModel):
     return ref
 
 
-def _make_rollouts(cfg: Config, lm: LoadedModel, ref, batches: Batches, device) -> list:
+def _make_rollouts(cfg: Config, lm: LoadedModel, ref, batches: Batches, device) -> Pending:
     from vqa_grpo.grpo.objective import rollout_logprobs
     from vqa_grpo.grpo.rollout import make_rollout
 
@@ -274,14 +282,15 @@ def _make_rollouts(cfg: Config, lm: LoadedModel, ref, batches: Batches, device) 
             elif ref is not None:
                 ro.ref_logprobs = rollout_logprobs(ref, lm.adapter, ro)[0]
         rollouts.append(ro)
-    return [[0, rollouts]]
+    return Pending(rollouts)
 
 
-def _grpo_backward(cfg: Config, lm: LoadedModel, pending: list) -> dict:
+def _grpo_backward(cfg: Config, lm: LoadedModel, pending: Pending) -> dict:
+    """Backward through every rollout of the step (each 1/len of the loss); return the mean stats."""
     from vqa_grpo.grpo.objective import grpo_objective, seed_objective
 
-    pending[0][0] += 1
-    iteration, rollouts = pending[0]
+    pending.iteration += 1
+    rollouts = pending.rollouts
     stats: dict = {}
     for ro in rollouts:
         if cfg.grpo.loss_type == "seed":
@@ -291,9 +300,7 @@ def _grpo_backward(cfg: Config, lm: LoadedModel, pending: list) -> dict:
         (loss / len(rollouts)).backward()
         s["loss"] = float(loss.detach())
         stats = _accumulate([s, _rollout_stats(ro)], stats)
-    stats = {k: v if k == "completion_tokens" else v / len(rollouts) for k, v in stats.items()}
-    stats["_iteration"] = iteration
-    return stats
+    return {k: v if k == "completion_tokens" else v / len(rollouts) for k, v in stats.items()}
 
 
 def _rollout_stats(ro) -> dict:
