@@ -35,3 +35,5 @@ def test_demo_runs_every_stage_and_writes_the_summary(tmp_path):
         assert metrics["n"] == summary["n_eval"]
         assert metrics["vqa_accuracy"] == summary[f"accuracy_{name}"]
     assert "+ GRPO (2 steps)" in format_summary(summary)
+    report = (out / "grpo" / "report.html").read_text()
+    assert "data:image/png;base64," in report and "http://" not in report

@@ -4,7 +4,8 @@
 2. SFT warm start (the seed's eq. 1) for ``WARM_STEPS``;
 3. GRPO from the warm start for ``RL_STEPS`` optimiser steps;
 4. the fair baseline: SFT continued from the warm start for the same ``RL_STEPS`` steps;
-5. evaluate all three on the same held-out split; print a table; write ``summary.json``.
+5. evaluate all three on the same held-out split; print a table; write ``summary.json`` and the
+   GRPO run's ``report.html`` (warm start before, GRPO after).
 
 Every stage is an ordinary CLI run with the overrides below, so each can be repeated by hand.
 """
@@ -19,6 +20,7 @@ from vqa_grpo.config import load_config
 from vqa_grpo.data.loader import load_vqa
 from vqa_grpo.data.synthetic import synthesize
 from vqa_grpo.evaluation.evaluate import evaluate
+from vqa_grpo.evaluation.report import write_report
 from vqa_grpo.models.tiny import build_tiny
 from vqa_grpo.training.loop import run
 
@@ -80,6 +82,8 @@ def run_demo(
     results = {}
     for name, model in (("warm_start", warm), ("grpo", grpo), ("sft_same_budget", sft_more)):
         results[name] = evaluate(str(model), held_out, load_config(None, base), out / "eval" / name)
+    write_report(str(out / "grpo"), before=str(out / "eval" / "warm_start"), after=str(out / "eval" / "grpo"),
+                 data_path=str(data_dir))
     summary = {
         "seed": seed,
         "n_eval": len(held_out),
@@ -111,5 +115,5 @@ def format_summary(s: dict) -> str:
         lo, hi = s["ci95"][key]
         per = " ".join(f"{s['per_answer_type'][key][t]:>8.3f}" for t in types)
         lines.append(f"{label:<34} {s['accuracy_' + key]:>8.3f} {f'[{lo:.3f}, {hi:.3f}]':>15} {s['composite_' + key]:>9.3f} {per}")
-    lines.append(f"wall time: {s['wall_seconds']:.0f} s; summary in summary.json")
+    lines.append(f"wall time: {s['wall_seconds']:.0f} s; summary.json, and grpo/report.html for the GRPO run")
     return "\n".join(lines)

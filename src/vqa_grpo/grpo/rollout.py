@@ -7,6 +7,7 @@ C completion tokens.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +40,7 @@ class Rollout:
     advantages: torch.Tensor  # [R]
     old_logprobs: torch.Tensor | None = None  # [R, C] rollout policy, when num_iterations > 1
     ref_logprobs: torch.Tensor | None = None  # [R, C] reference policy, when beta > 0
+    bad_reward_inputs: int = 0  # completions the rewards scored as bad input (empty ones)
 
     def repeated_prompts(self, adapter: FamilyAdapter) -> PromptBatch:
         return adapter.repeat(self.prompts, self.group_size)
@@ -74,8 +76,16 @@ def make_rollout(
     samp_logp = sampling_logprobs(comp.scores, comp.ids) * comp.mask
     texts = decode(processor, comp)
     rep_examples = [e for e in examples for _ in range(G)]
-    # The rewards clean the raw completions themselves (the format reward needs them raw).
-    scored = compute_rewards(texts, [e.answers for e in rep_examples], [e.answer_type for e in rep_examples], reward)
+    # The rewards clean the raw completions themselves (the format reward needs them raw). An
+    # empty completion is a normal policy output here, so the rewards' bad-input warning is kept
+    # out of the progress bar and its count logged instead (Rollout.bad_reward_inputs).
+    rewards_log = logging.getLogger("vqa_grpo.rewards")
+    level = rewards_log.level
+    rewards_log.setLevel(logging.ERROR)
+    try:
+        scored = compute_rewards(texts, [e.answers for e in rep_examples], [e.answer_type for e in rep_examples], reward)
+    finally:
+        rewards_log.setLevel(level)
     answers = [clean_answer(t, reasoning=reward.reasoning) for t in texts]
     rewards = torch.as_tensor(scored.total, dtype=torch.float32)
     advantages = group_advantages(rewards, G, scale=grpo.scale_rewards)
@@ -95,4 +105,5 @@ def make_rollout(
         rewards=rewards,
         reward_parts={k: torch.as_tensor(v, dtype=torch.float32) for k, v in scored.parts.items()},
         advantages=advantages.to(device),
+        bad_reward_inputs=scored.bad_inputs,
     )

@@ -318,6 +318,7 @@ def _rollout_stats(ro) -> dict:
         "completion_length": float(ro.completion_mask.sum(1).float().mean()),
         "completion_tokens": float(ro.completion_mask.sum()),
         "truncated_fraction": float(ro.truncated.float().mean()),
+        "empty_completion_fraction": ro.bad_reward_inputs / max(1, len(ro.answers)),
     }
     for name, v in ro.reward_parts.items():
         out[f"reward/{name}"] = float(v.mean())
