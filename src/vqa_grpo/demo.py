@@ -47,6 +47,10 @@ GRPO = [
     "grpo.temperatures=[1.0]",
     "grpo.top_ps=[1.0]",
     "grpo.max_completion_length=4",
+    # Dr. GRPO's aggregation: with the per-sequence 1/|o| of loss_type=grpo, wrong answers that run
+    # on ("6 6 6 6") are penalised less per token, and counting answers collapsed that way (seed 1).
+    "grpo.loss_type=dr_grpo",
+    "grpo.scale_rewards=none",
     "reward.components=[vqa_accuracy,composite]",
     "reward.weights=[0.5,0.5]",
 ]
