@@ -312,3 +312,16 @@ def test_tiny_cpu_config_trains_one_step(synth_dir, tiny_model_dir, tmp_path, ca
     saved = C.load_config(run_dir / "config.yaml")
     assert saved.reward.components == ["vqa_accuracy", "composite"]  # from the file
     assert saved.train.max_steps == 1  # from the command line
+
+
+def test_bad_resume_path_writes_nothing(synth_dir, tiny_model_dir, capsys, out_dir, tmp_path):
+    err = run_refused(capsys, ["train", f"data.path={synth_dir}", f"model.name_or_path={tiny_model_dir}",
+                               f"train.output_dir={out_dir}", f"train.resume={tmp_path / 'nowhere'}"])
+    assert "train.resume" in err
+
+
+def test_a_missing_model_that_looks_like_a_hub_id(synth_dir, capsys, out_dir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    err = run_refused(capsys, ["train", f"data.path={synth_dir}", "model.name_or_path=nobody/no-such-model",
+                               f"train.output_dir={out_dir}"])
+    assert "nobody/no-such-model" in err

@@ -326,3 +326,16 @@ def test_lora_configs(name, hub_id):
     assert cfg.model.name_or_path == hub_id
     assert cfg.model.lora and cfg.model.dtype == "bf16" and not cfg.model.trust_remote_code
     assert 1e-5 <= cfg.train.learning_rate <= 5e-5
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["train.eval_metric=accuracy"], "train.eval_metric"),
+        (["grpo.num_iterations=2", "train.save_steps=3"], "train.save_steps"),
+        (["train.mixed_precision=fp16"], "train.mixed_precision"),
+    ],
+)
+def test_values_the_loop_cannot_honour_are_refused(overrides, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, overrides)

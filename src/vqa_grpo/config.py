@@ -133,8 +133,8 @@ class TrainConfig:
     """Keep at most this many checkpoint-<step>/ directories."""
     resume: Optional[str] = None
     """"auto" resumes from the latest checkpoint in output_dir, or a checkpoint path."""
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    """Autocast dtype where the device supports it."""
+    mixed_precision: Literal["no", "bf16"] = "no"
+    """bf16 autocast (fp16 needs loss scaling, which the loop does not do: use bf16 or model.dtype)."""
     device: str = "auto"
     """"auto" (cuda when available), "cpu" or "cuda"."""
     cpu_threads: int = 0
@@ -362,6 +362,13 @@ def validate(cfg: Config) -> None:
     need(len(t.adam_betas) == 2 and all(0 <= b < 1 for b in t.adam_betas), "train.adam_betas: two values in [0, 1)")
     need(min(t.save_steps, t.eval_steps, t.warmup_steps) >= 0, "train.save_steps, eval_steps, warmup_steps must be >= 0")
     need(t.logging_steps >= 1, "train.logging_steps must be >= 1")
+    need(
+        t.save_steps % g.num_iterations == 0,
+        f"train.save_steps={t.save_steps} must be a multiple of grpo.num_iterations={g.num_iterations} "
+        "(a checkpoint inside a reused rollout could not resume exactly)",
+    )
+    metrics = ("vqa_accuracy", "composite", "bleu1", "exact_match", "substring", "jaccard", "extractable", "semantic")
+    need(t.eval_metric in metrics, f"train.eval_metric={t.eval_metric!r}: choose one of {', '.join(metrics)}")
     need(0 <= d.eval_fraction < 1, f"data.eval_fraction={d.eval_fraction}: must be in [0, 1)")
     need(0 <= d.max_skip_fraction <= 1, "data.max_skip_fraction must be in [0, 1]")
     for key in ("max_train_samples", "max_eval_samples"):

@@ -181,8 +181,9 @@ def policy_loss(
         from the objective without shrinking the weight of the others. With no token at all the
         loss is 0.
       - "bnpo", "dapo": sum over all unmasked tokens / their number (DAPO's token-level loss).
-        The two names are the same here; they differ in TRL only in whether the token count is
-        taken per process or across processes, and this function sees one micro-batch.
+        The two names are the same here. The count is this call's tokens, so with gradient
+        accumulation the loop averages per-micro-batch token means (DAPO proper divides by the
+        tokens of the whole step; equal when micro-batches hold the same number of tokens).
       - "dr_grpo": sum over all unmasked tokens / (N x max_completion_length), a constant (Dr. GRPO).
 
     A float mask is read as a 0/1 mask (nonzero = token), not as weights.

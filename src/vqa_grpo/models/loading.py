@@ -59,6 +59,8 @@ def load_model(cfg: ModelConfig, device: torch.device | str = "cpu", *, trainabl
         base_path = json.loads(adapter_dir.read_text())["base_model_name_or_path"]
     try:
         hf_config = AutoConfig.from_pretrained(base_path, trust_remote_code=cfg.trust_remote_code)
+    except OSError:
+        raise UserError(f"model {base_path} not found: not a local directory, and not on the hub or in the cache") from None
     except ValueError as e:
         if "trust_remote_code" in str(e):
             raise UserError(f"{base_path} needs its own code; set model.trust_remote_code=true if you trust it") from None

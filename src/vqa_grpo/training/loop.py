@@ -134,8 +134,9 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None) -
     set_threads(cfg.train.cpu_threads)
     data = load_vqa(cfg.data, seed=cfg.train.seed)  # before the model: bad data fails fast
     seed_everything(cfg.train.seed)
-    lm = load_model(cfg.model, device)
     run_dir = Path(cfg.train.output_dir)
+    resume = _resume_path(cfg, run_dir)  # a bad resume path fails before anything is written
+    lm = load_model(cfg.model, device)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     model = lm.model
@@ -146,7 +147,6 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None) -
     ref = _reference_model(cfg, lm) if mode == "grpo" else None  # the starting policy, before any resume
     state = {"best_metric": None, "bad_steps": 0, "eval_history": []}
     start = 0
-    resume = _resume_path(cfg, run_dir)
     if resume is not None:
         state = load_checkpoint(resume, model, optimizer, scheduler)
         batches.restore(state["data"])
@@ -177,7 +177,7 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None) -
                 with _autocast(cfg, device):
                     pending = _make_rollouts(cfg, lm, ref, batches, device)
                 rollout_seconds = time.time() - t_roll
-                if step % cfg.train.logging_steps == 0:
+                if (step + 1) % cfg.train.logging_steps == 0:  # the step this rollout's metrics log as
                     _log_completions(samples_log, step + 1, pending.rollouts[0])
             with _autocast(cfg, device):
                 stats = _grpo_backward(cfg, lm, pending)
@@ -327,13 +327,12 @@ def _rollout_stats(ro) -> dict:
 
 
 def _autocast(cfg: Config, device: torch.device):
-    """bf16/fp16 autocast when train.mixed_precision asks for it (a no-op context otherwise)."""
+    """bf16 autocast when train.mixed_precision asks for it (a no-op context otherwise)."""
     import contextlib
 
     if cfg.train.mixed_precision == "no":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if cfg.train.mixed_precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def _log_completions(f, step: int, ro) -> None:
