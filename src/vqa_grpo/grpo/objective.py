@@ -17,7 +17,9 @@ from vqa_grpo.models.adapters import FamilyAdapter
 from vqa_grpo.models.scoring import answer_tokens, completion_logprobs
 
 
-def rollout_logprobs(model, adapter: FamilyAdapter, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+def rollout_logprobs(
+    model, adapter: FamilyAdapter, rollout: Rollout, *, with_entropy: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs [R, C] (at each row's sampling temperature) and entropies [R, C]."""
     return completion_logprobs(
         model,
@@ -26,6 +28,7 @@ def rollout_logprobs(model, adapter: FamilyAdapter, rollout: Rollout) -> tuple[t
         rollout.completion_ids,
         rollout.completion_mask,
         rollout.temperatures,
+        with_entropy=with_entropy,
     )
 
 
@@ -34,7 +37,7 @@ def answer_nll(model, adapter: FamilyAdapter, processor, rollout: Rollout) -> to
     stop = adapter.stop_token_ids(processor, model)[0]
     ids, mask = answer_tokens(processor.tokenizer, [e.answer for e in rollout.examples], stop)
     ids, mask = ids.to(rollout.completion_ids.device), mask.to(rollout.completion_ids.device)
-    logp, _ = completion_logprobs(model, adapter, rollout.prompts, ids, mask)
+    logp, _ = completion_logprobs(model, adapter, rollout.prompts, ids, mask, with_entropy=False)
     return -(logp * mask).sum() / mask.sum()
 
 

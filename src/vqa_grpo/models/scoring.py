@@ -26,13 +26,6 @@ def answer_tokens(tokenizer, answers: list[str], stop_id: int) -> tuple[torch.Te
     return ids, mask
 
 
-def selective_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[ids] without materialising the [R, C, V] log-softmax twice."""
-    logits = logits.float()
-    picked = logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1)  # [R, C]
-    return picked - torch.logsumexp(logits, dim=-1)
-
-
 def completion_logits(
     model, adapter: FamilyAdapter, prompts: PromptBatch, completion_ids: torch.Tensor, completion_mask: torch.Tensor
 ) -> torch.Tensor:
@@ -54,17 +47,24 @@ def completion_logprobs(
     completion_ids: torch.Tensor,
     completion_mask: torch.Tensor,
     temperatures: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probs [R, C] of the completion under the model, and the per-token entropy [R, C].
+    *,
+    with_entropy: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token log-probs [R, C] of the completion under the model, and the entropy [R, C]
+    (None when ``with_entropy`` is false: SFT and the old/reference passes do not need it).
 
     With ``temperatures`` [R], row r's logits are divided by its sampling temperature first, so
     the log-probs are those of the distribution the row was sampled from (before top-p).
+    log p(token) = logit(token) - logsumexp(logits): the [R, C, V] log-softmax is never built.
     """
     logits = completion_logits(model, adapter, prompts, completion_ids, completion_mask)  # [R, C, V]
     if temperatures is not None:
         logits = logits / temperatures.to(logits.dtype)[:, None, None]
-    logp = selective_logprobs(logits, completion_ids)
-    with torch.no_grad():
-        probs = torch.softmax(logits.float(), dim=-1)
-        entropy = -(probs * torch.log_softmax(logits.float(), dim=-1)).sum(-1)
+    logits = logits.float()
+    lse = torch.logsumexp(logits, dim=-1)  # [R, C]
+    logp = logits.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1) - lse
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():  # H = logsumexp(z) - sum_v p_v z_v
+            entropy = lse.detach() - (torch.softmax(logits.detach(), dim=-1) * logits.detach()).sum(-1)
     return logp, entropy

@@ -117,7 +117,7 @@ def sft_micro_loss(lm: LoadedModel, examples, images, device, total_tokens: int)
     prompts = lm.adapter.encode_prompts(lm.processor, images, [e.question for e in examples]).to(device)
     ids, mask = answer_tokens(lm.processor.tokenizer, [e.answer for e in examples], stop)
     ids, mask = ids.to(device), mask.to(device)
-    logp, _ = completion_logprobs(lm.model, lm.adapter, prompts, ids, mask)
+    logp, _ = completion_logprobs(lm.model, lm.adapter, prompts, ids, mask, with_entropy=False)
     nll_sum = -(logp * mask).sum()
     return nll_sum / total_tokens, {"nll": float(nll_sum.detach()) / max(1, int(mask.sum()))}
 
@@ -275,12 +275,12 @@ def _make_rollouts(cfg: Config, lm: LoadedModel, ref, batches: Batches, device) 
         ro = make_rollout(lm.model, lm.adapter, lm.processor, examples, images, cfg.grpo, cfg.reward, device)
         with torch.no_grad():
             if cfg.grpo.num_iterations > 1:
-                ro.old_logprobs = rollout_logprobs(lm.model, lm.adapter, ro)[0]
+                ro.old_logprobs = rollout_logprobs(lm.model, lm.adapter, ro, with_entropy=False)[0]
             if ref == "disable_adapter":
                 with lm.model.disable_adapter():
-                    ro.ref_logprobs = rollout_logprobs(lm.model, lm.adapter, ro)[0]
+                    ro.ref_logprobs = rollout_logprobs(lm.model, lm.adapter, ro, with_entropy=False)[0]
             elif ref is not None:
-                ro.ref_logprobs = rollout_logprobs(ref, lm.adapter, ro)[0]
+                ro.ref_logprobs = rollout_logprobs(ref, lm.adapter, ro, with_entropy=False)[0]
         rollouts.append(ro)
     return Pending(rollouts)
 
