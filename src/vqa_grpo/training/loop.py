@@ -157,47 +157,16 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None) -
     samples_log = (run_dir / "completions.jsonl").open("a") if mode == "grpo" else None
     bar = tqdm(total=cfg.train.max_steps, initial=start, desc=desc or mode, disable=not cfg.train.progress)
     step = start
-    pending: Pending | None = None
-    rollout_seconds = 0.0
+    grpo = GRPOSteps(ref, samples_log) if mode == "grpo" else None
     while step < cfg.train.max_steps:
         t_step = time.time()
-        if mode == "sft":
-            micro = [batches.next() for _ in range(cfg.train.gradient_accumulation_steps)]
-            total = sum(answer_token_count(lm, ex) for ex, _ in micro)
-            stats = {}
-            for ex, im in micro:
-                with _autocast(cfg, device):
-                    loss, s = sft_micro_loss(lm, ex, im, device, total)
-                loss.backward()
-                stats = _accumulate([s, {"loss": float(loss.detach())}], stats)
-            stats["nll"] = stats["loss"]  # the step's token-mean NLL, whatever the micro-batch layout
-        else:
-            if pending is None:
-                t_roll = time.time()
-                with _autocast(cfg, device):
-                    pending = _make_rollouts(cfg, lm, ref, batches, device)
-                rollout_seconds = time.time() - t_roll
-                if (step + 1) % cfg.train.logging_steps == 0:  # the step this rollout's metrics log as
-                    _log_completions(samples_log, step + 1, pending.rollouts[0])
-            with _autocast(cfg, device):
-                stats = _grpo_backward(cfg, lm, pending)
-            stats["rollout_seconds"] = rollout_seconds
-            if pending.iteration == cfg.grpo.num_iterations:
-                pending = None
-        grad_norm = _clip(model, cfg.train.max_grad_norm)
+        stats = _sft_step(cfg, lm, batches, device) if grpo is None else grpo.step(cfg, lm, batches, device, step)
         lr = scheduler.get_last_lr()[0]  # the rate this step uses
-        finite = math.isfinite(grad_norm)
-        if finite:
-            state["bad_steps"] = 0
-            optimizer.step()
-        else:
-            state["bad_steps"] += 1
-            stats["skipped_nonfinite"] = 1
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = _optimizer_step(cfg, model, optimizer, state, stats)
         scheduler.step()
         step += 1
         seconds = time.time() - t_step
-        stats.update(step=step, lr=lr, grad_norm=grad_norm if finite else None, skipped_images=batches.skipped)
+        stats.update(step=step, lr=lr, grad_norm=grad_norm, skipped_images=batches.skipped)
         stats["step_seconds"] = seconds
         if "completion_tokens" in stats:
             stats["completion_tokens_per_second"] = stats.pop("completion_tokens") / max(seconds, 1e-9)
@@ -228,6 +197,60 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None) -
     final = run_dir / "final"
     save_model(model, lm.processor, final)
     return RunResult(run_dir, final, step, state["eval_history"], time.time() - t0)
+
+
+def _sft_step(cfg: Config, lm: LoadedModel, batches: Batches, device) -> dict:
+    """Backward through the step's micro-batches, the NLL normalised by all their answer tokens."""
+    micro = [batches.next() for _ in range(cfg.train.gradient_accumulation_steps)]
+    total = sum(answer_token_count(lm, ex) for ex, _ in micro)
+    stats: dict = {}
+    for ex, im in micro:
+        with _autocast(cfg, device):
+            loss, s = sft_micro_loss(lm, ex, im, device, total)
+        loss.backward()
+        stats = _accumulate([s, {"loss": float(loss.detach())}], stats)
+    stats["nll"] = stats["loss"]  # the step's token-mean NLL, whatever the micro-batch layout
+    return stats
+
+
+@dataclass
+class GRPOSteps:
+    """What GRPO carries from step to step: the reference, the sample log, the pending rollouts."""
+
+    ref: object
+    samples_log: object
+    pending: Pending | None = None
+    rollout_seconds: float = 0.0
+
+    def step(self, cfg: Config, lm: LoadedModel, batches: Batches, device, step: int) -> dict:
+        """Sample new rollouts when the last ones are used up, then backward through them."""
+        if self.pending is None:
+            t0 = time.time()
+            with _autocast(cfg, device):
+                self.pending = _make_rollouts(cfg, lm, self.ref, batches, device)
+            self.rollout_seconds = time.time() - t0
+            if (step + 1) % cfg.train.logging_steps == 0:  # the step this rollout's metrics log as
+                _log_completions(self.samples_log, step + 1, self.pending.rollouts[0])
+        with _autocast(cfg, device):
+            stats = _grpo_backward(cfg, lm, self.pending)
+        stats["rollout_seconds"] = self.rollout_seconds
+        if self.pending.iteration == cfg.grpo.num_iterations:
+            self.pending = None
+        return stats
+
+
+def _optimizer_step(cfg: Config, model, optimizer, state: dict, stats: dict) -> float | None:
+    """Clip and step; a non-finite gradient skips the step (and is counted). Returns the norm."""
+    grad_norm = _clip(model, cfg.train.max_grad_norm)
+    finite = math.isfinite(grad_norm)
+    if finite:
+        state["bad_steps"] = 0
+        optimizer.step()
+    else:
+        state["bad_steps"] += 1
+        stats["skipped_nonfinite"] = 1
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm if finite else None
 
 
 def _truncate_log(path: Path, step: int) -> None:
