@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 import sys
 
-from vqa_grpo.errors import UserError
+from vqa_grpo.errors import TrainingStopped, UserError
 
 
 def _config_help() -> str:
@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--data", default=None, help="the data both evaluations ran on, for gallery images (default: none)")
     rp.add_argument("--out", default=None, help="output file (default: RUN_DIR/report.html)")
 
+    mg = sub.add_parser("merge", help="merge a LoRA adapter into its base model (a plain transformers model)")
+    mg.add_argument("adapter", help="LoRA adapter directory (a run's final/ with model.lora=true)")
+    mg.add_argument("--out", required=True, help="output directory for the merged model and processor (required)")
+
     demo = sub.add_parser("demo", help="the whole pipeline offline: data, tiny model, SFT, GRPO, evaluation")
     demo.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
     demo.add_argument("--seed", type=int, default=0, help="seed of data, model and training (default: 0)")
@@ -152,6 +156,11 @@ def dispatch(args: argparse.Namespace) -> int:
         path = write_report(args.run_dir, before=args.before, after=args.after, data_path=args.data, out=args.out)
         print(f"wrote {path}")
         return 0
+    if args.command == "merge":
+        from vqa_grpo.training.export import merge_adapter
+
+        print(f"wrote the merged model to {merge_adapter(args.adapter, args.out)}")
+        return 0
     if args.command == "demo":
         from vqa_grpo.demo import run_demo
 
@@ -165,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return dispatch(args)
+    except TrainingStopped as e:  # a checkpoint was saved; the message says where and how to go on
+        if args.debug:
+            raise
+        print(f"stopped: {e}", file=sys.stderr)
+        return e.exit_code
     except UserError as e:
         if args.debug:
             raise

@@ -23,7 +23,7 @@ from vqa_grpo.training import loop
 from vqa_grpo.training.checkpoint import load_checkpoint, save_checkpoint
 from vqa_grpo.training.optim import lr_factor, make_optimizer, make_scheduler
 
-CHECKPOINT_FILES = {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json"}
+CHECKPOINT_FILES = {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json", "config.yaml"}
 # Every step of these runs is skipped, so the scheduler steps while the optimizer never does.
 NO_OPTIMIZER_STEP = pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before:UserWarning")
 TIMINGS = {"step_seconds", "rollout_seconds", "completion_tokens_per_second"}
@@ -90,12 +90,13 @@ def test_sft_run_writes_the_fixed_run_directory(sft_run, tiny_model_dir):
 
     # save_steps = 2 wrote 2, 4, 6; save_total_limit = 2 kept the last two; no temporary left over.
     names = sorted(p.name for p in run_dir.iterdir())
-    assert names == ["best", "checkpoint-4", "checkpoint-6", "config.yaml", "final", "metrics.jsonl"]
+    assert names == ["best", "checkpoint-4", "checkpoint-6", "config.yaml", "final", "metrics.jsonl", "tensorboard"]
     for step in (4, 6):
         ckpt = run_dir / f"checkpoint-{step}"
         assert CHECKPOINT_FILES <= {p.name for p in ckpt.iterdir()}
         state = json.loads((ckpt / "trainer_state.json").read_text())
-        assert state["step"] == step
+        assert state["step"] == step and load_config(ckpt / "config.yaml") == cfg
+        assert state["best_metric"] == max(r["eval/vqa_accuracy"] for r in evals if r["step"] <= step)
         assert state["data"] == {"epoch": 0, "pos": 2 * step, "skipped": 0}  # 2 questions a step
     # The last checkpoint and final/ hold the same weights (both after step 6), not the start.
     start, last, final = weights(tiny_model_dir), weights(run_dir / "checkpoint-6"), weights(run_dir / "final")
@@ -106,6 +107,35 @@ def test_sft_run_writes_the_fixed_run_directory(sft_run, tiny_model_dir):
         model = AutoModelForImageTextToText.from_pretrained(run_dir / d)
         AutoProcessor.from_pretrained(run_dir / d)
         assert model.config.model_type == "qwen2_vl"
+
+
+@pytest.mark.slow
+def test_tensorboard_holds_the_scalars_of_metrics_jsonl(sft_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, result = sft_run
+    events = EventAccumulator(str(result.run_dir / "tensorboard")).Reload()
+    lines = records(result.run_dir)
+    for key in ("loss", "lr", "grad_norm", "eval/vqa_accuracy"):
+        logged = [r for r in lines if key in r]
+        scalars = events.Scalars(key)
+        assert [e.step for e in scalars] == [r["step"] for r in logged]
+        assert [e.value for e in scalars] == pytest.approx([r[key] for r in logged], rel=1e-6)  # float32 on disk
+
+
+@pytest.mark.slow
+def test_final_carries_a_model_card_with_base_model_data_config_and_metrics(sft_run, tiny_model_dir):
+    import yaml
+
+    cfg, result = sft_run
+    card = (result.final_dir / "README.md").read_text()
+    header = yaml.safe_load(card.split("---")[1])
+    assert header["base_model"] == str(tiny_model_dir) and header["library_name"] == "transformers"
+    last = result.eval_history[-1]
+    assert f"| vqa_accuracy | {last['eval/vqa_accuracy']:.4f} |" in card
+    assert f"`{cfg.data.path}`" in card and "6 optimiser steps" in card
+    config_block = card.split("```yaml\n")[1].split("```")[0]
+    assert yaml.safe_load(config_block) == yaml.safe_load((result.run_dir / "config.yaml").read_text())
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """Checkpoints: model (safetensors) or adapter, processor, optimizer, scheduler, RNG states, data
-position. Written to a temporary directory and renamed, so a kill during a save leaves the
-previous checkpoint intact. Loaded with ``torch.load(weights_only=True)`` only.
+position, step, best metric and config. Every directory (checkpoints, ``best/``, ``final/``) is
+written to a temporary directory and renamed, so a kill during a save leaves the previous one
+intact. Loaded with ``torch.load(weights_only=True)`` only.
 """
 
 from __future__ import annotations
@@ -18,8 +19,23 @@ STATE_FILE = "trainer_state.json"
 
 
 def save_model(model, processor, out: Path) -> None:
+    """Model (or adapter) and processor, written to ``.tmp-<name>`` and renamed to ``out``."""
+    tmp = out.with_name(f".tmp-{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _write_model(model, processor, tmp)
+    _replace(tmp, out)
+
+
+def _write_model(model, processor, out: Path) -> None:
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Put the finished ``tmp`` in place of ``out`` (a kill in between loses only ``out``'s old copy)."""
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
 
 
 def rng_state() -> dict:
@@ -40,13 +56,18 @@ def set_rng_state(state: dict, torch_state: dict) -> None:
         torch.cuda.set_rng_state_all(torch_state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, step: int, model, processor, optimizer, scheduler, state: dict, limit: int) -> Path:
+def save_checkpoint(run_dir: Path, step: int, model, processor, optimizer, scheduler, state: dict, limit: int,
+                    *, config=None) -> Path:
     """Write ``checkpoint-<step>/`` atomically and keep at most ``limit`` checkpoints."""
     final = run_dir / f"checkpoint-{step}"
     tmp = run_dir / f".tmp-checkpoint-{step}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_model(model, processor, tmp)
+    _write_model(model, processor, tmp)
+    if config is not None:
+        from vqa_grpo.config import save_config
+
+        save_config(config, tmp / "config.yaml")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch_rng = {"cpu": torch.get_rng_state()}
@@ -54,9 +75,7 @@ def save_checkpoint(run_dir: Path, step: int, model, processor, optimizer, sched
         torch_rng["cuda"] = torch.cuda.get_rng_state_all()
     torch.save(torch_rng, tmp / "rng.pt")
     (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step, "rng": rng_state()}))
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    _replace(tmp, final)
     for old in list_checkpoints(run_dir)[:-limit] if limit > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final

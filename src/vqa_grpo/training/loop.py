@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,10 @@ from vqa_grpo.models.loading import LoadedModel, load_model, resolve_device
 from vqa_grpo.models.scoring import answer_tokens, completion_logprobs
 from vqa_grpo.rewards import clean_answer, score_predictions
 from vqa_grpo.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_model
+from vqa_grpo.training.export import merge_adapter, write_model_card
+from vqa_grpo.training.faults import OOM_ADVICE, StopSignals, TrainingStopped, free_device_memory, is_oom
 from vqa_grpo.training.optim import make_optimizer, make_scheduler
+from vqa_grpo.training.reporting import Reporter, truncate_log
 
 
 def set_threads(n: int) -> None:
@@ -127,8 +131,36 @@ def answer_token_count(lm: LoadedModel, examples) -> int:
     return sum(len(tok(e.answer, add_special_tokens=False)["input_ids"]) + 1 for e in examples)
 
 
+@dataclass
+class Session:
+    """What one run carries from step to step, and how it saves itself."""
+
+    cfg: Config
+    lm: LoadedModel
+    device: torch.device
+    run_dir: Path
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    batches: Batches
+    state: dict
+    reporter: Reporter
+    step: int = 0
+    saved_step: int = -1
+
+    def save(self) -> Path:
+        self.state["data"] = self.batches.state()
+        path = save_checkpoint(self.run_dir, self.step, self.lm.model, self.lm.processor, self.optimizer,
+                               self.scheduler, self.state, self.cfg.train.save_total_limit, config=self.cfg)
+        self.saved_step = self.step
+        return path
+
+
 def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None) -> RunResult:
-    """Train with ``mode`` as configured; write the run directory; return where the model is."""
+    """Train with ``mode`` as configured; write the run directory; return where the model is.
+
+    Raises :class:`TrainingStopped` (after saving a checkpoint) on SIGINT/SIGTERM and after more
+    than ``train.max_bad_steps`` non-finite or out-of-memory steps in a row.
+    """
     t0 = time.time()
     device = resolve_device(cfg.train.device)
     set_threads(cfg.train.cpu_threads)
@@ -139,64 +171,118 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None) -
     lm = load_model(cfg.model, device)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    model = lm.model
-    model.train()
-    optimizer = make_optimizer(model.parameters(), cfg.train)
+    lm.model.train()
+    optimizer = make_optimizer(lm.model.parameters(), cfg.train)
     scheduler = make_scheduler(optimizer, cfg.train)
     batches = Batches(data.train, cfg.train.per_device_batch_size, cfg.train.seed)
     ref = _reference_model(cfg, lm) if mode == "grpo" else None  # the starting policy, before any resume
     state = {"best_metric": None, "bad_steps": 0, "eval_history": []}
     start = 0
     if resume is not None:
-        state = load_checkpoint(resume, model, optimizer, scheduler)
+        state = load_checkpoint(resume, lm.model, optimizer, scheduler)
         batches.restore(state["data"])
         start = state["step"]
-        _truncate_log(run_dir / "metrics.jsonl", start)
-        _truncate_log(run_dir / "completions.jsonl", start)
-    log = (run_dir / "metrics.jsonl").open("a")
+        truncate_log(run_dir / "completions.jsonl", start)
+    s = Session(cfg, lm, device, run_dir, optimizer, scheduler, batches, state, Reporter(run_dir, cfg, start), start)
     samples_log = (run_dir / "completions.jsonl").open("a") if mode == "grpo" else None
-    bar = tqdm(total=cfg.train.max_steps, initial=start, desc=desc or mode, disable=not cfg.train.progress)
-    step = start
     grpo = GRPOSteps(ref, samples_log) if mode == "grpo" else None
-    while step < cfg.train.max_steps:
-        t_step = time.time()
-        stats = _sft_step(cfg, lm, batches, device) if grpo is None else grpo.step(cfg, lm, batches, device, step)
-        lr = scheduler.get_last_lr()[0]  # the rate this step uses
-        grad_norm = _optimizer_step(cfg, model, optimizer, state, stats)
-        scheduler.step()
-        step += 1
-        seconds = time.time() - t_step
-        stats.update(step=step, lr=lr, grad_norm=grad_norm, skipped_images=batches.skipped)
-        stats["step_seconds"] = seconds
-        if "completion_tokens" in stats:
-            stats["completion_tokens_per_second"] = stats.pop("completion_tokens") / max(seconds, 1e-9)
-        too_many_bad = state["bad_steps"] > cfg.train.max_bad_steps
-        if step % cfg.train.logging_steps == 0 or step == cfg.train.max_steps or too_many_bad:
-            log.write(json.dumps(stats) + "\n")
-            log.flush()
-        if too_many_bad:
-            state["data"] = batches.state()
-            save_checkpoint(run_dir, step, model, lm.processor, optimizer, scheduler, state, cfg.train.save_total_limit)
-            raise RuntimeError(
-                f"{state['bad_steps']} non-finite steps in a row (train.max_bad_steps={cfg.train.max_bad_steps}); "
-                f"checkpoint-{step} saved; lower train.learning_rate or train.max_grad_norm"
-            )
-        bar.update(1)
-        bar.set_postfix({k: round(v, 3) for k, v in stats.items() if k in ("loss", "reward", "nll") and v is not None})
-        if cfg.train.eval_steps and step % cfg.train.eval_steps == 0 and step < cfg.train.max_steps:
-            _eval_and_keep_best(cfg, lm, data.eval, device, step, state, run_dir, log)
-        if cfg.train.save_steps and step % cfg.train.save_steps == 0:
-            state["data"] = batches.state()
-            save_checkpoint(run_dir, step, model, lm.processor, optimizer, scheduler, state, cfg.train.save_total_limit)
-    bar.close()
-    if data.eval:
-        _eval_and_keep_best(cfg, lm, data.eval, device, step, state, run_dir, log)
-    log.close()
-    if samples_log:
-        samples_log.close()
-    final = run_dir / "final"
-    save_model(model, lm.processor, final)
-    return RunResult(run_dir, final, step, state["eval_history"], time.time() - t0)
+    bar = tqdm(total=cfg.train.max_steps, initial=start, desc=desc or mode, disable=not cfg.train.progress)
+    try:
+        with StopSignals() as signals:
+            while s.step < cfg.train.max_steps:
+                stats = _train_step(s, grpo)
+                if stats is not None:
+                    bar.update(1)
+                    bar.set_postfix({k: round(v, 3) for k, v in stats.items() if k in ("loss", "reward", "nll") and v is not None})
+                _after_step(s, stats, data.eval)
+                if signals.received:
+                    _stop_on_signal(s, signals)
+        if data.eval:
+            _eval_and_keep_best(s, data.eval)
+    finally:
+        bar.close()
+        s.reporter.close()
+        if samples_log:
+            samples_log.close()
+    final = _write_final(s, mode, data)
+    return RunResult(run_dir, final, s.step, state["eval_history"], time.time() - t0)
+
+
+def _train_step(s: Session, grpo: "GRPOSteps | None") -> dict | None:
+    """One optimiser step; None when the device ran out of memory and the batch was skipped."""
+    t_step = time.time()
+    try:
+        stats = _sft_step(s.cfg, s.lm, s.batches, s.device) if grpo is None else grpo.step(s.cfg, s.lm, s.batches, s.device, s.step)
+        lr = s.scheduler.get_last_lr()[0]  # the rate this step uses
+        grad_norm = _optimizer_step(s.cfg, s.lm.model, s.optimizer, s.state, stats)
+    except RuntimeError as e:  # torch.OutOfMemoryError is one
+        if not is_oom(e):
+            raise
+        _skip_oom_batch(s, grpo)
+        return None
+    s.scheduler.step()
+    s.step += 1
+    seconds = time.time() - t_step
+    stats.update(step=s.step, lr=lr, grad_norm=grad_norm, skipped_images=s.batches.skipped)
+    stats["step_seconds"] = seconds
+    if "completion_tokens" in stats:
+        stats["completion_tokens_per_second"] = stats.pop("completion_tokens") / max(seconds, 1e-9)
+    return stats
+
+
+def _skip_oom_batch(s: Session, grpo: "GRPOSteps | None") -> None:
+    """Drop the batch that ran out of memory (and its partial gradients); count it as a bad step."""
+    s.optimizer.zero_grad(set_to_none=True)
+    if grpo is not None:
+        grpo.pending = None
+    free_device_memory(s.device)
+    s.state["bad_steps"] += 1
+    s.state["last_bad"] = "out-of-memory"
+    s.reporter.log({"step": s.step, "skipped_oom": 1})
+    tqdm.write(f"warning: out of memory at step {s.step + 1}; batch skipped. To avoid it: {OOM_ADVICE}", file=sys.stderr)
+
+
+def _after_step(s: Session, stats: dict | None, eval_examples: list[VQAExample]) -> None:
+    """Log, stop on too many bad steps in a row, evaluate and save, each when it is due."""
+    t = s.cfg.train
+    too_many_bad = s.state["bad_steps"] > t.max_bad_steps
+    if stats is not None and (s.step % t.logging_steps == 0 or s.step == t.max_steps or too_many_bad):
+        s.reporter.log(stats)
+    if too_many_bad:
+        s.save()
+        kind = s.state.get("last_bad", "non-finite")
+        advice = OOM_ADVICE if kind == "out-of-memory" else "lower train.learning_rate or train.max_grad_norm"
+        raise TrainingStopped(
+            f"{s.state['bad_steps']} {kind} steps in a row (train.max_bad_steps={t.max_bad_steps}); "
+            f"checkpoint-{s.step} saved; {advice}", exit_code=1)
+    if stats is None:
+        return
+    if t.empty_cuda_cache:
+        free_device_memory(s.device)
+    if t.eval_steps and s.step % t.eval_steps == 0 and s.step < t.max_steps:
+        _eval_and_keep_best(s, eval_examples)
+    if t.save_steps and s.step % t.save_steps == 0:
+        s.save()
+
+
+def _stop_on_signal(s: Session, signals: StopSignals) -> None:
+    if s.saved_step != s.step:
+        s.save()
+    raise TrainingStopped(
+        f"stopped by {signals.name} after step {s.step}; checkpoint-{s.step} saved in {s.run_dir}; "
+        "continue with train.resume=auto", exit_code=128 + signals.received)
+
+
+def _write_final(s: Session, mode: str, data) -> Path:
+    """``final/`` (model or adapter, processor, model card) and, if asked, ``merged/``."""
+    final = s.run_dir / "final"
+    save_model(s.lm.model, s.lm.processor, final)
+    last = s.state["eval_history"][-1] if s.state["eval_history"] else None
+    metrics = {k.removeprefix("eval/"): v for k, v in last.items() if k != "step"} if last else None
+    write_model_card(final, s.cfg, mode, steps=s.step, n_train=len(data.train), n_eval=len(data.eval), metrics=metrics)
+    if s.cfg.train.merge_lora:
+        merge_adapter(final, s.run_dir / "merged")
+    return final
 
 
 def _sft_step(cfg: Config, lm: LoadedModel, batches: Batches, device) -> dict:
@@ -251,13 +337,6 @@ def _optimizer_step(cfg: Config, model, optimizer, state: dict, stats: dict) -> 
         stats["skipped_nonfinite"] = 1
     optimizer.zero_grad(set_to_none=True)
     return grad_norm if finite else None
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop the lines a resumed run will write again (those after the checkpoint's step)."""
-    if path.is_file():
-        keep = [x for x in path.read_text().splitlines() if x.strip() and json.loads(x).get("step", 0) <= step]
-        path.write_text("".join(x + "\n" for x in keep))
 
 
 def _resume_path(cfg: Config, run_dir: Path) -> Path | None:
@@ -388,13 +467,13 @@ def _clip(model, max_norm: float) -> float:
     return float(norm)
 
 
-def _eval_and_keep_best(cfg: Config, lm: LoadedModel, examples, device, step: int, state: dict, run_dir: Path, log) -> None:
-    metrics = evaluate_model(lm, examples, cfg, device)
-    record = {"step": step, **{f"eval/{k}": v for k, v in metrics.items()}}
-    state["eval_history"].append(record)
-    log.write(json.dumps(record) + "\n")
-    log.flush()
-    value = metrics.get(cfg.train.eval_metric)
-    if value is not None and (state["best_metric"] is None or value > state["best_metric"]):
-        state["best_metric"] = value
-        save_model(lm.model, lm.processor, run_dir / "best")
+def _eval_and_keep_best(s: Session, examples: list[VQAExample]) -> None:
+    """Evaluate, log the means as ``eval/<metric>``, and save ``best/`` when train.eval_metric improved."""
+    metrics = evaluate_model(s.lm, examples, s.cfg, s.device)
+    record = {"step": s.step, **{f"eval/{k}": v for k, v in metrics.items()}}
+    s.state["eval_history"].append(record)
+    s.reporter.log(record)
+    value = metrics.get(s.cfg.train.eval_metric)
+    if value is not None and (s.state["best_metric"] is None or value > s.state["best_metric"]):
+        s.state["best_metric"] = value
+        save_model(s.lm.model, s.lm.processor, s.run_dir / "best")

@@ -1,0 +1,83 @@
+"""Outputs the ecosystem loads: the model card of ``final/`` and a LoRA adapter merged into its base."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from vqa_grpo.config import Config, to_dict
+from vqa_grpo.errors import UserError
+
+
+def write_model_card(out: Path, cfg: Config, mode: str, *, steps: int, n_train: int, n_eval: int,
+                     metrics: dict[str, float] | None) -> Path:
+    """``out/README.md``: base model, data, training, final metrics and the full config."""
+    lora = (out / "adapter_config.json").is_file()
+    base = cfg.model.name_or_path
+    if lora:
+        base = json.loads((out / "adapter_config.json").read_text()).get("base_model_name_or_path") or base
+    header = {
+        "library_name": "peft" if lora else "transformers",
+        "base_model": str(base),
+        "pipeline_tag": "image-text-to-text",
+        "tags": ["vqa-grpo", "visual-question-answering", "grpo" if mode == "grpo" else "sft"],
+    }
+    how = ("GRPO (group-relative policy optimization) with rewards computed against the ground-truth answer"
+           if mode == "grpo" else "supervised fine-tuning on the ground-truth answers")
+    what = "a LoRA adapter (peft format)" if lora else "the full model weights (safetensors)"
+    lines = [
+        "---", yaml.safe_dump(header, sort_keys=False).strip(), "---", "",
+        f"# {out.parent.name}", "",
+        f"Fine-tuned for visual question answering with vqa-grpo: "
+        f"{how}. This directory holds {what} and the processor.", "",
+        "## Base model", "", f"`{base}`", "",
+        "## Data", "",
+        f"`{cfg.data.path}` ({cfg.data.format} format): {n_train} training and {n_eval} evaluation questions.", "",
+        "## Training", "",
+        f"{steps} optimiser steps, batch {cfg.train.per_device_batch_size} x {cfg.train.gradient_accumulation_steps} "
+        f"accumulation, learning rate {cfg.train.learning_rate:g} ({cfg.train.lr_scheduler}), seed {cfg.train.seed}.",
+    ]
+    if mode == "grpo":
+        g = cfg.grpo
+        lines.append(f"G = {g.num_generations} completions per question, loss `{g.loss_type}`, beta {g.beta:g}, "
+                     f"rewards {', '.join(f'{w:g} x {c}' for c, w in zip(cfg.reward.components, cfg.reward.weights))}.")
+    lines += ["", "## Final metrics", ""]
+    if metrics:
+        lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in metrics.items()]
+        lines.append("")
+        lines.append(f"On the evaluation split ({n_eval} questions), greedy unless `eval.do_sample`.")
+    else:
+        lines.append("None: the run had no evaluation split.")
+    lines += ["", "## Loading", "", "```python"]
+    if lora:
+        lines += ["from peft import PeftModel", "from transformers import AutoModelForImageTextToText, AutoProcessor",
+                  f'base = AutoModelForImageTextToText.from_pretrained("{base}")',
+                  'model = PeftModel.from_pretrained(base, "path/to/this/directory")']
+    else:
+        lines += ["from transformers import AutoModelForImageTextToText, AutoProcessor",
+                  'model = AutoModelForImageTextToText.from_pretrained("path/to/this/directory")']
+    lines += ['processor = AutoProcessor.from_pretrained("path/to/this/directory")', "```", "",
+              "## Config", "", "```yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).strip(), "```", ""]
+    path = out / "README.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def merge_adapter(adapter_dir: str | Path, out: str | Path) -> Path:
+    """Merge the LoRA adapter in ``adapter_dir`` into its base model; save model and processor to ``out``.
+
+    The merged model is a plain transformers checkpoint (no peft needed to load it); its weights
+    are the base weights plus (alpha / r) B A for every adapted layer.
+    """
+    from vqa_grpo.config import ModelConfig
+    from vqa_grpo.models.loading import load_model
+    from vqa_grpo.training.checkpoint import save_model
+
+    adapter_dir, out = Path(adapter_dir), Path(out)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise UserError(f"{adapter_dir} has no adapter_config.json: not a LoRA adapter directory (a run's final/ with model.lora=true)")
+    lm = load_model(ModelConfig(name_or_path=str(adapter_dir)), "cpu", trainable=False)
+    save_model(lm.model.merge_and_unload(), lm.processor, out)
+    return out

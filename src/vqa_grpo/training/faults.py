@@ -1,0 +1,66 @@
+"""What the loop does when something goes wrong that is not a bug: a stop signal, a CUDA OOM."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import torch
+
+from vqa_grpo.errors import TrainingStopped  # noqa: F401  (raised by the loop)
+
+OOM_ADVICE = (
+    "lower train.per_device_batch_size (raise train.gradient_accumulation_steps to keep the batch), "
+    "grpo.num_generations or grpo.max_completion_length, cap the image pixels of the processor, "
+    "or set model.gradient_checkpointing=true"
+)
+
+
+class StopSignals:
+    """Turn SIGINT and SIGTERM into a request to stop after the current step.
+
+    The first signal only sets :attr:`received`; the loop finishes its step, saves a checkpoint
+    and raises :class:`TrainingStopped`. The handlers are put back at once, so a second Ctrl-C
+    interrupts immediately (checkpoints are atomic, so that is safe). Outside the main thread
+    (where Python cannot install handlers) it does nothing.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+        self._restore()
+
+    def _restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.received).name if self.received else ""
+
+
+def is_oom(exc: BaseException) -> bool:
+    """A device out-of-memory error (CUDA's, or the allocator's message on other backends)."""
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
+def free_device_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
