@@ -145,6 +145,14 @@ class TrainConfig:
     """Stop after this many non-finite steps in a row."""
     progress: bool = True
     """Show progress bars."""
+    report_to: Literal["tensorboard", "wandb", "none"] = "tensorboard"
+    """Where metrics go besides metrics.jsonl: TensorBoard (output_dir/tensorboard), wandb (extra), or none."""
+    wandb_project: str = "vqa-grpo"
+    """wandb project when report_to=wandb; WANDB_MODE=offline logs without a network."""
+    empty_cuda_cache: bool = False
+    """Call torch.cuda.empty_cache() after every step (seed 5.1): less fragmentation, a little slower."""
+    merge_lora: bool = False
+    """With model.lora, also write output_dir/merged/: the adapter merged into the base weights."""
 
 
 @dataclass
@@ -173,6 +181,9 @@ class GRPOConfig:
     """lambda, weight of the MLE loss of the ground-truth answer added to the GRPO loss."""
     mask_truncated_completions: bool = False
     """Drop completions that hit max_completion_length without EOS from the loss."""
+    shared_prefix: Literal["auto", "on", "off"] = "auto"
+    """Run each prompt and image once per group (KV cache shared by its G completions) when sampling
+    and in the loss; auto: where the model family supports it (models/prefix.py), else G times."""
 
 
 @dataclass
@@ -301,6 +312,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key)
     if origin is Literal:
+        if isinstance(value, bool) and "on" in args and "off" in args:  # YAML 1.1 reads on/off as booleans
+            value = "on" if value else "off"
         if value not in args:
             raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(map(str, args))}")
         return value
@@ -362,6 +375,7 @@ def validate(cfg: Config) -> None:
     need(len(t.adam_betas) == 2 and all(0 <= b < 1 for b in t.adam_betas), "train.adam_betas: two values in [0, 1)")
     need(min(t.save_steps, t.eval_steps, t.warmup_steps) >= 0, "train.save_steps, eval_steps, warmup_steps must be >= 0")
     need(t.logging_steps >= 1, "train.logging_steps must be >= 1")
+    need(not t.merge_lora or cfg.model.lora, "train.merge_lora=true needs model.lora=true (a full fine-tune has nothing to merge)")
     need(
         t.save_steps % g.num_iterations == 0,
         f"train.save_steps={t.save_steps} must be a multiple of grpo.num_iterations={g.num_iterations} "
