@@ -20,15 +20,21 @@ from vqa_grpo.models.scoring import answer_tokens, completion_logprobs
 def rollout_logprobs(
     model, adapter: FamilyAdapter, rollout: Rollout, *, with_entropy: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-token log-probs [R, C] (at each row's sampling temperature) and entropies [R, C]."""
+    """Per-token log-probs [R, C] (at each row's sampling temperature) and entropies [R, C].
+
+    Each prompt runs once per group when the rollout was sampled on the shared-prefix path,
+    else G times (the same numbers up to float rounding; models/prefix.py).
+    """
     return completion_logprobs(
         model,
         adapter,
-        rollout.repeated_prompts(adapter),
+        rollout.prompts,
         rollout.completion_ids,
         rollout.completion_mask,
         rollout.temperatures,
         with_entropy=with_entropy,
+        group_size=rollout.group_size,
+        shared_prefix=rollout.shared_prefix,
     )
 
 
@@ -61,6 +67,7 @@ def grpo_objective(model, adapter: FamilyAdapter, processor, rollout: Rollout, c
     stats = {k: float(v) for k, v in stats.items()}
     m = mask.float()
     stats["entropy"] = float((entropy * m).sum() / m.sum().clamp(min=1))
+    stats["shared_prefix"] = float(rollout.shared_prefix)  # 1: each prompt encoded once per group
     if cfg.sft_coef > 0:
         nll = answer_nll(model, adapter, processor, rollout)
         stats["sft_nll"] = float(nll.detach())

@@ -1,5 +1,9 @@
-"""A GRPO rollout: sample G completions per question in one generate call, score them, and
+"""A GRPO rollout: sample G completions per question in one batched decode, score them, and
 compute group-relative advantages.
+
+With ``grpo.shared_prefix`` (auto: wherever the family supports it) each question's prompt and
+image run once and the G completions are decoded from its expanded KV cache (models/prefix.py);
+the rollout remembers the path so that the loss's forward pass takes the same one.
 
 Shapes: B questions, G completions each, R = B*G rows (group after group), P prompt tokens,
 C completion tokens.
@@ -18,6 +22,7 @@ from vqa_grpo.data.types import VQAExample
 from vqa_grpo.grpo.math import group_advantages
 from vqa_grpo.grpo.sampling import RowwiseTemperatureTopP, row_sampling_params, sampling_logprobs
 from vqa_grpo.models.adapters import FamilyAdapter, PromptBatch
+from vqa_grpo.models import prefix as shared
 from vqa_grpo.models.generation import decode, generate
 from vqa_grpo.rewards import clean_answer, compute_rewards
 
@@ -41,6 +46,7 @@ class Rollout:
     old_logprobs: torch.Tensor | None = None  # [R, C] rollout policy, when num_iterations > 1
     ref_logprobs: torch.Tensor | None = None  # [R, C] reference policy, when beta > 0
     bad_reward_inputs: int = 0  # completions the rewards scored as bad input (empty ones)
+    shared_prefix: bool = False  # each prompt runs once per group, here and in the loss (models/prefix.py)
 
     def repeated_prompts(self, adapter: FamilyAdapter) -> PromptBatch:
         return adapter.repeat(self.prompts, self.group_size)
@@ -57,8 +63,9 @@ def make_rollout(
     reward: RewardConfig,
     device: torch.device,
 ) -> Rollout:
-    """Sample G completions for each question (one batched generate call), score, and centre."""
+    """Sample G completions for each question (one batched decode), score, and centre."""
     G = grpo.num_generations
+    use_shared = shared.resolve(model, grpo.shared_prefix)
     prompts = adapter.encode_prompts(processor, images, [e.question for e in examples]).to(device)
     temps, top_ps = row_sampling_params(len(examples), G, grpo.temperatures, grpo.top_ps)
     temps, top_ps = temps.to(device), top_ps.to(device)
@@ -67,11 +74,13 @@ def make_rollout(
         model,
         adapter,
         processor,
-        adapter.repeat(prompts, G),
+        prompts,
         max_new_tokens=grpo.max_completion_length,
         do_sample=True,
         logits_processor=LogitsProcessorList([sampler]),
         keep_scores=True,
+        group_size=G,
+        shared_prefix=use_shared,
     )
     samp_logp = sampling_logprobs(comp.scores, comp.ids) * comp.mask
     texts = decode(processor, comp)
@@ -106,4 +115,5 @@ def make_rollout(
         reward_parts={k: torch.as_tensor(v, dtype=torch.float32) for k, v in scored.parts.items()},
         advantages=advantages.to(device),
         bad_reward_inputs=scored.bad_inputs,
+        shared_prefix=use_shared,
     )

@@ -1,7 +1,12 @@
 """Batched generation of answers: greedy for evaluation, sampled for GRPO rollouts.
 
-Shapes: R rows (prompts, already repeated G times for a rollout), P prompt tokens, C completion
-tokens (at most ``max_new_tokens``).
+Two paths, one result: transformers' ``generate`` over the prompts repeated G times (the plain
+path), or, with ``shared_prefix``, each prompt run once and its KV cache expanded to its G rows
+(models/prefix.py). Both sample every row in one batch, with the KV cache, and no Python loop
+over samples.
+
+Shapes: B prompts, G completions each (``group_size``), R = B*G rows, P prompt tokens, C
+completion tokens (at most ``max_new_tokens``).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vqa_grpo.models import prefix as shared
 from vqa_grpo.models.adapters import FamilyAdapter, PromptBatch
 
 
@@ -45,19 +51,61 @@ def generate(
     top_p: float = 1.0,
     logits_processor=None,
     keep_scores: bool = False,
+    group_size: int = 1,
+    shared_prefix: bool = False,
 ) -> Completions:
-    """One batched ``generate`` call over all rows; no Python loop over samples.
+    """Sample (or greedily decode) ``group_size`` completions of each prompt in one batch.
 
-    ``logits_processor`` (e.g. the row-wise temperature/top-p sampler of grpo/sampling.py)
-    replaces the shared ``temperature``/``top_p`` when given.
+    ``prompts`` holds B prompts; the result has R = B * group_size rows, row r following prompt
+    r // group_size. ``logits_processor`` (e.g. the row-wise temperature/top-p sampler of
+    grpo/sampling.py, built for R rows) replaces the shared ``temperature``/``top_p`` when given.
+    ``shared_prefix`` runs each prompt once (models/prefix.py) instead of G times; a model whose
+    generation config asks for a processor that path does not rebuild stays on the plain path.
     """
     stop_ids = adapter.stop_token_ids(processor, model)
     pad_id = processor.tokenizer.pad_token_id
+    suppress = adapter.suppressed_token_ids(processor)
+    if shared_prefix:
+        blocked = shared.plain_only_settings(model.generation_config, do_sample)
+        if blocked:
+            shared._log_once(f"generation: plain path, the generation config sets {', '.join(blocked)}")
+            shared_prefix = False
+    was_training = model.training
+    model.eval()
+    try:
+        if shared_prefix:
+            processors = shared.build_processors(
+                model.generation_config, suppress, do_sample=do_sample, temperature=temperature, top_p=top_p,
+                logits_processor=logits_processor, device=prompts.input_ids.device,
+            )
+            ids, scores = shared.sample_from_prefix(
+                model, prompts, group_size, max_new_tokens=max_new_tokens, processors=processors,
+                do_sample=do_sample, stop_ids=stop_ids, pad_id=pad_id, keep_scores=keep_scores,
+            )
+        else:
+            ids, scores = _hf_generate(
+                model, adapter.repeat(prompts, group_size) if group_size > 1 else prompts,
+                max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
+                logits_processor=logits_processor, keep_scores=keep_scores, stop_ids=stop_ids, pad_id=pad_id,
+                suppress=suppress,
+            )
+    finally:
+        model.train(was_training)
+    mask, truncated = completion_mask(ids, stop_ids)
+    ids = ids.masked_fill(mask == 0, pad_id)
+    return Completions(ids, mask, truncated, scores)
+
+
+def _hf_generate(
+    model, prompts: PromptBatch, *, max_new_tokens, do_sample, temperature, top_p, logits_processor, keep_scores,
+    stop_ids, pad_id, suppress,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+    """transformers' ``generate`` over R prompt rows: the completion ids [R, C] and scores."""
     kwargs = dict(
         max_new_tokens=max_new_tokens,
         eos_token_id=stop_ids,
         pad_token_id=pad_id,
-        suppress_tokens=adapter.suppressed_token_ids(processor) or None,
+        suppress_tokens=suppress or None,
     )
     if do_sample and logits_processor is not None:
         kwargs.update(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, logits_processor=logits_processor)
@@ -65,18 +113,8 @@ def generate(
         kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    was_training = model.training
-    model.eval()
-    try:
-        out = model.generate(
-            **prompts.model_inputs(), **kwargs, return_dict_in_generate=True, output_scores=keep_scores
-        )
-    finally:
-        model.train(was_training)
-    ids = out.sequences[:, prompts.input_ids.shape[1] :]
-    mask, truncated = completion_mask(ids, stop_ids)
-    ids = ids.masked_fill(mask == 0, pad_id)
-    return Completions(ids, mask, truncated, out.scores if keep_scores else None)
+    out = model.generate(**prompts.model_inputs(), **kwargs, return_dict_in_generate=True, output_scores=keep_scores)
+    return out.sequences[:, prompts.input_ids.shape[1] :], (out.scores if keep_scores else None)
 
 
 def decode(processor, completions: Completions) -> list[str]:

@@ -1,12 +1,14 @@
 """Log-probabilities of completion tokens given the prompt and image: the forward pass of SFT and GRPO.
 
-Shapes: R rows, P prompt tokens (left-padded), C completion tokens (right-padded), V vocabulary.
+Shapes: B prompts, G completions each (``group_size``, 1 for SFT), R = B*G rows, P prompt tokens
+(left-padded), C completion tokens (right-padded), V vocabulary.
 """
 
 from __future__ import annotations
 
 import torch
 
+from vqa_grpo.models import prefix as shared
 from vqa_grpo.models.adapters import FamilyAdapter, PromptBatch
 
 
@@ -27,13 +29,31 @@ def answer_tokens(tokenizer, answers: list[str], stop_id: int) -> tuple[torch.Te
 
 
 def completion_logits(
-    model, adapter: FamilyAdapter, prompts: PromptBatch, completion_ids: torch.Tensor, completion_mask: torch.Tensor
+    model,
+    adapter: FamilyAdapter,
+    prompts: PromptBatch,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    *,
+    group_size: int = 1,
+    shared_prefix: bool = False,
 ) -> torch.Tensor:
     """Logits that predict each completion token: [R, C, V].
 
-    ``prompts`` must already have R rows (repeated per completion). One forward pass over
-    prompt + completion; only the last C+1 positions' logits are computed (``logits_to_keep``).
+    ``prompts`` holds R / group_size prompts; row r's completion follows prompt r // group_size.
+    Plain path: the prompts repeated to R rows, one forward pass over prompt + completion, only
+    the last C+1 positions' logits computed (``logits_to_keep``). ``shared_prefix``: each prompt
+    runs once and the completions run against its expanded KV cache (models/prefix.py); the
+    result is the same up to float rounding. Gradient checkpointing in training drops the cache,
+    so there the plain path runs.
     """
+    if shared_prefix and shared.cache_is_dropped(model):
+        shared._log_once("loss: plain path, gradient checkpointing drops the KV cache")
+        shared_prefix = False
+    if shared_prefix:
+        return shared.prefix_completion_logits(model, prompts, group_size, completion_ids, completion_mask)
+    if group_size > 1:
+        prompts = adapter.repeat(prompts, group_size)
     full = adapter.append(prompts, completion_ids, completion_mask)
     C = completion_ids.shape[1]
     out = model(**full.model_inputs(), logits_to_keep=C + 1, use_cache=False)
@@ -49,6 +69,8 @@ def completion_logprobs(
     temperatures: torch.Tensor | None = None,
     *,
     with_entropy: bool = True,
+    group_size: int = 1,
+    shared_prefix: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs [R, C] of the completion under the model, and the entropy [R, C]
     (None when ``with_entropy`` is false: SFT and the old/reference passes do not need it).
@@ -56,8 +78,11 @@ def completion_logprobs(
     With ``temperatures`` [R], row r's logits are divided by its sampling temperature first, so
     the log-probs are those of the distribution the row was sampled from (before top-p).
     log p(token) = logit(token) - logsumexp(logits): the [R, C, V] log-softmax is never built.
+    ``group_size`` and ``shared_prefix`` are those of :func:`completion_logits`.
     """
-    logits = completion_logits(model, adapter, prompts, completion_ids, completion_mask)  # [R, C, V]
+    logits = completion_logits(
+        model, adapter, prompts, completion_ids, completion_mask, group_size=group_size, shared_prefix=shared_prefix
+    )  # [R, C, V]
     if temperatures is not None:
         logits = logits / temperatures.to(logits.dtype)[:, None, None]
     logits = logits.float()

@@ -1,0 +1,328 @@
+"""Shared-prefix generation and scoring: each prompt and its image run once per group.
+
+All G completions of a group share one prompt of P tokens (image tokens included). The plain
+path repeats the prompt G times, so a group costs G*(P+C) token positions when sampling and again
+in the loss's forward and backward passes. Here the prompt runs once, its key/value cache is
+repeated to the G rows (``DynamicCache.batch_repeat_interleave``), and only the completion tokens
+run per row: P + G*C positions. Each completion token still attends to its row's P cached keys.
+
+With gradients on, the repeat is part of the autograd graph, so the G rows' gradients sum back
+into the one prefix (vision tower included). Log-probs and gradients equal the plain path's up to
+float rounding (tests/models/test_prefix.py).
+
+Positions must continue the prompt's as the model's own forward computes them:
+
+- Qwen2-VL and Qwen2.5-VL (M-RoPE): the model's ``get_rope_index`` gives the prompt's 3-D
+  positions and a per-prompt delta; completion token t of a prompt with n real tokens is at
+  n + delta + t on all three axes. They are always passed explicitly, never left to the model's
+  cached ``rope_deltas``.
+- 1-D families (``LINEAR_FAMILIES``): positions count real tokens only (left padding skipped),
+  prompt and completion alike, as ``generate`` numbers them.
+
+Every other family, and any model whose cache would be dropped (gradient checkpointing while
+training), falls back to the plain path; ``resolve`` says which path runs, once, on the
+``vqa_grpo.prefix`` logger.
+
+Shapes: B prompts (P tokens, left-padded), G completions each, R = B*G rows (group after group),
+T tokens after the prefix, C completion tokens, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from transformers import LogitsProcessorList
+
+from vqa_grpo.errors import UserError
+from vqa_grpo.models.adapters import PromptBatch
+
+log = logging.getLogger("vqa_grpo.prefix")
+
+MROPE_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+"""``config.model_type`` of the families whose text positions are M-RoPE, continued from ``get_rope_index``."""
+LINEAR_FAMILIES: tuple[str, ...] = ()
+"""``config.model_type`` of the families with plain 1-D positions that are tested to match the plain path."""
+
+_logged: set[str] = set()
+
+
+def _log_once(message: str) -> None:
+    if message not in _logged:
+        _logged.add(message)
+        log.info(message)
+
+
+def model_type(model) -> str:
+    return getattr(model.config, "model_type", "") or ""
+
+
+def unsupported_reason(model) -> str | None:
+    """Why the shared prefix cannot run on ``model``; None when it can."""
+    kind = model_type(model)
+    if kind not in MROPE_FAMILIES + LINEAR_FAMILIES:
+        return f"model_type {kind!r} has no tested shared-prefix position rule"
+    return None
+
+
+def resolve(model, setting: str) -> bool:
+    """Whether the shared prefix runs for ``grpo.shared_prefix`` = ``setting`` (auto, on, off).
+
+    "on" where the family cannot use it is a UserError; the path taken is logged once.
+    """
+    if setting not in ("auto", "on", "off"):
+        raise UserError(f"grpo.shared_prefix={setting!r} is not allowed; choose one of auto, on, off")
+    reason = unsupported_reason(model)
+    if setting == "on" and reason is not None:
+        raise UserError(f"grpo.shared_prefix=on cannot run: {reason}; set grpo.shared_prefix=auto or off")
+    use = setting != "off" and reason is None
+    why = "grpo.shared_prefix=off" if setting == "off" else (reason or model_type(model))
+    _log_once(f"GRPO path: {'shared prefix (prompt encoded once per group)' if use else 'plain (prompt repeated G times)'} [{why}]")
+    return use
+
+
+def cache_is_dropped(model) -> bool:
+    """True when a forward pass now would drop the KV cache: gradient checkpointing while training
+    with gradients on (transformers then replays layers without a cache)."""
+    if not (model.training and torch.is_grad_enabled()):
+        return False
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under a PEFT wrapper
+    flag = getattr(base, "is_activation_checkpointing", None)  # transformers 5's name
+    if flag is None:
+        flag = getattr(base, "is_gradient_checkpointing", False)
+    return bool(flag)
+
+
+# ----------------------------------------------------------------------------------------------
+# Positions
+
+
+def _rope_model(model):
+    """The module that owns ``get_rope_index`` (under a PEFT wrapper too)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = getattr(base, "model", base)
+    if not hasattr(inner, "get_rope_index"):
+        raise RuntimeError(f"{type(base).__name__} has no get_rope_index: cannot continue its M-RoPE positions")
+    return inner
+
+
+def prompt_positions(model, prompts: PromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of the prompt tokens, as the model's forward would compute them, and the
+    position of each prompt's first completion token.
+
+    Returns ``position_ids`` ([3, B, P] for M-RoPE, [B, P] otherwise) and ``next_position`` [B].
+    """
+    mask = prompts.attention_mask
+    n_real = mask.sum(dim=1)  # [B]
+    if model_type(model) in MROPE_FAMILIES:
+        inner = _rope_model(model)
+        import inspect
+
+        accepted = inspect.signature(inner.get_rope_index).parameters
+        extra = {k: v for k, v in prompts.extra.items() if k in accepted}
+        position_ids, deltas = inner.get_rope_index(prompts.input_ids, attention_mask=mask, **extra)
+        return position_ids, n_real + deltas.view(-1).to(n_real.device)
+    position_ids = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # [B, P] padding at 0
+    return position_ids, n_real
+
+
+def continuation_positions(model, start: torch.Tensor, length: int) -> torch.Tensor:
+    """Positions of ``length`` tokens after the prefix: start [R] + 0..length-1 ([3, R, T] or [R, T])."""
+    pos = start[:, None] + torch.arange(length, device=start.device)[None, :]  # [R, T]
+    if model_type(model) in MROPE_FAMILIES:
+        return pos.unsqueeze(0).expand(3, -1, -1)
+    return pos
+
+
+# ----------------------------------------------------------------------------------------------
+# The prefix and what runs after it
+
+
+@dataclass
+class Prefix:
+    """A prompt batch run once and expanded to its G rows; the cache grows as tokens are added."""
+
+    cache: object  # transformers DynamicCache, R rows, P (+ tokens added since) positions
+    last_logits: torch.Tensor  # [R, V] logits at the last prompt position: they predict completion token 0
+    attention_mask: torch.Tensor  # [R, P + tokens added since]
+    next_position: torch.Tensor  # [R] position of the next token to add
+
+    def extend(self, model, ids: torch.Tensor, mask: torch.Tensor | None = None, *, logits_to_keep: int = 0) -> torch.Tensor:
+        """Run ``ids`` [R, T] after everything cached so far; returns their logits [R, T, V]
+        (only the last ``logits_to_keep`` when > 0). ``mask`` [R, T] marks real tokens (default all)."""
+        R, T = ids.shape
+        mask = torch.ones_like(ids) if mask is None else mask
+        self.attention_mask = torch.cat([self.attention_mask, mask.to(self.attention_mask.dtype)], dim=1)
+        out = model(
+            input_ids=ids,
+            attention_mask=self.attention_mask,
+            position_ids=continuation_positions(model, self.next_position, T),
+            cache=self.cache,
+            use_cache=True,
+            logits_to_keep=logits_to_keep,
+        )
+        self.next_position = self.next_position + T
+        return out.logits
+
+
+def encode_prefix(model, prompts: PromptBatch, group_size: int) -> Prefix:
+    """Run the B prompts (with their images) once and repeat the cache and last logits G times.
+
+    Under autograd the repeat is differentiable: the G rows' gradients sum into the one prefix.
+    """
+    if cache_is_dropped(model):
+        raise RuntimeError("gradient checkpointing drops the KV cache in training: use the plain path")
+    position_ids, next_position = prompt_positions(model, prompts)
+    out = model(**prompts.model_inputs(), position_ids=position_ids, use_cache=True, logits_to_keep=1)
+    cache = out.cache
+    P = prompts.input_ids.shape[1]
+    if cache is None or cache.get_seq_length() != P:  # never continue from a cache that is not the prompt's
+        raise RuntimeError(f"the prompt's KV cache holds {None if cache is None else cache.get_seq_length()} positions, expected {P}")
+    if group_size > 1:
+        cache.batch_repeat_interleave(group_size)
+    return Prefix(
+        cache=cache,
+        last_logits=out.logits[:, -1].repeat_interleave(group_size, dim=0),
+        attention_mask=prompts.attention_mask.repeat_interleave(group_size, dim=0),
+        next_position=next_position.repeat_interleave(group_size, dim=0),
+    )
+
+
+def prefix_completion_logits(
+    model, prompts: PromptBatch, group_size: int, completion_ids: torch.Tensor, completion_mask: torch.Tensor
+) -> torch.Tensor:
+    """Logits that predict each completion token, [R, C, V], with each of the B prompts run once.
+
+    Row r's completion follows prompt r // G. Token 0 is predicted by the prompt's last position;
+    tokens 1..C-1 by completion tokens 0..C-2, which run against the expanded prefix cache (the
+    last completion token predicts nothing and is not run).
+    """
+    prefix = encode_prefix(model, prompts, group_size)
+    first = prefix.last_logits[:, None, :]  # [R, 1, V]
+    C = completion_ids.shape[1]
+    if C == 1:
+        return first
+    rest = prefix.extend(model, completion_ids[:, :-1], completion_mask[:, :-1])  # [R, C-1, V]
+    return torch.cat([first, rest.to(first.dtype)], dim=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling
+
+
+@torch.no_grad()
+def sample_from_prefix(
+    model,
+    prompts: PromptBatch,
+    group_size: int,
+    *,
+    max_new_tokens: int,
+    processors: LogitsProcessorList,
+    do_sample: bool,
+    stop_ids: list[int],
+    pad_id: int,
+    keep_scores: bool = False,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+    """Decode G completions per prompt from one shared prefix: token ids [R, C] and, with
+    ``keep_scores``, the processed scores of each step (C x [R, V], float32).
+
+    Each step does what transformers' ``generate`` does: the scores are the last logits in
+    float32 passed through ``processors`` (called with the sequences so far, prompt included),
+    the token is ``multinomial(softmax(scores))`` when sampling or the argmax, a row that has
+    emitted a stop token continues with ``pad_id``, and decoding ends when every row has stopped
+    or after ``max_new_tokens``. With the same seed and equal logits it draws the same tokens.
+    One host sync per step (the all-stopped check), as in ``generate``.
+    """
+    prefix = encode_prefix(model, prompts, group_size)
+    seqs = prompts.input_ids.repeat_interleave(group_size, dim=0)  # [R, P], grows by one per step
+    stop = torch.tensor(stop_ids, device=seqs.device)
+    running = torch.ones(seqs.shape[0], dtype=torch.bool, device=seqs.device)  # [R]
+    logits = prefix.last_logits.float()  # [R, V]
+    tokens, scores = [], []
+    for step in range(max_new_tokens):
+        step_scores = processors(seqs, logits)  # [R, V]
+        if do_sample:
+            nxt = torch.multinomial(torch.softmax(step_scores, dim=-1), num_samples=1).squeeze(1)
+        else:
+            nxt = torch.argmax(step_scores, dim=-1)
+        nxt = torch.where(running, nxt, torch.full_like(nxt, pad_id))  # [R]
+        seqs = torch.cat([seqs, nxt[:, None]], dim=1)
+        tokens.append(nxt)
+        if keep_scores:
+            scores.append(step_scores)
+        running = running & ~torch.isin(nxt, stop)
+        if step + 1 == max_new_tokens or not bool(running.any()):
+            break
+        logits = prefix.extend(model, nxt[:, None], logits_to_keep=1)[:, -1].float()
+    return torch.stack(tokens, dim=1), (tuple(scores) if keep_scores else None)
+
+
+# Generation-config settings that make transformers add a logits processor this sampler does not
+# rebuild; a model that sets one is sampled on the plain path (repetition_penalty is rebuilt).
+_PLAIN_ONLY_SETTINGS = {
+    "guidance_scale": lambda v: v is not None and v != 1,
+    "sequence_bias": lambda v: v is not None,
+    "encoder_repetition_penalty": lambda v: v is not None and v != 1.0,
+    "no_repeat_ngram_size": lambda v: bool(v),
+    "encoder_no_repeat_ngram_size": lambda v: bool(v),
+    "bad_words_ids": lambda v: v is not None,
+    "min_length": lambda v: bool(v),
+    "min_new_tokens": lambda v: bool(v),
+    "forced_bos_token_id": lambda v: v is not None,
+    "forced_eos_token_id": lambda v: v is not None,
+    "exponential_decay_length_penalty": lambda v: v is not None,
+    "begin_suppress_tokens": lambda v: v is not None,
+    "watermarking_config": lambda v: v is not None,
+    "stop_strings": lambda v: v is not None,
+}
+_PLAIN_ONLY_SAMPLING = {
+    "min_p": lambda v: v is not None,
+    "top_h": lambda v: v is not None,
+    "typical_p": lambda v: v is not None and v < 1.0,
+    "epsilon_cutoff": lambda v: v is not None and 0.0 < v < 1.0,
+    "eta_cutoff": lambda v: v is not None and 0.0 < v < 1.0,
+}
+
+
+def plain_only_settings(generation_config, do_sample: bool) -> list[str]:
+    """The model's generation-config settings that only transformers' ``generate`` applies."""
+    checks = {**_PLAIN_ONLY_SETTINGS, **(_PLAIN_ONLY_SAMPLING if do_sample else {})}
+    return [k for k, bad in checks.items() if bad(getattr(generation_config, k, None))]
+
+
+def build_processors(
+    generation_config,
+    suppress_ids: list[int],
+    *,
+    do_sample: bool,
+    temperature: float,
+    top_p: float,
+    logits_processor=None,
+    device=None,
+) -> LogitsProcessorList:
+    """The processors ``generate`` would run, in its order: repetition penalty (from the model's
+    generation config), suppressed tokens (``suppress_ids``, else the generation config's), the
+    caller's processors, then (sampling without a caller's processor) temperature and top-p."""
+    from transformers import (
+        RepetitionPenaltyLogitsProcessor,
+        SuppressTokensLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    out = LogitsProcessorList()
+    penalty = getattr(generation_config, "repetition_penalty", None)
+    if penalty is not None and penalty != 1.0:
+        out.append(RepetitionPenaltyLogitsProcessor(penalty=penalty))
+    suppress = suppress_ids or getattr(generation_config, "suppress_tokens", None)  # generate's fallback too
+    if suppress:
+        out.append(SuppressTokensLogitsProcessor(suppress, device=device))
+    if logits_processor is not None:
+        out.extend(logits_processor)
+    elif do_sample:
+        if temperature != 1.0:
+            out.append(TemperatureLogitsWarper(temperature))
+        if top_p < 1.0:
+            out.append(TopPLogitsWarper(top_p))
+    return out

@@ -1,0 +1,256 @@
+"""The shared prefix (models/prefix.py) against the plain path, on real tiny models in fp32 on the CPU.
+
+Each prompt run once with its KV cache expanded to G rows must give what the prompt repeated G
+times gives: log-probs within 1e-5, every parameter's gradient within 1e-4 (relative, vision
+tower included), the same sampled tokens for the same seed. Prompts are left-padded differently
+(a short and a long question, images of 112 and 168 px) and completions right-padded, so
+positions that only work without padding would fail here.
+
+Shapes: B = 2 prompts, G = 4 completions each, R = 8 rows, C completion tokens, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from transformers import LogitsProcessorList
+
+from vqa_grpo.config import DataConfig, GRPOConfig, ModelConfig, RewardConfig, load_config
+from vqa_grpo.data.loader import load_vqa
+from vqa_grpo.errors import UserError
+from vqa_grpo.grpo import group_advantages
+from vqa_grpo.grpo.objective import grpo_objective, rollout_logprobs
+from vqa_grpo.grpo.rollout import make_rollout
+from vqa_grpo.grpo.sampling import RowwiseTemperatureTopP, row_sampling_params
+from vqa_grpo.models import prefix
+from vqa_grpo.models.generation import generate
+from vqa_grpo.models.loading import load_model
+from vqa_grpo.models.scoring import completion_logprobs
+from vqa_grpo.models.tiny import build_tiny
+
+CPU = torch.device("cpu")
+B, G, C = 2, 4, 5
+SHARED_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+
+
+@pytest.fixture(scope="module")
+def data(synth_dir):
+    return load_vqa(DataConfig(path=str(synth_dir)), seed=0)
+
+
+@pytest.fixture(scope="module")
+def family_dirs(tmp_path_factory, tiny_model_dir):
+    """Tiny model directories by family (Qwen2-VL: the session's; others built once here)."""
+    built = {"qwen2_vl": tiny_model_dir}
+
+    def get(family):
+        if family not in built:
+            built[family] = build_tiny(family, tmp_path_factory.mktemp(family) / "model", seed=0)
+        return built[family]
+
+    return get
+
+
+def load(path, **model):
+    lm = load_model(ModelConfig(name_or_path=str(path), **model), CPU)
+    lm.model.eval()  # no dropout: the two paths must see the same function
+    return lm
+
+
+def padded_prompts(lm, data):
+    """A short and a long question with images of 112 and 168 px: differently left-padded."""
+    short = next(e for e in data.train if e.question == "How many objects are there?")
+    long = next(e for e in data.train if "left or right" in e.question)
+    images = [short.load_image(), long.load_image().resize((168, 168))]
+    prompts = lm.adapter.encode_prompts(lm.processor, images, [short.question, long.question])
+    assert (prompts.attention_mask == 0).any()  # the case under test: one prompt is padded
+    return prompts
+
+
+def completions(lm, seed=0):
+    """R random word-token completions, right-padded at different lengths: ids, mask [R, C]."""
+    tok = lm.processor.tokenizer
+    words = torch.tensor(sorted(i for t, i in tok.get_vocab().items() if t.isalpha()))
+    g = torch.Generator().manual_seed(seed)
+    ids = words[torch.randint(len(words), (B * G, C), generator=g)]
+    lengths = torch.tensor([C, 1, 3, C, 2, C, 4, 1])  # [R]
+    mask = (torch.arange(C)[None, :] < lengths[:, None]).long()
+    return ids.masked_fill(mask == 0, tok.pad_token_id), mask
+
+
+def logprobs_and_grads(lm, prompts, ids, mask, temps, shared):
+    """Log-probs [R, C] and each parameter's gradient of a fixed weighted sum of them."""
+    lm.model.zero_grad(set_to_none=True)
+    logp, _ = completion_logprobs(lm.model, lm.adapter, prompts, ids, mask, temps, with_entropy=False,
+                                  group_size=G, shared_prefix=shared)
+    weights = torch.linspace(-1.0, 1.0, ids.numel()).view_as(ids)
+    (logp * mask * weights).sum().backward()
+    grads = {n: p.grad.clone() for n, p in lm.model.named_parameters() if p.grad is not None}
+    return logp.detach() * mask, grads
+
+
+def assert_grads_close(plain, shared):
+    assert plain.keys() == shared.keys() and len(plain) > 0
+    for name, g in plain.items():
+        err = float((shared[name] - g).norm() / g.norm().clamp(min=1e-30))
+        assert err < 1e-4, (name, err)
+
+
+@pytest.mark.parametrize("family", SHARED_FAMILIES)
+def test_shared_prefix_logprobs_and_gradients_equal_the_plain_path(family, family_dirs, data):
+    lm = load(family_dirs(family))
+    assert prefix.unsupported_reason(lm.model) is None
+    prompts = padded_prompts(lm, data)
+    ids, mask = completions(lm)
+    temps = torch.tensor([0.7, 1.0, 1.3, 0.9] * B)
+    plain_logp, plain_grads = logprobs_and_grads(lm, prompts, ids, mask, temps, shared=False)
+    shared_logp, shared_grads = logprobs_and_grads(lm, prompts, ids, mask, temps, shared=True)
+    assert (plain_logp.abs() > 0.1).sum() == mask.sum()  # real log-probs, not zeros compared with zeros
+    assert (shared_logp - plain_logp).abs().max() < 1e-5
+    assert any("visual" in n for n in plain_grads)  # the vision tower gets its gradient on both paths
+    assert_grads_close(plain_grads, shared_grads)
+
+    # Control: completion positions off by one (as if the M-RoPE delta were dropped) change the log-probs.
+    original = prefix.continuation_positions
+    prefix.continuation_positions = lambda model, start, length: original(model, start + 1, length)
+    try:
+        with torch.no_grad():
+            wrong, _ = completion_logprobs(lm.model, lm.adapter, prompts, ids, mask, temps, group_size=G, shared_prefix=True)
+    finally:
+        prefix.continuation_positions = original
+    assert ((wrong * mask)[:, 1:] - plain_logp[:, 1:]).abs().max() > 1e-3
+
+
+def test_shared_prefix_with_lora_and_with_the_adapter_switched_off(family_dirs, data):
+    # The reference pass for the KL term uses model.disable_adapter() with LoRA; both must match.
+    lm = load(family_dirs("qwen2_vl"), lora=True, lora_r=4)
+    for _, p in lm.model.named_parameters():  # LoRA B starts at 0: move it so the adapter matters
+        if "lora_B" in _:
+            torch.nn.init.normal_(p, std=0.05)
+    prompts = padded_prompts(lm, data)
+    ids, mask = completions(lm, seed=1)
+    plain_logp, plain_grads = logprobs_and_grads(lm, prompts, ids, mask, None, shared=False)
+    shared_logp, shared_grads = logprobs_and_grads(lm, prompts, ids, mask, None, shared=True)
+    assert (shared_logp - plain_logp).abs().max() < 1e-5
+    assert all("lora" in n for n in plain_grads)
+    assert_grads_close(plain_grads, shared_grads)
+    with torch.no_grad(), lm.model.disable_adapter():
+        base_plain, _ = completion_logprobs(lm.model, lm.adapter, prompts, ids, mask, group_size=G)
+        base_shared, _ = completion_logprobs(lm.model, lm.adapter, prompts, ids, mask, group_size=G, shared_prefix=True)
+    assert ((base_shared - base_plain) * mask).abs().max() < 1e-5
+    assert ((base_plain - plain_logp) * mask).abs().max() > 1e-3  # the adapter did change the policy
+
+
+@pytest.mark.parametrize("family", SHARED_FAMILIES)
+def test_shared_prefix_sampling_draws_the_same_tokens_as_generate(family, family_dirs, data):
+    lm = load(family_dirs(family))
+    prompts = padded_prompts(lm, data)
+    temps, top_ps = row_sampling_params(B, G, [0.7, 1.0, 1.5], [0.9, 1.0])
+    out = {}
+    for shared in (False, True):
+        torch.manual_seed(3)
+        out[shared] = generate(
+            lm.model, lm.adapter, lm.processor, prompts, max_new_tokens=6, do_sample=True,
+            logits_processor=LogitsProcessorList([RowwiseTemperatureTopP(temps, top_ps)]), keep_scores=True,
+            group_size=G, shared_prefix=shared,
+        )
+    plain, shared = out[False], out[True]
+    assert plain.ids.shape == (B * G, 6)
+    assert torch.equal(shared.ids, plain.ids) and torch.equal(shared.mask, plain.mask)
+    assert len(shared.scores) == len(plain.scores)
+    for a, b in zip(plain.scores, shared.scores):
+        finite = torch.isfinite(a)
+        assert torch.equal(finite, torch.isfinite(b))  # the same suppressed and top-p-cut tokens
+        assert (a[finite] - b[finite]).abs().max() < 1e-5
+    assert len({tuple(r) for r in plain.ids.tolist()}) > G  # the rows really differ
+    # Greedy decoding too (what evaluation does), with the prompts used once each.
+    greedy = [generate(lm.model, lm.adapter, lm.processor, prompts, max_new_tokens=6, shared_prefix=s) for s in (False, True)]
+    assert torch.equal(greedy[0].ids, greedy[1].ids)
+
+
+def test_repetition_penalty_is_rebuilt_and_other_generate_settings_fall_back(family_dirs, data, caplog):
+    lm = load(family_dirs("qwen2_vl"))
+    prompts = padded_prompts(lm, data)
+    lm.model.generation_config.repetition_penalty = 3.0  # strong enough to change greedy tokens
+    greedy = [generate(lm.model, lm.adapter, lm.processor, prompts, max_new_tokens=6, shared_prefix=s) for s in (False, True)]
+    assert torch.equal(greedy[0].ids, greedy[1].ids)
+    lm.model.generation_config.repetition_penalty = 1.0
+    unpenalised = generate(lm.model, lm.adapter, lm.processor, prompts, max_new_tokens=6, shared_prefix=True)
+    assert not torch.equal(unpenalised.ids, greedy[1].ids)
+
+    lm.model.generation_config.no_repeat_ngram_size = 1  # a processor the shared sampler does not rebuild
+    with caplog.at_level(logging.INFO, logger="vqa_grpo.prefix"):
+        prefix._logged.clear()
+        fallback = generate(lm.model, lm.adapter, lm.processor, prompts, max_new_tokens=6, shared_prefix=True)
+        plain = generate(lm.model, lm.adapter, lm.processor, prompts, max_new_tokens=6, shared_prefix=False)
+    assert "generation: plain path, the generation config sets no_repeat_ngram_size" in caplog.text
+    assert torch.equal(fallback.ids, plain.ids)
+    assert all(len(set(r[: int(m.sum())])) == int(m.sum()) for r, m in zip(plain.ids.tolist(), plain.mask))
+
+
+def test_rollout_and_grpo_step_are_the_same_on_both_paths(family_dirs, data, caplog):
+    lm = load(family_dirs("qwen2_vl"))
+    examples = data.train[:B]
+    images = [e.load_image() for e in examples]
+    results = {}
+    for setting in ("off", "auto"):
+        grpo = GRPOConfig(num_generations=G, max_completion_length=4, shared_prefix=setting, beta=0.04)
+        prefix._logged.clear()
+        with caplog.at_level(logging.INFO, logger="vqa_grpo.prefix"):
+            torch.manual_seed(0)
+            ro = make_rollout(lm.model, lm.adapter, lm.processor, examples, images, grpo, RewardConfig(), CPU)
+        ro.rewards = torch.tensor([1.0, 0.0, 0.5, 0.0, 0.0, 0.2, 0.0, 1.0])
+        ro.advantages = group_advantages(ro.rewards, G)
+        with torch.no_grad():
+            ro.ref_logprobs = rollout_logprobs(lm.model, lm.adapter, ro, with_entropy=False)[0] - 0.01 * ro.completion_mask
+        lm.model.zero_grad(set_to_none=True)
+        loss, stats = grpo_objective(lm.model, lm.adapter, lm.processor, ro, grpo)
+        loss.backward()
+        results[setting] = ro, loss.detach(), stats, {n: p.grad.clone() for n, p in lm.model.named_parameters()}
+    assert "GRPO path: plain (prompt repeated G times) [grpo.shared_prefix=off]" in caplog.text
+    assert "GRPO path: shared prefix (prompt encoded once per group) [qwen2_vl]" in caplog.text
+    (ro_p, loss_p, stats_p, grads_p), (ro_s, loss_s, stats_s, grads_s) = results["off"], results["auto"]
+    assert not ro_p.shared_prefix and ro_s.shared_prefix
+    assert stats_p["shared_prefix"] == 0.0 and stats_s["shared_prefix"] == 1.0
+    assert torch.equal(ro_s.completion_ids, ro_p.completion_ids)
+    assert (ro_s.sampling_logprobs - ro_p.sampling_logprobs).abs().max() < 1e-5
+    assert abs(float(loss_s - loss_p)) < 1e-5 and float(loss_p) != 0.0
+    assert stats_s["kl"] == pytest.approx(stats_p["kl"], abs=1e-6) and stats_p["kl"] > 0
+    assert_grads_close(grads_p, grads_s)
+
+
+def test_gradient_checkpointing_keeps_the_loss_on_the_plain_path(family_dirs, data, caplog):
+    lm = load(family_dirs("qwen2_vl"), gradient_checkpointing=True)
+    lm.model.train()
+    prompts = padded_prompts(lm, data)
+    ids, mask = completions(lm)
+    prefix._logged.clear()
+    with caplog.at_level(logging.INFO, logger="vqa_grpo.prefix"):
+        shared_logp, shared_grads = logprobs_and_grads(lm, prompts, ids, mask, None, shared=True)
+    assert "loss: plain path, gradient checkpointing drops the KV cache" in caplog.text
+    plain_logp, plain_grads = logprobs_and_grads(lm, prompts, ids, mask, None, shared=False)
+    assert torch.equal(shared_logp, plain_logp)
+    assert_grads_close(plain_grads, shared_grads)
+
+
+def test_shared_prefix_setting(tiny_model_dir, caplog):
+    # YAML 1.1 reads on/off as booleans; the key still takes them.
+    assert load_config(None, ["grpo.shared_prefix=on"]).grpo.shared_prefix == "on"
+    assert load_config(None, ["grpo.shared_prefix=off"]).grpo.shared_prefix == "off"
+    assert load_config(None, []).grpo.shared_prefix == "auto"
+    from vqa_grpo.config import ConfigError
+
+    with pytest.raises(ConfigError, match="grpo.shared_prefix='always' is not allowed; choose one of auto, on, off"):
+        load_config(None, ["grpo.shared_prefix=always"])
+
+    lm = load(tiny_model_dir)
+    assert prefix.resolve(lm.model, "auto") and prefix.resolve(lm.model, "on") and not prefix.resolve(lm.model, "off")
+    lm.model.config.model_type = "some_new_family"  # a family without a tested position rule
+    prefix._logged.clear()
+    with caplog.at_level(logging.INFO, logger="vqa_grpo.prefix"):
+        assert not prefix.resolve(lm.model, "auto")
+    assert "GRPO path: plain (prompt repeated G times) [model_type 'some_new_family' has no tested shared-prefix position rule]" in caplog.text
+    with pytest.raises(UserError, match="^grpo.shared_prefix=on cannot run: model_type 'some_new_family'"):
+        prefix.resolve(lm.model, "on")
