@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from pathlib import Path
 
 from vqa_grpo.config import Config, to_dict
@@ -77,7 +78,7 @@ def _wandb(run_dir: Path, cfg: Config, resume_step: int):
                         "or set train.report_to=tensorboard") from None
     # One wandb run per run directory: a resumed run continues it (its id is kept beside the logs).
     id_file = run_dir / "wandb_run_id.txt"
-    run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+    run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:8]
     id_file.write_text(run_id)
     return wandb.init(project=cfg.train.wandb_project, dir=str(run_dir), id=run_id, resume="allow",
                       config=to_dict(cfg), name=run_dir.name)
