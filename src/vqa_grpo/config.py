@@ -30,7 +30,8 @@ class ModelConfig:
     name_or_path: str = ""
     """Hub id or local directory of the model (and its processor)."""
     family: str = "auto"
-    """Model family adapter; "auto" detects it from ``config.model_type``."""
+    """Model family adapter (qwen2_vl, qwen2_5_vl, llava, llava_next, idefics3, smolvlm, gemma3,
+    phi4_multimodal, phi3_v, generic); "auto" detects it from ``config.model_type``."""
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Dtype the weights are loaded in."""
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
@@ -50,7 +51,13 @@ class ModelConfig:
     lora_target_modules: Optional[list[str]] = None
     """Module names to adapt; None takes the family's default (the language model's projections)."""
     freeze_vision: bool = False
-    """Freeze the vision tower in full fine-tuning."""
+    """Freeze the vision tower in full fine-tuning (LoRA leaves it out by default anyway)."""
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+    """Load the frozen base weights in 4-bit NF4 or 8-bit with bitsandbytes (QLoRA; needs
+    model.lora=true, a CUDA device and ``pip install vqa-grpo[quant]``)."""
+    num_crops: Optional[int] = None
+    """Phi-3/3.5-vision only: the processor's number of 336 px crops per image (the checkpoint's
+    default when null: 16 for Phi-3-vision; Microsoft suggests 4 for single images on Phi-3.5)."""
 
 
 @dataclass
@@ -392,6 +399,8 @@ def validate(cfg: Config) -> None:
     need(m.lora_r >= 1, f"model.lora_r={m.lora_r}: must be >= 1")
     need(m.lora_alpha > 0, f"model.lora_alpha={m.lora_alpha}: must be > 0")
     need(0 <= m.lora_dropout < 1, f"model.lora_dropout={m.lora_dropout}: must be in [0, 1)")
+    need(m.num_crops is None or m.num_crops >= 1, f"model.num_crops={m.num_crops}: must be >= 1 or null")
+    need(m.quantization == "none" or m.lora, f"model.quantization={m.quantization} needs model.lora=true (quantized weights stay frozen)")
     need(e.batch_size >= 1, f"eval.batch_size={e.batch_size}: must be >= 1")
     need(e.max_new_tokens >= 1, f"eval.max_new_tokens={e.max_new_tokens}: must be >= 1")
     need(e.temperature > 0, f"eval.temperature={e.temperature}: must be > 0")

@@ -3,7 +3,10 @@
 The trainer never names a family's image tensors. It asks the adapter to encode prompts, to
 repeat a batch of prompts for G completions, and to append completion tokens; the adapter knows
 which processor outputs are per token (``mm_token_type_ids``, ``token_type_ids``), per example
-(``image_grid_thw``, ``image_sizes``) or flattened across images (Qwen2-VL's ``pixel_values``).
+(``image_grid_thw``, ``image_sizes``, ``pixel_values`` [B, tiles, 3, H, W]) or flattened across
+images (Qwen2-VL's ``pixel_values``), which tokens lay out an image (never generated, never
+labels), which auto class loads the model, and where the vision tower and the language model's
+projections are (freezing, LoRA targets). docs/models.md has a table of every family.
 
 Shapes: B prompts, P prompt tokens (left-padded), C completion tokens (right-padded), G
 completions per prompt, R = B*G rows.
@@ -41,7 +44,16 @@ class PromptBatch:
         )
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, **self.extra}
+        """The keyword arguments of the model's forward and generate.
+
+        ``input_ids`` is a copy: Phi-3-vision's remote model clamps its negative image ids to 0
+        in place, which would silently drop the image from every later use of this batch.
+        """
+        return {"input_ids": self.input_ids.clone(), "attention_mask": self.attention_mask, **self.extra}
+
+
+# LoRA's default targets: the language model's attention and MLP projections (Llama, Qwen2, Gemma).
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 class FamilyAdapter:
@@ -49,24 +61,52 @@ class FamilyAdapter:
 
     Per-token tensors are those shaped like ``input_ids``; every other tensor whose first
     dimension is B is per example. Families that flatten tensors across images override
-    :meth:`repeat`.
+    :meth:`repeat`; families whose processor takes one text at a time override
+    :meth:`encode_prompts`.
     """
 
     name = "generic"
+    auto_model = "AutoModelForImageTextToText"
+    """The transformers auto class that loads the model."""
     per_token_keys: tuple[str, ...] = ("mm_token_type_ids", "token_type_ids")
+    layout_token_names: tuple[str, ...] = (
+        "image_token", "video_token", "audio_token", "boi_token", "eoi_token", "vision_start_token", "vision_end_token",
+    )
+    """Processor/tokenizer attributes naming the tokens that lay out an image (never generated)."""
+    text_model_pattern = r"(?!.*(vision|visual|image|audio|projector|connector|merger)).*"
+    """Regex (full match) over module names: the language model, where LoRA goes by default."""
+    vision_pattern = r".*(vision_tower|vision_model|visual|vision_embed_tokens|image_embed)\..*"
+    """Regex (full match) over parameter names: the vision tower that model.freeze_vision freezes."""
+
+    # ---- prompts and batches ----
 
     def prompt_text(self, processor, question: str) -> str:
+        """One user turn (the image, then the question and the seed's instruction) and the
+        assistant's turn opened, in the processor's chat template (the tokenizer's when the
+        processor has none: Phi-4-multimodal's processor does not reload its own)."""
         messages = [
             {
                 "role": "user",
                 "content": [{"type": "image"}, {"type": "text", "text": question.strip() + ANSWER_INSTRUCTION}],
             }
         ]
-        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        owner = processor if getattr(processor, "chat_template", None) else processor.tokenizer
+        if not getattr(owner, "chat_template", None):
+            from vqa_grpo.errors import UserError
+
+            raise UserError(f"the {self.name} adapter needs a chat template, and this model's processor has none")
+        return owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def processor_images(self, images: list[Image.Image]) -> list:
+        """Images as the processor takes them with B texts: one list of images per text."""
+        return [[im] for im in images]
 
     def encode_prompts(self, processor, images: list[Image.Image], questions: list[str]) -> PromptBatch:
+        """B prompts, one image each, left-padded to P tokens, with the processor's image tensors."""
         texts = [self.prompt_text(processor, q) for q in questions]
-        enc = processor(text=texts, images=images, return_tensors="pt", padding=True, padding_side="left")
+        enc = processor(
+            text=texts, images=self.processor_images(images), return_tensors="pt", padding=True, padding_side="left"
+        )
         extra = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask") and torch.is_tensor(v)}
         return PromptBatch(enc["input_ids"], enc["attention_mask"], extra)
 
@@ -91,6 +131,8 @@ class FamilyAdapter:
             extra,
         )
 
+    # ---- tokens ----
+
     def stop_token_ids(self, processor, model) -> list[int]:
         """Token ids that end an answer (the model's EOS ids and the tokenizer's)."""
         ids = model.generation_config.eos_token_id
@@ -100,30 +142,64 @@ class FamilyAdapter:
             ids.append(tok.eos_token_id)
         return ids
 
+    def layout_tokens(self, processor) -> list[str]:
+        """The family's image-layout tokens as strings (image, delimiters, tile tags)."""
+        tok = processor.tokenizer
+        found = []
+        for n in self.layout_token_names:
+            t = getattr(processor, n, None) or getattr(tok, n, None)
+            if isinstance(t, str):
+                found.append(t)
+        return found
+
     def suppressed_token_ids(self, processor) -> list[int]:
         """Special tokens that must never be generated: image, video and vision delimiter tokens."""
         tok = processor.tokenizer
-        names = ("image_token", "video_token", "boi_token", "eoi_token", "vision_start_token", "vision_end_token")
-        ids = {getattr(processor, f"{n}_id", None) for n in names}
-        for n in names:
-            t = getattr(processor, n, None) or getattr(tok, n, None)
-            if isinstance(t, str):
-                ids.add(tok.convert_tokens_to_ids(t))
-        for t in ("<|vision_start|>", "<|vision_end|>"):
-            if t in tok.get_vocab():
-                ids.add(tok.convert_tokens_to_ids(t))
+        ids = {getattr(processor, f"{n}_id", None) for n in self.layout_token_names}
+        vocab = tok.get_vocab()
+        ids.update(vocab[t] for t in self.layout_tokens(processor) if t in vocab)
         return sorted(i for i in ids if isinstance(i, int) and i >= 0 and i != tok.unk_token_id)
 
+    def image_token_mask(self, processor, input_ids: torch.Tensor) -> torch.Tensor:
+        """Bool [B, P]: positions holding an image-layout token (never a label, never scored)."""
+        return torch.isin(input_ids, torch.tensor(self.suppressed_token_ids(processor), dtype=input_ids.dtype))
+
+    def prompt_labels(self, processor, batch: PromptBatch) -> torch.Tensor:
+        """Labels [B, P] for a language-model loss over the prompt: the prompt's text tokens, with
+        padding and image-layout tokens set to -100 (ignored)."""
+        ignore = (batch.attention_mask == 0) | self.image_token_mask(processor, batch.input_ids)
+        return batch.input_ids.masked_fill(ignore, -100)
+
+    # ---- the model ----
+
+    def forward_logits(self, model, batch: PromptBatch, keep: int) -> torch.Tensor:
+        """Logits [R, keep, V] of the last ``keep`` positions (transformers' ``logits_to_keep``)."""
+        return model(**batch.model_inputs(), logits_to_keep=keep, use_cache=False).logits
+
     def lora_targets(self) -> list[str] | str:
-        """Default LoRA target modules: the language model's attention and MLP projections."""
-        return ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        """Default LoRA target modules: a regex (peft full-matches it) over module names, the
+        language model's attention and MLP projections only, so the vision tower is left out."""
+        return self.text_model_pattern + r"\.(" + "|".join(PROJECTIONS) + ")"
+
+    def processor_kwargs(self, cfg) -> dict:
+        """Keyword arguments for ``AutoProcessor.from_pretrained`` from the model config."""
+        if cfg.num_crops is not None:
+            from vqa_grpo.errors import UserError
+
+            raise UserError(f"model.num_crops applies to Phi-3/3.5-vision only, not to the {self.name} family; remove it")
+        return {}
 
 
 class Qwen2VLAdapter(FamilyAdapter):
     """Qwen2-VL and Qwen2.5-VL: ``pixel_values`` [sum of patches, C*T*p*p] flattened across images,
-    with ``image_grid_thw`` [num_images, 3] giving each image's patch grid."""
+    with ``image_grid_thw`` [num_images, 3] giving each image's patch grid, and
+    ``mm_token_type_ids`` [B, P] marking the image tokens."""
 
     name = "qwen2_vl"
+    text_model_pattern = r".*language_model.*"
+
+    def processor_images(self, images: list[Image.Image]) -> list:
+        return list(images)
 
     def repeat(self, batch: PromptBatch, repeats: int) -> PromptBatch:
         out = super().repeat(batch, repeats)
@@ -133,21 +209,139 @@ class Qwen2VLAdapter(FamilyAdapter):
             out.extra["pixel_values"] = torch.cat([c for c in chunks for _ in range(repeats)], dim=0)
         return out
 
+    def suppressed_token_ids(self, processor) -> list[int]:
+        ids = set(super().suppressed_token_ids(processor))
+        vocab = processor.tokenizer.get_vocab()
+        ids.update(vocab[t] for t in ("<|vision_start|>", "<|vision_end|>") if t in vocab)
+        return sorted(ids)
+
+
+class LlavaAdapter(FamilyAdapter):
+    """LLaVA-1.5 (``pixel_values`` [B, 3, H, W], a fixed number of image tokens) and LLaVA-NeXT
+    (``pixel_values`` [B, patches, 3, H, W] zero-padded to the batch's most patches, with
+    ``image_sizes`` [B, 2]: the number of image tokens depends on each image's size)."""
+
+    name = "llava"
+    text_model_pattern = r".*language_model.*"
+
+
+class Idefics3Adapter(FamilyAdapter):
+    """Idefics3 and SmolVLM: large images are split into tiles (plus the whole image, downscaled);
+    ``pixel_values`` [B, tiles, 3, H, W] is zero-padded to the batch's most tiles and
+    ``pixel_attention_mask`` [B, tiles, H, W] marks real pixels. Each tile's image tokens sit
+    between ``<fake_token_around_image>`` and a ``<row_i_col_j>`` or ``<global-img>`` tag."""
+
+    name = "idefics3"
+    text_model_pattern = r".*text_model.*"
+
+    def layout_tokens(self, processor) -> list[str]:
+        tags = [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
+        extra = [getattr(processor, "fake_image_token", None), getattr(processor, "global_image_tag", None)]
+        return [*super().layout_tokens(processor), *[t for t in extra if t], *tags]
+
+
+class Gemma3Adapter(FamilyAdapter):
+    """Gemma 3: a fixed number of image tokens between ``<start_of_image>`` and ``<end_of_image>``,
+    and ``token_type_ids`` [B, P] (1 on image tokens: bidirectional attention among them)."""
+
+    name = "gemma3"
+    text_model_pattern = r".*language_model.*"
+
+
+class Phi4MultimodalAdapter(FamilyAdapter):
+    """Phi-4-multimodal (native in transformers): ``image_pixel_values`` [B, crops, 3, 448, 448]
+    zero-padded to the batch's most crops, ``image_attention_mask`` [B, crops, 32, 32] and
+    ``image_sizes`` [B, 2]; the language model's projections are fused (``qkv_proj``,
+    ``gate_up_proj``) and live directly under ``model.layers``."""
+
+    name = "phi4_multimodal"
+    auto_model = "AutoModelForCausalLM"
+    text_model_pattern = r"model\.layers\.\d+\..*"
+    vision_pattern = r"model\.embed_tokens_extend\.image_embed\..*"
+
     def lora_targets(self) -> str:
-        # A regex over module names (peft full-matches it): the language model's projections only,
-        # so the vision tower's layers are left out by default.
-        return r".*language_model.*\.(" + "|".join(super().lora_targets()) + ")"
+        return self.text_model_pattern + r"\.(qkv_proj|o_proj|gate_up_proj|down_proj)"
+
+
+class Phi3VisionAdapter(FamilyAdapter):
+    """Phi-3-vision and Phi-3.5-vision (remote code, model_type ``phi3_v``).
+
+    The remote processor takes one text at a time, so prompts are encoded one by one and
+    left-padded here. Its ``input_ids`` hold the image as negative ids (-1 repeated once per image
+    token of image 1), which the model replaces by the image's features; they are never labels,
+    and the model clamps them to 0 in place (``PromptBatch.model_inputs`` hands it a copy).
+    ``pixel_values`` is [B, num_crops + 1, 3, 336, 336] (the global view, then the crops,
+    zero-padded to num_crops) and ``image_sizes`` [B, 2] the resized image's (height, width).
+    """
+
+    name = "phi3_v"
+    auto_model = "AutoModelForCausalLM"
+    per_token_keys = ()
+    layout_token_names = ("special_image_token",)
+    vision_pattern = r".*vision_embed_tokens\.(?!wte\.).*"  # the CLIP tower and projection, not the word embeddings
+    # The seed's prompt (section 3.1), written out: the remote processor splits it on <|image_1|>.
+    PROMPT = "<|user|>\n<|image_1|>\n{question}" + ANSWER_INSTRUCTION + "<|end|>\n<|assistant|>\n"
+
+    def prompt_text(self, processor, question: str) -> str:
+        return self.PROMPT.format(question=question.strip())
+
+    def encode_prompts(self, processor, images: list[Image.Image], questions: list[str]) -> PromptBatch:
+        encoded = [
+            processor(self.prompt_text(processor, q), [im], return_tensors="pt") for im, q in zip(images, questions)
+        ]
+        P = max(e["input_ids"].shape[1] for e in encoded)
+        pad = processor.tokenizer.pad_token_id
+        pad = pad if pad is not None else processor.tokenizer.eos_token_id
+        ids = torch.full((len(encoded), P), pad, dtype=torch.long)
+        mask = torch.zeros((len(encoded), P), dtype=torch.long)
+        for i, e in enumerate(encoded):
+            n = e["input_ids"].shape[1]
+            ids[i, P - n :] = e["input_ids"][0]
+            mask[i, P - n :] = e["attention_mask"][0]
+        extra = {
+            "pixel_values": torch.cat([e["pixel_values"] for e in encoded], dim=0),
+            "image_sizes": torch.cat([torch.as_tensor(e["image_sizes"]) for e in encoded], dim=0),
+        }
+        return PromptBatch(ids, mask, extra)
+
+    def image_token_mask(self, processor, input_ids: torch.Tensor) -> torch.Tensor:
+        return (input_ids < 0) | super().image_token_mask(processor, input_ids)
+
+    def forward_logits(self, model, batch: PromptBatch, keep: int) -> torch.Tensor:
+        """The remote forward (written for transformers 4.40) has no ``logits_to_keep``: all
+        positions' logits are computed and the last ``keep`` kept."""
+        import inspect
+
+        if "logits_to_keep" in inspect.signature(model.forward).parameters:
+            return super().forward_logits(model, batch, keep)
+        return model(**batch.model_inputs(), use_cache=False).logits[:, -keep:]
+
+    def lora_targets(self) -> list[str]:
+        # The Phi-3 cookbook's targets: the fused projections of the language model; the CLIP
+        # tower names its own q_proj, k_proj, v_proj, out_proj, fc1 and fc2, so it is left out.
+        return ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+
+    def processor_kwargs(self, cfg) -> dict:
+        return {} if cfg.num_crops is None else {"num_crops": cfg.num_crops}
 
 
 ADAPTERS: dict[str, type[FamilyAdapter]] = {
     "qwen2_vl": Qwen2VLAdapter,
     "qwen2_5_vl": Qwen2VLAdapter,
+    "llava": LlavaAdapter,
+    "llava_next": LlavaAdapter,
+    "idefics3": Idefics3Adapter,
+    "smolvlm": Idefics3Adapter,
+    "gemma3": Gemma3Adapter,
+    "phi4_multimodal": Phi4MultimodalAdapter,
+    "phi3_v": Phi3VisionAdapter,
     "generic": FamilyAdapter,
 }
 
 
 def adapter_for(model_type: str, family: str = "auto") -> FamilyAdapter:
-    """The adapter named by ``family``, or detected from ``config.model_type`` when "auto"."""
+    """The adapter named by ``family``, or detected from ``config.model_type`` when "auto"
+    (the generic adapter for a model type with no adapter of its own)."""
     from vqa_grpo.errors import UserError
 
     name = model_type if family == "auto" else family

@@ -45,10 +45,92 @@ def check_model_dir(path: str) -> None:
         raise UserError(f"{p} has no processor (processor_config.json); save the processor with the model")
 
 
-def load_model(cfg: ModelConfig, device: torch.device | str = "cpu", *, trainable: bool = True) -> LoadedModel:
-    """The model (optionally wrapped with LoRA), its processor and its family adapter."""
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+def _read_config(path: str, cfg: ModelConfig):
+    """The model's transformers config; one line when it is missing or needs remote code."""
+    from transformers import AutoConfig
 
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    except OSError:
+        raise UserError(f"model {path} not found: not a local directory, and not on the hub or in the cache") from None
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise UserError(
+                f"{path} ships its own model code (not part of transformers); "
+                "set model.trust_remote_code=true if you trust it"
+            ) from None
+        raise UserError(f"cannot read the model config of {path}: {e}") from None
+
+
+def _quantization(cfg: ModelConfig, device: torch.device) -> dict:
+    """from_pretrained arguments for 4-bit (NF4, double quantisation) or 8-bit bitsandbytes weights."""
+    if cfg.quantization == "none":
+        return {}
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise UserError(
+            f"model.quantization={cfg.quantization} needs bitsandbytes: pip install 'vqa-grpo[quant]'"
+        ) from None
+    if device.type != "cuda":
+        raise UserError(f"model.quantization={cfg.quantization} needs a CUDA device; set model.quantization=none")
+    from transformers import BitsAndBytesConfig
+
+    if cfg.quantization == "4bit":
+        q = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=DTYPES[cfg.dtype],
+        )
+    else:
+        q = BitsAndBytesConfig(load_in_8bit=True)
+    return {"quantization_config": q, "device_map": {"": device}}
+
+
+def _from_pretrained(adapter: FamilyAdapter, base_path: str, cfg: ModelConfig, extra: dict):
+    import transformers
+
+    auto = getattr(transformers, adapter.auto_model)
+    try:
+        return auto.from_pretrained(
+            base_path,
+            dtype=DTYPES[cfg.dtype],
+            attn_implementation=cfg.attn_implementation,
+            trust_remote_code=cfg.trust_remote_code,
+            **extra,
+        )
+    except ImportError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"model.attn_implementation={cfg.attn_implementation} cannot be used ({first}); "
+            "install flash-attn or set model.attn_implementation=sdpa"
+        ) from None
+
+
+def freeze_vision_tower(model, adapter: FamilyAdapter) -> int:
+    """Stop gradients into the vision tower (parameters matching ``adapter.vision_pattern``);
+    returns how many parameter tensors were frozen."""
+    import re
+
+    pattern = re.compile(adapter.vision_pattern)
+    frozen = 0
+    for name, param in model.named_parameters():
+        if pattern.fullmatch(name):
+            param.requires_grad_(False)
+            frozen += 1
+    if frozen == 0:
+        raise UserError(f"model.freeze_vision=true but no parameter of this {adapter.name} model is a vision tower's")
+    return frozen
+
+
+def load_model(cfg: ModelConfig, device: torch.device | str = "cpu", *, trainable: bool = True) -> LoadedModel:
+    """The model (optionally quantized and wrapped with LoRA), its processor and its family adapter.
+
+    The family's adapter picks the auto class (AutoModelForImageTextToText, or
+    AutoModelForCausalLM for Phi-3-vision and Phi-4-multimodal) and the default LoRA targets.
+    """
+    from transformers import AutoProcessor
+
+    device = torch.device(device)
     check_model_dir(cfg.name_or_path)
     path = cfg.name_or_path
     adapter_dir = Path(path) / "adapter_config.json"
@@ -57,43 +139,25 @@ def load_model(cfg: ModelConfig, device: torch.device | str = "cpu", *, trainabl
         import json
 
         base_path = json.loads(adapter_dir.read_text())["base_model_name_or_path"]
-    try:
-        hf_config = AutoConfig.from_pretrained(base_path, trust_remote_code=cfg.trust_remote_code)
-    except OSError:
-        raise UserError(f"model {base_path} not found: not a local directory, and not on the hub or in the cache") from None
-    except ValueError as e:
-        if "trust_remote_code" in str(e):
-            raise UserError(f"{base_path} needs its own code; set model.trust_remote_code=true if you trust it") from None
-        raise UserError(f"cannot read the model config of {base_path}: {e}") from None
+    hf_config = _read_config(base_path, cfg)
     adapter = adapter_for(hf_config.model_type, cfg.family)
-    processor = AutoProcessor.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-    try:
-        model = AutoModelForImageTextToText.from_pretrained(
-            base_path,
-            dtype=DTYPES[cfg.dtype],
-            attn_implementation=cfg.attn_implementation,
-            trust_remote_code=cfg.trust_remote_code,
-        )
-    except ImportError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(
-            f"model.attn_implementation={cfg.attn_implementation} cannot be used ({first}); "
-            "install flash-attn or set model.attn_implementation=sdpa"
-        ) from None
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, **adapter.processor_kwargs(cfg))
+    quant = _quantization(cfg, device)
+    model = _from_pretrained(adapter, base_path, cfg, quant)
     if adapter_dir.is_file():
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, path, is_trainable=trainable and cfg.lora)
     elif cfg.lora and trainable:
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+        if quant:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
         targets = cfg.lora_target_modules or adapter.lora_targets()
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets)
         model = get_peft_model(model, lora)
-    elif cfg.freeze_vision:
-        for name, param in model.named_parameters():
-            if "visual" in name or "vision" in name:
-                param.requires_grad_(False)
+    elif cfg.freeze_vision and trainable:
+        freeze_vision_tower(model, adapter)
     if cfg.gradient_checkpointing and trainable:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return LoadedModel(model.to(device), processor, adapter)
+    return LoadedModel(model if quant else model.to(device), processor, adapter)
