@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -219,3 +220,48 @@ def test_out_of_memory_on_every_batch_stops_the_run_with_a_checkpoint(oom_on_for
     with pytest.raises(TrainingStopped, match="3 out-of-memory steps in a row .*train.per_device_batch_size"):
         loop.run(load_config(None, overrides(synth_dir, tiny_model_dir, out, "train.max_bad_steps=2")), "sft")
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-0"]
+
+
+# ---- one bad example ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_an_image_that_fails_to_decode_mid_run_skips_that_example_only(synth_dir, tiny_model_dir, tmp_path):
+    """The file is there when the data loads (so the row is kept) but is cut short later."""
+    data = tmp_path / "data"
+    shutil.copytree(synth_dir, data)
+    rows = (data / "data.jsonl").read_text().splitlines()[:8]
+    (data / "data.jsonl").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    from vqa_grpo.config import load_config
+
+    cfg = load_config(None, overrides(data, tiny_model_dir, out, "train.max_steps=4", "train.save_steps=0"))
+    bad = data / json.loads(rows[3])["image"]
+    real_run = loop.load_vqa
+
+    def load_then_corrupt(*args, **kwargs):
+        loaded = real_run(*args, **kwargs)
+        bad.write_bytes(bad.read_bytes()[:40])  # a truncated PNG
+        return loaded
+
+    loop.load_vqa = load_then_corrupt
+    try:
+        result = loop.run(cfg, "sft")
+    finally:
+        loop.load_vqa = real_run
+    assert result.steps == 4  # 8 questions a pass, batches of 2: the bad one is met and skipped
+    lines = step_lines(out)
+    assert lines[-1]["skipped_images"] == 1  # met once in the first pass over the 8
+    assert all(r["loss"] == r["loss"] for r in lines)  # finite (not NaN)
+
+
+@pytest.mark.slow
+def test_gradient_checkpointing_trains_the_same_weights(synth_dir, tiny_model_dir, tmp_path):
+    """Non-reentrant activation checkpointing recomputes the forward in backward: same update."""
+    extra = ["train.max_steps=2", "train.save_steps=0"]
+    run_inline(overrides(synth_dir, tiny_model_dir, tmp_path / "a", *extra))
+    run_inline(overrides(synth_dir, tiny_model_dir, tmp_path / "b", *extra, "model.gradient_checkpointing=true"))
+    a, b = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
+    assert any(not torch.equal(a[k], load_file(tiny_model_dir / "model.safetensors")[k]) for k in a)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)
