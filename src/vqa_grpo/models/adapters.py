@@ -144,12 +144,12 @@ class FamilyAdapter:
 
     def layout_tokens(self, processor) -> list[str]:
         """The family's image-layout tokens as strings (image, delimiters, tile tags)."""
-        tok = processor.tokenizer
         found = []
-        for n in self.layout_token_names:
-            t = getattr(processor, n, None) or getattr(tok, n, None)
-            if isinstance(t, str):
-                found.append(t)
+        for n in self.layout_token_names:  # both: Gemma 3's processor calls <start_of_image> its image_token
+            for owner in (processor, processor.tokenizer):
+                t = getattr(owner, n, None)
+                if isinstance(t, str) and t not in found:
+                    found.append(t)
         return found
 
     def suppressed_token_ids(self, processor) -> list[int]:
