@@ -257,3 +257,31 @@ def test_one_sft_step_then_one_grpo_step_through_the_loop_and_the_model_reloads(
     reloaded = load_model(ModelConfig(name_or_path=str(grpo.final_dir)), CPU, trainable=False)
     assert type(reloaded.adapter) is EXPECTED[name][0]
     assert reloaded.model.config.model_type == name
+
+
+# ---- LoRA targets and the frozen vision tower, family by family -------------------------------------
+
+
+def test_default_lora_targets_are_the_language_models_projections_only(family):
+    from peft import LoraConfig, get_peft_model
+
+    name, model_dir, lm = family
+    model = load_model(ModelConfig(name_or_path=str(model_dir)), CPU, trainable=False).model  # a fresh copy
+    peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=lm.adapter.lora_targets()))
+    adapted = sorted({n.split(".lora_A")[0] for n, _ in peft_model.named_parameters() if ".lora_A" in n})
+    leaves = {n.rsplit(".", 1)[1] for n in adapted}
+    fused = name == "phi4_multimodal"  # Phi-3/Phi-4 fuse q, k, v and gate, up
+    assert leaves == ({"qkv_proj", "o_proj", "gate_up_proj", "down_proj"} if fused else
+                      {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
+    layers = 4 if name == "qwen2_vl" else 2  # the demo's Qwen2-VL has 4 text layers, the others 2
+    assert len(adapted) == layers * len(leaves)
+    assert not any(re.fullmatch(lm.adapter.vision_pattern, n + ".weight") for n in adapted)
+
+
+def test_freeze_vision_freezes_the_vision_tower_and_nothing_else(family):
+    name, model_dir, lm = family
+    model = load_model(ModelConfig(name_or_path=str(model_dir), freeze_vision=True), CPU).model
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    vision = {n for n, _ in model.named_parameters() if re.fullmatch(lm.adapter.vision_pattern, n)}
+    assert frozen == vision and len(vision) > 0
+    assert not any("embed_tokens." in n or "lm_head" in n or "language_model" in n or "text_model" in n for n in frozen)
