@@ -59,8 +59,15 @@ UNUSED = {
 }
 
 
-def test_every_tiny_family_is_tested_here():
+def test_every_tiny_family_is_tested_here_and_offered_by_the_cli(tmp_path):
+    from vqa_grpo.cli import main
+
     assert set(TINY_FAMILIES) == set(EXPECTED)
+    with pytest.raises(SystemExit) as info:  # argparse's own error for a family with no builder
+        main(["model", "tiny", "--family", "phi3_v", "--out", str(tmp_path / "m")])
+    assert info.value.code == 2 and not (tmp_path / "m").exists()
+    assert main(["model", "tiny", "--family", "gemma3", "--out", str(tmp_path / "g")]) == 0
+    assert (tmp_path / "g" / "config.json").is_file() and (tmp_path / "g" / "processor_config.json").is_file()
 
 
 def image(width: int, height: int, colour=(220, 40, 40)) -> Image.Image:
