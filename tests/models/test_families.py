@@ -59,13 +59,17 @@ UNUSED = {
 }
 
 
-def test_every_tiny_family_is_tested_here_and_offered_by_the_cli(tmp_path):
-    from vqa_grpo.cli import main
+def test_every_tiny_family_is_tested_here_and_offered_by_the_cli(tmp_path, capsys):
+    from vqa_grpo.cli import build_parser, main
 
     assert set(TINY_FAMILIES) == set(EXPECTED)
-    with pytest.raises(SystemExit) as info:  # argparse's own error for a family with no builder
-        main(["model", "tiny", "--family", "phi3_v", "--out", str(tmp_path / "m")])
-    assert info.value.code == 2 and not (tmp_path / "m").exists()
+    tiny_help = build_parser().parse_args(["model", "tiny", "--out", "x"])  # the default family
+    assert tiny_help.family == "qwen2_vl"
+    assert main(["model", "tiny", "--family", "phi3_v", "--out", str(tmp_path / "m")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: no tiny builder for family 'phi3_v'; choose one of " + ", ".join(TINY_FAMILIES)
+    )
+    assert not (tmp_path / "m").exists()
     assert main(["model", "tiny", "--family", "gemma3", "--out", str(tmp_path / "g")]) == 0
     assert (tmp_path / "g" / "config.json").is_file() and (tmp_path / "g" / "processor_config.json").is_file()
 
