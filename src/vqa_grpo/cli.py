@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 
 from vqa_grpo.errors import TrainingStopped, UserError
@@ -99,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _is_main_process() -> bool:
+    """Rank 0 of a launcher's processes (accelerate launch, torchrun), or the only process."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def dispatch(args: argparse.Namespace) -> int:
     if args.command == "data" and args.data_command == "synth":
         from vqa_grpo.data.synthetic import MIN_IMAGE_SIZE, synthesize
@@ -127,6 +133,8 @@ def dispatch(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
         result = run(cfg, "sft" if args.command == "sft" else "grpo")
         last = result.eval_history[-1] if result.eval_history else {}
+        if not _is_main_process():
+            return 0
         print(f"done: {result.steps} steps in {result.wall_seconds:.1f}s; final model in {result.final_dir}")
         if last:
             print("eval: " + ", ".join(f"{k}={v:.4f}" for k, v in last.items() if k != "step"))
@@ -139,6 +147,8 @@ def dispatch(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
         examples, report = load_examples(args.data, cfg.data)
         metrics = evaluate(args.model, examples, cfg, args.out)
+        if not _is_main_process():
+            return 0
         print(format_table(metrics))
         if args.out:
             print(f"wrote {args.out}/predictions.jsonl and {args.out}/metrics.json")

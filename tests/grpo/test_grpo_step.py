@@ -20,7 +20,9 @@ from vqa_grpo.grpo.objective import answer_nll, grpo_objective, rollout_logprobs
 from vqa_grpo.grpo.rollout import make_rollout
 from vqa_grpo.models.loading import load_model
 from vqa_grpo.models.scoring import answer_tokens, completion_logprobs
-from vqa_grpo.training.loop import Batches, Pending, _grpo_backward, _make_rollouts, _reference_model, run
+from vqa_grpo.training.batches import Batches
+from vqa_grpo.training.loop import run
+from vqa_grpo.training.steps import Pending, grpo_backward as _grpo_backward, make_rollouts as _make_rollouts, reference_model as _reference_model
 from vqa_grpo.training.optim import make_optimizer
 
 CPU = torch.device("cpu")

@@ -52,8 +52,15 @@ def summarise(scores: dict[str, np.ndarray], examples: list[VQAExample], samples
 
 
 def evaluate(model_dir: str, examples: list[VQAExample], cfg: Config, out_dir: str | Path | None) -> dict:
-    """Generate answers for ``examples`` with the model in ``model_dir``; write and return metrics."""
-    device = resolve_device(cfg.train.device)
+    """Generate answers for ``examples`` with the model in ``model_dir``; write and return metrics.
+
+    Under several processes (``accelerate launch``) each answers its share of the questions and
+    rank 0 writes the outputs; every process returns the same metrics.
+    """
+    from vqa_grpo.training.distributed import Dist
+
+    dist = Dist.from_env(cfg.train.device)
+    device = dist.device(resolve_device(cfg.train.device))
     if cfg.train.cpu_threads > 0:
         import torch
 
@@ -62,20 +69,25 @@ def evaluate(model_dir: str, examples: list[VQAExample], cfg: Config, out_dir: s
 
     lm = load_model(dataclasses.replace(cfg.model, name_or_path=model_dir), device, trainable=False)
     lm.model.eval()
-    texts = predict_answers(
-        lm.model, lm.adapter, lm.processor, examples,
-        batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens, device=device,
-        do_sample=cfg.eval.do_sample, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
-        progress=cfg.train.progress,
-    )
+
+    def answer(chunk: list[VQAExample]) -> list[str | None]:
+        return predict_answers(
+            lm.model, lm.adapter, lm.processor, chunk,
+            batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens, device=device,
+            do_sample=cfg.eval.do_sample, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
+            progress=cfg.train.progress and dist.is_main,
+        )
+
+    texts = dist.map_sharded(answer, examples)
     kept = [(e, t) for e, t in zip(examples, texts) if t is not None]
     examples = [e for e, _ in kept]
     preds = [clean_answer(t, reasoning=cfg.reward.reasoning) for _, t in kept]
     scores = score_predictions(preds, [e.answers for e in examples], [e.answer_type for e in examples])
     metrics = summarise(scores, examples, cfg.eval.bootstrap_samples)
     metrics["skipped"] = len(texts) - len(kept)
-    if out_dir is not None:
+    if out_dir is not None and dist.is_main:
         write_outputs(Path(out_dir), examples, [t for _, t in kept], preds, scores, metrics)
+    dist.barrier()
     return metrics
 
 

@@ -135,6 +135,7 @@ class FamilyAdapter:
 
     def stop_token_ids(self, processor, model) -> list[int]:
         """Token ids that end an answer (the model's EOS ids and the tokenizer's)."""
+        model = getattr(model, "module", model)  # inside a DDP/DeepSpeed wrapper
         ids = model.generation_config.eos_token_id
         ids = [ids] if isinstance(ids, int) else list(ids or [])
         tok = processor.tokenizer

@@ -18,16 +18,20 @@ import torch
 STATE_FILE = "trainer_state.json"
 
 
-def save_model(model, processor, out: Path) -> None:
-    """Model (or adapter) and processor, written to ``.tmp-<name>`` and renamed to ``out``."""
+def save_model(model, processor, out: Path, state_dict: dict | None = None) -> None:
+    """Model (or adapter) and processor, written to ``.tmp-<name>`` and renamed to ``out``.
+
+    ``state_dict``: the full weights when the live model is sharded (FSDP, ZeRO-3); None saves its own.
+    """
     tmp = out.with_name(f".tmp-{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    _write_model(model, processor, tmp)
+    _write_model(model, processor, tmp, state_dict)
     _replace(tmp, out)
 
 
-def _write_model(model, processor, out: Path) -> None:
-    model.save_pretrained(out, safe_serialization=True)
+def _write_model(model, processor, out: Path, state_dict: dict | None = None) -> None:
+    kwargs = {} if state_dict is None else {"state_dict": state_dict}
+    model.save_pretrained(out, safe_serialization=True, **kwargs)
     processor.save_pretrained(out)
 
 
@@ -57,28 +61,48 @@ def set_rng_state(state: dict, torch_state: dict) -> None:
 
 
 def save_checkpoint(run_dir: Path, step: int, model, processor, optimizer, scheduler, state: dict, limit: int,
-                    *, config=None) -> Path:
-    """Write ``checkpoint-<step>/`` atomically and keep at most ``limit`` checkpoints."""
+                    *, config=None, dist=None, state_dict: dict | None = None) -> Path:
+    """Write ``checkpoint-<step>/`` atomically and keep at most ``limit`` checkpoints.
+
+    Under several processes (``dist``) every rank calls it: rank 0 writes the weights, optimizer,
+    scheduler and trainer state, each other rank its RNG states (``rng-rank<r>.pt``), and rank 0
+    renames the directory once all have written.
+    """
+    rank = dist.rank if dist is not None else 0
     final = run_dir / f"checkpoint-{step}"
     tmp = run_dir / f".tmp-checkpoint-{step}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    _write_model(model, processor, tmp)
-    if config is not None:
-        from vqa_grpo.config import save_config
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        _write_model(model, processor, tmp, state_dict)
+        if config is not None:
+            from vqa_grpo.config import save_config
 
-        save_config(config, tmp / "config.yaml")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch_rng = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        torch_rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save(torch_rng, tmp / "rng.pt")
-    (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step, "rng": rng_state()}))
-    _replace(tmp, final)
-    for old in list_checkpoints(run_dir)[:-limit] if limit > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+            save_config(config, tmp / "config.yaml")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(torch_rng_state(), tmp / "rng.pt")
+        world = dist.world if dist is not None else 1
+        (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step, "world_size": world, "rng": rng_state()}))
+    if dist is not None:
+        dist.barrier()
+        if rank > 0:
+            torch.save({**torch_rng_state(), **rng_state()}, tmp / f"rng-rank{rank}.pt")
+        dist.barrier()
+    if rank == 0:
+        _replace(tmp, final)
+        for old in list_checkpoints(run_dir)[:-limit] if limit > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    if dist is not None:
+        dist.barrier()
     return final
+
+
+def torch_rng_state() -> dict:
+    out = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -86,8 +110,8 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    """Restore weights, optimizer, scheduler and RNG states; return the trainer state."""
+def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int = 0) -> dict:
+    """Restore weights, optimizer, scheduler and this rank's RNG states; return the trainer state."""
     if (path / "adapter_config.json").is_file():
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
@@ -104,5 +128,9 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     state = json.loads((path / STATE_FILE).read_text())
-    set_rng_state(state["rng"], torch.load(path / "rng.pt", weights_only=True))
+    if rank == 0:
+        set_rng_state(state["rng"], torch.load(path / "rng.pt", weights_only=True))
+    else:
+        mine = torch.load(path / f"rng-rank{rank}.pt", weights_only=True)
+        set_rng_state(mine, mine)
     return state

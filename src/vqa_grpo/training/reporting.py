@@ -50,6 +50,16 @@ class Reporter:
             self._wandb.finish()
 
 
+class NullReporter:
+    """The sink of processes other than rank 0: they write nothing."""
+
+    def log(self, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def truncate_log(path: Path, step: int) -> None:
     """Drop the lines a resumed run will write again (those after the checkpoint's step)."""
     if path.is_file():

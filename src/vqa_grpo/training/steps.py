@@ -1,0 +1,204 @@
+"""The backward passes of one optimiser step: SFT's, and GRPO's (rollouts, then the objective).
+
+``lm`` is the model used for the losses' forward passes: under several processes, the
+DDP/FSDP/DeepSpeed wrapper (so that its backward averages the gradients over ranks); ``policy``
+is the module itself, used to sample and for the no-gradient passes. With one process both are
+the same model. Every step backward-passes its micro-batches (accumulation) and returns the mean
+stats of this process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass
+
+import torch
+
+from vqa_grpo.config import Config
+from vqa_grpo.models.loading import LoadedModel
+from vqa_grpo.models.scoring import answer_tokens, completion_logprobs
+from vqa_grpo.training.batches import Batches
+from vqa_grpo.training.distributed import Dist, unwrapped
+
+ONE_PROCESS = Dist()
+
+
+def autocast(cfg: Config, device: torch.device):
+    """bf16 autocast when train.mixed_precision asks for it (a no-op context otherwise)."""
+    if cfg.train.mixed_precision == "no":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def accumulate(parts: list[dict], into: dict) -> dict:
+    for s in parts:
+        for k, v in s.items():
+            into[k] = into.get(k, 0.0) + float(v)
+    return into
+
+
+# ---- SFT ---------------------------------------------------------------------------------------
+
+
+def sft_micro_loss(lm: LoadedModel, examples, images, device, total_tokens: float) -> tuple[torch.Tensor, dict]:
+    """Summed NLL of the ground-truth answers (and the stop token) divided by ``total_tokens``."""
+    stop = lm.adapter.stop_token_ids(lm.processor, unwrapped(lm.model))[0]
+    prompts = lm.adapter.encode_prompts(lm.processor, images, [e.question for e in examples]).to(device)
+    ids, mask = answer_tokens(lm.processor.tokenizer, [e.answer for e in examples], stop)
+    ids, mask = ids.to(device), mask.to(device)
+    logp, _ = completion_logprobs(lm.model, lm.adapter, prompts, ids, mask, with_entropy=False)
+    nll_sum = -(logp * mask).sum()
+    return nll_sum / total_tokens, {"nll": float(nll_sum.detach()) / max(1, int(mask.sum()))}
+
+
+def answer_token_count(lm: LoadedModel, examples) -> int:
+    tok = lm.processor.tokenizer
+    return sum(len(tok(e.answer, add_special_tokens=False)["input_ids"]) + 1 for e in examples)
+
+
+def sft_step(cfg: Config, lm: LoadedModel, batches: Batches, device, dist: Dist = ONE_PROCESS) -> dict:
+    """Backward through the step's micro-batches, the NLL normalised by the answer tokens of the
+    whole step on every process (times the world size, as the wrapper averages the gradients)."""
+    micro = [batches.next() for _ in range(cfg.train.gradient_accumulation_steps)]
+    total = dist.sum(sum(answer_token_count(lm, ex) for ex, _ in micro)) / dist.world
+    stats: dict = {}
+    for i, (ex, im) in enumerate(micro):
+        with dist.no_sync(lm.model, sync=i == len(micro) - 1), autocast(cfg, device):
+            loss, s = sft_micro_loss(lm, ex, im, device, total)
+            dist.backward(loss)
+        stats = accumulate([s, {"loss": float(loss.detach())}], stats)
+    stats["nll"] = stats["loss"]  # the step's token-mean NLL, whatever the micro-batch layout
+    return stats
+
+
+# ---- GRPO --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pending:
+    """The rollouts of one optimiser step, reused for grpo.num_iterations steps."""
+
+    rollouts: list
+    iteration: int = 0  # optimiser steps taken on them so far
+
+
+@dataclass
+class GRPOSteps:
+    """What GRPO carries from step to step: the reference, the sample log, the pending rollouts."""
+
+    ref: object
+    samples_log: object
+    policy: LoadedModel
+    dist: Dist = ONE_PROCESS
+    pending: Pending | None = None
+    rollout_seconds: float = 0.0
+
+    def step(self, cfg: Config, lm: LoadedModel, batches: Batches, device, step: int) -> dict:
+        """Sample new rollouts when the last ones are used up, then backward through them."""
+        if self.pending is None:
+            t0 = time.time()
+            with autocast(cfg, device):
+                self.pending = make_rollouts(cfg, self.policy, self.ref, batches, device)
+            self.rollout_seconds = time.time() - t0
+            if self.samples_log and (step + 1) % cfg.train.logging_steps == 0:  # the step its metrics log as
+                log_completions(self.samples_log, step + 1, self.pending.rollouts[0])
+        with autocast(cfg, device):
+            stats = grpo_backward(cfg, lm, self.pending, self.dist)
+        stats["rollout_seconds"] = self.rollout_seconds
+        if self.pending.iteration == cfg.grpo.num_iterations:
+            self.pending = None
+        return stats
+
+
+def reference_model(cfg: Config, lm: LoadedModel):
+    """The frozen reference for the KL term; None when beta = 0 (no reference pass at all)."""
+    if cfg.grpo.beta == 0 or cfg.grpo.loss_type == "seed":
+        return None
+    if cfg.model.lora:
+        return "disable_adapter"  # the base model: LoRA adapters switched off, no second copy
+    import copy
+
+    ref = copy.deepcopy(lm.model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+def make_rollouts(cfg: Config, lm: LoadedModel, ref, batches: Batches, device) -> Pending:
+    """One rollout per micro-batch, with the rollout policy's and the reference's log-probs when needed."""
+    from vqa_grpo.grpo.objective import rollout_logprobs
+    from vqa_grpo.grpo.rollout import make_rollout
+
+    rollouts = []
+    for _ in range(cfg.train.gradient_accumulation_steps):
+        examples, images = batches.next()
+        ro = make_rollout(lm.model, lm.adapter, lm.processor, examples, images, cfg.grpo, cfg.reward, device)
+        with torch.no_grad():
+            if cfg.grpo.num_iterations > 1:
+                ro.old_logprobs = rollout_logprobs(lm.model, lm.adapter, ro, with_entropy=False)[0]
+            if ref == "disable_adapter":
+                with lm.model.disable_adapter():
+                    ro.ref_logprobs = rollout_logprobs(lm.model, lm.adapter, ro, with_entropy=False)[0]
+            elif ref is not None:
+                ro.ref_logprobs = rollout_logprobs(ref, lm.adapter, ro, with_entropy=False)[0]
+        rollouts.append(ro)
+    return Pending(rollouts)
+
+
+def grpo_backward(cfg: Config, lm: LoadedModel, pending: Pending, dist: Dist = ONE_PROCESS) -> dict:
+    """Backward through every rollout of the step (each 1/len of the loss); return the mean stats."""
+    from vqa_grpo.grpo.objective import grpo_objective, seed_objective
+
+    pending.iteration += 1
+    rollouts = pending.rollouts
+    stats: dict = {}
+    for i, ro in enumerate(rollouts):
+        with dist.no_sync(lm.model, sync=i == len(rollouts) - 1):
+            if cfg.grpo.loss_type == "seed":
+                loss, s = seed_objective(lm.model, lm.adapter, lm.processor, ro)
+            else:
+                loss, s = grpo_objective(lm.model, lm.adapter, lm.processor, ro, cfg.grpo)
+            dist.backward(loss / len(rollouts))
+        s["loss"] = float(loss.detach())
+        stats = accumulate([s, rollout_stats(ro)], stats)
+    return {k: v if k == "completion_tokens" else v / len(rollouts) for k, v in stats.items()}
+
+
+def rollout_stats(ro) -> dict:
+    G = ro.group_size
+    r = ro.rewards.view(-1, G)
+    adv = ro.advantages.float()
+    out = {
+        "reward": float(ro.rewards.mean()),
+        "reward_std": float(r.std(dim=1).mean()),
+        "frac_zero_std_groups": float((r.std(dim=1) == 0).float().mean()),
+        "advantage_abs_mean": float(adv.abs().mean()),
+        "advantage_std": float(adv.std()) if adv.numel() > 1 else 0.0,
+        "advantage_min": float(adv.min()),
+        "advantage_max": float(adv.max()),
+        "completion_length": float(ro.completion_mask.sum(1).float().mean()),
+        "completion_tokens": float(ro.completion_mask.sum()),
+        "truncated_fraction": float(ro.truncated.float().mean()),
+        "empty_completion_fraction": ro.bad_reward_inputs / max(1, len(ro.answers)),
+    }
+    for name, v in ro.reward_parts.items():
+        out[f"reward/{name}"] = float(v.mean())
+        out[f"reward_std/{name}"] = float(v.view(-1, G).std(dim=1).mean())
+    return out
+
+
+def log_completions(f, step: int, ro) -> None:
+    """The first question of a rollout with its G answers and rewards, one JSON line."""
+    ex, G = ro.examples[0], ro.group_size
+    f.write(json.dumps({
+        "step": step,
+        "id": ex.id,
+        "question": ex.question,
+        "answers": ex.answers,
+        "completions": ro.answers[:G],
+        "rewards": [round(float(x), 4) for x in ro.rewards[:G]],
+        "advantages": [round(float(x), 4) for x in ro.advantages[:G]],
+    }) + "\n")
+    f.flush()

@@ -1,0 +1,129 @@
+"""Several processes through accelerate: `accelerate launch --config_file configs/accelerate/ddp.yaml
+--num_processes 2 -m vqa_grpo.cli ...` on the CPU (DDP over gloo), against one process in this one.
+
+2 processes x batch 1 must give the update of 1 process x batch 2 (within 1e-5 in fp32), the run
+directory must be written once (by rank 0), a resumed 2-process run must end bitwise as the
+uninterrupted one, and `evaluate` on 2 processes must give the metrics of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vqa_grpo.config import load_config
+from vqa_grpo.errors import UserError
+from vqa_grpo.training import loop
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMINGS = {"step_seconds", "rollout_seconds", "completion_tokens_per_second"}
+
+
+def common(synth_dir, model_dir, out, *extra: str) -> list[str]:
+    return [
+        f"model.name_or_path={model_dir}", f"data.path={synth_dir}", f"train.output_dir={out}",
+        "train.device=cpu", "train.cpu_threads=1", "train.progress=false", "data.eval_fraction=0",
+        "train.max_steps=4", "train.save_steps=2", "train.learning_rate=1e-4", "train.report_to=none", *extra,
+    ]
+
+
+def launch(command: str, args: list[str], processes: int = 2) -> subprocess.CompletedProcess:
+    accelerate = Path(sys.executable).parent / "accelerate"
+    cmd = [str(accelerate), "launch", "--config_file", str(ROOT / "configs" / "accelerate" / "ddp.yaml"),
+           "--num_processes", str(processes), "-m", "vqa_grpo.cli", command, *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def steps(run_dir: Path) -> list[dict]:
+    lines = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMINGS} for r in lines if "loss" in r]
+
+
+def final(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "final" / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def two_processes(synth_dir, tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    done = launch("sft", common(synth_dir, tiny_model_dir, out, "train.per_device_batch_size=1"))
+    return out, done
+
+
+@pytest.mark.slow
+def test_two_processes_of_batch_one_equal_one_process_of_batch_two(two_processes, synth_dir, tiny_model_dir, tmp_path):
+    out2, done = two_processes
+    out1 = tmp_path / "one"
+    loop.run(load_config(None, common(synth_dir, tiny_model_dir, out1, "train.per_device_batch_size=2")), "sft")
+    a, b, start = final(out1), final(out2), load_file(tiny_model_dir / "model.safetensors")
+    assert any(not torch.equal(a[k], start[k]) for k in a)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-5)
+    one, two = steps(out1), steps(out2)
+    assert [r["step"] for r in two] == [1, 2, 3, 4]  # one line per step: rank 0 alone writes
+    for r1, r2 in zip(one, two):
+        assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-5) and r2["grad_norm"] == pytest.approx(r1["grad_norm"], rel=1e-5)
+        assert r2["lr"] == r1["lr"]
+    assert done.stdout.count("done: 4 steps") == 1 and "sft: 2 processes, MULTI_CPU on cpu" in done.stderr
+
+
+@pytest.mark.slow
+def test_the_run_directory_is_written_once_with_every_rank_rng(two_processes):
+    out, _ = two_processes
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-2", "checkpoint-4", "config.yaml", "final", "metrics.jsonl"]
+    ckpt = out / "checkpoint-4"
+    assert (ckpt / "rng.pt").is_file() and (ckpt / "rng-rank1.pt").is_file()
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state["world_size"] == 2 and state["data"]["pos"] == 4 * 2  # 4 global batches of 2
+
+
+@pytest.mark.slow
+def test_a_two_process_resume_ends_bitwise_equal_and_needs_two_processes(two_processes, synth_dir, tiny_model_dir, tmp_path):
+    full, _ = two_processes
+    out = tmp_path / "resumed"
+    args = common(synth_dir, tiny_model_dir, out, "train.per_device_batch_size=1", f"train.resume={full / 'checkpoint-2'}")
+    with pytest.raises(UserError, match="saved by 2 processes, this run has 1"):
+        loop.run(load_config(None, args), "sft")
+    launch("sft", args)
+    a, b = final(full), final(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert steps(out) == steps(full)[2:]
+
+
+@pytest.mark.slow
+def test_grpo_on_two_processes_logs_each_step_once(synth_dir, tiny_model_dir, tmp_path):
+    out = tmp_path / "grpo"
+    launch("train", common(synth_dir, tiny_model_dir, out, "train.per_device_batch_size=1", "train.max_steps=2",
+                           "train.save_steps=0", "grpo.num_generations=2", "grpo.max_completion_length=2",
+                           "grpo.sft_coef=0.5"))
+    lines = steps(out)
+    assert [r["step"] for r in lines] == [1, 2] and all("reward" in r for r in lines)
+    samples = (out / "completions.jsonl").read_text().splitlines()
+    assert [json.loads(s)["step"] for s in samples] == [1, 2]
+
+
+@pytest.mark.slow
+def test_evaluate_on_two_processes_gives_the_metrics_of_one(synth_dir, tiny_model_dir, tmp_path):
+    from vqa_grpo.data.loader import load_examples
+    from vqa_grpo.evaluation.evaluate import evaluate
+
+    args = ["train.device=cpu", "train.cpu_threads=1", "train.progress=false", "eval.max_new_tokens=3",
+            "data.max_eval_samples=8"]
+    launch("evaluate", ["--model", str(tiny_model_dir), "--data", str(synth_dir), "--out", str(tmp_path / "two"), *args])
+    cfg = load_config(None, args)
+    examples, _ = load_examples(str(synth_dir), cfg.data)
+    one = evaluate(str(tiny_model_dir), examples, cfg, tmp_path / "one")
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert two == json.loads((tmp_path / "one" / "metrics.json").read_text()) and one["n"] == len(examples)
+    rows = (tmp_path / "two" / "predictions.jsonl").read_text()
+    assert rows == (tmp_path / "one" / "predictions.jsonl").read_text()
