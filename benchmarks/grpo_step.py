@@ -59,7 +59,9 @@ class Settings:
     warmup: int = 2
     threads: int = 1
     device: str = "cpu"
-    model: str = "tiny"  # tiny: the ~1M-parameter Qwen2-VL of the tests; qwen2-vl-0.5b: same architecture, ~0.5B
+    model: str = "tiny"
+    """tiny: the ~1M-parameter Qwen2-VL of the tests; qwen2-vl-0.5b: the same architecture at ~0.5B
+    parameters (random weights); or the directory of an existing Qwen2-VL model, used as is."""
     seed: int = 0
 
 
@@ -68,16 +70,19 @@ class Settings:
 
 
 def build_model(s: Settings, out: Path) -> Path:
-    """The Qwen2-VL of ``s.model``, random weights, with a processor that keeps ``s.image_size``."""
+    """The Qwen2-VL of ``s.model``, random weights, with a processor that keeps ``s.image_size``
+    (an existing directory is used as it is)."""
     from vqa_grpo.models.tiny import build_tiny_qwen2_vl
 
+    if Path(s.model).is_dir():
+        return Path(s.model)
     if s.model == "tiny":
         path = build_tiny_qwen2_vl(out, seed=s.seed)
     elif s.model == "qwen2-vl-0.5b":  # Qwen2-0.5B's text dimensions, a 20-block vision tower
         path = build_tiny_qwen2_vl(out, seed=s.seed, hidden=896, layers=24, heads=14, vision_dim=1280,
                                    vision_depth=20, vision_heads=16)
     else:
-        raise SystemExit(f"--model {s.model}: choose tiny or qwen2-vl-0.5b")
+        raise SystemExit(f"--model {s.model}: choose tiny, qwen2-vl-0.5b or an existing model directory")
     # The builder caps images at 224x224; let the larger benchmark images through unscaled.
     cfg_path = path / "processor_config.json"
     cfg = json.loads(cfg_path.read_text())
@@ -482,7 +487,7 @@ def report(s: Settings, results: dict, model_dir: Path) -> dict:
     out = {f"{m}_step_s": step(m) for m in METHODS}
     out.update({f"{m}_cpu_s": step(m, "cpu_s") for m in METHODS})
     out.update({
-        "settings": {**dataclasses.asdict(s), "image_tokens": (s.image_size // 28) ** 2, "dtype": "fp32",
+        "settings": {**dataclasses.asdict(s), "image_tokens": _image_tokens(model_dir, s.image_size), "dtype": "fp32",
                      "model_parameters": _count_parameters(model_dir)},
         "methods": results,
         "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
@@ -495,6 +500,16 @@ def report(s: Settings, results: dict, model_dir: Path) -> dict:
         for suffix, key in (("", "step_s"), ("_cpu", "cpu_s")) for m in ("trl", "limit", "seed_loop")
     }
     return out
+
+
+def _image_tokens(model_dir: Path, size: int) -> int:
+    """Image tokens of one ``size`` px image after the processor and the 2x2 merge."""
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    ip = AutoProcessor.from_pretrained(model_dir).image_processor
+    grid = ip(images=[Image.new("RGB", (size, size))], return_tensors="pt")["image_grid_thw"]
+    return int(grid.prod()) // ip.merge_size**2
 
 
 def _count_parameters(model_dir: Path) -> int:
