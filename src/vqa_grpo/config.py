@@ -191,6 +191,14 @@ class GRPOConfig:
     shared_prefix: Literal["auto", "on", "off"] = "auto"
     """Run each prompt and image once per group (KV cache shared by its G completions) when sampling
     and in the loss; auto: where the model family supports it (models/prefix.py), else G times."""
+    generation_backend: Literal["transformers", "vllm"] = "transformers"
+    """Who samples the G completions: transformers' generate, or a colocated vLLM engine (extra, CUDA)."""
+    vllm_sync_steps: int = 1
+    """Push the policy's weights into vLLM every this many optimiser steps (k > 1 samples from older weights)."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """Share of the GPU's memory vLLM may take (weights + KV cache); the trainer has the rest."""
+    vllm_is_cap: float = 2.0
+    """C of truncated importance sampling: each token's loss weight min(pi_old / pi_vllm, C)."""
 
 
 @dataclass
@@ -375,6 +383,9 @@ def validate(cfg: Config) -> None:
     need(g.epsilon_high is None or g.epsilon_high > 0, "grpo.epsilon_high must be > 0 or null")
     need(g.num_iterations >= 1, "grpo.num_iterations must be >= 1")
     need(g.sft_coef >= 0, "grpo.sft_coef must be >= 0")
+    need(g.vllm_sync_steps >= 1, f"grpo.vllm_sync_steps={g.vllm_sync_steps}: must be >= 1")
+    need(0 < g.vllm_gpu_memory_utilization < 1, "grpo.vllm_gpu_memory_utilization must be in (0, 1)")
+    need(g.vllm_is_cap >= 1, f"grpo.vllm_is_cap={g.vllm_is_cap}: must be >= 1 (1 clips every up-weighting)")
     need(t.max_steps >= 1, f"train.max_steps={t.max_steps}: must be >= 1")
     need(t.per_device_batch_size >= 1, "train.per_device_batch_size must be >= 1")
     need(t.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps must be >= 1")
