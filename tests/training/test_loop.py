@@ -134,6 +134,7 @@ def test_final_carries_a_model_card_with_base_model_data_config_and_metrics(sft_
     last = result.eval_history[-1]
     assert f"| vqa_accuracy | {last['eval/vqa_accuracy']:.4f} |" in card
     assert f"`{cfg.data.path}`" in card and "6 optimiser steps" in card
+    assert 'AutoModelForImageTextToText.from_pretrained("path/to/this/directory")' in card  # the family's auto class
     config_block = card.split("```yaml\n")[1].split("```")[0]
     assert yaml.safe_load(config_block) == yaml.safe_load((result.run_dir / "config.yaml").read_text())
 

@@ -12,8 +12,11 @@ from vqa_grpo.errors import UserError
 
 
 def write_model_card(out: Path, cfg: Config, mode: str, *, steps: int, n_train: int, n_eval: int,
-                     metrics: dict[str, float] | None) -> Path:
-    """``out/README.md``: base model, data, training, final metrics and the full config."""
+                     metrics: dict[str, float] | None, auto_model: str = "AutoModelForImageTextToText") -> Path:
+    """``out/README.md``: base model, data, training, final metrics and the full config.
+
+    ``auto_model``: the transformers auto class that loads the family (the adapter's).
+    """
     lora = (out / "adapter_config.json").is_file()
     base = cfg.model.name_or_path
     if lora:
@@ -50,15 +53,16 @@ def write_model_card(out: Path, cfg: Config, mode: str, *, steps: int, n_train: 
         lines.append(f"On the evaluation split ({n_eval} questions), greedy unless `eval.do_sample`.")
     else:
         lines.append("None: the run had no evaluation split.")
+    remote = ", trust_remote_code=True" if cfg.model.trust_remote_code else ""
     lines += ["", "## Loading", "", "```python"]
     if lora:
-        lines += ["from peft import PeftModel", "from transformers import AutoModelForImageTextToText, AutoProcessor",
-                  f'base = AutoModelForImageTextToText.from_pretrained("{base}")',
+        lines += ["from peft import PeftModel", f"from transformers import {auto_model}, AutoProcessor",
+                  f'base = {auto_model}.from_pretrained("{base}"{remote})',
                   'model = PeftModel.from_pretrained(base, "path/to/this/directory")']
     else:
-        lines += ["from transformers import AutoModelForImageTextToText, AutoProcessor",
-                  'model = AutoModelForImageTextToText.from_pretrained("path/to/this/directory")']
-    lines += ['processor = AutoProcessor.from_pretrained("path/to/this/directory")', "```", "",
+        lines += [f"from transformers import {auto_model}, AutoProcessor",
+                  f'model = {auto_model}.from_pretrained("path/to/this/directory"{remote})']
+    lines += [f'processor = AutoProcessor.from_pretrained("path/to/this/directory"{remote})', "```", "",
               "## Config", "", "```yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).strip(), "```", ""]
     path = out / "README.md"
     path.write_text("\n".join(lines))

@@ -274,7 +274,8 @@ def _write_final(s: Session, mode: str, data) -> Path:
     if s.dist.is_main:
         last = s.state["eval_history"][-1] if s.state["eval_history"] else None
         metrics = {k.removeprefix("eval/"): v for k, v in last.items() if k != "step"} if last else None
-        write_model_card(final, s.cfg, mode, steps=s.step, n_train=len(data.train), n_eval=len(data.eval), metrics=metrics)
+        write_model_card(final, s.cfg, mode, steps=s.step, n_train=len(data.train), n_eval=len(data.eval),
+                         metrics=metrics, auto_model=s.lm.adapter.auto_model)
         if s.cfg.train.merge_lora:
             merge_adapter(final, s.run_dir / "merged")
     s.dist.barrier()
