@@ -1,10 +1,10 @@
 """The shared prefix (models/prefix.py) against the plain path, on real tiny models in fp32 on the CPU.
 
 Each prompt run once with its KV cache expanded to G rows must give what the prompt repeated G
-times gives: log-probs within 1e-5, every parameter's gradient within 1e-4 (relative, vision
-tower included), the same sampled tokens for the same seed. Prompts are left-padded differently
-(a short and a long question, images of 112 and 168 px) and completions right-padded, so
-positions that only work without padding would fail here.
+times gives, for every tiny family: log-probs within 1e-5, every parameter's gradient within 1e-4
+(relative, vision tower included), the same sampled tokens for the same seed. Prompts are
+left-padded differently (a short and a long question, images of 112 and 168 px) and completions
+right-padded, so positions that only work without padding would fail here.
 
 Shapes: B = 2 prompts, G = 4 completions each, R = 8 rows, C completion tokens, V vocabulary.
 """
@@ -28,11 +28,11 @@ from vqa_grpo.models import prefix
 from vqa_grpo.models.generation import generate
 from vqa_grpo.models.loading import load_model
 from vqa_grpo.models.scoring import completion_logprobs
-from vqa_grpo.models.tiny import build_tiny
+from vqa_grpo.models.tiny import TINY_FAMILIES, build_tiny
 
 CPU = torch.device("cpu")
 B, G, C = 2, 4, 5
-SHARED_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+SHARED_FAMILIES = prefix.MROPE_FAMILIES + prefix.LINEAR_FAMILIES
 
 
 @pytest.fixture(scope="module")
@@ -92,10 +92,20 @@ def logprobs_and_grads(lm, prompts, ids, mask, temps, shared):
 
 
 def assert_grads_close(plain, shared):
+    """Each parameter's gradient within 1e-4 of its norm, with a floor of 1e-6 of the whole
+    gradient's norm: a key-projection bias has a true gradient of 0 (softmax ignores a shift
+    common to all keys), and rounding alone is all either path gives it."""
     assert plain.keys() == shared.keys() and len(plain) > 0
+    total = float(torch.stack([g.norm() for g in plain.values()]).norm())
     for name, g in plain.items():
-        err = float((shared[name] - g).norm() / g.norm().clamp(min=1e-30))
-        assert err < 1e-4, (name, err)
+        err = float((shared[name] - g).norm())
+        assert err <= 1e-4 * float(g.norm()) + 1e-6 * total, (name, err, float(g.norm()))
+
+
+def test_every_tiny_family_but_phi3_v_has_a_shared_prefix_rule():
+    # phi3_v has no tiny builder (its remote code is not run here); it and the generic adapter fall back.
+    assert set(TINY_FAMILIES) <= set(SHARED_FAMILIES)
+    assert "phi3_v" not in SHARED_FAMILIES
 
 
 @pytest.mark.parametrize("family", SHARED_FAMILIES)
@@ -109,10 +119,13 @@ def test_shared_prefix_logprobs_and_gradients_equal_the_plain_path(family, famil
     shared_logp, shared_grads = logprobs_and_grads(lm, prompts, ids, mask, temps, shared=True)
     assert (plain_logp.abs() > 0.1).sum() == mask.sum()  # real log-probs, not zeros compared with zeros
     assert (shared_logp - plain_logp).abs().max() < 1e-5
-    assert any("visual" in n for n in plain_grads)  # the vision tower gets its gradient on both paths
+    vision = ("visual", "vision", "image_embed", "img_projection")
+    assert any(v in n for n in plain_grads for v in vision)  # the vision tower gets its gradient on both paths
     assert_grads_close(plain_grads, shared_grads)
 
-    # Control: completion positions off by one (as if the M-RoPE delta were dropped) change the log-probs.
+    # Control: completion positions off by one (as if the M-RoPE delta were dropped) change the
+    # log-probs by far more than the paths differ (the tiny models' attention is nearly flat, so
+    # by 3e-5 at least: 30 times the rounding difference).
     original = prefix.continuation_positions
     prefix.continuation_positions = lambda model, start, length: original(model, start + 1, length)
     try:
@@ -120,7 +133,7 @@ def test_shared_prefix_logprobs_and_gradients_equal_the_plain_path(family, famil
             wrong, _ = completion_logprobs(lm.model, lm.adapter, prompts, ids, mask, temps, group_size=G, shared_prefix=True)
     finally:
         prefix.continuation_positions = original
-    assert ((wrong * mask)[:, 1:] - plain_logp[:, 1:]).abs().max() > 1e-3
+    assert ((wrong * mask)[:, 1:] - plain_logp[:, 1:]).abs().max() > 3e-5
 
 
 def test_shared_prefix_with_lora_and_with_the_adapter_switched_off(family_dirs, data):
@@ -254,3 +267,27 @@ def test_shared_prefix_setting(tiny_model_dir, caplog):
     assert "GRPO path: plain (prompt repeated G times) [model_type 'some_new_family' has no tested shared-prefix position rule]" in caplog.text
     with pytest.raises(UserError, match="^grpo.shared_prefix=on cannot run: model_type 'some_new_family'"):
         prefix.resolve(lm.model, "on")
+
+
+def test_shared_prefix_loss_through_a_ddp_wrapper(family_dirs, data, tmp_path):
+    # The loss runs through DistributedDataParallel when several processes train: two forward
+    # calls (prefix, then completions) before one backward must still give each parameter its
+    # gradient once. One gloo process is enough to run DDP's reducer and hooks.
+    import torch.distributed as dist
+
+    lm = load(family_dirs("qwen2_vl"))
+    prompts = padded_prompts(lm, data)
+    ids, mask = completions(lm)
+    plain_logp, plain_grads = logprobs_and_grads(lm, prompts, ids, mask, None, shared=False)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(lm.model)
+        lm.model.zero_grad(set_to_none=True)
+        logp, _ = completion_logprobs(ddp, lm.adapter, prompts, ids, mask, with_entropy=False, group_size=G,
+                                      shared_prefix=True)
+        weights = torch.linspace(-1.0, 1.0, ids.numel()).view_as(ids)
+        (logp * mask * weights).sum().backward()
+    finally:
+        dist.destroy_process_group()
+    assert ((logp.detach() * mask) - plain_logp).abs().max() < 1e-5
+    assert_grads_close(plain_grads, {n: p.grad for n, p in lm.model.named_parameters() if p.grad is not None})

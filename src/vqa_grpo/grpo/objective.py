@@ -64,14 +64,16 @@ def grpo_objective(model, adapter: FamilyAdapter, processor, rollout: Rollout, c
         loss_type=cfg.loss_type,
         max_completion_length=cfg.max_completion_length,
     )
-    stats = {k: float(v) for k, v in stats.items()}
     m = mask.float()
-    stats["entropy"] = float((entropy * m).sum() / m.sum().clamp(min=1))
-    stats["shared_prefix"] = float(rollout.shared_prefix)  # 1: each prompt encoded once per group
+    stats["entropy"] = (entropy * m).sum() / m.sum().clamp(min=1)
     if cfg.sft_coef > 0:
         nll = answer_nll(model, adapter, processor, rollout)
-        stats["sft_nll"] = float(nll.detach())
+        stats["sft_nll"] = nll.detach()
         loss = loss + cfg.sft_coef * nll
+    # One device-to-host copy for all the statistics, not one synchronisation each.
+    values = torch.stack([v.detach().float().reshape(()) for v in stats.values()]).tolist()
+    stats = dict(zip(stats, values))
+    stats["shared_prefix"] = float(rollout.shared_prefix)  # 1: each prompt encoded once per group
     return loss, stats
 
 

@@ -17,7 +17,8 @@ Positions must continue the prompt's as the model's own forward computes them:
   n + delta + t on all three axes. They are always passed explicitly, never left to the model's
   cached ``rope_deltas``.
 - 1-D families (``LINEAR_FAMILIES``): positions count real tokens only (left padding skipped),
-  prompt and completion alike, as ``generate`` numbers them.
+  prompt and completion alike, as ``generate`` numbers them. (The plain forward pass counts the
+  padding too; with rotary positions only the distance between tokens matters, so the two agree.)
 
 Every other family, and any model whose cache would be dropped (gradient checkpointing while
 training), falls back to the plain path; ``resolve`` says which path runs, once, on the
@@ -42,8 +43,9 @@ log = logging.getLogger("vqa_grpo.prefix")
 
 MROPE_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
 """``config.model_type`` of the families whose text positions are M-RoPE, continued from ``get_rope_index``."""
-LINEAR_FAMILIES: tuple[str, ...] = ()
-"""``config.model_type`` of the families with plain 1-D positions that are tested to match the plain path."""
+LINEAR_FAMILIES = ("llava", "llava_next", "idefics3", "gemma3", "phi4_multimodal")
+"""``config.model_type`` of the families with plain 1-D positions, each tested to match the plain path
+(Gemma 3 included: its image tokens attend to each other inside the prompt, which runs whole)."""
 
 _logged: set[str] = set()
 
