@@ -133,6 +133,8 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None) -
     seed_everything(cfg.train.seed + dist.rank)  # each process samples its own completions
     run_dir = Path(cfg.train.output_dir)
     resume = _resume_path(cfg, run_dir, dist)  # a bad resume path fails before anything is written
+    if mode == "grpo" and cfg.grpo.generation_backend == "vllm":
+        _check_vllm(device)
     lm = load_model(cfg.model, device)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -292,6 +294,16 @@ def _eval_and_keep_best(s: Session, examples: list[VQAExample]) -> None:
     if value is not None and (s.state["best_metric"] is None or value > s.state["best_metric"]):
         s.state["best_metric"] = value
         s.save_model(s.run_dir / "best")
+
+
+def _check_vllm(device: torch.device) -> None:
+    """vLLM installed and a CUDA device to run it on, before anything is written."""
+    from vqa_grpo.grpo.vllm_backend import require_vllm
+
+    require_vllm()
+    if device.type != "cuda":
+        raise UserError(f"grpo.generation_backend=vllm runs on CUDA GPUs, this run is on {device.type}; "
+                        "set grpo.generation_backend=transformers")
 
 
 def _resume_path(cfg: Config, run_dir: Path, dist: Dist) -> Path | None:

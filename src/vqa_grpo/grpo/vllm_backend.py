@@ -1,0 +1,129 @@
+"""Sampling the G completions with vLLM (``grpo.generation_backend=vllm``), colocated in each process.
+
+vLLM holds its own copy of the policy on the same GPU. Every ``grpo.vllm_sync_steps`` optimiser
+steps the trainer's weights are pushed into it (LoRA merged first); in between vLLM samples from
+a policy up to k-1 steps old. Its per-token log-probs come back with the samples, and the loss
+corrects for the gap between the sampler and the trainer's rollout policy pi_old with truncated
+importance sampling (Yao et al., 2025, "Your efficient RL framework secretly brings you
+off-policy RL training"): each token's loss is weighted by
+
+    w_it = min(pi_old(o_it | ...) / pi_vllm(o_it | ...), grpo.vllm_is_cap)
+
+(detached), which is 1 when the two agree. The images go to vLLM as multi-modal data with the
+family's prompt text; the loss re-encodes them with the family's processor as on the plain path.
+
+Shapes: B questions, G completions each, R = B*G rows (group after group), C completion tokens.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from vqa_grpo.config import Config
+from vqa_grpo.errors import UserError
+
+INSTALL_HINT = ("grpo.generation_backend=vllm needs vLLM, which runs on CUDA GPUs: pip install 'vqa-grpo[vllm]', "
+                "or set grpo.generation_backend=transformers")
+
+
+def require_vllm():
+    try:
+        import vllm
+    except ImportError:
+        raise UserError(INSTALL_HINT) from None
+    return vllm
+
+
+@dataclass
+class Samples:
+    """vLLM's completions, right-padded: ids and mask [R, C], truncated [R], sampler log-probs [R, C]."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    truncated: torch.Tensor
+    logprobs: torch.Tensor
+
+
+class VLLMSampler:
+    """A colocated vLLM engine for one training process, and the weight pushes into it."""
+
+    def __init__(self, cfg: Config, rank: int = 0, world: int = 1):
+        vllm = require_vllm()
+        # The engine core must live in this process for its weights to be reachable (and, under a
+        # launcher, each rank runs its own engine over the already initialised process group).
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        self.cfg = cfg
+        self.llm = vllm.LLM(
+            model=cfg.model.name_or_path,
+            dtype={"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[cfg.model.dtype],
+            gpu_memory_utilization=cfg.grpo.vllm_gpu_memory_utilization,
+            enable_prefix_caching=True,  # the G copies of a prompt share its KV blocks
+            limit_mm_per_prompt={"image": 1},
+            seed=cfg.train.seed + rank,
+            trust_remote_code=cfg.model.trust_remote_code,
+            logprobs_mode="processed_logprobs",  # after temperature and top-p, as the samples were drawn
+            distributed_executor_backend="external_launcher" if world > 1 else None,
+        )
+        self.vllm = vllm
+
+    def push_weights(self, model) -> None:
+        """Copy the policy's current weights into vLLM (LoRA adapters merged for the copy)."""
+        model = getattr(model, "module", model)
+        peft = hasattr(model, "merge_adapter")
+        if peft:
+            model.merge_adapter()
+        try:
+            target = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
+            for name, param in model.named_parameters():
+                if peft:
+                    if "lora_" in name or "original_module" in name:
+                        continue
+                    name = name.removeprefix("base_model.model.").replace(".base_layer", "")
+                target.load_weights([(name, param.data)])
+        finally:
+            if peft:
+                model.unmerge_adapter()
+        self.llm.reset_prefix_cache()
+
+    def sample(self, prompt_texts: list[str], images: list, group_size: int, temperatures: torch.Tensor,
+               top_ps: torch.Tensor, max_tokens: int, stop_ids: list[int], suppressed_ids: list[int]) -> Samples:
+        """G completions of each prompt (row r: prompt r // G at temperatures[r], top_ps[r])."""
+        requests, params = [], []
+        for b, (text, image) in enumerate(zip(prompt_texts, images)):
+            for g in range(group_size):
+                r = b * group_size + g
+                requests.append({"prompt": text, "multi_modal_data": {"image": image}})
+                params.append(self.vllm.SamplingParams(
+                    n=1, temperature=float(temperatures[r]), top_p=float(top_ps[r]), top_k=-1, max_tokens=max_tokens,
+                    logprobs=0, stop_token_ids=stop_ids, skip_special_tokens=False,
+                    logit_bias={i: -100.0 for i in suppressed_ids} or None,
+                ))
+        outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)
+        return collate([o.outputs[0] for o in outputs], max_tokens)
+
+
+def collate(completions, max_tokens: int) -> Samples:
+    """vLLM's completion outputs as right-padded tensors (pad id 0 under a zero mask)."""
+    R = len(completions)
+    C = max(1, max(len(c.token_ids) for c in completions))
+    ids = torch.zeros(R, C, dtype=torch.long)
+    mask = torch.zeros(R, C, dtype=torch.long)
+    logprobs = torch.zeros(R, C)
+    truncated = torch.zeros(R, dtype=torch.bool)
+    for r, c in enumerate(completions):
+        n = len(c.token_ids)
+        ids[r, :n] = torch.as_tensor(list(c.token_ids), dtype=torch.long)
+        mask[r, :n] = 1
+        logprobs[r, :n] = torch.as_tensor([step[tok].logprob for step, tok in zip(c.logprobs, c.token_ids)])
+        truncated[r] = c.finish_reason == "length"  # hit max_tokens without a stop token
+    return Samples(ids, mask, truncated, logprobs)
+
+
+def truncated_is_weights(old_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, mask: torch.Tensor,
+                         cap: float) -> torch.Tensor:
+    """w = min(exp(log pi_old - log pi_sampler), cap) on completion tokens, 0 elsewhere; [R, C], no grad."""
+    w = torch.exp((old_logprobs - sampler_logprobs).detach()).clamp(max=cap)
+    return w * mask
