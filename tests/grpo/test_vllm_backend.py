@@ -60,3 +60,109 @@ def test_truncated_importance_weights_by_hand():
                 [math.exp(0.1), math.exp(-2.5), 0.0]]  # the padding position weighs nothing
     torch.testing.assert_close(w, torch.tensor(expected), rtol=1e-6, atol=0)
     assert not w.requires_grad
+
+
+# ---- the wiring, with a stand-in engine ----------------------------------------------------------
+
+
+class StandInEngine:
+    """Stands in for VLLMSampler (vLLM cannot run here): samples with transformers' generate on the
+    trainer's own model at each row's temperature, and returns the trainer's log-probs of those
+    tokens shifted by ``drift``, as an engine whose numerics differ from the trainer's would."""
+
+    def __init__(self, lm, drift: float = 0.0):
+        self.lm, self.drift, self.pushes = lm, drift, []
+
+    def push_weights(self, model) -> None:
+        self.pushes.append(model)
+
+    def sample(self, texts, images, group_size, temps, top_ps, max_tokens, stop_ids, suppressed_ids):
+        from transformers import LogitsProcessorList
+
+        from vqa_grpo.grpo.sampling import RowwiseTemperatureTopP
+        from vqa_grpo.models.scoring import completion_logprobs
+        from vqa_grpo.grpo.vllm_backend import Samples
+        from vqa_grpo.models.generation import generate
+
+        from vqa_grpo.models.adapters import PromptBatch
+
+        a = self.lm.adapter
+        enc = self.lm.processor(text=texts, images=images, return_tensors="pt", padding=True, padding_side="left")
+        prompts = PromptBatch(enc["input_ids"], enc["attention_mask"],
+                              {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")})
+        comp = generate(self.lm.model, a, self.lm.processor, a.repeat(prompts, group_size), max_new_tokens=max_tokens,
+                        do_sample=True, logits_processor=LogitsProcessorList([RowwiseTemperatureTopP(temps, top_ps)]),
+                        keep_scores=True)
+        with torch.no_grad():
+            logp, _ = completion_logprobs(self.lm.model, a, a.repeat(prompts, group_size), comp.ids, comp.mask, temps,
+                                          with_entropy=False)
+        return Samples(comp.ids, comp.mask, comp.truncated, (logp + self.drift) * comp.mask)
+
+
+def tiny_setup(synth_dir, tiny_model_dir, tmp_path, **grpo):
+    from vqa_grpo.config import Config, DataConfig, GRPOConfig, ModelConfig, TrainConfig
+    from vqa_grpo.data.loader import load_vqa
+    from vqa_grpo.models.loading import load_model
+
+    cfg = Config(
+        model=ModelConfig(name_or_path=str(tiny_model_dir)), data=DataConfig(path=str(synth_dir)),
+        train=TrainConfig(output_dir=str(tmp_path / "run"), per_device_batch_size=2, device="cpu", cpu_threads=1, progress=False),
+        grpo=GRPOConfig(num_generations=4, max_completion_length=4, temperatures=[1.0], top_ps=[1.0], **grpo),
+    )
+    return cfg, load_model(cfg.model, "cpu"), load_vqa(cfg.data, seed=0)
+
+
+def test_vllm_samples_are_weighted_by_pi_old_over_pi_sampler(synth_dir, tiny_model_dir, tmp_path):
+    from vqa_grpo.training.batches import Batches
+    from vqa_grpo.training.steps import Pending, grpo_backward, make_rollouts
+
+    cfg, lm, data = tiny_setup(synth_dir, tiny_model_dir, tmp_path)
+    torch.manual_seed(0)
+    pending = make_rollouts(cfg, lm, None, Batches(data.train, 2, seed=0), torch.device("cpu"), StandInEngine(lm, drift=0.3))
+    (ro,) = pending.rollouts
+    m = ro.completion_mask.bool()
+    # The stand-in reports the trainer's own log-probs 0.3 too high: pi_old / pi_sampler = exp(-0.3)
+    # on every completion token, 0 on padding.
+    assert ro.old_logprobs is not None and m.any()
+    torch.testing.assert_close(ro.is_weights[m], torch.full_like(ro.is_weights[m], math.exp(-0.3)), rtol=1e-4, atol=0)
+    assert (ro.is_weights[~m] == 0).all()
+    # The surrogate's gradient is scaled by those weights (the KL is off): exp(-0.3) x the plain one.
+    ro.advantages = torch.tensor([1.0, -1.0, 0.5, -0.5, 1.0, -1.0, 0.5, -0.5])
+    grads, stats = [], []
+    for weights in (ro.is_weights, None):
+        ro.is_weights = weights
+        lm.model.zero_grad(set_to_none=True)
+        stats.append(grpo_backward(cfg, lm, Pending([ro])))
+        grads.append(torch.cat([p.grad.flatten() for p in lm.model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[0], math.exp(-0.3) * grads[1], rtol=1e-3, atol=1e-8)
+    assert stats[0]["is_weight_mean"] == pytest.approx(math.exp(-0.3), rel=1e-4) and "is_weight_mean" not in stats[1]
+
+
+def test_weights_are_pushed_every_vllm_sync_steps(synth_dir, tiny_model_dir, tmp_path):
+    from vqa_grpo.training.batches import Batches
+    from vqa_grpo.training.steps import GRPOSteps
+
+    cfg, lm, data = tiny_setup(synth_dir, tiny_model_dir, tmp_path, vllm_sync_steps=2)
+    engine = StandInEngine(lm)
+    steps = GRPOSteps(None, None, lm, vllm=engine)
+    batches = Batches(data.train, 2, seed=0)
+    pushed = []
+    for step in range(5):
+        before = len(engine.pushes)
+        steps.step(cfg, lm, batches, torch.device("cpu"), step)
+        pushed.append(len(engine.pushes) > before)
+    assert pushed == [True, False, True, False, True]
+    assert engine.pushes[0] is lm.model
+
+
+def test_policy_loss_weights_the_surrogate_not_the_kl_by_hand():
+    from vqa_grpo.grpo.math import policy_loss
+
+    logp = torch.tensor([[-1.0, -2.0]])  # ratio 1 everywhere (old = logp)
+    ref = torch.tensor([[-1.5, -2.0]])
+    w = torch.tensor([[0.5, 2.0]])
+    loss, _ = policy_loss(logp, logp.clone(), torch.tensor([1.0]), torch.ones(1, 2), ref_logprobs=ref, beta=0.1,
+                          token_weights=w, loss_type="bnpo")
+    k3 = math.exp(-0.5) + 0.5 - 1  # exp(d) - d - 1 with d = ref - logp = -0.5 on token 1, 0 on token 2
+    expected = ((-1.0 * 0.5 + 0.1 * k3) + (-1.0 * 2.0 + 0.0)) / 2
+    assert float(loss) == pytest.approx(expected, rel=1e-6)

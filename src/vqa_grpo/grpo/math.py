@@ -165,6 +165,7 @@ def policy_loss(
     epsilon_high: float | None = None,
     loss_type: LossType = "grpo",
     max_completion_length: int | None = None,
+    token_weights: Tensor | None = None,  # [N, T] detached importance weights of the sampler (vLLM)
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The GRPO loss -J(theta) and detached statistics.
 
@@ -173,7 +174,10 @@ def policy_loss(
         l_it = -min(ratio A_i, clip(ratio, 1 - epsilon, 1 + eps_high) A_i) + beta k3_it
 
     where k3 is ``kl_k3(logprobs, ref_logprobs)``, added only when beta > 0 (then ``ref_logprobs``
-    is required). The tokens are then aggregated by ``loss_type``:
+    is required). With ``token_weights`` w (samples drawn by another engine than pi_old), the
+    clipped surrogate of each token is multiplied by w_it, the truncated importance weight
+    min(pi_old / pi_sampler, C) (Yao et al., 2025); the KL term is not. The tokens are then
+    aggregated by ``loss_type``:
 
       - "grpo": mean over each sequence's tokens, then mean over sequences (DeepSeekMath eq. 3).
         A sequence with no unmasked token (e.g. a masked-out truncated completion) is left out of
@@ -213,6 +217,8 @@ def policy_loss(
     unclipped = ratio * adv  # [N, T]
     clipped = torch.clamp(ratio, 1 - epsilon, 1 + eps_high) * adv  # [N, T]
     per_token = -torch.min(unclipped, clipped)  # [N, T]
+    if token_weights is not None:
+        per_token = per_token * token_weights.detach()
     if beta > 0:
         kl = kl_k3(logprobs, ref_logprobs)  # [N, T]
         per_token = per_token + beta * kl

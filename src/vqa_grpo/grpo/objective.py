@@ -63,6 +63,7 @@ def grpo_objective(model, adapter: FamilyAdapter, processor, rollout: Rollout, c
         epsilon_high=cfg.epsilon_high,
         loss_type=cfg.loss_type,
         max_completion_length=cfg.max_completion_length,
+        token_weights=rollout.is_weights,
     )
     m = mask.float()
     stats["entropy"] = (entropy * m).sum() / m.sum().clamp(min=1)

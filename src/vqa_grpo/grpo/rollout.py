@@ -23,7 +23,7 @@ from vqa_grpo.grpo.math import group_advantages
 from vqa_grpo.grpo.sampling import RowwiseTemperatureTopP, row_sampling_params, sampling_logprobs
 from vqa_grpo.models.adapters import FamilyAdapter, PromptBatch
 from vqa_grpo.models import prefix as shared
-from vqa_grpo.models.generation import decode, generate
+from vqa_grpo.models.generation import Completions, decode, generate
 from vqa_grpo.rewards import clean_answer, compute_rewards
 
 
@@ -47,6 +47,7 @@ class Rollout:
     ref_logprobs: torch.Tensor | None = None  # [R, C] reference policy, when beta > 0
     bad_reward_inputs: int = 0  # completions the rewards scored as bad input (empty ones)
     shared_prefix: bool = False  # each prompt runs once per group, here and in the loss (models/prefix.py)
+    is_weights: torch.Tensor | None = None  # [R, C] truncated importance weights when vLLM sampled (grpo/vllm_backend.py)
 
     def repeated_prompts(self, adapter: FamilyAdapter) -> PromptBatch:
         return adapter.repeat(self.prompts, self.group_size)
@@ -62,27 +63,31 @@ def make_rollout(
     grpo: GRPOConfig,
     reward: RewardConfig,
     device: torch.device,
+    vllm_sampler=None,
 ) -> Rollout:
-    """Sample G completions for each question (one batched decode), score, and centre."""
+    """Sample G completions for each question (one batched decode, or ``vllm_sampler``'s engine), score, and centre."""
     G = grpo.num_generations
     use_shared = shared.resolve(model, grpo.shared_prefix)
     prompts = adapter.encode_prompts(processor, images, [e.question for e in examples]).to(device)
     temps, top_ps = row_sampling_params(len(examples), G, grpo.temperatures, grpo.top_ps)
     temps, top_ps = temps.to(device), top_ps.to(device)
-    sampler = RowwiseTemperatureTopP(temps, top_ps)
-    comp = generate(
-        model,
-        adapter,
-        processor,
-        prompts,
-        max_new_tokens=grpo.max_completion_length,
-        do_sample=True,
-        logits_processor=LogitsProcessorList([sampler]),
-        keep_scores=True,
-        group_size=G,
-        shared_prefix=use_shared,
-    )
-    samp_logp = sampling_logprobs(comp.scores, comp.ids) * comp.mask
+    if vllm_sampler is not None:  # vLLM draws the samples; pi_old comes from the trainer (grpo/vllm_backend.py)
+        comp, samp_logp = _sample_with_vllm(vllm_sampler, model, adapter, processor, examples, images, grpo, temps, top_ps, device)
+    else:
+        sampler = RowwiseTemperatureTopP(temps, top_ps)
+        comp = generate(
+            model,
+            adapter,
+            processor,
+            prompts,
+            max_new_tokens=grpo.max_completion_length,
+            do_sample=True,
+            logits_processor=LogitsProcessorList([sampler]),
+            keep_scores=True,
+            group_size=G,
+            shared_prefix=use_shared,
+        )
+        samp_logp = sampling_logprobs(comp.scores, comp.ids) * comp.mask
     texts = decode(processor, comp)
     rep_examples = [e for e in examples for _ in range(G)]
     # The rewards clean the raw completions themselves (the format reward needs them raw). An
@@ -117,3 +122,15 @@ def make_rollout(
         bad_reward_inputs=scored.bad_inputs,
         shared_prefix=use_shared,
     )
+
+
+def _sample_with_vllm(vllm_sampler, model, adapter, processor, examples, images, grpo: GRPOConfig,
+                      temps: torch.Tensor, top_ps: torch.Tensor, device) -> tuple[Completions, torch.Tensor]:
+    """G completions of each question from the colocated vLLM engine, and its per-token log-probs."""
+    texts = [adapter.prompt_text(processor, e.question) for e in examples]
+    samples = vllm_sampler.sample(
+        texts, images, grpo.num_generations, temps, top_ps, grpo.max_completion_length,
+        adapter.stop_token_ids(processor, model), adapter.suppressed_token_ids(processor),
+    )
+    comp = Completions(samples.ids.to(device), samples.mask.to(device), samples.truncated.to(device))
+    return comp, samples.logprobs.to(device) * comp.mask

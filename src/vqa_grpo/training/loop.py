@@ -159,7 +159,12 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None) -
     reporter = Reporter(run_dir, cfg, start) if dist.is_main else NullReporter()
     s = Session(cfg, lm, train_lm, dist, device, run_dir, optimizer, scheduler, batches, state, reporter, start)
     samples_log = (run_dir / "completions.jsonl").open("a") if mode == "grpo" and dist.is_main else None
-    grpo = GRPOSteps(ref, samples_log, lm, dist) if mode == "grpo" else None
+    vllm = None
+    if mode == "grpo" and cfg.grpo.generation_backend == "vllm":
+        from vqa_grpo.grpo.vllm_backend import VLLMSampler
+
+        vllm = VLLMSampler(cfg, dist.rank, dist.world)
+    grpo = GRPOSteps(ref, samples_log, lm, dist, vllm) if mode == "grpo" else None
     bar = tqdm(total=cfg.train.max_steps, initial=start, desc=desc or mode,
                disable=not (cfg.train.progress and dist.is_main))
     try:

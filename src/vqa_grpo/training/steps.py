@@ -92,15 +92,20 @@ class GRPOSteps:
     samples_log: object
     policy: LoadedModel
     dist: Dist = ONE_PROCESS
+    vllm: object = None  # grpo/vllm_backend.VLLMSampler when grpo.generation_backend=vllm
     pending: Pending | None = None
     rollout_seconds: float = 0.0
+    pushed_at: int | None = None  # the step whose weights vLLM holds
 
     def step(self, cfg: Config, lm: LoadedModel, batches: Batches, device, step: int) -> dict:
         """Sample new rollouts when the last ones are used up, then backward through them."""
         if self.pending is None:
             t0 = time.time()
+            if self.vllm is not None and (self.pushed_at is None or step - self.pushed_at >= cfg.grpo.vllm_sync_steps):
+                self.vllm.push_weights(self.policy.model)
+                self.pushed_at = step
             with autocast(cfg, device):
-                self.pending = make_rollouts(cfg, self.policy, self.ref, batches, device)
+                self.pending = make_rollouts(cfg, self.policy, self.ref, batches, device, self.vllm)
             self.rollout_seconds = time.time() - t0
             if self.samples_log and (step + 1) % cfg.train.logging_steps == 0:  # the step its metrics log as
                 log_completions(self.samples_log, step + 1, self.pending.rollouts[0])
@@ -126,18 +131,26 @@ def reference_model(cfg: Config, lm: LoadedModel):
     return ref
 
 
-def make_rollouts(cfg: Config, lm: LoadedModel, ref, batches: Batches, device) -> Pending:
-    """One rollout per micro-batch, with the rollout policy's and the reference's log-probs when needed."""
+def make_rollouts(cfg: Config, lm: LoadedModel, ref, batches: Batches, device, vllm=None) -> Pending:
+    """One rollout per micro-batch, with the rollout policy's and the reference's log-probs when needed.
+
+    With vLLM sampling, pi_old is always the trainer's (the ratio's denominator), and the tokens
+    carry the truncated importance weights min(pi_old / pi_vllm, grpo.vllm_is_cap).
+    """
     from vqa_grpo.grpo.objective import rollout_logprobs
     from vqa_grpo.grpo.rollout import make_rollout
+    from vqa_grpo.grpo.vllm_backend import truncated_is_weights
 
     rollouts = []
     for _ in range(cfg.train.gradient_accumulation_steps):
         examples, images = batches.next()
-        ro = make_rollout(lm.model, lm.adapter, lm.processor, examples, images, cfg.grpo, cfg.reward, device)
+        ro = make_rollout(lm.model, lm.adapter, lm.processor, examples, images, cfg.grpo, cfg.reward, device, vllm)
         with torch.no_grad():
-            if cfg.grpo.num_iterations > 1:
+            if cfg.grpo.num_iterations > 1 or vllm is not None:
                 ro.old_logprobs = rollout_logprobs(lm.model, lm.adapter, ro, with_entropy=False)[0]
+            if vllm is not None:
+                ro.is_weights = truncated_is_weights(ro.old_logprobs, ro.sampling_logprobs, ro.completion_mask,
+                                                     cfg.grpo.vllm_is_cap)
             if ref == "disable_adapter":
                 with lm.model.disable_adapter():
                     ro.ref_logprobs = rollout_logprobs(lm.model, lm.adapter, ro, with_entropy=False)[0]
@@ -183,6 +196,9 @@ def rollout_stats(ro) -> dict:
         "truncated_fraction": float(ro.truncated.float().mean()),
         "empty_completion_fraction": ro.bad_reward_inputs / max(1, len(ro.answers)),
     }
+    if ro.is_weights is not None:  # vLLM sampled: the mean truncated importance weight of its tokens
+        m = ro.completion_mask.bool()
+        out["is_weight_mean"] = float(ro.is_weights[m].mean()) if m.any() else 1.0
     for name, v in ro.reward_parts.items():
         out[f"reward/{name}"] = float(v.mean())
         out[f"reward_std/{name}"] = float(v.view(-1, G).std(dim=1).mean())
