@@ -330,16 +330,19 @@ def test_generate_sft_grpo_and_save_reload_on_the_standin(standin, tmp_path):
     torch.testing.assert_close(after, before)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "models/scoring.py completion_logits passes logits_to_keep, which the remote Phi-3-vision forward does not "
-    "take; it should call adapter.forward_logits(model, full, C + 1)"))
 def test_the_shared_scoring_path_runs_on_the_remote_forward(standin):
     from vqa_grpo.models.scoring import completion_logprobs
 
     model, processor, adapter = standin
     prompts = adapter.encode_prompts(processor, IMAGES, QUESTIONS)
     ids, mask = answer_tokens(processor.tokenizer, ["yes", "two"], END)
-    completion_logprobs(model, adapter, prompts, ids, mask, with_entropy=False)
+    logp, _ = completion_logprobs(model, adapter, prompts, ids, mask, with_entropy=False)
+    # By hand: one full forward of prompt + answer, the log-softmax at the positions before each answer token.
+    full = adapter.append(prompts, ids, mask)
+    with torch.no_grad():
+        logits = model(**full.model_inputs(), use_cache=False).logits[:, -ids.shape[1] - 1 : -1]
+    expected = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[..., None])[..., 0]
+    torch.testing.assert_close(logp * mask, expected * mask, rtol=1e-5, atol=1e-5)
 
 
 def test_lora_targets_the_language_model_only(standin):

@@ -86,9 +86,7 @@ def seed_objective(model, adapter: FamilyAdapter, processor, rollout: Rollout) -
     up to rounding, so the gradient vanishes; a test shows it.
     """
     prompts = rollout.prompts
-    labels = prompts.input_ids.masked_fill(prompts.attention_mask == 0, -100)
-    for tid in adapter.suppressed_token_ids(processor):
-        labels = labels.masked_fill(labels == tid, -100)
+    labels = adapter.prompt_labels(processor, prompts)  # padding and image-layout tokens -> -100
     lm_loss = model(**prompts.model_inputs(), labels=labels, use_cache=False).loss
     G = rollout.group_size
     losses = [seed_loss(r, lm_loss) for r in rollout.rewards.to(lm_loss.device).view(-1, G)]

@@ -56,8 +56,8 @@ def completion_logits(
         prompts = adapter.repeat(prompts, group_size)
     full = adapter.append(prompts, completion_ids, completion_mask)
     C = completion_ids.shape[1]
-    out = model(**full.model_inputs(), logits_to_keep=C + 1, use_cache=False)
-    return out.logits[:, :-1, :]  # position P-1+t predicts completion token t
+    logits = adapter.forward_logits(model, full, C + 1)  # the family's forward (Phi-3-vision: no logits_to_keep)
+    return logits[:, :-1, :]  # position P-1+t predicts completion token t
 
 
 def completion_logprobs(
