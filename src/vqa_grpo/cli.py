@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import sys
 
@@ -183,6 +184,9 @@ def dispatch(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The library's warnings, and which GRPO path runs (models/prefix.py), on stderr.
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    logging.getLogger("vqa_grpo.prefix").setLevel(logging.INFO)
     try:
         return dispatch(args)
     except TrainingStopped as e:  # a checkpoint was saved; the message says where and how to go on

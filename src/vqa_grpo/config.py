@@ -199,6 +199,8 @@ class GRPOConfig:
     """Share of the GPU's memory vLLM may take (weights + KV cache); the trainer has the rest."""
     vllm_is_cap: float = 2.0
     """C of truncated importance sampling: each token's loss weight min(pi_old / pi_vllm, C)."""
+    vllm_max_model_len: int = 4096
+    """vLLM's context length (prompt with image tokens + completion): sizes its KV cache."""
 
 
 @dataclass
@@ -385,6 +387,7 @@ def validate(cfg: Config) -> None:
     need(g.sft_coef >= 0, "grpo.sft_coef must be >= 0")
     need(g.vllm_sync_steps >= 1, f"grpo.vllm_sync_steps={g.vllm_sync_steps}: must be >= 1")
     need(0 < g.vllm_gpu_memory_utilization < 1, "grpo.vllm_gpu_memory_utilization must be in (0, 1)")
+    need(g.vllm_max_model_len >= 16, f"grpo.vllm_max_model_len={g.vllm_max_model_len}: must be >= 16")
     need(g.vllm_is_cap >= 1, f"grpo.vllm_is_cap={g.vllm_is_cap}: must be >= 1 (1 clips every up-weighting)")
     need(t.max_steps >= 1, f"train.max_steps={t.max_steps}: must be >= 1")
     need(t.per_device_batch_size >= 1, "train.per_device_batch_size must be >= 1")

@@ -13,6 +13,7 @@ Every stage is an ordinary CLI run with the overrides below, so each can be repe
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -74,6 +75,7 @@ def run_demo(
 
     def stage(name: str, init: Path, mode: str, steps: int, extra: list[str]) -> Path:
         overrides = [f"model.name_or_path={init}", f"train.output_dir={out / name}", f"train.max_steps={steps}"]
+        shutil.rmtree(out / name, ignore_errors=True)  # the demo rebuilds its stages on a rerun
         cfg = load_config(None, [*base, *overrides, *extra])
         return run(cfg, mode, desc=name).final_dir  # type: ignore[arg-type]
 

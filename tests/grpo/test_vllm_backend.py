@@ -67,10 +67,11 @@ def test_truncated_importance_weights_by_hand():
 
 class StandInEngine:
     """Stands in for VLLMSampler (vLLM cannot run here): samples with transformers' generate on the
-    trainer's own model at each row's temperature, and returns the trainer's log-probs of those
-    tokens shifted by ``drift``, as an engine whose numerics differ from the trainer's would."""
+    trainer's own model at each row's temperature and top-p, and returns the trainer's raw
+    (temperature 1) log-probs of those tokens plus ``drift(R, C)``, as an engine whose numerics
+    differ from the trainer's would."""
 
-    def __init__(self, lm, drift: float = 0.0):
+    def __init__(self, lm, drift=lambda R, C: torch.zeros(R, C)):
         self.lm, self.drift, self.pushes = lm, drift, []
 
     def push_weights(self, model) -> None:
@@ -94,9 +95,9 @@ class StandInEngine:
                         do_sample=True, logits_processor=LogitsProcessorList([RowwiseTemperatureTopP(temps, top_ps)]),
                         keep_scores=True)
         with torch.no_grad():
-            logp, _ = completion_logprobs(self.lm.model, a, a.repeat(prompts, group_size), comp.ids, comp.mask, temps,
+            logp, _ = completion_logprobs(self.lm.model, a, a.repeat(prompts, group_size), comp.ids, comp.mask, None,
                                           with_entropy=False)
-        return Samples(comp.ids, comp.mask, comp.truncated, (logp + self.drift) * comp.mask)
+        return Samples(comp.ids, comp.mask, comp.truncated, (logp + self.drift(*comp.ids.shape)) * comp.mask)
 
 
 def tiny_setup(synth_dir, tiny_model_dir, tmp_path, **grpo):
@@ -107,7 +108,7 @@ def tiny_setup(synth_dir, tiny_model_dir, tmp_path, **grpo):
     cfg = Config(
         model=ModelConfig(name_or_path=str(tiny_model_dir)), data=DataConfig(path=str(synth_dir)),
         train=TrainConfig(output_dir=str(tmp_path / "run"), per_device_batch_size=2, device="cpu", cpu_threads=1, progress=False),
-        grpo=GRPOConfig(num_generations=4, max_completion_length=4, temperatures=[1.0], top_ps=[1.0], **grpo),
+        grpo=GRPOConfig(num_generations=4, max_completion_length=4, **grpo),  # the seed's temperatures and top-ps
     )
     return cfg, load_model(cfg.model, "cpu"), load_vqa(cfg.data, seed=0)
 
@@ -118,15 +119,19 @@ def test_vllm_samples_are_weighted_by_pi_old_over_pi_sampler(synth_dir, tiny_mod
 
     cfg, lm, data = tiny_setup(synth_dir, tiny_model_dir, tmp_path)
     torch.manual_seed(0)
-    pending = make_rollouts(cfg, lm, None, Batches(data.train, 2, seed=0), torch.device("cpu"), StandInEngine(lm, drift=0.3))
+    drift = lambda R, C: 0.1 * torch.arange(R)[:, None] - 0.2 * torch.arange(C)[None, :]  # per row and token
+    pending = make_rollouts(cfg, lm, None, Batches(data.train, 2, seed=0), torch.device("cpu"), StandInEngine(lm, drift))
     (ro,) = pending.rollouts
     m = ro.completion_mask.bool()
-    # The stand-in reports the trainer's own log-probs 0.3 too high: pi_old / pi_sampler = exp(-0.3)
-    # on every completion token, 0 on padding.
-    assert ro.old_logprobs is not None and m.any()
-    torch.testing.assert_close(ro.is_weights[m], torch.full_like(ro.is_weights[m], math.exp(-0.3)), rtol=1e-4, atol=0)
+    # The stand-in reports the trainer's raw log-probs shifted by drift: pi_old / pi_sampler =
+    # exp(-drift) on each completion token (capped at 2), 0 on padding, whatever the rows'
+    # temperatures (0.7-1.0) and top-ps (0.8-0.95).
+    assert ro.old_logprobs is not None and m.any() and len(set(ro.temperatures.tolist())) == 4
+    expected = torch.exp(-drift(*m.shape)).clamp(max=2.0)
+    torch.testing.assert_close(ro.is_weights[m], expected[m], rtol=1e-4, atol=0)
     assert (ro.is_weights[~m] == 0).all()
-    # The surrogate's gradient is scaled by those weights (the KL is off): exp(-0.3) x the plain one.
+    # With a constant drift of 0.3 the surrogate's gradient is exp(-0.3) x the plain one (the KL is off).
+    ro.is_weights = torch.full_like(ro.is_weights, math.exp(-0.3)) * m
     ro.advantages = torch.tensor([1.0, -1.0, 0.5, -0.5, 1.0, -1.0, 0.5, -0.5])
     grads, stats = [], []
     for weights in (ro.is_weights, None):
@@ -134,7 +139,7 @@ def test_vllm_samples_are_weighted_by_pi_old_over_pi_sampler(synth_dir, tiny_mod
         lm.model.zero_grad(set_to_none=True)
         stats.append(grpo_backward(cfg, lm, Pending([ro])))
         grads.append(torch.cat([p.grad.flatten() for p in lm.model.parameters() if p.grad is not None]))
-    torch.testing.assert_close(grads[0], math.exp(-0.3) * grads[1], rtol=1e-3, atol=1e-8)
+    torch.testing.assert_close(grads[0], math.exp(-0.3) * grads[1], rtol=1e-3, atol=1e-7)
     assert stats[0]["is_weight_mean"] == pytest.approx(math.exp(-0.3), rel=1e-4) and "is_weight_mean" not in stats[1]
 
 

@@ -202,7 +202,7 @@ def test_an_out_of_memory_batch_is_skipped_with_advice_and_the_run_goes_on(
     result = loop.run(load_config(None, overrides(synth_dir, tiny_model_dir, out, *extra)), mode)
     assert result.steps == 3
     lines = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r for r in lines if "skipped_oom" in r] == [{"step": 1, "skipped_oom": 1}]
+    assert [r for r in lines if "skipped_oom" in r] == [{"step": 2, "skipped_oom": 1}]  # attempted as step 2
     assert [r["step"] for r in lines if "loss" in r] == [1, 2, 3]
     state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["data"]["pos"] == 4 * 2  # 3 steps trained + 1 batch skipped, 2 questions each
@@ -265,3 +265,36 @@ def test_gradient_checkpointing_trains_the_same_weights(synth_dir, tiny_model_di
     assert any(not torch.equal(a[k], load_file(tiny_model_dir / "model.safetensors")[k]) for k in a)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)
+
+
+# ---- signal semantics and run-directory reuse ----------------------------------------------------
+
+
+def test_one_process_takes_a_second_ctrl_c_at_once_a_launched_one_absorbs_it():
+    from vqa_grpo.training.faults import StopSignals
+
+    with StopSignals(repeat_stops=False) as stops:  # under a launcher: repeats are absorbed
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        assert stops.received == signal.SIGINT  # the first one is the reason reported
+    with pytest.raises(KeyboardInterrupt):
+        with StopSignals() as stops:  # one process: the first is a request, the second Python's own
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            assert stops.received == signal.SIGINT
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+@pytest.mark.slow
+def test_a_new_run_refuses_an_output_dir_that_holds_a_run(uninterrupted, synth_dir, tiny_model_dir, capsys):
+    from vqa_grpo.cli import main
+
+    before = sorted(p.name for p in uninterrupted.iterdir())
+    assert main(["sft", *overrides(synth_dir, tiny_model_dir, uninterrupted)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: train.output_dir={uninterrupted} already holds a run; continue it with train.resume=auto, "
+        "or choose a new train.output_dir")
+    assert sorted(p.name for p in uninterrupted.iterdir()) == before

@@ -3,14 +3,18 @@
 vLLM holds its own copy of the policy on the same GPU. Every ``grpo.vllm_sync_steps`` optimiser
 steps the trainer's weights are pushed into it (LoRA merged first); in between vLLM samples from
 a policy up to k-1 steps old. Its per-token log-probs come back with the samples, and the loss
-corrects for the gap between the sampler and the trainer's rollout policy pi_old with truncated
-importance sampling (Yao et al., 2025, "Your efficient RL framework secretly brings you
-off-policy RL training"): each token's loss is weighted by
+corrects for the gap between the sampling engine and the trainer's rollout policy pi_old with
+truncated importance sampling (Yao et al., 2025, "Your efficient RL framework secretly brings you
+off-policy RL training"): each token's surrogate is weighted by
 
     w_it = min(pi_old(o_it | ...) / pi_vllm(o_it | ...), grpo.vllm_is_cap)
 
-(detached), which is 1 when the two agree. The images go to vLLM as multi-modal data with the
-family's prompt text; the loss re-encodes them with the family's processor as on the plain path.
+(detached). Both log-probs are the models' raw ones (vLLM's ``raw_logprobs``: before temperature,
+top-p and the suppressed image tokens; the trainer's at temperature 1), so that w is exactly 1
+when the two engines hold the same weights and compute alike, whatever the sampling settings;
+the samples themselves are drawn with each row's temperature and top-p, as on the transformers
+path. The images go to vLLM as multi-modal data with the family's prompt text; the loss
+re-encodes them with the family's processor.
 
 Shapes: B questions, G completions each, R = B*G rows (group after group), C completion tokens.
 """
@@ -39,7 +43,7 @@ def require_vllm():
 
 @dataclass
 class Samples:
-    """vLLM's completions, right-padded: ids and mask [R, C], truncated [R], sampler log-probs [R, C]."""
+    """vLLM's completions, right-padded: ids and mask [R, C], truncated [R], raw log-probs [R, C]."""
 
     ids: torch.Tensor
     mask: torch.Tensor
@@ -64,7 +68,9 @@ class VLLMSampler:
             limit_mm_per_prompt={"image": 1},
             seed=cfg.train.seed + rank,
             trust_remote_code=cfg.model.trust_remote_code,
-            logprobs_mode="processed_logprobs",  # after temperature and top-p, as the samples were drawn
+            logprobs_mode="raw_logprobs",  # the model's own, before temperature, top-p and logit bias
+            max_model_len=cfg.grpo.vllm_max_model_len,
+            mm_processor_kwargs={"num_crops": cfg.model.num_crops} if cfg.model.num_crops else None,
             distributed_executor_backend="external_launcher" if world > 1 else None,
         )
         self.vllm = vllm
@@ -124,6 +130,8 @@ def collate(completions, max_tokens: int) -> Samples:
 
 def truncated_is_weights(old_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, mask: torch.Tensor,
                          cap: float) -> torch.Tensor:
-    """w = min(exp(log pi_old - log pi_sampler), cap) on completion tokens, 0 elsewhere; [R, C], no grad."""
+    """w = min(exp(log pi_old - log pi_sampler), cap) on completion tokens, 0 elsewhere; [R, C], no grad.
+
+    Both log-probs must be taken the same way (here: raw, temperature 1)."""
     w = torch.exp((old_logprobs - sampler_logprobs).detach()).clamp(max=cap)
     return w * mask

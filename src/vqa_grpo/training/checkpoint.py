@@ -36,10 +36,14 @@ def _write_model(model, processor, out: Path, state_dict: dict | None = None) ->
 
 
 def _replace(tmp: Path, out: Path) -> None:
-    """Put the finished ``tmp`` in place of ``out`` (a kill in between loses only ``out``'s old copy)."""
+    """Put the finished ``tmp`` in place of ``out``: the old ``out`` is renamed aside first and removed
+    last, so at every moment one complete copy exists (as ``out``, or as ``.old-<name>``)."""
+    old = out.with_name(f".old-{out.name}")
+    shutil.rmtree(old, ignore_errors=True)
     if out.exists():
-        shutil.rmtree(out)
+        out.rename(old)
     tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def rng_state() -> dict:

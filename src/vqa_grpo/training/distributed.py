@@ -48,7 +48,16 @@ class Dist:
             return cls()
         from accelerate import Accelerator
 
-        return cls(Accelerator(cpu=device == "cpu" or not torch.cuda.is_available()))
+        acc = Accelerator(cpu=device == "cpu" or not torch.cuda.is_available())
+        kind = acc.distributed_type.name
+        if kind in ("FSDP", "DEEPSPEED"):
+            from vqa_grpo.errors import UserError
+
+            raise UserError(
+                f"accelerate's {kind} is not supported by vqa-grpo's loop yet (sampling and evaluation would need every "
+                "rank to decode in step with sharded weights, and checkpoints the sharded optimizer); "
+                "use configs/accelerate/ddp.yaml, with model.lora=true or model.quantization=4bit for a large model")
+        return cls(acc)
 
     def describe(self) -> str:
         if self.acc is None:

@@ -69,19 +69,27 @@ def write_model_card(out: Path, cfg: Config, mode: str, *, steps: int, n_train: 
     return path
 
 
-def merge_adapter(adapter_dir: str | Path, out: str | Path) -> Path:
+def merge_adapter(adapter_dir: str | Path, out: str | Path, model_cfg=None) -> Path:
     """Merge the LoRA adapter in ``adapter_dir`` into its base model; save model and processor to ``out``.
 
     The merged model is a plain transformers checkpoint (no peft needed to load it); its weights
-    are the base weights plus (alpha / r) B A for every adapted layer.
+    are the base weights plus (alpha / r) B A for every adapted layer. The base loads as the run
+    loaded it (dtype, trust_remote_code, num_crops): from ``model_cfg``, else from the run's
+    ``config.yaml`` beside the adapter directory, else the defaults.
     """
-    from vqa_grpo.config import ModelConfig
+    import dataclasses
+
+    from vqa_grpo.config import ModelConfig, load_config
     from vqa_grpo.models.loading import load_model
     from vqa_grpo.training.checkpoint import save_model
 
     adapter_dir, out = Path(adapter_dir), Path(out)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise UserError(f"{adapter_dir} has no adapter_config.json: not a LoRA adapter directory (a run's final/ with model.lora=true)")
-    lm = load_model(ModelConfig(name_or_path=str(adapter_dir)), "cpu", trainable=False)
+    if model_cfg is None:
+        run_config = adapter_dir.parent / "config.yaml"
+        model_cfg = load_config(run_config).model if run_config.is_file() else ModelConfig()
+    model_cfg = dataclasses.replace(model_cfg, name_or_path=str(adapter_dir), lora=False, quantization="none")
+    lm = load_model(model_cfg, "cpu", trainable=False)
     save_model(lm.model.merge_and_unload(), lm.processor, out)
     return out

@@ -19,16 +19,19 @@ OOM_ADVICE = (
 class StopSignals:
     """Turn SIGINT and SIGTERM into a request to stop after the current step.
 
-    The first signal only sets :attr:`received`; the loop finishes its step, saves a checkpoint
-    and raises :class:`TrainingStopped`. The handlers are put back at once, so a second Ctrl-C
-    interrupts immediately (checkpoints are atomic, so that is safe). Outside the main thread
-    (where Python cannot install handlers) it does nothing.
+    A signal only sets :attr:`received`; the loop finishes its step, saves a checkpoint and raises
+    :class:`TrainingStopped`. With one process the handlers are put back at the first signal, so a
+    second Ctrl-C interrupts at once (checkpoints are atomic, so that is safe). Under a launcher
+    (``repeat_stops=False``) every further signal is absorbed too: torch's elastic agent forwards
+    the terminal's Ctrl-C to workers that already got it, and then kills them itself 30 s later.
+    Outside the main thread (where Python cannot install handlers) it does nothing.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self):
+    def __init__(self, repeat_stops: bool = True):
         self.received: int | None = None
+        self.repeat_stops = repeat_stops
         self._previous: dict = {}
 
     def __enter__(self) -> "StopSignals":
@@ -38,8 +41,9 @@ class StopSignals:
         return self
 
     def _handle(self, signum, frame) -> None:
-        self.received = signum
-        self._restore()
+        self.received = self.received or signum
+        if self.repeat_stops:
+            self._restore()
 
     def _restore(self) -> None:
         for s, handler in self._previous.items():

@@ -133,9 +133,14 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None) -
     seed_everything(cfg.train.seed + dist.rank)  # each process samples its own completions
     run_dir = Path(cfg.train.output_dir)
     resume = _resume_path(cfg, run_dir, dist)  # a bad resume path fails before anything is written
+    _check_fresh(cfg, run_dir)
     if mode == "grpo" and cfg.grpo.generation_backend == "vllm":
-        _check_vllm(device)
+        _check_vllm(cfg, device)
     lm = load_model(cfg.model, device)
+    if mode == "grpo":  # grpo.shared_prefix=on with a family that cannot: one line, before anything is written
+        from vqa_grpo.models import prefix
+
+        prefix.resolve(lm.model, cfg.grpo.shared_prefix)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -144,6 +149,11 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None) -
     scheduler = make_scheduler(optimizer, cfg.train)
     batches = Batches(data.train, cfg.train.per_device_batch_size, cfg.train.seed, dist.rank, dist.world)
     ref = reference_model(cfg, lm) if mode == "grpo" else None  # the starting policy, before any resume
+    vllm = None
+    if mode == "grpo" and cfg.grpo.generation_backend == "vllm":  # before the RNG states are restored: it reseeds them
+        from vqa_grpo.grpo.vllm_backend import VLLMSampler
+
+        vllm = VLLMSampler(cfg, dist.rank, dist.world)
     state = {"best_metric": None, "bad_steps": 0, "eval_history": []}
     start = 0
     if resume is not None:
@@ -152,6 +162,9 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None) -
         start = state["step"]
         if dist.is_main:
             truncate_log(run_dir / "completions.jsonl", start)
+    elif cfg.train.resume == "auto" and dist.is_main:  # killed before its first checkpoint: start over
+        for name in ("metrics.jsonl", "completions.jsonl"):
+            truncate_log(run_dir / name, 0)
     wrapped, optimizer = dist.prepare(lm.model, optimizer)
     if dist.world > 1 and dist.is_main:
         tqdm.write(f"{mode}: {dist.describe()}", file=sys.stderr)
@@ -159,16 +172,11 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None) -
     reporter = Reporter(run_dir, cfg, start) if dist.is_main else NullReporter()
     s = Session(cfg, lm, train_lm, dist, device, run_dir, optimizer, scheduler, batches, state, reporter, start)
     samples_log = (run_dir / "completions.jsonl").open("a") if mode == "grpo" and dist.is_main else None
-    vllm = None
-    if mode == "grpo" and cfg.grpo.generation_backend == "vllm":
-        from vqa_grpo.grpo.vllm_backend import VLLMSampler
-
-        vllm = VLLMSampler(cfg, dist.rank, dist.world)
     grpo = GRPOSteps(ref, samples_log, lm, dist, vllm) if mode == "grpo" else None
     bar = tqdm(total=cfg.train.max_steps, initial=start, desc=desc or mode,
                disable=not (cfg.train.progress and dist.is_main))
     try:
-        with StopSignals() as signals:
+        with StopSignals(repeat_stops=dist.world == 1) as signals:
             while s.step < cfg.train.max_steps:
                 stats = _train_step(s, grpo)
                 if stats is not None:
@@ -196,13 +204,13 @@ def _train_step(s: Session, grpo: GRPOSteps | None) -> dict | None:
             stats = sft_step(s.cfg, s.train_lm, s.batches, s.device, s.dist)
         else:
             stats = grpo.step(s.cfg, s.train_lm, s.batches, s.device, s.step)
-        lr = s.scheduler.get_last_lr()[0]  # the rate this step uses
-        grad_norm = _optimizer_step(s, stats)
     except RuntimeError as e:  # torch.OutOfMemoryError is one
         if not is_oom(e) or s.dist.world > 1:  # other processes would wait for this one's gradients
             raise
         _skip_oom_batch(s, grpo)
         return None
+    lr = s.scheduler.get_last_lr()[0]  # the rate this step uses
+    grad_norm = _optimizer_step(s, stats)  # an OOM here is not skipped: some weights may have moved
     s.scheduler.step()
     s.step += 1
     seconds = time.time() - t_step
@@ -237,7 +245,7 @@ def _skip_oom_batch(s: Session, grpo: GRPOSteps | None) -> None:
     free_device_memory(s.device)
     s.state["bad_steps"] += 1
     s.state["last_bad"] = "out-of-memory"
-    s.reporter.log({"step": s.step, "skipped_oom": 1})
+    s.reporter.log({"step": s.step + 1, "skipped_oom": 1})  # the step it was attempted as
     tqdm.write(f"warning: out of memory at step {s.step + 1}; batch skipped. To avoid it: {OOM_ADVICE}", file=sys.stderr)
 
 
@@ -258,7 +266,7 @@ def _after_step(s: Session, stats: dict | None, eval_examples: list[VQAExample])
         return
     if t.empty_cuda_cache:
         free_device_memory(s.device)
-    if t.eval_steps and s.step % t.eval_steps == 0 and s.step < t.max_steps:
+    if t.eval_steps and eval_examples and s.step % t.eval_steps == 0 and s.step < t.max_steps:
         _eval_and_keep_best(s, eval_examples)
     if t.save_steps and s.step % t.save_steps == 0:
         s.save()
@@ -284,7 +292,7 @@ def _write_final(s: Session, mode: str, data) -> Path:
         write_model_card(final, s.cfg, mode, steps=s.step, n_train=len(data.train), n_eval=len(data.eval),
                          metrics=metrics, auto_model=s.lm.adapter.auto_model)
         if s.cfg.train.merge_lora:
-            merge_adapter(final, s.run_dir / "merged")
+            merge_adapter(final, s.run_dir / "merged", s.cfg.model)
     s.dist.barrier()
     return final
 
@@ -301,14 +309,29 @@ def _eval_and_keep_best(s: Session, examples: list[VQAExample]) -> None:
         s.save_model(s.run_dir / "best")
 
 
-def _check_vllm(device: torch.device) -> None:
-    """vLLM installed and a CUDA device to run it on, before anything is written."""
+def _check_fresh(cfg: Config, run_dir: Path) -> None:
+    """A new run does not write into an old one (its logs, checkpoints and rotation would mix)."""
+    if cfg.train.resume is not None or not run_dir.is_dir():
+        return
+    if (run_dir / "metrics.jsonl").exists() or (run_dir / "final").exists() or list_checkpoints(run_dir):
+        raise UserError(f"train.output_dir={run_dir} already holds a run; continue it with train.resume=auto, "
+                        "or choose a new train.output_dir")
+
+
+def _check_vllm(cfg: Config, device: torch.device) -> None:
+    """vLLM installed, a CUDA device, and weights vLLM can load and take pushes into, before anything is written."""
     from vqa_grpo.grpo.vllm_backend import require_vllm
 
     require_vllm()
     if device.type != "cuda":
         raise UserError(f"grpo.generation_backend=vllm runs on CUDA GPUs, this run is on {device.type}; "
                         "set grpo.generation_backend=transformers")
+    if cfg.model.quantization != "none":
+        raise UserError(f"grpo.generation_backend=vllm cannot take pushes of {cfg.model.quantization} weights; "
+                        "set model.quantization=none or grpo.generation_backend=transformers")
+    if (Path(cfg.model.name_or_path) / "adapter_config.json").is_file():
+        raise UserError(f"{cfg.model.name_or_path} is a LoRA adapter, which vLLM cannot load as a model; "
+                        "merge it first (vqa-grpo merge) or set grpo.generation_backend=transformers")
 
 
 def _resume_path(cfg: Config, run_dir: Path, dist: Dist) -> Path | None:

@@ -135,7 +135,8 @@ def make_rollouts(cfg: Config, lm: LoadedModel, ref, batches: Batches, device, v
     """One rollout per micro-batch, with the rollout policy's and the reference's log-probs when needed.
 
     With vLLM sampling, pi_old is always the trainer's (the ratio's denominator), and the tokens
-    carry the truncated importance weights min(pi_old / pi_vllm, grpo.vllm_is_cap).
+    carry the truncated importance weights min(pi_old / pi_vllm, grpo.vllm_is_cap), both raw
+    (temperature 1; grpo/vllm_backend.py).
     """
     from vqa_grpo.grpo.objective import rollout_logprobs
     from vqa_grpo.grpo.rollout import make_rollout
@@ -148,8 +149,11 @@ def make_rollouts(cfg: Config, lm: LoadedModel, ref, batches: Batches, device, v
         with torch.no_grad():
             if cfg.grpo.num_iterations > 1 or vllm is not None:
                 ro.old_logprobs = rollout_logprobs(lm.model, lm.adapter, ro, with_entropy=False)[0]
-            if vllm is not None:
-                ro.is_weights = truncated_is_weights(ro.old_logprobs, ro.sampling_logprobs, ro.completion_mask,
+            if vllm is not None:  # raw pi_old (temperature 1) against vLLM's raw log-probs
+                raw_old = completion_logprobs(lm.model, lm.adapter, ro.prompts, ro.completion_ids, ro.completion_mask,
+                                              None, with_entropy=False, group_size=ro.group_size,
+                                              shared_prefix=ro.shared_prefix)[0]
+                ro.is_weights = truncated_is_weights(raw_old, ro.sampling_logprobs, ro.completion_mask,
                                                      cfg.grpo.vllm_is_cap)
             if ref == "disable_adapter":
                 with lm.model.disable_adapter():
