@@ -192,12 +192,14 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingStopped as e:  # a checkpoint was saved; the message says where and how to go on
         if args.debug:
             raise
-        print(f"stopped: {e}", file=sys.stderr)
+        if _is_main_process():  # every rank stops alike; one says so
+            print(f"stopped: {e}", file=sys.stderr)
         return e.exit_code
     except UserError as e:
         if args.debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        if _is_main_process():
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
