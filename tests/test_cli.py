@@ -322,6 +322,7 @@ def test_bad_resume_path_writes_nothing(synth_dir, tiny_model_dir, capsys, out_d
 
 def test_a_missing_model_that_looks_like_a_hub_id(synth_dir, capsys, out_dir, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # read at import time
     err = run_refused(capsys, ["train", f"data.path={synth_dir}", "model.name_or_path=nobody/no-such-model",
                                f"train.output_dir={out_dir}"])
     assert "nobody/no-such-model" in err
