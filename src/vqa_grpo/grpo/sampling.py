@@ -105,8 +105,23 @@ class RowwiseTemperatureTopP(LogitsProcessor):
             raise ValueError(f"min_tokens_to_keep={min_tokens_to_keep}: must be >= 1")
         self.temperatures = temperatures  # [R]
         self.top_ps = top_ps  # [R]
+        self.any_top_p = bool((top_ps < 1).any())  # decided once here: no host sync per decode step
+        self._on: dict = {}  # (device, dtype) -> (temps [R, 1], cutoff [R, 1], truncate [R, 1])
         self.filter_value = filter_value
         self.min_tokens_to_keep = min_tokens_to_keep
+
+    def _params(self, scores: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Temperatures, 1 - top_p and the truncate flags as [R, 1] on the scores' device and dtype
+        (moved once per device and dtype, not once per decode step)."""
+        key = (scores.device, scores.dtype)
+        if key not in self._on:
+            temps = self.temperatures.to(device=scores.device, dtype=scores.dtype).unsqueeze(1)
+            # 1 - top_p in float64, then rounded to the scores' dtype: what TopPLogitsWarper's Python
+            # float threshold becomes when compared with the scores.
+            cutoff = (1 - self.top_ps).to(device=scores.device, dtype=scores.dtype).unsqueeze(1)
+            truncate = (self.top_ps < 1).to(scores.device).unsqueeze(1)
+            self._on[key] = (temps, cutoff, truncate)
+        return self._on[key]
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:  # scores [R, V] -> [R, V]
         if scores.shape[0] != self.temperatures.shape[0]:
@@ -114,13 +129,10 @@ class RowwiseTemperatureTopP(LogitsProcessor):
                 f"RowwiseTemperatureTopP was built for {self.temperatures.shape[0]} rows but generate "
                 f"passed {scores.shape[0]}; build it with row_sampling_params(B, G, ...) for this batch"
             )
-        temps = self.temperatures.to(device=scores.device, dtype=scores.dtype).unsqueeze(1)  # [R, 1]
-        # 1 - top_p in float64, then rounded to the scores' dtype: what TopPLogitsWarper's Python
-        # float threshold becomes when compared with the scores.
-        cutoff = (1 - self.top_ps).to(device=scores.device, dtype=scores.dtype).unsqueeze(1)  # [R, 1]
-        truncate = (self.top_ps < 1).to(scores.device).unsqueeze(1)  # [R, 1]
-
+        temps, cutoff, truncate = self._params(scores)
         scores = scores / temps  # [R, V]
+        if not self.any_top_p:  # temperature only: no nucleus to cut
+            return scores
         sorted_scores, sorted_ids = torch.sort(scores, descending=False)  # [R, V] ascending
         cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)  # [R, V]
         drop_sorted = (cumulative <= cutoff) & truncate  # [R, V]
