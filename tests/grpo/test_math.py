@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vqa_grpo.grpo import group_advantages, policy_loss, seed_loss, token_entropy, token_logprobs
+from vqa_grpo.grpo import group_advantages, policy_loss, seed_loss
+from vqa_grpo.models.scoring import token_entropy, token_logprobs
 from vqa_grpo.grpo.math import kl_k3, masked_mean
 
 LN2 = math.log(2.0)
@@ -202,7 +203,7 @@ def test_token_logprobs_and_entropy_match_the_full_softmax():
     ids = torch.randint(7, (3, 4), generator=g)
     temps = torch.tensor([0.5, 1.0, 2.0])
     full = torch.log_softmax(logits / temps[:, None, None], dim=-1).gather(-1, ids[..., None]).squeeze(-1)
-    torch.testing.assert_close(token_logprobs(logits, ids, temperature=temps), full)
+    torch.testing.assert_close(token_logprobs(logits, ids, temps), full)
     plain = torch.log_softmax(logits, dim=-1).gather(-1, ids[..., None]).squeeze(-1)
     torch.testing.assert_close(token_logprobs(logits, ids), plain)
     torch.testing.assert_close(token_entropy(logits), torch.distributions.Categorical(logits=logits).entropy())

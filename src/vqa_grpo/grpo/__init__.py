@@ -7,8 +7,6 @@ from vqa_grpo.grpo.math import (
     masked_sum,
     policy_loss,
     seed_loss,
-    token_entropy,
-    token_logprobs,
 )
 from vqa_grpo.grpo.sampling import RowwiseTemperatureTopP, row_sampling_params, sampling_logprobs
 
@@ -22,6 +20,4 @@ __all__ = [
     "row_sampling_params",
     "sampling_logprobs",
     "seed_loss",
-    "token_entropy",
-    "token_logprobs",
 ]

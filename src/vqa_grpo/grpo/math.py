@@ -111,44 +111,6 @@ def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     return torch.exp(d) - d - 1
 
 
-def token_logprobs(
-    logits: Tensor,  # [N, T, V]
-    ids: Tensor,  # [N, T]
-    *,
-    temperature: float | Tensor = 1.0,  # scalar or [N]
-) -> Tensor:  # [N, T]
-    """log softmax(logits / temperature)[ids], without materialising a [N, T, V] log-softmax.
-
-    Computed as the gathered logit minus the logsumexp, one sequence at a time, so the peak extra
-    memory is one [T, V] slice rather than a copy of the logits. ``temperature`` may be a tensor
-    [N] (one per sequence, e.g. the rollout's per-row temperatures). The result is in float32 or
-    wider; low-precision logits are upcast one sequence at a time.
-    """
-    if logits.shape[:-1] != ids.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and ids {tuple(ids.shape)} disagree on [N, T]")
-    temps = torch.as_tensor(temperature, dtype=torch.float32, device=logits.device).expand(ids.shape[0])  # [N]
-    dtype = torch.promote_types(logits.dtype, torch.float32)
-    rows = []
-    for logits_n, ids_n, t in zip(logits, ids, temps):  # [T, V], [T], []
-        scaled = logits_n.to(dtype) / t  # [T, V]
-        picked = scaled.gather(-1, ids_n.unsqueeze(-1)).squeeze(-1)  # [T]
-        rows.append(picked - torch.logsumexp(scaled, dim=-1))  # [T]
-    return torch.stack(rows)  # [N, T]
-
-
-def token_entropy(logits: Tensor) -> Tensor:  # [N, T, V] -> [N, T]
-    """Entropy H = logsumexp(z) - sum_v softmax(z)_v z_v of each position's distribution, in nats.
-
-    One sequence at a time, like ``token_logprobs``; meant for logging (take it under no_grad).
-    """
-    dtype = torch.promote_types(logits.dtype, torch.float32)
-    rows = []
-    for logits_n in logits:  # [T, V]
-        z = logits_n.to(dtype)  # [T, V]
-        rows.append(torch.logsumexp(z, dim=-1) - (torch.softmax(z, dim=-1) * z).sum(-1))  # [T]
-    return torch.stack(rows)  # [N, T]
-
-
 # ----------------------------------------------------------------------------------------------
 # The clipped surrogate with KL
 

@@ -23,6 +23,11 @@ from PIL import Image
 ANSWER_INSTRUCTION = " Answer with a single word or short phrase."
 
 
+def unwrap_ddp(model):
+    """The model inside a DDP wrapper (``.module``: the loss's forward runs through the wrapper), or itself."""
+    return getattr(model, "module", model)
+
+
 @dataclass
 class PromptBatch:
     """Tokenised prompts with their image tensors, as the model's forward and generate take them."""
@@ -135,7 +140,7 @@ class FamilyAdapter:
 
     def stop_token_ids(self, processor, model) -> list[int]:
         """Token ids that end an answer (the model's EOS ids and the tokenizer's)."""
-        model = getattr(model, "module", model)  # inside a DDP/DeepSpeed wrapper
+        model = unwrap_ddp(model)
         ids = model.generation_config.eos_token_id
         ids = [ids] if isinstance(ids, int) else list(ids or [])
         tok = processor.tokenizer

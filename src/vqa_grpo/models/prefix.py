@@ -37,7 +37,7 @@ import torch
 from transformers import LogitsProcessorList
 
 from vqa_grpo.errors import UserError
-from vqa_grpo.models.adapters import PromptBatch
+from vqa_grpo.models.adapters import PromptBatch, unwrap_ddp
 
 log = logging.getLogger("vqa_grpo.prefix")
 
@@ -56,13 +56,8 @@ def _log_once(message: str) -> None:
         log.info(message)
 
 
-def _module(model):
-    """The model inside a DDP/DeepSpeed wrapper (``.module``; the loss runs through the wrapper), or itself."""
-    return getattr(model, "module", model)
-
-
 def model_type(model) -> str:
-    return getattr(_module(model).config, "model_type", "") or ""
+    return getattr(unwrap_ddp(model).config, "model_type", "") or ""
 
 
 def unsupported_reason(model) -> str | None:
@@ -94,7 +89,7 @@ def cache_is_dropped(model) -> bool:
     with gradients on (transformers then replays layers without a cache)."""
     if not (model.training and torch.is_grad_enabled()):
         return False
-    model = _module(model)
+    model = unwrap_ddp(model)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under a PEFT wrapper
     flag = getattr(base, "is_activation_checkpointing", None)  # transformers 5's name
     if flag is None:
@@ -108,7 +103,7 @@ def cache_is_dropped(model) -> bool:
 
 def _rope_model(model):
     """The module that owns ``get_rope_index`` (under a PEFT wrapper too)."""
-    model = _module(model)
+    model = unwrap_ddp(model)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     inner = getattr(base, "model", base)
     if not hasattr(inner, "get_rope_index"):

@@ -60,6 +60,27 @@ def completion_logits(
     return logits[:, :-1, :]  # position P-1+t predicts completion token t
 
 
+def token_logprobs(logits: torch.Tensor, ids: torch.Tensor, temperatures: torch.Tensor | None = None) -> torch.Tensor:
+    """log softmax(logits / temperature)[ids]: [R, C, V] logits, [R, C] ids -> [R, C] in float32.
+
+    With ``temperatures`` [R], row r's logits are divided by its temperature first. Computed as
+    the gathered logit minus the logsumexp, so the [R, C, V] log-softmax is never built.
+    """
+    if temperatures is not None:
+        logits = logits / temperatures.to(logits.dtype)[:, None, None]
+    logits = logits.float()
+    return logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def token_entropy(logits: torch.Tensor, temperatures: torch.Tensor | None = None) -> torch.Tensor:
+    """Entropy H = logsumexp(z) - sum_v softmax(z)_v z_v of each position, in nats, without grad: [R, C]."""
+    with torch.no_grad():
+        if temperatures is not None:
+            logits = logits / temperatures.to(logits.dtype)[:, None, None]
+        z = logits.detach().float()
+        return torch.logsumexp(z, dim=-1) - (torch.softmax(z, dim=-1) * z).sum(-1)
+
+
 def completion_logprobs(
     model,
     adapter: FamilyAdapter,
@@ -76,20 +97,11 @@ def completion_logprobs(
     (None when ``with_entropy`` is false: SFT and the old/reference passes do not need it).
 
     With ``temperatures`` [R], row r's logits are divided by its sampling temperature first, so
-    the log-probs are those of the distribution the row was sampled from (before top-p).
-    log p(token) = logit(token) - logsumexp(logits): the [R, C, V] log-softmax is never built.
-    ``group_size`` and ``shared_prefix`` are those of :func:`completion_logits`.
+    the log-probs are those of the distribution the row was sampled from (before top-p); see
+    :func:`token_logprobs`. ``group_size`` and ``shared_prefix`` are those of :func:`completion_logits`.
     """
     logits = completion_logits(
         model, adapter, prompts, completion_ids, completion_mask, group_size=group_size, shared_prefix=shared_prefix
     )  # [R, C, V]
-    if temperatures is not None:
-        logits = logits / temperatures.to(logits.dtype)[:, None, None]
-    logits = logits.float()
-    lse = torch.logsumexp(logits, dim=-1)  # [R, C]
-    logp = logits.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1) - lse
-    entropy = None
-    if with_entropy:
-        with torch.no_grad():  # H = logsumexp(z) - sum_v p_v z_v
-            entropy = lse.detach() - (torch.softmax(logits.detach(), dim=-1) * logits.detach()).sum(-1)
-    return logp, entropy
+    logp = token_logprobs(logits, completion_ids, temperatures)
+    return logp, token_entropy(logits, temperatures) if with_entropy else None

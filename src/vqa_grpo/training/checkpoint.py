@@ -18,20 +18,16 @@ import torch
 STATE_FILE = "trainer_state.json"
 
 
-def save_model(model, processor, out: Path, state_dict: dict | None = None) -> None:
-    """Model (or adapter) and processor, written to ``.tmp-<name>`` and renamed to ``out``.
-
-    ``state_dict``: the full weights when the live model is sharded (FSDP, ZeRO-3); None saves its own.
-    """
+def save_model(model, processor, out: Path) -> None:
+    """Model (or adapter) and processor, written to ``.tmp-<name>`` and renamed to ``out``."""
     tmp = out.with_name(f".tmp-{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    _write_model(model, processor, tmp, state_dict)
+    _write_model(model, processor, tmp)
     _replace(tmp, out)
 
 
-def _write_model(model, processor, out: Path, state_dict: dict | None = None) -> None:
-    kwargs = {} if state_dict is None else {"state_dict": state_dict}
-    model.save_pretrained(out, safe_serialization=True, **kwargs)
+def _write_model(model, processor, out: Path) -> None:
+    model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
 
 
@@ -65,7 +61,7 @@ def set_rng_state(state: dict, torch_state: dict) -> None:
 
 
 def save_checkpoint(run_dir: Path, step: int, model, processor, optimizer, scheduler, state: dict, limit: int,
-                    *, config=None, dist=None, state_dict: dict | None = None) -> Path:
+                    *, config=None, dist=None) -> Path:
     """Write ``checkpoint-<step>/`` atomically and keep at most ``limit`` checkpoints.
 
     Under several processes (``dist``) every rank calls it: rank 0 writes the weights, optimizer,
@@ -78,7 +74,7 @@ def save_checkpoint(run_dir: Path, step: int, model, processor, optimizer, sched
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        _write_model(model, processor, tmp, state_dict)
+        _write_model(model, processor, tmp)
         if config is not None:
             from vqa_grpo.config import save_config
 

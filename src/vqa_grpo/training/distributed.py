@@ -2,13 +2,14 @@
 
 One process (plain ``vqa-grpo train``): :class:`Dist` is a no-op with rank 0 of 1. Several
 (``accelerate launch -m vqa_grpo.cli train ...``): accelerate sets up the process group (NCCL on
-GPUs, gloo on the CPU) and wraps the model for DDP, FSDP or DeepSpeed as its config says; this
-class only asks it for rank, world size, gathers and the wrapped model.
+GPUs, gloo on the CPU) and wraps the model for DDP; this class only asks it for rank, world size,
+reductions, gathers and the wrapped model. FSDP and DeepSpeed configs are refused (one line) until
+the loop can decode in step on every rank with sharded weights (README, "Scaling").
 
 How a step is split: the global batch is ``per_device_batch_size x world_size`` questions in one
 seeded order; rank r takes its slice, and samples the G completions of each of its questions
 itself, so a group never spans processes and advantages are computed within groups as with one
-process. Gradients are averaged over ranks by the DDP/FSDP/DeepSpeed wrapper, so every loss that
+process. Gradients are averaged over ranks by the DDP wrapper, so every loss that
 is a mean over equal per-rank parts is the global mean; SFT's token-mean NLL is divided by the
 answer tokens of all ranks (times the world size) so that 2 processes x batch 1 equals 1 process x
 batch 2. Only rank 0 writes the run directory.
@@ -28,11 +29,6 @@ T = TypeVar("T")
 def launched_world_size() -> int:
     """Processes started by a launcher (accelerate launch, torchrun): WORLD_SIZE, else 1."""
     return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def unwrapped(model):
-    """The module inside a DDP or DeepSpeed wrapper (``.module``); any other model as it is."""
-    return getattr(model, "module", model)
 
 
 class Dist:
@@ -84,10 +80,6 @@ class Dist:
         if self.acc is None:
             return model, optimizer
         return self.acc.prepare(model, optimizer)
-
-    def unwrap(self, model):
-        """The module inside the DDP/FSDP/DeepSpeed wrapper: for generate and attribute access."""
-        return self.acc.unwrap_model(model, keep_fp32_wrapper=True) if self.acc else model
 
     def backward(self, loss: torch.Tensor) -> None:
         if self.acc is None:
@@ -141,20 +133,6 @@ class Dist:
         for r, shard in enumerate(shards):
             out[r :: self.world] = shard
         return out
-
-    def gather(self, obj) -> list:
-        """Every rank's ``obj``, in rank order (on every rank)."""
-        if self.acc is None:
-            return [obj]
-        from accelerate.utils import gather_object
-
-        return gather_object([obj])
-
-    def state_dict(self, model):
-        """The full state dict for saving (a collective under FSDP/DeepSpeed ZeRO-3); None: the module's own."""
-        if self.acc is None or self.acc.distributed_type.name == "MULTI_CPU" or self.acc.distributed_type.name == "MULTI_GPU":
-            return None
-        return self.acc.get_state_dict(model)
 
     def barrier(self) -> None:
         if self.acc is not None:

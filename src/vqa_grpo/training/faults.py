@@ -7,8 +7,6 @@ import threading
 
 import torch
 
-from vqa_grpo.errors import TrainingStopped  # noqa: F401  (raised by the loop)
-
 OOM_ADVICE = (
     "lower train.per_device_batch_size (raise train.gradient_accumulation_steps to keep the batch), "
     "grpo.num_generations or grpo.max_completion_length, cap the image pixels of the processor, "

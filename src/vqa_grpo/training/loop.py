@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from vqa_grpo.config import Config, save_config
 from vqa_grpo.data.loader import load_vqa
 from vqa_grpo.data.types import VQAExample
-from vqa_grpo.errors import UserError
+from vqa_grpo.errors import TrainingStopped, UserError
 from vqa_grpo.models.generation import predict_answers
 from vqa_grpo.models.loading import LoadedModel, load_model, resolve_device
 from vqa_grpo.rewards import clean_answer, score_predictions
@@ -36,7 +36,7 @@ from vqa_grpo.training.batches import Batches
 from vqa_grpo.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_model
 from vqa_grpo.training.distributed import Dist
 from vqa_grpo.training.export import merge_adapter, write_model_card
-from vqa_grpo.training.faults import OOM_ADVICE, StopSignals, TrainingStopped, free_device_memory, is_oom
+from vqa_grpo.training.faults import OOM_ADVICE, StopSignals, free_device_memory, is_oom
 from vqa_grpo.training.optim import make_optimizer, make_scheduler
 from vqa_grpo.training.reporting import NullReporter, Reporter, truncate_log
 from vqa_grpo.training.steps import GRPOSteps, reference_model, sft_step
@@ -107,15 +107,14 @@ class Session:
         self.state["data"] = self.batches.state()
         path = save_checkpoint(self.run_dir, self.step, self.lm.model, self.lm.processor, self.optimizer,
                                self.scheduler, self.state, self.cfg.train.save_total_limit, config=self.cfg,
-                               dist=self.dist, state_dict=self.dist.state_dict(self.train_lm.model))
+                               dist=self.dist)
         self.saved_step = self.step
         return path
 
     def save_model(self, out: Path) -> None:
         """Model and processor to ``out`` (every process takes part; rank 0 writes)."""
-        state_dict = self.dist.state_dict(self.train_lm.model)
         if self.dist.is_main:
-            save_model(self.lm.model, self.lm.processor, out, state_dict)
+            save_model(self.lm.model, self.lm.processor, out)
         self.dist.barrier()
 
 

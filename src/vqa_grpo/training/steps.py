@@ -18,9 +18,9 @@ import torch
 
 from vqa_grpo.config import Config
 from vqa_grpo.models.loading import LoadedModel
-from vqa_grpo.models.scoring import answer_tokens, completion_logprobs
+from vqa_grpo.models.scoring import answer_tokens, completion_logits, completion_logprobs, token_logprobs
 from vqa_grpo.training.batches import Batches
-from vqa_grpo.training.distributed import Dist, unwrapped
+from vqa_grpo.training.distributed import Dist
 
 ONE_PROCESS = Dist()
 
@@ -44,7 +44,7 @@ def accumulate(parts: list[dict], into: dict) -> dict:
 
 def sft_micro_loss(lm: LoadedModel, examples, images, device, total_tokens: float) -> tuple[torch.Tensor, dict]:
     """Summed NLL of the ground-truth answers (and the stop token) divided by ``total_tokens``."""
-    stop = lm.adapter.stop_token_ids(lm.processor, unwrapped(lm.model))[0]
+    stop = lm.adapter.stop_token_ids(lm.processor, lm.model)[0]
     prompts = lm.adapter.encode_prompts(lm.processor, images, [e.question for e in examples]).to(device)
     ids, mask = answer_tokens(lm.processor.tokenizer, [e.answer for e in examples], stop)
     ids, mask = ids.to(device), mask.to(device)
@@ -147,14 +147,14 @@ def make_rollouts(cfg: Config, lm: LoadedModel, ref, batches: Batches, device, v
         examples, images = batches.next()
         ro = make_rollout(lm.model, lm.adapter, lm.processor, examples, images, cfg.grpo, cfg.reward, device, vllm)
         with torch.no_grad():
-            if cfg.grpo.num_iterations > 1 or vllm is not None:
+            if vllm is not None:  # one forward: pi_old at the rows' temperatures, and raw (temperature 1)
+                logits = completion_logits(lm.model, lm.adapter, ro.prompts, ro.completion_ids, ro.completion_mask,
+                                           group_size=ro.group_size, shared_prefix=ro.shared_prefix)
+                ro.old_logprobs = token_logprobs(logits, ro.completion_ids, ro.temperatures)
+                ro.is_weights = truncated_is_weights(token_logprobs(logits, ro.completion_ids), ro.sampling_logprobs,
+                                                     ro.completion_mask, cfg.grpo.vllm_is_cap)
+            elif cfg.grpo.num_iterations > 1:
                 ro.old_logprobs = rollout_logprobs(lm.model, lm.adapter, ro, with_entropy=False)[0]
-            if vllm is not None:  # raw pi_old (temperature 1) against vLLM's raw log-probs
-                raw_old = completion_logprobs(lm.model, lm.adapter, ro.prompts, ro.completion_ids, ro.completion_mask,
-                                              None, with_entropy=False, group_size=ro.group_size,
-                                              shared_prefix=ro.shared_prefix)[0]
-                ro.is_weights = truncated_is_weights(raw_old, ro.sampling_logprobs, ro.completion_mask,
-                                                     cfg.grpo.vllm_is_cap)
             if ref == "disable_adapter":
                 with lm.model.disable_adapter():
                     ro.ref_logprobs = rollout_logprobs(lm.model, lm.adapter, ro, with_entropy=False)[0]
