@@ -29,7 +29,7 @@ cuda).
   OMP_NUM_THREADS=1 .venv/bin/python benchmarks/grpo_step.py            # G=8, 224 px, 2 questions
   OMP_NUM_THREADS=1 .venv/bin/python benchmarks/grpo_step.py --json     # one JSON object
   OMP_NUM_THREADS=1 .venv/bin/python benchmarks/grpo_step.py --sweep    # G 4/8/16 x 112/224/448 px
-  .venv/bin/python benchmarks/grpo_step.py --device cuda --model qwen2-vl-0.5b
+  .venv/bin/python benchmarks/grpo_step.py --device cuda --model qwen2-vl-0.5b --dtype bf16
 """
 
 from __future__ import annotations
@@ -59,6 +59,8 @@ class Settings:
     warmup: int = 2
     threads: int = 1
     device: str = "cpu"
+    dtype: str = "fp32"
+    """fp32, or bf16 (weights and AdamW states in bf16 for every method: the GPU run)."""
     model: str = "tiny"
     """tiny: the ~1M-parameter Qwen2-VL of the tests; qwen2-vl-0.5b: the same architecture at ~0.5B
     parameters (random weights); or the directory of an existing Qwen2-VL model, used as is."""
@@ -202,7 +204,7 @@ def run_vqa_grpo(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
     from vqa_grpo.grpo.rollout import make_rollout
     from vqa_grpo.models.loading import load_model
 
-    lm = load_model(ModelConfig(name_or_path=str(model_dir)), device)
+    lm = load_model(ModelConfig(name_or_path=str(model_dir), dtype=s.dtype), device)
     lm.model.train()
     opt, grpo, reward = _optimizer(lm.model), _grpo_cfg(s, "auto"), RewardConfig()
     steps = load_examples(s, data_dir)
@@ -232,7 +234,7 @@ def run_seed_loop(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
     from vqa_grpo.models.loading import load_model
     from vqa_grpo.rewards import compute_rewards
 
-    lm = load_model(ModelConfig(name_or_path=str(model_dir)), device)
+    lm = load_model(ModelConfig(name_or_path=str(model_dir), dtype=s.dtype), device)
     lm.model.train()
     opt, grpo, G = _optimizer(lm.model), _grpo_cfg(s, "off"), s.group_size
     pad = lm.processor.tokenizer.pad_token_id
@@ -277,7 +279,7 @@ def run_limit(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
     from vqa_grpo.config import ModelConfig
     from vqa_grpo.models.loading import load_model
 
-    lm = load_model(ModelConfig(name_or_path=str(model_dir)), device)
+    lm = load_model(ModelConfig(name_or_path=str(model_dir), dtype=s.dtype), device)
     model, G, C = lm.model, s.group_size, s.max_new_tokens
     rope = model.model.get_rope_index
     steps = []
@@ -375,10 +377,12 @@ def run_trl(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
         output_dir=tempfile.mkdtemp(prefix="trl_bench_"), per_device_train_batch_size=s.questions * s.group_size,
         num_generations=s.group_size, max_completion_length=s.max_new_tokens, max_steps=s.warmup + s.steps,
         temperature=1.0, top_p=1.0, top_k=0, beta=0.0, learning_rate=1e-5, gradient_checkpointing=False,
-        shuffle_dataset=False, use_cpu=device.type == "cpu", bf16=False, report_to="none", logging_steps=1,
+        shuffle_dataset=False, use_cpu=device.type == "cpu", bf16=s.dtype == "bf16", report_to="none", logging_steps=1,
         save_strategy="no", disable_tqdm=True, dataloader_num_workers=0, seed=s.seed,
     )
-    model = AutoModelForImageTextToText.from_pretrained(model_dir)
+    import torch
+
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.bfloat16 if s.dtype == "bf16" else torch.float32)
     trainer = GRPOTrainer(model=model, reward_funcs=vqa_reward, args=args, train_dataset=Dataset.from_list(rows),
                           processing_class=AutoProcessor.from_pretrained(model_dir), callbacks=[TakeTurns()])
     trainer.train()
@@ -487,7 +491,7 @@ def report(s: Settings, results: dict, model_dir: Path) -> dict:
     out = {f"{m}_step_s": step(m) for m in METHODS}
     out.update({f"{m}_cpu_s": step(m, "cpu_s") for m in METHODS})
     out.update({
-        "settings": {**dataclasses.asdict(s), "image_tokens": _image_tokens(model_dir, s.image_size), "dtype": "fp32",
+        "settings": {**dataclasses.asdict(s), "image_tokens": _image_tokens(model_dir, s.image_size),
                      "model_parameters": _count_parameters(model_dir)},
         "methods": results,
         "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
@@ -556,11 +560,11 @@ def print_table(out: dict) -> None:
         print(f"vqa_grpo path: {out['methods']['vqa_grpo']['path']}")
 
 
-def sweep(base: Settings, sizes=(112, 224, 448), groups=(4, 8, 16)) -> list[dict]:
+def sweep(base: Settings, sizes=(112, 224, 448), groups=(4, 8, 16), methods=METHODS) -> list[dict]:
     rows = []
     for size in sizes:
         for g in groups:
-            out = measure(dataclasses.replace(base, image_size=size, group_size=g))
+            out = measure(dataclasses.replace(base, image_size=size, group_size=g), methods)
             rows.append(out)
             print(_sweep_row(out), flush=True)
     return rows
@@ -584,6 +588,13 @@ def _sweep_row(out: dict) -> str:
             f"{trl_s / ours:.1f}x | {ours / limit:.2f}x |" if ours and trl_s and limit else "| n/a |")
 
 
+def _ints(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x)
+    except ValueError:
+        raise SystemExit(f"{flag} {text}: give whole numbers separated by commas, e.g. {flag} 4,8") from None
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for f in dataclasses.fields(Settings):
@@ -591,6 +602,8 @@ def main(argv=None) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--sweep", action="store_true", help="G in 4, 8, 16 x images of 112, 224, 448 px: a markdown table")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ", ".join(METHODS))
+    p.add_argument("--sizes", default="112,224,448", help="--sweep: image sizes (px), comma-separated")
+    p.add_argument("--groups", default="4,8,16", help="--sweep: group sizes G, comma-separated")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--settings", help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
@@ -602,16 +615,16 @@ def main(argv=None) -> None:
     s = Settings(**{f.name: getattr(a, f.name) for f in dataclasses.fields(Settings)})
     if s.steps < 1 or s.warmup < 0:
         raise SystemExit("--steps must be >= 1 and --warmup >= 0")
-    if a.sweep:
-        print(SWEEP_HEADER, flush=True)
-        rows = sweep(s)
-        if a.json:
-            print(json.dumps(rows))
-        return
     methods = tuple(m for m in a.methods.split(",") if m)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise SystemExit(f"--methods: unknown {unknown[0]}; choose from {', '.join(METHODS)}")
+    if a.sweep:
+        print(SWEEP_HEADER, flush=True)
+        rows = sweep(s, _ints(a.sizes, "--sizes"), _ints(a.groups, "--groups"), methods)
+        if a.json:
+            print(json.dumps(rows))
+        return
     out = measure(s, methods)
     if a.json:
         print(json.dumps(out))
