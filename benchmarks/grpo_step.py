@@ -65,6 +65,8 @@ class Settings:
     """tiny: the ~1M-parameter Qwen2-VL of the tests; qwen2-vl-0.5b: the same architecture at ~0.5B
     parameters (random weights); or the directory of an existing Qwen2-VL model, used as is."""
     seed: int = 0
+    cudnn_attention: int = 1
+    """0: keep PyTorch's scaled-dot-product attention off its cuDNN kernels (every method alike)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -398,6 +400,8 @@ def worker(method: str, s: Settings, model_dir: Path, data_dir: Path) -> None:
     import torch
 
     torch.set_num_threads(s.threads)
+    if not s.cudnn_attention:
+        torch.backends.cuda.enable_cudnn_sdp(False)
     torch.manual_seed(s.seed)
     logging.getLogger("vqa_grpo.rewards").setLevel(logging.ERROR)  # empty completions are normal here
     say(RUNNERS[method](s, model_dir, data_dir, torch.device(s.device)))

@@ -113,6 +113,8 @@ def _hf_generate(
         kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    if shared.decoding_is_synced():  # sharded weights: every rank steps until all are done
+        kwargs["synced_gpus"] = True
     out = model.generate(**prompts.model_inputs(), **kwargs, return_dict_in_generate=True, output_scores=keep_scores)
     return out.sequences[:, prompts.input_ids.shape[1] :], (out.scores if keep_scores else None)
 

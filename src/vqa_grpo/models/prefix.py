@@ -31,7 +31,9 @@ T tokens after the prefix, C completion tokens, V vocabulary.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from transformers import LogitsProcessorList
@@ -48,6 +50,32 @@ LINEAR_FAMILIES = ("llava", "llava_next", "idefics3", "gemma3", "phi4_multimodal
 (Gemma 3 included: its image tokens attend to each other inside the prompt, which runs whole)."""
 
 _logged: set[str] = set()
+
+# Synced decoding: with sharded weights (FSDP) every rank must run the same number of forward
+# passes, so a rank whose rows have all stopped keeps stepping (on padding) until every rank's have.
+_any_rank: Callable[[bool], bool] | None = None
+
+
+@contextmanager
+def synced_decoding(any_rank: Callable[[bool], bool]):
+    """Within this block, decoding stops only when ``any_rank(this rank still running)`` is False:
+    ``any_rank`` must return the same answer on every rank (e.g. ``Dist.any``)."""
+    global _any_rank
+    previous, _any_rank = _any_rank, any_rank
+    try:
+        yield
+    finally:
+        _any_rank = previous
+
+
+def decoding_is_synced() -> bool:
+    return _any_rank is not None
+
+
+def keep_decoding(running: torch.Tensor) -> bool:
+    """Whether to take another decode step: a row here is running, or (synced) on any rank."""
+    here = bool(running.any())
+    return here if _any_rank is None else _any_rank(here)
 
 
 def _log_once(message: str) -> None:
@@ -235,8 +263,9 @@ def sample_from_prefix(
     float32 passed through ``processors`` (called with the sequences so far, prompt included),
     the token is ``multinomial(softmax(scores))`` when sampling or the argmax, a row that has
     emitted a stop token continues with ``pad_id``, and decoding ends when every row has stopped
-    or after ``max_new_tokens``. With the same seed and equal logits it draws the same tokens.
-    One host sync per step (the all-stopped check), as in ``generate``.
+    or after ``max_new_tokens`` (under ``synced_decoding``, when every rank's rows have). With the
+    same seed and equal logits it draws the same tokens. One host sync per step (the all-stopped
+    check), as in ``generate``.
     """
     prefix = encode_prefix(model, prompts, group_size)
     seqs = prompts.input_ids.repeat_interleave(group_size, dim=0)  # [R, P], grows by one per step
@@ -256,7 +285,7 @@ def sample_from_prefix(
         if keep_scores:
             scores.append(step_scores)
         running = running & ~torch.isin(nxt, stop)
-        if step + 1 == max_new_tokens or not bool(running.any()):
+        if step + 1 == max_new_tokens or not keep_decoding(running):
             break
         logits = prefix.extend(model, nxt[:, None], logits_to_keep=1)[:, -1].float()
     return torch.stack(tokens, dim=1), (tuple(scores) if keep_scores else None)
