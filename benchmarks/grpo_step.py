@@ -7,7 +7,8 @@ passes and the optimiser step. Four ways to spend it, on the same model and the 
 during the run (a shared machine) falls on every method alike:
 
 - vqa_grpo:  ``make_rollout`` + ``grpo_objective`` + backward + AdamW step (the library's step;
-             the shared prefix where the family supports it, as ``grpo.shared_prefix=auto``).
+             the shared prefix where the family supports it, as ``grpo.shared_prefix=auto``, and
+             the prompts' one pass kept for the loss where that is exact, as ``grpo.fuse_prefill=auto``).
 - trl:       TRL's ``GRPOTrainer`` (``pip install vqa-grpo[bench]``), per_device_train_batch_size
              = B*G, num_generations = G, one generation per step, beta = 0, gradient checkpointing
              off (as in vqa-grpo), the reward from vqa_grpo.rewards; the step is timed from
@@ -203,23 +204,24 @@ def _optimizer(model):
 def run_vqa_grpo(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
     from vqa_grpo.config import ModelConfig, RewardConfig
     from vqa_grpo.grpo.objective import grpo_objective
-    from vqa_grpo.grpo.rollout import make_rollout
+    from vqa_grpo.grpo.rollout import fuse_prefill, make_rollout
     from vqa_grpo.models.loading import load_model
 
     lm = load_model(ModelConfig(name_or_path=str(model_dir), dtype=s.dtype), device)
     lm.model.train()
     opt, grpo, reward = _optimizer(lm.model), _grpo_cfg(s, "auto"), RewardConfig()
+    keep = fuse_prefill(lm.model, grpo)  # as the training loop decides it
     steps = load_examples(s, data_dir)
     paths = set()
 
     def step(i: int) -> float:
         examples, images = steps[i]
-        ro = make_rollout(lm.model, lm.adapter, lm.processor, examples, images, grpo, reward, device)
+        ro = make_rollout(lm.model, lm.adapter, lm.processor, examples, images, grpo, reward, device, keep_prefill=keep)
+        paths.add(("shared prefix" if ro.shared_prefix else "plain") + (", fused prefill" if ro.prefix is not None else ""))
         loss, _ = grpo_objective(lm.model, lm.adapter, lm.processor, ro, grpo)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        paths.add("shared prefix" if ro.shared_prefix else "plain")
         return float(ro.completion_mask.sum())
 
     return {**drive(s, Meter(device), step), "path": ", ".join(sorted(paths))}

@@ -191,6 +191,10 @@ class GRPOConfig:
     shared_prefix: Literal["auto", "on", "off"] = "auto"
     """Run each prompt and image once per group (KV cache shared by its G completions) when sampling
     and in the loss; auto: where the model family supports it (models/prefix.py), else G times."""
+    fuse_prefill: Literal["auto", "off"] = "auto"
+    """auto: with the shared prefix, the prompts' one pass (with gradient) serves both sampling and
+    the loss, where that is exact (num_iterations 1, no dropout, one process and micro-batch;
+    grpo/rollout.py); off: sampling and the loss each run it."""
     generation_backend: Literal["transformers", "vllm"] = "transformers"
     """Who samples the G completions: transformers' generate, or a colocated vLLM engine (extra, CUDA)."""
     vllm_sync_steps: int = 1

@@ -25,7 +25,7 @@ def test_grpo_step_benchmark_prints_one_json_object_with_every_method(tiny_model
         assert out[f"{m}_step_s"] == r["step_s"] > 0 and r["cpu_s"] > 0 and len(r["step_s_all"]) == 1
         assert r["tokens_per_s"] > 0 and "peak_mib" in r
     assert out["trl_step_s"] is None and out["seed_loop_step_s"] is None and set(out["methods"]) == {"vqa_grpo", "limit"}
-    assert out["methods"]["vqa_grpo"]["path"] == "shared prefix"
+    assert out["methods"]["vqa_grpo"]["path"] == "shared prefix, fused prefill"
     assert out["ratios"]["vqa_grpo_over_limit"] == out["vqa_grpo_step_s"] / out["limit_step_s"]
     s = out["settings"]
     assert (s["group_size"], s["questions"], s["image_size"], s["image_tokens"], s["max_new_tokens"]) == (2, 1, 112, 16, 2)

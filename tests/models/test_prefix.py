@@ -291,3 +291,59 @@ def test_shared_prefix_loss_through_a_ddp_wrapper(family_dirs, data, tmp_path):
         dist.destroy_process_group()
     assert ((logp.detach() * mask) - plain_logp).abs().max() < 1e-5
     assert_grads_close(plain_grads, {n: p.grad for n, p in lm.model.named_parameters() if p.grad is not None})
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava", "gemma3"])
+def test_fused_prefill_samples_and_scores_as_two_passes_do(family, family_dirs, data, caplog):
+    """One pass of the prompts (with gradient) for sampling and the loss equals a pass for each:
+    the same tokens, sampler log-probs, loss and gradients (Gemma 3: sliding-window cache layers)."""
+    lm = load(family_dirs(family))
+    lm.model.train()  # as in training: the kept pass must be the loss's own
+    examples = data.train[:B]
+    images = [e.load_image() for e in examples]
+    grpo = GRPOConfig(num_generations=G, max_completion_length=4, beta=0.0)
+    results = {}
+    for keep in (False, True):
+        torch.manual_seed(0)
+        ro = make_rollout(lm.model, lm.adapter, lm.processor, examples, images, grpo, RewardConfig(), CPU,
+                          keep_prefill=keep)
+        assert (ro.prefix is not None) == keep and lm.model.training
+        ro.advantages = torch.tensor([1.0, -1.0, 0.5, 0.3, 0.2, -0.7, 1.5, 0.4])
+        lm.model.zero_grad(set_to_none=True)
+        loss, _ = grpo_objective(lm.model, lm.adapter, lm.processor, ro, grpo)
+        assert ro.prefix is None  # used once: the graph goes with this backward pass
+        loss.backward()
+        results[keep] = ro, loss.detach(), {n: p.grad.clone() for n, p in lm.model.named_parameters() if p.grad is not None}
+    (ro_two, loss_two, grads_two), (ro_one, loss_one, grads_one) = results[False], results[True]
+    assert torch.equal(ro_one.completion_ids, ro_two.completion_ids)
+    assert (ro_one.sampling_logprobs - ro_two.sampling_logprobs).abs().max() < 1e-6
+    assert abs(float(loss_one - loss_two)) < 1e-6 and float(loss_two) != 0.0
+    assert grads_one.keys() == grads_two.keys() and any("visual" in n or "vision" in n for n in grads_one)
+    assert_grads_close(grads_two, grads_one)
+
+
+def test_fused_prefill_is_used_only_where_it_is_exact(family_dirs, tiny_model_dir, caplog):
+    from vqa_grpo.grpo.rollout import fuse_prefill, fused_prefill_reason
+
+    lm = load(tiny_model_dir)
+    ok = GRPOConfig()
+    assert fused_prefill_reason(lm.model, ok) is None
+    reasons = {
+        "grpo.fuse_prefill=off": (GRPOConfig(fuse_prefill="off"), {}),
+        "no shared prefix": (GRPOConfig(shared_prefix="off"), {}),
+        "grpo.num_iterations > 1": (GRPOConfig(num_iterations=2), {}),
+        "the seed's loss has no completion pass": (GRPOConfig(loss_type="seed"), {}),
+        "vLLM samples": (GRPOConfig(generation_backend="vllm"), {}),
+        "several processes": (ok, {"processes": 2}),
+        "gradient accumulation": (ok, {"accumulation": 2}),
+    }
+    for why, (cfg, kw) in reasons.items():
+        assert fused_prefill_reason(lm.model, cfg, **kw) == why
+    dropped = load(tiny_model_dir, lora=True, lora_dropout=0.05)
+    assert fused_prefill_reason(dropped.model, ok) == "dropout is active"
+    assert fused_prefill_reason(load(tiny_model_dir, lora=True).model, ok) is None  # lora_dropout 0
+    prefix._logged.clear()
+    with caplog.at_level(logging.INFO, logger="vqa_grpo.prefix"):
+        assert fuse_prefill(lm.model, ok) and not fuse_prefill(dropped.model, ok)
+    assert "GRPO prefill: shared by sampling and the loss" in caplog.text
+    assert "GRPO prefill: run for sampling and again in the loss (dropout is active)" in caplog.text

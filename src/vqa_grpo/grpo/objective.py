@@ -18,12 +18,13 @@ from vqa_grpo.models.scoring import answer_tokens, completion_logprobs
 
 
 def rollout_logprobs(
-    model, adapter: FamilyAdapter, rollout: Rollout, *, with_entropy: bool = True
+    model, adapter: FamilyAdapter, rollout: Rollout, *, with_entropy: bool = True, prefix=None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs [R, C] (at each row's sampling temperature) and entropies [R, C].
 
     Each prompt runs once per group when the rollout was sampled on the shared-prefix path,
-    else G times (the same numbers up to float rounding; models/prefix.py).
+    else G times (the same numbers up to float rounding; models/prefix.py). ``prefix``: the
+    rollout's own pass of the prompts, kept with gradient (the fused prefill), extended here.
     """
     return completion_logprobs(
         model,
@@ -35,6 +36,7 @@ def rollout_logprobs(
         with_entropy=with_entropy,
         group_size=rollout.group_size,
         shared_prefix=rollout.shared_prefix,
+        prefix=prefix,
     )
 
 
@@ -48,8 +50,10 @@ def answer_nll(model, adapter: FamilyAdapter, processor, rollout: Rollout) -> to
 
 
 def grpo_objective(model, adapter: FamilyAdapter, processor, rollout: Rollout, cfg: GRPOConfig) -> tuple[torch.Tensor, dict]:
-    """GRPO loss on one rollout, and detached statistics for the logs."""
-    logp, entropy = rollout_logprobs(model, adapter, rollout)
+    """GRPO loss on one rollout, and detached statistics for the logs. A fused prefill kept by the
+    rollout is used here, once (its graph is freed by this loss's backward pass)."""
+    prefix, rollout.prefix = rollout.prefix, None
+    logp, entropy = rollout_logprobs(model, adapter, rollout, prefix=prefix)
     mask = rollout.completion_mask
     old = rollout.old_logprobs if rollout.old_logprobs is not None else logp.detach()
     loss, stats = policy_loss(

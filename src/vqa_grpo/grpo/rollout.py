@@ -5,6 +5,12 @@ With ``grpo.shared_prefix`` (auto: wherever the family supports it) each questio
 image run once and the G completions are decoded from its expanded KV cache (models/prefix.py);
 the rollout remembers the path so that the loss's forward pass takes the same one.
 
+With the fused prefill (``grpo.fuse_prefill``, see :func:`fused_prefill_reason`) that one pass of
+the prompts is also the loss's: it runs with gradient before sampling, the sampler decodes from a
+detached copy of its cache, and the loss extends the original, so a step runs each prompt once in
+all. It needs the loss to see exactly the policy that sampled: one optimiser step per rollout,
+no active dropout, the transformers sampler, one process and one micro-batch per step.
+
 Shapes: B questions, G completions each, R = B*G rows (group after group), P prompt tokens,
 C completion tokens.
 """
@@ -48,9 +54,52 @@ class Rollout:
     bad_reward_inputs: int = 0  # completions the rewards scored as bad input (empty ones)
     shared_prefix: bool = False  # each prompt runs once per group, here and in the loss (models/prefix.py)
     is_weights: torch.Tensor | None = None  # [R, C] truncated importance weights when vLLM sampled (grpo/vllm_backend.py)
+    prefix: object = None  # models/prefix.Prefix: the prompts' pass with gradient (fused prefill), used once by the loss
 
     def repeated_prompts(self, adapter: FamilyAdapter) -> PromptBatch:
         return adapter.repeat(self.prompts, self.group_size)
+
+
+def has_active_dropout(model) -> bool:
+    """True when a forward pass in training mode would drop anything (dropout modules, or the
+    attention modules' own dropout probability)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout) and m.p > 0:
+            return True
+        for name in ("attention_dropout", "dropout"):
+            p = getattr(m, name, 0.0)
+            if isinstance(p, float) and p > 0:
+                return True
+    return False
+
+
+def fused_prefill_reason(model, grpo: GRPOConfig, *, processes: int = 1, accumulation: int = 1) -> str | None:
+    """Why the prompts' pass cannot be shared by sampling and the loss (None: it can).
+
+    Sharing it is exact only when the loss's policy is the sampling one in the same mode: pi_old =
+    pi_theta (``num_iterations`` = 1), no dropout, and the transformers sampler. It holds the
+    prompts' activations during sampling, so it is kept to one micro-batch per step, and to one
+    process (DDP's hooks need every pass inside its wrapper).
+    """
+    checks = [
+        (grpo.fuse_prefill == "off", "grpo.fuse_prefill=off"),
+        (not shared.resolve(model, grpo.shared_prefix), "no shared prefix"),
+        (grpo.loss_type == "seed", "the seed's loss has no completion pass"),
+        (grpo.num_iterations > 1, "grpo.num_iterations > 1"),
+        (grpo.generation_backend != "transformers", "vLLM samples"),
+        (processes > 1, "several processes"),
+        (accumulation > 1, "gradient accumulation"),
+        (has_active_dropout(model), "dropout is active"),
+    ]
+    return next((why for failed, why in checks if failed), None)
+
+
+def fuse_prefill(model, grpo: GRPOConfig, *, processes: int = 1, accumulation: int = 1) -> bool:
+    """Whether the rollout keeps its prompts' pass for the loss; the answer is logged once."""
+    why = fused_prefill_reason(model, grpo, processes=processes, accumulation=accumulation)
+    shared._log_once("GRPO prefill: shared by sampling and the loss" if why is None
+                     else f"GRPO prefill: run for sampling and again in the loss ({why})")
+    return why is None
 
 
 @torch.no_grad()
@@ -64,11 +113,20 @@ def make_rollout(
     reward: RewardConfig,
     device: torch.device,
     vllm_sampler=None,
+    keep_prefill: bool = False,
 ) -> Rollout:
-    """Sample G completions for each question (one batched decode, or ``vllm_sampler``'s engine), score, and centre."""
+    """Sample G completions for each question (one batched decode, or ``vllm_sampler``'s engine), score, and centre.
+
+    ``keep_prefill`` (when :func:`fuse_prefill` allows it): the prompts run once with gradient,
+    sampling decodes from that pass, and the rollout keeps it for the loss (``Rollout.prefix``).
+    """
     G = grpo.num_generations
     use_shared = shared.resolve(model, grpo.shared_prefix)
     prompts = adapter.encode_prompts(processor, images, [e.question for e in examples]).to(device)
+    prefix = None
+    if keep_prefill and use_shared and vllm_sampler is None:
+        with torch.enable_grad():
+            prefix = shared.encode_prefix(model, prompts, G)
     temps, top_ps = row_sampling_params(len(examples), G, grpo.temperatures, grpo.top_ps)
     temps, top_ps = temps.to(device), top_ps.to(device)
     if vllm_sampler is not None:  # vLLM draws the samples; pi_old comes from the trainer (grpo/vllm_backend.py)
@@ -86,6 +144,7 @@ def make_rollout(
             keep_scores=True,
             group_size=G,
             shared_prefix=use_shared,
+            prefix=None if prefix is None else shared.detached(prefix),
         )
         samp_logp = sampling_logprobs(comp.scores, comp.ids) * comp.mask
     texts = decode(processor, comp)
@@ -121,6 +180,7 @@ def make_rollout(
         advantages=advantages.to(device),
         bad_reward_inputs=scored.bad_inputs,
         shared_prefix=use_shared,
+        prefix=prefix,
     )
 
 

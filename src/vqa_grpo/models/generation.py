@@ -53,6 +53,7 @@ def generate(
     keep_scores: bool = False,
     group_size: int = 1,
     shared_prefix: bool = False,
+    prefix=None,
 ) -> Completions:
     """Sample (or greedily decode) ``group_size`` completions of each prompt in one batch.
 
@@ -61,6 +62,7 @@ def generate(
     grpo/sampling.py, built for R rows) replaces the shared ``temperature``/``top_p`` when given.
     ``shared_prefix`` runs each prompt once (models/prefix.py) instead of G times; a model whose
     generation config asks for a processor that path does not rebuild stays on the plain path.
+    ``prefix``: the prompts' expanded pass already run (models/prefix.Prefix, no gradient).
     """
     stop_ids = adapter.stop_token_ids(processor, model)
     pad_id = processor.tokenizer.pad_token_id
@@ -80,7 +82,7 @@ def generate(
             )
             ids, scores = shared.sample_from_prefix(
                 model, prompts, group_size, max_new_tokens=max_new_tokens, processors=processors,
-                do_sample=do_sample, stop_ids=stop_ids, pad_id=pad_id, keep_scores=keep_scores,
+                do_sample=do_sample, stop_ids=stop_ids, pad_id=pad_id, keep_scores=keep_scores, prefix=prefix,
             )
         else:
             ids, scores = _hf_generate(

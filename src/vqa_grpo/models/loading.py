@@ -159,5 +159,9 @@ def load_model(cfg: ModelConfig, device: torch.device | str = "cpu", *, trainabl
     elif cfg.freeze_vision and trainable:
         freeze_vision_tower(model, adapter)
     if cfg.gradient_checkpointing and trainable:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(model, "activation_checkpointing_enable", None)  # transformers 5's name
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return LoadedModel(model if quant else model.to(device), processor, adapter)

@@ -30,6 +30,7 @@ T tokens after the prefix, C completion tokens, V vocabulary.
 
 from __future__ import annotations
 
+import copy
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -198,6 +199,22 @@ class Prefix:
         return out.logits
 
 
+def detached(prefix: Prefix) -> Prefix:
+    """The same prefix without its autograd history, for sampling: the copy's cache grows as tokens
+    are sampled while ``prefix`` (the one the loss will extend) stays as it is."""
+    cache = copy.copy(prefix.cache)
+    cache.layers = [_detached_layer(layer) for layer in prefix.cache.layers]
+    return Prefix(cache, prefix.last_logits.detach(), prefix.attention_mask, prefix.next_position)
+
+
+def _detached_layer(layer):
+    new = copy.copy(layer)
+    for name, value in vars(layer).items():
+        if isinstance(value, torch.Tensor):
+            setattr(new, name, value.detach())
+    return new
+
+
 def encode_prefix(model, prompts: PromptBatch, group_size: int) -> Prefix:
     """Run the B prompts (with their images) once and repeat the cache and last logits G times.
 
@@ -222,15 +239,17 @@ def encode_prefix(model, prompts: PromptBatch, group_size: int) -> Prefix:
 
 
 def prefix_completion_logits(
-    model, prompts: PromptBatch, group_size: int, completion_ids: torch.Tensor, completion_mask: torch.Tensor
+    model, prompts: PromptBatch, group_size: int, completion_ids: torch.Tensor, completion_mask: torch.Tensor,
+    prefix: Prefix | None = None,
 ) -> torch.Tensor:
     """Logits that predict each completion token, [R, C, V], with each of the B prompts run once.
 
     Row r's completion follows prompt r // G. Token 0 is predicted by the prompt's last position;
     tokens 1..C-1 by completion tokens 0..C-2, which run against the expanded prefix cache (the
-    last completion token predicts nothing and is not run).
+    last completion token predicts nothing and is not run). ``prefix``: the prompts' pass already
+    run (with gradient) for sampling, which this call extends in place (the fused prefill).
     """
-    prefix = encode_prefix(model, prompts, group_size)
+    prefix = encode_prefix(model, prompts, group_size) if prefix is None else prefix
     first = prefix.last_logits[:, None, :]  # [R, 1, V]
     C = completion_ids.shape[1]
     if C == 1:
@@ -255,8 +274,9 @@ def sample_from_prefix(
     stop_ids: list[int],
     pad_id: int,
     keep_scores: bool = False,
+    prefix: Prefix | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-    """Decode G completions per prompt from one shared prefix: token ids [R, C] and, with
+    """Decode G completions per prompt from one shared prefix (``prefix`` when already run): token ids [R, C] and, with
     ``keep_scores``, the processed scores of each step (C x [R, V], float32).
 
     Each step does what transformers' ``generate`` does: the scores are the last logits in
@@ -267,7 +287,7 @@ def sample_from_prefix(
     same seed and equal logits it draws the same tokens. One host sync per step (the all-stopped
     check), as in ``generate``.
     """
-    prefix = encode_prefix(model, prompts, group_size)
+    prefix = encode_prefix(model, prompts, group_size) if prefix is None else prefix
     seqs = prompts.input_ids.repeat_interleave(group_size, dim=0)  # [R, P], grows by one per step
     stop = torch.tensor(stop_ids, device=seqs.device)
     running = torch.ones(seqs.shape[0], dtype=torch.bool, device=seqs.device)  # [R]

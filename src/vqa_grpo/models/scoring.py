@@ -37,6 +37,7 @@ def completion_logits(
     *,
     group_size: int = 1,
     shared_prefix: bool = False,
+    prefix=None,
 ) -> torch.Tensor:
     """Logits that predict each completion token: [R, C, V].
 
@@ -45,8 +46,11 @@ def completion_logits(
     the last C+1 positions' logits computed (``logits_to_keep``). ``shared_prefix``: each prompt
     runs once and the completions run against its expanded KV cache (models/prefix.py); the
     result is the same up to float rounding. Gradient checkpointing in training drops the cache,
-    so there the plain path runs.
+    so there the plain path runs. ``prefix``: the prompts' shared pass already run with gradient
+    for sampling (the fused prefill, grpo/rollout.py), extended here instead of run again.
     """
+    if prefix is not None:
+        return shared.prefix_completion_logits(model, prompts, group_size, completion_ids, completion_mask, prefix)
     if shared_prefix and shared.cache_is_dropped(model):
         shared._log_once("loss: plain path, gradient checkpointing drops the KV cache")
         shared_prefix = False
@@ -92,16 +96,19 @@ def completion_logprobs(
     with_entropy: bool = True,
     group_size: int = 1,
     shared_prefix: bool = False,
+    prefix=None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs [R, C] of the completion under the model, and the entropy [R, C]
     (None when ``with_entropy`` is false: SFT and the old/reference passes do not need it).
 
     With ``temperatures`` [R], row r's logits are divided by its sampling temperature first, so
     the log-probs are those of the distribution the row was sampled from (before top-p); see
-    :func:`token_logprobs`. ``group_size`` and ``shared_prefix`` are those of :func:`completion_logits`.
+    :func:`token_logprobs`. ``group_size``, ``shared_prefix`` and ``prefix`` are those of
+    :func:`completion_logits`.
     """
     logits = completion_logits(
-        model, adapter, prompts, completion_ids, completion_mask, group_size=group_size, shared_prefix=shared_prefix
+        model, adapter, prompts, completion_ids, completion_mask, group_size=group_size, shared_prefix=shared_prefix,
+        prefix=prefix,
     )  # [R, C, V]
     logp = token_logprobs(logits, completion_ids, temperatures)
     return logp, token_entropy(logits, temperatures) if with_entropy else None

@@ -10,12 +10,16 @@ from vqa_grpo.config import TrainConfig
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW, fused (one kernel over all tensors) where torch has it for the parameters' device,
+    else torch's default: the per-tensor loop costs a launch per tensor and operation."""
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
-    return torch.optim.AdamW(
-        params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, betas=tuple(cfg.adam_betas), foreach=False
-    )
+    kwargs = dict(lr=cfg.learning_rate, weight_decay=cfg.weight_decay, betas=tuple(cfg.adam_betas))
+    try:
+        return torch.optim.AdamW(params, fused=True, **kwargs)
+    except RuntimeError:  # a device or dtype without the fused kernel
+        return torch.optim.AdamW(params, **kwargs)
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:

@@ -105,7 +105,7 @@ class GRPOSteps:
                 self.vllm.push_weights(self.policy.model)
                 self.pushed_at = step
             with autocast(cfg, device):
-                self.pending = make_rollouts(cfg, self.policy, self.ref, batches, device, self.vllm)
+                self.pending = make_rollouts(cfg, self.policy, self.ref, batches, device, self.vllm, self.dist.world)
             self.rollout_seconds = time.time() - t0
             if self.samples_log and (step + 1) % cfg.train.logging_steps == 0:  # the step its metrics log as
                 log_completions(self.samples_log, step + 1, self.pending.rollouts[0])
@@ -131,7 +131,7 @@ def reference_model(cfg: Config, lm: LoadedModel):
     return ref
 
 
-def make_rollouts(cfg: Config, lm: LoadedModel, ref, batches: Batches, device, vllm=None) -> Pending:
+def make_rollouts(cfg: Config, lm: LoadedModel, ref, batches: Batches, device, vllm=None, processes: int = 1) -> Pending:
     """One rollout per micro-batch, with the rollout policy's and the reference's log-probs when needed.
 
     With vLLM sampling, pi_old is always the trainer's (the ratio's denominator), and the tokens
@@ -139,13 +139,15 @@ def make_rollouts(cfg: Config, lm: LoadedModel, ref, batches: Batches, device, v
     (temperature 1; grpo/vllm_backend.py).
     """
     from vqa_grpo.grpo.objective import rollout_logprobs
-    from vqa_grpo.grpo.rollout import make_rollout
+    from vqa_grpo.grpo.rollout import fuse_prefill, make_rollout
     from vqa_grpo.grpo.vllm_backend import truncated_is_weights
 
+    keep = fuse_prefill(lm.model, cfg.grpo, processes=processes, accumulation=cfg.train.gradient_accumulation_steps)
     rollouts = []
     for _ in range(cfg.train.gradient_accumulation_steps):
         examples, images = batches.next()
-        ro = make_rollout(lm.model, lm.adapter, lm.processor, examples, images, cfg.grpo, cfg.reward, device, vllm)
+        ro = make_rollout(lm.model, lm.adapter, lm.processor, examples, images, cfg.grpo, cfg.reward, device, vllm,
+                          keep_prefill=keep)
         with torch.no_grad():
             if vllm is not None:  # one forward: pi_old at the rows' temperatures, and raw (temperature 1)
                 logits = completion_logits(lm.model, lm.adapter, ro.prompts, ro.completion_ids, ro.completion_mask,
