@@ -187,8 +187,11 @@ def grpo_backward(cfg: Config, lm: LoadedModel, pending: Pending, dist: Dist = O
 
 def rollout_stats(ro) -> dict:
     G = ro.group_size
-    r = ro.rewards.view(-1, G)
-    adv = ro.advantages.float()
+    r = ro.rewards.view(-1, G)  # rewards are computed on the host
+    # One device-to-host copy for the per-row numbers, not one synchronisation per statistic.
+    lengths, adv, truncated = torch.stack(
+        [ro.completion_mask.sum(1).float(), ro.advantages.float(), ro.truncated.float()]
+    ).cpu()  # each [R]
     out = {
         "reward": float(ro.rewards.mean()),
         "reward_std": float(r.std(dim=1).mean()),
@@ -197,9 +200,9 @@ def rollout_stats(ro) -> dict:
         "advantage_std": float(adv.std()) if adv.numel() > 1 else 0.0,
         "advantage_min": float(adv.min()),
         "advantage_max": float(adv.max()),
-        "completion_length": float(ro.completion_mask.sum(1).float().mean()),
-        "completion_tokens": float(ro.completion_mask.sum()),
-        "truncated_fraction": float(ro.truncated.float().mean()),
+        "completion_length": float(lengths.mean()),
+        "completion_tokens": float(lengths.sum()),
+        "truncated_fraction": float(truncated.mean()),
         "empty_completion_fraction": ro.bad_reward_inputs / max(1, len(ro.answers)),
     }
     if ro.is_weights is not None:  # vLLM sampled: the mean truncated importance weight of its tokens
