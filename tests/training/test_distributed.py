@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,9 +35,10 @@ def common(synth_dir, model_dir, out, *extra: str) -> list[str]:
     ]
 
 
-def launch(command: str, args: list[str], processes: int = 2) -> subprocess.CompletedProcess:
+def launch(command: str, args: list[str], processes: int = 2, config: str = "ddp") -> subprocess.CompletedProcess:
+    """``accelerate launch --config_file configs/accelerate/<config>.yaml -m vqa_grpo.cli <command> <args>``."""
     accelerate = Path(sys.executable).parent / "accelerate"
-    cmd = [str(accelerate), "launch", "--config_file", str(ROOT / "configs" / "accelerate" / "ddp.yaml"),
+    cmd = [str(accelerate), "launch", "--config_file", str(ROOT / "configs" / "accelerate" / f"{config}.yaml"),
            "--num_processes", str(processes), "-m", "vqa_grpo.cli", command, *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -100,12 +102,40 @@ def test_a_two_process_resume_ends_bitwise_equal_and_needs_two_processes(two_pro
     assert steps(out) == steps(full)[2:]
 
 
+_RUNS: dict[str, Path] = {}  # runs shared with tests/training/test_fsdp.py (imported there), made once per session
+
+
+def stopping_model(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model with "," and "." as stop tokens as well (its generation config), so that rows
+    stop at different steps: some within a few tokens, others at the length limit."""
+    if "stopping" not in _RUNS:
+        out = tmp_path_factory.mktemp("stopping") / "model"
+        shutil.copytree(tiny_model_dir, out)
+        gen = json.loads((out / "generation_config.json").read_text())
+        vocab = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
+        gen["eos_token_id"] = [gen["eos_token_id"], vocab[","], vocab["."]]
+        (out / "generation_config.json").write_text(json.dumps(gen))
+        _RUNS["stopping"] = out
+    return _RUNS["stopping"]
+
+
+def grpo_run(config: str, synth_dir, tiny_model_dir, tmp_path_factory) -> Path:
+    """2 GRPO steps on 2 processes launched with configs/accelerate/<config>.yaml: full fine-tune,
+    KL to the reference copy (beta > 0), 2 completions of up to 4 tokens from the stopping model,
+    a checkpoint after each step."""
+    if config not in _RUNS:
+        out = tmp_path_factory.mktemp(f"grpo-{config}") / "run"
+        model = stopping_model(tiny_model_dir, tmp_path_factory)
+        launch("train", common(synth_dir, model, out, "train.per_device_batch_size=1", "train.max_steps=2",
+                               "train.save_steps=1", "grpo.num_generations=2", "grpo.max_completion_length=4",
+                               "grpo.beta=0.04", "grpo.sft_coef=0.5"), config=config)
+        _RUNS[config] = out
+    return _RUNS[config]
+
+
 @pytest.mark.slow
-def test_grpo_on_two_processes_logs_each_step_once(synth_dir, tiny_model_dir, tmp_path):
-    out = tmp_path / "grpo"
-    launch("train", common(synth_dir, tiny_model_dir, out, "train.per_device_batch_size=1", "train.max_steps=2",
-                           "train.save_steps=0", "grpo.num_generations=2", "grpo.max_completion_length=2",
-                           "grpo.sft_coef=0.5"))
+def test_grpo_on_two_processes_logs_each_step_once(synth_dir, tiny_model_dir, tmp_path_factory):
+    out = grpo_run("ddp", synth_dir, tiny_model_dir, tmp_path_factory)
     lines = steps(out)
     assert [r["step"] for r in lines] == [1, 2] and all("reward" in r for r in lines)
     samples = (out / "completions.jsonl").read_text().splitlines()

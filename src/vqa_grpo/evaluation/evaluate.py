@@ -15,7 +15,6 @@ import numpy as np
 
 from vqa_grpo.config import Config
 from vqa_grpo.data.types import VQAExample
-from vqa_grpo.models.generation import predict_answers
 from vqa_grpo.models.loading import load_model, resolve_device
 from vqa_grpo.rewards import clean_answer, score_predictions
 
@@ -57,7 +56,7 @@ def evaluate(model_dir: str, examples: list[VQAExample], cfg: Config, out_dir: s
     Under several processes (``accelerate launch``) each answers its share of the questions and
     rank 0 writes the outputs; every process returns the same metrics.
     """
-    from vqa_grpo.training.distributed import Dist
+    from vqa_grpo.training.distributed import Dist, predict_sharded
 
     dist = Dist.from_env(cfg.train.device)
     device = dist.device(resolve_device(cfg.train.device))
@@ -67,18 +66,12 @@ def evaluate(model_dir: str, examples: list[VQAExample], cfg: Config, out_dir: s
         torch.set_num_threads(cfg.train.cpu_threads)
     import dataclasses
 
+    dist.check_config(cfg)
     lm = load_model(dataclasses.replace(cfg.model, name_or_path=model_dir), device, trainable=False)
+    dist.shard(lm.model)  # FSDP: each process keeps its shard of the weights
     lm.model.eval()
 
-    def answer(chunk: list[VQAExample]) -> list[str | None]:
-        return predict_answers(
-            lm.model, lm.adapter, lm.processor, chunk,
-            batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens, device=device,
-            do_sample=cfg.eval.do_sample, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
-            progress=cfg.train.progress and dist.is_main,
-        )
-
-    texts = dist.map_sharded(answer, examples)
+    texts = predict_sharded(dist, lm, examples, cfg.eval, device, progress=cfg.train.progress and dist.is_main)
     kept = [(e, t) for e, t in zip(examples, texts) if t is not None]
     examples = [e for e, _ in kept]
     preds = [clean_answer(t, reasoning=cfg.reward.reasoning) for _, t in kept]

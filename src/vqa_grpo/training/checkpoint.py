@@ -18,16 +18,20 @@ import torch
 STATE_FILE = "trainer_state.json"
 
 
-def save_model(model, processor, out: Path) -> None:
-    """Model (or adapter) and processor, written to ``.tmp-<name>`` and renamed to ``out``."""
+def save_model(model, processor, out: Path, state_dict: dict | None = None) -> None:
+    """Model (or adapter) and processor, written to ``.tmp-<name>`` and renamed to ``out``.
+    ``state_dict``: the full weights gathered from a sharded ``model`` (Dist.model_state)."""
     tmp = out.with_name(f".tmp-{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    _write_model(model, processor, tmp)
+    _write_model(model, processor, tmp, state_dict)
     _replace(tmp, out)
 
 
-def _write_model(model, processor, out: Path) -> None:
-    model.save_pretrained(out, safe_serialization=True)
+def _write_model(model, processor, out: Path, state_dict: dict | None = None) -> None:
+    if state_dict is None:
+        model.save_pretrained(out, safe_serialization=True)
+    else:
+        model.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
     processor.save_pretrained(out)
 
 
@@ -64,22 +68,25 @@ def save_checkpoint(run_dir: Path, step: int, model, processor, optimizer, sched
                     *, config=None, dist=None) -> Path:
     """Write ``checkpoint-<step>/`` atomically and keep at most ``limit`` checkpoints.
 
-    Under several processes (``dist``) every rank calls it: rank 0 writes the weights, optimizer,
-    scheduler and trainer state, each other rank its RNG states (``rng-rank<r>.pt``), and rank 0
-    renames the directory once all have written.
+    Under several processes (``dist``) every rank calls it: under FSDP all first gather the full
+    weights and optimizer state to rank 0 (the files are those of a 1-process run); rank 0 writes
+    the weights, optimizer, scheduler and trainer state, each other rank its RNG states
+    (``rng-rank<r>.pt``), and rank 0 renames the directory once all have written.
     """
     rank = dist.rank if dist is not None else 0
     final = run_dir / f"checkpoint-{step}"
     tmp = run_dir / f".tmp-checkpoint-{step}"
+    weights = dist.model_state(model) if dist is not None else None
+    moments = dist.optimizer_state(model, optimizer) if dist is not None else None
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        _write_model(model, processor, tmp)
+        _write_model(model, processor, tmp, weights)
         if config is not None:
             from vqa_grpo.config import save_config
 
             save_config(config, tmp / "config.yaml")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(moments if moments is not None else optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(torch_rng_state(), tmp / "rng.pt")
         world = dist.world if dist is not None else 1
@@ -98,6 +105,32 @@ def save_checkpoint(run_dir: Path, step: int, model, processor, optimizer, sched
     return final
 
 
+def _model_class(model) -> type:
+    """The transformers class of ``model`` (FSDP2 swaps a sharded module's class for a subclass)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
+
+
+def _load_adapter(path: Path, model, dist=None) -> None:
+    """The saved LoRA adapter weights into the PEFT ``model``; sharded under ``dist`` (FSDP)."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = {}
+    for f in sorted(path.glob("*.safetensors")):
+        weights.update(load_file(f))
+    if dist is None:
+        set_peft_model_state_dict(model, weights)
+        return
+    # PEFT saves the adapter's weights under names without the adapter's name; match them to the
+    # live names through the tensors PEFT picks from the live state dict.
+    live = model.state_dict()
+    saved_name = {id(t): k for k, t in get_peft_model_state_dict(model, state_dict=live).items()}
+    full = {k: weights[saved_name[id(t)]] for k, t in live.items() if id(t) in saved_name}
+    dist.load_model_state(model, full, strict=False)
+
+
 def torch_rng_state() -> dict:
     out = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -110,22 +143,27 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int = 0) -> dict:
-    """Restore weights, optimizer, scheduler and this rank's RNG states; return the trainer state."""
-    if (path / "adapter_config.json").is_file():
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
+def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int = 0, dist=None) -> dict:
+    """Restore weights, optimizer, scheduler and this rank's RNG states; return the trainer state.
 
-        weights = {}
-        for f in sorted(path.glob("*.safetensors")):
-            weights.update(load_file(f))
-        set_peft_model_state_dict(model, weights)
+    Under FSDP (``dist.fsdp``) every rank reads the full files and keeps its shard of them.
+    """
+    sharded = dist is not None and dist.fsdp is not None
+    moments = torch.load(path / "optimizer.pt", weights_only=True)
+    if (path / "adapter_config.json").is_file():
+        _load_adapter(path, model, dist if sharded else None)
     else:
         # from_pretrained maps the saved key names (which transformers may rename on save) back
         # to the module's own; the result is then copied into the live model in place.
-        loaded = type(model).from_pretrained(path, dtype=next(model.parameters()).dtype)
-        model.load_state_dict(loaded.state_dict())
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        loaded = _model_class(model).from_pretrained(path, dtype=next(model.parameters()).dtype)
+        if sharded:
+            dist.load_model_state(model, loaded.state_dict())
+        else:
+            model.load_state_dict(loaded.state_dict())
+    if sharded:
+        dist.load_optimizer_state(model, optimizer, moments)
+    else:
+        optimizer.load_state_dict(moments)
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     state = json.loads((path / STATE_FILE).read_text())
     if rank == 0:

@@ -1,27 +1,39 @@
-"""The processes of a run, through accelerate.
+"""The processes of a run, through accelerate, and FSDP2 sharding of the model.
 
 One process (plain ``vqa-grpo train``): :class:`Dist` is a no-op with rank 0 of 1. Several
 (``accelerate launch -m vqa_grpo.cli train ...``): accelerate sets up the process group (NCCL on
-GPUs, gloo on the CPU) and wraps the model for DDP; this class only asks it for rank, world size,
-reductions, gathers and the wrapped model. FSDP and DeepSpeed configs are refused (one line) until
-the loop can decode in step on every rank with sharded weights (README, "Scaling").
+GPUs, gloo on the CPU); this class asks it for rank, world size, reductions and gathers.
+
+Two ways to hold the model. DDP (configs/accelerate/ddp.yaml): every rank holds all of it and
+accelerate wraps it for DDP. FSDP (configs/accelerate/fsdp.yaml): :meth:`Dist.shard` applies
+PyTorch's FSDP2 (``torch.distributed.fsdp.fully_shard``) itself, one unit per decoder/vision layer
+and one for the rest, so each rank keeps 1/world of every weight, gradient and AdamW moment; the
+settings are read from the ``FSDP_*`` variables accelerate's launcher exports, and accelerate is
+told not to wrap (its own FSDP is not used: on a CPU it never turns on, and this way the CPU test
+runs the GPU code path). Under FSDP every forward pass is a collective, so sampling and
+evaluation decode in step on every rank (:meth:`Dist.decoding`, :meth:`Dist.map_sharded`), and
+checkpoints gather full state dicts (:meth:`Dist.model_state`). DeepSpeed is refused.
 
 How a step is split: the global batch is ``per_device_batch_size x world_size`` questions in one
 seeded order; rank r takes its slice, and samples the G completions of each of its questions
 itself, so a group never spans processes and advantages are computed within groups as with one
-process. Gradients are averaged over ranks by the DDP wrapper, so every loss that
-is a mean over equal per-rank parts is the global mean; SFT's token-mean NLL is divided by the
-answer tokens of all ranks (times the world size) so that 2 processes x batch 1 equals 1 process x
-batch 2. Only rank 0 writes the run directory.
+process. Gradients are averaged over ranks (DDP's all-reduce, FSDP's reduce-scatter), so every
+loss that is a mean over equal per-rank parts is the global mean; SFT's token-mean NLL is divided
+by the answer tokens of all ranks (times the world size) so that 2 processes x batch 1 equals 1
+process x batch 2. Only rank 0 writes the run directory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
-from typing import Callable, TypeVar
+from dataclasses import dataclass
+from typing import Callable, Mapping, TypeVar
 
 import torch
+
+from vqa_grpo.errors import UserError
 
 T = TypeVar("T")
 
@@ -31,34 +43,118 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def _flag(env: Mapping[str, str], name: str, default: str = "false") -> bool:
+    return env.get(name, default).strip().lower() in ("true", "1", "yes")
+
+
+@dataclass(frozen=True)
+class FSDPSettings:
+    """The FSDP settings of the launch (accelerate exports its config's fsdp_config as ``FSDP_*``)."""
+
+    wrap_classes: tuple[str, ...]  # module class names sharded as their own unit; () = the model's _no_split_modules
+    wrap_layers: bool  # False (fsdp_auto_wrap_policy: NO_WRAP): the whole model is one unit
+    reshard_after_forward: bool  # free the gathered weights after each unit's forward (gather again in backward)
+    offload_params: bool  # keep the shards (and AdamW's moments) in CPU memory: CPUOffloadPolicy
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "FSDPSettings | None":
+        """The settings when the launch asks for FSDP (ACCELERATE_USE_FSDP), else None; a setting this
+        loop does not honour is a UserError naming the fix."""
+        if not _flag(env, "ACCELERATE_USE_FSDP"):
+            return None
+        fix = "in the accelerate config's fsdp_config (configs/accelerate/fsdp.yaml)"
+        if env.get("FSDP_VERSION", "1").strip() != "2":
+            raise UserError(f"fsdp_version={env.get('FSDP_VERSION', '1')}: vqa-grpo shards with FSDP2; set fsdp_version: 2 {fix}")
+        policy = env.get("FSDP_AUTO_WRAP_POLICY", "TRANSFORMER_BASED_WRAP").strip().upper()
+        if policy not in ("TRANSFORMER_BASED_WRAP", "NO_WRAP"):
+            raise UserError(f"fsdp_auto_wrap_policy={policy} is not supported; set fsdp_auto_wrap_policy: "
+                            f"TRANSFORMER_BASED_WRAP (one unit per layer class) {fix}")
+        kind = env.get("FSDP_STATE_DICT_TYPE", "FULL_STATE_DICT").strip().upper()
+        if kind != "FULL_STATE_DICT":
+            raise UserError(f"fsdp_state_dict_type={kind} is not supported (checkpoints are gathered into the "
+                            f"files of a 1-process run); set fsdp_state_dict_type: FULL_STATE_DICT {fix}")
+        refused = {
+            "FSDP_ACTIVATION_CHECKPOINTING": "set fsdp_activation_checkpointing: false and model.gradient_checkpointing=true in the run's config",
+            "FSDP_CPU_RAM_EFFICIENT_LOADING": f"set fsdp_cpu_ram_efficient_loading: false {fix} (every process loads the weights, then shards them)",
+            "FSDP_FORWARD_PREFETCH": f"set fsdp_forward_prefetch: false {fix}",
+        }
+        for name, advice in refused.items():
+            if _flag(env, name):
+                raise UserError(f"{name.lower().removeprefix('fsdp_')}=true is not supported under vqa-grpo's FSDP2; {advice}")
+        precision = env.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
+        if precision != "no":
+            raise UserError(f"accelerate mixed_precision={precision} is not applied under vqa-grpo's FSDP2; set "
+                            "mixed_precision: \"no\" in the accelerate config and train.mixed_precision=bf16 in the run's config")
+        classes = tuple(c.strip() for c in env.get("FSDP_TRANSFORMER_CLS_TO_WRAP", "").split(",") if c.strip())
+        return cls(classes, policy == "TRANSFORMER_BASED_WRAP", _flag(env, "FSDP_RESHARD_AFTER_FORWARD", "true"),
+                   _flag(env, "FSDP_OFFLOAD_PARAMS"))
+
+
+def sharding_root(model):
+    """The module FSDP's root unit is put on: the transformers model itself, also under a PEFT
+    wrapper (whose ``generate`` calls the inner model directly, bypassing the wrapper's forward)."""
+    if hasattr(model, "get_base_model"):
+        return model.get_base_model()
+    return model
+
+
+def wrap_targets(root, names: tuple[str, ...]) -> list[torch.nn.Module]:
+    """The submodules whose class is one of ``names`` (default: the model's ``_no_split_modules``),
+    outermost first; a UserError when a name is found nowhere in the model."""
+    wanted = names or tuple(getattr(root, "_no_split_modules", None) or ())
+    found = {type(m).__name__ for m in root.modules()}
+    missing = [n for n in wanted if n not in found]
+    if names and missing:
+        layers = sorted({type(m[0]).__name__ for m in root.modules() if isinstance(m, torch.nn.ModuleList) and len(m)})
+        raise UserError(f"fsdp_transformer_layer_cls_to_wrap={','.join(missing)}: no such module in {type(root).__name__}; "
+                        f"set it to its layer classes ({', '.join(layers)}) or remove the line to use the model's own")
+    return [m for m in root.modules() if type(m).__name__ in wanted and m is not root]
+
+
 class Dist:
     """Rank, world size and collectives of this run (accelerate's when launched on several processes)."""
 
-    def __init__(self, acc=None):
+    def __init__(self, acc=None, fsdp: FSDPSettings | None = None):
         self.acc = acc  # None: one process
+        self.fsdp = fsdp  # not None: Dist.shard applies FSDP2
 
     @classmethod
     def from_env(cls, device: str = "auto") -> "Dist":
-        """accelerate's processes when a launcher started several (gloo on the CPU), else one process."""
+        """accelerate's processes when a launcher started several (gloo on the CPU), else one process.
+
+        An FSDP launch is read here and accelerate is then started as a plain multi-process run
+        (ACCELERATE_USE_FSDP=false for this process): the model is sharded by :meth:`shard`.
+        """
         if launched_world_size() <= 1:
             return cls()
+        if _flag(os.environ, "ACCELERATE_USE_DEEPSPEED"):
+            raise UserError("accelerate's DeepSpeed is not supported by vqa-grpo's loop; use configs/accelerate/fsdp.yaml "
+                            "(FSDP2: weights, gradients and AdamW's moments sharded) or configs/accelerate/ddp.yaml")
+        fsdp = FSDPSettings.from_env(os.environ)
+        if fsdp is not None:
+            os.environ["ACCELERATE_USE_FSDP"] = "false"
         from accelerate import Accelerator
 
         acc = Accelerator(cpu=device == "cpu" or not torch.cuda.is_available())
-        kind = acc.distributed_type.name
-        if kind in ("FSDP", "DEEPSPEED"):
-            from vqa_grpo.errors import UserError
+        if acc.distributed_type.name in ("FSDP", "DEEPSPEED"):  # set up by code rather than the launcher
+            raise UserError(f"accelerate's own {acc.distributed_type.name} is not supported by vqa-grpo's loop; "
+                            "launch with configs/accelerate/fsdp.yaml or ddp.yaml")
+        return cls(acc, fsdp)
 
-            raise UserError(
-                f"accelerate's {kind} is not supported by vqa-grpo's loop yet (sampling and evaluation would need every "
-                "rank to decode in step with sharded weights, and checkpoints the sharded optimizer); "
-                "use configs/accelerate/ddp.yaml, with model.lora=true or model.quantization=4bit for a large model")
-        return cls(acc)
-
-    def describe(self) -> str:
+    def describe(self, model=None) -> str:
+        """E.g. "2 processes, MULTI_CPU on cpu"; under FSDP with ``model``, its units and rank 0's share."""
         if self.acc is None:
             return "1 process"
-        return f"{self.world} processes, {self.acc.distributed_type.value} on {self.acc.device.type}"
+        if self.fsdp is None:
+            return f"{self.world} processes, {self.acc.distributed_type.value} on {self.acc.device.type}"
+        text = f"{self.world} processes, FSDP2 on {self.acc.device.type}"
+        if model is not None:
+            from torch.distributed.fsdp import FSDPModule
+
+            local, full = parameter_counts(model)
+            units = sum(isinstance(m, FSDPModule) for m in model.modules())
+            text += f", {units} sharded units, {local:,} of {full:,} parameters on this process"
+        return text
 
     @property
     def rank(self) -> int:
@@ -75,9 +171,47 @@ class Dist:
     def device(self, fallback: torch.device) -> torch.device:
         return self.acc.device if self.acc else fallback
 
+    def check_config(self, cfg) -> None:
+        """Settings that cannot run on sharded weights, refused before the model loads."""
+        if self.fsdp is None:
+            return
+        if cfg.model.quantization != "none":
+            raise UserError(f"model.quantization={cfg.model.quantization} weights cannot be sharded by FSDP; set "
+                            "model.quantization=none, or launch with configs/accelerate/ddp.yaml")
+        if cfg.grpo.generation_backend == "vllm":
+            raise UserError("grpo.generation_backend=vllm needs the full weights on every process; set "
+                            "grpo.generation_backend=transformers, or launch with configs/accelerate/ddp.yaml")
+
+    def shard(self, model):
+        """Under FSDP: ``model`` sharded in place with FSDP2 (each wrap-class module its own unit, then
+        the rest as the root unit) and returned; otherwise ``model`` unchanged. Rank 0's weights are
+        broadcast first, as DDP does: randomly initialised ones (LoRA's A) differ between ranks
+        seeded apart. Build the optimizer after this: sharding replaces the parameters."""
+        if self.fsdp is None:
+            return model
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
+
+        mesh = init_device_mesh(self.acc.device.type, (self.world,))
+        offload = CPUOffloadPolicy(pin_memory=self.acc.device.type == "cuda") if self.fsdp.offload_params else OffloadPolicy()
+        kwargs = dict(mesh=mesh, reshard_after_forward=self.fsdp.reshard_after_forward, offload_policy=offload)
+        _broadcast_from_rank0(model)
+        root = sharding_root(model)
+        for layer in reversed(wrap_targets(root, self.fsdp.wrap_classes) if self.fsdp.wrap_layers else []):
+            fully_shard(layer, **kwargs)  # innermost first: a unit owns the parameters no inner unit took
+        # The root unit keeps its weights gathered from forward to backward (FSDP2's own default for
+        # the root: backward needs them at once), and through a Dist.decoding block.
+        fully_shard(root, **{**kwargs, "reshard_after_forward": False})
+        # FSDP makes the unit that runs forward first the root. transformers' generate may call the
+        # image encoder before the model's forward (Dist.decoding), so fix the root now (torch has
+        # no public call for this).
+        root._get_fsdp_state()._lazy_init()
+        return model
+
     def prepare(self, model, optimizer):
-        """The model wrapped for DDP/FSDP/DeepSpeed (and its optimizer), as accelerate's config says."""
-        if self.acc is None:
+        """The model wrapped for DDP (and its optimizer) when there are several processes; under
+        FSDP both as they are (:meth:`shard` did the wrapping)."""
+        if self.acc is None or self.fsdp is not None:
             return model, optimizer
         return self.acc.prepare(model, optimizer)
 
@@ -88,18 +222,34 @@ class Dist:
             self.acc.backward(loss)
 
     def no_sync(self, model, sync: bool):
-        """Skip the gradient all-reduce of this backward unless ``sync`` (the step's last one)."""
+        """Skip the gradient all-reduce (FSDP: reduce-scatter) of this backward unless ``sync`` (the
+        step's last one); the skipped micro-batches' gradients accumulate unsharded until then."""
         if self.acc is None or sync:
             return contextlib.nullcontext()
+        if self.fsdp is not None:
+            return _gradient_sync_off(sharding_root(model))
         return self.acc.no_sync(model)
 
     def clip_grad_norm(self, model, max_norm: float) -> float:
         """Global gradient norm (over every rank's shard), clipped to ``max_norm`` when > 0."""
         params = [p for p in model.parameters() if p.grad is not None]
         limit = max_norm if max_norm > 0 else float("inf")
-        if self.acc is None:
-            return float(torch.nn.utils.clip_grad_norm_(params, limit)) if params else 0.0
+        if self.acc is None or self.fsdp is not None:  # FSDP: the norm of DTensor gradients, a collective
+            if not params:
+                return 0.0
+            norm = torch.nn.utils.clip_grad_norm_(params, limit)
+            return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         return float(self.acc.clip_grad_norm_(model.parameters(), limit))
+
+    def decoding(self, model):
+        """Under FSDP, a block in which every rank keeps decoding until all ranks' rows have stopped
+        (each decode step is a collective forward), with the root unit of ``model`` gathered
+        throughout: transformers' ``generate`` runs a multimodal model's image encoder outside the
+        model's forward, where FSDP would not gather the weights the root unit holds. Otherwise a
+        no-op block."""
+        if self.fsdp is None:
+            return contextlib.nullcontext()
+        return _synced_and_gathered(sharding_root(model), self.any)
 
     def sum(self, value: float) -> float:
         """``value`` summed over ranks."""
@@ -122,12 +272,21 @@ class Dist:
         return self.sum(1.0 if flag else 0.0) > 0
 
     def map_sharded(self, fn: Callable[[list], list[T]], items: list) -> list[T]:
-        """``fn`` on this rank's share (items r, r + world, ...), gathered back into the input's order."""
+        """``fn`` on this rank's share (items r, r + world, ...), gathered back into the input's order.
+
+        Under FSDP every rank's share is padded to the same length (with copies of the share's
+        first item, or of item 0) so that all run ``fn``'s forward passes the same number of times;
+        the padding's results are dropped.
+        """
         if self.acc is None:
             return fn(items)
         from accelerate.utils import gather_object
 
-        mine = fn(items[self.rank :: self.world])
+        share = items[self.rank :: self.world]
+        n = len(share)
+        if self.fsdp is not None and items:
+            share = share + [share[0] if share else items[0]] * (math.ceil(len(items) / self.world) - n)
+        mine = fn(share)[:n]
         shards = gather_object([mine])
         out: list = [None] * len(items)
         for r, shard in enumerate(shards):
@@ -137,3 +296,131 @@ class Dist:
     def barrier(self) -> None:
         if self.acc is not None:
             self.acc.wait_for_everyone()
+
+    # ---- full state dicts of a sharded model (collectives: every rank calls them) --------------
+
+    def model_state(self, model) -> dict | None:
+        """Under FSDP, the full state dict of ``model`` in CPU memory on rank 0 (None on the others),
+        LoRA runs gathering only the trainable (adapter) weights; None without FSDP (the module's own
+        state dict is the full one)."""
+        if self.fsdp is None:
+            return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=is_peft(model))
+        state = get_model_state_dict(model, options=options)
+        if not self.is_main:
+            return None
+        first = {n for n, _ in model.named_parameters()}
+        tied = {n for n, _ in model.named_parameters(remove_duplicate=False)} - first  # e.g. lm_head tied to the embeddings
+        return {k: v for k, v in state.items() if k not in tied}  # as save_pretrained writes a live model
+
+    def optimizer_state(self, model, optimizer) -> dict | None:
+        """Under FSDP, the full optimizer state on rank 0 in ``optimizer.state_dict()``'s layout of a
+        1-process run (parameters numbered in the optimizer's order), None on the others; None without FSDP."""
+        if self.fsdp is None:
+            return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        state = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not self.is_main:
+            return None
+        index = {name: i for i, name in enumerate(optimizer_names(model, optimizer))}
+        return {"state": {index[k]: v for k, v in state["state"].items()},
+                "param_groups": [{**g, "params": [index[k] for k in g["params"]]} for g in state["param_groups"]]}
+
+    def load_model_state(self, model, state: dict, strict: bool = True) -> None:
+        """Copy the full ``state`` (the same on every rank) into the sharded ``model``: each rank keeps its shard."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=strict))
+
+    def load_optimizer_state(self, model, optimizer, state: dict) -> None:
+        """Load a full optimizer state in 1-process layout (as :meth:`optimizer_state` writes it) into
+        the optimizer over the sharded ``model``; every rank passes the same ``state``."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        names = optimizer_names(model, optimizer)
+        by_name = {"state": {names[i]: v for i, v in state["state"].items()},
+                   "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
+        set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def optimizer_names(model, optimizer) -> list[str]:
+    """The parameter names of ``optimizer``'s parameters, in its param_groups order."""
+    name = {id(p): n for n, p in model.named_parameters()}
+    return [name[id(p)] for g in optimizer.param_groups for p in g["params"]]
+
+
+def parameter_counts(model) -> tuple[int, int]:
+    """(elements this process holds, elements of the full model) over ``model``'s parameters."""
+    local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in model.parameters())
+    return local, sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def _broadcast_from_rank0(model) -> None:
+    import torch.distributed as tdist
+
+    for t in [*model.parameters(), *model.buffers()]:
+        tdist.broadcast(t.data, src=0)
+
+
+@contextlib.contextmanager
+def _synced_and_gathered(root, any_rank: Callable[[bool], bool]):
+    from vqa_grpo.models.prefix import synced_decoding
+
+    root.unshard()
+    try:
+        with synced_decoding(any_rank):
+            yield
+    finally:
+        root.reshard()
+
+
+@contextlib.contextmanager
+def _gradient_sync_off(root):
+    root.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        root.set_requires_gradient_sync(True)
+
+
+def predict_sharded(dist: Dist, lm, examples: list, eval_cfg, device, *, progress: bool = False) -> list[str | None]:
+    """The raw answer to each example as ``eval_cfg`` (config.EvalConfig) asks (None where its image
+    fails to load), each process answering its share and all getting every answer, in order.
+
+    With sharded weights (FSDP) every generate call is a collective: the examples whose image fails
+    are dropped first (so that no rank skips a batch the others run), the shares are padded to
+    equal length and the ranks decode in step.
+    """
+    from vqa_grpo.models.generation import predict_answers
+
+    def answer(chunk: list) -> list[str | None]:
+        return predict_answers(
+            lm.model, lm.adapter, lm.processor, chunk,
+            batch_size=eval_cfg.batch_size, max_new_tokens=eval_cfg.max_new_tokens, device=device,
+            do_sample=eval_cfg.do_sample, temperature=eval_cfg.temperature, top_p=eval_cfg.top_p, progress=progress,
+        )
+
+    if dist.fsdp is None:
+        return dist.map_sharded(answer, examples)
+    loads = dist.map_sharded(lambda chunk: [_image_loads(e) for e in chunk], examples)
+    with dist.decoding(lm.model):
+        texts = iter(dist.map_sharded(answer, [e for e, ok in zip(examples, loads) if ok]))
+    return [next(texts) if ok else None for ok in loads]
+
+
+def _image_loads(example) -> bool:
+    from vqa_grpo.data.types import BadExample
+
+    try:
+        example.load_image()
+    except BadExample:
+        return False
+    return True

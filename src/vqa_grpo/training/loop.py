@@ -29,12 +29,11 @@ from vqa_grpo.config import Config, save_config
 from vqa_grpo.data.loader import load_vqa
 from vqa_grpo.data.types import VQAExample
 from vqa_grpo.errors import TrainingStopped, UserError
-from vqa_grpo.models.generation import predict_answers
 from vqa_grpo.models.loading import LoadedModel, load_model, resolve_device
 from vqa_grpo.rewards import clean_answer, score_predictions
 from vqa_grpo.training.batches import Batches
 from vqa_grpo.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_model
-from vqa_grpo.training.distributed import Dist
+from vqa_grpo.training.distributed import Dist, predict_sharded
 from vqa_grpo.training.export import merge_adapter, write_model_card
 from vqa_grpo.training.faults import OOM_ADVICE, StopSignals, free_device_memory, is_oom
 from vqa_grpo.training.optim import make_optimizer, make_scheduler
@@ -66,14 +65,7 @@ class RunResult:
 def evaluate_model(lm: LoadedModel, examples: list[VQAExample], cfg: Config, device, dist: Dist | None = None) -> dict[str, float]:
     """Mean metrics on ``examples`` (greedy unless eval.do_sample), each process answering its share."""
 
-    def answer(chunk: list[VQAExample]) -> list[str | None]:
-        return predict_answers(
-            lm.model, lm.adapter, lm.processor, chunk,
-            batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens, device=device,
-            do_sample=cfg.eval.do_sample, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
-        )
-
-    texts = (dist or Dist()).map_sharded(answer, examples)
+    texts = predict_sharded(dist or Dist(), lm, examples, cfg.eval, device)
     kept = [(e, t) for e, t in zip(examples, texts) if t is not None]
     preds = [clean_answer(t, reasoning=cfg.reward.reasoning) for _, t in kept]
     scores = score_predictions(preds, [e.answers for e, _ in kept], [e.answer_type for e, _ in kept])
@@ -112,9 +104,10 @@ class Session:
         return path
 
     def save_model(self, out: Path) -> None:
-        """Model and processor to ``out`` (every process takes part; rank 0 writes)."""
+        """Model and processor to ``out`` (every process takes part: FSDP gathers the weights; rank 0 writes)."""
+        state = self.dist.model_state(self.lm.model)
         if self.dist.is_main:
-            save_model(self.lm.model, self.lm.processor, out)
+            save_model(self.lm.model, self.lm.processor, out, state_dict=state)
         self.dist.barrier()
 
 
@@ -135,6 +128,7 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None) -
     _check_fresh(cfg, run_dir)
     if mode == "grpo" and cfg.grpo.generation_backend == "vllm":
         _check_vllm(cfg, device)
+    dist.check_config(cfg)
     lm = load_model(cfg.model, device)
     if mode == "grpo":  # grpo.shared_prefix=on with a family that cannot: one line, before anything is written
         from vqa_grpo.models import prefix
@@ -144,10 +138,11 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None) -
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
     lm.model.train()
-    optimizer = make_optimizer(lm.model.parameters(), cfg.train)
+    ref = reference_model(cfg, lm) if mode == "grpo" else None  # the starting policy, before any resume
+    _shard(dist, lm, ref)
+    optimizer = make_optimizer(lm.model.parameters(), cfg.train)  # over the shards under FSDP
     scheduler = make_scheduler(optimizer, cfg.train)
     batches = Batches(data.train, cfg.train.per_device_batch_size, cfg.train.seed, dist.rank, dist.world)
-    ref = reference_model(cfg, lm) if mode == "grpo" else None  # the starting policy, before any resume
     vllm = None
     if mode == "grpo" and cfg.grpo.generation_backend == "vllm":  # before the RNG states are restored: it reseeds them
         from vqa_grpo.grpo.vllm_backend import VLLMSampler
@@ -156,7 +151,7 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None) -
     state = {"best_metric": None, "bad_steps": 0, "eval_history": []}
     start = 0
     if resume is not None:
-        state = load_checkpoint(resume, lm.model, optimizer, scheduler, dist.rank)
+        state = load_checkpoint(resume, lm.model, optimizer, scheduler, dist.rank, dist=dist)
         batches.restore(state["data"])
         start = state["step"]
         if dist.is_main:
@@ -166,7 +161,7 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None) -
             truncate_log(run_dir / name, 0)
     wrapped, optimizer = dist.prepare(lm.model, optimizer)
     if dist.world > 1 and dist.is_main:
-        tqdm.write(f"{mode}: {dist.describe()}", file=sys.stderr)
+        tqdm.write(f"{mode}: {dist.describe(lm.model)}", file=sys.stderr)
     train_lm = dataclasses.replace(lm, model=wrapped)
     reporter = Reporter(run_dir, cfg, start) if dist.is_main else NullReporter()
     s = Session(cfg, lm, train_lm, dist, device, run_dir, optimizer, scheduler, batches, state, reporter, start)
@@ -195,6 +190,13 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None) -
     return RunResult(run_dir, final, s.step, state["eval_history"], time.time() - t0)
 
 
+def _shard(dist: Dist, lm: LoadedModel, ref) -> None:
+    """Under FSDP, shard the policy and the KL reference copy (a module when it is one) in place."""
+    dist.shard(lm.model)
+    if isinstance(ref, torch.nn.Module):
+        dist.shard(ref)
+
+
 def _train_step(s: Session, grpo: GRPOSteps | None) -> dict | None:
     """One optimiser step; None when the device ran out of memory and the batch was skipped."""
     t_step = time.time()
@@ -202,7 +204,8 @@ def _train_step(s: Session, grpo: GRPOSteps | None) -> dict | None:
         if grpo is None:
             stats = sft_step(s.cfg, s.train_lm, s.batches, s.device, s.dist)
         else:
-            stats = grpo.step(s.cfg, s.train_lm, s.batches, s.device, s.step)
+            with s.dist.decoding(s.lm.model):  # FSDP: the ranks sample in step, each decode step being a collective
+                stats = grpo.step(s.cfg, s.train_lm, s.batches, s.device, s.step)
     except RuntimeError as e:  # torch.OutOfMemoryError is one
         if not is_oom(e) or s.dist.world > 1:  # other processes would wait for this one's gradients
             raise

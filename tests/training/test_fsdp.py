@@ -1,0 +1,186 @@
+"""FSDP2 on several processes: `accelerate launch --config_file configs/accelerate/fsdp.yaml
+--num_processes 2 -m vqa_grpo.cli ...` on the CPU (gloo), against one process or DDP.
+
+Each rank must hold half of every weight; 2 processes x batch 1 must make the update of 1 process x
+batch 2 (within 1e-5 in fp32) and write the files of a 1-process run, once; a resumed run must end
+bitwise as the uninterrupted one; GRPO must sample in step when one rank's rows stop first and
+make DDP's update; LoRA must train as on one process; `evaluate` must give the answers of one process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_distributed import common, final, flat, grpo_run, launch, steps
+
+from vqa_grpo.config import load_config
+from vqa_grpo.errors import UserError
+from vqa_grpo.training import loop
+from vqa_grpo.training.distributed import Dist, FSDPSettings, wrap_targets
+
+EVAL = ("data.eval_fraction=0.04", "train.eval_steps=2", "eval.max_new_tokens=3")  # 8 eval questions
+
+
+@pytest.fixture(scope="module")
+def fsdp_sft(synth_dir, tiny_model_dir, tmp_path_factory):
+    """4 SFT steps under FSDP, 2 processes x batch 1, evaluating and saving every 2 steps."""
+    out = tmp_path_factory.mktemp("fsdp") / "run"
+    done = launch("sft", common(synth_dir, tiny_model_dir, out, "train.per_device_batch_size=1", *EVAL), config="fsdp")
+    return out, done
+
+
+@pytest.mark.slow
+def test_fsdp_two_processes_of_batch_one_equal_one_process_of_batch_two(fsdp_sft, synth_dir, tiny_model_dir, tmp_path):
+    out2, done = fsdp_sft
+    out1 = tmp_path / "one"
+    loop.run(load_config(None, common(synth_dir, tiny_model_dir, out1, "train.per_device_batch_size=2", *EVAL)), "sft")
+    a, b, start = final(out1), final(out2), load_file(tiny_model_dir / "model.safetensors")
+    assert sorted(b) == sorted(a) and any(not torch.equal(a[k], start[k]) for k in a)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-5)
+    one, two = steps(out1), steps(out2)
+    assert [r["step"] for r in two] == [1, 2, 3, 4]  # one line per step: rank 0 alone writes
+    for r1, r2 in zip(one, two):
+        assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-5) and r2["grad_norm"] == pytest.approx(r1["grad_norm"], rel=1e-5)
+    evals = [[r for r in map(json.loads, (o / "metrics.jsonl").read_text().splitlines()) if "loss" not in r] for o in (out1, out2)]
+    assert [r["step"] for r in evals[1]] == [2, 4] and evals[1] == evals[0]
+    # The checkpoint's optimizer file has the layout of a 1-process run (parameters by index).
+    opt1, opt2 = (torch.load(o / "checkpoint-4" / "optimizer.pt", weights_only=True) for o in (out1, out2))
+    assert opt2["param_groups"] == opt1["param_groups"] and sorted(opt2["state"]) == sorted(opt1["state"])
+    for i, s in opt1["state"].items():
+        torch.testing.assert_close(opt2["state"][i]["exp_avg"], s["exp_avg"], rtol=0, atol=1e-6)
+        assert torch.equal(opt2["state"][i]["step"], s["step"])
+    assert sorted(p.name for p in out2.iterdir()) == ["best", "checkpoint-2", "checkpoint-4", "config.yaml", "final", "metrics.jsonl"]
+    assert done.stdout.count("done: 4 steps") == 1
+
+
+@pytest.mark.slow
+def test_fsdp_keeps_half_of_every_weight_on_each_process(fsdp_sft, tiny_model_dir):
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
+    params = list(model.parameters())  # tied weights once
+    full = sum(p.numel() for p in params)
+    rank0 = sum(math.ceil(p.shape[0] / 2) * p[0].numel() for p in params)  # dim 0 split in 2, rank 0 the larger half
+    units = 1 + len(wrap_targets(model, ()))  # one per decoder layer and vision block, and the root
+    assert units == 1 + model.config.text_config.num_hidden_layers + model.config.vision_config.depth
+    _, done = fsdp_sft
+    assert f"sft: 2 processes, FSDP2 on cpu, {units} sharded units, {rank0:,} of {full:,} parameters on this process" in done.stderr
+
+
+@pytest.mark.slow
+def test_fsdp_resume_ends_bitwise_equal(fsdp_sft, synth_dir, tiny_model_dir, tmp_path):
+    full, _ = fsdp_sft
+    out = tmp_path / "resumed"
+    args = common(synth_dir, tiny_model_dir, out, "train.per_device_batch_size=1", *EVAL, f"train.resume={full / 'checkpoint-2'}")
+    launch("sft", args, config="fsdp")
+    a, b = final(full), final(out)
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert steps(out) == steps(full)[2:]
+
+
+@pytest.mark.slow
+def test_fsdp_grpo_samples_in_step_and_makes_the_update_of_ddp(synth_dir, tiny_model_dir, tmp_path_factory):
+    ddp = grpo_run("ddp", synth_dir, tiny_model_dir, tmp_path_factory)
+    fsdp = grpo_run("fsdp", synth_dir, tiny_model_dir, tmp_path_factory)
+    a, b = steps(ddp), steps(fsdp)
+    assert [r["step"] for r in b] == [1, 2]
+    # Step 1: the same completions (each rank samples its own, seeded as under DDP); some rows
+    # stopped before the 4-token limit and others ran to it, so a rank kept stepping for the other.
+    assert 0 < b[0]["truncated_fraction"] < 1 and b[0]["kl"] == 0.0  # the sharded reference copy = the policy
+    assert b[0] == pytest.approx(a[0], rel=1e-6, abs=1e-9)
+    w_ddp, w_fsdp = (load_file(r / "checkpoint-1" / "model.safetensors") for r in (ddp, fsdp))
+    for k in w_ddp:
+        torch.testing.assert_close(w_fsdp[k], w_ddp[k], rtol=0, atol=1e-6)
+    # Step 2 samples differently: the ranks that stopped first drew tokens for the extra decode steps.
+    assert (fsdp / "final" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_fsdp_lora_makes_the_update_of_one_process(synth_dir, tiny_model_dir, tmp_path):
+    lora = ("model.lora=true", "train.merge_lora=true", "train.max_steps=2", "train.save_steps=0", "train.learning_rate=1e-4")
+    launch("sft", common(synth_dir, tiny_model_dir, tmp_path / "two", "train.per_device_batch_size=1", *lora), config="fsdp")
+    loop.run(load_config(None, common(synth_dir, tiny_model_dir, tmp_path / "one", "train.per_device_batch_size=2", *lora)), "sft")
+    for name in ("final/adapter_model.safetensors", "merged/model.safetensors"):
+        a, b = (load_file(tmp_path / run / name) for run in ("one", "two"))
+        assert sorted(a) == sorted(b)
+        for k in a:  # LoRA's B starts at 0: AdamW's first steps amplify rounding differences to ~lr / 10
+            torch.testing.assert_close(b[k], a[k], rtol=0, atol=2e-5)
+
+
+@pytest.mark.slow
+def test_fsdp_evaluate_gives_the_answers_of_one_process(synth_dir, tiny_model_dir, tmp_path):
+    from vqa_grpo.data.loader import load_examples
+    from vqa_grpo.evaluation.evaluate import evaluate
+
+    rows = [json.loads(r) for r in (synth_dir / "data.jsonl").read_text().splitlines()[:7]]
+    data = tmp_path / "seven.jsonl"  # 7 questions: shares of 4 and 3, the second padded
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for r in rows:
+        (tmp_path / r["image"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(synth_dir / r["image"], tmp_path / r["image"])
+    args = ["train.device=cpu", "train.cpu_threads=1", "train.progress=false", "eval.max_new_tokens=3", "eval.batch_size=2"]
+    launch("evaluate", ["--model", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "two"), *args], config="fsdp")
+    cfg = load_config(None, args)
+    examples, _ = load_examples(str(data), cfg.data)
+    one = evaluate(str(tiny_model_dir), examples, cfg, tmp_path / "one")
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert flat(two) == pytest.approx(flat(one), rel=1e-6, abs=1e-9) and two["n"] == len(examples) == 7
+    got, ref = ([json.loads(r) for r in (tmp_path / d / "predictions.jsonl").read_text().splitlines()] for d in ("two", "one"))
+    assert [(r["id"], r["raw"]) for r in got] == [(r["id"], r["raw"]) for r in ref]
+
+
+# ---- the launch's FSDP settings ----------------------------------------------------------------
+
+BASE = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
+        "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT", "FSDP_RESHARD_AFTER_FORWARD": "false", "FSDP_OFFLOAD_PARAMS": "false",
+        "FSDP_TRANSFORMER_CLS_TO_WRAP": "Qwen2VLDecoderLayer", "ACCELERATE_MIXED_PRECISION": "no"}
+
+
+def test_fsdp_settings_are_read_from_what_accelerate_exports():
+    assert FSDPSettings.from_env({}) is None
+    s = FSDPSettings.from_env(BASE)
+    assert s == FSDPSettings(("Qwen2VLDecoderLayer",), wrap_layers=True, reshard_after_forward=False, offload_params=False)
+    assert FSDPSettings.from_env({**BASE, "FSDP_AUTO_WRAP_POLICY": "NO_WRAP"}).wrap_layers is False
+
+
+@pytest.mark.parametrize("key,value,fix", [
+    ("FSDP_VERSION", "1", "set fsdp_version: 2"),
+    ("FSDP_AUTO_WRAP_POLICY", "SIZE_BASED_WRAP", "set fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP"),
+    ("FSDP_STATE_DICT_TYPE", "SHARDED_STATE_DICT", "set fsdp_state_dict_type: FULL_STATE_DICT"),
+    ("FSDP_ACTIVATION_CHECKPOINTING", "true", "model.gradient_checkpointing=true"),
+    ("FSDP_CPU_RAM_EFFICIENT_LOADING", "true", "set fsdp_cpu_ram_efficient_loading: false"),
+    ("ACCELERATE_MIXED_PRECISION", "bf16", "train.mixed_precision=bf16"),
+])
+def test_fsdp_settings_that_cannot_run_are_one_line_errors(key, value, fix):
+    with pytest.raises(UserError, match=fix) as err:
+        FSDPSettings.from_env({**BASE, key: value})
+    assert "\n" not in str(err.value)
+
+
+def test_deepspeed_launches_are_refused(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(UserError, match="DeepSpeed is not supported.*configs/accelerate/fsdp.yaml"):
+        Dist.from_env("cpu")
+
+
+def test_a_wrap_class_the_model_lacks_names_the_ones_it_has(tiny_model_dir):
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
+    with pytest.raises(UserError, match=r"fsdp_transformer_layer_cls_to_wrap=Phi3DecoderLayer: no such module .*Qwen2VLDecoderLayer"):
+        wrap_targets(model, ("Phi3DecoderLayer",))
+
+
+def test_quantized_or_vllm_runs_are_refused_under_fsdp():
+    dist = Dist(acc=None, fsdp=FSDPSettings((), True, True, False))
+    with pytest.raises(UserError, match="model.quantization=4bit weights cannot be sharded"):
+        dist.check_config(load_config(None, ["model.quantization=4bit", "model.lora=true"]))
+    with pytest.raises(UserError, match="grpo.generation_backend=vllm needs the full weights"):
+        dist.check_config(load_config(None, ["grpo.generation_backend=vllm"]))
