@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -39,11 +40,19 @@ def launch(command: str, args: list[str], processes: int = 2, config: str = "ddp
     """``accelerate launch --config_file configs/accelerate/<config>.yaml -m vqa_grpo.cli <command> <args>``."""
     accelerate = Path(sys.executable).parent / "accelerate"
     cmd = [str(accelerate), "launch", "--config_file", str(ROOT / "configs" / "accelerate" / f"{config}.yaml"),
-           "--num_processes", str(processes), "-m", "vqa_grpo.cli", command, *args]
+           "--num_processes", str(processes), "--main_process_port", str(free_port()), "-m", "vqa_grpo.cli", command, *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if "Error" in line or line.startswith("error:")]
+    assert done.returncode == 0, "\n".join(errors[:20]) + "\n" + done.stderr[-1500:]
     return done
+
+
+def free_port() -> int:
+    """A free TCP port for the rendezvous (another test session may be using accelerate's 29500)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def steps(run_dir: Path) -> list[dict]:
