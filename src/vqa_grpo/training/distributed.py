@@ -182,11 +182,13 @@ class Dist:
             raise UserError("grpo.generation_backend=vllm needs the full weights on every process; set "
                             "grpo.generation_backend=transformers, or launch with configs/accelerate/ddp.yaml")
 
-    def shard(self, model):
+    def shard(self, model, reshard_root: bool = False):
         """Under FSDP: ``model`` sharded in place with FSDP2 (each wrap-class module its own unit, then
         the rest as the root unit) and returned; otherwise ``model`` unchanged. Rank 0's weights are
         broadcast first, as DDP does: randomly initialised ones (LoRA's A) differ between ranks
-        seeded apart. Build the optimizer after this: sharding replaces the parameters."""
+        seeded apart. Build the optimizer after this: sharding replaces the parameters.
+        ``reshard_root``: free the root unit's gathered weights after each forward too (a model
+        that only runs forward, like the KL reference, would otherwise keep them gathered)."""
         if self.fsdp is None:
             return model
         from torch.distributed.device_mesh import init_device_mesh
@@ -201,7 +203,7 @@ class Dist:
             fully_shard(layer, **kwargs)  # innermost first: a unit owns the parameters no inner unit took
         # The root unit keeps its weights gathered from forward to backward (FSDP2's own default for
         # the root: backward needs them at once), and through a Dist.decoding block.
-        fully_shard(root, **{**kwargs, "reshard_after_forward": False})
+        fully_shard(root, **{**kwargs, "reshard_after_forward": reshard_root})
         # FSDP makes the unit that runs forward first the root. transformers' generate may call the
         # image encoder before the model's forward (Dist.decoding), so fix the root now (torch has
         # no public call for this).

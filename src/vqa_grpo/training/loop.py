@@ -193,8 +193,8 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None) -
 def _shard(dist: Dist, lm: LoadedModel, ref) -> None:
     """Under FSDP, shard the policy and the KL reference copy (a module when it is one) in place."""
     dist.shard(lm.model)
-    if isinstance(ref, torch.nn.Module):
-        dist.shard(ref)
+    if isinstance(ref, torch.nn.Module):  # forward only: its root unit is freed after each pass as well
+        dist.shard(ref, reshard_root=True)
 
 
 def _train_step(s: Session, grpo: GRPOSteps | None) -> dict | None:
