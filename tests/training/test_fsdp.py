@@ -27,6 +27,12 @@ EVAL = ("data.eval_fraction=0.04", "train.eval_steps=2", "eval.max_new_tokens=3"
 SFT = ("train.gradient_accumulation_steps=2", *EVAL)  # the first micro-batch's backward skips the reduce-scatter
 
 
+def same_scores(records: list[dict]):
+    """Evaluation records equal to ``records`` up to the semantic model's embeddings, which may differ
+    in the 7th digit between processes (its batches are padded differently)."""
+    return [pytest.approx(r, rel=1e-6, abs=1e-9) for r in records]
+
+
 @pytest.fixture(scope="module")
 def fsdp_sft(synth_dir, tiny_model_dir, tmp_path_factory):
     """4 SFT steps under FSDP, 2 processes x batch 1 x 2 micro-batches, evaluating and saving every 2 steps."""
@@ -49,7 +55,7 @@ def test_fsdp_two_processes_of_batch_one_equal_one_process_of_batch_two(fsdp_sft
     for r1, r2 in zip(one, two):
         assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-5) and r2["grad_norm"] == pytest.approx(r1["grad_norm"], rel=1e-5)
     evals = [[r for r in map(json.loads, (o / "metrics.jsonl").read_text().splitlines()) if "loss" not in r] for o in (out1, out2)]
-    assert [r["step"] for r in evals[1]] == [2, 4] and evals[1] == evals[0]
+    assert [r["step"] for r in evals[1]] == [2, 4] and evals[1] == same_scores(evals[0])
     # The checkpoint's optimizer file has the layout of a 1-process run (parameters by index).
     opt1, opt2 = (torch.load(o / "checkpoint-4" / "optimizer.pt", weights_only=True) for o in (out1, out2))
     assert opt2["param_groups"] == opt1["param_groups"] and sorted(opt2["state"]) == sorted(opt1["state"])
@@ -109,7 +115,7 @@ def test_fsdp_lora_makes_the_update_of_one_process(synth_dir, tiny_model_dir, tm
     launch("sft", common(synth_dir, tiny_model_dir, tmp_path / "two", "train.per_device_batch_size=1", *lora), config="fsdp")
     loop.run(load_config(None, common(synth_dir, tiny_model_dir, tmp_path / "one", "train.per_device_batch_size=2", *lora)), "sft")
     evals = [[r for r in map(json.loads, (tmp_path / o / "metrics.jsonl").read_text().splitlines()) if "loss" not in r] for o in ("one", "two")]
-    assert [r["step"] for r in evals[1]] == [2] and evals[1] == evals[0]  # generate through the PEFT wrapper
+    assert [r["step"] for r in evals[1]] == [2] and evals[1] == same_scores(evals[0])  # generate through the PEFT wrapper
     for name in ("final/adapter_model.safetensors", "merged/model.safetensors"):
         a, b = (load_file(tmp_path / run / name) for run in ("one", "two"))
         assert sorted(a) == sorted(b)
