@@ -26,6 +26,7 @@ process x batch 2. Only rank 0 writes the run directory.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -90,6 +91,13 @@ class FSDPSettings:
                    _flag(env, "FSDP_OFFLOAD_PARAMS"))
 
 
+@functools.cache
+def launch_fsdp() -> FSDPSettings | None:
+    """This process's launch settings, read once: Dist.from_env then hides them from accelerate
+    (a second Dist in the same process, e.g. evaluation after training, must see them too)."""
+    return FSDPSettings.from_env(os.environ)
+
+
 def sharding_root(model):
     """The module FSDP's root unit is put on: the transformers model itself, also under a PEFT
     wrapper (whose ``generate`` calls the inner model directly, bypassing the wrapper's forward)."""
@@ -130,7 +138,7 @@ class Dist:
         if _flag(os.environ, "ACCELERATE_USE_DEEPSPEED"):
             raise UserError("accelerate's DeepSpeed is not supported by vqa-grpo's loop; use configs/accelerate/fsdp.yaml "
                             "(FSDP2: weights, gradients and AdamW's moments sharded) or configs/accelerate/ddp.yaml")
-        fsdp = FSDPSettings.from_env(os.environ)
+        fsdp = launch_fsdp()
         if fsdp is not None:
             os.environ["ACCELERATE_USE_FSDP"] = "false"
         from accelerate import Accelerator
