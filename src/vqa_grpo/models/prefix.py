@@ -73,10 +73,10 @@ def decoding_is_synced() -> bool:
     return _any_rank is not None
 
 
-def keep_decoding(running: torch.Tensor) -> bool:
-    """Whether to take another decode step: a row here is running, or (synced) on any rank."""
+def keep_decoding(running: torch.Tensor) -> tuple[bool, bool]:
+    """(a row here is still running, take another decode step: here, or under synced decoding on any rank)."""
     here = bool(running.any())
-    return here if _any_rank is None else _any_rank(here)
+    return here, (here if _any_rank is None else _any_rank(here))
 
 
 def _log_once(message: str) -> None:
@@ -293,19 +293,27 @@ def sample_from_prefix(
     running = torch.ones(seqs.shape[0], dtype=torch.bool, device=seqs.device)  # [R]
     logits = prefix.last_logits.float()  # [R, V]
     tokens, scores = [], []
+    here = True  # a row on this rank is still running
     for step in range(max_new_tokens):
-        step_scores = processors(seqs, logits)  # [R, V]
-        if do_sample:
-            nxt = torch.multinomial(torch.softmax(step_scores, dim=-1), num_samples=1).squeeze(1)
-        else:
-            nxt = torch.argmax(step_scores, dim=-1)
-        nxt = torch.where(running, nxt, torch.full_like(nxt, pad_id))  # [R]
+        if here:
+            step_scores = processors(seqs, logits)  # [R, V]
+            if do_sample:
+                nxt = torch.multinomial(torch.softmax(step_scores, dim=-1), num_samples=1).squeeze(1)
+            else:
+                nxt = torch.argmax(step_scores, dim=-1)
+            nxt = torch.where(running, nxt, torch.full_like(nxt, pad_id))  # [R]
+        else:  # synced decoding, every row here stopped: step with the other ranks without drawing,
+            # so that this rank's random stream stays the one a single process would have
+            step_scores, nxt = torch.zeros_like(logits), torch.full_like(running, pad_id, dtype=torch.long)
         seqs = torch.cat([seqs, nxt[:, None]], dim=1)
         tokens.append(nxt)
         if keep_scores:
             scores.append(step_scores)
         running = running & ~torch.isin(nxt, stop)
-        if step + 1 == max_new_tokens or not keep_decoding(running):
+        if step + 1 == max_new_tokens:
+            break
+        here, more = keep_decoding(running)
+        if not more:
             break
         logits = prefix.extend(model, nxt[:, None], logits_to_keep=1)[:, -1].float()
     return torch.stack(tokens, dim=1), (tuple(scores) if keep_scores else None)
