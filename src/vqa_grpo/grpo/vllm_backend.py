@@ -16,6 +16,11 @@ the samples themselves are drawn with each row's temperature and top-p, as on th
 path. The images go to vLLM as multi-modal data with the family's prompt text; the loss
 re-encodes them with the family's processor.
 
+The same code drives vLLM's CUDA build and its CPU build (``vllm-cpu``, scripts/setup_vllm_cpu.sh),
+where ``grpo.vllm_gpu_memory_utilization`` is vLLM's share of the host's memory instead (or set
+VLLM_CPU_KVCACHE_SPACE, in GiB, for an explicit KV cache). vLLM's CPU worker replaces
+``torch.set_num_threads`` in the process with a no-op once it has bound its threads.
+
 Shapes: B questions, G completions each, R = B*G rows (group after group), C completion tokens.
 """
 
@@ -29,8 +34,8 @@ import torch
 from vqa_grpo.config import Config
 from vqa_grpo.errors import UserError
 
-INSTALL_HINT = ("grpo.generation_backend=vllm needs vLLM, which runs on CUDA GPUs: pip install 'vqa-grpo[vllm]', "
-                "or set grpo.generation_backend=transformers")
+INSTALL_HINT = ("grpo.generation_backend=vllm needs vLLM: pip install 'vqa-grpo[vllm]' on a CUDA machine "
+                "(scripts/setup_vllm_cpu.sh for its CPU build), or set grpo.generation_backend=transformers")
 
 
 def require_vllm():
@@ -74,24 +79,28 @@ class VLLMSampler:
             distributed_executor_backend="external_launcher" if world > 1 else None,
         )
         self.vllm = vllm
+        self.cpu = vllm.platforms.current_platform.is_cpu()
 
     def push_weights(self, model) -> None:
-        """Copy the policy's current weights into vLLM (LoRA adapters merged for the copy)."""
+        """Copy the policy's current weights into vLLM's model (LoRA adapters merged into the copy).
+
+        The weights go by their transformers names to vLLM's in-place reload (the worker's
+        ``reload_weights``, in this process): the model's own ``load_weights`` maps the names
+        (an unknown one raises) and each layer's weights are processed again as after a load
+        (vLLM's CPU build repacks its linear layers' weights for its GEMM kernels and drops the
+        originals, so a plain ``load_weights`` cannot take a second load there). On CPU only, the
+        LM head is repacked as well: tied to the input embeddings it receives no weights of its
+        own, and vLLM 0.32's reload keeps its packed copy of the old ones. Then the caches that
+        hold results of the old weights are emptied on both sides of the engine (scheduler and
+        worker): the vision encoder's outputs and the prefix's KV blocks; and the multi-modal
+        input caches, which the reload clears on the worker's side only."""
         model = getattr(model, "module", model)
-        peft = hasattr(model, "merge_adapter")
-        if peft:
-            model.merge_adapter()
-        try:
-            target = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
-            for name, param in model.named_parameters():
-                if peft:
-                    if "lora_" in name or "original_module" in name:
-                        continue
-                    name = name.removeprefix("base_model.model.").replace(".base_layer", "")
-                target.load_weights([(name, param.data)])
-        finally:
-            if peft:
-                model.unmerge_adapter()
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": trainer_weights(model),
+                                                           "is_checkpoint_format": True})
+        if self.cpu:
+            self.llm.apply_model(repack_lm_heads)
+        self.llm.llm_engine.reset_encoder_cache()
+        self.llm.reset_mm_cache()
         self.llm.reset_prefix_cache()
 
     def sample(self, prompt_texts: list[str], images: list, group_size: int, temperatures: torch.Tensor,
@@ -109,6 +118,48 @@ class VLLMSampler:
                 ))
         outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)
         return collate([o.outputs[0] for o in outputs], max_tokens)
+
+
+def check_device(device: torch.device) -> None:
+    """The installed vLLM build runs on ``device``'s type (its CUDA build on cuda, vllm-cpu on cpu), else one line."""
+    from vllm.platforms import current_platform
+
+    if current_platform.device_type != device.type:
+        raise UserError(f"grpo.generation_backend=vllm: the installed vLLM runs on {current_platform.device_type}, "
+                        f"this run is on {device.type}; set train.device={current_platform.device_type} "
+                        "or grpo.generation_backend=transformers")
+
+
+def trainer_weights(model):
+    """(transformers name, tensor) of each weight of the policy, detached; with LoRA, each adapted
+    layer's base weight plus its active adapters' W_delta = scale * B @ A (computed apart: the
+    trainer's weights are never merged in place) under the base model's names, and no adapter tensors."""
+    deltas = {}
+    if hasattr(model, "peft_config"):
+        from peft.tuners.lora import LoraLayer
+
+        for prefix, layer in model.named_modules():
+            if isinstance(layer, LoraLayer) and not layer.disable_adapters and not layer.merged:
+                for name in layer.active_adapters:
+                    if name in layer.lora_A:
+                        key = f"{prefix}.base_layer.weight"
+                        deltas[key] = deltas.get(key, 0) + layer.get_delta_weight(name).detach()
+    for name, param in model.named_parameters():
+        if "lora_" in name or "original_module" in name:
+            continue
+        weight = param.detach()
+        if name in deltas:
+            weight = weight + deltas[name].to(weight.dtype)
+        yield name.removeprefix("base_model.model.").replace(".base_layer", ""), weight
+
+
+def repack_lm_heads(model) -> None:
+    """Runs on vLLM's model (CPU build): rebuild each LM head's packed GEMM weights from its weight."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead
+
+    for layer in model.modules():
+        if isinstance(layer, ParallelLMHead) and layer.weight.numel():
+            layer.quant_method.process_weights_after_loading(layer)
 
 
 def collate(completions, max_tokens: int) -> Samples:

