@@ -177,13 +177,6 @@ def test_fsdp_settings_that_cannot_run_are_one_line_errors(key, value, fix):
     assert "\n" not in str(err.value)
 
 
-def test_deepspeed_launches_are_refused(monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    with pytest.raises(UserError, match="DeepSpeed is not supported.*configs/accelerate/fsdp.yaml"):
-        Dist.from_env("cpu")
-
-
 def test_a_wrap_class_the_model_lacks_names_the_ones_it_has(tiny_model_dir):
     from transformers import AutoModelForImageTextToText
 

@@ -68,7 +68,7 @@ def evaluate(model_dir: str, examples: list[VQAExample], cfg: Config, out_dir: s
 
     dist.check_config(cfg)
     lm = load_model(dataclasses.replace(cfg.model, name_or_path=model_dir), device, trainable=False)
-    dist.shard(lm.model)  # FSDP: each process keeps its shard of the weights
+    dist.shard(lm.model, frozen=True)  # FSDP, ZeRO-3: each process keeps its shard of the weights
     lm.model.eval()
 
     texts = predict_sharded(dist, lm, examples, cfg.eval, device, progress=cfg.train.progress and dist.is_main)

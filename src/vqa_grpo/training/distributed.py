@@ -12,7 +12,13 @@ settings are read from the ``FSDP_*`` variables accelerate's launcher exports, a
 told not to wrap (its own FSDP is not used: on a CPU it never turns on, and this way the CPU test
 runs the GPU code path). Under FSDP every forward pass is a collective, so sampling and
 evaluation decode in step on every rank (:meth:`Dist.decoding`, :meth:`Dist.map_sharded`), and
-checkpoints gather full state dicts (:meth:`Dist.model_state`). DeepSpeed is refused.
+checkpoints gather full state dicts (:meth:`Dist.model_state`). DeepSpeed (configs/accelerate/
+deepspeed_zero2.yaml, deepspeed_zero3.yaml): the same way, :meth:`Dist.prepare` calls
+``deepspeed.initialize`` itself with the run's torch AdamW and a config built from the run's train.*
+settings and the launch's ``ACCELERATE_DEEPSPEED_*`` variables (accelerate never turns DeepSpeed on
+for a CPU); its engine runs backward, marks the accumulation boundary, clips and steps; ZeRO-3
+partitions every weight, so it samples and evaluates in step as FSDP does, and checkpoints gather the
+weights and AdamW's moments into the files of a 1-process run.
 
 How a step is split: the global batch is ``per_device_batch_size x world_size`` questions in one
 seeded order; rank r takes its slice, and samples the G completions of each of its questions
@@ -91,6 +97,67 @@ class FSDPSettings:
                    _flag(env, "FSDP_OFFLOAD_PARAMS"))
 
 
+@dataclass(frozen=True)
+class DeepSpeedSettings:
+    """The DeepSpeed settings of the launch (accelerate exports its config's deepspeed_config as
+    ``ACCELERATE_DEEPSPEED_*`` and ``ACCELERATE_GRADIENT_*``)."""
+
+    stage: int  # ZeRO stage: 2 (gradients and AdamW's moments partitioned) or 3 (the weights as well)
+    accumulation: int | None  # gradient_accumulation_steps, when the accelerate config names it
+    clipping: float | None  # gradient_clipping, when the accelerate config names it
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "DeepSpeedSettings | None":
+        """The settings when the launch asks for DeepSpeed (ACCELERATE_USE_DEEPSPEED), else None; a
+        setting this loop does not honour is a UserError naming the fix."""
+        if not _flag(env, "ACCELERATE_USE_DEEPSPEED"):
+            return None
+        fix = "in the accelerate config's deepspeed_config (configs/accelerate/deepspeed_zero3.yaml)"
+        if env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "").strip():
+            raise UserError("deepspeed_config_file is not supported (vqa-grpo builds DeepSpeed's config from the run's "
+                            f"train.* settings); remove it and set zero_stage {fix}")
+        stage = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2").strip()
+        if stage not in ("2", "3"):
+            raise UserError(f"zero_stage={stage} is not supported; set zero_stage: 2 or 3 {fix}")
+        for where in ("OPTIMIZER", "PARAM"):
+            device = env.get(f"ACCELERATE_DEEPSPEED_OFFLOAD_{where}_DEVICE", "none").strip().lower()
+            if device not in ("", "none"):
+                raise UserError(f"offload_{where.lower()}_device={device} is not supported under vqa-grpo's DeepSpeed; set "
+                                f"offload_{where.lower()}_device: none {fix}, or use configs/accelerate/fsdp.yaml with "
+                                "fsdp_offload_params: true")
+        if _flag(env, "ACCELERATE_DEEPSPEED_ZERO3_INIT"):
+            raise UserError(f"zero3_init_flag=true is not supported (every process loads the weights, then ZeRO-3 "
+                            f"partitions them); set zero3_init_flag: false {fix}")
+        if env.get("ACCELERATE_DEEPSPEED_MOE_LAYER_CLS_NAMES", "").strip():
+            raise UserError(f"deepspeed_moe_layer_cls_names is not supported; remove it {fix}")
+        precision = env.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
+        if precision != "no":
+            raise UserError(f"accelerate mixed_precision={precision} is not applied under vqa-grpo's DeepSpeed; set "
+                            "mixed_precision: \"no\" in the accelerate config and train.mixed_precision=bf16 in the run's config")
+        accumulation = env.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "").strip()
+        clipping = env.get("ACCELERATE_GRADIENT_CLIPPING", "").strip().lower()
+        return cls(int(stage), int(accumulation) if accumulation else None,
+                   float(clipping) if clipping not in ("", "none", "auto") else None)
+
+    def config(self, train=None) -> dict:
+        """DeepSpeed's config for a model trained with ``train`` (config.TrainConfig; None: a model
+        that only runs forward). Every ZeRO-3 parameter is partitioned, however small."""
+        return {
+            "train_micro_batch_size_per_gpu": train.per_device_batch_size if train else 1,
+            "gradient_accumulation_steps": train.gradient_accumulation_steps if train else 1,
+            "gradient_clipping": train.max_grad_norm if train else 0.0,
+            "zero_optimization": {"stage": self.stage, "stage3_param_persistence_threshold": 0},
+            "zero_allow_untested_optimizer": True,
+            "steps_per_print": 2**62,
+        }
+
+
+@functools.cache
+def launch_deepspeed() -> DeepSpeedSettings | None:
+    """This process's DeepSpeed launch settings, read once (Dist.from_env then hides them from accelerate)."""
+    return DeepSpeedSettings.from_env(os.environ)
+
+
 @functools.cache
 def launch_fsdp() -> FSDPSettings | None:
     """This process's launch settings, read once: Dist.from_env then hides them from accelerate
@@ -122,9 +189,14 @@ def wrap_targets(root, names: tuple[str, ...]) -> list[torch.nn.Module]:
 class Dist:
     """Rank, world size and collectives of this run (accelerate's when launched on several processes)."""
 
-    def __init__(self, acc=None, fsdp: FSDPSettings | None = None):
+    def __init__(self, acc=None, fsdp: FSDPSettings | None = None, ds: DeepSpeedSettings | None = None):
         self.acc = acc  # None: one process
         self.fsdp = fsdp  # not None: Dist.shard applies FSDP2
+        self.ds = ds  # not None: Dist.prepare (and Dist.shard for a forward-only model) start DeepSpeed
+        self.engine = None  # the trained model's DeepSpeed engine, once prepared
+        self._params: list = []  # its parameters in the optimizer's order before DeepSpeed took it
+        self._groups: list[dict] = []  # the optimizer's param_groups (1-process layout) at that point
+        self._frozen: list = []  # engines of forward-only models (kept alive with their hooks)
 
     @classmethod
     def from_env(cls, device: str = "auto") -> "Dist":
@@ -135,9 +207,10 @@ class Dist:
         """
         if launched_world_size() <= 1:
             return cls()
-        if _flag(os.environ, "ACCELERATE_USE_DEEPSPEED"):
-            raise UserError("accelerate's DeepSpeed is not supported by vqa-grpo's loop; use configs/accelerate/fsdp.yaml "
-                            "(FSDP2: weights, gradients and AdamW's moments sharded) or configs/accelerate/ddp.yaml")
+        ds = launch_deepspeed()
+        if ds is not None:
+            _require_deepspeed()
+            os.environ["ACCELERATE_USE_DEEPSPEED"] = "false"
         fsdp = launch_fsdp()
         if fsdp is not None:
             os.environ["ACCELERATE_USE_FSDP"] = "false"
@@ -147,12 +220,18 @@ class Dist:
         if acc.distributed_type.name in ("FSDP", "DEEPSPEED"):  # set up by code rather than the launcher
             raise UserError(f"accelerate's own {acc.distributed_type.name} is not supported by vqa-grpo's loop; "
                             "launch with configs/accelerate/fsdp.yaml or ddp.yaml")
-        return cls(acc, fsdp)
+        return cls(acc, fsdp, ds)
 
     def describe(self, model=None) -> str:
         """E.g. "2 processes, MULTI_CPU on cpu"; under FSDP with ``model``, its units and rank 0's share."""
         if self.acc is None:
             return "1 process"
+        if self.ds is not None:
+            text = f"{self.world} processes, DeepSpeed ZeRO-{self.ds.stage} on {self.acc.device.type}"
+            if model is not None:
+                local, full = parameter_counts(model)
+                text += f", {local:,} of {full:,} parameters on this process"
+            return text
         if self.fsdp is None:
             return f"{self.world} processes, {self.acc.distributed_type.value} on {self.acc.device.type}"
         text = f"{self.world} processes, FSDP2 on {self.acc.device.type}"
@@ -179,9 +258,16 @@ class Dist:
     def device(self, fallback: torch.device) -> torch.device:
         return self.acc.device if self.acc else fallback
 
+    @property
+    def sharded_forward(self) -> bool:
+        """Every forward pass is a collective (the weights are partitioned): FSDP or ZeRO-3."""
+        return self.fsdp is not None or (self.ds is not None and self.ds.stage == 3)
+
     def check_config(self, cfg) -> None:
-        """Settings that cannot run on sharded weights, refused before the model loads."""
-        if self.fsdp is None:
+        """Settings that cannot run on sharded weights (or under DeepSpeed), refused before the model loads."""
+        if self.ds is not None:
+            _check_deepspeed(self.ds, cfg)
+        if not self.sharded_forward:
             return
         if cfg.model.quantization != "none":
             raise UserError(f"model.quantization={cfg.model.quantization} weights cannot be sharded by FSDP; set "
@@ -190,13 +276,24 @@ class Dist:
             raise UserError("grpo.generation_backend=vllm needs the full weights on every process; set "
                             "grpo.generation_backend=transformers, or launch with configs/accelerate/ddp.yaml")
 
-    def shard(self, model, reshard_root: bool = False):
+    def shard(self, model, reshard_root: bool = False, frozen: bool = False):
         """Under FSDP: ``model`` sharded in place with FSDP2 (each wrap-class module its own unit, then
         the rest as the root unit) and returned; otherwise ``model`` unchanged. Rank 0's weights are
         broadcast first, as DDP does: randomly initialised ones (LoRA's A) differ between ranks
         seeded apart. Build the optimizer after this: sharding replaces the parameters.
         ``reshard_root``: free the root unit's gathered weights after each forward too (a model
-        that only runs forward, like the KL reference, would otherwise keep them gathered)."""
+        that only runs forward, like the KL reference, would otherwise keep them gathered).
+
+        Under DeepSpeed: rank 0's weights broadcast; a ``frozen`` model (no optimizer: the KL
+        reference, a model being evaluated) is partitioned now under ZeRO-3 (a DeepSpeed engine
+        without optimizer; the module keeps its hooks and is returned), a trained one by :meth:`prepare`."""
+        if self.ds is not None:
+            _broadcast_from_rank0(model)
+            if frozen and self.ds.stage == 3:
+                import deepspeed
+
+                self._frozen.append(deepspeed.initialize(model=model, config=self.ds.config())[0])
+            return model
         if self.fsdp is None:
             return model
         from torch.distributed.device_mesh import init_device_mesh
@@ -218,27 +315,66 @@ class Dist:
         root._get_fsdp_state()._lazy_init()
         return model
 
-    def prepare(self, model, optimizer):
+    def prepare(self, model, optimizer, train=None):
         """The model wrapped for DDP (and its optimizer) when there are several processes; under
-        FSDP both as they are (:meth:`shard` did the wrapping)."""
+        FSDP both as they are (:meth:`shard` did the wrapping). Under DeepSpeed: its engine and ZeRO
+        optimizer over ``model`` and the torch ``optimizer`` (which keeps stepping the partitions, so
+        a scheduler made over it keeps setting the rate), configured from ``train``
+        (config.TrainConfig: micro-batch size, gradient accumulation steps, clipping); a state the
+        optimizer holds already (a resumed checkpoint's, in 1-process layout) is moved into ZeRO's partitions."""
+        if self.ds is not None:
+            return self._start_deepspeed(model, optimizer, train)
         if self.acc is None or self.fsdp is not None:
             return model, optimizer
         return self.acc.prepare(model, optimizer)
 
+    def _start_deepspeed(self, model, optimizer, train):
+        import deepspeed
+
+        self._params = [p for g in optimizer.param_groups for p in g["params"]]
+        self._groups = optimizer.state_dict()["param_groups"]
+        resumed = {i: optimizer.state.pop(p) for i, p in enumerate(self._params) if p in optimizer.state}
+        engine, zero, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.ds.config(train))
+        self.engine = engine
+        if resumed:
+            self._load_moments(zero, resumed)
+        return engine, zero
+
     def backward(self, loss: torch.Tensor) -> None:
-        if self.acc is None:
+        if self.engine is not None:  # DeepSpeed: the loss is already the step's share (no division by the accumulation)
+            self.engine.backward(loss, scale_wrt_gas=False)
+        elif self.acc is None:
             loss.backward()
         else:
             self.acc.backward(loss)
 
     def no_sync(self, model, sync: bool):
         """Skip the gradient all-reduce (FSDP: reduce-scatter) of this backward unless ``sync`` (the
-        step's last one); the skipped micro-batches' gradients accumulate unsharded until then."""
+        step's last one); the skipped micro-batches' gradients accumulate unsharded until then.
+        Under DeepSpeed, ``sync`` marks its gradient-accumulation boundary (ZeRO reduces each
+        micro-batch's gradients into the partitions as it goes)."""
+        if self.engine is not None:
+            self.engine.set_gradient_accumulation_boundary(sync)
+            return contextlib.nullcontext()
         if self.acc is None or sync:
             return contextlib.nullcontext()
         if self.fsdp is not None:
             return _gradient_sync_off(sharding_root(model))
         return self.acc.no_sync(model)
+
+    def step(self, model, optimizer, max_norm: float) -> float:
+        """Clip the gradients to ``max_norm`` (when > 0), step ``optimizer`` unless their global norm
+        is non-finite, zero them; return that norm (before clipping). Under DeepSpeed its engine
+        does all of this at the accumulation boundary (it too skips a step whose norm is not finite)."""
+        if self.engine is not None:
+            self.engine.step()
+            norm = self.engine.get_global_grad_norm()
+            return float(norm) if norm is not None else float("nan")
+        norm = self.clip_grad_norm(model, max_norm)
+        if math.isfinite(norm):
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return norm
 
     def clip_grad_norm(self, model, max_norm: float) -> float:
         """Global gradient norm (over every rank's shard), clipped to ``max_norm`` when > 0."""
@@ -256,8 +392,13 @@ class Dist:
         (each decode step is a collective forward), with the root unit of ``model`` gathered
         throughout: transformers' ``generate`` runs a multimodal model's image encoder outside the
         model's forward, where FSDP would not gather the weights the root unit holds. Otherwise a
-        no-op block."""
+        no-op block. Under ZeRO-3, the block keeps the ranks decoding in step (DeepSpeed's hooks
+        gather each module's weights as it runs, the image encoder's too)."""
         if self.fsdp is None:
+            if self.sharded_forward:
+                from vqa_grpo.models.prefix import synced_decoding
+
+                return synced_decoding(self.any)
             return contextlib.nullcontext()
         return _synced_and_gathered(sharding_root(model), self.any)
 
@@ -284,7 +425,7 @@ class Dist:
     def map_sharded(self, fn: Callable[[list], list[T]], items: list) -> list[T]:
         """``fn`` on this rank's share (items r, r + world, ...), gathered back into the input's order.
 
-        Under FSDP every rank's share is padded to the same length (with copies of the share's
+        Under FSDP or ZeRO-3 every rank's share is padded to the same length (with copies of the share's
         first item, or of item 0) so that all run ``fn``'s forward passes the same number of times;
         the padding's results are dropped.
         """
@@ -294,7 +435,7 @@ class Dist:
 
         share = items[self.rank :: self.world]
         n = len(share)
-        if self.fsdp is not None and items:
+        if self.sharded_forward and items:
             share = share + [share[0] if share else items[0]] * (math.ceil(len(items) / self.world) - n)
         mine = fn(share)[:n]
         shards = gather_object([mine])
@@ -310,9 +451,11 @@ class Dist:
     # ---- full state dicts of a sharded model (collectives: every rank calls them) --------------
 
     def model_state(self, model) -> dict | None:
-        """Under FSDP, the full state dict of ``model`` in CPU memory on rank 0 (None on the others),
-        LoRA runs gathering only the trainable (adapter) weights; None without FSDP (the module's own
-        state dict is the full one)."""
+        """Under FSDP or ZeRO-3, the full state dict of ``model`` in CPU memory on rank 0 (None on the
+        others), LoRA runs gathering only the trainable (adapter) weights; None otherwise (the
+        module's own state dict is the full one: DDP, ZeRO-2)."""
+        if self.ds is not None:
+            return _gathered_state(model, self.is_main) if self.ds.stage == 3 else None
         if self.fsdp is None:
             return None
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -327,7 +470,10 @@ class Dist:
 
     def optimizer_state(self, model, optimizer) -> dict | None:
         """Under FSDP, the full optimizer state on rank 0 in ``optimizer.state_dict()``'s layout of a
-        1-process run (parameters numbered in the optimizer's order), None on the others; None without FSDP."""
+        1-process run (parameters numbered in the optimizer's order), None on the others; None without
+        FSDP. Under DeepSpeed the same, gathered from ZeRO's partitions."""
+        if self.ds is not None:
+            return self._gathered_moments(optimizer)
         if self.fsdp is None:
             return None
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
@@ -338,6 +484,41 @@ class Dist:
         index = {name: i for i, name in enumerate(optimizer_names(model, optimizer))}
         return {"state": {index[k]: v for k, v in state["state"].items()},
                 "param_groups": [{**g, "params": [index[k] for k in g["params"]]} for g in state["param_groups"]]}
+
+    def _gathered_moments(self, zero) -> dict | None:
+        """AdamW's state in 1-process layout on rank 0, gathered from the partitions of the ZeRO
+        optimizer ``zero`` (a collective; None on the other ranks)."""
+        from deepspeed.utils import safe_get_full_optimizer_state
+
+        inner = zero.optimizer  # the torch AdamW stepping ZeRO's flat fp32 partitions
+        steps = [s["step"] for s in inner.state.values() if "step" in s]  # one count for all: none before the first step
+        state = {}
+        for i, p in enumerate(self._params if steps else []):
+            moments = {k: safe_get_full_optimizer_state(p, k) for k in ADAM_MOMENTS}
+            if self.is_main:
+                state[i] = {"step": steps[0].detach().cpu().clone(), **{k: v.detach().cpu().clone() for k, v in moments.items()}}
+        if not self.is_main:
+            return None
+        groups = [{**g, **{k: v for k, v in live.items() if k != "params"}} for g, live in zip(self._groups, inner.param_groups)]
+        return {"state": state, "param_groups": groups}
+
+    def _load_moments(self, zero, resumed: dict[int, dict]) -> None:
+        """AdamW's state ``resumed`` (parameter index in the optimizer's order -> its full state) into
+        the partitions of the ZeRO optimizer ``zero``; every rank passes the same."""
+        from deepspeed.utils import safe_set_full_optimizer_state
+
+        inner = zero.optimizer
+        step = next(iter(resumed.values()))["step"]
+        # The flat fp32 partitions AdamW steps (ZeRO-3 hands them to it only during its step), given
+        # AdamW's lazy start here so that they can be written.
+        flats = getattr(zero, "fp32_partitioned_groups_flat", None) or [p for g in inner.param_groups for p in g["params"]]
+        for flat in flats:
+            inner.state[flat] = {"step": step.clone(), **{k: torch.zeros_like(flat) for k in ADAM_MOMENTS}}
+        if hasattr(zero, "_lazy_init_hp_params_optimizer_state"):  # ZeRO-2: link each parameter to its fragment (DeepSpeed does this at its first step)
+            zero._lazy_init_hp_params_optimizer_state()
+        for i, p in enumerate(self._params):
+            for k in ADAM_MOMENTS:
+                safe_set_full_optimizer_state(p, resumed[i][k].to(p.device), k)
 
     def load_model_state(self, model, state: dict, strict: bool = True) -> None:
         """Copy the full ``state`` (the same on every rank) into the sharded ``model``: each rank keeps its shard."""
@@ -356,6 +537,51 @@ class Dist:
         set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
 
 
+ADAM_MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+def _require_deepspeed() -> None:
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        raise UserError("the launch asks for DeepSpeed, which is not installed; pip install 'vqa-grpo[deepspeed]', "
+                        "or launch with configs/accelerate/fsdp.yaml") from None
+
+
+def _check_deepspeed(ds: DeepSpeedSettings, cfg) -> None:
+    """The accelerate config's DeepSpeed numbers must be the run's (DeepSpeed steps with the run's)."""
+    fix = "remove the line from the accelerate config's deepspeed_config (the run's value is used) or make them equal"
+    t = cfg.train
+    if ds.accumulation is not None and ds.accumulation != t.gradient_accumulation_steps:
+        raise UserError(f"gradient_accumulation_steps={ds.accumulation} in the accelerate config but "
+                        f"train.gradient_accumulation_steps={t.gradient_accumulation_steps}; {fix}")
+    if ds.clipping is not None and ds.clipping != t.max_grad_norm:
+        raise UserError(f"gradient_clipping={ds.clipping:g} in the accelerate config but train.max_grad_norm={t.max_grad_norm:g}; {fix}")
+    if cfg.model.quantization != "none":
+        raise UserError(f"model.quantization={cfg.model.quantization} is not supported under DeepSpeed; set "
+                        "model.quantization=none, or launch with configs/accelerate/ddp.yaml")
+
+
+def _gathered_state(model, is_main: bool) -> dict | None:
+    """The full state dict of the ZeRO-3 partitioned ``model`` in CPU memory on rank 0 (None on the
+    others), one parameter gathered at a time; a PEFT model's trainable (adapter) weights only, and
+    tied weights once, as save_pretrained writes a live model."""
+    import deepspeed
+
+    first = dict(model.named_parameters())
+    tied = {n for n, _ in model.named_parameters(remove_duplicate=False)} - set(first)
+    peft = is_peft(model)
+    out = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        if name in tied or (peft and not (name in first and first[name].requires_grad)):
+            continue
+        gather = deepspeed.zero.GatheredParameters([t]) if hasattr(t, "ds_id") else contextlib.nullcontext()
+        with gather:
+            if is_main:
+                out[name] = t.detach().cpu().clone()
+    return out if is_main else None
+
+
 def is_peft(model) -> bool:
     return hasattr(model, "peft_config")
 
@@ -368,8 +594,13 @@ def optimizer_names(model, optimizer) -> list[str]:
 
 def parameter_counts(model) -> tuple[int, int]:
     """(elements this process holds, elements of the full model) over ``model``'s parameters."""
-    local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in model.parameters())
-    return local, sum(p.numel() for p in model.parameters())
+    def held(p) -> int:
+        if hasattr(p, "ds_tensor"):  # ZeRO-3: this rank's partition (padded to equal parts)
+            return p.ds_tensor.numel()
+        return p.to_local().numel() if hasattr(p, "to_local") else p.numel()
+
+    params = list(model.parameters())
+    return sum(held(p) for p in params), sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in params)
 
 
 @torch.no_grad()
@@ -405,7 +636,7 @@ def predict_sharded(dist: Dist, lm, examples: list, eval_cfg, device, *, progres
     """The raw answer to each example as ``eval_cfg`` (config.EvalConfig) asks (None where its image
     fails to load), each process answering its share and all getting every answer, in order.
 
-    With sharded weights (FSDP) every generate call is a collective: the examples whose image fails
+    With sharded weights (FSDP, ZeRO-3) every generate call is a collective: the examples whose image fails
     are dropped first (so that no rank skips a batch the others run), the shares are padded to
     equal length and the ranks decode in step.
     """
@@ -418,7 +649,7 @@ def predict_sharded(dist: Dist, lm, examples: list, eval_cfg, device, *, progres
             do_sample=eval_cfg.do_sample, temperature=eval_cfg.temperature, top_p=eval_cfg.top_p, progress=progress,
         )
 
-    if dist.fsdp is None:
+    if not dist.sharded_forward:
         return dist.map_sharded(answer, examples)
     loads = dist.map_sharded(lambda chunk: [_image_loads(e) for e in chunk], examples)
     with dist.decoding(lm.model):

@@ -159,7 +159,7 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None) -
     elif cfg.train.resume == "auto" and dist.is_main:  # killed before its first checkpoint: start over
         for name in ("metrics.jsonl", "completions.jsonl"):
             truncate_log(run_dir / name, 0)
-    wrapped, optimizer = dist.prepare(lm.model, optimizer)
+    wrapped, optimizer = dist.prepare(lm.model, optimizer, cfg.train)  # DeepSpeed: its engine and ZeRO optimizer
     if dist.world > 1 and dist.is_main:
         tqdm.write(f"{mode}: {dist.describe(lm.model)}", file=sys.stderr)
     train_lm = dataclasses.replace(lm, model=wrapped)
@@ -191,10 +191,11 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None) -
 
 
 def _shard(dist: Dist, lm: LoadedModel, ref) -> None:
-    """Under FSDP, shard the policy and the KL reference copy (a module when it is one) in place."""
+    """Under FSDP, shard the policy and the KL reference copy (a module when it is one) in place;
+    under ZeRO-3 the reference copy is partitioned now, the policy by Dist.prepare."""
     dist.shard(lm.model)
     if isinstance(ref, torch.nn.Module):  # forward only: its root unit is freed after each pass as well
-        dist.shard(ref, reshard_root=True)
+        dist.shard(ref, reshard_root=True, frozen=True)
 
 
 def _train_step(s: Session, grpo: GRPOSteps | None) -> dict | None:
@@ -225,17 +226,16 @@ def _train_step(s: Session, grpo: GRPOSteps | None) -> dict | None:
 
 
 def _optimizer_step(s: Session, stats: dict) -> float | None:
-    """Clip and step; a non-finite gradient skips the step (and is counted). Returns the norm."""
-    grad_norm = s.dist.clip_grad_norm(s.train_lm.model, s.cfg.train.max_grad_norm)
+    """Clip and step (DeepSpeed: its engine does); a non-finite gradient skips the step (and is
+    counted). Returns the norm."""
+    grad_norm = s.dist.step(s.train_lm.model, s.optimizer, s.cfg.train.max_grad_norm)
     finite = math.isfinite(grad_norm)
     if finite:
         s.state["bad_steps"] = 0
-        s.optimizer.step()
     else:
         s.state["bad_steps"] += 1
         s.state["last_bad"] = "non-finite"
         stats["skipped_nonfinite"] = 1
-    s.optimizer.zero_grad(set_to_none=True)
     return grad_norm if finite else None
 
 

@@ -1,0 +1,197 @@
+"""DeepSpeed ZeRO-2 and ZeRO-3 on several processes: `accelerate launch --config_file
+configs/accelerate/deepspeed_zero{2,3}.yaml --num_processes 2 -m vqa_grpo.cli ...` on the CPU (gloo),
+against one process or DDP.
+
+2 processes x batch 1 must make the update of 1 process x batch 2 (within 1e-5 in fp32) and write
+the files of a 1-process run, once, with AdamW's moments gathered into its optimizer.pt; ZeRO-3
+must hold half of every weight on each rank; a resumed run must end bitwise as the uninterrupted
+one; GRPO under ZeRO-3 must sample in step and make DDP's update; `evaluate` under ZeRO-3 must give
+the answers of one process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_distributed import common, final, flat, grpo_run, launch, steps
+
+from vqa_grpo.config import load_config
+from vqa_grpo.errors import UserError
+from vqa_grpo.training import loop
+from vqa_grpo.training.distributed import DeepSpeedSettings, Dist
+
+pytest.importorskip("deepspeed", reason="the deepspeed extra is not installed")
+
+EVAL = ("data.eval_fraction=0.04", "train.eval_steps=2", "eval.max_new_tokens=3")  # 8 eval questions
+SFT = ("train.gradient_accumulation_steps=2", *EVAL)  # DeepSpeed's accumulation boundary every second backward
+
+
+def same_scores(records: list[dict]):
+    """Evaluation records equal to ``records`` up to the semantic model's embeddings (7th digit)."""
+    return [pytest.approx(r, rel=1e-6, abs=1e-9) for r in records]
+
+
+def evals(run_dir) -> list[dict]:
+    return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" not in r]
+
+
+@pytest.fixture(scope="module")
+def one_process(synth_dir, tiny_model_dir, tmp_path_factory):
+    """The same 4 SFT steps on 1 process x batch 2."""
+    out = tmp_path_factory.mktemp("ds-one") / "run"
+    loop.run(load_config(None, common(synth_dir, tiny_model_dir, out, "train.per_device_batch_size=2", *SFT)), "sft")
+    return out
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=["zero2", "zero3"])
+def zero_sft(request, synth_dir, tiny_model_dir, tmp_path_factory):
+    """4 SFT steps under ZeRO-<stage>, 2 processes x batch 1 x 2 micro-batches, evaluating and saving every 2 steps."""
+    stage = request.param
+    out = tmp_path_factory.mktemp(f"zero{stage}") / "run"
+    done = launch("sft", common(synth_dir, tiny_model_dir, out, "train.per_device_batch_size=1", *SFT),
+                  config=f"deepspeed_zero{stage}")
+    return stage, out, done
+
+
+@pytest.mark.slow
+def test_two_processes_of_batch_one_equal_one_process_of_batch_two(zero_sft, one_process, tiny_model_dir):
+    stage, out2, done = zero_sft
+    out1 = one_process
+    a, b, start = final(out1), final(out2), load_file(tiny_model_dir / "model.safetensors")
+    assert sorted(b) == sorted(a) and any(not torch.equal(a[k], start[k]) for k in a)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-5)
+    one, two = steps(out1), steps(out2)
+    assert [r["step"] for r in two] == [1, 2, 3, 4]  # one line per step: rank 0 alone writes
+    for r1, r2 in zip(one, two):  # DeepSpeed's clipping norm is logged; the loop's schedule sets the rate
+        assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-5) and r2["grad_norm"] == pytest.approx(r1["grad_norm"], rel=1e-5)
+        assert r2["lr"] == r1["lr"]
+    assert [r["step"] for r in evals(out2)] == [2, 4] and evals(out2) == same_scores(evals(out1))
+    # The checkpoint's optimizer file has the layout of a 1-process run (parameters by index).
+    opt1, opt2 = (torch.load(o / "checkpoint-4" / "optimizer.pt", weights_only=True) for o in (out1, out2))
+    assert opt2["param_groups"] == opt1["param_groups"] and sorted(opt2["state"]) == sorted(opt1["state"])
+    for i, s in opt1["state"].items():
+        for moment in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(opt2["state"][i][moment], s[moment], rtol=0, atol=1e-6)
+        assert torch.equal(opt2["state"][i]["step"], s["step"])
+    assert sorted(p.name for p in out2.iterdir()) == ["best", "checkpoint-2", "checkpoint-4", "config.yaml", "final", "metrics.jsonl"]
+    assert sorted(p.name for p in (out2 / "final").iterdir()) == sorted(p.name for p in (out1 / "final").iterdir())
+    assert done.stdout.count("done: 4 steps") == 1
+
+
+@pytest.mark.slow
+def test_the_processes_hold_the_weights_as_the_stage_says(zero_sft, tiny_model_dir):
+    from transformers import AutoModelForImageTextToText
+
+    stage, _, done = zero_sft
+    params = list(AutoModelForImageTextToText.from_pretrained(tiny_model_dir).parameters())  # tied weights once
+    full = sum(p.numel() for p in params)
+    held = sum(math.ceil(p.numel() / 2) for p in params) if stage == 3 else full  # ZeRO-3: each weight in 2 equal (padded) parts
+    assert held < full or stage == 2
+    assert f"sft: 2 processes, DeepSpeed ZeRO-{stage} on cpu, {held:,} of {full:,} parameters on this process" in done.stderr
+
+
+@pytest.mark.slow
+def test_resume_ends_bitwise_equal(zero_sft, synth_dir, tiny_model_dir, tmp_path):
+    stage, full, _ = zero_sft
+    out = tmp_path / "resumed"
+    args = common(synth_dir, tiny_model_dir, out, "train.per_device_batch_size=1", *SFT, f"train.resume={full / 'checkpoint-2'}")
+    launch("sft", args, config=f"deepspeed_zero{stage}")
+    a, b = final(full), final(out)
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert steps(out) == steps(full)[2:]
+
+
+@pytest.mark.slow
+def test_zero3_grpo_samples_in_step_and_makes_the_update_of_ddp(synth_dir, tiny_model_dir, tmp_path_factory):
+    ddp = grpo_run("ddp", synth_dir, tiny_model_dir, tmp_path_factory)
+    zero3 = grpo_run("deepspeed_zero3", synth_dir, tiny_model_dir, tmp_path_factory)
+    a, b = steps(ddp), steps(zero3)
+    assert [r["step"] for r in b] == [1, 2]
+    # Some rows stopped before the 4-token limit and others ran to it, so a rank kept stepping for
+    # the other; the partitioned reference copy equals the policy at step 1.
+    assert 0 < b[0]["truncated_fraction"] < 1 and b[0]["kl"] == 0.0
+    for r1, r2 in zip(a, b):
+        assert r2 == pytest.approx(r1, rel=1e-5, abs=1e-8)
+    for name in ("checkpoint-1", "final"):
+        w_ddp, w_zero = (load_file(r / name / "model.safetensors") for r in (ddp, zero3))
+        assert sorted(w_zero) == sorted(w_ddp)
+        for k in w_ddp:
+            torch.testing.assert_close(w_zero[k], w_ddp[k], rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_zero3_evaluate_gives_the_answers_of_one_process(synth_dir, tiny_model_dir, tmp_path):
+    from vqa_grpo.data.loader import load_examples
+    from vqa_grpo.evaluation.evaluate import evaluate
+
+    rows = [json.loads(r) for r in (synth_dir / "data.jsonl").read_text().splitlines()[:7]]
+    data = tmp_path / "seven.jsonl"  # 7 questions: shares of 4 and 3, the second padded
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for r in rows:
+        (tmp_path / r["image"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(synth_dir / r["image"], tmp_path / r["image"])
+    args = ["train.device=cpu", "train.cpu_threads=1", "train.progress=false", "eval.max_new_tokens=3", "eval.batch_size=2"]
+    launch("evaluate", ["--model", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "two"), *args],
+           config="deepspeed_zero3")
+    cfg = load_config(None, args)
+    examples, _ = load_examples(str(data), cfg.data)
+    one = evaluate(str(tiny_model_dir), examples, cfg, tmp_path / "one")
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert flat(two) == pytest.approx(flat(one), rel=1e-6, abs=1e-9) and two["n"] == len(examples) == 7
+    got, ref = ([json.loads(r) for r in (tmp_path / d / "predictions.jsonl").read_text().splitlines()] for d in ("two", "one"))
+    assert [(r["id"], r["raw"]) for r in got] == [(r["id"], r["raw"]) for r in ref]
+
+
+# ---- the launch's DeepSpeed settings -------------------------------------------------------------
+
+BASE = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3",
+        "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "none", "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": "none",
+        "ACCELERATE_DEEPSPEED_ZERO3_INIT": "false", "ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL": "true",
+        "ACCELERATE_MIXED_PRECISION": "no"}
+
+
+def test_deepspeed_settings_are_read_from_what_accelerate_exports():
+    assert DeepSpeedSettings.from_env({}) is None
+    assert DeepSpeedSettings.from_env(BASE) == DeepSpeedSettings(3, accumulation=None, clipping=None)
+    named = {**BASE, "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2", "ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "4",
+             "ACCELERATE_GRADIENT_CLIPPING": "0.5"}
+    assert DeepSpeedSettings.from_env(named) == DeepSpeedSettings(2, accumulation=4, clipping=0.5)
+    train = load_config(None, ["train.per_device_batch_size=3", "train.gradient_accumulation_steps=4",
+                               "train.max_grad_norm=0.5"]).train
+    config = DeepSpeedSettings(3, None, None).config(train)
+    assert (config["train_micro_batch_size_per_gpu"], config["gradient_accumulation_steps"], config["gradient_clipping"]) == (3, 4, 0.5)
+    assert config["zero_optimization"] == {"stage": 3, "stage3_param_persistence_threshold": 0}
+
+
+@pytest.mark.parametrize("key,value,fix", [
+    ("ACCELERATE_DEEPSPEED_ZERO_STAGE", "1", "set zero_stage: 2 or 3"),
+    ("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "cpu", "set offload_optimizer_device: none"),
+    ("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "nvme", "set offload_param_device: none"),
+    ("ACCELERATE_DEEPSPEED_ZERO3_INIT", "true", "set zero3_init_flag: false"),
+    ("ACCELERATE_DEEPSPEED_CONFIG_FILE", "ds.json", "remove it and set zero_stage"),
+    ("ACCELERATE_MIXED_PRECISION", "bf16", "train.mixed_precision=bf16"),
+])
+def test_deepspeed_settings_that_cannot_run_are_one_line_errors(key, value, fix):
+    with pytest.raises(UserError, match=fix) as err:
+        DeepSpeedSettings.from_env({**BASE, key: value})
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("overrides,env,message", [
+    (["train.gradient_accumulation_steps=2"], {"ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "1"},
+     "gradient_accumulation_steps=1 in the accelerate config but train.gradient_accumulation_steps=2"),
+    (["train.max_grad_norm=0.3"], {"ACCELERATE_GRADIENT_CLIPPING": "1.0"},
+     "gradient_clipping=1 in the accelerate config but train.max_grad_norm=0.3"),
+    (["model.quantization=4bit", "model.lora=true"], {}, "model.quantization=4bit is not supported under DeepSpeed"),
+    (["grpo.generation_backend=vllm"], {}, "grpo.generation_backend=vllm needs the full weights"),
+])
+def test_runs_deepspeed_cannot_take_are_refused_before_loading(overrides, env, message):
+    dist = Dist(acc=None, ds=DeepSpeedSettings.from_env({**BASE, **env}))
+    with pytest.raises(UserError, match=message):
+        dist.check_config(load_config(None, overrides))
