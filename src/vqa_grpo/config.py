@@ -333,7 +333,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key)
     if origin is Literal:
-        if isinstance(value, bool) and "on" in args and "off" in args:  # YAML 1.1 reads on/off as booleans
+        if isinstance(value, bool) and ("on" if value else "off") in args:  # YAML 1.1 reads on/off as booleans
             value = "on" if value else "off"
         if value not in args:
             raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(map(str, args))}")

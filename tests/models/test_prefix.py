@@ -302,9 +302,13 @@ def test_fused_prefill_samples_and_scores_as_two_passes_do(family, family_dirs, 
     examples = data.train[:B]
     images = [e.load_image() for e in examples]
     grpo = GRPOConfig(num_generations=G, max_completion_length=4, beta=0.0)
+    tower = next(m for n, m in lm.model.named_modules() if n.split(".")[-1] in ("visual", "vision_tower"))
+    encodes = []
+    hook = tower.register_forward_hook(lambda *_: encodes.append(1))
     results = {}
     for keep in (False, True):
         torch.manual_seed(0)
+        encodes.clear()
         ro = make_rollout(lm.model, lm.adapter, lm.processor, examples, images, grpo, RewardConfig(), CPU,
                           keep_prefill=keep)
         assert (ro.prefix is not None) == keep and lm.model.training
@@ -313,7 +317,9 @@ def test_fused_prefill_samples_and_scores_as_two_passes_do(family, family_dirs, 
         loss, _ = grpo_objective(lm.model, lm.adapter, lm.processor, ro, grpo)
         assert ro.prefix is None  # used once: the graph goes with this backward pass
         loss.backward()
+        assert len(encodes) == (1 if keep else 2)  # the images (and prompts) run once per step, or twice
         results[keep] = ro, loss.detach(), {n: p.grad.clone() for n, p in lm.model.named_parameters() if p.grad is not None}
+    hook.remove()
     (ro_two, loss_two, grads_two), (ro_one, loss_one, grads_one) = results[False], results[True]
     assert torch.equal(ro_one.completion_ids, ro_two.completion_ids)
     assert (ro_one.sampling_logprobs - ro_two.sampling_logprobs).abs().max() < 1e-6
@@ -339,6 +345,12 @@ def test_fused_prefill_is_used_only_where_it_is_exact(family_dirs, tiny_model_di
     }
     for why, (cfg, kw) in reasons.items():
         assert fused_prefill_reason(lm.model, cfg, **kw) == why
+    lm.model.generation_config.no_repeat_ngram_size = 2  # only transformers' generate applies it
+    assert fused_prefill_reason(lm.model, ok) == "the generation config needs transformers' generate"
+    lm.model.generation_config.no_repeat_ngram_size = 0
+    # YAML 1.1 reads off as a boolean; the key still takes it.
+    assert load_config(None, ["grpo.fuse_prefill=off"]).grpo.fuse_prefill == "off"
+    assert load_config(None, []).grpo.fuse_prefill == "auto"
     dropped = load(tiny_model_dir, lora=True, lora_dropout=0.05)
     assert fused_prefill_reason(dropped.model, ok) == "dropout is active"
     assert fused_prefill_reason(load(tiny_model_dir, lora=True).model, ok) is None  # lora_dropout 0
@@ -347,3 +359,20 @@ def test_fused_prefill_is_used_only_where_it_is_exact(family_dirs, tiny_model_di
         assert fuse_prefill(lm.model, ok) and not fuse_prefill(dropped.model, ok)
     assert "GRPO prefill: shared by sampling and the loss" in caplog.text
     assert "GRPO prefill: run for sampling and again in the loss (dropout is active)" in caplog.text
+
+
+def test_gradient_checkpointing_keeps_two_prompt_passes_and_a_grpo_step_runs(tiny_model_dir, data, caplog):
+    from vqa_grpo.grpo.rollout import fuse_prefill, fused_prefill_reason
+
+    lm = load(tiny_model_dir, gradient_checkpointing=True)
+    lm.model.train()
+    grpo = GRPOConfig(num_generations=G, max_completion_length=3)
+    assert fused_prefill_reason(lm.model, grpo) == "gradient checkpointing drops the KV cache"
+    examples = data.train[:B]
+    ro = make_rollout(lm.model, lm.adapter, lm.processor, examples, [e.load_image() for e in examples], grpo,
+                      RewardConfig(), CPU, keep_prefill=fuse_prefill(lm.model, grpo))
+    assert ro.prefix is None and ro.shared_prefix  # sampled from a shared prefix; the loss runs the plain path
+    ro.advantages = torch.linspace(-1, 1, B * G)
+    loss, _ = grpo_objective(lm.model, lm.adapter, lm.processor, ro, grpo)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in lm.model.parameters() if p.grad is not None)

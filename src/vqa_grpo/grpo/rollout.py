@@ -61,14 +61,15 @@ class Rollout:
 
 
 def has_active_dropout(model) -> bool:
-    """True when a forward pass in training mode would drop anything (dropout modules, or the
-    attention modules' own dropout probability)."""
+    """True when a forward pass in training mode could drop anything: a dropout module with p > 0,
+    or a module attribute naming a drop probability (``attention_dropout``, ``dropout``,
+    ``attn_pdrop``, ``layerdrop``, ``drop_prob``, ...) that is a positive float. It may refuse for a
+    tower that never runs (e.g. an audio encoder's dropout); it does not miss these forms."""
     for m in model.modules():
-        if isinstance(m, torch.nn.Dropout) and m.p > 0:
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0:
             return True
-        for name in ("attention_dropout", "dropout"):
-            p = getattr(m, name, 0.0)
-            if isinstance(p, float) and p > 0:
+        for name, value in vars(m).items():
+            if "drop" in name and isinstance(value, float) and not isinstance(value, bool) and value > 0:
                 return True
     return False
 
@@ -84,6 +85,8 @@ def fused_prefill_reason(model, grpo: GRPOConfig, *, processes: int = 1, accumul
     checks = [
         (grpo.fuse_prefill == "off", "grpo.fuse_prefill=off"),
         (not shared.resolve(model, grpo.shared_prefix), "no shared prefix"),
+        (shared.checkpointing_on(model), "gradient checkpointing drops the KV cache"),
+        (bool(shared.plain_only_settings(model.generation_config, True)), "the generation config needs transformers' generate"),
         (grpo.loss_type == "seed", "the seed's loss has no completion pass"),
         (grpo.num_iterations > 1, "grpo.num_iterations > 1"),
         (grpo.generation_backend != "transformers", "vLLM samples"),
@@ -127,6 +130,9 @@ def make_rollout(
     if keep_prefill and use_shared and vllm_sampler is None:
         with torch.enable_grad():
             prefix = shared.encode_prefix(model, prompts, G)
+        if not shared.copyable_cache(prefix.cache):  # run it again for sampling; keep it for the loss
+            shared._log_once(f"GRPO prefill: a {type(prefix.cache).__name__} cannot be copied for sampling; sampling runs the prompts again")
+            keep_prefill = False
     temps, top_ps = row_sampling_params(len(examples), G, grpo.temperatures, grpo.top_ps)
     temps, top_ps = temps.to(device), top_ps.to(device)
     if vllm_sampler is not None:  # vLLM draws the samples; pi_old comes from the trainer (grpo/vllm_backend.py)
@@ -144,7 +150,7 @@ def make_rollout(
             keep_scores=True,
             group_size=G,
             shared_prefix=use_shared,
-            prefix=None if prefix is None else shared.detached(prefix),
+            prefix=shared.detached(prefix) if keep_prefill and prefix is not None else None,
         )
         samp_logp = sampling_logprobs(comp.scores, comp.ids) * comp.mask
     texts = decode(processor, comp)

@@ -113,17 +113,20 @@ def resolve(model, setting: str) -> bool:
     return use
 
 
-def cache_is_dropped(model) -> bool:
-    """True when a forward pass now would drop the KV cache: gradient checkpointing while training
-    with gradients on (transformers then replays layers without a cache)."""
-    if not (model.training and torch.is_grad_enabled()):
-        return False
+def checkpointing_on(model) -> bool:
+    """Whether gradient (activation) checkpointing is switched on, whatever the mode."""
     model = unwrap_ddp(model)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under a PEFT wrapper
     flag = getattr(base, "is_activation_checkpointing", None)  # transformers 5's name
     if flag is None:
         flag = getattr(base, "is_gradient_checkpointing", False)
     return bool(flag)
+
+
+def cache_is_dropped(model) -> bool:
+    """True when a forward pass now would drop the KV cache: gradient checkpointing while training
+    with gradients on (transformers then replays layers without a cache)."""
+    return model.training and torch.is_grad_enabled() and checkpointing_on(model)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -201,10 +204,22 @@ class Prefix:
 
 def detached(prefix: Prefix) -> Prefix:
     """The same prefix without its autograd history, for sampling: the copy's cache grows as tokens
-    are sampled while ``prefix`` (the one the loss will extend) stays as it is."""
+    are sampled while ``prefix`` (the one the loss will extend) stays as it is. The dynamic cache
+    layers only rebind their tensors when they grow (``torch.cat``, slicing), never write into
+    them; a cache of another kind is refused (see ``copyable_cache``)."""
+    if not copyable_cache(prefix.cache):
+        raise RuntimeError(f"cannot copy a {type(prefix.cache).__name__} for sampling: use grpo.fuse_prefill=off")
     cache = copy.copy(prefix.cache)
     cache.layers = [_detached_layer(layer) for layer in prefix.cache.layers]
-    return Prefix(cache, prefix.last_logits.detach(), prefix.attention_mask, prefix.next_position)
+    return Prefix(cache, prefix.last_logits.detach().clone(), prefix.attention_mask, prefix.next_position)
+
+
+def copyable_cache(cache) -> bool:
+    """True for caches whose layers are all transformers' dynamic (full or sliding-window) layers."""
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
 
 
 def _detached_layer(layer):

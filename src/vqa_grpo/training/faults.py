@@ -10,6 +10,7 @@ import torch
 OOM_ADVICE = (
     "lower train.per_device_batch_size (raise train.gradient_accumulation_steps to keep the batch), "
     "grpo.num_generations or grpo.max_completion_length, cap the image pixels of the processor, "
+    "set grpo.fuse_prefill=off (the prompts' activations are then not held while sampling), "
     "or set model.gradient_checkpointing=true"
 )
 
