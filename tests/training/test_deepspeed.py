@@ -31,9 +31,12 @@ EVAL = ("data.eval_fraction=0.04", "train.eval_steps=2", "eval.max_new_tokens=3"
 SFT = ("train.gradient_accumulation_steps=2", *EVAL)  # DeepSpeed's accumulation boundary every second backward
 
 
-def same_scores(records: list[dict]):
-    """Evaluation records equal to ``records`` up to the semantic model's embeddings (7th digit)."""
-    return [pytest.approx(r, rel=1e-6, abs=1e-9) for r in records]
+def assert_same_scores(got: dict, want: dict) -> None:
+    """Equal metrics (flat dicts), the semantic similarity up to 1e-5: the semantic model's embeddings
+    differ in the 6th-7th digit between processes (its batches are padded differently)."""
+    assert sorted(got) == sorted(want)
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v, rel=1e-5 if "semantic" in k else 1e-9, abs=1e-9), k
 
 
 def evals(run_dir) -> list[dict]:
@@ -71,7 +74,9 @@ def test_two_processes_of_batch_one_equal_one_process_of_batch_two(zero_sft, one
     for r1, r2 in zip(one, two):  # DeepSpeed's clipping norm is logged; the loop's schedule sets the rate
         assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-5) and r2["grad_norm"] == pytest.approx(r1["grad_norm"], rel=1e-5)
         assert r2["lr"] == r1["lr"]
-    assert [r["step"] for r in evals(out2)] == [2, 4] and evals(out2) == same_scores(evals(out1))
+    assert [r["step"] for r in evals(out2)] == [2, 4]
+    for got, want in zip(evals(out2), evals(out1), strict=True):
+        assert_same_scores(got, want)
     # The checkpoint's optimizer file has the layout of a 1-process run (parameters by index).
     opt1, opt2 = (torch.load(o / "checkpoint-4" / "optimizer.pt", weights_only=True) for o in (out1, out2))
     assert opt2["param_groups"] == opt1["param_groups"] and sorted(opt2["state"]) == sorted(opt1["state"])
@@ -143,7 +148,8 @@ def test_zero3_evaluate_gives_the_answers_of_one_process(synth_dir, tiny_model_d
     examples, _ = load_examples(str(data), cfg.data)
     one = evaluate(str(tiny_model_dir), examples, cfg, tmp_path / "one")
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
-    assert flat(two) == pytest.approx(flat(one), rel=1e-6, abs=1e-9) and two["n"] == len(examples) == 7
+    assert_same_scores(flat(two), flat(one))
+    assert two["n"] == len(examples) == 7
     got, ref = ([json.loads(r) for r in (tmp_path / d / "predictions.jsonl").read_text().splitlines()] for d in ("two", "one"))
     assert [(r["id"], r["raw"]) for r in got] == [(r["id"], r["raw"]) for r in ref]
 
