@@ -8,6 +8,7 @@ gradient hook to one parameter of the real model; nothing else is replaced.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import shutil
@@ -373,3 +374,21 @@ def test_a_run_stopped_by_bad_steps_leaves_a_checkpoint(nan_on_backward, synth_d
     with pytest.raises(RuntimeError):
         loop.run(cfg, "sft")
     assert list(out.glob("checkpoint-*/trainer_state.json"))
+
+
+def test_resume_keeps_the_optimizers_own_kernel_choice():
+    from vqa_grpo.training.checkpoint import load_optimizer_keeping_kind
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(3, 2)
+    old = torch.optim.AdamW(lin.parameters(), lr=0.1, foreach=False)  # an older checkpoint's kind
+    lin(torch.randn(4, 3)).sum().backward()
+    old.step()
+    new = torch.optim.AdamW(lin.parameters(), lr=0.1, fused=True)
+    plain = copy.deepcopy(new)
+    plain.load_state_dict(old.state_dict())
+    assert plain.param_groups[0]["fused"] is None  # what torch alone does: the saved flags win
+    load_optimizer_keeping_kind(new, old.state_dict())
+    assert new.param_groups[0]["fused"] is True and new.param_groups[0]["foreach"] is None
+    for p in lin.parameters():
+        assert torch.equal(new.state[p]["exp_avg"], old.state[p]["exp_avg"])

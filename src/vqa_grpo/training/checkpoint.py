@@ -143,6 +143,17 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
+def load_optimizer_keeping_kind(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict(state)``, then this optimizer's own kernel choice (``fused``,
+    ``foreach``) back in every group: torch copies the saved groups' flags over, so a checkpoint of
+    another kind (an older per-tensor AdamW, or a fused one where this device has no fused kernel)
+    would silently change, or break, the kernel for the rest of the run."""
+    kind = [{k: g.get(k) for k in ("fused", "foreach")} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, flags in zip(optimizer.param_groups, kind):
+        group.update(flags)
+
+
 def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int = 0, dist=None) -> dict:
     """Restore weights, optimizer, scheduler and this rank's RNG states; return the trainer state.
 
@@ -163,7 +174,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int = 0, dist
     if sharded:
         dist.load_optimizer_state(model, optimizer, moments)
     else:
-        optimizer.load_state_dict(moments)
+        load_optimizer_keeping_kind(optimizer, moments)
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     state = json.loads((path / STATE_FILE).read_text())
     if rank == 0:

