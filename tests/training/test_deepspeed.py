@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_distributed import common, final, flat, grpo_run, launch, steps
+from test_distributed import (assert_same_scores, assert_sharded_evaluate_equals_one_process, common, final,
+                              grpo_run, launch, steps)
 
 from vqa_grpo.config import load_config
 from vqa_grpo.errors import UserError
@@ -29,14 +29,6 @@ pytest.importorskip("deepspeed", reason="the deepspeed extra is not installed")
 
 EVAL = ("data.eval_fraction=0.04", "train.eval_steps=2", "eval.max_new_tokens=3")  # 8 eval questions
 SFT = ("train.gradient_accumulation_steps=2", *EVAL)  # DeepSpeed's accumulation boundary every second backward
-
-
-def assert_same_scores(got: dict, want: dict) -> None:
-    """Equal metrics (flat dicts), the semantic similarity up to 1e-5: the semantic model's embeddings
-    differ in the 6th-7th digit between processes (its batches are padded differently)."""
-    assert sorted(got) == sorted(want)
-    for k, v in want.items():
-        assert got[k] == pytest.approx(v, rel=1e-5 if "semantic" in k else 1e-9, abs=1e-9), k
 
 
 def evals(run_dir) -> list[dict]:
@@ -132,26 +124,7 @@ def test_zero3_grpo_samples_in_step_and_makes_the_update_of_ddp(synth_dir, tiny_
 
 @pytest.mark.slow
 def test_zero3_evaluate_gives_the_answers_of_one_process(synth_dir, tiny_model_dir, tmp_path):
-    from vqa_grpo.data.loader import load_examples
-    from vqa_grpo.evaluation.evaluate import evaluate
-
-    rows = [json.loads(r) for r in (synth_dir / "data.jsonl").read_text().splitlines()[:7]]
-    data = tmp_path / "seven.jsonl"  # 7 questions: shares of 4 and 3, the second padded
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    for r in rows:
-        (tmp_path / r["image"]).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(synth_dir / r["image"], tmp_path / r["image"])
-    args = ["train.device=cpu", "train.cpu_threads=1", "train.progress=false", "eval.max_new_tokens=3", "eval.batch_size=2"]
-    launch("evaluate", ["--model", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "two"), *args],
-           config="deepspeed_zero3")
-    cfg = load_config(None, args)
-    examples, _ = load_examples(str(data), cfg.data)
-    one = evaluate(str(tiny_model_dir), examples, cfg, tmp_path / "one")
-    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
-    assert_same_scores(flat(two), flat(one))
-    assert two["n"] == len(examples) == 7
-    got, ref = ([json.loads(r) for r in (tmp_path / d / "predictions.jsonl").read_text().splitlines()] for d in ("two", "one"))
-    assert [(r["id"], r["raw"]) for r in got] == [(r["id"], r["raw"]) for r in ref]
+    assert_sharded_evaluate_equals_one_process("deepspeed_zero3", synth_dir, tiny_model_dir, tmp_path)
 
 
 # ---- the launch's DeepSpeed settings -------------------------------------------------------------

@@ -180,3 +180,35 @@ def flat(tree, prefix: str = "") -> dict[str, float]:
         key = f"{prefix}/{k}"
         out.update(flat(v, key) if isinstance(v, (dict, list)) else {key: v})
     return out
+
+
+def assert_same_scores(got: dict, want: dict) -> None:
+    """Equal metrics (flat dicts), the semantic similarity up to 1e-5: the semantic model's embeddings
+    differ in the 6th-7th digit between processes (its batches are padded differently)."""
+    assert sorted(got) == sorted(want)
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v, rel=1e-5 if "semantic" in k else 1e-9, abs=1e-9), k
+
+
+def assert_sharded_evaluate_equals_one_process(config: str, synth_dir, tiny_model_dir, tmp_path) -> None:
+    """``evaluate`` launched on 2 processes with ``config`` on 7 questions (shares of 4 and 3, the
+    second padded for a sharded model) gives the answers and metrics of one process."""
+    from vqa_grpo.data.loader import load_examples
+    from vqa_grpo.evaluation.evaluate import evaluate
+
+    rows = [json.loads(r) for r in (synth_dir / "data.jsonl").read_text().splitlines()[:7]]
+    data = tmp_path / "seven.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for r in rows:
+        (tmp_path / r["image"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(synth_dir / r["image"], tmp_path / r["image"])
+    args = ["train.device=cpu", "train.cpu_threads=1", "train.progress=false", "eval.max_new_tokens=3", "eval.batch_size=2"]
+    launch("evaluate", ["--model", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "two"), *args], config=config)
+    cfg = load_config(None, args)
+    examples, _ = load_examples(str(data), cfg.data)
+    one = evaluate(str(tiny_model_dir), examples, cfg, tmp_path / "one")
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert_same_scores(flat(two), flat(one))
+    assert two["n"] == len(examples) == 7
+    got, ref = ([json.loads(r) for r in (tmp_path / d / "predictions.jsonl").read_text().splitlines()] for d in ("two", "one"))
+    assert [(r["id"], r["raw"]) for r in got] == [(r["id"], r["raw"]) for r in ref]

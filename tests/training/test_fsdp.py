@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_distributed import common, final, flat, grpo_run, launch, steps
+from test_distributed import (assert_sharded_evaluate_equals_one_process, common, final, grpo_run, launch,
+                              steps)
 
 from vqa_grpo.config import load_config
 from vqa_grpo.errors import UserError
@@ -29,8 +29,8 @@ SFT = ("train.gradient_accumulation_steps=2", *EVAL)  # the first micro-batch's 
 
 def same_scores(records: list[dict]):
     """Evaluation records equal to ``records`` up to the semantic model's embeddings, which may differ
-    in the 7th digit between processes (its batches are padded differently)."""
-    return [pytest.approx(r, rel=1e-6, abs=1e-9) for r in records]
+    in the 6th-7th digit between processes (its batches are padded differently)."""
+    return [pytest.approx(r, rel=1e-5, abs=1e-9) for r in records]
 
 
 @pytest.fixture(scope="module")
@@ -129,24 +129,7 @@ def test_fsdp_lora_makes_the_update_of_one_process(synth_dir, tiny_model_dir, tm
 
 @pytest.mark.slow
 def test_fsdp_evaluate_gives_the_answers_of_one_process(synth_dir, tiny_model_dir, tmp_path):
-    from vqa_grpo.data.loader import load_examples
-    from vqa_grpo.evaluation.evaluate import evaluate
-
-    rows = [json.loads(r) for r in (synth_dir / "data.jsonl").read_text().splitlines()[:7]]
-    data = tmp_path / "seven.jsonl"  # 7 questions: shares of 4 and 3, the second padded
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    for r in rows:
-        (tmp_path / r["image"]).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(synth_dir / r["image"], tmp_path / r["image"])
-    args = ["train.device=cpu", "train.cpu_threads=1", "train.progress=false", "eval.max_new_tokens=3", "eval.batch_size=2"]
-    launch("evaluate", ["--model", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "two"), *args], config="fsdp")
-    cfg = load_config(None, args)
-    examples, _ = load_examples(str(data), cfg.data)
-    one = evaluate(str(tiny_model_dir), examples, cfg, tmp_path / "one")
-    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
-    assert flat(two) == pytest.approx(flat(one), rel=1e-6, abs=1e-9) and two["n"] == len(examples) == 7
-    got, ref = ([json.loads(r) for r in (tmp_path / d / "predictions.jsonl").read_text().splitlines()] for d in ("two", "one"))
-    assert [(r["id"], r["raw"]) for r in got] == [(r["id"], r["raw"]) for r in ref]
+    assert_sharded_evaluate_equals_one_process("fsdp", synth_dir, tiny_model_dir, tmp_path)
 
 
 # ---- the launch's FSDP settings ----------------------------------------------------------------
