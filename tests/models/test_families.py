@@ -22,6 +22,7 @@ from vqa_grpo.models.adapters import (
     Gemma3Adapter,
     Idefics3Adapter,
     LlavaAdapter,
+    Phi3VisionAdapter,
     Phi4MultimodalAdapter,
     Qwen2VLAdapter,
 )
@@ -43,6 +44,7 @@ EXPECTED = {
     "idefics3": (Idefics3Adapter, {"pixel_values", "pixel_attention_mask"}),
     "gemma3": (Gemma3Adapter, {"pixel_values", "token_type_ids"}),
     "phi4_multimodal": (Phi4MultimodalAdapter, {"image_pixel_values", "image_sizes", "image_attention_mask"}),
+    "phi3_v": (Phi3VisionAdapter, {"pixel_values", "image_sizes"}),
 }
 
 # Parameters that get no gradient by design: LLaVA and Phi-4 take the vision features of the
@@ -52,6 +54,7 @@ UNUSED = {
     "llava": r"model\.vision_tower\.(encoder\.layers\.1|post_layernorm)\..*",
     "llava_next": r"model\.vision_tower\.(encoder\.layers\.1|post_layernorm)\..*",
     "gemma3": r"model\.vision_tower\.head\..*",
+    "phi3_v": r"model\.vision_embed_tokens\.img_processor\.vision_model\.(encoder\.layers\.1|post_layernorm)\..*",
     "phi4_multimodal": (
         r"model\.embed_tokens_extend\.(image_embed\.img_processor\.(encoder\.layers\.1|post_layernorm|head)"
         r"|audio_embed)\..*"
@@ -65,9 +68,9 @@ def test_every_tiny_family_is_tested_here_and_offered_by_the_cli(tmp_path, capsy
     assert set(TINY_FAMILIES) == set(EXPECTED)
     tiny_help = build_parser().parse_args(["model", "tiny", "--out", "x"])  # the default family
     assert tiny_help.family == "qwen2_vl"
-    assert main(["model", "tiny", "--family", "phi3_v", "--out", str(tmp_path / "m")]) == 2
+    assert main(["model", "tiny", "--family", "phi3", "--out", str(tmp_path / "m")]) == 2
     assert capsys.readouterr().err.strip() == (
-        "error: no tiny builder for family 'phi3_v'; choose one of " + ", ".join(TINY_FAMILIES)
+        "error: no tiny builder for family 'phi3'; choose one of " + ", ".join(TINY_FAMILIES)
     )
     assert not (tmp_path / "m").exists()
     assert main(["model", "tiny", "--family", "gemma3", "--out", str(tmp_path / "g")]) == 0
@@ -138,7 +141,11 @@ def test_generation_never_emits_image_tokens_and_scoring_matches_generation(fami
     suppressed = lm.adapter.suppressed_token_ids(lm.processor)
     image_tokens = lm.adapter.image_token_mask(lm.processor, prompts.input_ids)
     assert image_tokens.any(dim=1).all()  # every prompt holds its image
-    assert set(prompts.input_ids[image_tokens].tolist()) <= set(suppressed)
+    layout = prompts.input_ids[image_tokens]
+    if name == "phi3_v":  # the official layout: image k's tokens are -k, never a vocabulary id
+        assert set(layout.tolist()) == {-1}
+    else:
+        assert set(layout.tolist()) <= set(suppressed)
 
     # The log-probs that scoring computes for a greedy completion are those generate saw.
     lm.model.eval()

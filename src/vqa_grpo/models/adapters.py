@@ -49,12 +49,8 @@ class PromptBatch:
         )
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
-        """The keyword arguments of the model's forward and generate.
-
-        ``input_ids`` is a copy: Phi-3-vision's remote model clamps its negative image ids to 0
-        in place, which would silently drop the image from every later use of this batch.
-        """
-        return {"input_ids": self.input_ids.clone(), "attention_mask": self.attention_mask, **self.extra}
+        """The keyword arguments of the model's forward and generate."""
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, **self.extra}
 
 
 # LoRA's default targets: the language model's attention and MLP projections (Llama, Qwen2, Gemma).
@@ -187,6 +183,15 @@ class FamilyAdapter:
         language model's attention and MLP projections only, so the vision tower is left out."""
         return self.text_model_pattern + r"\.(" + "|".join(PROJECTIONS) + ")"
 
+    strict_weights = False
+    """True: a checkpoint with a missing or misshaped weight is refused (naming the first one)."""
+
+    def load_processor(self, path: str, cfg):
+        """The processor of the model directory or hub id ``path``."""
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, **self.processor_kwargs(cfg))
+
     def processor_kwargs(self, cfg) -> dict:
         """Keyword arguments for ``AutoProcessor.from_pretrained`` from the model config."""
         if cfg.num_crops is not None:
@@ -270,65 +275,47 @@ class Phi4MultimodalAdapter(FamilyAdapter):
 
 
 class Phi3VisionAdapter(FamilyAdapter):
-    """Phi-3-vision and Phi-3.5-vision (remote code, model_type ``phi3_v``).
+    """Phi-3-vision and Phi-3.5-vision (model_type ``phi3_v``), vqa-grpo's native implementation
+    (vqa_grpo.models.phi3_v: no remote code).
 
-    The remote processor takes one text at a time, so prompts are encoded one by one and
-    left-padded here. Its ``input_ids`` hold the image as negative ids (-1 repeated once per image
-    token of image 1), which the model replaces by the image's features; they are never labels,
-    and the model clamps them to 0 in place (``PromptBatch.model_inputs`` hands it a copy).
-    ``pixel_values`` is [B, num_crops + 1, 3, 336, 336] (the global view, then the crops,
-    zero-padded to num_crops) and ``image_sizes`` [B, 2] the resized image's (height, width).
+    ``input_ids`` hold each image as -1 repeated once per image token (the official layout),
+    never labels; ``pixel_values`` is [B, num_crops + 1, 3, 336, 336] (the global view, then the
+    crops, zero-padded) and ``image_sizes`` [B, 2] the HD image's (height, width). Answers end with
+    ``<|end|>``. The language model's projections are fused (``qkv_proj``, ``gate_up_proj``).
     """
 
     name = "phi3_v"
     auto_model = "AutoModelForCausalLM"
     per_token_keys = ()
     layout_token_names = ("special_image_token",)
-    vision_pattern = r".*vision_embed_tokens\.(?!wte\.).*"  # the CLIP tower and projection, not the word embeddings
-    # The seed's prompt (section 3.1), written out: the remote processor splits it on <|image_1|>.
+    vision_pattern = r"model\.vision_embed_tokens\..*"  # the CLIP tower, separators and projection
+    strict_weights = True
+    # The seed's prompt (section 3.1), written out: the official chat template takes text only.
     PROMPT = "<|user|>\n<|image_1|>\n{question}" + ANSWER_INSTRUCTION + "<|end|>\n<|assistant|>\n"
 
     def prompt_text(self, processor, question: str) -> str:
         return self.PROMPT.format(question=question.strip())
 
-    def encode_prompts(self, processor, images: list[Image.Image], questions: list[str]) -> PromptBatch:
-        encoded = [
-            processor(self.prompt_text(processor, q), [im], return_tensors="pt") for im, q in zip(images, questions)
-        ]
-        P = max(e["input_ids"].shape[1] for e in encoded)
-        pad = processor.tokenizer.pad_token_id
-        pad = pad if pad is not None else processor.tokenizer.eos_token_id
-        ids = torch.full((len(encoded), P), pad, dtype=torch.long)
-        mask = torch.zeros((len(encoded), P), dtype=torch.long)
-        for i, e in enumerate(encoded):
-            n = e["input_ids"].shape[1]
-            ids[i, P - n :] = e["input_ids"][0]
-            mask[i, P - n :] = e["attention_mask"][0]
-        extra = {
-            "pixel_values": torch.cat([e["pixel_values"] for e in encoded], dim=0),
-            "image_sizes": torch.cat([torch.as_tensor(e["image_sizes"]) for e in encoded], dim=0),
-        }
-        return PromptBatch(ids, mask, extra)
-
     def image_token_mask(self, processor, input_ids: torch.Tensor) -> torch.Tensor:
         return (input_ids < 0) | super().image_token_mask(processor, input_ids)
 
-    def forward_logits(self, model, batch: PromptBatch, keep: int) -> torch.Tensor:
-        """The remote forward (written for transformers 4.40) has no ``logits_to_keep``: all
-        positions' logits are computed and the last ``keep`` kept."""
-        import inspect
+    def stop_token_ids(self, processor, model) -> list[int]:
+        ids = super().stop_token_ids(processor, model)
+        end = processor.tokenizer.convert_tokens_to_ids("<|end|>")
+        return ids + [end] if isinstance(end, int) and end != processor.tokenizer.unk_token_id and end not in ids else ids
 
-        if "logits_to_keep" in inspect.signature(model.forward).parameters:
-            return super().forward_logits(model, batch, keep)
-        return model(**batch.model_inputs(), use_cache=False).logits[:, -keep:]
-
-    def lora_targets(self) -> list[str]:
-        # The Phi-3 cookbook's targets: the fused projections of the language model; the CLIP
-        # tower names its own q_proj, k_proj, v_proj, out_proj, fc1 and fc2, so it is left out.
-        return ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+    def lora_targets(self) -> str:
+        # The Phi-3 cookbook's targets: the language model's fused projections (the CLIP tower
+        # names its own q_proj, k_proj, v_proj, out_proj, fc1 and fc2 and is left out).
+        return r"model\.layers\.\d+\.(self_attn|mlp)\.(qkv_proj|o_proj|gate_up_proj|down_proj)"
 
     def processor_kwargs(self, cfg) -> dict:
         return {} if cfg.num_crops is None else {"num_crops": cfg.num_crops}
+
+    def load_processor(self, path: str, cfg):
+        from vqa_grpo.models.phi3_v.processing import Phi3VProcessor
+
+        return Phi3VProcessor.from_pretrained(path, **self.processor_kwargs(cfg))
 
 
 ADAPTERS: dict[str, type[FamilyAdapter]] = {

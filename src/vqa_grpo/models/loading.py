@@ -45,12 +45,41 @@ def check_model_dir(path: str) -> None:
         raise UserError(f"{p} has no processor (processor_config.json); save the processor with the model")
 
 
+NATIVE_MODEL_TYPES = ("phi3_v",)
+"""Model types whose hub checkpoints ship remote code that vqa-grpo replaces by its own classes."""
+
+
+def _local_model_type(path: str) -> str | None:
+    """config.json's model_type, read as JSON (no code run), for a local directory."""
+    import json
+
+    file = Path(path) / "config.json"
+    try:
+        return json.loads(file.read_text()).get("model_type") if file.is_file() else None
+    except (OSError, ValueError):
+        raise UserError(f"{file} is not valid JSON; re-save the model or restore config.json") from None
+
+
 def _read_config(path: str, cfg: ModelConfig):
-    """The model's transformers config; one line when it is missing or needs remote code."""
+    """The model's transformers config; one line when it is missing or needs remote code.
+
+    A Phi-3-vision checkpoint (model_type ``phi3_v``) is read with vqa-grpo's native classes even
+    when model.trust_remote_code=true: the checkpoint's own code is never run."""
     from transformers import AutoConfig
 
+    import vqa_grpo.models.phi3_v  # noqa: F401  registers phi3_v with the auto classes
+
+    trust = cfg.trust_remote_code
+    if trust and _local_model_type(path) in NATIVE_MODEL_TYPES:
+        import logging
+
+        logging.getLogger("vqa_grpo").warning(
+            "model.trust_remote_code=true is ignored for %s: phi3_v loads with vqa-grpo's native "
+            "implementation, and no code from the checkpoint is run", path,
+        )
+        cfg.trust_remote_code = trust = False
     try:
-        return AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust)
     except OSError:
         raise UserError(f"model {path} not found: not a local directory, and not on the hub or in the cache") from None
     except ValueError as e:
@@ -91,19 +120,48 @@ def _from_pretrained(adapter: FamilyAdapter, base_path: str, cfg: ModelConfig, e
 
     auto = getattr(transformers, adapter.auto_model)
     try:
-        return auto.from_pretrained(
+        model, info = auto.from_pretrained(
             base_path,
             dtype=DTYPES[cfg.dtype],
             attn_implementation=cfg.attn_implementation,
             trust_remote_code=cfg.trust_remote_code,
+            output_loading_info=True,
             **extra,
         )
     except ImportError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(
-            f"model.attn_implementation={cfg.attn_implementation} cannot be used ({first}); "
-            "install flash-attn or set model.attn_implementation=sdpa"
-        ) from None
+        if "flash" in first.lower() or "flash" in cfg.attn_implementation:
+            raise UserError(
+                f"model.attn_implementation={cfg.attn_implementation} cannot be used ({first}); "
+                "install flash-attn or set model.attn_implementation=sdpa"
+            ) from None
+        where = "its remote code" if cfg.trust_remote_code else "it"
+        raise UserError(f"cannot load {base_path}: {where} failed to import ({first})") from None
+    except RuntimeError as e:  # a weight whose shape is not the config's
+        if "size mismatch" not in str(e) and "shape" not in str(e):
+            raise
+        raise UserError(f"{base_path} has a misshaped weight: {_first_line(e)}; the checkpoint does not match its config.json") from None
+    if adapter.strict_weights:
+        _check_weights(base_path, info)
+    return model
+
+
+def _first_line(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def _check_weights(path: str, info: dict) -> None:
+    """Refuse a checkpoint with missing or misshaped weights, naming the first one."""
+    mismatched = sorted(info.get("mismatched_keys") or [])
+    if mismatched:
+        key, *shapes = mismatched[0] if isinstance(mismatched[0], tuple) else (mismatched[0],)
+        got = f" ({shapes[0]} in the checkpoint, {shapes[1]} expected)" if len(shapes) == 2 else ""
+        raise UserError(f"{path}: weight {key} has the wrong shape{got}; the checkpoint does not match its config.json")
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UserError(f"{path}: weight {missing[0]} is missing{more}; the checkpoint is incomplete or not phi3_v")
 
 
 def freeze_vision_tower(model, adapter: FamilyAdapter) -> int:
@@ -128,8 +186,6 @@ def load_model(cfg: ModelConfig, device: torch.device | str = "cpu", *, trainabl
     The family's adapter picks the auto class (AutoModelForImageTextToText, or
     AutoModelForCausalLM for Phi-3-vision and Phi-4-multimodal) and the default LoRA targets.
     """
-    from transformers import AutoProcessor
-
     device = torch.device(device)
     check_model_dir(cfg.name_or_path)
     path = cfg.name_or_path
@@ -141,7 +197,7 @@ def load_model(cfg: ModelConfig, device: torch.device | str = "cpu", *, trainabl
         base_path = json.loads(adapter_dir.read_text())["base_model_name_or_path"]
     hf_config = _read_config(base_path, cfg)
     adapter = adapter_for(hf_config.model_type, cfg.family)
-    processor = AutoProcessor.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, **adapter.processor_kwargs(cfg))
+    processor = adapter.load_processor(path, cfg)
     quant = _quantization(cfg, device)
     model = _from_pretrained(adapter, base_path, cfg, quant)
     if adapter_dir.is_file():

@@ -48,7 +48,7 @@ log = logging.getLogger("vqa_grpo.prefix")
 
 MROPE_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
 """``config.model_type`` of the families whose text positions are M-RoPE, continued from ``get_rope_index``."""
-LINEAR_FAMILIES = ("llava", "llava_next", "idefics3", "gemma3", "phi4_multimodal")
+LINEAR_FAMILIES = ("llava", "llava_next", "idefics3", "gemma3", "phi4_multimodal", "phi3_v")
 """``config.model_type`` of the families with plain 1-D positions, each tested to match the plain path
 (Gemma 3 included: its image tokens attend to each other inside the prompt, which runs whole)."""
 

@@ -460,6 +460,13 @@ def build_tiny_phi4_multimodal(
     return _save(model, processor, out_dir)
 
 
+def build_tiny_phi3_v(out_dir: str | Path, *, seed: int = 0, words: list[str] | None = None, hidden: int = 64) -> Path:
+    """Phi-3-vision, native (vqa_grpo.models.phi3_v.tiny)."""
+    from vqa_grpo.models.phi3_v.tiny import build_tiny_phi3_v as build
+
+    return build(out_dir, seed=seed, words=words, hidden=hidden)
+
+
 BUILDERS = {
     "qwen2_vl": build_tiny_qwen2_vl,
     "qwen2_5_vl": build_tiny_qwen2_5_vl,
@@ -468,6 +475,7 @@ BUILDERS = {
     "idefics3": build_tiny_idefics3,
     "gemma3": build_tiny_gemma3,
     "phi4_multimodal": build_tiny_phi4_multimodal,
+    "phi3_v": build_tiny_phi3_v,
 }
 TINY_FAMILIES = tuple(BUILDERS)
 

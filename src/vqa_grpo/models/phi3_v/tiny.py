@@ -1,0 +1,65 @@
+"""A tiny random Phi-3-vision (``vqa-grpo model tiny --family phi3_v``), in the official key layout.
+
+The text model is a 2-layer Phi-3 with Phi-3-vision's RoPE ("su" scaling, 128k positions over
+4k); the vision tower is a small CLIP on the real 336 px crops with 14 px patches, so each view
+still makes 12 x 12 merged features and a prompt the real number of image tokens (757 for a
+200 x 120 image at num_crops 4). The tokenizer is word-level over the synthetic vocabulary with
+the official special tokens; each text chunk starts with ``<s>`` as the official tokenizer's do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+PHI3_V_SPECIALS = ["<|endoftext|>", "<s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|image|>"]
+
+
+def tiny_phi3_v_config(vocab_size: int, *, hidden: int = 64, vision_hidden: int = 32, eos: int, pad: int, bos: int):
+    from vqa_grpo.models.phi3_v.configuration import Phi3VConfig
+
+    heads = 4
+    half = hidden // heads // 2
+    vision = dict(
+        hidden_size=vision_hidden, intermediate_size=2 * vision_hidden, num_hidden_layers=2, num_attention_heads=2,
+        image_size=336, patch_size=14, hidden_act="quick_gelu", projection_dim=vision_hidden,
+    )
+    return Phi3VConfig(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+        num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=131072,
+        original_max_position_embeddings=4096, sliding_window=131072, bos_token_id=bos, eos_token_id=eos,
+        pad_token_id=pad, architectures=["Phi3VForCausalLM"],
+        rope_scaling={"type": "su", "short_factor": [1.0 + 0.1 * i for i in range(half)],
+                      "long_factor": [2.0 + 0.5 * i for i in range(half)]},
+        img_processor={"name": "clip_vision_model", "model_name": "tiny-clip", "image_dim_out": vision_hidden,
+                       "num_img_tokens": 144, "vision_config": vision},
+    )
+
+
+def build_tiny_phi3_v(out_dir: str | Path, *, seed: int = 0, words: list[str] | None = None, hidden: int = 64) -> Path:
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    from vqa_grpo.models.phi3_v.modeling import Phi3VForCausalLM
+    from vqa_grpo.models.phi3_v.processing import CHAT_TEMPLATE, Phi3VImageProcessor, Phi3VProcessor
+    from vqa_grpo.models.tiny import _save, _words, build_word_tokenizer
+
+    raw = build_word_tokenizer(_words(words), PHI3_V_SPECIALS, unk="<unk>")
+    ids = {t: raw.token_to_id(t) for t in PHI3_V_SPECIALS}
+    raw.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", ids["<s>"])])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=raw, bos_token="<s>", eos_token="<|endoftext|>", pad_token="<|endoftext|>", unk_token="<unk>",
+        padding_side="left",
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    config = tiny_phi3_v_config(
+        raw.get_vocab_size(), hidden=hidden, eos=ids["<|endoftext|>"], pad=ids["<|endoftext|>"], bos=ids["<s>"]
+    )
+    torch.manual_seed(seed)
+    model = Phi3VForCausalLM(config)
+    model.generation_config.eos_token_id = [ids["<|endoftext|>"], ids["<|end|>"]]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.generation_config.bos_token_id = ids["<s>"]
+    processor = Phi3VProcessor(Phi3VImageProcessor(num_crops=4), tokenizer, "PreTrainedTokenizerFast")
+    return _save(model, processor, out_dir)
