@@ -102,10 +102,10 @@ def assert_grads_close(plain, shared):
         assert err <= 1e-4 * float(g.norm()) + 1e-6 * total, (name, err, float(g.norm()))
 
 
-def test_every_tiny_family_but_phi3_v_has_a_shared_prefix_rule():
-    # phi3_v has no tiny builder (its remote code is not run here); it and the generic adapter fall back.
+def test_every_tiny_family_has_a_shared_prefix_rule():
+    # Phi-3-vision (native) included; the generic adapter falls back.
     assert set(TINY_FAMILIES) <= set(SHARED_FAMILIES)
-    assert "phi3_v" not in SHARED_FAMILIES
+    assert "phi3_v" in SHARED_FAMILIES
 
 
 @pytest.mark.parametrize("family", SHARED_FAMILIES)
@@ -136,9 +136,10 @@ def test_shared_prefix_logprobs_and_gradients_equal_the_plain_path(family, famil
     assert ((wrong * mask)[:, 1:] - plain_logp[:, 1:]).abs().max() > 3e-5
 
 
-def test_shared_prefix_with_lora_and_with_the_adapter_switched_off(family_dirs, data):
+@pytest.mark.parametrize("family", ["qwen2_vl", "phi3_v"])
+def test_shared_prefix_with_lora_and_with_the_adapter_switched_off(family, family_dirs, data):
     # The reference pass for the KL term uses model.disable_adapter() with LoRA; both must match.
-    lm = load(family_dirs("qwen2_vl"), lora=True, lora_r=4)
+    lm = load(family_dirs(family), lora=True, lora_r=4)
     for _, p in lm.model.named_parameters():  # LoRA B starts at 0: move it so the adapter matters
         if "lora_B" in _:
             torch.nn.init.normal_(p, std=0.05)
@@ -293,7 +294,7 @@ def test_shared_prefix_loss_through_a_ddp_wrapper(family_dirs, data, tmp_path):
     assert_grads_close(plain_grads, {n: p.grad for n, p in lm.model.named_parameters() if p.grad is not None})
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "llava", "gemma3"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava", "gemma3", "phi3_v"])
 def test_fused_prefill_samples_and_scores_as_two_passes_do(family, family_dirs, data, caplog):
     """One pass of the prompts (with gradient) for sampling and the loss equals a pass for each:
     the same tokens, sampler log-probs, loss and gradients (Gemma 3: sliding-window cache layers)."""
@@ -302,7 +303,7 @@ def test_fused_prefill_samples_and_scores_as_two_passes_do(family, family_dirs, 
     examples = data.train[:B]
     images = [e.load_image() for e in examples]
     grpo = GRPOConfig(num_generations=G, max_completion_length=4, beta=0.0)
-    tower = next(m for n, m in lm.model.named_modules() if n.split(".")[-1] in ("visual", "vision_tower"))
+    tower = next(m for n, m in lm.model.named_modules() if n.split(".")[-1] in ("visual", "vision_tower", "vision_embed_tokens"))
     encodes = []
     hook = tower.register_forward_hook(lambda *_: encodes.append(1))
     results = {}
