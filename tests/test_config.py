@@ -300,7 +300,7 @@ def test_phi3_configs_have_the_seed_settings(name, hub_id):
     cfg = load_config(REPO / "configs" / name)
     m, t, g, r = cfg.model, cfg.train, cfg.grpo, cfg.reward
     assert m.name_or_path == hub_id
-    assert (m.dtype, m.gradient_checkpointing, m.trust_remote_code) == ("bf16", True, True)
+    assert (m.dtype, m.gradient_checkpointing, m.trust_remote_code) == ("bf16", True, False)
     assert m.attn_implementation == "flash_attention_2" and not m.lora
     assert (t.per_device_batch_size, t.gradient_accumulation_steps) == (1, 2)
     assert t.learning_rate == 2e-7 and isinstance(t.learning_rate, float)

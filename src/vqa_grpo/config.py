@@ -37,7 +37,7 @@ class ModelConfig:
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     """Attention kernel: sdpa, eager, or flash_attention_2 when installed."""
     trust_remote_code: bool = False
-    """Run code shipped with the model (needed by Phi-3-vision). Off unless asked for."""
+    """Run code shipped with the model. Off unless asked for; ignored for Phi-3-vision (native)."""
     gradient_checkpointing: bool = False
     """Non-reentrant activation checkpointing: trade compute for memory (seed 4.1)."""
     lora: bool = False

@@ -26,11 +26,10 @@ def llava_dir(tmp_path_factory):
 
 
 def test_a_model_with_remote_code_needs_trust_remote_code(tmp_path):
-    # Phi-3-vision-128k-instruct's config.json names its own classes (auto_map); transformers has no phi3_v.
+    # A config.json that names its own classes (auto_map) for a model type transformers lacks.
     (tmp_path / "config.json").write_text(json.dumps({
-        "model_type": "phi3_v", "architectures": ["Phi3VForCausalLM"],
-        "auto_map": {"AutoConfig": "configuration_phi3_v.Phi3VConfig",
-                     "AutoModelForCausalLM": "modeling_phi3_v.Phi3VForCausalLM"},
+        "model_type": "my_remote_vlm", "architectures": ["MyRemoteVLM"],
+        "auto_map": {"AutoConfig": "configuration_my.MyConfig", "AutoModelForCausalLM": "modeling_my.MyVLM"},
     }))
     (tmp_path / "preprocessor_config.json").write_text("{}")
     with pytest.raises(UserError) as err:

@@ -126,6 +126,7 @@ def _from_pretrained(adapter: FamilyAdapter, base_path: str, cfg: ModelConfig, e
             attn_implementation=cfg.attn_implementation,
             trust_remote_code=cfg.trust_remote_code,
             output_loading_info=True,
+            ignore_mismatched_sizes=adapter.strict_weights,  # reported by _check_weights, naming the key
             **extra,
         )
     except ImportError as e:

@@ -1,0 +1,166 @@
+"""Phi-3-vision, native (vqa_grpo.models.phi3_v): the official checkpoint's layout, config and
+processor, loading without remote code, and what a bad checkpoint gets.
+
+The shared folder holds microsoft/Phi-3-vision-128k-instruct's files without the weights
+(config.json, preprocessor_config.json, the tokenizer, model.safetensors.index.json).
+Comparison with the official code itself: tests/models/test_phi3_v_reference.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from vqa_grpo.config import ModelConfig
+from vqa_grpo.errors import UserError
+from vqa_grpo.models.adapters import Phi3VisionAdapter
+from vqa_grpo.models.loading import load_model
+from vqa_grpo.models.phi3_v import Phi3VConfig, Phi3VForCausalLM
+from vqa_grpo.models.phi3_v.processing import Phi3VProcessor, hd_size, num_image_tokens
+from vqa_grpo.models.tiny import build_tiny
+
+OFFICIAL = Path(__file__).resolve().parents[3] / "shared" / "models" / "phi-3-vision-128k-instruct"
+CPU = torch.device("cpu")
+pytestmark = pytest.mark.skipif(not OFFICIAL.is_dir(), reason="../shared/models/phi-3-vision-128k-instruct is absent")
+
+
+def official_config() -> dict:
+    d = json.loads((OFFICIAL / "config.json").read_text())
+    d.pop("_attn_implementation")  # flash_attention_2 in the file; flash-attn is not installed here
+    return d
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return build_tiny("phi3_v", tmp_path_factory.mktemp("phi3_v") / "model", seed=0)
+
+
+def test_the_full_size_model_has_every_official_weight_name_and_the_total_size():
+    index = json.loads((OFFICIAL / "model.safetensors.index.json").read_text())
+    with torch.device("meta"):
+        model = Phi3VForCausalLM(Phi3VConfig(**official_config()))
+    state = model.state_dict()
+    assert set(state) == set(index["weight_map"]) and len(state) == 592
+    assert sum(t.numel() for t in state.values()) * 2 == index["metadata"]["total_size"] == 8_293_242_880
+    assert model.model.vision_embed_tokens.glb_GN.shape == (1, 1, 4096)
+    assert model.model.vision_embed_tokens.sub_GN.shape == (1, 1, 1, 4096)
+    assert [type(m).__name__ for m in model.model.vision_embed_tokens.img_projection] == ["Linear", "GELU", "Linear"]
+    assert model.model.vision_embed_tokens.img_projection[0].weight.shape == (3072, 4096)
+
+
+def test_the_official_config_reads_and_writes_back_in_its_own_layout():
+    cfg = Phi3VConfig(**official_config())
+    assert cfg.rope_parameters["rope_type"] == "longrope" and cfg.vision_config.num_hidden_layers == 24
+    out = cfg.to_dict()
+    assert "rope_parameters" not in out and out["rope_theta"] == 10000.0
+    official = official_config()["rope_scaling"]
+    assert out["rope_scaling"] == {"type": "su", "long_factor": official["long_factor"],
+                                   "short_factor": official["short_factor"]}
+    assert out["model_type"] == "phi3_v" and out["img_processor"] == official_config()["img_processor"]
+    # Phi-3.5-vision names the same scaling "longrope": written back as it came.
+    d = official_config()
+    d["rope_scaling"]["type"] = "longrope"
+    assert Phi3VConfig(**d).to_dict()["rope_scaling"]["type"] == "longrope"
+
+
+@pytest.mark.parametrize("size, crops, tokens", [
+    ((200, 120), 4, 757), ((200, 120), 16, 2353), ((200, 120), 1, 313), ((120, 200), 4, 757),
+    ((336, 336), 1, 313), ((336, 336), 16, 2509), ((1000, 200), 16, 2485),  # 4 x 4 crops; 2 x 8
+])
+def test_image_token_counts(size, crops, tokens):
+    h, w = hd_size(*size, crops)
+    n = num_image_tokens(h, w)
+    assert n == (h // 336 * (w // 336) + 1) * 144 + 1 + (h // 336 + 1) * 12
+    if tokens is not None:
+        assert n == tokens
+
+
+def test_the_processor_batches_texts_with_the_official_tokenizer():
+    proc = Phi3VProcessor.from_pretrained(OFFICIAL, num_crops=4)
+    from PIL import Image
+
+    text = "<|user|>\n<|image_1|>\nWhat is it? Answer with a single word or short phrase.<|end|>\n<|assistant|>\n"
+    enc = proc([text, text], [[Image.new("RGB", (200, 120))], [Image.new("RGB", (1000, 200))]], padding_side="left")
+    assert enc["pixel_values"].shape == (2, 5, 3, 336, 336)
+    assert enc["image_sizes"].tolist() == [[672, 672], [336, 1344]]  # 2 x 2 crops; 1 x 4
+    assert (enc["input_ids"] < 0).sum(1).tolist() == [757, 745]
+    assert enc["attention_mask"][1].sum() == enc["input_ids"].shape[1] - (757 - 745)
+    assert enc["input_ids"][0, :4].tolist() == [1, 32010, 29871, 13]  # <s> <|user|> ▁ \n, then the image
+    assert enc["input_ids"][0, 4:761].eq(-1).all() and enc["input_ids"][0, 761] == 1  # the next chunk's <s>
+    assert proc.chat_template == json.loads((OFFICIAL / "tokenizer_config.json").read_text())["chat_template"]
+
+
+def test_tiny_model_loads_natively_saves_in_the_official_layout_and_reloads_bitwise(tiny_dir, tmp_path):
+    lm = load_model(ModelConfig(name_or_path=str(tiny_dir)), CPU)
+    assert type(lm.adapter) is Phi3VisionAdapter and type(lm.model) is Phi3VForCausalLM
+    assert not list(Path(tiny_dir).glob("*.py"))  # no remote-code files
+    saved = load_file(str(tiny_dir / "model.safetensors"))
+    assert set(saved) == set(lm.model.state_dict()) and not any(".wte." in k for k in saved)
+    config = json.loads((tiny_dir / "config.json").read_text())
+    assert config["model_type"] == "phi3_v" and config["architectures"] == ["Phi3VForCausalLM"]
+    assert config["rope_scaling"]["type"] == "su" and "rope_parameters" not in config
+    again = load_model(ModelConfig(name_or_path=str(tiny_dir)), CPU)
+    for (n, a), (_, b) in zip(lm.model.state_dict().items(), again.model.state_dict().items()):
+        assert torch.equal(a, b), n
+
+
+def test_trust_remote_code_on_a_phi3_v_checkpoint_runs_none_of_its_code(tiny_dir, tmp_path, caplog):
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_dir, ckpt)
+    marker = tmp_path / "ran"
+    for name in ("configuration_phi3_v", "modeling_phi3_v"):
+        (ckpt / f"{name}.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    config = json.loads((ckpt / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_phi3_v.Phi3VConfig",
+                          "AutoModelForCausalLM": "modeling_phi3_v.Phi3VForCausalLM"}
+    (ckpt / "config.json").write_text(json.dumps(config))
+    with caplog.at_level("WARNING", logger="vqa_grpo"):
+        lm = load_model(ModelConfig(name_or_path=str(ckpt), trust_remote_code=True), CPU)
+    assert type(lm.model) is Phi3VForCausalLM and not marker.exists()
+    assert "model.trust_remote_code=true is ignored" in caplog.text
+
+
+def _rewrite_weights(src: Path, dst: Path, edit) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    weights = load_file(str(dst / "model.safetensors"))
+    edit(weights)
+    save_file(weights, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return dst
+
+
+def test_a_missing_weight_is_named_and_refused(tiny_dir, tmp_path):
+    key = "model.vision_embed_tokens.glb_GN"
+    bad = _rewrite_weights(tiny_dir, tmp_path / "bad", lambda w: w.pop(key))
+    with pytest.raises(UserError) as err:
+        load_model(ModelConfig(name_or_path=str(bad)), CPU)
+    assert str(err.value) == f"{bad}: weight {key} is missing; the checkpoint is incomplete or not phi3_v"
+
+
+def test_a_misshaped_weight_is_named_and_refused(tiny_dir, tmp_path):
+    key = "model.vision_embed_tokens.img_projection.0.weight"
+
+    def shrink(w):
+        w[key] = w[key][:, :-1].contiguous()
+
+    bad = _rewrite_weights(tiny_dir, tmp_path / "bad", shrink)
+    with pytest.raises(UserError) as err:
+        load_model(ModelConfig(name_or_path=str(bad)), CPU)
+    message = str(err.value)
+    assert "\n" not in message and key in message and "wrong shape" in message
+
+
+def test_the_cli_builds_the_tiny_phi3_v(tmp_path, capsys):
+    from vqa_grpo.cli import main
+
+    assert main(["model", "tiny", "--family", "phi3_v", "--out", str(tmp_path / "m")]) == 0
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json"} <= {
+        p.name for p in (tmp_path / "m").iterdir()
+    }
