@@ -326,6 +326,8 @@ def run_case(ri, model, processor, k: int, size, logits_store: dict, timings: di
     new = gen.sequences[0, ids.shape[1] :].tolist()
     rec["greedy_new_tokens"] = new
     rec["greedy_step_max_logit"] = [s[0].max().item() for s in gen.scores]
+    # distance between the chosen and the runner-up logit at each step (how robust the greedy tokens are)
+    rec["greedy_step_top2_margin"] = [(lambda t: (t[0] - t[1]).item())(torch.topk(s[0], 2).values) for s in gen.scores]
     rec["greedy_first_matches_forward_argmax"] = bool(new and new[0] == top.indices[0].item())
     return rec
 
