@@ -47,7 +47,9 @@ import tempfile
 import time
 from pathlib import Path
 
-METHODS = ("vqa_grpo", "trl", "seed_loop", "limit")
+METHODS = ("vqa_grpo", "trl", "seed_loop", "limit", "plain")
+PHI3_V_METHODS = ("vqa_grpo", "plain", "seed_loop")
+"""--model phi3-v: the library's step with and without the shared prefix, and the seed's loop."""
 
 
 @dataclasses.dataclass
@@ -64,7 +66,11 @@ class Settings:
     """fp32, or bf16 (weights and AdamW states in bf16 for every method: the GPU run)."""
     model: str = "tiny"
     """tiny: the ~1M-parameter Qwen2-VL of the tests; qwen2-vl-0.5b: the same architecture at ~0.5B
-    parameters (random weights); or the directory of an existing Qwen2-VL model, used as is."""
+    parameters (random weights); phi3-v: Phi-3-vision-shaped (the real CLIP ViT-L/14-336 tower,
+    Phi-3's text model at hidden 256, 2 layers; random weights); phi3-v-full: Phi-3-vision's real
+    size (4.2B, for a GPU); or the directory of an existing Qwen2-VL model, used as is."""
+    num_crops: int = 4
+    """phi3-v: the processor's crops per image (Phi-3-vision: 16; Phi-3.5-vision suggests 4)."""
     seed: int = 0
     cudnn_attention: int = 1
     """0: keep PyTorch's scaled-dot-product attention off its cuDNN kernels (every method alike)."""
@@ -81,6 +87,13 @@ def build_model(s: Settings, out: Path) -> Path:
 
     if Path(s.model).is_dir():
         return Path(s.model)
+    if s.model.startswith("phi3-v"):
+        from vqa_grpo.models.phi3_v.configuration import CLIP_VIT_L14_336
+        from vqa_grpo.models.phi3_v.tiny import build_tiny_phi3_v
+
+        full = s.model == "phi3-v-full"  # Phi-3-mini's text model: hidden 3072, 32 layers
+        return build_tiny_phi3_v(out, seed=s.seed, hidden=3072 if full else 256, layers=32 if full else 2,
+                                 vision=CLIP_VIT_L14_336, num_crops=s.num_crops)
     if s.model == "tiny":
         path = build_tiny_qwen2_vl(out, seed=s.seed)
     elif s.model == "qwen2-vl-0.5b":  # Qwen2-0.5B's text dimensions, a 20-block vision tower
@@ -201,7 +214,7 @@ def _optimizer(model):
     return make_optimizer([p for p in model.parameters() if p.requires_grad], TrainConfig(learning_rate=1e-5))
 
 
-def run_vqa_grpo(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
+def run_vqa_grpo(s: Settings, model_dir: Path, data_dir: Path, device, shared_prefix: str = "auto") -> dict:
     from vqa_grpo.config import ModelConfig, RewardConfig
     from vqa_grpo.grpo.objective import grpo_objective
     from vqa_grpo.grpo.rollout import fuse_prefill, make_rollout
@@ -209,7 +222,7 @@ def run_vqa_grpo(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
 
     lm = load_model(ModelConfig(name_or_path=str(model_dir), dtype=s.dtype), device)
     lm.model.train()
-    opt, grpo, reward = _optimizer(lm.model), _grpo_cfg(s, "auto"), RewardConfig()
+    opt, grpo, reward = _optimizer(lm.model), _grpo_cfg(s, shared_prefix), RewardConfig()
     keep = fuse_prefill(lm.model, grpo)  # as the training loop decides it
     steps = load_examples(s, data_dir)
     paths = set()
@@ -393,7 +406,12 @@ def run_trl(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
     return {"tokens": tokens[s.warmup :], "peak_mib": meter.peak_mib(), "trl_version": trl.__version__}
 
 
-RUNNERS = {"vqa_grpo": run_vqa_grpo, "trl": run_trl, "seed_loop": run_seed_loop, "limit": run_limit}
+def run_plain(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
+    """The library's step on the plain path (grpo.shared_prefix=off): each row runs its prompt and image."""
+    return run_vqa_grpo(s, model_dir, data_dir, device, shared_prefix="off")
+
+
+RUNNERS = {"vqa_grpo": run_vqa_grpo, "trl": run_trl, "seed_loop": run_seed_loop, "limit": run_limit, "plain": run_plain}
 
 
 def worker(method: str, s: Settings, model_dir: Path, data_dir: Path) -> None:
@@ -493,6 +511,8 @@ def report(s: Settings, results: dict, model_dir: Path) -> dict:
     def ratio(a, b, key):
         return step(a, key) / step(b, key) if step(a, key) and step(b, key) else None
 
+    import vqa_grpo.models.phi3_v  # noqa: F401  registers phi3_v with AutoConfig
+
     cfg = AutoConfig.from_pretrained(model_dir)
     out = {f"{m}_step_s": step(m) for m in METHODS}
     out.update({f"{m}_cpu_s": step(m, "cpu_s") for m in METHODS})
@@ -507,7 +527,7 @@ def report(s: Settings, results: dict, model_dir: Path) -> dict:
     })
     out["ratios"] = {  # wall-clock medians; *_cpu: the same with each step's process CPU time
         f"vqa_grpo_over_{m}{suffix}": ratio("vqa_grpo", m, key)
-        for suffix, key in (("", "step_s"), ("_cpu", "cpu_s")) for m in ("trl", "limit", "seed_loop")
+        for suffix, key in (("", "step_s"), ("_cpu", "cpu_s")) for m in ("trl", "limit", "seed_loop", "plain")
     }
     return out
 
@@ -516,6 +536,12 @@ def _image_tokens(model_dir: Path, size: int) -> int:
     """Image tokens of one ``size`` px image after the processor and the 2x2 merge."""
     from PIL import Image
     from transformers import AutoProcessor
+
+    if json.loads((Path(model_dir) / "config.json").read_text()).get("model_type") == "phi3_v":
+        from vqa_grpo.models.phi3_v.processing import Phi3VProcessor, hd_size, num_image_tokens
+
+        crops = Phi3VProcessor.from_pretrained(model_dir).image_processor.num_crops
+        return num_image_tokens(*hd_size(size, size, crops))
 
     ip = AutoProcessor.from_pretrained(model_dir).image_processor
     grid = ip(images=[Image.new("RGB", (size, size))], return_tensors="pt")["image_grid_thw"]
@@ -607,7 +633,8 @@ def main(argv=None) -> None:
         p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--sweep", action="store_true", help="G in 4, 8, 16 x images of 112, 224, 448 px: a markdown table")
-    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ", ".join(METHODS))
+    p.add_argument("--methods", default=None, help="comma-separated subset of " + ", ".join(METHODS)
+                   + " (default: all but plain; with --model phi3-v: " + ", ".join(PHI3_V_METHODS) + ")")
     p.add_argument("--sizes", default="112,224,448", help="--sweep: image sizes (px), comma-separated")
     p.add_argument("--groups", default="4,8,16", help="--sweep: group sizes G, comma-separated")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -621,7 +648,8 @@ def main(argv=None) -> None:
     s = Settings(**{f.name: getattr(a, f.name) for f in dataclasses.fields(Settings)})
     if s.steps < 1 or s.warmup < 0:
         raise SystemExit("--steps must be >= 1 and --warmup >= 0")
-    methods = tuple(m for m in a.methods.split(",") if m)
+    default = PHI3_V_METHODS if s.model.startswith("phi3-v") else METHODS[:4]
+    methods = tuple(m for m in a.methods.split(",") if m) if a.methods else default
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise SystemExit(f"--methods: unknown {unknown[0]}; choose from {', '.join(METHODS)}")

@@ -484,7 +484,8 @@ def save_and_reload(ri, remote, model, processors, case, logits_store, save_dir:
             use_cache=False,
         )
     info["reload_case"] = case_key(k, (w, h))
-    info["reload_logits_max_abs_diff"] = (out.logits[0, -3:].float() - logits_store[case_key(k, (w, h))]).abs().max().item()
+    diff = out.logits[0, -3:].float() - logits_store[case_key(k, (w, h))]
+    info["reload_logits_max_abs_diff"] = diff.abs().max().item()
     timings["reload_s"] = time.perf_counter() - t0
     return info
 

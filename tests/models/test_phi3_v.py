@@ -164,3 +164,26 @@ def test_the_cli_builds_the_tiny_phi3_v(tmp_path, capsys):
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json"} <= {
         p.name for p in (tmp_path / "m").iterdir()
     }
+
+
+def test_lora_targets_the_fused_projections_and_merges_back_into_the_official_layout(tiny_dir, tmp_path):
+    from vqa_grpo.training.checkpoint import save_model
+    from vqa_grpo.training.export import merge_adapter
+
+    lm = load_model(ModelConfig(name_or_path=str(tiny_dir), lora=True, lora_r=4), CPU)
+    adapted = {n.split(".lora_A")[0] for n, _ in lm.model.named_parameters() if ".lora_A" in n}
+    assert {n.rsplit(".", 1)[1] for n in adapted} == {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}
+    assert len(adapted) == 2 * 4 and not any("vision_embed_tokens" in n for n in adapted)
+    for name, p in lm.model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    save_model(lm.model, lm.processor, tmp_path / "final")
+    merged = merge_adapter(tmp_path / "final", tmp_path / "merged", ModelConfig(name_or_path=str(tiny_dir)))
+    assert set(load_file(str(merged / "model.safetensors"))) == set(load_file(str(tiny_dir / "model.safetensors")))
+    again = load_model(ModelConfig(name_or_path=str(merged)), CPU, trainable=False)
+    batch = again.adapter.encode_prompts(again.processor, [__import__("PIL.Image").Image.new("RGB", (60, 90))], ["Is it red?"])
+    lm.model.eval()
+    with torch.no_grad():
+        want = lm.model(**batch.model_inputs()).logits
+        got = again.model(**batch.model_inputs()).logits
+    assert (want - got).abs().max() < 1e-4

@@ -53,8 +53,11 @@ def write_model_card(out: Path, cfg: Config, mode: str, *, steps: int, n_train: 
         lines.append(f"On the evaluation split ({n_eval} questions), greedy unless `eval.do_sample`.")
     else:
         lines.append("None: the run had no evaluation split.")
-    remote = ", trust_remote_code=True" if cfg.model.trust_remote_code else ""
+    phi3_v = _saved_model_type(out) == "phi3_v"  # native in vqa-grpo: no remote code, its own processor
+    remote = ", trust_remote_code=True" if cfg.model.trust_remote_code and not phi3_v else ""
     lines += ["", "## Loading", "", "```python"]
+    if phi3_v:
+        lines += ["import vqa_grpo.models.phi3_v  # Phi-3-vision, native: registers phi3_v with the auto classes"]
     if lora:
         lines += ["from peft import PeftModel", f"from transformers import {auto_model}, AutoProcessor",
                   f'base = {auto_model}.from_pretrained("{base}"{remote})',
@@ -62,11 +65,27 @@ def write_model_card(out: Path, cfg: Config, mode: str, *, steps: int, n_train: 
     else:
         lines += [f"from transformers import {auto_model}, AutoProcessor",
                   f'model = {auto_model}.from_pretrained("path/to/this/directory"{remote})']
-    lines += [f'processor = AutoProcessor.from_pretrained("path/to/this/directory"{remote})', "```", "",
+    if phi3_v:
+        lines += ["from vqa_grpo.models.phi3_v.processing import Phi3VProcessor",
+                  'processor = Phi3VProcessor.from_pretrained("path/to/this/directory")']
+    else:
+        lines += [f'processor = AutoProcessor.from_pretrained("path/to/this/directory"{remote})']
+    lines += ["```", "",
               "## Config", "", "```yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).strip(), "```", ""]
     path = out / "README.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _saved_model_type(out: Path) -> str | None:
+    """The model_type of the saved model (its config.json, or the LoRA adapter's base's)."""
+    for path in (out / "config.json", out / "preprocessor_config.json"):
+        if path.is_file():
+            data = json.loads(path.read_text())
+            if path.name == "config.json":
+                return data.get("model_type")
+            return "phi3_v" if data.get("image_processor_type") == "Phi3VImageProcessor" else None
+    return None
 
 
 def merge_adapter(adapter_dir: str | Path, out: str | Path, model_cfg=None) -> Path:

@@ -16,28 +16,38 @@ import torch
 PHI3_V_SPECIALS = ["<|endoftext|>", "<s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|image|>"]
 
 
-def tiny_phi3_v_config(vocab_size: int, *, hidden: int = 64, vision_hidden: int = 32, eos: int, pad: int, bos: int):
+TINY_VISION = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=336, patch_size=14,
+    hidden_act="quick_gelu", projection_dim=32,
+)
+
+
+def tiny_phi3_v_config(vocab_size: int, *, hidden: int = 64, layers: int = 2, vision: dict | None = None, eos: int,
+                       pad: int, bos: int):
+    """A small Phi3VConfig; ``vision`` a CLIPVisionConfig dict (default: a 32-wide, 2-layer CLIP)."""
     from vqa_grpo.models.phi3_v.configuration import Phi3VConfig
 
     heads = 4
     half = hidden // heads // 2
-    vision = dict(
-        hidden_size=vision_hidden, intermediate_size=2 * vision_hidden, num_hidden_layers=2, num_attention_heads=2,
-        image_size=336, patch_size=14, hidden_act="quick_gelu", projection_dim=vision_hidden,
-    )
+    vision = dict(vision or TINY_VISION)
     return Phi3VConfig(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=131072,
         original_max_position_embeddings=4096, sliding_window=131072, bos_token_id=bos, eos_token_id=eos,
         pad_token_id=pad, architectures=["Phi3VForCausalLM"],
         rope_scaling={"type": "su", "short_factor": [1.0 + 0.1 * i for i in range(half)],
                       "long_factor": [2.0 + 0.5 * i for i in range(half)]},
-        img_processor={"name": "clip_vision_model", "model_name": "tiny-clip", "image_dim_out": vision_hidden,
+        img_processor={"name": "clip_vision_model", "model_name": "tiny-clip", "image_dim_out": vision["hidden_size"],
                        "num_img_tokens": 144, "vision_config": vision},
     )
 
 
-def build_tiny_phi3_v(out_dir: str | Path, *, seed: int = 0, words: list[str] | None = None, hidden: int = 64) -> Path:
+def build_tiny_phi3_v(
+    out_dir: str | Path, *, seed: int = 0, words: list[str] | None = None, hidden: int = 64, layers: int = 2,
+    vision: dict | None = None, num_crops: int = 4,
+) -> Path:
+    """The tiny Phi-3-vision; ``vision`` and ``hidden``/``layers`` size it (benchmarks/grpo_step.py
+    builds a Phi-3-vision-shaped one: the real CLIP ViT-L/14-336, a reduced text model)."""
     from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
@@ -54,12 +64,13 @@ def build_tiny_phi3_v(out_dir: str | Path, *, seed: int = 0, words: list[str] | 
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     config = tiny_phi3_v_config(
-        raw.get_vocab_size(), hidden=hidden, eos=ids["<|endoftext|>"], pad=ids["<|endoftext|>"], bos=ids["<s>"]
+        raw.get_vocab_size(), hidden=hidden, layers=layers, vision=vision, eos=ids["<|endoftext|>"],
+        pad=ids["<|endoftext|>"], bos=ids["<s>"],
     )
     torch.manual_seed(seed)
     model = Phi3VForCausalLM(config)
     model.generation_config.eos_token_id = [ids["<|endoftext|>"], ids["<|end|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.bos_token_id = ids["<s>"]
-    processor = Phi3VProcessor(Phi3VImageProcessor(num_crops=4), tokenizer, "PreTrainedTokenizerFast")
+    processor = Phi3VProcessor(Phi3VImageProcessor(num_crops=num_crops), tokenizer, "PreTrainedTokenizerFast")
     return _save(model, processor, out_dir)
