@@ -13,7 +13,7 @@ import torch
 
 from vqa_grpo.config import ConfigError, ModelConfig, load_config
 from vqa_grpo.errors import UserError
-from vqa_grpo.models.adapters import FamilyAdapter, LlavaAdapter
+from vqa_grpo.models.adapters import FamilyAdapter, LlavaAdapter, Phi4MultimodalAdapter
 from vqa_grpo.models.loading import load_model
 from vqa_grpo.models.tiny import build_tiny
 
@@ -70,3 +70,25 @@ def test_num_crops_is_checked(llava_dir):
         load_config(None, ["model.num_crops=0"])
     with pytest.raises(UserError, match="model.num_crops applies to Phi-3/3.5-vision only, not to the llava family"):
         load_model(ModelConfig(name_or_path=str(llava_dir), num_crops=4), CPU)
+
+
+def test_an_import_error_is_reported_as_what_failed_not_as_an_attention_problem(tmp_path):
+    # The case: remote modelling code written for transformers 4.x that imports a module
+    # transformers 5 no longer has. The error names that import, not the attention kernel.
+    from vqa_grpo.models.loading import _from_pretrained
+
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "llama", "architectures": ["OldVLM"], "vocab_size": 8, "hidden_size": 8,
+        "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1,
+        "auto_map": {"AutoModelForCausalLM": "modeling_old.OldVLM"},
+    }))
+    (tmp_path / "modeling_old.py").write_text(
+        "from transformers.modeling_attn_mask_utils import _prepare_4d_causal_attention_mask\n"
+    )
+    for attn in ("sdpa", "eager"):
+        with pytest.raises(UserError) as err:
+            _from_pretrained(Phi4MultimodalAdapter(), str(tmp_path),
+                             ModelConfig(name_or_path=str(tmp_path), trust_remote_code=True, attn_implementation=attn), {})
+        message = str(err.value)
+        assert message.startswith(f"cannot load {tmp_path}: its remote code failed to import (")
+        assert "transformers.modeling_attn_mask_utils" in message and "flash" not in message

@@ -187,3 +187,20 @@ def test_lora_targets_the_fused_projections_and_merges_back_into_the_official_la
         want = lm.model(**batch.model_inputs()).logits
         got = again.model(**batch.model_inputs()).logits
     assert (want - got).abs().max() < 1e-4
+
+
+def test_sdpa_and_eager_give_the_same_logits(tiny_dir):
+    from PIL import Image
+
+    outs = []
+    for attn in ("sdpa", "eager"):
+        lm = load_model(ModelConfig(name_or_path=str(tiny_dir), attn_implementation=attn), CPU, trainable=False)
+        assert lm.model.config._attn_implementation == attn
+        vision = lm.model.model.vision_embed_tokens.img_processor.vision_model
+        assert vision.config._attn_implementation == attn  # the CLIP tower follows the setting
+        batch = lm.adapter.encode_prompts(lm.processor, [Image.new("RGB", (200, 120)), Image.new("RGB", (90, 300))],
+                                          ["What color?", "How many objects are there?"])
+        with torch.no_grad():
+            outs.append(lm.model(**batch.model_inputs()).logits)
+    mask = batch.attention_mask.bool()
+    assert (outs[0] - outs[1])[mask].abs().max() < 1e-5
