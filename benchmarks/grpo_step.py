@@ -71,6 +71,8 @@ class Settings:
     size (4.2B, for a GPU); or the directory of an existing Qwen2-VL model, used as is."""
     num_crops: int = 4
     """phi3-v: the processor's crops per image (Phi-3-vision: 16; Phi-3.5-vision suggests 4)."""
+    lora: int = 0
+    """1: LoRA (r 16, the family's default targets) for vqa_grpo, plain and seed_loop."""
     seed: int = 0
     cudnn_attention: int = 1
     """0: keep PyTorch's scaled-dot-product attention off its cuDNN kernels (every method alike)."""
@@ -220,7 +222,7 @@ def run_vqa_grpo(s: Settings, model_dir: Path, data_dir: Path, device, shared_pr
     from vqa_grpo.grpo.rollout import fuse_prefill, make_rollout
     from vqa_grpo.models.loading import load_model
 
-    lm = load_model(ModelConfig(name_or_path=str(model_dir), dtype=s.dtype), device)
+    lm = load_model(ModelConfig(name_or_path=str(model_dir), dtype=s.dtype, lora=bool(s.lora), lora_r=16), device)
     lm.model.train()
     opt, grpo, reward = _optimizer(lm.model), _grpo_cfg(s, shared_prefix), RewardConfig()
     keep = fuse_prefill(lm.model, grpo)  # as the training loop decides it
@@ -251,7 +253,7 @@ def run_seed_loop(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
     from vqa_grpo.models.loading import load_model
     from vqa_grpo.rewards import compute_rewards
 
-    lm = load_model(ModelConfig(name_or_path=str(model_dir), dtype=s.dtype), device)
+    lm = load_model(ModelConfig(name_or_path=str(model_dir), dtype=s.dtype, lora=bool(s.lora), lora_r=16), device)
     lm.model.train()
     opt, grpo, G = _optimizer(lm.model), _grpo_cfg(s, "off"), s.group_size
     pad = lm.processor.tokenizer.pad_token_id

@@ -34,8 +34,8 @@ def encode(num_crops: int, width: int, height: int):
     return Phi3VProcessor.from_pretrained(R.SHARED, num_crops=num_crops)(R.PROMPT, [R.make_image(width, height)])
 
 
-def compare_processor(ref: dict) -> None:
-    pix = load_file(ref["pixel_values_file"])
+def compare_processor(ref: dict, pixels: str | None = None) -> None:
+    pix = load_file(pixels or ref["pixel_values_file"])
     worst, all_equal = 0.0, True
     for key, p in ref["processor"].items():
         enc = encode(p["num_crops"], p["width"], p["height"])
@@ -77,11 +77,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("reference", help="the JSON scripts/phi3_v_reference.py wrote")
     p.add_argument("--attn", default="eager", help="attention of the native model: eager or sdpa")
+    p.add_argument("--pixels", help="the official pixel_values file, if not where the JSON says")
     p.add_argument("--checkpoint", help="a checkpoint the official code saved (--save): load it natively")
     a = p.parse_args()
     torch.set_num_threads(1)
     ref = json.loads(Path(a.reference).read_text())
-    compare_processor(ref)
+    compare_processor(ref, a.pixels)
     model = reference_model(ref["vision_layers"], a.attn)
     if a.checkpoint:
         loaded = Phi3VForCausalLM.from_pretrained(a.checkpoint, attn_implementation=a.attn).eval()

@@ -50,12 +50,23 @@ NATIVE_MODEL_TYPES = ("phi3_v",)
 
 
 def _local_model_type(path: str) -> str | None:
-    """config.json's model_type, read as JSON (no code run), for a local directory."""
+    """config.json's model_type, read as JSON (no code run): a local directory's, or a hub id's
+    (from the cache, or downloaded); None when it cannot be had."""
     import json
 
     file = Path(path) / "config.json"
+    if not file.is_file():
+        try:
+            from transformers.utils import cached_file
+
+            found = cached_file(path, "config.json", _raise_exceptions_for_missing_entries=False)
+        except Exception:  # offline, unknown id: AutoConfig reports it below
+            return None
+        if not found:
+            return None
+        file = Path(found)
     try:
-        return json.loads(file.read_text()).get("model_type") if file.is_file() else None
+        return json.loads(file.read_text()).get("model_type")
     except (OSError, ValueError):
         raise UserError(f"{file} is not valid JSON; re-save the model or restore config.json") from None
 
