@@ -62,6 +62,9 @@ class Phi3VConfig(Phi3Config):
             self._official_rope_type = scaling.pop("type")
             scaling["rope_type"] = "longrope" if self._official_rope_type in ("su", "longrope") else self._official_rope_type
             scaling.setdefault("original_max_position_embeddings", self.original_max_position_embeddings)
+            # The factor the official code derives (max / original positions), stated: the same
+            # inverse frequencies and attention factor, without transformers' warning.
+            scaling.setdefault("factor", self.max_position_embeddings / scaling["original_max_position_embeddings"])
             kwargs["rope_scaling"] = scaling
         return super().convert_rope_params_to_dict(default_theta=default_theta, ignore_keys=ignore_keys, **kwargs)
 
