@@ -204,3 +204,20 @@ def test_sdpa_and_eager_give_the_same_logits(tiny_dir):
             outs.append(lm.model(**batch.model_inputs()).logits)
     mask = batch.attention_mask.bool()
     assert (outs[0] - outs[1])[mask].abs().max() < 1e-5
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_vision_gradient(tiny_dir):
+    from PIL import Image
+
+    results = []
+    for checkpointing in (False, True):
+        lm = load_model(ModelConfig(name_or_path=str(tiny_dir), gradient_checkpointing=checkpointing), CPU)
+        lm.model.train()
+        batch = lm.adapter.encode_prompts(lm.processor, [Image.new("RGB", (200, 120), (200, 10, 10))], ["What color?"])
+        loss = lm.model(**batch.model_inputs(), labels=lm.adapter.prompt_labels(lm.processor, batch)).loss
+        loss.backward()
+        tower = lm.model.model.vision_embed_tokens.img_processor.vision_model
+        results.append((loss.detach(), tower.encoder.layers[0].mlp.fc1.weight.grad.clone()))
+    (loss_a, grad_a), (loss_b, grad_b) = results
+    assert torch.allclose(loss_a, loss_b, atol=1e-6) and float(grad_a.norm()) > 0
+    assert torch.allclose(grad_a, grad_b, atol=1e-6, rtol=1e-5)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from transformers import CLIPVisionModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
-from transformers.models.phi3.modeling_phi3 import Phi3ForCausalLM, Phi3Model
+from transformers.models.phi3.modeling_phi3 import Phi3ForCausalLM, Phi3Model, Phi3PreTrainedModel
 
 from vqa_grpo.models.phi3_v.configuration import Phi3VConfig
 
@@ -140,8 +140,10 @@ class Phi3VForCausalLM(Phi3ForCausalLM):
     _keys_to_ignore_on_load_unexpected = [r"model\.vision_embed_tokens\.wte\.weight"]
 
     def __init__(self, config: Phi3VConfig):
-        super().__init__(config)
+        Phi3PreTrainedModel.__init__(self, config)  # not Phi3ForCausalLM's: it would build a Phi3Model first
         self.model = Phi3VModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
     def _init_weights(self, module):
