@@ -87,7 +87,9 @@ def main() -> None:
     if a.checkpoint:
         # The official config.json has no CLIP depth (the remote code takes 24 from a constant):
         # the reference run's depth comes from this model's config.
-        loaded = Phi3VForCausalLM.from_pretrained(a.checkpoint, config=model.config, attn_implementation=a.attn).eval()
+        loaded = Phi3VForCausalLM.from_pretrained(
+            a.checkpoint, config=model.config, attn_implementation=a.attn, dtype=torch.float32
+        ).eval()
         theirs, ours = loaded.state_dict(), model.state_dict()
         diff = max(float((theirs[k] - ours[k]).abs().max()) for k in ours)
         print(f"checkpoint {a.checkpoint}: {len(theirs)} weights, names {'equal' if theirs.keys() == ours.keys() else 'DIFFER'}, "
