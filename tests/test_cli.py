@@ -289,6 +289,41 @@ def test_model_tiny_writes_a_model_transformers_loads(tmp_path):
     assert processor.tokenizer.chat_template or processor.chat_template
 
 
+@pytest.mark.parametrize("command, options", [
+    (["train"], ["--config", "c.yaml"]),
+    (["sft"], ["--config", "c.yaml"]),
+    (["evaluate"], ["--model", "m", "--data", "d", "--out", "o", "--config", "c.yaml"]),
+    (["data", "inspect", "data.csv"], ["--json", "--format", "csv", "--image-root", "imgs"]),
+])
+def test_overrides_go_before_between_and_after_the_options(command, options):
+    from vqa_grpo.cli import parse_args
+
+    a, b, c = "train.max_steps=1", "data.columns.image=img", "eval.batch_size=4"
+    lines = [
+        [*command, a, b, c, *options],  # before
+        [*command, a, *options[:2], b, *options[2:], c],  # between
+        [*command, *options, a, b, c],  # after
+    ]
+    parsed = [parse_args(build_parser(), line) for line in lines]
+    assert all(p.overrides == [a, b, c] for p in parsed)  # in the order typed
+    for key in ("config", "model", "data", "out", "json", "format", "image_root", "path"):
+        assert len({str(getattr(p, key, None)) for p in parsed}) == 1, key
+    assert str(getattr(parsed[0], "config", None) or getattr(parsed[0], "format", None)) in ("c.yaml", "csv")
+
+
+def test_an_override_on_a_command_without_overrides_is_refused(capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["score", "p.jsonl", "eval.batch_size=4"])
+    assert err.value.code == 2
+    assert "unrecognized arguments: eval.batch_size=4 (this command takes no config overrides)" in capsys.readouterr().err
+
+
+def test_data_inspect_with_an_override_after_an_option_runs(synth_dir, capsys):
+    # The issue's line: `vqa-grpo data inspect data.csv --json data.columns.image=img`.
+    assert main(["data", "inspect", str(synth_dir), "--json", "data.columns.question=question"]) == 0
+    assert json.loads(capsys.readouterr().out)["kept"] == 200
+
+
 def test_data_inspect_json_prints_one_object(synth_dir, capsys):
     assert main(["data", "inspect", str(synth_dir), "--json"]) == 0
     out = capsys.readouterr().out
@@ -303,8 +338,8 @@ def test_data_inspect_json_prints_one_object(synth_dir, capsys):
 def test_tiny_cpu_config_trains_one_step(synth_dir, tiny_model_dir, tmp_path, capsys):
     """configs/tiny_cpu.yaml works with `vqa-grpo train --config` (paths pointed at the fixtures)."""
     run_dir = tmp_path / "run"
-    rc = main(["train", "--config", str(REPO / "configs" / "tiny_cpu.yaml"),
-               f"model.name_or_path={tiny_model_dir}", f"data.path={synth_dir}", f"train.output_dir={run_dir}",
+    rc = main(["train", f"model.name_or_path={tiny_model_dir}", "--config", str(REPO / "configs" / "tiny_cpu.yaml"),
+               f"data.path={synth_dir}", f"train.output_dir={run_dir}",
                "train.max_steps=1", "train.per_device_batch_size=2", "grpo.num_generations=2",
                "train.save_steps=0", "train.progress=false", "data.max_eval_samples=4"])
     assert rc == 0

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import re
 import sys
 
 from vqa_grpo.errors import TrainingStopped, UserError
@@ -101,6 +102,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# A config override: section.key=value (a dotted key, then "="), wherever it stands on the line.
+OVERRIDE = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)+=")
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """Options and ``section.key=value`` overrides in any order: the overrides are taken out of
+    the line (in the order typed) before argparse sees the rest, which argparse cannot do itself
+    for a positional list followed by options."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides = [a for a in argv if OVERRIDE.match(a)]
+    args = parser.parse_args([a for a in argv if not OVERRIDE.match(a)])
+    if overrides:
+        if not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(overrides)} (this command takes no config overrides)")
+        args.overrides = [*args.overrides, *overrides]
+    return args
+
+
 def _is_main_process() -> bool:
     """Rank 0 of a launcher's processes (accelerate launch, torchrun), or the only process."""
     return os.environ.get("RANK", "0") == "0"
@@ -183,7 +202,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     # The library's warnings, and which GRPO path runs (models/prefix.py), on stderr.
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     logging.getLogger("vqa_grpo.prefix").setLevel(logging.INFO)
