@@ -147,11 +147,10 @@ def dispatch(args: argparse.Namespace) -> int:
         print(f"wrote tiny {args.family} model to {out}")
         return 0
     if args.command in ("sft", "train"):
-        from vqa_grpo.config import load_config
-        from vqa_grpo.training.loop import run
+        import vqa_grpo
 
-        cfg = load_config(args.config, args.overrides)
-        result = run(cfg, "sft" if args.command == "sft" else "grpo")
+        cfg = vqa_grpo.load_config(args.config, args.overrides)
+        result = (vqa_grpo.sft if args.command == "sft" else vqa_grpo.train)(cfg)
         last = result.eval_history[-1] if result.eval_history else {}
         if not _is_main_process():
             return 0
@@ -160,13 +159,11 @@ def dispatch(args: argparse.Namespace) -> int:
             print("eval: " + ", ".join(f"{k}={v:.4f}" for k, v in last.items() if k != "step"))
         return 0
     if args.command == "evaluate":
-        from vqa_grpo.config import load_config
-        from vqa_grpo.data.loader import load_examples
-        from vqa_grpo.evaluation.evaluate import evaluate, format_table
+        import vqa_grpo
+        from vqa_grpo.evaluation.evaluate import format_table
 
-        cfg = load_config(args.config, args.overrides)
-        examples, report = load_examples(args.data, cfg.data)
-        metrics = evaluate(args.model, examples, cfg, args.out)
+        cfg = vqa_grpo.load_config(args.config, args.overrides)
+        metrics = vqa_grpo.evaluate(args.model, args.data, cfg, args.out)
         if not _is_main_process():
             return 0
         print(format_table(metrics))

@@ -33,7 +33,7 @@ from typing import Any
 from vqa_grpo.config import DataConfig
 from vqa_grpo.data.images import ImageLoader, StoredImage, check_image, resolve_image
 from vqa_grpo.data.qtypes import answer_type_of, question_type_of
-from vqa_grpo.data.sources import Row, Source, frame_source, open_source
+from vqa_grpo.data.sources import Row, Source, memory_source, open_source
 from vqa_grpo.data.splits import limit, split_train_eval
 from vqa_grpo.data.types import ANSWER_TYPES, VQAExample
 from vqa_grpo.errors import UserError
@@ -140,13 +140,14 @@ class LoadedData:
 
 
 def load_vqa(cfg: DataConfig, *, seed: int = 0, frame: Any = None) -> LoadedData:
-    """Train and eval examples: ``cfg.path`` (or ``frame``) split by ``cfg.eval_fraction``,
+    """Train and eval examples: ``cfg.path`` (or ``frame``: rows in memory, see
+    ``sources.memory_source``) split by ``cfg.eval_fraction``,
     or with ``cfg.eval_path`` as the eval set; then capped by max_train/eval_samples.
 
     The split is seeded and stratified by answer type (see ``splits.py``): same seed, same split.
     """
     if frame is not None:
-        examples, report = read_examples(frame_source(frame, cfg), cfg)
+        examples, report = read_examples(memory_source(frame, cfg), cfg)
         _check_skips(report, cfg)
     elif not cfg.path:
         raise UserError("data.path is not set; give the data file or folder (e.g. data.path=data/train.jsonl)")

@@ -87,14 +87,34 @@ def open_source(path: str | os.PathLike, cfg: DataConfig) -> Source:
     return Source(name, base, rows, cfg.columns)
 
 
-def frame_source(frame: Any, cfg: DataConfig) -> Source:
-    """Rows of an in-memory pandas DataFrame; relative image paths start at data.image_root, else the cwd."""
+def memory_source(data: Any, cfg: DataConfig) -> Source:
+    """Rows held in memory: a pandas DataFrame, a ``datasets.Dataset`` or a list of dicts (the
+    Python API's ``data``). Relative image paths start at data.image_root, else the cwd; an image
+    cell may also be a PIL image, bytes, or a datasets Image cell."""
     import pandas as pd
 
-    if not isinstance(frame, pd.DataFrame):
-        raise UserError(f"frame must be a pandas DataFrame, got {type(frame).__name__}")
-    rows = (Row(values) for values in frame.to_dict("records"))
-    return Source("DataFrame", Path.cwd(), rows, cfg.columns)
+    if isinstance(data, pd.DataFrame):
+        return Source("DataFrame", Path.cwd(), (Row(values) for values in data.to_dict("records")), cfg.columns)
+    if isinstance(data, (list, tuple)):
+        if not all(isinstance(r, dict) for r in data):
+            bad = next(type(r).__name__ for r in data if not isinstance(r, dict))
+            raise UserError(f"data as a list must hold one dict per row, got a {bad}")
+        return Source("list of rows", Path.cwd(), (Row(dict(r)) for r in data), cfg.columns)
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        datasets = None
+    if datasets is not None and isinstance(data, datasets.DatasetDict):
+        raise UserError(f"data is a DatasetDict with splits {', '.join(data)}; pass one split, e.g. data['train']")
+    if datasets is not None and isinstance(data, datasets.Dataset):
+        col = cfg.columns.image
+        if col in data.column_names and isinstance(data.features[col], datasets.Image):
+            data = data.cast_column(col, datasets.Image(decode=False))  # cells become {"bytes", "path"}
+        return Source("Dataset", Path.cwd(), _dataset_rows(data, col), cfg.columns)
+    raise UserError(
+        f"data must be a pandas DataFrame, a datasets.Dataset or a list of dicts, got {type(data).__name__}"
+    )
+
 
 
 # ----------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -111,8 +111,11 @@ class Session:
         self.dist.barrier()
 
 
-def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None) -> RunResult:
+def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None, data: Any = None) -> RunResult:
     """Train with ``mode`` as configured; write the run directory; return where the model is.
+
+    ``data``: training rows in memory (a DataFrame, a datasets.Dataset or a list of dicts) in
+    place of ``data.path``, mapped, checked and split as a file's rows are.
 
     Raises :class:`TrainingStopped` (after saving a checkpoint) on SIGINT/SIGTERM and after more
     than ``train.max_bad_steps`` non-finite or out-of-memory steps in a row.
@@ -121,7 +124,7 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None) -
     dist = Dist.from_env(cfg.train.device)
     device = dist.device(resolve_device(cfg.train.device))
     set_threads(cfg.train.cpu_threads)
-    data = load_vqa(cfg.data, seed=cfg.train.seed)  # before the model: bad data fails fast
+    data = load_vqa(cfg.data, seed=cfg.train.seed, frame=data)  # before the model: bad data fails fast
     seed_everything(cfg.train.seed + dist.rank)  # each process samples its own completions
     run_dir = Path(cfg.train.output_dir)
     resume = _resume_path(cfg, run_dir, dist)  # a bad resume path fails before anything is written
