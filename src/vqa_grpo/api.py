@@ -13,10 +13,10 @@ message the command prints.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vqa_grpo.config import Config
-from vqa_grpo.config import load_config as _load_config
+if TYPE_CHECKING:  # the config module is imported on use: `import vqa_grpo` stays light
+    from vqa_grpo.config import Config
 
 Data = Any
 """Training or evaluation rows: a path (file or folder, any format of docs/data.md), a pandas
@@ -25,13 +25,20 @@ DataFrame, a ``datasets.Dataset`` or a list of dicts, with the columns of ``data
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """The config of a YAML file (or the defaults when None), then ``section.key=value`` overrides."""
+    from vqa_grpo.config import load_config as _load_config
+
     return _load_config(path, list(overrides))
 
 
-def train(cfg: Config, data: Data = None):
+def train(cfg: Config, data: Data = None, *, reward_funcs=None, reward_weights: list[float] | None = None):
     """GRPO fine-tuning as configured; ``data`` replaces ``data.path`` when given. Returns the
-    run's :class:`~vqa_grpo.training.loop.RunResult` (run_dir, final_dir, steps, eval_history)."""
-    return _run(cfg, "grpo", data)
+    run's :class:`~vqa_grpo.training.loop.RunResult` (run_dir, final_dir, steps, eval_history).
+
+    ``reward_funcs``: your own reward functions (TRL's convention, rewards/user.py), a list of
+    callables (named by ``__name__``) or a dict name -> callable. Each is added to
+    reward.components unless already named there; ``reward_weights`` then gives every
+    component's weight (reward.weights), in order."""
+    return _run(_with_rewards(cfg, reward_funcs, reward_weights), "grpo", data, _named(reward_funcs))
 
 
 def sft(cfg: Config, data: Data = None):
@@ -39,7 +46,7 @@ def sft(cfg: Config, data: Data = None):
     return _run(cfg, "sft", data)
 
 
-def _run(cfg: Config, mode: str, data: Data):
+def _run(cfg: Config, mode: str, data: Data, reward_funcs: dict | None = None):
     import dataclasses
 
     from vqa_grpo.training.loop import run
@@ -47,7 +54,42 @@ def _run(cfg: Config, mode: str, data: Data):
     if isinstance(data, (str, Path)):  # a path: the same as data.path
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(data)))
         data = None
-    return run(cfg, mode, data=data)
+    return run(cfg, mode, data=data, reward_funcs=reward_funcs)
+
+
+def _named(reward_funcs) -> dict:
+    from vqa_grpo.errors import UserError
+
+    if not reward_funcs:
+        return {}
+    items = reward_funcs.items() if isinstance(reward_funcs, dict) else [(getattr(f, "__name__", ""), f) for f in reward_funcs]
+    out = {}
+    for name, func in items:
+        if not callable(func):
+            raise UserError(f"reward_funcs: {name or func!r} is a {type(func).__name__}, not a function")
+        if not name or name == "<lambda>" or name in out:
+            raise UserError(f"reward_funcs: give each function its own name (pass a dict name -> function); got {name!r}")
+        out[name] = func
+    return out
+
+
+def _with_rewards(cfg: Config, reward_funcs, weights: list[float] | None) -> Config:
+    """``cfg`` with the Python reward functions in reward.components and ``weights`` as reward.weights."""
+    import dataclasses
+
+    from vqa_grpo.config import _check_weights
+    from vqa_grpo.errors import UserError
+
+    named = _named(reward_funcs)
+    components = list(cfg.reward.components) + [n for n in named if n not in cfg.reward.components]
+    weights = list(cfg.reward.weights) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(components):
+        raise UserError(
+            f"reward weights: {len(weights)} for {len(components)} reward components ({', '.join(components)}); "
+            "pass reward_weights with one weight each"
+        )
+    _check_weights(weights, "reward_weights")
+    return dataclasses.replace(cfg, reward=dataclasses.replace(cfg.reward, components=components, weights=weights))
 
 
 def evaluate(model: str | Path, data: Data, cfg: Config | None = None, out: str | Path | None = None) -> dict:
@@ -57,6 +99,8 @@ def evaluate(model: str | Path, data: Data, cfg: Config | None = None, out: str 
     from vqa_grpo.data.loader import load_examples, read_examples
     from vqa_grpo.data.sources import memory_source
     from vqa_grpo.evaluation.evaluate import evaluate as _evaluate
+
+    from vqa_grpo.config import Config
 
     cfg = cfg if cfg is not None else Config()
     if isinstance(data, (str, Path)):

@@ -13,7 +13,7 @@ import os
 import re
 import sys
 
-from vqa_grpo.errors import TrainingStopped, UserError
+from vqa_grpo.errors import RewardFunctionError, TrainingStopped, UserError
 
 
 def _config_help() -> str:
@@ -211,6 +211,12 @@ def main(argv: list[str] | None = None) -> int:
         if _is_main_process():  # every rank stops alike; one says so
             print(f"stopped: {e}", file=sys.stderr)
         return e.exit_code
+    except RewardFunctionError as e:  # during training: the last checkpoint on disk stays as it was
+        if args.debug:
+            raise
+        if _is_main_process():
+            print(f"error: {e}", file=sys.stderr)
+        return 1
     except UserError as e:
         if args.debug:
             raise

@@ -210,7 +210,8 @@ class GRPOConfig:
 @dataclass
 class RewardConfig:
     components: list[str] = field(default_factory=lambda: ["composite"])
-    """Reward functions: composite, vqa_accuracy, answer_type, format, semantic."""
+    """Reward functions: composite, vqa_accuracy, answer_type, format, semantic, or your own as
+    package.module:function (TRL's convention, docs/python.md; logged as reward/function)."""
     weights: list[float] = field(default_factory=lambda: [1.0])
     """Weight of each component (same length, >= 0, sum to 1)."""
     composite_weights: dict[str, float] = field(
@@ -243,6 +244,9 @@ class EvalConfig:
     """Top-p when do_sample is true."""
     bootstrap_samples: int = 1000
     """Resamples for the 95% confidence intervals."""
+    metrics: list[str] = field(default_factory=list)
+    """Your own reward functions as extra metrics (package.module:function, TRL's convention), each
+    reported under its function name beside the built-in ones; train.eval_metric may name one."""
 
 
 @dataclass
@@ -406,7 +410,13 @@ def validate(cfg: Config) -> None:
         f"train.save_steps={t.save_steps} must be a multiple of grpo.num_iterations={g.num_iterations} "
         "(a checkpoint inside a reused rollout could not resume exactly)",
     )
-    metrics = ("vqa_accuracy", "composite", "bleu1", "exact_match", "substring", "jaccard", "extractable", "semantic")
+    from vqa_grpo.rewards.user import import_reward, is_import_path, short_name
+
+    for path in cfg.eval.metrics:
+        need(is_import_path(path), f"eval.metrics: {path!r} is not an import path; write it as package.module:function")
+        import_reward(path)
+    metrics = ("vqa_accuracy", "composite", "bleu1", "exact_match", "substring", "jaccard", "extractable", "semantic",
+               *(short_name(p) for p in cfg.eval.metrics))
     need(t.eval_metric in metrics, f"train.eval_metric={t.eval_metric!r}: choose one of {', '.join(metrics)}")
     need(0 <= d.eval_fraction < 1, f"data.eval_fraction={d.eval_fraction}: must be in [0, 1)")
     need(0 <= d.max_skip_fraction <= 1, "data.max_skip_fraction must be in [0, 1]")
@@ -425,9 +435,12 @@ def validate(cfg: Config) -> None:
     need(0 < e.top_p <= 1, f"eval.top_p={e.top_p}: must be in (0, 1]")
     need(e.bootstrap_samples >= 1, f"eval.bootstrap_samples={e.bootstrap_samples}: must be >= 1")
     from vqa_grpo.rewards.registry import REWARD_COMPONENTS  # late: rewards import nothing of config
-
-    unknown = [c for c in r.components if c not in REWARD_COMPONENTS]
-    need(not unknown, f"reward.components: unknown {unknown[0] if unknown else ''!r}; choose from {', '.join(REWARD_COMPONENTS)}")
+    unknown = [c for c in r.components if c not in REWARD_COMPONENTS and not is_import_path(c)]
+    need(not unknown, f"reward.components: unknown {unknown[0] if unknown else ''!r}; choose from "
+                      f"{', '.join(REWARD_COMPONENTS)}, or name your own function as package.module:function")
+    for c in r.components:
+        if is_import_path(c):
+            import_reward(c)  # a typo in the path stops here, naming the module or attribute
     need(len(r.components) >= 1, "reward.components: need at least one reward")
     need(len(r.weights) == len(r.components), f"reward.weights has {len(r.weights)} values for {len(r.components)} reward.components; give one weight each")
     _check_weights(r.weights, "reward.weights")

@@ -15,3 +15,10 @@ class TrainingStopped(RuntimeError):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class RewardFunctionError(RuntimeError):
+    """A user's reward function failed during training (raised, or returned a NaN, an inf, a
+    non-number or the wrong number of values). The message is one line naming the function, the
+    example and what it returned; the CLI prints it and exits with code 1 (the last checkpoint on
+    disk is left as it was)."""

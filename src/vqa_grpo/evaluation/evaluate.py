@@ -17,10 +17,12 @@ from vqa_grpo.config import Config
 from vqa_grpo.data.types import VQAExample
 from vqa_grpo.models.loading import load_model, resolve_device
 from vqa_grpo.rewards import clean_answer, score_predictions
+from vqa_grpo.rewards.user import user_metrics
 
 
 def bootstrap_ci(values: np.ndarray, samples: int, seed: int = 0) -> list[float]:
     """Percentile 95% interval of the mean over ``samples`` resamples (seeded)."""
+    values = values[~np.isnan(values)]  # a user metric's None: not scored
     if len(values) == 0:
         return [0.0, 0.0]
     rng = np.random.default_rng(seed)
@@ -32,8 +34,12 @@ def bootstrap_ci(values: np.ndarray, samples: int, seed: int = 0) -> list[float]
 def summarise(scores: dict[str, np.ndarray], examples: list[VQAExample], samples: int = 1000) -> dict:
     """Means overall, per answer type and per question type, with bootstrap intervals overall."""
 
+    def mean(v: np.ndarray) -> float:
+        v = v[~np.isnan(v)]  # a user metric's None: not scored
+        return float(v.mean()) if len(v) else 0.0
+
     def means(index: np.ndarray) -> dict:
-        return {"n": int(len(index)), **{k: float(v[index].mean()) if len(index) else 0.0 for k, v in scores.items()}}
+        return {"n": int(len(index)), **{k: mean(v[index]) for k, v in scores.items()}}
 
     all_idx = np.arange(len(examples))
     out = means(all_idx)
@@ -76,6 +82,7 @@ def evaluate(model_dir: str, examples: list[VQAExample], cfg: Config, out_dir: s
     examples = [e for e, _ in kept]
     preds = [clean_answer(t, reasoning=cfg.reward.reasoning) for _, t in kept]
     scores = score_predictions(preds, [e.answers for e in examples], [e.answer_type for e in examples])
+    scores.update(user_metrics(cfg.eval.metrics, [t for _, t in kept], examples))
     metrics = summarise(scores, examples, cfg.eval.bootstrap_samples)
     metrics["skipped"] = len(texts) - len(kept)
     if out_dir is not None and dist.is_main:
@@ -96,7 +103,7 @@ def write_outputs(out: Path, examples, raw, preds, scores, metrics) -> None:
                 "question_type": e.question_type,
                 "raw": raw[i],
                 "prediction": preds[i],
-                **{k: float(v[i]) for k, v in scores.items()},
+                **{k: None if np.isnan(v[i]) else float(v[i]) for k, v in scores.items()},
             }
             f.write(json.dumps(row) + "\n")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

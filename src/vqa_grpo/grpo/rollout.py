@@ -18,7 +18,7 @@ C completion tokens.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import LogitsProcessorList
@@ -47,7 +47,7 @@ class Rollout:
     sampling_logprobs: torch.Tensor  # [R, C] log-prob of each token under the (tempered, top-p) sampler
     answers: list[str]  # [R] decoded and cleaned completions
     rewards: torch.Tensor  # [R] weighted total reward
-    reward_parts: dict[str, torch.Tensor]  # name -> [R]
+    reward_parts: dict[str, torch.Tensor]  # name -> [R] (NaN where a user function returned None)
     advantages: torch.Tensor  # [R]
     old_logprobs: torch.Tensor | None = None  # [R, C] rollout policy, when num_iterations > 1
     ref_logprobs: torch.Tensor | None = None  # [R, C] reference policy, when beta > 0
@@ -55,6 +55,7 @@ class Rollout:
     shared_prefix: bool = False  # each prompt runs once per group, here and in the loss (models/prefix.py)
     is_weights: torch.Tensor | None = None  # [R, C] truncated importance weights when vLLM sampled (grpo/vllm_backend.py)
     prefix: object = None  # models/prefix.Prefix: the prompts' pass with gradient (fused prefill), used once by the loss
+    reward_seconds: dict[str, float] = field(default_factory=dict)  # each user reward function's wall time
 
     def repeated_prompts(self, adapter: FamilyAdapter) -> PromptBatch:
         return adapter.repeat(self.prompts, self.group_size)
@@ -117,6 +118,7 @@ def make_rollout(
     device: torch.device,
     vllm_sampler=None,
     keep_prefill: bool = False,
+    reward_funcs: dict | None = None,
 ) -> Rollout:
     """Sample G completions for each question (one batched decode, or ``vllm_sampler``'s engine), score, and centre.
 
@@ -162,7 +164,8 @@ def make_rollout(
     level = rewards_log.level
     rewards_log.setLevel(logging.ERROR)
     try:
-        scored = compute_rewards(texts, [e.answers for e in rep_examples], [e.answer_type for e in rep_examples], reward)
+        scored = compute_rewards(texts, [e.answers for e in rep_examples], [e.answer_type for e in rep_examples], reward,
+                                 functions=reward_funcs, examples=rep_examples)
     finally:
         rewards_log.setLevel(level)
     answers = [clean_answer(t, reasoning=reward.reasoning) for t in texts]
@@ -187,6 +190,7 @@ def make_rollout(
         bad_reward_inputs=scored.bad_inputs,
         shared_prefix=use_shared,
         prefix=prefix,
+        reward_seconds=scored.seconds,
     )
 
 

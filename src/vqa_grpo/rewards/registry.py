@@ -42,6 +42,8 @@ class RewardResult:
     total: np.ndarray
     parts: dict[str, np.ndarray] = field(default_factory=dict)
     bad_inputs: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Each user function's wall time for this batch (reward_seconds/<name> in the logs)."""
 
 
 def _prepare(predictions: Sequence[Any], answers: Sequence[Any], answer_types: Sequence[Any], where: str, reasoning: bool):
@@ -59,7 +61,8 @@ def _prepare(predictions: Sequence[Any], answers: Sequence[Any], answer_types: S
 
 
 def compute_rewards(
-    predictions: list[str], answers: list[list[str]], answer_types: list[str], cfg: Any
+    predictions: list[str], answers: list[list[str]], answer_types: list[str], cfg: Any,
+    *, functions: dict | None = None, examples: Sequence[Any] | None = None,
 ) -> RewardResult:
     """Each of ``cfg.components`` for every completion, and their weighted sum by ``cfg.weights``.
 
@@ -69,9 +72,21 @@ def compute_rewards(
     are read when present: ``reasoning`` (answers inside <answer> tags; default False) and
     ``number_partial_credit`` (answer_type reward; default False).
     vqa_accuracy as a reward is the lenient mode (always normalise both sides).
+
+    The user's functions (rewards/user.py): a component that is an import path
+    (``module:function``) or a key of ``functions`` (name -> callable or UserReward) is called
+    with the raw completions and ``examples``' columns (one VQAExample per completion). It logs
+    under its short name; a None it returns adds nothing to that completion's total (NaN in
+    ``parts``, as in TRL).
     """
+    from vqa_grpo.rewards.user import UserReward, resolve
+
     components, weights = list(cfg.components), list(cfg.weights)
-    unknown = [c for c in components if c not in REWARD_COMPONENTS]
+    given = {k: v for k, v in (functions or {}).items() if not isinstance(v, UserReward)}
+    user = {**resolve(components, given), **{k: v for k, v in (functions or {}).items() if isinstance(v, UserReward)}}
+    if user and (examples is None or len(examples) != len(predictions)):
+        raise ValueError("compute_rewards: user reward functions need one example per prediction (examples=...)")
+    unknown = [c for c in components if c not in REWARD_COMPONENTS and c not in user]
     if unknown or len(components) != len(weights):
         raise ValueError(
             f"reward components {components} with weights {weights}: choose from {REWARD_COMPONENTS}, one weight each"
@@ -80,8 +95,14 @@ def compute_rewards(
     preds, refs, types, n_bad = _prepare(predictions, answers, answer_types, "compute_rewards", reasoning)
 
     parts: dict[str, np.ndarray] = {}
+    seconds: dict[str, float] = {}
     for name in components:
-        if name == "composite":
+        if name in user:
+            fn = user[name]
+            before = fn.seconds
+            parts[fn.name] = fn(predictions, examples)
+            seconds[fn.name] = fn.seconds - before
+        elif name == "composite":
             comp = composite_batch(preds, refs, cfg.composite_weights)
             parts["composite"] = comp.pop("total")
             parts.update({f"composite/{k}": v for k, v in comp.items()})
@@ -96,8 +117,9 @@ def compute_rewards(
             parts[name] = semantic_batch(preds, refs)
     total = np.zeros(len(preds), dtype=np.float64)
     for name, weight in zip(components, weights):
-        total += float(weight) * parts[name]
-    return RewardResult(total=total, parts=parts, bad_inputs=n_bad)
+        part = parts[user[name].name if name in user else name]
+        total += float(weight) * np.nan_to_num(part, nan=0.0)  # None (NaN) adds nothing
+    return RewardResult(total=total, parts=parts, bad_inputs=n_bad, seconds=seconds)
 
 
 def score_predictions(

@@ -27,6 +27,8 @@ from tqdm.auto import tqdm
 
 from vqa_grpo.config import Config, save_config
 from vqa_grpo.data.loader import load_vqa
+from vqa_grpo.rewards.user import resolve as resolve_rewards
+from vqa_grpo.rewards.user import user_metrics
 from vqa_grpo.data.types import VQAExample
 from vqa_grpo.errors import TrainingStopped, UserError
 from vqa_grpo.models.loading import LoadedModel, load_model, resolve_device
@@ -69,7 +71,8 @@ def evaluate_model(lm: LoadedModel, examples: list[VQAExample], cfg: Config, dev
     kept = [(e, t) for e, t in zip(examples, texts) if t is not None]
     preds = [clean_answer(t, reasoning=cfg.reward.reasoning) for _, t in kept]
     scores = score_predictions(preds, [e.answers for e, _ in kept], [e.answer_type for e, _ in kept])
-    return {k: float(np.mean(v)) if len(v) else 0.0 for k, v in scores.items()}
+    scores.update(user_metrics(cfg.eval.metrics, [t for _, t in kept], [e for e, _ in kept]))
+    return {k: float(np.nanmean(v)) if (~np.isnan(v)).any() else 0.0 for k, v in scores.items()}
 
 
 @dataclass
@@ -111,11 +114,14 @@ class Session:
         self.dist.barrier()
 
 
-def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None, data: Any = None) -> RunResult:
+def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None, data: Any = None,
+        reward_funcs: dict | None = None) -> RunResult:
     """Train with ``mode`` as configured; write the run directory; return where the model is.
 
     ``data``: training rows in memory (a DataFrame, a datasets.Dataset or a list of dicts) in
-    place of ``data.path``, mapped, checked and split as a file's rows are.
+    place of ``data.path``, mapped, checked and split as a file's rows are. ``reward_funcs``: the
+    user's reward functions named in ``reward.components`` (name -> callable); import paths there
+    are imported here, before anything is written.
 
     Raises :class:`TrainingStopped` (after saving a checkpoint) on SIGINT/SIGTERM and after more
     than ``train.max_bad_steps`` non-finite or out-of-memory steps in a row.
@@ -125,6 +131,7 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None, d
     device = dist.device(resolve_device(cfg.train.device))
     set_threads(cfg.train.cpu_threads)
     data = load_vqa(cfg.data, seed=cfg.train.seed, frame=data)  # before the model: bad data fails fast
+    user_rewards = resolve_rewards(cfg.reward.components, reward_funcs) if mode == "grpo" else {}
     seed_everything(cfg.train.seed + dist.rank)  # each process samples its own completions
     run_dir = Path(cfg.train.output_dir)
     resume = _resume_path(cfg, run_dir, dist)  # a bad resume path fails before anything is written
@@ -169,7 +176,7 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None, d
     reporter = Reporter(run_dir, cfg, start) if dist.is_main else NullReporter()
     s = Session(cfg, lm, train_lm, dist, device, run_dir, optimizer, scheduler, batches, state, reporter, start)
     samples_log = (run_dir / "completions.jsonl").open("a") if mode == "grpo" and dist.is_main else None
-    grpo = GRPOSteps(ref, samples_log, lm, dist, vllm) if mode == "grpo" else None
+    grpo = GRPOSteps(ref, samples_log, lm, dist, vllm, reward_funcs=user_rewards) if mode == "grpo" else None
     bar = tqdm(total=cfg.train.max_steps, initial=start, desc=desc or mode,
                disable=not (cfg.train.progress and dist.is_main))
     try:

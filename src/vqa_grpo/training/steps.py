@@ -96,6 +96,7 @@ class GRPOSteps:
     pending: Pending | None = None
     rollout_seconds: float = 0.0
     pushed_at: int | None = None  # the step whose weights vLLM holds
+    reward_funcs: dict | None = None  # the user's reward functions (rewards/user.UserReward by component)
 
     def step(self, cfg: Config, lm: LoadedModel, batches: Batches, device, step: int) -> dict:
         """Sample new rollouts when the last ones are used up, then backward through them."""
@@ -105,7 +106,8 @@ class GRPOSteps:
                 self.vllm.push_weights(self.policy.model)
                 self.pushed_at = step
             with autocast(cfg, device):
-                self.pending = make_rollouts(cfg, self.policy, self.ref, batches, device, self.vllm, self.dist.world)
+                self.pending = make_rollouts(cfg, self.policy, self.ref, batches, device, self.vllm, self.dist.world,
+                                             reward_funcs=self.reward_funcs)
             self.rollout_seconds = time.time() - t0
             if self.samples_log and (step + 1) % cfg.train.logging_steps == 0:  # the step its metrics log as
                 log_completions(self.samples_log, step + 1, self.pending.rollouts[0])
@@ -131,7 +133,8 @@ def reference_model(cfg: Config, lm: LoadedModel):
     return ref
 
 
-def make_rollouts(cfg: Config, lm: LoadedModel, ref, batches: Batches, device, vllm=None, processes: int = 1) -> Pending:
+def make_rollouts(cfg: Config, lm: LoadedModel, ref, batches: Batches, device, vllm=None, processes: int = 1,
+                  reward_funcs: dict | None = None) -> Pending:
     """One rollout per micro-batch, with the rollout policy's and the reference's log-probs when needed.
 
     With vLLM sampling, pi_old is always the trainer's (the ratio's denominator), and the tokens
@@ -147,7 +150,7 @@ def make_rollouts(cfg: Config, lm: LoadedModel, ref, batches: Batches, device, v
     for _ in range(cfg.train.gradient_accumulation_steps):
         examples, images = batches.next()
         ro = make_rollout(lm.model, lm.adapter, lm.processor, examples, images, cfg.grpo, cfg.reward, device, vllm,
-                          keep_prefill=keep)
+                          keep_prefill=keep, reward_funcs=reward_funcs)
         with torch.no_grad():
             if vllm is not None:  # one forward: pi_old at the rows' temperatures, and raw (temperature 1)
                 logits = completion_logits(lm.model, lm.adapter, ro.prompts, ro.completion_ids, ro.completion_mask,
@@ -208,9 +211,12 @@ def rollout_stats(ro) -> dict:
     if ro.is_weights is not None:  # vLLM sampled: the mean truncated importance weight of its tokens
         m = ro.completion_mask.bool()
         out["is_weight_mean"] = float(ro.is_weights[m].mean()) if m.any() else 1.0
-    for name, v in ro.reward_parts.items():
-        out[f"reward/{name}"] = float(v.mean())
-        out[f"reward_std/{name}"] = float(v.view(-1, G).std(dim=1).mean())
+    for name, v in ro.reward_parts.items():  # nan*: a user function's None leaves a completion out
+        scored = ~v.isnan()
+        out[f"reward/{name}"] = float(v[scored].mean()) if scored.any() else 0.0
+        out[f"reward_std/{name}"] = float(torch.nan_to_num(v.view(-1, G).std(dim=1)).mean())
+    for name, seconds in ro.reward_seconds.items():
+        out[f"reward_seconds/{name}"] = seconds
     return out
 
 
@@ -224,6 +230,8 @@ def log_completions(f, step: int, ro) -> None:
         "answers": ex.answers,
         "completions": ro.answers[:G],
         "rewards": [round(float(x), 4) for x in ro.rewards[:G]],
+        "reward_parts": {k: [None if v != v else round(float(v), 4) for v in part[:G].tolist()]
+                         for k, part in ro.reward_parts.items() if "/" not in k},
         "advantages": [round(float(x), 4) for x in ro.advantages[:G]],
     }) + "\n")
     f.flush()
