@@ -24,6 +24,7 @@ def test_the_documented_example_runs_as_written(tiny_model_dir, tmp_path, monkey
     exec(compile(code, str(DOC), "exec"), namespace)
     result, metrics = namespace["result"], namespace["metrics"]
     assert result.steps == 2 and (tmp_path / "runs" / "notebook" / "final" / "config.json").is_file()
+    assert result.metrics["step"] == 2 and "eval/vqa_accuracy" in result.metrics
     assert Path(result.final_dir).resolve() == (tmp_path / "runs" / "notebook" / "final").resolve()
     assert metrics["per_answer_type"]["other"]["n"] == 4 and 0.0 <= metrics["vqa_accuracy"] <= 1.0
     printed = capsys.readouterr().out.splitlines()

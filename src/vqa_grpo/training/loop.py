@@ -63,6 +63,11 @@ class RunResult:
     eval_history: list[dict] = field(default_factory=list)
     wall_seconds: float = 0.0
 
+    @property
+    def metrics(self) -> dict:
+        """The last evaluation's metrics (empty without an evaluation split)."""
+        return dict(self.eval_history[-1]) if self.eval_history else {}
+
 
 def evaluate_model(lm: LoadedModel, examples: list[VQAExample], cfg: Config, device, dist: Dist | None = None) -> dict[str, float]:
     """Mean metrics on ``examples`` (greedy unless eval.do_sample), each process answering its share."""
