@@ -83,13 +83,25 @@ class ColumnsConfig:
 @dataclass
 class DataConfig:
     path: str = ""
-    """Data file or directory (JSONL, CSV, JSON, Parquet, datasets on disk, VQA v2 pair)."""
+    """Data file or directory (JSONL, CSV, JSON, Parquet, datasets on disk, VQA v2 pair), or
+    hf:NAME: a Hugging Face Hub dataset (or a folder laid out as one), read by datasets.load_dataset."""
     image_root: Optional[str] = None
     """Folder that relative image paths start from; None means the data file's folder."""
     format: str = "auto"
     """Data format; "auto" infers it from the files."""
     eval_path: Optional[str] = None
     """A separate evaluation file; when unset, ``eval_fraction`` of ``path`` is held out."""
+    split: str = "train"
+    """Split of an hf: dataset (e.g. train, validation; "train[:1000]" slices unless streaming)."""
+    eval_split: Optional[str] = None
+    """Split of an hf: eval_path; None means data.split."""
+    config_name: Optional[str] = None
+    """Config (subset) of an hf: dataset with several; None takes the preset's, or the only one."""
+    streaming: bool = False
+    """Stream an hf: dataset instead of downloading it first; kept images then stay in memory."""
+    preset: Optional[str] = None
+    """Column mapping of a known Hub dataset (docs/data_hub.md); None picks it from the hf: name,
+    "none" turns it off; name one to map a local copy read as hf:FOLDER."""
     eval_fraction: float = 0.1
     """Fraction held out for evaluation (seeded, stratified by answer type); seed: 90/10."""
     max_train_samples: Optional[int] = None
@@ -423,6 +435,19 @@ def validate(cfg: Config) -> None:
     for key in ("max_train_samples", "max_eval_samples"):
         v = getattr(d, key)
         need(v is None or v >= 1, f"data.{key}={v}: must be >= 1 or null")
+    need(bool(d.split.strip()), "data.split is empty; name a split of the hf: dataset (e.g. train or validation)")
+    for key in ("eval_split", "config_name", "preset"):
+        v = getattr(d, key)
+        need(v is None or bool(v.strip()), f"data.{key} is empty; give a name or null")
+    from vqa_grpo.data.hub import check_preset_key  # late: data imports config
+
+    complaint = check_preset_key(d.preset)
+    need(complaint is None, complaint or "")
+    need(
+        not (d.path.startswith("hf:") and d.eval_path == d.path and (d.eval_split or d.split) == d.split),
+        f"data.eval_path is data.path with the same split {d.split!r}: the eval set would be the training set; "
+        "set data.eval_split (e.g. validation) or drop data.eval_path",
+    )
     m, e = cfg.model, cfg.eval
     need(m.lora_r >= 1, f"model.lora_r={m.lora_r}: must be >= 1")
     need(m.lora_alpha > 0, f"model.lora_alpha={m.lora_alpha}: must be > 0")

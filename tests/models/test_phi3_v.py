@@ -221,3 +221,21 @@ def test_gradient_checkpointing_gives_the_same_loss_and_vision_gradient(tiny_dir
     (loss_a, grad_a), (loss_b, grad_b) = results
     assert torch.allclose(loss_a, loss_b, atol=1e-6) and float(grad_a.norm()) > 0
     assert torch.allclose(grad_a, grad_b, atol=1e-6, rtol=1e-5)
+
+
+def test_the_checkpoints_code_files_are_carried_to_saved_checkpoints_and_never_run(tiny_dir, tmp_path):
+    # vLLM and the official code read configuration/processing_phi3_v.py beside the weights; a
+    # checkpoint that had them keeps them when vqa-grpo saves it, as text.
+    import shutil
+
+    from vqa_grpo.training.checkpoint import save_model
+
+    ckpt = tmp_path / "hub"
+    shutil.copytree(tiny_dir, ckpt)
+    marker = tmp_path / "ran"
+    code = f"open({str(marker)!r}, 'w').write('ran')\n"
+    (ckpt / "processing_phi3_v.py").write_text(code)
+    lm = load_model(ModelConfig(name_or_path=str(ckpt), trust_remote_code=True), CPU)
+    save_model(lm.model, lm.processor, tmp_path / "saved")
+    assert (tmp_path / "saved" / "processing_phi3_v.py").read_text() == code and not marker.exists()
+    assert not (tmp_path / "saved" / "modeling_phi3_v.py").exists()  # only what the checkpoint had

@@ -1,10 +1,15 @@
-"""``vqa-grpo data inspect PATH``: what the loader would keep and skip, before any training."""
+"""``vqa-grpo data inspect PATH``: what the loader would keep and skip, before any training.
+
+PATH may be hf:NAME (a Hub dataset, see ``hub.py``); data.split, data.config_name and the other
+data.* keys are given as overrides, e.g. ``vqa-grpo data inspect hf:lmms-lab/VQAv2 data.split=validation``.
+"""
 
 from __future__ import annotations
 
 import json
 
 from vqa_grpo.config import load_config
+from vqa_grpo.data.hub import describe
 from vqa_grpo.data.loader import LoadReport, read_examples
 from vqa_grpo.data.sources import open_source
 from vqa_grpo.data.types import BadExample, VQAExample
@@ -16,9 +21,10 @@ NUM_SHOWN = 5
 def inspect_command(path: str, fmt: str | None, image_root: str | None, as_json: bool, overrides: list[str]) -> int:
     """Print rows read, kept, skips by reason, counts by answer type and the first examples.
 
-    With ``as_json`` prints one JSON object (rows, kept, skipped, answer_types). The report is
-    printed even when too many rows were skipped; that case then raises a one-line UserError,
-    as training would refuse the data.
+    For an hf: dataset it first prints what was mapped: the preset, config, split and the column
+    of each field. With ``as_json`` prints one JSON object (rows, kept, skipped, answer_types, and
+    for an hf: dataset "source" with that mapping). The report is printed even when too many rows
+    were skipped; that case then raises a one-line UserError, as training would refuse the data.
     """
     cfg = load_config(None, list(overrides)).data
     cfg.path = path
@@ -26,8 +32,16 @@ def inspect_command(path: str, fmt: str | None, image_root: str | None, as_json:
         cfg.format = fmt
     if image_root:
         cfg.image_root = image_root
-    examples, report = read_examples(open_source(path, cfg), cfg)
-    print(json.dumps(report.to_dict()) if as_json else render(examples, report))
+    source = open_source(path, cfg)
+    examples, report = read_examples(source, cfg)
+    if as_json:
+        out = report.to_dict()
+        if source.about:
+            out["source"] = source.about  # hf: datasets: the preset, config, split and column mapping
+        print(json.dumps(out))
+    else:
+        head = "\n".join(describe(source.about)) + "\n\n" if source.about else ""
+        print(head + render(examples, report))
     complaint = report.too_many_skipped(cfg.max_skip_fraction)
     if complaint:
         raise UserError(complaint)

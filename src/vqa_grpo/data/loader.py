@@ -21,6 +21,7 @@ Images are checked, never decoded, at load time; each example opens its image la
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import math
 import numbers
@@ -142,7 +143,8 @@ class LoadedData:
 def load_vqa(cfg: DataConfig, *, seed: int = 0, frame: Any = None) -> LoadedData:
     """Train and eval examples: ``cfg.path`` (or ``frame``: rows in memory, see
     ``sources.memory_source``) split by ``cfg.eval_fraction``,
-    or with ``cfg.eval_path`` as the eval set; then capped by max_train/eval_samples.
+    or with ``cfg.eval_path`` as the eval set (an hf: one in ``cfg.eval_split``, default
+    ``cfg.split``); then capped by max_train/eval_samples.
 
     The split is seeded and stratified by answer type (see ``splits.py``): same seed, same split.
     """
@@ -155,7 +157,8 @@ def load_vqa(cfg: DataConfig, *, seed: int = 0, frame: Any = None) -> LoadedData
         examples, report = load_examples(cfg.path, cfg)
     if cfg.eval_path:
         train = examples
-        eval_set, eval_report = load_examples(cfg.eval_path, cfg)
+        eval_cfg = dataclasses.replace(cfg, split=cfg.eval_split) if cfg.eval_split else cfg  # hf: eval_path
+        eval_set, eval_report = load_examples(cfg.eval_path, eval_cfg)
         report = LoadReport.combine([report, eval_report])
     else:
         train, eval_set = split_train_eval(examples, cfg.eval_fraction, seed)

@@ -8,6 +8,7 @@ Formats: jsonl, csv (also .tsv), json (a list of objects), parquet (one file or 
 shards), datasets (a ``Dataset.save_to_disk`` folder), imagefolder (a folder with
 ``metadata.jsonl`` or ``metadata.csv`` whose ``file_name`` column names the images, as in Hugging
 Face's imagefolder) and vqa_v2 (the official questions + annotations pair, see ``vqa_v2.py``).
+Hub datasets (``hf:NAME``) are read by ``hub.py``.
 """
 
 from __future__ import annotations
@@ -53,10 +54,23 @@ class Source:
     rows: Iterable[Row]
     columns: ColumnsConfig = field(default_factory=ColumnsConfig)
     """The column mapping that applies to these rows."""
+    about: dict[str, Any] = field(default_factory=dict)
+    """What was mapped (Hub datasets: the preset, config, split and each field's column), for
+    ``data inspect``; empty for local files."""
 
 
 def open_source(path: str | os.PathLike, cfg: DataConfig) -> Source:
-    """The rows of ``path`` in ``cfg.format`` ("auto" infers it); UserError when it cannot be read."""
+    """The rows of ``path`` in ``cfg.format`` ("auto" infers it); UserError when it cannot be read.
+
+    ``hf:NAME`` (a Hub dataset id, or a folder laid out as a Hub repository) is read by
+    ``datasets.load_dataset``; see ``hub.py``. data.preset applies to those paths only.
+    """
+    from vqa_grpo.data.hub import hub_source, is_hub_path
+
+    if is_hub_path(path):
+        return hub_source(str(path), cfg)
+    if cfg.preset is not None and cfg.preset.strip().lower() != "none":
+        raise UserError(f"data.preset={cfg.preset!r} applies to hf: paths; read {path} as data.path=hf:{path} (a folder laid out as a Hub dataset), or drop data.preset")
     p = Path(path).expanduser()
     if not str(path).strip() or not p.exists():
         raise UserError(f"data path {str(path)!r} not found; set data.path to a file or folder ({_KNOWN})")

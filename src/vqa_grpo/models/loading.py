@@ -71,24 +71,30 @@ def _local_model_type(path: str) -> str | None:
         raise UserError(f"{file} is not valid JSON; re-save the model or restore config.json") from None
 
 
-def _read_config(path: str, cfg: ModelConfig):
-    """The model's transformers config; one line when it is missing or needs remote code.
+def native_config(path: str, cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` with trust_remote_code off for a checkpoint of a natively implemented model type
+    (Phi-3-vision): vqa-grpo loads it with its own classes and runs none of the checkpoint's code.
+    The user's setting itself is left as it is (vLLM reads it: docs/models.md)."""
+    import dataclasses
 
-    A Phi-3-vision checkpoint (model_type ``phi3_v``) is read with vqa-grpo's native classes even
-    when model.trust_remote_code=true: the checkpoint's own code is never run."""
-    from transformers import AutoConfig
-
-    import vqa_grpo.models.phi3_v  # noqa: F401  registers phi3_v with the auto classes
-
-    trust = cfg.trust_remote_code
-    if trust and _local_model_type(path) in NATIVE_MODEL_TYPES:
+    if cfg.trust_remote_code and _local_model_type(path) in NATIVE_MODEL_TYPES:
         import logging
 
         logging.getLogger("vqa_grpo").warning(
             "model.trust_remote_code=true is ignored for %s: phi3_v loads with vqa-grpo's native "
             "implementation, and no code from the checkpoint is run", path,
         )
-        cfg.trust_remote_code = trust = False
+        return dataclasses.replace(cfg, trust_remote_code=False)
+    return cfg
+
+
+def _read_config(path: str, cfg: ModelConfig):
+    """The model's transformers config; one line when it is missing or needs remote code."""
+    from transformers import AutoConfig
+
+    import vqa_grpo.models.phi3_v  # noqa: F401  registers phi3_v with the auto classes
+
+    trust = cfg.trust_remote_code
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=trust)
     except OSError:
@@ -207,6 +213,7 @@ def load_model(cfg: ModelConfig, device: torch.device | str = "cpu", *, trainabl
         import json
 
         base_path = json.loads(adapter_dir.read_text())["base_model_name_or_path"]
+    cfg = native_config(base_path, cfg)
     hf_config = _read_config(base_path, cfg)
     adapter = adapter_for(hf_config.model_type, cfg.family)
     processor = adapter.load_processor(path, cfg)

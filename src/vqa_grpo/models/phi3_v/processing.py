@@ -141,20 +141,24 @@ class Phi3VProcessor:
         return self.tokenizer.chat_template
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, num_crops: int | None = None, auto_map: dict | None = None) -> "Phi3VProcessor":
-        """From a checkpoint directory: preprocessor_config.json and the tokenizer files (read as
-        files: no code in the directory is run)."""
+    def from_pretrained(cls, path: str | Path, num_crops: int | None = None) -> "Phi3VProcessor":
+        """From a checkpoint directory or hub id: preprocessor_config.json and the tokenizer files,
+        read as files. The hub's own code files (``*_phi3_v.py``) are kept as text, never run, and
+        written back by ``save_pretrained``: vLLM and the official code need them beside the weights."""
         from transformers import PreTrainedTokenizerFast
 
-        path = Path(path)
-        spec = json.loads((path / "preprocessor_config.json").read_text())
+        spec_file = _file(path, "preprocessor_config.json")
+        if spec_file is None:
+            raise FileNotFoundError(f"{path} has no preprocessor_config.json")
+        spec = json.loads(spec_file.read_text())
         if num_crops is not None:
             spec["num_crops"] = num_crops
         tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path))
-        config = path / "tokenizer_config.json"
-        tok_class = json.loads(config.read_text()).get("tokenizer_class") if config.is_file() else None
+        config = _file(path, "tokenizer_config.json")
+        tok_class = json.loads(config.read_text()).get("tokenizer_class") if config else None
         proc = cls(Phi3VImageProcessor(**spec), tokenizer, tok_class)
         proc.auto_map = spec.get("auto_map")
+        proc.code_files = {n: f.read_text() for n in OFFICIAL_CODE_FILES if (f := _file(path, n)) is not None}
         return proc
 
     def save_pretrained(self, out: str | Path) -> None:
@@ -174,6 +178,8 @@ class Phi3VProcessor:
             config["tokenizer_class"] = self.tokenizer_class
         config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         (out / "chat_template.jinja").unlink(missing_ok=True)
+        for name, text in getattr(self, "code_files", {}).items():  # as the checkpoint had them
+            (out / name).write_text(text)
 
     # ---- encoding ----
 
@@ -219,6 +225,23 @@ class Phi3VProcessor:
 
     def decode(self, *args, **kwargs):
         return self.tokenizer.decode(*args, **kwargs)
+
+
+OFFICIAL_CODE_FILES = ("configuration_phi3_v.py", "modeling_phi3_v.py", "image_embedding_phi3_v.py",
+                       "processing_phi3_v.py", "image_processing_phi3_v.py")
+
+
+def _file(path: str | Path, name: str) -> Path | None:
+    """``name`` of a checkpoint directory, or of a hub id (from the cache, or downloaded); None if absent."""
+    local = Path(path) / name
+    if local.is_file():
+        return local
+    if Path(path).is_dir():
+        return None
+    from transformers.utils import cached_file
+
+    found = cached_file(str(path), name, _raise_exceptions_for_missing_entries=False)
+    return Path(found) if found else None
 
 
 def _images_per_text(texts: list[str], images) -> list[list[Image.Image]]:

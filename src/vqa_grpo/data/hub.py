@@ -1,0 +1,427 @@
+"""Hugging Face Hub datasets: ``data.path=hf:NAME``, read through ``datasets.load_dataset``.
+
+``NAME`` is a Hub dataset id (``lmms-lab/VQAv2``) or a local folder laid out as a Hub dataset
+repository (parquet shards, optionally a README.md with YAML ``configs:``); both go through the same
+``load_dataset(NAME, data.config_name, split=data.split, streaming=data.streaming)`` call. The rows
+are then mapped exactly like local data (``loader.py``): the same column mapping, skip reasons and
+answer-type rules. Images stay encoded (``Image(decode=False)``); without streaming each example
+re-reads its image from the memory-mapped Arrow cache, with streaming it keeps the bytes (a stream
+cannot be read twice).
+
+PRESETS maps the VQA datasets users name most to their columns, so ``data.path=hf:<id>
+data.split=validation`` needs no column flags. A preset applies when NAME is its id; ``data.preset``
+names one for a local copy, or ``none`` to turn it off. Column keys the user set
+(``data.columns.*`` other than the default) win over the preset's. Each preset records where its
+schema was read; docs/data_hub.md has the table.
+
+Bad input is one UserError line: an unknown preset, a Hub name that cannot be reached (offline,
+misspelled, gated), a config that is missing or unknown, a split that does not exist. The split and
+config are checked with ``load_dataset_builder`` before ``load_dataset``, so a wrong one downloads
+and writes nothing.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, fields
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from vqa_grpo.config import ColumnsConfig, DataConfig
+from vqa_grpo.data.sources import Row, Source, _dataset_cell, _dataset_rows
+from vqa_grpo.errors import UserError
+
+PREFIX = "hf:"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """How one Hub dataset's columns map to the loader's fields."""
+
+    hub_id: str
+    title: str
+    columns: dict[str, str]
+    """ColumnsConfig field -> the column holding it (after ``transform``); unnamed fields keep the
+    loader's defaults (an absent column: row-number ids, answer = most common of answers, types
+    inferred)."""
+    splits: tuple[str, ...]
+    """The split names the Hub card lists."""
+    source: str
+    """Where the schema was read."""
+    notes: str = ""
+    derived: dict[str, str] = field(default_factory=dict)
+    """Fields the transform computes, with how (for ``data inspect``)."""
+    default_config: str | None = None
+    """The config used when data.config_name is unset (repositories without a default one)."""
+    split_alias: dict[str, str] = field(default_factory=dict)
+    """Our split name -> the Hub's (``validation`` -> ``val``)."""
+    transform: Callable[[dict[str, Any]], None] | None = None
+    """Edits a row's values in place, before the column mapping."""
+    config_per_split: str | None = None
+    """GQA: each split is its own config; this template names it from the split."""
+    images_config: tuple[str, str] | None = None
+    """GQA: the images live in a separate config, found by replacing the first string of the
+    instructions config's name with the second; rows are joined on ``join_key`` = its ``id``."""
+    join_key: str = ""
+
+
+def _join_types(values: dict[str, Any]) -> None:  # DocVQA: question_types is a list of categories
+    types = values.get("question_types")
+    if isinstance(types, (list, tuple)) and types:
+        values["question_type"] = ", ".join(str(t) for t in types)
+
+
+_CHART_ORIGIN = {0: "human", 1: "machine"}  # ChartQA's ClassLabel names
+
+
+def _chart_origin(values: dict[str, Any]) -> None:
+    origin = values.get("human_or_machine")
+    values["question_type"] = _CHART_ORIGIN.get(origin, origin if isinstance(origin, str) else None)
+
+
+PRESETS: dict[str, Preset] = {p.hub_id: p for p in (
+    Preset(
+        "lmms-lab/VQAv2", "VQA v2",
+        columns=dict(id="question_id", question="question", answer="multiple_choice_answer", answers="answers",
+                     answer_type="answer_type", question_type="question_type", image="image"),
+        splits=("validation", "testdev", "test"),
+        source="dataset card YAML, https://huggingface.co/datasets/lmms-lab/VQAv2/blob/main/README.md "
+               "(answers: list of {answer, answer_confidence, answer_id})",
+        notes="no train split on this repository; testdev and test carry no answers (the official server "
+              "scores them), so only validation trains or evaluates. HuggingFaceM4/VQAv2 is a loading "
+              "script, which datasets 4+ no longer runs.",
+    ),
+    Preset(
+        "lmms-lab/textvqa", "TextVQA",
+        columns=dict(id="question_id", question="question", answers="answers", image="image"),
+        splits=("train", "validation", "test"),
+        source="dataset card YAML of lmms-lab/textvqa (as duplicated at "
+               "https://huggingface.co/datasets/pppop7/textvqa/blob/main/README.md) and lmms-eval "
+               "lmms_eval/tasks/textvqa (dataset_path lmms-lab/textvqa; doc['answers'], doc['question_id'])",
+        notes="answers: the 10 annotators' strings; answer = the most common. The test split has no answers.",
+    ),
+    Preset(
+        "lmms-lab/DocVQA", "DocVQA",
+        columns=dict(id="questionId", question="question", answers="answers", question_type="question_type",
+                     image="image"),
+        splits=("validation", "test"),
+        source="dataset card YAML, https://huggingface.co/datasets/lmms-lab/DocVQA/blob/main/README.md "
+               "(configs DocVQA and InfographicVQA)",
+        notes="two configs and no default: DocVQA unless data.config_name=InfographicVQA. The train split "
+              "is commented out of the card; the test split has no answers.",
+        derived={"question_type": "question_types, joined with ', '"},
+        default_config="DocVQA",
+        transform=_join_types,
+    ),
+    Preset(
+        "HuggingFaceM4/ChartQA", "ChartQA",
+        columns=dict(question="query", answers="label", question_type="question_type", image="image"),
+        splits=("train", "val", "test"),
+        source="dataset card YAML, https://huggingface.co/datasets/HuggingFaceM4/ChartQA/blob/main/README.md "
+               "(query: string, label: list of strings, human_or_machine: ClassLabel human/machine)",
+        notes="no id column: ids are row numbers. data.split=validation reads the Hub's val. question_type "
+              "is ChartQA's human/machine origin, so reports break accuracy down the way ChartQA does.",
+        derived={"question_type": "human_or_machine: 0 -> human, 1 -> machine"},
+        split_alias={"validation": "val"},
+        transform=_chart_origin,
+    ),
+    Preset(
+        "lmms-lab/OK-VQA", "OK-VQA",
+        columns=dict(id="question_id", question="question", answers="answers", answer_type="answer_type",
+                     question_type="question_type", image="image"),
+        splits=("val2014",),
+        source="dataset card YAML, https://huggingface.co/datasets/lmms-lab/OK-VQA/blob/main/README.md",
+        notes="one split, val2014 (data.split=validation reads it). HuggingFaceM4/OK-VQA is a loading "
+              "script, which datasets 4+ no longer runs.",
+        split_alias={"validation": "val2014"},
+    ),
+    Preset(
+        "lmms-lab/GQA", "GQA",
+        columns=dict(id="id", question="question", answer="answer", image="image"),
+        splits=("train", "val", "testdev", "test", "challenge"),
+        source="dataset card YAML, https://huggingface.co/datasets/lmms-lab/GQA/blob/main/README.md "
+               "(configs <split>_{all,balanced}_{instructions,images}) and lmms-eval "
+               "lmms_eval/tasks/gqa (testdev_balanced_instructions joined to testdev_balanced_images on imageId)",
+        notes="questions and images are separate configs: the preset reads <split>_balanced_instructions and "
+              "joins <split>_balanced_images on imageId, which downloads that images config too (about 10 GB "
+              "for train); it needs data.streaming=false. data.split=validation reads val; test and "
+              "challenge have no answers. data.config_name=<split>_all_instructions reads the unbalanced set.",
+        derived={"image": "<split>_balanced_images: the image whose id is imageId"},
+        split_alias={"validation": "val"},
+        config_per_split="{split}_balanced_instructions",
+        images_config=("_instructions", "_images"),
+        join_key="imageId",
+    ),
+    Preset(
+        "HuggingFaceM4/A-OKVQA", "A-OKVQA",
+        columns=dict(id="question_id", question="question", answers="direct_answers", image="image"),
+        splits=("train", "validation", "test"),
+        source="HELM src/helm/benchmark/scenarios/vision_language/a_okvqa_scenario.py (splits, choices, "
+               "correct_choice_idx) and load_dataset('HuggingFaceM4/A-OKVQA') printouts in public code "
+               "(direct_answers is a string holding a Python list)",
+        notes="answers: the 10 direct answers (the string is parsed as a list); answer = the most common. "
+              "The multiple-choice fields (choices, correct_choice_idx) are not used. The test split has no answers.",
+    ),
+)}  # fmt: skip
+
+_SCRIPT_SUCCESSORS = {
+    "HuggingFaceM4/VQAv2": "lmms-lab/VQAv2",
+    "HuggingFaceM4/OK-VQA": "lmms-lab/OK-VQA",
+    "facebook/textvqa": "lmms-lab/textvqa",
+    "textvqa": "lmms-lab/textvqa",
+}
+"""Hub repositories that are loading scripts (which datasets 4+ refuses) and a parquet one to use."""
+
+
+def is_hub_path(path: Any) -> bool:
+    return isinstance(path, str) and path.startswith(PREFIX)
+
+
+def hub_name(path: str) -> str:
+    """NAME of ``hf:NAME`` (``hf://datasets/NAME`` too); a local folder keeps its path."""
+    name = path[len(PREFIX):].strip()
+    if name.startswith("//datasets/"):
+        name = name[len("//datasets/"):]
+    if name.startswith("~"):
+        name = os.path.expanduser(name)
+    if not name:
+        raise UserError(f"data path {path!r} names no dataset; write hf:NAME, e.g. hf:lmms-lab/VQAv2")
+    return name
+
+
+def find_preset(key: str | None, name: str) -> Preset | None:
+    """The preset ``data.preset`` asks for; None (the default) picks it from the name."""
+    if key is not None and key.strip().lower() == "none":
+        return None
+    wanted = name if key is None else key.strip()
+    for hub_id, preset in PRESETS.items():
+        if hub_id.lower() == wanted.lower():
+            return preset
+    if key is None:
+        return None
+    raise UserError(f"data.preset={key!r} is not a known preset; choose one of {', '.join(PRESETS)}, or none")
+
+
+def check_preset_key(key: str | None) -> str | None:
+    """A one-line complaint about ``data.preset``, else None (config validation)."""
+    try:
+        find_preset(key, "")
+    except UserError as e:
+        return str(e)
+    return None
+
+
+def merged_columns(preset: Preset | None, user: ColumnsConfig) -> ColumnsConfig:
+    """The preset's columns, except where the user set data.columns.* away from the default."""
+    if preset is None:
+        return user
+    default = ColumnsConfig()
+    values = {}
+    for f in fields(ColumnsConfig):
+        mine = getattr(user, f.name)
+        values[f.name] = mine if mine != getattr(default, f.name) else preset.columns.get(f.name, mine)
+    return ColumnsConfig(**values)
+
+
+# ----------------------------------------------------------------------------------------------
+# Opening a Hub dataset.
+
+
+def hub_source(path: str, cfg: DataConfig) -> Source:
+    """The rows of ``hf:NAME`` in ``cfg.split`` (and ``cfg.config_name``), mapped by the preset."""
+    import datasets
+
+    name = hub_name(path)
+    if cfg.format not in ("auto", ""):
+        raise UserError(f"data.format={cfg.format!r} does not apply to {path}: hf: paths are read by datasets.load_dataset; drop data.format")
+    preset = find_preset(cfg.preset, name)
+    split = preset.split_alias.get(cfg.split, cfg.split) if preset else cfg.split
+    config_name = cfg.config_name
+    if config_name is None and preset is not None:
+        config_name = preset.config_per_split.format(split=split) if preset.config_per_split else preset.default_config
+    if preset is not None and preset.images_config and cfg.streaming:
+        raise UserError(f"{preset.title} ({preset.hub_id}) keeps its images in a separate config, which a stream cannot join; set data.streaming=false")
+    _check_split(name, config_name, split, cfg.split, preset)
+    ds = _load(name, config_name, split, cfg.streaming, cfg.split, preset)
+    columns = merged_columns(preset, cfg.columns)
+    ds = _undecoded(ds, columns.image)
+    present = _column_names(ds)
+    if cfg.streaming:
+        rows: Iterable[Row] = (Row(dict(values)) for values in ds)
+    else:
+        rows = _dataset_rows(ds, columns.image)
+    if preset is not None and preset.images_config:
+        images_config = config_name.replace(*preset.images_config)
+        _check_split(name, images_config, split, cfg.split, preset)
+        images = _undecoded(_load(name, images_config, split, False, cfg.split, preset), "image")
+        rows = _joined_images(rows, images, preset.join_key, columns.image)
+        present = None if present is None else present | {columns.image}
+    if preset is not None and preset.transform is not None:
+        rows = _transformed(rows, preset.transform)
+        present = None if present is None else present | {preset.columns[k] for k in preset.derived}
+    where = ", ".join(x for x in (f"config {config_name}" if config_name else "", f"split {split}", "streaming" if cfg.streaming else "") if x)
+    local = Path(name).is_dir()
+    about = _about(name, config_name, split, cfg, preset, columns, present)
+    return Source(f"{PREFIX}{name} ({where})", Path(name) if local else Path.cwd(), rows, columns, about)
+
+
+def _check_split(name: str, config_name: str | None, split: str, asked: str, preset: Preset | None) -> None:
+    """Config and split checked against the repository's data files, before anything downloads."""
+    import datasets
+
+    try:
+        builder = datasets.load_dataset_builder(name, config_name)
+    except Exception as e:  # noqa: BLE001 - datasets raises many types; each becomes one line
+        raise _user_error(e, name, config_name, asked, preset, split) from None
+    available = list(builder.config.data_files or {}) or list(builder.info.splits or {})
+    wanted = [re.sub(r"\[.*\]$", "", part.strip()) for part in split.split("+")]
+    missing = [w for w in wanted if available and w not in available]
+    if missing:
+        raise _split_error(name, config_name, asked, split, available, preset)
+
+
+def _load(name: str, config_name: str | None, split: str, streaming: bool, asked: str, preset: Preset | None) -> Any:
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, config_name, split=split, streaming=streaming)
+    except Exception as e:  # noqa: BLE001
+        raise _user_error(e, name, config_name, asked, preset, split) from None
+
+
+def _undecoded(ds: Any, image_col: str) -> Any:
+    import datasets
+
+    features = getattr(ds, "features", None) or {}
+    if image_col in features and isinstance(features[image_col], datasets.Image):
+        ds = ds.cast_column(image_col, datasets.Image(decode=False))  # cells become {"bytes", "path"}
+    return ds
+
+
+def _column_names(ds: Any) -> set[str] | None:
+    names = getattr(ds, "column_names", None)
+    return set(names) if names else None
+
+
+def _transformed(rows: Iterable[Row], transform: Callable[[dict[str, Any]], None]) -> Iterator[Row]:
+    for row in rows:
+        transform(row.values)
+        yield row
+
+
+def _joined_images(rows: Iterable[Row], images: Any, key: str, image_col: str) -> Iterator[Row]:
+    """Each row's image from ``images`` (columns id, image), found by the row's ``key``."""
+    position = {str(k): i for i, k in enumerate(images["id"])}
+    for row in rows:
+        i = position.get(str(row.values.get(key)))
+        if i is not None:
+            row.values[image_col] = images[i]["image"]
+            row.reread_image = partial(_dataset_cell, images, i, "image")
+        yield row
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors from datasets, as one line each.
+
+
+def _listed(text: str) -> list[str]:
+    """The Python list literal in an error message (datasets writes them that way)."""
+    match = re.search(r"\[[^\[\]]*\]", text)
+    if not match:
+        return []
+    try:
+        value = ast.literal_eval(match.group(0))
+    except (ValueError, SyntaxError):
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def _split_error(name: str, config_name: str | None, asked: str, split: str, available: list[str], preset: Preset | None) -> UserError:
+    where = f"{name}" + (f" (config {config_name})" if config_name else "")
+    shown = f"{asked!r}" + (f" (the Hub's {split!r})" if split != asked else "")
+    return UserError(f"data.split={shown} is not a split of {where}; choose one of {', '.join(available)}")
+
+
+def _user_error(e: Exception, name: str, config_name: str | None, asked: str, preset: Preset | None, split: str | None = None) -> UserError:
+    import datasets
+
+    text = " ".join(str(e).split())
+    offline = bool(datasets.config.HF_HUB_OFFLINE)
+    if "Dataset scripts are no longer supported" in text:
+        successor = next((new for old, new in _SCRIPT_SUCCESSORS.items() if name == old or name.endswith("/" + old)), None)
+        use = f"use data.path=hf:{successor} (parquet)" if successor else "use a parquet copy of it"
+        return UserError(f"{name} is a dataset loading script, which datasets 4+ no longer runs; {use}")
+    if isinstance(e, ValueError) and "Config name is missing" in text:
+        configs = _listed(text)
+        return UserError(f"{name} has several configs ({', '.join(configs)}); set data.config_name to one of them")
+    if isinstance(e, ValueError) and "BuilderConfig" in text and "not found" in text:
+        configs = _listed(text)
+        if preset is not None and preset.config_per_split and config_name and config_name == preset.config_per_split.format(split=split or asked):
+            suffix = preset.config_per_split.format(split="")
+            splits = sorted(c[: -len(suffix)] for c in configs if c.endswith(suffix))
+            return UserError(f"data.split={asked!r} is not a split of {name} (each split is a config {preset.config_per_split}); choose one of {', '.join(splits)}")
+        return UserError(f"data.config_name={config_name!r} is not a config of {name}; choose one of {', '.join(configs)}")
+    if isinstance(e, ValueError) and ("Unknown split" in text or "Bad split" in text):
+        return _split_error(name, config_name, asked, split or asked, _listed(text), preset)
+    if isinstance(e, ConnectionError) or (offline and isinstance(e, FileNotFoundError) and not Path(name).is_dir()):
+        why = "offline mode is on (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) and it is not in the datasets cache" if offline else "no network"
+        return UserError(f"cannot load hf:{name} from the Hugging Face Hub ({why}); check the name and the network, or download it once and set data.path=hf:<local folder>")
+    if isinstance(e, FileNotFoundError) or type(e).__name__ in ("DatasetNotFoundError", "RepositoryNotFoundError"):
+        if Path(name).is_dir():
+            return UserError(f"folder {name} holds no data files datasets can read ({text[:200]}); lay it out as a Hub dataset (data/<split>-00000-of-00001.parquet)")
+        return UserError(f"hf:{name} was not found on the Hugging Face Hub ({text[:200]}); check the name (owner/name), or log in for a gated or private dataset")
+    return UserError(f"datasets cannot load hf:{name}: {type(e).__name__}: {text[:300]}")
+
+
+# ----------------------------------------------------------------------------------------------
+# What was mapped, for ``data inspect``.
+
+
+_ABSENT = {
+    "id": "row numbers (row<N>)",
+    "answer": "the most common of answers",
+    "answers": "[answer]",
+    "answer_type": "inferred from the answers",
+    "question_type": "inferred from the question's first words",
+    "question": "none: rows are skipped",
+    "image": "none: rows are skipped",
+}
+
+
+def _about(name: str, config_name: str | None, split: str, cfg: DataConfig, preset: Preset | None,
+           columns: ColumnsConfig, present: set[str] | None) -> dict[str, Any]:
+    mapping = {}
+    for f in fields(ColumnsConfig):
+        column = getattr(columns, f.name)
+        if preset is not None and f.name in preset.derived and column == preset.columns.get(f.name):
+            mapping[f.name] = f"{column} (made from {preset.derived[f.name]})"
+        elif present is None or column in present:
+            mapping[f.name] = column
+        else:
+            mapping[f.name] = f"(no column {column!r}: {_ABSENT[f.name]})"
+    return {
+        "dataset": name,
+        "config": config_name,
+        "split": split,
+        "asked_split": cfg.split,
+        "streaming": cfg.streaming,
+        "preset": preset.hub_id if preset else None,
+        "columns": mapping,
+        "notes": preset.notes if preset else "",
+    }
+
+
+def describe(about: dict[str, Any]) -> list[str]:
+    """Lines for people: the dataset, the preset and each field's column."""
+    split = about["split"] + (f" (data.split={about['asked_split']})" if about["asked_split"] != about["split"] else "")
+    head = f"hf:{about['dataset']}  config {about['config'] or '(default)'}  split {split}"
+    lines = [head + ("  streaming" if about["streaming"] else "")]
+    lines.append(f"preset: {about['preset']}" if about["preset"] else "preset: none (columns from data.columns)")
+    lines += [f"  {key:<13}  <- {value}" for key, value in about["columns"].items()]
+    if about["notes"]:
+        lines.append(f"  note: {about['notes']}")
+    return lines
