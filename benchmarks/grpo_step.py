@@ -93,9 +93,8 @@ def build_model(s: Settings, out: Path) -> Path:
         from vqa_grpo.models.phi3_v.configuration import CLIP_VIT_L14_336
         from vqa_grpo.models.phi3_v.tiny import build_tiny_phi3_v
 
-        full = s.model == "phi3-v-full"  # Phi-3-mini's text model: hidden 3072, 32 layers
-        return build_tiny_phi3_v(out, seed=s.seed, hidden=3072 if full else 256, layers=32 if full else 2,
-                                 vision=CLIP_VIT_L14_336, num_crops=s.num_crops)
+        return build_tiny_phi3_v(out, seed=s.seed, hidden=256, layers=2, vision=CLIP_VIT_L14_336,
+                                 num_crops=s.num_crops, full_text=s.model == "phi3-v-full")
     if s.model == "tiny":
         path = build_tiny_qwen2_vl(out, seed=s.seed)
     elif s.model == "qwen2-vl-0.5b":  # Qwen2-0.5B's text dimensions, a 20-block vision tower

@@ -387,5 +387,5 @@ def test_unusable_data_is_a_one_line_user_error(tmp_path, setup, cfg, match):
 def test_unset_path_and_wrong_frame_type():
     with pytest.raises(UserError, match="data.path is not set"):
         load_vqa(DataConfig())
-    with pytest.raises(UserError, match="pandas DataFrame"):
-        load_vqa(DataConfig(), frame=[{"question": "q"}])
+    with pytest.raises(UserError, match="pandas DataFrame, a datasets.Dataset or a list of dicts, got dict"):
+        load_vqa(DataConfig(), frame={"question": "q"})

@@ -85,7 +85,7 @@ def test_an_import_error_is_reported_as_what_failed_not_as_an_attention_problem(
     (tmp_path / "modeling_old.py").write_text(
         "from transformers.modeling_attn_mask_utils import _prepare_4d_causal_attention_mask\n"
     )
-    for attn in ("sdpa", "eager"):
+    for attn in ("sdpa", "eager", "flash_attention_2"):
         with pytest.raises(UserError) as err:
             _from_pretrained(Phi4MultimodalAdapter(), str(tmp_path),
                              ModelConfig(name_or_path=str(tmp_path), trust_remote_code=True, attn_implementation=attn), {})

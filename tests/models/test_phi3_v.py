@@ -90,6 +90,12 @@ def test_the_processor_batches_texts_with_the_official_tokenizer():
     assert (enc["input_ids"] < 0).sum(1).tolist() == [757, 745]
     assert enc["attention_mask"][1].sum() == enc["input_ids"].shape[1] - (757 - 745)
     assert enc["input_ids"][0, :4].tolist() == [1, 32010, 29871, 13]  # <s> <|user|> ▁ \n, then the image
+    pad = 757 - 745  # the shorter row is padded on the side asked for: left here, right by default
+    assert enc["attention_mask"][1, :pad].eq(0).all() and enc["attention_mask"][1, pad:].eq(1).all()
+    assert enc["input_ids"][1, :pad].eq(proc.tokenizer.pad_token_id).all()
+    right = proc([text, text], [[Image.new("RGB", (200, 120))], [Image.new("RGB", (1000, 200))]])
+    assert proc.tokenizer.padding_side == "right" and right["attention_mask"][1, -pad:].eq(0).all()
+    assert torch.equal(right["input_ids"][1, : enc["input_ids"].shape[1] - pad], enc["input_ids"][1, pad:])
     assert enc["input_ids"][0, 4:761].eq(-1).all() and enc["input_ids"][0, 761] == 1  # the next chunk's <s>
     assert proc.chat_template == json.loads((OFFICIAL / "tokenizer_config.json").read_text())["chat_template"]
 
@@ -142,6 +148,19 @@ def test_a_missing_weight_is_named_and_refused(tiny_dir, tmp_path):
     with pytest.raises(UserError) as err:
         load_model(ModelConfig(name_or_path=str(bad)), CPU)
     assert str(err.value) == f"{bad}: weight {key} is missing; the checkpoint is incomplete or not phi3_v"
+
+
+def test_an_incomplete_checkpoint_is_one_line(tiny_dir, tmp_path):
+    import shutil
+
+    bad = tmp_path / "truncated"
+    shutil.copytree(tiny_dir, bad)
+    data = (bad / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError) as err:
+        load_model(ModelConfig(name_or_path=str(bad)), CPU)
+    message = str(err.value)
+    assert message.startswith(f"cannot read the weights of {bad}: ") and "incomplete" in message and "\n" not in message
 
 
 def test_a_misshaped_weight_is_named_and_refused(tiny_dir, tmp_path):
@@ -217,6 +236,8 @@ def test_gradient_checkpointing_gives_the_same_loss_and_vision_gradient(tiny_dir
         loss = lm.model(**batch.model_inputs(), labels=lm.adapter.prompt_labels(lm.processor, batch)).loss
         loss.backward()
         tower = lm.model.model.vision_embed_tokens.img_processor.vision_model
+        layers = [*tower.encoder.layers, *lm.model.model.layers]
+        assert all(layer.gradient_checkpointing for layer in layers) == checkpointing
         results.append((loss.detach(), tower.encoder.layers[0].mlp.fc1.weight.grad.clone()))
     (loss_a, grad_a), (loss_b, grad_b) = results
     assert torch.allclose(loss_a, loss_b, atol=1e-6) and float(grad_a.norm()) > 0

@@ -147,8 +147,8 @@ PRESETS: dict[str, Preset] = {p.hub_id: p for p in (
                "(configs <split>_{all,balanced}_{instructions,images}) and lmms-eval "
                "lmms_eval/tasks/gqa (testdev_balanced_instructions joined to testdev_balanced_images on imageId)",
         notes="questions and images are separate configs: the preset reads <split>_balanced_instructions and "
-              "joins <split>_balanced_images on imageId, which downloads that images config too (about 10 GB "
-              "for train); it needs data.streaming=false. data.split=validation reads val; test and "
+              "joins <split>_balanced_images on imageId, which downloads that images config too; it needs "
+              "data.streaming=false. data.split=validation reads val; test and "
               "challenge have no answers. data.config_name=<split>_all_instructions reads the unbalanced set.",
         derived={"image": "<split>_balanced_images: the image whose id is imageId"},
         split_alias={"validation": "val"},
@@ -233,16 +233,17 @@ def merged_columns(preset: Preset | None, user: ColumnsConfig) -> ColumnsConfig:
 
 def hub_source(path: str, cfg: DataConfig) -> Source:
     """The rows of ``hf:NAME`` in ``cfg.split`` (and ``cfg.config_name``), mapped by the preset."""
-    import datasets
-
     name = hub_name(path)
     if cfg.format not in ("auto", ""):
         raise UserError(f"data.format={cfg.format!r} does not apply to {path}: hf: paths are read by datasets.load_dataset; drop data.format")
     preset = find_preset(cfg.preset, name)
-    split = preset.split_alias.get(cfg.split, cfg.split) if preset else cfg.split
+    base, slice_ = re.fullmatch(r"([^\[]*)(.*)", cfg.split.strip()).groups()  # "validation[:100]"
+    if preset is not None:
+        base = preset.split_alias.get(base, base)
+    split = base + slice_
     config_name = cfg.config_name
     if config_name is None and preset is not None:
-        config_name = preset.config_per_split.format(split=split) if preset.config_per_split else preset.default_config
+        config_name = preset.config_per_split.format(split=base) if preset.config_per_split else preset.default_config
     if preset is not None and preset.images_config and cfg.streaming:
         raise UserError(f"{preset.title} ({preset.hub_id}) keeps its images in a separate config, which a stream cannot join; set data.streaming=false")
     _check_split(name, config_name, split, cfg.split, preset)
@@ -281,7 +282,7 @@ def _check_split(name: str, config_name: str | None, split: str, asked: str, pre
     wanted = [re.sub(r"\[.*\]$", "", part.strip()) for part in split.split("+")]
     missing = [w for w in wanted if available and w not in available]
     if missing:
-        raise _split_error(name, config_name, asked, split, available, preset)
+        raise _split_error(name, config_name, asked, split, available)
 
 
 def _load(name: str, config_name: str | None, split: str, streaming: bool, asked: str, preset: Preset | None) -> Any:
@@ -340,7 +341,7 @@ def _listed(text: str) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else []
 
 
-def _split_error(name: str, config_name: str | None, asked: str, split: str, available: list[str], preset: Preset | None) -> UserError:
+def _split_error(name: str, config_name: str | None, asked: str, split: str, available: list[str]) -> UserError:
     where = f"{name}" + (f" (config {config_name})" if config_name else "")
     shown = f"{asked!r}" + (f" (the Hub's {split!r})" if split != asked else "")
     return UserError(f"data.split={shown} is not a split of {where}; choose one of {', '.join(available)}")
@@ -360,17 +361,21 @@ def _user_error(e: Exception, name: str, config_name: str | None, asked: str, pr
         return UserError(f"{name} has several configs ({', '.join(configs)}); set data.config_name to one of them")
     if isinstance(e, ValueError) and "BuilderConfig" in text and "not found" in text:
         configs = _listed(text)
-        if preset is not None and preset.config_per_split and config_name and config_name == preset.config_per_split.format(split=split or asked):
-            suffix = preset.config_per_split.format(split="")
+        suffix = preset.config_per_split.format(split="") if preset is not None and preset.config_per_split else None
+        if suffix and config_name and config_name.endswith(suffix) and config_name[: -len(suffix)] == re.sub(r"\[.*", "", split or asked):
             splits = sorted(c[: -len(suffix)] for c in configs if c.endswith(suffix))
-            return UserError(f"data.split={asked!r} is not a split of {name} (each split is a config {preset.config_per_split}); choose one of {', '.join(splits)}")
+            return UserError(f"data.split={asked!r} is not a split of {name} (each split is a config {preset.config_per_split.format(split='<split>')}); choose one of {', '.join(splits)}")
         return UserError(f"data.config_name={config_name!r} is not a config of {name}; choose one of {', '.join(configs)}")
+    if isinstance(e, ValueError) and "Bad split" in text and "[" in (split or asked):
+        return UserError(f"data.split={asked!r}: a stream cannot be sliced; drop the [...] or set data.streaming=false")
     if isinstance(e, ValueError) and ("Unknown split" in text or "Bad split" in text):
-        return _split_error(name, config_name, asked, split or asked, _listed(text), preset)
+        return _split_error(name, config_name, asked, split or asked, _listed(text))
     if isinstance(e, ConnectionError) or (offline and isinstance(e, FileNotFoundError) and not Path(name).is_dir()):
         why = "offline mode is on (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) and it is not in the datasets cache" if offline else "no network"
         return UserError(f"cannot load hf:{name} from the Hugging Face Hub ({why}); check the name and the network, or download it once and set data.path=hf:<local folder>")
     if isinstance(e, FileNotFoundError) or type(e).__name__ in ("DatasetNotFoundError", "RepositoryNotFoundError"):
+        if "gated" in text:
+            return UserError(f"hf:{name} is gated on the Hugging Face Hub ({text[:200]}); accept its terms on the dataset page and log in (hf auth login)")
         if Path(name).is_dir():
             return UserError(f"folder {name} holds no data files datasets can read ({text[:200]}); lay it out as a Hub dataset (data/<split>-00000-of-00001.parquet)")
         return UserError(f"hf:{name} was not found on the Hugging Face Hub ({text[:200]}); check the name (owner/name), or log in for a gated or private dataset")
@@ -387,8 +392,8 @@ _ABSENT = {
     "answers": "[answer]",
     "answer_type": "inferred from the answers",
     "question_type": "inferred from the question's first words",
-    "question": "none: rows are skipped",
-    "image": "none: rows are skipped",
+    "question": "map yours with data.columns.question=NAME",
+    "image": "map yours with data.columns.image=NAME",
 }
 
 

@@ -313,9 +313,13 @@ class Phi3VisionAdapter(FamilyAdapter):
         return {} if cfg.num_crops is None else {"num_crops": cfg.num_crops}
 
     def load_processor(self, path: str, cfg):
+        from vqa_grpo.errors import UserError
         from vqa_grpo.models.phi3_v.processing import Phi3VProcessor
 
-        return Phi3VProcessor.from_pretrained(path, **self.processor_kwargs(cfg))
+        try:
+            return Phi3VProcessor.from_pretrained(path, **self.processor_kwargs(cfg))
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot load the Phi-3-vision processor of {path}: {e}") from None
 
 
 ADAPTERS: dict[str, type[FamilyAdapter]] = {

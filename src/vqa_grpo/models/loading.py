@@ -134,6 +134,7 @@ def _quantization(cfg: ModelConfig, device: torch.device) -> dict:
 
 def _from_pretrained(adapter: FamilyAdapter, base_path: str, cfg: ModelConfig, extra: dict):
     import transformers
+    from safetensors import SafetensorError
 
     auto = getattr(transformers, adapter.auto_model)
     try:
@@ -148,7 +149,7 @@ def _from_pretrained(adapter: FamilyAdapter, base_path: str, cfg: ModelConfig, e
         )
     except ImportError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "flash" in first.lower() or "flash" in cfg.attn_implementation:
+        if "flash" in first.lower():
             raise UserError(
                 f"model.attn_implementation={cfg.attn_implementation} cannot be used ({first}); "
                 "install flash-attn or set model.attn_implementation=sdpa"
@@ -156,9 +157,14 @@ def _from_pretrained(adapter: FamilyAdapter, base_path: str, cfg: ModelConfig, e
         where = "its remote code" if cfg.trust_remote_code else "it"
         raise UserError(f"cannot load {base_path}: {where} failed to import ({first})") from None
     except RuntimeError as e:  # a weight whose shape is not the config's
-        if "size mismatch" not in str(e) and "shape" not in str(e):
+        if "size mismatch" not in str(e):
             raise
         raise UserError(f"{base_path} has a misshaped weight: {_first_line(e)}; the checkpoint does not match its config.json") from None
+    except (OSError, SafetensorError) as e:  # a shard the index names is absent, a truncated file
+        raise UserError(
+            f"cannot read the weights of {base_path}: {_first_line(e)}; the checkpoint is incomplete "
+            "(download or save it again)"
+        ) from None
     if adapter.strict_weights:
         _check_weights(base_path, info)
     return model

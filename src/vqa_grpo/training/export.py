@@ -55,6 +55,8 @@ def write_model_card(out: Path, cfg: Config, mode: str, *, steps: int, n_train: 
         lines.append("None: the run had no evaluation split.")
     phi3_v = _saved_model_type(out) == "phi3_v"  # native in vqa-grpo: no remote code, its own processor
     remote = ", trust_remote_code=True" if cfg.model.trust_remote_code and not phi3_v else ""
+    if phi3_v:  # the hub's config.json asks for flash_attention_2: say which attention the run used
+        remote = f', attn_implementation="{cfg.model.attn_implementation}"'
     lines += ["", "## Loading", "", "```python"]
     if phi3_v:
         lines += ["import vqa_grpo.models.phi3_v  # Phi-3-vision, native: registers phi3_v with the auto classes"]

@@ -91,6 +91,8 @@ class Phi3VConfig(Phi3Config):
         """The official layout: ``rope_scaling`` with its ``type`` and ``rope_theta``, no ``rope_parameters``."""
         out = super().to_dict()
         out.pop("_official_rope_type", None)
+        if "dtype" in out:  # the official code (transformers 4.x) reads torch_dtype
+            out["torch_dtype"] = out["dtype"]
         rope = copy.deepcopy(out.pop("rope_parameters", None) or {})
         out["rope_theta"] = rope.pop("rope_theta", 10_000.0)
         kind = rope.pop("rope_type", "default")

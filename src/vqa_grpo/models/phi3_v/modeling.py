@@ -57,6 +57,10 @@ class Phi3VImageEmbedding(nn.Module):
         self.side = side // 2  # merged features per crop side: 12 for ViT-L/14-336
         self.crop_size = vision.image_size
         self.layer_idx = config.vision_layer_idx
+        tower = self.img_processor.vision_model
+        used = len(tower.encoder.layers) + 1 + self.layer_idx if self.layer_idx < 0 else self.layer_idx
+        for unused in [*tower.encoder.layers[used:], tower.post_layernorm]:  # never run: no gradient,
+            unused.requires_grad_(False)  # which DDP would otherwise wait for (the weights stay in the layout)
         self.glb_GN = nn.Parameter(torch.zeros(1, 1, 4 * dim))
         self.sub_GN = nn.Parameter(torch.zeros(1, 1, 1, 4 * dim))
         self.img_projection = nn.Sequential(
@@ -86,7 +90,8 @@ class Phi3VImageEmbedding(nn.Module):
     def forward(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
         """The projected image features of every image, concatenated: [sum of image tokens, hidden]."""
         B, V = pixel_values.shape[:2]
-        dtype = self.img_projection[0].weight.dtype
+        # The tower's own dtype (the projection's weight may be a quantized integer type).
+        dtype = self.img_processor.vision_model.embeddings.patch_embedding.weight.dtype
         s, S = self.side, self.crop_size
         crops = [(int(h) // S, int(w) // S) for h, w in image_sizes.tolist()]
         used = max(1 + h * w for h, w in crops)  # views past every image's crops are padding: not encoded

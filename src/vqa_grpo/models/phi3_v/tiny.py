@@ -22,16 +22,15 @@ TINY_VISION = dict(
 )
 
 
-def tiny_phi3_v_config(vocab_size: int, *, hidden: int = 64, layers: int = 2, vision: dict | None = None, eos: int,
-                       pad: int, bos: int):
+def tiny_phi3_v_config(vocab_size: int, *, hidden: int = 64, layers: int = 2, heads: int = 4,
+                       intermediate: int | None = None, vision: dict | None = None, eos: int, pad: int, bos: int):
     """A small Phi3VConfig; ``vision`` a CLIPVisionConfig dict (default: a 32-wide, 2-layer CLIP)."""
     from vqa_grpo.models.phi3_v.configuration import Phi3VConfig
 
-    heads = 4
     half = hidden // heads // 2
     vision = dict(vision or TINY_VISION)
     return Phi3VConfig(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate or 2 * hidden, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=131072,
         original_max_position_embeddings=4096, sliding_window=131072, bos_token_id=bos, eos_token_id=eos,
         pad_token_id=pad, architectures=["Phi3VForCausalLM"],
@@ -44,10 +43,12 @@ def tiny_phi3_v_config(vocab_size: int, *, hidden: int = 64, layers: int = 2, vi
 
 def build_tiny_phi3_v(
     out_dir: str | Path, *, seed: int = 0, words: list[str] | None = None, hidden: int = 64, layers: int = 2,
-    vision: dict | None = None, num_crops: int = 4,
+    vision: dict | None = None, num_crops: int = 4, full_text: bool = False,
 ) -> Path:
     """The tiny Phi-3-vision; ``vision`` and ``hidden``/``layers`` size it (benchmarks/grpo_step.py
-    builds a Phi-3-vision-shaped one: the real CLIP ViT-L/14-336, a reduced text model)."""
+    builds a Phi-3-vision-shaped one: the real CLIP ViT-L/14-336, a reduced text model).
+    ``full_text``: Phi-3-mini's text model instead (hidden 3072, 32 layers of 32 heads, MLP 8192,
+    the official 32,064-entry embedding; the tokenizer stays word-level)."""
     from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
@@ -63,8 +64,9 @@ def build_tiny_phi3_v(
         padding_side="left",
     )
     tokenizer.chat_template = CHAT_TEMPLATE
+    sizes = dict(hidden=3072, layers=32, heads=32, intermediate=8192) if full_text else dict(hidden=hidden, layers=layers)
     config = tiny_phi3_v_config(
-        raw.get_vocab_size(), hidden=hidden, layers=layers, vision=vision, eos=ids["<|endoftext|>"],
+        32064 if full_text else raw.get_vocab_size(), **sizes, vision=vision, eos=ids["<|endoftext|>"],
         pad=ids["<|endoftext|>"], bos=ids["<s>"],
     )
     torch.manual_seed(seed)
