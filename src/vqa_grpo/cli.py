@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default: 0)")
     synth.add_argument("--image-size", type=int, default=112, help="image side in pixels (default: 112)")
     insp = data.add_parser("inspect", help="load a data set and report kept rows and skips by reason")
-    insp.add_argument("path", help="data file or directory")
+    insp.add_argument("path", help="data file or directory, or hf:NAME (a Hub dataset: docs/data_hub.md)")
     insp.add_argument("--format", default=None, help="data format (default: inferred from the files)")
     insp.add_argument("--image-root", default=None, help="folder of relative image paths (default: the data file's folder)")
     insp.add_argument("--json", action="store_true", help="print one JSON object (default: a table)")
@@ -56,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = sub.add_parser("model", help="build models").add_subparsers(dest="model_command", required=True)
     tiny = model.add_parser("tiny", help="build a tiny randomly initialised VLM offline")
-    tiny.add_argument("--family", default="qwen2_vl", help="model family: qwen2_vl, qwen2_5_vl, llava, llava_next, "
-                      "idefics3, gemma3 or phi4_multimodal (default: qwen2_vl)")
+    tiny.add_argument("--family", default="qwen2_vl", help="(default: qwen2_vl) model family: qwen2_vl, qwen2_5_vl, "
+                      "llava, llava_next, idefics3, gemma3, phi4_multimodal or phi3_v")
     tiny.add_argument("--out", required=True, help="output directory (required)")
     tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default: 0)")
 
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="generate answers and write predictions.jsonl and metrics.json",
                         epilog=_config_help(), formatter_class=fmt)
     ev.add_argument("--model", required=True, help="model, checkpoint or LoRA adapter directory (required)")
-    ev.add_argument("--data", required=True, help="data file or directory to evaluate on (required)")
+    ev.add_argument("--data", required=True, help="data file or directory, or hf:NAME, to evaluate on (required)")
     ev.add_argument("--out", default=None, help="output directory (default: print only)")
     ev.add_argument("--config", default=None, help="YAML config file for eval.*/data.* settings (default: none)")
     ev.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. eval.batch_size=64")
