@@ -38,7 +38,8 @@ def train(cfg: Config, data: Data = None, *, reward_funcs=None, reward_weights: 
     callables (named by ``__name__``) or a dict name -> callable. Each is added to
     reward.components unless already named there; ``reward_weights`` then gives every
     component's weight (reward.weights), in order."""
-    return _run(_with_rewards(cfg, reward_funcs, reward_weights), "grpo", data, _named(reward_funcs))
+    named = _named(reward_funcs)
+    return _run(_with_rewards(cfg, named, reward_weights), "grpo", data, named)
 
 
 def sft(cfg: Config, data: Data = None):
@@ -73,14 +74,13 @@ def _named(reward_funcs) -> dict:
     return out
 
 
-def _with_rewards(cfg: Config, reward_funcs, weights: list[float] | None) -> Config:
-    """``cfg`` with the Python reward functions in reward.components and ``weights`` as reward.weights."""
+def _with_rewards(cfg: Config, named: dict, weights: list[float] | None) -> Config:
+    """``cfg`` with the (named) Python reward functions in reward.components and ``weights`` as reward.weights."""
     import dataclasses
 
     from vqa_grpo.config import _check_weights
     from vqa_grpo.errors import UserError
 
-    named = _named(reward_funcs)
     components = list(cfg.reward.components) + [n for n in named if n not in cfg.reward.components]
     weights = list(cfg.reward.weights) if weights is None else [float(w) for w in weights]
     if len(weights) != len(components):

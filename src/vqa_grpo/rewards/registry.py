@@ -79,11 +79,13 @@ def compute_rewards(
     under its short name; a None it returns adds nothing to that completion's total (NaN in
     ``parts``, as in TRL).
     """
-    from vqa_grpo.rewards.user import UserReward, resolve
+    from vqa_grpo.rewards.user import UserReward, example_columns, resolve
 
     components, weights = list(cfg.components), list(cfg.weights)
-    given = {k: v for k, v in (functions or {}).items() if not isinstance(v, UserReward)}
-    user = {**resolve(components, given), **{k: v for k, v in (functions or {}).items() if isinstance(v, UserReward)}}
+    functions = functions or {}
+    ready = {k: v for k, v in functions.items() if isinstance(v, UserReward)}  # resolved once per run (loop.run)
+    given = {k: v for k, v in functions.items() if not isinstance(v, UserReward)}
+    user = {**resolve([c for c in components if c not in ready], given), **ready}
     if user and (examples is None or len(examples) != len(predictions)):
         raise ValueError("compute_rewards: user reward functions need one example per prediction (examples=...)")
     unknown = [c for c in components if c not in REWARD_COMPONENTS and c not in user]
@@ -96,11 +98,12 @@ def compute_rewards(
 
     parts: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {}
+    columns = example_columns(examples) if user else None  # once for all the user functions
     for name in components:
         if name in user:
             fn = user[name]
             before = fn.seconds
-            parts[fn.name] = fn(predictions, examples)
+            parts[fn.name] = fn(predictions, examples, columns)
             seconds[fn.name] = fn.seconds - before
         elif name == "composite":
             comp = composite_batch(preds, refs, cfg.composite_weights)

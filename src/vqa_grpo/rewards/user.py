@@ -23,6 +23,7 @@ import math
 import numbers
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -72,9 +73,10 @@ class UserReward:
     func: Callable
     seconds: float = 0.0
 
-    def __call__(self, completions: Sequence[str], examples: Sequence[Any]) -> np.ndarray:
-        """Scores [N] (NaN where the function returned None); RewardFunctionError when it misbehaves."""
-        kwargs = example_columns(examples)
+    def __call__(self, completions: Sequence[str], examples: Sequence[Any], columns: dict | None = None) -> np.ndarray:
+        """Scores [N] (NaN where the function returned None); RewardFunctionError when it misbehaves.
+        ``columns``: ``example_columns(examples)``, when the caller has them already."""
+        kwargs = columns if columns is not None else example_columns(examples)
         t0 = time.perf_counter()
         try:
             out = self.func(completions=list(completions), prompts=kwargs["question"], **kwargs)
@@ -129,8 +131,6 @@ def example_columns(examples: Sequence[Any]) -> dict[str, list]:
 def image_reference(example: Any) -> str:
     """The image's path when it has one, else the example's id."""
     source = getattr(getattr(example, "image_loader", None), "source", None)
-    from pathlib import Path
-
     return str(source) if isinstance(source, (str, Path)) else example.id
 
 
@@ -148,7 +148,8 @@ def resolve(components: Sequence[str], given: dict[str, Callable] | None = None)
 
 def user_metrics(paths: Sequence[str], completions: Sequence[str], examples: Sequence[Any]) -> dict[str, np.ndarray]:
     """eval.metrics: each function's scores [N] of the raw answers (NaN where it returned None)."""
-    return {fn.name: fn(completions, examples) for fn in resolve(paths).values()}
+    columns = example_columns(examples)
+    return {fn.name: fn(completions, examples, columns) for fn in resolve(paths).values()}
 
 
 def _show(value: Any) -> str:

@@ -58,8 +58,9 @@ class Phi3VImageEmbedding(nn.Module):
         self.crop_size = vision.image_size
         self.layer_idx = config.vision_layer_idx
         tower = self.img_processor.vision_model
-        used = len(tower.encoder.layers) + 1 + self.layer_idx if self.layer_idx < 0 else self.layer_idx
-        for unused in [*tower.encoder.layers[used:], tower.post_layernorm]:  # never run: no gradient,
+        n = len(tower.encoder.layers)
+        self.used_layers = n + 1 + self.layer_idx if self.layer_idx < 0 else self.layer_idx  # hidden_states[idx]
+        for unused in [*tower.encoder.layers[self.used_layers :], tower.post_layernorm]:  # never run: no gradient,
             unused.requires_grad_(False)  # which DDP would otherwise wait for (the weights stay in the layout)
         self.glb_GN = nn.Parameter(torch.zeros(1, 1, 4 * dim))
         self.sub_GN = nn.Parameter(torch.zeros(1, 1, 1, 4 * dim))
@@ -71,10 +72,8 @@ class Phi3VImageEmbedding(nn.Module):
         """[N, 3, S, S] -> [N, side * side, 4 * dim]: the patch features of hidden state ``layer_idx``
         (the later layers are not run), 2x2-merged in raster order."""
         tower = self.img_processor.vision_model
-        layers = tower.encoder.layers
-        used = len(layers) + 1 + self.layer_idx if self.layer_idx < 0 else self.layer_idx
         h = tower.pre_layrnorm(tower.embeddings(views))
-        for layer in layers[:used]:
+        for layer in tower.encoder.layers[: self.used_layers]:
             h = layer(h, None)
         patches = h[:, 1:]  # no CLS
         N, L, C = patches.shape
