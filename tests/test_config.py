@@ -201,7 +201,7 @@ def test_the_error_says_what_is_allowed():
 
 # Values the config accepts today although nothing downstream can use them: each fails later,
 # after the model has loaded (and for eval.batch_size after the whole run), with a traceback.
-# Fix: add these checks to validate() in src/vqa_grpo/config.py.
+# Fix: add these checks to validate() in src/vqa_grpo/config_load.py.
 @pytest.mark.parametrize(
     "override, key",
     [

@@ -78,7 +78,7 @@ def _with_rewards(cfg: Config, named: dict, weights: list[float] | None) -> Conf
     """``cfg`` with the (named) Python reward functions in reward.components and ``weights`` as reward.weights."""
     import dataclasses
 
-    from vqa_grpo.config import _check_weights
+    from vqa_grpo.config_load import _check_weights
     from vqa_grpo.errors import UserError
 
     components = list(cfg.reward.components) + [n for n in named if n not in cfg.reward.components]

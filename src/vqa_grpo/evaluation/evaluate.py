@@ -62,7 +62,8 @@ def evaluate(model_dir: str, examples: list[VQAExample], cfg: Config, out_dir: s
     Under several processes (``accelerate launch``) each answers its share of the questions and
     rank 0 writes the outputs; every process returns the same metrics.
     """
-    from vqa_grpo.training.distributed import Dist, predict_sharded
+    from vqa_grpo.evaluation.sharded import predict_sharded
+    from vqa_grpo.training.distributed import Dist
 
     dist = Dist.from_env(cfg.train.device)
     device = dist.device(resolve_device(cfg.train.device))

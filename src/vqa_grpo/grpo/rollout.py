@@ -29,6 +29,7 @@ from vqa_grpo.grpo.math import group_advantages
 from vqa_grpo.grpo.sampling import RowwiseTemperatureTopP, row_sampling_params, sampling_logprobs
 from vqa_grpo.models.adapters import FamilyAdapter, PromptBatch
 from vqa_grpo.models import prefix as shared
+from vqa_grpo.models import prefix_sampling as sampling
 from vqa_grpo.models.generation import Completions, decode, generate
 from vqa_grpo.rewards import clean_answer, compute_rewards
 
@@ -87,7 +88,7 @@ def fused_prefill_reason(model, grpo: GRPOConfig, *, processes: int = 1, accumul
         (grpo.fuse_prefill == "off", "grpo.fuse_prefill=off"),
         (not shared.resolve(model, grpo.shared_prefix), "no shared prefix"),
         (shared.checkpointing_on(model), "gradient checkpointing drops the KV cache"),
-        (bool(shared.plain_only_settings(model.generation_config, True)), "the generation config needs transformers' generate"),
+        (bool(sampling.plain_only_settings(model.generation_config, True)), "the generation config needs transformers' generate"),
         (grpo.loss_type == "seed", "the seed's loss has no completion pass"),
         (grpo.num_iterations > 1, "grpo.num_iterations > 1"),
         (grpo.generation_backend != "transformers", "vLLM samples"),

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from vqa_grpo.models import prefix as shared
+from vqa_grpo.models import prefix_sampling as sampling
 from vqa_grpo.models.adapters import FamilyAdapter, PromptBatch
 
 
@@ -68,7 +69,7 @@ def generate(
     pad_id = processor.tokenizer.pad_token_id
     suppress = adapter.suppressed_token_ids(processor)
     if shared_prefix:
-        blocked = shared.plain_only_settings(model.generation_config, do_sample)
+        blocked = sampling.plain_only_settings(model.generation_config, do_sample)
         if blocked:
             shared._log_once(f"generation: plain path, the generation config sets {', '.join(blocked)}")
             shared_prefix = False
@@ -76,11 +77,11 @@ def generate(
     model.eval()
     try:
         if shared_prefix:
-            processors = shared.build_processors(
+            processors = sampling.build_processors(
                 model.generation_config, suppress, do_sample=do_sample, temperature=temperature, top_p=top_p,
                 logits_processor=logits_processor, device=prompts.input_ids.device,
             )
-            ids, scores = shared.sample_from_prefix(
+            ids, scores = sampling.sample_from_prefix(
                 model, prompts, group_size, max_new_tokens=max_new_tokens, processors=processors,
                 do_sample=do_sample, stop_ids=stop_ids, pad_id=pad_id, keep_scores=keep_scores, prefix=prefix,
             )

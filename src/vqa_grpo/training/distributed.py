@@ -1,5 +1,8 @@
 """The processes of a run, through accelerate, and FSDP2 sharding of the model.
 
+launch.py reads the launch environment, sharding.py holds the back-ends' helpers, and
+evaluation/sharded.py the evaluation that each process runs on its share.
+
 One process (plain ``vqa-grpo train``): :class:`Dist` is a no-op with rank 0 of 1. Several
 (``accelerate launch -m vqa_grpo.cli train ...``): accelerate sets up the process group (NCCL on
 GPUs, gloo on the CPU); this class asks it for rank, world size, reductions and gathers.
@@ -32,158 +35,37 @@ process x batch 2. Only rank 0 writes the run directory.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
-from dataclasses import dataclass
-from typing import Callable, Mapping, TypeVar
+from typing import Callable, TypeVar
 
 import torch
 
 from vqa_grpo.errors import UserError
+from vqa_grpo.training.launch import (  # noqa: F401  DeepSpeedSettings, FSDPSettings: imported from here too
+    DeepSpeedSettings,
+    FSDPSettings,
+    launch_deepspeed,
+    launch_fsdp,
+    launched_world_size,
+)
+from vqa_grpo.training.sharding import (  # noqa: F401  wrap_targets: imported from here too
+    _broadcast_from_rank0,
+    _check_deepspeed,
+    _gathered_state,
+    _gradient_sync_off,
+    _require_deepspeed,
+    _synced_and_gathered,
+    gathered_moments,
+    is_peft,
+    load_moments,
+    optimizer_names,
+    parameter_counts,
+    sharding_root,
+    wrap_targets,
+)
 
 T = TypeVar("T")
-
-
-def launched_world_size() -> int:
-    """Processes started by a launcher (accelerate launch, torchrun): WORLD_SIZE, else 1."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def _flag(env: Mapping[str, str], name: str, default: str = "false") -> bool:
-    return env.get(name, default).strip().lower() in ("true", "1", "yes")
-
-
-@dataclass(frozen=True)
-class FSDPSettings:
-    """The FSDP settings of the launch (accelerate exports its config's fsdp_config as ``FSDP_*``)."""
-
-    wrap_classes: tuple[str, ...]  # module class names sharded as their own unit; () = the model's _no_split_modules
-    wrap_layers: bool  # False (fsdp_auto_wrap_policy: NO_WRAP): the whole model is one unit
-    reshard_after_forward: bool  # free the gathered weights after each unit's forward (gather again in backward)
-    offload_params: bool  # keep the shards (and AdamW's moments) in CPU memory: CPUOffloadPolicy
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "FSDPSettings | None":
-        """The settings when the launch asks for FSDP (ACCELERATE_USE_FSDP), else None; a setting this
-        loop does not honour is a UserError naming the fix."""
-        if not _flag(env, "ACCELERATE_USE_FSDP"):
-            return None
-        fix = "in the accelerate config's fsdp_config (configs/accelerate/fsdp.yaml)"
-        if env.get("FSDP_VERSION", "1").strip() != "2":
-            raise UserError(f"fsdp_version={env.get('FSDP_VERSION', '1')}: vqa-grpo shards with FSDP2; set fsdp_version: 2 {fix}")
-        policy = env.get("FSDP_AUTO_WRAP_POLICY", "TRANSFORMER_BASED_WRAP").strip().upper()
-        if policy not in ("TRANSFORMER_BASED_WRAP", "NO_WRAP"):
-            raise UserError(f"fsdp_auto_wrap_policy={policy} is not supported; set fsdp_auto_wrap_policy: "
-                            f"TRANSFORMER_BASED_WRAP (one unit per layer class) {fix}")
-        kind = env.get("FSDP_STATE_DICT_TYPE", "FULL_STATE_DICT").strip().upper()
-        if kind != "FULL_STATE_DICT":
-            raise UserError(f"fsdp_state_dict_type={kind} is not supported (checkpoints are gathered into the "
-                            f"files of a 1-process run); set fsdp_state_dict_type: FULL_STATE_DICT {fix}")
-        refused = {
-            "FSDP_ACTIVATION_CHECKPOINTING": "set fsdp_activation_checkpointing: false and model.gradient_checkpointing=true in the run's config",
-            "FSDP_CPU_RAM_EFFICIENT_LOADING": f"set fsdp_cpu_ram_efficient_loading: false {fix} (every process loads the weights, then shards them)",
-            "FSDP_FORWARD_PREFETCH": f"set fsdp_forward_prefetch: false {fix}",
-        }
-        for name, advice in refused.items():
-            if _flag(env, name):
-                raise UserError(f"{name.lower().removeprefix('fsdp_')}=true is not supported under vqa-grpo's FSDP2; {advice}")
-        precision = env.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
-        if precision != "no":
-            raise UserError(f"accelerate mixed_precision={precision} is not applied under vqa-grpo's FSDP2; set "
-                            "mixed_precision: \"no\" in the accelerate config and train.mixed_precision=bf16 in the run's config")
-        classes = tuple(c.strip() for c in env.get("FSDP_TRANSFORMER_CLS_TO_WRAP", "").split(",") if c.strip())
-        return cls(classes, policy == "TRANSFORMER_BASED_WRAP", _flag(env, "FSDP_RESHARD_AFTER_FORWARD", "true"),
-                   _flag(env, "FSDP_OFFLOAD_PARAMS"))
-
-
-@dataclass(frozen=True)
-class DeepSpeedSettings:
-    """The DeepSpeed settings of the launch (accelerate exports its config's deepspeed_config as
-    ``ACCELERATE_DEEPSPEED_*`` and ``ACCELERATE_GRADIENT_*``)."""
-
-    stage: int  # ZeRO stage: 2 (gradients and AdamW's moments partitioned) or 3 (the weights as well)
-    accumulation: int | None  # gradient_accumulation_steps, when the accelerate config names it
-    clipping: float | None  # gradient_clipping, when the accelerate config names it
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "DeepSpeedSettings | None":
-        """The settings when the launch asks for DeepSpeed (ACCELERATE_USE_DEEPSPEED), else None; a
-        setting this loop does not honour is a UserError naming the fix."""
-        if not _flag(env, "ACCELERATE_USE_DEEPSPEED"):
-            return None
-        fix = "in the accelerate config's deepspeed_config (configs/accelerate/deepspeed_zero3.yaml)"
-        if env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "").strip():
-            raise UserError("deepspeed_config_file is not supported (vqa-grpo builds DeepSpeed's config from the run's "
-                            f"train.* settings); remove it and set zero_stage {fix}")
-        stage = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2").strip()
-        if stage not in ("2", "3"):
-            raise UserError(f"zero_stage={stage} is not supported; set zero_stage: 2 or 3 {fix}")
-        for where in ("OPTIMIZER", "PARAM"):
-            device = env.get(f"ACCELERATE_DEEPSPEED_OFFLOAD_{where}_DEVICE", "none").strip().lower()
-            if device not in ("", "none"):
-                raise UserError(f"offload_{where.lower()}_device={device} is not supported under vqa-grpo's DeepSpeed; set "
-                                f"offload_{where.lower()}_device: none {fix}, or use configs/accelerate/fsdp.yaml with "
-                                "fsdp_offload_params: true")
-        if _flag(env, "ACCELERATE_DEEPSPEED_ZERO3_INIT"):
-            raise UserError(f"zero3_init_flag=true is not supported (every process loads the weights, then ZeRO-3 "
-                            f"partitions them); set zero3_init_flag: false {fix}")
-        if env.get("ACCELERATE_DEEPSPEED_MOE_LAYER_CLS_NAMES", "").strip():
-            raise UserError(f"deepspeed_moe_layer_cls_names is not supported; remove it {fix}")
-        precision = env.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
-        if precision != "no":
-            raise UserError(f"accelerate mixed_precision={precision} is not applied under vqa-grpo's DeepSpeed; set "
-                            "mixed_precision: \"no\" in the accelerate config and train.mixed_precision=bf16 in the run's config")
-        accumulation = env.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "").strip()
-        clipping = env.get("ACCELERATE_GRADIENT_CLIPPING", "").strip().lower()
-        return cls(int(stage), int(accumulation) if accumulation else None,
-                   float(clipping) if clipping not in ("", "none", "auto") else None)
-
-    def config(self, train=None) -> dict:
-        """DeepSpeed's config for a model trained with ``train`` (config.TrainConfig; None: a model
-        that only runs forward). Every ZeRO-3 parameter is partitioned, however small."""
-        return {
-            "train_micro_batch_size_per_gpu": train.per_device_batch_size if train else 1,
-            "gradient_accumulation_steps": train.gradient_accumulation_steps if train else 1,
-            "gradient_clipping": train.max_grad_norm if train else 0.0,
-            "zero_optimization": {"stage": self.stage, "stage3_param_persistence_threshold": 0},
-            "zero_allow_untested_optimizer": True,
-            "steps_per_print": 2**62,
-        }
-
-
-@functools.cache
-def launch_deepspeed() -> DeepSpeedSettings | None:
-    """This process's DeepSpeed launch settings, read once (Dist.from_env then hides them from accelerate)."""
-    return DeepSpeedSettings.from_env(os.environ)
-
-
-@functools.cache
-def launch_fsdp() -> FSDPSettings | None:
-    """This process's launch settings, read once: Dist.from_env then hides them from accelerate
-    (a second Dist in the same process, e.g. evaluation after training, must see them too)."""
-    return FSDPSettings.from_env(os.environ)
-
-
-def sharding_root(model):
-    """The module FSDP's root unit is put on: the transformers model itself, also under a PEFT
-    wrapper (whose ``generate`` calls the inner model directly, bypassing the wrapper's forward)."""
-    if hasattr(model, "get_base_model"):
-        return model.get_base_model()
-    return model
-
-
-def wrap_targets(root, names: tuple[str, ...]) -> list[torch.nn.Module]:
-    """The submodules whose class is one of ``names`` (default: the model's ``_no_split_modules``),
-    outermost first; a UserError when a name is found nowhere in the model."""
-    wanted = names or tuple(getattr(root, "_no_split_modules", None) or ())
-    found = {type(m).__name__ for m in root.modules()}
-    missing = [n for n in wanted if n not in found]
-    if names and missing:
-        layers = sorted({type(m[0]).__name__ for m in root.modules() if isinstance(m, torch.nn.ModuleList) and len(m)})
-        raise UserError(f"fsdp_transformer_layer_cls_to_wrap={','.join(missing)}: no such module in {type(root).__name__}; "
-                        f"set it to its layer classes ({', '.join(layers)}) or remove the line to use the model's own")
-    return [m for m in root.modules() if type(m).__name__ in wanted and m is not root]
 
 
 class Dist:
@@ -337,7 +219,7 @@ class Dist:
         engine, zero, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.ds.config(train))
         self.engine = engine
         if resumed:
-            self._load_moments(zero, resumed)
+            load_moments(zero, self._params, resumed)
         return engine, zero
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -473,7 +355,7 @@ class Dist:
         1-process run (parameters numbered in the optimizer's order), None on the others; None without
         FSDP. Under DeepSpeed the same, gathered from ZeRO's partitions."""
         if self.ds is not None:
-            return self._gathered_moments(optimizer)
+            return gathered_moments(optimizer, self._params, self._groups, self.is_main)
         if self.fsdp is None:
             return None
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
@@ -484,41 +366,6 @@ class Dist:
         index = {name: i for i, name in enumerate(optimizer_names(model, optimizer))}
         return {"state": {index[k]: v for k, v in state["state"].items()},
                 "param_groups": [{**g, "params": [index[k] for k in g["params"]]} for g in state["param_groups"]]}
-
-    def _gathered_moments(self, zero) -> dict | None:
-        """AdamW's state in 1-process layout on rank 0, gathered from the partitions of the ZeRO
-        optimizer ``zero`` (a collective; None on the other ranks)."""
-        from deepspeed.utils import safe_get_full_optimizer_state
-
-        inner = zero.optimizer  # the torch AdamW stepping ZeRO's flat fp32 partitions
-        steps = [s["step"] for s in inner.state.values() if "step" in s]  # one count for all: none before the first step
-        state = {}
-        for i, p in enumerate(self._params if steps else []):
-            moments = {k: safe_get_full_optimizer_state(p, k) for k in ADAM_MOMENTS}
-            if self.is_main:
-                state[i] = {"step": steps[0].detach().cpu().clone(), **{k: v.detach().cpu().clone() for k, v in moments.items()}}
-        if not self.is_main:
-            return None
-        groups = [{**g, **{k: v for k, v in live.items() if k != "params"}} for g, live in zip(self._groups, inner.param_groups)]
-        return {"state": state, "param_groups": groups}
-
-    def _load_moments(self, zero, resumed: dict[int, dict]) -> None:
-        """AdamW's state ``resumed`` (parameter index in the optimizer's order -> its full state) into
-        the partitions of the ZeRO optimizer ``zero``; every rank passes the same."""
-        from deepspeed.utils import safe_set_full_optimizer_state
-
-        inner = zero.optimizer
-        step = next(iter(resumed.values()))["step"]
-        # The flat fp32 partitions AdamW steps (ZeRO-3 hands them to it only during its step), given
-        # AdamW's lazy start here so that they can be written.
-        flats = getattr(zero, "fp32_partitioned_groups_flat", None) or [p for g in inner.param_groups for p in g["params"]]
-        for flat in flats:
-            inner.state[flat] = {"step": step.clone(), **{k: torch.zeros_like(flat) for k in ADAM_MOMENTS}}
-        if hasattr(zero, "_lazy_init_hp_params_optimizer_state"):  # ZeRO-2: link each parameter to its fragment (DeepSpeed does this at its first step)
-            zero._lazy_init_hp_params_optimizer_state()
-        for i, p in enumerate(self._params):
-            for k in ADAM_MOMENTS:
-                safe_set_full_optimizer_state(p, resumed[i][k].to(p.device), k)
 
     def load_model_state(self, model, state: dict, strict: bool = True) -> None:
         """Copy the full ``state`` (the same on every rank) into the sharded ``model``: each rank keeps its shard."""
@@ -537,131 +384,3 @@ class Dist:
         set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
 
 
-ADAM_MOMENTS = ("exp_avg", "exp_avg_sq")
-
-
-def _require_deepspeed() -> None:
-    try:
-        import deepspeed  # noqa: F401
-    except ImportError:
-        raise UserError("the launch asks for DeepSpeed, which is not installed; pip install 'vqa-grpo[deepspeed]', "
-                        "or launch with configs/accelerate/fsdp.yaml") from None
-
-
-def _check_deepspeed(ds: DeepSpeedSettings, cfg) -> None:
-    """The accelerate config's DeepSpeed numbers must be the run's (DeepSpeed steps with the run's)."""
-    fix = "remove the line from the accelerate config's deepspeed_config (the run's value is used) or make them equal"
-    t = cfg.train
-    if ds.accumulation is not None and ds.accumulation != t.gradient_accumulation_steps:
-        raise UserError(f"gradient_accumulation_steps={ds.accumulation} in the accelerate config but "
-                        f"train.gradient_accumulation_steps={t.gradient_accumulation_steps}; {fix}")
-    if ds.clipping is not None and ds.clipping != t.max_grad_norm:
-        raise UserError(f"gradient_clipping={ds.clipping:g} in the accelerate config but train.max_grad_norm={t.max_grad_norm:g}; {fix}")
-    if cfg.model.quantization != "none":
-        raise UserError(f"model.quantization={cfg.model.quantization} is not supported under DeepSpeed; set "
-                        "model.quantization=none, or launch with configs/accelerate/ddp.yaml")
-
-
-def _gathered_state(model, is_main: bool) -> dict | None:
-    """The full state dict of the ZeRO-3 partitioned ``model`` in CPU memory on rank 0 (None on the
-    others), one parameter gathered at a time; a PEFT model's trainable (adapter) weights only, and
-    tied weights once, as save_pretrained writes a live model."""
-    import deepspeed
-
-    first = dict(model.named_parameters())
-    tied = {n for n, _ in model.named_parameters(remove_duplicate=False)} - set(first)
-    peft = is_peft(model)
-    out = {}
-    for name, t in model.state_dict(keep_vars=True).items():
-        if name in tied or (peft and not (name in first and first[name].requires_grad)):
-            continue
-        gather = deepspeed.zero.GatheredParameters([t]) if hasattr(t, "ds_id") else contextlib.nullcontext()
-        with gather:
-            if is_main:
-                out[name] = t.detach().cpu().clone()
-    return out if is_main else None
-
-
-def is_peft(model) -> bool:
-    return hasattr(model, "peft_config")
-
-
-def optimizer_names(model, optimizer) -> list[str]:
-    """The parameter names of ``optimizer``'s parameters, in its param_groups order."""
-    name = {id(p): n for n, p in model.named_parameters()}
-    return [name[id(p)] for g in optimizer.param_groups for p in g["params"]]
-
-
-def parameter_counts(model) -> tuple[int, int]:
-    """(elements this process holds, elements of the full model) over ``model``'s parameters."""
-    def held(p) -> int:
-        if hasattr(p, "ds_tensor"):  # ZeRO-3: this rank's partition (padded to equal parts)
-            return p.ds_tensor.numel()
-        return p.to_local().numel() if hasattr(p, "to_local") else p.numel()
-
-    params = list(model.parameters())
-    return sum(held(p) for p in params), sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in params)
-
-
-@torch.no_grad()
-def _broadcast_from_rank0(model) -> None:
-    import torch.distributed as tdist
-
-    for t in [*model.parameters(), *model.buffers()]:
-        tdist.broadcast(t.data, src=0)
-
-
-@contextlib.contextmanager
-def _synced_and_gathered(root, any_rank: Callable[[bool], bool]):
-    from vqa_grpo.models.prefix import synced_decoding
-
-    root.unshard()
-    try:
-        with synced_decoding(any_rank):
-            yield
-    finally:
-        root.reshard()
-
-
-@contextlib.contextmanager
-def _gradient_sync_off(root):
-    root.set_requires_gradient_sync(False)
-    try:
-        yield
-    finally:
-        root.set_requires_gradient_sync(True)
-
-
-def predict_sharded(dist: Dist, lm, examples: list, eval_cfg, device, *, progress: bool = False) -> list[str | None]:
-    """The raw answer to each example as ``eval_cfg`` (config.EvalConfig) asks (None where its image
-    fails to load), each process answering its share and all getting every answer, in order.
-
-    With sharded weights (FSDP, ZeRO-3) every generate call is a collective: the examples whose image fails
-    are dropped first (so that no rank skips a batch the others run), the shares are padded to
-    equal length and the ranks decode in step.
-    """
-    from vqa_grpo.models.generation import predict_answers
-
-    def answer(chunk: list) -> list[str | None]:
-        return predict_answers(
-            lm.model, lm.adapter, lm.processor, chunk,
-            batch_size=eval_cfg.batch_size, max_new_tokens=eval_cfg.max_new_tokens, device=device,
-            do_sample=eval_cfg.do_sample, temperature=eval_cfg.temperature, top_p=eval_cfg.top_p, progress=progress,
-        )
-
-    if not dist.sharded_forward:
-        return dist.map_sharded(answer, examples)
-    loads = dist.map_sharded(lambda chunk: [_image_loads(e) for e in chunk], examples)
-    with dist.decoding(lm.model):
-        texts = iter(dist.map_sharded(answer, [e for e, ok in zip(examples, loads) if ok]))
-    return [next(texts) if ok else None for ok in loads]
-
-
-def _image_loads(example) -> bool:
-    from vqa_grpo.data.types import BadExample
-
-    try:
-        example.load_image()
-    except BadExample:
-        return False
-    return True

@@ -35,7 +35,8 @@ from vqa_grpo.models.loading import LoadedModel, load_model, resolve_device
 from vqa_grpo.rewards import clean_answer, score_predictions
 from vqa_grpo.training.batches import Batches
 from vqa_grpo.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_model
-from vqa_grpo.training.distributed import Dist, predict_sharded
+from vqa_grpo.evaluation.sharded import predict_sharded
+from vqa_grpo.training.distributed import Dist
 from vqa_grpo.training.export import merge_adapter, write_model_card
 from vqa_grpo.training.faults import OOM_ADVICE, StopSignals, free_device_memory, is_oom
 from vqa_grpo.training.optim import make_optimizer, make_scheduler

@@ -54,7 +54,7 @@ def build_tiny_phi3_v(
 
     from vqa_grpo.models.phi3_v.modeling import Phi3VForCausalLM
     from vqa_grpo.models.phi3_v.processing import CHAT_TEMPLATE, Phi3VImageProcessor, Phi3VProcessor
-    from vqa_grpo.models.tiny import _save, _words, build_word_tokenizer
+    from vqa_grpo.models.tiny_parts import _save, _words, build_word_tokenizer
 
     raw = build_word_tokenizer(_words(words), PHI3_V_SPECIALS, unk="<unk>")
     ids = {t: raw.token_to_id(t) for t in PHI3_V_SPECIALS}

@@ -1,0 +1,177 @@
+"""What the GRPO step benchmark's parent and workers share (grpo_step.py): the settings, the
+model and data built offline, and the measuring of a worker's steps."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+METHODS = ("vqa_grpo", "trl", "seed_loop", "limit", "plain")
+PHI3_V_METHODS = ("vqa_grpo", "plain", "seed_loop")
+"""--model phi3-v: the library's step with and without the shared prefix, and the seed's loop."""
+
+
+@dataclasses.dataclass
+class Settings:
+    group_size: int = 8
+    image_size: int = 224
+    questions: int = 2
+    max_new_tokens: int = 8
+    steps: int = 10
+    warmup: int = 2
+    threads: int = 1
+    device: str = "cpu"
+    dtype: str = "fp32"
+    """fp32, or bf16 (weights and AdamW states in bf16 for every method: the GPU run)."""
+    model: str = "tiny"
+    """tiny: the ~1M-parameter Qwen2-VL of the tests; qwen2-vl-0.5b: the same architecture at ~0.5B
+    parameters (random weights); phi3-v: Phi-3-vision-shaped (the real CLIP ViT-L/14-336 tower,
+    Phi-3's text model at hidden 256, 2 layers; random weights); phi3-v-full: Phi-3-vision's real
+    size (4.2B, for a GPU); or the directory of an existing Qwen2-VL model, used as is."""
+    num_crops: int = 4
+    """phi3-v: the processor's crops per image (Phi-3-vision: 16; Phi-3.5-vision suggests 4)."""
+    lora: int = 0
+    """1: LoRA (r 16, the family's default targets) for vqa_grpo, plain and seed_loop."""
+    seed: int = 0
+    cudnn_attention: int = 1
+    """0: keep PyTorch's scaled-dot-product attention off its cuDNN kernels (every method alike)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Setup shared by every method: the model and the questions, built offline into a directory.
+
+
+def build_model(s: Settings, out: Path) -> Path:
+    """The Qwen2-VL of ``s.model``, random weights, with a processor that keeps ``s.image_size``
+    (an existing directory is used as it is)."""
+    from vqa_grpo.models.tiny import build_tiny_qwen2_vl
+
+    if Path(s.model).is_dir():
+        return Path(s.model)
+    if s.model.startswith("phi3-v"):
+        from vqa_grpo.models.phi3_v.configuration import CLIP_VIT_L14_336
+        from vqa_grpo.models.phi3_v.tiny import build_tiny_phi3_v
+
+        return build_tiny_phi3_v(out, seed=s.seed, hidden=256, layers=2, vision=CLIP_VIT_L14_336,
+                                 num_crops=s.num_crops, full_text=s.model == "phi3-v-full")
+    if s.model == "tiny":
+        path = build_tiny_qwen2_vl(out, seed=s.seed)
+    elif s.model == "qwen2-vl-0.5b":  # Qwen2-0.5B's text dimensions, a 20-block vision tower
+        path = build_tiny_qwen2_vl(out, seed=s.seed, hidden=896, layers=24, heads=14, vision_dim=1280,
+                                   vision_depth=20, vision_heads=16)
+    else:
+        raise SystemExit(f"--model {s.model}: choose tiny, qwen2-vl-0.5b or an existing model directory")
+    # The builder caps images at 224x224; let the larger benchmark images through unscaled.
+    cfg_path = path / "processor_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["image_processor"]["size"]["longest_edge"] = max(224, s.image_size) ** 2
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+    return path
+
+
+def build_data(s: Settings, out: Path) -> Path:
+    from vqa_grpo.data.synthetic import synthesize
+
+    return synthesize(out, n=s.questions * (s.warmup + s.steps), seed=s.seed, image_size=s.image_size).parent
+
+
+def load_examples(s: Settings, data_dir: Path):
+    """The examples in file order and their images, one list of B per step."""
+    from vqa_grpo.config import DataConfig
+    from vqa_grpo.data.loader import load_vqa
+
+    data = load_vqa(DataConfig(path=str(data_dir), eval_fraction=0.0), seed=s.seed)
+    rows = sorted(data.train, key=lambda e: e.id)
+    B = s.questions
+    return [(rows[i : i + B], [e.load_image() for e in rows[i : i + B]]) for i in range(0, B * (s.warmup + s.steps), B)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Measuring: median step time and peak memory in the worker process.
+
+
+class Meter:
+    """Peak memory of the measured steps, and host/device synchronisation around a step."""
+
+    def __init__(self, device):
+        import torch
+
+        self.torch, self.device = torch, device
+        self.base = 0
+
+    def start_measuring(self) -> None:
+        """Called after the warm-up: the peak is taken from here."""
+        torch = self.torch
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak resident size
+            self.base = _status_kib("VmRSS") * 1024
+
+    def peak_mib(self) -> float:
+        if self.device.type == "cuda":
+            return (self.torch.cuda.max_memory_allocated() - self.base) / 2**20
+        return (_status_kib("VmHWM") * 1024 - self.base) / 2**20
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize()
+
+
+# The worker's side of the protocol: lines starting with MARK on stdout are for the parent (the
+# libraries may print other lines); one line on stdin starts each step.
+MARK = "@@grpo_step "
+
+
+def say(obj) -> None:
+    print(MARK + json.dumps(obj), flush=True)
+
+
+def wait_for_turn(step: int, s: Settings, meter: Meter) -> None:
+    sys.stdin.readline()
+    if step == s.warmup:
+        meter.start_measuring()
+    meter.sync()
+
+
+def drive(s: Settings, meter: Meter, step_fn) -> dict:
+    """Run ``step_fn(i) -> completion tokens`` warmup + steps times, each when the parent says."""
+    say("ready")
+    tokens = []
+    for i in range(s.warmup + s.steps):
+        wait_for_turn(i, s, meter)
+        t0, c0 = time.perf_counter(), time.process_time()
+        tokens.append(step_fn(i))
+        meter.sync()
+        say({"t": time.perf_counter() - t0, "cpu": time.process_time() - c0})
+    return {"tokens": tokens[s.warmup :], "peak_mib": meter.peak_mib()}
+
+
+def _status_kib(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+# ----------------------------------------------------------------------------------------------
+# The four methods (each runs in its own worker process).
+
+
+def _grpo_cfg(s: Settings, shared_prefix: str):
+    from vqa_grpo.config import GRPOConfig
+
+    return GRPOConfig(num_generations=s.group_size, max_completion_length=s.max_new_tokens, temperatures=[1.0],
+                      top_ps=[1.0], beta=0.0, loss_type="dapo", shared_prefix=shared_prefix)
+
+
+def _optimizer(model):
+    from vqa_grpo.config import TrainConfig
+    from vqa_grpo.training.optim import make_optimizer
+
+    return make_optimizer([p for p in model.parameters() if p.requires_grad], TrainConfig(learning_rate=1e-5))

@@ -1,0 +1,220 @@
+"""Building a Config: the YAML file, the ``section.key=value`` overrides, type checks and the
+value checks of ``validate`` (config.py holds the dataclasses; ``config.load_config`` calls this)."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from vqa_grpo.config import Config, ConfigError
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file at ``path``, then ``section.key=value`` overrides; validated."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p} (give an existing YAML file to --config)")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            line = getattr(getattr(e, "problem_mark", None), "line", None)
+            where = f" at line {line + 1}" if line is not None else ""
+            raise ConfigError(f"config file {p} is not valid YAML{where}; fix its syntax") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections (model:, data:, ...)")
+        tree = loaded or {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. train.max_steps=10)")
+        _set_dotted(tree, key.strip(), _parse_value(raw))
+    cfg = _build(Config, tree, "")
+    validate(cfg)
+    return cfg
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        return raw
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {key}: {part} is a value, not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _build(cls: type, tree: Any, prefix: str) -> Any:
+    name = prefix.rstrip(".") or "config"
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{name} must be a mapping, got {type(tree).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(tree) - set(fields))
+    if unknown:
+        allowed = ", ".join(prefix + k for k in fields)
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]}; allowed here: {allowed}")
+    kwargs = {}
+    for key, value in tree.items():
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, tp, prefix + key)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is Literal:
+        if isinstance(value, bool) and ("on" if value else "off") in args:  # YAML 1.1 reads on/off as booleans
+            value = "on" if value else "off"
+        if value not in args:
+            raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(map(str, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            value = [value] if isinstance(value, (int, float, str)) and not isinstance(value, bool) else value
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "5e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def validate(cfg: Config) -> None:
+    """Impossible values, each with a one-line error naming the key and what is allowed."""
+    g, t, r, d = cfg.grpo, cfg.train, cfg.reward, cfg.data
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise ConfigError(msg)
+
+    need(g.num_generations >= 2, f"grpo.num_generations={g.num_generations}: must be >= 2 (a group needs two samples to compare)")
+    need(len(g.temperatures) >= 1 and all(x > 0 for x in g.temperatures), "grpo.temperatures: need one or more values > 0")
+    need(len(g.top_ps) >= 1 and all(0 < x <= 1 for x in g.top_ps), "grpo.top_ps: need one or more values in (0, 1]")
+    need(g.max_completion_length >= 1, "grpo.max_completion_length must be >= 1")
+    need(g.beta >= 0, f"grpo.beta={g.beta}: must be >= 0")
+    need(g.epsilon > 0, f"grpo.epsilon={g.epsilon}: must be > 0")
+    need(g.epsilon_high is None or g.epsilon_high > 0, "grpo.epsilon_high must be > 0 or null")
+    need(g.num_iterations >= 1, "grpo.num_iterations must be >= 1")
+    need(g.sft_coef >= 0, "grpo.sft_coef must be >= 0")
+    need(g.vllm_sync_steps >= 1, f"grpo.vllm_sync_steps={g.vllm_sync_steps}: must be >= 1")
+    need(0 < g.vllm_gpu_memory_utilization < 1, "grpo.vllm_gpu_memory_utilization must be in (0, 1)")
+    need(g.vllm_max_model_len >= 16, f"grpo.vllm_max_model_len={g.vllm_max_model_len}: must be >= 16")
+    need(g.vllm_is_cap >= 1, f"grpo.vllm_is_cap={g.vllm_is_cap}: must be >= 1 (1 clips every up-weighting)")
+    need(t.max_steps >= 1, f"train.max_steps={t.max_steps}: must be >= 1")
+    need(t.per_device_batch_size >= 1, "train.per_device_batch_size must be >= 1")
+    need(t.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps must be >= 1")
+    need(t.learning_rate >= 0, "train.learning_rate must be >= 0")
+    need(len(t.adam_betas) == 2 and all(0 <= b < 1 for b in t.adam_betas), "train.adam_betas: two values in [0, 1)")
+    need(min(t.save_steps, t.eval_steps, t.warmup_steps) >= 0, "train.save_steps, eval_steps, warmup_steps must be >= 0")
+    need(t.logging_steps >= 1, "train.logging_steps must be >= 1")
+    need(not t.merge_lora or cfg.model.lora, "train.merge_lora=true needs model.lora=true (a full fine-tune has nothing to merge)")
+    need(
+        t.save_steps % g.num_iterations == 0,
+        f"train.save_steps={t.save_steps} must be a multiple of grpo.num_iterations={g.num_iterations} "
+        "(a checkpoint inside a reused rollout could not resume exactly)",
+    )
+    from vqa_grpo.rewards.user import import_reward, is_import_path, short_name
+
+    for path in cfg.eval.metrics:
+        need(is_import_path(path), f"eval.metrics: {path!r} is not an import path; write it as package.module:function")
+        import_reward(path)
+    metrics = ("vqa_accuracy", "composite", "bleu1", "exact_match", "substring", "jaccard", "extractable", "semantic",
+               *(short_name(p) for p in cfg.eval.metrics))
+    need(t.eval_metric in metrics, f"train.eval_metric={t.eval_metric!r}: choose one of {', '.join(metrics)}")
+    need(0 <= d.eval_fraction < 1, f"data.eval_fraction={d.eval_fraction}: must be in [0, 1)")
+    need(0 <= d.max_skip_fraction <= 1, "data.max_skip_fraction must be in [0, 1]")
+    for key in ("max_train_samples", "max_eval_samples"):
+        v = getattr(d, key)
+        need(v is None or v >= 1, f"data.{key}={v}: must be >= 1 or null")
+    need(bool(d.split.strip()), "data.split is empty; name a split of the hf: dataset (e.g. train or validation)")
+    for key in ("eval_split", "config_name", "preset"):
+        v = getattr(d, key)
+        need(v is None or bool(v.strip()), f"data.{key} is empty; give a name or null")
+    from vqa_grpo.data.hub import check_preset_key  # late: data imports config
+
+    complaint = check_preset_key(d.preset)
+    need(complaint is None, complaint or "")
+    need(
+        not (d.path.startswith("hf:") and d.eval_path == d.path and (d.eval_split or d.split) == d.split),
+        f"data.eval_path is data.path with the same split {d.split!r}: the eval set would be the training set; "
+        "set data.eval_split (e.g. validation) or drop data.eval_path",
+    )
+    m, e = cfg.model, cfg.eval
+    need(m.lora_r >= 1, f"model.lora_r={m.lora_r}: must be >= 1")
+    need(m.lora_alpha > 0, f"model.lora_alpha={m.lora_alpha}: must be > 0")
+    need(0 <= m.lora_dropout < 1, f"model.lora_dropout={m.lora_dropout}: must be in [0, 1)")
+    need(m.num_crops is None or m.num_crops >= 1, f"model.num_crops={m.num_crops}: must be >= 1 or null")
+    need(m.quantization == "none" or m.lora, f"model.quantization={m.quantization} needs model.lora=true (quantized weights stay frozen)")
+    need(e.batch_size >= 1, f"eval.batch_size={e.batch_size}: must be >= 1")
+    need(e.max_new_tokens >= 1, f"eval.max_new_tokens={e.max_new_tokens}: must be >= 1")
+    need(e.temperature > 0, f"eval.temperature={e.temperature}: must be > 0")
+    need(0 < e.top_p <= 1, f"eval.top_p={e.top_p}: must be in (0, 1]")
+    need(e.bootstrap_samples >= 1, f"eval.bootstrap_samples={e.bootstrap_samples}: must be >= 1")
+    from vqa_grpo.rewards.registry import REWARD_COMPONENTS  # late: rewards import nothing of config
+    unknown = [c for c in r.components if c not in REWARD_COMPONENTS and not is_import_path(c)]
+    need(not unknown, f"reward.components: unknown {unknown[0] if unknown else ''!r}; choose from "
+                      f"{', '.join(REWARD_COMPONENTS)}, or name your own function as package.module:function")
+    for c in r.components:
+        if is_import_path(c):
+            import_reward(c)  # a typo in the path stops here, naming the module or attribute
+    need(len(r.components) >= 1, "reward.components: need at least one reward")
+    need(len(r.weights) == len(r.components), f"reward.weights has {len(r.weights)} values for {len(r.components)} reward.components; give one weight each")
+    _check_weights(r.weights, "reward.weights")
+    expected = {"bleu1", "exact_match", "substring", "jaccard", "extractable"}
+    need(set(r.composite_weights) == expected, f"reward.composite_weights: give exactly the keys {', '.join(sorted(expected))}")
+    _check_weights(list(r.composite_weights.values()), "reward.composite_weights")
+
+
+def _check_weights(weights: list[float], key: str) -> None:
+    if any(w < 0 for w in weights):
+        raise ConfigError(f"{key}: weights must be >= 0, got {weights}")
+    if abs(sum(weights) - 1.0) > 1e-6:
+        raise ConfigError(f"{key}: weights must sum to 1 (within 1e-6), got sum {sum(weights):.6g}")
