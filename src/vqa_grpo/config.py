@@ -158,6 +158,9 @@ class TrainConfig:
     """torch intra-op threads on the CPU; 0 keeps torch's default. Tiny models run fastest with 1."""
     eval_metric: str = "vqa_accuracy"
     """Metric that picks best/ (a key of metrics.json)."""
+    collective_timeout: int = 600
+    """Seconds a collective of several processes waits for a rank that hangs before the run stops
+    (torch's default is 30 minutes); allow for the longest save of a checkpoint."""
     max_bad_steps: int = 5
     """Stop after this many non-finite steps in a row."""
     progress: bool = True

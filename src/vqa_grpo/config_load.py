@@ -155,6 +155,7 @@ def validate(cfg: Config) -> None:
     need(len(t.adam_betas) == 2 and all(0 <= b < 1 for b in t.adam_betas), "train.adam_betas: two values in [0, 1)")
     need(min(t.save_steps, t.eval_steps, t.warmup_steps) >= 0, "train.save_steps, eval_steps, warmup_steps must be >= 0")
     need(t.logging_steps >= 1, "train.logging_steps must be >= 1")
+    need(t.collective_timeout >= 1, f"train.collective_timeout={t.collective_timeout}: must be >= 1 (seconds)")
     need(not t.merge_lora or cfg.model.lora, "train.merge_lora=true needs model.lora=true (a full fine-tune has nothing to merge)")
     need(
         t.save_steps % g.num_iterations == 0,

@@ -25,7 +25,7 @@ from vqa_grpo.errors import UserError
 from vqa_grpo.training import loop
 
 ROOT = Path(__file__).resolve().parents[2]
-TIMINGS = {"step_seconds", "rollout_seconds", "completion_tokens_per_second"}
+TIMINGS = {"step_seconds", "rollout_seconds", "completion_tokens_per_second", "rss_mib"}  # and memory
 
 
 def common(synth_dir, model_dir, out, *extra: str) -> list[str]:

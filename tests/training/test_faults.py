@@ -28,7 +28,7 @@ from vqa_grpo.errors import TrainingStopped
 from vqa_grpo.training import loop
 from vqa_grpo.training.checkpoint import list_checkpoints
 
-TIMINGS = {"step_seconds", "rollout_seconds", "completion_tokens_per_second"}
+TIMINGS = {"step_seconds", "rollout_seconds", "completion_tokens_per_second", "rss_mib"}  # and memory
 STEPS, SAVE_EVERY = 24, 4
 
 
@@ -109,7 +109,7 @@ KILL_IN_SAVE = """
 import os, signal, torch
 _save = torch.save
 def save(obj, f, *a, **k):  # die while checkpoint-8 is half written (its weights are already on disk)
-    if str(f).endswith(os.path.join(".tmp-checkpoint-8", "optimizer.pt")):
+    if str(getattr(f, "name", f)).endswith(os.path.join(".tmp-checkpoint-8", "optimizer.pt")):  # a path or a file
         os.kill(os.getpid(), signal.SIGKILL)
     return _save(obj, f, *a, **k)
 torch.save = save

@@ -27,7 +27,7 @@ from vqa_grpo.training.optim import lr_factor, make_optimizer, make_scheduler
 CHECKPOINT_FILES = {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json", "config.yaml"}
 # Every step of these runs is skipped, so the scheduler steps while the optimizer never does.
 NO_OPTIMIZER_STEP = pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before:UserWarning")
-TIMINGS = {"step_seconds", "rollout_seconds", "completion_tokens_per_second"}
+TIMINGS = {"step_seconds", "rollout_seconds", "completion_tokens_per_second", "rss_mib"}  # and memory
 
 RESUME_BUG = (
     "training/checkpoint.py load_checkpoint loads model.safetensors with safetensors' load_file into "

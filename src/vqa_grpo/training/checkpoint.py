@@ -15,16 +15,34 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vqa_grpo.errors import TrainingStopped
+from vqa_grpo.training.integrity import is_no_space, write_manifest
+
 STATE_FILE = "trainer_state.json"
 
 
-def save_model(model, processor, out: Path, state_dict: dict | None = None) -> None:
+def save_model(model, processor, out: Path, state_dict: dict | None = None, run_dir: Path | None = None) -> None:
     """Model (or adapter) and processor, written to ``.tmp-<name>`` and renamed to ``out``.
-    ``state_dict``: the full weights gathered from a sharded ``model`` (Dist.model_state)."""
+    ``state_dict``: the full weights gathered from a sharded ``model`` (Dist.model_state). A full
+    disk removes the half-written copy and raises TrainingStopped naming the last good checkpoint
+    of ``run_dir`` (default: ``out``'s parent)."""
     tmp = out.with_name(f".tmp-{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    _write_model(model, processor, tmp, state_dict)
+    try:
+        _write_model(model, processor, tmp, state_dict)
+    except Exception as e:
+        if not is_no_space(e):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise no_space(out.name, run_dir or out.parent) from e
     _replace(tmp, out)
+
+
+def no_space(what: str, run_dir: Path) -> TrainingStopped:
+    """The one-line stop of a save that ran out of space (exit 1; nothing half-written is left)."""
+    good = list_checkpoints(run_dir)
+    last = f"the last good checkpoint is {good[-1].name}" if good else "no checkpoint had been saved"
+    return TrainingStopped(f"no space left while saving {what} in {run_dir}; {last}", exit_code=1)
 
 
 def _write_model(model, processor, out: Path, state_dict: dict | None = None) -> None:
@@ -33,6 +51,12 @@ def _write_model(model, processor, out: Path, state_dict: dict | None = None) ->
     else:
         model.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
     processor.save_pretrained(out)
+
+
+def _save(obj, path: Path) -> None:
+    """``torch.save`` through a Python file, so that a full disk surfaces as the OSError it is."""
+    with path.open("wb") as f:
+        torch.save(obj, f)
 
 
 def _replace(tmp: Path, out: Path) -> None:
@@ -71,14 +95,17 @@ def save_checkpoint(run_dir: Path, step: int, model, processor, optimizer, sched
     Under several processes (``dist``) every rank calls it: under FSDP all first gather the full
     weights and optimizer state to rank 0 (the files are those of a 1-process run); rank 0 writes
     the weights, optimizer, scheduler and trainer state, each other rank its RNG states
-    (``rng-rank<r>.pt``), and rank 0 renames the directory once all have written.
+    (``rng-rank<r>.pt``), and rank 0 writes ``manifest.json`` and renames the directory once all
+    have written. A full disk on any rank removes the half-written directory and raises
+    TrainingStopped on every rank (the previous checkpoints stay as they were).
     """
     rank = dist.rank if dist is not None else 0
     final = run_dir / f"checkpoint-{step}"
     tmp = run_dir / f".tmp-checkpoint-{step}"
     weights = dist.model_state(model) if dist is not None else None
     moments = dist.optimizer_state(model, optimizer) if dist is not None else None
-    if rank == 0:
+
+    def main_files():
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         _write_model(model, processor, tmp, weights)
@@ -86,23 +113,45 @@ def save_checkpoint(run_dir: Path, step: int, model, processor, optimizer, sched
             from vqa_grpo.config import save_config
 
             save_config(config, tmp / "config.yaml")
-        torch.save(moments if moments is not None else optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(torch_rng_state(), tmp / "rng.pt")
+        _save(moments if moments is not None else optimizer.state_dict(), tmp / "optimizer.pt")
+        _save(scheduler.state_dict(), tmp / "scheduler.pt")
+        _save(torch_rng_state(), tmp / "rng.pt")
         world = dist.world if dist is not None else 1
         (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step, "world_size": world, "rng": rng_state()}))
-    if dist is not None:
-        dist.barrier()
-        if rank > 0:
-            torch.save({**torch_rng_state(), **rng_state()}, tmp / f"rng-rank{rank}.pt")
-        dist.barrier()
-    if rank == 0:
+
+    def finish():
+        write_manifest(tmp)
         _replace(tmp, final)
         for old in list_checkpoints(run_dir)[:-limit] if limit > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
-    if dist is not None:
-        dist.barrier()
+
+    _each_rank_writes(dist, tmp, f"checkpoint-{step}", run_dir, {0: main_files})
+    _each_rank_writes(dist, tmp, f"checkpoint-{step}", run_dir,
+                      {r: (lambda r=r: _save({**torch_rng_state(), **rng_state()}, tmp / f"rng-rank{r}.pt"))
+                       for r in range(1, dist.world if dist is not None else 1)})
+    _each_rank_writes(dist, tmp, f"checkpoint-{step}", run_dir, {0: finish})
     return final
+
+
+def _each_rank_writes(dist, tmp: Path, what: str, run_dir: Path, writers: dict) -> None:
+    """Run this rank's writer (if it has one), then agree over all ranks whether every write found
+    space (a collective: the barrier between the phases of a save). Out of space anywhere: the
+    half-written ``tmp`` is removed and every rank raises the same TrainingStopped."""
+    rank = dist.rank if dist is not None else 0
+    failed = None
+    if rank in writers:
+        try:
+            writers[rank]()
+        except Exception as e:
+            if not is_no_space(e):
+                raise
+            failed = e
+    if (dist.any(failed is not None) if dist is not None else failed is not None):
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if dist is not None:
+            dist.barrier()
+        raise no_space(what, run_dir) from failed
 
 
 def _model_class(model) -> type:

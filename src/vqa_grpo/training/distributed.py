@@ -81,8 +81,9 @@ class Dist:
         self._frozen: list = []  # engines of forward-only models (kept alive with their hooks)
 
     @classmethod
-    def from_env(cls, device: str = "auto") -> "Dist":
+    def from_env(cls, device: str = "auto", timeout_s: float = 600) -> "Dist":
         """accelerate's processes when a launcher started several (gloo on the CPU), else one process.
+        ``timeout_s``: how long a collective waits for a rank that hangs (train.collective_timeout).
 
         An FSDP launch is read here and accelerate is then started as a plain multi-process run
         (ACCELERATE_USE_FSDP=false for this process): the model is sharded by :meth:`shard`.
@@ -96,9 +97,13 @@ class Dist:
         fsdp = launch_fsdp()
         if fsdp is not None:
             os.environ["ACCELERATE_USE_FSDP"] = "false"
-        from accelerate import Accelerator
+        from datetime import timedelta
 
-        acc = Accelerator(cpu=device == "cpu" or not torch.cuda.is_available())
+        from accelerate import Accelerator
+        from accelerate.utils import InitProcessGroupKwargs
+
+        acc = Accelerator(cpu=device == "cpu" or not torch.cuda.is_available(),
+                          kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))])
         if acc.distributed_type.name in ("FSDP", "DEEPSPEED"):  # set up by code rather than the launcher
             raise UserError(f"accelerate's own {acc.distributed_type.name} is not supported by vqa-grpo's loop; "
                             "launch with configs/accelerate/fsdp.yaml or ddp.yaml")

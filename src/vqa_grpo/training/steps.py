@@ -99,8 +99,11 @@ class GRPOSteps:
     reward_funcs: dict | None = None  # the user's reward functions (rewards/user.UserReward by component)
 
     def step(self, cfg: Config, lm: LoadedModel, batches: Batches, device, step: int) -> dict:
-        """Sample new rollouts when the last ones are used up, then backward through them."""
-        if self.pending is None:
+        """Sample new rollouts when the last ones are used up, then backward through them. A step
+        that reuses rollouts (grpo.num_iterations > 1) sampled nothing: it logs no rollout_seconds
+        and no completion tokens (so no completion_tokens_per_second)."""
+        sampled = self.pending is None
+        if sampled:
             t0 = time.time()
             if self.vllm is not None and (self.pushed_at is None or step - self.pushed_at >= cfg.grpo.vllm_sync_steps):
                 self.vllm.push_weights(self.policy.model)
@@ -113,7 +116,10 @@ class GRPOSteps:
                 log_completions(self.samples_log, step + 1, self.pending.rollouts[0])
         with autocast(cfg, device):
             stats = grpo_backward(cfg, lm, self.pending, self.dist)
-        stats["rollout_seconds"] = self.rollout_seconds
+        if sampled:
+            stats["rollout_seconds"] = self.rollout_seconds
+        else:
+            stats.pop("completion_tokens", None)
         if self.pending.iteration == cfg.grpo.num_iterations:
             self.pending = None
         return stats

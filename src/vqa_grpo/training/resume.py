@@ -1,0 +1,71 @@
+"""Where a run starts: fresh, or from the newest intact checkpoint of its directory (or the one named).
+
+``train.resume=auto`` reads every ``checkpoint-<step>/`` newest first against its manifest.json
+(training/integrity.py) and takes the first that is whole, warning about each one it passes over; an
+explicit ``train.resume=PATH`` to a damaged checkpoint is a UserError naming the bad file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from vqa_grpo.config import Config
+from vqa_grpo.errors import UserError
+from vqa_grpo.training import integrity
+from vqa_grpo.training.checkpoint import STATE_FILE, list_checkpoints
+
+log = logging.getLogger("vqa_grpo.resume")
+
+
+def resume_path(cfg: Config, run_dir: Path, world: int, warn: bool = True) -> Path | None:
+    """The checkpoint to resume from (None: start fresh); ``world``: this run's number of processes.
+    ``warn``: log the checkpoints passed over (the main process does)."""
+    if cfg.train.resume is None:
+        return None
+    if cfg.train.resume == "auto":
+        found = _newest_intact(run_dir, warn)
+    else:
+        found = Path(cfg.train.resume)
+        if not (found / STATE_FILE).is_file():
+            raise UserError(f"train.resume={found} is not a checkpoint directory (it has no {STATE_FILE})")
+        problem = integrity.check(found)
+        if problem is not None:
+            raise UserError(f"train.resume={found} is damaged ({problem}); resume from another checkpoint, "
+                            "or train.resume=auto for the newest intact one")
+    if found is None:
+        return None
+    saved = json.loads((found / STATE_FILE).read_text()).get("world_size", 1)
+    if saved != world:
+        raise UserError(f"{found} was saved by {saved} processes, this run has {world}; "
+                        f"resume with {saved} processes (the data order and RNG states are per process)")
+    return found
+
+
+def _newest_intact(run_dir: Path, warn: bool) -> Path | None:
+    damaged = []
+    for ckpt in reversed(list_checkpoints(run_dir)):
+        problem = integrity.check(ckpt)
+        if problem is None:
+            if not integrity.has_manifest(ckpt) and warn:
+                log.warning("%s has no manifest.json (saved by an older vqa-grpo): resuming from it unchecked", ckpt)
+            if damaged and warn:
+                log.warning("resuming from %s, the newest intact checkpoint", ckpt.name)
+            return ckpt
+        damaged.append(f"{ckpt.name} ({problem})")
+        if warn:
+            log.warning("%s is damaged (%s); passing over it", ckpt, problem)
+    if damaged:
+        raise UserError(f"no intact checkpoint in {run_dir}: {'; '.join(damaged)}; remove the damaged ones "
+                        "to start over, or restore them")
+    return None
+
+
+def check_fresh(cfg: Config, run_dir: Path) -> None:
+    """A new run does not write into an old one (its logs, checkpoints and rotation would mix)."""
+    if cfg.train.resume is not None or not run_dir.is_dir():
+        return
+    if (run_dir / "metrics.jsonl").exists() or (run_dir / "final").exists() or list_checkpoints(run_dir):
+        raise UserError(f"train.output_dir={run_dir} already holds a run; continue it with train.resume=auto, "
+                        "or choose a new train.output_dir")
