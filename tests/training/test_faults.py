@@ -84,13 +84,6 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert [last[s] for s in range(1, STEPS + 1)] == step_lines(a)
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(synth_dir, tiny_model_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("full") / "run"
-    run_inline(overrides(synth_dir, tiny_model_dir, out))
-    return out
-
-
 @pytest.mark.slow
 def test_sigkill_at_a_random_step_then_resume_auto_is_bitwise_the_uninterrupted_run(
         uninterrupted, synth_dir, tiny_model_dir, tmp_path):
