@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingStopped as e:  # a checkpoint was saved; the message says where and how to go on
         if args.debug:
             raise
-        if _is_main_process():  # every rank stops alike; one says so
+        if _is_main_process() or e.every_rank:  # every rank stops alike; one says so
             print(f"stopped: {e}", file=sys.stderr)
         return e.exit_code
     except RewardFunctionError as e:  # during training: the last checkpoint on disk stays as it was

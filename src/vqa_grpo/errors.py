@@ -10,11 +10,14 @@ class UserError(Exception):
 
 
 class TrainingStopped(RuntimeError):
-    """The run stopped early after saving a checkpoint: a stop signal, or too many bad steps in a row."""
+    """The run stopped early: a stop signal or too many bad steps in a row (after saving a checkpoint),
+    a full disk during a save, or a collective that failed because another process died or hangs.
+    ``every_rank``: each process says it (its own view), not only rank 0."""
 
-    def __init__(self, message: str, exit_code: int):
+    def __init__(self, message: str, exit_code: int, every_rank: bool = False):
         super().__init__(message)
         self.exit_code = exit_code
+        self.every_rank = every_rank
 
 
 class RewardFunctionError(RuntimeError):

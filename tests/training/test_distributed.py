@@ -2,7 +2,8 @@
 --num_processes 2 -m vqa_grpo.cli ...` on the CPU (DDP over gloo), against one process in this one.
 
 2 processes x batch 1 must give the update of 1 process x batch 2 (within 1e-5 in fp32), the run
-directory must be written once (by rank 0), a resumed 2-process run must end bitwise as the
+directory must be written once (by rank 0), a run whose rank 1 is killed mid-step must stop
+within a minute with its last checkpoint intact and, resumed on 2 processes, end bitwise as the
 uninterrupted one, and `evaluate` on 2 processes must give the metrics of one.
 """
 
@@ -14,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,7 @@ from safetensors.torch import load_file
 
 from vqa_grpo.config import load_config
 from vqa_grpo.errors import UserError
-from vqa_grpo.training import loop
+from vqa_grpo.training import integrity, loop
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMINGS = {"step_seconds", "rollout_seconds", "completion_tokens_per_second", "rss_mib"}  # and memory
@@ -36,15 +38,17 @@ def common(synth_dir, model_dir, out, *extra: str) -> list[str]:
     ]
 
 
-def launch(command: str, args: list[str], processes: int = 2, config: str = "ddp") -> subprocess.CompletedProcess:
-    """``accelerate launch --config_file configs/accelerate/<config>.yaml -m vqa_grpo.cli <command> <args>``."""
+def launch(command: str, args: list[str], processes: int = 2, config: str = "ddp", check: bool = True,
+           env: dict | None = None) -> subprocess.CompletedProcess:
+    """``accelerate launch --config_file configs/accelerate/<config>.yaml -m vqa_grpo.cli <command> <args>``
+    (``env``: more environment variables; ``check``: assert that it exits 0)."""
     accelerate = Path(sys.executable).parent / "accelerate"
     cmd = [str(accelerate), "launch", "--config_file", str(ROOT / "configs" / "accelerate" / f"{config}.yaml"),
            "--num_processes", str(processes), "--main_process_port", str(free_port()), "-m", "vqa_grpo.cli", command, *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     errors = [line for line in done.stderr.splitlines() if "Error" in line or line.startswith("error:")]
-    assert done.returncode == 0, "\n".join(errors[:20]) + "\n" + done.stderr[-1500:]
+    assert done.returncode == 0 or not check, "\n".join(errors[:20]) + "\n" + done.stderr[-1500:]
     return done
 
 
@@ -98,17 +102,48 @@ def test_the_run_directory_is_written_once_with_every_rank_rng(two_processes):
     assert state["world_size"] == 2 and state["data"]["pos"] == 4 * 2  # 4 global batches of 2
 
 
+KILL_RANK_1 = """
+import os
+if os.environ.get("RANK") == "1":  # sitecustomize of the launched workers: rank 1 dies in its third micro-batch
+    import signal, time
+    from vqa_grpo.training import steps
+    _real, _calls = steps.sft_micro_loss, []
+    def sft_micro_loss(*args, **kwargs):
+        _calls.append(1)
+        if len(_calls) == 3:  # step 3, after checkpoint-2; rank 0 is then in the step's gradient all-reduce
+            open(os.environ["KILLED_AT"], "w").write(repr(time.time()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return _real(*args, **kwargs)
+    steps.sft_micro_loss = sft_micro_loss
+"""
+
+
 @pytest.mark.slow
-def test_a_two_process_resume_ends_bitwise_equal_and_needs_two_processes(two_processes, synth_dir, tiny_model_dir, tmp_path):
+def test_a_dead_rank_stops_the_other_within_a_minute_and_two_processes_resume_bitwise(
+        two_processes, synth_dir, tiny_model_dir, tmp_path):
     full, _ = two_processes
-    out = tmp_path / "resumed"
-    args = common(synth_dir, tiny_model_dir, out, "train.per_device_batch_size=1", f"train.resume={full / 'checkpoint-2'}")
+    out, hook = tmp_path / "run", tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILL_RANK_1)
+    args = common(synth_dir, tiny_model_dir, out, "train.per_device_batch_size=1", "train.collective_timeout=30")
+    path = os.pathsep.join([str(hook), *filter(None, [os.environ.get("PYTHONPATH")])])
+    done = launch("sft", args, check=False, env={"PYTHONPATH": path, "KILLED_AT": str(tmp_path / "killed_at")})
+    assert done.returncode != 0
+    assert time.time() - float((tmp_path / "killed_at").read_text()) < 60
+    said = [line for line in done.stderr.splitlines() if line.startswith("stopped: rank 0: a collective")]
+    assert len(said) == 1 and said[0].endswith(
+        f"another process died or hung; the last checkpoint is checkpoint-2 in {out}; "
+        "continue with train.resume=auto on 2 processes"), done.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-2", "config.yaml", "metrics.jsonl"]
+    assert integrity.check(out / "checkpoint-2") is None and [r["step"] for r in steps(out)] == [1, 2]
+
+    resume = [*args, "train.resume=auto"]
     with pytest.raises(UserError, match="saved by 2 processes, this run has 1"):
-        loop.run(load_config(None, args), "sft")
-    launch("sft", args)
+        loop.run(load_config(None, resume), "sft")
+    launch("sft", resume)
     a, b = final(full), final(out)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert steps(out) == steps(full)[2:]
+    assert steps(out) == steps(full)
 
 
 _RUNS: dict[str, Path] = {}  # runs shared with tests/training/test_fsdp.py (imported there), made once per session

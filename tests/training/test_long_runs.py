@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -210,3 +211,40 @@ def test_resident_memory_stays_flat_over_300_grpo_steps_with_eval_and_checkpoint
     assert result["logged_steps"] == list(range(25, 301, 25))
     assert 0 < min(result["rss_mib"])
     assert result["growth_after_warmup"] <= 0.05, result["rss_mib"]
+
+
+# ---- every sink of a resumed run holds what an uninterrupted run's would --------------------------
+
+
+def wandb_values(run_dir: Path, run_id: str, key: str) -> list[float]:
+    """The distinct values logged for ``key`` in an offline wandb run, in order (a history item in the
+    protobuf log: the key, then its value as JSON text; wandb 0.31 writes each one twice, with the
+    summary's update)."""
+    (log,) = (run_dir / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
+    data = log.read_bytes()
+    found = [float(data[m.end():m.end() + m.group(1)[0]])
+             for m in re.finditer(re.escape(key.encode()) + rb"\x82\x01(.)", data, re.S)]
+    return list(dict.fromkeys(found))
+
+
+@pytest.mark.slow
+def test_a_resume_past_steps_already_logged_starts_a_wandb_run_that_replays_the_kept_ones(
+        synth_dir, tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    args = overrides(synth_dir, tiny_model_dir, out, "train.save_steps=4", "train.lr_scheduler=constant",
+                     "train.warmup_steps=0", "train.report_to=wandb")
+    run_inline([*args, "train.max_steps=6"])  # as if killed after step 6: its last checkpoint is checkpoint-4
+    shutil.rmtree(out / "final")
+    first = (out / "wandb_run_id.txt").read_text().strip()
+    assert wandb_values(out, first, "loss") == [r["loss"] for r in step_lines(out)]
+    run_inline([*args, "train.max_steps=8", "train.resume=auto"])
+    second = (out / "wandb_run_id.txt").read_text().strip()
+    assert second != first
+    losses = [r["loss"] for r in step_lines(out)]  # steps 1-4 of the first run, 5-8 of the resumed one
+    assert len(losses) == 8
+    assert wandb_values(out, second, "loss") == losses
+    # A resume with nothing logged past its checkpoint continues that wandb run.
+    run_inline([*args, "train.max_steps=12", "train.resume=auto"])
+    assert (out / "wandb_run_id.txt").read_text().strip() == second

@@ -92,7 +92,8 @@ def peer_lost(exc: BaseException, rank: int, world: int, run_dir: Path) -> Train
     found = list_checkpoints(run_dir)
     last = f"the last checkpoint is {found[-1].name} in {run_dir}" if found else f"no checkpoint in {run_dir} yet"
     return TrainingStopped(f"rank {rank}: a collective of the {world} processes failed ({what}): another process "
-                           f"died or hung; {last}; continue with train.resume=auto on {world} processes", exit_code=1)
+                           f"died or hung; {last}; continue with train.resume=auto on {world} processes", exit_code=1,
+                           every_rank=True)
 
 
 def memory_stats(device: torch.device) -> dict[str, float]:

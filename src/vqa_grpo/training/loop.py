@@ -176,16 +176,13 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None, d
         state = load_checkpoint(resume, lm.model, optimizer, scheduler, dist.rank, dist=dist)
         batches.restore(state["data"])
         start = state["step"]
-        if dist.is_main:
-            truncate_log(run_dir / "completions.jsonl", start)
-    elif cfg.train.resume == "auto" and dist.is_main:  # killed before its first checkpoint: start over
-        for name in ("metrics.jsonl", "completions.jsonl"):
-            truncate_log(run_dir / name, 0)
+    if cfg.train.resume is not None and dist.is_main:  # (no checkpoint yet: start over from step 0)
+        truncate_log(run_dir / "completions.jsonl", start)
     wrapped, optimizer = dist.prepare(lm.model, optimizer, cfg.train)  # DeepSpeed: its engine and ZeRO optimizer
     if dist.world > 1 and dist.is_main:
         tqdm.write(f"{mode}: {dist.describe(lm.model)}", file=sys.stderr)
     train_lm = dataclasses.replace(lm, model=wrapped)
-    reporter = Reporter(run_dir, cfg, start) if dist.is_main else NullReporter()
+    reporter = Reporter(run_dir, cfg, start, resumed=cfg.train.resume is not None) if dist.is_main else NullReporter()
     s = Session(cfg, lm, train_lm, dist, device, run_dir, optimizer, scheduler, batches, state, reporter, start)
     samples_log = (run_dir / "completions.jsonl").open("a") if mode == "grpo" and dist.is_main else None
     grpo = GRPOSteps(ref, samples_log, lm, dist, vllm, reward_funcs=user_rewards) if mode == "grpo" else None
