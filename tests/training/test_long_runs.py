@@ -78,6 +78,18 @@ def test_resume_auto_passes_over_a_damaged_checkpoint_to_the_newest_intact_one(
     assert integrity.check(out / "checkpoint-24") is None
 
 
+@pytest.mark.slow
+def test_a_checkpoint_without_a_manifest_resumes_unchecked_with_a_warning(
+        uninterrupted, synth_dir, tiny_model_dir, tmp_path, caplog):
+    out = copy_without_final(uninterrupted, tmp_path)
+    (out / "checkpoint-24" / "manifest.json").unlink()  # as an older vqa-grpo wrote it
+    with caplog.at_level(logging.WARNING, logger="vqa_grpo.resume"):
+        run_inline(overrides(synth_dir, tiny_model_dir, out, "train.resume=auto"))
+    assert f"{out / 'checkpoint-24'} has no manifest.json (saved by an older vqa-grpo): resuming from it unchecked" in caplog.text
+    a, b = final_weights(uninterrupted), final_weights(out)  # step 24 of 24: final/ is checkpoint-24's weights
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_an_explicit_resume_from_a_damaged_checkpoint_is_exit_2(uninterrupted, synth_dir, tiny_model_dir, tmp_path, capsys):
     out = copy_without_final(uninterrupted, tmp_path)
     problem = damage(out / "checkpoint-20" / "scheduler.pt", "altered")

@@ -65,7 +65,7 @@ def evaluate(model_dir: str, examples: list[VQAExample], cfg: Config, out_dir: s
     from vqa_grpo.evaluation.sharded import predict_sharded
     from vqa_grpo.training.distributed import Dist
 
-    dist = Dist.from_env(cfg.train.device)
+    dist = Dist.from_env(cfg.train.device, cfg.train.collective_timeout)
     device = dist.device(resolve_device(cfg.train.device))
     if cfg.train.cpu_threads > 0:
         import torch
