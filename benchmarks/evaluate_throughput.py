@@ -34,7 +34,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000, help="questions (default: 2000)")
     parser.add_argument("--batch-size", type=int, default=64, help="eval.batch_size (default: 64)")
-    parser.add_argument("--max-new-tokens", type=int, default=16, help="eval.max_new_tokens (default: 16, the config default)")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=16, help="eval.max_new_tokens (default: 16, the config default)"
+    )
     parser.add_argument("--repeat", type=int, default=2, help="timed warm calls after the cold one (default: 2)")
     parser.add_argument("--check", action="store_true", help=f"exit 1 below {TARGET:.0f} questions/s")
     args = parser.parse_args()
@@ -57,8 +59,11 @@ def main() -> int:
         data = synthesize(Path(tmp) / "data", n=args.n, seed=0).parent
         model = build_tiny("qwen2_vl", Path(tmp) / "model", seed=0)
         overrides = [
-            "train.device=cpu", "train.cpu_threads=1", "train.progress=false",
-            f"eval.batch_size={args.batch_size}", f"eval.max_new_tokens={args.max_new_tokens}",
+            "train.device=cpu",
+            "train.cpu_threads=1",
+            "train.progress=false",
+            f"eval.batch_size={args.batch_size}",
+            f"eval.max_new_tokens={args.max_new_tokens}",
         ]
         cfg = load_config(None, overrides)
         examples, _ = load_examples(str(data), cfg.data)
@@ -70,15 +75,20 @@ def main() -> int:
     n = metrics["n"]
     cold, warm = runs[0], min(runs[1:] or runs)
     rate = n / warm[0]
-    print(f"python {sys.version.split()[0]}, torch {torch.__version__}, transformers {transformers.__version__}; "
-          f"one core, one thread; semantic metric {'on' if semantic_available() else 'off'}")
+    print(
+        f"python {sys.version.split()[0]}, torch {torch.__version__}, transformers {transformers.__version__}; "
+        f"one core, one thread; semantic metric {'on' if semantic_available() else 'off'}"
+    )
     print(f"same as: vqa-grpo evaluate --model TINY --data SYNTH_{args.n} --out DIR {' '.join(overrides)}")
     print(f"{n} questions, batch {args.batch_size}, {args.max_new_tokens} new tokens per answer")
     cold_label = "cold (first call: imports, model and semantic-model loading):"
     warm_label = f"warm (best of {len(runs) - 1 or 1}):"
     width = max(len(cold_label), len(warm_label))
     print(f"{cold_label:<{width}} {cold[0]:6.2f} s, {n / cold[0]:5.0f} questions/s")
-    print(f"{warm_label:<{width}} {warm[0]:6.2f} s, {rate:5.0f} questions/s ({n / warm[1]:.0f} per CPU second of this process)")
+    print(
+        f"{warm_label:<{width}} {warm[0]:6.2f} s, {rate:5.0f} questions/s ({n / warm[1]:.0f} per CPU second of this "
+        "process)"
+    )
     print(f"target {TARGET:.0f} questions/s (warm): {'met' if rate >= TARGET else 'NOT met'}")
     return 1 if args.check and rate < TARGET else 0
 

@@ -106,8 +106,13 @@ def measure(s: Settings, methods=METHODS) -> dict:
             measured = times[m][s.warmup :]
             step = statistics.median(measured)
             tokens = statistics.median(final.pop("tokens")) if final.get("tokens") else float("nan")
-            results[m] = {"step_s": step, "cpu_s": statistics.median(cpu[m][s.warmup :]), "tokens_per_s": tokens / step,
-                          **final, "step_s_all": measured}
+            results[m] = {
+                "step_s": step,
+                "cpu_s": statistics.median(cpu[m][s.warmup :]),
+                "tokens_per_s": tokens / step,
+                **final,
+                "step_s_all": measured,
+            }
         return report(s, results, model_dir)
 
 
@@ -115,12 +120,23 @@ class Worker:
     """One method in its own process, driven a step at a time over stdin/stdout."""
 
     def __init__(self, method: str, s: Settings, model_dir: Path, data_dir: Path, tmp: Path):
-        cmd = [sys.executable, __file__, "--worker", method, "--settings", json.dumps(dataclasses.asdict(s)),
-               "--model-dir", str(model_dir), "--data-dir", str(data_dir)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            method,
+            "--settings",
+            json.dumps(dataclasses.asdict(s)),
+            "--model-dir",
+            str(model_dir),
+            "--data-dir",
+            str(data_dir),
+        ]
         env = {**os.environ, "OMP_NUM_THREADS": str(s.threads), "TOKENIZERS_PARALLELISM": "false"}
         self.stderr_path = tmp / f"{method}.stderr"
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-                                     stderr=self.stderr_path.open("w"))
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, stderr=self.stderr_path.open("w")
+        )
         self.error: str | None = None
 
     def _read(self):
@@ -166,18 +182,28 @@ def report(s: Settings, results: dict, model_dir: Path) -> dict:
     cfg = AutoConfig.from_pretrained(model_dir)
     out = {f"{m}_step_s": step(m) for m in METHODS}
     out.update({f"{m}_cpu_s": step(m, "cpu_s") for m in METHODS})
-    out.update({
-        "settings": {**dataclasses.asdict(s), "image_tokens": _image_tokens(model_dir, s.image_size),
-                     "model_parameters": _count_parameters(model_dir)},
-        "methods": results,
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
-                    "gpu": torch.cuda.get_device_name(0) if s.device == "cuda" else None,
-                    "python": platform.python_version()},
-        "model_type": cfg.model_type,
-    })
+    out.update(
+        {
+            "settings": {
+                **dataclasses.asdict(s),
+                "image_tokens": _image_tokens(model_dir, s.image_size),
+                "model_parameters": _count_parameters(model_dir),
+            },
+            "methods": results,
+            "machine": {
+                "cpu": _cpu_name(),
+                "cores": os.cpu_count(),
+                "torch": torch.__version__,
+                "gpu": torch.cuda.get_device_name(0) if s.device == "cuda" else None,
+                "python": platform.python_version(),
+            },
+            "model_type": cfg.model_type,
+        }
+    )
     out["ratios"] = {  # wall-clock medians; *_cpu: the same with each step's process CPU time
         f"vqa_grpo_over_{m}{suffix}": ratio("vqa_grpo", m, key)
-        for suffix, key in (("", "step_s"), ("_cpu", "cpu_s")) for m in ("trl", "limit", "seed_loop", "plain")
+        for suffix, key in (("", "step_s"), ("_cpu", "cpu_s"))
+        for m in ("trl", "limit", "seed_loop", "plain")
     }
     return out
 
@@ -222,19 +248,25 @@ def _cpu_name() -> str:
 
 def print_table(out: dict) -> None:
     s = out["settings"]
-    print(f"GRPO step: {s['questions']} questions x G={s['group_size']}, {s['image_size']} px images "
-          f"({s['image_tokens']} image tokens), <= {s['max_new_tokens']} new tokens, {s['dtype']} on {s['device']}, "
-          f"{s['threads']} thread(s); median of {s['steps']} steps after {s['warmup']} warm-up")
-    print(f"model: {out['model_type']} ({s['model']}, {s['model_parameters']:,} parameters); "
-          f"machine: {out['machine']['gpu'] or out['machine']['cpu']}")
+    print(
+        f"GRPO step: {s['questions']} questions x G={s['group_size']}, {s['image_size']} px images "
+        f"({s['image_tokens']} image tokens), <= {s['max_new_tokens']} new tokens, {s['dtype']} on {s['device']}, "
+        f"{s['threads']} thread(s); median of {s['steps']} steps after {s['warmup']} warm-up"
+    )
+    print(
+        f"model: {out['model_type']} ({s['model']}, {s['model_parameters']:,} parameters); "
+        f"machine: {out['machine']['gpu'] or out['machine']['cpu']}"
+    )
     print(f"{'method':<11} {'step (ms)':>10} {'CPU (ms)':>9} {'tokens/s':>9} {'peak (MiB)':>11}")
     for m in METHODS:
         r = out["methods"].get(m, {})
         if "error" in r:
             print(f"{m:<11} {r['error']}")
         elif r:
-            print(f"{m:<11} {1000 * r['step_s']:>10.1f} {1000 * r['cpu_s']:>9.1f} {r['tokens_per_s']:>9.0f} "
-                  f"{r['peak_mib']:>11.1f}")
+            print(
+                f"{m:<11} {1000 * r['step_s']:>10.1f} {1000 * r['cpu_s']:>9.1f} {r['tokens_per_s']:>9.0f} "
+                f"{r['peak_mib']:>11.1f}"
+            )
     for k, v in out["ratios"].items():
         if v is not None:
             print(f"{k}: {v:.3f}")
@@ -253,7 +285,8 @@ def sweep(base: Settings, sizes=(112, 224, 448), groups=(4, 8, 16), methods=METH
 
 
 SWEEP_HEADER = (
-    "| image px (tokens) | G | vqa-grpo (ms) | TRL (ms) | seed loop (ms) | limit (ms) | TRL / vqa-grpo | vqa-grpo / limit |\n"
+    "| image px (tokens) | G | vqa-grpo (ms) | TRL (ms) | seed loop (ms) | limit (ms) "
+    "| TRL / vqa-grpo | vqa-grpo / limit |\n"
     "|---|---|---|---|---|---|---|---|"
 )
 
@@ -265,9 +298,13 @@ def _sweep_row(out: dict) -> str:
         return f"{1000 * v:.0f}" if v else "n/a"
 
     ours, trl_s, limit = out["vqa_grpo_step_s"], out["trl_step_s"], out["limit_step_s"]
-    return (f"| {s['image_size']} ({s['image_tokens']}) | {s['group_size']} | {ms(ours)} | {ms(trl_s)} | "
-            f"{ms(out['seed_loop_step_s'])} | {ms(limit)} | "
-            f"{trl_s / ours:.1f}x | {ours / limit:.2f}x |" if ours and trl_s and limit else "| n/a |")
+    return (
+        f"| {s['image_size']} ({s['image_tokens']}) | {s['group_size']} | {ms(ours)} | {ms(trl_s)} | "
+        f"{ms(out['seed_loop_step_s'])} | {ms(limit)} | "
+        f"{trl_s / ours:.1f}x | {ours / limit:.2f}x |"
+        if ours and trl_s and limit
+        else "| n/a |"
+    )
 
 
 def _ints(text: str, flag: str) -> tuple[int, ...]:
@@ -283,8 +320,15 @@ def main(argv=None) -> None:
         p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--sweep", action="store_true", help="G in 4, 8, 16 x images of 112, 224, 448 px: a markdown table")
-    p.add_argument("--methods", default=None, help="comma-separated subset of " + ", ".join(METHODS)
-                   + " (default: all but plain; with --model phi3-v: " + ", ".join(PHI3_V_METHODS) + ")")
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated subset of "
+        + ", ".join(METHODS)
+        + " (default: all but plain; with --model phi3-v: "
+        + ", ".join(PHI3_V_METHODS)
+        + ")",
+    )
     p.add_argument("--sizes", default="112,224,448", help="--sweep: image sizes (px), comma-separated")
     p.add_argument("--groups", default="4,8,16", help="--sweep: group sizes G, comma-separated")
     p.add_argument("--worker", help=argparse.SUPPRESS)

@@ -79,17 +79,28 @@ def main() -> None:
         for key, label in SETTINGS.items():
             for shared in (True, False):
                 est = per_gpu(m, key, a.gpus, a.beta, a.batch, a.G, a.C, shared)
-                rows.append({"model": name, "setting": label, "shared_prefix": shared, **{k: round(v, 1) for k, v in est.items()}})
+                rows.append(
+                    {
+                        "model": name,
+                        "setting": label,
+                        "shared_prefix": shared,
+                        **{k: round(v, 1) for k, v in est.items()},
+                    }
+                )
     if a.json:
         print(json.dumps({"gpus": a.gpus, "batch": a.batch, "G": a.G, "C": a.C, "beta": a.beta, "rows": rows}))
         return
-    print(f"GiB per GPU; {a.gpus} GPUs where sharded; {a.batch} questions x G={a.G} x {a.C} new tokens; "
-          f"KL reference {'counted' if a.beta else 'off (beta = 0)'}")
+    print(
+        f"GiB per GPU; {a.gpus} GPUs where sharded; {a.batch} questions x G={a.G} x {a.C} new tokens; "
+        f"KL reference {'counted' if a.beta else 'off (beta = 0)'}"
+    )
     print(f"{'model':36} {'setting':48} {'weights':>8} {'grads':>6} {'adamw':>6} {'ref':>5} {'kv':>9} {'total':>6}")
     for r in rows:
         kv = f"{r['kv_cache']:.1f}{'' if r['shared_prefix'] else ' (x G)'}"
-        print(f"{r['model']:36} {r['setting']:48} {r['weights']:8.1f} {r['grads']:6.1f} {r['adamw']:6.1f} "
-              f"{r['reference']:5.1f} {kv:>9} {r['total']:6.1f}")
+        print(
+            f"{r['model']:36} {r['setting']:48} {r['weights']:8.1f} {r['grads']:6.1f} {r['adamw']:6.1f} "
+            f"{r['reference']:5.1f} {kv:>9} {r['total']:6.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -51,7 +51,9 @@ def main(argv=None) -> None:
         def step(i: int) -> list[float]:
             examples, images = steps[i]
             t = [time.perf_counter()]
-            ro = make_rollout(lm.model, lm.adapter, lm.processor, examples, images, grpo, reward, device, keep_prefill=keep)
+            ro = make_rollout(
+                lm.model, lm.adapter, lm.processor, examples, images, grpo, reward, device, keep_prefill=keep
+            )
             sync(), t.append(time.perf_counter())
             loss, _ = grpo_objective(lm.model, lm.adapter, lm.processor, ro, grpo)
             loss.backward()
@@ -63,8 +65,10 @@ def main(argv=None) -> None:
 
         phases = [step(i) for i in range(2 + a.steps)][2:]
         median = [statistics.median(x[k] for x in phases) for k in range(3)]
-        print(f"median of {a.steps} steps (ms): rollout {median[0]:.1f}, loss + backward {median[1]:.1f}, "
-              f"optimiser {median[2]:.1f}, total {sum(median):.1f}")
+        print(
+            f"median of {a.steps} steps (ms): rollout {median[0]:.1f}, loss + backward {median[1]:.1f}, "
+            f"optimiser {median[2]:.1f}, total {sum(median):.1f}"
+        )
         from torch.profiler import ProfilerActivity, profile
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -75,7 +79,9 @@ def main(argv=None) -> None:
         if device.type == "cuda":
             kernels = [e for e in events if not getattr(e, "is_user_annotation", False)]  # not the ranges
             busy = sum(e.self_device_time_total for e in kernels) / 1000
-            launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx"))
+            launches = sum(
+                e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx")
+            )
             print(f"profiled step: device busy {busy:.1f} ms; {launches} kernel launches")
 
 

@@ -22,8 +22,8 @@ from vqa_grpo.rewards.composite import composite_batch, composite_reward
 from vqa_grpo.rewards.normalize import _tokenize_cached
 
 TARGET = 50_000
-VOCAB = ["red", "blue", "white", "two", "3", "yes", "no", "a", "the", "dog", "cat", "car", "man", "table",
-         "it", "is", "on", "of", "frisbee", "tennis", "pizza", "kitchen", "left", "1,000", "don't", "t-shirt"]  # fmt: skip
+VOCAB = ["red", "blue", "white", "two", "3", "yes", "no", "a", "the", "dog", "cat", "car", "man", "table", "it",
+         "is", "on", "of", "frisbee", "tennis", "pizza", "kitchen", "left", "1,000", "don't", "t-shirt"]  # fmt: skip
 
 
 def make_pairs(n: int, refs_per_pair: int, seed: int = 0) -> tuple[list[str], list[list[str]]]:

@@ -1,12 +1,13 @@
 """A long GRPO run on the tiny model, to see whether memory grows: resident memory (and CUDA memory
 on a device) every ``--every`` steps, with evaluation and checkpoints on as in a real run.
 
-The run is ``vqa_grpo.training.loop.run`` itself (the tiny Qwen2-VL of ``vqa-grpo model tiny``, 200
-synthetic questions at 112 px, 2 questions x G=4, 8 new tokens, a checkpoint every ``--save-steps``
-and an evaluation on 16 held-out questions every ``--eval-steps``: the first evaluation loads the
-semantic-similarity model once, so it belongs in the warm-up); the figures are the ``rss_mib``
-(``cuda_allocated_mib``) that every logged step of metrics.jsonl carries. ``growth_after_warmup``
-is (the largest figure after the warm-up - the figure at the end of the warm-up) / the latter.
+The run is ``vqa_grpo.training.loop.run`` itself: the tiny Qwen2-VL of ``vqa-grpo model tiny``, 200
+synthetic questions at 112 px, 2 questions x G=4 (``--num-generations``), 8 new tokens
+(``--max-new-tokens``), a checkpoint every ``--save-steps`` and an evaluation on 16 held-out
+questions every ``--eval-steps`` (the first evaluation loads the semantic-similarity model once, so
+it belongs in the warm-up). The figures are the ``rss_mib`` (``cuda_allocated_mib``) that every
+logged step of metrics.jsonl carries. ``growth_after_warmup`` is (the largest figure after the
+warm-up - the figure at the end of the warm-up) / the latter.
 
   OMP_NUM_THREADS=1 .venv/bin/python benchmarks/soak.py                 # 2,000 steps, warm-up 200
   OMP_NUM_THREADS=1 .venv/bin/python benchmarks/soak.py --steps 300 --warmup 100 --every 50 --json
@@ -35,12 +36,25 @@ def growth_after_warmup(steps: list[int], values: list[float], warmup: int) -> f
 
 def overrides(model: Path, data: Path, out: Path, args) -> list[str]:
     return [
-        f"model.name_or_path={model}", f"data.path={data}", f"train.output_dir={out}", f"train.device={args.device}",
-        "train.cpu_threads=1", "train.progress=false", "train.report_to=none", f"train.max_steps={args.steps}",
-        f"train.logging_steps={args.every}", f"train.save_steps={args.save_steps}", "train.save_total_limit=2",
-        f"train.eval_steps={args.eval_steps}", "data.eval_fraction=0.1", "data.max_eval_samples=16",
-        "train.per_device_batch_size=2", "train.learning_rate=1e-5", "grpo.num_generations=4",
-        "grpo.max_completion_length=8", "eval.max_new_tokens=8",
+        f"model.name_or_path={model}",
+        f"data.path={data}",
+        f"train.output_dir={out}",
+        f"train.device={args.device}",
+        "train.cpu_threads=1",
+        "train.progress=false",
+        "train.report_to=none",
+        f"train.max_steps={args.steps}",
+        f"train.logging_steps={args.every}",
+        f"train.save_steps={args.save_steps}",
+        "train.save_total_limit=2",
+        f"train.eval_steps={args.eval_steps}",
+        "data.eval_fraction=0.1",
+        "data.max_eval_samples=16",
+        "train.per_device_batch_size=2",
+        "train.learning_rate=1e-5",
+        f"grpo.num_generations={args.num_generations}",
+        f"grpo.max_completion_length={args.max_new_tokens}",
+        f"eval.max_new_tokens={args.max_new_tokens}",
     ]
 
 
@@ -65,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--every", type=int, default=100, help="log (and print) memory every this many steps")
     ap.add_argument("--save-steps", type=int, default=100)
     ap.add_argument("--eval-steps", type=int, default=100)
+    ap.add_argument("--num-generations", type=int, default=4, help="G")
+    ap.add_argument("--max-new-tokens", type=int, default=8)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", action="store_true", help="end with one JSON object of the figures")
     args = ap.parse_args(argv)
@@ -93,15 +109,24 @@ def main(argv: list[str] | None = None) -> int:
     logged = [r for r in records if "rss_mib" in r]
     steps = [r["step"] for r in logged]
     rss = [round(r["rss_mib"], 1) for r in logged]
-    result = {"steps": args.steps, "warmup": args.warmup, "every": args.every, "logged_steps": steps, "rss_mib": rss,
-              "growth_after_warmup": round(growth_after_warmup(steps, rss, args.warmup), 4),
-              "seconds": round(seconds, 1), "commit": _commit()}
+    result = {
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "every": args.every,
+        "logged_steps": steps,
+        "rss_mib": rss,
+        "growth_after_warmup": round(growth_after_warmup(steps, rss, args.warmup), 4),
+        "seconds": round(seconds, 1),
+        "commit": _commit(),
+    }
     if any("cuda_allocated_mib" in r for r in logged):
         cuda = [round(r["cuda_allocated_mib"], 1) for r in logged]
         result["cuda_allocated_mib"] = cuda
         result["cuda_growth_after_warmup"] = round(growth_after_warmup(steps, cuda, args.warmup), 4)
-    print(f"{args.steps} steps in {seconds:.0f} s; resident memory after the {args.warmup}-step warm-up grew by "
-          f"{100 * result['growth_after_warmup']:.1f}%")
+    print(
+        f"{args.steps} steps in {seconds:.0f} s; resident memory after the {args.warmup}-step warm-up grew by "
+        f"{100 * result['growth_after_warmup']:.1f}%"
+    )
     if args.json:
         print(json.dumps(result))
     return 0
@@ -109,8 +134,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+        ).stdout.strip()
     except OSError:
         return ""
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from step_setup import Meter, Settings, _grpo_cfg, _optimizer, drive, load_examples, say, wait_for_turn
 
+
 def run_vqa_grpo(s: Settings, model_dir: Path, data_dir: Path, device, shared_prefix: str = "auto") -> dict:
     from vqa_grpo.config import ModelConfig, RewardConfig
     from vqa_grpo.grpo.objective import grpo_objective
@@ -26,7 +27,9 @@ def run_vqa_grpo(s: Settings, model_dir: Path, data_dir: Path, device, shared_pr
     def step(i: int) -> float:
         examples, images = steps[i]
         ro = make_rollout(lm.model, lm.adapter, lm.processor, examples, images, grpo, reward, device, keep_prefill=keep)
-        paths.add(("shared prefix" if ro.shared_prefix else "plain") + (", fused prefill" if ro.prefix is not None else ""))
+        paths.add(
+            ("shared prefix" if ro.shared_prefix else "plain") + (", fused prefill" if ro.prefix is not None else "")
+        )
         loss, _ = grpo_objective(lm.model, lm.adapter, lm.processor, ro, grpo)
         loss.backward()
         opt.step()
@@ -59,8 +62,18 @@ def run_seed_loop(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
         for ex, im in zip(examples, images):
             prompt = lm.adapter.encode_prompts(lm.processor, [im], [ex.question]).to(device)
             for _ in range(G):
-                rows.append(generate(lm.model, lm.adapter, lm.processor, prompt, max_new_tokens=s.max_new_tokens,
-                                     do_sample=True, temperature=1.0, top_p=1.0))
+                rows.append(
+                    generate(
+                        lm.model,
+                        lm.adapter,
+                        lm.processor,
+                        prompt,
+                        max_new_tokens=s.max_new_tokens,
+                        do_sample=True,
+                        temperature=1.0,
+                        top_p=1.0,
+                    )
+                )
         C = max(r.ids.shape[1] for r in rows)
         ids = torch.cat([torch.nn.functional.pad(r.ids, (0, C - r.ids.shape[1]), value=pad) for r in rows])
         mask = torch.cat([torch.nn.functional.pad(r.mask, (0, C - r.mask.shape[1])) for r in rows])
@@ -71,10 +84,17 @@ def run_seed_loop(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
         ro = Rollout(
             examples=examples,
             prompts=lm.adapter.encode_prompts(lm.processor, images, [e.question for e in examples]).to(device),
-            group_size=G, completion_ids=ids, completion_mask=mask,
-            truncated=torch.cat([r.truncated for r in rows]), temperatures=torch.ones(len(rows), device=device),
-            sampling_logprobs=torch.zeros(ids.shape, device=device), answers=texts, rewards=rewards,
-            reward_parts={}, advantages=group_advantages(rewards, G).to(device), shared_prefix=False,
+            group_size=G,
+            completion_ids=ids,
+            completion_mask=mask,
+            truncated=torch.cat([r.truncated for r in rows]),
+            temperatures=torch.ones(len(rows), device=device),
+            sampling_logprobs=torch.zeros(ids.shape, device=device),
+            answers=texts,
+            rewards=rewards,
+            reward_parts={},
+            advantages=group_advantages(rewards, G).to(device),
+            shared_prefix=False,
         )
         loss, _ = grpo_objective(lm.model, lm.adapter, lm.processor, ro, grpo)
         loss.backward()
@@ -102,13 +122,20 @@ def run_limit(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
     def step(i: int) -> float:
         prompts = steps[i]
         inputs, mask = prompts.model_inputs(), prompts.attention_mask
-        positions, deltas = rope(prompts.input_ids, inputs["mm_token_type_ids"], inputs["image_grid_thw"], attention_mask=mask)
+        positions, deltas = rope(
+            prompts.input_ids, inputs["mm_token_type_ids"], inputs["image_grid_thw"], attention_mask=mask
+        )
         start = (mask.sum(1) + deltas.view(-1)).repeat_interleave(G)  # [R] position of completion token 0
 
         def after_prefix(cache, tokens, offset, am):  # tokens [R, T] at completion offsets offset..offset+T-1
             pos = start[:, None] + offset + torch.arange(tokens.shape[1], device=device)[None, :]  # [R, T]
-            return model(input_ids=tokens, attention_mask=am, position_ids=pos.unsqueeze(0).expand(3, -1, -1),
-                         cache=cache, use_cache=True).logits
+            return model(
+                input_ids=tokens,
+                attention_mask=am,
+                position_ids=pos.unsqueeze(0).expand(3, -1, -1),
+                cache=cache,
+                use_cache=True,
+            ).logits
 
         model.eval()
         with torch.no_grad():  # sampling: one prefill, then C-1 decode steps of the R rows
@@ -156,10 +183,18 @@ def run_trl(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
     steps = load_examples(s, data_dir)
     rows = [
         {
-            "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": e.question.strip() + ANSWER_INSTRUCTION}]}],
-            "image": im, "answers": e.answers, "answer_type": e.answer_type,
+            "prompt": [
+                {
+                    "role": "user",
+                    "content": [{"type": "image"}, {"type": "text", "text": e.question.strip() + ANSWER_INSTRUCTION}],
+                }
+            ],
+            "image": im,
+            "answers": e.answers,
+            "answer_type": e.answer_type,
         }
-        for examples, images in steps for e, im in zip(examples, images)
+        for examples, images in steps
+        for e, im in zip(examples, images)
     ]
 
     def vqa_reward(prompts, completions, answers, answer_type, **_):
@@ -187,17 +222,40 @@ def run_trl(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
                 tokens.append(float(logs["completions/mean_length"]) * s.questions * s.group_size)
 
     args = GRPOConfig(
-        output_dir=tempfile.mkdtemp(prefix="trl_bench_"), per_device_train_batch_size=s.questions * s.group_size,
-        num_generations=s.group_size, max_completion_length=s.max_new_tokens, max_steps=s.warmup + s.steps,
-        temperature=1.0, top_p=1.0, top_k=0, beta=0.0, learning_rate=1e-5, gradient_checkpointing=False,
-        shuffle_dataset=False, use_cpu=device.type == "cpu", bf16=s.dtype == "bf16", report_to="none", logging_steps=1,
-        save_strategy="no", disable_tqdm=True, dataloader_num_workers=0, seed=s.seed,
+        output_dir=tempfile.mkdtemp(prefix="trl_bench_"),
+        per_device_train_batch_size=s.questions * s.group_size,
+        num_generations=s.group_size,
+        max_completion_length=s.max_new_tokens,
+        max_steps=s.warmup + s.steps,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        beta=0.0,
+        learning_rate=1e-5,
+        gradient_checkpointing=False,
+        shuffle_dataset=False,
+        use_cpu=device.type == "cpu",
+        bf16=s.dtype == "bf16",
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=s.seed,
     )
     import torch
 
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.bfloat16 if s.dtype == "bf16" else torch.float32)
-    trainer = GRPOTrainer(model=model, reward_funcs=vqa_reward, args=args, train_dataset=Dataset.from_list(rows),
-                          processing_class=AutoProcessor.from_pretrained(model_dir), callbacks=[TakeTurns()])
+    model = AutoModelForImageTextToText.from_pretrained(
+        model_dir, dtype=torch.bfloat16 if s.dtype == "bf16" else torch.float32
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=vqa_reward,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=AutoProcessor.from_pretrained(model_dir),
+        callbacks=[TakeTurns()],
+    )
     trainer.train()
     return {"tokens": tokens[s.warmup :], "peak_mib": meter.peak_mib(), "trl_version": trl.__version__}
 

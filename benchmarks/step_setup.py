@@ -55,13 +55,21 @@ def build_model(s: Settings, out: Path) -> Path:
         from vqa_grpo.models.phi3_v.configuration import CLIP_VIT_L14_336
         from vqa_grpo.models.phi3_v.tiny import build_tiny_phi3_v
 
-        return build_tiny_phi3_v(out, seed=s.seed, hidden=256, layers=2, vision=CLIP_VIT_L14_336,
-                                 num_crops=s.num_crops, full_text=s.model == "phi3-v-full")
+        return build_tiny_phi3_v(
+            out,
+            seed=s.seed,
+            hidden=256,
+            layers=2,
+            vision=CLIP_VIT_L14_336,
+            num_crops=s.num_crops,
+            full_text=s.model == "phi3-v-full",
+        )
     if s.model == "tiny":
         path = build_tiny_qwen2_vl(out, seed=s.seed)
     elif s.model == "qwen2-vl-0.5b":  # Qwen2-0.5B's text dimensions, a 20-block vision tower
-        path = build_tiny_qwen2_vl(out, seed=s.seed, hidden=896, layers=24, heads=14, vision_dim=1280,
-                                   vision_depth=20, vision_heads=16)
+        path = build_tiny_qwen2_vl(
+            out, seed=s.seed, hidden=896, layers=24, heads=14, vision_dim=1280, vision_depth=20, vision_heads=16
+        )
     else:
         raise SystemExit(f"--model {s.model}: choose tiny, qwen2-vl-0.5b or an existing model directory")
     # The builder caps images at 224x224; let the larger benchmark images through unscaled.
@@ -166,8 +174,15 @@ def _status_kib(key: str) -> int:
 def _grpo_cfg(s: Settings, shared_prefix: str):
     from vqa_grpo.config import GRPOConfig
 
-    return GRPOConfig(num_generations=s.group_size, max_completion_length=s.max_new_tokens, temperatures=[1.0],
-                      top_ps=[1.0], beta=0.0, loss_type="dapo", shared_prefix=shared_prefix)
+    return GRPOConfig(
+        num_generations=s.group_size,
+        max_completion_length=s.max_new_tokens,
+        temperatures=[1.0],
+        top_ps=[1.0],
+        beta=0.0,
+        loss_type="dapo",
+        shared_prefix=shared_prefix,
+    )
 
 
 def _optimizer(model):

@@ -43,8 +43,10 @@ def compare_processor(ref: dict, pixels: str | None = None) -> None:
         same = enc["input_ids"][0].tolist() == official and enc["image_sizes"].tolist() == p["image_sizes"]
         diff = float((enc["pixel_values"] - pix[key]).abs().max())
         worst, all_equal = max(worst, diff), all_equal and same
-        print(f"{key:>12}: {int((enc['input_ids'] < 0).sum()):>5} image tokens (official {p['num_image_tokens']}), "
-              f"ids and sizes {'equal' if same else 'DIFFER'}, pixel max diff {diff:.3g}")
+        print(
+            f"{key:>12}: {int((enc['input_ids'] < 0).sum()):>5} image tokens (official {p['num_image_tokens']}), "
+            f"ids and sizes {'equal' if same else 'DIFFER'}, pixel max diff {diff:.3g}"
+        )
     print(f"processor: {len(ref['processor'])} cases, ids/sizes all equal: {all_equal}, pixel max diff: {worst:.3g}")
 
 
@@ -52,7 +54,9 @@ def reference_model(vision_layers: int, attn: str) -> Phi3VForCausalLM:
     cfg = R.reference_config()
     cfg.pop("_attn_implementation", None)
     if vision_layers != 24:
-        cfg["img_processor"] = dict(cfg["img_processor"], vision_config=dict(CLIP_VIT_L14_336, num_hidden_layers=vision_layers))
+        cfg["img_processor"] = dict(
+            cfg["img_processor"], vision_config=dict(CLIP_VIT_L14_336, num_hidden_layers=vision_layers)
+        )
     config = Phi3VConfig(**cfg)
     config._attn_implementation = attn
     model = Phi3VForCausalLM(config).eval()
@@ -69,8 +73,10 @@ def compare_model(ref: dict, model: Phi3VForCausalLM) -> None:
             new = model.generate(**enc, max_new_tokens=8, min_new_tokens=8, do_sample=False)
         diff = float((out.logits[0, -3:] - logits[key].reshape(3, -1)).abs().max())
         greedy = new[0, enc["input_ids"].shape[1] :].tolist() == c["greedy_new_tokens"]
-        print(f"{key:>12}: logits (last 3 positions) max diff {diff:.2g}, loss {float(out.loss):.6f} "
-              f"(official {c['loss']:.6f}), greedy tokens {'equal' if greedy else 'DIFFER'}")
+        print(
+            f"{key:>12}: logits (last 3 positions) max diff {diff:.2g}, loss {float(out.loss):.6f} "
+            f"(official {c['loss']:.6f}), greedy tokens {'equal' if greedy else 'DIFFER'}"
+        )
 
 
 def main() -> None:
@@ -92,8 +98,11 @@ def main() -> None:
         ).eval()
         theirs, ours = loaded.state_dict(), model.state_dict()
         diff = max(float((theirs[k] - ours[k]).abs().max()) for k in ours)
-        print(f"checkpoint {a.checkpoint}: {len(theirs)} weights, names {'equal' if theirs.keys() == ours.keys() else 'DIFFER'}, "
-              f"max weight diff {diff:.3g}")
+        print(
+            f"checkpoint {a.checkpoint}: {len(theirs)} weights, names "
+            f"{'equal' if theirs.keys() == ours.keys() else 'DIFFER'}, "
+            f"max weight diff {diff:.3g}"
+        )
     compare_model(ref, model)
 
 

@@ -30,8 +30,13 @@ sys.path.insert(0, str(REPO / "tests" / "models"))
 import phi3_v_reference_inputs as R  # noqa: E402
 
 NEW, NUM_CROPS, IMAGE = 8, 4, (200, 120)
-REMOTE_FILES = ("configuration_phi3_v.py", "modeling_phi3_v.py", "image_embedding_phi3_v.py",
-                "processing_phi3_v.py", "image_processing_phi3_v.py")
+REMOTE_FILES = (
+    "configuration_phi3_v.py",
+    "modeling_phi3_v.py",
+    "image_embedding_phi3_v.py",
+    "processing_phi3_v.py",
+    "image_processing_phi3_v.py",
+)
 
 
 def build(out: Path, remote: Path) -> None:
@@ -54,13 +59,25 @@ def build(out: Path, remote: Path) -> None:
         shutil.copy(remote / name, out / name)
     enc = proc(R.PROMPT, [R.make_image(*IMAGE)])
     with torch.no_grad():
-        gen = model.generate(**enc, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,
-                             output_logits=True, return_dict_in_generate=True)
+        gen = model.generate(
+            **enc,
+            max_new_tokens=NEW,
+            min_new_tokens=NEW,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
     P = enc["input_ids"].shape[1]
     tokens = gen.sequences[0, P:].tolist()
-    logp = [float(torch.log_softmax(l[0].float(), -1)[t]) for l, t in zip(gen.logits, tokens)]
-    info = {"tokens": tokens, "logprobs": logp, "prompt_len": P,
-            "image_tokens": int((enc["input_ids"] < 0).sum()), "attn": "eager", "dtype": "float32"}
+    logp = [float(torch.log_softmax(step[0].float(), -1)[t]) for step, t in zip(gen.logits, tokens)]
+    info = {
+        "tokens": tokens,
+        "logprobs": logp,
+        "prompt_len": P,
+        "image_tokens": int((enc["input_ids"] < 0).sum()),
+        "attn": "eager",
+        "dtype": "float32",
+    }
     (out / "native.json").write_text(json.dumps(info, indent=1) + "\n")
     print(f"saved {out}: {sum(p.numel() for p in model.parameters())} params; native: {info}")
 
@@ -70,9 +87,17 @@ def run_vllm(out: Path) -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=str(out), trust_remote_code=True, dtype="float32", max_model_len=2048, enforce_eager=True,
-              logprobs_mode="raw_logprobs", limit_mm_per_prompt={"image": 1},
-              mm_processor_kwargs={"num_crops": NUM_CROPS}, seed=0)
+    llm = LLM(
+        model=str(out),
+        trust_remote_code=True,
+        dtype="float32",
+        max_model_len=2048,
+        enforce_eager=True,
+        logprobs_mode="raw_logprobs",
+        limit_mm_per_prompt={"image": 1},
+        mm_processor_kwargs={"num_crops": NUM_CROPS},
+        seed=0,
+    )
     sp = SamplingParams(temperature=0, max_tokens=NEW, min_tokens=NEW, logprobs=1)
     res = llm.generate([{"prompt": R.PROMPT, "multi_modal_data": {"image": R.make_image(*IMAGE)}}], sp)[0]
     o = res.outputs[0]

@@ -55,7 +55,9 @@ def test_bad_rows_in_memory_are_skipped_and_bad_containers_refused(synth_dir):
     assert data.report.kept == 198 and skipped == {"empty_question": 1, "missing_image": 1}
     with pytest.raises(vqa_grpo.UserError, match="data as a list must hold one dict per row, got a str"):
         load_vqa(DataConfig(), frame=["a.png"])
-    with pytest.raises(vqa_grpo.UserError, match="data must be a pandas DataFrame, a datasets.Dataset or a list of dicts, got int"):
+    with pytest.raises(
+        vqa_grpo.UserError, match="data must be a pandas DataFrame, a datasets.Dataset or a list of dicts, got int"
+    ):
         load_vqa(DataConfig(), frame=3)
 
 

@@ -25,16 +25,30 @@ from vqa_grpo.errors import UserError
 REPO = Path(__file__).resolve().parents[1]
 
 SUBCOMMANDS = [
-    ["data", "synth"], ["data", "inspect"], ["model", "tiny"],
-    ["sft"], ["train"], ["evaluate"], ["score"], ["compare"], ["report"], ["demo"],
+    ["data", "synth"],
+    ["data", "inspect"],
+    ["model", "tiny"],
+    ["sft"],
+    ["train"],
+    ["evaluate"],
+    ["score"],
+    ["compare"],
+    ["report"],
+    ["demo"],
 ]
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """The real command, as a user runs it (one OpenMP thread: see tests/conftest.py)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "vqa_grpo.cli", *args], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "vqa_grpo.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=timeout,
+    )
 
 
 def subparser(path: list[str]) -> argparse.ArgumentParser:
@@ -60,7 +74,9 @@ def config_keys() -> list[tuple[str, object]]:
         for f in dataclasses.fields(default):
             value = getattr(default, f.name)
             if dataclasses.is_dataclass(value):
-                keys += [(f"{section.name}.{f.name}.{g.name}", getattr(value, g.name)) for g in dataclasses.fields(value)]
+                keys += [
+                    (f"{section.name}.{f.name}.{g.name}", getattr(value, g.name)) for g in dataclasses.fields(value)
+                ]
             else:
                 keys.append((f"{section.name}.{f.name}", value))
     return keys
@@ -144,8 +160,9 @@ def test_missing_config_file_in_a_subprocess(tmp_path, out_dir):
 
 
 def test_model_dir_without_processor_in_a_subprocess(synth_dir, no_processor_model, out_dir):
-    res = cli("train", f"data.path={synth_dir}", f"model.name_or_path={no_processor_model}",
-              f"train.output_dir={out_dir}")
+    res = cli(
+        "train", f"data.path={synth_dir}", f"model.name_or_path={no_processor_model}", f"train.output_dir={out_dir}"
+    )
     assert_user_error(res.returncode, res.stderr)
     assert "processor" in res.stderr
 
@@ -179,8 +196,10 @@ def test_missing_config_file(capsys, tmp_path, out_dir):
 
 
 def test_missing_data_path_with_a_valid_model(tiny_model_dir, capsys, out_dir):
-    err = run_refused(capsys, ["train", "data.path=/nonexistent", f"model.name_or_path={tiny_model_dir}",
-                               f"train.output_dir={out_dir}"])
+    err = run_refused(
+        capsys,
+        ["train", "data.path=/nonexistent", f"model.name_or_path={tiny_model_dir}", f"train.output_dir={out_dir}"],
+    )
     assert "/nonexistent" in err
 
 
@@ -188,42 +207,71 @@ def test_data_path_that_is_not_data(tiny_model_dir, tmp_path, capsys, out_dir):
     (tmp_path / "empty").mkdir()
     (tmp_path / "broken.jsonl").write_text('{"question": "what?"\n')
     for path in (tmp_path / "empty", tmp_path / "broken.jsonl"):
-        err = run_refused(capsys, ["train", f"data.path={path}", f"model.name_or_path={tiny_model_dir}",
-                                   f"train.output_dir={out_dir}"])
+        err = run_refused(
+            capsys,
+            ["train", f"data.path={path}", f"model.name_or_path={tiny_model_dir}", f"train.output_dir={out_dir}"],
+        )
         assert path.name in err
 
 
 def test_model_dir_without_processor(synth_dir, no_processor_model, capsys, out_dir):
     for command in ("sft", "train"):
-        err = run_refused(capsys, [command, f"data.path={synth_dir}", f"model.name_or_path={no_processor_model}",
-                                   f"train.output_dir={out_dir}"])
+        err = run_refused(
+            capsys,
+            [
+                command,
+                f"data.path={synth_dir}",
+                f"model.name_or_path={no_processor_model}",
+                f"train.output_dir={out_dir}",
+            ],
+        )
         assert "processor" in err
 
 
 def test_missing_model_dir(synth_dir, tmp_path, capsys, out_dir):
-    err = run_refused(capsys, ["train", f"data.path={synth_dir}", f"model.name_or_path={tmp_path / 'nomodel'}",
-                               f"train.output_dir={out_dir}"])
+    err = run_refused(
+        capsys,
+        [
+            "train",
+            f"data.path={synth_dir}",
+            f"model.name_or_path={tmp_path / 'nomodel'}",
+            f"train.output_dir={out_dir}",
+        ],
+    )
     assert "nomodel" in err
 
 
 @pytest.mark.parametrize("value", ["", "''"], ids=["bare", "quoted"])
 def test_empty_model_name(synth_dir, value, capsys, out_dir):
-    err = run_refused(capsys, ["train", f"data.path={synth_dir}", f"model.name_or_path={value}",
-                               f"train.output_dir={out_dir}"])
+    err = run_refused(
+        capsys, ["train", f"data.path={synth_dir}", f"model.name_or_path={value}", f"train.output_dir={out_dir}"]
+    )
     assert "model.name_or_path" in err
 
 
 def test_unknown_model_family_is_refused_before_the_model_loads(synth_dir, tiny_model_dir, capsys, out_dir):
-    err = run_refused(capsys, ["train", f"data.path={synth_dir}", f"model.name_or_path={tiny_model_dir}",
-                               "model.family=nope", f"train.output_dir={out_dir}"])
+    err = run_refused(
+        capsys,
+        [
+            "train",
+            f"data.path={synth_dir}",
+            f"model.name_or_path={tiny_model_dir}",
+            "model.family=nope",
+            f"train.output_dir={out_dir}",
+        ],
+    )
     assert "model.family" in err
 
 
 def test_evaluate_bad_input_writes_nothing(synth_dir, tiny_model_dir, no_processor_model, capsys, out_dir):
-    run_refused(capsys, ["evaluate", "--model", str(no_processor_model), "--data", str(synth_dir), "--out", str(out_dir)])
+    run_refused(
+        capsys, ["evaluate", "--model", str(no_processor_model), "--data", str(synth_dir), "--out", str(out_dir)]
+    )
     run_refused(capsys, ["evaluate", "--model", str(tiny_model_dir), "--data", "/nonexistent", "--out", str(out_dir)])
-    run_refused(capsys, ["evaluate", "--model", str(tiny_model_dir), "--data", str(synth_dir), "--out", str(out_dir),
-                         "eval.nope=1"])
+    run_refused(
+        capsys,
+        ["evaluate", "--model", str(tiny_model_dir), "--data", str(synth_dir), "--out", str(out_dir), "eval.nope=1"],
+    )
 
 
 def test_other_subcommands_refuse_bad_input(tmp_path, capsys, out_dir):
@@ -243,8 +291,17 @@ def test_synth_with_too_small_image_size(capsys, out_dir):
 
 
 def test_lora_rank_zero(synth_dir, tiny_model_dir, capsys, out_dir):
-    run_refused(capsys, ["train", f"data.path={synth_dir}", f"model.name_or_path={tiny_model_dir}",
-                         "model.lora=true", "model.lora_r=0", f"train.output_dir={out_dir}"])
+    run_refused(
+        capsys,
+        [
+            "train",
+            f"data.path={synth_dir}",
+            f"model.name_or_path={tiny_model_dir}",
+            "model.lora=true",
+            "model.lora_r=0",
+            f"train.output_dir={out_dir}",
+        ],
+    )
 
 
 def _flash_attn_installed() -> bool:
@@ -257,8 +314,16 @@ def _flash_attn_installed() -> bool:
 def test_flash_attention_without_flash_attn(synth_dir, tiny_model_dir, capsys, out_dir):
     # The Phi-3 configs ask for flash_attention_2; without the package the user should get one
     # line that says to install it or use sdpa.
-    err = run_refused(capsys, ["train", f"data.path={synth_dir}", f"model.name_or_path={tiny_model_dir}",
-                               "model.attn_implementation=flash_attention_2", f"train.output_dir={out_dir}"])
+    err = run_refused(
+        capsys,
+        [
+            "train",
+            f"data.path={synth_dir}",
+            f"model.name_or_path={tiny_model_dir}",
+            "model.attn_implementation=flash_attention_2",
+            f"train.output_dir={out_dir}",
+        ],
+    )
     assert "sdpa" in err
 
 
@@ -289,12 +354,15 @@ def test_model_tiny_writes_a_model_transformers_loads(tmp_path):
     assert processor.tokenizer.chat_template or processor.chat_template
 
 
-@pytest.mark.parametrize("command, options", [
-    (["train"], ["--config", "c.yaml"]),
-    (["sft"], ["--config", "c.yaml"]),
-    (["evaluate"], ["--model", "m", "--data", "d", "--out", "o", "--config", "c.yaml"]),
-    (["data", "inspect", "data.csv"], ["--json", "--format", "csv", "--image-root", "imgs"]),
-])
+@pytest.mark.parametrize(
+    "command, options",
+    [
+        (["train"], ["--config", "c.yaml"]),
+        (["sft"], ["--config", "c.yaml"]),
+        (["evaluate"], ["--model", "m", "--data", "d", "--out", "o", "--config", "c.yaml"]),
+        (["data", "inspect", "data.csv"], ["--json", "--format", "csv", "--image-root", "imgs"]),
+    ],
+)
 def test_overrides_go_before_between_and_after_the_options(command, options):
     from vqa_grpo.cli import parse_args
 
@@ -315,7 +383,9 @@ def test_an_override_on_a_command_without_overrides_is_refused(capsys):
     with pytest.raises(SystemExit) as err:
         main(["score", "p.jsonl", "eval.batch_size=4"])
     assert err.value.code == 2
-    assert "unrecognized arguments: eval.batch_size=4 (this command takes no config overrides)" in capsys.readouterr().err
+    assert (
+        "unrecognized arguments: eval.batch_size=4 (this command takes no config overrides)" in capsys.readouterr().err
+    )
 
 
 def test_data_inspect_with_an_override_after_an_option_runs(synth_dir, capsys):
@@ -338,10 +408,22 @@ def test_data_inspect_json_prints_one_object(synth_dir, capsys):
 def test_tiny_cpu_config_trains_one_step(synth_dir, tiny_model_dir, tmp_path, capsys):
     """configs/tiny_cpu.yaml works with `vqa-grpo train --config` (paths pointed at the fixtures)."""
     run_dir = tmp_path / "run"
-    rc = main(["train", f"model.name_or_path={tiny_model_dir}", "--config", str(REPO / "configs" / "tiny_cpu.yaml"),
-               f"data.path={synth_dir}", f"train.output_dir={run_dir}",
-               "train.max_steps=1", "train.per_device_batch_size=2", "grpo.num_generations=2",
-               "train.save_steps=0", "train.progress=false", "data.max_eval_samples=4"])
+    rc = main(
+        [
+            "train",
+            f"model.name_or_path={tiny_model_dir}",
+            "--config",
+            str(REPO / "configs" / "tiny_cpu.yaml"),
+            f"data.path={synth_dir}",
+            f"train.output_dir={run_dir}",
+            "train.max_steps=1",
+            "train.per_device_batch_size=2",
+            "grpo.num_generations=2",
+            "train.save_steps=0",
+            "train.progress=false",
+            "data.max_eval_samples=4",
+        ]
+    )
     assert rc == 0
     assert (run_dir / "config.yaml").is_file() and (run_dir / "final").is_dir()
     saved = C.load_config(run_dir / "config.yaml")
@@ -350,14 +432,24 @@ def test_tiny_cpu_config_trains_one_step(synth_dir, tiny_model_dir, tmp_path, ca
 
 
 def test_bad_resume_path_writes_nothing(synth_dir, tiny_model_dir, capsys, out_dir, tmp_path):
-    err = run_refused(capsys, ["train", f"data.path={synth_dir}", f"model.name_or_path={tiny_model_dir}",
-                               f"train.output_dir={out_dir}", f"train.resume={tmp_path / 'nowhere'}"])
+    err = run_refused(
+        capsys,
+        [
+            "train",
+            f"data.path={synth_dir}",
+            f"model.name_or_path={tiny_model_dir}",
+            f"train.output_dir={out_dir}",
+            f"train.resume={tmp_path / 'nowhere'}",
+        ],
+    )
     assert "train.resume" in err
 
 
 def test_a_missing_model_that_looks_like_a_hub_id(synth_dir, capsys, out_dir, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # read at import time
-    err = run_refused(capsys, ["train", f"data.path={synth_dir}", "model.name_or_path=nobody/no-such-model",
-                               f"train.output_dir={out_dir}"])
+    err = run_refused(
+        capsys,
+        ["train", f"data.path={synth_dir}", "model.name_or_path=nobody/no-such-model", f"train.output_dir={out_dir}"],
+    )
     assert "nobody/no-such-model" in err

@@ -53,7 +53,11 @@ def test_no_file_no_overrides_gives_the_dataclass_defaults():
     assert cfg.grpo.top_ps == [0.9, 0.85, 0.95, 0.8]
     assert cfg.reward.components == ["composite"] and cfg.reward.weights == [1.0]
     assert cfg.reward.composite_weights == {
-        "bleu1": 0.2, "exact_match": 0.3, "substring": 0.2, "jaccard": 0.1, "extractable": 0.2,
+        "bleu1": 0.2,
+        "exact_match": 0.3,
+        "substring": 0.2,
+        "jaccard": 0.1,
+        "extractable": 0.2,
     }
     assert cfg.data.eval_fraction == 0.1
     assert cfg.model.trust_remote_code is False  # off unless the user opts in
@@ -87,8 +91,9 @@ def test_nested_override_of_a_column_name(tmp_path):
 
 
 def test_list_values_parse_as_yaml():
-    cfg = load_config(None, ["grpo.temperatures=[0.7,1.0]", "reward.components=[vqa_accuracy,format]",
-                             "reward.weights=[0.75,0.25]"])
+    cfg = load_config(
+        None, ["grpo.temperatures=[0.7,1.0]", "reward.components=[vqa_accuracy,format]", "reward.weights=[0.75,0.25]"]
+    )
     assert cfg.grpo.temperatures == [0.7, 1.0]
     assert cfg.reward.components == ["vqa_accuracy", "format"]
     assert cfg.reward.weights == [0.75, 0.25]
@@ -231,14 +236,26 @@ def test_override_without_equals_sign_is_an_error():
 
 
 def test_save_then_load_gives_an_equal_config(tmp_path):
-    cfg = load_config(None, [
-        "model.name_or_path=some/model", "model.lora=true", "model.lora_target_modules=[qkv_proj,o_proj]",
-        "data.columns.image=img", "data.max_train_samples=20", "data.image_root=/images",
-        "train.learning_rate=2e-7", "train.resume=auto", "train.mixed_precision=bf16",
-        "grpo.temperatures=[0.7,1.0]", "grpo.epsilon_high=0.28", "grpo.loss_type=dr_grpo",
-        "reward.components=[vqa_accuracy,composite]", "reward.weights=[0.5,0.5]",
-        "eval.do_sample=true",
-    ])
+    cfg = load_config(
+        None,
+        [
+            "model.name_or_path=some/model",
+            "model.lora=true",
+            "model.lora_target_modules=[qkv_proj,o_proj]",
+            "data.columns.image=img",
+            "data.max_train_samples=20",
+            "data.image_root=/images",
+            "train.learning_rate=2e-7",
+            "train.resume=auto",
+            "train.mixed_precision=bf16",
+            "grpo.temperatures=[0.7,1.0]",
+            "grpo.epsilon_high=0.28",
+            "grpo.loss_type=dr_grpo",
+            "reward.components=[vqa_accuracy,composite]",
+            "reward.weights=[0.5,0.5]",
+            "eval.do_sample=true",
+        ],
+    )
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg
     save_config(Config(), tmp_path / "default.yaml")
@@ -264,8 +281,14 @@ def test_every_column_field_has_a_docstring():
 
 def test_the_expected_configs_are_shipped():
     names = {p.name for p in CONFIG_FILES}
-    assert {"tiny_cpu.yaml", "phi3_vision.yaml", "phi3_5_vision.yaml", "qwen2_5_vl_3b_lora.yaml",
-            "smolvlm_lora.yaml", "llava_1_5_7b_lora.yaml"} <= names
+    assert {
+        "tiny_cpu.yaml",
+        "phi3_vision.yaml",
+        "phi3_5_vision.yaml",
+        "qwen2_5_vl_3b_lora.yaml",
+        "smolvlm_lora.yaml",
+        "llava_1_5_7b_lora.yaml",
+    } <= names
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=[p.name for p in CONFIG_FILES])
@@ -292,10 +315,13 @@ def test_tiny_cpu_config_points_at_the_cli_outputs():
     assert cfg.model.dtype == "fp32" and not cfg.model.trust_remote_code
 
 
-@pytest.mark.parametrize("name, hub_id", [
-    ("phi3_vision.yaml", "microsoft/Phi-3-vision-128k-instruct"),
-    ("phi3_5_vision.yaml", "microsoft/Phi-3.5-vision-instruct"),
-])
+@pytest.mark.parametrize(
+    "name, hub_id",
+    [
+        ("phi3_vision.yaml", "microsoft/Phi-3-vision-128k-instruct"),
+        ("phi3_5_vision.yaml", "microsoft/Phi-3.5-vision-instruct"),
+    ],
+)
 def test_phi3_configs_have_the_seed_settings(name, hub_id):
     cfg = load_config(REPO / "configs" / name)
     m, t, g, r = cfg.model, cfg.train, cfg.grpo, cfg.reward
@@ -308,19 +334,27 @@ def test_phi3_configs_have_the_seed_settings(name, hub_id):
     assert g.num_generations == 4
     assert g.temperatures == [0.7, 0.8, 0.9, 1.0] and g.top_ps == [0.9, 0.85, 0.95, 0.8]
     assert (r.components, r.weights) == (["composite"], [1.0])
-    assert r.composite_weights == {"bleu1": 0.2, "exact_match": 0.3, "substring": 0.2, "jaccard": 0.1,
-                                   "extractable": 0.2}
+    assert r.composite_weights == {
+        "bleu1": 0.2,
+        "exact_match": 0.3,
+        "substring": 0.2,
+        "jaccard": 0.1,
+        "extractable": 0.2,
+    }
     assert cfg.data.eval_fraction == 0.1
     # The cookbook's LoRA targets are shown, commented out, for those who switch LoRA on.
     text = (REPO / "configs" / name).read_text()
     assert "[qkv_proj, o_proj, gate_up_proj, down_proj]" in text
 
 
-@pytest.mark.parametrize("name, hub_id", [
-    ("qwen2_5_vl_3b_lora.yaml", "Qwen/Qwen2.5-VL-3B-Instruct"),
-    ("smolvlm_lora.yaml", "HuggingFaceTB/SmolVLM-256M-Instruct"),
-    ("llava_1_5_7b_lora.yaml", "llava-hf/llava-1.5-7b-hf"),
-])
+@pytest.mark.parametrize(
+    "name, hub_id",
+    [
+        ("qwen2_5_vl_3b_lora.yaml", "Qwen/Qwen2.5-VL-3B-Instruct"),
+        ("smolvlm_lora.yaml", "HuggingFaceTB/SmolVLM-256M-Instruct"),
+        ("llava_1_5_7b_lora.yaml", "llava-hf/llava-1.5-7b-hf"),
+    ],
+)
 def test_lora_configs(name, hub_id):
     cfg = load_config(REPO / "configs" / name)
     assert cfg.model.name_or_path == hub_id

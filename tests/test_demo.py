@@ -25,8 +25,11 @@ def test_demo_runs_every_stage_and_writes_the_summary(tmp_path):
     for stage in ("sft-warm-start", "grpo", "sft-same-budget"):
         assert (out / stage / "final" / "config.json").is_file()
         assert (out / stage / "config.yaml").is_file()
-    steps = lambda name: [json.loads(x)["step"] for x in (out / name / "metrics.jsonl").read_text().splitlines()
-                          if "eval/vqa_accuracy" not in x]
+    steps = lambda name: [
+        json.loads(x)["step"]
+        for x in (out / name / "metrics.jsonl").read_text().splitlines()
+        if "eval/vqa_accuracy" not in x
+    ]
     assert steps("grpo") == steps("sft-same-budget") == [1, 2]
     assert steps("sft-warm-start") == [1, 2, 3, 4]
     # The accuracies are the evaluation's own numbers on the same held-out questions.

@@ -63,13 +63,19 @@ def _named(reward_funcs) -> dict:
 
     if not reward_funcs:
         return {}
-    items = reward_funcs.items() if isinstance(reward_funcs, dict) else [(getattr(f, "__name__", ""), f) for f in reward_funcs]
+    items = (
+        reward_funcs.items()
+        if isinstance(reward_funcs, dict)
+        else [(getattr(f, "__name__", ""), f) for f in reward_funcs]
+    )
     out = {}
     for name, func in items:
         if not callable(func):
             raise UserError(f"reward_funcs: {name or func!r} is a {type(func).__name__}, not a function")
         if not name or name == "<lambda>" or name in out:
-            raise UserError(f"reward_funcs: give each function its own name (pass a dict name -> function); got {name!r}")
+            raise UserError(
+                f"reward_funcs: give each function its own name (pass a dict name -> function); got {name!r}"
+            )
         out[name] = func
     return out
 
@@ -96,11 +102,10 @@ def evaluate(model: str | Path, data: Data, cfg: Config | None = None, out: str 
     """Answer ``data``'s questions with the model (a directory, checkpoint or LoRA adapter) and
     score them; writes predictions.jsonl and metrics.json to ``out`` when given. Returns the
     metrics dict: overall, per answer type and per question type, with bootstrap intervals."""
+    from vqa_grpo.config import Config
     from vqa_grpo.data.loader import load_examples, read_examples
     from vqa_grpo.data.sources import memory_source
     from vqa_grpo.evaluation.evaluate import evaluate as _evaluate
-
-    from vqa_grpo.config import Config
 
     cfg = cfg if cfg is not None else Config()
     if isinstance(data, (str, Path)):

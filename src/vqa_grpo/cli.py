@@ -20,8 +20,14 @@ def _config_help() -> str:
     from vqa_grpo import config as C
 
     lines = ["config keys (set in the YAML file or as section.key=value; default shown):"]
-    for section, cls in (("model", C.ModelConfig), ("data", C.DataConfig), ("train", C.TrainConfig),
-                         ("grpo", C.GRPOConfig), ("reward", C.RewardConfig), ("eval", C.EvalConfig)):
+    for section, cls in (
+        ("model", C.ModelConfig),
+        ("data", C.DataConfig),
+        ("train", C.TrainConfig),
+        ("grpo", C.GRPOConfig),
+        ("reward", C.RewardConfig),
+        ("eval", C.EvalConfig),
+    ):
         docs = C.field_docs(cls)
         default = cls()
         for f in dataclasses.fields(cls):
@@ -29,7 +35,9 @@ def _config_help() -> str:
             if dataclasses.is_dataclass(value):
                 sub_docs = C.field_docs(type(value))
                 for g in dataclasses.fields(value):
-                    lines.append(f"  {section}.{f.name}.{g.name} = {getattr(value, g.name)!r}  {sub_docs.get(g.name, '')}")
+                    lines.append(
+                        f"  {section}.{f.name}.{g.name} = {getattr(value, g.name)!r}  {sub_docs.get(g.name, '')}"
+                    )
                 continue
             lines.append(f"  {section}.{f.name} = {value!r}  {docs.get(f.name, '')}")
     return "\n".join(lines)
@@ -50,25 +58,37 @@ def build_parser() -> argparse.ArgumentParser:
     insp = data.add_parser("inspect", help="load a data set and report kept rows and skips by reason")
     insp.add_argument("path", help="data file or directory, or hf:NAME (a Hub dataset: docs/data_hub.md)")
     insp.add_argument("--format", default=None, help="data format (default: inferred from the files)")
-    insp.add_argument("--image-root", default=None, help="folder of relative image paths (default: the data file's folder)")
+    insp.add_argument(
+        "--image-root", default=None, help="folder of relative image paths (default: the data file's folder)"
+    )
     insp.add_argument("--json", action="store_true", help="print one JSON object (default: a table)")
     insp.add_argument("overrides", nargs="*", help="config overrides, e.g. data.columns.image=img")
 
     model = sub.add_parser("model", help="build models").add_subparsers(dest="model_command", required=True)
     tiny = model.add_parser("tiny", help="build a tiny randomly initialised VLM offline")
-    tiny.add_argument("--family", default="qwen2_vl", help="(default: qwen2_vl) model family: qwen2_vl, qwen2_5_vl, "
-                      "llava, llava_next, idefics3, gemma3, phi4_multimodal or phi3_v")
+    tiny.add_argument(
+        "--family",
+        default="qwen2_vl",
+        help="(default: qwen2_vl) model family: qwen2_vl, qwen2_5_vl, "
+        "llava, llava_next, idefics3, gemma3, phi4_multimodal or phi3_v",
+    )
     tiny.add_argument("--out", required=True, help="output directory (required)")
     tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default: 0)")
 
-    for name, text in (("sft", "supervised fine-tuning on the ground-truth answers (seed eq. 1)"),
-                       ("train", "GRPO fine-tuning")):
+    for name, text in (
+        ("sft", "supervised fine-tuning on the ground-truth answers (seed eq. 1)"),
+        ("train", "GRPO fine-tuning"),
+    ):
         sp = sub.add_parser(name, help=text, description=text, epilog=_config_help(), formatter_class=fmt)
         sp.add_argument("--config", default=None, help="YAML config file (default: none, the built-in defaults)")
         sp.add_argument("overrides", nargs="*", help="section.key=value overrides, applied after the file")
 
-    ev = sub.add_parser("evaluate", help="generate answers and write predictions.jsonl and metrics.json",
-                        epilog=_config_help(), formatter_class=fmt)
+    ev = sub.add_parser(
+        "evaluate",
+        help="generate answers and write predictions.jsonl and metrics.json",
+        epilog=_config_help(),
+        formatter_class=fmt,
+    )
     ev.add_argument("--model", required=True, help="model, checkpoint or LoRA adapter directory (required)")
     ev.add_argument("--data", required=True, help="data file or directory, or hf:NAME, to evaluate on (required)")
     ev.add_argument("--out", default=None, help="output directory (default: print only)")
@@ -81,8 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--answers-field", default="answers", help="field of the reference answers (default: answers)")
     sc.add_argument("--json", action="store_true", help="print one JSON object (default: a table)")
 
-    cp = sub.add_parser("compare", help="evaluation runs side by side, each tested against the first (paired bootstrap)")
-    cp.add_argument("runs", nargs="+", help="output directories of `vqa-grpo evaluate --out` (two or more; the first is the baseline)")
+    cp = sub.add_parser(
+        "compare", help="evaluation runs side by side, each tested against the first (paired bootstrap)"
+    )
+    cp.add_argument(
+        "runs",
+        nargs="+",
+        help="output directories of `vqa-grpo evaluate --out` (two or more; the first is the baseline)",
+    )
     cp.add_argument("--json", action="store_true", help="print one JSON object (default: a table)")
 
     rp = sub.add_parser("report", help="write RUN_DIR/report.html and RUN_DIR/plots/*.png")

@@ -135,8 +135,14 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise ConfigError(msg)
 
-    need(g.num_generations >= 2, f"grpo.num_generations={g.num_generations}: must be >= 2 (a group needs two samples to compare)")
-    need(len(g.temperatures) >= 1 and all(x > 0 for x in g.temperatures), "grpo.temperatures: need one or more values > 0")
+    need(
+        g.num_generations >= 2,
+        f"grpo.num_generations={g.num_generations}: must be >= 2 (a group needs two samples to compare)",
+    )
+    need(
+        len(g.temperatures) >= 1 and all(x > 0 for x in g.temperatures),
+        "grpo.temperatures: need one or more values > 0",
+    )
     need(len(g.top_ps) >= 1 and all(0 < x <= 1 for x in g.top_ps), "grpo.top_ps: need one or more values in (0, 1]")
     need(g.max_completion_length >= 1, "grpo.max_completion_length must be >= 1")
     need(g.beta >= 0, f"grpo.beta={g.beta}: must be >= 0")
@@ -153,10 +159,15 @@ def validate(cfg: Config) -> None:
     need(t.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps must be >= 1")
     need(t.learning_rate >= 0, "train.learning_rate must be >= 0")
     need(len(t.adam_betas) == 2 and all(0 <= b < 1 for b in t.adam_betas), "train.adam_betas: two values in [0, 1)")
-    need(min(t.save_steps, t.eval_steps, t.warmup_steps) >= 0, "train.save_steps, eval_steps, warmup_steps must be >= 0")
+    need(
+        min(t.save_steps, t.eval_steps, t.warmup_steps) >= 0, "train.save_steps, eval_steps, warmup_steps must be >= 0"
+    )
     need(t.logging_steps >= 1, "train.logging_steps must be >= 1")
     need(t.collective_timeout >= 1, f"train.collective_timeout={t.collective_timeout}: must be >= 1 (seconds)")
-    need(not t.merge_lora or cfg.model.lora, "train.merge_lora=true needs model.lora=true (a full fine-tune has nothing to merge)")
+    need(
+        not t.merge_lora or cfg.model.lora,
+        "train.merge_lora=true needs model.lora=true (a full fine-tune has nothing to merge)",
+    )
     need(
         t.save_steps % g.num_iterations == 0,
         f"train.save_steps={t.save_steps} must be a multiple of grpo.num_iterations={g.num_iterations} "
@@ -167,8 +178,17 @@ def validate(cfg: Config) -> None:
     for path in cfg.eval.metrics:
         need(is_import_path(path), f"eval.metrics: {path!r} is not an import path; write it as package.module:function")
         import_reward(path)
-    metrics = ("vqa_accuracy", "composite", "bleu1", "exact_match", "substring", "jaccard", "extractable", "semantic",
-               *(short_name(p) for p in cfg.eval.metrics))
+    metrics = (
+        "vqa_accuracy",
+        "composite",
+        "bleu1",
+        "exact_match",
+        "substring",
+        "jaccard",
+        "extractable",
+        "semantic",
+        *(short_name(p) for p in cfg.eval.metrics),
+    )
     need(t.eval_metric in metrics, f"train.eval_metric={t.eval_metric!r}: choose one of {', '.join(metrics)}")
     need(0 <= d.eval_fraction < 1, f"data.eval_fraction={d.eval_fraction}: must be in [0, 1)")
     need(0 <= d.max_skip_fraction <= 1, "data.max_skip_fraction must be in [0, 1]")
@@ -193,24 +213,37 @@ def validate(cfg: Config) -> None:
     need(m.lora_alpha > 0, f"model.lora_alpha={m.lora_alpha}: must be > 0")
     need(0 <= m.lora_dropout < 1, f"model.lora_dropout={m.lora_dropout}: must be in [0, 1)")
     need(m.num_crops is None or m.num_crops >= 1, f"model.num_crops={m.num_crops}: must be >= 1 or null")
-    need(m.quantization == "none" or m.lora, f"model.quantization={m.quantization} needs model.lora=true (quantized weights stay frozen)")
+    need(
+        m.quantization == "none" or m.lora,
+        f"model.quantization={m.quantization} needs model.lora=true (quantized weights stay frozen)",
+    )
     need(e.batch_size >= 1, f"eval.batch_size={e.batch_size}: must be >= 1")
     need(e.max_new_tokens >= 1, f"eval.max_new_tokens={e.max_new_tokens}: must be >= 1")
     need(e.temperature > 0, f"eval.temperature={e.temperature}: must be > 0")
     need(0 < e.top_p <= 1, f"eval.top_p={e.top_p}: must be in (0, 1]")
     need(e.bootstrap_samples >= 1, f"eval.bootstrap_samples={e.bootstrap_samples}: must be >= 1")
     from vqa_grpo.rewards.registry import REWARD_COMPONENTS  # late: rewards import nothing of config
+
     unknown = [c for c in r.components if c not in REWARD_COMPONENTS and not is_import_path(c)]
-    need(not unknown, f"reward.components: unknown {unknown[0] if unknown else ''!r}; choose from "
-                      f"{', '.join(REWARD_COMPONENTS)}, or name your own function as package.module:function")
+    need(
+        not unknown,
+        f"reward.components: unknown {unknown[0] if unknown else ''!r}; choose from "
+        f"{', '.join(REWARD_COMPONENTS)}, or name your own function as package.module:function",
+    )
     for c in r.components:
         if is_import_path(c):
             import_reward(c)  # a typo in the path stops here, naming the module or attribute
     need(len(r.components) >= 1, "reward.components: need at least one reward")
-    need(len(r.weights) == len(r.components), f"reward.weights has {len(r.weights)} values for {len(r.components)} reward.components; give one weight each")
+    need(
+        len(r.weights) == len(r.components),
+        f"reward.weights has {len(r.weights)} values for {len(r.components)} reward.components; give one weight each",
+    )
     _check_weights(r.weights, "reward.weights")
     expected = {"bleu1", "exact_match", "substring", "jaccard", "extractable"}
-    need(set(r.composite_weights) == expected, f"reward.composite_weights: give exactly the keys {', '.join(sorted(expected))}")
+    need(
+        set(r.composite_weights) == expected,
+        f"reward.composite_weights: give exactly the keys {', '.join(sorted(expected))}",
+    )
     _check_weights(list(r.composite_weights.values()), "reward.composite_weights")
 
 

@@ -88,8 +88,12 @@ def run_demo(
     results = {}
     for name, model in (("warm_start", warm), ("grpo", grpo), ("sft_same_budget", sft_more)):
         results[name] = evaluate(str(model), held_out, load_config(None, base), out / "eval" / name)
-    write_report(str(out / "grpo"), before=str(out / "eval" / "warm_start"), after=str(out / "eval" / "grpo"),
-                 data_path=str(data_dir))
+    write_report(
+        str(out / "grpo"),
+        before=str(out / "eval" / "warm_start"),
+        after=str(out / "eval" / "grpo"),
+        data_path=str(data_dir),
+    )
     summary = {
         "seed": seed,
         "n_eval": len(held_out),
@@ -120,6 +124,9 @@ def format_summary(s: dict) -> str:
     for key, label in names.items():
         lo, hi = s["ci95"][key]
         per = " ".join(f"{s['per_answer_type'][key][t]:>8.3f}" for t in types)
-        lines.append(f"{label:<34} {s['accuracy_' + key]:>8.3f} {f'[{lo:.3f}, {hi:.3f}]':>15} {s['composite_' + key]:>9.3f} {per}")
+        lines.append(
+            f"{label:<34} {s['accuracy_' + key]:>8.3f} {f'[{lo:.3f}, {hi:.3f}]':>15} {s['composite_' + key]:>9.3f} "
+            f"{per}"
+        )
     lines.append(f"wall time: {s['wall_seconds']:.0f} s; summary.json, and grpo/report.html for the GRPO run")
     return "\n".join(lines)

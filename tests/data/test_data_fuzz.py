@@ -91,7 +91,10 @@ def test_csv_rows(folder, rows, max_skip):
 
 
 @FUZZ
-@given(text=st.text(alphabet=st.characters(codec="utf-8"), max_size=300), suffix=st.sampled_from([".csv", ".jsonl", ".json"]))
+@given(
+    text=st.text(alphabet=st.characters(codec="utf-8"), max_size=300),
+    suffix=st.sampled_from([".csv", ".jsonl", ".json"]),
+)
 def test_arbitrary_text_files(folder, text, suffix):
     path = folder / f"f{next(_counter)}{suffix}"
     path.write_text(text, encoding="utf-8")

@@ -17,8 +17,13 @@ from vqa_grpo.errors import UserError
 def write_set(folder: Path, image_key: str = "image", n_good: int = 9, n_missing: int = 1) -> Path:
     (folder / "pics").mkdir(parents=True)
     Image.new("RGB", (24, 16), "red").save(folder / "pics" / "a.png")
-    rows = [{"id": f"g{i}", image_key: "pics/a.png", "question": f"How many dogs? ({i})", "answer": str(i)} for i in range(n_good)]
-    rows += [{"id": f"m{i}", image_key: "pics/gone.png", "question": "Is it here?", "answer": "no"} for i in range(n_missing)]
+    rows = [
+        {"id": f"g{i}", image_key: "pics/a.png", "question": f"How many dogs? ({i})", "answer": str(i)}
+        for i in range(n_good)
+    ]
+    rows += [
+        {"id": f"m{i}", image_key: "pics/gone.png", "question": "Is it here?", "answer": "no"} for i in range(n_missing)
+    ]
     path = folder / "set.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

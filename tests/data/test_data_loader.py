@@ -23,12 +23,33 @@ from vqa_grpo.errors import UserError
 GOOD = [
     dict(id="q1", image="images/red.png", question="Is the square red?", answer="yes", answers=["yes", "yes", "no"]),
     dict(id="q2", image="images/red.png", question="How many squares are there?", answer="1", answers=["1", "one"]),
-    dict(id="q3", image="images/blue.jpg", question="What color is the square?", answer="blue", answers=["blue"], answer_type="other"),
-    dict(id="q4", image="images/blue.jpg", question="Is there a circle?", answer="no", answers=["no"], answer_type="yes/no"),
+    dict(
+        id="q3",
+        image="images/blue.jpg",
+        question="What color is the square?",
+        answer="blue",
+        answers=["blue"],
+        answer_type="other",
+    ),
+    dict(
+        id="q4",
+        image="images/blue.jpg",
+        question="Is there a circle?",
+        answer="no",
+        answers=["no"],
+        answer_type="yes/no",
+    ),
     dict(id="q5", image="images/alpha.png", question="What shape is it?", answer="square", answers=["square"]),
     dict(id="q6", image="images/alpha.png", question="How many circles?", answer="", answers=["2", "2", "3"]),
     dict(id="q7", image="images/grey.jpg", question="Is it dark?", answer="no"),
-    dict(id="q8", image="images/grey.jpg", question="What is on the table?", answer="a cup", answers=["a cup", "cup"], question_type="my type"),
+    dict(
+        id="q8",
+        image="images/grey.jpg",
+        question="What is on the table?",
+        answer="a cup",
+        answers=["a cup", "cup"],
+        question_type="my type",
+    ),
 ]
 BAD = [
     dict(id="q9", image="images/nope.png", question="Is it there?", answer="no"),  # missing_image
@@ -49,7 +70,11 @@ def png_header_only(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20_000, 20_000, 8, 0, 0, 0, 0)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 20_000, 20_000, 8, 0, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
 
 
 def draw_images(folder: Path) -> None:
@@ -188,7 +213,9 @@ def test_synthetic_layout_loads_from_folder_or_file(tmp_path):
 def test_column_mapping(tmp_path):
     draw_images(tmp_path / "set")
     path = tmp_path / "set" / "mine.csv"
-    pd.DataFrame([{"img": r["image"], "q": r["question"], "a": r["answer"], "qid": r["id"]} for r in GOOD[:4]]).to_csv(path, index=False)
+    pd.DataFrame([{"img": r["image"], "q": r["question"], "a": r["answer"], "qid": r["id"]} for r in GOOD[:4]]).to_csv(
+        path, index=False
+    )
     with pytest.raises(UserError, match=r"no column 'image'.*data\.columns\.image=NAME"):
         load_examples(str(path), DataConfig())
     columns = ColumnsConfig(image="img", question="q", answer="a", id="qid")
@@ -209,7 +236,9 @@ def test_answers_in_every_shape(tmp_path):
     cfg = DataConfig(image_root=str(tmp_path / "set"), eval_fraction=0.0)
     examples = load_vqa(cfg, frame=pd.DataFrame(rows)).train
     assert [(ex.answers, ex.answer) for ex in examples] == [(["a", "b", "a"], "a")] * len(shapes)
-    single = load_vqa(cfg, frame=pd.DataFrame([{"image": "images/red.png", "question": "What?", "answers": "just one"}]))
+    single = load_vqa(
+        cfg, frame=pd.DataFrame([{"image": "images/red.png", "question": "What?", "answers": "just one"}])
+    )
     assert (single.train[0].answers, single.train[0].id) == (["just one"], "row1")
 
 
@@ -272,14 +301,27 @@ def write_vqa_v2(folder: Path, images: Path) -> None:
         {"question_id": 7000, "image_id": 7, "question": "What room is this?"},
         {"question_id": 99000, "image_id": 99, "question": "Where is it?"},  # no image 99
     ]
-    answers = {42001: ["2"] * 7 + ["3"] * 3, 42002: ["yes"] * 10, 7000: ["kitchen"] * 9 + ["dining room"], 99000: ["park"] * 10}
-    kinds = {42001: ("how many", "number"), 42002: ("is it", "yes/no"), 7000: ("what room is", "other"), 99000: ("where is", "other")}
+    answers = {
+        42001: ["2"] * 7 + ["3"] * 3,
+        42002: ["yes"] * 10,
+        7000: ["kitchen"] * 9 + ["dining room"],
+        99000: ["park"] * 10,
+    }
+    kinds = {
+        42001: ("how many", "number"),
+        42002: ("is it", "yes/no"),
+        7000: ("what room is", "other"),
+        99000: ("where is", "other"),
+    }
     annotations = [
         {"question_id": q, "image_id": 0, "question_type": kinds[q][0], "answer_type": kinds[q][1],
-         "multiple_choice_answer": a[0], "answers": [{"answer": x, "answer_confidence": "yes", "answer_id": i + 1} for i, x in enumerate(a)]}
+         "multiple_choice_answer": a[0],
+         "answers": [{"answer": x, "answer_confidence": "yes", "answer_id": i + 1} for i, x in enumerate(a)]}
         for q, a in answers.items()
     ]  # fmt: skip
-    (folder / "v2_OpenEnded_mscoco_val2014_questions.json").write_text(json.dumps({"data_subtype": "val2014", "questions": questions}))
+    (folder / "v2_OpenEnded_mscoco_val2014_questions.json").write_text(
+        json.dumps({"data_subtype": "val2014", "questions": questions})
+    )
     (folder / "v2_mscoco_val2014_annotations.json").write_text(json.dumps({"annotations": annotations}))
 
 
@@ -307,7 +349,10 @@ def typed_frame(n_yes: int, n_num: int, n_other: int) -> pd.DataFrame:
     image = Image.new("RGB", (4, 4))
     kinds = [("yes", "yes/no")] * n_yes + [("2", "number")] * n_num + [("red", "other")] * n_other
     return pd.DataFrame(
-        [{"id": f"e{i}", "image": image, "question": "What?", "answer": a, "answer_type": t} for i, (a, t) in enumerate(kinds)]
+        [
+            {"id": f"e{i}", "image": image, "question": "What?", "answer": a, "answer_type": t}
+            for i, (a, t) in enumerate(kinds)
+        ]
     )
 
 
@@ -369,12 +414,32 @@ def two_files(folder: Path) -> Path:
         (lambda d: write(GOOD, "jsonl", d), DataConfig(format="xml"), "data.format='xml' is not known"),
         (lambda d: two_files(d), DataConfig(), "several data files"),
         (lambda d: write(GOOD, "jsonl", d), DataConfig(image_root="/no/such/folder"), "data.image_root"),
-        (lambda d: (d.mkdir(), (d / "x.jsonl").write_text('{"id": 1}\n[1, 2]\n'), d / "x.jsonl")[-1], DataConfig(), "line 2 is a JSON list"),
-        (lambda d: (d.mkdir(), (d / "x.jsonl").write_text('{"id": 1}\n{oops\n'), d / "x.jsonl")[-1], DataConfig(), "line 2 is not valid JSON"),
-        (lambda d: (d.mkdir(), (d / "x.csv").write_bytes(b"id,question\n1,\xff\xfe\n"), d / "x.csv")[-1], DataConfig(), "not UTF-8"),
+        (
+            lambda d: (d.mkdir(), (d / "x.jsonl").write_text('{"id": 1}\n[1, 2]\n'), d / "x.jsonl")[-1],
+            DataConfig(),
+            "line 2 is a JSON list",
+        ),
+        (
+            lambda d: (d.mkdir(), (d / "x.jsonl").write_text('{"id": 1}\n{oops\n'), d / "x.jsonl")[-1],
+            DataConfig(),
+            "line 2 is not valid JSON",
+        ),
+        (
+            lambda d: (d.mkdir(), (d / "x.csv").write_bytes(b"id,question\n1,\xff\xfe\n"), d / "x.csv")[-1],
+            DataConfig(),
+            "not UTF-8",
+        ),
         (lambda d: (d.mkdir(), (d / "x.jsonl").write_text("\n\n"), d / "x.jsonl")[-1], DataConfig(), "holds no rows"),
-        (lambda d: (d.mkdir(), (d / "x.txt").write_text("hi"), d / "x.txt")[-1], DataConfig(), "cannot tell the format"),
-        (lambda d: (d.mkdir(), (d / "x.json").write_text('{"a": 1}'), d / "x.json")[-1], DataConfig(), "must hold a list of objects"),
+        (
+            lambda d: (d.mkdir(), (d / "x.txt").write_text("hi"), d / "x.txt")[-1],
+            DataConfig(),
+            "cannot tell the format",
+        ),
+        (
+            lambda d: (d.mkdir(), (d / "x.json").write_text('{"a": 1}'), d / "x.json")[-1],
+            DataConfig(),
+            "must hold a list of objects",
+        ),
     ],
 )
 def test_unusable_data_is_a_one_line_user_error(tmp_path, setup, cfg, match):

@@ -16,7 +16,8 @@ from pathlib import Path
 import datasets
 import huggingface_hub
 import pytest
-from datasets import ClassLabel, Dataset, Features, Image as ImageFeature, List, Value
+from datasets import ClassLabel, Dataset, Features, List, Value
+from datasets import Image as ImageFeature
 from PIL import Image
 
 from vqa_grpo.config import ConfigError, load_config
@@ -121,7 +122,13 @@ def test_vqav2_preset_maps_every_field(tmp_path):
     assert list(ex) == ["90001", "90002", "100001"]
     assert fields(ex["90001"]) == ("Is the square red?", ["yes", "yes", "no"], "yes", "yes/no", "is the")
     assert fields(ex["90002"]) == ("How many squares?", ["2", "two", "2"], "2", "number", "how many")
-    assert fields(ex["100001"]) == ("What color is the bus?", ["red", "dark red", "red"], "red", "other", "what color is the")
+    assert fields(ex["100001"]) == (
+        "What color is the bus?",
+        ["red", "dark red", "red"],
+        "red",
+        "other",
+        "what color is the",
+    )
     assert [ex[i].load_image().size for i in ex] == [(32, 24), (32, 24), (40, 30)]
     assert ex["90001"].load_image().getpixel((0, 0)) == (255, 0, 0)
     assert all(isinstance(e.image_loader.source, StoredImage) for e in examples)  # re-read, not held
@@ -147,7 +154,13 @@ def test_textvqa_preset_takes_the_most_common_of_ten_answers(tmp_path):
     examples, report = load(root, "data.split=validation", "data.preset=lmms-lab/textvqa")
     (ex,) = examples
     assert ex.id == "34602"
-    assert fields(ex) == ("what brand is this phone?", ["nokia"] * 7 + ["nokia phone"] * 3, "nokia", "other", "what brand")
+    assert fields(ex) == (
+        "what brand is this phone?",
+        ["nokia"] * 7 + ["nokia phone"] * 3,
+        "nokia",
+        "other",
+        "what brand",
+    )
     assert ex.load_image().size == (50, 20)
 
 
@@ -173,10 +186,13 @@ def docvqa_repo(root: Path) -> Path:
         "answer_type": [["single span"]], "image": [image_cell((30, 90), "green")], "image_url": ["u"],
         "operation/reasoning": [[]], "ocr": ["{}"], "data_split": ["val"],
     }  # fmt: skip
-    return write_repo(root, {
-        "DocVQA": {"validation": Dataset.from_dict(doc_rows, features=doc)},
-        "InfographicVQA": {"validation": Dataset.from_dict(info_rows, features=info)},
-    })
+    return write_repo(
+        root,
+        {
+            "DocVQA": {"validation": Dataset.from_dict(doc_rows, features=doc)},
+            "InfographicVQA": {"validation": Dataset.from_dict(info_rows, features=info)},
+        },
+    )
 
 
 def test_docvqa_preset_reads_the_docvqa_config_by_default(tmp_path):
@@ -184,7 +200,13 @@ def test_docvqa_preset_reads_the_docvqa_config_by_default(tmp_path):
     examples, _ = load(root, "data.split=validation", "data.preset=lmms-lab/DocVQA")
     ex = by_id(examples)
     assert list(ex) == ["49153", "24581"]
-    assert fields(ex["49153"]) == ("What is the date mentioned?", ["1/8/93", "1/8/1993"], "1/8/93", "other", "handwritten, form")
+    assert fields(ex["49153"]) == (
+        "What is the date mentioned?",
+        ["1/8/93", "1/8/1993"],
+        "1/8/93",
+        "other",
+        "handwritten, form",
+    )
     assert fields(ex["24581"]) == ("How many pages?", ["3"], "3", "number", "layout")
     assert ex["49153"].load_image().size == (60, 80)
     info, _ = load(root, "data.split=validation", "data.preset=lmms-lab/DocVQA", "data.config_name=InfographicVQA")
@@ -205,7 +227,9 @@ def chartqa_repo(root: Path, broken: bool = False) -> Path:
     }  # fmt: skip
     if broken:  # one cut PNG: the loader's corrupt_image skip, as for local files
         png = image_cell((64, 48), "white")["bytes"]
-        val = {k: v + [x] for (k, v), x in zip(val.items(), [{"bytes": png[:40], "path": None}, "What is it?", ["a"], 0])}
+        val = {
+            k: v + [x] for (k, v), x in zip(val.items(), [{"bytes": png[:40], "path": None}, "What is it?", ["a"], 0])
+        }
     train = {k: v[:1] for k, v in val.items()}
     splits = {"train": Dataset.from_dict(train, features=features), "val": Dataset.from_dict(val, features=features)}
     return write_repo(root, {"default": splits}, card=False)  # no card: the default data/ layout
@@ -221,7 +245,9 @@ def test_chartqa_preset_reads_val_for_validation_and_its_origin_as_question_type
     assert ex["row2"].load_image().getpixel((0, 0)) == (128, 128, 128)
     sliced, _ = load(root, "data.split=validation[1:]", "data.preset=HuggingFaceM4/ChartQA")  # datasets' slices
     assert [(e.id, e.question) for e in sliced] == [("row1", "How many bars are there?")]
-    with pytest.raises(UserError, match=r"^data.split='validation\[1:\]': a stream cannot be sliced; drop the \[...\] or set"):
+    with pytest.raises(
+        UserError, match=r"^data.split='validation\[1:\]': a stream cannot be sliced; drop the \[...\] or set"
+    ):
         load(root, "data.split=validation[1:]", "data.preset=HuggingFaceM4/ChartQA", "data.streaming=true")
 
 
@@ -247,7 +273,10 @@ def test_okvqa_preset_reads_val2014_for_validation(tmp_path):
     }  # fmt: skip
     root = write_repo(tmp_path / "OK-VQA", {"default": {"val2014": Dataset.from_dict(rows, features=features)}})
     (ex,), _ = load(root, "data.split=validation", "data.preset=lmms-lab/OK-VQA")
-    assert (ex.id, fields(ex)) == ("2971475", ("What sport can you use this for?", ["race", "race", "motocross"], "race", "other", "one"))
+    assert (ex.id, fields(ex)) == (
+        "2971475",
+        ("What sport can you use this for?", ["race", "race", "motocross"], "race", "other", "one"),
+    )
     assert ex.load_image().size == (20, 20)
 
 
@@ -296,17 +325,24 @@ def aokvqa_repo(root: Path) -> Path:
     })  # fmt: skip
 
     def rows(qid, question, direct, choices, idx, color):
-        return {"image": [image_cell((16, 12), color)], "question_id": [qid], "question": [question], "choices": [choices],
-                "correct_choice_idx": [idx], "direct_answers": [direct], "difficult_direct_answer": [False],
-                "rationales": [["He has bags."]]}  # fmt: skip
+        return {"image": [image_cell((16, 12), color)], "question_id": [qid], "question": [question],
+                "choices": [choices], "correct_choice_idx": [idx], "direct_answers": [direct],
+                "difficult_direct_answer": [False], "rationales": [["He has bags."]]}  # fmt: skip
 
     train = rows("22MexNkBPpdZGX6sxbxVBH", "What is the man by the bags awaiting?",
                  "['ride', 'ride', 'bus', 'taxi', 'travelling', 'traffic', 'taxi', 'cab', 'cab', 'his ride']",
                  ["skateboarder", "train", "delivery", "cab"], 3, "white")  # fmt: skip
     val = rows("22jbM6gDxdaMaunuzgrsBB", "What is in the motorcyclist's mouth?", str(["cigarette"] * 10),
                ["toothpick", "food", "popsicle stick", "cigarette"], 3, "red")  # fmt: skip
-    return write_repo(root, {"default": {"train": Dataset.from_dict(train, features=features),
-                                         "validation": Dataset.from_dict(val, features=features)}})
+    return write_repo(
+        root,
+        {
+            "default": {
+                "train": Dataset.from_dict(train, features=features),
+                "validation": Dataset.from_dict(val, features=features),
+            }
+        },
+    )
 
 
 AOK_TRAIN_ANSWERS = ["ride", "ride", "bus", "taxi", "travelling", "traffic", "taxi", "cab", "cab", "his ride"]
@@ -316,10 +352,19 @@ def test_aokvqa_preset_parses_the_direct_answers_string(tmp_path):
     root = aokvqa_repo(tmp_path / "A-OKVQA")
     (ex,), _ = load(root, "data.split=train", "data.preset=HuggingFaceM4/A-OKVQA")
     assert ex.id == "22MexNkBPpdZGX6sxbxVBH"
-    assert fields(ex) == ("What is the man by the bags awaiting?", AOK_TRAIN_ANSWERS, "ride", "other", "what is the man")
+    assert fields(ex) == (
+        "What is the man by the bags awaiting?",
+        AOK_TRAIN_ANSWERS,
+        "ride",
+        "other",
+        "what is the man",
+    )
     assert ex.load_image().size == (16, 12)
     (ex,), _ = load(root, "data.split=train", "data.preset=HuggingFaceM4/A-OKVQA", "data.columns.answers=choices")
-    assert (ex.answers, ex.answer) == (["skateboarder", "train", "delivery", "cab"], "skateboarder")  # the user's key wins
+    assert (ex.answers, ex.answer) == (
+        ["skateboarder", "train", "delivery", "cab"],
+        "skateboarder",
+    )  # the user's key wins
 
 
 def test_a_preset_is_found_by_its_hub_id_in_any_letter_case(tmp_path):

@@ -21,14 +21,16 @@ from vqa_grpo.data.inspect import inspect_command
 from vqa_grpo.data.loader import load_examples
 from vqa_grpo.errors import UserError
 
-
 # ---------------------------------------------------------------------------------------------
 # data inspect.
 
 
 def test_inspect_shows_the_preset_and_the_column_mapping(tmp_path, capsys):
     root = chartqa_repo(tmp_path / "ChartQA")
-    assert inspect_command(hf(root), None, None, False, ["data.split=validation", "data.preset=HuggingFaceM4/ChartQA"]) == 0
+    assert (
+        inspect_command(hf(root), None, None, False, ["data.split=validation", "data.preset=HuggingFaceM4/ChartQA"])
+        == 0
+    )
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0] == f"hf:{root}  config (default)  split val (data.split=validation)"
@@ -57,7 +59,16 @@ def test_inspect_json_adds_the_mapping(tmp_path, capsys):
         "question_type": "question_type", "answer_type": "answer_type", "id": "question_id",
     }  # fmt: skip
     assert (out["source"]["config"], out["source"]["split"], out["source"]["streaming"]) == (None, "validation", False)
-    assert set(out["source"]) == {"dataset", "config", "split", "asked_split", "streaming", "preset", "columns", "notes"}
+    assert set(out["source"]) == {
+        "dataset",
+        "config",
+        "split",
+        "asked_split",
+        "streaming",
+        "preset",
+        "columns",
+        "notes",
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,7 +128,9 @@ def test_missing_or_unknown_config_names_the_configs(tmp_path):
     assert one_line(info) == f"{root} has several configs (DocVQA, InfographicVQA); set data.config_name to one of them"
     with pytest.raises(UserError) as info:
         load(root, "data.split=validation", "data.config_name=Docvqa", "data.preset=lmms-lab/DocVQA")
-    assert one_line(info) == f"data.config_name='Docvqa' is not a config of {root}; choose one of DocVQA, InfographicVQA"
+    assert (
+        one_line(info) == f"data.config_name='Docvqa' is not a config of {root}; choose one of DocVQA, InfographicVQA"
+    )
 
 
 def test_loading_script_repositories_point_to_the_parquet_one(tmp_path):
@@ -127,7 +140,8 @@ def test_loading_script_repositories_point_to_the_parquet_one(tmp_path):
     with pytest.raises(UserError) as info:
         load(root, "data.split=validation")
     assert one_line(info) == (
-        f"{root} is a dataset loading script, which datasets 4+ no longer runs; use data.path=hf:lmms-lab/VQAv2 (parquet)"
+        f"{root} is a dataset loading script, which datasets 4+ no longer runs; use data.path=hf:lmms-lab/VQAv2 "
+        "(parquet)"
     )
 
 
@@ -138,12 +152,16 @@ def test_a_name_the_hub_does_not_have(monkeypatch):
         "hf:nobody-xyz/nope was not found on the Hugging Face Hub (Dataset 'nobody-xyz/nope' doesn't exist on "
         "the Hub or cannot be accessed.); check the name (owner/name), or log in for a gated or private dataset"
     )
-    gated = DatasetNotFoundError("Dataset 'org/private-vqa' is a gated dataset on the Hub. You must be authenticated to access it.")
+    gated = DatasetNotFoundError(
+        "Dataset 'org/private-vqa' is a gated dataset on the Hub. You must be authenticated to access it."
+    )
     assert str(_user_error(gated, "org/private-vqa", None, "train", None)).endswith(
         "; accept its terms on the dataset page and log in (hf auth login)"
     )
     unreachable = ConnectionError("Couldn't reach 'nobody-xyz/nope' on the Hub (LocalEntryNotFoundError)")
-    assert "(no network); check the name and the network" in str(_user_error(unreachable, "nobody-xyz/nope", None, "train", None))
+    assert "(no network); check the name and the network" in str(
+        _user_error(unreachable, "nobody-xyz/nope", None, "train", None)
+    )
 
 
 def test_other_bad_hub_input(tmp_path):

@@ -138,7 +138,7 @@ def test_objects_lie_inside_the_image_without_overlap(rows600):
             assert 0 < x0 < x1 < 112 and 0 < y0 < y1 < 112
             assert x1 - x0 == y1 - y0 and 18 <= x1 - x0 <= 36
         for i, a in enumerate(boxes):
-            for b in boxes[i + 1:]:
+            for b in boxes[i + 1 :]:
                 assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], row["id"]
 
 

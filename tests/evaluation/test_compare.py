@@ -32,10 +32,24 @@ def write_eval(path, rows: list[tuple[str, str, float, float]]):
 def two_runs(tmp_path):
     # shared ids q0..q5; A also has q7, B also has q9 (not shared, so not compared). B is written in
     # reverse order: pairs are matched by id, not by line.
-    a = [("q0", "yes/no", 1, 0.5), ("q1", "yes/no", 0, 0.5), ("q2", "yes/no", 0, 0.5),
-         ("q3", "number", 1, 0.5), ("q4", "number", 0, 0.5), ("q5", "number", 0.3, 0.5), ("q7", "other", 1, 1)]
-    b = [("q0", "yes/no", 1, 0.5), ("q1", "yes/no", 1, 0.2), ("q2", "yes/no", 0, 0.5),
-         ("q3", "number", 1, 0.5), ("q4", "number", 1, 0.5), ("q5", "number", 0.6, 0.5), ("q9", "other", 0, 0)]
+    a = [
+        ("q0", "yes/no", 1, 0.5),
+        ("q1", "yes/no", 0, 0.5),
+        ("q2", "yes/no", 0, 0.5),
+        ("q3", "number", 1, 0.5),
+        ("q4", "number", 0, 0.5),
+        ("q5", "number", 0.3, 0.5),
+        ("q7", "other", 1, 1),
+    ]
+    b = [
+        ("q0", "yes/no", 1, 0.5),
+        ("q1", "yes/no", 1, 0.2),
+        ("q2", "yes/no", 0, 0.5),
+        ("q3", "number", 1, 0.5),
+        ("q4", "number", 1, 0.5),
+        ("q5", "number", 0.6, 0.5),
+        ("q9", "other", 0, 0),
+    ]
     return write_eval(tmp_path / "a", a), write_eval(tmp_path / "b", b[::-1])
 
 

@@ -26,19 +26,39 @@ FIXED_KEYS = {"n", "vqa_accuracy", "composite", "per_answer_type", "per_question
 
 
 def config(synth_dir, model_dir, out, *overrides: str):
-    return load_config(None, [
-        f"model.name_or_path={model_dir}", f"data.path={synth_dir}", f"train.output_dir={out}",
-        "train.device=cpu", "train.cpu_threads=1", "train.progress=false", "eval.max_new_tokens=4",
-        "eval.batch_size=16", "eval.bootstrap_samples=200", *overrides,
-    ])
+    return load_config(
+        None,
+        [
+            f"model.name_or_path={model_dir}",
+            f"data.path={synth_dir}",
+            f"train.output_dir={out}",
+            "train.device=cpu",
+            "train.cpu_threads=1",
+            "train.progress=false",
+            "eval.max_new_tokens=4",
+            "eval.batch_size=16",
+            "eval.bootstrap_samples=200",
+            *overrides,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
 def evaluated(synth_dir, tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
     # 40 SFT steps of 4 questions: the model learns the answer words and gets a few right.
-    warm = run(config(synth_dir, tiny_model_dir, root / "sft", "data.eval_fraction=0", "train.max_steps=40",
-                      "train.per_device_batch_size=4", "train.learning_rate=3e-3"), "sft")
+    warm = run(
+        config(
+            synth_dir,
+            tiny_model_dir,
+            root / "sft",
+            "data.eval_fraction=0",
+            "train.max_steps=40",
+            "train.per_device_batch_size=4",
+            "train.learning_rate=3e-3",
+        ),
+        "sft",
+    )
     examples = load_vqa(DataConfig(path=str(synth_dir), eval_fraction=0), seed=0).train[:60]
     broken = root / "broken.png"
     broken.write_bytes(b"not a png")
@@ -106,8 +126,9 @@ def test_format_table_has_a_row_per_answer_type(evaluated):
 
 
 def example(i: int, answer_type: str, question_type: str) -> VQAExample:
-    return VQAExample(id=str(i), question="q", answers=["a"], answer="a", answer_type=answer_type,
-                      question_type=question_type)
+    return VQAExample(
+        id=str(i), question="q", answers=["a"], answer="a", answer_type=answer_type, question_type=question_type
+    )
 
 
 def test_summarise_by_hand():
@@ -135,7 +156,12 @@ def test_summarise_by_hand():
     assert (per_type["other"]["vqa_accuracy"], per_type["other"]["composite"]) == (0.25, 0.75)
     # Question types: "is there a" = rows 0, 2; "is the" = row 4.
     per_q = out["per_question_type"]
-    assert {k: v["n"] for k, v in per_q.items()} == {"how many": 1, "is the": 1, "is there a": 2, "what color is the": 1}
+    assert {k: v["n"] for k, v in per_q.items()} == {
+        "how many": 1,
+        "is the": 1,
+        "is there a": 2,
+        "what color is the": 1,
+    }
     assert per_q["is there a"]["vqa_accuracy"] == 0.75 and per_q["is the"]["vqa_accuracy"] == 0.0
     # A one-example group resamples the same value every time: a zero-width interval.
     assert per_type["other"]["ci95"]["vqa_accuracy"] == [0.25, 0.25]

@@ -15,11 +15,22 @@ from vqa_grpo.training.loop import run
 
 @pytest.mark.slow
 def test_lora_adapter_trains_saves_and_evaluates(synth_dir, tiny_model_dir, tmp_path):
-    cfg = load_config(None, [
-        f"data.path={synth_dir}", f"model.name_or_path={tiny_model_dir}", f"train.output_dir={tmp_path / 'run'}",
-        "model.lora=true", "model.lora_r=4", "train.max_steps=2", "train.per_device_batch_size=4",
-        "train.learning_rate=1e-2", "train.cpu_threads=1", "train.progress=false", "data.eval_fraction=0",
-    ])
+    cfg = load_config(
+        None,
+        [
+            f"data.path={synth_dir}",
+            f"model.name_or_path={tiny_model_dir}",
+            f"train.output_dir={tmp_path / 'run'}",
+            "model.lora=true",
+            "model.lora_r=4",
+            "train.max_steps=2",
+            "train.per_device_batch_size=4",
+            "train.learning_rate=1e-2",
+            "train.cpu_threads=1",
+            "train.progress=false",
+            "data.eval_fraction=0",
+        ],
+    )
     final = run(cfg, "sft").final_dir
     assert (final / "adapter_config.json").is_file() and not (final / "config.json").exists()
     assert json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_model_dir)
@@ -32,8 +43,9 @@ def test_lora_adapter_trains_saves_and_evaluates(synth_dir, tiny_model_dir, tmp_
     assert not [n for n, _ in lm.model.named_parameters() if "lora_" in n and "visual" in n]
 
     examples, _ = load_examples(str(synth_dir), cfg.data)
-    metrics = evaluate(str(final), examples[:16], load_config(None, ["train.cpu_threads=1", "train.progress=false"]),
-                       tmp_path / "eval")
+    metrics = evaluate(
+        str(final), examples[:16], load_config(None, ["train.cpu_threads=1", "train.progress=false"]), tmp_path / "eval"
+    )
     assert metrics["n"] == 16
     rows = (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()
     assert len(rows) == 16

@@ -28,14 +28,38 @@ N_GOOD = 12
 # per question i: (VQA accuracy before, after); gain = after - before
 SCORES = [(0, 1), (1, 0), (0, 0.3), (1, 1), (0, 0), (0.3, 1), (0, 1), (1, 0.6), (0, 0), (0, 1), (1, 1), (0.6, 0)]
 TRAIN_LINES = [
-    {"step": 1, "loss": 0.5, "reward": 0.1, "reward/vqa_accuracy": 0.05, "reward/composite": 0.15, "kl": 0.0,
-     "completion_length": 4.0, "entropy": 2.0},
+    {
+        "step": 1,
+        "loss": 0.5,
+        "reward": 0.1,
+        "reward/vqa_accuracy": 0.05,
+        "reward/composite": 0.15,
+        "kl": 0.0,
+        "completion_length": 4.0,
+        "entropy": 2.0,
+    },
     {"step": 2, "loss": 9.9, "reward": 9.9, "kl": 9.9, "completion_length": 9.9},  # replaced on resume
-    {"step": 2, "loss": 0.4, "reward": 0.2, "reward/vqa_accuracy": 0.1, "reward/composite": 0.3, "kl": 0.01,
-     "completion_length": 3.5, "entropy": 1.8},
+    {
+        "step": 2,
+        "loss": 0.4,
+        "reward": 0.2,
+        "reward/vqa_accuracy": 0.1,
+        "reward/composite": 0.3,
+        "kl": 0.01,
+        "completion_length": 3.5,
+        "entropy": 1.8,
+    },
     {"step": 2, "eval/vqa_accuracy": 0.3, "eval/composite": 0.4},
-    {"step": 3, "loss": 0.3, "reward": 0.3, "reward/vqa_accuracy": 0.2, "reward/composite": 0.4, "kl": 0.02,
-     "completion_length": 3.0, "entropy": 1.5},
+    {
+        "step": 3,
+        "loss": 0.3,
+        "reward": 0.3,
+        "reward/vqa_accuracy": 0.2,
+        "reward/composite": 0.4,
+        "kl": 0.02,
+        "completion_length": 3.0,
+        "entropy": 1.5,
+    },
     {"step": 3, "eval/vqa_accuracy": 0.35, "eval/composite": 0.45},
 ]
 
@@ -52,8 +76,10 @@ def make_run(root: Path, synth_dir: Path, *, eval_lines: bool = True) -> dict:
     (data / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*rows, broken]))
 
     ids = [r["id"] for r in rows] + ["broken"]
-    examples = [VQAExample(r["id"], r["question"], r["answers"], r["answer"], r["answer_type"], r["question_type"])
-                for r in [*rows, broken]]
+    examples = [
+        VQAExample(r["id"], r["question"], r["answers"], r["answer"], r["answer_type"], r["question_type"])
+        for r in [*rows, broken]
+    ]
     scores = SCORES + [(0, 0)]
     out = {"data": str(data), "gains": {i: a - b for i, (b, a) in zip(ids, scores)}}
     for side, col in (("before", 0), ("after", 1)):
@@ -142,8 +168,9 @@ def test_works_with_what_exists(tmp_path, synth_dir):
 
 
 def test_gallery_keeps_the_largest_gains_and_losses(run):
-    page = write_report(run["run"], before=run["before"], after=run["after"], data_path=None, out=None,
-                        max_examples=6).read_text()
+    page = write_report(
+        run["run"], before=run["before"], after=run["after"], data_path=None, out=None, max_examples=6
+    ).read_text()
     ids = gallery_ids(page)
     by_gain = sorted(run["gains"], key=lambda i: (-run["gains"][i], i))
     assert len(ids) == 6
@@ -152,8 +179,11 @@ def test_gallery_keeps_the_largest_gains_and_losses(run):
 
 
 def test_bad_paths_are_one_line_user_errors(run, tmp_path):
-    for kwargs in ({"run_dir": str(tmp_path / "nope")}, {"run_dir": run["run"], "after": str(tmp_path / "nope")},
-                   {"run_dir": run["run"], "before": run["run"], "after": run["after"]}):
+    for kwargs in (
+        {"run_dir": str(tmp_path / "nope")},
+        {"run_dir": run["run"], "after": str(tmp_path / "nope")},
+        {"run_dir": run["run"], "before": run["run"], "after": run["after"]},
+    ):
         with pytest.raises(UserError) as info:
             write_report(**{"before": None, "after": None, "data_path": None, "out": None, **kwargs})
         assert "\n" not in str(info.value)

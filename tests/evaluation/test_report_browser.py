@@ -29,9 +29,19 @@ pytestmark = pytest.mark.skipif(
 )
 # Headless as root in a closed network: no sandbox, no GPU, nothing that phones home.
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--dump-dom",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--enable-logging=stderr",
+    "--v=0",
+    "--virtual-time-budget=5000",
+    "--dump-dom",
 ]
 HARNESS_HEAD = """<script>
 window.__errors = [];
@@ -73,8 +83,9 @@ def render(page: str, where: Path) -> tuple[dict, list[str]]:
     file = where / "harnessed.html"
     file.write_text(page, encoding="utf-8")
     with tempfile.TemporaryDirectory() as profile:
-        proc = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", file.as_uri()],
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", file.as_uri()], capture_output=True, text=True, timeout=120
+        )
     assert proc.returncode == 0, proc.stderr[-2000:]
     found = re.search(r'<pre id="harness">(.*?)</pre>', proc.stdout, re.S)
     assert found, f"the harness did not run; stderr: {proc.stderr[-2000:]}"
@@ -113,7 +124,7 @@ def test_sort_buttons_order_the_gallery(report):
 def test_the_check_fails_on_a_broken_image_and_a_script_error(report):
     page, run, root = report
     head, payload = page.split("data:image/png;base64,", 1)
-    broken = head + "data:image/png;base64,AAAA" + payload[payload.index('"'):]  # the first plot, undecodable
+    broken = head + "data:image/png;base64,AAAA" + payload[payload.index('"') :]  # the first plot, undecodable
     broken = broken.replace("</body>", "<script>notDefinedAnywhere();</script></body>")
     result, console = render(broken, root)
     assert result["loaded"] == result["images"] - 1

@@ -14,8 +14,25 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "grpo_step.py"
 
 
 def test_grpo_step_benchmark_prints_one_json_object_with_every_method(tiny_model_dir):
-    args = ["--model", str(tiny_model_dir), "--group-size", "2", "--questions", "1", "--image-size", "112", "--max-new-tokens", "2", "--steps", "1",
-            "--warmup", "0", "--methods", "vqa_grpo,limit", "--json"]
+    args = [
+        "--model",
+        str(tiny_model_dir),
+        "--group-size",
+        "2",
+        "--questions",
+        "1",
+        "--image-size",
+        "112",
+        "--max-new-tokens",
+        "2",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--methods",
+        "vqa_grpo,limit",
+        "--json",
+    ]
     done = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
@@ -24,11 +41,19 @@ def test_grpo_step_benchmark_prints_one_json_object_with_every_method(tiny_model
         assert "error" not in r, (m, r)
         assert out[f"{m}_step_s"] == r["step_s"] > 0 and r["cpu_s"] > 0 and len(r["step_s_all"]) == 1
         assert r["tokens_per_s"] > 0 and "peak_mib" in r
-    assert out["trl_step_s"] is None and out["seed_loop_step_s"] is None and set(out["methods"]) == {"vqa_grpo", "limit"}
+    assert (
+        out["trl_step_s"] is None and out["seed_loop_step_s"] is None and set(out["methods"]) == {"vqa_grpo", "limit"}
+    )
     assert out["methods"]["vqa_grpo"]["path"] == "shared prefix, fused prefill"
     assert out["ratios"]["vqa_grpo_over_limit"] == out["vqa_grpo_step_s"] / out["limit_step_s"]
     s = out["settings"]
-    assert (s["group_size"], s["questions"], s["image_size"], s["image_tokens"], s["max_new_tokens"]) == (2, 1, 112, 16, 2)
+    assert (s["group_size"], s["questions"], s["image_size"], s["image_tokens"], s["max_new_tokens"]) == (
+        2,
+        1,
+        112,
+        16,
+        2,
+    )
     assert out["model_type"] == "qwen2_vl" and s["model_parameters"] > 500_000 and s["model"] == str(tiny_model_dir)
     # The limit counts B * G * max_new_tokens completion tokens: 1 x 2 x 2 = 4 per step.
     limit = out["methods"]["limit"]

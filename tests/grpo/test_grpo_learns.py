@@ -25,11 +25,29 @@ CPU = torch.device("cpu")
 @pytest.mark.slow
 def test_grpo_raises_the_share_of_the_rewarded_answer(synth_dir, tiny_model_dir, tmp_path):
     base = [f"data.path={synth_dir}", "data.eval_fraction=0", "train.cpu_threads=1", "train.progress=false"]
-    warm = load_config(None, [*base, f"model.name_or_path={tiny_model_dir}", f"train.output_dir={tmp_path / 'warm'}",
-                              "train.max_steps=60", "train.per_device_batch_size=8", "train.learning_rate=3e-4"])
+    warm = load_config(
+        None,
+        [
+            *base,
+            f"model.name_or_path={tiny_model_dir}",
+            f"train.output_dir={tmp_path / 'warm'}",
+            "train.max_steps=60",
+            "train.per_device_batch_size=8",
+            "train.learning_rate=3e-4",
+        ],
+    )
     warm_dir = run(warm, "sft").final_dir
-    cfg = load_config(None, [*base, f"model.name_or_path={warm_dir}", "grpo.num_generations=8",
-                             "grpo.temperatures=[1.0]", "grpo.top_ps=[1.0]", "grpo.max_completion_length=3"])
+    cfg = load_config(
+        None,
+        [
+            *base,
+            f"model.name_or_path={warm_dir}",
+            "grpo.num_generations=8",
+            "grpo.temperatures=[1.0]",
+            "grpo.top_ps=[1.0]",
+            "grpo.max_completion_length=3",
+        ],
+    )
     torch.manual_seed(0)
     lm = load_model(cfg.model, CPU)
     examples = [e for e in load_vqa(cfg.data).train if e.answer_type == "yes/no"][:8]

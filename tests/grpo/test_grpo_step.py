@@ -22,8 +22,19 @@ from vqa_grpo.models.loading import load_model
 from vqa_grpo.models.scoring import answer_tokens, completion_logprobs
 from vqa_grpo.training.batches import Batches
 from vqa_grpo.training.loop import run
-from vqa_grpo.training.steps import Pending, grpo_backward as _grpo_backward, make_rollouts as _make_rollouts, reference_model as _reference_model
 from vqa_grpo.training.optim import make_optimizer
+from vqa_grpo.training.steps import (
+    Pending,
+)
+from vqa_grpo.training.steps import (
+    grpo_backward as _grpo_backward,
+)
+from vqa_grpo.training.steps import (
+    make_rollouts as _make_rollouts,
+)
+from vqa_grpo.training.steps import (
+    reference_model as _reference_model,
+)
 
 CPU = torch.device("cpu")
 B, G = 2, 4
@@ -50,8 +61,14 @@ def config(synth_dir, tiny_model_dir, tmp_path, **grpo) -> Config:
     return Config(
         model=ModelConfig(name_or_path=str(tiny_model_dir)),
         data=DataConfig(path=str(synth_dir)),
-        train=TrainConfig(output_dir=str(tmp_path / "run"), per_device_batch_size=B, learning_rate=1e-3,
-                          device="cpu", cpu_threads=1, progress=False),
+        train=TrainConfig(
+            output_dir=str(tmp_path / "run"),
+            per_device_batch_size=B,
+            learning_rate=1e-3,
+            device="cpu",
+            cpu_threads=1,
+            progress=False,
+        ),
         grpo=GRPOConfig(num_generations=G, max_completion_length=4, **grpo),
     )
 
@@ -66,8 +83,9 @@ def set_rewards(ro, rewards, scale="group"):
 def sample(lm, data, grpo: GRPOConfig, seed=0):
     examples = data.train[:B]
     torch.manual_seed(seed)
-    return make_rollout(lm.model, lm.adapter, lm.processor, examples, [e.load_image() for e in examples],
-                        grpo, RewardConfig(), CPU)
+    return make_rollout(
+        lm.model, lm.adapter, lm.processor, examples, [e.load_image() for e in examples], grpo, RewardConfig(), CPU
+    )
 
 
 def grad_norm(model) -> float:
@@ -230,8 +248,9 @@ def test_completion_logprobs_do_not_depend_on_padding(lm, data):
         for i, (im, q) in enumerate([(images[0], short.question), (images[1], long.question)]):
             alone = lm.adapter.encode_prompts(lm.processor, [im], [q])
             n = int(mask[i].sum())
-            logp_i, ent_i = completion_logprobs(lm.model, lm.adapter, alone, ids[i : i + 1, :n], mask[i : i + 1, :n],
-                                                temps[i : i + 1])
+            logp_i, ent_i = completion_logprobs(
+                lm.model, lm.adapter, alone, ids[i : i + 1, :n], mask[i : i + 1, :n], temps[i : i + 1]
+            )
             assert torch.allclose(logp[i, :n], logp_i[0], atol=1e-5), i
             assert torch.allclose(ent[i, :n], ent_i[0], atol=1e-5), i
 
@@ -243,12 +262,25 @@ def test_completion_logprobs_do_not_depend_on_padding(lm, data):
 @pytest.fixture(scope="module")
 def grpo_run(synth_dir, tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("grpo_run")
-    cfg = load_config(None, [
-        f"model.name_or_path={tiny_model_dir}", f"data.path={synth_dir}", "data.max_eval_samples=2",
-        f"train.output_dir={out}", "train.max_steps=2", f"train.per_device_batch_size={B}",
-        "train.learning_rate=1e-3", "train.device=cpu", "train.cpu_threads=1", "train.progress=false",
-        f"grpo.num_generations={G}", "grpo.max_completion_length=4", "eval.max_new_tokens=4", "eval.batch_size=2",
-    ])
+    cfg = load_config(
+        None,
+        [
+            f"model.name_or_path={tiny_model_dir}",
+            f"data.path={synth_dir}",
+            "data.max_eval_samples=2",
+            f"train.output_dir={out}",
+            "train.max_steps=2",
+            f"train.per_device_batch_size={B}",
+            "train.learning_rate=1e-3",
+            "train.device=cpu",
+            "train.cpu_threads=1",
+            "train.progress=false",
+            f"grpo.num_generations={G}",
+            "grpo.max_completion_length=4",
+            "eval.max_new_tokens=4",
+            "eval.batch_size=2",
+        ],
+    )
     return cfg, run(cfg, "grpo")
 
 
@@ -263,8 +295,21 @@ def test_grpo_run_writes_config_metrics_and_a_loadable_model(grpo_run, tiny_mode
     lines = [json.loads(s) for s in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [x for x in lines if "eval/vqa_accuracy" not in x]
     assert [x["step"] for x in steps] == [1, 2]
-    logged = {"reward", "reward_std", "frac_zero_std_groups", "advantage_abs_mean", "kl", "clip_fraction",
-              "ratio_mean", "completion_length", "truncated_fraction", "entropy", "loss", "grad_norm", "lr"}
+    logged = {
+        "reward",
+        "reward_std",
+        "frac_zero_std_groups",
+        "advantage_abs_mean",
+        "kl",
+        "clip_fraction",
+        "ratio_mean",
+        "completion_length",
+        "truncated_fraction",
+        "entropy",
+        "loss",
+        "grad_norm",
+        "lr",
+    }
     for x in steps:
         assert logged <= set(x), logged - set(x)
         assert 0 <= x["frac_zero_std_groups"] <= 1 and 0 < x["completion_length"] <= 4

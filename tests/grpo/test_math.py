@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from vqa_grpo.grpo import group_advantages, policy_loss, seed_loss
-from vqa_grpo.models.scoring import token_entropy, token_logprobs
 from vqa_grpo.grpo.math import kl_k3, masked_mean
+from vqa_grpo.models.scoring import token_entropy, token_logprobs
 
 LN2 = math.log(2.0)
 
@@ -26,11 +26,13 @@ CENTRED = torch.tensor([-1.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0, -1.0, 2.0], dtype=t
 
 def test_group_scale_divides_by_the_groups_unbiased_std():
     eps = 1e-4
-    expected = torch.cat([
-        torch.tensor([-1.0, 0.0, 1.0]) / (1.0 + eps),
-        torch.zeros(3),
-        torch.tensor([-1.0, -1.0, 2.0]) / (math.sqrt(3.0) + eps),
-    ]).double()
+    expected = torch.cat(
+        [
+            torch.tensor([-1.0, 0.0, 1.0]) / (1.0 + eps),
+            torch.zeros(3),
+            torch.tensor([-1.0, -1.0, 2.0]) / (math.sqrt(3.0) + eps),
+        ]
+    ).double()
     torch.testing.assert_close(group_advantages(REWARDS, 3), expected)
 
 

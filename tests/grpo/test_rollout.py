@@ -88,8 +88,12 @@ def test_rows_are_group_after_group_and_sampled_at_their_own_temperature(lm, dat
     assert torch.allclose(ro.sampling_logprobs.double(), expected, atol=1e-4)
     # Controls, to show the comparison can fail: the other question's prompt, or the next
     # sample's temperature, gives other log-probs.
-    swapped = lm.adapter.repeat(lm.adapter.encode_prompts(
-        lm.processor, [e.load_image() for e in ro.examples[::-1]], [e.question for e in ro.examples[::-1]]), G)
+    swapped = lm.adapter.repeat(
+        lm.adapter.encode_prompts(
+            lm.processor, [e.load_image() for e in ro.examples[::-1]], [e.question for e in ro.examples[::-1]]
+        ),
+        G,
+    )
     assert (sampler_logprobs(lm, ro, swapped, ro.temperatures) - expected).abs().max() > 1e-2
     rolled = ro.temperatures.view(B, G).roll(1, dims=1).reshape(R)
     assert (sampler_logprobs(lm, ro, rep, rolled) - expected).abs().max() > 1e-2
@@ -132,8 +136,9 @@ def test_completion_mask_stops_at_the_first_stop_token_and_flags_truncated_rows(
             assert ro.sampling_logprobs[r, k + 1 :].abs().sum() == 0
 
     # Same seed with mask_truncated_completions: same samples, truncated rows dropped whole.
-    ro_m, _ = rollout(lm, data, seed=1, num_generations=8, temperatures=[1.0], top_ps=[1.0],
-                      mask_truncated_completions=True)
+    ro_m, _ = rollout(
+        lm, data, seed=1, num_generations=8, temperatures=[1.0], top_ps=[1.0], mask_truncated_completions=True
+    )
     assert torch.equal(ro_m.completion_ids, ids) and torch.equal(ro_m.truncated, ro.truncated)
     assert ro_m.completion_mask[ro.truncated].sum() == 0
     assert torch.equal(ro_m.completion_mask[~ro.truncated], mask[~ro.truncated])
@@ -152,8 +157,9 @@ def test_image_and_vision_tokens_are_never_sampled(lm, data):
     # Control: the model's own tempered distribution, at the positions that were sampled, puts
     # enough mass on those tokens that more than 3 of them would be expected without suppression.
     with torch.no_grad():
-        logits = completion_logits(lm.model, lm.adapter, ro.repeated_prompts(lm.adapter), ro.completion_ids,
-                                   ro.completion_mask)  # [R, C, V]
+        logits = completion_logits(
+            lm.model, lm.adapter, ro.repeated_prompts(lm.adapter), ro.completion_ids, ro.completion_mask
+        )  # [R, C, V]
     p_suppressed = torch.softmax(logits / 2.0, dim=-1)[..., suppressed].sum(-1)  # [R, C]
     assert float((p_suppressed * ro.completion_mask).sum()) > 3.0
 
@@ -171,8 +177,10 @@ def test_rewards_score_each_row_against_its_own_question_and_advantages_are_grou
 
     # Row r is scored against question r // G's answers, on its raw decoded completion.
     tok = lm.processor.tokenizer
-    texts = [tok.decode(row[: int(m.sum())].tolist(), skip_special_tokens=True)
-             for row, m in zip(ro.completion_ids, ro.completion_mask)]
+    texts = [
+        tok.decode(row[: int(m.sum())].tolist(), skip_special_tokens=True)
+        for row, m in zip(ro.completion_ids, ro.completion_mask)
+    ]
     rows = [ro.examples[r // G] for r in range(B * G)]
     scored = compute_rewards(texts, [e.answers for e in rows], [e.answer_type for e in rows], RewardConfig())
     assert torch.equal(ro.rewards, torch.as_tensor(scored.total, dtype=torch.float32))

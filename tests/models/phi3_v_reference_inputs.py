@@ -38,9 +38,7 @@ IMAGE_SIZES: list[tuple[int, int]] = [
 ]
 
 QUESTION = "What color is the circle?"
-PROMPT = (
-    "<|user|>\n<|image_1|>\n" + QUESTION + " Answer with a single word or short phrase.<|end|>\n<|assistant|>\n"
-)
+PROMPT = "<|user|>\n<|image_1|>\n" + QUESTION + " Answer with a single word or short phrase.<|end|>\n<|assistant|>\n"
 
 # Text model reduction used by reference_config(). head_dim stays 192 / 2 = 96, so
 # the 48-entry su/longrope factor lists in config.json remain valid.

@@ -151,11 +151,16 @@ def test_generation_never_emits_image_tokens_and_scoring_matches_generation(fami
     lm.model.eval()
     with torch.no_grad():
         out = lm.model.generate(
-            **prompts.model_inputs(), max_new_tokens=3, do_sample=False, output_logits=True,
-            return_dict_in_generate=True, suppress_tokens=suppressed, eos_token_id=[],
+            **prompts.model_inputs(),
+            max_new_tokens=3,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+            suppress_tokens=suppressed,
+            eos_token_id=[],
             pad_token_id=lm.processor.tokenizer.pad_token_id,
         )
-        ids = out.sequences[:, prompts.input_ids.shape[1]:]  # [B, 3]
+        ids = out.sequences[:, prompts.input_ids.shape[1] :]  # [B, 3]
         seen = torch.stack([torch.log_softmax(x.float(), -1) for x in out.logits], 1).gather(-1, ids[..., None])[..., 0]
         scored, _ = completion_logprobs(lm.model, lm.adapter, prompts, ids, torch.ones_like(ids), with_entropy=False)
     torch.testing.assert_close(scored, seen, atol=1e-5, rtol=0)
@@ -176,10 +181,10 @@ def test_generation_never_emits_image_tokens_and_scoring_matches_generation(fami
 
 
 def test_sft_and_grpo_gradients_reach_text_and_vision_and_save_reloads_exactly(family, tmp_path):
-    from vqa_grpo.grpo.objective import grpo_objective
-    from vqa_grpo.grpo.rollout import make_rollout
     from vqa_grpo.config import GRPOConfig, RewardConfig
     from vqa_grpo.data.types import VQAExample
+    from vqa_grpo.grpo.objective import grpo_objective
+    from vqa_grpo.grpo.rollout import make_rollout
 
     name, _, lm = family
     model, adapter, processor = lm.model, lm.adapter, lm.processor
@@ -200,8 +205,15 @@ def test_sft_and_grpo_gradients_reach_text_and_vision_and_save_reloads_exactly(f
     # GRPO: a rollout of G = 2 sampled completions per prompt (B = 2, mixed image sizes), then the
     # clipped objective with advantages +1 / -1 inside each group, so the gradient is not zero.
     examples = [
-        VQAExample(id=str(i), image_loader=lambda im=im: im, question=q, answer="yes", answers=["yes"],
-                   question_type="is there", answer_type="yes/no")
+        VQAExample(
+            id=str(i),
+            image_loader=lambda im=im: im,
+            question=q,
+            answer="yes",
+            answers=["yes"],
+            question_type="is there",
+            answer_type="yes/no",
+        )
         for i, (im, q) in enumerate(zip(IMAGES, QUESTIONS))
     ]
     cfg = GRPOConfig(num_generations=2, max_completion_length=3, temperatures=[1.0], top_ps=[1.0])
@@ -215,8 +227,10 @@ def test_sft_and_grpo_gradients_reach_text_and_vision_and_save_reloads_exactly(f
     loss, stats = grpo_objective(model, adapter, processor, ro, cfg)
     loss.backward()
     assert torch.isfinite(loss)
-    assert any(re.fullmatch(adapter.vision_pattern, n) and p.grad is not None and p.grad.any()
-               for n, p in model.named_parameters())
+    assert any(
+        re.fullmatch(adapter.vision_pattern, n) and p.grad is not None and p.grad.any()
+        for n, p in model.named_parameters()
+    )
 
     # One optimiser step, save, reload: the reloaded model computes the same logits.
     torch.optim.SGD(model.parameters(), lr=0.1).step()
@@ -228,8 +242,9 @@ def test_sft_and_grpo_gradients_reach_text_and_vision_and_save_reloads_exactly(f
     again = load_model(ModelConfig(name_or_path=str(tmp_path / "saved")), CPU, trainable=False)
     assert type(again.adapter) is type(adapter) and type(again.model) is type(model)
     with torch.no_grad():
-        after = again.adapter.forward_logits(again.model, again.adapter.encode_prompts(again.processor, IMAGES, QUESTIONS),
-                                             prompts.input_ids.shape[1])
+        after = again.adapter.forward_logits(
+            again.model, again.adapter.encode_prompts(again.processor, IMAGES, QUESTIONS), prompts.input_ids.shape[1]
+        )
     torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
 
 
@@ -254,17 +269,47 @@ def test_one_sft_step_then_one_grpo_step_through_the_loop_and_the_model_reloads(
 
     name, model_dir, _ = family
     base = [
-        f"data.path={mixed_sizes_dir}", "data.eval_fraction=0.25", "data.max_eval_samples=2",
-        "train.device=cpu", "train.cpu_threads=1", "train.progress=false", "train.max_steps=1",
-        "train.save_steps=0", "train.learning_rate=1e-3", "train.report_to=none",
-        "eval.batch_size=2", "eval.max_new_tokens=2",
+        f"data.path={mixed_sizes_dir}",
+        "data.eval_fraction=0.25",
+        "data.max_eval_samples=2",
+        "train.device=cpu",
+        "train.cpu_threads=1",
+        "train.progress=false",
+        "train.max_steps=1",
+        "train.save_steps=0",
+        "train.learning_rate=1e-3",
+        "train.report_to=none",
+        "eval.batch_size=2",
+        "eval.max_new_tokens=2",
     ]
-    sft = run(load_config(None, [*base, f"model.name_or_path={model_dir}", f"train.output_dir={tmp_path / 'sft'}",
-                                 "train.per_device_batch_size=3"]), "sft")
-    grpo = run(load_config(None, [*base, f"model.name_or_path={sft.final_dir}", f"train.output_dir={tmp_path / 'grpo'}",
-                                  "train.per_device_batch_size=2", "grpo.num_generations=2",
-                                  "grpo.max_completion_length=3", "grpo.temperatures=[1.0]", "grpo.top_ps=[1.0]"]),
-               "grpo")
+    sft = run(
+        load_config(
+            None,
+            [
+                *base,
+                f"model.name_or_path={model_dir}",
+                f"train.output_dir={tmp_path / 'sft'}",
+                "train.per_device_batch_size=3",
+            ],
+        ),
+        "sft",
+    )
+    grpo = run(
+        load_config(
+            None,
+            [
+                *base,
+                f"model.name_or_path={sft.final_dir}",
+                f"train.output_dir={tmp_path / 'grpo'}",
+                "train.per_device_batch_size=2",
+                "grpo.num_generations=2",
+                "grpo.max_completion_length=3",
+                "grpo.temperatures=[1.0]",
+                "grpo.top_ps=[1.0]",
+            ],
+        ),
+        "grpo",
+    )
     for result in (sft, grpo):
         steps = [json.loads(s) for s in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in steps if "loss" in r] == [1]
@@ -289,8 +334,11 @@ def test_default_lora_targets_are_the_language_models_projections_only(family):
     adapted = sorted({n.split(".lora_A")[0] for n, _ in peft_model.named_parameters() if ".lora_A" in n})
     leaves = {n.rsplit(".", 1)[1] for n in adapted}
     fused = name in ("phi4_multimodal", "phi3_v")  # Phi-3/Phi-4 fuse q, k, v and gate, up
-    assert leaves == ({"qkv_proj", "o_proj", "gate_up_proj", "down_proj"} if fused else
-                      {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
+    assert leaves == (
+        {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}
+        if fused
+        else {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    )
     layers = 4 if name == "qwen2_vl" else 2  # the demo's Qwen2-VL has 4 text layers, the others 2
     assert len(adapted) == layers * len(leaves)
     assert not any(re.fullmatch(lm.adapter.vision_pattern, n + ".weight") for n in adapted)
@@ -302,4 +350,7 @@ def test_freeze_vision_freezes_the_vision_tower_and_nothing_else(family):
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     vision = {n for n, _ in model.named_parameters() if re.fullmatch(lm.adapter.vision_pattern, n)}
     assert frozen == vision and len(vision) > 0
-    assert not any(re.search(r"(^|\.)embed_tokens\.", n) or "lm_head" in n or "language_model" in n or "text_model" in n for n in frozen)
+    assert not any(
+        re.search(r"(^|\.)embed_tokens\.", n) or "lm_head" in n or "language_model" in n or "text_model" in n
+        for n in frozen
+    )

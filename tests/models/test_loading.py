@@ -27,10 +27,15 @@ def llava_dir(tmp_path_factory):
 
 def test_a_model_with_remote_code_needs_trust_remote_code(tmp_path):
     # A config.json that names its own classes (auto_map) for a model type transformers lacks.
-    (tmp_path / "config.json").write_text(json.dumps({
-        "model_type": "my_remote_vlm", "architectures": ["MyRemoteVLM"],
-        "auto_map": {"AutoConfig": "configuration_my.MyConfig", "AutoModelForCausalLM": "modeling_my.MyVLM"},
-    }))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "my_remote_vlm",
+                "architectures": ["MyRemoteVLM"],
+                "auto_map": {"AutoConfig": "configuration_my.MyConfig", "AutoModelForCausalLM": "modeling_my.MyVLM"},
+            }
+        )
+    )
     (tmp_path / "preprocessor_config.json").write_text("{}")
     with pytest.raises(UserError) as err:
         load_model(ModelConfig(name_or_path=str(tmp_path)), CPU)
@@ -77,18 +82,31 @@ def test_an_import_error_is_reported_as_what_failed_not_as_an_attention_problem(
     # transformers 5 no longer has. The error names that import, not the attention kernel.
     from vqa_grpo.models.loading import _from_pretrained
 
-    (tmp_path / "config.json").write_text(json.dumps({
-        "model_type": "llama", "architectures": ["OldVLM"], "vocab_size": 8, "hidden_size": 8,
-        "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1,
-        "auto_map": {"AutoModelForCausalLM": "modeling_old.OldVLM"},
-    }))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "architectures": ["OldVLM"],
+                "vocab_size": 8,
+                "hidden_size": 8,
+                "intermediate_size": 8,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 1,
+                "auto_map": {"AutoModelForCausalLM": "modeling_old.OldVLM"},
+            }
+        )
+    )
     (tmp_path / "modeling_old.py").write_text(
         "from transformers.modeling_attn_mask_utils import _prepare_4d_causal_attention_mask\n"
     )
     for attn in ("sdpa", "eager", "flash_attention_2"):
         with pytest.raises(UserError) as err:
-            _from_pretrained(Phi4MultimodalAdapter(), str(tmp_path),
-                             ModelConfig(name_or_path=str(tmp_path), trust_remote_code=True, attn_implementation=attn), {})
+            _from_pretrained(
+                Phi4MultimodalAdapter(),
+                str(tmp_path),
+                ModelConfig(name_or_path=str(tmp_path), trust_remote_code=True, attn_implementation=attn),
+                {},
+            )
         message = str(err.value)
         assert message.startswith(f"cannot load {tmp_path}: its remote code failed to import (")
         assert "transformers.modeling_attn_mask_utils" in message and "flash" not in message

@@ -58,8 +58,11 @@ def test_the_official_config_reads_and_writes_back_in_its_own_layout():
     out = cfg.to_dict()
     assert "rope_parameters" not in out and out["rope_theta"] == 10000.0
     official = official_config()["rope_scaling"]
-    assert out["rope_scaling"] == {"type": "su", "long_factor": official["long_factor"],
-                                   "short_factor": official["short_factor"]}
+    assert out["rope_scaling"] == {
+        "type": "su",
+        "long_factor": official["long_factor"],
+        "short_factor": official["short_factor"],
+    }
     assert out["model_type"] == "phi3_v" and out["img_processor"] == official_config()["img_processor"]
     # Phi-3.5-vision names the same scaling "longrope": written back as it came.
     d = official_config()
@@ -67,10 +70,18 @@ def test_the_official_config_reads_and_writes_back_in_its_own_layout():
     assert Phi3VConfig(**d).to_dict()["rope_scaling"]["type"] == "longrope"
 
 
-@pytest.mark.parametrize("size, crops, tokens", [
-    ((200, 120), 4, 757), ((200, 120), 16, 2353), ((200, 120), 1, 313), ((120, 200), 4, 757),
-    ((336, 336), 1, 313), ((336, 336), 16, 2509), ((1000, 200), 16, 2485),  # 4 x 4 crops; 2 x 8
-])
+@pytest.mark.parametrize(
+    "size, crops, tokens",
+    [
+        ((200, 120), 4, 757),
+        ((200, 120), 16, 2353),
+        ((200, 120), 1, 313),
+        ((120, 200), 4, 757),
+        ((336, 336), 1, 313),
+        ((336, 336), 16, 2509),
+        ((1000, 200), 16, 2485),  # 4 x 4 crops; 2 x 8
+    ],
+)
 def test_image_token_counts(size, crops, tokens):
     assert num_image_tokens(*hd_size(*size, crops)) == tokens
 
@@ -119,8 +130,10 @@ def test_trust_remote_code_on_a_phi3_v_checkpoint_runs_none_of_its_code(tiny_dir
     for name in ("configuration_phi3_v", "modeling_phi3_v"):
         (ckpt / f"{name}.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
     config = json.loads((ckpt / "config.json").read_text())
-    config["auto_map"] = {"AutoConfig": "configuration_phi3_v.Phi3VConfig",
-                          "AutoModelForCausalLM": "modeling_phi3_v.Phi3VForCausalLM"}
+    config["auto_map"] = {
+        "AutoConfig": "configuration_phi3_v.Phi3VConfig",
+        "AutoModelForCausalLM": "modeling_phi3_v.Phi3VForCausalLM",
+    }
     (ckpt / "config.json").write_text(json.dumps(config))
     with caplog.at_level("WARNING", logger="vqa_grpo"):
         lm = load_model(ModelConfig(name_or_path=str(ckpt), trust_remote_code=True), CPU)
@@ -196,7 +209,9 @@ def test_lora_targets_the_fused_projections_and_merges_back_into_the_official_la
     merged = merge_adapter(tmp_path / "final", tmp_path / "merged", ModelConfig(name_or_path=str(tiny_dir)))
     assert set(load_file(str(merged / "model.safetensors"))) == set(load_file(str(tiny_dir / "model.safetensors")))
     again = load_model(ModelConfig(name_or_path=str(merged)), CPU, trainable=False)
-    batch = again.adapter.encode_prompts(again.processor, [__import__("PIL.Image").Image.new("RGB", (60, 90))], ["Is it red?"])
+    batch = again.adapter.encode_prompts(
+        again.processor, [__import__("PIL.Image").Image.new("RGB", (60, 90))], ["Is it red?"]
+    )
     lm.model.eval()
     with torch.no_grad():
         want = lm.model(**batch.model_inputs()).logits
@@ -213,8 +228,11 @@ def test_sdpa_and_eager_give_the_same_logits(tiny_dir):
         assert lm.model.config._attn_implementation == attn
         vision = lm.model.model.vision_embed_tokens.img_processor.vision_model
         assert vision.config._attn_implementation == attn  # the CLIP tower follows the setting
-        batch = lm.adapter.encode_prompts(lm.processor, [Image.new("RGB", (200, 120)), Image.new("RGB", (90, 300))],
-                                          ["What color?", "How many objects are there?"])
+        batch = lm.adapter.encode_prompts(
+            lm.processor,
+            [Image.new("RGB", (200, 120)), Image.new("RGB", (90, 300))],
+            ["What color?", "How many objects are there?"],
+        )
         with torch.no_grad():
             outs.append(lm.model(**batch.model_inputs()).logits)
     mask = batch.attention_mask.bool()

@@ -83,8 +83,9 @@ def completions(lm, seed=0):
 def logprobs_and_grads(lm, prompts, ids, mask, temps, shared):
     """Log-probs [R, C] and each parameter's gradient of a fixed weighted sum of them."""
     lm.model.zero_grad(set_to_none=True)
-    logp, _ = completion_logprobs(lm.model, lm.adapter, prompts, ids, mask, temps, with_entropy=False,
-                                  group_size=G, shared_prefix=shared)
+    logp, _ = completion_logprobs(
+        lm.model, lm.adapter, prompts, ids, mask, temps, with_entropy=False, group_size=G, shared_prefix=shared
+    )
     weights = torch.linspace(-1.0, 1.0, ids.numel()).view_as(ids)
     (logp * mask * weights).sum().backward()
     grads = {n: p.grad.clone() for n, p in lm.model.named_parameters() if p.grad is not None}
@@ -130,7 +131,9 @@ def test_shared_prefix_logprobs_and_gradients_equal_the_plain_path(family, famil
     prefix.continuation_positions = lambda model, start, length: original(model, start + 1, length)
     try:
         with torch.no_grad():
-            wrong, _ = completion_logprobs(lm.model, lm.adapter, prompts, ids, mask, temps, group_size=G, shared_prefix=True)
+            wrong, _ = completion_logprobs(
+                lm.model, lm.adapter, prompts, ids, mask, temps, group_size=G, shared_prefix=True
+            )
     finally:
         prefix.continuation_positions = original
     assert ((wrong * mask)[:, 1:] - plain_logp[:, 1:]).abs().max() > 3e-5
@@ -166,9 +169,16 @@ def test_shared_prefix_sampling_draws_the_same_tokens_as_generate(family, family
     for shared in (False, True):
         torch.manual_seed(3)
         out[shared] = generate(
-            lm.model, lm.adapter, lm.processor, prompts, max_new_tokens=6, do_sample=True,
-            logits_processor=LogitsProcessorList([RowwiseTemperatureTopP(temps, top_ps)]), keep_scores=True,
-            group_size=G, shared_prefix=shared,
+            lm.model,
+            lm.adapter,
+            lm.processor,
+            prompts,
+            max_new_tokens=6,
+            do_sample=True,
+            logits_processor=LogitsProcessorList([RowwiseTemperatureTopP(temps, top_ps)]),
+            keep_scores=True,
+            group_size=G,
+            shared_prefix=shared,
         )
     plain, shared = out[False], out[True]
     assert plain.ids.shape == (B * G, 6)
@@ -180,7 +190,9 @@ def test_shared_prefix_sampling_draws_the_same_tokens_as_generate(family, family
         assert (a[finite] - b[finite]).abs().max() < 1e-5
     assert len({tuple(r) for r in plain.ids.tolist()}) > G  # the rows really differ
     # Greedy decoding too (what evaluation does), with the prompts used once each.
-    greedy = [generate(lm.model, lm.adapter, lm.processor, prompts, max_new_tokens=6, shared_prefix=s) for s in (False, True)]
+    greedy = [
+        generate(lm.model, lm.adapter, lm.processor, prompts, max_new_tokens=6, shared_prefix=s) for s in (False, True)
+    ]
     assert torch.equal(greedy[0].ids, greedy[1].ids)
 
 
@@ -188,7 +200,9 @@ def test_repetition_penalty_is_rebuilt_and_other_generate_settings_fall_back(fam
     lm = load(family_dirs("qwen2_vl"))
     prompts = padded_prompts(lm, data)
     lm.model.generation_config.repetition_penalty = 3.0  # strong enough to change greedy tokens
-    greedy = [generate(lm.model, lm.adapter, lm.processor, prompts, max_new_tokens=6, shared_prefix=s) for s in (False, True)]
+    greedy = [
+        generate(lm.model, lm.adapter, lm.processor, prompts, max_new_tokens=6, shared_prefix=s) for s in (False, True)
+    ]
     assert torch.equal(greedy[0].ids, greedy[1].ids)
     lm.model.generation_config.repetition_penalty = 1.0
     unpenalised = generate(lm.model, lm.adapter, lm.processor, prompts, max_new_tokens=6, shared_prefix=True)
@@ -218,7 +232,9 @@ def test_rollout_and_grpo_step_are_the_same_on_both_paths(family_dirs, data, cap
         ro.rewards = torch.tensor([1.0, 0.0, 0.5, 0.0, 0.0, 0.2, 0.0, 1.0])
         ro.advantages = group_advantages(ro.rewards, G)
         with torch.no_grad():
-            ro.ref_logprobs = rollout_logprobs(lm.model, lm.adapter, ro, with_entropy=False)[0] - 0.01 * ro.completion_mask
+            ro.ref_logprobs = (
+                rollout_logprobs(lm.model, lm.adapter, ro, with_entropy=False)[0] - 0.01 * ro.completion_mask
+            )
         lm.model.zero_grad(set_to_none=True)
         loss, stats = grpo_objective(lm.model, lm.adapter, lm.processor, ro, grpo)
         loss.backward()
@@ -265,7 +281,10 @@ def test_shared_prefix_setting(tiny_model_dir, caplog):
     prefix._logged.clear()
     with caplog.at_level(logging.INFO, logger="vqa_grpo.prefix"):
         assert not prefix.resolve(lm.model, "auto")
-    assert "GRPO path: plain (prompt repeated G times) [model_type 'some_new_family' has no tested shared-prefix position rule]" in caplog.text
+    assert (
+        "GRPO path: plain (prompt repeated G times) [model_type 'some_new_family' has no tested shared-prefix "
+        "position rule]" in caplog.text
+    )
     with pytest.raises(UserError, match="^grpo.shared_prefix=on cannot run: model_type 'some_new_family'"):
         prefix.resolve(lm.model, "on")
 
@@ -284,8 +303,9 @@ def test_shared_prefix_loss_through_a_ddp_wrapper(family_dirs, data, tmp_path):
     try:
         ddp = torch.nn.parallel.DistributedDataParallel(lm.model)
         lm.model.zero_grad(set_to_none=True)
-        logp, _ = completion_logprobs(ddp, lm.adapter, prompts, ids, mask, with_entropy=False, group_size=G,
-                                      shared_prefix=True)
+        logp, _ = completion_logprobs(
+            ddp, lm.adapter, prompts, ids, mask, with_entropy=False, group_size=G, shared_prefix=True
+        )
         weights = torch.linspace(-1.0, 1.0, ids.numel()).view_as(ids)
         (logp * mask * weights).sum().backward()
     finally:
@@ -303,15 +323,18 @@ def test_fused_prefill_samples_and_scores_as_two_passes_do(family, family_dirs, 
     examples = data.train[:B]
     images = [e.load_image() for e in examples]
     grpo = GRPOConfig(num_generations=G, max_completion_length=4, beta=0.0)
-    tower = next(m for n, m in lm.model.named_modules() if n.split(".")[-1] in ("visual", "vision_tower", "vision_embed_tokens"))
+    tower = next(
+        m for n, m in lm.model.named_modules() if n.split(".")[-1] in ("visual", "vision_tower", "vision_embed_tokens")
+    )
     encodes = []
     hook = tower.register_forward_hook(lambda *_: encodes.append(1))
     results = {}
     for keep in (False, True):
         torch.manual_seed(0)
         encodes.clear()
-        ro = make_rollout(lm.model, lm.adapter, lm.processor, examples, images, grpo, RewardConfig(), CPU,
-                          keep_prefill=keep)
+        ro = make_rollout(
+            lm.model, lm.adapter, lm.processor, examples, images, grpo, RewardConfig(), CPU, keep_prefill=keep
+        )
         assert (ro.prefix is not None) == keep and lm.model.training
         ro.advantages = torch.tensor([1.0, -1.0, 0.5, 0.3, 0.2, -0.7, 1.5, 0.4])
         lm.model.zero_grad(set_to_none=True)
@@ -319,7 +342,11 @@ def test_fused_prefill_samples_and_scores_as_two_passes_do(family, family_dirs, 
         assert ro.prefix is None  # used once: the graph goes with this backward pass
         loss.backward()
         assert len(encodes) == (1 if keep else 2)  # the images (and prompts) run once per step, or twice
-        results[keep] = ro, loss.detach(), {n: p.grad.clone() for n, p in lm.model.named_parameters() if p.grad is not None}
+        results[keep] = (
+            ro,
+            loss.detach(),
+            {n: p.grad.clone() for n, p in lm.model.named_parameters() if p.grad is not None},
+        )
     hook.remove()
     (ro_two, loss_two, grads_two), (ro_one, loss_one, grads_one) = results[False], results[True]
     assert torch.equal(ro_one.completion_ids, ro_two.completion_ids)
@@ -370,8 +397,17 @@ def test_gradient_checkpointing_keeps_two_prompt_passes_and_a_grpo_step_runs(tin
     grpo = GRPOConfig(num_generations=G, max_completion_length=3)
     assert fused_prefill_reason(lm.model, grpo) == "gradient checkpointing drops the KV cache"
     examples = data.train[:B]
-    ro = make_rollout(lm.model, lm.adapter, lm.processor, examples, [e.load_image() for e in examples], grpo,
-                      RewardConfig(), CPU, keep_prefill=fuse_prefill(lm.model, grpo))
+    ro = make_rollout(
+        lm.model,
+        lm.adapter,
+        lm.processor,
+        examples,
+        [e.load_image() for e in examples],
+        grpo,
+        RewardConfig(),
+        CPU,
+        keep_prefill=fuse_prefill(lm.model, grpo),
+    )
     assert ro.prefix is None and ro.shared_prefix  # sampled from a shared prefix; the loss runs the plain path
     ro.advantages = torch.linspace(-1, 1, B * G)
     loss, _ = grpo_objective(lm.model, lm.adapter, lm.processor, ro, grpo)

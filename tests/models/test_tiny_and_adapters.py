@@ -127,8 +127,9 @@ def test_qwen2_vl_repeat_equals_encoding_the_repeated_prompts(lm):
     assert set(batch.extra) == {"pixel_values", "image_grid_thw", "mm_token_type_ids"}
 
     repeated = adapter.repeat(batch, 3)
-    direct = adapter.encode_prompts(lm.processor, [im for im in images for _ in range(3)],
-                                    [q for q in questions for _ in range(3)])
+    direct = adapter.encode_prompts(
+        lm.processor, [im for im in images for _ in range(3)], [q for q in questions for _ in range(3)]
+    )
     assert torch.equal(repeated.input_ids, direct.input_ids)  # [6, P]
     assert torch.equal(repeated.attention_mask, direct.attention_mask)
     assert repeated.extra.keys() == direct.extra.keys()
@@ -171,12 +172,14 @@ def test_append_extends_per_token_keys_with_zeros_and_keeps_image_tensors():
 
 
 def test_completion_mask_keeps_up_to_the_first_stop_token():
-    ids = torch.tensor([
-        [40, 2, 41, 2],   # stop at 1: keep 2 tokens
-        [40, 41, 42, 43],  # no stop: truncated, all kept
-        [2, 40, 2, 40],   # stop at 0: keep the stop token only
-        [40, 41, 42, 9],  # the second stop id, last position: all kept, not truncated
-    ])
+    ids = torch.tensor(
+        [
+            [40, 2, 41, 2],  # stop at 1: keep 2 tokens
+            [40, 41, 42, 43],  # no stop: truncated, all kept
+            [2, 40, 2, 40],  # stop at 0: keep the stop token only
+            [40, 41, 42, 9],  # the second stop id, last position: all kept, not truncated
+        ]
+    )
     mask, truncated = completion_mask(ids, [2, 9])
     assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 1]]
     assert mask.dtype == torch.long
@@ -224,9 +227,10 @@ def test_generate_never_emits_suppressed_tokens_even_when_they_are_the_argmax(lm
     try:
         # Control: plain greedy decoding does emit them.
         with torch.no_grad():
-            raw = lm.model.generate(**prompts.model_inputs(), max_new_tokens=4, do_sample=False,
-                                    eos_token_id=EOS, pad_token_id=PAD)
-        assert torch.isin(raw[:, prompts.input_ids.shape[1]:], torch.tensor(suppressed)).all()
+            raw = lm.model.generate(
+                **prompts.model_inputs(), max_new_tokens=4, do_sample=False, eos_token_id=EOS, pad_token_id=PAD
+            )
+        assert torch.isin(raw[:, prompts.input_ids.shape[1] :], torch.tensor(suppressed)).all()
         comp = generate(lm.model, lm.adapter, lm.processor, prompts, max_new_tokens=4)
     finally:
         handle.remove()

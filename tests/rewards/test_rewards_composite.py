@@ -51,7 +51,13 @@ def test_bleu1_has_no_brevity_penalty():
 
 
 def test_extractable_is_a_whole_word_regex_match():
-    for answer, ref in [("it is red.", "red"), ("a red car", "red car"), ("reddish", "red"), ("red car", "car"), ("carpet", "car")]:
+    for answer, ref in [
+        ("it is red.", "red"),
+        ("a red car", "red car"),
+        ("reddish", "red"),
+        ("red car", "car"),
+        ("carpet", "car"),
+    ]:
         a, r = " ".join(answer.rstrip(".").lower().split()), ref
         expected = bool(re.search(r"(?<!\S)" + re.escape(r) + r"(?!\S)", a))
         assert composite_reward(answer, ref)["extractable"] == float(expected)

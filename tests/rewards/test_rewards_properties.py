@@ -11,9 +11,35 @@ from vqa_grpo.rewards.composite import COMPONENTS
 from vqa_grpo.rewards.normalize import answer_tokens, normalize_answer
 
 # words VQA answers are made of, with the characters the normalisations treat specially
-WORDS = st.sampled_from(["red", "Red.", "a", "the", "two", "2", "1,000", "3.5", "yes", "no", "don't", "dont", "c++", "(2)", "$5", "猫", "-", ",", "..."])
+WORDS = st.sampled_from(
+    [
+        "red",
+        "Red.",
+        "a",
+        "the",
+        "two",
+        "2",
+        "1,000",
+        "3.5",
+        "yes",
+        "no",
+        "don't",
+        "dont",
+        "c++",
+        "(2)",
+        "$5",
+        "猫",
+        "-",
+        ",",
+        "...",
+    ]
+)
 TEXT = st.one_of(st.lists(WORDS, max_size=5).map(" ".join), st.text(max_size=20))
-WEIGHTS = st.lists(st.floats(0, 1), min_size=5, max_size=5).filter(lambda w: sum(w) > 0.01).map(lambda w: [x / sum(w) for x in w])
+WEIGHTS = (
+    st.lists(st.floats(0, 1), min_size=5, max_size=5)
+    .filter(lambda w: sum(w) > 0.01)
+    .map(lambda w: [x / sum(w) for x in w])
+)
 SETTINGS = settings(max_examples=150, deadline=None)
 
 

@@ -32,7 +32,9 @@ def test_default_config_is_the_composite():
     # vs "yes": bleu 1/3, substring 1, jaccard 1/3, extractable 1 -> 0.5; "blue" vs "green" 0
     assert r.total.tolist() == pytest.approx([0.5, 0.0, 0.5, 0.0])
     assert r.total.dtype == np.float64 and r.total.shape == (4,)
-    assert set(r.parts) == {"composite"} | {f"composite/{k}" for k in ("bleu1", "exact_match", "substring", "jaccard", "extractable")}
+    assert set(r.parts) == {"composite"} | {
+        f"composite/{k}" for k in ("bleu1", "exact_match", "substring", "jaccard", "extractable")
+    }
     assert r.parts["composite/substring"].tolist() == [1.0, 0.0, 1.0, 0.0]
 
 
@@ -80,7 +82,9 @@ def test_empty_batch():
 
 
 def test_score_predictions_keys_and_values():
-    s = score_predictions(["Yes", "two", "It is red."], [["yes"] * 10, ["2"] * 3 + ["3"] * 7, ["red"]], ["yes/no", "number", "other"])
+    s = score_predictions(
+        ["Yes", "two", "It is red."], [["yes"] * 10, ["2"] * 3 + ["3"] * 7, ["red"]], ["yes/no", "number", "other"]
+    )
     keys = {"vqa_accuracy", "composite", "bleu1", "exact_match", "substring", "jaccard", "extractable"}
     assert set(s) == keys | ({"semantic"} if semantic_available() else set())
     # official: ten identical "yes" are not normalised, so "Yes" scores 0;

@@ -22,7 +22,12 @@ def write(tmp_path, lines):
 
 
 def test_json_output_overall_and_per_type(tmp_path, capsys):
-    bad = ["not json", json.dumps([1, 2]), json.dumps({"prediction": "x"}), json.dumps({"prediction": 3, "answers": ["3"]})]
+    bad = [
+        "not json",
+        json.dumps([1, 2]),
+        json.dumps({"prediction": "x"}),
+        json.dumps({"prediction": 3, "answers": ["3"]}),
+    ]
     path = write(tmp_path, [json.dumps(r) for r in ROWS] + bad + [""])
     assert run_score(path, as_json=True) == 0
     out = json.loads(capsys.readouterr().out)

@@ -6,17 +6,20 @@ import pytest
 
 from vqa_grpo.config import RewardConfig
 from vqa_grpo.errors import UserError
-from vqa_grpo.rewards import compute_rewards
-from vqa_grpo.rewards import semantic
+from vqa_grpo.rewards import compute_rewards, semantic
 from vqa_grpo.rewards.semantic import semantic_available, semantic_batch
 
-needs_extra = pytest.mark.skipif(not semantic_available(), reason="optional extra not installed: pip install vqa-grpo[semantic]")
+needs_extra = pytest.mark.skipif(
+    not semantic_available(), reason="optional extra not installed: pip install vqa-grpo[semantic]"
+)
 
 
 def test_missing_extra_names_it(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(semantic, "_model", None)
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sentence_transformers" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "sentence_transformers" else real(name, *a)
+    )
     assert not semantic_available()
     with pytest.raises(UserError, match=r"pip install vqa-grpo\[semantic\]"):
         semantic_batch(["red"], [["red"]])
@@ -25,7 +28,9 @@ def test_missing_extra_names_it(monkeypatch):
 @needs_extra
 def test_similarity_with_the_packaged_model(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the model ships in the package: no network needed
-    s = semantic_batch(["Red.", "car", "car", "", "red"], [["red"], ["automobile"], ["banana"], ["red"], ["", "blue", "red"]])
+    s = semantic_batch(
+        ["Red.", "car", "car", "", "red"], [["red"], ["automobile"], ["banana"], ["red"], ["", "blue", "red"]]
+    )
     assert s[0] == 1.0  # equal after normalisation
     assert s[1] > s[2] > 0.0  # car ~ automobile more than car ~ banana
     assert s[1] < 1.0

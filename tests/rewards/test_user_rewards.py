@@ -16,9 +16,11 @@ from vqa_grpo.data.types import VQAExample
 from vqa_grpo.errors import RewardFunctionError, UserError
 from vqa_grpo.rewards import compute_rewards
 
-EXAMPLES = [VQAExample(id=f"q{i}", question=f"Question {i}?", answers=["red", "red", "blue"], answer="red",
-                       answer_type="other") for i in range(3)]
-USER_MODULE = '''
+EXAMPLES = [
+    VQAExample(id=f"q{i}", question=f"Question {i}?", answers=["red", "red", "blue"], answer="red", answer_type="other")
+    for i in range(3)
+]
+USER_MODULE = """
 CALLS = []
 
 def brevity(completions, **kwargs):
@@ -49,7 +51,7 @@ def words(completions, **kwargs):
     return ["high"] * len(completions)
 
 FLAG = 3
-'''
+"""
 
 
 @pytest.fixture
@@ -65,8 +67,14 @@ def user_module(tmp_path, monkeypatch):
 
 def score(components, weights, completions=("red", "a red one", "skip"), functions=None):
     cfg = RewardConfig(components=list(components), weights=list(weights))
-    return compute_rewards(list(completions), [e.answers for e in EXAMPLES], [e.answer_type for e in EXAMPLES], cfg,
-                           functions=functions, examples=EXAMPLES)
+    return compute_rewards(
+        list(completions),
+        [e.answers for e in EXAMPLES],
+        [e.answer_type for e in EXAMPLES],
+        cfg,
+        functions=functions,
+        examples=EXAMPLES,
+    )
 
 
 def test_an_import_path_is_called_with_trls_keyword_arguments(user_module):
@@ -96,24 +104,41 @@ def test_python_callables_by_name():
     assert r.total.tolist() == [1.0, 0.0, 0.0]
 
 
-@pytest.mark.parametrize("name, says", [
-    ("broken", "reward function broken raised KeyError: 'score' (batch starting at example q0)"),
-    ("nan_at_second", "reward function nan_at_second returned nan for example q1; return a finite float (or None to leave a completion unscored)"),
-    ("one_short", "reward function one_short returned 2 values for 3 completions; return one per completion"),
-    ("words", "reward function words returned 'high' for example q0; return a finite float (or None to leave a completion unscored)"),
-])
+@pytest.mark.parametrize(
+    "name, says",
+    [
+        ("broken", "reward function broken raised KeyError: 'score' (batch starting at example q0)"),
+        (
+            "nan_at_second",
+            "reward function nan_at_second returned nan for example q1; return a finite float (or None to leave a "
+            "completion unscored)",
+        ),
+        ("one_short", "reward function one_short returned 2 values for 3 completions; return one per completion"),
+        (
+            "words",
+            "reward function words returned 'high' for example q0; return a finite float (or None to leave a "
+            "completion unscored)",
+        ),
+    ],
+)
 def test_a_broken_function_is_named_with_the_example_and_what_it_returned(user_module, name, says):
     with pytest.raises(RewardFunctionError) as err:
         score([f"my_rewards:{name}"], [1.0])
     assert str(err.value) == says
 
 
-@pytest.mark.parametrize("component, says", [
-    ("no_such_module:f", "reward.components: cannot import module 'no_such_module' for 'no_such_module:f'"),
-    ("my_rewards:brevty", "reward.components: module 'my_rewards' has no attribute 'brevty' (for 'my_rewards:brevty')"),
-    ("my_rewards:FLAG", "reward.components: 'my_rewards:FLAG' is a int, not a function"),
-    ("brevity", "reward.components: unknown 'brevity'; choose from composite, vqa_accuracy"),
-])
+@pytest.mark.parametrize(
+    "component, says",
+    [
+        ("no_such_module:f", "reward.components: cannot import module 'no_such_module' for 'no_such_module:f'"),
+        (
+            "my_rewards:brevty",
+            "reward.components: module 'my_rewards' has no attribute 'brevty' (for 'my_rewards:brevty')",
+        ),
+        ("my_rewards:FLAG", "reward.components: 'my_rewards:FLAG' is a int, not a function"),
+        ("brevity", "reward.components: unknown 'brevity'; choose from composite, vqa_accuracy"),
+    ],
+)
 def test_a_bad_import_path_is_refused_at_load_with_one_line(user_module, component, says, capsys):
     with pytest.raises(UserError) as err:
         vqa_grpo.load_config(None, [f"reward.components=[{component}]"])
@@ -124,10 +149,20 @@ def test_a_bad_import_path_is_refused_at_load_with_one_line(user_module, compone
 
 def _train_args(tiny_model_dir, synth_dir, run_dir, components, weights, steps=1):
     return [
-        "train", f"model.name_or_path={tiny_model_dir}", f"data.path={synth_dir}", f"train.output_dir={run_dir}",
-        f"train.max_steps={steps}", "train.per_device_batch_size=2", "grpo.num_generations=2",
-        "grpo.max_completion_length=4", "train.save_steps=1", "train.progress=false", "data.max_eval_samples=2",
-        "train.logging_steps=1", f"reward.components=[{components}]", f"reward.weights=[{weights}]",
+        "train",
+        f"model.name_or_path={tiny_model_dir}",
+        f"data.path={synth_dir}",
+        f"train.output_dir={run_dir}",
+        f"train.max_steps={steps}",
+        "train.per_device_batch_size=2",
+        "grpo.num_generations=2",
+        "grpo.max_completion_length=4",
+        "train.save_steps=1",
+        "train.progress=false",
+        "data.max_eval_samples=2",
+        "train.logging_steps=1",
+        f"reward.components=[{components}]",
+        f"reward.weights=[{weights}]",
     ]
 
 
@@ -141,12 +176,15 @@ def test_a_run_logs_each_function_and_its_seconds(user_module, tiny_model_dir, s
     assert set(sample["reward_parts"]) == {"vqa_accuracy", "brevity"} and len(sample["reward_parts"]["brevity"]) == 2
 
 
-def test_a_function_failing_mid_run_stops_with_one_line_and_exit_1(user_module, tiny_model_dir, synth_dir, tmp_path,
-                                                                  capsys):
+def test_a_function_failing_mid_run_stops_with_one_line_and_exit_1(
+    user_module, tiny_model_dir, synth_dir, tmp_path, capsys
+):
     run_dir = tmp_path / "run"
     assert main(_train_args(tiny_model_dir, synth_dir, run_dir, "my_rewards:fails_second_time", "1.0", steps=3)) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: reward function fails_second_time raised ValueError: bad batch (batch starting at example ")
+    assert err[-1].startswith(
+        "error: reward function fails_second_time raised ValueError: bad batch (batch starting at example "
+    )
     assert not (run_dir / "final").exists()
     ckpt = run_dir / "checkpoint-1"  # the step before: saved, complete, and it resumes
     assert (ckpt / "model.safetensors").is_file() and (ckpt / "trainer_state.json").is_file()
@@ -156,7 +194,9 @@ def test_reward_funcs_from_python(tiny_model_dir, synth_dir, tmp_path):
     def length_penalty(completions, **kwargs):
         return [-0.1 * len(c.split()) for c in completions]
 
-    cfg = vqa_grpo.load_config(None, _train_args(tiny_model_dir, synth_dir, tmp_path / "run", "vqa_accuracy", "1.0")[1:])
+    cfg = vqa_grpo.load_config(
+        None, _train_args(tiny_model_dir, synth_dir, tmp_path / "run", "vqa_accuracy", "1.0")[1:]
+    )
     result = vqa_grpo.train(cfg, reward_funcs=[length_penalty], reward_weights=[0.9, 0.1])
     assert result.steps == 1
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -166,8 +206,15 @@ def test_reward_funcs_from_python(tiny_model_dir, synth_dir, tmp_path):
 
 
 def test_a_function_as_an_evaluation_metric(user_module, tiny_model_dir, synth_dir, tmp_path):
-    cfg = vqa_grpo.load_config(None, ["eval.metrics=[my_rewards:brevity,my_rewards:picky]", "train.eval_metric=brevity",
-                                      "train.progress=false", "eval.bootstrap_samples=10"])
+    cfg = vqa_grpo.load_config(
+        None,
+        [
+            "eval.metrics=[my_rewards:brevity,my_rewards:picky]",
+            "train.eval_metric=brevity",
+            "train.progress=false",
+            "eval.bootstrap_samples=10",
+        ],
+    )
     rows = [json.loads(line) for line in (synth_dir / "data.jsonl").read_text().splitlines()[:6]]
     data = [{**r, "image": str(synth_dir / r["image"])} for r in rows]
     cfg.data.allow_outside_root = True

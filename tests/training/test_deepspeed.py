@@ -17,8 +17,15 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_distributed import (assert_same_scores, assert_sharded_evaluate_equals_one_process, common, final,
-                              grpo_run, launch, steps)
+from test_distributed import (
+    assert_same_scores,
+    assert_sharded_evaluate_equals_one_process,
+    common,
+    final,
+    grpo_run,
+    launch,
+    steps,
+)
 
 from vqa_grpo.config import load_config
 from vqa_grpo.errors import UserError
@@ -48,8 +55,11 @@ def zero_sft(request, synth_dir, tiny_model_dir, tmp_path_factory):
     """4 SFT steps under ZeRO-<stage>, 2 processes x batch 1 x 2 micro-batches, evaluating and saving every 2 steps."""
     stage = request.param
     out = tmp_path_factory.mktemp(f"zero{stage}") / "run"
-    done = launch("sft", common(synth_dir, tiny_model_dir, out, "train.per_device_batch_size=1", *SFT),
-                  config=f"deepspeed_zero{stage}")
+    done = launch(
+        "sft",
+        common(synth_dir, tiny_model_dir, out, "train.per_device_batch_size=1", *SFT),
+        config=f"deepspeed_zero{stage}",
+    )
     return stage, out, done
 
 
@@ -64,7 +74,9 @@ def test_two_processes_of_batch_one_equal_one_process_of_batch_two(zero_sft, one
     one, two = steps(out1), steps(out2)
     assert [r["step"] for r in two] == [1, 2, 3, 4]  # one line per step: rank 0 alone writes
     for r1, r2 in zip(one, two):  # DeepSpeed's clipping norm is logged; the loop's schedule sets the rate
-        assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-5) and r2["grad_norm"] == pytest.approx(r1["grad_norm"], rel=1e-5)
+        assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-5) and r2["grad_norm"] == pytest.approx(
+            r1["grad_norm"], rel=1e-5
+        )
         assert r2["lr"] == r1["lr"]
     assert [r["step"] for r in evals(out2)] == [2, 4]
     for got, want in zip(evals(out2), evals(out1), strict=True):
@@ -76,7 +88,14 @@ def test_two_processes_of_batch_one_equal_one_process_of_batch_two(zero_sft, one
         for moment in ("exp_avg", "exp_avg_sq"):
             torch.testing.assert_close(opt2["state"][i][moment], s[moment], rtol=0, atol=1e-6)
         assert torch.equal(opt2["state"][i]["step"], s["step"])
-    assert sorted(p.name for p in out2.iterdir()) == ["best", "checkpoint-2", "checkpoint-4", "config.yaml", "final", "metrics.jsonl"]
+    assert sorted(p.name for p in out2.iterdir()) == [
+        "best",
+        "checkpoint-2",
+        "checkpoint-4",
+        "config.yaml",
+        "final",
+        "metrics.jsonl",
+    ]
     assert sorted(p.name for p in (out2 / "final").iterdir()) == sorted(p.name for p in (out1 / "final").iterdir())
     assert done.stdout.count("done: 4 steps") == 1
 
@@ -88,16 +107,23 @@ def test_the_processes_hold_the_weights_as_the_stage_says(zero_sft, tiny_model_d
     stage, _, done = zero_sft
     params = list(AutoModelForImageTextToText.from_pretrained(tiny_model_dir).parameters())  # tied weights once
     full = sum(p.numel() for p in params)
-    held = sum(math.ceil(p.numel() / 2) for p in params) if stage == 3 else full  # ZeRO-3: each weight in 2 equal (padded) parts
+    held = (
+        sum(math.ceil(p.numel() / 2) for p in params) if stage == 3 else full
+    )  # ZeRO-3: each weight in 2 equal (padded) parts
     assert held < full or stage == 2
-    assert f"sft: 2 processes, DeepSpeed ZeRO-{stage} on cpu, {held:,} of {full:,} parameters on this process" in done.stderr
+    assert (
+        f"sft: 2 processes, DeepSpeed ZeRO-{stage} on cpu, {held:,} of {full:,} parameters on this process"
+        in done.stderr
+    )
 
 
 @pytest.mark.slow
 def test_resume_ends_bitwise_equal(zero_sft, synth_dir, tiny_model_dir, tmp_path):
     stage, full, _ = zero_sft
     out = tmp_path / "resumed"
-    args = common(synth_dir, tiny_model_dir, out, "train.per_device_batch_size=1", *SFT, f"train.resume={full / 'checkpoint-2'}")
+    args = common(
+        synth_dir, tiny_model_dir, out, "train.per_device_batch_size=1", *SFT, f"train.resume={full / 'checkpoint-2'}"
+    )
     launch("sft", args, config=f"deepspeed_zero{stage}")
     a, b = final(full), final(out)
     assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
@@ -129,47 +155,77 @@ def test_zero3_evaluate_gives_the_answers_of_one_process(synth_dir, tiny_model_d
 
 # ---- the launch's DeepSpeed settings -------------------------------------------------------------
 
-BASE = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3",
-        "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "none", "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": "none",
-        "ACCELERATE_DEEPSPEED_ZERO3_INIT": "false", "ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL": "true",
-        "ACCELERATE_MIXED_PRECISION": "no"}
+BASE = {
+    "ACCELERATE_USE_DEEPSPEED": "true",
+    "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3",
+    "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "none",
+    "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": "none",
+    "ACCELERATE_DEEPSPEED_ZERO3_INIT": "false",
+    "ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL": "true",
+    "ACCELERATE_MIXED_PRECISION": "no",
+}
 
 
 def test_deepspeed_settings_are_read_from_what_accelerate_exports():
     assert DeepSpeedSettings.from_env({}) is None
     assert DeepSpeedSettings.from_env(BASE) == DeepSpeedSettings(3, accumulation=None, clipping=None)
-    named = {**BASE, "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2", "ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "4",
-             "ACCELERATE_GRADIENT_CLIPPING": "0.5"}
+    named = {
+        **BASE,
+        "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2",
+        "ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "4",
+        "ACCELERATE_GRADIENT_CLIPPING": "0.5",
+    }
     assert DeepSpeedSettings.from_env(named) == DeepSpeedSettings(2, accumulation=4, clipping=0.5)
-    train = load_config(None, ["train.per_device_batch_size=3", "train.gradient_accumulation_steps=4",
-                               "train.max_grad_norm=0.5"]).train
+    train = load_config(
+        None, ["train.per_device_batch_size=3", "train.gradient_accumulation_steps=4", "train.max_grad_norm=0.5"]
+    ).train
     config = DeepSpeedSettings(3, None, None).config(train)
-    assert (config["train_micro_batch_size_per_gpu"], config["gradient_accumulation_steps"], config["gradient_clipping"]) == (3, 4, 0.5)
+    assert (
+        config["train_micro_batch_size_per_gpu"],
+        config["gradient_accumulation_steps"],
+        config["gradient_clipping"],
+    ) == (3, 4, 0.5)
     assert config["zero_optimization"] == {"stage": 3, "stage3_param_persistence_threshold": 0}
 
 
-@pytest.mark.parametrize("key,value,fix", [
-    ("ACCELERATE_DEEPSPEED_ZERO_STAGE", "1", "set zero_stage: 2 or 3"),
-    ("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "cpu", "set offload_optimizer_device: none"),
-    ("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "nvme", "set offload_param_device: none"),
-    ("ACCELERATE_DEEPSPEED_ZERO3_INIT", "true", "set zero3_init_flag: false"),
-    ("ACCELERATE_DEEPSPEED_CONFIG_FILE", "ds.json", "remove it and set zero_stage"),
-    ("ACCELERATE_MIXED_PRECISION", "bf16", "train.mixed_precision=bf16"),
-])
+@pytest.mark.parametrize(
+    "key,value,fix",
+    [
+        ("ACCELERATE_DEEPSPEED_ZERO_STAGE", "1", "set zero_stage: 2 or 3"),
+        ("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "cpu", "set offload_optimizer_device: none"),
+        ("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "nvme", "set offload_param_device: none"),
+        ("ACCELERATE_DEEPSPEED_ZERO3_INIT", "true", "set zero3_init_flag: false"),
+        ("ACCELERATE_DEEPSPEED_CONFIG_FILE", "ds.json", "remove it and set zero_stage"),
+        ("ACCELERATE_MIXED_PRECISION", "bf16", "train.mixed_precision=bf16"),
+    ],
+)
 def test_deepspeed_settings_that_cannot_run_are_one_line_errors(key, value, fix):
     with pytest.raises(UserError, match=fix) as err:
         DeepSpeedSettings.from_env({**BASE, key: value})
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("overrides,env,message", [
-    (["train.gradient_accumulation_steps=2"], {"ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "1"},
-     "gradient_accumulation_steps=1 in the accelerate config but train.gradient_accumulation_steps=2"),
-    (["train.max_grad_norm=0.3"], {"ACCELERATE_GRADIENT_CLIPPING": "1.0"},
-     "gradient_clipping=1 in the accelerate config but train.max_grad_norm=0.3"),
-    (["model.quantization=4bit", "model.lora=true"], {}, "model.quantization=4bit is not supported under DeepSpeed"),
-    (["grpo.generation_backend=vllm"], {}, "grpo.generation_backend=vllm needs the full weights"),
-])
+@pytest.mark.parametrize(
+    "overrides,env,message",
+    [
+        (
+            ["train.gradient_accumulation_steps=2"],
+            {"ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "1"},
+            "gradient_accumulation_steps=1 in the accelerate config but train.gradient_accumulation_steps=2",
+        ),
+        (
+            ["train.max_grad_norm=0.3"],
+            {"ACCELERATE_GRADIENT_CLIPPING": "1.0"},
+            "gradient_clipping=1 in the accelerate config but train.max_grad_norm=0.3",
+        ),
+        (
+            ["model.quantization=4bit", "model.lora=true"],
+            {},
+            "model.quantization=4bit is not supported under DeepSpeed",
+        ),
+        (["grpo.generation_backend=vllm"], {}, "grpo.generation_backend=vllm needs the full weights"),
+    ],
+)
 def test_runs_deepspeed_cannot_take_are_refused_before_loading(overrides, env, message):
     dist = Dist(acc=None, ds=DeepSpeedSettings.from_env({**BASE, **env}))
     with pytest.raises(UserError, match=message):

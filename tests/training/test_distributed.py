@@ -32,19 +32,41 @@ TIMINGS = {"step_seconds", "rollout_seconds", "completion_tokens_per_second", "r
 
 def common(synth_dir, model_dir, out, *extra: str) -> list[str]:
     return [
-        f"model.name_or_path={model_dir}", f"data.path={synth_dir}", f"train.output_dir={out}",
-        "train.device=cpu", "train.cpu_threads=1", "train.progress=false", "data.eval_fraction=0",
-        "train.max_steps=4", "train.save_steps=2", "train.learning_rate=1e-4", "train.report_to=none", *extra,
+        f"model.name_or_path={model_dir}",
+        f"data.path={synth_dir}",
+        f"train.output_dir={out}",
+        "train.device=cpu",
+        "train.cpu_threads=1",
+        "train.progress=false",
+        "data.eval_fraction=0",
+        "train.max_steps=4",
+        "train.save_steps=2",
+        "train.learning_rate=1e-4",
+        "train.report_to=none",
+        *extra,
     ]
 
 
-def launch(command: str, args: list[str], processes: int = 2, config: str = "ddp", check: bool = True,
-           env: dict | None = None) -> subprocess.CompletedProcess:
+def launch(
+    command: str, args: list[str], processes: int = 2, config: str = "ddp", check: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """``accelerate launch --config_file configs/accelerate/<config>.yaml -m vqa_grpo.cli <command> <args>``
     (``env``: more environment variables; ``check``: assert that it exits 0)."""
     accelerate = Path(sys.executable).parent / "accelerate"
-    cmd = [str(accelerate), "launch", "--config_file", str(ROOT / "configs" / "accelerate" / f"{config}.yaml"),
-           "--num_processes", str(processes), "--main_process_port", str(free_port()), "-m", "vqa_grpo.cli", command, *args]
+    cmd = [
+        str(accelerate),
+        "launch",
+        "--config_file",
+        str(ROOT / "configs" / "accelerate" / f"{config}.yaml"),
+        "--num_processes",
+        str(processes),
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "vqa_grpo.cli",
+        command,
+        *args,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     errors = [line for line in done.stderr.splitlines() if "Error" in line or line.startswith("error:")]
@@ -87,7 +109,9 @@ def test_two_processes_of_batch_one_equal_one_process_of_batch_two(two_processes
     one, two = steps(out1), steps(out2)
     assert [r["step"] for r in two] == [1, 2, 3, 4]  # one line per step: rank 0 alone writes
     for r1, r2 in zip(one, two):
-        assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-5) and r2["grad_norm"] == pytest.approx(r1["grad_norm"], rel=1e-5)
+        assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-5) and r2["grad_norm"] == pytest.approx(
+            r1["grad_norm"], rel=1e-5
+        )
         assert r2["lr"] == r1["lr"]
     assert done.stdout.count("done: 4 steps") == 1 and "sft: 2 processes, MULTI_CPU on cpu" in done.stderr
 
@@ -95,7 +119,13 @@ def test_two_processes_of_batch_one_equal_one_process_of_batch_two(two_processes
 @pytest.mark.slow
 def test_the_run_directory_is_written_once_with_every_rank_rng(two_processes):
     out, _ = two_processes
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-2", "checkpoint-4", "config.yaml", "final", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint-2",
+        "checkpoint-4",
+        "config.yaml",
+        "final",
+        "metrics.jsonl",
+    ]
     ckpt = out / "checkpoint-4"
     assert (ckpt / "rng.pt").is_file() and (ckpt / "rng-rank1.pt").is_file()
     state = json.loads((ckpt / "trainer_state.json").read_text())
@@ -120,7 +150,8 @@ if os.environ.get("RANK") == "1":  # sitecustomize of the launched workers: rank
 
 @pytest.mark.slow
 def test_a_dead_rank_stops_the_other_within_a_minute_and_two_processes_resume_bitwise(
-        two_processes, synth_dir, tiny_model_dir, tmp_path):
+    two_processes, synth_dir, tiny_model_dir, tmp_path
+):
     full, _ = two_processes
     out, hook = tmp_path / "run", tmp_path / "hook"
     hook.mkdir()
@@ -133,7 +164,8 @@ def test_a_dead_rank_stops_the_other_within_a_minute_and_two_processes_resume_bi
     said = [line for line in done.stderr.splitlines() if line.startswith("stopped: rank 0: a collective")]
     assert len(said) == 1 and said[0].endswith(
         f"another process died or hung; the last checkpoint is checkpoint-2 in {out}; "
-        "continue with train.resume=auto on 2 processes"), done.stderr[-3000:]
+        "continue with train.resume=auto on 2 processes"
+    ), done.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint-2", "config.yaml", "metrics.jsonl"]
     assert integrity.check(out / "checkpoint-2") is None and [r["step"] for r in steps(out)] == [1, 2]
 
@@ -170,9 +202,22 @@ def grpo_run(config: str, synth_dir, tiny_model_dir, tmp_path_factory) -> Path:
     if config not in _RUNS:
         out = tmp_path_factory.mktemp(f"grpo-{config}") / "run"
         model = stopping_model(tiny_model_dir, tmp_path_factory)
-        launch("train", common(synth_dir, model, out, "train.per_device_batch_size=1", "train.max_steps=2",
-                               "train.save_steps=1", "grpo.num_generations=2", "grpo.max_completion_length=4",
-                               "grpo.beta=0.04", "grpo.sft_coef=0.5"), config=config)
+        launch(
+            "train",
+            common(
+                synth_dir,
+                model,
+                out,
+                "train.per_device_batch_size=1",
+                "train.max_steps=2",
+                "train.save_steps=1",
+                "grpo.num_generations=2",
+                "grpo.max_completion_length=4",
+                "grpo.beta=0.04",
+                "grpo.sft_coef=0.5",
+            ),
+            config=config,
+        )
         _RUNS[config] = out
     return _RUNS[config]
 
@@ -191,16 +236,25 @@ def test_evaluate_on_two_processes_gives_the_metrics_of_one(synth_dir, tiny_mode
     from vqa_grpo.data.loader import load_examples
     from vqa_grpo.evaluation.evaluate import evaluate
 
-    args = ["train.device=cpu", "train.cpu_threads=1", "train.progress=false", "eval.max_new_tokens=3",
-            "data.max_eval_samples=8"]
-    launch("evaluate", ["--model", str(tiny_model_dir), "--data", str(synth_dir), "--out", str(tmp_path / "two"), *args])
+    args = [
+        "train.device=cpu",
+        "train.cpu_threads=1",
+        "train.progress=false",
+        "eval.max_new_tokens=3",
+        "data.max_eval_samples=8",
+    ]
+    launch(
+        "evaluate", ["--model", str(tiny_model_dir), "--data", str(synth_dir), "--out", str(tmp_path / "two"), *args]
+    )
     cfg = load_config(None, args)
     examples, _ = load_examples(str(synth_dir), cfg.data)
     one = evaluate(str(tiny_model_dir), examples, cfg, tmp_path / "one")
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     # Same answers, hence the same scores; the semantic model's embeddings may differ in the 7th
     # digit between processes (its batches are padded differently), so numbers compare to 1e-6.
-    assert flat(two) == pytest.approx(flat(json.loads((tmp_path / "one" / "metrics.json").read_text())), rel=1e-6, abs=1e-9)
+    assert flat(two) == pytest.approx(
+        flat(json.loads((tmp_path / "one" / "metrics.json").read_text())), rel=1e-6, abs=1e-9
+    )
     assert one["n"] == two["n"] == len(examples)
     rows = [json.loads(r) for r in (tmp_path / "two" / "predictions.jsonl").read_text().splitlines()]
     ref = [json.loads(r) for r in (tmp_path / "one" / "predictions.jsonl").read_text().splitlines()]
@@ -237,13 +291,25 @@ def assert_sharded_evaluate_equals_one_process(config: str, synth_dir, tiny_mode
     for r in rows:
         (tmp_path / r["image"]).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(synth_dir / r["image"], tmp_path / r["image"])
-    args = ["train.device=cpu", "train.cpu_threads=1", "train.progress=false", "eval.max_new_tokens=3", "eval.batch_size=2"]
-    launch("evaluate", ["--model", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "two"), *args], config=config)
+    args = [
+        "train.device=cpu",
+        "train.cpu_threads=1",
+        "train.progress=false",
+        "eval.max_new_tokens=3",
+        "eval.batch_size=2",
+    ]
+    launch(
+        "evaluate",
+        ["--model", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "two"), *args],
+        config=config,
+    )
     cfg = load_config(None, args)
     examples, _ = load_examples(str(data), cfg.data)
     one = evaluate(str(tiny_model_dir), examples, cfg, tmp_path / "one")
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert_same_scores(flat(two), flat(one))
     assert two["n"] == len(examples) == 7
-    got, ref = ([json.loads(r) for r in (tmp_path / d / "predictions.jsonl").read_text().splitlines()] for d in ("two", "one"))
+    got, ref = (
+        [json.loads(r) for r in (tmp_path / d / "predictions.jsonl").read_text().splitlines()] for d in ("two", "one")
+    )
     assert [(r["id"], r["raw"]) for r in got] == [(r["id"], r["raw"]) for r in ref]

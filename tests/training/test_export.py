@@ -23,12 +23,26 @@ def lora_run(synth_dir, tiny_model_dir, tmp_path_factory):
     mp.setenv("WANDB_MODE", "offline")
     mp.setenv("WANDB_SILENT", "true")
     out = tmp_path_factory.mktemp("lora") / "run"
-    cfg = load_config(None, [
-        f"data.path={synth_dir}", f"model.name_or_path={tiny_model_dir}", f"train.output_dir={out}",
-        "model.lora=true", "model.lora_r=4", "model.lora_alpha=8", "train.max_steps=2", "train.per_device_batch_size=4",
-        "train.learning_rate=1e-2", "train.cpu_threads=1", "train.progress=false", "data.max_eval_samples=4",
-        "eval.max_new_tokens=2", "train.merge_lora=true", "train.report_to=wandb",
-    ])
+    cfg = load_config(
+        None,
+        [
+            f"data.path={synth_dir}",
+            f"model.name_or_path={tiny_model_dir}",
+            f"train.output_dir={out}",
+            "model.lora=true",
+            "model.lora_r=4",
+            "model.lora_alpha=8",
+            "train.max_steps=2",
+            "train.per_device_batch_size=4",
+            "train.learning_rate=1e-2",
+            "train.cpu_threads=1",
+            "train.progress=false",
+            "data.max_eval_samples=4",
+            "eval.max_new_tokens=2",
+            "train.merge_lora=true",
+            "train.report_to=wandb",
+        ],
+    )
     result = run(cfg, "sft")
     mp.undo()
     return result
@@ -62,7 +76,9 @@ def test_merged_model_is_the_adapter_folded_into_the_base(lora_run, tiny_model_d
     torch.testing.assert_close(out[w_key], base[w_key] + (8 / 4) * B @ A, rtol=0, atol=1e-6)
     # The merged model answers as the adapter on its base does.
     lm = load_model(load_config(None, [f"model.name_or_path={final}"]).model, trainable=False)
-    torch.testing.assert_close(logits(merged.eval(), lm, synth_dir), logits(lm.model.eval(), lm, synth_dir), rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        logits(merged.eval(), lm, synth_dir), logits(lm.model.eval(), lm, synth_dir), rtol=0, atol=1e-5
+    )
 
 
 @pytest.mark.slow
@@ -96,7 +112,10 @@ def test_wandb_offline_run_logs_the_metrics_of_metrics_jsonl(lora_run):
     lines = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
     for key in ("loss", "eval/vqa_accuracy"):
         # A history item in the protobuf log: the key (field 2), then its value as JSON text (field 16).
-        found = [float(data[m.end():m.end() + m.group(1)[0]]) for m in re.finditer(re.escape(key.encode()) + rb"\x82\x01(.)", data, re.S)]
+        found = [
+            float(data[m.end() : m.end() + m.group(1)[0]])
+            for m in re.finditer(re.escape(key.encode()) + rb"\x82\x01(.)", data, re.S)
+        ]
         assert set(found) == {r[key] for r in lines if key in r}  # (the run summary repeats the last value)
 
 

@@ -35,10 +35,20 @@ STEPS, SAVE_EVERY = 24, 4
 def overrides(synth_dir, model_dir, out, *extra: str) -> list[str]:
     """24 SFT steps of batch 2, a checkpoint every 4; warmup + cosine so the scheduler state matters."""
     return [
-        f"model.name_or_path={model_dir}", f"data.path={synth_dir}", f"train.output_dir={out}",
-        "train.device=cpu", "train.cpu_threads=1", "train.progress=false", "data.eval_fraction=0",
-        f"train.max_steps={STEPS}", f"train.save_steps={SAVE_EVERY}", "train.per_device_batch_size=2",
-        "train.learning_rate=1e-3", "train.lr_scheduler=cosine", "train.warmup_steps=2", "train.report_to=none",
+        f"model.name_or_path={model_dir}",
+        f"data.path={synth_dir}",
+        f"train.output_dir={out}",
+        "train.device=cpu",
+        "train.cpu_threads=1",
+        "train.progress=false",
+        "data.eval_fraction=0",
+        f"train.max_steps={STEPS}",
+        f"train.save_steps={SAVE_EVERY}",
+        "train.per_device_batch_size=2",
+        "train.learning_rate=1e-3",
+        "train.lr_scheduler=cosine",
+        "train.warmup_steps=2",
+        "train.report_to=none",
         *extra,
     ]
 
@@ -53,8 +63,9 @@ def start_cli(args: list[str], *, prelude: str = "") -> subprocess.Popen:
     """`vqa-grpo sft ARGS` in a child process (``prelude`` runs first, in the child)."""
     code = f"import sys\n{prelude}\nfrom vqa_grpo.cli import main\nsys.exit(main(sys.argv[1:]))"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", code, "sft", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, "sft", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def step_lines(run_dir: Path) -> list[dict]:
@@ -86,7 +97,8 @@ def assert_same_run(a: Path, b: Path) -> None:
 
 @pytest.mark.slow
 def test_sigkill_at_a_random_step_then_resume_auto_is_bitwise_the_uninterrupted_run(
-        uninterrupted, synth_dir, tiny_model_dir, tmp_path):
+    uninterrupted, synth_dir, tiny_model_dir, tmp_path
+):
     kill_after = random.randint(SAVE_EVERY + 1, STEPS - 6)  # a checkpoint exists by then
     out = tmp_path / "run"
     proc = start_cli(overrides(synth_dir, tiny_model_dir, out))
@@ -111,7 +123,8 @@ torch.save = save
 
 @pytest.mark.slow
 def test_a_kill_during_a_save_leaves_the_previous_checkpoint_to_resume_from(
-        uninterrupted, synth_dir, tiny_model_dir, tmp_path):
+    uninterrupted, synth_dir, tiny_model_dir, tmp_path
+):
     out = tmp_path / "run"
     proc = start_cli(overrides(synth_dir, tiny_model_dir, out), prelude=KILL_IN_SAVE)
     assert proc.wait(timeout=300) == -signal.SIGKILL
@@ -136,8 +149,10 @@ def test_sigterm_and_sigint_save_a_checkpoint_and_exit_cleanly(sig, synth_dir, t
     message = err.strip().splitlines()[-1]
     (ckpt,) = list_checkpoints(out)
     step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
-    assert message == (f"stopped: stopped by {signal.Signals(sig).name} after step {step}; checkpoint-{step} "
-                       f"saved in {out}; continue with train.resume=auto")
+    assert message == (
+        f"stopped: stopped by {signal.Signals(sig).name} after step {step}; checkpoint-{step} "
+        f"saved in {out}; continue with train.resume=auto"
+    )
     assert [r["step"] for r in step_lines(out)] == list(range(1, step + 1))  # the steps it took, each logged
     assert "Traceback" not in err
 
@@ -184,7 +199,8 @@ def once_after_the_first_update():
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["sft", "grpo"])
 def test_an_out_of_memory_batch_is_skipped_with_advice_and_the_run_goes_on(
-        mode, oom_on_forward, synth_dir, tiny_model_dir, tmp_path, capsys):
+    mode, oom_on_forward, synth_dir, tiny_model_dir, tmp_path, capsys
+):
     from vqa_grpo.config import load_config
 
     oom_on_forward["now"] = once_after_the_first_update()  # SFT: step 2's forward; GRPO: step 2's rollout
@@ -205,7 +221,9 @@ def test_an_out_of_memory_batch_is_skipped_with_advice_and_the_run_goes_on(
 
 
 @pytest.mark.slow
-def test_out_of_memory_on_every_batch_stops_the_run_with_a_checkpoint(oom_on_forward, synth_dir, tiny_model_dir, tmp_path):
+def test_out_of_memory_on_every_batch_stops_the_run_with_a_checkpoint(
+    oom_on_forward, synth_dir, tiny_model_dir, tmp_path
+):
     from vqa_grpo.config import load_config
 
     oom_on_forward["now"] = lambda model: True
@@ -266,19 +284,25 @@ def test_gradient_checkpointing_trains_the_same_weights(synth_dir, tiny_model_di
 def test_one_process_takes_a_second_ctrl_c_at_once_a_launched_one_absorbs_it():
     from vqa_grpo.training.faults import StopSignals
 
-    with StopSignals(repeat_stops=False) as stops:  # under a launcher: repeats are absorbed
-        os.kill(os.getpid(), signal.SIGINT)
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(0.05)
-        assert stops.received == signal.SIGINT  # the first one is the reason reported
-    with pytest.raises(KeyboardInterrupt):
-        with StopSignals() as stops:  # one process: the first is a request, the second Python's own
+    # As Python sets it up in a terminal; a process started in the background by a shell without
+    # job control inherits SIGINT ignored, and StopSignals then puts back "ignored".
+    original = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with StopSignals(repeat_stops=False) as stops:  # under a launcher: repeats are absorbed
             os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.05)
-            assert stops.received == signal.SIGINT
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+            assert stops.received == signal.SIGINT  # the first one is the reason reported
+        with pytest.raises(KeyboardInterrupt):
+            with StopSignals() as stops:  # one process: the first is a request, the second Python's own
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+                assert stops.received == signal.SIGINT
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    finally:
+        signal.signal(signal.SIGINT, original)
 
 
 @pytest.mark.slow
@@ -289,5 +313,6 @@ def test_a_new_run_refuses_an_output_dir_that_holds_a_run(uninterrupted, synth_d
     assert main(["sft", *overrides(synth_dir, tiny_model_dir, uninterrupted)]) == 2
     assert capsys.readouterr().err.strip() == (
         f"error: train.output_dir={uninterrupted} already holds a run; continue it with train.resume=auto, "
-        "or choose a new train.output_dir")
+        "or choose a new train.output_dir"
+    )
     assert sorted(p.name for p in uninterrupted.iterdir()) == before

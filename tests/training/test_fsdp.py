@@ -15,8 +15,7 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_distributed import (assert_sharded_evaluate_equals_one_process, common, final, grpo_run, launch,
-                              steps)
+from test_distributed import assert_sharded_evaluate_equals_one_process, common, final, grpo_run, launch, steps
 
 from vqa_grpo.config import load_config
 from vqa_grpo.errors import UserError
@@ -53,8 +52,13 @@ def test_fsdp_two_processes_of_batch_one_equal_one_process_of_batch_two(fsdp_sft
     one, two = steps(out1), steps(out2)
     assert [r["step"] for r in two] == [1, 2, 3, 4]  # one line per step: rank 0 alone writes
     for r1, r2 in zip(one, two):
-        assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-5) and r2["grad_norm"] == pytest.approx(r1["grad_norm"], rel=1e-5)
-    evals = [[r for r in map(json.loads, (o / "metrics.jsonl").read_text().splitlines()) if "loss" not in r] for o in (out1, out2)]
+        assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-5) and r2["grad_norm"] == pytest.approx(
+            r1["grad_norm"], rel=1e-5
+        )
+    evals = [
+        [r for r in map(json.loads, (o / "metrics.jsonl").read_text().splitlines()) if "loss" not in r]
+        for o in (out1, out2)
+    ]
     assert [r["step"] for r in evals[1]] == [2, 4] and evals[1] == same_scores(evals[0])
     # The checkpoint's optimizer file has the layout of a 1-process run (parameters by index).
     opt1, opt2 = (torch.load(o / "checkpoint-4" / "optimizer.pt", weights_only=True) for o in (out1, out2))
@@ -63,7 +67,14 @@ def test_fsdp_two_processes_of_batch_one_equal_one_process_of_batch_two(fsdp_sft
         for moment in ("exp_avg", "exp_avg_sq"):
             torch.testing.assert_close(opt2["state"][i][moment], s[moment], rtol=0, atol=1e-6)
         assert torch.equal(opt2["state"][i]["step"], s["step"])
-    assert sorted(p.name for p in out2.iterdir()) == ["best", "checkpoint-2", "checkpoint-4", "config.yaml", "final", "metrics.jsonl"]
+    assert sorted(p.name for p in out2.iterdir()) == [
+        "best",
+        "checkpoint-2",
+        "checkpoint-4",
+        "config.yaml",
+        "final",
+        "metrics.jsonl",
+    ]
     assert done.stdout.count("done: 4 steps") == 1
 
 
@@ -78,14 +89,19 @@ def test_fsdp_keeps_half_of_every_weight_on_each_process(fsdp_sft, tiny_model_di
     units = 1 + len(wrap_targets(model, ()))  # one per decoder layer and vision block, and the root
     assert units == 1 + model.config.text_config.num_hidden_layers + model.config.vision_config.depth
     _, done = fsdp_sft
-    assert f"sft: 2 processes, FSDP2 on cpu, {units} sharded units, {rank0:,} of {full:,} parameters on this process" in done.stderr
+    assert (
+        f"sft: 2 processes, FSDP2 on cpu, {units} sharded units, {rank0:,} of {full:,} parameters on this process"
+        in done.stderr
+    )
 
 
 @pytest.mark.slow
 def test_fsdp_resume_ends_bitwise_equal(fsdp_sft, synth_dir, tiny_model_dir, tmp_path):
     full, _ = fsdp_sft
     out = tmp_path / "resumed"
-    args = common(synth_dir, tiny_model_dir, out, "train.per_device_batch_size=1", *SFT, f"train.resume={full / 'checkpoint-2'}")
+    args = common(
+        synth_dir, tiny_model_dir, out, "train.per_device_batch_size=1", *SFT, f"train.resume={full / 'checkpoint-2'}"
+    )
     launch("sft", args, config="fsdp")
     a, b = final(full), final(out)
     assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
@@ -115,11 +131,30 @@ def test_fsdp_grpo_samples_in_step_and_makes_the_update_of_ddp(synth_dir, tiny_m
 
 @pytest.mark.slow
 def test_fsdp_lora_makes_the_update_of_one_process(synth_dir, tiny_model_dir, tmp_path):
-    lora = ("model.lora=true", "train.merge_lora=true", "train.max_steps=2", "train.save_steps=0", "train.learning_rate=1e-4", *EVAL)
-    launch("sft", common(synth_dir, tiny_model_dir, tmp_path / "two", "train.per_device_batch_size=1", *lora), config="fsdp")
-    loop.run(load_config(None, common(synth_dir, tiny_model_dir, tmp_path / "one", "train.per_device_batch_size=2", *lora)), "sft")
-    evals = [[r for r in map(json.loads, (tmp_path / o / "metrics.jsonl").read_text().splitlines()) if "loss" not in r] for o in ("one", "two")]
-    assert [r["step"] for r in evals[1]] == [2] and evals[1] == same_scores(evals[0])  # generate through the PEFT wrapper
+    lora = (
+        "model.lora=true",
+        "train.merge_lora=true",
+        "train.max_steps=2",
+        "train.save_steps=0",
+        "train.learning_rate=1e-4",
+        *EVAL,
+    )
+    launch(
+        "sft",
+        common(synth_dir, tiny_model_dir, tmp_path / "two", "train.per_device_batch_size=1", *lora),
+        config="fsdp",
+    )
+    loop.run(
+        load_config(None, common(synth_dir, tiny_model_dir, tmp_path / "one", "train.per_device_batch_size=2", *lora)),
+        "sft",
+    )
+    evals = [
+        [r for r in map(json.loads, (tmp_path / o / "metrics.jsonl").read_text().splitlines()) if "loss" not in r]
+        for o in ("one", "two")
+    ]
+    assert [r["step"] for r in evals[1]] == [2] and evals[1] == same_scores(
+        evals[0]
+    )  # generate through the PEFT wrapper
     for name in ("final/adapter_model.safetensors", "merged/model.safetensors"):
         a, b = (load_file(tmp_path / run / name) for run in ("one", "two"))
         assert sorted(a) == sorted(b)
@@ -134,26 +169,38 @@ def test_fsdp_evaluate_gives_the_answers_of_one_process(synth_dir, tiny_model_di
 
 # ---- the launch's FSDP settings ----------------------------------------------------------------
 
-BASE = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
-        "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT", "FSDP_RESHARD_AFTER_FORWARD": "false", "FSDP_OFFLOAD_PARAMS": "false",
-        "FSDP_TRANSFORMER_CLS_TO_WRAP": "Qwen2VLDecoderLayer", "ACCELERATE_MIXED_PRECISION": "no"}
+BASE = {
+    "ACCELERATE_USE_FSDP": "true",
+    "FSDP_VERSION": "2",
+    "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
+    "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT",
+    "FSDP_RESHARD_AFTER_FORWARD": "false",
+    "FSDP_OFFLOAD_PARAMS": "false",
+    "FSDP_TRANSFORMER_CLS_TO_WRAP": "Qwen2VLDecoderLayer",
+    "ACCELERATE_MIXED_PRECISION": "no",
+}
 
 
 def test_fsdp_settings_are_read_from_what_accelerate_exports():
     assert FSDPSettings.from_env({}) is None
     s = FSDPSettings.from_env(BASE)
-    assert s == FSDPSettings(("Qwen2VLDecoderLayer",), wrap_layers=True, reshard_after_forward=False, offload_params=False)
+    assert s == FSDPSettings(
+        ("Qwen2VLDecoderLayer",), wrap_layers=True, reshard_after_forward=False, offload_params=False
+    )
     assert FSDPSettings.from_env({**BASE, "FSDP_AUTO_WRAP_POLICY": "NO_WRAP"}).wrap_layers is False
 
 
-@pytest.mark.parametrize("key,value,fix", [
-    ("FSDP_VERSION", "1", "set fsdp_version: 2"),
-    ("FSDP_AUTO_WRAP_POLICY", "SIZE_BASED_WRAP", "set fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP"),
-    ("FSDP_STATE_DICT_TYPE", "SHARDED_STATE_DICT", "set fsdp_state_dict_type: FULL_STATE_DICT"),
-    ("FSDP_ACTIVATION_CHECKPOINTING", "true", "model.gradient_checkpointing=true"),
-    ("FSDP_CPU_RAM_EFFICIENT_LOADING", "true", "set fsdp_cpu_ram_efficient_loading: false"),
-    ("ACCELERATE_MIXED_PRECISION", "bf16", "train.mixed_precision=bf16"),
-])
+@pytest.mark.parametrize(
+    "key,value,fix",
+    [
+        ("FSDP_VERSION", "1", "set fsdp_version: 2"),
+        ("FSDP_AUTO_WRAP_POLICY", "SIZE_BASED_WRAP", "set fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP"),
+        ("FSDP_STATE_DICT_TYPE", "SHARDED_STATE_DICT", "set fsdp_state_dict_type: FULL_STATE_DICT"),
+        ("FSDP_ACTIVATION_CHECKPOINTING", "true", "model.gradient_checkpointing=true"),
+        ("FSDP_CPU_RAM_EFFICIENT_LOADING", "true", "set fsdp_cpu_ram_efficient_loading: false"),
+        ("ACCELERATE_MIXED_PRECISION", "bf16", "train.mixed_precision=bf16"),
+    ],
+)
 def test_fsdp_settings_that_cannot_run_are_one_line_errors(key, value, fix):
     with pytest.raises(UserError, match=fix) as err:
         FSDPSettings.from_env({**BASE, key: value})
@@ -164,7 +211,9 @@ def test_a_wrap_class_the_model_lacks_names_the_ones_it_has(tiny_model_dir):
     from transformers import AutoModelForImageTextToText
 
     model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
-    with pytest.raises(UserError, match=r"fsdp_transformer_layer_cls_to_wrap=Phi3DecoderLayer: no such module .*Qwen2VLDecoderLayer"):
+    with pytest.raises(
+        UserError, match=r"fsdp_transformer_layer_cls_to_wrap=Phi3DecoderLayer: no such module .*Qwen2VLDecoderLayer"
+    ):
         wrap_targets(model, ("Phi3DecoderLayer",))
 
 

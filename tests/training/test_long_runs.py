@@ -2,8 +2,8 @@
 save, a stop signal inside a reuse of rollouts, memory that must not grow.
 
 The full disk is real where this process may mount a 1.5-checkpoint tmpfs (root, as in CI); a
-fault hook runs as well: the optimizer file of checkpoint-8 stops half-written with ENOSPC. Every resumed run must end bitwise as the uninterrupted one
-(tests/training/conftest.py).
+fault hook runs as well: the optimizer file of checkpoint-8 stops half-written with ENOSPC. Every
+resumed run must end bitwise as the uninterrupted one (tests/training/conftest.py).
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ def test_every_checkpoint_carries_the_size_and_sha256_of_each_of_its_files(unint
     assert [p.name for p in kept] == ["checkpoint-20", "checkpoint-24"]
     for ckpt in kept:
         manifest = json.loads((ckpt / "manifest.json").read_text())["files"]
-        files = sorted(p.relative_to(ckpt).as_posix() for p in ckpt.rglob("*") if p.is_file() and p.name != "manifest.json")
+        files = sorted(
+            p.relative_to(ckpt).as_posix() for p in ckpt.rglob("*") if p.is_file() and p.name != "manifest.json"
+        )
         assert sorted(manifest) == files
         assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json"} <= set(files)
         for name, entry in manifest.items():
@@ -67,7 +69,8 @@ def damage(path: Path, how: str) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("how,name", [("truncated", "model.safetensors"), ("altered", "optimizer.pt")])
 def test_resume_auto_passes_over_a_damaged_checkpoint_to_the_newest_intact_one(
-        how, name, uninterrupted, synth_dir, tiny_model_dir, tmp_path, caplog):
+    how, name, uninterrupted, synth_dir, tiny_model_dir, tmp_path, caplog
+):
     out = copy_without_final(uninterrupted, tmp_path)
     problem = damage(out / "checkpoint-24" / name, how)
     with caplog.at_level(logging.WARNING, logger="vqa_grpo.resume"):
@@ -80,35 +83,45 @@ def test_resume_auto_passes_over_a_damaged_checkpoint_to_the_newest_intact_one(
 
 @pytest.mark.slow
 def test_a_checkpoint_without_a_manifest_resumes_unchecked_with_a_warning(
-        uninterrupted, synth_dir, tiny_model_dir, tmp_path, caplog):
+    uninterrupted, synth_dir, tiny_model_dir, tmp_path, caplog
+):
     out = copy_without_final(uninterrupted, tmp_path)
     (out / "checkpoint-24" / "manifest.json").unlink()  # as an older vqa-grpo wrote it
     with caplog.at_level(logging.WARNING, logger="vqa_grpo.resume"):
         run_inline(overrides(synth_dir, tiny_model_dir, out, "train.resume=auto"))
-    assert f"{out / 'checkpoint-24'} has no manifest.json (saved by an older vqa-grpo): resuming from it unchecked" in caplog.text
+    assert (
+        f"{out / 'checkpoint-24'} has no manifest.json (saved by an older vqa-grpo): resuming from it unchecked"
+        in caplog.text
+    )
     a, b = final_weights(uninterrupted), final_weights(out)  # step 24 of 24: final/ is checkpoint-24's weights
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_an_explicit_resume_from_a_damaged_checkpoint_is_exit_2(uninterrupted, synth_dir, tiny_model_dir, tmp_path, capsys):
+def test_an_explicit_resume_from_a_damaged_checkpoint_is_exit_2(
+    uninterrupted, synth_dir, tiny_model_dir, tmp_path, capsys
+):
     out = copy_without_final(uninterrupted, tmp_path)
     problem = damage(out / "checkpoint-20" / "scheduler.pt", "altered")
     args = overrides(synth_dir, tiny_model_dir, tmp_path / "new", f"train.resume={out / 'checkpoint-20'}")
     assert cli.main(["sft", *args]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"error: train.resume={out / 'checkpoint-20'} is damaged ({problem}); resume from another checkpoint, "
-        "or train.resume=auto for the newest intact one")
+        "or train.resume=auto for the newest intact one"
+    )
     assert not (tmp_path / "new").exists()
 
 
-def test_resume_auto_with_every_checkpoint_damaged_is_exit_2(uninterrupted, synth_dir, tiny_model_dir, tmp_path, capsys):
+def test_resume_auto_with_every_checkpoint_damaged_is_exit_2(
+    uninterrupted, synth_dir, tiny_model_dir, tmp_path, capsys
+):
     out = copy_without_final(uninterrupted, tmp_path)
     first = damage(out / "checkpoint-20" / "rng.pt", "truncated")
     second = damage(out / "checkpoint-24" / "trainer_state.json", "altered")
     assert cli.main(["sft", *overrides(synth_dir, tiny_model_dir, out, "train.resume=auto")]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"error: no intact checkpoint in {out}: checkpoint-24 ({second}); checkpoint-20 ({first}); "
-        "remove the damaged ones to start over, or restore them")
+        "remove the damaged ones to start over, or restore them"
+    )
 
 
 # ---- a full disk ---------------------------------------------------------------------------------
@@ -116,8 +129,12 @@ def test_resume_auto_with_every_checkpoint_damaged_is_exit_2(uninterrupted, synt
 
 def mount_tmpfs(where: Path, size: int) -> bool:
     where.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                          capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 @pytest.fixture(params=["tmpfs", "fault hook"])
@@ -146,12 +163,18 @@ def full_disk(request, uninterrupted, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_a_save_that_runs_out_of_space_keeps_the_last_checkpoint_and_resumes_bitwise(
-        full_disk, uninterrupted, synth_dir, tiny_model_dir, capsys):
+    full_disk, uninterrupted, synth_dir, tiny_model_dir, capsys
+):
     out, give_space_back = full_disk
     assert cli.main(["sft", *overrides(synth_dir, tiny_model_dir, out)]) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"stopped: no space left while saving checkpoint-8 in {out}; the last good checkpoint is checkpoint-4")
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-4", "config.yaml", "metrics.jsonl"]  # no half directory
+        f"stopped: no space left while saving checkpoint-8 in {out}; the last good checkpoint is checkpoint-4"
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint-4",
+        "config.yaml",
+        "metrics.jsonl",
+    ]  # no half directory
     assert integrity.check(out / "checkpoint-4") is None
     assert [r["step"] for r in step_lines(out)] == list(range(1, 9))
     give_space_back()
@@ -167,9 +190,13 @@ def test_no_space_is_recognised_however_the_writer_reports_it():
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
     except RuntimeError as e:
         assert integrity.is_no_space(e)
-    assert integrity.is_no_space(RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"))
+    assert integrity.is_no_space(
+        RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+    )
     assert integrity.is_no_space(OSError(errno.EDQUOT, "Disk quota exceeded"))
-    assert not integrity.is_no_space(RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"))
+    assert not integrity.is_no_space(
+        RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    )
     assert not integrity.is_no_space(OSError(errno.EACCES, "Permission denied"))
 
 
@@ -177,18 +204,31 @@ def test_no_space_is_recognised_however_the_writer_reports_it():
 
 
 def grpo_args(synth_dir, model_dir, out: Path, *extra: str) -> list[str]:
-    return overrides(synth_dir, model_dir, out, "train.max_steps=8", "train.save_steps=0", "grpo.num_iterations=2",
-                     "grpo.num_generations=2", "grpo.max_completion_length=4", *extra)
+    return overrides(
+        synth_dir,
+        model_dir,
+        out,
+        "train.max_steps=8",
+        "train.save_steps=0",
+        "grpo.num_iterations=2",
+        "grpo.num_generations=2",
+        "grpo.max_completion_length=4",
+        *extra,
+    )
 
 
 @pytest.mark.slow
 def test_a_stop_inside_a_reuse_of_rollouts_waits_for_its_end_and_resumes_exactly(
-        synth_dir, tiny_model_dir, tmp_path, monkeypatch):
+    synth_dir, tiny_model_dir, tmp_path, monkeypatch
+):
     full = tmp_path / "full"
     loop.run(load_config(None, grpo_args(synth_dir, tiny_model_dir, full)), "grpo")
     lines = step_lines(full)
     raw = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines() if "loss" in x]
-    assert [("rollout_seconds" in r, "completion_tokens_per_second" in r) for r in raw] == [(True, True), (False, False)] * 4
+    assert [("rollout_seconds" in r, "completion_tokens_per_second" in r) for r in raw] == [
+        (True, True),
+        (False, False),
+    ] * 4
 
     real, calls = steps.make_rollouts, []
 
@@ -214,9 +254,26 @@ def test_a_stop_inside_a_reuse_of_rollouts_waits_for_its_end_and_resumes_exactly
 
 @pytest.mark.slow
 def test_resident_memory_stays_flat_over_300_grpo_steps_with_eval_and_checkpoints():
-    """benchmarks/soak.py at 300 steps (the 2,000-step figures are in docs/long_runs.md)."""
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "soak.py"), "--steps", "300", "--warmup", "100", "--every", "25",
-           "--save-steps", "50", "--eval-steps", "50", "--json"]
+    """benchmarks/soak.py at 300 steps of G=2 and 4 tokens (the 2,000-step figures are in docs/long_runs.md)."""
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "soak.py"),
+        "--steps",
+        "300",
+        "--warmup",
+        "100",
+        "--every",
+        "25",
+        "--save-steps",
+        "50",
+        "--eval-steps",
+        "50",
+        "--num-generations",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--json",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -234,19 +291,29 @@ def wandb_values(run_dir: Path, run_id: str, key: str) -> list[float]:
     summary's update)."""
     (log,) = (run_dir / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
     data = log.read_bytes()
-    found = [float(data[m.end():m.end() + m.group(1)[0]])
-             for m in re.finditer(re.escape(key.encode()) + rb"\x82\x01(.)", data, re.S)]
+    found = [
+        float(data[m.end() : m.end() + m.group(1)[0]])
+        for m in re.finditer(re.escape(key.encode()) + rb"\x82\x01(.)", data, re.S)
+    ]
     return list(dict.fromkeys(found))
 
 
 @pytest.mark.slow
 def test_a_resume_past_steps_already_logged_starts_a_wandb_run_that_replays_the_kept_ones(
-        synth_dir, tiny_model_dir, tmp_path, monkeypatch):
+    synth_dir, tiny_model_dir, tmp_path, monkeypatch
+):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "run"
-    args = overrides(synth_dir, tiny_model_dir, out, "train.save_steps=4", "train.lr_scheduler=constant",
-                     "train.warmup_steps=0", "train.report_to=wandb")
+    args = overrides(
+        synth_dir,
+        tiny_model_dir,
+        out,
+        "train.save_steps=4",
+        "train.lr_scheduler=constant",
+        "train.warmup_steps=0",
+        "train.report_to=wandb",
+    )
     run_inline([*args, "train.max_steps=6"])  # as if killed after step 6: its last checkpoint is checkpoint-4
     shutil.rmtree(out / "final")
     first = (out / "wandb_run_id.txt").read_text().strip()

@@ -39,11 +39,21 @@ RESUME_BUG = (
 
 def config(synth_dir, model_dir, out, *overrides: str):
     """The tiny CPU config: one thread, no progress bar, short greedy evaluation."""
-    return load_config(None, [
-        f"model.name_or_path={model_dir}", f"data.path={synth_dir}", f"train.output_dir={out}",
-        "train.device=cpu", "train.cpu_threads=1", "train.progress=false",
-        "data.max_eval_samples=4", "eval.max_new_tokens=4", "eval.batch_size=4", *overrides,
-    ])
+    return load_config(
+        None,
+        [
+            f"model.name_or_path={model_dir}",
+            f"data.path={synth_dir}",
+            f"train.output_dir={out}",
+            "train.device=cpu",
+            "train.cpu_threads=1",
+            "train.progress=false",
+            "data.max_eval_samples=4",
+            "eval.max_new_tokens=4",
+            "eval.batch_size=4",
+            *overrides,
+        ],
+    )
 
 
 def records(run_dir: Path) -> list[dict]:
@@ -65,8 +75,17 @@ def weights(model_dir: Path) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def sft_run(synth_dir, tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("sft") / "run"
-    cfg = config(synth_dir, tiny_model_dir, out, "train.max_steps=6", "train.save_steps=2", "train.eval_steps=3",
-                 "train.save_total_limit=2", "train.per_device_batch_size=2", "train.learning_rate=1e-3")
+    cfg = config(
+        synth_dir,
+        tiny_model_dir,
+        out,
+        "train.max_steps=6",
+        "train.save_steps=2",
+        "train.eval_steps=3",
+        "train.save_total_limit=2",
+        "train.per_device_batch_size=2",
+        "train.learning_rate=1e-3",
+    )
     return cfg, loop.run(cfg, "sft")
 
 
@@ -143,8 +162,16 @@ def test_final_carries_a_model_card_with_base_model_data_config_and_metrics(sft_
 @pytest.mark.slow
 def test_sft_loss_falls_on_a_repeated_batch(synth_dir, tiny_model_dir, tmp_path):
     # Two training questions, batch 2: every step sees the same two answers.
-    cfg = config(synth_dir, tiny_model_dir, tmp_path / "run", "data.max_train_samples=2", "data.eval_fraction=0",
-                 "train.max_steps=10", "train.per_device_batch_size=2", "train.learning_rate=1e-3")
+    cfg = config(
+        synth_dir,
+        tiny_model_dir,
+        tmp_path / "run",
+        "data.max_train_samples=2",
+        "data.eval_fraction=0",
+        "train.max_steps=10",
+        "train.per_device_batch_size=2",
+        "train.learning_rate=1e-3",
+    )
     loop.run(cfg, "sft")
     nll = [r["nll"] for r in train_records(tmp_path / "run")]
     assert len(nll) == 10
@@ -169,9 +196,17 @@ def two_answers(synth_dir, tmp_path_factory):
 
 
 def accumulation_run(two_answers, synth_dir, tiny_model_dir, out, batch, accumulation):
-    cfg = config(two_answers, tiny_model_dir, out, f"data.image_root={synth_dir}", "data.eval_fraction=0",
-                 "train.max_steps=1", f"train.per_device_batch_size={batch}",
-                 f"train.gradient_accumulation_steps={accumulation}", "train.learning_rate=1e-5")
+    cfg = config(
+        two_answers,
+        tiny_model_dir,
+        out,
+        f"data.image_root={synth_dir}",
+        "data.eval_fraction=0",
+        "train.max_steps=1",
+        f"train.per_device_batch_size={batch}",
+        f"train.gradient_accumulation_steps={accumulation}",
+        "train.learning_rate=1e-5",
+    )
     loop.run(cfg, "sft")
     return weights(out / "final"), train_records(out)[0]
 
@@ -223,8 +258,14 @@ def resume_overrides(mode: str) -> list[str]:
     """4 steps, a checkpoint every 2; warmup + cosine so the scheduler state matters. GRPO samples
     its completions (the RNG state matters) and adds the answer's NLL (sft_coef) so that every step
     moves the weights even when a random model earns no reward."""
-    common = ["train.max_steps=4", "train.save_steps=2", "train.per_device_batch_size=2", "train.learning_rate=1e-3",
-              "train.lr_scheduler=cosine", "train.warmup_steps=1"]
+    common = [
+        "train.max_steps=4",
+        "train.save_steps=2",
+        "train.per_device_batch_size=2",
+        "train.learning_rate=1e-3",
+        "train.lr_scheduler=cosine",
+        "train.warmup_steps=1",
+    ]
     if mode == "grpo":
         common += ["grpo.num_generations=2", "grpo.max_completion_length=4", "grpo.sft_coef=0.5"]
     return common
@@ -244,7 +285,9 @@ def test_resume_from_a_checkpoint_path_ends_bitwise_equal(uninterrupted, synth_d
     at2 = weights(full / "checkpoint-2")
     assert any(not torch.equal(at2[k], v) for k, v in weights(full / "final").items())  # steps 3-4 trained
     out = tmp_path / "resumed"
-    loop.run(config(synth_dir, tiny_model_dir, out, *resume_overrides(mode), f"train.resume={full / 'checkpoint-2'}"), mode)
+    loop.run(
+        config(synth_dir, tiny_model_dir, out, *resume_overrides(mode), f"train.resume={full / 'checkpoint-2'}"), mode
+    )
     a, b = weights(full / "final"), weights(out / "final")
     assert all(torch.equal(a[k], b[k]) for k in a)
     expected = train_records(full)[2:]
@@ -273,14 +316,17 @@ def test_resume_auto_after_a_kill_ends_bitwise_equal(uninterrupted, synth_dir, t
 # ---- learning-rate schedule --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("schedule, expected", [
-    # warmup 2 of 6 steps: (step + 1) / 3 for steps 0-1, then the peak at step 2; after warmup
-    # progress = (step - 2) / 4.
-    ("constant", [1 / 3, 2 / 3, 1.0, 1.0, 1.0, 1.0]),
-    ("linear", [1 / 3, 2 / 3, 1.0, 0.75, 0.5, 0.25]),
-    # 0.5 * (1 + cos(pi * progress)): 1, (2 + sqrt 2) / 4, 1/2, (2 - sqrt 2) / 4
-    ("cosine", [1 / 3, 2 / 3, 1.0, (2 + math.sqrt(2)) / 4, 0.5, (2 - math.sqrt(2)) / 4]),
-])
+@pytest.mark.parametrize(
+    "schedule, expected",
+    [
+        # warmup 2 of 6 steps: (step + 1) / 3 for steps 0-1, then the peak at step 2; after warmup
+        # progress = (step - 2) / 4.
+        ("constant", [1 / 3, 2 / 3, 1.0, 1.0, 1.0, 1.0]),
+        ("linear", [1 / 3, 2 / 3, 1.0, 0.75, 0.5, 0.25]),
+        # 0.5 * (1 + cos(pi * progress)): 1, (2 + sqrt 2) / 4, 1/2, (2 - sqrt 2) / 4
+        ("cosine", [1 / 3, 2 / 3, 1.0, (2 + math.sqrt(2)) / 4, 0.5, (2 - math.sqrt(2)) / 4]),
+    ],
+)
 def test_lr_factor_by_hand(schedule, expected):
     cfg = TrainConfig(max_steps=6, warmup_steps=2, lr_scheduler=schedule)
     assert [lr_factor(s, cfg) for s in range(6)] == pytest.approx(expected, abs=1e-12)
@@ -302,8 +348,16 @@ def test_scheduler_gives_the_optimizer_those_factors_times_the_peak():
 
 @pytest.mark.slow
 def test_metrics_log_the_lr_each_step_used(synth_dir, tiny_model_dir, tmp_path):
-    cfg = config(synth_dir, tiny_model_dir, tmp_path / "run", "train.max_steps=3", "train.warmup_steps=2",
-                 "train.per_device_batch_size=1", "train.learning_rate=0.3", "data.eval_fraction=0")
+    cfg = config(
+        synth_dir,
+        tiny_model_dir,
+        tmp_path / "run",
+        "train.max_steps=3",
+        "train.warmup_steps=2",
+        "train.per_device_batch_size=1",
+        "train.learning_rate=0.3",
+        "data.eval_fraction=0",
+    )
     loop.run(cfg, "sft")
     assert [r["lr"] for r in train_records(tmp_path / "run")] == pytest.approx([0.1, 0.2, 0.3], abs=1e-12)
 
@@ -337,8 +391,17 @@ def nan_on_backward(monkeypatch):
 def test_a_nonfinite_gradient_skips_that_optimizer_step(nan_on_backward, synth_dir, tiny_model_dir, tmp_path):
     nan_on_backward.add(2)  # step 2 of 3 (one backward a step)
     out = tmp_path / "run"
-    cfg = config(synth_dir, tiny_model_dir, out, "train.max_steps=3", "train.save_steps=1", "train.save_total_limit=3",
-                 "train.per_device_batch_size=1", "train.learning_rate=1e-3", "data.eval_fraction=0")
+    cfg = config(
+        synth_dir,
+        tiny_model_dir,
+        out,
+        "train.max_steps=3",
+        "train.save_steps=1",
+        "train.save_total_limit=3",
+        "train.per_device_batch_size=1",
+        "train.learning_rate=1e-3",
+        "data.eval_fraction=0",
+    )
     result = loop.run(cfg, "sft")
     assert result.steps == 3
     logged = train_records(out)
@@ -348,7 +411,9 @@ def test_a_nonfinite_gradient_skips_that_optimizer_step(nan_on_backward, synth_d
     w1, w2, w3 = (weights(out / f"checkpoint-{s}") for s in (1, 2, 3))
     assert all(torch.equal(w1[k], w2[k]) for k in w1)  # step 2 changed nothing ...
     assert any(not torch.equal(w2[k], w3[k]) for k in w2)  # ... step 3 trained again
-    adam = [torch.load(out / f"checkpoint-{s}" / "optimizer.pt", weights_only=True)["state"][0]["step"] for s in (1, 2, 3)]
+    adam = [
+        torch.load(out / f"checkpoint-{s}" / "optimizer.pt", weights_only=True)["state"][0]["step"] for s in (1, 2, 3)
+    ]
     assert [float(s) for s in adam] == [1.0, 1.0, 2.0]  # AdamW's moments did not take the NaN step
 
 
@@ -356,8 +421,15 @@ def test_a_nonfinite_gradient_skips_that_optimizer_step(nan_on_backward, synth_d
 @NO_OPTIMIZER_STEP
 def test_more_than_max_bad_steps_in_a_row_stop_the_run(nan_on_backward, synth_dir, tiny_model_dir, tmp_path):
     nan_on_backward.update(range(1, 100))
-    cfg = config(synth_dir, tiny_model_dir, tmp_path / "run", "train.max_steps=10", "train.max_bad_steps=2",
-                 "train.per_device_batch_size=1", "data.eval_fraction=0")
+    cfg = config(
+        synth_dir,
+        tiny_model_dir,
+        tmp_path / "run",
+        "train.max_steps=10",
+        "train.max_bad_steps=2",
+        "train.per_device_batch_size=1",
+        "data.eval_fraction=0",
+    )
     with pytest.raises(RuntimeError, match="3 non-finite steps in a row"):
         loop.run(cfg, "sft")
     # Steps 1, 2 and 3 were skipped and logged; the third also stops the run.
@@ -369,8 +441,15 @@ def test_more_than_max_bad_steps_in_a_row_stop_the_run(nan_on_backward, synth_di
 def test_a_run_stopped_by_bad_steps_leaves_a_checkpoint(nan_on_backward, synth_dir, tiny_model_dir, tmp_path):
     nan_on_backward.update(range(1, 100))
     out = tmp_path / "run"
-    cfg = config(synth_dir, tiny_model_dir, out, "train.max_steps=10", "train.max_bad_steps=1",
-                 "train.per_device_batch_size=1", "data.eval_fraction=0")
+    cfg = config(
+        synth_dir,
+        tiny_model_dir,
+        out,
+        "train.max_steps=10",
+        "train.max_bad_steps=1",
+        "train.per_device_batch_size=1",
+        "data.eval_fraction=0",
+    )
     with pytest.raises(RuntimeError):
         loop.run(cfg, "sft")
     assert list(out.glob("checkpoint-*/trainer_state.json"))

@@ -45,9 +45,9 @@ def is_hub_path(path: Any) -> bool:
 
 def hub_name(path: str) -> str:
     """NAME of ``hf:NAME`` (``hf://datasets/NAME`` too); a local folder keeps its path."""
-    name = path[len(PREFIX):].strip()
+    name = path[len(PREFIX) :].strip()
     if name.startswith("//datasets/"):
-        name = name[len("//datasets/"):]
+        name = name[len("//datasets/") :]
     if name.startswith("~"):
         name = os.path.expanduser(name)
     if not name:
@@ -97,7 +97,10 @@ def hub_source(path: str, cfg: DataConfig) -> Source:
     """The rows of ``hf:NAME`` in ``cfg.split`` (and ``cfg.config_name``), mapped by the preset."""
     name = hub_name(path)
     if cfg.format not in ("auto", ""):
-        raise UserError(f"data.format={cfg.format!r} does not apply to {path}: hf: paths are read by datasets.load_dataset; drop data.format")
+        raise UserError(
+            f"data.format={cfg.format!r} does not apply to {path}: hf: paths are read by datasets.load_dataset; drop "
+            "data.format"
+        )
     preset = find_preset(cfg.preset, name)
     base, slice_ = re.fullmatch(r"([^\[]*)(.*)", cfg.split.strip()).groups()  # "validation[:100]"
     if preset is not None:
@@ -107,7 +110,10 @@ def hub_source(path: str, cfg: DataConfig) -> Source:
     if config_name is None and preset is not None:
         config_name = preset.config_per_split.format(split=base) if preset.config_per_split else preset.default_config
     if preset is not None and preset.images_config and cfg.streaming:
-        raise UserError(f"{preset.title} ({preset.hub_id}) keeps its images in a separate config, which a stream cannot join; set data.streaming=false")
+        raise UserError(
+            f"{preset.title} ({preset.hub_id}) keeps its images in a separate config, which a stream cannot join; "
+            "set data.streaming=false"
+        )
     _check_split(name, config_name, split, cfg.split, preset)
     ds = _load(name, config_name, split, cfg.streaming, cfg.split, preset)
     columns = merged_columns(preset, cfg.columns)
@@ -126,7 +132,15 @@ def hub_source(path: str, cfg: DataConfig) -> Source:
     if preset is not None and preset.transform is not None:
         rows = _transformed(rows, preset.transform)
         present = None if present is None else present | {preset.columns[k] for k in preset.derived}
-    where = ", ".join(x for x in (f"config {config_name}" if config_name else "", f"split {split}", "streaming" if cfg.streaming else "") if x)
+    where = ", ".join(
+        x
+        for x in (
+            f"config {config_name}" if config_name else "",
+            f"split {split}",
+            "streaming" if cfg.streaming else "",
+        )
+        if x
+    )
     local = Path(name).is_dir()
     about = _about(name, config_name, split, cfg, preset, columns, present)
     return Source(f"{PREFIX}{name} ({where})", Path(name) if local else Path.cwd(), rows, columns, about)
@@ -209,13 +223,17 @@ def _split_error(name: str, config_name: str | None, asked: str, split: str, ava
     return UserError(f"data.split={shown} is not a split of {where}; choose one of {', '.join(available)}")
 
 
-def _user_error(e: Exception, name: str, config_name: str | None, asked: str, preset: Preset | None, split: str | None = None) -> UserError:
+def _user_error(
+    e: Exception, name: str, config_name: str | None, asked: str, preset: Preset | None, split: str | None = None
+) -> UserError:
     import datasets
 
     text = " ".join(str(e).split())
     offline = bool(datasets.config.HF_HUB_OFFLINE)
     if "Dataset scripts are no longer supported" in text:
-        successor = next((new for old, new in _SCRIPT_SUCCESSORS.items() if name == old or name.endswith("/" + old)), None)
+        successor = next(
+            (new for old, new in _SCRIPT_SUCCESSORS.items() if name == old or name.endswith("/" + old)), None
+        )
         use = f"use data.path=hf:{successor} (parquet)" if successor else "use a parquet copy of it"
         return UserError(f"{name} is a dataset loading script, which datasets 4+ no longer runs; {use}")
     if isinstance(e, ValueError) and "Config name is missing" in text:
@@ -224,23 +242,49 @@ def _user_error(e: Exception, name: str, config_name: str | None, asked: str, pr
     if isinstance(e, ValueError) and "BuilderConfig" in text and "not found" in text:
         configs = _listed(text)
         suffix = preset.config_per_split.format(split="") if preset is not None and preset.config_per_split else None
-        if suffix and config_name and config_name.endswith(suffix) and config_name[: -len(suffix)] == re.sub(r"\[.*", "", split or asked):
+        if (
+            suffix
+            and config_name
+            and config_name.endswith(suffix)
+            and config_name[: -len(suffix)] == re.sub(r"\[.*", "", split or asked)
+        ):
             splits = sorted(c[: -len(suffix)] for c in configs if c.endswith(suffix))
-            return UserError(f"data.split={asked!r} is not a split of {name} (each split is a config {preset.config_per_split.format(split='<split>')}); choose one of {', '.join(splits)}")
-        return UserError(f"data.config_name={config_name!r} is not a config of {name}; choose one of {', '.join(configs)}")
+            return UserError(
+                f"data.split={asked!r} is not a split of {name} (each split is a config "
+                f"{preset.config_per_split.format(split='<split>')}); choose one of {', '.join(splits)}"
+            )
+        return UserError(
+            f"data.config_name={config_name!r} is not a config of {name}; choose one of {', '.join(configs)}"
+        )
     if isinstance(e, ValueError) and "Bad split" in text and "[" in (split or asked):
         return UserError(f"data.split={asked!r}: a stream cannot be sliced; drop the [...] or set data.streaming=false")
     if isinstance(e, ValueError) and ("Unknown split" in text or "Bad split" in text):
         return _split_error(name, config_name, asked, split or asked, _listed(text))
     if isinstance(e, ConnectionError) or (offline and isinstance(e, FileNotFoundError) and not Path(name).is_dir()):
-        why = "offline mode is on (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) and it is not in the datasets cache" if offline else "no network"
-        return UserError(f"cannot load hf:{name} from the Hugging Face Hub ({why}); check the name and the network, or download it once and set data.path=hf:<local folder>")
+        why = (
+            "offline mode is on (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) and it is not in the datasets cache"
+            if offline
+            else "no network"
+        )
+        return UserError(
+            f"cannot load hf:{name} from the Hugging Face Hub ({why}); check the name and the network, or download "
+            "it once and set data.path=hf:<local folder>"
+        )
     if isinstance(e, FileNotFoundError) or type(e).__name__ in ("DatasetNotFoundError", "RepositoryNotFoundError"):
         if "gated" in text:
-            return UserError(f"hf:{name} is gated on the Hugging Face Hub ({text[:200]}); accept its terms on the dataset page and log in (hf auth login)")
+            return UserError(
+                f"hf:{name} is gated on the Hugging Face Hub ({text[:200]}); accept its terms on the dataset page "
+                "and log in (hf auth login)"
+            )
         if Path(name).is_dir():
-            return UserError(f"folder {name} holds no data files datasets can read ({text[:200]}); lay it out as a Hub dataset (data/<split>-00000-of-00001.parquet)")
-        return UserError(f"hf:{name} was not found on the Hugging Face Hub ({text[:200]}); check the name (owner/name), or log in for a gated or private dataset")
+            return UserError(
+                f"folder {name} holds no data files datasets can read ({text[:200]}); lay it out as a Hub dataset "
+                "(data/<split>-00000-of-00001.parquet)"
+            )
+        return UserError(
+            f"hf:{name} was not found on the Hugging Face Hub ({text[:200]}); check the name (owner/name), or log in "
+            "for a gated or private dataset"
+        )
     return UserError(f"datasets cannot load hf:{name}: {type(e).__name__}: {text[:300]}")
 
 
@@ -259,8 +303,15 @@ _ABSENT = {
 }
 
 
-def _about(name: str, config_name: str | None, split: str, cfg: DataConfig, preset: Preset | None,
-           columns: ColumnsConfig, present: set[str] | None) -> dict[str, Any]:
+def _about(
+    name: str,
+    config_name: str | None,
+    split: str,
+    cfg: DataConfig,
+    preset: Preset | None,
+    columns: ColumnsConfig,
+    present: set[str] | None,
+) -> dict[str, Any]:
     mapping = {}
     for f in fields(ColumnsConfig):
         column = getattr(columns, f.name)

@@ -92,7 +92,12 @@ class LoadReport:
         return sum(self.skipped.values())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "kept": self.kept, "skipped": dict(self.skipped), "answer_types": dict(self.answer_types)}
+        return {
+            "rows": self.rows,
+            "kept": self.kept,
+            "skipped": dict(self.skipped),
+            "answer_types": dict(self.answer_types),
+        }
 
     def table(self) -> str:
         lines = [f"{self.source or 'data'}: {self.rows} rows read, {self.kept} kept, {self.num_skipped} skipped"]
@@ -210,7 +215,9 @@ def _image_root(cfg: DataConfig, source: Source) -> Path:
     if cfg.image_root:
         root = Path(cfg.image_root).expanduser()
         if not root.is_dir():
-            raise UserError(f"data.image_root={cfg.image_root!r} is not a folder; set it to the folder holding the images")
+            raise UserError(
+                f"data.image_root={cfg.image_root!r} is not a folder; set it to the folder holding the images"
+            )
         return Path(os.path.abspath(root))
     return Path(os.path.abspath(source.base_dir))
 
@@ -221,7 +228,10 @@ def _check_columns(source: Source, seen: set[str]) -> None:
     for key in ("image", "question"):
         name = getattr(cols, key)
         if name not in seen:
-            raise UserError(f"{source.name} has no column {name!r} for the {key} (columns: {have}); map yours with data.columns.{key}=NAME")
+            raise UserError(
+                f"{source.name} has no column {name!r} for the {key} (columns: {have}); map yours with "
+                f"data.columns.{key}=NAME"
+            )
     if cols.answer not in seen and cols.answers not in seen:
         raise UserError(
             f"{source.name} has neither column {cols.answer!r} nor {cols.answers!r} for the answers (columns: {have}); "

@@ -62,7 +62,7 @@ def _normalise_for_type(answer: str) -> str:
 
 
 def answer_type_of(answers: list[str]) -> str:
-    """"yes/no", "number" or "other" from the majority normalised answer (see the module docstring)."""
+    """ "yes/no", "number" or "other" from the majority normalised answer (see the module docstring)."""
     counts = Counter(_normalise_for_type(a) for a in answers if a.strip())
     if not counts:
         return "other"

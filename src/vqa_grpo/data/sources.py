@@ -31,7 +31,9 @@ _SUFFIX_FORMATS = {
     ".json": "json", ".parquet": "parquet", ".pq": "parquet",
 }  # fmt: skip
 _METADATA_FILES = ("metadata.jsonl", "metadata.csv")
-_KNOWN = "JSONL, CSV, JSON, Parquet, a datasets save_to_disk folder, an image folder with metadata.jsonl, or a VQA v2 pair"
+_KNOWN = (
+    "JSONL, CSV, JSON, Parquet, a datasets save_to_disk folder, an image folder with metadata.jsonl, or a VQA v2 pair"
+)
 
 
 @dataclass
@@ -70,7 +72,10 @@ def open_source(path: str | os.PathLike, cfg: DataConfig) -> Source:
     if is_hub_path(path):
         return hub_source(str(path), cfg)
     if cfg.preset is not None and cfg.preset.strip().lower() != "none":
-        raise UserError(f"data.preset={cfg.preset!r} applies to hf: paths; read {path} as data.path=hf:{path} (a folder laid out as a Hub dataset), or drop data.preset")
+        raise UserError(
+            f"data.preset={cfg.preset!r} applies to hf: paths; read {path} as data.path=hf:{path} (a folder laid out "
+            "as a Hub dataset), or drop data.preset"
+        )
     p = Path(path).expanduser()
     if not str(path).strip() or not p.exists():
         raise UserError(f"data path {str(path)!r} not found; set data.path to a file or folder ({_KNOWN})")
@@ -130,7 +135,6 @@ def memory_source(data: Any, cfg: DataConfig) -> Source:
     )
 
 
-
 # ----------------------------------------------------------------------------------------------
 # Which format a path holds.
 
@@ -145,7 +149,9 @@ def _infer_format(p: Path) -> str:
             return "imagefolder"
         fmt = _SUFFIX_FORMATS.get(p.suffix.lower())
         if fmt is None:
-            raise UserError(f"cannot tell the format of {p} from its suffix; set data.format to one of {', '.join(FORMATS[1:])}")
+            raise UserError(
+                f"cannot tell the format of {p} from its suffix; set data.format to one of {', '.join(FORMATS[1:])}"
+            )
         return fmt
     if (p / "dataset_dict.json").is_file() or (p / "state.json").is_file():
         return "datasets"
@@ -179,7 +185,9 @@ def _data_files(p: Path, fmt: str) -> list[Path]:
     if not files:
         raise UserError(f"folder {p} holds no {fmt} file; set data.path to the file itself")
     if len(files) > 1 and fmt != "parquet":
-        raise UserError(f"folder {p} holds several {fmt} files ({', '.join(f.name for f in files[:5])}); set data.path to one")
+        raise UserError(
+            f"folder {p} holds several {fmt} files ({', '.join(f.name for f in files[:5])}); set data.path to one"
+        )
     return files
 
 
@@ -198,7 +206,10 @@ def _jsonl_rows(path: Path) -> Iterator[Row]:
                 msg = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
                 raise UserError(f"{path} line {lineno} is not valid JSON ({msg}); fix or remove that line") from None
             if not isinstance(value, dict):
-                raise UserError(f"{path} line {lineno} is a JSON {type(value).__name__}, not an object of fields; fix or remove that line")
+                raise UserError(
+                    f"{path} line {lineno} is a JSON {type(value).__name__}, not an object of fields; fix or remove "
+                    "that line"
+                )
             yield Row(value)
 
 
@@ -224,13 +235,18 @@ def _json_rows(path: Path) -> Iterator[Row]:
     if isinstance(data, dict):
         lists = [v for v in data.values() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
         if len(lists) != 1:
-            raise UserError(f"{path} must hold a list of objects (or an object with one such list); found an object with keys {', '.join(list(data)[:8])}")
+            raise UserError(
+                f"{path} must hold a list of objects (or an object with one such list); found an object with keys "
+                f"{', '.join(list(data)[:8])}"
+            )
         data = lists[0]
     if not isinstance(data, list):
         raise UserError(f"{path} must hold a list of objects, one per row; found a JSON {type(data).__name__}")
     for i, value in enumerate(data, start=1):
         if not isinstance(value, dict):
-            raise UserError(f"{path}: item {i} is a JSON {type(value).__name__}, not an object of fields; fix or remove it")
+            raise UserError(
+                f"{path}: item {i} is a JSON {type(value).__name__}, not an object of fields; fix or remove it"
+            )
         yield Row(value)
 
 
@@ -292,7 +308,10 @@ def _datasets_source(p: Path, cfg: DataConfig) -> Source:
 
     if (p / "dataset_dict.json").is_file():
         splits = sorted(d.name for d in p.iterdir() if (d / "state.json").is_file())
-        raise UserError(f"{p} holds a DatasetDict with splits {', '.join(splits)}; set data.path to one split, e.g. {p / (splits[0] if splits else 'train')}")
+        raise UserError(
+            f"{p} holds a DatasetDict with splits {', '.join(splits)}; set data.path to one split, e.g. "
+            f"{p / (splits[0] if splits else 'train')}"
+        )
     try:
         ds = datasets.load_from_disk(str(p))
     except (FileNotFoundError, ValueError, OSError) as e:

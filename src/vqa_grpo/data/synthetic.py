@@ -188,9 +188,7 @@ def _relation(rng: random.Random, answer: str) -> _Plan:
     subject, reference = (left, right) if answer == "left" else (right, left)
     kinds = [left, right]
     kinds += _others(rng, rng.randint(0, MAX_OBJECTS - 2), lambda k: k not in (left, right))
-    question = (
-        f"Is the {subject[0]} {subject[1]} left or right of the {reference[0]} {reference[1]}?"
-    )
+    question = f"Is the {subject[0]} {subject[1]} left or right of the {reference[0]} {reference[1]}?"
     return _Plan(question, "is the", kinds, left_pair=True)
 
 
@@ -245,9 +243,7 @@ def _place(rng: random.Random, plan: _Plan, image_size: int) -> list[dict]:
 
 def _overlaps(a: tuple[int, ...], b: tuple[int, ...], gap: int) -> bool:
     """Whether boxes ``a`` and ``b`` (x1, y1 exclusive) come closer than ``gap`` pixels."""
-    return not (
-        a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
-    )
+    return not (a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1])
 
 
 def _draw(objects: list[dict], image_size: int) -> Image.Image:
@@ -284,8 +280,7 @@ def _family_schedule(rng: random.Random, n: int) -> list[tuple[str, str]]:
     return schedule
 
 
-def synthesize(out_dir: str | os.PathLike, n: int = 1000, seed: int = 0,
-               image_size: int = 112) -> Path:
+def synthesize(out_dir: str | os.PathLike, n: int = 1000, seed: int = 0, image_size: int = 112) -> Path:
     """Write ``n`` synthetic VQA examples under ``out_dir`` and return the path of data.jsonl.
 
     Same arguments, byte-identical files. Images of an earlier run with a larger ``n`` are not

@@ -48,7 +48,10 @@ def vqa_v2_source(p: Path, cfg: DataConfig) -> Source:
 def _questions_file(p: Path) -> Path:
     if p.is_file():
         if not _QUESTIONS.fullmatch(p.name):
-            raise UserError(f"{p} is not named v2_OpenEnded_mscoco_<split>_questions.json; point data.path at the VQA v2 questions file")
+            raise UserError(
+                f"{p} is not named v2_OpenEnded_mscoco_<split>_questions.json; point data.path at the VQA v2 "
+                "questions file"
+            )
         return p
     found = sorted(f for f in p.iterdir() if _QUESTIONS.fullmatch(f.name)) if p.is_dir() else []
     if len(found) != 1:

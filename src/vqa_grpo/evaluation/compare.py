@@ -41,7 +41,9 @@ def load_eval_dir(path: str | Path) -> tuple[dict, list[dict]]:
     """
     d = Path(path)
     if not d.is_dir():
-        raise UserError(f"evaluation directory not found: {path} (give an output directory of `vqa-grpo evaluate --out`)")
+        raise UserError(
+            f"evaluation directory not found: {path} (give an output directory of `vqa-grpo evaluate --out`)"
+        )
     metrics_path, preds_path = d / "metrics.json", d / "predictions.jsonl"
     for p in (metrics_path, preds_path):
         if not p.is_file():
@@ -69,6 +71,7 @@ def load_eval_dir(path: str | Path) -> tuple[dict, list[dict]]:
 
 def metric_names(metrics: dict) -> list[str]:
     """The per-question metrics of a metrics.json (its top-level numbers other than n and skipped)."""
+
     def is_number(v) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool)
 

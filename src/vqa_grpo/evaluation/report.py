@@ -28,9 +28,9 @@ from pathlib import Path
 from vqa_grpo.errors import UserError
 from vqa_grpo.evaluation.compare import SEED, compare_runs, load_eval_dir
 from vqa_grpo.evaluation.report_html import (  # the page's HTML pieces
-    REPORT_BOOTSTRAP_SAMPLES,
     _SCRIPT,
     _STYLE,
+    REPORT_BOOTSTRAP_SAMPLES,
     _e,
     _gallery_section,
     _png_uri,
@@ -47,7 +47,11 @@ PLOTS = (
     ("loss", "Loss", [("loss", "loss")]),
     ("completion_length", "Completion length (tokens)", [("mean", "completion_length")]),
     ("entropy", "Token entropy of the completions", [("entropy", "entropy")]),
-    ("eval_accuracy", "Eval accuracy over steps", [("vqa_accuracy", "eval/vqa_accuracy"), ("composite", "eval/composite")]),
+    (
+        "eval_accuracy",
+        "Eval accuracy over steps",
+        [("vqa_accuracy", "eval/vqa_accuracy"), ("composite", "eval/composite")],
+    ),
 )
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 
@@ -138,8 +142,8 @@ def training_plots(run_dir: Path) -> tuple[list[tuple[str, str, bytes, str | Non
             if key.endswith("/*"):
                 prefix = key[:-1]
                 # reward/<component>, not the composite's own parts (reward/composite/bleu1, ...)
-                parts = sorted({k for r in train for k in r if k.startswith(prefix) and "/" not in k[len(prefix):]})
-                lines.update({k[len(prefix):]: _series(train, k) for k in parts})
+                parts = sorted({k for r in train for k in r if k.startswith(prefix) and "/" not in k[len(prefix) :]})
+                lines.update({k[len(prefix) :]: _series(train, k) for k in parts})
             else:
                 lines[label] = _series(evals if key.startswith("eval/") else train, key)
         keys = ", ".join(k for _, k in spec)
@@ -163,6 +167,7 @@ def join_predictions(before: list[dict] | None, after: list[dict] | None) -> lis
     accuracy; with one run, its rows and gain = its VQA accuracy (for sorting). The first row of
     a repeated id wins.
     """
+
     def by_id(rows: list[dict] | None) -> dict[str, dict]:
         out: dict[str, dict] = {}
         for r in rows or []:
@@ -176,8 +181,16 @@ def join_predictions(before: list[dict] | None, after: list[dict] | None) -> lis
         b, a = b_rows.get(i), a_rows.get(i)
         gain = _score(a) - _score(b) if a is not None and b is not None else _score(a or b)
         base = a or b
-        rows.append({"id": i, "question": base.get("question", ""), "answers": base.get("answers", []),
-                     "before": b, "after": a, "gain": gain})
+        rows.append(
+            {
+                "id": i,
+                "question": base.get("question", ""),
+                "answers": base.get("answers", []),
+                "before": b,
+                "after": a,
+                "gain": gain,
+            }
+        )
     return rows
 
 
@@ -269,11 +282,14 @@ def write_report(
     if config.is_file():
         text = config.read_text(encoding="utf-8", errors="replace")
         config_html = f"<details><summary>config.yaml</summary><pre>{_e(text)}</pre></details>"
-    sources = "; ".join(f"{label}: <code>{_e(value or '-')}</code>"
-                        for label, value in (("before", before), ("after", after), ("data", data_path)))
+    sources = "; ".join(
+        f"{label}: <code>{_e(value or '-')}</code>"
+        for label, value in (("before", before), ("after", after), ("data", data_path))
+    )
     figures = "\n".join(
         f'<figure><img src="{_png_uri(png)}" alt="{_e(title)}"><figcaption>plots/{name}.png'
-        + (f" ({_e(empty)})" if empty else "") + "</figcaption></figure>"
+        + (f" ({_e(empty)})" if empty else "")
+        + "</figcaption></figure>"
         for name, title, png, empty in plots
     )
     page = f"""<!DOCTYPE html>
@@ -288,13 +304,13 @@ def write_report(
 <h1>vqa-grpo report: {_e(run.resolve().name)}</h1>
 <p>Run directory <code>{_e(run)}</code>; {sources}.</p>
 {config_html}
-{''.join(f'<p class=note>{_e(n)}</p>' for n in notes)}
+{"".join(f"<p class=note>{_e(n)}</p>" for n in notes)}
 <h2>Training curves</h2>
 <div class=plots>
 {figures}
 </div>
 <h2>Accuracy by type</h2>
-{_types_section(metrics['before'], metrics['after'], diff)}
+{_types_section(metrics["before"], metrics["after"], diff)}
 <h2>Examples</h2>
 {_gallery_section(shown, thumbs, before is not None, after is not None, len(joined))}
 <script>{_SCRIPT}</script>

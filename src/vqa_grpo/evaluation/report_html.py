@@ -53,14 +53,20 @@ def _type_table(title: str, groups: list[tuple[str, dict | None, dict | None, di
         cells = [f"<td>{_e(name)}</td>", f"<td class=num>{_e(n)}</td>"]
         if has_before:
             cells += [f"<td class=num>{_pct((b or {}).get('vqa_accuracy'))}</td>", f"<td class=num>{_ci(b)}</td>"]
-        cells += [f"<td class=num>{_pct((a or {}).get('vqa_accuracy'))}</td>", f"<td class=num>{_ci(a)}</td>",
-                  f"<td class=num>{_pct((a or {}).get('composite'))}</td>"]
+        cells += [
+            f"<td class=num>{_pct((a or {}).get('vqa_accuracy'))}</td>",
+            f"<td class=num>{_ci(a)}</td>",
+            f"<td class=num>{_pct((a or {}).get('composite'))}</td>",
+        ]
         if has_before:
             t = (d or {}).get("vqa_accuracy")
             if t:
                 lo, hi = t["ci95"]
-                cells += [f"<td class=num>{100 * t['mean']:+.1f}</td>",
-                          f"<td class=num>[{100 * lo:+.1f}, {100 * hi:+.1f}]</td>", f"<td class=num>{t['p_value']:.4f}</td>"]
+                cells += [
+                    f"<td class=num>{100 * t['mean']:+.1f}</td>",
+                    f"<td class=num>[{100 * lo:+.1f}, {100 * hi:+.1f}]</td>",
+                    f"<td class=num>{t['p_value']:.4f}</td>",
+                ]
             else:
                 cells += ["<td class=num>-</td>"] * 3
         body.append("<tr>" + "".join(cells) + "</tr>")
@@ -69,21 +75,31 @@ def _type_table(title: str, groups: list[tuple[str, dict | None, dict | None, di
 
 def _types_section(before: dict | None, after: dict | None, diff: dict | None) -> str:
     if before is None and after is None:
-        return ("<p class=note>No evaluation given: pass --after EVAL_DIR (and --before EVAL_DIR), "
-                "output directories of <code>vqa-grpo evaluate --out</code>.</p>")
+        return (
+            "<p class=note>No evaluation given: pass --after EVAL_DIR (and --before EVAL_DIR), "
+            "output directories of <code>vqa-grpo evaluate --out</code>.</p>"
+        )
     has_before = before is not None and after is not None
     if after is None:  # only a before evaluation: show it in the "after" columns' place
         after, before = before, None
-    parts = ["<p>VQA accuracy in percent (official metric); 95% CI: bootstrap over questions (evaluate). "
-             + (f"after \u2212 before: paired bootstrap over the shared questions ({REPORT_BOOTSTRAP_SAMPLES:,} resamples, "
-                f"seed {SEED}), two-sided p; see vqa_grpo/evaluation/compare.py." if has_before else "")
-             + "</p>"]
+    parts = [
+        "<p>VQA accuracy in percent (official metric); 95% CI: bootstrap over questions (evaluate). "
+        + (
+            f"after \u2212 before: paired bootstrap over the shared questions ({REPORT_BOOTSTRAP_SAMPLES:,} resamples, "
+            f"seed {SEED}), two-sided p; see vqa_grpo/evaluation/compare.py."
+            if has_before
+            else ""
+        )
+        + "</p>"
+    ]
     # metrics.json holds ci95 = {metric: [low, high]} at the top and in every type alike.
     parts.append(_type_table("Overall", [("overall", before, after, (diff or {}).get("overall"))], has_before))
     for key, title in (("per_answer_type", "Per answer type"), ("per_question_type", "Per question type")):
         b_types, a_types, d_types = ((m or {}).get(key) or {} for m in (before, after, diff))
         groups = [(t, b_types.get(t), a_types.get(t), d_types.get(t)) for t in sorted(set(a_types) | set(b_types))]
-        parts.append(_type_table(title, groups, has_before) if groups else f"<p class=note>No {key} in metrics.json.</p>")
+        parts.append(
+            _type_table(title, groups, has_before) if groups else f"<p class=note>No {key} in metrics.json.</p>"
+        )
     return "\n".join(parts)
 
 
@@ -96,7 +112,8 @@ def _gallery_section(rows: list[dict], thumbs: dict[str, str], has_before: bool,
     else:
         buttons = [("gain", "-1", "highest score"), ("gain", "1", "lowest score"), ("id", "1", "by id")]
     bar = " ".join(
-        f'<button type=button data-sort="{k}" data-direction="{d}" aria-pressed="{str(i == 0).lower()}">{_e(t)}</button>'
+        f'<button type=button data-sort="{k}" data-direction="{d}" '
+        f'aria-pressed="{str(i == 0).lower()}">{_e(t)}</button>'
         for i, (k, d, t) in enumerate(buttons)
     )
     head = "<tr><th>image</th><th>id</th><th>question</th><th>ground truth</th>"
@@ -106,14 +123,20 @@ def _gallery_section(rows: list[dict], thumbs: dict[str, str], has_before: bool,
     for r in rows:
         uri = thumbs.get(r["id"])
         img = f'<img src="{uri}" alt="image of {_e(r["id"])}">' if uri else "<span class=note>no image</span>"
-        cells = [f"<td>{img}</td>", f"<td>{_e(r['id'])}</td>", f"<td>{_e(r['question'])}</td>",
-                 f"<td>{_e(_answers_text(r['answers']))}</td>"]
+        cells = [
+            f"<td>{img}</td>",
+            f"<td>{_e(r['id'])}</td>",
+            f"<td>{_e(r['question'])}</td>",
+            f"<td>{_e(_answers_text(r['answers']))}</td>",
+        ]
         for side, present in (("before", has_before), ("after", has_after)):
             if present:
                 p = r[side] or {}
                 raw = p.get("raw")
                 tip = f' title="raw: {_e(raw)}"' if isinstance(raw, str) and raw != p.get("prediction") else ""
-                cells.append(f"<td{tip}>{_e(p.get('prediction', ''))}<br><span class=score>acc {_score(p):.2f}</span></td>")
+                cells.append(
+                    f"<td{tip}>{_e(p.get('prediction', ''))}<br><span class=score>acc {_score(p):.2f}</span></td>"
+                )
         if both:
             cls = "gain" if r["gain"] > 0 else "loss" if r["gain"] < 0 else ""
             cells.append(f"<td class='num {cls}'>{r['gain']:+.2f}</td>")
@@ -121,8 +144,11 @@ def _gallery_section(rows: list[dict], thumbs: dict[str, str], has_before: bool,
     shown = f"{len(rows)} of {total} questions"
     if total > len(rows):
         shown += " (the largest gains and losses and a spread of the rest)"
-    return (f"<p>{shown}. Sort: {bar}</p>\n<table class=gallery>\n<thead>{head}</thead>\n<tbody id=gallery-body>\n"
-            + "\n".join(body) + "\n</tbody>\n</table>")
+    return (
+        f"<p>{shown}. Sort: {bar}</p>\n<table class=gallery>\n<thead>{head}</thead>\n<tbody id=gallery-body>\n"
+        + "\n".join(body)
+        + "\n</tbody>\n</table>"
+    )
 
 
 _STYLE = """

@@ -18,9 +18,17 @@ def predict_sharded(dist: Dist, lm, examples: list, eval_cfg, device, *, progres
 
     def answer(chunk: list) -> list[str | None]:
         return predict_answers(
-            lm.model, lm.adapter, lm.processor, chunk,
-            batch_size=eval_cfg.batch_size, max_new_tokens=eval_cfg.max_new_tokens, device=device,
-            do_sample=eval_cfg.do_sample, temperature=eval_cfg.temperature, top_p=eval_cfg.top_p, progress=progress,
+            lm.model,
+            lm.adapter,
+            lm.processor,
+            chunk,
+            batch_size=eval_cfg.batch_size,
+            max_new_tokens=eval_cfg.max_new_tokens,
+            device=device,
+            do_sample=eval_cfg.do_sample,
+            temperature=eval_cfg.temperature,
+            top_p=eval_cfg.top_p,
+            progress=progress,
         )
 
     if not dist.sharded_forward:

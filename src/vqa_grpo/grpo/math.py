@@ -66,8 +66,7 @@ def group_advantages(
         raise ValueError(f"rewards must be flat [B*G], got shape {tuple(rewards.shape)}")
     if group_size < 1 or rewards.numel() % group_size != 0:
         raise ValueError(
-            f"{rewards.numel()} rewards do not split into groups of {group_size}; "
-            "give B*G rewards, group after group"
+            f"{rewards.numel()} rewards do not split into groups of {group_size}; give B*G rewards, group after group"
         )
     if scale not in ADVANTAGE_SCALES:
         raise ValueError(f"scale={scale!r}: choose one of {', '.join(ADVANTAGE_SCALES)}")

@@ -49,7 +49,9 @@ def answer_nll(model, adapter: FamilyAdapter, processor, rollout: Rollout) -> to
     return -(logp * mask).sum() / mask.sum()
 
 
-def grpo_objective(model, adapter: FamilyAdapter, processor, rollout: Rollout, cfg: GRPOConfig) -> tuple[torch.Tensor, dict]:
+def grpo_objective(
+    model, adapter: FamilyAdapter, processor, rollout: Rollout, cfg: GRPOConfig
+) -> tuple[torch.Tensor, dict]:
     """GRPO loss on one rollout, and detached statistics for the logs. A fused prefill kept by the
     rollout is used here, once (its graph is freed by this loss's backward pass)."""
     prefix, rollout.prefix = rollout.prefix, None

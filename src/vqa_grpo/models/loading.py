@@ -82,7 +82,8 @@ def native_config(path: str, cfg: ModelConfig) -> ModelConfig:
 
         logging.getLogger("vqa_grpo").warning(
             "model.trust_remote_code=true is ignored for %s: phi3_v loads with vqa-grpo's native "
-            "implementation, and no code from the checkpoint is run", path,
+            "implementation, and no code from the checkpoint is run",
+            path,
         )
         return dataclasses.replace(cfg, trust_remote_code=False)
     return cfg
@@ -124,7 +125,9 @@ def _quantization(cfg: ModelConfig, device: torch.device) -> dict:
 
     if cfg.quantization == "4bit":
         q = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=DTYPES[cfg.dtype],
         )
     else:
@@ -159,7 +162,9 @@ def _from_pretrained(adapter: FamilyAdapter, base_path: str, cfg: ModelConfig, e
     except RuntimeError as e:  # a weight whose shape is not the config's
         if "size mismatch" not in str(e):
             raise
-        raise UserError(f"{base_path} has a misshaped weight: {_first_line(e)}; the checkpoint does not match its config.json") from None
+        raise UserError(
+            f"{base_path} has a misshaped weight: {_first_line(e)}; the checkpoint does not match its config.json"
+        ) from None
     except (OSError, SafetensorError) as e:  # a shard the index names is absent, a truncated file
         raise UserError(
             f"cannot read the weights of {base_path}: {_first_line(e)}; the checkpoint is incomplete "
@@ -235,7 +240,9 @@ def load_model(cfg: ModelConfig, device: torch.device | str = "cpu", *, trainabl
         if quant:
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
         targets = cfg.lora_target_modules or adapter.lora_targets()
-        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets)
+        lora = LoraConfig(
+            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets
+        )
         model = get_peft_model(model, lora)
     elif cfg.freeze_vision and trainable:
         freeze_vision_tower(model, adapter)

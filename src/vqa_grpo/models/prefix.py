@@ -110,7 +110,10 @@ def resolve(model, setting: str) -> bool:
         raise UserError(f"grpo.shared_prefix=on cannot run: {reason}; set grpo.shared_prefix=auto or off")
     use = setting != "off" and reason is None
     why = "grpo.shared_prefix=off" if setting == "off" else (reason or model_type(model))
-    _log_once(f"GRPO path: {'shared prefix (prompt encoded once per group)' if use else 'plain (prompt repeated G times)'} [{why}]")
+    _log_once(
+        f"GRPO path: {'shared prefix (prompt encoded once per group)' if use else 'plain (prompt repeated G times)'} "
+        f"[{why}]"
+    )
     return use
 
 
@@ -185,7 +188,9 @@ class Prefix:
     attention_mask: torch.Tensor  # [R, P + tokens added since]
     next_position: torch.Tensor  # [R] position of the next token to add
 
-    def extend(self, model, ids: torch.Tensor, mask: torch.Tensor | None = None, *, logits_to_keep: int = 0) -> torch.Tensor:
+    def extend(
+        self, model, ids: torch.Tensor, mask: torch.Tensor | None = None, *, logits_to_keep: int = 0
+    ) -> torch.Tensor:
         """Run ``ids`` [R, T] after everything cached so far; returns their logits [R, T, V]
         (only the last ``logits_to_keep`` when > 0). ``mask`` [R, T] marks real tokens (default all)."""
         R, T = ids.shape
@@ -247,7 +252,9 @@ def _cache_argument(cls) -> str:
         return "cache"
     if "past_key_values" in params:
         return "past_key_values"
-    raise RuntimeError(f"{cls.__name__}.forward takes no KV cache (neither cache nor past_key_values): use grpo.shared_prefix=off")
+    raise RuntimeError(
+        f"{cls.__name__}.forward takes no KV cache (neither cache nor past_key_values): use grpo.shared_prefix=off"
+    )
 
 
 def output_cache(out):
@@ -268,7 +275,9 @@ def encode_prefix(model, prompts: PromptBatch, group_size: int) -> Prefix:
     cache = output_cache(out)
     P = prompts.input_ids.shape[1]
     if cache is None or cache.get_seq_length() != P:  # never continue from a cache that is not the prompt's
-        raise RuntimeError(f"the prompt's KV cache holds {None if cache is None else cache.get_seq_length()} positions, expected {P}")
+        raise RuntimeError(
+            f"the prompt's KV cache holds {None if cache is None else cache.get_seq_length()} positions, expected {P}"
+        )
     if group_size > 1:
         cache.batch_repeat_interleave(group_size)
     return Prefix(
@@ -280,7 +289,11 @@ def encode_prefix(model, prompts: PromptBatch, group_size: int) -> Prefix:
 
 
 def prefix_completion_logits(
-    model, prompts: PromptBatch, group_size: int, completion_ids: torch.Tensor, completion_mask: torch.Tensor,
+    model,
+    prompts: PromptBatch,
+    group_size: int,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
     prefix: Prefix | None = None,
 ) -> torch.Tensor:
     """Logits that predict each completion token, [R, C, V], with each of the B prompts run once.

@@ -107,7 +107,13 @@ def completion_logprobs(
     :func:`completion_logits`.
     """
     logits = completion_logits(
-        model, adapter, prompts, completion_ids, completion_mask, group_size=group_size, shared_prefix=shared_prefix,
+        model,
+        adapter,
+        prompts,
+        completion_ids,
+        completion_mask,
+        group_size=group_size,
+        shared_prefix=shared_prefix,
         prefix=prefix,
     )  # [R, C, V]
     logp = token_logprobs(logits, completion_ids, temperatures)

@@ -30,7 +30,6 @@ from vqa_grpo.models.tiny_parts import (  # noqa: F401  PROMPT_WORDS, build_word
     build_word_tokenizer,
 )
 
-
 QWEN2_VL_SPECIALS = [
     "<|endoftext|>",
     "<|im_start|>",
@@ -109,7 +108,9 @@ def build_tiny_qwen2_vl(
             eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],
         ),
-        vision_config=dict(depth=vision_depth, embed_dim=vision_dim, hidden_size=hidden, num_heads=vision_heads, mlp_ratio=2),
+        vision_config=dict(
+            depth=vision_depth, embed_dim=vision_dim, hidden_size=hidden, num_heads=vision_heads, mlp_ratio=2
+        ),
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
@@ -137,7 +138,9 @@ def build_tiny_qwen2_vl(
     return out
 
 
-def build_tiny_qwen2_5_vl(out_dir: str | Path, *, seed: int = 0, words: list[str] | None = None, hidden: int = 64) -> Path:
+def build_tiny_qwen2_5_vl(
+    out_dir: str | Path, *, seed: int = 0, words: list[str] | None = None, hidden: int = 64
+) -> Path:
     """Qwen2.5-VL: Qwen2-VL's prompt and processor outputs; a windowed-attention vision tower with
     RMSNorm and a gated MLP, and ``out_hidden_size`` projecting to the text model."""
     from transformers import (
@@ -151,7 +154,10 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path, *, seed: int = 0, words: list[str
     raw = build_word_tokenizer(_words(words), QWEN2_VL_SPECIALS)
     ids = {t: raw.token_to_id(t) for t in QWEN2_VL_SPECIALS}
     tokenizer = _fast_tokenizer(
-        raw, QWEN2_VL_CHAT_TEMPLATE, pad_token="<|endoftext|>", eos_token="<|im_end|>",
+        raw,
+        QWEN2_VL_CHAT_TEMPLATE,
+        pad_token="<|endoftext|>",
+        eos_token="<|im_end|>",
         extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
     )
     heads = 4
@@ -159,16 +165,32 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path, *, seed: int = 0, words: list[str
     mrope = [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]
     config = Qwen2_5_VLConfig(
         text_config=dict(
-            vocab_size=raw.get_vocab_size(), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-            num_attention_heads=heads, num_key_value_heads=2, max_position_embeddings=2048,
+            vocab_size=raw.get_vocab_size(),
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=2,
+            num_attention_heads=heads,
+            num_key_value_heads=2,
+            max_position_embeddings=2048,
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
-            bos_token_id=None, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+            bos_token_id=None,
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
         ),
         # window_size 56 px = 2x2 merged tokens; block 1 attends over the whole image.
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden,
-                           window_size=56, fullatt_block_indexes=[1]),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        vision_config=dict(
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            out_hidden_size=hidden,
+            window_size=56,
+            fullatt_block_indexes=[1],
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=True,
     )
     torch.manual_seed(seed)
@@ -176,8 +198,10 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path, *, seed: int = 0, words: list[str
     _set_generation_ids(model, eos=ids["<|im_end|>"], pad=ids["<|endoftext|>"])
     pixels = dict(min_pixels=56 * 56, max_pixels=224 * 224)
     processor = Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(**pixels), tokenizer=tokenizer,
-        video_processor=Qwen2VLVideoProcessor(**pixels), chat_template=QWEN2_VL_CHAT_TEMPLATE,
+        image_processor=Qwen2VLImageProcessor(**pixels),
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(**pixels),
+        chat_template=QWEN2_VL_CHAT_TEMPLATE,
     )
     return _save(model, processor, out_dir)
 

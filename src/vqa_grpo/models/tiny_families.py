@@ -7,7 +7,14 @@ from pathlib import Path
 
 import torch
 
-from vqa_grpo.models.tiny_parts import _fast_tokenizer, _llama_text, _save, _set_generation_ids, _words, build_word_tokenizer
+from vqa_grpo.models.tiny_parts import (
+    _fast_tokenizer,
+    _llama_text,
+    _save,
+    _set_generation_ids,
+    _words,
+    build_word_tokenizer,
+)
 
 LLAVA_SPECIALS = ["<pad>", "<s>", "</s>", "<image>"]
 # llava-hf's LLaVA-1.5 format: "USER: <image>\n{text} ASSISTANT:", the answer ends with </s>.
@@ -30,14 +37,28 @@ def build_tiny_llava(out_dir: str | Path, *, seed: int = 0, words: list[str] | N
     raw = build_word_tokenizer(_words(words, (":",)), LLAVA_SPECIALS)
     ids = {t: raw.token_to_id(t) for t in LLAVA_SPECIALS}
     tokenizer = _fast_tokenizer(
-        raw, LLAVA_CHAT_TEMPLATE, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+        raw,
+        LLAVA_CHAT_TEMPLATE,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
         extra_special_tokens={"image_token": "<image>"},
     )
     config = LlavaConfig(
         text_config=_llama_text(raw.get_vocab_size(), hidden, 2, eos=ids["</s>"], pad=ids["<pad>"], bos=ids["<s>"]),
-        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=2, image_size=56, patch_size=14, projection_dim=32),
-        image_token_index=ids["<image>"], image_seq_length=16, vision_feature_layer=-2,
+        vision_config=dict(
+            model_type="clip_vision_model",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=56,
+            patch_size=14,
+            projection_dim=32,
+        ),
+        image_token_index=ids["<image>"],
+        image_seq_length=16,
+        vision_feature_layer=-2,
         vision_feature_select_strategy="default",
     )
     torch.manual_seed(seed)
@@ -45,14 +66,23 @@ def build_tiny_llava(out_dir: str | Path, *, seed: int = 0, words: list[str] | N
     _set_generation_ids(model, eos=ids["</s>"], pad=ids["<pad>"], bos=ids["<s>"])
     image_processor = CLIPImageProcessor(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56})
     processor = LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default",
-        chat_template=LLAVA_CHAT_TEMPLATE, num_additional_image_tokens=1,
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        chat_template=LLAVA_CHAT_TEMPLATE,
+        num_additional_image_tokens=1,
     )
     return _save(model, processor, out_dir)
 
 
 IDEFICS3_SPECIALS = [
-    "<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>", "<image>", "<global-img>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<end_of_utterance>",
+    "<fake_token_around_image>",
+    "<image>",
+    "<global-img>",
     *[f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)],
 ]
 # SmolVLM's format: "<|im_start|>User:<image>{text}<end_of_utterance>\nAssistant:".
@@ -66,7 +96,9 @@ IDEFICS3_CHAT_TEMPLATE = (
 )
 
 
-def build_tiny_idefics3(out_dir: str | Path, *, seed: int = 0, words: list[str] | None = None, hidden: int = 64) -> Path:
+def build_tiny_idefics3(
+    out_dir: str | Path, *, seed: int = 0, words: list[str] | None = None, hidden: int = 64
+) -> Path:
     """Idefics3 (SmolVLM): a SigLIP-like tower on 32 px tiles (patch 8, pixel shuffle 2: 4 image
     tokens a tile). Images larger than 32 px are split into up to 2x2 tiles plus the whole image
     downscaled, so images of different sizes give different numbers of tiles and image tokens;
@@ -77,27 +109,54 @@ def build_tiny_idefics3(out_dir: str | Path, *, seed: int = 0, words: list[str] 
     raw = build_word_tokenizer(_words(words, (":",)), IDEFICS3_SPECIALS)
     ids = {t: raw.token_to_id(t) for t in IDEFICS3_SPECIALS}
     tokenizer = _fast_tokenizer(
-        raw, IDEFICS3_CHAT_TEMPLATE, pad_token="<|endoftext|>", bos_token="<|im_start|>", eos_token="<end_of_utterance>",
+        raw,
+        IDEFICS3_CHAT_TEMPLATE,
+        pad_token="<|endoftext|>",
+        bos_token="<|im_start|>",
+        eos_token="<end_of_utterance>",
         extra_special_tokens={"image_token": "<image>"},
     )
     config = Idefics3Config(
-        text_config=_llama_text(raw.get_vocab_size(), hidden, 2, eos=ids["<end_of_utterance>"], pad=ids["<|endoftext|>"],
-                                bos=ids["<|im_start|>"]),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        image_token_id=ids["<image>"], scale_factor=2, pad_token_id=ids["<|endoftext|>"],
+        text_config=_llama_text(
+            raw.get_vocab_size(),
+            hidden,
+            2,
+            eos=ids["<end_of_utterance>"],
+            pad=ids["<|endoftext|>"],
+            bos=ids["<|im_start|>"],
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        image_token_id=ids["<image>"],
+        scale_factor=2,
+        pad_token_id=ids["<|endoftext|>"],
     )
     torch.manual_seed(seed)
     model = Idefics3ForConditionalGeneration(config)
     _set_generation_ids(model, eos=ids["<end_of_utterance>"], pad=ids["<|endoftext|>"], bos=ids["<|im_start|>"])
     image_processor = Idefics3ImageProcessor(size={"longest_edge": 64}, max_image_size={"longest_edge": 32})
-    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4,
-                                  chat_template=IDEFICS3_CHAT_TEMPLATE)
+    processor = Idefics3Processor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4, chat_template=IDEFICS3_CHAT_TEMPLATE
+    )
     return _save(model, processor, out_dir)
 
 
-GEMMA3_SPECIALS = ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>",
-                   "<image_soft_token>"]
+GEMMA3_SPECIALS = [
+    "<pad>",
+    "<eos>",
+    "<bos>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "<start_of_image>",
+    "<end_of_image>",
+    "<image_soft_token>",
+]
 # Gemma 3's format: "<bos><start_of_turn>user\n<start_of_image>{text}<end_of_turn>\n<start_of_turn>model\n".
 GEMMA3_CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
@@ -121,20 +180,44 @@ def build_tiny_gemma3(out_dir: str | Path, *, seed: int = 0, words: list[str] | 
     raw = build_word_tokenizer(_words(words, ("model",)), GEMMA3_SPECIALS)
     ids = {t: raw.token_to_id(t) for t in GEMMA3_SPECIALS}
     tokenizer = _fast_tokenizer(
-        raw, GEMMA3_CHAT_TEMPLATE, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
-        extra_special_tokens={"image_token": "<image_soft_token>", "boi_token": "<start_of_image>",
-                              "eoi_token": "<end_of_image>"},
+        raw,
+        GEMMA3_CHAT_TEMPLATE,
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        extra_special_tokens={
+            "image_token": "<image_soft_token>",
+            "boi_token": "<start_of_image>",
+            "eoi_token": "<end_of_image>",
+        },
     )
     config = Gemma3Config(
         text_config=dict(
-            vocab_size=raw.get_vocab_size(), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
-            sliding_window=64, max_position_embeddings=2048,
-            bos_token_id=ids["<bos>"], eos_token_id=[ids["<eos>"], ids["<end_of_turn>"]], pad_token_id=ids["<pad>"],
+            vocab_size=raw.get_vocab_size(),
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            query_pre_attn_scalar=16,
+            sliding_window=64,
+            max_position_embeddings=2048,
+            bos_token_id=ids["<bos>"],
+            eos_token_id=[ids["<eos>"], ids["<end_of_turn>"]],
+            pad_token_id=ids["<pad>"],
         ),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        mm_tokens_per_image=4, boi_token_index=ids["<start_of_image>"], eoi_token_index=ids["<end_of_image>"],
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        mm_tokens_per_image=4,
+        boi_token_index=ids["<start_of_image>"],
+        eoi_token_index=ids["<end_of_image>"],
         image_token_index=ids["<image_soft_token>"],
     )
     torch.manual_seed(seed)
@@ -144,41 +227,70 @@ def build_tiny_gemma3(out_dir: str | Path, *, seed: int = 0, words: list[str] | 
         projector.normal_(0.0, config.text_config.initializer_range)
     _set_generation_ids(model, eos=[ids["<eos>"], ids["<end_of_turn>"]], pad=ids["<pad>"], bos=ids["<bos>"])
     image_processor = Gemma3ImageProcessor(size={"height": 32, "width": 32})
-    processor = Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_length=4,
-                                chat_template=GEMMA3_CHAT_TEMPLATE)
+    processor = Gemma3Processor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_length=4, chat_template=GEMMA3_CHAT_TEMPLATE
+    )
     return _save(model, processor, out_dir)
 
 
-def build_tiny_llava_next(out_dir: str | Path, *, seed: int = 0, words: list[str] | None = None, hidden: int = 64) -> Path:
+def build_tiny_llava_next(
+    out_dir: str | Path, *, seed: int = 0, words: list[str] | None = None, hidden: int = 64
+) -> Path:
     """LLaVA-NeXT: LLaVA's tower at 28 px (patch 14: 2x2 patches) with "anyres": each image is
     resized to the closest of the grid pinpoints (28x28 up to 56x56), cut into 28 px tiles plus
     the whole image, and unpadded, so the number of image tokens depends on the image's size;
     ``pixel_values`` [B, tiles, 3, 28, 28] and ``image_sizes`` [B, 2]."""
-    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextImageProcessor, LlavaNextProcessor
+    from transformers import (
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+    )
 
     raw = build_word_tokenizer(_words(words, (":",)), LLAVA_SPECIALS)
     ids = {t: raw.token_to_id(t) for t in LLAVA_SPECIALS}
     tokenizer = _fast_tokenizer(
-        raw, LLAVA_CHAT_TEMPLATE, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+        raw,
+        LLAVA_CHAT_TEMPLATE,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
         extra_special_tokens={"image_token": "<image>"},
     )
     pinpoints = [[28, 28], [28, 56], [56, 28], [56, 56]]
     config = LlavaNextConfig(
         text_config=_llama_text(raw.get_vocab_size(), hidden, 2, eos=ids["</s>"], pad=ids["<pad>"], bos=ids["<s>"]),
-        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=2, image_size=28, patch_size=14, projection_dim=32),
-        image_token_index=ids["<image>"], image_grid_pinpoints=pinpoints, vision_feature_layer=-2,
-        vision_feature_select_strategy="default", image_seq_length=4,
+        vision_config=dict(
+            model_type="clip_vision_model",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+            projection_dim=32,
+        ),
+        image_token_index=ids["<image>"],
+        image_grid_pinpoints=pinpoints,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        image_seq_length=4,
     )
     torch.manual_seed(seed)
     model = LlavaNextForConditionalGeneration(config)
     _set_generation_ids(model, eos=ids["</s>"], pad=ids["<pad>"], bos=ids["<s>"])
     image_processor = LlavaNextImageProcessor(
-        size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}, image_grid_pinpoints=pinpoints,
+        size={"shortest_edge": 28},
+        crop_size={"height": 28, "width": 28},
+        image_grid_pinpoints=pinpoints,
     )
     processor = LlavaNextProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default",
-        chat_template=LLAVA_CHAT_TEMPLATE, num_additional_image_tokens=1,
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        chat_template=LLAVA_CHAT_TEMPLATE,
+        num_additional_image_tokens=1,
     )
     return _save(model, processor, out_dir)
 
@@ -214,25 +326,52 @@ def build_tiny_phi4_multimodal(
     raw = build_word_tokenizer(_words(words), PHI4_SPECIALS)
     ids = {t: raw.token_to_id(t) for t in PHI4_SPECIALS}
     tokenizer = _fast_tokenizer(
-        raw, PHI4_CHAT_TEMPLATE, pad_token="<|endoftext|>", eos_token="<|end|>",
+        raw,
+        PHI4_CHAT_TEMPLATE,
+        pad_token="<|endoftext|>",
+        eos_token="<|end|>",
         extra_special_tokens={"image_token": "<|image|>", "audio_token": "<|audio|>"},
     )
     config = Phi4MultimodalConfig(
-        vocab_size=raw.get_vocab_size(), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        original_max_position_embeddings=2048, bos_token_id=None, eos_token_id=[ids["<|end|>"]],
+        vocab_size=raw.get_vocab_size(),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        original_max_position_embeddings=2048,
+        bos_token_id=None,
+        eos_token_id=[ids["<|end|>"]],
         pad_token_id=ids["<|endoftext|>"],
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=448, patch_size=14, crop_size=448, image_token_id=ids["<|image|>"]),
-        audio_config=dict(hidden_size=32, intermediate_size=64, num_blocks=1, num_attention_heads=2,
-                          ext_pw_out_channel=32, depthwise_separable_out_channel=32, nemo_conv_channels=32,
-                          audio_token_id=ids["<|audio|>"]),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=448,
+            patch_size=14,
+            crop_size=448,
+            image_token_id=ids["<|image|>"],
+        ),
+        audio_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_blocks=1,
+            num_attention_heads=2,
+            ext_pw_out_channel=32,
+            depthwise_separable_out_channel=32,
+            nemo_conv_channels=32,
+            audio_token_id=ids["<|audio|>"],
+        ),
     )
     torch.manual_seed(seed)
     model = Phi4MultimodalForCausalLM(config)
     _set_generation_ids(model, eos=[ids["<|end|>"]], pad=ids["<|endoftext|>"])
     processor = Phi4MultimodalProcessor(
-        image_processor=Phi4MultimodalImageProcessor(dynamic_hd=2), audio_processor=Phi4MultimodalFeatureExtractor(),
-        tokenizer=tokenizer, chat_template=PHI4_CHAT_TEMPLATE,
+        image_processor=Phi4MultimodalImageProcessor(dynamic_hd=2),
+        audio_processor=Phi4MultimodalFeatureExtractor(),
+        tokenizer=tokenizer,
+        chat_template=PHI4_CHAT_TEMPLATE,
     )
     return _save(model, processor, out_dir)

@@ -8,7 +8,22 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
 # Words every prompt may use besides the synthetic vocabulary: the chat roles and the seed's
 # instruction "Answer with a single word or short phrase."
-PROMPT_WORDS = ("system", "user", "assistant", "answer", "with", "a", "single", "word", "or", "short", "phrase", ".", "?", ",")
+PROMPT_WORDS = (
+    "system",
+    "user",
+    "assistant",
+    "answer",
+    "with",
+    "a",
+    "single",
+    "word",
+    "or",
+    "short",
+    "phrase",
+    ".",
+    "?",
+    ",",
+)
 
 
 def build_word_tokenizer(words: list[str], specials: list[str], unk: str = "<|unk|>") -> Tokenizer:
@@ -61,7 +76,15 @@ def _set_generation_ids(model, *, eos: int | list[int], pad: int, bos: int | Non
 def _llama_text(vocab: int, hidden: int, layers: int, *, eos: int, pad: int, bos: int | None = None) -> dict:
     """A tiny Llama text config (LLaVA's Vicuna, SmolVLM's SmolLM2 are Llama models)."""
     return dict(
-        model_type="llama", vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
-        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        bos_token_id=bos, eos_token_id=eos, pad_token_id=pad,
+        model_type="llama",
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
     )

@@ -34,14 +34,21 @@ _NO = {"no", "nope", "false"}
 _DIGITS = re.compile(r"\d+(?:\.\d+)?|\.\d+")  # "3", "3.5", ".5" (float() reads any Unicode digits)
 _UNITS = {"1": 1, "2": 2, "3": 3, "4": 4, "5": 5, "6": 6, "7": 7, "8": 8, "9": 9}  # VQA maps one..nine to digits
 _WORDS = {
-    "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15, "sixteen": 16,
-    "seventeen": 17, "eighteen": 18, "nineteen": 19,
+    "eleven": 11,
+    "twelve": 12,
+    "thirteen": 13,
+    "fourteen": 14,
+    "fifteen": 15,
+    "sixteen": 16,
+    "seventeen": 17,
+    "eighteen": 18,
+    "nineteen": 19,
 }
 _TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}
 
 
 def parse_yes_no(text: str) -> str | None:
-    """"yes" or "no" from the first token of the normalised text, else None."""
+    """ "yes" or "no" from the first token of the normalised text, else None."""
     words = normalize_answer(text).split()
     if not words:
         return None

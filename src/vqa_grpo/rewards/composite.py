@@ -27,8 +27,8 @@ plain definition above. A reference that only a minority of annotators gave coun
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from collections import Counter
+from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -135,5 +135,7 @@ def composite_batch(
         [best_parts(answer_tokens(p), [answer_tokens(r) for r in refs], w) for p, refs in zip(predictions, answers)],
         dtype=np.float64,
     ).reshape(len(predictions), len(COMPONENTS))
-    return {"total": parts @ np.asarray(w, dtype=np.float64), **{c: parts[:, i].copy() for i, c in enumerate(COMPONENTS)}}
-
+    return {
+        "total": parts @ np.asarray(w, dtype=np.float64),
+        **{c: parts[:, i].copy() for i, c in enumerate(COMPONENTS)},
+    }

@@ -46,7 +46,9 @@ class RewardResult:
     """Each user function's wall time for this batch (reward_seconds/<name> in the logs)."""
 
 
-def _prepare(predictions: Sequence[Any], answers: Sequence[Any], answer_types: Sequence[Any], where: str, reasoning: bool):
+def _prepare(
+    predictions: Sequence[Any], answers: Sequence[Any], answer_types: Sequence[Any], where: str, reasoning: bool
+):
     """Cleaned prediction strings, reference lists, type strings, and the number of bad inputs (logged)."""
     if not (len(predictions) == len(answers) == len(answer_types)):
         raise ValueError(
@@ -61,8 +63,13 @@ def _prepare(predictions: Sequence[Any], answers: Sequence[Any], answer_types: S
 
 
 def compute_rewards(
-    predictions: list[str], answers: list[list[str]], answer_types: list[str], cfg: Any,
-    *, functions: dict | None = None, examples: Sequence[Any] | None = None,
+    predictions: list[str],
+    answers: list[list[str]],
+    answer_types: list[str],
+    cfg: Any,
+    *,
+    functions: dict | None = None,
+    examples: Sequence[Any] | None = None,
 ) -> RewardResult:
     """Each of ``cfg.components`` for every completion, and their weighted sum by ``cfg.weights``.
 

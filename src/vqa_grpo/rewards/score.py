@@ -70,7 +70,9 @@ def summarise(rows: list[Row]) -> dict[str, dict[str, float]]:
     types = np.array([r[2] for r in rows], dtype=object)
     groups = {"overall": np.ones(len(rows), dtype=bool)}
     groups.update({t: types == t for t in sorted(set(types))})
-    return {name: {"n": int(m.sum()), **{k: float(v[m].mean()) for k, v in scores.items()}} for name, m in groups.items()}
+    return {
+        name: {"n": int(m.sum()), **{k: float(v[m].mean()) for k, v in scores.items()}} for name, m in groups.items()
+    }
 
 
 def format_table(table: dict[str, dict[str, float]]) -> str:
@@ -83,7 +85,9 @@ def format_table(table: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def run_score(path: str, prediction_field: str = "prediction", answers_field: str = "answers", as_json: bool = False) -> int:
+def run_score(
+    path: str, prediction_field: str = "prediction", answers_field: str = "answers", as_json: bool = False
+) -> int:
     """Score a predictions JSONL file and print the table (or one JSON object); returns 0.
 
     Raises UserError (one line) when the file is missing or unreadable, or has no usable row.
@@ -96,7 +100,13 @@ def run_score(path: str, prediction_field: str = "prediction", answers_field: st
         )
     table = summarise(rows)
     if as_json:
-        out = {"path": path, "rows": len(rows), "skipped": len(skipped), "skipped_lines": skipped[:20], "metrics": table}
+        out = {
+            "path": path,
+            "rows": len(rows),
+            "skipped": len(skipped),
+            "skipped_lines": skipped[:20],
+            "metrics": table,
+        }
         print(json.dumps(out))
         return 0
     where = ", ".join(map(str, skipped[:10])) + (", ..." if len(skipped) > 10 else "")

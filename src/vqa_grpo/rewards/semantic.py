@@ -61,7 +61,9 @@ def embed(texts: Sequence[str]) -> dict[str, np.ndarray]:
         new = unique
     if new:
         model = load_model()
-        vectors = model.encode(new, batch_size=256, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
+        vectors = model.encode(
+            new, batch_size=256, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
+        )
         _cache.update(zip(new, vectors))
     return {t: _cache[t] for t in texts}
 

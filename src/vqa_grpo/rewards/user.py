@@ -54,7 +54,9 @@ def import_reward(path: str) -> Callable:
             "check the name and that the module is on PYTHONPATH"
         ) from None
     except Exception as e:  # the module itself failed while importing
-        raise UserError(f"reward.components: importing {module_name!r} for {path!r} failed: {type(e).__name__}: {e}") from None
+        raise UserError(
+            f"reward.components: importing {module_name!r} for {path!r} failed: {type(e).__name__}: {e}"
+        ) from None
     func = module
     for part in attr.split("."):
         if not hasattr(func, part):
@@ -98,7 +100,8 @@ class UserReward:
             ) from None
         if len(values) != len(examples):
             raise RewardFunctionError(
-                f"reward function {self.name} returned {len(values)} values for {len(examples)} completions; return one per completion"
+                f"reward function {self.name} returned {len(values)} values for {len(examples)} completions; return "
+                "one per completion"
             )
         scores = np.empty(len(values), dtype=np.float64)
         for i, (v, ex) in enumerate(zip(values, examples)):

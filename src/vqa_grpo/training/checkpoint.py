@@ -88,8 +88,9 @@ def set_rng_state(state: dict, torch_state: dict) -> None:
         torch.cuda.set_rng_state_all(torch_state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, step: int, model, processor, optimizer, scheduler, state: dict, limit: int,
-                    *, config=None, dist=None) -> Path:
+def save_checkpoint(
+    run_dir: Path, step: int, model, processor, optimizer, scheduler, state: dict, limit: int, *, config=None, dist=None
+) -> Path:
     """Write ``checkpoint-<step>/`` atomically and keep at most ``limit`` checkpoints.
 
     Under several processes (``dist``) every rank calls it: under FSDP all first gather the full
@@ -99,7 +100,6 @@ def save_checkpoint(run_dir: Path, step: int, model, processor, optimizer, sched
     have written. A full disk on any rank removes the half-written directory and raises
     TrainingStopped on every rank (the previous checkpoints stay as they were).
     """
-    rank = dist.rank if dist is not None else 0
     final = run_dir / f"checkpoint-{step}"
     tmp = run_dir / f".tmp-checkpoint-{step}"
     weights = dist.model_state(model) if dist is not None else None
@@ -126,9 +126,16 @@ def save_checkpoint(run_dir: Path, step: int, model, processor, optimizer, sched
             shutil.rmtree(old, ignore_errors=True)
 
     _each_rank_writes(dist, tmp, f"checkpoint-{step}", run_dir, {0: main_files})
-    _each_rank_writes(dist, tmp, f"checkpoint-{step}", run_dir,
-                      {r: (lambda r=r: _save({**torch_rng_state(), **rng_state()}, tmp / f"rng-rank{r}.pt"))
-                       for r in range(1, dist.world if dist is not None else 1)})
+    _each_rank_writes(
+        dist,
+        tmp,
+        f"checkpoint-{step}",
+        run_dir,
+        {
+            r: (lambda r=r: _save({**torch_rng_state(), **rng_state()}, tmp / f"rng-rank{r}.pt"))
+            for r in range(1, dist.world if dist is not None else 1)
+        },
+    )
     _each_rank_writes(dist, tmp, f"checkpoint-{step}", run_dir, {0: finish})
     return final
 
@@ -146,7 +153,7 @@ def _each_rank_writes(dist, tmp: Path, what: str, run_dir: Path, writers: dict) 
             if not is_no_space(e):
                 raise
             failed = e
-    if (dist.any(failed is not None) if dist is not None else failed is not None):
+    if dist.any(failed is not None) if dist is not None else failed is not None:
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
         if dist is not None:
@@ -188,7 +195,11 @@ def torch_rng_state() -> dict:
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    found = [p for p in run_dir.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name) and (p / STATE_FILE).is_file()]
+    found = [
+        p
+        for p in run_dir.glob("checkpoint-*")
+        if re.fullmatch(r"checkpoint-\d+", p.name) and (p / STATE_FILE).is_file()
+    ]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 

@@ -56,6 +56,7 @@ from vqa_grpo.training.sharding import (  # noqa: F401  wrap_targets: imported f
     _gradient_sync_off,
     _require_deepspeed,
     _synced_and_gathered,
+    describe,
     gathered_moments,
     is_peft,
     load_moments,
@@ -102,33 +103,20 @@ class Dist:
         from accelerate import Accelerator
         from accelerate.utils import InitProcessGroupKwargs
 
-        acc = Accelerator(cpu=device == "cpu" or not torch.cuda.is_available(),
-                          kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))])
+        acc = Accelerator(
+            cpu=device == "cpu" or not torch.cuda.is_available(),
+            kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))],
+        )
         if acc.distributed_type.name in ("FSDP", "DEEPSPEED"):  # set up by code rather than the launcher
-            raise UserError(f"accelerate's own {acc.distributed_type.name} is not supported by vqa-grpo's loop; "
-                            "launch with configs/accelerate/fsdp.yaml or ddp.yaml")
+            raise UserError(
+                f"accelerate's own {acc.distributed_type.name} is not supported by vqa-grpo's loop; "
+                "launch with configs/accelerate/fsdp.yaml or ddp.yaml"
+            )
         return cls(acc, fsdp, ds)
 
     def describe(self, model=None) -> str:
         """E.g. "2 processes, MULTI_CPU on cpu"; under FSDP with ``model``, its units and rank 0's share."""
-        if self.acc is None:
-            return "1 process"
-        if self.ds is not None:
-            text = f"{self.world} processes, DeepSpeed ZeRO-{self.ds.stage} on {self.acc.device.type}"
-            if model is not None:
-                local, full = parameter_counts(model)
-                text += f", {local:,} of {full:,} parameters on this process"
-            return text
-        if self.fsdp is None:
-            return f"{self.world} processes, {self.acc.distributed_type.value} on {self.acc.device.type}"
-        text = f"{self.world} processes, FSDP2 on {self.acc.device.type}"
-        if model is not None:
-            from torch.distributed.fsdp import FSDPModule
-
-            local, full = parameter_counts(model)
-            units = sum(isinstance(m, FSDPModule) for m in model.modules())
-            text += f", {units} sharded units, {local:,} of {full:,} parameters on this process"
-        return text
+        return describe(self, model)
 
     @property
     def rank(self) -> int:
@@ -157,11 +145,15 @@ class Dist:
         if not self.sharded_forward:
             return
         if cfg.model.quantization != "none":
-            raise UserError(f"model.quantization={cfg.model.quantization} weights cannot be sharded by FSDP; set "
-                            "model.quantization=none, or launch with configs/accelerate/ddp.yaml")
+            raise UserError(
+                f"model.quantization={cfg.model.quantization} weights cannot be sharded by FSDP; set "
+                "model.quantization=none, or launch with configs/accelerate/ddp.yaml"
+            )
         if cfg.grpo.generation_backend == "vllm":
-            raise UserError("grpo.generation_backend=vllm needs the full weights on every process; set "
-                            "grpo.generation_backend=transformers, or launch with configs/accelerate/ddp.yaml")
+            raise UserError(
+                "grpo.generation_backend=vllm needs the full weights on every process; set "
+                "grpo.generation_backend=transformers, or launch with configs/accelerate/ddp.yaml"
+            )
 
     def shard(self, model, reshard_root: bool = False, frozen: bool = False):
         """Under FSDP: ``model`` sharded in place with FSDP2 (each wrap-class module its own unit, then
@@ -187,7 +179,9 @@ class Dist:
         from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 
         mesh = init_device_mesh(self.acc.device.type, (self.world,))
-        offload = CPUOffloadPolicy(pin_memory=self.acc.device.type == "cuda") if self.fsdp.offload_params else OffloadPolicy()
+        offload = (
+            CPUOffloadPolicy(pin_memory=self.acc.device.type == "cuda") if self.fsdp.offload_params else OffloadPolicy()
+        )
         kwargs = dict(mesh=mesh, reshard_after_forward=self.fsdp.reshard_after_forward, offload_policy=offload)
         _broadcast_from_rank0(model)
         root = sharding_root(model)
@@ -352,7 +346,9 @@ class Dist:
         if not self.is_main:
             return None
         first = {n for n, _ in model.named_parameters()}
-        tied = {n for n, _ in model.named_parameters(remove_duplicate=False)} - first  # e.g. lm_head tied to the embeddings
+        tied = {
+            n for n, _ in model.named_parameters(remove_duplicate=False)
+        } - first  # e.g. lm_head tied to the embeddings
         return {k: v for k, v in state.items() if k not in tied}  # as save_pretrained writes a live model
 
     def optimizer_state(self, model, optimizer) -> dict | None:
@@ -365,12 +361,16 @@ class Dist:
             return None
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-        state = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        state = get_optimizer_state_dict(
+            model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
         if not self.is_main:
             return None
         index = {name: i for i, name in enumerate(optimizer_names(model, optimizer))}
-        return {"state": {index[k]: v for k, v in state["state"].items()},
-                "param_groups": [{**g, "params": [index[k] for k in g["params"]]} for g in state["param_groups"]]}
+        return {
+            "state": {index[k]: v for k, v in state["state"].items()},
+            "param_groups": [{**g, "params": [index[k] for k in g["params"]]} for g in state["param_groups"]],
+        }
 
     def load_model_state(self, model, state: dict, strict: bool = True) -> None:
         """Copy the full ``state`` (the same on every rank) into the sharded ``model``: each rank keeps its shard."""
@@ -384,8 +384,8 @@ class Dist:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
         names = optimizer_names(model, optimizer)
-        by_name = {"state": {names[i]: v for i, v in state["state"].items()},
-                   "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
+        by_name = {
+            "state": {names[i]: v for i, v in state["state"].items()},
+            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]],
+        }
         set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
-
-

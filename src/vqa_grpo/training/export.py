@@ -11,8 +11,17 @@ from vqa_grpo.config import Config, to_dict
 from vqa_grpo.errors import UserError
 
 
-def write_model_card(out: Path, cfg: Config, mode: str, *, steps: int, n_train: int, n_eval: int,
-                     metrics: dict[str, float] | None, auto_model: str = "AutoModelForImageTextToText") -> Path:
+def write_model_card(
+    out: Path,
+    cfg: Config,
+    mode: str,
+    *,
+    steps: int,
+    n_train: int,
+    n_eval: int,
+    metrics: dict[str, float] | None,
+    auto_model: str = "AutoModelForImageTextToText",
+) -> Path:
     """``out/README.md``: base model, data, training, final metrics and the full config.
 
     ``auto_model``: the transformers auto class that loads the family (the adapter's).
@@ -27,25 +36,41 @@ def write_model_card(out: Path, cfg: Config, mode: str, *, steps: int, n_train: 
         "pipeline_tag": "image-text-to-text",
         "tags": ["vqa-grpo", "visual-question-answering", "grpo" if mode == "grpo" else "sft"],
     }
-    how = ("GRPO (group-relative policy optimization) with rewards computed against the ground-truth answer"
-           if mode == "grpo" else "supervised fine-tuning on the ground-truth answers")
+    how = (
+        "GRPO (group-relative policy optimization) with rewards computed against the ground-truth answer"
+        if mode == "grpo"
+        else "supervised fine-tuning on the ground-truth answers"
+    )
     what = "a LoRA adapter (peft format)" if lora else "the full model weights (safetensors)"
     lines = [
-        "---", yaml.safe_dump(header, sort_keys=False).strip(), "---", "",
-        f"# {out.parent.name}", "",
+        "---",
+        yaml.safe_dump(header, sort_keys=False).strip(),
+        "---",
+        "",
+        f"# {out.parent.name}",
+        "",
         f"Fine-tuned for visual question answering with vqa-grpo: "
-        f"{how}. This directory holds {what} and the processor.", "",
-        "## Base model", "", f"`{base}`", "",
-        "## Data", "",
-        f"`{cfg.data.path}` ({cfg.data.format} format): {n_train} training and {n_eval} evaluation questions.", "",
-        "## Training", "",
+        f"{how}. This directory holds {what} and the processor.",
+        "",
+        "## Base model",
+        "",
+        f"`{base}`",
+        "",
+        "## Data",
+        "",
+        f"`{cfg.data.path}` ({cfg.data.format} format): {n_train} training and {n_eval} evaluation questions.",
+        "",
+        "## Training",
+        "",
         f"{steps} optimiser steps, batch {cfg.train.per_device_batch_size} x {cfg.train.gradient_accumulation_steps} "
         f"accumulation, learning rate {cfg.train.learning_rate:g} ({cfg.train.lr_scheduler}), seed {cfg.train.seed}.",
     ]
     if mode == "grpo":
         g = cfg.grpo
-        lines.append(f"G = {g.num_generations} completions per question, loss `{g.loss_type}`, beta {g.beta:g}, "
-                     f"rewards {', '.join(f'{w:g} x {c}' for c, w in zip(cfg.reward.components, cfg.reward.weights))}.")
+        lines.append(
+            f"G = {g.num_generations} completions per question, loss `{g.loss_type}`, beta {g.beta:g}, "
+            f"rewards {', '.join(f'{w:g} x {c}' for c, w in zip(cfg.reward.components, cfg.reward.weights))}."
+        )
     lines += ["", "## Final metrics", ""]
     if metrics:
         lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in metrics.items()]
@@ -61,19 +86,25 @@ def write_model_card(out: Path, cfg: Config, mode: str, *, steps: int, n_train: 
     if phi3_v:
         lines += ["import vqa_grpo.models.phi3_v  # Phi-3-vision, native: registers phi3_v with the auto classes"]
     if lora:
-        lines += ["from peft import PeftModel", f"from transformers import {auto_model}, AutoProcessor",
-                  f'base = {auto_model}.from_pretrained("{base}"{remote})',
-                  'model = PeftModel.from_pretrained(base, "path/to/this/directory")']
+        lines += [
+            "from peft import PeftModel",
+            f"from transformers import {auto_model}, AutoProcessor",
+            f'base = {auto_model}.from_pretrained("{base}"{remote})',
+            'model = PeftModel.from_pretrained(base, "path/to/this/directory")',
+        ]
     else:
-        lines += [f"from transformers import {auto_model}, AutoProcessor",
-                  f'model = {auto_model}.from_pretrained("path/to/this/directory"{remote})']
+        lines += [
+            f"from transformers import {auto_model}, AutoProcessor",
+            f'model = {auto_model}.from_pretrained("path/to/this/directory"{remote})',
+        ]
     if phi3_v:
-        lines += ["from vqa_grpo.models.phi3_v.processing import Phi3VProcessor",
-                  'processor = Phi3VProcessor.from_pretrained("path/to/this/directory")']
+        lines += [
+            "from vqa_grpo.models.phi3_v.processing import Phi3VProcessor",
+            'processor = Phi3VProcessor.from_pretrained("path/to/this/directory")',
+        ]
     else:
         lines += [f'processor = AutoProcessor.from_pretrained("path/to/this/directory"{remote})']
-    lines += ["```", "",
-              "## Config", "", "```yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).strip(), "```", ""]
+    lines += ["```", "", "## Config", "", "```yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).strip(), "```", ""]
     path = out / "README.md"
     path.write_text("\n".join(lines))
     return path
@@ -106,7 +137,10 @@ def merge_adapter(adapter_dir: str | Path, out: str | Path, model_cfg=None) -> P
 
     adapter_dir, out = Path(adapter_dir), Path(out)
     if not (adapter_dir / "adapter_config.json").is_file():
-        raise UserError(f"{adapter_dir} has no adapter_config.json: not a LoRA adapter directory (a run's final/ with model.lora=true)")
+        raise UserError(
+            f"{adapter_dir} has no adapter_config.json: not a LoRA adapter directory (a run's final/ with "
+            "model.lora=true)"
+        )
     if model_cfg is None:
         run_config = adapter_dir.parent / "config.yaml"
         model_cfg = load_config(run_config).model if run_config.is_file() else ModelConfig()

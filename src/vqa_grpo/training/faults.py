@@ -74,8 +74,16 @@ def free_device_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-_COLLECTIVE = ("gloo", "NCCL", "Connection reset by peer", "Connection closed by peer", "Timed out waiting",
-               "ProcessGroup", "pair.cc", "Socket Timeout")
+_COLLECTIVE = (
+    "gloo",
+    "NCCL",
+    "Connection reset by peer",
+    "Connection closed by peer",
+    "Timed out waiting",
+    "ProcessGroup",
+    "pair.cc",
+    "Socket Timeout",
+)
 
 
 def is_collective_failure(exc: BaseException) -> bool:
@@ -91,9 +99,12 @@ def peer_lost(exc: BaseException, rank: int, world: int, run_dir: Path) -> Train
     what = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).strip().splitlines()[0]).split(". ")[0][:200]
     found = list_checkpoints(run_dir)
     last = f"the last checkpoint is {found[-1].name} in {run_dir}" if found else f"no checkpoint in {run_dir} yet"
-    return TrainingStopped(f"rank {rank}: a collective of the {world} processes failed ({what}): another process "
-                           f"died or hung; {last}; continue with train.resume=auto on {world} processes", exit_code=1,
-                           every_rank=True)
+    return TrainingStopped(
+        f"rank {rank}: a collective of the {world} processes failed ({what}): another process "
+        f"died or hung; {last}; continue with train.resume=auto on {world} processes",
+        exit_code=1,
+        every_rank=True,
+    )
 
 
 def memory_stats(device: torch.device) -> dict[str, float]:

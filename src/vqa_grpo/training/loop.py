@@ -26,19 +26,26 @@ from tqdm.auto import tqdm
 
 from vqa_grpo.config import Config, save_config
 from vqa_grpo.data.loader import load_vqa
-from vqa_grpo.rewards.user import resolve as resolve_rewards
-from vqa_grpo.rewards.user import user_metrics
 from vqa_grpo.data.types import VQAExample
 from vqa_grpo.errors import TrainingStopped, UserError
+from vqa_grpo.evaluation.sharded import predict_sharded
 from vqa_grpo.models.loading import LoadedModel, load_model, resolve_device
 from vqa_grpo.rewards import clean_answer, score_predictions
+from vqa_grpo.rewards.user import resolve as resolve_rewards
+from vqa_grpo.rewards.user import user_metrics
 from vqa_grpo.training.batches import Batches
 from vqa_grpo.training.checkpoint import load_checkpoint, no_space, save_checkpoint, save_model
-from vqa_grpo.evaluation.sharded import predict_sharded
 from vqa_grpo.training.distributed import Dist
 from vqa_grpo.training.export import merge_adapter, write_model_card
-from vqa_grpo.training.faults import (OOM_ADVICE, StopSignals, free_device_memory, is_collective_failure, is_oom,
-                                     memory_stats, peer_lost)
+from vqa_grpo.training.faults import (
+    OOM_ADVICE,
+    StopSignals,
+    free_device_memory,
+    is_collective_failure,
+    is_oom,
+    memory_stats,
+    peer_lost,
+)
 from vqa_grpo.training.optim import make_optimizer, make_scheduler
 from vqa_grpo.training.reporting import NullReporter, Reporter, truncate_log
 from vqa_grpo.training.resume import check_fresh, resume_path
@@ -71,7 +78,9 @@ class RunResult:
         return dict(self.eval_history[-1]) if self.eval_history else {}
 
 
-def evaluate_model(lm: LoadedModel, examples: list[VQAExample], cfg: Config, device, dist: Dist | None = None) -> dict[str, float]:
+def evaluate_model(
+    lm: LoadedModel, examples: list[VQAExample], cfg: Config, device, dist: Dist | None = None
+) -> dict[str, float]:
     """Mean metrics on ``examples`` (greedy unless eval.do_sample), each process answering its share."""
 
     texts = predict_sharded(dist or Dist(), lm, examples, cfg.eval, device)
@@ -107,9 +116,18 @@ class Session:
     def save(self) -> Path:
         """``checkpoint-<step>/`` (every process takes part; rank 0 writes)."""
         self.state["data"] = self.batches.state()
-        path = save_checkpoint(self.run_dir, self.step, self.lm.model, self.lm.processor, self.optimizer,
-                               self.scheduler, self.state, self.cfg.train.save_total_limit, config=self.cfg,
-                               dist=self.dist)
+        path = save_checkpoint(
+            self.run_dir,
+            self.step,
+            self.lm.model,
+            self.lm.processor,
+            self.optimizer,
+            self.scheduler,
+            self.state,
+            self.cfg.train.save_total_limit,
+            config=self.cfg,
+            dist=self.dist,
+        )
         self.saved_step = self.step
         return path
 
@@ -126,8 +144,14 @@ class Session:
             raise failed or no_space(out.name, self.run_dir)
 
 
-def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None, data: Any = None,
-        reward_funcs: dict | None = None) -> RunResult:
+def run(
+    cfg: Config,
+    mode: Literal["sft", "grpo"],
+    *,
+    desc: str | None = None,
+    data: Any = None,
+    reward_funcs: dict | None = None,
+) -> RunResult:
     """Train with ``mode`` as configured; write the run directory; return where the model is.
 
     ``data``: training rows in memory (a DataFrame, a datasets.Dataset or a list of dicts) in
@@ -186,15 +210,18 @@ def run(cfg: Config, mode: Literal["sft", "grpo"], *, desc: str | None = None, d
     s = Session(cfg, lm, train_lm, dist, device, run_dir, optimizer, scheduler, batches, state, reporter, start)
     samples_log = (run_dir / "completions.jsonl").open("a") if mode == "grpo" and dist.is_main else None
     grpo = GRPOSteps(ref, samples_log, lm, dist, vllm, reward_funcs=user_rewards) if mode == "grpo" else None
-    bar = tqdm(total=cfg.train.max_steps, initial=start, desc=desc or mode,
-               disable=not (cfg.train.progress and dist.is_main))
+    bar = tqdm(
+        total=cfg.train.max_steps, initial=start, desc=desc or mode, disable=not (cfg.train.progress and dist.is_main)
+    )
     try:
         with StopSignals(repeat_stops=dist.world == 1) as signals:
             while s.step < cfg.train.max_steps:
                 stats = _train_step(s, grpo)
                 if stats is not None:
                     bar.update(1)
-                    bar.set_postfix({k: round(v, 3) for k, v in stats.items() if k in ("loss", "reward", "nll") and v is not None})
+                    bar.set_postfix(
+                        {k: round(v, 3) for k, v in stats.items() if k in ("loss", "reward", "nll") and v is not None}
+                    )
                 _after_step(s, stats, data.eval)
                 # A stop waits for the end of a reuse of rollouts (grpo.num_iterations): a checkpoint
                 # inside one could not resume exactly.
@@ -273,7 +300,9 @@ def _skip_oom_batch(s: Session, grpo: GRPOSteps | None) -> None:
     s.state["bad_steps"] += 1
     s.state["last_bad"] = "out-of-memory"
     s.reporter.log({"step": s.step + 1, "skipped_oom": 1})  # the step it was attempted as
-    tqdm.write(f"warning: out of memory at step {s.step + 1}; batch skipped. To avoid it: {OOM_ADVICE}", file=sys.stderr)
+    tqdm.write(
+        f"warning: out of memory at step {s.step + 1}; batch skipped. To avoid it: {OOM_ADVICE}", file=sys.stderr
+    )
 
 
 def _after_step(s: Session, stats: dict | None, eval_examples: list[VQAExample]) -> None:
@@ -288,7 +317,9 @@ def _after_step(s: Session, stats: dict | None, eval_examples: list[VQAExample])
         advice = OOM_ADVICE if kind == "out-of-memory" else "lower train.learning_rate or train.max_grad_norm"
         raise TrainingStopped(
             f"{s.state['bad_steps']} {kind} steps in a row (train.max_bad_steps={t.max_bad_steps}); "
-            f"checkpoint-{s.step} saved; {advice}", exit_code=1)
+            f"checkpoint-{s.step} saved; {advice}",
+            exit_code=1,
+        )
     if stats is None:
         return
     if t.empty_cuda_cache:
@@ -306,7 +337,9 @@ def _stop_on_signal(s: Session, signals: StopSignals) -> None:
     name = signals.name or "SIGTERM"
     raise TrainingStopped(
         f"stopped by {name} after step {s.step}; checkpoint-{s.step} saved in {s.run_dir}; "
-        "continue with train.resume=auto", exit_code=128 + signum)
+        "continue with train.resume=auto",
+        exit_code=128 + signum,
+    )
 
 
 def _write_final(s: Session, mode: str, data) -> Path:
@@ -316,8 +349,16 @@ def _write_final(s: Session, mode: str, data) -> Path:
     if s.dist.is_main:
         last = s.state["eval_history"][-1] if s.state["eval_history"] else None
         metrics = {k.removeprefix("eval/"): v for k, v in last.items() if k != "step"} if last else None
-        write_model_card(final, s.cfg, mode, steps=s.step, n_train=len(data.train), n_eval=len(data.eval),
-                         metrics=metrics, auto_model=s.lm.adapter.auto_model)
+        write_model_card(
+            final,
+            s.cfg,
+            mode,
+            steps=s.step,
+            n_train=len(data.train),
+            n_eval=len(data.eval),
+            metrics=metrics,
+            auto_model=s.lm.adapter.auto_model,
+        )
         if s.cfg.train.merge_lora:
             merge_adapter(final, s.run_dir / "merged", s.cfg.model)
     s.dist.barrier()
@@ -344,8 +385,12 @@ def _check_vllm(cfg: Config, device: torch.device) -> None:
     require_vllm()
     check_device(device)
     if cfg.model.quantization != "none":
-        raise UserError(f"grpo.generation_backend=vllm cannot take pushes of {cfg.model.quantization} weights; "
-                        "set model.quantization=none or grpo.generation_backend=transformers")
+        raise UserError(
+            f"grpo.generation_backend=vllm cannot take pushes of {cfg.model.quantization} weights; "
+            "set model.quantization=none or grpo.generation_backend=transformers"
+        )
     if (Path(cfg.model.name_or_path) / "adapter_config.json").is_file():
-        raise UserError(f"{cfg.model.name_or_path} is a LoRA adapter, which vLLM cannot load as a model; "
-                        "merge it first (vqa-grpo merge) or set grpo.generation_backend=transformers")
+        raise UserError(
+            f"{cfg.model.name_or_path} is a LoRA adapter, which vLLM cannot load as a model; "
+            "merge it first (vqa-grpo merge) or set grpo.generation_backend=transformers"
+        )

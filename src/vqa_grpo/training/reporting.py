@@ -87,8 +87,10 @@ def _tensorboard(log_dir: Path, purge_step: int | None):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise UserError("train.report_to=tensorboard needs the tensorboard package: pip install tensorboard, "
-                        "or set train.report_to=none") from None
+        raise UserError(
+            "train.report_to=tensorboard needs the tensorboard package: pip install tensorboard, "
+            "or set train.report_to=none"
+        ) from None
     return SummaryWriter(str(log_dir), purge_step=purge_step)  # events from purge_step on are dropped
 
 
@@ -99,13 +101,24 @@ def _wandb(run_dir: Path, cfg: Config, resume_step: int, rewind: bool):
     try:
         import wandb
     except ImportError:
-        raise UserError("train.report_to=wandb needs wandb: pip install 'vqa-grpo[wandb]', "
-                        "or set train.report_to=tensorboard") from None
+        raise UserError(
+            "train.report_to=wandb needs wandb: pip install 'vqa-grpo[wandb]', or set train.report_to=tensorboard"
+        ) from None
     id_file = run_dir / "wandb_run_id.txt"
     old = id_file.read_text().strip() if id_file.is_file() else None
     run_id = old if old and not rewind else uuid.uuid4().hex[:8]
     id_file.write_text(run_id)
-    notes = (f"resumed at step {resume_step}; replaces wandb run {old}, whose steps after {resume_step} "
-             "were taken again") if old and run_id != old else None
-    return wandb.init(project=cfg.train.wandb_project, dir=str(run_dir), id=run_id, resume="allow",
-                      config=to_dict(cfg), name=run_dir.name, notes=notes)
+    notes = (
+        (f"resumed at step {resume_step}; replaces wandb run {old}, whose steps after {resume_step} were taken again")
+        if old and run_id != old
+        else None
+    )
+    return wandb.init(
+        project=cfg.train.wandb_project,
+        dir=str(run_dir),
+        id=run_id,
+        resume="allow",
+        config=to_dict(cfg),
+        name=run_dir.name,
+        notes=notes,
+    )

@@ -32,14 +32,18 @@ def resume_path(cfg: Config, run_dir: Path, world: int, warn: bool = True) -> Pa
             raise UserError(f"train.resume={found} is not a checkpoint directory (it has no {STATE_FILE})")
         problem = integrity.check(found)
         if problem is not None:
-            raise UserError(f"train.resume={found} is damaged ({problem}); resume from another checkpoint, "
-                            "or train.resume=auto for the newest intact one")
+            raise UserError(
+                f"train.resume={found} is damaged ({problem}); resume from another checkpoint, "
+                "or train.resume=auto for the newest intact one"
+            )
     if found is None:
         return None
     saved = json.loads((found / STATE_FILE).read_text()).get("world_size", 1)
     if saved != world:
-        raise UserError(f"{found} was saved by {saved} processes, this run has {world}; "
-                        f"resume with {saved} processes (the data order and RNG states are per process)")
+        raise UserError(
+            f"{found} was saved by {saved} processes, this run has {world}; "
+            f"resume with {saved} processes (the data order and RNG states are per process)"
+        )
     return found
 
 
@@ -57,8 +61,10 @@ def _newest_intact(run_dir: Path, warn: bool) -> Path | None:
         if warn:
             log.warning("%s is damaged (%s); passing over it", ckpt, problem)
     if damaged:
-        raise UserError(f"no intact checkpoint in {run_dir}: {'; '.join(damaged)}; remove the damaged ones "
-                        "to start over, or restore them")
+        raise UserError(
+            f"no intact checkpoint in {run_dir}: {'; '.join(damaged)}; remove the damaged ones "
+            "to start over, or restore them"
+        )
     return None
 
 
@@ -67,5 +73,7 @@ def check_fresh(cfg: Config, run_dir: Path) -> None:
     if cfg.train.resume is not None or not run_dir.is_dir():
         return
     if (run_dir / "metrics.jsonl").exists() or (run_dir / "final").exists() or list_checkpoints(run_dir):
-        raise UserError(f"train.output_dir={run_dir} already holds a run; continue it with train.resume=auto, "
-                        "or choose a new train.output_dir")
+        raise UserError(
+            f"train.output_dir={run_dir} already holds a run; continue it with train.resume=auto, "
+            "or choose a new train.output_dir"
+        )

@@ -28,8 +28,10 @@ def wrap_targets(root, names: tuple[str, ...]) -> list[torch.nn.Module]:
     missing = [n for n in wanted if n not in found]
     if names and missing:
         layers = sorted({type(m[0]).__name__ for m in root.modules() if isinstance(m, torch.nn.ModuleList) and len(m)})
-        raise UserError(f"fsdp_transformer_layer_cls_to_wrap={','.join(missing)}: no such module in {type(root).__name__}; "
-                        f"set it to its layer classes ({', '.join(layers)}) or remove the line to use the model's own")
+        raise UserError(
+            f"fsdp_transformer_layer_cls_to_wrap={','.join(missing)}: no such module in {type(root).__name__}; "
+            f"set it to its layer classes ({', '.join(layers)}) or remove the line to use the model's own"
+        )
     return [m for m in root.modules() if type(m).__name__ in wanted and m is not root]
 
 
@@ -40,8 +42,10 @@ def _require_deepspeed() -> None:
     try:
         import deepspeed  # noqa: F401
     except ImportError:
-        raise UserError("the launch asks for DeepSpeed, which is not installed; pip install 'vqa-grpo[deepspeed]', "
-                        "or launch with configs/accelerate/fsdp.yaml") from None
+        raise UserError(
+            "the launch asks for DeepSpeed, which is not installed; pip install 'vqa-grpo[deepspeed]', "
+            "or launch with configs/accelerate/fsdp.yaml"
+        ) from None
 
 
 def _check_deepspeed(ds: DeepSpeedSettings, cfg) -> None:
@@ -49,13 +53,20 @@ def _check_deepspeed(ds: DeepSpeedSettings, cfg) -> None:
     fix = "remove the line from the accelerate config's deepspeed_config (the run's value is used) or make them equal"
     t = cfg.train
     if ds.accumulation is not None and ds.accumulation != t.gradient_accumulation_steps:
-        raise UserError(f"gradient_accumulation_steps={ds.accumulation} in the accelerate config but "
-                        f"train.gradient_accumulation_steps={t.gradient_accumulation_steps}; {fix}")
+        raise UserError(
+            f"gradient_accumulation_steps={ds.accumulation} in the accelerate config but "
+            f"train.gradient_accumulation_steps={t.gradient_accumulation_steps}; {fix}"
+        )
     if ds.clipping is not None and ds.clipping != t.max_grad_norm:
-        raise UserError(f"gradient_clipping={ds.clipping:g} in the accelerate config but train.max_grad_norm={t.max_grad_norm:g}; {fix}")
+        raise UserError(
+            f"gradient_clipping={ds.clipping:g} in the accelerate config but "
+            f"train.max_grad_norm={t.max_grad_norm:g}; {fix}"
+        )
     if cfg.model.quantization != "none":
-        raise UserError(f"model.quantization={cfg.model.quantization} is not supported under DeepSpeed; set "
-                        "model.quantization=none, or launch with configs/accelerate/ddp.yaml")
+        raise UserError(
+            f"model.quantization={cfg.model.quantization} is not supported under DeepSpeed; set "
+            "model.quantization=none, or launch with configs/accelerate/ddp.yaml"
+        )
 
 
 def _gathered_state(model, is_main: bool) -> dict | None:
@@ -90,6 +101,7 @@ def optimizer_names(model, optimizer) -> list[str]:
 
 def parameter_counts(model) -> tuple[int, int]:
     """(elements this process holds, elements of the full model) over ``model``'s parameters."""
+
     def held(p) -> int:
         if hasattr(p, "ds_tensor"):  # ZeRO-3: this rank's partition (padded to equal parts)
             return p.ds_tensor.numel()
@@ -140,10 +152,15 @@ def gathered_moments(zero, params: list, groups: list[dict], is_main: bool) -> d
     for i, p in enumerate(params if steps else []):
         moments = {k: safe_get_full_optimizer_state(p, k) for k in ADAM_MOMENTS}
         if is_main:
-            state[i] = {"step": steps[0].detach().cpu().clone(), **{k: v.detach().cpu().clone() for k, v in moments.items()}}
+            state[i] = {
+                "step": steps[0].detach().cpu().clone(),
+                **{k: v.detach().cpu().clone() for k, v in moments.items()},
+            }
     if not is_main:
         return None
-    live_groups = [{**g, **{k: v for k, v in live.items() if k != "params"}} for g, live in zip(groups, inner.param_groups)]
+    live_groups = [
+        {**g, **{k: v for k, v in live.items() if k != "params"}} for g, live in zip(groups, inner.param_groups)
+    ]
     return {"state": state, "param_groups": live_groups}
 
 
@@ -159,8 +176,32 @@ def load_moments(zero, params: list, resumed: dict[int, dict]) -> None:
     flats = getattr(zero, "fp32_partitioned_groups_flat", None) or [p for g in inner.param_groups for p in g["params"]]
     for flat in flats:
         inner.state[flat] = {"step": step.clone(), **{k: torch.zeros_like(flat) for k in ADAM_MOMENTS}}
-    if hasattr(zero, "_lazy_init_hp_params_optimizer_state"):  # ZeRO-2: link each parameter to its fragment (DeepSpeed does this at its first step)
+    if hasattr(
+        zero, "_lazy_init_hp_params_optimizer_state"
+    ):  # ZeRO-2: link each parameter to its fragment (DeepSpeed does this at its first step)
         zero._lazy_init_hp_params_optimizer_state()
     for i, p in enumerate(params):
         for k in ADAM_MOMENTS:
             safe_set_full_optimizer_state(p, resumed[i][k].to(p.device), k)
+
+
+def describe(dist, model=None) -> str:
+    """Dist.describe: e.g. "2 processes, MULTI_CPU on cpu"; under FSDP with ``model``, its units and rank 0's share."""
+    if dist.acc is None:
+        return "1 process"
+    if dist.ds is not None:
+        text = f"{dist.world} processes, DeepSpeed ZeRO-{dist.ds.stage} on {dist.acc.device.type}"
+        if model is not None:
+            local, full = parameter_counts(model)
+            text += f", {local:,} of {full:,} parameters on this process"
+        return text
+    if dist.fsdp is None:
+        return f"{dist.world} processes, {dist.acc.distributed_type.value} on {dist.acc.device.type}"
+    text = f"{dist.world} processes, FSDP2 on {dist.acc.device.type}"
+    if model is not None:
+        from torch.distributed.fsdp import FSDPModule
+
+        local, full = parameter_counts(model)
+        units = sum(isinstance(m, FSDPModule) for m in model.modules())
+        text += f", {units} sharded units, {local:,} of {full:,} parameters on this process"
+    return text

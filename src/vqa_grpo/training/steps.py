@@ -109,8 +109,16 @@ class GRPOSteps:
                 self.vllm.push_weights(self.policy.model)
                 self.pushed_at = step
             with autocast(cfg, device):
-                self.pending = make_rollouts(cfg, self.policy, self.ref, batches, device, self.vllm, self.dist.world,
-                                             reward_funcs=self.reward_funcs)
+                self.pending = make_rollouts(
+                    cfg,
+                    self.policy,
+                    self.ref,
+                    batches,
+                    device,
+                    self.vllm,
+                    self.dist.world,
+                    reward_funcs=self.reward_funcs,
+                )
             self.rollout_seconds = time.time() - t0
             if self.samples_log and (step + 1) % cfg.train.logging_steps == 0:  # the step its metrics log as
                 log_completions(self.samples_log, step + 1, self.pending.rollouts[0])
@@ -139,8 +147,16 @@ def reference_model(cfg: Config, lm: LoadedModel):
     return ref
 
 
-def make_rollouts(cfg: Config, lm: LoadedModel, ref, batches: Batches, device, vllm=None, processes: int = 1,
-                  reward_funcs: dict | None = None) -> Pending:
+def make_rollouts(
+    cfg: Config,
+    lm: LoadedModel,
+    ref,
+    batches: Batches,
+    device,
+    vllm=None,
+    processes: int = 1,
+    reward_funcs: dict | None = None,
+) -> Pending:
     """One rollout per micro-batch, with the rollout policy's and the reference's log-probs when needed.
 
     With vLLM sampling, pi_old is always the trainer's (the ratio's denominator), and the tokens
@@ -155,15 +171,37 @@ def make_rollouts(cfg: Config, lm: LoadedModel, ref, batches: Batches, device, v
     rollouts = []
     for _ in range(cfg.train.gradient_accumulation_steps):
         examples, images = batches.next()
-        ro = make_rollout(lm.model, lm.adapter, lm.processor, examples, images, cfg.grpo, cfg.reward, device, vllm,
-                          keep_prefill=keep, reward_funcs=reward_funcs)
+        ro = make_rollout(
+            lm.model,
+            lm.adapter,
+            lm.processor,
+            examples,
+            images,
+            cfg.grpo,
+            cfg.reward,
+            device,
+            vllm,
+            keep_prefill=keep,
+            reward_funcs=reward_funcs,
+        )
         with torch.no_grad():
             if vllm is not None:  # one forward: pi_old at the rows' temperatures, and raw (temperature 1)
-                logits = completion_logits(lm.model, lm.adapter, ro.prompts, ro.completion_ids, ro.completion_mask,
-                                           group_size=ro.group_size, shared_prefix=ro.shared_prefix)
+                logits = completion_logits(
+                    lm.model,
+                    lm.adapter,
+                    ro.prompts,
+                    ro.completion_ids,
+                    ro.completion_mask,
+                    group_size=ro.group_size,
+                    shared_prefix=ro.shared_prefix,
+                )
                 ro.old_logprobs = token_logprobs(logits, ro.completion_ids, ro.temperatures)
-                ro.is_weights = truncated_is_weights(token_logprobs(logits, ro.completion_ids), ro.sampling_logprobs,
-                                                     ro.completion_mask, cfg.grpo.vllm_is_cap)
+                ro.is_weights = truncated_is_weights(
+                    token_logprobs(logits, ro.completion_ids),
+                    ro.sampling_logprobs,
+                    ro.completion_mask,
+                    cfg.grpo.vllm_is_cap,
+                )
             elif cfg.grpo.num_iterations > 1:
                 ro.old_logprobs = rollout_logprobs(lm.model, lm.adapter, ro, with_entropy=False)[0]
             if ref == "disable_adapter":
@@ -229,15 +267,23 @@ def rollout_stats(ro) -> dict:
 def log_completions(f, step: int, ro) -> None:
     """The first question of a rollout with its G answers and rewards, one JSON line."""
     ex, G = ro.examples[0], ro.group_size
-    f.write(json.dumps({
-        "step": step,
-        "id": ex.id,
-        "question": ex.question,
-        "answers": ex.answers,
-        "completions": ro.answers[:G],
-        "rewards": [round(float(x), 4) for x in ro.rewards[:G]],
-        "reward_parts": {k: [None if v != v else round(float(v), 4) for v in part[:G].tolist()]
-                         for k, part in ro.reward_parts.items() if "/" not in k},
-        "advantages": [round(float(x), 4) for x in ro.advantages[:G]],
-    }) + "\n")
+    f.write(
+        json.dumps(
+            {
+                "step": step,
+                "id": ex.id,
+                "question": ex.question,
+                "answers": ex.answers,
+                "completions": ro.answers[:G],
+                "rewards": [round(float(x), 4) for x in ro.rewards[:G]],
+                "reward_parts": {
+                    k: [None if v != v else round(float(v), 4) for v in part[:G].tolist()]
+                    for k, part in ro.reward_parts.items()
+                    if "/" not in k
+                },
+                "advantages": [round(float(x), 4) for x in ro.advantages[:G]],
+            }
+        )
+        + "\n"
+    )
     f.flush()

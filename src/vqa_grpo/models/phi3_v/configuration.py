@@ -26,15 +26,28 @@ from transformers import CLIPVisionConfig, Phi3Config
 
 # openai/clip-vit-large-patch14-336's vision tower (Phi-3-vision's), as a CLIPVisionConfig.
 CLIP_VIT_L14_336 = dict(
-    hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, num_channels=3,
-    image_size=336, patch_size=14, hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=768,
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    num_channels=3,
+    image_size=336,
+    patch_size=14,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+    projection_dim=768,
 )
 OFFICIAL_IMG_PROCESSOR = {
-    "image_dim_out": 1024, "model_name": "openai/clip-vit-large-patch14-336", "name": "clip_vision_model",
+    "image_dim_out": 1024,
+    "model_name": "openai/clip-vit-large-patch14-336",
+    "name": "clip_vision_model",
     "num_img_tokens": 144,
 }
 OFFICIAL_EMBD_LAYER = {
-    "embedding_cls": "image", "hd_transform_order": "sub_glb", "projection_cls": "mlp", "use_hd_transform": True,
+    "embedding_cls": "image",
+    "hd_transform_order": "sub_glb",
+    "projection_cls": "mlp",
+    "use_hd_transform": True,
     "with_learnable_separator": True,
 }
 
@@ -55,12 +68,16 @@ class Phi3VConfig(Phi3Config):
             self.embd_layer = dict(OFFICIAL_EMBD_LAYER)
         super().__post_init__(**kwargs)
 
-    def convert_rope_params_to_dict(self, default_theta: int | float = 10_000.0, ignore_keys: set | None = None, **kwargs):
+    def convert_rope_params_to_dict(
+        self, default_theta: int | float = 10_000.0, ignore_keys: set | None = None, **kwargs
+    ):
         scaling = kwargs.get("rope_scaling")
         if isinstance(scaling, dict) and "type" in scaling:  # the official spelling: {"type": "su", ...}
             scaling = dict(scaling)
             self._official_rope_type = scaling.pop("type")
-            scaling["rope_type"] = "longrope" if self._official_rope_type in ("su", "longrope") else self._official_rope_type
+            scaling["rope_type"] = (
+                "longrope" if self._official_rope_type in ("su", "longrope") else self._official_rope_type
+            )
             scaling.setdefault("original_max_position_embeddings", self.original_max_position_embeddings)
             # The factor the official code derives (max / original positions), stated: the same
             # inverse frequencies and attention factor, without transformers' warning.
@@ -101,6 +118,8 @@ class Phi3VConfig(Phi3Config):
         else:
             official = getattr(self, "_official_rope_type", None) or ("su" if kind == "longrope" else kind)
             out["rope_scaling"] = {
-                "type": official, "long_factor": rope.get("long_factor"), "short_factor": rope.get("short_factor"),
+                "type": official,
+                "long_factor": rope.get("long_factor"),
+                "short_factor": rope.get("short_factor"),
             }
         return out

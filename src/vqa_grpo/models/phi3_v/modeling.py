@@ -163,14 +163,30 @@ class Phi3VForCausalLM(Phi3ForCausalLM):
             CLIPPreTrainedModel._init_weights(self.model.vision_embed_tokens.img_processor.vision_model, module)
 
     def forward(
-        self, input_ids=None, pixel_values=None, image_sizes=None, attention_mask=None, position_ids=None, cache=None,
-        inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, **kwargs,
+        self,
+        input_ids=None,
+        pixel_values=None,
+        image_sizes=None,
+        attention_mask=None,
+        position_ids=None,
+        cache=None,
+        inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        logits_to_keep=0,
+        **kwargs,
     ) -> CausalLMOutputWithPast:
         if "past_key_values" in kwargs:  # the name before transformers 5.20
             cache = kwargs.pop("past_key_values")
         if inputs_embeds is None and input_ids is not None:
             inputs_embeds = self.model.embed(input_ids, pixel_values, image_sizes)
         return super().forward(
-            attention_mask=attention_mask, position_ids=position_ids, cache=cache, inputs_embeds=inputs_embeds,
-            labels=labels, use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
         )

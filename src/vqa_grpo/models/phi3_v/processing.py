@@ -118,9 +118,12 @@ class Phi3VImageProcessor:
 
     def to_dict(self) -> dict:
         return {
-            "image_processor_type": "Phi3VImageProcessor", "processor_class": "Phi3VProcessor",
-            "num_crops": self.num_crops, "num_img_tokens": self.num_img_tokens,
-            "image_mean": self.image_mean, "image_std": self.image_std,
+            "image_processor_type": "Phi3VImageProcessor",
+            "processor_class": "Phi3VProcessor",
+            "num_crops": self.num_crops,
+            "num_img_tokens": self.num_img_tokens,
+            "image_mean": self.image_mean,
+            "image_std": self.image_std,
         }
 
 
@@ -197,7 +200,9 @@ class Phi3VProcessor:
                 ids += [-tags[i]] * num_tokens[tags[i] - 1]
         return ids
 
-    def __call__(self, text=None, images=None, padding_side: str | None = None, return_tensors: str = "pt", **_) -> BatchFeature:
+    def __call__(
+        self, text=None, images=None, padding_side: str | None = None, return_tensors: str = "pt", **_
+    ) -> BatchFeature:
         """``text``: one string or a list; ``images``: one list of images per text (or a flat list
         taken in order, each text using as many as it has tags)."""
         texts = [text] if isinstance(text, str) else list(text)
@@ -227,8 +232,13 @@ class Phi3VProcessor:
         return self.tokenizer.decode(*args, **kwargs)
 
 
-OFFICIAL_CODE_FILES = ("configuration_phi3_v.py", "modeling_phi3_v.py", "image_embedding_phi3_v.py",
-                       "processing_phi3_v.py", "image_processing_phi3_v.py")
+OFFICIAL_CODE_FILES = (
+    "configuration_phi3_v.py",
+    "modeling_phi3_v.py",
+    "image_embedding_phi3_v.py",
+    "processing_phi3_v.py",
+    "image_processing_phi3_v.py",
+)
 
 
 def _file(path: str | Path, name: str) -> Path | None:

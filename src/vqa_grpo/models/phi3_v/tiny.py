@@ -17,33 +17,73 @@ PHI3_V_SPECIALS = ["<|endoftext|>", "<s>", "<unk>", "<|system|>", "<|user|>", "<
 
 
 TINY_VISION = dict(
-    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=336, patch_size=14,
-    hidden_act="quick_gelu", projection_dim=32,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    image_size=336,
+    patch_size=14,
+    hidden_act="quick_gelu",
+    projection_dim=32,
 )
 
 
-def tiny_phi3_v_config(vocab_size: int, *, hidden: int = 64, layers: int = 2, heads: int = 4,
-                       intermediate: int | None = None, vision: dict | None = None, eos: int, pad: int, bos: int):
+def tiny_phi3_v_config(
+    vocab_size: int,
+    *,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    intermediate: int | None = None,
+    vision: dict | None = None,
+    eos: int,
+    pad: int,
+    bos: int,
+):
     """A small Phi3VConfig; ``vision`` a CLIPVisionConfig dict (default: a 32-wide, 2-layer CLIP)."""
     from vqa_grpo.models.phi3_v.configuration import Phi3VConfig
 
     half = hidden // heads // 2
     vision = dict(vision or TINY_VISION)
     return Phi3VConfig(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate or 2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=131072,
-        original_max_position_embeddings=4096, sliding_window=131072, bos_token_id=bos, eos_token_id=eos,
-        pad_token_id=pad, architectures=["Phi3VForCausalLM"],
-        rope_scaling={"type": "su", "short_factor": [1.0 + 0.1 * i for i in range(half)],
-                      "long_factor": [2.0 + 0.5 * i for i in range(half)]},
-        img_processor={"name": "clip_vision_model", "model_name": "tiny-clip", "image_dim_out": vision["hidden_size"],
-                       "num_img_tokens": 144, "vision_config": vision},
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=intermediate or 2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=131072,
+        original_max_position_embeddings=4096,
+        sliding_window=131072,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        architectures=["Phi3VForCausalLM"],
+        rope_scaling={
+            "type": "su",
+            "short_factor": [1.0 + 0.1 * i for i in range(half)],
+            "long_factor": [2.0 + 0.5 * i for i in range(half)],
+        },
+        img_processor={
+            "name": "clip_vision_model",
+            "model_name": "tiny-clip",
+            "image_dim_out": vision["hidden_size"],
+            "num_img_tokens": 144,
+            "vision_config": vision,
+        },
     )
 
 
 def build_tiny_phi3_v(
-    out_dir: str | Path, *, seed: int = 0, words: list[str] | None = None, hidden: int = 64, layers: int = 2,
-    vision: dict | None = None, num_crops: int = 4, full_text: bool = False,
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    words: list[str] | None = None,
+    hidden: int = 64,
+    layers: int = 2,
+    vision: dict | None = None,
+    num_crops: int = 4,
+    full_text: bool = False,
 ) -> Path:
     """The tiny Phi-3-vision; ``vision`` and ``hidden``/``layers`` size it (benchmarks/grpo_step.py
     builds a Phi-3-vision-shaped one: the real CLIP ViT-L/14-336, a reduced text model).
@@ -60,14 +100,24 @@ def build_tiny_phi3_v(
     ids = {t: raw.token_to_id(t) for t in PHI3_V_SPECIALS}
     raw.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", ids["<s>"])])
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=raw, bos_token="<s>", eos_token="<|endoftext|>", pad_token="<|endoftext|>", unk_token="<unk>",
+        tokenizer_object=raw,
+        bos_token="<s>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        unk_token="<unk>",
         padding_side="left",
     )
     tokenizer.chat_template = CHAT_TEMPLATE
-    sizes = dict(hidden=3072, layers=32, heads=32, intermediate=8192) if full_text else dict(hidden=hidden, layers=layers)
+    sizes = (
+        dict(hidden=3072, layers=32, heads=32, intermediate=8192) if full_text else dict(hidden=hidden, layers=layers)
+    )
     config = tiny_phi3_v_config(
-        32064 if full_text else raw.get_vocab_size(), **sizes, vision=vision, eos=ids["<|endoftext|>"],
-        pad=ids["<|endoftext|>"], bos=ids["<s>"],
+        32064 if full_text else raw.get_vocab_size(),
+        **sizes,
+        vision=vision,
+        eos=ids["<|endoftext|>"],
+        pad=ids["<|endoftext|>"],
+        bos=ids["<s>"],
     )
     torch.manual_seed(seed)
     model = Phi3VForCausalLM(config)
