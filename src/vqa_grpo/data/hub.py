@@ -33,7 +33,7 @@ from typing import Any
 
 from vqa_grpo.config import ColumnsConfig, DataConfig
 from vqa_grpo.data.hub_presets import _SCRIPT_SUCCESSORS, PRESETS, Preset
-from vqa_grpo.data.sources import Row, Source, _dataset_cell, _dataset_rows
+from vqa_grpo.data.rows import Row, Source, dataset_cell, dataset_rows
 from vqa_grpo.errors import UserError
 
 PREFIX = "hf:"
@@ -122,7 +122,7 @@ def hub_source(path: str, cfg: DataConfig) -> Source:
     if cfg.streaming:
         rows: Iterable[Row] = (Row(dict(values)) for values in ds)
     else:
-        rows = _dataset_rows(ds, columns.image)
+        rows = dataset_rows(ds, columns.image)
     if preset is not None and preset.images_config:
         images_config = config_name.replace(*preset.images_config)
         _check_split(name, images_config, split, cfg.split, preset)
@@ -197,7 +197,7 @@ def _joined_images(rows: Iterable[Row], images: Any, key: str, image_col: str) -
         i = position.get(str(row.values.get(key)))
         if i is not None:
             row.values[image_col] = images[i]["image"]
-            row.reread_image = partial(_dataset_cell, images, i, "image")
+            row.reread_image = partial(dataset_cell, images, i, "image")
         yield row
 
 

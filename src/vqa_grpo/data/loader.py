@@ -34,7 +34,8 @@ from typing import Any
 from vqa_grpo.config import DataConfig
 from vqa_grpo.data.images import ImageLoader, StoredImage, check_image, resolve_image
 from vqa_grpo.data.qtypes import answer_type_of, question_type_of
-from vqa_grpo.data.sources import Row, Source, memory_source, open_source
+from vqa_grpo.data.rows import Row, Source
+from vqa_grpo.data.sources import memory_source, open_source
 from vqa_grpo.data.splits import limit, split_train_eval
 from vqa_grpo.data.types import ANSWER_TYPES, VQAExample
 from vqa_grpo.errors import UserError

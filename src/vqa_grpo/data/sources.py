@@ -16,13 +16,15 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
-from vqa_grpo.config import ColumnsConfig, DataConfig
+from vqa_grpo.config import DataConfig
+from vqa_grpo.data.hub import hub_source, is_hub_path
+from vqa_grpo.data.rows import Row, Source, dataset_rows
+from vqa_grpo.data.vqa_v2 import looks_like_vqa_v2, vqa_v2_source
 from vqa_grpo.errors import UserError
 
 FORMATS = ("auto", "jsonl", "csv", "json", "parquet", "datasets", "imagefolder", "vqa_v2")
@@ -36,39 +38,12 @@ _KNOWN = (
 )
 
 
-@dataclass
-class Row:
-    """One row of the user's data, before any mapping or check."""
-
-    values: dict[str, Any]
-    reread_image: Callable[[], Any] | None = None
-    """Reads the image cell again from the file, so examples need not keep its bytes."""
-
-
-@dataclass
-class Source:
-    """A lazy stream of rows from one file or folder."""
-
-    name: str
-    """What was read, for messages: the path and its format."""
-    base_dir: Path
-    """Where relative image paths start when ``data.image_root`` is unset."""
-    rows: Iterable[Row]
-    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
-    """The column mapping that applies to these rows."""
-    about: dict[str, Any] = field(default_factory=dict)
-    """What was mapped (Hub datasets: the preset, config, split and each field's column), for
-    ``data inspect``; empty for local files."""
-
-
 def open_source(path: str | os.PathLike, cfg: DataConfig) -> Source:
     """The rows of ``path`` in ``cfg.format`` ("auto" infers it); UserError when it cannot be read.
 
     ``hf:NAME`` (a Hub dataset id, or a folder laid out as a Hub repository) is read by
     ``datasets.load_dataset``; see ``hub.py``. data.preset applies to those paths only.
     """
-    from vqa_grpo.data.hub import hub_source, is_hub_path
-
     if is_hub_path(path):
         return hub_source(str(path), cfg)
     if cfg.preset is not None and cfg.preset.strip().lower() != "none":
@@ -85,8 +60,6 @@ def open_source(path: str | os.PathLike, cfg: DataConfig) -> Source:
     if fmt == "auto":
         fmt = _infer_format(p)
     if fmt == "vqa_v2":
-        from vqa_grpo.data.vqa_v2 import vqa_v2_source
-
         return vqa_v2_source(p, cfg)
     if fmt == "datasets":
         return _datasets_source(p, cfg)
@@ -129,7 +102,7 @@ def memory_source(data: Any, cfg: DataConfig) -> Source:
         col = cfg.columns.image
         if col in data.column_names and isinstance(data.features[col], datasets.Image):
             data = data.cast_column(col, datasets.Image(decode=False))  # cells become {"bytes", "path"}
-        return Source("Dataset", Path.cwd(), _dataset_rows(data, col), cfg.columns)
+        return Source("Dataset", Path.cwd(), dataset_rows(data, col), cfg.columns)
     raise UserError(
         f"data must be a pandas DataFrame, a datasets.Dataset or a list of dicts, got {type(data).__name__}"
     )
@@ -140,8 +113,6 @@ def memory_source(data: Any, cfg: DataConfig) -> Source:
 
 
 def _infer_format(p: Path) -> str:
-    from vqa_grpo.data.vqa_v2 import looks_like_vqa_v2
-
     if p.is_file():
         if looks_like_vqa_v2(p):
             return "vqa_v2"
@@ -319,24 +290,7 @@ def _datasets_source(p: Path, cfg: DataConfig) -> Source:
     col = cfg.columns.image
     if col in ds.column_names and isinstance(ds.features[col], datasets.Image):
         ds = ds.cast_column(col, datasets.Image(decode=False))  # cells become {"bytes", "path"}
-    return Source(f"{p} (datasets)", p, _dataset_rows(ds, col), cfg.columns)
-
-
-def _dataset_rows(ds: Any, image_col: str) -> Iterator[Row]:
-    has_image = image_col in ds.column_names
-    start = 0
-    for batch in ds.iter(batch_size=256):
-        columns = list(batch)
-        n = len(batch[columns[0]]) if columns else 0
-        for i in range(n):
-            values = {c: batch[c][i] for c in columns}
-            reread = partial(_dataset_cell, ds, start + i, image_col) if has_image else None
-            yield Row(values, reread)
-        start += n
-
-
-def _dataset_cell(ds: Any, index: int, column: str) -> Any:
-    return ds[index][column]
+    return Source(f"{p} (datasets)", p, dataset_rows(ds, col), cfg.columns)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vqa_grpo.config import ColumnsConfig, DataConfig
-from vqa_grpo.data.sources import Row, Source
+from vqa_grpo.data.rows import Row, Source
 from vqa_grpo.errors import UserError
 
 _QUESTIONS = re.compile(r"v2_OpenEnded_mscoco_(?P<split>.+)_questions\.json")
