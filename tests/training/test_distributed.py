@@ -178,6 +178,44 @@ def test_a_dead_rank_stops_the_other_within_a_minute_and_two_processes_resume_bi
     assert steps(out) == steps(full)
 
 
+RANK_1_DISK_FULL = """
+import os
+if os.environ.get("RANK") == "1":  # sitecustomize of the launched workers: rank 1's disk fills at checkpoint-4
+    import errno
+    from vqa_grpo.training import checkpoint
+    _real = checkpoint._save
+    def _save(obj, path):
+        if path.parent.name == ".tmp-checkpoint-4" and path.name == "rng-rank1.pt":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        _real(obj, path)
+    checkpoint._save = _save
+"""
+
+
+@pytest.mark.slow
+def test_a_full_disk_on_rank_1_stops_both_ranks_and_two_processes_resume_bitwise(
+    two_processes, synth_dir, tiny_model_dir, tmp_path
+):
+    full, _ = two_processes
+    out, hook = tmp_path / "run", tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(RANK_1_DISK_FULL)
+    args = common(synth_dir, tiny_model_dir, out, "train.per_device_batch_size=1")
+    path = os.pathsep.join([str(hook), *filter(None, [os.environ.get("PYTHONPATH")])])
+    done = launch("sft", args, check=False, env={"PYTHONPATH": path})
+    assert done.returncode != 0
+    said = [line for line in done.stderr.splitlines() if line.startswith("stopped: ")]
+    assert said == [
+        f"stopped: no space left while saving checkpoint-4 in {out}; the last good checkpoint is checkpoint-2"
+    ], done.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-2", "config.yaml", "metrics.jsonl"]
+    assert integrity.check(out / "checkpoint-2") is None
+    launch("sft", [*args, "train.resume=auto"])
+    a, b = final(full), final(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert steps(out) == steps(full)
+
+
 _RUNS: dict[str, Path] = {}  # runs shared with tests/training/test_fsdp.py (imported there), made once per session
 
 

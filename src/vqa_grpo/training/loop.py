@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from vqa_grpo.config import Config, save_config
 from vqa_grpo.data.loader import load_vqa
 from vqa_grpo.data.types import VQAExample
-from vqa_grpo.errors import TrainingStopped, UserError
+from vqa_grpo.errors import RewardFunctionError, TrainingStopped, UserError
 from vqa_grpo.evaluation.sharded import predict_sharded
 from vqa_grpo.models.loading import LoadedModel, load_model, resolve_device
 from vqa_grpo.rewards import clean_answer, score_predictions
@@ -229,8 +229,8 @@ def run(
                     _stop_on_signal(s, signals)
         if data.eval:
             _eval_and_keep_best(s, data.eval)
-    except RuntimeError as e:
-        if dist.world > 1 and is_collective_failure(e):
+    except RuntimeError as e:  # (our own stops and reward errors are RuntimeErrors too)
+        if dist.world > 1 and not isinstance(e, (TrainingStopped, RewardFunctionError)) and is_collective_failure(e):
             raise peer_lost(e, dist.rank, dist.world, run_dir) from e
         raise
     finally:
