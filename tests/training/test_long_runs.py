@@ -182,6 +182,25 @@ def test_a_save_that_runs_out_of_space_keeps_the_last_checkpoint_and_resumes_bit
     assert_same_run(uninterrupted, out)
 
 
+@pytest.mark.slow
+def test_a_log_line_that_finds_no_space_stops_with_one_line(synth_dir, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from vqa_grpo.training import reporting
+
+    real = reporting.Reporter.log
+
+    def log(self, record):
+        if record.get("step") == 6:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+        real(self, record)
+
+    monkeypatch.setattr(reporting.Reporter, "log", log)
+    out = tmp_path / "run"
+    assert cli.main(["sft", *overrides(synth_dir, tiny_model_dir, out)]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"stopped: no space left while saving metrics.jsonl in {out}; the last good checkpoint is checkpoint-4"
+    )
+
+
 def test_no_space_is_recognised_however_the_writer_reports_it():
     try:  # torch.save into a Python file: the file's OSError becomes the context of torch's RuntimeError
         try:

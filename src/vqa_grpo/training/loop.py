@@ -46,6 +46,7 @@ from vqa_grpo.training.faults import (
     memory_stats,
     peer_lost,
 )
+from vqa_grpo.training.integrity import is_no_space
 from vqa_grpo.training.optim import make_optimizer, make_scheduler
 from vqa_grpo.training.reporting import NullReporter, Reporter, truncate_log
 from vqa_grpo.training.resume import check_fresh, resume_path
@@ -233,6 +234,10 @@ def run(
         if dist.world > 1 and not isinstance(e, (TrainingStopped, RewardFunctionError)) and is_collective_failure(e):
             raise peer_lost(e, dist.rank, dist.world, run_dir) from e
         raise
+    except OSError as e:  # a log line (metrics.jsonl, completions.jsonl) on a full disk
+        if not is_no_space(e):
+            raise
+        raise no_space(Path(e.filename).name if e.filename else "the logs", run_dir) from e
     finally:
         bar.close()
         s.reporter.close()
