@@ -11,6 +11,7 @@ warm-up - the figure at the end of the warm-up) / the latter.
 
   OMP_NUM_THREADS=1 .venv/bin/python benchmarks/soak.py                 # 2,000 steps, warm-up 200
   OMP_NUM_THREADS=1 .venv/bin/python benchmarks/soak.py --steps 300 --warmup 100 --every 50 --json
+  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/soak.py --steps 700 --tracemalloc  # what grew, by line
 """
 
 from __future__ import annotations
@@ -72,6 +73,29 @@ def follow(path: Path, stop: threading.Event) -> None:
         time.sleep(0.2)
 
 
+def trace_growth(first: int, last: int, top: int = 12) -> None:
+    """Snapshot Python's allocations when step ``first`` and step ``last`` are logged, and print the
+    source lines whose allocations grew most in between (tracemalloc slows the run down)."""
+    import gc
+    import tracemalloc
+
+    from vqa_grpo.training import reporting
+
+    real, snaps = reporting.Reporter.log, {}
+
+    def log(self, record: dict) -> None:
+        real(self, record)
+        if "loss" in record and record.get("step") in (first, last):
+            gc.collect()
+            snaps[record["step"]] = tracemalloc.take_snapshot()
+            if record["step"] == last:
+                for stat in snaps[last].compare_to(snaps[first], "lineno")[:top]:
+                    print(f"tracemalloc {stat}", flush=True)
+
+    reporting.Reporter.log = log
+    tracemalloc.start(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=2000)
@@ -83,10 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=8)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", action="store_true", help="end with one JSON object of the figures")
+    ap.add_argument(
+        "--tracemalloc", action="store_true", help="print the Python allocations that grew after the warm-up"
+    )
     args = ap.parse_args(argv)
     if args.warmup >= args.steps:
         ap.error(f"--warmup {args.warmup} must be below --steps {args.steps}")
 
+    commit = _commit()  # the code this process runs, read before the run
     from vqa_grpo.config import load_config
     from vqa_grpo.data.synthetic import synthesize
     from vqa_grpo.models.tiny import build_tiny
@@ -100,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         stop = threading.Event()
         printer = threading.Thread(target=follow, args=(out / "metrics.jsonl", stop), daemon=True)
         printer.start()
+        if args.tracemalloc:
+            trace_growth(args.warmup, args.steps)
         t0 = time.time()
         loop.run(load_config(None, overrides(model, data, out, args)), "grpo", desc="soak")
         seconds = time.time() - t0
@@ -117,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         "rss_mib": rss,
         "growth_after_warmup": round(growth_after_warmup(steps, rss, args.warmup), 4),
         "seconds": round(seconds, 1),
-        "commit": _commit(),
+        "commit": commit,
     }
     if any("cuda_allocated_mib" in r for r in logged):
         cuda = [round(r["cuda_allocated_mib"], 1) for r in logged]

@@ -54,12 +54,10 @@ class Rollout:
     ref_logprobs: torch.Tensor | None = None  # [R, C] reference policy, when beta > 0
     bad_reward_inputs: int = 0  # completions the rewards scored as bad input (empty ones)
     shared_prefix: bool = False  # each prompt runs once per group, here and in the loss (models/prefix.py)
-    is_weights: torch.Tensor | None = (
-        None  # [R, C] truncated importance weights when vLLM sampled (grpo/vllm_backend.py)
-    )
-    prefix: object = (
-        None  # models/prefix.Prefix: the prompts' pass with gradient (fused prefill), used once by the loss
-    )
+    # [R, C] truncated importance weights when vLLM sampled (grpo/vllm_backend.py)
+    is_weights: torch.Tensor | None = None
+    # models/prefix.Prefix: the prompts' pass with gradient (fused prefill), used once by the loss
+    prefix: object = None
     reward_seconds: dict[str, float] = field(default_factory=dict)  # each user reward function's wall time
 
     def repeated_prompts(self, adapter: FamilyAdapter) -> PromptBatch:
