@@ -29,6 +29,7 @@ from vqa_grpo.data.loader import load_vqa
 from vqa_grpo.data.types import VQAExample
 from vqa_grpo.errors import RewardFunctionError, TrainingStopped, UserError
 from vqa_grpo.evaluation.sharded import predict_sharded
+from vqa_grpo.grpo.logprobs import Reference
 from vqa_grpo.models.loading import LoadedModel, load_model, resolve_device
 from vqa_grpo.rewards import clean_answer, score_predictions
 from vqa_grpo.rewards.user import resolve as resolve_rewards
@@ -247,12 +248,12 @@ def run(
     return RunResult(run_dir, final, s.step, state["eval_history"], time.time() - t0)
 
 
-def _shard(dist: Dist, lm: LoadedModel, ref) -> None:
-    """Under FSDP, shard the policy and the KL reference copy (a module when it is one) in place;
-    under ZeRO-3 the reference copy is partitioned now, the policy by Dist.prepare."""
+def _shard(dist: Dist, lm: LoadedModel, ref: Reference | None) -> None:
+    """Under FSDP, shard the policy and the KL reference's copy (when it has one) in place; under
+    ZeRO-3 the reference copy is partitioned now, the policy by Dist.prepare."""
     dist.shard(lm.model)
-    if isinstance(ref, torch.nn.Module):  # forward only: its root unit is freed after each pass as well
-        dist.shard(ref, reshard_root=True, frozen=True)
+    if ref is not None and ref.copy is not None:  # forward only: its root unit is freed after each pass too
+        dist.shard(ref.copy, reshard_root=True, frozen=True)
 
 
 def _train_step(s: Session, grpo: GRPOSteps | None) -> dict | None:

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 import torch
 
 from vqa_grpo.config import Config
+from vqa_grpo.grpo.logprobs import Reference, add_old_and_reference
+from vqa_grpo.grpo.rollout import Rollout, fuse_prefill, make_rollout
 from vqa_grpo.models.loading import LoadedModel
-from vqa_grpo.models.scoring import answer_tokens, completion_logits, completion_logprobs, token_logprobs
+from vqa_grpo.models.scoring import answer_tokens, completion_logprobs
 from vqa_grpo.training.batches import Batches
 from vqa_grpo.training.distributed import Dist
 
@@ -80,7 +82,7 @@ def sft_step(cfg: Config, lm: LoadedModel, batches: Batches, device, dist: Dist 
 class Pending:
     """The rollouts of one optimiser step, reused for grpo.num_iterations steps."""
 
-    rollouts: list
+    rollouts: list[Rollout]
     iteration: int = 0  # optimiser steps taken on them so far
 
 
@@ -88,7 +90,7 @@ class Pending:
 class GRPOSteps:
     """What GRPO carries from step to step: the reference, the sample log, the pending rollouts."""
 
-    ref: object
+    ref: Reference | None
     samples_log: object
     policy: LoadedModel
     dist: Dist = ONE_PROCESS
@@ -133,40 +135,23 @@ class GRPOSteps:
         return stats
 
 
-def reference_model(cfg: Config, lm: LoadedModel):
-    """The frozen reference for the KL term; None when beta = 0 (no reference pass at all)."""
-    if cfg.grpo.beta == 0 or cfg.grpo.loss_type == "seed":
-        return None
-    if cfg.model.lora:
-        return "disable_adapter"  # the base model: LoRA adapters switched off, no second copy
-    import copy
-
-    ref = copy.deepcopy(lm.model).eval()
-    for p in ref.parameters():
-        p.requires_grad_(False)
-    return ref
+def reference_model(cfg: Config, lm: LoadedModel) -> Reference | None:
+    """The frozen reference for the KL term (grpo/logprobs.py); None when beta = 0."""
+    return Reference.for_run(cfg, lm.model)
 
 
 def make_rollouts(
     cfg: Config,
     lm: LoadedModel,
-    ref,
+    ref: Reference | None,
     batches: Batches,
     device,
     vllm=None,
     processes: int = 1,
     reward_funcs: dict | None = None,
 ) -> Pending:
-    """One rollout per micro-batch, with the rollout policy's and the reference's log-probs when needed.
-
-    With vLLM sampling, pi_old is always the trainer's (the ratio's denominator), and the tokens
-    carry the truncated importance weights min(pi_old / pi_vllm, grpo.vllm_is_cap), both raw
-    (temperature 1; grpo/vllm_backend.py).
-    """
-    from vqa_grpo.grpo.objective import rollout_logprobs
-    from vqa_grpo.grpo.rollout import fuse_prefill, make_rollout
-    from vqa_grpo.grpo.vllm_backend import truncated_is_weights
-
+    """One rollout per micro-batch, each with the rollout policy's and the reference's log-probs
+    where the objective needs them (grpo/logprobs.py)."""
     keep = fuse_prefill(lm.model, cfg.grpo, processes=processes, accumulation=cfg.train.gradient_accumulation_steps)
     rollouts = []
     for _ in range(cfg.train.gradient_accumulation_steps):
@@ -184,32 +169,7 @@ def make_rollouts(
             keep_prefill=keep,
             reward_funcs=reward_funcs,
         )
-        with torch.no_grad():
-            if vllm is not None:  # one forward: pi_old at the rows' temperatures, and raw (temperature 1)
-                logits = completion_logits(
-                    lm.model,
-                    lm.adapter,
-                    ro.prompts,
-                    ro.completion_ids,
-                    ro.completion_mask,
-                    group_size=ro.group_size,
-                    shared_prefix=ro.shared_prefix,
-                )
-                ro.old_logprobs = token_logprobs(logits, ro.completion_ids, ro.temperatures)
-                ro.is_weights = truncated_is_weights(
-                    token_logprobs(logits, ro.completion_ids),
-                    ro.sampling_logprobs,
-                    ro.completion_mask,
-                    cfg.grpo.vllm_is_cap,
-                )
-            elif cfg.grpo.num_iterations > 1:
-                ro.old_logprobs = rollout_logprobs(lm.model, lm.adapter, ro, with_entropy=False)[0]
-            if ref == "disable_adapter":
-                with lm.model.disable_adapter():
-                    ro.ref_logprobs = rollout_logprobs(lm.model, lm.adapter, ro, with_entropy=False)[0]
-            elif ref is not None:
-                ro.ref_logprobs = rollout_logprobs(ref, lm.adapter, ro, with_entropy=False)[0]
-        rollouts.append(ro)
+        rollouts.append(add_old_and_reference(ro, lm.model, lm.adapter, ref, cfg.grpo, vllm_sampled=vllm is not None))
     return Pending(rollouts)
 
 
