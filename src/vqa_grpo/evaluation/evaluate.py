@@ -8,16 +8,20 @@ metrics.json keys (fixed): ``n``, ``vqa_accuracy``, ``composite`` and the compos
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from vqa_grpo.config import Config
 from vqa_grpo.data.types import VQAExample
-from vqa_grpo.models.loading import load_model, resolve_device
+from vqa_grpo.evaluation.sharded import predict_sharded
+from vqa_grpo.models.loading import LoadedModel, load_model, resolve_device
 from vqa_grpo.rewards import clean_answer, score_predictions
 from vqa_grpo.rewards.user import user_metrics
+from vqa_grpo.training.distributed import Dist
 
 
 def bootstrap_ci(values: np.ndarray, samples: int, seed: int = 0) -> list[float]:
@@ -56,38 +60,57 @@ def summarise(scores: dict[str, np.ndarray], examples: list[VQAExample], samples
     return out
 
 
+@dataclass
+class Answered:
+    """A model's answers to some examples, and every metric of each (the one path of evaluation:
+    ``vqa-grpo evaluate`` and the evaluations during training)."""
+
+    examples: list[VQAExample]  # the examples answered (one whose image failed to load is left out)
+    raw: list[str]  # the completions
+    predictions: list[str]  # the cleaned answers
+    scores: dict[str, np.ndarray]  # metric -> [N] (NaN where a user metric returned None)
+    skipped: int
+
+    def means(self) -> dict[str, float]:
+        """Each metric's mean (0 when no example was scored)."""
+        return {k: float(np.nanmean(v)) if (~np.isnan(v)).any() else 0.0 for k, v in self.scores.items()}
+
+
+def answer_and_score(
+    lm: LoadedModel, examples: list[VQAExample], cfg: Config, device, dist: Dist | None = None, progress: bool = False
+) -> Answered:
+    """Answer ``examples`` (greedy unless eval.do_sample), each process its share, and score them."""
+    texts = predict_sharded(dist or Dist(), lm, examples, cfg.eval, device, progress=progress)
+    kept = [(e, t) for e, t in zip(examples, texts) if t is not None]
+    answered = [e for e, _ in kept]
+    raw = [t for _, t in kept]
+    preds = [clean_answer(t, reasoning=cfg.reward.reasoning) for t in raw]
+    scores = score_predictions(preds, [e.answers for e in answered], [e.answer_type for e in answered])
+    scores.update(user_metrics(cfg.eval.metrics, raw, answered))
+    return Answered(answered, raw, preds, scores, len(texts) - len(kept))
+
+
 def evaluate(model_dir: str, examples: list[VQAExample], cfg: Config, out_dir: str | Path | None) -> dict:
     """Generate answers for ``examples`` with the model in ``model_dir``; write and return metrics.
 
     Under several processes (``accelerate launch``) each answers its share of the questions and
     rank 0 writes the outputs; every process returns the same metrics.
     """
-    from vqa_grpo.evaluation.sharded import predict_sharded
-    from vqa_grpo.training.distributed import Dist
-
     dist = Dist.from_env(cfg.train.device, cfg.train.collective_timeout)
     device = dist.device(resolve_device(cfg.train.device))
     if cfg.train.cpu_threads > 0:
         import torch
 
         torch.set_num_threads(cfg.train.cpu_threads)
-    import dataclasses
-
     dist.check_config(cfg)
     lm = load_model(dataclasses.replace(cfg.model, name_or_path=model_dir), device, trainable=False)
     dist.shard(lm.model, frozen=True)  # FSDP, ZeRO-3: each process keeps its shard of the weights
     lm.model.eval()
-
-    texts = predict_sharded(dist, lm, examples, cfg.eval, device, progress=cfg.train.progress and dist.is_main)
-    kept = [(e, t) for e, t in zip(examples, texts) if t is not None]
-    examples = [e for e, _ in kept]
-    preds = [clean_answer(t, reasoning=cfg.reward.reasoning) for _, t in kept]
-    scores = score_predictions(preds, [e.answers for e in examples], [e.answer_type for e in examples])
-    scores.update(user_metrics(cfg.eval.metrics, [t for _, t in kept], examples))
-    metrics = summarise(scores, examples, cfg.eval.bootstrap_samples)
-    metrics["skipped"] = len(texts) - len(kept)
+    got = answer_and_score(lm, examples, cfg, device, dist, progress=cfg.train.progress and dist.is_main)
+    metrics = summarise(got.scores, got.examples, cfg.eval.bootstrap_samples)
+    metrics["skipped"] = got.skipped
     if out_dir is not None and dist.is_main:
-        write_outputs(Path(out_dir), examples, [t for _, t in kept], preds, scores, metrics)
+        write_outputs(Path(out_dir), got.examples, got.raw, got.predictions, got.scores, metrics)
     dist.barrier()
     return metrics
 

