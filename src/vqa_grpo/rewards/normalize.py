@@ -44,7 +44,8 @@ def _tokenize(text: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-_tokenize_cached = lru_cache(maxsize=1 << 13)(_tokenize)  # bounded: about 5 MB at most (benchmarks/soak.py --tracemalloc)
+# Bounded: about 5 MB at most (benchmarks/soak.py --tracemalloc).
+_tokenize_cached = lru_cache(maxsize=1 << 13)(_tokenize)
 
 
 def answer_tokens(text: str) -> tuple[str, ...]:
