@@ -132,6 +132,17 @@ def test_the_run_directory_is_written_once_with_every_rank_rng(two_processes):
     assert state["world_size"] == 2 and state["data"]["pos"] == 4 * 2  # 4 global batches of 2
 
 
+def launch_with_hook(args: list[str], hook: str, folder: Path, env: dict | None = None):
+    """``vqa-grpo sft ARGS`` on 2 processes with ``hook`` as the workers' sitecustomize (written to
+    ``folder``; it injects a fault into one rank); the launch is expected to fail."""
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(hook)
+    path = os.pathsep.join([str(folder), *filter(None, [os.environ.get("PYTHONPATH")])])
+    done = launch("sft", args, check=False, env={"PYTHONPATH": path, **(env or {})})
+    assert done.returncode != 0
+    return done
+
+
 KILL_RANK_1 = """
 import os
 if os.environ.get("RANK") == "1":  # sitecustomize of the launched workers: rank 1 dies in its third micro-batch
@@ -146,36 +157,6 @@ if os.environ.get("RANK") == "1":  # sitecustomize of the launched workers: rank
         return _real(*args, **kwargs)
     steps.sft_micro_loss = sft_micro_loss
 """
-
-
-@pytest.mark.slow
-def test_a_dead_rank_stops_the_other_within_a_minute_and_two_processes_resume_bitwise(
-    two_processes, synth_dir, tiny_model_dir, tmp_path
-):
-    full, _ = two_processes
-    out, hook = tmp_path / "run", tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(KILL_RANK_1)
-    args = common(synth_dir, tiny_model_dir, out, "train.per_device_batch_size=1", "train.collective_timeout=30")
-    path = os.pathsep.join([str(hook), *filter(None, [os.environ.get("PYTHONPATH")])])
-    done = launch("sft", args, check=False, env={"PYTHONPATH": path, "KILLED_AT": str(tmp_path / "killed_at")})
-    assert done.returncode != 0
-    assert time.time() - float((tmp_path / "killed_at").read_text()) < 60
-    said = [line for line in done.stderr.splitlines() if line.startswith("stopped: rank 0: a collective")]
-    assert len(said) == 1 and said[0].endswith(
-        f"another process died or hung; the last checkpoint is checkpoint-2 in {out}; "
-        "continue with train.resume=auto on 2 processes"
-    ), done.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-2", "config.yaml", "metrics.jsonl"]
-    assert integrity.check(out / "checkpoint-2") is None and [r["step"] for r in steps(out)] == [1, 2]
-
-    resume = [*args, "train.resume=auto"]
-    with pytest.raises(UserError, match="saved by 2 processes, this run has 1"):
-        loop.run(load_config(None, resume), "sft")
-    launch("sft", resume)
-    a, b = final(full), final(out)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert steps(out) == steps(full)
 
 
 RANK_1_DISK_FULL = """
@@ -193,24 +174,40 @@ if os.environ.get("RANK") == "1":  # sitecustomize of the launched workers: rank
 
 
 @pytest.mark.slow
-def test_a_full_disk_on_rank_1_stops_both_ranks_and_two_processes_resume_bitwise(
+def test_a_dead_rank_then_a_full_disk_on_rank_1_stop_both_and_two_processes_resume_bitwise(
     two_processes, synth_dir, tiny_model_dir, tmp_path
 ):
+    """Three launches of the uninterrupted run's settings: rank 1 SIGKILLed in step 3; resumed, rank
+    1's disk full while checkpoint-4 is saved; resumed again, to the end."""
     full, _ = two_processes
-    out, hook = tmp_path / "run", tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(RANK_1_DISK_FULL)
-    args = common(synth_dir, tiny_model_dir, out, "train.per_device_batch_size=1")
-    path = os.pathsep.join([str(hook), *filter(None, [os.environ.get("PYTHONPATH")])])
-    done = launch("sft", args, check=False, env={"PYTHONPATH": path})
-    assert done.returncode != 0
+    out = tmp_path / "run"
+    args = common(synth_dir, tiny_model_dir, out, "train.per_device_batch_size=1", "train.collective_timeout=30")
+    done = launch_with_hook(args, KILL_RANK_1, tmp_path / "kill", env={"KILLED_AT": str(tmp_path / "killed_at")})
+    assert time.time() - float((tmp_path / "killed_at").read_text()) < 60
+    said = [line for line in done.stderr.splitlines() if line.startswith("stopped: rank 0: a collective")]
+    assert len(said) == 1 and said[0].endswith(
+        f"another process died or hung; the last checkpoint is checkpoint-2 in {out}; "
+        "continue with train.resume=auto on 2 processes"
+    ), done.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-2", "config.yaml", "metrics.jsonl"]
+    assert integrity.check(out / "checkpoint-2") is None and [r["step"] for r in steps(out)] == [1, 2]
+    resume = [*args, "train.resume=auto"]
+    with pytest.raises(UserError, match="saved by 2 processes, this run has 1"):
+        loop.run(load_config(None, resume), "sft")
+
+    done = launch_with_hook(resume, RANK_1_DISK_FULL, tmp_path / "disk")
     said = [line for line in done.stderr.splitlines() if line.startswith("stopped: ")]
     assert said == [
         f"stopped: no space left while saving checkpoint-4 in {out}; the last good checkpoint is checkpoint-2"
     ], done.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-2", "config.yaml", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint-2",
+        "config.yaml",
+        "metrics.jsonl",
+    ]  # no half directory
     assert integrity.check(out / "checkpoint-2") is None
-    launch("sft", [*args, "train.resume=auto"])
+
+    launch("sft", resume)
     a, b = final(full), final(out)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert steps(out) == steps(full)
