@@ -24,22 +24,3 @@ def tiny_model_dir(tmp_path_factory):
 
     return build_tiny("qwen2_vl", tmp_path_factory.mktemp("tiny") / "model", seed=0)
 
-
-# The files that launch several processes or run hundreds of steps, slowest first. With pytest-xdist
-# (-n, a file per worker) they are handed out first and the many short files fill the workers' ends.
-_SLOW_FIRST = (
-    "training/test_deepspeed.py",
-    "training/test_fsdp.py",
-    "training/test_distributed.py",
-    "training/test_long_runs.py",
-    "training/test_faults.py",
-    "grpo/test_benchmark_grpo_step.py",
-)
-
-
-def pytest_collection_modifyitems(items):
-    def rank(item) -> int:
-        path = item.nodeid.split("::")[0]
-        return next((i for i, name in enumerate(_SLOW_FIRST) if path.endswith(name)), len(_SLOW_FIRST))
-
-    items.sort(key=rank)  # stable: the order within each file is kept
