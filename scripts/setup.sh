@@ -1,11 +1,9 @@
 #!/usr/bin/env bash
 # Create .venv when missing and install vqa-grpo into it with the tested versions (constraints.txt).
 # Usage: bash scripts/setup.sh [EXTRAS]   e.g. bash scripts/setup.sh test,semantic
-# --no-compile: modules are byte-compiled when first imported. A fresh .venv of
-# `bash scripts/setup.sh test,semantic,wandb,deepspeed` took 79 s so, 151 s compiling every module.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 spec="."
 [ -n "${1:-}" ] && spec=".[$1]"
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-compile -c constraints.txt -e "$spec"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e "$spec"

@@ -116,8 +116,10 @@ def save_checkpoint(
         _save(moments if moments is not None else optimizer.state_dict(), tmp / "optimizer.pt")
         _save(scheduler.state_dict(), tmp / "scheduler.pt")
         _save(torch_rng_state(), tmp / "rng.pt")
-        world = dist.world if dist is not None else 1
         (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step, "world_size": world, "rng": rng_state()}))
+
+    def rank_rng():  # each rank but 0: its RNG states
+        _save({**torch_rng_state(), **rng_state()}, tmp / f"rng-rank{dist.rank}.pt")
 
     def finish():
         write_manifest(tmp)
@@ -125,18 +127,9 @@ def save_checkpoint(
         for old in list_checkpoints(run_dir)[:-limit] if limit > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
 
-    _each_rank_writes(dist, tmp, f"checkpoint-{step}", run_dir, {0: main_files})
-    _each_rank_writes(
-        dist,
-        tmp,
-        f"checkpoint-{step}",
-        run_dir,
-        {
-            r: (lambda r=r: _save({**torch_rng_state(), **rng_state()}, tmp / f"rng-rank{r}.pt"))
-            for r in range(1, dist.world if dist is not None else 1)
-        },
-    )
-    _each_rank_writes(dist, tmp, f"checkpoint-{step}", run_dir, {0: finish})
+    world = dist.world if dist is not None else 1
+    for writers in ({0: main_files}, {r: rank_rng for r in range(1, world)}, {0: finish}):
+        _each_rank_writes(dist, tmp, final.name, run_dir, writers)
     return final
 
 
