@@ -23,4 +23,3 @@ def tiny_model_dir(tmp_path_factory):
     from vqa_grpo.models.tiny import build_tiny
 
     return build_tiny("qwen2_vl", tmp_path_factory.mktemp("tiny") / "model", seed=0)
-
