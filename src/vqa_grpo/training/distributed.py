@@ -329,6 +329,14 @@ class Dist:
         if self.acc is not None:
             self.acc.wait_for_everyone()
 
+    def from_main(self, value: T) -> T:
+        """Rank 0's ``value`` on every rank (a picklable object)."""
+        if self.acc is None:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([value], from_process=0)[0]
+
     # ---- full state dicts of a sharded model (collectives: every rank calls them) --------------
 
     def model_state(self, model) -> dict | None:

@@ -3,6 +3,8 @@ another process of the run that died or hangs; and the memory figures a long run
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 import signal
 import threading
@@ -107,12 +109,17 @@ def peer_lost(exc: BaseException, rank: int, world: int, run_dir: Path) -> Train
     )
 
 
+@functools.cache
+def _process(pid: int):
+    import psutil
+
+    return psutil.Process(pid)
+
+
 def memory_stats(device: torch.device) -> dict[str, float]:
     """This process's resident memory in MiB (``rss_mib``) and, on a CUDA device, the memory torch
     has allocated there (``cuda_allocated_mib``)."""
-    import psutil
-
-    out = {"rss_mib": psutil.Process().memory_info().rss / 2**20}
+    out = {"rss_mib": _process(os.getpid()).memory_info().rss / 2**20}
     if device.type == "cuda":
         out["cuda_allocated_mib"] = torch.cuda.memory_allocated(device) / 2**20
     return out

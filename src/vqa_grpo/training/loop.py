@@ -128,7 +128,7 @@ def _check_before_writing(cfg: Config, mode: str, dist: Dist, device: torch.devi
     """What can be refused before anything is written: the checkpoint to resume from (a bad one is
     one line), a run directory that holds another run, vLLM, the settings the launch cannot take."""
     run_dir = Path(cfg.train.output_dir)
-    resume = resume_path(cfg, run_dir, dist.world, warn=dist.is_main)
+    resume = resume_path(cfg, run_dir, dist)
     check_fresh(cfg, run_dir)
     if mode == "grpo" and cfg.grpo.generation_backend == "vllm":
         from vqa_grpo.grpo.vllm_backend import check_run

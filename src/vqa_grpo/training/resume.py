@@ -15,17 +15,31 @@ from vqa_grpo.config import Config
 from vqa_grpo.errors import UserError
 from vqa_grpo.training import integrity
 from vqa_grpo.training.checkpoint import STATE_FILE, list_checkpoints
+from vqa_grpo.training.distributed import Dist
 
 log = logging.getLogger("vqa_grpo.resume")
 
 
-def resume_path(cfg: Config, run_dir: Path, world: int, warn: bool = True) -> Path | None:
-    """The checkpoint to resume from (None: start fresh); ``world``: this run's number of processes.
-    ``warn``: log the checkpoints passed over (the main process does)."""
+def resume_path(cfg: Config, run_dir: Path, dist: Dist) -> Path | None:
+    """The checkpoint to resume from (None: start fresh). Rank 0 reads the checkpoints (every file
+    hashed once, not once per process) and the others take its answer, or its UserError."""
+    found, error = None, None
+    if dist.is_main:
+        try:
+            found = _choose(cfg, run_dir, dist.world)
+        except UserError as e:
+            error = str(e)
+    found, error = dist.from_main((found, error))
+    if error is not None:
+        raise UserError(error)
+    return found
+
+
+def _choose(cfg: Config, run_dir: Path, world: int) -> Path | None:
     if cfg.train.resume is None:
         return None
     if cfg.train.resume == "auto":
-        found = _newest_intact(run_dir, warn)
+        found = _newest_intact(run_dir)
     else:
         found = Path(cfg.train.resume)
         if not (found / STATE_FILE).is_file():
@@ -47,19 +61,18 @@ def resume_path(cfg: Config, run_dir: Path, world: int, warn: bool = True) -> Pa
     return found
 
 
-def _newest_intact(run_dir: Path, warn: bool) -> Path | None:
+def _newest_intact(run_dir: Path) -> Path | None:
     damaged = []
     for ckpt in reversed(list_checkpoints(run_dir)):
         problem = integrity.check(ckpt)
         if problem is None:
-            if not integrity.has_manifest(ckpt) and warn:
+            if not integrity.has_manifest(ckpt):
                 log.warning("%s has no manifest.json (saved by an older vqa-grpo): resuming from it unchecked", ckpt)
-            if damaged and warn:
+            if damaged:
                 log.warning("resuming from %s, the newest intact checkpoint", ckpt.name)
             return ckpt
         damaged.append(f"{ckpt.name} ({problem})")
-        if warn:
-            log.warning("%s is damaged (%s); passing over it", ckpt, problem)
+        log.warning("%s is damaged (%s); passing over it", ckpt, problem)
     if damaged:
         raise UserError(
             f"no intact checkpoint in {run_dir}: {'; '.join(damaged)}; remove the damaged ones "
