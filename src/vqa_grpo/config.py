@@ -237,6 +237,10 @@ class RewardConfig:
         }
     )
     """The seed's w1..w5 (section 3.3)."""
+    composite_guard: bool = True
+    """Scale the composite's parts by len(reference) / len(answer) for a longer answer, so that
+    repeating or listing answers ("no no no", "yes no") cannot farm its partial credit; false
+    gives the seed's reward exactly (rewards/composite.py). Evaluation's metric is the seed's."""
     reasoning: bool = False
     """Score the content of one <answer>...</answer> pair (the format reward then asks for it)."""
     number_partial_credit: bool = False

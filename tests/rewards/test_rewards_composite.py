@@ -125,3 +125,28 @@ def test_batch_matches_single_calls():
         for key, value in single.items():
             assert batch[key][i] == pytest.approx(value)
     assert batch["total"].dtype.name == "float64" and batch["total"].shape == (3,)
+
+
+# The guard (reward.composite_guard): hand-computed. "no no no no" vs "no": bleu1 1/4, substring 1,
+# jaccard 1, extractable 1 -> 0.2/4 + 0.2 + 0.1 + 0.2 = 0.55 for the seed, times 1/4 guarded.
+# "yes no" vs "no": bleu1 1/2, substring 1, jaccard 1/2, extractable 1 -> 0.55, times 1/2 guarded.
+@pytest.mark.parametrize(
+    "prediction, seed_total, guarded_total",
+    [("no no no no", 0.55, 0.1375), ("yes no", 0.55, 0.275), ("no", 1.0, 1.0), ("yes", 0.0, 0.0)],
+)
+def test_the_guard_scales_longer_answers_by_the_length_ratio(prediction, seed_total, guarded_total):
+    assert composite_reward(prediction, "no")["total"] == pytest.approx(seed_total)
+    guarded = composite_reward(prediction, "no", guard=True)
+    assert guarded["total"] == pytest.approx(guarded_total)
+    assert guarded["total"] == pytest.approx(sum(w * guarded[k] for k, w in SEED_WEIGHTS.items()))
+
+
+def test_the_guard_leaves_answers_no_longer_than_the_reference_alone():
+    for prediction in ("red", "dark red", "red car", "car"):
+        assert composite_reward(prediction, "dark red", guard=True) == composite_reward(prediction, "dark red")
+
+
+def test_the_guard_picks_the_best_reference_after_scaling():
+    # vs "red": 3 tokens -> 0.5 / 3; vs "it is red": exact, 1.0
+    r = composite_reward("it is red", ["red", "it is red"], guard=True)
+    assert r["total"] == 1.0 and r["exact_match"] == 1.0

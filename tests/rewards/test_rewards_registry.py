@@ -25,8 +25,8 @@ def test_registry_imports_nothing_of_config():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_default_config_is_the_composite():
-    r = compute_rewards(PREDS, ANSWERS, TYPES, RewardConfig())
+def test_default_config_is_the_composite_and_guard_off_is_the_seeds():
+    r = compute_rewards(PREDS, ANSWERS, TYPES, RewardConfig(composite_guard=False))
     assert isinstance(r, RewardResult)
     # composite totals: "It is red." vs "red" 0.5; "three" vs 3/3/4 shares no token 0; "Yes, there is"
     # vs "yes": bleu 1/3, substring 1, jaccard 1/3, extractable 1 -> 0.5; "blue" vs "green" 0
@@ -36,6 +36,10 @@ def test_default_config_is_the_composite():
         f"composite/{k}" for k in ("bleu1", "exact_match", "substring", "jaccard", "extractable")
     }
     assert r.parts["composite/substring"].tolist() == [1.0, 0.0, 1.0, 0.0]
+    guarded = compute_rewards(PREDS, ANSWERS, TYPES, RewardConfig())
+    # the default guard scales each part of a 3-token answer to a 1-token reference by 1/3
+    assert guarded.total.tolist() == pytest.approx([0.5 / 3, 0.0, 0.5 / 3, 0.0])
+    assert guarded.parts["composite/substring"].tolist() == pytest.approx([1 / 3, 0.0, 1 / 3, 0.0])
 
 
 def test_total_is_the_weighted_sum_of_components():

@@ -22,6 +22,14 @@ highest total (the first such in order on a tie), so every reported part comes f
 comparison and ``total`` is the weighted sum of the parts shown. With one reference this is the
 plain definition above. A reference that only a minority of annotators gave counts fully; use
 ``vqa_accuracy`` for a consensus-weighted score.
+
+The guard (``guard=True``; ``reward.composite_guard``, on by default for training): the seed's
+partial credit can be farmed. Against "no", "no no no no" keeps substring, Jaccard and extractable
+(0.55 of the reward) and "yes no" scores 0.55 whichever is right, more than a guess that is right
+half the time. With the guard, an answer of more tokens than the reference has every part scaled
+by ``len(R) / len(A)``: "yes no" gets 0.275, "no no no no" 0.1375, a bare right answer still 1 and
+a bare wrong one 0. With the guard off the reward is the seed's exactly; evaluation's
+``composite`` metric is always the seed's.
 """
 
 from __future__ import annotations
@@ -73,10 +81,14 @@ def _check_items(items: tuple[tuple[str, Any], ...]) -> tuple[float, ...]:
 _SEED_TUPLE = _check_items(tuple(SEED_WEIGHTS.items()))
 
 
-def pair_parts(answer: tuple[str, ...], reference: tuple[str, ...]) -> tuple[float, ...]:
-    """(bleu1, exact_match, substring, jaccard, extractable) of two token tuples."""
+def pair_parts(answer: tuple[str, ...], reference: tuple[str, ...], guard: bool = False) -> tuple[float, ...]:
+    """(bleu1, exact_match, substring, jaccard, extractable) of two token tuples; with ``guard``,
+    each scaled by len(reference) / len(answer) when the answer is the longer."""
     if not answer or not reference:
         return _ZERO
+    if guard and len(answer) > len(reference):
+        scale = len(reference) / len(answer)
+        return tuple(scale * p for p in pair_parts(answer, reference))
     a, r = " ".join(answer), " ".join(reference)
     a_set, r_set = set(answer), set(reference)
     inter = len(a_set & r_set)
@@ -94,23 +106,28 @@ def pair_parts(answer: tuple[str, ...], reference: tuple[str, ...]) -> tuple[flo
     )
 
 
-def best_parts(answer: tuple[str, ...], references: Sequence[tuple[str, ...]], w: Sequence[float]) -> tuple[float, ...]:
+def best_parts(
+    answer: tuple[str, ...], references: Sequence[tuple[str, ...]], w: Sequence[float], guard: bool = False
+) -> tuple[float, ...]:
     """The parts of the reference with the highest weighted total (first on a tie); zeros if none."""
     best, best_total = _ZERO, -1.0
     for ref in dict.fromkeys(references):  # unique, in order: VQA's 10 answers repeat a lot
-        parts = pair_parts(answer, ref)
+        parts = pair_parts(answer, ref, guard)
         total = w[0] * parts[0] + w[1] * parts[1] + w[2] * parts[2] + w[3] * parts[3] + w[4] * parts[4]
         if total > best_total:
             best, best_total = parts, total
     return best
 
 
-def composite_reward(prediction: Any, reference: Any, weights: Mapping[str, float] | None = None) -> dict[str, float]:
+def composite_reward(
+    prediction: Any, reference: Any, weights: Mapping[str, float] | None = None, guard: bool = False
+) -> dict[str, float]:
     """The seed's composite reward of one prediction against a reference or list of references.
 
     Returns ``{"total", "bleu1", "exact_match", "substring", "jaccard", "extractable"}``, each in
     [0, 1], with ``total`` the weighted sum of the five parts (``weights`` default to the seed's
-    0.2, 0.3, 0.2, 0.1, 0.2). Rules, and how several references combine, are in the module docstring.
+    0.2, 0.3, 0.2, 0.1, 0.2). Rules, how several references combine, and ``guard``, are in the
+    module docstring.
     Bad input never raises (see ``inputs``).
     """
     w = check_weights(weights)
@@ -119,12 +136,15 @@ def composite_reward(prediction: Any, reference: Any, weights: Mapping[str, floa
     refs = [answer_tokens(r) for r in as_references(reference, bad)]
     if bad:
         warn_bad("composite_reward", bad)
-    parts = best_parts(pred, refs, w)
+    parts = best_parts(pred, refs, w, guard)
     return {"total": sum(wi * p for wi, p in zip(w, parts)), **dict(zip(COMPONENTS, parts))}
 
 
 def composite_batch(
-    predictions: Sequence[str], answers: Sequence[Sequence[str]], weights: Mapping[str, float] | None = None
+    predictions: Sequence[str],
+    answers: Sequence[Sequence[str]],
+    weights: Mapping[str, float] | None = None,
+    guard: bool = False,
 ) -> dict[str, np.ndarray]:
     """``composite_reward`` over a batch: ``{"total": [N], "bleu1": [N], ...}``, float64 arrays.
 
@@ -132,7 +152,7 @@ def composite_batch(
     """
     w = check_weights(weights)
     parts = np.array(
-        [best_parts(answer_tokens(p), [answer_tokens(r) for r in refs], w) for p, refs in zip(predictions, answers)],
+        [best_parts(answer_tokens(p), [answer_tokens(r) for r in refs], w, guard) for p, refs in zip(predictions, answers)],
         dtype=np.float64,
     ).reshape(len(predictions), len(COMPONENTS))
     return {

@@ -75,9 +75,11 @@ def compute_rewards(
 
     predictions: raw decoded completions [N]; answers: reference answers per example [N][k];
     answer_types: "yes/no", "number", "other", or anything else to infer it from the answers.
-    ``cfg`` is a RewardConfig (components, weights, composite_weights); two optional attributes
-    are read when present: ``reasoning`` (answers inside <answer> tags; default False) and
-    ``number_partial_credit`` (answer_type reward; default False).
+    ``cfg`` is a RewardConfig (components, weights, composite_weights); three optional attributes
+    are read when present: ``reasoning`` (answers inside <answer> tags; default False),
+    ``number_partial_credit`` (answer_type reward; default False) and ``composite_guard`` (the
+    composite's guard against repeated or listed answers, rewards/composite.py; default False here,
+    True in RewardConfig).
     vqa_accuracy as a reward is the lenient mode (always normalise both sides).
 
     The user's functions (rewards/user.py): a component that is an import path
@@ -113,7 +115,7 @@ def compute_rewards(
             parts[fn.name] = fn(predictions, examples, columns)
             seconds[fn.name] = fn.seconds - before
         elif name == "composite":
-            comp = composite_batch(preds, refs, cfg.composite_weights)
+            comp = composite_batch(preds, refs, cfg.composite_weights, getattr(cfg, "composite_guard", False))
             parts["composite"] = comp.pop("total")
             parts.update({f"composite/{k}": v for k, v in comp.items()})
         elif name == "vqa_accuracy":
