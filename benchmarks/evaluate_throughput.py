@@ -47,7 +47,7 @@ def main() -> int:
     import torch
     import transformers
 
-    from vqa_grpo.config import load_config
+    from vqa_grpo.config_load import load_config
     from vqa_grpo.data.loader import load_examples
     from vqa_grpo.data.synthetic import synthesize
     from vqa_grpo.evaluation.evaluate import evaluate

@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--warmup {args.warmup} must be below --steps {args.steps}")
 
     commit = _commit()  # the code this process runs, read before the run
-    from vqa_grpo.config import load_config
+    from vqa_grpo.config_load import load_config
     from vqa_grpo.data.synthetic import synthesize
     from vqa_grpo.models.tiny import build_tiny
     from vqa_grpo.training import loop

@@ -20,6 +20,7 @@ import pytest
 
 from vqa_grpo import config as C
 from vqa_grpo.cli import build_parser, main
+from vqa_grpo.config_load import load_config
 from vqa_grpo.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -426,7 +427,7 @@ def test_tiny_cpu_config_trains_one_step(synth_dir, tiny_model_dir, tmp_path, ca
     )
     assert rc == 0
     assert (run_dir / "config.yaml").is_file() and (run_dir / "final").is_dir()
-    saved = C.load_config(run_dir / "config.yaml")
+    saved = load_config(run_dir / "config.yaml")
     assert saved.reward.components == ["vqa_accuracy", "composite"]  # from the file
     assert saved.train.max_steps == 1  # from the command line
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from vqa_grpo import config as C
-from vqa_grpo.config import Config, ConfigError, field_docs, load_config, save_config
+from vqa_grpo.config import Config, ConfigError, field_docs, save_config
+from vqa_grpo.config_load import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_FILES = sorted((REPO / "configs").glob("*.yaml"))

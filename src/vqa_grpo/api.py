@@ -25,7 +25,7 @@ DataFrame, a ``datasets.Dataset`` or a list of dicts, with the columns of ``data
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """The config of a YAML file (or the defaults when None), then ``section.key=value`` overrides."""
-    from vqa_grpo.config import load_config as _load_config
+    from vqa_grpo.config_load import load_config as _load_config
 
     return _load_config(path, list(overrides))
 

@@ -276,23 +276,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-# ----------------------------------------------------------------------------------------------
-# Building a config: defaults <- YAML <- overrides, with type checks.
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults, then the YAML file at ``path``, then ``section.key=value`` overrides; validated
-    (config_load.py)."""
-    from vqa_grpo.config_load import load_config as load
-
-    return load(path, overrides)
-
-
-def validate(cfg: Config) -> None:
-    """Impossible values, each with a one-line ConfigError naming the key (config_load.py)."""
-    from vqa_grpo.config_load import validate as check
-
-    check(cfg)
+# Building a config (defaults <- YAML <- overrides, checked) is config_load.load_config: this module
+# imports nothing of the package but errors, so that every layer may import it.
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

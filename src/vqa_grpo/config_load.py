@@ -1,5 +1,6 @@
 """Building a Config: the YAML file, the ``section.key=value`` overrides, type checks and the
-value checks of ``validate`` (config.py holds the dataclasses; ``config.load_config`` calls this)."""
+value checks of ``validate`` (config.py holds the dataclasses). It sits above the data and rewards
+layers, whose names (Hub presets, reward components) it checks; they import config.py only."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from typing import Any, Literal
 import yaml
 
 from vqa_grpo.config import Config, ConfigError
+from vqa_grpo.data.hub import check_preset_key
+from vqa_grpo.rewards.registry import REWARD_COMPONENTS
+from vqa_grpo.rewards.user import import_reward, is_import_path, short_name
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -173,7 +177,6 @@ def validate(cfg: Config) -> None:
         f"train.save_steps={t.save_steps} must be a multiple of grpo.num_iterations={g.num_iterations} "
         "(a checkpoint inside a reused rollout could not resume exactly)",
     )
-    from vqa_grpo.rewards.user import import_reward, is_import_path, short_name
 
     for path in cfg.eval.metrics:
         need(is_import_path(path), f"eval.metrics: {path!r} is not an import path; write it as package.module:function")
@@ -199,8 +202,6 @@ def validate(cfg: Config) -> None:
     for key in ("eval_split", "config_name", "preset"):
         v = getattr(d, key)
         need(v is None or bool(v.strip()), f"data.{key} is empty; give a name or null")
-    from vqa_grpo.data.hub import check_preset_key  # late: data imports config
-
     complaint = check_preset_key(d.preset)
     need(complaint is None, complaint or "")
     need(
@@ -222,7 +223,6 @@ def validate(cfg: Config) -> None:
     need(e.temperature > 0, f"eval.temperature={e.temperature}: must be > 0")
     need(0 < e.top_p <= 1, f"eval.top_p={e.top_p}: must be in (0, 1]")
     need(e.bootstrap_samples >= 1, f"eval.bootstrap_samples={e.bootstrap_samples}: must be >= 1")
-    from vqa_grpo.rewards.registry import REWARD_COMPONENTS  # late: rewards import nothing of config
 
     unknown = [c for c in r.components if c not in REWARD_COMPONENTS and not is_import_path(c)]
     need(

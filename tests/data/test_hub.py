@@ -20,7 +20,8 @@ from datasets import ClassLabel, Dataset, Features, List, Value
 from datasets import Image as ImageFeature
 from PIL import Image
 
-from vqa_grpo.config import ConfigError, load_config
+from vqa_grpo.config import ConfigError
+from vqa_grpo.config_load import load_config
 from vqa_grpo.data.hub import PRESETS, find_preset
 from vqa_grpo.data.images import StoredImage
 from vqa_grpo.data.loader import SKIP_REASONS, load_examples, load_vqa

@@ -15,7 +15,8 @@ from datasets.exceptions import DatasetNotFoundError
 from test_hub import chartqa_repo, docvqa_repo, hf, load, offline_tmp_cache, vqav2_repo, written  # noqa: F401  the fixture too
 
 from vqa_grpo.cli import main
-from vqa_grpo.config import ConfigError, DataConfig, load_config
+from vqa_grpo.config import ConfigError, DataConfig
+from vqa_grpo.config_load import load_config
 from vqa_grpo.data.hub import _user_error
 from vqa_grpo.data.inspect import inspect_command
 from vqa_grpo.data.loader import load_examples

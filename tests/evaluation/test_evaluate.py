@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vqa_grpo.config import DataConfig, load_config
+from vqa_grpo.config import DataConfig
+from vqa_grpo.config_load import load_config
 from vqa_grpo.data.loader import load_vqa
 from vqa_grpo.data.types import VQAExample
 from vqa_grpo.evaluation.evaluate import bootstrap_ci, evaluate, format_table, summarise

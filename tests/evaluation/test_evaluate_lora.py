@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from vqa_grpo.config import load_config
+from vqa_grpo.config_load import load_config
 from vqa_grpo.data.loader import load_examples
 from vqa_grpo.evaluation.evaluate import evaluate
 from vqa_grpo.models.loading import load_model

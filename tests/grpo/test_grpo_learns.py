@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vqa_grpo.config import load_config
+from vqa_grpo.config_load import load_config
 from vqa_grpo.data.loader import load_vqa
 from vqa_grpo.grpo.math import group_advantages
 from vqa_grpo.grpo.objective import grpo_objective

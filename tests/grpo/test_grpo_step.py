@@ -13,7 +13,8 @@ import json
 import pytest
 import torch
 
-from vqa_grpo.config import Config, DataConfig, GRPOConfig, ModelConfig, RewardConfig, TrainConfig, load_config
+from vqa_grpo.config import Config, DataConfig, GRPOConfig, ModelConfig, RewardConfig, TrainConfig
+from vqa_grpo.config_load import load_config
 from vqa_grpo.data.loader import load_vqa
 from vqa_grpo.grpo import group_advantages
 from vqa_grpo.grpo.objective import answer_nll, grpo_objective, rollout_logprobs

@@ -17,7 +17,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from vqa_grpo.config import ModelConfig, load_config
+from vqa_grpo.config import ModelConfig
+from vqa_grpo.config_load import load_config
 from vqa_grpo.models.adapters import (
     Gemma3Adapter,
     Idefics3Adapter,

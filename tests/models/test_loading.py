@@ -11,7 +11,8 @@ import json
 import pytest
 import torch
 
-from vqa_grpo.config import ConfigError, ModelConfig, load_config
+from vqa_grpo.config import ConfigError, ModelConfig
+from vqa_grpo.config_load import load_config
 from vqa_grpo.errors import UserError
 from vqa_grpo.models.adapters import FamilyAdapter, LlavaAdapter, Phi4MultimodalAdapter
 from vqa_grpo.models.loading import load_model

@@ -17,7 +17,8 @@ import pytest
 import torch
 from transformers import LogitsProcessorList
 
-from vqa_grpo.config import DataConfig, GRPOConfig, ModelConfig, RewardConfig, load_config
+from vqa_grpo.config import DataConfig, GRPOConfig, ModelConfig, RewardConfig
+from vqa_grpo.config_load import load_config
 from vqa_grpo.data.loader import load_vqa
 from vqa_grpo.errors import UserError
 from vqa_grpo.grpo import group_advantages

@@ -6,7 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from vqa_grpo.config import RewardConfig, load_config
+from vqa_grpo.config import RewardConfig
+from vqa_grpo.config_load import load_config
 from vqa_grpo.rewards import REWARD_COMPONENTS, RewardResult, compute_rewards, score_predictions
 from vqa_grpo.rewards.semantic import semantic_available
 

@@ -27,7 +27,7 @@ from test_distributed import (
     steps,
 )
 
-from vqa_grpo.config import load_config
+from vqa_grpo.config_load import load_config
 from vqa_grpo.errors import UserError
 from vqa_grpo.training import loop
 from vqa_grpo.training.distributed import DeepSpeedSettings, Dist

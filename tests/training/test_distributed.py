@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vqa_grpo.config import load_config
+from vqa_grpo.config_load import load_config
 from vqa_grpo.errors import UserError
 from vqa_grpo.training import integrity, loop
 

@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from vqa_grpo.cli import main
-from vqa_grpo.config import ConfigError, load_config
+from vqa_grpo.config import ConfigError
+from vqa_grpo.config_load import load_config
 from vqa_grpo.models.loading import load_model
 from vqa_grpo.training.loop import run
 

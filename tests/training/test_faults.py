@@ -54,7 +54,7 @@ def overrides(synth_dir, model_dir, out, *extra: str) -> list[str]:
 
 
 def run_inline(args: list[str]):
-    from vqa_grpo.config import load_config
+    from vqa_grpo.config_load import load_config
 
     return loop.run(load_config(None, args), "sft")
 
@@ -201,7 +201,7 @@ def once_after_the_first_update():
 def test_an_out_of_memory_batch_is_skipped_with_advice_and_the_run_goes_on(
     mode, oom_on_forward, synth_dir, tiny_model_dir, tmp_path, capsys
 ):
-    from vqa_grpo.config import load_config
+    from vqa_grpo.config_load import load_config
 
     oom_on_forward["now"] = once_after_the_first_update()  # SFT: step 2's forward; GRPO: step 2's rollout
     out = tmp_path / "run"
@@ -224,7 +224,7 @@ def test_an_out_of_memory_batch_is_skipped_with_advice_and_the_run_goes_on(
 def test_out_of_memory_on_every_batch_stops_the_run_with_a_checkpoint(
     oom_on_forward, synth_dir, tiny_model_dir, tmp_path
 ):
-    from vqa_grpo.config import load_config
+    from vqa_grpo.config_load import load_config
 
     oom_on_forward["now"] = lambda model: True
     out = tmp_path / "run"
@@ -244,7 +244,7 @@ def test_an_image_that_fails_to_decode_mid_run_skips_that_example_only(synth_dir
     rows = (data / "data.jsonl").read_text().splitlines()[:8]
     (data / "data.jsonl").write_text("\n".join(rows) + "\n")
     out = tmp_path / "run"
-    from vqa_grpo.config import load_config
+    from vqa_grpo.config_load import load_config
 
     cfg = load_config(None, overrides(data, tiny_model_dir, out, "train.max_steps=4", "train.save_steps=0"))
     bad = data / json.loads(rows[3])["image"]

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from test_distributed import assert_sharded_evaluate_equals_one_process, common, final, grpo_run, launch, steps
 
-from vqa_grpo.config import load_config
+from vqa_grpo.config_load import load_config
 from vqa_grpo.errors import UserError
 from vqa_grpo.training import loop
 from vqa_grpo.training.distributed import Dist, FSDPSettings, wrap_targets

@@ -25,7 +25,7 @@ import torch
 from test_faults import assert_same_run, final_weights, overrides, run_inline, step_lines
 
 from vqa_grpo import cli
-from vqa_grpo.config import load_config
+from vqa_grpo.config_load import load_config
 from vqa_grpo.errors import TrainingStopped
 from vqa_grpo.training import checkpoint, integrity, loop, steps
 from vqa_grpo.training.checkpoint import list_checkpoints

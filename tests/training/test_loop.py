@@ -18,7 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vqa_grpo.config import ModelConfig, TrainConfig, load_config
+from vqa_grpo.config import ModelConfig, TrainConfig
+from vqa_grpo.config_load import load_config
 from vqa_grpo.models.loading import load_model
 from vqa_grpo.training import loop
 from vqa_grpo.training.checkpoint import load_checkpoint, save_checkpoint

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from vqa_grpo.config import load_config
+from vqa_grpo.config_load import load_config
 from vqa_grpo.data.hub import describe
 from vqa_grpo.data.loader import LoadReport, read_examples
 from vqa_grpo.data.sources import open_source

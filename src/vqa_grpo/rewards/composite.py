@@ -152,7 +152,10 @@ def composite_batch(
     """
     w = check_weights(weights)
     parts = np.array(
-        [best_parts(answer_tokens(p), [answer_tokens(r) for r in refs], w, guard) for p, refs in zip(predictions, answers)],
+        [
+            best_parts(answer_tokens(p), [answer_tokens(r) for r in refs], w, guard)
+            for p, refs in zip(predictions, answers)
+        ],
         dtype=np.float64,
     ).reshape(len(predictions), len(COMPONENTS))
     return {

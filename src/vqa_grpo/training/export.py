@@ -131,7 +131,8 @@ def merge_adapter(adapter_dir: str | Path, out: str | Path, model_cfg=None) -> P
     """
     import dataclasses
 
-    from vqa_grpo.config import ModelConfig, load_config
+    from vqa_grpo.config import ModelConfig
+    from vqa_grpo.config_load import load_config
     from vqa_grpo.models.loading import load_model
     from vqa_grpo.training.checkpoint import save_model
 
