@@ -1,5 +1,5 @@
 """The launch environment of a run: how many processes, and the FSDP / DeepSpeed settings that
-accelerate's launcher exports (``FSDP_*``, ``ACCELERATE_DEEPSPEED_*``), read once (distributed.py)."""
+accelerate's launcher exports (``FSDP_*``, ``ACCELERATE_DEEPSPEED_*``), read once (dist.py)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,161 @@
+"""The demo's pretrained tiny base: where it lives, how it is checked, and the recipe that makes it.
+
+It stands in for a pretrained VLM: a 2.8M-parameter Qwen2-VL (real transformers classes and
+processor) trained by SFT on synthetic questions that are not the demo's (``DATA_SEED``), with
+the replies of ``replies.py``: a sentence about the answer for a share of each family's questions
+(``SENTENCE_SHARE``), the bare answer otherwise. It sees (``recognised`` in its model card) and
+it talks, which is the gap the demo's GRPO closes.
+
+Rebuild it (about 40 minutes on 2 cores, never in CI) with::
+
+    .venv/bin/python scripts/build_demo_base.py
+
+which writes ``src/vqa_grpo/demo/base_model/`` and prints the ``SHA256`` table to paste below.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+from vqa_grpo.errors import UserError
+
+BASE_DIR = Path(__file__).with_name("base_model")
+RECIPE = "scripts/build_demo_base.py"
+
+DATA_SEED = 10_000
+"""Seed of the base's training questions; the demo's own data use seeds 0, 1, 2, ..."""
+EVAL_SEED = 20_000
+"""Seed of the held-out questions the model card's figures come from."""
+N_QUESTIONS = 40_000
+N_EVAL = 1_000
+STEPS = 6_000
+BATCH = 32
+LEARNING_RATE = 1e-3
+WARMUP = 200
+MODEL_SEED = 0
+SIZES = dict(hidden=192, layers=4, vision_dim=128, vision_depth=4, heads=4, vision_heads=4)
+
+SENTENCE_SHARE: dict[str, float] = {
+    "existence": 0.3,
+    "count": 0.7,
+    "color": 0.6,
+    "shape": 0.6,
+    "relation": 0.4,
+}
+"""Per question family, the share of the base's training replies that are sentences. Chat VLMs
+answer a yes/no question with a bare "Yes." more often than a count or an attribute."""
+
+SHA256: dict[str, str] = {}
+"""sha256 of each shipped file, as the recipe printed it."""
+
+
+def file_hashes(directory: Path) -> dict[str, str]:
+    """sha256 of every file in ``directory`` (not recursive), by name."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def base_model_dir() -> Path:
+    """The shipped base, checked against ``SHA256``; UserError naming the recipe when missing or damaged."""
+    rebuild = f"rebuild it with `.venv/bin/python {RECIPE}` (about 40 minutes on 2 cores) or reinstall vqa-grpo"
+    if not SHA256:
+        raise UserError(f"the demo's base model has no recorded hashes in {__file__}; {rebuild}")
+    for name, expected in SHA256.items():
+        path = BASE_DIR / name
+        if not path.is_file():
+            raise UserError(f"the demo's base model is missing {path}; {rebuild}")
+        actual = hashlib.sha256(path.read_bytes()).hexdigest()
+        if actual != expected:
+            raise UserError(
+                f"the demo's base model is damaged: {path} has sha256 {actual[:12]}..., expected {expected[:12]}...; "
+                f"{rebuild}"
+            )
+    return BASE_DIR
+
+
+def _talkative_data(data_dir: Path, seed: int) -> None:
+    """Replace each row's SFT target (``answer``) by the base's reply; ``answers`` keep the bare answer."""
+    from vqa_grpo.demo.replies import base_reply
+    from vqa_grpo.evaluation.recognised import FAMILY_OF_QUESTION_TYPE
+
+    rng = random.Random(seed)
+    path = data_dir / "data.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for row in rows:
+        share = SENTENCE_SHARE[FAMILY_OF_QUESTION_TYPE[row["question_type"]]]
+        row["answer"] = base_reply(row["question"], row["question_type"], row["answers"][0], rng, share)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def build_base(out_dir: str | Path = BASE_DIR, work_dir: str | Path | None = None, *, steps: int = STEPS) -> dict:
+    """The recipe: synthesise, make the replies talkative, build the tiny Qwen2-VL, SFT, measure, save.
+
+    Writes the model and processor files and ``README.md`` (the model card) to ``out_dir``; returns
+    the card's figures and the files' sha256.
+    """
+    import time
+
+    from vqa_grpo.config import load_config
+    from vqa_grpo.data.loader import load_vqa
+    from vqa_grpo.data.synthetic import VOCABULARY, synthesize
+    from vqa_grpo.demo.card import model_card
+    from vqa_grpo.demo.replies import REPLY_WORDS
+    from vqa_grpo.evaluation.evaluate import evaluate
+    from vqa_grpo.evaluation.recognised import recognised_share
+    from vqa_grpo.models.tiny import build_tiny_qwen2_vl
+    from vqa_grpo.models.tiny_parts import PROMPT_WORDS
+    from vqa_grpo.training.loop import run
+
+    t0 = time.time()
+    out_dir, work = Path(out_dir), Path(work_dir or tempfile.mkdtemp(prefix="vqa-grpo-base-"))
+    train_dir = synthesize(work / "train", n=N_QUESTIONS, seed=DATA_SEED).parent
+    _talkative_data(train_dir, DATA_SEED)
+    eval_dir = synthesize(work / "eval", n=N_EVAL, seed=EVAL_SEED).parent
+    init = build_tiny_qwen2_vl(
+        work / "init", seed=MODEL_SEED, words=[*VOCABULARY, *PROMPT_WORDS, *REPLY_WORDS], **SIZES
+    )
+    common = ["train.device=cpu", "train.cpu_threads=2", "train.progress=false", "eval.max_new_tokens=16"]
+    cfg = load_config(
+        None,
+        [
+            f"data.path={train_dir}",
+            "data.eval_fraction=0.01",
+            f"model.name_or_path={init}",
+            f"train.output_dir={work / 'sft'}",
+            f"train.max_steps={steps}",
+            f"train.per_device_batch_size={BATCH}",
+            f"train.learning_rate={LEARNING_RATE}",
+            f"train.warmup_steps={WARMUP}",
+            "train.lr_scheduler=cosine",
+            "train.logging_steps=50",
+            "train.report_to=none",
+            f"train.seed={MODEL_SEED}",
+            *common,
+        ],
+    )
+    final = run(cfg, "sft", desc="demo base").final_dir
+    train_seconds = time.time() - t0
+    eval_cfg = load_config(None, [f"data.path={eval_dir}", "data.eval_fraction=0", *common])
+    held_out = load_vqa(eval_cfg.data, seed=0).train
+    metrics = evaluate(str(final), held_out, eval_cfg, work / "eval-out")
+    rows = [json.loads(line) for line in (work / "eval-out" / "predictions.jsonl").read_text().splitlines()]
+    figures = {
+        "recognised": round(recognised_share(rows), 4),
+        "vqa_accuracy": round(metrics["vqa_accuracy"], 4),
+        "n_eval": len(rows),
+        "train_seconds": round(train_seconds),
+        "steps": steps,
+    }
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    for f in Path(final).iterdir():
+        if f.is_file():
+            shutil.copy2(f, out_dir / f.name)
+    recipe = SimpleNamespace(**{k: v for k, v in globals().items() if k.isupper()})
+    (out_dir / "README.md").write_text(model_card(figures, rows, recipe))
+    return {**figures, "sha256": file_hashes(out_dir)}

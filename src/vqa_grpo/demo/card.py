@@ -1,0 +1,54 @@
+"""The model card (README.md) of the demo's base, written by the recipe from what it measured."""
+
+from __future__ import annotations
+
+from collections import Counter
+from types import SimpleNamespace
+
+
+def model_card(figures: dict, rows: list[dict], recipe: SimpleNamespace) -> str:
+    """Markdown: what the model is, the recipe's settings (``recipe``: the constants of
+    demo/base.py), and the held-out figures by family."""
+    from vqa_grpo.evaluation.recognised import FAMILY_OF_QUESTION_TYPE, recognises
+
+    n, hit = Counter(), Counter()
+    for r in rows:
+        family = FAMILY_OF_QUESTION_TYPE[r["question_type"]]
+        n[family] += 1
+        hit[family] += recognises(r["raw"], r["question_type"], r["answers"][0])
+    per_family = "\n".join(f"| {f} | {n[f]} | {hit[f] / n[f]:.3f} |" for f in sorted(n))
+    sizes = ", ".join(f"{k}={v}" for k, v in recipe.SIZES.items())
+    shares = ", ".join(f"{k} {v}" for k, v in recipe.SENTENCE_SHARE.items())
+    examples = "\n".join(f"- {r['question']} -> {r['raw']!r} (answer {r['answers'][0]})" for r in rows[:8])
+    return f"""# vqa-grpo demo base (tiny Qwen2-VL)
+
+The pretrained stand-in that `vqa-grpo demo` starts from: a Qwen2VLForConditionalGeneration with
+a tiny config ({sizes}) and a word-level tokenizer, trained from random weights by SFT on
+synthetic questions (vqa_grpo.data.synthetic), answering in a sentence for a share of each
+family's questions ({shares}) and with the bare answer otherwise. Not a real pretrained model:
+it knows only the synthetic scenes.
+
+## Recipe
+
+`.venv/bin/python scripts/build_demo_recipe.py` (vqa_grpo/demo/base.py):
+
+- data: {recipe.N_QUESTIONS} synthetic questions, seed {recipe.DATA_SEED}, 112 px images (1% held out by the run)
+- model seed {recipe.MODEL_SEED}; SFT {figures["steps"]} steps, batch {recipe.BATCH}, AdamW lr {recipe.LEARNING_RATE},
+  {recipe.WARMUP} warmup steps then cosine, gradient clipping 1.0, on the CPU (2 threads)
+- wall time: {figures["train_seconds"]} s
+
+## Held-out figures
+
+{figures["n_eval"]} new questions (seed {recipe.EVAL_SEED}), greedy, at most 16 new tokens:
+recognised {figures["recognised"]:.3f} (exactly one of the family's candidate answers in the
+reply, the right one: vqa_grpo/evaluation/recognised.py), official VQA accuracy
+{figures["vqa_accuracy"]:.3f} (a sentence scores 0).
+
+| family | questions | recognised |
+|---|---|---|
+{per_family}
+
+First replies:
+
+{examples}
+"""

@@ -1,0 +1,61 @@
+"""What the back-ends share: the module FSDP2 shards as its root and its wrap units, PEFT and
+parameter names, parameter counts, and rank 0's weights broadcast to the others."""
+
+from __future__ import annotations
+
+import torch
+
+from vqa_grpo.errors import UserError
+
+
+def sharding_root(model):
+    """The module FSDP's root unit is put on: the transformers model itself, also under a PEFT
+    wrapper (whose ``generate`` calls the inner model directly, bypassing the wrapper's forward)."""
+    if hasattr(model, "get_base_model"):
+        return model.get_base_model()
+    return model
+
+
+def wrap_targets(root, names: tuple[str, ...]) -> list[torch.nn.Module]:
+    """The submodules whose class is one of ``names`` (default: the model's ``_no_split_modules``),
+    outermost first; a UserError when a name is found nowhere in the model."""
+    wanted = names or tuple(getattr(root, "_no_split_modules", None) or ())
+    found = {type(m).__name__ for m in root.modules()}
+    missing = [n for n in wanted if n not in found]
+    if names and missing:
+        layers = sorted({type(m[0]).__name__ for m in root.modules() if isinstance(m, torch.nn.ModuleList) and len(m)})
+        raise UserError(
+            f"fsdp_transformer_layer_cls_to_wrap={','.join(missing)}: no such module in {type(root).__name__}; "
+            f"set it to its layer classes ({', '.join(layers)}) or remove the line to use the model's own"
+        )
+    return [m for m in root.modules() if type(m).__name__ in wanted and m is not root]
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def optimizer_names(model, optimizer) -> list[str]:
+    """The parameter names of ``optimizer``'s parameters, in its param_groups order."""
+    name = {id(p): n for n, p in model.named_parameters()}
+    return [name[id(p)] for g in optimizer.param_groups for p in g["params"]]
+
+
+def parameter_counts(model) -> tuple[int, int]:
+    """(elements this process holds, elements of the full model) over ``model``'s parameters."""
+
+    def held(p) -> int:
+        if hasattr(p, "ds_tensor"):  # ZeRO-3: this rank's partition (padded to equal parts)
+            return p.ds_tensor.numel()
+        return p.to_local().numel() if hasattr(p, "to_local") else p.numel()
+
+    params = list(model.parameters())
+    return sum(held(p) for p in params), sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in params)
+
+
+@torch.no_grad()
+def broadcast_from_rank0(model) -> None:
+    import torch.distributed as tdist
+
+    for t in [*model.parameters(), *model.buffers()]:
+        tdist.broadcast(t.data, src=0)
