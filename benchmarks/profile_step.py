@@ -33,7 +33,7 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     from vqa_grpo.config import ModelConfig, RewardConfig
     from vqa_grpo.grpo.objective import grpo_objective
-    from vqa_grpo.grpo.rollout import fuse_prefill, make_rollout
+    from vqa_grpo.grpo.rollout import fuse_prefill, make_rollout_and_prefill
     from vqa_grpo.models.loading import load_model
 
     torch.set_num_threads(1)
@@ -51,11 +51,11 @@ def main(argv=None) -> None:
         def step(i: int) -> list[float]:
             examples, images = steps[i]
             t = [time.perf_counter()]
-            ro = make_rollout(
+            ro, prefill = make_rollout_and_prefill(
                 lm.model, lm.adapter, lm.processor, examples, images, grpo, reward, device, keep_prefill=keep
             )
             sync(), t.append(time.perf_counter())
-            loss, _ = grpo_objective(lm.model, lm.adapter, lm.processor, ro, grpo)
+            loss, _ = grpo_objective(lm.model, lm.adapter, lm.processor, ro, grpo, prefix=prefill)
             loss.backward()
             sync(), t.append(time.perf_counter())
             opt.step()

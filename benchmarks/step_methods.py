@@ -14,7 +14,7 @@ from step_setup import Meter, Settings, _grpo_cfg, _optimizer, drive, load_examp
 def run_vqa_grpo(s: Settings, model_dir: Path, data_dir: Path, device, shared_prefix: str = "auto") -> dict:
     from vqa_grpo.config import ModelConfig, RewardConfig
     from vqa_grpo.grpo.objective import grpo_objective
-    from vqa_grpo.grpo.rollout import fuse_prefill, make_rollout
+    from vqa_grpo.grpo.rollout import fuse_prefill, make_rollout_and_prefill
     from vqa_grpo.models.loading import load_model
 
     lm = load_model(ModelConfig(name_or_path=str(model_dir), dtype=s.dtype, lora=bool(s.lora), lora_r=16), device)
@@ -26,11 +26,13 @@ def run_vqa_grpo(s: Settings, model_dir: Path, data_dir: Path, device, shared_pr
 
     def step(i: int) -> float:
         examples, images = steps[i]
-        ro = make_rollout(lm.model, lm.adapter, lm.processor, examples, images, grpo, reward, device, keep_prefill=keep)
-        paths.add(
-            ("shared prefix" if ro.shared_prefix else "plain") + (", fused prefill" if ro.prefix is not None else "")
+        ro, prefill = make_rollout_and_prefill(
+            lm.model, lm.adapter, lm.processor, examples, images, grpo, reward, device, keep_prefill=keep
         )
-        loss, _ = grpo_objective(lm.model, lm.adapter, lm.processor, ro, grpo)
+        paths.add(
+            ("shared prefix" if ro.shared_prefix else "plain") + (", fused prefill" if prefill is not None else "")
+        )
+        loss, _ = grpo_objective(lm.model, lm.adapter, lm.processor, ro, grpo, prefix=prefill)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

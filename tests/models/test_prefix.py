@@ -23,7 +23,7 @@ from vqa_grpo.data.loader import load_vqa
 from vqa_grpo.errors import UserError
 from vqa_grpo.grpo import group_advantages
 from vqa_grpo.grpo.objective import grpo_objective, rollout_logprobs
-from vqa_grpo.grpo.rollout import make_rollout
+from vqa_grpo.grpo.rollout import make_rollout, make_rollout_and_prefill
 from vqa_grpo.grpo.sampling import RowwiseTemperatureTopP, row_sampling_params
 from vqa_grpo.models import prefix
 from vqa_grpo.models.generation import generate
@@ -333,14 +333,14 @@ def test_fused_prefill_samples_and_scores_as_two_passes_do(family, family_dirs, 
     for keep in (False, True):
         torch.manual_seed(0)
         encodes.clear()
-        ro = make_rollout(
+        ro, prefill = make_rollout_and_prefill(
             lm.model, lm.adapter, lm.processor, examples, images, grpo, RewardConfig(), CPU, keep_prefill=keep
         )
-        assert (ro.prefix is not None) == keep and lm.model.training
+        assert (prefill is not None) == keep and lm.model.training
         ro.advantages = torch.tensor([1.0, -1.0, 0.5, 0.3, 0.2, -0.7, 1.5, 0.4])
         lm.model.zero_grad(set_to_none=True)
-        loss, _ = grpo_objective(lm.model, lm.adapter, lm.processor, ro, grpo)
-        assert ro.prefix is None  # used once: the graph goes with this backward pass
+        loss, _ = grpo_objective(lm.model, lm.adapter, lm.processor, ro, grpo, prefix=prefill)
+        assert not hasattr(ro, "prefix")  # the rollout holds no graph: the prefill is handed to the loss
         loss.backward()
         assert len(encodes) == (1 if keep else 2)  # the images (and prompts) run once per step, or twice
         results[keep] = (
@@ -398,7 +398,7 @@ def test_gradient_checkpointing_keeps_two_prompt_passes_and_a_grpo_step_runs(tin
     grpo = GRPOConfig(num_generations=G, max_completion_length=3)
     assert fused_prefill_reason(lm.model, grpo) == "gradient checkpointing drops the KV cache"
     examples = data.train[:B]
-    ro = make_rollout(
+    ro, prefill = make_rollout_and_prefill(
         lm.model,
         lm.adapter,
         lm.processor,
@@ -409,7 +409,7 @@ def test_gradient_checkpointing_keeps_two_prompt_passes_and_a_grpo_step_runs(tin
         CPU,
         keep_prefill=fuse_prefill(lm.model, grpo),
     )
-    assert ro.prefix is None and ro.shared_prefix  # sampled from a shared prefix; the loss runs the plain path
+    assert prefill is None and ro.shared_prefix  # sampled from a shared prefix; the loss runs the plain path
     ro.advantages = torch.linspace(-1, 1, B * G)
     loss, _ = grpo_objective(lm.model, lm.adapter, lm.processor, ro, grpo)
     loss.backward()

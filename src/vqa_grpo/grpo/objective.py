@@ -14,11 +14,12 @@ from vqa_grpo.config import GRPOConfig
 from vqa_grpo.grpo.math import policy_loss, seed_loss
 from vqa_grpo.grpo.rollout import Rollout
 from vqa_grpo.models.adapters import FamilyAdapter
+from vqa_grpo.models.prefix import Prefix
 from vqa_grpo.models.scoring import answer_tokens, completion_logprobs
 
 
 def rollout_logprobs(
-    model, adapter: FamilyAdapter, rollout: Rollout, *, with_entropy: bool = True, prefix=None
+    model, adapter: FamilyAdapter, rollout: Rollout, *, with_entropy: bool = True, prefix: Prefix | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs [R, C] (at each row's sampling temperature) and entropies [R, C].
 
@@ -50,11 +51,11 @@ def answer_nll(model, adapter: FamilyAdapter, processor, rollout: Rollout) -> to
 
 
 def grpo_objective(
-    model, adapter: FamilyAdapter, processor, rollout: Rollout, cfg: GRPOConfig
+    model, adapter: FamilyAdapter, processor, rollout: Rollout, cfg: GRPOConfig, *, prefix: Prefix | None = None
 ) -> tuple[torch.Tensor, dict]:
-    """GRPO loss on one rollout, and detached statistics for the logs. A fused prefill kept by the
-    rollout is used here, once (its graph is freed by this loss's backward pass)."""
-    prefix, rollout.prefix = rollout.prefix, None
+    """GRPO loss on one rollout, and detached statistics for the logs. ``prefix``: the fused prefill
+    that ``make_rollout_and_prefill`` kept for this rollout, used once (its graph is freed by this
+    loss's backward pass)."""
     logp, entropy = rollout_logprobs(model, adapter, rollout, prefix=prefix)
     mask = rollout.completion_mask
     old = rollout.old_logprobs if rollout.old_logprobs is not None else logp.detach()

@@ -56,8 +56,6 @@ class Rollout:
     shared_prefix: bool = False  # each prompt runs once per group, here and in the loss (models/prefix.py)
     # [R, C] truncated importance weights when vLLM sampled (grpo/vllm_backend.py)
     is_weights: torch.Tensor | None = None
-    # models/prefix.Prefix: the prompts' pass with gradient (fused prefill), used once by the loss
-    prefix: object = None
     reward_seconds: dict[str, float] = field(default_factory=dict)  # each user reward function's wall time
 
     def repeated_prompts(self, adapter: FamilyAdapter) -> PromptBatch:
@@ -115,8 +113,26 @@ def fuse_prefill(model, grpo: GRPOConfig, *, processes: int = 1, accumulation: i
     return why is None
 
 
-@torch.no_grad()
 def make_rollout(
+    model,
+    adapter: FamilyAdapter,
+    processor,
+    examples: list[VQAExample],
+    images: list,
+    grpo: GRPOConfig,
+    reward: RewardConfig,
+    device: torch.device,
+    vllm_sampler=None,
+    reward_funcs: dict | None = None,
+) -> Rollout:
+    """Sample G completions for each question (one batched decode, or ``vllm_sampler``'s engine), score, and centre."""
+    return make_rollout_and_prefill(
+        model, adapter, processor, examples, images, grpo, reward, device, vllm_sampler, False, reward_funcs
+    )[0]
+
+
+@torch.no_grad()
+def make_rollout_and_prefill(
     model,
     adapter: FamilyAdapter,
     processor,
@@ -128,12 +144,11 @@ def make_rollout(
     vllm_sampler=None,
     keep_prefill: bool = False,
     reward_funcs: dict | None = None,
-) -> Rollout:
-    """Sample G completions for each question (one batched decode, or ``vllm_sampler``'s engine), score, and centre.
-
-    ``keep_prefill`` (when :func:`fuse_prefill` allows it): the prompts run once with gradient,
-    sampling decodes from that pass, and the rollout keeps it for the loss (``Rollout.prefix``).
-    """
+) -> tuple[Rollout, shared.Prefix | None]:
+    """:func:`make_rollout`, and with ``keep_prefill`` (when :func:`fuse_prefill` allows it) the
+    prompts' pass with gradient that sampling decoded from: hand it to the loss once
+    (``grpo_objective(..., prefix=...)``); its graph goes with that backward pass. None when the
+    pass could not be kept."""
     G = grpo.num_generations
     use_shared = shared.resolve(model, grpo.shared_prefix)
     prompts = adapter.encode_prompts(processor, images, [e.question for e in examples]).to(device)
@@ -194,7 +209,7 @@ def make_rollout(
     mask = comp.mask
     if grpo.mask_truncated_completions:
         mask = mask * (~comp.truncated).long()[:, None]
-    return Rollout(
+    rollout = Rollout(
         examples=examples,
         prompts=prompts,
         group_size=G,
@@ -209,9 +224,9 @@ def make_rollout(
         advantages=advantages.to(device),
         bad_reward_inputs=scored.bad_inputs,
         shared_prefix=use_shared,
-        prefix=prefix,
         reward_seconds=scored.seconds,
     )
+    return rollout, prefix
 
 
 def _sample_with_vllm(

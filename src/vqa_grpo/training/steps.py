@@ -12,14 +12,15 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from vqa_grpo.config import Config
 from vqa_grpo.grpo.logprobs import Reference, add_old_and_reference
-from vqa_grpo.grpo.rollout import Rollout, fuse_prefill, make_rollout
+from vqa_grpo.grpo.rollout import Rollout, fuse_prefill, make_rollout_and_prefill
 from vqa_grpo.models.loading import LoadedModel
+from vqa_grpo.models.prefix import Prefix
 from vqa_grpo.models.scoring import answer_tokens, completion_logprobs
 from vqa_grpo.training.batches import Batches
 from vqa_grpo.training.distributed import Dist
@@ -83,7 +84,14 @@ class Pending:
     """The rollouts of one optimiser step, reused for grpo.num_iterations steps."""
 
     rollouts: list[Rollout]
+    prefills: list[Prefix | None] = field(default_factory=list)  # each rollout's fused prefill, for its first loss
     iteration: int = 0  # optimiser steps taken on them so far
+
+    def take_prefills(self) -> list[Prefix | None]:
+        """The prefills, for this step's losses alone: later iterations run the prompts again."""
+        prefills = self.prefills or [None] * len(self.rollouts)
+        self.prefills = [None] * len(self.rollouts)
+        return prefills
 
 
 @dataclass
@@ -153,10 +161,10 @@ def make_rollouts(
     """One rollout per micro-batch, each with the rollout policy's and the reference's log-probs
     where the objective needs them (grpo/logprobs.py)."""
     keep = fuse_prefill(lm.model, cfg.grpo, processes=processes, accumulation=cfg.train.gradient_accumulation_steps)
-    rollouts = []
+    rollouts, prefills = [], []
     for _ in range(cfg.train.gradient_accumulation_steps):
         examples, images = batches.next()
-        ro = make_rollout(
+        ro, prefill = make_rollout_and_prefill(
             lm.model,
             lm.adapter,
             lm.processor,
@@ -170,7 +178,8 @@ def make_rollouts(
             reward_funcs=reward_funcs,
         )
         rollouts.append(add_old_and_reference(ro, lm.model, lm.adapter, ref, cfg.grpo, vllm_sampled=vllm is not None))
-    return Pending(rollouts)
+        prefills.append(prefill)
+    return Pending(rollouts, prefills)
 
 
 def grpo_backward(cfg: Config, lm: LoadedModel, pending: Pending, dist: Dist = ONE_PROCESS) -> dict:
@@ -178,14 +187,15 @@ def grpo_backward(cfg: Config, lm: LoadedModel, pending: Pending, dist: Dist = O
     from vqa_grpo.grpo.objective import grpo_objective, seed_objective
 
     pending.iteration += 1
-    rollouts = pending.rollouts
+    rollouts, prefills = pending.rollouts, pending.take_prefills()
     stats: dict = {}
     for i, ro in enumerate(rollouts):
         with dist.no_sync(lm.model, sync=i == len(rollouts) - 1):
             if cfg.grpo.loss_type == "seed":
                 loss, s = seed_objective(lm.model, lm.adapter, lm.processor, ro)
             else:
-                loss, s = grpo_objective(lm.model, lm.adapter, lm.processor, ro, cfg.grpo)
+                loss, s = grpo_objective(lm.model, lm.adapter, lm.processor, ro, cfg.grpo, prefix=prefills[i])
+                prefills[i] = None  # its graph goes with this backward pass
             dist.backward(loss / len(rollouts))
         s["loss"] = float(loss.detach())
         stats = accumulate([s, rollout_stats(ro)], stats)
