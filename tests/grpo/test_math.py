@@ -222,7 +222,7 @@ def test_seed_loss_gradient_vanishes_where_grpo_does_not():
     model = torch.nn.Linear(8, 12)
     params = list(model.parameters())
     feats = torch.randn(4, 5, 8)  # [N, T, H], one group of G = 4 completions
-    ids = torch.randint(12, (4, 5))  # [N, T]
+    ids = torch.randint(12, (4, 5))  # [R, C]
     mask = torch.ones(4, 5, dtype=torch.bool)
     mask[1, 3:] = False
     prompt_feats, prompt_ids = torch.randn(6, 8), torch.randint(12, (6,))

@@ -120,8 +120,8 @@ def test_batched_generate_gives_each_row_its_own_generate_distribution(tiny_lm):
     assert seqs.shape == (B * G, P + T) and len(out.scores) == T
     assert torch.equal(seqs[:, :P], prompts.repeat_interleave(G, dim=0))  # row r is prompt r // G
 
-    completion = seqs[:, P:]  # [R, T]
-    logps = sampling_logprobs(out.scores, completion)  # [R, T]
+    completion = seqs[:, P:]  # [R, C]
+    logps = sampling_logprobs(out.scores, completion)  # [R, C]
     truncated_steps = 0
     for r in range(B * G):
         other = r - r % G + (r + 1) % G  # the next sample of the same group: other (t, p)

@@ -16,12 +16,12 @@ the per-token KL estimated with Schulman's k3 estimator (eq. 4). This module com
 - upper clip range ``epsilon_high`` (DAPO, Yu et al., 2025, "clip-higher");
 - loss aggregation ``loss_type``: per-sequence mean then mean ("grpo", the paper's 1/G sum 1/|o_i|),
   token mean over the batch ("bnpo", "dapo": DAPO's token-level loss), or the sum over a constant
-  N x max_completion_length ("dr_grpo": removes the length bias of 1/|o_i|).
+  R x max_completion_length ("dr_grpo": removes the length bias of 1/|o_i|).
 
-Shapes are written as comments: N completions (N = B x G, group after group), T completion
-tokens, V vocabulary entries. Masks are 1/True for completion tokens and 0/False for padding.
-Masked positions never reach a result, but should hold finite values: an inf there turns into a
-nan gradient through ``torch.where``.
+Shapes are written as comments in the package's one convention (``vqa_grpo/__init__.py``): R
+completion rows (R = B x G, group after group), C completion tokens, V vocabulary entries. Masks
+are 1/True for completion tokens and 0/False for padding. Masked positions never reach a result,
+but should hold finite values: an inf there turns into a nan gradient through ``torch.where``.
 
 ``seed_loss`` is the seed report's Algorithm 1, kept only to reproduce it: its value is zero by
 construction (see its docstring).
@@ -106,7 +106,7 @@ def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     With d = log pi_ref - log pi_theta at the sampled token: k3 = exp(d) - d - 1. It is >= 0, and
     unbiased for the KL when the tokens are drawn from pi_theta.
     """
-    d = ref_logprobs - logprobs  # [N, T]
+    d = ref_logprobs - logprobs  # [R, C]
     return torch.exp(d) - d - 1
 
 
@@ -115,18 +115,18 @@ def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
 
 
 def policy_loss(
-    logprobs: Tensor,  # [N, T] log pi_theta of the completion tokens (with grad)
-    old_logprobs: Tensor,  # [N, T] log pi_old, the rollout policy (no grad)
-    advantages: Tensor,  # [N]
-    mask: Tensor,  # [N, T] bool or 0/1 float, true on completion tokens
+    logprobs: Tensor,  # [R, C] log pi_theta of the completion tokens (with grad)
+    old_logprobs: Tensor,  # [R, C] log pi_old, the rollout policy (no grad)
+    advantages: Tensor,  # [R]
+    mask: Tensor,  # [R, C] bool or 0/1 float, true on completion tokens
     *,
-    ref_logprobs: Tensor | None = None,  # [N, T] log pi_ref
+    ref_logprobs: Tensor | None = None,  # [R, C] log pi_ref
     beta: float = 0.0,
     epsilon: float = 0.2,
     epsilon_high: float | None = None,
     loss_type: LossType = "grpo",
     max_completion_length: int | None = None,
-    token_weights: Tensor | None = None,  # [N, T] detached importance weights of the sampler (vLLM)
+    token_weights: Tensor | None = None,  # [R, C] detached importance weights of the sampler (vLLM)
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The GRPO loss -J(theta) and detached statistics.
 
@@ -149,7 +149,7 @@ def policy_loss(
         The two names are the same here. The count is this call's tokens, so with gradient
         accumulation the loop averages per-micro-batch token means (DAPO proper divides by the
         tokens of the whole step; equal when micro-batches hold the same number of tokens).
-      - "dr_grpo": sum over all unmasked tokens / (N x max_completion_length), a constant (Dr. GRPO).
+      - "dr_grpo": sum over all unmasked tokens / (R x max_completion_length), a constant (Dr. GRPO).
 
     A float mask is read as a 0/1 mask (nonzero = token), not as weights.
 
@@ -168,27 +168,27 @@ def policy_loss(
     if not (logprobs.shape == old_logprobs.shape == mask.shape) or advantages.shape != logprobs.shape[:1]:
         raise ValueError(
             f"shapes disagree: logprobs {tuple(logprobs.shape)}, old_logprobs {tuple(old_logprobs.shape)}, "
-            f"mask {tuple(mask.shape)} must be [N, T] and advantages {tuple(advantages.shape)} [N]"
+            f"mask {tuple(mask.shape)} must be [R, C] and advantages {tuple(advantages.shape)} [R]"
         )
-    mask = mask.bool()  # [N, T]
+    mask = mask.bool()  # [R, C]
     eps_high = epsilon if epsilon_high is None else epsilon_high
 
-    ratio = torch.exp(logprobs - old_logprobs)  # [N, T]
-    adv = advantages.to(ratio.dtype).unsqueeze(1)  # [N, 1]
-    unclipped = ratio * adv  # [N, T]
-    clipped = torch.clamp(ratio, 1 - epsilon, 1 + eps_high) * adv  # [N, T]
-    per_token = -torch.min(unclipped, clipped)  # [N, T]
+    ratio = torch.exp(logprobs - old_logprobs)  # [R, C]
+    adv = advantages.to(ratio.dtype).unsqueeze(1)  # [R, 1]
+    unclipped = ratio * adv  # [R, C]
+    clipped = torch.clamp(ratio, 1 - epsilon, 1 + eps_high) * adv  # [R, C]
+    per_token = -torch.min(unclipped, clipped)  # [R, C]
     if token_weights is not None:
         per_token = per_token * token_weights.detach()
     if beta > 0:
-        kl = kl_k3(logprobs, ref_logprobs)  # [N, T]
+        kl = kl_k3(logprobs, ref_logprobs)  # [R, C]
         per_token = per_token + beta * kl
     else:
-        kl = torch.zeros_like(per_token)  # [N, T]
+        kl = torch.zeros_like(per_token)  # [R, C]
 
     if loss_type == "grpo":
-        has_tokens = mask.any(dim=1)  # [N]
-        per_sequence = masked_mean(per_token, mask, dim=1)  # [N]
+        has_tokens = mask.any(dim=1)  # [R]
+        per_sequence = masked_mean(per_token, mask, dim=1)  # [R]
         loss = masked_mean(per_sequence, has_tokens)
     elif loss_type in ("bnpo", "dapo"):
         loss = masked_mean(per_token, mask)
@@ -196,7 +196,7 @@ def policy_loss(
         loss = masked_sum(per_token, mask) / (mask.shape[0] * max_completion_length)
 
     with torch.no_grad():
-        is_clipped = ((ratio > 1 + eps_high) & (adv > 0)) | ((ratio < 1 - epsilon) & (adv < 0))  # [N, T]
+        is_clipped = ((ratio > 1 + eps_high) & (adv > 0)) | ((ratio < 1 - epsilon) & (adv < 0))  # [R, C]
         stats = {
             "kl": masked_mean(kl, mask).detach(),
             "clip_fraction": masked_mean(is_clipped.to(ratio.dtype), mask),

@@ -14,8 +14,8 @@ and top-p:
         return_dict_in_generate=True, output_scores=True,
         max_new_tokens=...,
     )
-    completion = out.sequences[:, prompt_len:]                   # [R, T]
-    logps = sampling_logprobs(out.scores, completion)           # [R, T]
+    completion = out.sequences[:, prompt_len:]                   # [R, C]
+    logps = sampling_logprobs(out.scores, completion)           # [R, C]
 
 What transformers 5 does with this (read in ``generation/utils.py``, checked by the tests):
 
@@ -142,14 +142,14 @@ class RowwiseTemperatureTopP(LogitsProcessor):
 
 
 def sampling_logprobs(
-    scores: Sequence[Tensor],  # T tensors [R, V], generate's output_scores
-    completion_ids: Tensor,  # [R, T] the generated tokens (sequences without the prompt)
-) -> Tensor:  # [R, T]
+    scores: Sequence[Tensor],  # C tensors [R, V], generate's output_scores
+    completion_ids: Tensor,  # [R, C] the generated tokens (sequences without the prompt)
+) -> Tensor:  # [R, C]
     """Log-probability of each generated token under the distribution it was sampled from.
 
     ``scores`` are generate's processed scores (``output_scores=True``), so this is
     log softmax(scores_t)[token_t]: the tempered and truncated distribution, the actual behaviour
-    policy. One step at a time (no [R, T, V] stack). A token the processed distribution gives
+    policy. One step at a time (no [R, C, V] stack). A token the processed distribution gives
     probability 0 cannot have been sampled; it is the pad token written after a row finished,
     and gets 0.0 instead of -inf so that masked arithmetic stays finite. Mask those positions.
 
@@ -158,11 +158,11 @@ def sampling_logprobs(
     """
     if completion_ids.dim() != 2 or completion_ids.shape[1] != len(scores):
         raise ValueError(
-            f"completion_ids {tuple(completion_ids.shape)} must be [R, T] with T = {len(scores)} score steps"
+            f"completion_ids {tuple(completion_ids.shape)} must be [R, C] with C = {len(scores)} score steps"
         )
     steps = []
     for t, step_scores in enumerate(scores):  # [R, V]
         logp = torch.log_softmax(step_scores.float(), dim=-1)  # [R, V]
         steps.append(logp.gather(1, completion_ids[:, t : t + 1]).squeeze(1))  # [R]
-    logps = torch.stack(steps, dim=1)  # [R, T]
+    logps = torch.stack(steps, dim=1)  # [R, C]
     return torch.where(torch.isfinite(logps), logps, torch.zeros_like(logps))

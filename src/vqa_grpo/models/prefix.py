@@ -168,8 +168,8 @@ def prompt_positions(model, prompts: PromptBatch) -> tuple[torch.Tensor, torch.T
 
 
 def continuation_positions(model, start: torch.Tensor, length: int) -> torch.Tensor:
-    """Positions of ``length`` tokens after the prefix: start [R] + 0..length-1 ([3, R, T] or [R, T])."""
-    pos = start[:, None] + torch.arange(length, device=start.device)[None, :]  # [R, T]
+    """Positions of ``length`` tokens after the prefix: start [R] + 0..length-1 ([3, R, C] or [R, C])."""
+    pos = start[:, None] + torch.arange(length, device=start.device)[None, :]  # [R, C]
     if model_type(model) in MROPE_FAMILIES:
         return pos.unsqueeze(0).expand(3, -1, -1)
     return pos
@@ -191,8 +191,8 @@ class Prefix:
     def extend(
         self, model, ids: torch.Tensor, mask: torch.Tensor | None = None, *, logits_to_keep: int = 0
     ) -> torch.Tensor:
-        """Run ``ids`` [R, T] after everything cached so far; returns their logits [R, T, V]
-        (only the last ``logits_to_keep`` when > 0). ``mask`` [R, T] marks real tokens (default all)."""
+        """Run ``ids`` [R, C] after everything cached so far; returns their logits [R, C, V]
+        (only the last ``logits_to_keep`` when > 0). ``mask`` [R, C] marks real tokens (default all)."""
         R, T = ids.shape
         mask = torch.ones_like(ids) if mask is None else mask
         self.attention_mask = torch.cat([self.attention_mask, mask.to(self.attention_mask.dtype)], dim=1)
