@@ -1,42 +1,127 @@
-"""End to end: `vqa-grpo demo` at a tiny size (the real pipeline, the tiny model, a few steps)."""
+"""`vqa-grpo demo`: the shipped pretrained base (hash, recorded answers) and the pipeline end to end
+at a tiny size (the real stages on the real base, a few steps)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
-from vqa_grpo.demo import format_summary, run_demo
+from vqa_grpo.demo import base, format_summary, run_demo
+from vqa_grpo.errors import UserError
+
+
+def test_the_shipped_base_matches_its_recorded_hashes():
+    assert base.base_model_dir() == base.BASE_DIR
+    assert base.file_hashes(base.BASE_DIR) == base.SHA256  # every shipped file is recorded
+    size = sum(p.stat().st_size for p in base.BASE_DIR.iterdir())
+    assert size <= 20 * 2**20
+
+
+@pytest.mark.slow
+def test_the_shipped_base_answers_fixed_questions_as_recorded(tmp_path):
+    from vqa_grpo.config_load import load_config
+    from vqa_grpo.data.loader import load_vqa
+    from vqa_grpo.data.synthetic import synthesize
+    from vqa_grpo.evaluation.evaluate import evaluate
+
+    data = synthesize(tmp_path / "data", n=8, seed=7).parent
+    cfg = load_config(None, [f"data.path={data}", "data.eval_fraction=0", "eval.max_new_tokens=16"])
+    evaluate(str(base.BASE_DIR), load_vqa(cfg.data, seed=0).train, cfg, tmp_path / "eval")
+    rows = [json.loads(x) for x in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert [(r["question"], r["raw"]) for r in rows] == RECORDED
+
+
+# The replies the shipped base gave to these questions when it was made (greedy, on the CPU).
+RECORDED: list[tuple[str, str]] = [
+    ("What color is the circle?", "the circle is purple ."),
+    ("How many green objects are there?", "there are 6 green objects ."),
+    ("What color is the triangle?", "the triangle is green ."),
+    ("How many circles are there?", "there are 3 circles ."),
+    (
+        "Is the cyan square left or right of the green triangle?",
+        "the cyan square is to the left of the green triangle .",
+    ),
+    ("Is there a green triangle?", "no"),
+    ("Is there a purple triangle?", "yes"),
+    ("What shape is the red object?", "the red object is a circle ."),
+]
+
+
+def _damaged_copy(tmp_path, monkeypatch):
+    copy = tmp_path / "base_model"
+    shutil.copytree(base.BASE_DIR, copy)
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    monkeypatch.setattr(base, "BASE_DIR", copy)
+    return copy
+
+
+def test_a_damaged_base_is_one_line_naming_the_recipe(tmp_path, monkeypatch):
+    shipped = base.BASE_DIR
+    _damaged_copy(tmp_path, monkeypatch)
+    with pytest.raises(UserError, match=r"damaged: .*model.safetensors has sha256 .*scripts/build_demo_base.py"):
+        base.base_model_dir()
+    shutil.copy2(shipped / "model.safetensors", base.BASE_DIR / "model.safetensors")  # whole again
+    (base.BASE_DIR / "tokenizer.json").unlink()
+    with pytest.raises(UserError, match=r"missing .*tokenizer.json; rebuild it with .*scripts/build_demo_base.py"):
+        base.base_model_dir()
+    out = tmp_path / "demo"
+    with pytest.raises(UserError):
+        run_demo(out, n_questions=20, rl_steps=1, progress=False)
+    assert not out.exists()  # nothing written
+
+
+def test_demo_cli_rejects_a_non_integer_seed_and_a_bad_override(tmp_path, capsys):
+    from vqa_grpo.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--out", str(tmp_path / "d"), "--seed", "one"])
+    assert e.value.code == 2 and "--seed: invalid int value: 'one'" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path / "d"), "reward.composite_gard=false"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "composite_gard" in err
+    assert not (tmp_path / "d").exists()
 
 
 @pytest.mark.slow
 def test_demo_runs_every_stage_and_writes_the_summary(tmp_path):
     out = tmp_path / "demo"
-    summary = run_demo(out, seed=1, n_questions=120, warm_steps=4, rl_steps=2, progress=False)
+    summary = run_demo(out, seed=1, n_questions=120, rl_steps=2, progress=False)
 
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk == summary
-    for key in ("accuracy_warm_start", "accuracy_grpo", "accuracy_sft_same_budget"):
-        assert 0.0 <= summary[key] <= 1.0
+    for stage in ("warm_start", "grpo", "sft_same_budget"):
+        for key in ("accuracy", "recognised", "repeating", "composite"):
+            assert 0.0 <= summary[f"{key}_{stage}"] <= 1.0
     assert summary["n_eval"] == 24  # 20% of 120, stratified by answer type
-    assert summary["wall_seconds"] > 0
+    assert summary["wall_seconds"] > 0 and summary["warm_start_steps"] == base.STEPS
     assert set(summary["per_answer_type"]["grpo"]) == {"yes/no", "number", "other"}
-    # Every stage is an ordinary run directory; GRPO and the baseline ran the same number of steps.
-    for stage in ("sft-warm-start", "grpo", "sft-same-budget"):
+    # Both trained stages start from the shipped base and are ordinary run directories.
+    for stage in ("grpo", "sft-same-budget"):
         assert (out / stage / "final" / "config.json").is_file()
-        assert (out / stage / "config.yaml").is_file()
+        assert f"name_or_path: {base.BASE_DIR}" in (out / stage / "config.yaml").read_text()
     steps = lambda name: [
         json.loads(x)["step"]
         for x in (out / name / "metrics.jsonl").read_text().splitlines()
         if "eval/vqa_accuracy" not in x
     ]
     assert steps("grpo") == steps("sft-same-budget") == [1, 2]
-    assert steps("sft-warm-start") == [1, 2, 3, 4]
-    # The accuracies are the evaluation's own numbers on the same held-out questions.
+    # The figures are the evaluation's and compare's own, on the same held-out questions.
+    from vqa_grpo.evaluation.compare import compare_runs
+    from vqa_grpo.evaluation.recognised import recognised_share
+
     for name in ("warm_start", "grpo", "sft_same_budget"):
         metrics = json.loads((out / "eval" / name / "metrics.json").read_text())
         assert metrics["n"] == summary["n_eval"]
         assert metrics["vqa_accuracy"] == summary[f"accuracy_{name}"]
+        rows = [json.loads(x) for x in (out / "eval" / name / "predictions.jsonl").read_text().splitlines()]
+        assert recognised_share(rows) == summary[f"recognised_{name}"]
+    compared = compare_runs([str(out / "eval" / n) for n in ("warm_start", "grpo")])
+    assert compared["differences"][0]["overall"]["vqa_accuracy"] == summary["difference_vs_warm_start"]["grpo"]
     assert "+ GRPO (2 steps)" in format_summary(summary)
     report = (out / "grpo" / "report.html").read_text()
     assert "data:image/png;base64," in report and "http://" not in report

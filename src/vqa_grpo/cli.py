@@ -122,9 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("adapter", help="LoRA adapter directory (a run's final/ with model.lora=true)")
     mg.add_argument("--out", required=True, help="output directory for the merged model and processor (required)")
 
-    demo = sub.add_parser("demo", help="the whole pipeline offline: data, tiny model, SFT, GRPO, evaluation")
+    demo = sub.add_parser(
+        "demo", help="GRPO from the shipped pretrained tiny base beside the same-budget SFT, evaluated offline"
+    )
     demo.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of data, model and training (default: 0)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the data and of training (default: 0)")
+    demo.add_argument(
+        "overrides", nargs="*", help="section.key=value overrides of the GRPO stage, e.g. reward.components=[composite]"
+    )
     return p
 
 
@@ -218,7 +223,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from vqa_grpo.demo import run_demo
 
-        run_demo(args.out, seed=args.seed)
+        run_demo(args.out, seed=args.seed, grpo_overrides=args.overrides)
         return 0
     raise AssertionError(args.command)
 

@@ -19,6 +19,10 @@ def model_card(figures: dict, rows: list[dict], recipe: SimpleNamespace) -> str:
     per_family = "\n".join(f"| {f} | {n[f]} | {hit[f] / n[f]:.3f} |" for f in sorted(n))
     sizes = ", ".join(f"{k}={v}" for k, v in recipe.SIZES.items())
     shares = ", ".join(f"{k} {v}" for k, v in recipe.SENTENCE_SHARE.items())
+    stages = "\n".join(
+        f"  - stage {i + 1}: {steps} steps, peak lr {lr:g}, {warmup} warmup steps, data seed {recipe.DATA_SEED + i}"
+        for i, (steps, lr, warmup) in enumerate(recipe.STAGES)
+    )
     examples = "\n".join(f"- {r['question']} -> {r['raw']!r} (answer {r['answers'][0]})" for r in rows[:8])
     return f"""# vqa-grpo demo base (tiny Qwen2-VL)
 
@@ -30,11 +34,12 @@ it knows only the synthetic scenes.
 
 ## Recipe
 
-`.venv/bin/python scripts/build_demo_recipe.py` (vqa_grpo/demo/base.py):
+`.venv/bin/python scripts/build_demo_base.py` (vqa_grpo/demo/base.py):
 
-- data: {recipe.N_QUESTIONS} synthetic questions, seed {recipe.DATA_SEED}, 112 px images (1% held out by the run)
-- model seed {recipe.MODEL_SEED}; SFT {figures["steps"]} steps, batch {recipe.BATCH}, AdamW lr {recipe.LEARNING_RATE},
-  {recipe.WARMUP} warmup steps then cosine, gradient clipping 1.0, on the CPU (2 threads)
+- model seed {recipe.MODEL_SEED}; SFT in stages, each a cosine schedule from the last one's model on
+  {recipe.N_QUESTIONS} new synthetic questions (112 px images; 1% held out by the run), batch
+  {recipe.BATCH}, AdamW, gradient clipping 1.0, on the CPU (2 threads):
+{stages}
 - wall time: {figures["train_seconds"]} s
 
 ## Held-out figures

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import vqa_grpo.demo.base as base
-from vqa_grpo.config import load_config
+from vqa_grpo.config_load import load_config
 from vqa_grpo.data.loader import load_vqa
 from vqa_grpo.data.synthetic import synthesize
 from vqa_grpo.evaluation.compare import compare_runs
@@ -112,7 +112,7 @@ def run_demo(
     summary = {
         "seed": seed,
         "n_eval": len(held_out),
-        "warm_start": f"the shipped base, {base.BASE_DIR.name} (SFT {base.STEPS} steps: its README.md)",
+        "warm_start_model": str(start),
         "warm_start_steps": base.STEPS,
         "rl_steps": rl_steps,
         "grpo_overrides": list(grpo_overrides),
