@@ -4,9 +4,10 @@ model, accelerate wraps it and all-reduces the gradients."""
 from __future__ import annotations
 
 import contextlib
-import math
 
 import torch
+
+from vqa_grpo.training.distributed.helpers import step_if_finite
 
 
 class DDP:
@@ -36,11 +37,7 @@ class DDP:
         return self.acc.no_sync(model)
 
     def step(self, model, optimizer, max_norm: float) -> float:
-        norm = self._clip_grad_norm(model, max_norm)
-        if math.isfinite(norm):
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return norm
+        return step_if_finite(self._clip_grad_norm(model, max_norm), optimizer)
 
     def _clip_grad_norm(self, model, max_norm: float) -> float:
         limit = max_norm if max_norm > 0 else float("inf")

@@ -8,7 +8,6 @@ decode in step (:meth:`FSDP2.decoding`) and checkpoints gather full state dicts.
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Callable
 
 import torch
@@ -19,6 +18,7 @@ from vqa_grpo.training.distributed.helpers import (
     optimizer_names,
     parameter_counts,
     sharding_root,
+    step_if_finite,
     wrap_targets,
 )
 from vqa_grpo.training.distributed.launch import FSDPSettings
@@ -70,11 +70,7 @@ class FSDP2:
         return contextlib.nullcontext() if sync else _gradient_sync_off(sharding_root(model))
 
     def step(self, model, optimizer, max_norm: float) -> float:
-        norm = self._clip_grad_norm(model, max_norm)
-        if math.isfinite(norm):
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return norm
+        return step_if_finite(self._clip_grad_norm(model, max_norm), optimizer)
 
     def _clip_grad_norm(self, model, max_norm: float) -> float:
         """The norm of the DTensor gradients (a collective), clipped to ``max_norm`` when > 0."""

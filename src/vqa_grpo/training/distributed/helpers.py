@@ -3,6 +3,8 @@ parameter names, parameter counts, and rank 0's weights broadcast to the others.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from vqa_grpo.errors import UserError
@@ -59,3 +61,11 @@ def broadcast_from_rank0(model) -> None:
 
     for t in [*model.parameters(), *model.buffers()]:
         tdist.broadcast(t.data, src=0)
+
+
+def step_if_finite(norm: float, optimizer) -> float:
+    """Step ``optimizer`` unless the gradients' global ``norm`` is non-finite, zero them, return ``norm``."""
+    if math.isfinite(norm):
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm
