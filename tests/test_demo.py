@@ -63,11 +63,11 @@ def _damaged_copy(tmp_path, monkeypatch):
 def test_a_damaged_base_is_one_line_naming_the_recipe(tmp_path, monkeypatch):
     shipped = base.BASE_DIR
     _damaged_copy(tmp_path, monkeypatch)
-    with pytest.raises(UserError, match=r"damaged: .*model.safetensors has sha256 .*scripts/build_demo_base.py"):
+    with pytest.raises(UserError, match=r"damaged: .*model.safetensors has sha256 .*reinstall vqa-grpo, or rebuild"):
         base.base_model_dir()
     shutil.copy2(shipped / "model.safetensors", base.BASE_DIR / "model.safetensors")  # whole again
     (base.BASE_DIR / "tokenizer.json").unlink()
-    with pytest.raises(UserError, match=r"missing .*tokenizer.json; rebuild it with .*scripts/build_demo_base.py"):
+    with pytest.raises(UserError, match=r"missing .*tokenizer.json; .*scripts/build_demo_base.py.* record the sha256"):
         base.base_model_dir()
     out = tmp_path / "demo"
     with pytest.raises(UserError):
@@ -84,6 +84,8 @@ def test_demo_cli_rejects_a_non_integer_seed_and_a_bad_override(tmp_path, capsys
     assert main(["demo", "--out", str(tmp_path / "d"), "reward.composite_gard=false"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and "composite_gard" in err
+    assert main(["demo", "--out", str(tmp_path / "d"), "train.max_steps=5"]) == 2
+    assert "grpo.* and reward.* overrides only" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
 
 

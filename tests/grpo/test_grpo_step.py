@@ -338,3 +338,11 @@ def test_grpo_run_logs_sampled_completions(grpo_run):
         assert r["question"] and r["answers"]
         assert len(r["completions"]) == len(r["rewards"]) == len(r["advantages"]) == G
         assert all(0.0 <= x <= 1.0 for x in r["rewards"])
+
+
+def test_pending_hands_each_prefill_to_one_step_only():
+    first = object()
+    pending = Pending(rollouts=["a", "b"], prefills=[first, None])
+    assert pending.take_prefills() == [first, None]
+    assert pending.take_prefills() == [None, None]  # a reused step runs the prompts again
+    assert Pending(rollouts=["a"]).take_prefills() == [None]  # built without prefills

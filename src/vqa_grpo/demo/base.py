@@ -55,7 +55,6 @@ SENTENCE_SHARE: dict[str, float] = {
 answer a yes/no question with a bare "Yes." more often than a count or an attribute."""
 
 SHA256: dict[str, str] = {
-    "README.md": "1a396746ec074fdcd412bc97796271ddc045774e640289a230ba118e3d931f06",
     "chat_template.jinja": "e28d5c05b920873d6244180f96ea79bb85572bdaa0544ed31ba580a27e530b83",
     "config.json": "1562b8bb34a57593a7798b41e84e25530f5f1fc078ec2c8268bfe01bbacb520e",
     "generation_config.json": "aa12bb9e74aa5422db16a1a47a6c3973999d7b24d148d0b3822aa943404c2fa7",
@@ -64,17 +63,22 @@ SHA256: dict[str, str] = {
     "tokenizer.json": "553d2abc479859a8e1979d98b7da7456b8f284537d8b1a4a9d5e69ae302a790a",
     "tokenizer_config.json": "2e8cb263a161416ff860c9164b564712f897d3ef0293453442ff27322e0e0350",
 }
-"""sha256 of each shipped file, as the recipe printed it."""
+"""sha256 of each shipped file but the model card (README.md, which records the wall time), as the
+recipe printed it."""
 
 
 def file_hashes(directory: Path) -> dict[str, str]:
-    """sha256 of every file in ``directory`` (not recursive), by name."""
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir()) if p.is_file()}
+    """sha256 of every file in ``directory`` (not recursive) but the model card, by name."""
+    files = [p for p in sorted(directory.iterdir()) if p.is_file() and p.name != "README.md"]
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 def base_model_dir() -> Path:
     """The shipped base, checked against ``SHA256``; UserError naming the recipe when missing or damaged."""
-    rebuild = f"rebuild it with `.venv/bin/python {RECIPE}` (about an hour on 2 cores) or reinstall vqa-grpo"
+    rebuild = (
+        f"reinstall vqa-grpo, or rebuild it from a clone of the repository with `.venv/bin/python {RECIPE}` "
+        f"(about an hour on 2 cores) and record the sha256 it prints in SHA256 of {__file__}"
+    )
     if not SHA256:
         raise UserError(f"the demo's base model has no recorded hashes in {__file__}; {rebuild}")
     for name, expected in SHA256.items():
@@ -170,6 +174,8 @@ def finish(model: str | Path, out_dir: str | Path, work: str | Path, train_secon
         "n_eval": len(rows),
         "train_seconds": train_seconds,
     }
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "config.json").is_file():
+        raise UserError(f"{out_dir} is not empty and holds no model; give --out an empty folder or a base to replace")
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     for f in Path(model).iterdir():

@@ -25,6 +25,7 @@ import vqa_grpo.demo.base as base
 from vqa_grpo.config_load import load_config
 from vqa_grpo.data.loader import load_vqa
 from vqa_grpo.data.synthetic import synthesize
+from vqa_grpo.errors import UserError
 from vqa_grpo.evaluation.compare import compare_runs
 from vqa_grpo.evaluation.evaluate import evaluate
 from vqa_grpo.evaluation.recognised import recognised_share
@@ -81,6 +82,12 @@ def run_demo(
     sizes exist for the end-to-end test."""
     t0 = time.time()
     out = Path(out)
+    fixed = [o for o in grpo_overrides if not o.startswith(("grpo.", "reward."))]
+    if fixed:
+        raise UserError(
+            f"vqa-grpo demo takes grpo.* and reward.* overrides only (its GRPO stage), not {fixed[0]}: the data, "
+            "the model, the steps and the evaluation are the demo's own, the same for every stage"
+        )
     start = base.base_model_dir()  # a damaged shipped base fails here, before anything is written
     common = [f"train.seed={seed}", f"train.progress={str(progress).lower()}", *COMMON]
     load_config(None, [*common, *GRPO, *grpo_overrides])  # a bad override fails before anything runs

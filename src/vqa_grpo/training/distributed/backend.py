@@ -4,7 +4,7 @@ Three back-ends implement it, one module each: ``ddp.DDP`` (one process, or acce
 rank holds the whole model), ``fsdp.FSDP2`` (PyTorch's ``fully_shard``: each rank keeps 1/world of
 every weight, gradient and AdamW moment) and ``deepspeed.DeepSpeed`` (ZeRO-2/3 through
 ``deepspeed.initialize``). ``Dist.from_env`` picks one from the launch (launch.py) and the run's
-code calls only ``Dist``; nothing outside this package asks which back-end runs.
+code calls ``Dist`` (checkpoint.py still asks ``dist.fsdp`` whether the weights it loads are sharded).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import contextlib
 
 import torch
 
-from vqa_grpo.training.distributed.helpers import step_if_finite
+from vqa_grpo.training.distributed.helpers import load_full_model_state, load_full_optimizer_state, step_if_finite
 
 
 class DDP:
@@ -56,10 +56,10 @@ class DDP:
         return None
 
     def load_model_state(self, model, state: dict, strict: bool = True) -> None:
-        model.load_state_dict(state, strict=strict)
+        load_full_model_state(model, state, strict)
 
     def load_optimizer_state(self, model, optimizer, state: dict) -> None:
-        optimizer.load_state_dict(state)
+        load_full_optimizer_state(model, optimizer, state)
 
     def describe(self, model=None) -> str:
         if self.acc is None:

@@ -13,7 +13,13 @@ from typing import Callable
 import torch
 
 from vqa_grpo.errors import UserError
-from vqa_grpo.training.distributed.helpers import broadcast_from_rank0, is_peft, parameter_counts
+from vqa_grpo.training.distributed.helpers import (
+    broadcast_from_rank0,
+    is_peft,
+    load_full_model_state,
+    load_full_optimizer_state,
+    parameter_counts,
+)
 from vqa_grpo.training.distributed.launch import DeepSpeedSettings
 
 ADAM_MOMENTS = ("exp_avg", "exp_avg_sq")
@@ -108,10 +114,10 @@ class DeepSpeed:
         return gathered_moments(optimizer, self._params, self._groups, self.is_main)
 
     def load_model_state(self, model, state: dict, strict: bool = True) -> None:
-        raise NotImplementedError("DeepSpeed runs load their weights before deepspeed.initialize")
+        load_full_model_state(model, state, strict)
 
     def load_optimizer_state(self, model, optimizer, state: dict) -> None:
-        raise NotImplementedError("DeepSpeed runs load AdamW's state in prepare")
+        load_full_optimizer_state(model, optimizer, state)
 
     def describe(self, model=None) -> str:
         text = f"{self.acc.num_processes} processes, DeepSpeed ZeRO-{self.settings.stage} on {self.acc.device.type}"

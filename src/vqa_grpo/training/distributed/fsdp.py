@@ -15,6 +15,8 @@ import torch
 from vqa_grpo.training.distributed.helpers import (
     broadcast_from_rank0,
     is_peft,
+    load_full_model_state,
+    load_full_optimizer_state,
     optimizer_names,
     parameter_counts,
     sharding_root,
@@ -116,22 +118,10 @@ class FSDP2:
         }
 
     def load_model_state(self, model, state: dict, strict: bool = True) -> None:
-        """The full ``state`` (the same on every rank) into the sharded ``model``: each rank keeps its shard."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=strict))
+        load_full_model_state(model, state, strict)
 
     def load_optimizer_state(self, model, optimizer, state: dict) -> None:
-        """A full optimizer state in 1-process layout (as :meth:`optimizer_state` writes it) into the
-        optimizer over the sharded ``model``; every rank passes the same ``state``."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-        names = optimizer_names(model, optimizer)
-        by_name = {
-            "state": {names[i]: v for i, v in state["state"].items()},
-            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]],
-        }
-        set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
+        load_full_optimizer_state(model, optimizer, state)
 
     def describe(self, model=None) -> str:
         text = f"{self.acc.num_processes} processes, FSDP2 on {self.acc.device.type}"

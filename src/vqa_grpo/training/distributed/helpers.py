@@ -69,3 +69,23 @@ def step_if_finite(norm: float, optimizer) -> float:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return norm
+
+
+def load_full_model_state(model, state: dict, strict: bool = True) -> None:
+    """Copy the full ``state`` (the same on every rank) into ``model``: a sharded one keeps its shard."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=strict))
+
+
+def load_full_optimizer_state(model, optimizer, state: dict) -> None:
+    """Load a full optimizer state in 1-process layout (parameters by index in the optimizer's order)
+    into the optimizer over ``model``; every rank passes the same ``state``."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    names = optimizer_names(model, optimizer)
+    by_name = {
+        "state": {names[i]: v for i, v in state["state"].items()},
+        "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]],
+    }
+    set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
