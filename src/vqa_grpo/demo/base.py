@@ -42,6 +42,8 @@ was tried and recognised less: 0.575 against 0.585."""
 STEPS = sum(steps for steps, _, _ in STAGES)
 BATCH = 32
 MODEL_SEED = 0
+COMMON = ["train.device=cpu", "train.cpu_threads=2", "train.progress=false", "eval.max_new_tokens=16"]
+"""Overrides of every run the recipe makes, training and the held-out evaluation."""
 SIZES = dict(hidden=192, layers=4, vision_dim=128, vision_depth=4, heads=4, vision_heads=4)
 
 SENTENCE_SHARE: dict[str, float] = {
@@ -126,7 +128,6 @@ def build_base(out_dir: str | Path = BASE_DIR, work_dir: str | Path | None = Non
 
     t0 = time.time()
     out_dir, work = Path(out_dir), Path(work_dir or tempfile.mkdtemp(prefix="vqa-grpo-base-"))
-    common = ["train.device=cpu", "train.cpu_threads=2", "train.progress=false", "eval.max_new_tokens=16"]
     words = [*VOCABULARY, *PROMPT_WORDS, *REPLY_WORDS]
     model = build_tiny_qwen2_vl(work / "init", seed=MODEL_SEED, words=words, **SIZES)
     for i, (steps, lr, warmup) in enumerate(STAGES):
@@ -147,7 +148,7 @@ def build_base(out_dir: str | Path = BASE_DIR, work_dir: str | Path | None = Non
             "train.report_to=none",
             f"train.seed={MODEL_SEED}",
         ]
-        model = run(load_config(None, [*overrides, *common]), "sft", desc=f"demo base, stage {i + 1}").final_dir
+        model = run(load_config(None, [*overrides, *COMMON]), "sft", desc=f"demo base, stage {i + 1}").final_dir
     return finish(model, out_dir, work, round(time.time() - t0))
 
 
@@ -162,9 +163,8 @@ def finish(model: str | Path, out_dir: str | Path, work: str | Path, train_secon
     from vqa_grpo.evaluation.recognised import recognised_share
 
     out_dir, work = Path(out_dir), Path(work)
-    common = ["train.device=cpu", "train.cpu_threads=2", "train.progress=false", "eval.max_new_tokens=16"]
     eval_dir = synthesize(work / "eval", n=N_EVAL, seed=EVAL_SEED).parent
-    eval_cfg = load_config(None, [f"data.path={eval_dir}", "data.eval_fraction=0", *common])
+    eval_cfg = load_config(None, [f"data.path={eval_dir}", "data.eval_fraction=0", *COMMON])
     held_out = load_vqa(eval_cfg.data, seed=0).train
     metrics = evaluate(str(model), held_out, eval_cfg, work / "eval-out")
     rows = [json.loads(line) for line in (work / "eval-out" / "predictions.jsonl").read_text().splitlines()]
