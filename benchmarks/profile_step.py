@@ -33,7 +33,8 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     from vqa_grpo.config import ModelConfig, RewardConfig
     from vqa_grpo.grpo.objective import grpo_objective
-    from vqa_grpo.grpo.rollout import fuse_prefill, make_rollout_and_prefill
+    from vqa_grpo.grpo.plan import choose_plan
+    from vqa_grpo.grpo.rollout import make_rollout_and_prefill
     from vqa_grpo.models.loading import load_model
 
     torch.set_num_threads(1)
@@ -46,13 +47,13 @@ def main(argv=None) -> None:
         lm = load_model(ModelConfig(name_or_path=str(model_dir), dtype=a.dtype), device)
         lm.model.train()
         opt, grpo, reward = bench._optimizer(lm.model), bench._grpo_cfg(s, "auto"), RewardConfig()
-        keep, steps = fuse_prefill(lm.model, grpo), bench.load_examples(s, data_dir)
+        plan, steps = choose_plan(lm.model, lm.adapter, grpo), bench.load_examples(s, data_dir)
 
         def step(i: int) -> list[float]:
             examples, images = steps[i]
             t = [time.perf_counter()]
             ro, prefill = make_rollout_and_prefill(
-                lm.model, lm.adapter, lm.processor, examples, images, grpo, reward, device, keep_prefill=keep
+                lm.model, lm.adapter, lm.processor, examples, images, grpo, reward, device, plan=plan
             )
             sync(), t.append(time.perf_counter())
             loss, _ = grpo_objective(lm.model, lm.adapter, lm.processor, ro, grpo, prefix=prefill)

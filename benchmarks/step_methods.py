@@ -14,20 +14,21 @@ from step_setup import Meter, Settings, _grpo_cfg, _optimizer, drive, load_examp
 def run_vqa_grpo(s: Settings, model_dir: Path, data_dir: Path, device, shared_prefix: str = "auto") -> dict:
     from vqa_grpo.config import ModelConfig, RewardConfig
     from vqa_grpo.grpo.objective import grpo_objective
-    from vqa_grpo.grpo.rollout import fuse_prefill, make_rollout_and_prefill
+    from vqa_grpo.grpo.plan import choose_plan
+    from vqa_grpo.grpo.rollout import make_rollout_and_prefill
     from vqa_grpo.models.loading import load_model
 
     lm = load_model(ModelConfig(name_or_path=str(model_dir), dtype=s.dtype, lora=bool(s.lora), lora_r=16), device)
     lm.model.train()
     opt, grpo, reward = _optimizer(lm.model), _grpo_cfg(s, shared_prefix), RewardConfig()
-    keep = fuse_prefill(lm.model, grpo)  # as the training loop decides it
+    plan = choose_plan(lm.model, lm.adapter, grpo)  # as the training loop chooses it
     steps = load_examples(s, data_dir)
     paths = set()
 
     def step(i: int) -> float:
         examples, images = steps[i]
         ro, prefill = make_rollout_and_prefill(
-            lm.model, lm.adapter, lm.processor, examples, images, grpo, reward, device, keep_prefill=keep
+            lm.model, lm.adapter, lm.processor, examples, images, grpo, reward, device, plan=plan
         )
         paths.add(
             ("shared prefix" if ro.shared_prefix else "plain") + (", fused prefill" if prefill is not None else "")
@@ -96,7 +97,6 @@ def run_seed_loop(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
             rewards=rewards,
             reward_parts={},
             advantages=group_advantages(rewards, G).to(device),
-            shared_prefix=False,
         )
         loss, _ = grpo_objective(lm.model, lm.adapter, lm.processor, ro, grpo)
         loss.backward()

@@ -374,3 +374,14 @@ def test_lora_configs(name, hub_id):
 def test_values_the_loop_cannot_honour_are_refused(overrides, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(None, overrides)
+
+
+def test_the_seed_reports_loss_is_named_for_the_report_and_its_old_name_still_loads(tmp_path):
+    # "seed" alone means a random seed; the report's loss is "seed_report". A config.yaml written
+    # before the rename (grpo.loss_type: seed) reads as the new name.
+    assert load_config(None, ["grpo.loss_type=seed_report"]).grpo.loss_type == "seed_report"
+    old = tmp_path / "config.yaml"
+    old.write_text("grpo:\n  loss_type: seed\n")
+    assert load_config(old).grpo.loss_type == "seed_report"
+    with pytest.raises(ConfigError, match="grpo.loss_type='seeds' is not allowed; choose one of grpo, bnpo, dapo"):
+        load_config(None, ["grpo.loss_type=seeds"])

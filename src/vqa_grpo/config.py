@@ -191,8 +191,9 @@ class GRPOConfig:
     """PPO clip range (lower, and upper unless epsilon_high is set)."""
     epsilon_high: Optional[float] = None
     """Upper clip range (DAPO's clip-higher); None means epsilon."""
-    loss_type: Literal["grpo", "bnpo", "dapo", "dr_grpo", "seed"] = "grpo"
-    """Loss aggregation (see grpo/math.py); "seed" is the seed's degenerate formula, for reproduction."""
+    loss_type: Literal["grpo", "bnpo", "dapo", "dr_grpo", "seed_report"] = "grpo"
+    """Loss aggregation (see grpo/math.py); "seed_report" is the seed report's degenerate formula (Bafna,
+    2025), for reproduction ("seed", its name before, is read as "seed_report")."""
     scale_rewards: Literal["group", "batch", "none"] = "group"
     """Advantage scaling: group std (DeepSeekMath), batch std, or none (Dr. GRPO)."""
     num_iterations: int = 1

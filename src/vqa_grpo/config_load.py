@@ -17,6 +17,9 @@ from vqa_grpo.data.hub import check_preset_key
 from vqa_grpo.rewards.registry import REWARD_COMPONENTS
 from vqa_grpo.rewards.user import import_reward, is_import_path, short_name
 
+RENAMED_VALUES: dict[tuple[str, Any], Any] = {("grpo.loss_type", "seed"): "seed_report"}
+"""(key, old value) -> the value's name now, so that the config.yaml of an older run still loads."""
+
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults, then the YAML file at ``path``, then ``section.key=value`` overrides; validated."""
@@ -94,6 +97,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         if isinstance(value, bool) and ("on" if value else "off") in args:  # YAML 1.1 reads on/off as booleans
             value = "on" if value else "off"
+        value = RENAMED_VALUES.get((key, value), value)
         if value not in args:
             raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(map(str, args))}")
         return value

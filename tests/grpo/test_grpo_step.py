@@ -125,7 +125,7 @@ def test_seed_formula_has_no_gradient_on_a_real_model(lm, data, synth_dir, tiny_
     # Rewards whose normalised group means are float32 rounding residues (about -3e-8 and
     # +6e-8 here, not cancelling), so the seed's loss is "zero" the way it is in practice.
     grpo_cfg = config(synth_dir, tiny_model_dir, tmp_path)
-    seed_cfg = config(synth_dir, tiny_model_dir, tmp_path, loss_type="seed")
+    seed_cfg = config(synth_dir, tiny_model_dir, tmp_path, loss_type="seed_report")
     ro = set_rewards(sample(lm, data, grpo_cfg.grpo), [0.1, 0.7, 0.3, 0.9, 0.13, 0.71, 0.29, 0.97])
 
     _grpo_backward(grpo_cfg, lm, Pending([ro]))

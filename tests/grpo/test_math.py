@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vqa_grpo.grpo import group_advantages, policy_loss, seed_loss
+from vqa_grpo.grpo import group_advantages, policy_loss, seed_report_loss
 from vqa_grpo.grpo.math import kl_k3, masked_mean
 from vqa_grpo.models.scoring import token_entropy, token_logprobs
 
@@ -182,8 +182,8 @@ def test_policy_loss_errors():
         policy_loss(LOGPROBS, OLD, ADV, MASK, beta=0.1)
     with pytest.raises(ValueError, match="max_completion_length"):
         policy_loss(LOGPROBS, OLD, ADV, MASK, loss_type="dr_grpo")
-    with pytest.raises(ValueError, match="seed_loss"):
-        policy_loss(LOGPROBS, OLD, ADV, MASK, loss_type="seed")
+    with pytest.raises(ValueError, match="seed_report_loss"):
+        policy_loss(LOGPROBS, OLD, ADV, MASK, loss_type="seed_report")
     with pytest.raises(ValueError, match="shapes"):
         policy_loss(LOGPROBS, OLD, ADV[:1], MASK)
 
@@ -215,7 +215,7 @@ def test_token_logprobs_and_entropy_match_the_full_softmax():
 # The seed's formula is degenerate
 
 
-def test_seed_loss_gradient_vanishes_where_grpo_does_not():
+def test_seed_report_loss_gradient_vanishes_where_grpo_does_not():
     # A tiny "model": a linear map from features to logits over a vocabulary of 12. The same
     # module gives the completion log-probs (GRPO) and the prompt's LM loss (seed).
     torch.manual_seed(0)
@@ -234,7 +234,7 @@ def test_seed_loss_gradient_vanishes_where_grpo_does_not():
         grpo_grad = torch.cat([g.flatten() for g in torch.autograd.grad(grpo, params)])
 
         lm_loss = F.cross_entropy(model(prompt_feats), prompt_ids)
-        seed = seed_loss(rewards, lm_loss)
+        seed = seed_report_loss(rewards, lm_loss)
         seed_grad = torch.cat([g.flatten() for g in torch.autograd.grad(seed, params)])
 
         assert grpo_grad.norm() > 1e-2

@@ -43,6 +43,7 @@ EXPECTED = {
     "llava": (LlavaAdapter, {"pixel_values"}),
     "llava_next": (LlavaAdapter, {"pixel_values", "image_sizes"}),
     "idefics3": (Idefics3Adapter, {"pixel_values", "pixel_attention_mask"}),
+    "smolvlm": (Idefics3Adapter, {"pixel_values", "pixel_attention_mask"}),
     "gemma3": (Gemma3Adapter, {"pixel_values", "token_type_ids"}),
     "phi4_multimodal": (Phi4MultimodalAdapter, {"image_pixel_values", "image_sizes", "image_attention_mask"}),
     "phi3_v": (Phi3VisionAdapter, {"pixel_values", "image_sizes"}),

@@ -12,6 +12,7 @@ Shapes: B = 2 prompts, G = 4 completions each, R = 8 rows, C completion tokens, 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import pytest
 import torch
@@ -22,10 +23,13 @@ from vqa_grpo.config_load import load_config
 from vqa_grpo.data.loader import load_vqa
 from vqa_grpo.errors import UserError
 from vqa_grpo.grpo import group_advantages
+from vqa_grpo.grpo import plan as plan_module
 from vqa_grpo.grpo.objective import grpo_objective, rollout_logprobs
+from vqa_grpo.grpo.plan import choose_plan
 from vqa_grpo.grpo.rollout import make_rollout, make_rollout_and_prefill
 from vqa_grpo.grpo.sampling import RowwiseTemperatureTopP, row_sampling_params
 from vqa_grpo.models import prefix
+from vqa_grpo.models.adapters import ADAPTERS, adapter_for
 from vqa_grpo.models.generation import generate
 from vqa_grpo.models.loading import load_model
 from vqa_grpo.models.scoring import completion_logprobs
@@ -33,7 +37,7 @@ from vqa_grpo.models.tiny import TINY_FAMILIES, build_tiny
 
 CPU = torch.device("cpu")
 B, G, C = 2, 4, 5
-SHARED_FAMILIES = prefix.MROPE_FAMILIES + prefix.LINEAR_FAMILIES
+SHARED_FAMILIES = tuple(f for f in TINY_FAMILIES if adapter_for(f).position_rule)
 
 
 @pytest.fixture(scope="module")
@@ -105,15 +109,29 @@ def assert_grads_close(plain, shared):
 
 
 def test_every_tiny_family_has_a_shared_prefix_rule():
-    # Phi-3-vision (native) included; the generic adapter falls back.
-    assert set(TINY_FAMILIES) <= set(SHARED_FAMILIES)
+    # Phi-3-vision (native) included; the generic adapter falls back. The rule is the adapter's, so
+    # SmolVLM (the Idefics3 adapter) has it too.
+    assert set(TINY_FAMILIES) == set(SHARED_FAMILIES)
     assert "phi3_v" in SHARED_FAMILIES
+    rules = {name: a.position_rule for name, a in ADAPTERS.items()}
+    assert rules == {
+        "qwen2_vl": "mrope",
+        "qwen2_5_vl": "mrope",
+        "llava": "linear",
+        "llava_next": "linear",
+        "idefics3": "linear",
+        "smolvlm": "linear",
+        "gemma3": "linear",
+        "phi4_multimodal": "linear",
+        "phi3_v": "linear",
+        "generic": None,
+    }
 
 
 @pytest.mark.parametrize("family", SHARED_FAMILIES)
 def test_shared_prefix_logprobs_and_gradients_equal_the_plain_path(family, family_dirs, data):
     lm = load(family_dirs(family))
-    assert prefix.unsupported_reason(lm.model) is None
+    assert lm.adapter.position_rule is not None
     prompts = padded_prompts(lm, data)
     ids, mask = completions(lm)
     temps = torch.tensor([0.7, 1.0, 1.3, 0.9] * B)
@@ -129,7 +147,7 @@ def test_shared_prefix_logprobs_and_gradients_equal_the_plain_path(family, famil
     # log-probs by far more than the paths differ (the tiny models' attention is nearly flat, so
     # by 3e-5 at least: 30 times the rounding difference).
     original = prefix.continuation_positions
-    prefix.continuation_positions = lambda model, start, length: original(model, start + 1, length)
+    prefix.continuation_positions = lambda rule, start, length: original(rule, start + 1, length)
     try:
         with torch.no_grad():
             wrong, _ = completion_logprobs(
@@ -226,7 +244,7 @@ def test_rollout_and_grpo_step_are_the_same_on_both_paths(family_dirs, data, cap
     results = {}
     for setting in ("off", "auto"):
         grpo = GRPOConfig(num_generations=G, max_completion_length=4, shared_prefix=setting, beta=0.04)
-        prefix._logged.clear()
+        plan_module._logged.clear()
         with caplog.at_level(logging.INFO, logger="vqa_grpo.prefix"):
             torch.manual_seed(0)
             ro = make_rollout(lm.model, lm.adapter, lm.processor, examples, images, grpo, RewardConfig(), CPU)
@@ -240,8 +258,11 @@ def test_rollout_and_grpo_step_are_the_same_on_both_paths(family_dirs, data, cap
         loss, stats = grpo_objective(lm.model, lm.adapter, lm.processor, ro, grpo)
         loss.backward()
         results[setting] = ro, loss.detach(), stats, {n: p.grad.clone() for n, p in lm.model.named_parameters()}
-    assert "GRPO path: plain (prompt repeated G times) [grpo.shared_prefix=off]" in caplog.text
-    assert "GRPO path: shared prefix (prompt encoded once per group) [qwen2_vl]" in caplog.text
+    assert "GRPO forward plan: sampling: plain; loss and log-prob passes: plain [grpo.shared_prefix=off]" in caplog.text
+    assert (
+        "GRPO forward plan: sampling: shared prefix; loss and log-prob passes: shared prefix [qwen2_vl adapter, "
+        "mrope positions, no fused prefill: grpo.fuse_prefill=off]" in caplog.text  # make_rollout keeps no prefill
+    )
     (ro_p, loss_p, stats_p, grads_p), (ro_s, loss_s, stats_s, grads_s) = results["off"], results["auto"]
     assert not ro_p.shared_prefix and ro_s.shared_prefix
     assert stats_p["shared_prefix"] == 0.0 and stats_s["shared_prefix"] == 1.0
@@ -277,17 +298,18 @@ def test_shared_prefix_setting(tiny_model_dir, caplog):
         load_config(None, ["grpo.shared_prefix=always"])
 
     lm = load(tiny_model_dir)
-    assert prefix.resolve(lm.model, "auto") and prefix.resolve(lm.model, "on") and not prefix.resolve(lm.model, "off")
-    lm.model.config.model_type = "some_new_family"  # a family without a tested position rule
-    prefix._logged.clear()
+    for setting, shared in (("auto", True), ("on", True), ("off", False)):
+        assert choose_plan(lm.model, lm.adapter, GRPOConfig(shared_prefix=setting)).sample_shared is shared
+    generic = adapter_for("some_new_family")  # a family without a tested position rule: the generic adapter
+    plan_module._logged.clear()
     with caplog.at_level(logging.INFO, logger="vqa_grpo.prefix"):
-        assert not prefix.resolve(lm.model, "auto")
+        assert not choose_plan(lm.model, generic, GRPOConfig()).sample_shared
     assert (
-        "GRPO path: plain (prompt repeated G times) [model_type 'some_new_family' has no tested shared-prefix "
-        "position rule]" in caplog.text
+        "GRPO forward plan: sampling: plain; loss and log-prob passes: plain [the generic adapter has no tested "
+        "shared-prefix position rule]" in caplog.text
     )
-    with pytest.raises(UserError, match="^grpo.shared_prefix=on cannot run: model_type 'some_new_family'"):
-        prefix.resolve(lm.model, "on")
+    with pytest.raises(UserError, match="^grpo.shared_prefix=on cannot run: the generic adapter has no tested"):
+        choose_plan(lm.model, generic, GRPOConfig(shared_prefix="on"))
 
 
 def test_shared_prefix_loss_through_a_ddp_wrapper(family_dirs, data, tmp_path):
@@ -330,11 +352,14 @@ def test_fused_prefill_samples_and_scores_as_two_passes_do(family, family_dirs, 
     encodes = []
     hook = tower.register_forward_hook(lambda *_: encodes.append(1))
     results = {}
+    fused = choose_plan(lm.model, lm.adapter, grpo)
+    assert fused.fused
     for keep in (False, True):
         torch.manual_seed(0)
         encodes.clear()
+        plan = fused if keep else replace(fused, loss="shared prefix")
         ro, prefill = make_rollout_and_prefill(
-            lm.model, lm.adapter, lm.processor, examples, images, grpo, RewardConfig(), CPU, keep_prefill=keep
+            lm.model, lm.adapter, lm.processor, examples, images, grpo, RewardConfig(), CPU, plan=plan
         )
         assert (prefill is not None) == keep and lm.model.training
         ro.advantages = torch.tensor([1.0, -1.0, 0.5, 0.3, 0.2, -0.7, 1.5, 0.4])
@@ -357,16 +382,21 @@ def test_fused_prefill_samples_and_scores_as_two_passes_do(family, family_dirs, 
 
 
 def test_fused_prefill_is_used_only_where_it_is_exact(family_dirs, tiny_model_dir, caplog):
-    from vqa_grpo.grpo.rollout import fuse_prefill, fused_prefill_reason
-
     lm = load(tiny_model_dir)
     ok = GRPOConfig()
+
+    def fused_prefill_reason(model, cfg, **kw):
+        return plan_module.fused_prefill_reason(model, lm.adapter, cfg, **kw)
+
+    def fuse_prefill(model, cfg):
+        return choose_plan(model, lm.adapter, cfg).fused
+
     assert fused_prefill_reason(lm.model, ok) is None
     reasons = {
         "grpo.fuse_prefill=off": (GRPOConfig(fuse_prefill="off"), {}),
         "no shared prefix": (GRPOConfig(shared_prefix="off"), {}),
         "grpo.num_iterations > 1": (GRPOConfig(num_iterations=2), {}),
-        "the seed's loss has no completion pass": (GRPOConfig(loss_type="seed"), {}),
+        "the seed report's loss has no completion pass": (GRPOConfig(loss_type="seed_report"), {}),
         "vLLM samples": (GRPOConfig(generation_backend="vllm"), {}),
         "several processes": (ok, {"processes": 2}),
         "gradient accumulation": (ok, {"accumulation": 2}),
@@ -382,20 +412,23 @@ def test_fused_prefill_is_used_only_where_it_is_exact(family_dirs, tiny_model_di
     dropped = load(tiny_model_dir, lora=True, lora_dropout=0.05)
     assert fused_prefill_reason(dropped.model, ok) == "dropout is active"
     assert fused_prefill_reason(load(tiny_model_dir, lora=True).model, ok) is None  # lora_dropout 0
-    prefix._logged.clear()
+    plan_module._logged.clear()
     with caplog.at_level(logging.INFO, logger="vqa_grpo.prefix"):
         assert fuse_prefill(lm.model, ok) and not fuse_prefill(dropped.model, ok)
-    assert "GRPO prefill: shared by sampling and the loss" in caplog.text
-    assert "GRPO prefill: run for sampling and again in the loss (dropout is active)" in caplog.text
+    assert "loss and log-prob passes: fused prefill [qwen2_vl adapter, mrope positions]" in caplog.text
+    assert (
+        "loss and log-prob passes: shared prefix [qwen2_vl adapter, mrope positions, no fused prefill: dropout is "
+        "active]" in caplog.text
+    )
 
 
 def test_gradient_checkpointing_keeps_two_prompt_passes_and_a_grpo_step_runs(tiny_model_dir, data, caplog):
-    from vqa_grpo.grpo.rollout import fuse_prefill, fused_prefill_reason
-
     lm = load(tiny_model_dir, gradient_checkpointing=True)
     lm.model.train()
     grpo = GRPOConfig(num_generations=G, max_completion_length=3)
-    assert fused_prefill_reason(lm.model, grpo) == "gradient checkpointing drops the KV cache"
+    assert plan_module.fused_prefill_reason(lm.model, lm.adapter, grpo) == "gradient checkpointing drops the KV cache"
+    plan = choose_plan(lm.model, lm.adapter, grpo)
+    assert (plan.sampling, plan.loss) == ("shared prefix", "plain")
     examples = data.train[:B]
     ro, prefill = make_rollout_and_prefill(
         lm.model,
@@ -406,7 +439,7 @@ def test_gradient_checkpointing_keeps_two_prompt_passes_and_a_grpo_step_runs(tin
         grpo,
         RewardConfig(),
         CPU,
-        keep_prefill=fuse_prefill(lm.model, grpo),
+        plan=plan,
     )
     assert prefill is None and ro.shared_prefix  # sampled from a shared prefix; the loss runs the plain path
     ro.advantages = torch.linspace(-1, 1, B * G)

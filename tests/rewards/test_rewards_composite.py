@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from vqa_grpo.rewards import SEED_WEIGHTS, composite_reward
+from vqa_grpo.rewards import SEED_REPORT_WEIGHTS, composite_reward
 from vqa_grpo.rewards.composite import COMPONENTS, check_weights, composite_batch
 
 
@@ -99,11 +99,11 @@ def test_custom_weights():
     "weights",
     [
         {"bleu1": 1.0},  # missing keys
-        {**SEED_WEIGHTS, "other": 0.0},  # extra key
-        {**SEED_WEIGHTS, "bleu1": -0.1, "jaccard": 0.4},  # negative
-        {**SEED_WEIGHTS, "bleu1": 0.3},  # sums to 1.1
-        {**SEED_WEIGHTS, "bleu1": float("nan")},
-        {**SEED_WEIGHTS, "bleu1": "0.2"},
+        {**SEED_REPORT_WEIGHTS, "other": 0.0},  # extra key
+        {**SEED_REPORT_WEIGHTS, "bleu1": -0.1, "jaccard": 0.4},  # negative
+        {**SEED_REPORT_WEIGHTS, "bleu1": 0.3},  # sums to 1.1
+        {**SEED_REPORT_WEIGHTS, "bleu1": float("nan")},
+        {**SEED_REPORT_WEIGHTS, "bleu1": "0.2"},
         [0.2, 0.3, 0.2, 0.1, 0.2],  # not a dict
     ],
 )
@@ -113,7 +113,7 @@ def test_bad_weights_raise_value_error(weights):
 
 
 def test_weights_within_tolerance_are_accepted():
-    w = {**SEED_WEIGHTS, "bleu1": 0.2 + 5e-7}
+    w = {**SEED_REPORT_WEIGHTS, "bleu1": 0.2 + 5e-7}
     assert check_weights(w)[0] == pytest.approx(0.2 + 5e-7)
 
 
@@ -138,7 +138,7 @@ def test_the_guard_scales_longer_answers_by_the_length_ratio(prediction, seed_to
     assert composite_reward(prediction, "no")["total"] == pytest.approx(seed_total)
     guarded = composite_reward(prediction, "no", guard=True)
     assert guarded["total"] == pytest.approx(guarded_total)
-    assert guarded["total"] == pytest.approx(sum(w * guarded[k] for k, w in SEED_WEIGHTS.items()))
+    assert guarded["total"] == pytest.approx(sum(w * guarded[k] for k, w in SEED_REPORT_WEIGHTS.items()))
 
 
 def test_the_guard_leaves_answers_no_longer_than_the_reference_alone():

@@ -29,6 +29,7 @@ def predict_sharded(dist: Dist, lm, examples: list, eval_cfg, device, *, progres
             temperature=eval_cfg.temperature,
             top_p=eval_cfg.top_p,
             progress=progress,
+            any_rank=dist.synced_decoding(),
         )
 
     if not dist.sharded_forward:

@@ -6,7 +6,7 @@ from vqa_grpo.grpo.math import (
     masked_mean,
     masked_sum,
     policy_loss,
-    seed_loss,
+    seed_report_loss,
 )
 from vqa_grpo.grpo.sampling import RowwiseTemperatureTopP, row_sampling_params, sampling_logprobs
 
@@ -19,5 +19,5 @@ __all__ = [
     "policy_loss",
     "row_sampling_params",
     "sampling_logprobs",
-    "seed_loss",
+    "seed_report_loss",
 ]

@@ -30,7 +30,7 @@ class Reference:
     @classmethod
     def for_run(cls, cfg: Config, model: torch.nn.Module) -> Reference | None:
         """The run's reference; None when there is no KL term (beta = 0, or the seed report's loss)."""
-        if cfg.grpo.beta == 0 or cfg.grpo.loss_type == "seed":
+        if cfg.grpo.beta == 0 or cfg.grpo.loss_type == "seed_report":
             return None
         if cfg.model.lora:
             return cls(None)
@@ -72,7 +72,7 @@ def add_old_and_reference(
             ro.completion_ids,
             ro.completion_mask,
             group_size=ro.group_size,
-            shared_prefix=ro.shared_prefix,
+            shared_prefix=ro.plan.score_shared,
         )
         ro.old_logprobs = token_logprobs(logits, ro.completion_ids, ro.temperatures)
         raw = token_logprobs(logits, ro.completion_ids)

@@ -23,7 +23,7 @@ completion rows (R = B x G, group after group), C completion tokens, V vocabular
 are 1/True for completion tokens and 0/False for padding. Masked positions never reach a result,
 but should hold finite values: an inf there turns into a nan gradient through ``torch.where``.
 
-``seed_loss`` is the seed report's Algorithm 1, kept only to reproduce it: its value is zero by
+``seed_report_loss`` is the seed report's Algorithm 1, kept only to reproduce it: its value is zero by
 construction (see its docstring).
 """
 
@@ -159,7 +159,7 @@ def policy_loss(
     the tokens that get no gradient), ``ratio_mean`` the token mean of the ratio.
     """
     if loss_type not in LOSS_TYPES:
-        hint = " (the seed's formula is seed_loss)" if loss_type == "seed" else ""
+        hint = " (the seed report's formula is seed_report_loss)" if loss_type == "seed_report" else ""
         raise ValueError(f"loss_type={loss_type!r}: choose one of {', '.join(LOSS_TYPES)}{hint}")
     if beta > 0 and ref_logprobs is None:
         raise ValueError(f"beta={beta} needs ref_logprobs (the reference model's token log-probs)")
@@ -209,7 +209,7 @@ def policy_loss(
 # The seed's formula (reproduction only)
 
 
-def seed_loss(rewards: Tensor, lm_loss: Tensor, *, eps: float = 1e-8) -> Tensor:
+def seed_report_loss(rewards: Tensor, lm_loss: Tensor, *, eps: float = 1e-8) -> Tensor:
     """The seed report's Algorithm 1: -mean((r - mean r) / (std r + eps)) x lm_loss.
 
     ``rewards`` [G] are one group's rewards (any set works the same), ``lm_loss`` a 0-dim tensor,
@@ -218,7 +218,7 @@ def seed_loss(rewards: Tensor, lm_loss: Tensor, *, eps: float = 1e-8) -> Tensor:
     Degenerate by construction: the standardised rewards have mean (mean r - mean r) / (std + eps)
     = 0, so the loss is 0 x lm_loss up to float rounding, and its gradient is that rounding residue
     (about 1e-8 in float32) times the gradient of ``lm_loss``. It does not depend on which
-    completion earned which reward. Kept as ``grpo.loss_type=seed`` only to reproduce the seed.
+    completion earned which reward. Kept as ``grpo.loss_type=seed_report`` only to reproduce the seed.
     """
     r = rewards if rewards.is_floating_point() else rewards.float()  # [G]
     normalised = (r - r.mean()) / (r.std() + eps)  # [G]

@@ -1,8 +1,8 @@
 """The loss of one optimisation step on a rollout: the model's forward pass plus the pure math.
 
 ``grpo_objective`` is DeepSeekMath's clipped GRPO objective (grpo/math.py ``policy_loss``),
-with the optional MLE term of the seed's hybrid objective (``grpo.sft_coef``). ``seed_objective``
-is the seed's Algorithm 1, kept as a reproduction mode (``grpo.loss_type=seed``): its factor
+with the optional MLE term of the seed's hybrid objective (``grpo.sft_coef``). ``seed_report_objective``
+is the seed's Algorithm 1, kept as a reproduction mode (``grpo.loss_type=seed_report``): its factor
 -mean(normalised rewards) is zero by construction, so it trains nothing.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from vqa_grpo.config import GRPOConfig
-from vqa_grpo.grpo.math import policy_loss, seed_loss
+from vqa_grpo.grpo.math import policy_loss, seed_report_loss
 from vqa_grpo.grpo.rollout import Rollout
 from vqa_grpo.models.adapters import FamilyAdapter
 from vqa_grpo.models.prefix import Prefix
@@ -23,7 +23,7 @@ def rollout_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs [R, C] (at each row's sampling temperature) and entropies [R, C].
 
-    Each prompt runs once per group when the rollout was sampled on the shared-prefix path,
+    Each prompt runs once per group where the rollout's plan shares the prefix after sampling,
     else G times (the same numbers up to float rounding; models/prefix.py). ``prefix``: the
     rollout's own pass of the prompts, kept with gradient (the fused prefill), extended here.
     """
@@ -36,7 +36,7 @@ def rollout_logprobs(
         rollout.temperatures,
         with_entropy=with_entropy,
         group_size=rollout.group_size,
-        shared_prefix=rollout.shared_prefix,
+        shared_prefix=rollout.plan.score_shared,
         prefix=prefix,
     )
 
@@ -81,11 +81,11 @@ def grpo_objective(
     # One device-to-host copy for all the statistics, not one synchronisation each.
     values = torch.stack([v.detach().float().reshape(()) for v in stats.values()]).tolist()
     stats = dict(zip(stats, values))
-    stats["shared_prefix"] = float(rollout.shared_prefix)  # 1: each prompt encoded once per group
+    stats["shared_prefix"] = float(rollout.plan.score_shared)  # 1: each prompt encoded once per group
     return loss, stats
 
 
-def seed_objective(model, adapter: FamilyAdapter, processor, rollout: Rollout) -> tuple[torch.Tensor, dict]:
+def seed_report_objective(model, adapter: FamilyAdapter, processor, rollout: Rollout) -> tuple[torch.Tensor, dict]:
     """The seed's Algorithm 1: -mean(group-normalised rewards) x LM loss of the prompt.
 
     L_base is the language-model loss of the prompt tokens (labels = input_ids, with padding and
@@ -96,6 +96,6 @@ def seed_objective(model, adapter: FamilyAdapter, processor, rollout: Rollout) -
     labels = adapter.prompt_labels(processor, prompts)  # padding and image-layout tokens -> -100
     lm_loss = model(**prompts.model_inputs(), labels=labels, use_cache=False).loss
     G = rollout.group_size
-    losses = [seed_loss(r, lm_loss) for r in rollout.rewards.to(lm_loss.device).view(-1, G)]
+    losses = [seed_report_loss(r, lm_loss) for r in rollout.rewards.to(lm_loss.device).view(-1, G)]
     loss = torch.stack(losses).mean()
     return loss, {"lm_loss": float(lm_loss.detach())}

@@ -1,15 +1,12 @@
 """A GRPO rollout: sample G completions per question in one batched decode, score them, and
 compute group-relative advantages.
 
-With ``grpo.shared_prefix`` (auto: wherever the family supports it) each question's prompt and
-image run once and the G completions are decoded from its expanded KV cache (models/prefix.py);
-the rollout remembers the path so that the loss's forward pass takes the same one.
-
-With the fused prefill (``grpo.fuse_prefill``, see :func:`fused_prefill_reason`) that one pass of
-the prompts is also the loss's: it runs with gradient before sampling, the sampler decodes from a
-detached copy of its cache, and the loss extends the original, so a step runs each prompt once in
-all. It needs the loss to see exactly the policy that sampled: one optimiser step per rollout,
-no active dropout, the transformers sampler, one process and one micro-batch per step.
+The run's forward plan (models/plan.py, chosen by grpo/plan.py) says how: on the shared prefix
+each question's prompt and image run once and the G completions are decoded from its expanded KV
+cache (models/prefix.py); the rollout keeps the plan so that the loss's passes take its path.
+With the fused prefill that one pass of the prompts is also the loss's: it runs with gradient
+before sampling, the sampler decodes from a detached copy of its cache, and the loss extends the
+original, so a step runs each prompt once in all.
 
 Shapes: B questions, G completions each, R = B*G rows (group after group), P prompt tokens,
 C completion tokens.
@@ -18,7 +15,7 @@ C completion tokens.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from transformers import LogitsProcessorList
@@ -26,11 +23,12 @@ from transformers import LogitsProcessorList
 from vqa_grpo.config import GRPOConfig, RewardConfig
 from vqa_grpo.data.types import VQAExample
 from vqa_grpo.grpo.math import group_advantages
+from vqa_grpo.grpo.plan import choose_plan
 from vqa_grpo.grpo.sampling import RowwiseTemperatureTopP, row_sampling_params, sampling_logprobs
 from vqa_grpo.models import prefix as shared
-from vqa_grpo.models import prefix_sampling as sampling
 from vqa_grpo.models.adapters import FamilyAdapter, PromptBatch
 from vqa_grpo.models.generation import Completions, decode, generate
+from vqa_grpo.models.plan import PLAIN, ForwardPlan
 from vqa_grpo.rewards import clean_answer, compute_rewards
 
 
@@ -53,64 +51,18 @@ class Rollout:
     old_logprobs: torch.Tensor | None = None  # [R, C] rollout policy, when num_iterations > 1
     ref_logprobs: torch.Tensor | None = None  # [R, C] reference policy, when beta > 0
     bad_reward_inputs: int = 0  # completions the rewards scored as bad input (empty ones)
-    shared_prefix: bool = False  # each prompt runs once per group, here and in the loss (models/prefix.py)
+    plan: ForwardPlan = PLAIN  # the paths of its sampling and of the passes after it (models/plan.py)
     # [R, C] truncated importance weights when vLLM sampled (grpo/vllm_backend.py)
     is_weights: torch.Tensor | None = None
     reward_seconds: dict[str, float] = field(default_factory=dict)  # each user reward function's wall time
 
+    @property
+    def shared_prefix(self) -> bool:
+        """Sampled from a shared prefix (each prompt run once per group)."""
+        return self.plan.sample_shared
+
     def repeated_prompts(self, adapter: FamilyAdapter) -> PromptBatch:
         return adapter.repeat(self.prompts, self.group_size)
-
-
-def has_active_dropout(model) -> bool:
-    """True when a forward pass in training mode could drop anything: a dropout module with p > 0,
-    or a module attribute naming a drop probability (``attention_dropout``, ``dropout``,
-    ``attn_pdrop``, ``layerdrop``, ``drop_prob``, ...) that is a positive float. It may refuse for a
-    tower that never runs (e.g. an audio encoder's dropout); it does not miss these forms."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0:
-            return True
-        for name, value in vars(m).items():
-            if "drop" in name and isinstance(value, float) and not isinstance(value, bool) and value > 0:
-                return True
-    return False
-
-
-def fused_prefill_reason(model, grpo: GRPOConfig, *, processes: int = 1, accumulation: int = 1) -> str | None:
-    """Why the prompts' pass cannot be shared by sampling and the loss (None: it can).
-
-    Sharing it is exact only when the loss's policy is the sampling one in the same mode: pi_old =
-    pi_theta (``num_iterations`` = 1), no dropout, and the transformers sampler. It holds the
-    prompts' activations during sampling, so it is kept to one micro-batch per step, and to one
-    process (DDP's hooks need every pass inside its wrapper).
-    """
-    checks = [
-        (grpo.fuse_prefill == "off", "grpo.fuse_prefill=off"),
-        (not shared.resolve(model, grpo.shared_prefix), "no shared prefix"),
-        (shared.checkpointing_on(model), "gradient checkpointing drops the KV cache"),
-        (
-            bool(sampling.plain_only_settings(model.generation_config, True)),
-            "the generation config needs transformers' generate",
-        ),
-        (grpo.loss_type == "seed", "the seed's loss has no completion pass"),
-        (grpo.num_iterations > 1, "grpo.num_iterations > 1"),
-        (grpo.generation_backend != "transformers", "vLLM samples"),
-        (processes > 1, "several processes"),
-        (accumulation > 1, "gradient accumulation"),
-        (has_active_dropout(model), "dropout is active"),
-    ]
-    return next((why for failed, why in checks if failed), None)
-
-
-def fuse_prefill(model, grpo: GRPOConfig, *, processes: int = 1, accumulation: int = 1) -> bool:
-    """Whether the rollout keeps its prompts' pass for the loss; the answer is logged once."""
-    why = fused_prefill_reason(model, grpo, processes=processes, accumulation=accumulation)
-    shared._log_once(
-        "GRPO prefill: shared by sampling and the loss"
-        if why is None
-        else f"GRPO prefill: run for sampling and again in the loss ({why})"
-    )
-    return why is None
 
 
 def make_rollout(
@@ -124,10 +76,16 @@ def make_rollout(
     device: torch.device,
     vllm_sampler=None,
     reward_funcs: dict | None = None,
+    plan: ForwardPlan | None = None,
 ) -> Rollout:
-    """Sample G completions for each question (one batched decode, or ``vllm_sampler``'s engine), score, and centre."""
+    """Sample G completions for each question (one batched decode, or ``vllm_sampler``'s engine),
+    score, and centre. ``plan``: the run's (default: chosen here for one process); a fused prefill
+    is not kept, since no loss follows here."""
+    plan = plan or choose_plan(model, adapter, replace(grpo, fuse_prefill="off"))
+    if plan.fused:
+        plan = replace(plan, loss="shared prefix")
     return make_rollout_and_prefill(
-        model, adapter, processor, examples, images, grpo, reward, device, vllm_sampler, False, reward_funcs
+        model, adapter, processor, examples, images, grpo, reward, device, vllm_sampler, reward_funcs, plan
     )[0]
 
 
@@ -142,20 +100,20 @@ def make_rollout_and_prefill(
     reward: RewardConfig,
     device: torch.device,
     vllm_sampler=None,
-    keep_prefill: bool = False,
     reward_funcs: dict | None = None,
+    plan: ForwardPlan | None = None,
 ) -> tuple[Rollout, shared.Prefix | None]:
-    """:func:`make_rollout`, and with ``keep_prefill`` (when :func:`fuse_prefill` allows it) the
-    prompts' pass with gradient that sampling decoded from: hand it to the loss once
+    """:func:`make_rollout`, and, when ``plan`` (default: chosen here for one process) fuses the
+    prefill, the prompts' pass with gradient that sampling decoded from: hand it to the loss once
     (``grpo_objective(..., prefix=...)``); its graph goes with that backward pass. None when the
-    pass could not be kept."""
+    plan has no fused prefill."""
     G = grpo.num_generations
-    use_shared = shared.resolve(model, grpo.shared_prefix)
+    plan = plan or choose_plan(model, adapter, grpo)
     prompts = adapter.encode_prompts(processor, images, [e.question for e in examples]).to(device)
-    prefix = None
-    if keep_prefill and use_shared and vllm_sampler is None:
+    prefix, keep_prefill = None, plan.fused and vllm_sampler is None
+    if keep_prefill:
         with torch.enable_grad():
-            prefix = shared.encode_prefix(model, prompts, G)
+            prefix = shared.encode_prefix(model, prompts, G, plan.position_rule)
         if not shared.copyable_cache(prefix.cache):  # run it again for sampling; keep it for the loss
             shared._log_once(
                 f"GRPO prefill: a {type(prefix.cache).__name__} cannot be copied for sampling; sampling runs the "
@@ -180,8 +138,9 @@ def make_rollout_and_prefill(
             logits_processor=LogitsProcessorList([sampler]),
             keep_scores=True,
             group_size=G,
-            shared_prefix=use_shared,
-            prefix=shared.detached(prefix) if keep_prefill and prefix is not None else None,
+            shared_prefix=plan.sample_shared,
+            prefix=shared.detached(prefix) if keep_prefill else None,
+            any_rank=plan.any_rank,
         )
         samp_logp = sampling_logprobs(comp.scores, comp.ids) * comp.mask
     texts = decode(processor, comp)
@@ -223,7 +182,7 @@ def make_rollout_and_prefill(
         reward_parts={k: torch.as_tensor(v, dtype=torch.float32) for k, v in scored.parts.items()},
         advantages=advantages.to(device),
         bad_reward_inputs=scored.bad_inputs,
-        shared_prefix=use_shared,
+        plan=plan,
         reward_seconds=scored.seconds,
     )
     return rollout, prefix

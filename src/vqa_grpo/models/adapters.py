@@ -84,6 +84,10 @@ class FamilyAdapter:
     """Regex (full match) over module names: the language model, where LoRA goes by default."""
     vision_pattern = r".*(vision_tower|vision_model|visual|vision_embed_tokens|image_embed)\..*"
     """Regex (full match) over parameter names: the vision tower that model.freeze_vision freezes."""
+    position_rule: str | None = None
+    """How a completion's positions continue its prompt's on the shared-prefix path (models/prefix.py):
+    "mrope" (Qwen2-VL's 3-D positions from ``get_rope_index``), "linear" (1-D, counting real tokens),
+    or None: no rule tested for this family, so its prompts run G times (the plain path)."""
 
     # ---- prompts and batches ----
 
@@ -217,6 +221,7 @@ class Qwen2VLAdapter(FamilyAdapter):
     ``mm_token_type_ids`` [B, P] marking the image tokens."""
 
     name = "qwen2_vl"
+    position_rule = "mrope"
     text_model_pattern = r".*language_model.*"
 
     def processor_images(self, images: list[Image.Image]) -> list:
@@ -243,6 +248,7 @@ class LlavaAdapter(FamilyAdapter):
     ``image_sizes`` [B, 2]: the number of image tokens depends on each image's size)."""
 
     name = "llava"
+    position_rule = "linear"
     text_model_pattern = r".*language_model.*"
 
 
@@ -253,6 +259,7 @@ class Idefics3Adapter(FamilyAdapter):
     between ``<fake_token_around_image>`` and a ``<row_i_col_j>`` or ``<global-img>`` tag."""
 
     name = "idefics3"
+    position_rule = "linear"
     text_model_pattern = r".*text_model.*"
 
     def layout_tokens(self, processor) -> list[str]:
@@ -266,6 +273,7 @@ class Gemma3Adapter(FamilyAdapter):
     and ``token_type_ids`` [B, P] (1 on image tokens: bidirectional attention among them)."""
 
     name = "gemma3"
+    position_rule = "linear"
     text_model_pattern = r".*language_model.*"
 
 
@@ -276,6 +284,7 @@ class Phi4MultimodalAdapter(FamilyAdapter):
     ``gate_up_proj``) and live directly under ``model.layers``."""
 
     name = "phi4_multimodal"
+    position_rule = "linear"
     auto_model = "AutoModelForCausalLM"
     text_model_pattern = r"model\.layers\.\d+\..*"
     vision_pattern = r"model\.embed_tokens_extend\.image_embed\..*"
@@ -295,6 +304,7 @@ class Phi3VisionAdapter(FamilyAdapter):
     """
 
     name = "phi3_v"
+    position_rule = "linear"
     auto_model = "AutoModelForCausalLM"
     per_token_keys = ()
     layout_token_names = ("special_image_token",)

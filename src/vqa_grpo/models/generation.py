@@ -57,6 +57,7 @@ def generate(
     group_size: int = 1,
     shared_prefix: bool = False,
     prefix=None,
+    any_rank=None,
 ) -> Completions:
     """Sample (or greedily decode) ``group_size`` completions of each prompt in one batch.
 
@@ -66,11 +67,15 @@ def generate(
     ``shared_prefix`` runs each prompt once (models/prefix.py) instead of G times; a model whose
     generation config asks for a processor that path does not rebuild stays on the plain path.
     ``prefix``: the prompts' expanded pass already run (models/prefix.Prefix, no gradient).
+    ``any_rank``: synced decoding under sharded weights (``ForwardPlan.any_rank``): every rank
+    steps until all ranks' rows have stopped.
     """
     stop_ids = adapter.stop_token_ids(processor, model)
     pad_id = processor.tokenizer.pad_token_id
     suppress = adapter.suppressed_token_ids(processor)
-    if shared_prefix:
+    if shared_prefix and adapter.position_rule is None:
+        raise RuntimeError(f"the {adapter.name} adapter has no shared-prefix position rule: use the plain path")
+    if shared_prefix:  # a guard for direct callers: a run's plan has already chosen (models/plan.py)
         blocked = sampling.plain_only_settings(model.generation_config, do_sample)
         if blocked:
             shared._log_once(f"generation: plain path, the generation config sets {', '.join(blocked)}")
@@ -99,6 +104,8 @@ def generate(
                 pad_id=pad_id,
                 keep_scores=keep_scores,
                 prefix=prefix,
+                position_rule=adapter.position_rule,
+                any_rank=any_rank,
             )
         else:
             ids, scores = _hf_generate(
@@ -113,6 +120,7 @@ def generate(
                 stop_ids=stop_ids,
                 pad_id=pad_id,
                 suppress=suppress,
+                synced=any_rank is not None,
             )
     finally:
         model.train(was_training)
@@ -134,6 +142,7 @@ def _hf_generate(
     stop_ids,
     pad_id,
     suppress,
+    synced,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
     """transformers' ``generate`` over R prompt rows: the completion ids [R, C] and scores."""
     kwargs = dict(
@@ -148,7 +157,7 @@ def _hf_generate(
         kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    if shared.decoding_is_synced():  # sharded weights: every rank steps until all are done
+    if synced:  # sharded weights: every rank steps until all are done
         kwargs["synced_gpus"] = True
     out = model.generate(**prompts.model_inputs(), **kwargs, return_dict_in_generate=True, output_scores=keep_scores)
     return out.sequences[:, prompts.input_ids.shape[1] :], (out.scores if keep_scores else None)
@@ -174,8 +183,10 @@ def predict_answers(
     temperature: float = 0.7,
     top_p: float = 0.9,
     progress: bool = False,
+    any_rank=None,
 ) -> list[str | None]:
-    """Decoded answers for ``examples`` in batches; None where the image failed to load."""
+    """Decoded answers for ``examples`` in batches; None where the image failed to load.
+    ``any_rank``: synced decoding under sharded weights, as in :func:`generate`."""
     from tqdm.auto import tqdm
 
     from vqa_grpo.data.types import BadExample
@@ -203,6 +214,7 @@ def predict_answers(
             do_sample=do_sample,
             temperature=temperature,
             top_p=top_p,
+            any_rank=any_rank,
         )
         for i, text in zip(index, decode(processor, comp)):
             out[i] = text

@@ -12,17 +12,22 @@ float rounding (tests/models/test_prefix.py).
 
 Positions must continue the prompt's as the model's own forward computes them:
 
-- Qwen2-VL and Qwen2.5-VL (M-RoPE): the model's ``get_rope_index`` gives the prompt's 3-D
+Each family's rule is on its adapter (``FamilyAdapter.position_rule``) and reaches these functions
+through the run's forward plan (models/plan.py), so ``model.family`` decides it too:
+
+- "mrope", Qwen2-VL and Qwen2.5-VL: the model's ``get_rope_index`` gives the prompt's 3-D
   positions and a per-prompt delta; completion token t of a prompt with n real tokens is at
   n + delta + t on all three axes. They are always passed explicitly, never left to the model's
   cached ``rope_deltas``.
-- 1-D families (``LINEAR_FAMILIES``): positions count real tokens only (left padding skipped),
-  prompt and completion alike, as ``generate`` numbers them. (The plain forward pass counts the
-  padding too; with rotary positions only the distance between tokens matters, so the two agree.)
+- "linear", the 1-D families (LLaVA, Idefics3/SmolVLM, Gemma 3, Phi-3/Phi-4): positions count real
+  tokens only (left padding skipped), prompt and completion alike, as ``generate`` numbers them.
+  (The plain forward pass counts the padding too; with rotary positions only the distance between
+  tokens matters, so the two agree. Gemma 3's image tokens attend to each other inside the prompt,
+  which runs whole.)
 
 Every other family, and any model whose cache would be dropped (gradient checkpointing while
-training), falls back to the plain path; ``resolve`` says which path runs, once, on the
-``vqa_grpo.prefix`` logger.
+training), takes the plain path; the plan says which path runs, once, on the ``vqa_grpo.prefix``
+logger.
 
 Shapes: B prompts (P tokens, left-padded), G completions each, R = B*G rows (group after group),
 T tokens after the prefix, C completion tokens, V vocabulary.
@@ -34,87 +39,29 @@ import copy
 import functools
 import inspect
 import logging
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from vqa_grpo.errors import UserError
 from vqa_grpo.models.adapters import PromptBatch, unwrap_ddp
 
 log = logging.getLogger("vqa_grpo.prefix")
 
-MROPE_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
-"""``config.model_type`` of the families whose text positions are M-RoPE, continued from ``get_rope_index``."""
-LINEAR_FAMILIES = ("llava", "llava_next", "idefics3", "gemma3", "phi4_multimodal", "phi3_v")
-"""``config.model_type`` of the families with plain 1-D positions, each tested to match the plain path
-(Gemma 3 included: its image tokens attend to each other inside the prompt, which runs whole)."""
-
 _logged: set[str] = set()
 
-# Synced decoding: with sharded weights (FSDP) every rank must run the same number of forward
-# passes, so a rank whose rows have all stopped keeps stepping (on padding) until every rank's have.
-_any_rank: Callable[[bool], bool] | None = None
 
-
-@contextmanager
-def synced_decoding(any_rank: Callable[[bool], bool]):
-    """Within this block, decoding stops only when ``any_rank(this rank still running)`` is False:
-    ``any_rank`` must return the same answer on every rank (e.g. ``Dist.any``)."""
-    global _any_rank
-    previous, _any_rank = _any_rank, any_rank
-    try:
-        yield
-    finally:
-        _any_rank = previous
-
-
-def decoding_is_synced() -> bool:
-    return _any_rank is not None
-
-
-def keep_decoding(running: torch.Tensor) -> tuple[bool, bool]:
-    """(a row here is still running, take another decode step: here, or under synced decoding on any rank)."""
+def keep_decoding(running: torch.Tensor, any_rank: Callable[[bool], bool] | None = None) -> tuple[bool, bool]:
+    """(a row here is still running, take another decode step): with ``any_rank`` (synced decoding
+    under sharded weights, ForwardPlan.any_rank) the step is taken while a row runs on any rank."""
     here = bool(running.any())
-    return here, (here if _any_rank is None else _any_rank(here))
+    return here, (here if any_rank is None else any_rank(here))
 
 
 def _log_once(message: str) -> None:
     if message not in _logged:
         _logged.add(message)
         log.info(message)
-
-
-def model_type(model) -> str:
-    return getattr(unwrap_ddp(model).config, "model_type", "") or ""
-
-
-def unsupported_reason(model) -> str | None:
-    """Why the shared prefix cannot run on ``model``; None when it can."""
-    kind = model_type(model)
-    if kind not in MROPE_FAMILIES + LINEAR_FAMILIES:
-        return f"model_type {kind!r} has no tested shared-prefix position rule"
-    return None
-
-
-def resolve(model, setting: str) -> bool:
-    """Whether the shared prefix runs for ``grpo.shared_prefix`` = ``setting`` (auto, on, off).
-
-    "on" where the family cannot use it is a UserError; the path taken is logged once.
-    """
-    if setting not in ("auto", "on", "off"):
-        raise UserError(f"grpo.shared_prefix={setting!r} is not allowed; choose one of auto, on, off")
-    reason = unsupported_reason(model)
-    if setting == "on" and reason is not None:
-        raise UserError(f"grpo.shared_prefix=on cannot run: {reason}; set grpo.shared_prefix=auto or off")
-    use = setting != "off" and reason is None
-    why = "grpo.shared_prefix=off" if setting == "off" else (reason or model_type(model))
-    _log_once(
-        f"GRPO path: {'shared prefix (prompt encoded once per group)' if use else 'plain (prompt repeated G times)'} "
-        f"[{why}]"
-    )
-    return use
 
 
 def checkpointing_on(model) -> bool:
@@ -147,18 +94,16 @@ def _rope_model(model):
     return inner
 
 
-def prompt_positions(model, prompts: PromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions of the prompt tokens, as the model's forward would compute them, and the
-    position of each prompt's first completion token.
+def prompt_positions(model, prompts: PromptBatch, rule: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of the prompt tokens under the position ``rule`` ("mrope" or "linear"), as the
+    model's forward would compute them, and the position of each prompt's first completion token.
 
     Returns ``position_ids`` ([3, B, P] for M-RoPE, [B, P] otherwise) and ``next_position`` [B].
     """
     mask = prompts.attention_mask
     n_real = mask.sum(dim=1)  # [B]
-    if model_type(model) in MROPE_FAMILIES:
+    if rule == "mrope":
         inner = _rope_model(model)
-        import inspect
-
         accepted = inspect.signature(inner.get_rope_index).parameters
         extra = {k: v for k, v in prompts.extra.items() if k in accepted}
         position_ids, deltas = inner.get_rope_index(prompts.input_ids, attention_mask=mask, **extra)
@@ -167,10 +112,10 @@ def prompt_positions(model, prompts: PromptBatch) -> tuple[torch.Tensor, torch.T
     return position_ids, n_real
 
 
-def continuation_positions(model, start: torch.Tensor, length: int) -> torch.Tensor:
+def continuation_positions(rule: str, start: torch.Tensor, length: int) -> torch.Tensor:
     """Positions of ``length`` tokens after the prefix: start [R] + 0..length-1 ([3, R, C] or [R, C])."""
     pos = start[:, None] + torch.arange(length, device=start.device)[None, :]  # [R, C]
-    if model_type(model) in MROPE_FAMILIES:
+    if rule == "mrope":
         return pos.unsqueeze(0).expand(3, -1, -1)
     return pos
 
@@ -187,6 +132,7 @@ class Prefix:
     last_logits: torch.Tensor  # [R, V] logits at the last prompt position: they predict completion token 0
     attention_mask: torch.Tensor  # [R, P + tokens added since]
     next_position: torch.Tensor  # [R] position of the next token to add
+    position_rule: str  # the adapter's ("mrope" or "linear")
 
     def extend(
         self, model, ids: torch.Tensor, mask: torch.Tensor | None = None, *, logits_to_keep: int = 0
@@ -199,7 +145,7 @@ class Prefix:
         out = model(
             input_ids=ids,
             attention_mask=self.attention_mask,
-            position_ids=continuation_positions(model, self.next_position, T),
+            position_ids=continuation_positions(self.position_rule, self.next_position, T),
             use_cache=True,
             logits_to_keep=logits_to_keep,
             **{cache_argument(model): self.cache},
@@ -217,7 +163,9 @@ def detached(prefix: Prefix) -> Prefix:
         raise RuntimeError(f"cannot copy a {type(prefix.cache).__name__} for sampling: use grpo.fuse_prefill=off")
     cache = copy.copy(prefix.cache)
     cache.layers = [_detached_layer(layer) for layer in prefix.cache.layers]
-    return Prefix(cache, prefix.last_logits.detach().clone(), prefix.attention_mask, prefix.next_position)
+    return Prefix(
+        cache, prefix.last_logits.detach().clone(), prefix.attention_mask, prefix.next_position, prefix.position_rule
+    )
 
 
 def copyable_cache(cache) -> bool:
@@ -263,14 +211,15 @@ def output_cache(out):
     return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
-def encode_prefix(model, prompts: PromptBatch, group_size: int) -> Prefix:
-    """Run the B prompts (with their images) once and repeat the cache and last logits G times.
+def encode_prefix(model, prompts: PromptBatch, group_size: int, position_rule: str) -> Prefix:
+    """Run the B prompts (with their images) once and repeat the cache and last logits G times;
+    ``position_rule``: the adapter's.
 
     Under autograd the repeat is differentiable: the G rows' gradients sum into the one prefix.
     """
     if cache_is_dropped(model):
         raise RuntimeError("gradient checkpointing drops the KV cache in training: use the plain path")
-    position_ids, next_position = prompt_positions(model, prompts)
+    position_ids, next_position = prompt_positions(model, prompts, position_rule)
     out = model(**prompts.model_inputs(), position_ids=position_ids, use_cache=True, logits_to_keep=1)
     cache = output_cache(out)
     P = prompts.input_ids.shape[1]
@@ -285,6 +234,7 @@ def encode_prefix(model, prompts: PromptBatch, group_size: int) -> Prefix:
         last_logits=out.logits[:, -1].repeat_interleave(group_size, dim=0),
         attention_mask=prompts.attention_mask.repeat_interleave(group_size, dim=0),
         next_position=next_position.repeat_interleave(group_size, dim=0),
+        position_rule=position_rule,
     )
 
 
@@ -295,15 +245,18 @@ def prefix_completion_logits(
     completion_ids: torch.Tensor,
     completion_mask: torch.Tensor,
     prefix: Prefix | None = None,
+    *,
+    position_rule: str,
 ) -> torch.Tensor:
     """Logits that predict each completion token, [R, C, V], with each of the B prompts run once.
 
     Row r's completion follows prompt r // G. Token 0 is predicted by the prompt's last position;
     tokens 1..C-1 by completion tokens 0..C-2, which run against the expanded prefix cache (the
     last completion token predicts nothing and is not run). ``prefix``: the prompts' pass already
-    run (with gradient) for sampling, which this call extends in place (the fused prefill).
+    run (with gradient) for sampling, which this call extends in place (the fused prefill);
+    ``position_rule``: the adapter's, for a prefix run here.
     """
-    prefix = encode_prefix(model, prompts, group_size) if prefix is None else prefix
+    prefix = encode_prefix(model, prompts, group_size, position_rule) if prefix is None else prefix
     first = prefix.last_logits[:, None, :]  # [R, 1, V]
     C = completion_ids.shape[1]
     if C == 1:

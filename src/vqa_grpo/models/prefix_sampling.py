@@ -6,6 +6,8 @@ Shapes: B prompts, G completions each, R = B*G rows, C completion tokens, V voca
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from transformers import LogitsProcessorList
 
@@ -29,6 +31,8 @@ def sample_from_prefix(
     pad_id: int,
     keep_scores: bool = False,
     prefix: Prefix | None = None,
+    position_rule: str,
+    any_rank: Callable[[bool], bool] | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
     """Decode G completions per prompt from one shared prefix (``prefix`` when already run): token ids [R, C] and, with
     ``keep_scores``, the processed scores of each step (C x [R, V], float32).
@@ -37,11 +41,11 @@ def sample_from_prefix(
     float32 passed through ``processors`` (called with the sequences so far, prompt included),
     the token is ``multinomial(softmax(scores))`` when sampling or the argmax, a row that has
     emitted a stop token continues with ``pad_id``, and decoding ends when every row has stopped
-    or after ``max_new_tokens`` (under ``synced_decoding``, when every rank's rows have). With the
+    or after ``max_new_tokens`` (with ``any_rank``, synced decoding: when every rank's rows have). With the
     same seed and equal logits it draws the same tokens. One host sync per step (the all-stopped
-    check), as in ``generate``.
+    check), as in ``generate``. ``position_rule``: the adapter's, for a prefix run here.
     """
-    prefix = encode_prefix(model, prompts, group_size) if prefix is None else prefix
+    prefix = encode_prefix(model, prompts, group_size, position_rule) if prefix is None else prefix
     seqs = prompts.input_ids.repeat_interleave(group_size, dim=0)  # [R, P], grows by one per step
     stop = torch.tensor(stop_ids, device=seqs.device)
     running = torch.ones(seqs.shape[0], dtype=torch.bool, device=seqs.device)  # [R]
@@ -66,7 +70,7 @@ def sample_from_prefix(
         running = running & ~torch.isin(nxt, stop)
         if step + 1 == max_new_tokens:
             break
-        here, more = keep_decoding(running)
+        here, more = keep_decoding(running, any_rank)
         if not more:
             break
         logits = prefix.extend(model, nxt[:, None], logits_to_keep=1)[:, -1].float()

@@ -49,13 +49,20 @@ def completion_logits(
     so there the plain path runs. ``prefix``: the prompts' shared pass already run with gradient
     for sampling (the fused prefill, grpo/rollout.py), extended here instead of run again.
     """
+    rule = adapter.position_rule
     if prefix is not None:
-        return shared.prefix_completion_logits(model, prompts, group_size, completion_ids, completion_mask, prefix)
-    if shared_prefix and shared.cache_is_dropped(model):
+        return shared.prefix_completion_logits(
+            model, prompts, group_size, completion_ids, completion_mask, prefix, position_rule=rule
+        )
+    if shared_prefix and rule is None:
+        raise RuntimeError(f"the {adapter.name} adapter has no shared-prefix position rule: use the plain path")
+    if shared_prefix and shared.cache_is_dropped(model):  # a guard for direct callers (the plan already chose)
         shared._log_once("loss: plain path, gradient checkpointing drops the KV cache")
         shared_prefix = False
     if shared_prefix:
-        return shared.prefix_completion_logits(model, prompts, group_size, completion_ids, completion_mask)
+        return shared.prefix_completion_logits(
+            model, prompts, group_size, completion_ids, completion_mask, position_rule=rule
+        )
     if group_size > 1:
         prompts = adapter.repeat(prompts, group_size)
     full = adapter.append(prompts, completion_ids, completion_mask)

@@ -9,6 +9,7 @@ with ``AutoModelForImageTextToText`` and ``AutoProcessor``.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -219,6 +220,7 @@ BUILDERS = {
     "llava": build_tiny_llava,
     "llava_next": build_tiny_llava_next,
     "idefics3": build_tiny_idefics3,
+    "smolvlm": functools.partial(build_tiny_idefics3, smolvlm=True),
     "gemma3": build_tiny_gemma3,
     "phi4_multimodal": build_tiny_phi4_multimodal,
     "phi3_v": build_tiny_phi3_v,

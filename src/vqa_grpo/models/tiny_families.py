@@ -97,14 +97,19 @@ IDEFICS3_CHAT_TEMPLATE = (
 
 
 def build_tiny_idefics3(
-    out_dir: str | Path, *, seed: int = 0, words: list[str] | None = None, hidden: int = 64
+    out_dir: str | Path, *, seed: int = 0, words: list[str] | None = None, hidden: int = 64, smolvlm: bool = False
 ) -> Path:
     """Idefics3 (SmolVLM): a SigLIP-like tower on 32 px tiles (patch 8, pixel shuffle 2: 4 image
     tokens a tile). Images larger than 32 px are split into up to 2x2 tiles plus the whole image
     downscaled, so images of different sizes give different numbers of tiles and image tokens;
     ``pixel_values`` [B, tiles, 3, 32, 32] is zero-padded to the batch's most tiles, with
-    ``pixel_attention_mask`` [B, tiles, 32, 32]."""
-    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessor, Idefics3Processor
+    ``pixel_attention_mask`` [B, tiles, 32, 32]. ``smolvlm``: the same model in transformers'
+    SmolVLM classes (model_type ``smolvlm``), which take the same adapter."""
+    import transformers as tf
+
+    kind = "SmolVLM" if smolvlm else "Idefics3"
+    config_cls, model_cls = getattr(tf, f"{kind}Config"), getattr(tf, f"{kind}ForConditionalGeneration")
+    image_cls, processor_cls = getattr(tf, f"{kind}ImageProcessor"), getattr(tf, f"{kind}Processor")
 
     raw = build_word_tokenizer(_words(words, (":",)), IDEFICS3_SPECIALS)
     ids = {t: raw.token_to_id(t) for t in IDEFICS3_SPECIALS}
@@ -116,7 +121,7 @@ def build_tiny_idefics3(
         eos_token="<end_of_utterance>",
         extra_special_tokens={"image_token": "<image>"},
     )
-    config = Idefics3Config(
+    config = config_cls(
         text_config=_llama_text(
             raw.get_vocab_size(),
             hidden,
@@ -138,11 +143,16 @@ def build_tiny_idefics3(
         pad_token_id=ids["<|endoftext|>"],
     )
     torch.manual_seed(seed)
-    model = Idefics3ForConditionalGeneration(config)
+    model = model_cls(config)
     _set_generation_ids(model, eos=ids["<end_of_utterance>"], pad=ids["<|endoftext|>"], bos=ids["<|im_start|>"])
-    image_processor = Idefics3ImageProcessor(size={"longest_edge": 64}, max_image_size={"longest_edge": 32})
-    processor = Idefics3Processor(
-        image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4, chat_template=IDEFICS3_CHAT_TEMPLATE
+    image_processor = image_cls(size={"longest_edge": 64}, max_image_size={"longest_edge": 32})
+    videos = {"video_processor": tf.SmolVLMVideoProcessor()} if smolvlm else {}
+    processor = processor_cls(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        image_seq_len=4,
+        chat_template=IDEFICS3_CHAT_TEMPLATE,
+        **videos,
     )
     return _save(model, processor, out_dir)
 

@@ -11,7 +11,7 @@ registry.py      REWARD_COMPONENTS, compute_rewards (training), score_prediction
 score.py         ``vqa-grpo score PREDICTIONS.jsonl``
 """
 
-from vqa_grpo.rewards.composite import SEED_WEIGHTS, composite_reward
+from vqa_grpo.rewards.composite import SEED_REPORT_WEIGHTS, composite_reward
 from vqa_grpo.rewards.format import clean_answer
 from vqa_grpo.rewards.normalize import normalize_answer
 from vqa_grpo.rewards.registry import REWARD_COMPONENTS, RewardResult, compute_rewards, score_predictions
@@ -20,7 +20,7 @@ from vqa_grpo.rewards.vqa_accuracy import vqa_accuracy
 
 __all__ = [
     "REWARD_COMPONENTS",
-    "SEED_WEIGHTS",
+    "SEED_REPORT_WEIGHTS",
     "RewardResult",
     "clean_answer",
     "composite_reward",

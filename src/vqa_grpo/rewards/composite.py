@@ -45,18 +45,18 @@ from vqa_grpo.rewards.inputs import as_references, as_text, warn_bad
 from vqa_grpo.rewards.normalize import answer_tokens
 
 COMPONENTS = ("bleu1", "exact_match", "substring", "jaccard", "extractable")
-SEED_WEIGHTS = {"bleu1": 0.2, "exact_match": 0.3, "substring": 0.2, "jaccard": 0.1, "extractable": 0.2}
+SEED_REPORT_WEIGHTS = {"bleu1": 0.2, "exact_match": 0.3, "substring": 0.2, "jaccard": 0.1, "extractable": 0.2}
 _ZERO = (0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 def check_weights(weights: Mapping[str, float] | None) -> tuple[float, ...]:
-    """The five weights in ``COMPONENTS`` order; None gives ``SEED_WEIGHTS``.
+    """The five weights in ``COMPONENTS`` order; None gives ``SEED_REPORT_WEIGHTS``.
 
     Raises ValueError unless the keys are exactly the five component names and the values are
     finite, >= 0 and sum to 1 within 1e-6.
     """
     if weights is None:
-        return _SEED_TUPLE
+        return _SEED_REPORT_TUPLE
     if not isinstance(weights, Mapping):
         raise ValueError(f"composite weights must be a dict over {', '.join(COMPONENTS)}, got {type(weights).__name__}")
     try:
@@ -78,7 +78,7 @@ def _check_items(items: tuple[tuple[str, Any], ...]) -> tuple[float, ...]:
     return tuple(float(x) for x in w)
 
 
-_SEED_TUPLE = _check_items(tuple(SEED_WEIGHTS.items()))
+_SEED_REPORT_TUPLE = _check_items(tuple(SEED_REPORT_WEIGHTS.items()))
 
 
 def pair_parts(answer: tuple[str, ...], reference: tuple[str, ...], guard: bool = False) -> tuple[float, ...]:

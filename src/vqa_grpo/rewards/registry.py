@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vqa_grpo.rewards.answer_type import answer_type_batch
-from vqa_grpo.rewards.composite import SEED_WEIGHTS, composite_batch
+from vqa_grpo.rewards.composite import SEED_REPORT_WEIGHTS, composite_batch
 from vqa_grpo.rewards.format import clean_answer, format_batch
 from vqa_grpo.rewards.inputs import as_references, as_text, warn_bad
 from vqa_grpo.rewards.semantic import semantic_available, semantic_batch
@@ -146,7 +146,7 @@ def score_predictions(
     by it to report per type (``score.run_score`` does).
     """
     preds, refs, _, _ = _prepare(predictions, answers, answer_types, "score_predictions", reasoning)
-    comp = composite_batch(preds, refs, SEED_WEIGHTS)
+    comp = composite_batch(preds, refs, SEED_REPORT_WEIGHTS)
     metrics = {"vqa_accuracy": vqa_accuracy_batch(preds, refs, official=True), "composite": comp.pop("total"), **comp}
     if semantic_available():
         metrics["semantic"] = semantic_batch(preds, refs)

@@ -142,9 +142,9 @@ def _load_policy(cfg: Config, mode: str, dist: Dist, device: torch.device) -> Lo
     """The model to train, in training mode; then the run directory and its config.yaml."""
     lm = load_model(cfg.model, device)
     if mode == "grpo":  # grpo.shared_prefix=on with a family that cannot: one line, before anything is written
-        from vqa_grpo.models import prefix
+        from vqa_grpo.models.plan import shared_prefix_reason
 
-        prefix.resolve(lm.model, cfg.grpo.shared_prefix)
+        shared_prefix_reason(lm.adapter, cfg.grpo.shared_prefix)
     if dist.is_main:
         Path(cfg.train.output_dir).mkdir(parents=True, exist_ok=True)
         save_config(cfg, Path(cfg.train.output_dir) / "config.yaml")

@@ -18,8 +18,10 @@ import torch
 
 from vqa_grpo.config import Config
 from vqa_grpo.grpo.logprobs import Reference, add_old_and_reference
-from vqa_grpo.grpo.rollout import Rollout, fuse_prefill, make_rollout_and_prefill
+from vqa_grpo.grpo.plan import choose_plan
+from vqa_grpo.grpo.rollout import Rollout, make_rollout_and_prefill
 from vqa_grpo.models.loading import LoadedModel
+from vqa_grpo.models.plan import ForwardPlan
 from vqa_grpo.models.prefix import Prefix
 from vqa_grpo.models.scoring import answer_tokens, completion_logprobs
 from vqa_grpo.training.batches import Batches
@@ -107,6 +109,7 @@ class GRPOSteps:
     rollout_seconds: float = 0.0
     pushed_at: int | None = None  # the step whose weights vLLM holds
     reward_funcs: dict | None = None  # the user's reward functions (rewards/user.UserReward by component)
+    plan: ForwardPlan | None = None  # the run's forward plan (models/plan.py); chosen at the first step when None
 
     def step(self, cfg: Config, lm: LoadedModel, batches: Batches, device, step: int) -> dict:
         """Sample new rollouts when the last ones are used up, then backward through them. A step
@@ -115,6 +118,15 @@ class GRPOSteps:
         sampled = self.pending is None
         if sampled:
             t0 = time.time()
+            if self.plan is None:
+                self.plan = choose_plan(
+                    self.policy.model,
+                    self.policy.adapter,
+                    cfg.grpo,
+                    processes=self.dist.world,
+                    accumulation=cfg.train.gradient_accumulation_steps,
+                    any_rank=self.dist.synced_decoding(),
+                )
             if self.vllm is not None and (self.pushed_at is None or step - self.pushed_at >= cfg.grpo.vllm_sync_steps):
                 self.vllm.push_weights(self.policy.model)
                 self.pushed_at = step
@@ -128,6 +140,7 @@ class GRPOSteps:
                     self.vllm,
                     self.dist.world,
                     reward_funcs=self.reward_funcs,
+                    plan=self.plan,
                 )
             self.rollout_seconds = time.time() - t0
             if self.samples_log and (step + 1) % cfg.train.logging_steps == 0:  # the step its metrics log as
@@ -157,10 +170,12 @@ def make_rollouts(
     vllm=None,
     processes: int = 1,
     reward_funcs: dict | None = None,
+    plan: ForwardPlan | None = None,
 ) -> Pending:
     """One rollout per micro-batch, each with the rollout policy's and the reference's log-probs
-    where the objective needs them (grpo/logprobs.py)."""
-    keep = fuse_prefill(lm.model, cfg.grpo, processes=processes, accumulation=cfg.train.gradient_accumulation_steps)
+    where the objective needs them (grpo/logprobs.py), on ``plan`` (default: chosen here)."""
+    accumulation = cfg.train.gradient_accumulation_steps
+    plan = plan or choose_plan(lm.model, lm.adapter, cfg.grpo, processes=processes, accumulation=accumulation)
     rollouts, prefills = [], []
     for _ in range(cfg.train.gradient_accumulation_steps):
         examples, images = batches.next()
@@ -174,8 +189,8 @@ def make_rollouts(
             cfg.reward,
             device,
             vllm,
-            keep_prefill=keep,
             reward_funcs=reward_funcs,
+            plan=plan,
         )
         rollouts.append(add_old_and_reference(ro, lm.model, lm.adapter, ref, cfg.grpo, vllm_sampled=vllm is not None))
         prefills.append(prefill)
@@ -184,15 +199,15 @@ def make_rollouts(
 
 def grpo_backward(cfg: Config, lm: LoadedModel, pending: Pending, dist: Dist = ONE_PROCESS) -> dict:
     """Backward through every rollout of the step (each 1/len of the loss); return the mean stats."""
-    from vqa_grpo.grpo.objective import grpo_objective, seed_objective
+    from vqa_grpo.grpo.objective import grpo_objective, seed_report_objective
 
     pending.iteration += 1
     rollouts, prefills = pending.rollouts, pending.take_prefills()
     stats: dict = {}
     for i, ro in enumerate(rollouts):
         with dist.no_sync(lm.model, sync=i == len(rollouts) - 1):
-            if cfg.grpo.loss_type == "seed":
-                loss, s = seed_objective(lm.model, lm.adapter, lm.processor, ro)
+            if cfg.grpo.loss_type == "seed_report":
+                loss, s = seed_report_objective(lm.model, lm.adapter, lm.processor, ro)
             else:
                 loss, s = grpo_objective(lm.model, lm.adapter, lm.processor, ro, cfg.grpo, prefix=prefills[i])
                 prefills[i] = None  # its graph goes with this backward pass

@@ -9,7 +9,7 @@ code calls ``Dist`` (checkpoint.py still asks ``dist.fsdp`` whether the weights 
 
 from __future__ import annotations
 
-from typing import ContextManager, Protocol
+from typing import Callable, ContextManager, Protocol
 
 import torch
 
@@ -37,7 +37,11 @@ class Backend(Protocol):
         """Clip to ``max_norm``, step unless the norm is non-finite, zero the gradients; the norm before clipping."""
 
     def decoding(self, model) -> ContextManager:
-        """A block in which the ranks decode in step when every forward pass is a collective."""
+        """A block around the run's decoding: what the sharded weights need gathered throughout."""
+
+    def synced_decoding(self) -> Callable[[bool], bool] | None:
+        """When every forward pass is a collective, the one that keeps the ranks decoding in step
+        (``any_rank(a row here still runs)``, handed to decoding as ``ForwardPlan.any_rank``); else None."""
 
     def model_state(self, model) -> dict | None:
         """The full state dict on rank 0 when the weights are partitioned (None elsewhere and otherwise)."""

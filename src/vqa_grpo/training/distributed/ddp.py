@@ -49,6 +49,9 @@ class DDP:
     def decoding(self, model):
         return contextlib.nullcontext()
 
+    def synced_decoding(self):
+        return None  # each rank holds the whole model: it stops decoding on its own
+
     def model_state(self, model) -> dict | None:
         return None  # the module's own state dict is the full one
 

@@ -99,13 +99,13 @@ class DeepSpeed:
         return float(norm) if norm is not None else float("nan")
 
     def decoding(self, model):
-        """Under ZeRO-3 the ranks keep decoding in step (DeepSpeed's hooks gather each module's
-        weights as it runs, the image encoder's too); a no-op block under ZeRO-2."""
-        if not self.sharded_forward:
-            return contextlib.nullcontext()
-        from vqa_grpo.models.prefix import synced_decoding
+        """Nothing to gather: DeepSpeed's hooks gather each module's weights as it runs, the image
+        encoder's too."""
+        return contextlib.nullcontext()
 
-        return synced_decoding(self.any_rank)
+    def synced_decoding(self):
+        """Under ZeRO-3 the ranks keep decoding in step (every forward pass gathers); not under ZeRO-2."""
+        return self.any_rank if self.sharded_forward else None
 
     def model_state(self, model) -> dict | None:
         return gathered_state(model, self.is_main) if self.sharded_forward else None

@@ -147,6 +147,9 @@ class Dist:
     def decoding(self, model):
         return self.backend.decoding(model)
 
+    def synced_decoding(self):
+        return self.backend.synced_decoding()
+
     def model_state(self, model) -> dict | None:
         return self.backend.model_state(model)
 

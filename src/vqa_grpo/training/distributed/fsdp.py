@@ -3,7 +3,7 @@ unit per decoder/vision layer and one for the rest, so each rank keeps 1/world o
 gradient and AdamW moment. The settings come from the ``FSDP_*`` variables accelerate's launcher
 exports (launch.py); accelerate itself is told not to wrap (its FSDP never turns on for a CPU, and
 this way the CPU test runs the GPU code path). Every forward pass is a collective, so the ranks
-decode in step (:meth:`FSDP2.decoding`) and checkpoints gather full state dicts."""
+decode in step (:meth:`FSDP2.synced_decoding`) and checkpoints gather full state dicts."""
 
 from __future__ import annotations
 
@@ -83,11 +83,15 @@ class FSDP2:
         return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
     def decoding(self, model):
+        """The root unit gathered throughout decoding: transformers' ``generate`` runs a multimodal
+        model's image encoder outside the model's forward, where FSDP would not gather the weights
+        the root unit holds."""
+        return _gathered(sharding_root(model))
+
+    def synced_decoding(self):
         """Every rank keeps decoding until all ranks' rows have stopped (each decode step is a
-        collective forward), with the root unit gathered throughout: transformers' ``generate``
-        runs a multimodal model's image encoder outside the model's forward, where FSDP would not
-        gather the weights the root unit holds."""
-        return _synced_and_gathered(sharding_root(model), self.any_rank)
+        collective forward)."""
+        return self.any_rank
 
     def model_state(self, model) -> dict | None:
         """The full state dict in CPU memory on rank 0 (None on the others), a LoRA run's trainable
@@ -135,13 +139,10 @@ class FSDP2:
 
 
 @contextlib.contextmanager
-def _synced_and_gathered(root, any_rank: Callable[[bool], bool]):
-    from vqa_grpo.models.prefix import synced_decoding
-
+def _gathered(root):
     root.unshard()
     try:
-        with synced_decoding(any_rank):
-            yield
+        yield
     finally:
         root.reshard()
 

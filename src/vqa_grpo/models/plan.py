@@ -1,0 +1,70 @@
+"""The forward plan: which path a run's passes take, chosen once and handed to every pass.
+
+Three paths, one result up to float rounding:
+
+- plain: each prompt repeated G times; transformers' ``generate`` samples, and the loss runs one
+  forward pass over prompt + completion;
+- shared prefix: each prompt (image included) runs once per group and its KV cache is expanded
+  to the G rows (models/prefix.py);
+- fused prefill: the shared prefix's one pass, run with gradient before sampling, also serves
+  the loss, so a step runs each prompt once in all (grpo/plan.py says when that is exact).
+
+Sampling and the passes after it may differ: a generation config that only ``generate`` honours
+samples on the plain path while the loss shares the prefix, and gradient checkpointing (which
+drops the KV cache) the other way round. The plan also carries the adapter's position rule and,
+under sharded weights, the collective that keeps the ranks decoding in step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+from vqa_grpo.errors import UserError
+
+SamplingPath = Literal["plain", "shared prefix"]
+LossPath = Literal["plain", "shared prefix", "fused prefill"]
+
+
+@dataclass(frozen=True)
+class ForwardPlan:
+    """The paths of one run (see the module docstring) and why."""
+
+    sampling: SamplingPath = "plain"
+    loss: LossPath = "plain"
+    """The path of every pass after sampling: the loss, pi_old, the reference, vLLM's ratios."""
+    position_rule: str | None = None
+    """The adapter's rule for continuing a prompt's positions (``FamilyAdapter.position_rule``)."""
+    any_rank: Callable[[bool], bool] | None = None
+    """Synced decoding (sharded weights): ``any_rank(a row here still runs)``, the same answer on
+    every rank, and decoding stops only when it is False. None: each rank stops on its own."""
+    reason: str = ""
+
+    @property
+    def sample_shared(self) -> bool:
+        return self.sampling == "shared prefix"
+
+    @property
+    def score_shared(self) -> bool:
+        return self.loss != "plain"
+
+    @property
+    def fused(self) -> bool:
+        return self.loss == "fused prefill"
+
+    def describe(self) -> str:
+        return f"sampling: {self.sampling}; loss and log-prob passes: {self.loss} [{self.reason}]"
+
+
+PLAIN = ForwardPlan(reason="plain")
+
+
+def shared_prefix_reason(adapter, setting: str) -> str | None:
+    """Why ``grpo.shared_prefix`` = ``setting`` leaves the shared prefix off for ``adapter``'s family
+    (None: it runs). ``on`` where the family has no position rule is a UserError."""
+    if setting not in ("auto", "on", "off"):
+        raise UserError(f"grpo.shared_prefix={setting!r} is not allowed; choose one of auto, on, off")
+    missing = None if adapter.position_rule else f"the {adapter.name} adapter has no tested shared-prefix position rule"
+    if setting == "on" and missing:
+        raise UserError(f"grpo.shared_prefix=on cannot run: {missing}; set grpo.shared_prefix=auto or off")
+    return "grpo.shared_prefix=off" if setting == "off" else missing
