@@ -48,8 +48,8 @@ def test_total_is_the_weighted_sum_of_components():
     r = compute_rewards(PREDS, ANSWERS, TYPES, cfg)
     # lenient VQA accuracy: "three" -> "3" matches 2 of 3 entries: (2 * 1/3 + 1 * 2/3) / 3 = 4/9
     assert r.parts["vqa_accuracy"].tolist() == pytest.approx([0.0, 4 / 9, 0.0, 0.0])
-    # answer type: other -> composite 0.5; number 3 == 3; "Yes, ..." is yes; "blue" vs "green" 0
-    assert r.parts["answer_type"].tolist() == pytest.approx([0.5, 1.0, 1.0, 0.0])
+    # answer type: other -> the guarded composite 0.5 / 3; number 3 == 3; "Yes, ..." is yes; "blue" vs "green" 0
+    assert r.parts["answer_type"].tolist() == pytest.approx([0.5 / 3, 1.0, 1.0, 0.0])
     assert r.parts["format"].tolist() == [1.0, 1.0, 1.0, 1.0]  # all one line of <= 5 words
     # e.g. row 1: .4 * 0 + .3 * 4/9 + .2 * 1 + .1 * 1 = 0.4333
     expected = sum(w * r.parts[c] for c, w in zip(cfg.components, cfg.weights))
@@ -97,3 +97,19 @@ def test_score_predictions_keys_and_values():
     assert s["vqa_accuracy"].tolist() == pytest.approx([0.0, 0.9, 0.0])
     assert s["composite"].tolist() == pytest.approx([1.0, 0.0, 0.5])
     assert all(v.dtype == np.float64 and v.shape == (3,) for v in s.values())
+
+
+def test_answer_type_scores_its_other_answers_with_the_guarded_composite():
+    # "It is red." vs "red" (other): the composite's 0.5, guarded 0.5 / 3 (3 tokens for 1); yes/no and
+    # number answers are read by their first yes/no or number token, guard or not.
+    preds = ["It is red.", "red red red", "three", "Yes, there is"]
+    answers = [["red"], ["red"], ["3", "3", "4"], ["yes"] * 10]
+    types = ["other", "other", "number", "yes/no"]
+
+    def totals(**kw):
+        cfg = RewardConfig(components=["answer_type"], weights=[1.0], **kw)
+        return compute_rewards(preds, answers, types, cfg).total.tolist()
+
+    # "red red red" vs "red": bleu1 1/3, exact 0, substring 1, jaccard 1, extractable 1 -> 0.2/3 + 0.5
+    assert totals(composite_guard=False) == pytest.approx([0.5, 0.2 / 3 + 0.5, 1.0, 1.0])
+    assert totals() == pytest.approx([0.5 / 3, (0.2 / 3 + 0.5) / 3, 1.0, 1.0])

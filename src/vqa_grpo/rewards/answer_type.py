@@ -10,7 +10,8 @@ Texts are read after the official VQA normalisation (``normalize_answer``), so "
   (zero..nineteen, twenty..ninety, and "twenty one" style pairs; "none" is 0 as in VQA).
   Score 1 if equal, else 0; with ``partial_credit`` max(0, 1 - |p - r| / max(|r|, 1)) instead
   (r = 4: p = 3 scores 0.75, p = 6 scores 0.5). An unparseable prediction scores 0.
-* other: the composite reward's total.
+* other: the composite reward's total (with ``guard``, the composite's guard against repeated or
+  listed answers, rewards/composite.py: ``reward.composite_guard`` in training).
 
 Several references: each is scored as above and the best score is kept (as the composite does).
 The answer type comes from the data when it is one of ``ANSWER_TYPES``, else it is inferred from
@@ -78,7 +79,12 @@ def _number_score(p: float | None, r: float | None, partial_credit: bool) -> flo
 
 
 def answer_type_score(
-    prediction: str, answers: Sequence[str], answer_type: str, w: Sequence[float], partial_credit: bool = False
+    prediction: str,
+    answers: Sequence[str],
+    answer_type: str,
+    w: Sequence[float],
+    partial_credit: bool = False,
+    guard: bool = False,
 ) -> float:
     """The reward of one prediction (strings only); ``w`` are the composite weights as a tuple."""
     kind = answer_type if answer_type in ANSWER_TYPES else answer_type_of(list(answers))
@@ -90,7 +96,7 @@ def answer_type_score(
     if kind == "number":
         p = parse_number(prediction)
         return max(_number_score(p, parse_number(a), partial_credit) for a in answers)
-    parts = best_parts(answer_tokens(prediction), [answer_tokens(a) for a in answers], w)
+    parts = best_parts(answer_tokens(prediction), [answer_tokens(a) for a in answers], w, guard)
     return sum(wi * x for wi, x in zip(w, parts))
 
 
@@ -100,10 +106,11 @@ def answer_type_batch(
     answer_types: Sequence[str],
     composite_weights: Mapping[str, float] | None = None,
     partial_credit: bool = False,
+    guard: bool = False,
 ) -> np.ndarray:
     """``answer_type_score`` over a batch of strings: float64 array [N]."""
     w = check_weights(composite_weights)
     return np.array(
-        [answer_type_score(p, a, t, w, partial_credit) for p, a, t in zip(predictions, answers, answer_types)],
+        [answer_type_score(p, a, t, w, partial_credit, guard) for p, a, t in zip(predictions, answers, answer_types)],
         dtype=np.float64,
     )

@@ -78,8 +78,8 @@ def compute_rewards(
     ``cfg`` is a RewardConfig (components, weights, composite_weights); three optional attributes
     are read when present: ``reasoning`` (answers inside <answer> tags; default False),
     ``number_partial_credit`` (answer_type reward; default False) and ``composite_guard`` (the
-    composite's guard against repeated or listed answers, rewards/composite.py; default False here,
-    True in RewardConfig).
+    composite's guard against repeated or listed answers, rewards/composite.py, for the composite and
+    answer_type's "other" answers; default False here, True in RewardConfig).
     vqa_accuracy as a reward is the lenient mode (always normalise both sides).
 
     The user's functions (rewards/user.py): a component that is an import path
@@ -122,7 +122,8 @@ def compute_rewards(
             parts[name] = vqa_accuracy_batch(preds, refs, official=False)
         elif name == "answer_type":
             partial = bool(getattr(cfg, "number_partial_credit", False))
-            parts[name] = answer_type_batch(preds, refs, types, cfg.composite_weights, partial)
+            guard = bool(getattr(cfg, "composite_guard", False))  # its "other" answers are scored by the composite
+            parts[name] = answer_type_batch(preds, refs, types, cfg.composite_weights, partial, guard)
         elif name == "format":
             parts[name] = format_batch(predictions, reasoning=reasoning)
         elif name == "semantic":
