@@ -11,43 +11,39 @@ the answers of one process.
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from test_distributed import (
+from launches import (
+    RUN_FILES,
+    SFT,
+    assert_processes_equal_one,
+    assert_resume_ends_bitwise,
     assert_same_scores,
     assert_sharded_evaluate_equals_one_process,
     common,
-    final,
+    evals,
     grpo_run,
     launch,
+    one_process_sft,
     steps,
 )
+from safetensors.torch import load_file
 
 from vqa_grpo.config_load import load_config
 from vqa_grpo.errors import UserError
-from vqa_grpo.training import loop
 from vqa_grpo.training.distributed import DeepSpeedSettings, Dist
 
 pytest.importorskip("deepspeed", reason="the deepspeed extra is not installed")
 
-EVAL = ("data.eval_fraction=0.04", "train.eval_steps=2", "eval.max_new_tokens=3")  # 8 eval questions
-SFT = ("train.gradient_accumulation_steps=2", *EVAL)  # DeepSpeed's accumulation boundary every second backward
-
-
-def evals(run_dir) -> list[dict]:
-    return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" not in r]
+# SFT: DeepSpeed's accumulation boundary every second backward
 
 
 @pytest.fixture(scope="module")
 def one_process(synth_dir, tiny_model_dir, tmp_path_factory):
-    """The same 4 SFT steps on 1 process x batch 2."""
-    out = tmp_path_factory.mktemp("ds-one") / "run"
-    loop.run(load_config(None, common(synth_dir, tiny_model_dir, out, "train.per_device_batch_size=2", *SFT)), "sft")
-    return out
+    """The same 4 SFT steps on 1 process x batch 2 (made once for this file, test_fsdp.py's and others)."""
+    return one_process_sft(synth_dir, tiny_model_dir, tmp_path_factory)
 
 
 @pytest.fixture(scope="module", params=[2, 3], ids=["zero2", "zero3"])
@@ -67,37 +63,14 @@ def zero_sft(request, synth_dir, tiny_model_dir, tmp_path_factory):
 def test_two_processes_of_batch_one_equal_one_process_of_batch_two(zero_sft, one_process, tiny_model_dir):
     stage, out2, done = zero_sft
     out1 = one_process
-    a, b, start = final(out1), final(out2), load_file(tiny_model_dir / "model.safetensors")
-    assert sorted(b) == sorted(a) and any(not torch.equal(a[k], start[k]) for k in a)
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-5)
-    one, two = steps(out1), steps(out2)
-    assert [r["step"] for r in two] == [1, 2, 3, 4]  # one line per step: rank 0 alone writes
-    for r1, r2 in zip(one, two):  # DeepSpeed's clipping norm is logged; the loop's schedule sets the rate
-        assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-5) and r2["grad_norm"] == pytest.approx(
-            r1["grad_norm"], rel=1e-5
-        )
-        assert r2["lr"] == r1["lr"]
+    # DeepSpeed's clipping norm is logged, the loop's schedule sets the rate; AdamW's moments are
+    # gathered into an optimizer.pt of a 1-process run's layout (parameters by index)
+    assert_processes_equal_one(out1, out2, done, tiny_model_dir)
     assert [r["step"] for r in evals(out2)] == [2, 4]
     for got, want in zip(evals(out2), evals(out1), strict=True):
         assert_same_scores(got, want)
-    # The checkpoint's optimizer file has the layout of a 1-process run (parameters by index).
-    opt1, opt2 = (torch.load(o / "checkpoint-4" / "optimizer.pt", weights_only=True) for o in (out1, out2))
-    assert opt2["param_groups"] == opt1["param_groups"] and sorted(opt2["state"]) == sorted(opt1["state"])
-    for i, s in opt1["state"].items():
-        for moment in ("exp_avg", "exp_avg_sq"):
-            torch.testing.assert_close(opt2["state"][i][moment], s[moment], rtol=0, atol=1e-6)
-        assert torch.equal(opt2["state"][i]["step"], s["step"])
-    assert sorted(p.name for p in out2.iterdir()) == [
-        "best",
-        "checkpoint-2",
-        "checkpoint-4",
-        "config.yaml",
-        "final",
-        "metrics.jsonl",
-    ]
+    assert sorted(p.name for p in out2.iterdir()) == RUN_FILES
     assert sorted(p.name for p in (out2 / "final").iterdir()) == sorted(p.name for p in (out1 / "final").iterdir())
-    assert done.stdout.count("done: 4 steps") == 1
 
 
 @pytest.mark.slow
@@ -120,14 +93,7 @@ def test_the_processes_hold_the_weights_as_the_stage_says(zero_sft, tiny_model_d
 @pytest.mark.slow
 def test_resume_ends_bitwise_equal(zero_sft, synth_dir, tiny_model_dir, tmp_path):
     stage, full, _ = zero_sft
-    out = tmp_path / "resumed"
-    args = common(
-        synth_dir, tiny_model_dir, out, "train.per_device_batch_size=1", *SFT, f"train.resume={full / 'checkpoint-2'}"
-    )
-    launch("sft", args, config=f"deepspeed_zero{stage}")
-    a, b = final(full), final(out)
-    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
-    assert steps(out) == steps(full)[2:]
+    assert_resume_ends_bitwise(full, tmp_path / "resumed", synth_dir, tiny_model_dir, f"deepspeed_zero{stage}")
 
 
 @pytest.mark.slow

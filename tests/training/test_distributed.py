@@ -11,83 +11,24 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from launches import (
+    assert_processes_equal_one,
+    common,
+    final,
+    flat,
+    grpo_run,
+    launch,
+    steps,
+)
 
 from vqa_grpo.config_load import load_config
 from vqa_grpo.errors import UserError
 from vqa_grpo.training import integrity, loop
-
-ROOT = Path(__file__).resolve().parents[2]
-TIMINGS = {"step_seconds", "rollout_seconds", "completion_tokens_per_second", "rss_mib"}  # and memory
-
-
-def common(synth_dir, model_dir, out, *extra: str) -> list[str]:
-    return [
-        f"model.name_or_path={model_dir}",
-        f"data.path={synth_dir}",
-        f"train.output_dir={out}",
-        "train.device=cpu",
-        "train.cpu_threads=1",
-        "train.progress=false",
-        "data.eval_fraction=0",
-        "train.max_steps=4",
-        "train.save_steps=2",
-        "train.learning_rate=1e-4",
-        "train.report_to=none",
-        *extra,
-    ]
-
-
-def launch(
-    command: str, args: list[str], processes: int = 2, config: str = "ddp", check: bool = True, env: dict | None = None
-) -> subprocess.CompletedProcess:
-    """``accelerate launch --config_file configs/accelerate/<config>.yaml -m vqa_grpo.cli <command> <args>``
-    (``env``: more environment variables; ``check``: assert that it exits 0)."""
-    accelerate = Path(sys.executable).parent / "accelerate"
-    cmd = [
-        str(accelerate),
-        "launch",
-        "--config_file",
-        str(ROOT / "configs" / "accelerate" / f"{config}.yaml"),
-        "--num_processes",
-        str(processes),
-        "--main_process_port",
-        str(free_port()),
-        "-m",
-        "vqa_grpo.cli",
-        command,
-        *args,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    errors = [line for line in done.stderr.splitlines() if "Error" in line or line.startswith("error:")]
-    assert done.returncode == 0 or not check, "\n".join(errors[:20]) + "\n" + done.stderr[-1500:]
-    return done
-
-
-def free_port() -> int:
-    """A free TCP port for the rendezvous (another test session may be using accelerate's 29500)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def steps(run_dir: Path) -> list[dict]:
-    lines = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in TIMINGS} for r in lines if "loss" in r]
-
-
-def final(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(run_dir / "final" / "model.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -102,18 +43,8 @@ def test_two_processes_of_batch_one_equal_one_process_of_batch_two(two_processes
     out2, done = two_processes
     out1 = tmp_path / "one"
     loop.run(load_config(None, common(synth_dir, tiny_model_dir, out1, "train.per_device_batch_size=2")), "sft")
-    a, b, start = final(out1), final(out2), load_file(tiny_model_dir / "model.safetensors")
-    assert any(not torch.equal(a[k], start[k]) for k in a)
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-5)
-    one, two = steps(out1), steps(out2)
-    assert [r["step"] for r in two] == [1, 2, 3, 4]  # one line per step: rank 0 alone writes
-    for r1, r2 in zip(one, two):
-        assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-5) and r2["grad_norm"] == pytest.approx(
-            r1["grad_norm"], rel=1e-5
-        )
-        assert r2["lr"] == r1["lr"]
-    assert done.stdout.count("done: 4 steps") == 1 and "sft: 2 processes, MULTI_CPU on cpu" in done.stderr
+    assert_processes_equal_one(out1, out2, done, tiny_model_dir)
+    assert "sft: 2 processes, MULTI_CPU on cpu" in done.stderr
 
 
 @pytest.mark.slow
@@ -213,53 +144,6 @@ def test_a_dead_rank_then_a_full_disk_on_rank_1_stop_both_and_two_processes_resu
     assert steps(out) == steps(full)
 
 
-_RUNS: dict[str, Path] = {}  # runs shared with tests/training/test_fsdp.py (imported there), made once per session
-
-
-def stopping_model(tiny_model_dir, tmp_path_factory) -> Path:
-    """The tiny model with "," and "." as stop tokens as well (its generation config), so that rows
-    stop at different steps: some within a few tokens, others at the length limit."""
-    if "stopping" not in _RUNS:
-        out = tmp_path_factory.mktemp("stopping") / "model"
-        shutil.copytree(tiny_model_dir, out)
-        gen = json.loads((out / "generation_config.json").read_text())
-        vocab = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
-        gen["eos_token_id"] = [gen["eos_token_id"], vocab[","], vocab["."]]
-        (out / "generation_config.json").write_text(json.dumps(gen))
-        _RUNS["stopping"] = out
-    return _RUNS["stopping"]
-
-
-def grpo_run(config: str, synth_dir, tiny_model_dir, tmp_path_factory) -> Path:
-    """2 GRPO steps on 2 processes launched with configs/accelerate/<config>.yaml: full fine-tune,
-    KL to the reference copy (beta > 0), 2 completions of up to 4 tokens from the stopping model,
-    a checkpoint after each step."""
-    if config not in _RUNS:
-        out = tmp_path_factory.mktemp(f"grpo-{config}") / "run"
-        model = stopping_model(tiny_model_dir, tmp_path_factory)
-        launch(
-            "train",
-            common(
-                synth_dir,
-                model,
-                out,
-                "train.per_device_batch_size=1",
-                "train.max_steps=2",
-                "train.save_steps=1",
-                "grpo.num_generations=2",
-                "grpo.max_completion_length=4",
-                "grpo.beta=0.04",
-                "grpo.sft_coef=0.5",
-                # The seed's composite: with the guard's rewards one weight of 65,536 came out of
-                # FSDP2 1.13e-6 from DDP's (AdamW amplifying the reduction order), past the 1e-6 allowed.
-                "reward.composite_guard=false",
-            ),
-            config=config,
-        )
-        _RUNS[config] = out
-    return _RUNS[config]
-
-
 @pytest.mark.slow
 def test_grpo_on_two_processes_logs_each_step_once(synth_dir, tiny_model_dir, tmp_path_factory):
     out = grpo_run("ddp", synth_dir, tiny_model_dir, tmp_path_factory)
@@ -297,57 +181,3 @@ def test_evaluate_on_two_processes_gives_the_metrics_of_one(synth_dir, tiny_mode
     rows = [json.loads(r) for r in (tmp_path / "two" / "predictions.jsonl").read_text().splitlines()]
     ref = [json.loads(r) for r in (tmp_path / "one" / "predictions.jsonl").read_text().splitlines()]
     assert [(r["id"], r["prediction"]) for r in rows] == [(r["id"], r["prediction"]) for r in ref]
-
-
-def flat(tree, prefix: str = "") -> dict[str, float]:
-    """Nested metrics as {"a/b/c": number} (lists by index)."""
-    items = tree.items() if isinstance(tree, dict) else enumerate(tree)
-    out: dict[str, float] = {}
-    for k, v in items:
-        key = f"{prefix}/{k}"
-        out.update(flat(v, key) if isinstance(v, (dict, list)) else {key: v})
-    return out
-
-
-def assert_same_scores(got: dict, want: dict) -> None:
-    """Equal metrics (flat dicts), the semantic similarity up to 1e-5: the semantic model's embeddings
-    differ in the 6th-7th digit between processes (its batches are padded differently)."""
-    assert sorted(got) == sorted(want)
-    for k, v in want.items():
-        assert got[k] == pytest.approx(v, rel=1e-5 if "semantic" in k else 1e-9, abs=1e-9), k
-
-
-def assert_sharded_evaluate_equals_one_process(config: str, synth_dir, tiny_model_dir, tmp_path) -> None:
-    """``evaluate`` launched on 2 processes with ``config`` on 7 questions (shares of 4 and 3, the
-    second padded for a sharded model) gives the answers and metrics of one process."""
-    from vqa_grpo.data.loader import load_examples
-    from vqa_grpo.evaluation.evaluate import evaluate
-
-    rows = [json.loads(r) for r in (synth_dir / "data.jsonl").read_text().splitlines()[:7]]
-    data = tmp_path / "seven.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    for r in rows:
-        (tmp_path / r["image"]).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(synth_dir / r["image"], tmp_path / r["image"])
-    args = [
-        "train.device=cpu",
-        "train.cpu_threads=1",
-        "train.progress=false",
-        "eval.max_new_tokens=3",
-        "eval.batch_size=2",
-    ]
-    launch(
-        "evaluate",
-        ["--model", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "two"), *args],
-        config=config,
-    )
-    cfg = load_config(None, args)
-    examples, _ = load_examples(str(data), cfg.data)
-    one = evaluate(str(tiny_model_dir), examples, cfg, tmp_path / "one")
-    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
-    assert_same_scores(flat(two), flat(one))
-    assert two["n"] == len(examples) == 7
-    got, ref = (
-        [json.loads(r) for r in (tmp_path / d / "predictions.jsonl").read_text().splitlines()] for d in ("two", "one")
-    )
-    assert [(r["id"], r["raw"]) for r in got] == [(r["id"], r["raw"]) for r in ref]

@@ -14,16 +14,26 @@ import math
 
 import pytest
 import torch
+from launches import (
+    EVAL,
+    RUN_FILES,
+    SFT,
+    assert_processes_equal_one,
+    assert_resume_ends_bitwise,
+    assert_sharded_evaluate_equals_one_process,
+    common,
+    evals,
+    grpo_run,
+    launch,
+    one_process_sft,
+    steps,
+)
 from safetensors.torch import load_file
-from test_distributed import assert_sharded_evaluate_equals_one_process, common, final, grpo_run, launch, steps
 
 from vqa_grpo.config_load import load_config
 from vqa_grpo.errors import UserError
 from vqa_grpo.training import loop
 from vqa_grpo.training.distributed import Dist, FSDPSettings, wrap_targets
-
-EVAL = ("data.eval_fraction=0.04", "train.eval_steps=2", "eval.max_new_tokens=3")  # 8 eval questions
-SFT = ("train.gradient_accumulation_steps=2", *EVAL)  # the first micro-batch's backward skips the reduce-scatter
 
 
 def same_scores(records: list[dict]):
@@ -41,41 +51,15 @@ def fsdp_sft(synth_dir, tiny_model_dir, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_fsdp_two_processes_of_batch_one_equal_one_process_of_batch_two(fsdp_sft, synth_dir, tiny_model_dir, tmp_path):
+def test_fsdp_two_processes_of_batch_one_equal_one_process_of_batch_two(
+    fsdp_sft, synth_dir, tiny_model_dir, tmp_path_factory
+):
     out2, done = fsdp_sft
-    out1 = tmp_path / "one"
-    loop.run(load_config(None, common(synth_dir, tiny_model_dir, out1, "train.per_device_batch_size=2", *SFT)), "sft")
-    a, b, start = final(out1), final(out2), load_file(tiny_model_dir / "model.safetensors")
-    assert sorted(b) == sorted(a) and any(not torch.equal(a[k], start[k]) for k in a)
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-5)
-    one, two = steps(out1), steps(out2)
-    assert [r["step"] for r in two] == [1, 2, 3, 4]  # one line per step: rank 0 alone writes
-    for r1, r2 in zip(one, two):
-        assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-5) and r2["grad_norm"] == pytest.approx(
-            r1["grad_norm"], rel=1e-5
-        )
-    evals = [
-        [r for r in map(json.loads, (o / "metrics.jsonl").read_text().splitlines()) if "loss" not in r]
-        for o in (out1, out2)
-    ]
-    assert [r["step"] for r in evals[1]] == [2, 4] and evals[1] == same_scores(evals[0])
-    # The checkpoint's optimizer file has the layout of a 1-process run (parameters by index).
-    opt1, opt2 = (torch.load(o / "checkpoint-4" / "optimizer.pt", weights_only=True) for o in (out1, out2))
-    assert opt2["param_groups"] == opt1["param_groups"] and sorted(opt2["state"]) == sorted(opt1["state"])
-    for i, s in opt1["state"].items():
-        for moment in ("exp_avg", "exp_avg_sq"):
-            torch.testing.assert_close(opt2["state"][i][moment], s[moment], rtol=0, atol=1e-6)
-        assert torch.equal(opt2["state"][i]["step"], s["step"])
-    assert sorted(p.name for p in out2.iterdir()) == [
-        "best",
-        "checkpoint-2",
-        "checkpoint-4",
-        "config.yaml",
-        "final",
-        "metrics.jsonl",
-    ]
-    assert done.stdout.count("done: 4 steps") == 1
+    out1 = one_process_sft(synth_dir, tiny_model_dir, tmp_path_factory)
+    # the optimizer file too: the layout of a 1-process run (parameters by index)
+    assert_processes_equal_one(out1, out2, done, tiny_model_dir)
+    assert [r["step"] for r in evals(out2)] == [2, 4] and evals(out2) == same_scores(evals(out1))
+    assert sorted(p.name for p in out2.iterdir()) == RUN_FILES
 
 
 @pytest.mark.slow
@@ -97,15 +81,7 @@ def test_fsdp_keeps_half_of_every_weight_on_each_process(fsdp_sft, tiny_model_di
 
 @pytest.mark.slow
 def test_fsdp_resume_ends_bitwise_equal(fsdp_sft, synth_dir, tiny_model_dir, tmp_path):
-    full, _ = fsdp_sft
-    out = tmp_path / "resumed"
-    args = common(
-        synth_dir, tiny_model_dir, out, "train.per_device_batch_size=1", *SFT, f"train.resume={full / 'checkpoint-2'}"
-    )
-    launch("sft", args, config="fsdp")
-    a, b = final(full), final(out)
-    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
-    assert steps(out) == steps(full)[2:]
+    assert_resume_ends_bitwise(fsdp_sft[0], tmp_path / "resumed", synth_dir, tiny_model_dir, "fsdp")
 
 
 @pytest.mark.slow
