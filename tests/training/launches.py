@@ -224,37 +224,56 @@ def assert_same_scores(got: dict, want: dict) -> None:
         assert got[k] == pytest.approx(v, rel=1e-5 if "semantic" in k else 1e-9, abs=1e-9), k
 
 
-def assert_sharded_evaluate_equals_one_process(config: str, synth_dir, tiny_model_dir, tmp_path) -> None:
-    """``evaluate`` launched on 2 processes with ``config`` on 7 questions (shares of 4 and 3, the
-    second padded for a sharded model) gives the answers and metrics of one process."""
+def seven_questions(synth_dir, folder: Path) -> Path:
+    """The first 7 rows of ``synth_dir`` with their images, as ``folder``/seven.jsonl."""
+    rows = [json.loads(r) for r in (synth_dir / "data.jsonl").read_text().splitlines()[:7]]
+    data = folder / "seven.jsonl"
+    folder.mkdir(parents=True, exist_ok=True)
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for r in rows:
+        (folder / r["image"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(synth_dir / r["image"], folder / r["image"])
+    return data
+
+
+EVALUATE = [
+    "train.device=cpu",
+    "train.cpu_threads=1",
+    "train.progress=false",
+    "eval.max_new_tokens=3",
+    "eval.batch_size=2",
+]
+
+
+def one_process_evaluate(synth_dir, tiny_model_dir, tmp_path_factory) -> Path:
+    """``evaluate`` of the tiny model on the 7 questions in this process: metrics.json, predictions.jsonl."""
     from vqa_grpo.data.loader import load_examples
     from vqa_grpo.evaluation.evaluate import evaluate
 
-    rows = [json.loads(r) for r in (synth_dir / "data.jsonl").read_text().splitlines()[:7]]
-    data = tmp_path / "seven.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    for r in rows:
-        (tmp_path / r["image"]).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(synth_dir / r["image"], tmp_path / r["image"])
-    args = [
-        "train.device=cpu",
-        "train.cpu_threads=1",
-        "train.progress=false",
-        "eval.max_new_tokens=3",
-        "eval.batch_size=2",
-    ]
+    def make(out: Path) -> None:
+        data = seven_questions(synth_dir, out / "data")
+        cfg = load_config(None, EVALUATE)
+        examples, _ = load_examples(str(data), cfg.data)
+        evaluate(str(tiny_model_dir), examples, cfg, out / "eval")
+
+    return shared("evaluate-one-process", tmp_path_factory, make) / "eval"
+
+
+def assert_sharded_evaluate_equals_one_process(config: str, synth_dir, tiny_model_dir, tmp_path, tmp_path_factory):
+    """``evaluate`` launched on 2 processes with ``config`` on 7 questions (shares of 4 and 3, the
+    second padded for a sharded model) gives the answers and metrics of one process."""
+    data = seven_questions(synth_dir, tmp_path)
     launch(
         "evaluate",
-        ["--model", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "two"), *args],
+        ["--model", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "two"), *EVALUATE],
         config=config,
     )
-    cfg = load_config(None, args)
-    examples, _ = load_examples(str(data), cfg.data)
-    one = evaluate(str(tiny_model_dir), examples, cfg, tmp_path / "one")
+    one_dir = one_process_evaluate(synth_dir, tiny_model_dir, tmp_path_factory)
+    one = json.loads((one_dir / "metrics.json").read_text())
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert_same_scores(flat(two), flat(one))
-    assert two["n"] == len(examples) == 7
+    assert two["n"] == one["n"] == 7
     got, ref = (
-        [json.loads(r) for r in (tmp_path / d / "predictions.jsonl").read_text().splitlines()] for d in ("two", "one")
+        [json.loads(r) for r in (d / "predictions.jsonl").read_text().splitlines()] for d in (tmp_path / "two", one_dir)
     )
     assert [(r["id"], r["raw"]) for r in got] == [(r["id"], r["raw"]) for r in ref]

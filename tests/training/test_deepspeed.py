@@ -115,8 +115,8 @@ def test_zero3_grpo_samples_in_step_and_makes_the_update_of_ddp(synth_dir, tiny_
 
 
 @pytest.mark.slow
-def test_zero3_evaluate_gives_the_answers_of_one_process(synth_dir, tiny_model_dir, tmp_path):
-    assert_sharded_evaluate_equals_one_process("deepspeed_zero3", synth_dir, tiny_model_dir, tmp_path)
+def test_zero3_evaluate_gives_the_answers_of_one_process(synth_dir, tiny_model_dir, tmp_path, tmp_path_factory):
+    assert_sharded_evaluate_equals_one_process("deepspeed_zero3", synth_dir, tiny_model_dir, tmp_path, tmp_path_factory)
 
 
 # ---- the launch's DeepSpeed settings -------------------------------------------------------------

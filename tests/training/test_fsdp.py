@@ -139,8 +139,8 @@ def test_fsdp_lora_makes_the_update_of_one_process(synth_dir, tiny_model_dir, tm
 
 
 @pytest.mark.slow
-def test_fsdp_evaluate_gives_the_answers_of_one_process(synth_dir, tiny_model_dir, tmp_path):
-    assert_sharded_evaluate_equals_one_process("fsdp", synth_dir, tiny_model_dir, tmp_path)
+def test_fsdp_evaluate_gives_the_answers_of_one_process(synth_dir, tiny_model_dir, tmp_path, tmp_path_factory):
+    assert_sharded_evaluate_equals_one_process("fsdp", synth_dir, tiny_model_dir, tmp_path, tmp_path_factory)
 
 
 # ---- the launch's FSDP settings ----------------------------------------------------------------
