@@ -208,7 +208,11 @@ class GRPOConfig:
     fuse_prefill: Literal["auto", "off"] = "auto"
     """auto: with the shared prefix, the prompts' one pass (with gradient) serves both sampling and
     the loss, where that is exact (num_iterations 1, no dropout, one process and micro-batch;
-    grpo/rollout.py); off: sampling and the loss each run it."""
+    grpo/plan.py); off: sampling and the loss each run it."""
+    static_decode: Literal["auto", "on", "off"] = "auto"
+    """Decode from the shared prefix on a static KV cache (models/static_decode.py), each step compiled
+    as CUDA graphs on a GPU: auto on CUDA where it is exact, on also on the CPU (no graphs there),
+    off: the dynamic cache, step by step."""
     generation_backend: Literal["transformers", "vllm"] = "transformers"
     """Who samples the G completions: transformers' generate, or a colocated vLLM engine (extra, CUDA)."""
     vllm_sync_steps: int = 1

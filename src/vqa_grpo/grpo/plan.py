@@ -59,6 +59,34 @@ def fused_prefill_reason(model, adapter, grpo: GRPOConfig, *, processes: int = 1
     return next((why for failed, why in checks if failed), None)
 
 
+def _decode(model, grpo: GRPOConfig, sampling: str, any_rank) -> tuple[str, str | None]:
+    """The sampler's decode (models/static_decode.py) for ``grpo.static_decode``, and why it is not
+    static where one would expect it (None where off, or auto on the CPU, leaves it dynamic)."""
+    from vqa_grpo.errors import UserError
+
+    cuda = next(model.parameters()).device.type == "cuda"
+    if grpo.static_decode == "off" or (grpo.static_decode == "auto" and not cuda):
+        return "dynamic", None
+    penalty = getattr(model.generation_config, "repetition_penalty", None)
+    checks = [
+        (sampling != "shared prefix", "no shared-prefix sampler"),
+        (grpo.generation_backend != "transformers", "vLLM samples"),
+        (penalty not in (None, 1.0), "a repetition penalty reads the sequence so far"),
+        (any_rank is not None, "synced decoding under sharded weights"),
+    ]
+    why = next((why for failed, why in checks if failed), None)
+    if grpo.static_decode == "on" and why is not None:
+        raise UserError(f"grpo.static_decode=on cannot run: {why}; set grpo.static_decode=auto or off")
+    if why is not None:
+        return "dynamic", why
+    if not cuda:
+        return "static", None
+    layer_types = getattr(model.config.get_text_config(), "layer_types", None) or []
+    if "sliding_attention" in layer_types:  # its static layers keep a Python counter: no replayable step
+        return "static", "sliding-window cache layers are decoded without CUDA graphs"
+    return "static, CUDA graphs", None
+
+
 def choose_plan(
     model,
     adapter,
@@ -72,6 +100,7 @@ def choose_plan(
     weights are sharded). Logged once per distinct plan on the ``vqa_grpo.prefix`` logger."""
     off = shared_prefix_reason(adapter, grpo.shared_prefix)
     if off is not None:
+        _decode(model, grpo, "plain", any_rank)  # grpo.static_decode=on without a shared prefix: one line
         plan = ForwardPlan(any_rank=any_rank, reason=off)
     else:
         blocked = plain_only_settings(model.generation_config, True)
@@ -80,8 +109,11 @@ def choose_plan(
             loss = "plain"
         else:
             loss = "fused prefill" if fused_off is None else "shared prefix"
+        sampling = "plain" if blocked else "shared prefix"
+        decode, static_off = _decode(model, grpo, sampling, any_rank)
         plan = ForwardPlan(
-            sampling="plain" if blocked else "shared prefix",
+            sampling=sampling,
+            decode=decode,
             loss=loss,
             position_rule=adapter.position_rule,
             any_rank=any_rank,
@@ -89,6 +121,7 @@ def choose_plan(
                 [f"{adapter.name} adapter, {adapter.position_rule} positions"]
                 + ([f"the generation config sets {', '.join(blocked)}"] if blocked else [])
                 + ([f"no fused prefill: {fused_off}"] if fused_off else [])
+                + ([f"{decode} decode: {static_off}"] if static_off else [])
             ),
         )
     message = f"GRPO forward plan: {plan.describe()}"

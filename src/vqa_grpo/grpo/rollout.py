@@ -141,6 +141,7 @@ def make_rollout_and_prefill(
             shared_prefix=plan.sample_shared,
             prefix=shared.detached(prefix) if keep_prefill else None,
             any_rank=plan.any_rank,
+            decode=plan.decode,
         )
         samp_logp = sampling_logprobs(comp.scores, comp.ids) * comp.mask
     texts = decode(processor, comp)

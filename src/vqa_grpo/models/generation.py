@@ -58,6 +58,7 @@ def generate(
     shared_prefix: bool = False,
     prefix=None,
     any_rank=None,
+    decode: str = "dynamic",
 ) -> Completions:
     """Sample (or greedily decode) ``group_size`` completions of each prompt in one batch.
 
@@ -68,7 +69,8 @@ def generate(
     generation config asks for a processor that path does not rebuild stays on the plain path.
     ``prefix``: the prompts' expanded pass already run (models/prefix.Prefix, no gradient).
     ``any_rank``: synced decoding under sharded weights (``ForwardPlan.any_rank``): every rank
-    steps until all ranks' rows have stopped.
+    steps until all ranks' rows have stopped. ``decode``: the shared-prefix sampler's
+    (``ForwardPlan.decode``; a logits processor that reads the sequence keeps it dynamic, logged).
     """
     stop_ids = adapter.stop_token_ids(processor, model)
     pad_id = processor.tokenizer.pad_token_id
@@ -93,6 +95,13 @@ def generate(
                 logits_processor=logits_processor,
                 device=prompts.input_ids.device,
             )
+            if decode != "dynamic":
+                from vqa_grpo.models.static_decode import static_decode_reason
+
+                why = static_decode_reason(processors, any_rank)
+                if why is not None:
+                    shared._log_once(f"generation: dynamic decode, {why}")
+                    decode = "dynamic"
             ids, scores = sampling.sample_from_prefix(
                 model,
                 prompts,
@@ -106,6 +115,7 @@ def generate(
                 prefix=prefix,
                 position_rule=adapter.position_rule,
                 any_rank=any_rank,
+                decode=decode,
             )
         else:
             ids, scores = _hf_generate(

@@ -39,6 +39,8 @@ class ForwardPlan:
     """Synced decoding (sharded weights): ``any_rank(a row here still runs)``, the same answer on
     every rank, and decoding stops only when it is False. None: each rank stops on its own."""
     reason: str = ""
+    decode: Literal["dynamic", "static", "static, CUDA graphs"] = "dynamic"
+    """How the shared-prefix sampler steps (models/static_decode.py)."""
 
     @property
     def sample_shared(self) -> bool:
@@ -53,7 +55,8 @@ class ForwardPlan:
         return self.loss == "fused prefill"
 
     def describe(self) -> str:
-        return f"sampling: {self.sampling}; loss and log-prob passes: {self.loss} [{self.reason}]"
+        decode = f" ({self.decode} decode)" if self.decode != "dynamic" else ""
+        return f"sampling: {self.sampling}{decode}; loss and log-prob passes: {self.loss} [{self.reason}]"
 
 
 PLAIN = ForwardPlan(reason="plain")

@@ -33,6 +33,7 @@ def sample_from_prefix(
     prefix: Prefix | None = None,
     position_rule: str,
     any_rank: Callable[[bool], bool] | None = None,
+    decode: str = "dynamic",
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
     """Decode G completions per prompt from one shared prefix (``prefix`` when already run): token ids [R, C] and, with
     ``keep_scores``, the processed scores of each step (C x [R, V], float32).
@@ -43,9 +44,16 @@ def sample_from_prefix(
     emitted a stop token continues with ``pad_id``, and decoding ends when every row has stopped
     or after ``max_new_tokens`` (with ``any_rank``, synced decoding: when every rank's rows have). With the
     same seed and equal logits it draws the same tokens. One host sync per step (the all-stopped
-    check), as in ``generate``. ``position_rule``: the adapter's, for a prefix run here.
+    check), as in ``generate``. ``position_rule``: the adapter's, for a prefix run here. ``decode``:
+    "dynamic" (the prefix's cache grows), "static" or "static, CUDA graphs" (models/static_decode.py:
+    the same tokens, from a static cache; the caller has checked that it is exact here).
     """
     prefix = encode_prefix(model, prompts, group_size, position_rule) if prefix is None else prefix
+    static = None
+    if decode != "dynamic":
+        from vqa_grpo.models.static_decode import decoder_for
+
+        static = decoder_for(model, prefix, max_new_tokens, graphs=decode == "static, CUDA graphs")
     seqs = prompts.input_ids.repeat_interleave(group_size, dim=0)  # [R, P], grows by one per step
     stop = torch.tensor(stop_ids, device=seqs.device)
     running = torch.ones(seqs.shape[0], dtype=torch.bool, device=seqs.device)  # [R]
@@ -73,7 +81,10 @@ def sample_from_prefix(
         here, more = keep_decoding(running, any_rank)
         if not more:
             break
-        logits = prefix.extend(model, nxt[:, None], logits_to_keep=1)[:, -1].float()
+        if static is not None:
+            logits = static.step(nxt)
+        else:
+            logits = prefix.extend(model, nxt[:, None], logits_to_keep=1)[:, -1].float()
     return torch.stack(tokens, dim=1), (tuple(scores) if keep_scores else None)
 
 

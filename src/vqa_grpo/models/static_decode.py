@@ -1,0 +1,119 @@
+"""Decoding from a shared prefix with a static KV cache, so that every decode step has the same
+shapes and, on CUDA, runs as a replayed CUDA graph instead of hundreds of kernel launches.
+
+The prefix's cache (R rows, P positions; models/prefix.py) is copied into a transformers
+``StaticCache`` of L >= P + C positions (rounded up to ``BUCKET``), and the attention mask is one
+[R, L] buffer whose position P + t is switched on at step t (later positions stay masked). A step then always takes
+one token per row, a mask of the same length and a position tensor, and writes its keys and values
+in place: with ``graphs`` it is compiled with ``torch.compile(mode="reduce-overhead")`` (CUDA
+graphs), and the decoder is kept on the model for the next rollout of that shape, so its graphs are
+recorded once. Rows that stop keep stepping on padding, as on the dynamic path; the only host sync
+per step is the all-stopped check; the logits processors (per-row temperature and top-p included)
+run outside the compiled step.
+
+Exact where the dynamic path is: the same tokens, and logits within float rounding (masked cache
+positions add exact zeros to the softmax); tests/models/test_static_decode.py checks every family
+with a shared-prefix rule, greedy and sampled. Not taken (``static_decode_reason``) where a logits
+processor reads the sequence so far (a repetition penalty: the static path does not keep it), or
+under synced decoding (sharded weights make every step a collective).
+
+Shapes: R rows, P prefix positions, C new tokens at most, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from vqa_grpo.models.prefix import Prefix, cache_argument, continuation_positions
+
+log = logging.getLogger("vqa_grpo.prefix")
+
+
+def static_decode_reason(processors, any_rank) -> str | None:
+    """Why decoding cannot run on a static cache (None: it can)."""
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    if any(isinstance(p, RepetitionPenaltyLogitsProcessor) for p in processors):
+        return "a repetition penalty reads the sequence so far"
+    if any_rank is not None:
+        return "synced decoding under sharded weights"
+    return None
+
+
+BUCKET = 64
+"""The static cache's length is P + C rounded up to a multiple of this, so that rollouts whose
+prompts differ a little in length share one decoder (and, on CUDA, its recorded graphs)."""
+
+
+def decoder_for(model, prefix: Prefix, max_new_tokens: int, *, graphs: bool = False) -> StaticDecoder:
+    """A decoder for ``prefix``, loaded with it: the model's decoder of this shape when it has one
+    (kept on the model, so that its buffers and graphs are reused from rollout to rollout)."""
+    R, P = prefix.attention_mask.shape
+    length = -(-(P + max_new_tokens) // BUCKET) * BUCKET
+    key = (R, length, graphs, prefix.last_logits.dtype)
+    decoders = model.__dict__.setdefault("_vqa_grpo_static_decoders", {})
+    if key not in decoders:
+        decoders[key] = StaticDecoder(model, R, length, prefix.position_rule, graphs=graphs)
+    decoder = decoders[key]
+    decoder.load(prefix)
+    return decoder
+
+
+class StaticDecoder:
+    """Decode steps on a static cache of ``length`` positions for R rows; :meth:`load` puts a prefix in."""
+
+    def __init__(self, model, rows: int, length: int, position_rule: str, *, graphs: bool = False):
+        from transformers import StaticCache
+
+        self.model, self.rule, self.graphs = model, position_rule, graphs
+        self.cache = StaticCache(config=model.config, max_cache_len=length)
+        device = next(model.parameters()).device
+        self.mask = torch.zeros(rows, length, dtype=torch.long, device=device)
+        self.next_position = torch.zeros(rows, dtype=torch.long, device=device)
+        self.step_index = torch.zeros((), dtype=torch.long, device=device)
+        self.start = torch.zeros((), dtype=torch.long, device=device)  # P, the first completion slot
+        self._argument = cache_argument(model)
+        self._step = (
+            torch.compile(self._eager_step, mode="reduce-overhead", dynamic=False) if graphs else self._eager_step
+        )
+
+    def load(self, prefix: Prefix) -> None:
+        """Put ``prefix`` (R rows, P positions) in, in place: the cache's positions 0..P-1, the mask, the positions."""
+        P = prefix.attention_mask.shape[1]
+        self.cache.reset()
+        for layer, src in zip(self.cache.layers, prefix.cache.layers, strict=True):
+            layer.update(src.keys, src.values)  # allocates the layer the first time; writes positions 0..P-1
+        self.mask.zero_()
+        self.mask[:, :P] = prefix.attention_mask
+        self.next_position.copy_(prefix.next_position)
+        self.step_index.zero_()
+        self.start.fill_(P)
+
+    def _eager_step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Run ``tokens`` [R, 1] at the next position of every row; the next logits [R, V] in float32."""
+        column = (self.start + self.step_index).view(1, 1).expand(self.mask.shape[0], 1)
+        self.mask.scatter_(1, column, 1)
+        positions = continuation_positions(self.rule, self.next_position + self.step_index, 1)
+        out = self.model(
+            input_ids=tokens,
+            attention_mask=self.mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._argument: self.cache},
+        )
+        self.step_index.add_(1)
+        return out.logits[:, -1].float()
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The logits [R, V] after ``tokens`` [R]; a compiled step that fails falls back to the eager one, logged."""
+        if not self.graphs:
+            return self._step(tokens[:, None])
+        try:
+            return self._step(tokens[:, None]).clone()  # the graph's output buffer is reused by the next replay
+        except Exception as e:  # noqa: BLE001  (compilation errors have no common type)
+            log.warning(f"static decode: the compiled step failed ({type(e).__name__}: {e}); decoding eagerly")
+            self._step, self.graphs = self._eager_step, False
+            return self._step(tokens[:, None])

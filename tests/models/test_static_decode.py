@@ -1,0 +1,130 @@
+"""The static-cache decode (models/static_decode.py) against the dynamic one, on every family with a
+shared-prefix rule: the same tokens, greedy and sampled with a fixed seed, with rows stopping at
+different steps, and the sampler's scores within float rounding. (The CUDA graphs it is compiled
+into on a GPU replay these same steps; that part needs a GPU and is not run here.)"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LogitsProcessorList
+
+from vqa_grpo.config import DataConfig, GRPOConfig, ModelConfig, RewardConfig
+from vqa_grpo.data.loader import load_vqa
+from vqa_grpo.errors import UserError
+from vqa_grpo.grpo.plan import choose_plan
+from vqa_grpo.grpo.rollout import make_rollout
+from vqa_grpo.grpo.sampling import RowwiseTemperatureTopP, row_sampling_params
+from vqa_grpo.models.adapters import adapter_for
+from vqa_grpo.models.generation import generate
+from vqa_grpo.models.loading import load_model
+from vqa_grpo.models.static_decode import StaticDecoder
+from vqa_grpo.models.tiny import TINY_FAMILIES, build_tiny
+
+CPU = torch.device("cpu")
+B, G, C = 2, 4, 6
+FAMILIES = [f for f in TINY_FAMILIES if adapter_for(f).position_rule]
+
+
+@pytest.fixture(scope="module")
+def examples(synth_dir):
+    data = load_vqa(DataConfig(path=str(synth_dir)), seed=0).train
+    return [
+        next(e for e in data if e.question == "How many objects are there?"),
+        next(e for e in data if "left or right" in e.question),
+    ]
+
+
+@pytest.fixture(scope="module")
+def family_model(tmp_path_factory, tiny_model_dir):
+    built = {"qwen2_vl": tiny_model_dir}
+
+    def get(family):
+        if family not in built:
+            built[family] = build_tiny(family, tmp_path_factory.mktemp(family) / "model", seed=0)
+        lm = load_model(ModelConfig(name_or_path=str(built[family])), CPU)
+        lm.model.eval()
+        return lm
+
+    return get
+
+
+def decode_both(lm, prompts, **kw):
+    out = {}
+    for decode in ("dynamic", "static"):
+        torch.manual_seed(5)
+        out[decode] = generate(
+            lm.model,
+            lm.adapter,
+            lm.processor,
+            prompts,
+            max_new_tokens=C,
+            group_size=G,
+            shared_prefix=True,
+            decode=decode,
+            **kw,
+        )
+    return out["dynamic"], out["static"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_static_decode_draws_the_tokens_of_the_dynamic_one(family, family_model, examples, monkeypatch):
+    built = []
+    real_step = StaticDecoder.step
+    monkeypatch.setattr(StaticDecoder, "step", lambda self, tokens: built.append(1) or real_step(self, tokens))
+    lm = family_model(family)
+    images = [e.load_image() for e in examples]
+    images[1] = images[1].resize((168, 168))  # prompts of different lengths: one is left-padded
+    prompts = lm.adapter.encode_prompts(lm.processor, images, [e.question for e in examples])
+    temps, top_ps = row_sampling_params(B, G, [0.7, 1.0, 1.5], [0.9, 1.0])
+    sampler = LogitsProcessorList([RowwiseTemperatureTopP(temps, top_ps)])
+    sample = dict(do_sample=True, logits_processor=sampler, keep_scores=True)
+    # A stop token that makes rows stop at different steps: the third one row 0 samples.
+    first, _ = decode_both(lm, prompts, **sample)
+    gen = lm.model.generation_config
+    eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
+    gen.eos_token_id = [*eos, int(first.ids[0, 2])]
+    try:
+        greedy_d, greedy_s = decode_both(lm, prompts)
+        sampled_d, sampled_s = decode_both(lm, prompts, **sample)
+    finally:
+        gen.eos_token_id = eos if len(eos) > 1 else eos[0]
+    for d, s in ((greedy_d, greedy_s), (sampled_d, sampled_s)):
+        assert torch.equal(s.ids, d.ids) and torch.equal(s.mask, d.mask) and torch.equal(s.truncated, d.truncated)
+    assert len(built) >= C - 1  # the static path ran (its first decode, with no extra stop, takes C - 1 steps)
+    lengths = sampled_d.mask.sum(1)
+    assert lengths.min() <= 3 and lengths.max() == C  # some rows stopped early, others ran to the limit
+    for a, b in zip(sampled_d.scores, sampled_s.scores, strict=True):
+        finite = torch.isfinite(a)
+        assert torch.equal(finite, torch.isfinite(b))
+        assert (a[finite] - b[finite]).abs().max() < 1e-4
+
+
+def test_the_plan_chooses_the_static_decode_where_asked_and_exact(tiny_model_dir):
+    lm = load_model(ModelConfig(name_or_path=str(tiny_model_dir)), CPU)
+    assert choose_plan(lm.model, lm.adapter, GRPOConfig()).decode == "dynamic"  # auto: CUDA only
+    plan = choose_plan(lm.model, lm.adapter, GRPOConfig(static_decode="on"))
+    assert plan.decode == "static" and "(static decode)" in plan.describe()
+    with pytest.raises(UserError, match="^grpo.static_decode=on cannot run: no shared-prefix sampler; set grpo"):
+        choose_plan(lm.model, lm.adapter, GRPOConfig(static_decode="on", shared_prefix="off"))
+    lm.model.generation_config.repetition_penalty = 1.2
+    try:
+        with pytest.raises(UserError, match="a repetition penalty reads the sequence so far"):
+            choose_plan(lm.model, lm.adapter, GRPOConfig(static_decode="on"))
+    finally:
+        lm.model.generation_config.repetition_penalty = None
+
+
+def test_a_rollout_on_the_static_decode_is_the_dynamic_ones(tiny_model_dir, examples):
+    lm = load_model(ModelConfig(name_or_path=str(tiny_model_dir)), CPU)
+    images = [e.load_image() for e in examples]
+    rollouts = []
+    for setting in ("off", "on"):
+        grpo = GRPOConfig(num_generations=G, max_completion_length=C, static_decode=setting)
+        torch.manual_seed(0)
+        rollouts.append(make_rollout(lm.model, lm.adapter, lm.processor, examples, images, grpo, RewardConfig(), CPU))
+    dynamic, static = rollouts
+    assert static.plan.decode == "static" and dynamic.plan.decode == "dynamic"
+    assert torch.equal(static.completion_ids, dynamic.completion_ids)
+    assert (static.sampling_logprobs - dynamic.sampling_logprobs).abs().max() < 1e-5
+    assert torch.equal(static.rewards, dynamic.rewards)
