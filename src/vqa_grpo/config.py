@@ -209,10 +209,10 @@ class GRPOConfig:
     """auto: with the shared prefix, the prompts' one pass (with gradient) serves both sampling and
     the loss, where that is exact (num_iterations 1, no dropout, one process and micro-batch;
     grpo/plan.py); off: sampling and the loss each run it."""
-    static_decode: Literal["auto", "on", "off"] = "auto"
+    static_decode: Literal["auto", "on", "off"] = "off"
     """Decode from the shared prefix on a static KV cache (models/static_decode.py), each step compiled
     as CUDA graphs on a GPU: auto on CUDA where it is exact, on also on the CPU (no graphs there),
-    off: the dynamic cache, step by step."""
+    off (the default until it has run on a GPU): the dynamic cache, step by step."""
     generation_backend: Literal["transformers", "vllm"] = "transformers"
     """Who samples the G completions: transformers' generate, or a colocated vLLM engine (extra, CUDA)."""
     vllm_sync_steps: int = 1

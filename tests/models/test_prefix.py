@@ -258,9 +258,13 @@ def test_rollout_and_grpo_step_are_the_same_on_both_paths(family_dirs, data, cap
         loss, stats = grpo_objective(lm.model, lm.adapter, lm.processor, ro, grpo)
         loss.backward()
         results[setting] = ro, loss.detach(), stats, {n: p.grad.clone() for n, p in lm.model.named_parameters()}
-    assert "GRPO forward plan: sampling: plain; loss and log-prob passes: plain [grpo.shared_prefix=off]" in caplog.text
     assert (
-        "GRPO forward plan: sampling: shared prefix; loss and log-prob passes: shared prefix [qwen2_vl adapter, "
+        "GRPO forward plan: sampling: plain; loss: plain; log-prob passes: plain [grpo.shared_prefix=off]"
+        in caplog.text
+    )
+    assert (
+        "GRPO forward plan: sampling: shared prefix; loss: shared prefix; log-prob passes: shared prefix [qwen2_vl "
+        "adapter, "
         "mrope positions, no fused prefill: grpo.fuse_prefill=off]" in caplog.text  # make_rollout keeps no prefill
     )
     (ro_p, loss_p, stats_p, grads_p), (ro_s, loss_s, stats_s, grads_s) = results["off"], results["auto"]
@@ -305,7 +309,7 @@ def test_shared_prefix_setting(tiny_model_dir, caplog):
     with caplog.at_level(logging.INFO, logger="vqa_grpo.prefix"):
         assert not choose_plan(lm.model, generic, GRPOConfig()).sample_shared
     assert (
-        "GRPO forward plan: sampling: plain; loss and log-prob passes: plain [the generic adapter has no tested "
+        "GRPO forward plan: sampling: plain; loss: plain; log-prob passes: plain [the generic adapter has no tested "
         "shared-prefix position rule]" in caplog.text
     )
     with pytest.raises(UserError, match="^grpo.shared_prefix=on cannot run: the generic adapter has no tested"):
@@ -415,9 +419,10 @@ def test_fused_prefill_is_used_only_where_it_is_exact(family_dirs, tiny_model_di
     plan_module._logged.clear()
     with caplog.at_level(logging.INFO, logger="vqa_grpo.prefix"):
         assert fuse_prefill(lm.model, ok) and not fuse_prefill(dropped.model, ok)
-    assert "loss and log-prob passes: fused prefill [qwen2_vl adapter, mrope positions]" in caplog.text
+    assert "loss: fused prefill; log-prob passes: shared prefix [qwen2_vl adapter, mrope positions]" in caplog.text
     assert (
-        "loss and log-prob passes: shared prefix [qwen2_vl adapter, mrope positions, no fused prefill: dropout is "
+        "loss: shared prefix; log-prob passes: shared prefix [qwen2_vl adapter, mrope positions, no fused "
+        "prefill: dropout is "
         "active]" in caplog.text
     )
 

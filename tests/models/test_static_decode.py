@@ -102,17 +102,43 @@ def test_static_decode_draws_the_tokens_of_the_dynamic_one(family, family_model,
 
 def test_the_plan_chooses_the_static_decode_where_asked_and_exact(tiny_model_dir):
     lm = load_model(ModelConfig(name_or_path=str(tiny_model_dir)), CPU)
-    assert choose_plan(lm.model, lm.adapter, GRPOConfig()).decode == "dynamic"  # auto: CUDA only
+    assert choose_plan(lm.model, lm.adapter, GRPOConfig()).decode == "dynamic"  # off by default
+    assert choose_plan(lm.model, lm.adapter, GRPOConfig(static_decode="auto")).decode == "dynamic"  # CUDA only
     plan = choose_plan(lm.model, lm.adapter, GRPOConfig(static_decode="on"))
     assert plan.decode == "static" and "(static decode)" in plan.describe()
     with pytest.raises(UserError, match="^grpo.static_decode=on cannot run: no shared-prefix sampler; set grpo"):
         choose_plan(lm.model, lm.adapter, GRPOConfig(static_decode="on", shared_prefix="off"))
-    lm.model.generation_config.repetition_penalty = 1.2
+    with pytest.raises(UserError, match="synced decoding under sharded weights"):
+        choose_plan(lm.model, lm.adapter, GRPOConfig(static_decode="on"), any_rank=lambda here: here)
+
+
+def test_a_repetition_penalty_reads_the_same_sequence_on_both_decodes(family_model, examples):
+    lm = family_model("qwen2_vl")
+    prompts = lm.adapter.encode_prompts(
+        lm.processor, [e.load_image() for e in examples], [e.question for e in examples]
+    )
+    plain, _ = decode_both(lm, prompts)
+    lm.model.generation_config.repetition_penalty = 3.0
     try:
-        with pytest.raises(UserError, match="a repetition penalty reads the sequence so far"):
-            choose_plan(lm.model, lm.adapter, GRPOConfig(static_decode="on"))
+        dynamic, static = decode_both(lm, prompts)
     finally:
         lm.model.generation_config.repetition_penalty = None
+    assert torch.equal(static.ids, dynamic.ids) and not torch.equal(dynamic.ids, plain.ids)
+
+
+def test_a_sliding_window_shorter_than_the_prompt_and_completion_keeps_the_dynamic_cache(family_model, examples):
+    from vqa_grpo.models.prefix import encode_prefix
+    from vqa_grpo.models.static_decode import decoder_for, sliding_windows
+
+    lm = family_model("gemma3")
+    (window,) = set(sliding_windows(lm.model))
+    prompts = lm.adapter.encode_prompts(lm.processor, [examples[0].load_image()], [examples[0].question])
+    with torch.no_grad():
+        prefix = encode_prefix(lm.model, prompts, 2, lm.adapter.position_rule)
+    P = prompts.input_ids.shape[1]
+    assert P < window and decoder_for(lm.model, prefix, window - P) is not None
+    assert decoder_for(lm.model, prefix, window - P + 1) is None
+    assert sliding_windows(family_model("qwen2_vl").model) == []
 
 
 def test_a_rollout_on_the_static_decode_is_the_dynamic_ones(tiny_model_dir, examples):

@@ -102,12 +102,18 @@ def shared(name: str, tmp_path_factory, make: Callable[[Path], None]) -> Path:
     base = tmp_path_factory.getbasetemp()
     root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-runs"
     root.mkdir(exist_ok=True)
-    out, done = root / name, root / f"{name}.done"
+    out, done, failed = root / name, root / f"{name}.done", root / f"{name}.failed"
     with (root / f"{name}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        if failed.exists():  # another worker's attempt failed: do not run it again, each may take minutes
+            pytest.fail(f"the shared run {name} failed in another worker: {failed.read_text()}")
         if not done.exists():
             shutil.rmtree(out, ignore_errors=True)
-            make(out)
+            try:
+                make(out)
+            except BaseException as e:
+                failed.write_text(f"{type(e).__name__}: {str(e)[:500]}")
+                raise
             done.touch()
     return out
 

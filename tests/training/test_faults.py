@@ -306,13 +306,15 @@ def test_one_process_takes_a_second_ctrl_c_at_once_a_launched_one_absorbs_it():
 
 
 @pytest.mark.slow
-def test_a_new_run_refuses_an_output_dir_that_holds_a_run(uninterrupted, synth_dir, tiny_model_dir, capsys):
+def test_a_new_run_refuses_an_output_dir_that_holds_a_run(uninterrupted, synth_dir, tiny_model_dir, capsys, tmp_path):
     from vqa_grpo.cli import main
 
-    before = sorted(p.name for p in uninterrupted.iterdir())
-    assert main(["sft", *overrides(synth_dir, tiny_model_dir, uninterrupted)]) == 2
+    run = tmp_path / "run"  # a copy: the uninterrupted run is shared with other tests
+    shutil.copytree(uninterrupted, run)
+    before = sorted(p.name for p in run.iterdir())
+    assert main(["sft", *overrides(synth_dir, tiny_model_dir, run)]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"error: train.output_dir={uninterrupted} already holds a run; continue it with train.resume=auto, "
+        f"error: train.output_dir={run} already holds a run; continue it with train.resume=auto, "
         "or choose a new train.output_dir"
     )
-    assert sorted(p.name for p in uninterrupted.iterdir()) == before
+    assert sorted(p.name for p in run.iterdir()) == before

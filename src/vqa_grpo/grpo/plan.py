@@ -20,6 +20,7 @@ from vqa_grpo.config import GRPOConfig
 from vqa_grpo.models.plan import ForwardPlan, shared_prefix_reason
 from vqa_grpo.models.prefix import checkpointing_on
 from vqa_grpo.models.prefix_sampling import plain_only_settings
+from vqa_grpo.models.static_decode import sliding_windows
 
 log = logging.getLogger("vqa_grpo.prefix")
 _logged: set[str] = set()
@@ -67,11 +68,8 @@ def _decode(model, grpo: GRPOConfig, sampling: str, any_rank) -> tuple[str, str 
     cuda = next(model.parameters()).device.type == "cuda"
     if grpo.static_decode == "off" or (grpo.static_decode == "auto" and not cuda):
         return "dynamic", None
-    penalty = getattr(model.generation_config, "repetition_penalty", None)
     checks = [
         (sampling != "shared prefix", "no shared-prefix sampler"),
-        (grpo.generation_backend != "transformers", "vLLM samples"),
-        (penalty not in (None, 1.0), "a repetition penalty reads the sequence so far"),
         (any_rank is not None, "synced decoding under sharded weights"),
     ]
     why = next((why for failed, why in checks if failed), None)
@@ -81,8 +79,7 @@ def _decode(model, grpo: GRPOConfig, sampling: str, any_rank) -> tuple[str, str 
         return "dynamic", why
     if not cuda:
         return "static", None
-    layer_types = getattr(model.config.get_text_config(), "layer_types", None) or []
-    if "sliding_attention" in layer_types:  # its static layers keep a Python counter: no replayable step
+    if sliding_windows(model):  # their static layers keep a Python counter: no replayable step
         return "static", "sliding-window cache layers are decoded without CUDA graphs"
     return "static, CUDA graphs", None
 
@@ -109,7 +106,7 @@ def choose_plan(
             loss = "plain"
         else:
             loss = "fused prefill" if fused_off is None else "shared prefix"
-        sampling = "plain" if blocked else "shared prefix"
+        sampling = "vLLM" if grpo.generation_backend == "vllm" else "plain" if blocked else "shared prefix"
         decode, static_off = _decode(model, grpo, sampling, any_rank)
         plan = ForwardPlan(
             sampling=sampling,

@@ -70,7 +70,7 @@ def generate(
     ``prefix``: the prompts' expanded pass already run (models/prefix.Prefix, no gradient).
     ``any_rank``: synced decoding under sharded weights (``ForwardPlan.any_rank``): every rank
     steps until all ranks' rows have stopped. ``decode``: the shared-prefix sampler's
-    (``ForwardPlan.decode``; a logits processor that reads the sequence keeps it dynamic, logged).
+    (``ForwardPlan.decode``; synced decoding keeps it dynamic, logged).
     """
     stop_ids = adapter.stop_token_ids(processor, model)
     pad_id = processor.tokenizer.pad_token_id
@@ -98,7 +98,7 @@ def generate(
             if decode != "dynamic":
                 from vqa_grpo.models.static_decode import static_decode_reason
 
-                why = static_decode_reason(processors, any_rank)
+                why = static_decode_reason(any_rank)
                 if why is not None:
                     shared._log_once(f"generation: dynamic decode, {why}")
                     decode = "dynamic"

@@ -22,7 +22,7 @@ from typing import Callable, Literal
 
 from vqa_grpo.errors import UserError
 
-SamplingPath = Literal["plain", "shared prefix"]
+SamplingPath = Literal["plain", "shared prefix", "vLLM"]
 LossPath = Literal["plain", "shared prefix", "fused prefill"]
 
 
@@ -32,7 +32,9 @@ class ForwardPlan:
 
     sampling: SamplingPath = "plain"
     loss: LossPath = "plain"
-    """The path of every pass after sampling: the loss, pi_old, the reference, vLLM's ratios."""
+    """The path of the loss's pass (plain under gradient checkpointing, which drops the KV cache).
+    The log-prob passes without gradient (pi_old, the reference, vLLM's ratios) share the prefix
+    wherever the family has a position rule (``score_shared``)."""
     position_rule: str | None = None
     """The adapter's rule for continuing a prompt's positions (``FamilyAdapter.position_rule``)."""
     any_rank: Callable[[bool], bool] | None = None
@@ -48,7 +50,9 @@ class ForwardPlan:
 
     @property
     def score_shared(self) -> bool:
-        return self.loss != "plain"
+        """The passes after sampling share the prefix (the loss's too, unless gradient checkpointing
+        drops the cache: ``completion_logits`` then runs it plain, logged)."""
+        return self.position_rule is not None
 
     @property
     def fused(self) -> bool:
@@ -56,7 +60,8 @@ class ForwardPlan:
 
     def describe(self) -> str:
         decode = f" ({self.decode} decode)" if self.decode != "dynamic" else ""
-        return f"sampling: {self.sampling}{decode}; loss and log-prob passes: {self.loss} [{self.reason}]"
+        scoring = "shared prefix" if self.score_shared else "plain"
+        return f"sampling: {self.sampling}{decode}; loss: {self.loss}; log-prob passes: {scoring} [{self.reason}]"
 
 
 PLAIN = ForwardPlan(reason="plain")

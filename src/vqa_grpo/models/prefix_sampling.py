@@ -51,9 +51,12 @@ def sample_from_prefix(
     prefix = encode_prefix(model, prompts, group_size, position_rule) if prefix is None else prefix
     static = None
     if decode != "dynamic":
+        from vqa_grpo.models.prefix import _log_once
         from vqa_grpo.models.static_decode import decoder_for
 
         static = decoder_for(model, prefix, max_new_tokens, graphs=decode == "static, CUDA graphs")
+        if static is None:
+            _log_once("generation: dynamic decode, a sliding window is shorter than the prompt and its completion")
     seqs = prompts.input_ids.repeat_interleave(group_size, dim=0)  # [R, P], grows by one per step
     stop = torch.tensor(stop_ids, device=seqs.device)
     running = torch.ones(seqs.shape[0], dtype=torch.bool, device=seqs.device)  # [R]

@@ -47,7 +47,7 @@ def completion_logits(
     runs once and the completions run against its expanded KV cache (models/prefix.py); the
     result is the same up to float rounding. Gradient checkpointing in training drops the cache,
     so there the plain path runs. ``prefix``: the prompts' shared pass already run with gradient
-    for sampling (the fused prefill, grpo/rollout.py), extended here instead of run again.
+    for sampling (the fused prefill, grpo/plan.py), extended here instead of run again.
     """
     rule = adapter.position_rule
     if prefix is not None:

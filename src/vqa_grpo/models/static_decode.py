@@ -13,33 +13,25 @@ run outside the compiled step.
 
 Exact where the dynamic path is: the same tokens, and logits within float rounding (masked cache
 positions add exact zeros to the softmax); tests/models/test_static_decode.py checks every family
-with a shared-prefix rule, greedy and sampled. Not taken (``static_decode_reason``) where a logits
-processor reads the sequence so far (a repetition penalty: the static path does not keep it), or
-under synced decoding (sharded weights make every step a collective).
+with a shared-prefix rule, greedy and sampled. Not taken (``static_decode_reason``) under synced
+decoding (sharded weights make every step a collective), nor (``decoder_for`` returns None) where a
+sliding-window layer's window is shorter than the prefix and its completion: the dynamic cache
+then keeps only the window, which a static layer of that window would not reproduce. CUDA graphs
+are not used for a model with sliding-window layers at all (their static layers count in Python).
 
 Shapes: R rows, P prefix positions, C new tokens at most, V vocabulary.
 """
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
 from vqa_grpo.models.prefix import Prefix, cache_argument, continuation_positions
 
-log = logging.getLogger("vqa_grpo.prefix")
 
-
-def static_decode_reason(processors, any_rank) -> str | None:
+def static_decode_reason(any_rank) -> str | None:
     """Why decoding cannot run on a static cache (None: it can)."""
-    from transformers import RepetitionPenaltyLogitsProcessor
-
-    if any(isinstance(p, RepetitionPenaltyLogitsProcessor) for p in processors):
-        return "a repetition penalty reads the sequence so far"
-    if any_rank is not None:
-        return "synced decoding under sharded weights"
-    return None
+    return "synced decoding under sharded weights" if any_rank is not None else None
 
 
 BUCKET = 64
@@ -47,15 +39,28 @@ BUCKET = 64
 prompts differ a little in length share one decoder (and, on CUDA, its recorded graphs)."""
 
 
-def decoder_for(model, prefix: Prefix, max_new_tokens: int, *, graphs: bool = False) -> StaticDecoder:
-    """A decoder for ``prefix``, loaded with it: the model's decoder of this shape when it has one
-    (kept on the model, so that its buffers and graphs are reused from rollout to rollout)."""
+def sliding_windows(model) -> list[int]:
+    """The sliding-window length of each of the model's sliding text layers (empty when it has none)."""
+    from transformers.cache_utils import StaticCache
+
+    window = int(getattr(model.config.get_text_config(), "sliding_window", 0) or 0)
+    probe = StaticCache(config=model.config, max_cache_len=1)  # nothing is allocated before a first update
+    return [window for layer in probe.layers if getattr(layer, "is_sliding", False)]
+
+
+def decoder_for(model, prefix: Prefix, max_new_tokens: int, *, graphs: bool = False) -> StaticDecoder | None:
+    """A decoder loaded with ``prefix``: the model's decoder for R rows, grown when this prefix and
+    its completion need more positions (one is kept on the model, so its buffers and graphs serve
+    the next rollouts). None where a sliding window is shorter than the prefix and its completion."""
     R, P = prefix.attention_mask.shape
+    windows = sliding_windows(model)
+    if windows and min(windows) < P + max_new_tokens:
+        return None
     length = -(-(P + max_new_tokens) // BUCKET) * BUCKET
-    key = (R, length, graphs, prefix.last_logits.dtype)
+    key = (R, graphs and not windows, prefix.last_logits.dtype)
     decoders = model.__dict__.setdefault("_vqa_grpo_static_decoders", {})
-    if key not in decoders:
-        decoders[key] = StaticDecoder(model, R, length, prefix.position_rule, graphs=graphs)
+    if key not in decoders or decoders[key].length < length:
+        decoders[key] = StaticDecoder(model, R, length, prefix.position_rule, graphs=key[1])
     decoder = decoders[key]
     decoder.load(prefix)
     return decoder
@@ -67,7 +72,7 @@ class StaticDecoder:
     def __init__(self, model, rows: int, length: int, position_rule: str, *, graphs: bool = False):
         from transformers import StaticCache
 
-        self.model, self.rule, self.graphs = model, position_rule, graphs
+        self.model, self.rule, self.graphs, self.length = model, position_rule, graphs, length
         self.cache = StaticCache(config=model.config, max_cache_len=length)
         device = next(model.parameters()).device
         self.mask = torch.zeros(rows, length, dtype=torch.long, device=device)
@@ -75,9 +80,11 @@ class StaticDecoder:
         self.step_index = torch.zeros((), dtype=torch.long, device=device)
         self.start = torch.zeros((), dtype=torch.long, device=device)  # P, the first completion slot
         self._argument = cache_argument(model)
-        self._step = (
-            torch.compile(self._eager_step, mode="reduce-overhead", dynamic=False) if graphs else self._eager_step
-        )
+        self._step = self._eager_step
+        if graphs:  # the step's own buffers are written in place: fixed addresses, so the graphs may replay
+            for t in (self.mask, self.next_position, self.step_index, self.start):
+                torch._dynamo.mark_static_address(t)
+            self._step = torch.compile(self._eager_step, mode="reduce-overhead", dynamic=False)
 
     def load(self, prefix: Prefix) -> None:
         """Put ``prefix`` (R rows, P positions) in, in place: the cache's positions 0..P-1, the mask, the positions."""
@@ -108,12 +115,6 @@ class StaticDecoder:
         return out.logits[:, -1].float()
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The logits [R, V] after ``tokens`` [R]; a compiled step that fails falls back to the eager one, logged."""
-        if not self.graphs:
-            return self._step(tokens[:, None])
-        try:
-            return self._step(tokens[:, None]).clone()  # the graph's output buffer is reused by the next replay
-        except Exception as e:  # noqa: BLE001  (compilation errors have no common type)
-            log.warning(f"static decode: the compiled step failed ({type(e).__name__}: {e}); decoding eagerly")
-            self._step, self.graphs = self._eager_step, False
-            return self._step(tokens[:, None])
+        """The logits [R, V] after ``tokens`` [R] (a copy: a replayed graph reuses its output buffer)."""
+        logits = self._step(tokens[:, None])
+        return logits.clone() if self.graphs else logits

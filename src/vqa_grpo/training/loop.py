@@ -141,10 +141,18 @@ def _check_before_writing(cfg: Config, mode: str, dist: Dist, device: torch.devi
 def _load_policy(cfg: Config, mode: str, dist: Dist, device: torch.device) -> LoadedModel:
     """The model to train, in training mode; then the run directory and its config.yaml."""
     lm = load_model(cfg.model, device)
-    if mode == "grpo":  # grpo.shared_prefix=on with a family that cannot: one line, before anything is written
-        from vqa_grpo.models.plan import shared_prefix_reason
+    if mode == "grpo":  # grpo.shared_prefix=on or static_decode=on where they cannot run: one line, before writing
+        from vqa_grpo.grpo.plan import choose_plan
 
-        shared_prefix_reason(lm.adapter, cfg.grpo.shared_prefix)
+        accumulation = cfg.train.gradient_accumulation_steps
+        choose_plan(
+            lm.model,
+            lm.adapter,
+            cfg.grpo,
+            processes=dist.world,
+            accumulation=accumulation,
+            any_rank=dist.synced_decoding(),
+        )
     if dist.is_main:
         Path(cfg.train.output_dir).mkdir(parents=True, exist_ok=True)
         save_config(cfg, Path(cfg.train.output_dir) / "config.yaml")
