@@ -26,7 +26,7 @@ def test_the_shipped_base_answers_fixed_questions_as_recorded(tmp_path):
     from vqa_grpo.data.synthetic import synthesize
     from vqa_grpo.evaluation.evaluate import evaluate
 
-    data = synthesize(tmp_path / "data", n=8, seed=7).parent
+    data = synthesize(tmp_path / "data", n=8, seed=7, image_size=base.IMAGE_SIZE).parent
     cfg = load_config(None, [f"data.path={data}", "data.eval_fraction=0", "eval.max_new_tokens=16"])
     evaluate(str(base.BASE_DIR), load_vqa(cfg.data, seed=0).train, cfg, tmp_path / "eval")
     rows = [json.loads(x) for x in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]

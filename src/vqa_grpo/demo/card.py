@@ -37,7 +37,7 @@ it knows only the synthetic scenes.
 `.venv/bin/python scripts/build_demo_base.py` (vqa_grpo/demo/base.py):
 
 - model seed {recipe.MODEL_SEED}; SFT in stages, each a cosine schedule from the last one's model on
-  {recipe.N_QUESTIONS} new synthetic questions (112 px images; 1% held out by the run), batch
+  {recipe.N_QUESTIONS} new synthetic questions ({recipe.IMAGE_SIZE} px images; 1% held out by the run), batch
   {recipe.BATCH}, AdamW, gradient clipping 1.0, on the CPU (2 threads):
 {stages}
 - wall time: {figures["train_seconds"]} s

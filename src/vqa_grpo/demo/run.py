@@ -91,7 +91,7 @@ def run_demo(
     start = base.base_model_dir()  # a damaged shipped base fails here, before anything is written
     common = [f"train.seed={seed}", f"train.progress={str(progress).lower()}", *COMMON]
     load_config(None, [*common, *GRPO, *grpo_overrides])  # a bad override fails before anything runs
-    data_dir = synthesize(out / "data", n=n_questions, seed=seed).parent
+    data_dir = synthesize(out / "data", n=n_questions, seed=seed, image_size=base.IMAGE_SIZE).parent
     common.insert(0, f"data.path={data_dir}")
 
     def stage(name: str, mode: str, extra: list[str]) -> Path:
