@@ -33,7 +33,7 @@ from vqa_grpo.models.adapters import ADAPTERS, adapter_for
 from vqa_grpo.models.generation import generate
 from vqa_grpo.models.loading import load_model
 from vqa_grpo.models.scoring import completion_logprobs
-from vqa_grpo.models.tiny import TINY_FAMILIES, build_tiny
+from vqa_grpo.models.tiny import TINY_FAMILIES
 
 CPU = torch.device("cpu")
 B, G, C = 2, 4, 5
@@ -43,19 +43,6 @@ SHARED_FAMILIES = tuple(f for f in TINY_FAMILIES if adapter_for(f).position_rule
 @pytest.fixture(scope="module")
 def data(synth_dir):
     return load_vqa(DataConfig(path=str(synth_dir)), seed=0)
-
-
-@pytest.fixture(scope="module")
-def family_dirs(tmp_path_factory, tiny_model_dir):
-    """Tiny model directories by family (Qwen2-VL: the session's; others built once here)."""
-    built = {"qwen2_vl": tiny_model_dir}
-
-    def get(family):
-        if family not in built:
-            built[family] = build_tiny(family, tmp_path_factory.mktemp(family) / "model", seed=0)
-        return built[family]
-
-    return get
 
 
 def load(path, **model):

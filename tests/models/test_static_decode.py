@@ -19,7 +19,7 @@ from vqa_grpo.models.adapters import adapter_for
 from vqa_grpo.models.generation import generate
 from vqa_grpo.models.loading import load_model
 from vqa_grpo.models.static_decode import StaticDecoder
-from vqa_grpo.models.tiny import TINY_FAMILIES, build_tiny
+from vqa_grpo.models.tiny import TINY_FAMILIES
 
 CPU = torch.device("cpu")
 B, G, C = 2, 4, 6
@@ -36,13 +36,9 @@ def examples(synth_dir):
 
 
 @pytest.fixture(scope="module")
-def family_model(tmp_path_factory, tiny_model_dir):
-    built = {"qwen2_vl": tiny_model_dir}
-
+def family_model(family_dirs):
     def get(family):
-        if family not in built:
-            built[family] = build_tiny(family, tmp_path_factory.mktemp(family) / "model", seed=0)
-        lm = load_model(ModelConfig(name_or_path=str(built[family])), CPU)
+        lm = load_model(ModelConfig(name_or_path=str(family_dirs(family))), CPU)
         lm.model.eval()
         return lm
 
