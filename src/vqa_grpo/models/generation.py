@@ -95,13 +95,9 @@ def generate(
                 logits_processor=logits_processor,
                 device=prompts.input_ids.device,
             )
-            if decode != "dynamic":
-                from vqa_grpo.models.static_decode import static_decode_reason
-
-                why = static_decode_reason(any_rank)
-                if why is not None:
-                    shared._log_once(f"generation: dynamic decode, {why}")
-                    decode = "dynamic"
+            if decode != "dynamic" and any_rank is not None:  # every step is a collective: no static steps
+                shared._log_once("generation: dynamic decode, synced decoding under sharded weights")
+                decode = "dynamic"
             ids, scores = sampling.sample_from_prefix(
                 model,
                 prompts,

@@ -13,8 +13,8 @@ run outside the compiled step.
 
 Exact where the dynamic path is: the same tokens, and logits within float rounding (masked cache
 positions add exact zeros to the softmax); tests/models/test_static_decode.py checks every family
-with a shared-prefix rule, greedy and sampled. Not taken (``static_decode_reason``) under synced
-decoding (sharded weights make every step a collective), nor (``decoder_for`` returns None) where a
+with a shared-prefix rule, greedy and sampled. Not taken under synced decoding (grpo/plan.py and
+models/generation.py: sharded weights make every step a collective), nor (``decoder_for`` returns None) where a
 sliding-window layer's window is shorter than the prefix and its completion: the dynamic cache
 then keeps only the window, which a static layer of that window would not reproduce. CUDA graphs
 are not used for a model with sliding-window layers at all (their static layers count in Python).
@@ -28,24 +28,22 @@ import torch
 
 from vqa_grpo.models.prefix import Prefix, cache_argument, continuation_positions
 
-
-def static_decode_reason(any_rank) -> str | None:
-    """Why decoding cannot run on a static cache (None: it can)."""
-    return "synced decoding under sharded weights" if any_rank is not None else None
-
-
 BUCKET = 64
 """The static cache's length is P + C rounded up to a multiple of this, so that rollouts whose
 prompts differ a little in length share one decoder (and, on CUDA, its recorded graphs)."""
 
 
 def sliding_windows(model) -> list[int]:
-    """The sliding-window length of each of the model's sliding text layers (empty when it has none)."""
+    """The sliding-window length of each of the model's sliding text layers (empty when it has none);
+    read once per model."""
     from transformers.cache_utils import StaticCache
 
-    window = int(getattr(model.config.get_text_config(), "sliding_window", 0) or 0)
-    probe = StaticCache(config=model.config, max_cache_len=1)  # nothing is allocated before a first update
-    return [window for layer in probe.layers if getattr(layer, "is_sliding", False)]
+    if "_vqa_grpo_sliding_windows" not in model.__dict__:
+        window = int(getattr(model.config.get_text_config(), "sliding_window", 0) or 0)
+        probe = StaticCache(config=model.config, max_cache_len=1)  # nothing is allocated before a first update
+        sliding = [window for layer in probe.layers if getattr(layer, "is_sliding", False)]
+        model.__dict__["_vqa_grpo_sliding_windows"] = sliding
+    return model.__dict__["_vqa_grpo_sliding_windows"]
 
 
 def decoder_for(model, prefix: Prefix, max_new_tokens: int, *, graphs: bool = False) -> StaticDecoder | None:

@@ -109,12 +109,12 @@ def run(
     user_rewards = resolve_rewards(cfg.reward.components, reward_funcs) if mode == "grpo" else {}
     seed_everything(cfg.train.seed + dist.rank)  # each process samples its own completions
     resume = _check_before_writing(cfg, mode, dist, device)
-    lm = _load_policy(cfg, mode, dist, device)
+    lm, plan = _load_policy(cfg, mode, dist, device)
     ref = reference_model(cfg, lm) if mode == "grpo" else None  # the starting policy, before any resume
     _shard(dist, lm, ref)
     s, vllm = start_session(cfg, mode, lm, dist, device, data.train, resume)
     samples_log = (s.run_dir / "completions.jsonl").open("a") if mode == "grpo" and dist.is_main else None
-    grpo = GRPOSteps(ref, samples_log, lm, dist, vllm, reward_funcs=user_rewards) if mode == "grpo" else None
+    grpo = GRPOSteps(ref, samples_log, lm, dist, vllm, reward_funcs=user_rewards, plan=plan) if mode == "grpo" else None
     try:
         _train(s, grpo, data.eval, desc or mode)
     finally:
@@ -138,14 +138,15 @@ def _check_before_writing(cfg: Config, mode: str, dist: Dist, device: torch.devi
     return resume
 
 
-def _load_policy(cfg: Config, mode: str, dist: Dist, device: torch.device) -> LoadedModel:
-    """The model to train, in training mode; then the run directory and its config.yaml."""
-    lm = load_model(cfg.model, device)
+def _load_policy(cfg: Config, mode: str, dist: Dist, device: torch.device):
+    """The model to train, in training mode, and GRPO's forward plan (None for SFT); then the run
+    directory and its config.yaml."""
+    lm, plan = load_model(cfg.model, device), None
     if mode == "grpo":  # grpo.shared_prefix=on or static_decode=on where they cannot run: one line, before writing
         from vqa_grpo.grpo.plan import choose_plan
 
         accumulation = cfg.train.gradient_accumulation_steps
-        choose_plan(
+        plan = choose_plan(
             lm.model,
             lm.adapter,
             cfg.grpo,
@@ -157,7 +158,7 @@ def _load_policy(cfg: Config, mode: str, dist: Dist, device: torch.device) -> Lo
         Path(cfg.train.output_dir).mkdir(parents=True, exist_ok=True)
         save_config(cfg, Path(cfg.train.output_dir) / "config.yaml")
     lm.model.train()
-    return lm
+    return lm, plan
 
 
 def _train(s: Session, grpo: GRPOSteps | None, eval_examples: list[VQAExample], desc: str) -> None:

@@ -109,7 +109,9 @@ class GRPOSteps:
     rollout_seconds: float = 0.0
     pushed_at: int | None = None  # the step whose weights vLLM holds
     reward_funcs: dict | None = None  # the user's reward functions (rewards/user.UserReward by component)
-    plan: ForwardPlan | None = None  # the run's forward plan (models/plan.py); chosen at the first step when None
+    plan: ForwardPlan | None = (
+        None  # the run's forward plan (models/plan.py; the loop's); chosen at the first step when None
+    )
 
     def step(self, cfg: Config, lm: LoadedModel, batches: Batches, device, step: int) -> dict:
         """Sample new rollouts when the last ones are used up, then backward through them. A step
