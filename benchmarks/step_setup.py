@@ -28,8 +28,10 @@ class Settings:
     """fp32, or bf16 (weights and AdamW states in bf16 for every method: the GPU run)."""
     model: str = "tiny"
     """tiny: the ~1M-parameter Qwen2-VL of the tests; qwen2-vl-0.5b: the same architecture at ~0.5B
-    parameters (random weights); phi3-v: Phi-3-vision-shaped (the real CLIP ViT-L/14-336 tower,
-    Phi-3's text model at hidden 256, 2 layers; random weights); phi3-v-full: Phi-3-vision's real
+    parameters (random weights); qwen2.5-vl-3b, qwen2.5-vl-7b: Qwen2.5-VL's real 3B and 7B
+    architectures (random weights, bf16, built on ``device``: gpu_sizes.py); phi3-v: Phi-3-vision-
+    shaped (the real CLIP ViT-L/14-336 tower, Phi-3's text model at hidden 256, 2 layers; random
+    weights); phi3-v-full: Phi-3-vision's real
     size (4.2B, for a GPU); or the directory of an existing Qwen2-VL model, used as is."""
     num_crops: int = 4
     """phi3-v: the processor's crops per image (Phi-3-vision: 16; Phi-3.5-vision suggests 4)."""
@@ -38,6 +40,11 @@ class Settings:
     seed: int = 0
     cudnn_attention: int = 1
     """0: keep PyTorch's scaled-dot-product attention off its cuDNN kernels (every method alike)."""
+    static_decode: str = "off"
+    """vqa_grpo's ``grpo.static_decode`` (auto, on, off): its decode on a static KV cache, CUDA graphs on CUDA."""
+    profile: int = 0
+    """1 (CUDA): after the measured steps, one more step of vqa_grpo and limit under torch.profiler,
+    reporting the device's busy time in it (``device_busy_s``, the kernels' summed device time)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -64,14 +71,23 @@ def build_model(s: Settings, out: Path) -> Path:
             num_crops=s.num_crops,
             full_text=s.model == "phi3-v-full",
         )
-    if s.model == "tiny":
+    if s.model.startswith("qwen2.5-vl-"):  # -3b, -7b; -3b-smoke, -7b-smoke: a twelfth of the layers
+        from gpu_sizes import build_qwen2_5_vl
+
+        name = s.model.removesuffix("-smoke")
+        shrink = 12 if s.model.endswith("-smoke") else 1
+        path = build_qwen2_5_vl(name, out, seed=s.seed, device=s.device, shrink=shrink)
+    elif s.model == "tiny":
         path = build_tiny_qwen2_vl(out, seed=s.seed)
     elif s.model == "qwen2-vl-0.5b":  # Qwen2-0.5B's text dimensions, a 20-block vision tower
         path = build_tiny_qwen2_vl(
             out, seed=s.seed, hidden=896, layers=24, heads=14, vision_dim=1280, vision_depth=20, vision_heads=16
         )
     else:
-        raise SystemExit(f"--model {s.model}: choose tiny, qwen2-vl-0.5b or an existing model directory")
+        raise SystemExit(
+            f"--model {s.model}: choose tiny, qwen2-vl-0.5b, qwen2.5-vl-3b, qwen2.5-vl-7b, phi3-v, phi3-v-full "
+            "or an existing model directory"
+        )
     # The builder caps images at 224x224; let the larger benchmark images through unscaled.
     cfg_path = path / "processor_config.json"
     cfg = json.loads(cfg_path.read_text())
@@ -157,7 +173,28 @@ def drive(s: Settings, meter: Meter, step_fn) -> dict:
         tokens.append(step_fn(i))
         meter.sync()
         say({"t": time.perf_counter() - t0, "cpu": time.process_time() - c0})
-    return {"tokens": tokens[s.warmup :], "peak_mib": meter.peak_mib()}
+    out = {"tokens": tokens[s.warmup :], "peak_mib": meter.peak_mib()}
+    if s.profile and meter.device.type == "cuda":
+        out.update(profiled_step(meter, lambda: step_fn(s.warmup + s.steps - 1)))
+    return out
+
+
+def profiled_step(meter: Meter, run) -> dict:
+    """One more step under torch.profiler: its wall time, the device's busy time (every kernel's
+    own device time, summed) and the kernel launches."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    meter.sync()
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        run()
+        meter.sync()
+    wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    busy = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / 1e6  # kernels, copies
+    launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx"))
+    return {"profiled_step_s": wall, "device_busy_s": busy, "kernel_launches": launches}
 
 
 def _status_kib(key: str) -> int:
@@ -182,6 +219,7 @@ def _grpo_cfg(s: Settings, shared_prefix: str):
         beta=0.0,
         loss_type="dapo",
         shared_prefix=shared_prefix,
+        static_decode=s.static_decode if shared_prefix != "off" else "off",
     )
 
 

@@ -11,6 +11,7 @@ the answers of one process.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import pytest
@@ -35,7 +36,10 @@ from vqa_grpo.config_load import load_config
 from vqa_grpo.errors import UserError
 from vqa_grpo.training.distributed import DeepSpeedSettings, Dist
 
-pytest.importorskip("deepspeed", reason="the deepspeed extra is not installed")
+# find_spec, not importorskip: collecting this file (on every pytest-xdist worker) need not import DeepSpeed
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None, reason="the deepspeed extra is not installed"
+)
 
 # SFT: DeepSpeed's accumulation boundary every second backward
 
