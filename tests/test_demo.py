@@ -33,19 +33,32 @@ def test_the_shipped_base_answers_fixed_questions_as_recorded(tmp_path):
     assert [(r["question"], r["raw"]) for r in rows] == RECORDED
 
 
+def test_the_vision_stage_names_the_object_centred_in_each_cell():
+    from vqa_grpo.demo.vision_pretrain import cell_targets
+
+    scene = [
+        {"shape": "circle", "color": "cyan", "box": [2, 26, 36, 60]},  # centre (19, 43): row 1, column 0
+        {"shape": "triangle", "color": "blue", "box": [60, 12, 80, 32]},  # centre (70, 22): row 0, column 2
+        {"shape": "square", "color": "red", "box": [92, 92, 112, 112]},  # centre (102, 102): the last cell
+    ]
+    shape, color = cell_targets(scene, image_size=112, cells=4)  # 28 px cells
+    assert shape == [0, 0, 3, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]  # 1 + index in (circle, square, triangle)
+    assert color == [0, 0, 3, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]  # 1 + index in (red, green, blue, ..., cyan)
+
+
 # The replies the shipped base gave to these questions when it was made (greedy, on the CPU).
 RECORDED: list[tuple[str, str]] = [
     ("What color is the circle?", "the circle is purple ."),
     ("How many green objects are there?", "there are 6 green objects ."),
     ("What color is the triangle?", "the triangle is green ."),
-    ("How many circles are there?", "there are 3 circles ."),
+    ("How many circles are there?", "there are 6 circles ."),
     (
         "Is the cyan square left or right of the green triangle?",
         "the cyan square is to the left of the green triangle .",
     ),
     ("Is there a green triangle?", "no"),
     ("Is there a purple triangle?", "yes"),
-    ("What shape is the red object?", "the red object is a circle ."),
+    ("What shape is the red object?", "the red object is a triangle ."),
 ]
 
 

@@ -19,7 +19,14 @@ def model_card(figures: dict, rows: list[dict], recipe: SimpleNamespace) -> str:
     per_family = "\n".join(f"| {f} | {n[f]} | {hit[f] / n[f]:.3f} |" for f in sorted(n))
     sizes = ", ".join(f"{k}={v}" for k, v in recipe.SIZES.items())
     shares = ", ".join(f"{k} {v}" for k, v in recipe.SENTENCE_SHARE.items())
-    stages = "\n".join(
+    v_steps, v_lr, v_warmup = recipe.VISION_STAGE
+    vision = (
+        f"  - stage 0, the vision tower alone (vqa_grpo/demo/vision_pretrain.py): {v_steps} steps, peak lr "
+        f"{v_lr:g}, {v_warmup} warmup steps, each output token naming the shape and colour of the object "
+        f"centred in its cell, on the scenes of {recipe.VISION_QUESTIONS} questions "
+        f"(data seed {recipe.DATA_SEED - 1})\n"
+    )
+    stages = vision + "\n".join(
         f"  - stage {i + 1}: {steps} steps, peak lr {lr:g}, {warmup} warmup steps, data seed {recipe.DATA_SEED + i}"
         for i, (steps, lr, warmup) in enumerate(recipe.STAGES)
     )
@@ -27,7 +34,8 @@ def model_card(figures: dict, rows: list[dict], recipe: SimpleNamespace) -> str:
     return f"""# vqa-grpo demo base (tiny Qwen2-VL)
 
 The pretrained stand-in that `vqa-grpo demo` starts from: a Qwen2VLForConditionalGeneration with
-a tiny config ({sizes}) and a word-level tokenizer, trained from random weights by SFT on
+a tiny config ({sizes}) and a word-level tokenizer, trained from random weights (its vision tower
+first on its own, as a real VLM's is pretrained) by SFT on
 synthetic questions (vqa_grpo.data.synthetic), answering in a sentence for a share of each
 family's questions ({shares}) and with the bare answer otherwise. Not a real pretrained model:
 it knows only the synthetic scenes.
@@ -36,9 +44,9 @@ it knows only the synthetic scenes.
 
 `.venv/bin/python scripts/build_demo_base.py` (vqa_grpo/demo/base.py):
 
-- model seed {recipe.MODEL_SEED}; SFT in stages, each a cosine schedule from the last one's model on
-  {recipe.N_QUESTIONS} new synthetic questions ({recipe.IMAGE_SIZE} px images; 1% held out by the run), batch
-  {recipe.BATCH}, AdamW, gradient clipping 1.0, on the CPU (2 threads):
+- model seed {recipe.MODEL_SEED}; the vision stage, then SFT in stages, each a cosine schedule from
+  the last one's model on {recipe.N_QUESTIONS} new synthetic questions ({recipe.IMAGE_SIZE} px images;
+  1% held out by the run), batch {recipe.BATCH}, AdamW, gradient clipping 1.0, on the CPU (2 threads):
 {stages}
 - wall time: {figures["train_seconds"]} s
 
