@@ -228,6 +228,13 @@ def dispatch(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)
 
 
+def _say(line: str) -> None:
+    """One line on stderr in one write: print's two (the text, then its newline, when stderr is
+    unbuffered) let a launcher's own line land between them, on the same line."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parse_args(parser, argv)
@@ -240,22 +247,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         if _is_main_process() or e.every_rank:  # every rank stops alike; one says so
-            print(f"stopped: {e}", file=sys.stderr)
+            _say(f"stopped: {e}")
         return e.exit_code
     except RewardFunctionError as e:  # during training: the last checkpoint on disk stays as it was
         if args.debug:
             raise
         if _is_main_process():
-            print(f"error: {e}", file=sys.stderr)
+            _say(f"error: {e}")
         return 1
     except UserError as e:
         if args.debug:
             raise
         if _is_main_process():
-            print(f"error: {e}", file=sys.stderr)
+            _say(f"error: {e}")
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        _say("interrupted")
         return 130
 
 
