@@ -70,6 +70,7 @@ def test_two_processes_of_batch_one_equal_one_process_of_batch_two(zero_sft, one
     # DeepSpeed's clipping norm is logged, the loop's schedule sets the rate; AdamW's moments are
     # gathered into an optimizer.pt of a 1-process run's layout (parameters by index)
     assert_processes_equal_one(out1, out2, done, tiny_model_dir)
+    assert "shm_comm" not in done.stdout + done.stderr  # the CPU inference all-reduce, neither built nor loaded
     assert [r["step"] for r in evals(out2)] == [2, 4]
     for got, want in zip(evals(out2), evals(out1), strict=True):
         assert_same_scores(got, want)

@@ -18,9 +18,9 @@ import pytest
 import torch
 from launches import (
     assert_processes_equal_one,
+    assert_sharded_evaluate_equals_one_process,
     common,
     final,
-    flat,
     grpo_run,
     launch,
     steps,
@@ -154,30 +154,5 @@ def test_grpo_on_two_processes_logs_each_step_once(synth_dir, tiny_model_dir, tm
 
 
 @pytest.mark.slow
-def test_evaluate_on_two_processes_gives_the_metrics_of_one(synth_dir, tiny_model_dir, tmp_path):
-    from vqa_grpo.data.loader import load_examples
-    from vqa_grpo.evaluation.evaluate import evaluate
-
-    args = [
-        "train.device=cpu",
-        "train.cpu_threads=1",
-        "train.progress=false",
-        "eval.max_new_tokens=3",
-        "data.max_eval_samples=8",
-    ]
-    launch(
-        "evaluate", ["--model", str(tiny_model_dir), "--data", str(synth_dir), "--out", str(tmp_path / "two"), *args]
-    )
-    cfg = load_config(None, args)
-    examples, _ = load_examples(str(synth_dir), cfg.data)
-    one = evaluate(str(tiny_model_dir), examples, cfg, tmp_path / "one")
-    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
-    # Same answers, hence the same scores; the semantic model's embeddings may differ in the 7th
-    # digit between processes (its batches are padded differently), so numbers compare to 1e-6.
-    assert flat(two) == pytest.approx(
-        flat(json.loads((tmp_path / "one" / "metrics.json").read_text())), rel=1e-6, abs=1e-9
-    )
-    assert one["n"] == two["n"] == len(examples)
-    rows = [json.loads(r) for r in (tmp_path / "two" / "predictions.jsonl").read_text().splitlines()]
-    ref = [json.loads(r) for r in (tmp_path / "one" / "predictions.jsonl").read_text().splitlines()]
-    assert [(r["id"], r["prediction"]) for r in rows] == [(r["id"], r["prediction"]) for r in ref]
+def test_evaluate_on_two_processes_gives_the_metrics_of_one(synth_dir, tiny_model_dir, tmp_path, tmp_path_factory):
+    assert_sharded_evaluate_equals_one_process("ddp", synth_dir, tiny_model_dir, tmp_path, tmp_path_factory)

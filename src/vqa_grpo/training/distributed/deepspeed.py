@@ -128,13 +128,22 @@ class DeepSpeed:
 
 
 def require_deepspeed() -> None:
+    """DeepSpeed importable (a one-line error if not), and its CPU inference all-reduce left unbuilt."""
     try:
-        import deepspeed  # noqa: F401
+        import deepspeed
     except ImportError:
         raise UserError(
             "the launch asks for DeepSpeed, which is not installed; pip install 'vqa-grpo[deepspeed]', "
             "or launch with configs/accelerate/fsdp.yaml"
         ) from None
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() == "cpu":
+        # On a CPU, DeepSpeed's communication back-end compiles its shared-memory all-reduce (the C++
+        # extension deepspeed_shm_comm, ~65 CPU-s with the system compiler, again in every new
+        # environment) when it starts. Only its inference engine's all-reduce uses it: ZeRO training
+        # reduces through torch.distributed. Marked unavailable, it is not built.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def gathered_state(model, is_main: bool) -> dict | None:
