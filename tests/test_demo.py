@@ -48,17 +48,17 @@ def test_the_vision_stage_names_the_object_centred_in_each_cell():
 
 # The replies the shipped base gave to these questions when it was made (greedy, on the CPU).
 RECORDED: list[tuple[str, str]] = [
-    ("What color is the circle?", "the circle is purple ."),
+    ("What color is the circle?", "the circle is yellow ."),
     ("How many green objects are there?", "there are 6 green objects ."),
     ("What color is the triangle?", "the triangle is green ."),
-    ("How many circles are there?", "there are 6 circles ."),
+    ("How many circles are there?", "there are 3 circles ."),
     (
         "Is the cyan square left or right of the green triangle?",
         "the cyan square is to the left of the green triangle .",
     ),
     ("Is there a green triangle?", "no"),
     ("Is there a purple triangle?", "yes"),
-    ("What shape is the red object?", "the red object is a triangle ."),
+    ("What shape is the red object?", "the red object is a square ."),
 ]
 
 

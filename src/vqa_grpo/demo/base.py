@@ -52,6 +52,12 @@ STAGES = ((4_500, 1e-3, 200),)
 """SFT stages (steps, peak learning rate, warmup steps), each a cosine schedule from the last
 stage's model on new questions (data seed ``DATA_SEED + i``). Without the vision stage, a second
 SFT stage of (3_000, 5e-4, 100) recognised less (0.575 against 0.585)."""
+FREEZE_VISION = True
+"""The SFT stages leave the pretrained tower (and its merger) as it is (``model.freeze_vision``). Trained
+with the language model, the tower forgot shapes: a linear probe of its output tokens named the shape of
+0.986 of the objects after the vision stage and 0.218 after one SFT stage of 4,500 steps (colours 0.997,
+0.677), and the base recognised shapes at 0.367 (0.609 in all). With the tower frozen, shapes 0.993 and
+0.893 in all."""
 STEPS = VISION_STAGE[0] + sum(steps for steps, _, _ in STAGES)
 BATCH = 32
 MODEL_SEED = 0
@@ -73,7 +79,7 @@ SHA256: dict[str, str] = {
     "chat_template.jinja": "e28d5c05b920873d6244180f96ea79bb85572bdaa0544ed31ba580a27e530b83",
     "config.json": "1562b8bb34a57593a7798b41e84e25530f5f1fc078ec2c8268bfe01bbacb520e",
     "generation_config.json": "aa12bb9e74aa5422db16a1a47a6c3973999d7b24d148d0b3822aa943404c2fa7",
-    "model.safetensors": "1e95d5b4489f10a28dc9fceed5b92283389d33f88bd4c5a1d4421878f2943e50",
+    "model.safetensors": "67871c37deff452c7d0891cdc739309132414cc063b0a895cf9adf1b2cf75c52",
     "processor_config.json": "aa279fd981a24ef48717123c1c85015a4dddef9a02ecf2de89259b2b33b0ff18",
     "tokenizer.json": "553d2abc479859a8e1979d98b7da7456b8f284537d8b1a4a9d5e69ae302a790a",
     "tokenizer_config.json": "2e8cb263a161416ff860c9164b564712f897d3ef0293453442ff27322e0e0350",
@@ -123,17 +129,37 @@ def _talkative_data(data_dir: Path, seed: int) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def _finished(stage_dir: Path, key: str) -> bool:
+    """Whether an earlier call with this --work finished the stage with these settings (training is deterministic)."""
+    return (stage_dir / "stage.json").is_file() and (stage_dir / "stage.json").read_text() == key
+
+
+def _mark_finished(stage_dir: Path, key: str, started: float) -> None:
+    """Record the stage's settings and its wall time (seconds.txt), which a later call that reuses it counts."""
+    import time
+
+    (stage_dir / "seconds.txt").write_text(f"{round(time.time() - started)}\n")
+    (stage_dir / "stage.json").write_text(key)
+
+
+def _seconds(stage_dir: Path) -> int:
+    return int((stage_dir / "seconds.txt").read_text())
+
+
 def _vision_stage(model: Path, work: Path) -> Path:
     """Stage 0: the vision tower of ``model`` pretrained alone (kept in ``work``/vision and reused by a
     later call with the same settings)."""
+    import time
+
     import torch
 
     from vqa_grpo.data.synthetic import synthesize
     from vqa_grpo.demo.vision_pretrain import pretrain_vision
 
     out, stage = work / "vision", json.dumps([VISION_STAGE, VISION_QUESTIONS, IMAGE_SIZE, SIZES, BATCH, MODEL_SEED])
-    if (out / "stage.json").is_file() and (out / "stage.json").read_text() == stage:
+    if _finished(out, stage):
         return out
+    started = time.time()
     shutil.rmtree(out, ignore_errors=True)
     data = synthesize(work / "vision-data", n=VISION_QUESTIONS, seed=DATA_SEED - 1, image_size=IMAGE_SIZE).parent
     steps, lr, warmup = VISION_STAGE
@@ -141,7 +167,7 @@ def _vision_stage(model: Path, work: Path) -> Path:
     pretrain_vision(
         model, data, out, steps=steps, lr=lr, warmup=warmup, batch=BATCH, seed=MODEL_SEED, image_size=IMAGE_SIZE
     )
-    (out / "stage.json").write_text(stage)
+    _mark_finished(out, stage, started)
     return out
 
 
@@ -162,18 +188,19 @@ def build_base(out_dir: str | Path = BASE_DIR, work_dir: str | Path | None = Non
     from vqa_grpo.models.tiny_parts import PROMPT_WORDS
     from vqa_grpo.training.loop import run
 
-    t0 = time.time()
     out_dir, work = Path(out_dir), Path(work_dir or tempfile.mkdtemp(prefix="vqa-grpo-base-"))
     words = [*VOCABULARY, *PROMPT_WORDS, *REPLY_WORDS]
     model = build_tiny_qwen2_vl(work / "init", seed=MODEL_SEED, words=words, **SIZES)
     model = _vision_stage(model, work)
     for i, (steps, lr, warmup) in enumerate(STAGES):
         data_seed, run_dir = DATA_SEED + i, work / f"sft-{i + 1}"
-        stage = json.dumps([VISION_STAGE, VISION_QUESTIONS, STAGES[: i + 1], N_QUESTIONS, IMAGE_SIZE, SIZES, BATCH])
-        if (run_dir / "stage.json").is_file() and (run_dir / "stage.json").read_text() == stage:
-            model = run_dir / "final"  # finished by an earlier call with this --work: training is deterministic
+        stage = [VISION_STAGE, VISION_QUESTIONS, STAGES[: i + 1], N_QUESTIONS, IMAGE_SIZE, SIZES, BATCH, FREEZE_VISION]
+        stage = json.dumps(stage)
+        if _finished(run_dir, stage):
+            model = run_dir / "final"
             continue
         shutil.rmtree(run_dir, ignore_errors=True)
+        started = time.time()
         train_dir = synthesize(work / f"train-{i + 1}", n=N_QUESTIONS, seed=data_seed, image_size=IMAGE_SIZE).parent
         _talkative_data(train_dir, data_seed)
         overrides = [
@@ -189,10 +216,12 @@ def build_base(out_dir: str | Path = BASE_DIR, work_dir: str | Path | None = Non
             "train.logging_steps=50",
             "train.report_to=none",
             f"train.seed={MODEL_SEED}",
+            f"model.freeze_vision={str(FREEZE_VISION).lower()}",
         ]
         model = run(load_config(None, [*overrides, *COMMON]), "sft", desc=f"demo base, stage {i + 1}").final_dir
-        (run_dir / "stage.json").write_text(stage)
-    return finish(model, out_dir, work, round(time.time() - t0))
+        _mark_finished(run_dir, stage, started)
+    seconds = _seconds(work / "vision") + sum(_seconds(work / f"sft-{i + 1}") for i in range(len(STAGES)))
+    return finish(model, out_dir, work, seconds)
 
 
 def finish(model: str | Path, out_dir: str | Path, work: str | Path, train_seconds: int) -> dict:

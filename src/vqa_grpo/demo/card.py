@@ -26,8 +26,10 @@ def model_card(figures: dict, rows: list[dict], recipe: SimpleNamespace) -> str:
         f"centred in its cell, on the scenes of {recipe.VISION_QUESTIONS} questions "
         f"(data seed {recipe.DATA_SEED - 1})\n"
     )
+    frozen = ", the vision tower and its merger frozen (model.freeze_vision)" if recipe.FREEZE_VISION else ""
     stages = vision + "\n".join(
         f"  - stage {i + 1}: {steps} steps, peak lr {lr:g}, {warmup} warmup steps, data seed {recipe.DATA_SEED + i}"
+        f"{frozen}"
         for i, (steps, lr, warmup) in enumerate(recipe.STAGES)
     )
     examples = "\n".join(f"- {r['question']} -> {r['raw']!r} (answer {r['answers'][0]})" for r in rows[:8])
@@ -48,7 +50,7 @@ it knows only the synthetic scenes.
   the last one's model on {recipe.N_QUESTIONS} new synthetic questions ({recipe.IMAGE_SIZE} px images;
   1% held out by the run), batch {recipe.BATCH}, AdamW, gradient clipping 1.0, on the CPU (2 threads):
 {stages}
-- wall time: {figures["train_seconds"]} s
+- wall time: {figures["train_seconds"]} s (the stages', each with its data synthesis)
 
 ## Held-out figures
 

@@ -41,6 +41,9 @@ COMMON = [
     f"data.eval_fraction={EVAL_FRACTION}",
     "train.device=cpu",
     "train.cpu_threads=2",
+    # Both stages leave the base's pretrained vision tower as it is (VLM-R1 and EasyR1 offer the same):
+    # trained with it, GRPO recognised 0.036-0.072 less than the base (shapes and counts), frozen 0.018-0.026.
+    "model.freeze_vision=true",
     "train.lr_scheduler=constant",
     "train.max_grad_norm=1.0",
     "train.report_to=none",
