@@ -130,8 +130,10 @@ def _talkative_data(data_dir: Path, seed: int) -> None:
 
 
 def _finished(stage_dir: Path, key: str) -> bool:
-    """Whether an earlier call with this --work finished the stage with these settings (training is deterministic)."""
-    return (stage_dir / "stage.json").is_file() and (stage_dir / "stage.json").read_text() == key
+    """Whether an earlier call with this --work finished the stage with these settings (training is
+    deterministic) and recorded its wall time (a stage of an older recipe without one runs again)."""
+    key_file = stage_dir / "stage.json"
+    return key_file.is_file() and key_file.read_text() == key and (stage_dir / "seconds.txt").is_file()
 
 
 def _mark_finished(stage_dir: Path, key: str, started: float) -> None:
