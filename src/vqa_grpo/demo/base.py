@@ -196,8 +196,8 @@ def build_base(out_dir: str | Path = BASE_DIR, work_dir: str | Path | None = Non
     model = _vision_stage(model, work)
     for i, (steps, lr, warmup) in enumerate(STAGES):
         data_seed, run_dir = DATA_SEED + i, work / f"sft-{i + 1}"
-        stage = [VISION_STAGE, VISION_QUESTIONS, STAGES[: i + 1], N_QUESTIONS, IMAGE_SIZE, SIZES, BATCH, FREEZE_VISION]
-        stage = json.dumps(stage)
+        stage = [VISION_STAGE, VISION_QUESTIONS, STAGES[: i + 1], N_QUESTIONS, IMAGE_SIZE, SIZES, BATCH]
+        stage = json.dumps([*stage, FREEZE_VISION, SENTENCE_SHARE])
         if _finished(run_dir, stage):
             model = run_dir / "final"
             continue
