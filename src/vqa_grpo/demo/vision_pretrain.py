@@ -34,6 +34,32 @@ def cell_targets(scene: list[dict], image_size: int, cells: int) -> tuple[list[i
     return shape, color
 
 
+def _rows(data_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (data_dir / "data.jsonl").read_text().splitlines()]
+
+
+def _heads(hidden: int):
+    """The two linear heads on the tower's output tokens: shape and colour, each with a "none" class."""
+    import torch
+
+    return torch.nn.ModuleList([torch.nn.Linear(hidden, 1 + len(SHAPES)), torch.nn.Linear(hidden, 1 + len(COLORS))])
+
+
+def _cell_batch(processor, data_dir: Path, rows: list[dict], image_size: int):
+    """The tower's inputs for the rows' images, and each output token's shape and colour targets."""
+    import torch
+    from PIL import Image
+
+    images = [Image.open(data_dir / r["image"]).convert("RGB") for r in rows]
+    inputs = processor.image_processor(images=images, return_tensors="pt")
+    grid = inputs["image_grid_thw"]
+    cells = int(grid[0, 2]) // processor.image_processor.merge_size
+    targets = [cell_targets(r["scene"], image_size, cells) for r in rows]
+    shape = torch.tensor([t for s, _ in targets for t in s])
+    color = torch.tensor([t for _, c in targets for t in c])
+    return {"hidden_states": inputs["pixel_values"], "grid_thw": grid}, shape, color
+
+
 def pretrain_vision(
     model_dir: Path,
     data_dir: Path,
@@ -51,7 +77,6 @@ def pretrain_vision(
     (data.jsonl and its images) for ``steps`` steps of ``batch`` images (AdamW, cosine schedule
     after ``warmup`` steps, gradient clipping 1.0); save the model and its processor to ``out_dir``."""
     import torch
-    from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor, get_cosine_schedule_with_warmup
 
     torch.manual_seed(seed)
@@ -60,23 +85,16 @@ def pretrain_vision(
     processor = AutoProcessor.from_pretrained(model_dir)
     tower = model.model.visual
     hidden = model.config.text_config.hidden_size
-    heads = torch.nn.ModuleList([torch.nn.Linear(hidden, 1 + len(SHAPES)), torch.nn.Linear(hidden, 1 + len(COLORS))])
+    heads = _heads(hidden)
     params = [*tower.parameters(), *heads.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     schedule = get_cosine_schedule_with_warmup(opt, warmup, steps)
-    rows = [json.loads(line) for line in (data_dir / "data.jsonl").read_text().splitlines()]
+    rows = _rows(data_dir)
     tower.train()
     seen = hit = 0
     for step in range(1, steps + 1):
-        chosen = rng.sample(rows, batch)
-        images = [Image.open(data_dir / r["image"]).convert("RGB") for r in chosen]
-        inputs = processor.image_processor(images=images, return_tensors="pt")
-        grid = inputs["image_grid_thw"]
-        cells = int(grid[0, 2]) // processor.image_processor.merge_size
-        targets = [cell_targets(r["scene"], image_size, cells) for r in chosen]
-        shape = torch.tensor([t for s, _ in targets for t in s])
-        color = torch.tensor([t for _, c in targets for t in c])
-        tokens = tower(inputs["pixel_values"], grid_thw=grid).pooler_output  # [batch * cells^2, hidden]
+        inputs, shape, color = _cell_batch(processor, data_dir, rng.sample(rows, batch), image_size)
+        tokens = tower(**inputs).pooler_output  # [batch * cells^2, hidden]
         shape_logits, color_logits = heads[0](tokens), heads[1](tokens)
         loss = torch.nn.functional.cross_entropy(shape_logits, shape) + torch.nn.functional.cross_entropy(
             color_logits, color
@@ -102,3 +120,46 @@ def pretrain_vision(
         if f.is_file() and not (out_dir / f.name).exists():
             shutil.copy2(f, out_dir / f.name)
     return out_dir
+
+
+def probe_vision(
+    model_dir: Path,
+    data_dir: Path,
+    *,
+    steps: int = 400,
+    lr: float = 3e-3,
+    batch: int = 32,
+    seed: int = 0,
+    image_size: int,
+) -> dict[str, float]:
+    """A linear probe of what the (frozen) vision tower of ``model_dir`` still encodes: fresh heads as
+    in ``pretrain_vision`` trained alone on its output tokens for ``steps`` steps (AdamW at ``lr``);
+    the share of the objects whose shape and colour they name over the last 100 steps."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    heads = _heads(model.config.text_config.hidden_size)
+    opt = torch.optim.AdamW(heads.parameters(), lr=lr)
+    rows = _rows(data_dir)
+    seen = shapes = colors = 0
+    for step in range(1, steps + 1):
+        inputs, shape, color = _cell_batch(processor, data_dir, rng.sample(rows, batch), image_size)
+        with torch.no_grad():
+            tokens = model.model.visual(**inputs).pooler_output
+        shape_logits, color_logits = heads[0](tokens), heads[1](tokens)
+        loss = torch.nn.functional.cross_entropy(shape_logits, shape) + torch.nn.functional.cross_entropy(
+            color_logits, color
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step > steps - 100:
+            objects = shape > 0
+            seen += int(objects.sum())
+            shapes += int((shape_logits.argmax(-1) == shape)[objects].sum())
+            colors += int((color_logits.argmax(-1) == color)[objects].sum())
+    return {"shape": round(shapes / seen, 3), "color": round(colors / seen, 3), "objects": seen}
