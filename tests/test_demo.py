@@ -119,7 +119,7 @@ def test_demo_cli_rejects_a_non_integer_seed_and_a_bad_override(tmp_path, capsys
 @pytest.mark.slow
 def test_demo_runs_every_stage_and_writes_the_summary(tmp_path):
     out = tmp_path / "demo"
-    summary = run_demo(out, seed=1, n_questions=120, rl_steps=2, progress=False)
+    summary = run_demo(out, seed=1, n_questions=120, rl_steps=2, learning_rate=2e-5, progress=False)
 
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk == summary
@@ -128,11 +128,13 @@ def test_demo_runs_every_stage_and_writes_the_summary(tmp_path):
             assert 0.0 <= summary[f"{key}_{stage}"] <= 1.0
     assert summary["n_eval"] == 24  # 20% of 120, stratified by answer type
     assert summary["wall_seconds"] > 0 and summary["warm_start_steps"] == base.STEPS
+    assert summary["rl_steps"] == 2 and summary["learning_rate"] == 2e-5
     assert set(summary["per_answer_type"]["grpo"]) == {"yes/no", "number", "other"}
     # Both trained stages start from the shipped base and are ordinary run directories.
     for stage in ("grpo", "sft-same-budget"):
         assert (out / stage / "final" / "config.json").is_file()
-        assert f"name_or_path: {base.BASE_DIR}" in (out / stage / "config.yaml").read_text()
+        config = (out / stage / "config.yaml").read_text()
+        assert f"name_or_path: {base.BASE_DIR}" in config and "learning_rate: 2.0e-05" in config  # both stages'
     steps = lambda name: [
         json.loads(x)["step"]
         for x in (out / name / "metrics.jsonl").read_text().splitlines()
