@@ -78,8 +78,10 @@ def main(argv=None) -> None:
         events = prof.key_averages()
         print(events.table(sort_by="self_cpu_time_total", row_limit=a.rows, max_name_column_width=50))
         if device.type == "cuda":
-            kernels = [e for e in events if not getattr(e, "is_user_annotation", False)]  # not the ranges
-            busy = sum(e.self_device_time_total for e in kernels) / 1000
+            from torch.autograd import DeviceType
+
+            # The device's own events (kernels, copies) only: a CPU operator's device time is its kernels'.
+            busy = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / 1000
             launches = sum(
                 e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx")
             )
