@@ -5,7 +5,7 @@
 Fresh linear heads, trained alone on the frozen tower's output tokens over the scenes the base's
 vision stage uses (``VISION_QUESTIONS`` questions of data seed ``DATA_SEED - 1``), name each
 object's shape and colour; prints the shares over the last 100 steps, one JSON line per model.
-About a minute per model on 2 cores.
+About 30 s per model on 2 cores (the scenes take a few more seconds, once).
 """
 
 import argparse

@@ -49,8 +49,9 @@ def test_the_vision_stage_names_the_object_centred_in_each_cell():
 @pytest.mark.slow
 def test_the_shipped_base_keeps_its_pretrained_tower_a_linear_probe_names_shapes_and_colours(tmp_path):
     """Fresh linear heads on the frozen tower's tokens (scripts/probe_vision.py at a small size): the
-    shipped base's tower still encodes each object's shape and colour. 061ab25's base, whose SFT stage
-    trained the tower, gave 0.286 and 0.687 here (0.218 and 0.677 with the script's defaults)."""
+    shipped base's tower still encodes each object's shape and colour. The same call on 061ab25's base
+    (`git archive 061ab25 src/vqa_grpo/demo/base_model`), whose SFT stage trained the tower, gave 0.286
+    and 0.687 (0.218 and 0.677 from scripts/probe_vision.py at its defaults)."""
     from vqa_grpo.data.synthetic import synthesize
     from vqa_grpo.demo.vision_pretrain import probe_vision
 

@@ -60,6 +60,17 @@ def _cell_batch(processor, data_dir: Path, rows: list[dict], image_size: int):
     return {"hidden_states": inputs["pixel_values"], "grid_thw": grid}, shape, color
 
 
+def _head_loss(heads, tokens, shape, color):
+    """The heads' logits on the tower's output tokens and their summed cross-entropy to the targets."""
+    import torch
+
+    shape_logits, color_logits = heads[0](tokens), heads[1](tokens)
+    loss = torch.nn.functional.cross_entropy(shape_logits, shape) + torch.nn.functional.cross_entropy(
+        color_logits, color
+    )
+    return loss, shape_logits, color_logits
+
+
 def pretrain_vision(
     model_dir: Path,
     data_dir: Path,
@@ -95,10 +106,7 @@ def pretrain_vision(
     for step in range(1, steps + 1):
         inputs, shape, color = _cell_batch(processor, data_dir, rng.sample(rows, batch), image_size)
         tokens = tower(**inputs).pooler_output  # [batch * cells^2, hidden]
-        shape_logits, color_logits = heads[0](tokens), heads[1](tokens)
-        loss = torch.nn.functional.cross_entropy(shape_logits, shape) + torch.nn.functional.cross_entropy(
-            color_logits, color
-        )
+        loss, shape_logits, color_logits = _head_loss(heads, tokens, shape, color)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -150,10 +158,7 @@ def probe_vision(
         inputs, shape, color = _cell_batch(processor, data_dir, rng.sample(rows, batch), image_size)
         with torch.no_grad():
             tokens = model.model.visual(**inputs).pooler_output
-        shape_logits, color_logits = heads[0](tokens), heads[1](tokens)
-        loss = torch.nn.functional.cross_entropy(shape_logits, shape) + torch.nn.functional.cross_entropy(
-            color_logits, color
-        )
+        loss, shape_logits, color_logits = _head_loss(heads, tokens, shape, color)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
