@@ -87,6 +87,14 @@ if os.environ.get("RANK") == "1":  # sitecustomize of the launched workers: rank
             os.kill(os.getpid(), signal.SIGKILL)
         return _real(*args, **kwargs)
     steps.sft_micro_loss = sft_micro_loss
+if os.environ.get("RANK") == "0":  # rank 0 takes a second to see its collective fail: the agent's SIGTERM comes first
+    import time
+    from vqa_grpo.training import loop
+    _peer_lost = loop.peer_lost
+    def peer_lost(*args, **kwargs):
+        time.sleep(1.0)
+        return _peer_lost(*args, **kwargs)
+    loop.peer_lost = peer_lost
 """
 
 

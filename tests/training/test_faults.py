@@ -305,6 +305,28 @@ def test_one_process_takes_a_second_ctrl_c_at_once_a_launched_one_absorbs_it():
         signal.signal(signal.SIGINT, original)
 
 
+def test_a_launched_process_leaving_on_an_error_outlives_the_agents_sigterm():
+    """The agent SIGTERMs the other ranks as soon as one dies; the rank whose collective failed has
+    left the loop by then and must still print why it stopped (tests/training/test_distributed.py
+    failed this way in CI: rank 0 died of the SIGTERM before its one-line stop)."""
+    from vqa_grpo.training.faults import StopSignals
+
+    original = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with StopSignals(repeat_stops=False):  # a run that ends normally puts the handlers back
+            pass
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        with pytest.raises(RuntimeError, match="gloo"):
+            with StopSignals(repeat_stops=False) as stops:
+                raise RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer")
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        os.kill(os.getpid(), signal.SIGTERM)  # the default action would end pytest here
+        time.sleep(0.05)
+        assert stops.received == signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, original)
+
+
 @pytest.mark.slow
 def test_a_new_run_refuses_an_output_dir_that_holds_a_run(uninterrupted, synth_dir, tiny_model_dir, capsys, tmp_path):
     from vqa_grpo.cli import main

@@ -30,7 +30,10 @@ class StopSignals:
     second Ctrl-C interrupts at once (checkpoints are atomic, so that is safe). Under a launcher
     (``repeat_stops=False``) every further signal is absorbed too: torch's elastic agent forwards
     the terminal's Ctrl-C to workers that already got it, and then kills them itself 30 s later.
-    Outside the main thread (where Python cannot install handlers) it does nothing.
+    A launched process that leaves on an error keeps absorbing them: when one rank dies the agent
+    sends SIGTERM to the others at once, and the one whose collective failed must live to say why
+    (the one-line stop) before it exits. Outside the main thread (where Python cannot install
+    handlers) it does nothing.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -56,8 +59,9 @@ class StopSignals:
             signal.signal(s, handler)
         self._previous = {}
 
-    def __exit__(self, *exc) -> None:
-        self._restore()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None or self.repeat_stops:
+            self._restore()
 
     @property
     def name(self) -> str:
