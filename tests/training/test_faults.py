@@ -311,7 +311,7 @@ def test_a_launched_process_leaving_on_an_error_outlives_the_agents_sigterm():
     failed this way in CI: rank 0 died of the SIGTERM before its one-line stop)."""
     from vqa_grpo.training.faults import StopSignals
 
-    original = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    original = {s: signal.signal(s, signal.SIG_DFL) for s in StopSignals.SIGNALS}
     try:
         with StopSignals(repeat_stops=False):  # a run that ends normally puts the handlers back
             pass
@@ -323,8 +323,9 @@ def test_a_launched_process_leaving_on_an_error_outlives_the_agents_sigterm():
         os.kill(os.getpid(), signal.SIGTERM)  # the default action would end pytest here
         time.sleep(0.05)
         assert stops.received == signal.SIGTERM
-    finally:
-        signal.signal(signal.SIGTERM, original)
+    finally:  # both are still absorbed: put back this worker's own
+        for s, handler in original.items():
+            signal.signal(s, handler)
 
 
 @pytest.mark.slow
