@@ -114,6 +114,14 @@ class DataConfig:
     """Images with more pixels are downscaled (aspect kept) when opened; 0 keeps the full size."""
     columns: ColumnsConfig = field(default_factory=ColumnsConfig)
     """Column mapping from the user's schema."""
+    prompt_template: Optional[str] = None
+    """The user turn's text, with {question} where the question goes; None takes the benchmark's
+    (data.benchmark), else the seed report's "{question} Answer with a single word or short phrase."
+    (reasoning mode: a request for <think>...</think><answer>...</answer>). Used by training,
+    evaluation and the demo alike."""
+    benchmark: Optional[str] = None
+    """The benchmark the data is (docvqa, infovqa, chartqa, gqa, vqav2, textvqa, okvqa, aokvqa,
+    vizwiz): its official metric, prompt and answer length; None takes the Hub preset's, else none."""
 
 
 @dataclass
@@ -266,6 +274,9 @@ class EvalConfig:
     """Top-p when do_sample is true."""
     bootstrap_samples: int = 1000
     """Resamples for the 95% confidence intervals."""
+    vqa_convention: Literal["official", "lmms_eval"] = "official"
+    """VQA accuracy as the official vqaEval.py computes it (normalises only when the answers differ)
+    or as lmms-eval's EvalAI processor does (always normalises); the metric and the reward alike."""
     metrics: list[str] = field(default_factory=list)
     """Your own reward functions as extra metrics (package.module:function, TRL's convention), each
     reported under its function name beside the built-in ones; train.eval_metric may name one."""
