@@ -160,8 +160,9 @@ def test_works_with_what_exists(tmp_path, synth_dir):
     assert "<th>before</th>" not in page and "largest gains" not in page and "highest score" in page
     assert len(gallery_ids(page)) == N_GOOD + 1
 
-    empty = tmp_path / "empty"
+    empty = tmp_path / "empty"  # a run stopped before its first log line: config.yaml only
     empty.mkdir()
+    (empty / "config.yaml").write_text("train:\n  max_steps: 3\n")
     page = write_report(str(empty), before=None, after=None, data_path=None, out=None).read_text()
     assert "no metrics.jsonl" in page and "No evaluation given" in page and "No predictions to show" in page
     assert len(list((empty / "plots").glob("*.png"))) == len(PLOTS)

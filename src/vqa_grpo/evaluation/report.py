@@ -26,11 +26,10 @@ import json
 from pathlib import Path
 
 from vqa_grpo.errors import UserError
-from vqa_grpo.evaluation.compare import SEED, compare_runs, load_eval_dir
+from vqa_grpo.evaluation.compare import compare_runs, load_eval_dir
 from vqa_grpo.evaluation.report_html import (  # the page's HTML pieces
     _SCRIPT,
     _STYLE,
-    REPORT_BOOTSTRAP_SAMPLES,
     _e,
     _gallery_section,
     _png_uri,
@@ -124,8 +123,8 @@ def plot_curves(title: str, lines: dict[str, tuple[list, list]], empty: str) -> 
 
 
 def training_plots(run_dir: Path) -> tuple[list[tuple[str, str, bytes, str | None]], list[str]]:
-    """[(name, title, png, why it is empty or None)] for every plot of PLOTS, written to
-    run_dir/plots/<name>.png; and notes for the page."""
+    """[(name, title, png, why it is empty or None)] for every plot of PLOTS (the caller writes
+    them to run_dir/plots/<name>.png); and notes for the page."""
     log = run_dir / "metrics.jsonl"
     train, evals, bad = read_training_log(log)
     notes = []
@@ -133,8 +132,6 @@ def training_plots(run_dir: Path) -> tuple[list[tuple[str, str, bytes, str | Non
         notes.append(f"no metrics.jsonl in {run_dir}: the training curves are empty")
     if bad:
         notes.append(f"{bad} unreadable line(s) in metrics.jsonl were skipped")
-    out_dir = run_dir / "plots"
-    out_dir.mkdir(parents=True, exist_ok=True)
     plots = []
     for name, title, spec in PLOTS:
         lines: dict[str, tuple[list, list]] = {}
@@ -151,7 +148,6 @@ def training_plots(run_dir: Path) -> tuple[list[tuple[str, str, bytes, str | Non
         if name == "eval_accuracy" and log.is_file() and not evals:
             empty = "no eval lines in metrics.jsonl"
         png = plot_curves(title, lines, empty)
-        (out_dir / f"{name}.png").write_bytes(png)
         plots.append((name, title, png, None if any(xs for xs, _ in lines.values()) else empty))
     return plots, notes
 
@@ -258,11 +254,21 @@ def write_report(
     run = Path(run_dir)
     if not run.is_dir():
         raise UserError(f"run directory not found: {run_dir}")
+    if not (run / "config.yaml").is_file() and not (run / "metrics.jsonl").is_file():
+        raise UserError(
+            f"{run_dir} is not a training run directory (it holds neither config.yaml nor metrics.jsonl); "
+            "give the train.output_dir of a `vqa-grpo train` or `sft` run"
+        )
+    path = Path(out) if out else run / "report.html"
+    check_writable_file(path, "--out")
+    if data_path and not data_path.startswith("hf:") and not Path(data_path).exists():
+        raise UserError(f"--data {data_path} not found; give the data both evaluations ran on, or leave --data out")
     evals = {name: load_eval_dir(p) if p else None for name, p in (("before", before), ("after", after))}
     plots, notes = training_plots(run)
     diff = None
     if before and after:
-        diff = compare_runs([before, after], samples=REPORT_BOOTSTRAP_SAMPLES, seed=SEED)["differences"][0]
+        # compare's own defaults (resamples, seed): `vqa-grpo compare BEFORE AFTER` gives the same p-values
+        diff = compare_runs([before, after])["differences"][0]
     elif not before:
         notes.append("no --before evaluation: no before column")
     if not after:
@@ -317,7 +323,21 @@ def write_report(
 </body>
 </html>
 """
-    path = Path(out) if out else run / "report.html"
+    (run / "plots").mkdir(exist_ok=True)
+    for name, _, png, _ in plots:
+        (run / "plots" / f"{name}.png").write_bytes(png)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def check_writable_file(path: Path, flag: str) -> None:
+    """A one-line UserError when ``path`` cannot be written as a file: it is a directory, or a
+    file stands where one of its parent folders would go."""
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a directory; give the path of the file to write")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{flag} {path}: {parent} is a file, not a folder; choose another path")
+            break

@@ -8,10 +8,7 @@ import html
 import math
 from collections import Counter
 
-from vqa_grpo.evaluation.compare import SEED
-
-REPORT_BOOTSTRAP_SAMPLES = 2_000
-"""Resamples of the per-type difference intervals in the report."""
+from vqa_grpo.evaluation.compare import BOOTSTRAP_SAMPLES, SEED
 
 
 def _score(row: dict) -> float:
@@ -85,7 +82,7 @@ def _types_section(before: dict | None, after: dict | None, diff: dict | None) -
     parts = [
         "<p>VQA accuracy in percent (official metric); 95% CI: bootstrap over questions (evaluate). "
         + (
-            f"after \u2212 before: paired bootstrap over the shared questions ({REPORT_BOOTSTRAP_SAMPLES:,} resamples, "
+            f"after \u2212 before: paired bootstrap over the shared questions ({BOOTSTRAP_SAMPLES:,} resamples, "
             f"seed {SEED}), two-sided p; see vqa_grpo/evaluation/compare.py."
             if has_before
             else ""

@@ -1,0 +1,82 @@
+"""What a user met that was silent or misleading, each through the command or the API as they met it.
+
+The report and compare cases use evaluate outputs written by evaluate's own ``summarise`` and
+``write_outputs``; the evaluate and train cases run the tiny Qwen2-VL of tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vqa_grpo.cli import main
+from vqa_grpo.data.types import VQAExample
+from vqa_grpo.evaluation.compare import compare_runs
+from vqa_grpo.evaluation.evaluate import summarise, write_outputs
+
+
+def refused(capsys, args: list[str]) -> str:
+    """The one-line error of a refused command (exit 2, no traceback)."""
+    rc = main(args)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def write_eval(path: Path, accuracy: list[float]) -> str:
+    """An evaluate output dir: question i is of answer type i % 3, its VQA accuracy ``accuracy[i]``."""
+    types = ["yes/no", "number", "other"]
+    examples = [VQAExample(f"q{i}", f"q {i}?", ["a"], "a", types[i % 3], f"t{i % 2}") for i in range(len(accuracy))]
+    scores = {"vqa_accuracy": np.array(accuracy, dtype=float), "composite": np.array(accuracy, dtype=float) / 2}
+    preds = [f"p{i}" for i in range(len(accuracy))]
+    write_outputs(path, examples, preds, preds, scores, summarise(scores, examples, samples=50))
+    return str(path)
+
+
+# ---- report: a directory that is not a run is refused, nothing written --------------------------
+
+
+def test_report_on_a_directory_that_is_not_a_run_writes_nothing(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    err = refused(capsys, ["report", str(tmp_path)])
+    assert "neither config.yaml nor metrics.jsonl" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_report_out_that_is_a_directory_is_refused_before_writing(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    err = refused(capsys, ["report", str(run), "--out", str(tmp_path)])
+    assert "is a directory" in err
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.jsonl"]
+
+
+# ---- report and compare: the same pair gives the same p-values ----------------------------------
+
+
+def test_report_and_compare_give_the_same_p_values(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    before = rng.integers(0, 2, 40).astype(float)
+    after = np.where(rng.random(40) < 0.3, 1.0, before)  # some questions gained, none lost
+    a, b = write_eval(tmp_path / "before", list(before)), write_eval(tmp_path / "after", list(after))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("train:\n  max_steps: 1\n")
+
+    assert main(["compare", a, b, "--json"]) == 0
+    diff = json.loads(capsys.readouterr().out)["differences"][0]
+    assert main(["report", str(run), "--before", a, "--after", b]) == 0
+    page = (run / "report.html").read_text()
+    shown = re.findall(r"<td class=num>(\d\.\d{4})</td></tr>", page)  # the p column ends each row
+    subsets = [diff["overall"], *diff["per_answer_type"].values(), *diff["per_question_type"].values()]
+    expected = [f"{t['vqa_accuracy']['p_value']:.4f}" for t in subsets]
+    assert shown == expected and len(expected) == 6
+    # The test tells the two apart: 2,000 resamples (the report's number before) give other values.
+    old = compare_runs([a, b], samples=2000)["differences"][0]["overall"]["vqa_accuracy"]["p_value"]
+    assert f"{old:.4f}" != expected[0]
