@@ -135,14 +135,38 @@ def _quantization(cfg: ModelConfig, device: torch.device) -> dict:
     return {"quantization_config": q, "device_map": {"": device}}
 
 
-def _from_pretrained(adapter: FamilyAdapter, base_path: str, cfg: ModelConfig, extra: dict):
+def with_user_settings(hf_config, cfg: ModelConfig):
+    """A copy of the checkpoint's config with the user's attention implementation and dtype set on
+    it and on every sub-config (the vision tower's, the text model's).
+
+    A config.json may name its own: the Phi-3-vision download says ``"_attn_implementation":
+    "flash_attention_2"`` and ``"torch_dtype": "bfloat16"``. Passed only as ``from_pretrained``
+    arguments, the user's choice is applied before the json's keys, which win, so a machine without
+    flash-attn could not load the model at all. Set on the config object here, it is what the
+    model is built with."""
+    import copy
+
+    config = copy.deepcopy(hf_config)
+    config._attn_implementation = cfg.attn_implementation  # transformers' setter: sub-configs too
+    config.dtype = DTYPES[cfg.dtype]
+    for key in getattr(config, "sub_configs", {}):
+        sub = getattr(config, key, None)
+        if sub is not None and hasattr(sub, "dtype"):
+            sub.dtype = DTYPES[cfg.dtype]
+    return config
+
+
+def _from_pretrained(adapter: FamilyAdapter, base_path: str, cfg: ModelConfig, extra: dict, hf_config=None):
     import transformers
     from safetensors import SafetensorError
 
     auto = getattr(transformers, adapter.auto_model)
+    if hf_config is None:
+        hf_config = _read_config(base_path, cfg)
     try:
         model, info = auto.from_pretrained(
             base_path,
+            config=with_user_settings(hf_config, cfg),
             dtype=DTYPES[cfg.dtype],
             attn_implementation=cfg.attn_implementation,
             trust_remote_code=cfg.trust_remote_code,
@@ -152,13 +176,21 @@ def _from_pretrained(adapter: FamilyAdapter, base_path: str, cfg: ModelConfig, e
         )
     except ImportError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "flash" in first.lower():
+        if "flash" in first.lower() and cfg.attn_implementation == "flash_attention_2":
             raise UserError(
-                f"model.attn_implementation={cfg.attn_implementation} cannot be used ({first}); "
+                f"model.attn_implementation=flash_attention_2 cannot be used ({first}); "
                 "install flash-attn or set model.attn_implementation=sdpa"
             ) from None
         where = "its remote code" if cfg.trust_remote_code else "it"
         raise UserError(f"cannot load {base_path}: {where} failed to import ({first})") from None
+    except ValueError as e:  # an implementation this architecture does not support
+        if "attn" not in str(e) and "attention" not in str(e):
+            raise
+        other = "eager" if cfg.attn_implementation != "eager" else "sdpa"
+        raise UserError(
+            f"model.attn_implementation={cfg.attn_implementation} cannot be used with {base_path} "
+            f"({_first_line(e)}); set model.attn_implementation={other}"
+        ) from None
     except RuntimeError as e:  # a weight whose shape is not the config's
         if "size mismatch" not in str(e):
             raise
@@ -229,7 +261,7 @@ def load_model(cfg: ModelConfig, device: torch.device | str = "cpu", *, trainabl
     adapter = adapter_for(hf_config.model_type, cfg.family)
     processor = adapter.load_processor(path, cfg)
     quant = _quantization(cfg, device)
-    model = _from_pretrained(adapter, base_path, cfg, quant)
+    model = _from_pretrained(adapter, base_path, cfg, quant, hf_config)
     if adapter_dir.is_file():
         from peft import PeftModel
 

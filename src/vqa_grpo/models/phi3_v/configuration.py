@@ -89,9 +89,22 @@ class Phi3VConfig(Phi3Config):
 
     @property
     def vision_config(self) -> CLIPVisionConfig:
-        """The CLIP tower's config: ViT-L/14-336 unless ``img_processor`` carries a ``vision_config``."""
+        """The CLIP tower's config: ViT-L/14-336 unless ``img_processor`` carries a ``vision_config``.
+
+        One object per config (the tower's own ``config``), with this config's attention
+        implementation and dtype: the model's are the tower's, however they were set (from
+        ``from_pretrained``'s arguments, or ``set_attn_implementation`` later, which reaches the
+        tower as a submodel)."""
         spec = (self.img_processor or {}).get("vision_config") or CLIP_VIT_L14_336
-        return CLIPVisionConfig(**spec)
+        cached = self.__dict__.get("_vision_config")
+        if cached is None or cached[0] != spec:
+            cached = (copy.deepcopy(spec), CLIPVisionConfig(**spec))
+            self.__dict__["_vision_config"] = cached
+        vision = cached[1]
+        if self._attn_implementation is not None:
+            vision._attn_implementation_internal = self._attn_implementation
+        vision.dtype = self.dtype
+        return vision
 
     @property
     def image_dim_out(self) -> int:
@@ -108,6 +121,7 @@ class Phi3VConfig(Phi3Config):
         """The official layout: ``rope_scaling`` with its ``type`` and ``rope_theta``, no ``rope_parameters``."""
         out = super().to_dict()
         out.pop("_official_rope_type", None)
+        out.pop("_vision_config", None)
         if "dtype" in out:  # the official code (transformers 4.x) reads torch_dtype
             out["torch_dtype"] = out["dtype"]
         rope = copy.deepcopy(out.pop("rope_parameters", None) or {})

@@ -45,8 +45,7 @@ class Phi3VImageEmbedding(nn.Module):
 
     def __init__(self, config: Phi3VConfig):
         super().__init__()
-        vision = config.vision_config
-        vision._attn_implementation = config._attn_implementation
+        vision = config.vision_config  # with the implementation the model's init has just resolved
         self.img_processor = _Tower(vision)
         dim = config.image_dim_out
         if vision.hidden_size != dim:

@@ -126,3 +126,66 @@ def build_tiny_phi3_v(
     model.generation_config.bos_token_id = ids["<s>"]
     processor = Phi3VProcessor(Phi3VImageProcessor(num_crops=num_crops), tokenizer, "PreTrainedTokenizerFast")
     return _save(model, processor, out_dir)
+
+
+# The text model of a tiny copy of a hub checkpoint: 2 heads of 96 (the hub's head size, so the
+# 48-entry "su" factor lists of its config.json stay valid), 2 layers, the real vocabulary.
+HUB_TINY_TEXT = dict(
+    hidden_size=192, num_attention_heads=2, num_key_value_heads=2, intermediate_size=256, num_hidden_layers=2
+)
+HUB_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json")
+
+
+def tiny_hub_config_dict(hub_dir: str | Path, vision: dict | None = None) -> dict:
+    """The hub's config.json as a dict with only the sizes shrunk: every other key (the
+    ``_attn_implementation`` and ``torch_dtype`` it was published with, ``auto_map``, RoPE) as it is."""
+    import json
+
+    config = json.loads((Path(hub_dir) / "config.json").read_text())
+    vision = dict(vision or TINY_VISION)
+    config.update(HUB_TINY_TEXT)
+    config["img_processor"] = {
+        **config["img_processor"],
+        "image_dim_out": vision["hidden_size"],
+        "vision_config": vision,
+    }
+    return config
+
+
+def build_tiny_phi3_v_like(
+    hub_dir: str | Path, out_dir: str | Path, *, seed: int = 0, vision: dict | None = None
+) -> Path:
+    """A tiny random Phi-3-vision laid out as the download in ``hub_dir`` is: its config.json with
+    the sizes shrunk (``tiny_hub_config_dict``), its tokenizer and preprocessor files copied byte for
+    byte, bfloat16 weights in the official names, sharded as the hub's model.safetensors.index.json
+    shards them. The config is read from the hub's file and shrunk in memory, never edited on disk;
+    the model is built with sdpa whatever the file asks for (flash-attn may be absent)."""
+    import json
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from vqa_grpo.models.phi3_v.configuration import Phi3VConfig
+    from vqa_grpo.models.phi3_v.modeling import Phi3VForCausalLM
+
+    hub_dir, out = Path(hub_dir), Path(out_dir)
+    written = tiny_hub_config_dict(hub_dir, vision)
+    config = Phi3VConfig.from_dict(dict(written))
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    model = Phi3VForCausalLM(config).to(torch.bfloat16)
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if ".wte." not in k}
+    out.mkdir(parents=True, exist_ok=True)
+    index_file = hub_dir / "model.safetensors.index.json"
+    hub_map = json.loads(index_file.read_text())["weight_map"] if index_file.is_file() else {}
+    weight_map = {k: hub_map.get(k, "model.safetensors") for k in state}  # each weight in the hub's shard
+    for shard in sorted(set(weight_map.values())):
+        save_file({k: state[k] for k, f in weight_map.items() if f == shard}, str(out / shard), {"format": "pt"})
+    if len(set(weight_map.values())) > 1:
+        total = sum(t.numel() * t.element_size() for t in state.values())
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps(written, indent=2) + "\n")
+    for name in HUB_FILES:
+        shutil.copyfile(hub_dir / name, out / name)
+    return out
