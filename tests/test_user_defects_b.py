@@ -53,7 +53,7 @@ def test_report_out_that_is_a_directory_is_refused_before_writing(tmp_path, caps
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
     err = refused(capsys, ["report", str(run), "--out", str(tmp_path)])
-    assert "is a directory" in err
+    assert "is a folder" in err
     assert sorted(p.name for p in run.iterdir()) == ["metrics.jsonl"]
 
 
@@ -80,3 +80,77 @@ def test_report_and_compare_give_the_same_p_values(tmp_path, capsys):
     # The test tells the two apart: 2,000 resamples (the report's number before) give other values.
     old = compare_runs([a, b], samples=2000)["differences"][0]["overall"]["vqa_accuracy"]["p_value"]
     assert f"{old:.4f}" != expected[0]
+
+
+# ---- evaluate: an earlier evaluation, an --out that is a file, data.max_eval_samples ------------
+
+
+def evaluate_args(model, data, out, *more: str) -> list[str]:
+    quick = ["train.device=cpu", "train.progress=false", "eval.max_new_tokens=2", "eval.bootstrap_samples=10"]
+    return ["evaluate", "--model", str(model), "--data", str(data), "--out", str(out), *quick, *more]
+
+
+def test_evaluate_keeps_an_earlier_evaluation_unless_told_and_draws_max_eval_samples(
+    synth_dir, tiny_model_dir, tmp_path, capsys
+):
+    from vqa_grpo.config import DataConfig
+    from vqa_grpo.data.loader import load_vqa
+
+    out = tmp_path / "eval"
+    assert main(evaluate_args(tiny_model_dir, synth_dir, out, "data.max_eval_samples=3")) == 0
+    ids = [json.loads(line)["id"] for line in (out / "predictions.jsonl").read_text().splitlines()]
+    # The draw train makes of its eval set from the same file (data.eval_path), seed train.seed=0.
+    drawn = load_vqa(DataConfig(path=str(synth_dir), eval_path=str(synth_dir), max_eval_samples=3), seed=0).eval
+    assert ids == [e.id for e in drawn] and len(ids) == 3
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+
+    err = refused(capsys, evaluate_args(tiny_model_dir, synth_dir, out, "data.max_eval_samples=2"))
+    assert "holds an earlier evaluation (predictions.jsonl, metrics.json)" in err and "--overwrite" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+    args = evaluate_args(tiny_model_dir, synth_dir, out, "data.max_eval_samples=2", "train.seed=1")
+    assert main([*args, "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "predictions.jsonl"]
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert json.loads((out / "metrics.json").read_text())["n"] == len(rows) == 2
+
+
+def test_an_out_that_is_a_file_is_refused_before_the_model_loads(synth_dir, tmp_path, capsys):
+    file = tmp_path / "taken"
+    file.write_text("mine")
+    missing = tmp_path / "no-model"  # never reached: loading it would fail with another message
+    for out in (file, file / "below"):
+        err = refused(capsys, evaluate_args(missing, synth_dir, out))
+        assert f"--out {out}" in err and "is a file" in err
+        err = refused(
+            capsys, ["train", f"data.path={synth_dir}", f"model.name_or_path={missing}", f"train.output_dir={out}"]
+        )
+        assert f"train.output_dir {out}" in err and "is a file" in err
+    assert file.read_text() == "mine"
+
+
+# ---- the Python API checks the Config it is given ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "section, key, value, says",
+    [
+        ("train", "max_steps", -5, "train.max_steps=-5: must be >= 1"),
+        ("grpo", "num_generations", 1, "grpo.num_generations=1: must be >= 2 (a group needs two samples to compare)"),
+        ("train", "max_steps", "5", "train.max_steps must be an integer, got '5'"),
+        ("train", "learning_rate", "fast", "train.learning_rate must be a number, got 'fast'"),
+    ],
+)
+def test_the_api_checks_a_config_changed_after_load_config(synth_dir, tmp_path, section, key, value, says):
+    import vqa_grpo
+    from vqa_grpo.config import ConfigError
+
+    cfg = vqa_grpo.load_config(None, [f"data.path={synth_dir}", f"train.output_dir={tmp_path / 'run'}"])
+    setattr(getattr(cfg, section), key, value)
+    calls = [lambda: vqa_grpo.train(cfg), lambda: vqa_grpo.sft(cfg), lambda: vqa_grpo.evaluate("x", synth_dir, cfg)]
+    for call in calls:
+        with pytest.raises(ConfigError) as info:
+            call()
+        assert str(info.value) == says
+    assert not (tmp_path / "run").exists()

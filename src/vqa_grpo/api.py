@@ -34,17 +34,23 @@ def train(cfg: Config, data: Data = None, *, reward_funcs=None, reward_weights: 
     """GRPO fine-tuning as configured; ``data`` replaces ``data.path`` when given. Returns the
     run's :class:`~vqa_grpo.training.loop.RunResult` (run_dir, final_dir, steps, eval_history).
 
-    ``reward_funcs``: your own reward functions (TRL's convention, rewards/user.py), a list of
-    callables (named by ``__name__``) or a dict name -> callable. Each is added to
-    reward.components unless already named there; ``reward_weights`` then gives every
-    component's weight (reward.weights), in order."""
+    ``reward_funcs``: your own reward functions (TRL's convention, rewards/user.py): a callable, a
+    list of callables (functions, lambdas, partials, callable objects; named by ``__name__`` or the
+    class name) or a dict name -> callable. Each is added to reward.components unless already
+    named there; ``reward_weights`` then gives every component's weight (reward.weights), in
+    order; without it an added function weighs 1.0."""
+    from vqa_grpo.config_load import check_config
+
     named = _named(reward_funcs)
-    return _run(_with_rewards(cfg, named, reward_weights), "grpo", data, named)
+    cfg = _with_rewards(check_config(cfg, named), named, reward_weights)
+    return _run(check_config(cfg, named), "grpo", data, named)
 
 
 def sft(cfg: Config, data: Data = None):
     """Supervised fine-tuning on the ground-truth answers (the seed report's eq. 1); as :func:`train`."""
-    return _run(cfg, "sft", data)
+    from vqa_grpo.config_load import check_config
+
+    return _run(check_config(cfg), "sft", data)
 
 
 def _run(cfg: Config, mode: str, data: Data, reward_funcs: dict | None = None):
@@ -59,57 +65,85 @@ def _run(cfg: Config, mode: str, data: Data, reward_funcs: dict | None = None):
 
 
 def _named(reward_funcs) -> dict:
+    """Name -> callable: a dict's keys, else each callable's name (``rewards.user.callable_name``:
+    ``__name__``, a partial's function, a callable object's class, "lambda"), numbered from the
+    second of a name on (``accuracy``, ``accuracy_2``)."""
     from vqa_grpo.errors import UserError
+    from vqa_grpo.rewards.user import callable_name
 
     if not reward_funcs:
         return {}
-    items = (
-        reward_funcs.items()
-        if isinstance(reward_funcs, dict)
-        else [(getattr(f, "__name__", ""), f) for f in reward_funcs]
-    )
+    if callable(reward_funcs) and not isinstance(reward_funcs, dict):
+        reward_funcs = [reward_funcs]  # one function, as TRL takes it
+    if isinstance(reward_funcs, dict):
+        items = list(reward_funcs.items())
+    else:
+        items, seen = [], {}
+        for f in reward_funcs:
+            base = callable_name(f)
+            seen[base] = seen.get(base, 0) + 1
+            items.append((base if seen[base] == 1 else f"{base}_{seen[base]}", f))
     out = {}
     for name, func in items:
         if not callable(func):
             raise UserError(f"reward_funcs: {name or func!r} is a {type(func).__name__}, not a function")
-        if not name or name == "<lambda>" or name in out:
+        if not isinstance(name, str) or not name.strip() or ":" in name or name in out:
             raise UserError(
-                f"reward_funcs: give each function its own name (pass a dict name -> function); got {name!r}"
+                f"reward_funcs: {name!r} cannot name a reward function; give each its own name without ':' "
+                "(pass a dict name -> function)"
             )
         out[name] = func
     return out
 
 
 def _with_rewards(cfg: Config, named: dict, weights: list[float] | None) -> Config:
-    """``cfg`` with the (named) Python reward functions in reward.components and ``weights`` as reward.weights."""
+    """``cfg`` with the (named) Python reward functions in reward.components and ``weights`` as
+    reward.weights; without ``weights`` an added function weighs 1.0 (all stay null when
+    reward.weights is null: 1.0 each)."""
     import dataclasses
 
-    from vqa_grpo.config_load import _check_weights
     from vqa_grpo.errors import UserError
 
     components = list(cfg.reward.components) + [n for n in named if n not in cfg.reward.components]
-    weights = list(cfg.reward.weights) if weights is None else [float(w) for w in weights]
-    if len(weights) != len(components):
-        raise UserError(
-            f"reward weights: {len(weights)} for {len(components)} reward components ({', '.join(components)}); "
-            "pass reward_weights with one weight each"
-        )
-    _check_weights(weights, "reward_weights")
+    if weights is None:
+        given = cfg.reward.weights
+        weights = None if given is None else [*given, *[1.0] * (len(components) - len(cfg.reward.components))]
+    else:
+        weights = [float(w) for w in weights]
+        if len(weights) != len(components):
+            raise UserError(
+                f"reward weights: {len(weights)} for {len(components)} reward components ({', '.join(components)}); "
+                "pass reward_weights with one weight each, or none for 1.0 each"
+            )
+        if any(w < 0 for w in weights):
+            raise UserError(f"reward_weights: weights must be >= 0, got {weights}")
     return dataclasses.replace(cfg, reward=dataclasses.replace(cfg.reward, components=components, weights=weights))
 
 
-def evaluate(model: str | Path, data: Data, cfg: Config | None = None, out: str | Path | None = None) -> dict:
+def evaluate(
+    model: str | Path, data: Data, cfg: Config | None = None, out: str | Path | None = None, *, overwrite: bool = False
+) -> dict:
     """Answer ``data``'s questions with the model (a directory, checkpoint or LoRA adapter) and
-    score them; writes predictions.jsonl and metrics.json to ``out`` when given. Returns the
-    metrics dict: overall, per answer type and per question type, with bootstrap intervals."""
+    score them; writes predictions.jsonl and metrics.json to ``out`` when given (an earlier
+    evaluation there is refused unless ``overwrite``). Returns the metrics dict: overall, per
+    answer type and per question type, with bootstrap intervals.
+
+    ``data.max_eval_samples`` keeps that many questions, drawn as training draws its eval set
+    (seeded by ``train.seed``, stratified by answer type, in file order)."""
     from vqa_grpo.config import Config
+    from vqa_grpo.config_load import check_config
     from vqa_grpo.data.loader import load_examples, read_examples
     from vqa_grpo.data.sources import memory_source
+    from vqa_grpo.data.splits import limit
+    from vqa_grpo.evaluation.evaluate import check_out_dir
     from vqa_grpo.evaluation.evaluate import evaluate as _evaluate
 
-    cfg = cfg if cfg is not None else Config()
+    cfg = check_config(cfg) if cfg is not None else Config()
+    if out is not None:
+        check_out_dir(out, overwrite)
     if isinstance(data, (str, Path)):
         examples, _ = load_examples(str(data), cfg.data)
     else:
         examples, _ = read_examples(memory_source(data, cfg.data), cfg.data)
+    examples = limit(examples, cfg.data.max_eval_samples, cfg.train.seed, "eval")
     return _evaluate(str(model), examples, cfg, out)

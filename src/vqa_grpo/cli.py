@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", required=True, help="model, checkpoint or LoRA adapter directory (required)")
     ev.add_argument("--data", required=True, help="data file or directory, or hf:NAME, to evaluate on (required)")
     ev.add_argument("--out", default=None, help="output directory (default: print only)")
+    ev.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier evaluation in --out (default: refuse it)"
+    )
     ev.add_argument("--config", default=None, help="YAML config file for eval.*/data.* settings (default: none)")
     ev.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. eval.batch_size=64")
 
@@ -194,7 +197,7 @@ def dispatch(args: argparse.Namespace) -> int:
         from vqa_grpo.evaluation.evaluate import format_table
 
         cfg = vqa_grpo.load_config(args.config, args.overrides)
-        metrics = vqa_grpo.evaluate(args.model, args.data, cfg, args.out)
+        metrics = vqa_grpo.evaluate(args.model, args.data, cfg, args.out, overwrite=args.overwrite)
         if not _is_main_process():
             return 0
         print(format_table(metrics))
@@ -216,8 +219,10 @@ def dispatch(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
         return 0
     if args.command == "merge":
+        from vqa_grpo.paths import check_folder
         from vqa_grpo.training.export import merge_adapter
 
+        check_folder(args.out, "--out")  # before the base model loads
         print(f"wrote the merged model to {merge_adapter(args.adapter, args.out)}")
         return 0
     if args.command == "demo":

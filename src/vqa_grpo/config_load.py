@@ -14,11 +14,15 @@ import yaml
 
 from vqa_grpo.config import Config, ConfigError
 from vqa_grpo.data.hub import check_preset_key
+from vqa_grpo.data.prompts import check_template
 from vqa_grpo.rewards.registry import REWARD_COMPONENTS
 from vqa_grpo.rewards.user import import_reward, is_import_path, short_name
 
 RENAMED_VALUES: dict[tuple[str, Any], Any] = {("grpo.loss_type", "seed"): "seed_report"}
 """(key, old value) -> the value's name now, so that the config.yaml of an older run still loads."""
+
+TEXT_KEYS = ("data.prompt_template",)
+"""Overrides read as the text written when YAML would make something else of it ({question} a mapping)."""
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -41,10 +45,36 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not key=value (e.g. train.max_steps=10)")
-        _set_dotted(tree, key.strip(), _parse_value(raw))
+        value = _parse_value(raw)
+        if key.strip() in TEXT_KEYS and not isinstance(value, (str, type(None))):
+            value = raw  # "{question} ..." is text here, not a YAML mapping
+        _set_dotted(tree, key.strip(), value)
     cfg = _build(Config, tree, "")
     validate(cfg)
     return cfg
+
+
+def check_config(cfg: Config, python_rewards: typing.Iterable[str] = ()) -> Config:
+    """A Config built or changed in Python, checked as ``load_config`` checks a file's: each
+    value's type (a one-line ConfigError naming the key), then ``validate``. Returns it rebuilt
+    (an int made a float where a float goes). ``python_rewards``: reward components given as
+    Python functions (the API's reward_funcs), which need no import path."""
+    if not isinstance(cfg, Config):
+        raise ConfigError(f"expected a Config (from vqa_grpo.load_config), got a {type(cfg).__name__}")
+    built = _build(Config, _tree(cfg), "")
+    validate(built, python_rewards)
+    return built
+
+
+def _tree(value: Any) -> Any:
+    """A Config's values as the nested dicts and lists YAML gives (tuples as lists)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _tree(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_tree(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _tree(v) for k, v in value.items()}
+    return value
 
 
 def _parse_value(raw: str) -> Any:
@@ -135,8 +165,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def validate(cfg: Config) -> None:
-    """Impossible values, each with a one-line error naming the key and what is allowed."""
+def validate(cfg: Config, python_rewards: typing.Iterable[str] = ()) -> None:
+    """Impossible values, each with a one-line error naming the key and what is allowed.
+    ``python_rewards``: reward.components given as Python functions (see ``check_config``)."""
     g, t, r, d = cfg.grpo, cfg.train, cfg.reward, cfg.data
 
     def need(ok: bool, msg: str) -> None:
@@ -208,6 +239,12 @@ def validate(cfg: Config) -> None:
         need(v is None or bool(v.strip()), f"data.{key} is empty; give a name or null")
     complaint = check_preset_key(d.preset)
     need(complaint is None, complaint or "")
+    complaint = check_template(d.prompt_template)
+    need(complaint is None, complaint or "")
+    need(
+        t.log_completion_groups is None or t.log_completion_groups >= 0,
+        f"train.log_completion_groups={t.log_completion_groups}: must be >= 0, or null for every group",
+    )
     need(
         not (d.path.startswith("hf:") and d.eval_path == d.path and (d.eval_split or d.split) == d.split),
         f"data.eval_path is data.path with the same split {d.split!r}: the eval set would be the training set; "
@@ -228,7 +265,10 @@ def validate(cfg: Config) -> None:
     need(0 < e.top_p <= 1, f"eval.top_p={e.top_p}: must be in (0, 1]")
     need(e.bootstrap_samples >= 1, f"eval.bootstrap_samples={e.bootstrap_samples}: must be >= 1")
 
-    unknown = [c for c in r.components if c not in REWARD_COMPONENTS and not is_import_path(c)]
+    python_rewards = set(python_rewards)
+    unknown = [
+        c for c in r.components if c not in REWARD_COMPONENTS and not is_import_path(c) and c not in python_rewards
+    ]
     need(
         not unknown,
         f"reward.components: unknown {unknown[0] if unknown else ''!r}; choose from "
@@ -238,11 +278,13 @@ def validate(cfg: Config) -> None:
         if is_import_path(c):
             import_reward(c)  # a typo in the path stops here, naming the module or attribute
     need(len(r.components) >= 1, "reward.components: need at least one reward")
-    need(
-        len(r.weights) == len(r.components),
-        f"reward.weights has {len(r.weights)} values for {len(r.components)} reward.components; give one weight each",
-    )
-    _check_weights(r.weights, "reward.weights")
+    if r.weights is not None:  # null: 1.0 each
+        need(
+            len(r.weights) == len(r.components),
+            f"reward.weights has {len(r.weights)} values for {len(r.components)} reward.components; give one weight "
+            "each, or null for 1.0 each",
+        )
+        need(all(w >= 0 for w in r.weights), f"reward.weights: weights must be >= 0, got {r.weights}")
     expected = {"bleu1", "exact_match", "substring", "jaccard", "extractable"}
     need(
         set(r.composite_weights) == expected,

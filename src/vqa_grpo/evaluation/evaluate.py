@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from vqa_grpo.config import Config
+from vqa_grpo.data.prompts import prompt_template
 from vqa_grpo.data.types import VQAExample
+from vqa_grpo.errors import UserError
 from vqa_grpo.evaluation.sharded import predict_sharded
 from vqa_grpo.models.loading import LoadedModel, load_model, resolve_device
+from vqa_grpo.paths import check_folder
 from vqa_grpo.rewards import clean_answer, score_predictions
 from vqa_grpo.rewards.user import user_metrics
 from vqa_grpo.training.distributed import Dist
@@ -80,7 +84,8 @@ def answer_and_score(
     lm: LoadedModel, examples: list[VQAExample], cfg: Config, device, dist: Dist | None = None, progress: bool = False
 ) -> Answered:
     """Answer ``examples`` (greedy unless eval.do_sample), each process its share, and score them."""
-    texts = predict_sharded(dist or Dist(), lm, examples, cfg.eval, device, progress=progress)
+    template = prompt_template(cfg.data, cfg.reward.reasoning)
+    texts = predict_sharded(dist or Dist(), lm, examples, cfg.eval, device, progress=progress, template=template)
     kept = [(e, t) for e, t in zip(examples, texts) if t is not None]
     answered = [e for e, _ in kept]
     raw = [t for _, t in kept]
@@ -90,12 +95,31 @@ def answer_and_score(
     return Answered(answered, raw, preds, scores, len(texts) - len(kept))
 
 
+EVAL_FILES = ("predictions.jsonl", "metrics.json")
+"""What an evaluation writes to its output folder (and all of it: a new one replaces both)."""
+
+
+def check_out_dir(out_dir: str | Path, overwrite: bool) -> None:
+    """Refuse, before the model loads, an output folder that is a file or below one, and (unless
+    ``overwrite``) one that holds an earlier evaluation, which would be replaced without a word."""
+    check_folder(out_dir, "--out")
+    held = [name for name in EVAL_FILES if (Path(out_dir) / name).exists()]
+    if held and not overwrite:
+        raise UserError(
+            f"--out {out_dir} holds an earlier evaluation ({', '.join(held)}); pass --overwrite "
+            "(overwrite=True in Python) to replace it, or choose another folder"
+        )
+
+
 def evaluate(model_dir: str, examples: list[VQAExample], cfg: Config, out_dir: str | Path | None) -> dict:
     """Generate answers for ``examples`` with the model in ``model_dir``; write and return metrics.
 
     Under several processes (``accelerate launch``) each answers its share of the questions and
-    rank 0 writes the outputs; every process returns the same metrics.
+    rank 0 writes the outputs; every process returns the same metrics. An earlier evaluation in
+    ``out_dir`` is replaced (``check_out_dir`` is where the command refuses that).
     """
+    if out_dir is not None:
+        check_out_dir(out_dir, overwrite=True)
     dist = Dist.from_env(cfg.train.device, cfg.train.collective_timeout)
     device = dist.device(resolve_device(cfg.train.device))
     if cfg.train.cpu_threads > 0:
@@ -116,8 +140,9 @@ def evaluate(model_dir: str, examples: list[VQAExample], cfg: Config, out_dir: s
 
 
 def write_outputs(out: Path, examples, raw, preds, scores, metrics) -> None:
+    """predictions.jsonl and metrics.json, each written beside and then moved over any earlier one."""
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "predictions.jsonl").open("w") as f:
+    with (out / "predictions.jsonl.tmp").open("w") as f:
         for i, e in enumerate(examples):
             row = {
                 "id": e.id,
@@ -130,7 +155,9 @@ def write_outputs(out: Path, examples, raw, preds, scores, metrics) -> None:
                 **{k: None if np.isnan(v[i]) else float(v[i]) for k, v in scores.items()},
             }
             f.write(json.dumps(row) + "\n")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "metrics.json.tmp").write_text(json.dumps(metrics, indent=2))
+    for name in EVAL_FILES:
+        os.replace(out / f"{name}.tmp", out / name)
 
 
 def format_table(metrics: dict, keys: tuple[str, ...] = ("vqa_accuracy", "composite", "exact_match")) -> str:

@@ -36,6 +36,7 @@ from vqa_grpo.evaluation.report_html import (  # the page's HTML pieces
     _score,
     _types_section,
 )
+from vqa_grpo.paths import check_file
 
 MAX_EXAMPLES = 60
 THUMBNAIL_PX = 128
@@ -260,7 +261,7 @@ def write_report(
             "give the train.output_dir of a `vqa-grpo train` or `sft` run"
         )
     path = Path(out) if out else run / "report.html"
-    check_writable_file(path, "--out")
+    check_file(path, "--out")
     if data_path and not data_path.startswith("hf:") and not Path(data_path).exists():
         raise UserError(f"--data {data_path} not found; give the data both evaluations ran on, or leave --data out")
     evals = {name: load_eval_dir(p) if p else None for name, p in (("before", before), ("after", after))}
@@ -329,15 +330,3 @@ def write_report(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
     return path
-
-
-def check_writable_file(path: Path, flag: str) -> None:
-    """A one-line UserError when ``path`` cannot be written as a file: it is a directory, or a
-    file stands where one of its parent folders would go."""
-    if path.is_dir():
-        raise UserError(f"{flag} {path} is a directory; give the path of the file to write")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UserError(f"{flag} {path}: {parent} is a file, not a folder; choose another path")
-            break

@@ -31,6 +31,7 @@ from vqa_grpo.errors import RewardFunctionError, TrainingStopped
 from vqa_grpo.evaluation.evaluate import answer_and_score
 from vqa_grpo.grpo.logprobs import Reference
 from vqa_grpo.models.loading import LoadedModel, load_model, resolve_device
+from vqa_grpo.paths import check_folder
 from vqa_grpo.rewards.user import resolve as resolve_rewards
 from vqa_grpo.training.checkpoint import no_space
 from vqa_grpo.training.distributed import Dist
@@ -47,6 +48,7 @@ from vqa_grpo.training.faults import (
 from vqa_grpo.training.integrity import is_no_space
 from vqa_grpo.training.resume import check_fresh, resume_path
 from vqa_grpo.training.session import Session, start_session
+from vqa_grpo.training.skips import SkipReport
 from vqa_grpo.training.steps import GRPOSteps, reference_model, sft_step
 
 
@@ -115,11 +117,14 @@ def run(
     s, vllm = start_session(cfg, mode, lm, dist, device, data.train, resume)
     samples_log = (s.run_dir / "completions.jsonl").open("a") if mode == "grpo" and dist.is_main else None
     grpo = GRPOSteps(ref, samples_log, lm, dist, vllm, reward_funcs=user_rewards, plan=plan) if mode == "grpo" else None
+    skips = SkipReport(data.report, s.batches, s.run_dir, desc or mode, write=dist.is_main)
+    skips.start()
     try:
-        _train(s, grpo, data.eval, desc or mode)
+        _train(s, grpo, data.eval, desc or mode, skips)
     finally:
         if samples_log:
             samples_log.close()
+    skips.finish()
     final = _write_final(s, mode, data)
     return RunResult(s.run_dir, final, s.step, s.state["eval_history"], time.time() - t0)
 
@@ -128,6 +133,7 @@ def _check_before_writing(cfg: Config, mode: str, dist: Dist, device: torch.devi
     """What can be refused before anything is written: the checkpoint to resume from (a bad one is
     one line), a run directory that holds another run, vLLM, the settings the launch cannot take."""
     run_dir = Path(cfg.train.output_dir)
+    check_folder(run_dir, "train.output_dir")
     resume = resume_path(cfg, run_dir, dist)
     check_fresh(cfg, run_dir)
     if mode == "grpo" and cfg.grpo.generation_backend == "vllm":
@@ -161,9 +167,9 @@ def _load_policy(cfg: Config, mode: str, dist: Dist, device: torch.device):
     return lm, plan
 
 
-def _train(s: Session, grpo: GRPOSteps | None, eval_examples: list[VQAExample], desc: str) -> None:
+def _train(s: Session, grpo: GRPOSteps | None, eval_examples: list[VQAExample], desc: str, skips: SkipReport) -> None:
     """The steps up to train.max_steps, then the last evaluation; stops (a signal, a full disk, a
-    failed collective) as one-line TrainingStopped errors."""
+    failed collective) as one-line TrainingStopped errors. Skipped rows are counted on each step's line."""
     t, dist = s.cfg.train, s.dist
     bar = tqdm(total=t.max_steps, initial=s.step, desc=desc, disable=not (t.progress and dist.is_main))
     try:
@@ -171,6 +177,8 @@ def _train(s: Session, grpo: GRPOSteps | None, eval_examples: list[VQAExample], 
             while s.step < t.max_steps:
                 stats = _train_step(s, grpo)
                 if stats is not None:
+                    stats["skipped_rows"] = skips.total
+                    skips.update()
                     bar.update(1)
                     bar.set_postfix(
                         {k: round(v, 3) for k, v in stats.items() if k in ("loss", "reward", "nll") and v is not None}
