@@ -274,6 +274,10 @@ def validate(cfg: Config, python_rewards: typing.Iterable[str] = ()) -> None:
         f"reward.components: unknown {unknown[0] if unknown else ''!r}; choose from "
         f"{', '.join(REWARD_COMPONENTS)}, or name your own function as package.module:function",
     )
+    twice = next((c for i, c in enumerate(r.components) if c in r.components[:i]), None)
+    need(
+        twice is None, f"reward.components names {twice!r} twice; name each reward once (weigh it with reward.weights)"
+    )
     for c in r.components:
         if is_import_path(c):
             import_reward(c)  # a typo in the path stops here, naming the module or attribute

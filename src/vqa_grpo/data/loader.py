@@ -3,18 +3,22 @@
 Each row goes through the same steps, whatever its format (see ``sources.py``): map the columns
 (data.columns), then keep it or skip it for the first reason that applies, in this order:
 
-  duplicate_id    its id was already seen (the first row with that id is the one kept)
-  empty_question  no question text
-  empty_answer    neither an answer nor any non-empty entry in answers
-  outside_root    its image path leaves the image root (unless data.allow_outside_root)
-  missing_image   no image given, or the file does not exist
-  too_large       more pixels than PIL's decompression-bomb limit
-  corrupt_image   PIL cannot open or verify the image
+  duplicate_id       its id was already seen (the first row with that id is the one kept)
+  question_not_text  the question is a number or a boolean (JSON 42, true), not text
+  empty_question     no question text
+  answer_not_text    the answer or an entry of answers is a boolean (JSON true/false: "true" is
+                     not "yes"); a number answer is kept as its text (a count, an int column)
+  empty_answer       neither an answer nor any non-empty entry in answers
+  outside_root       its image path leaves the image root (unless data.allow_outside_root)
+  missing_image      no image given, or the file does not exist
+  too_large          more pixels than PIL's decompression-bomb limit
+  corrupt_image      PIL cannot open or verify the image
 
 Field rules: ``answers`` may be a list, a JSON list in a string (CSV), one string, or VQA-style
 ``{"answer": ...}`` entries; a missing ``answer`` is the most frequent entry of ``answers`` (ties to
 the first), a missing ``answers`` is ``[answer]``. Types come from the data when present (an answer
 type must be one of ANSWER_TYPES), else from ``qtypes.py``. A missing id is ``row<N>`` (1-based).
+A column mapped in data.columns away from its default must exist in the data.
 Images are checked, never decoded, at load time; each example opens its image lazily.
 """
 
@@ -31,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vqa_grpo.config import DataConfig
+from vqa_grpo.config import ColumnsConfig, DataConfig
 from vqa_grpo.data.images import ImageLoader, StoredImage, check_image, resolve_image
 from vqa_grpo.data.qtypes import answer_type_of, question_type_of
 from vqa_grpo.data.rows import Row, Source
@@ -48,6 +52,8 @@ SKIP_REASONS = (
     "outside_root",
     "duplicate_id",
     "too_large",
+    "question_not_text",
+    "answer_not_text",
 )
 _FIXES = {
     "missing_image": "image file not found: check data.image_root and the paths in the image column",
@@ -57,6 +63,8 @@ _FIXES = {
     "outside_root": "path leaves the image root: fix the paths, or set data.allow_outside_root=true",
     "duplicate_id": "id seen before: make ids unique, or check data.columns.id",
     "too_large": "more pixels than PIL's decompression-bomb limit: downscale those images",
+    "question_not_text": "the question is a number or boolean, not text: write the question's text",
+    "answer_not_text": 'a JSON true/false answer: write the answer\'s text ("yes"/"no")',
 }
 _SAMPLES_PER_REASON = 3
 
@@ -75,15 +83,18 @@ class LoadReport:
     """What was read (path and format), for messages."""
     samples: dict[str, list[str]] = field(default_factory=dict)
     """The first few skipped rows of each reason, e.g. "row 7: images/x.png not found"."""
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    """Every skipped row: its id, row number (1-based), reason, detail and source."""
 
     def keep(self, example: VQAExample) -> None:
         self.rows += 1
         self.kept += 1
         self.answer_types[example.answer_type] = self.answer_types.get(example.answer_type, 0) + 1
 
-    def skip(self, reason: str, detail: str) -> None:
+    def skip(self, reason: str, detail: str, example_id: str = "", row: int = 0) -> None:
         self.rows += 1
         self.skipped[reason] += 1
+        self.rejected.append(dict(id=example_id, row=row, reason=reason, detail=detail, source=self.source))
         shown = self.samples.setdefault(reason, [])
         if len(shown) < _SAMPLES_PER_REASON:
             shown.append(detail)
@@ -135,6 +146,7 @@ class LoadReport:
                 total.answer_types[k] = total.answer_types.get(k, 0) + v
             for k, v in r.samples.items():
                 total.samples.setdefault(k, []).extend(v)
+            total.rejected += r.rejected
         return total
 
 
@@ -205,10 +217,11 @@ def read_examples(source: Source, cfg: DataConfig) -> tuple[list[VQAExample], Lo
             examples.append(result)
             report.keep(result)
         else:
-            report.skip(*result)
+            report.skip(*result, example_id=row_id(row, source.columns, index), row=index)
     if report.rows == 0:
         raise UserError(f"{source.name} holds no rows; check data.path")
     _check_columns(source, seen_columns)
+    _check_mapped(cfg, source, seen_columns)
     return examples, report
 
 
@@ -221,6 +234,20 @@ def _image_root(cfg: DataConfig, source: Source) -> Path:
             )
         return Path(os.path.abspath(root))
     return Path(os.path.abspath(source.base_dir))
+
+
+def _check_mapped(cfg: DataConfig, source: Source, seen: set[str]) -> None:
+    """A column the user mapped (data.columns.KEY away from its default) must be in the data: a
+    typo there would otherwise fall back to another column, or to inferring the field."""
+    default = ColumnsConfig()
+    for f in dataclasses.fields(ColumnsConfig):
+        name = getattr(cfg.columns, f.name)
+        if name != getattr(default, f.name) and name == getattr(source.columns, f.name) and name not in seen:
+            have = ", ".join(sorted(seen)[:12]) or "none"
+            raise UserError(
+                f"data.columns.{f.name}={name!r} is not a column of {source.name} (columns: {have}); "
+                f"set it to one of them, or drop it to use the default {getattr(default, f.name)!r}"
+            )
 
 
 def _check_columns(source: Source, seen: set[str]) -> None:
@@ -240,6 +267,10 @@ def _check_columns(source: Source, seen: set[str]) -> None:
         )
 
 
+def row_id(row: Row, cols: ColumnsConfig, index: int) -> str:
+    return _text(row.values.get(cols.id)) or f"row{index}"
+
+
 class _RowConverter:
     """Turns rows into examples or (reason, detail) skips; remembers ids and checked images."""
 
@@ -253,14 +284,19 @@ class _RowConverter:
 
     def convert(self, row: Row, index: int) -> VQAExample | tuple[str, str]:
         v, cols = row.values, self.cols
-        ex_id = _text(v.get(cols.id)) or f"row{index}"
+        ex_id = row_id(row, cols, index)
         where = f"row {index} (id {ex_id[:40]})"
         if ex_id in self.seen_ids:
             return "duplicate_id", f"{where}: id seen in an earlier row"
         self.seen_ids.add(ex_id)
-        question = _text(v.get(cols.question))
+        raw_question = v.get(cols.question)
+        question = _text(raw_question)
+        if question and not isinstance(raw_question, str):
+            return "question_not_text", f"{where}: question {raw_question!r}"
         if not question:
             return "empty_question", where
+        if _has_flag(v.get(cols.answer)) or _has_flag(v.get(cols.answers)):
+            return "answer_not_text", f"{where}: a true/false answer"
         answers = _answers(v.get(cols.answers))
         answer = _text(v.get(cols.answer)) or _most_common(answers)
         if not answer:
@@ -311,6 +347,15 @@ def _text(value: Any) -> str:
             return ""
         return str(int(x)) if x.is_integer() else repr(x)
     return ""
+
+
+def _has_flag(value: Any) -> bool:
+    """Whether an answer cell, or an entry of an answers cell, is a boolean (JSON true/false, an
+    Arrow bool column): "true" is not an answer's text."""
+    value = value.tolist() if hasattr(value, "tolist") else value  # numpy arrays and numpy bools
+    if isinstance(value, dict):
+        return _has_flag(value.get("answer"))
+    return any(map(_has_flag, value)) if isinstance(value, (list, tuple)) else isinstance(value, bool)
 
 
 def _answers(value: Any) -> list[str]:

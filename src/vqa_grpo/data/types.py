@@ -15,12 +15,16 @@ ANSWER_TYPES = ("yes/no", "number", "other")
 
 
 class BadExample(Exception):
-    """One example cannot be used (its image fails to decode). The trainer skips it and counts it."""
+    """One example cannot be used (its image fails to decode). The trainer skips it and counts it.
 
-    def __init__(self, example_id: str, reason: str):
+    ``reason`` says what happened; ``kind`` is the short name the run's skip counts use.
+    """
+
+    def __init__(self, example_id: str, reason: str, kind: str = "corrupt_image"):
         super().__init__(f"example {example_id}: {reason}")
         self.example_id = example_id
         self.reason = reason
+        self.kind = kind
 
 
 @dataclass

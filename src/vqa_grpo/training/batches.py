@@ -8,7 +8,8 @@ from vqa_grpo.data.types import BadExample, VQAExample
 
 
 class Batches:
-    """Seeded data order over epochs; skips examples whose image fails to decode, and counts them.
+    """Seeded data order over epochs; skips examples whose image fails to decode, and counts them
+    (``skipped``: every time one is met; ``bad``: each one once, id -> its kind and reason).
 
     Every process walks the same order and decodes the images of the whole global batch
     (``batch_size x world`` questions), so all agree on which examples were skipped; rank r then
@@ -20,6 +21,7 @@ class Batches:
         self.examples, self.batch_size, self.seed = examples, batch_size, seed
         self.rank, self.world = rank, world
         self.epoch, self.pos, self.skipped = 0, 0, 0
+        self.bad: dict[str, dict[str, str]] = {}
         self._order = self._permutation()
 
     def _permutation(self) -> list[int]:
@@ -37,8 +39,9 @@ class Batches:
             self.pos += 1
             try:
                 images.append(ex.load_image())
-            except BadExample:
+            except BadExample as e:
                 self.skipped += 1
+                self.bad.setdefault(ex.id, {"reason": e.kind, "detail": e.reason})
                 if self.skipped > 10 * len(self.examples):
                     raise RuntimeError("no training image can be decoded") from None
                 continue
@@ -47,8 +50,9 @@ class Batches:
         return chunk[lo:hi], images[lo:hi]
 
     def state(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos, "skipped": self.skipped}
+        return {"epoch": self.epoch, "pos": self.pos, "skipped": self.skipped, "bad": self.bad}
 
     def restore(self, state: dict) -> None:
         self.epoch, self.pos, self.skipped = state["epoch"], state["pos"], state["skipped"]
+        self.bad = dict(state.get("bad", {}))  # (checkpoints written before it was kept)
         self._order = self._permutation()
