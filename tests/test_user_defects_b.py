@@ -154,3 +154,44 @@ def test_the_api_checks_a_config_changed_after_load_config(synth_dir, tmp_path, 
             call()
         assert str(info.value) == says
     assert not (tmp_path / "run").exists()
+
+
+# ---- GRPO whose groups all agree says so -----------------------------------------------------------
+
+
+def test_grpo_warns_once_when_every_group_agrees(synth_dir, tiny_model_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = [f"data.path={synth_dir}", f"model.name_or_path={tiny_model_dir}", f"train.output_dir={run}"]
+    args += ["train.max_steps=4", "train.per_device_batch_size=1", "grpo.num_generations=2"]
+    args += ["grpo.top_ps=[1e-6]", "grpo.max_completion_length=2", "data.eval_fraction=0"]  # G equal answers
+    args += ["train.save_steps=0", "train.progress=false", "train.device=cpu"]
+    assert main(["train", *args]) == 0
+    err = capsys.readouterr().err
+    warning = (
+        "warning: every group's G rewards were equal for 3 steps: no advantage, no gradient; "
+        "raise grpo.temperatures or grpo.num_generations, or check the rewards"
+    )
+    assert err.count(warning) == 1, err
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    logged = [(r["step"], r["frac_zero_std_groups"], r["equal_reward_steps"]) for r in lines if "loss" in r]
+    assert logged == [(1, 1.0, 1), (2, 1.0, 2), (3, 1.0, 3), (4, 1.0, 4)]
+
+
+# ---- the right key, and --debug after the subcommand ---------------------------------------------
+
+
+def test_a_missing_eval_path_is_named_data_eval_path(synth_dir, tiny_model_dir, tmp_path, capsys):
+    missing = tmp_path / "eval.jsonl"
+    args = [f"data.path={synth_dir}", f"data.eval_path={missing}", f"model.name_or_path={tiny_model_dir}"]
+    err = refused(capsys, ["train", *args, f"train.output_dir={tmp_path / 'run'}"])
+    assert f"data path '{missing}' not found; set data.eval_path to a file or folder" in err
+    assert "data.path" not in err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_before_or_after_the_subcommand_shows_the_traceback(tmp_path, where):
+    from vqa_grpo.config import ConfigError
+
+    command = ["train", "--config", str(tmp_path / "nope.yaml")]
+    with pytest.raises(ConfigError, match="config file not found"):
+        main(["--debug", *command] if where == "before" else [*command, "--debug"])

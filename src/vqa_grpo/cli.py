@@ -103,6 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--prediction-field", default="prediction", help="field of the prediction (default: prediction)")
     sc.add_argument("--answers-field", default="answers", help="field of the reference answers (default: answers)")
     sc.add_argument("--json", action="store_true", help="print one JSON object (default: a table)")
+    sc.add_argument(
+        "--metric",
+        action="append",
+        default=[],
+        choices=("anls", "relaxed_accuracy", "exact_match", "multiple_choice"),
+        help="a benchmark's metric to add (repeat for several): anls (DocVQA, InfographicVQA), relaxed_accuracy "
+        "(ChartQA), exact_match (GQA), multiple_choice (A-OKVQA; answers [letter, text])",
+    )
+    sc.add_argument(
+        "--vqa-convention",
+        default="official",
+        choices=("official", "lmms_eval"),
+        help="VQA accuracy as vqaEval.py (default) or lmms-eval computes it",
+    )
 
     cp = sub.add_parser(
         "compare", help="evaluation runs side by side, each tested against the first (paired bootstrap)"
@@ -133,7 +147,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "overrides", nargs="*", help="section.key=value overrides of the GRPO stage, e.g. reward.components=[composite]"
     )
+    _debug_after_the_command(p)
     return p
+
+
+def _debug_after_the_command(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` on every subcommand too (``vqa-grpo train --debug ...``): set only when given
+    there, so that one given before the subcommand stands."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                if any(isinstance(a, argparse._SubParsersAction) for a in sub._actions):
+                    _debug_after_the_command(sub)
+                else:
+                    sub.add_argument(
+                        "--debug",
+                        action="store_true",
+                        default=argparse.SUPPRESS,
+                        help="as vqa-grpo --debug (default: off)",
+                    )
 
 
 # A config override: section.key=value (a dotted key, then "="), wherever it stands on the line.
@@ -207,7 +239,14 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "score":
         from vqa_grpo.rewards import run_score
 
-        return run_score(args.predictions, args.prediction_field, args.answers_field, args.json)
+        return run_score(
+            args.predictions,
+            args.prediction_field,
+            args.answers_field,
+            args.json,
+            metrics=args.metric,
+            vqa_convention=args.vqa_convention,
+        )
     if args.command == "compare":
         from vqa_grpo.evaluation.compare import compare_command
 

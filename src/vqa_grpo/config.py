@@ -105,7 +105,8 @@ class DataConfig:
     max_train_samples: Optional[int] = None
     """Keep at most this many training examples (the seed's quick runs use 20)."""
     max_eval_samples: Optional[int] = None
-    """Keep at most this many evaluation examples (the seed's quick runs use 10)."""
+    """Keep at most this many evaluation examples (the seed's quick runs use 10): a draw seeded by
+    train.seed and stratified by answer type, the same in ``vqa-grpo evaluate``."""
     max_skip_fraction: float = 0.1
     """Stop with an error when more than this fraction of rows is skipped as bad."""
     allow_outside_root: bool = False
@@ -154,18 +155,31 @@ class TrainConfig:
     """Evaluate on the eval split every this many steps; 0 evaluates only at the end."""
     logging_steps: int = 1
     """Append metrics to metrics.jsonl every this many steps."""
+    log_completion_groups: Optional[int] = None
+    """Question groups of a logged GRPO step written to completions.jsonl (raw and cleaned
+    completions, rewards, advantages); null writes every group of the step, 0 none."""
     save_total_limit: int = 2
     """Keep at most this many checkpoint-<step>/ directories."""
     resume: Optional[str] = None
-    """"auto" resumes from the latest checkpoint in output_dir, or a checkpoint path."""
+    """"auto" resumes from the latest checkpoint in output_dir, or a checkpoint path. The run's
+    settings come back from the checkpoint's config.yaml: a key not set again takes its value, and
+    one set to another value is refused (exit 2), except those a resume may change: train.max_steps,
+    save_steps, save_total_limit, eval_steps, logging_steps, log_completion_groups, progress,
+    report_to, wandb_project, device, cpu_threads, collective_timeout, max_bad_steps,
+    empty_cuda_cache, merge_lora, eval.batch_size, eval.bootstrap_samples,
+    model.gradient_checkpointing (and output_dir, resume, resume_allow: this launch's own)."""
+    resume_allow: list[str] = field(default_factory=list)
+    """Keys this resume may change besides those above (e.g. [train.learning_rate]); the run goes on
+    with the new values from the checkpoint's step, and config.yaml records them (docs/long_runs.md)."""
     mixed_precision: Literal["no", "bf16"] = "no"
     """bf16 autocast (fp16 needs loss scaling, which the loop does not do: use bf16 or model.dtype)."""
     device: str = "auto"
     """"auto" (cuda when available), "cpu" or "cuda"."""
     cpu_threads: int = 0
     """torch intra-op threads on the CPU; 0 keeps torch's default. Tiny models run fastest with 1."""
-    eval_metric: str = "vqa_accuracy"
-    """Metric that picks best/ (a key of metrics.json)."""
+    eval_metric: Optional[str] = None
+    """Metric that picks best/ (a key of metrics.json); null takes the benchmark's (data.benchmark:
+    anls for DocVQA, ...; data/benchmarks.py), else vqa_accuracy."""
     collective_timeout: int = 600
     """Seconds a collective of several processes waits for a rank that hangs before the run stops
     (torch's default is 30 minutes); allow for the longest save of a checkpoint."""
@@ -235,11 +249,13 @@ class GRPOConfig:
 
 @dataclass
 class RewardConfig:
-    components: list[str] = field(default_factory=lambda: ["composite"])
-    """Reward functions: composite, vqa_accuracy, answer_type, format, semantic, or your own as
-    package.module:function (TRL's convention, docs/python.md; logged as reward/function)."""
-    weights: list[float] = field(default_factory=lambda: [1.0])
-    """Weight of each component (same length, >= 0, sum to 1)."""
+    components: Optional[list[str]] = None
+    """Reward functions: composite, vqa_accuracy, answer_type, format, semantic, abstention, or your
+    own as package.module:function (TRL's convention, docs/python.md; logged as reward/function);
+    null takes the benchmark's metric (data.benchmark; data/benchmarks.py), else [composite]."""
+    weights: Optional[list[float]] = None
+    """Weight of each component (same length, >= 0); null gives each 1.0, as TRL does. The total
+    reward is the sum of weight x score over the components (a None score adds nothing)."""
     composite_weights: dict[str, float] = field(
         default_factory=lambda: {
             "bleu1": 0.2,
@@ -258,14 +274,19 @@ class RewardConfig:
     """Score the content of one <answer>...</answer> pair (the format reward then asks for it)."""
     number_partial_credit: bool = False
     """answer_type reward: partial credit for counts by distance to the true number."""
+    python_functions: list[str] = field(default_factory=list)
+    """Names in components of functions given to vqa_grpo.train(reward_funcs=...) that have no
+    import path (a lambda, a closure, a function of a script's __main__). Written by the API, so
+    that the run's config.yaml loads anywhere and a run needing them says so; not set by hand."""
 
 
 @dataclass
 class EvalConfig:
     batch_size: int = 32
     """Questions per generate call."""
-    max_new_tokens: int = 16
-    """Most new tokens per answer."""
+    max_new_tokens: Optional[int] = None
+    """Most new tokens per answer; null takes the benchmark's (lmms-eval's for its task: 32 for
+    DocVQA; data/benchmarks.py), else 16."""
     do_sample: bool = False
     """Greedy by default; true samples with the seed's temperature 0.7 and top-p 0.9."""
     temperature: float = 0.7

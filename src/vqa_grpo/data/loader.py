@@ -12,25 +12,27 @@ Each row goes through the same steps, whatever its format (see ``sources.py``): 
   outside_root       its image path leaves the image root (unless data.allow_outside_root)
   missing_image      no image given, or the file does not exist
   too_large          more pixels than PIL's decompression-bomb limit
+  several_images     a list of more than one image (TRL's images column): one image per question
   corrupt_image      PIL cannot open or verify the image
 
 Field rules: ``answers`` may be a list, a JSON list in a string (CSV), one string, or VQA-style
 ``{"answer": ...}`` entries; a missing ``answer`` is the most frequent entry of ``answers`` (ties to
-the first), a missing ``answers`` is ``[answer]``. Types come from the data when present (an answer
-type must be one of ANSWER_TYPES), else from ``qtypes.py``. A missing id is ``row<N>`` (1-based).
+the first), a missing ``answers`` is ``[answer]``. TRL's layout is read too (rows.py): a
+conversational ``prompt`` column (the last user turn's text) as the question, an ``images`` list as
+the image; every other column is kept on the example for reward functions (``VQAExample.fields``).
+Types come from the data when present (an answer type must be one of ANSWER_TYPES), else from
+``qtypes.py``. A missing id is ``row<N>`` (1-based).
 A column mapped in data.columns away from its default must exist in the data.
 Images are checked, never decoded, at load time; each example opens its image lazily.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import json
 import math
 import numbers
 import os
-from collections import Counter
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,16 @@ from typing import Any
 from vqa_grpo.config import ColumnsConfig, DataConfig
 from vqa_grpo.data.images import ImageLoader, StoredImage, check_image, resolve_image
 from vqa_grpo.data.qtypes import answer_type_of, question_type_of
-from vqa_grpo.data.rows import Row, Source
+from vqa_grpo.data.rows import (
+    Row,
+    Source,
+    fallback_columns,
+    image_cell,
+    most_common,
+    parse_list,
+    question_cell,
+    row_fields,
+)
 from vqa_grpo.data.sources import memory_source, open_source
 from vqa_grpo.data.splits import limit, split_train_eval
 from vqa_grpo.data.types import ANSWER_TYPES, VQAExample
@@ -52,6 +63,7 @@ SKIP_REASONS = (
     "outside_root",
     "duplicate_id",
     "too_large",
+    "several_images",
     "question_not_text",
     "answer_not_text",
 )
@@ -63,6 +75,7 @@ _FIXES = {
     "outside_root": "path leaves the image root: fix the paths, or set data.allow_outside_root=true",
     "duplicate_id": "id seen before: make ids unique, or check data.columns.id",
     "too_large": "more pixels than PIL's decompression-bomb limit: downscale those images",
+    "several_images": "several images for one question: keep one image per row",
     "question_not_text": "the question is a number or boolean, not text: write the question's text",
     "answer_not_text": 'a JSON true/false answer: write the answer\'s text ("yes"/"no")',
 }
@@ -176,7 +189,13 @@ def load_vqa(cfg: DataConfig, *, seed: int = 0, frame: Any = None) -> LoadedData
     if cfg.eval_path:
         train = examples
         eval_cfg = dataclasses.replace(cfg, split=cfg.eval_split) if cfg.eval_split else cfg  # hf: eval_path
-        eval_set, eval_report = load_examples(cfg.eval_path, eval_cfg)
+        try:
+            eval_set, eval_report = load_examples(cfg.eval_path, eval_cfg)
+        except UserError as e:  # the messages name the usual keys, data.path (and data.split): name these
+            message = re.sub(r"(?<![\w.])data\.path\b", "data.eval_path", str(e))
+            if cfg.eval_split:
+                message = re.sub(r"(?<![\w.])data\.split\b", "data.eval_split", message)
+            raise UserError(message) from None
         report = LoadReport.combine([report, eval_report])
     else:
         train, eval_set = split_train_eval(examples, cfg.eval_fraction, seed)
@@ -220,7 +239,7 @@ def read_examples(source: Source, cfg: DataConfig) -> tuple[list[VQAExample], Lo
             report.skip(*result, example_id=row_id(row, source.columns, index), row=index)
     if report.rows == 0:
         raise UserError(f"{source.name} holds no rows; check data.path")
-    _check_columns(source, seen_columns)
+    _check_columns(source, seen_columns | fallback_columns(seen_columns, source.columns))
     _check_mapped(cfg, source, seen_columns)
     return examples, report
 
@@ -289,7 +308,7 @@ class _RowConverter:
         if ex_id in self.seen_ids:
             return "duplicate_id", f"{where}: id seen in an earlier row"
         self.seen_ids.add(ex_id)
-        raw_question = v.get(cols.question)
+        raw_question = question_cell(v, cols)  # or TRL's conversational prompt (rows.py)
         question = _text(raw_question)
         if question and not isinstance(raw_question, str):
             return "question_not_text", f"{where}: question {raw_question!r}"
@@ -298,11 +317,14 @@ class _RowConverter:
         if _has_flag(v.get(cols.answer)) or _has_flag(v.get(cols.answers)):
             return "answer_not_text", f"{where}: a true/false answer"
         answers = _answers(v.get(cols.answers))
-        answer = _text(v.get(cols.answer)) or _most_common(answers)
+        answer = _text(v.get(cols.answer)) or most_common(answers)
         if not answer:
             return "empty_answer", where
         answers = answers or [answer]
-        source, reason, detail = resolve_image(v.get(cols.image), self.root, self.allow_outside_root)
+        cell, several = image_cell(v, cols)  # or TRL's images list
+        if several:
+            return "several_images", f"{where}: {several}"
+        source, reason, detail = resolve_image(cell, self.root, self.allow_outside_root)
         if source is None:
             return reason, f"{where}: {detail}"
         reason, detail = self._check(source)
@@ -311,7 +333,7 @@ class _RowConverter:
         if row.reread_image is not None and not isinstance(source, Path):
             source = StoredImage(row.reread_image)  # keep a handle, not the bytes
         answer_type = _text(v.get(cols.answer_type)).lower()
-        return VQAExample(
+        example = VQAExample(
             id=ex_id,
             question=question,
             answers=answers,
@@ -320,6 +342,8 @@ class _RowConverter:
             question_type=_text(v.get(cols.question_type)) or question_type_of(question),
             image_loader=ImageLoader(source, self.max_pixels),
         )
+        example.fields = row_fields(v, cols, example)  # every column, for reward functions
+        return example
 
     def _check(self, source: Any) -> tuple[str, str]:
         if not isinstance(source, Path):
@@ -365,7 +389,7 @@ def _answers(value: Any) -> list[str]:
         value = value.tolist()  # numpy arrays from pandas / Arrow
     if isinstance(value, str):
         text = value.strip()
-        parsed = _parse_list(text) if text.startswith("[") else None
+        parsed = parse_list(text) if text.startswith("[") else None
         return _answers(parsed) if parsed is not None else ([text] if text else [])
     if isinstance(value, dict):
         return _answers(value.get("answer"))
@@ -374,22 +398,3 @@ def _answers(value: Any) -> list[str]:
         return [x for x in items if x]
     text = _text(value)
     return [text] if text else []
-
-
-def _parse_list(text: str) -> list | None:
-    """A list written as JSON or as a Python literal (pandas writes list cells that way to CSV)."""
-    for parse in (json.loads, ast.literal_eval):
-        try:
-            value = parse(text)
-        except (ValueError, SyntaxError, TypeError, RecursionError):
-            continue
-        if isinstance(value, list):
-            return value
-    return None
-
-
-def _most_common(answers: list[str]) -> str:
-    if not answers:
-        return ""
-    counts = Counter(answers)
-    return max(counts, key=counts.__getitem__)  # ties: the first seen

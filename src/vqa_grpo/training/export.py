@@ -8,7 +8,9 @@ from pathlib import Path
 import yaml
 
 from vqa_grpo.config import Config, to_dict
+from vqa_grpo.data.prompts import prompt_template
 from vqa_grpo.errors import UserError
+from vqa_grpo.rewards.registry import reward_components, reward_weights
 
 
 def write_model_card(
@@ -21,10 +23,12 @@ def write_model_card(
     n_eval: int,
     metrics: dict[str, float] | None,
     auto_model: str = "AutoModelForImageTextToText",
+    best: bool = False,
 ) -> Path:
     """``out/README.md``: base model, data, training, final metrics and the full config.
 
-    ``auto_model``: the transformers auto class that loads the family (the adapter's).
+    ``auto_model``: the transformers auto class that loads the family (the adapter's). ``best``:
+    the card of ``best/``, whose metrics are those of the evaluation at step ``steps`` that made it best.
     """
     lora = (out / "adapter_config.json").is_file()
     base = cfg.model.name_or_path
@@ -67,11 +71,14 @@ def write_model_card(
     ]
     if mode == "grpo":
         g = cfg.grpo
+        weighted = zip(reward_components(cfg.reward), reward_weights(cfg.reward))
         lines.append(
             f"G = {g.num_generations} completions per question, loss `{g.loss_type}`, beta {g.beta:g}, "
-            f"rewards {', '.join(f'{w:g} x {c}' for c, w in zip(cfg.reward.components, cfg.reward.weights))}."
+            f"rewards {', '.join(f'{w:g} x {c}' for c, w in weighted)}."
         )
-    lines += ["", "## Final metrics", ""]
+    lines.append(f"Prompt (the user turn): `{prompt_template(cfg.data, cfg.reward.reasoning)}`.")
+    title = f"Metrics at step {steps}, the best train.eval_metric={cfg.train.eval_metric}" if best else "Final metrics"
+    lines += ["", f"## {title}", ""]
     if metrics:
         lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in metrics.items()]
         lines.append("")

@@ -25,6 +25,8 @@ import torch
 from tqdm.auto import tqdm
 
 from vqa_grpo.config import Config, save_config
+from vqa_grpo.data.benchmarks import check_fit
+from vqa_grpo.data.benchmarks import resolve as resolve_benchmark
 from vqa_grpo.data.loader import load_vqa
 from vqa_grpo.data.types import VQAExample
 from vqa_grpo.errors import RewardFunctionError, TrainingStopped
@@ -46,6 +48,7 @@ from vqa_grpo.training.faults import (
     peer_lost,
 )
 from vqa_grpo.training.integrity import is_no_space
+from vqa_grpo.training.outcomes import EvalMetrics, watch_equal_rewards
 from vqa_grpo.training.resume import check_fresh, resume_path
 from vqa_grpo.training.session import Session, start_session
 from vqa_grpo.training.skips import SkipReport
@@ -73,9 +76,11 @@ class RunResult:
     wall_seconds: float = 0.0
 
     @property
-    def metrics(self) -> dict:
-        """The last evaluation's metrics (empty without an evaluation split)."""
-        return dict(self.eval_history[-1]) if self.eval_history else {}
+    def metrics(self) -> EvalMetrics:
+        """The last evaluation's means, named as ``evaluate()`` names them, and its ``step`` (empty
+        without an evaluation split)."""
+        last = self.eval_history[-1] if self.eval_history else {}
+        return EvalMetrics({k.removeprefix("eval/"): v for k, v in last.items()})
 
 
 def evaluate_model(
@@ -104,10 +109,12 @@ def run(
     than ``train.max_bad_steps`` non-finite or out-of-memory steps in a row.
     """
     t0 = time.time()
+    cfg = resolve_benchmark(cfg)  # the settings left to data.benchmark (reward, best/'s metric, prompt, length)
     dist = Dist.from_env(cfg.train.device, cfg.train.collective_timeout)
     device = dist.device(resolve_device(cfg.train.device))
     set_threads(cfg.train.cpu_threads)
     data = load_vqa(cfg.data, seed=cfg.train.seed, frame=data)  # before the model: bad data fails fast
+    check_fit(cfg, data.train + data.eval)  # a multiple-choice metric on data without choices
     user_rewards = resolve_rewards(cfg.reward.components, reward_funcs) if mode == "grpo" else {}
     seed_everything(cfg.train.seed + dist.rank)  # each process samples its own completions
     resume = _check_before_writing(cfg, mode, dist, device)
@@ -171,11 +178,15 @@ def _train(s: Session, grpo: GRPOSteps | None, eval_examples: list[VQAExample], 
     """The steps up to train.max_steps, then the last evaluation; stops (a signal, a full disk, a
     failed collective) as one-line TrainingStopped errors. Skipped rows are counted on each step's line."""
     t, dist = s.cfg.train, s.dist
+    mode = "sft" if grpo is None else "grpo"
+    equal = {"in_a_row": 0, "steps": 0}  # GRPO steps whose every group had equal rewards
     bar = tqdm(total=t.max_steps, initial=s.step, desc=desc, disable=not (t.progress and dist.is_main))
     try:
         with StopSignals(repeat_stops=dist.world == 1) as signals:
             while s.step < t.max_steps:
                 stats = _train_step(s, grpo)
+                if stats is not None and grpo is not None:
+                    watch_equal_rewards(stats, equal, dist.is_main)
                 if stats is not None:
                     stats["skipped_rows"] = skips.total
                     skips.update()
@@ -183,13 +194,13 @@ def _train(s: Session, grpo: GRPOSteps | None, eval_examples: list[VQAExample], 
                     bar.set_postfix(
                         {k: round(v, 3) for k, v in stats.items() if k in ("loss", "reward", "nll") and v is not None}
                     )
-                _after_step(s, stats, eval_examples)
+                _after_step(s, stats, eval_examples, mode)
                 # A stop waits for the end of a reuse of rollouts (grpo.num_iterations): a checkpoint
                 # inside one could not resume exactly.
                 if (grpo is None or grpo.pending is None) and dist.any(signals.received is not None):
                     _stop_on_signal(s, signals)
         if eval_examples:
-            _eval_and_keep_best(s, eval_examples)
+            _eval_and_keep_best(s, eval_examples, mode)
     except RuntimeError as e:  # (our own stops and reward errors are RuntimeErrors too)
         if dist.world > 1 and not isinstance(e, (TrainingStopped, RewardFunctionError)) and is_collective_failure(e):
             raise peer_lost(e, dist.rank, dist.world, s.run_dir) from e
@@ -266,7 +277,7 @@ def _skip_oom_batch(s: Session, grpo: GRPOSteps | None) -> None:
     )
 
 
-def _after_step(s: Session, stats: dict | None, eval_examples: list[VQAExample]) -> None:
+def _after_step(s: Session, stats: dict | None, eval_examples: list[VQAExample], mode: str = "grpo") -> None:
     """Log, stop on too many bad steps in a row, evaluate and save, each when it is due."""
     t = s.cfg.train
     too_many_bad = s.state["bad_steps"] > t.max_bad_steps
@@ -286,7 +297,7 @@ def _after_step(s: Session, stats: dict | None, eval_examples: list[VQAExample])
     if t.empty_cuda_cache:
         free_device_memory(s.device)
     if t.eval_steps and eval_examples and s.step % t.eval_steps == 0 and s.step < t.max_steps:
-        _eval_and_keep_best(s, eval_examples)
+        _eval_and_keep_best(s, eval_examples, mode)
     if t.save_steps and s.step % t.save_steps == 0:
         s.save()
 
@@ -326,8 +337,9 @@ def _write_final(s: Session, mode: str, data) -> Path:
     return final
 
 
-def _eval_and_keep_best(s: Session, examples: list[VQAExample]) -> None:
-    """Evaluate, log the means as ``eval/<metric>``, and save ``best/`` when train.eval_metric improved."""
+def _eval_and_keep_best(s: Session, examples: list[VQAExample], mode: str) -> None:
+    """Evaluate, log the means as ``eval/<metric>``, and save ``best/`` (with its model card) when
+    train.eval_metric improved."""
     metrics = evaluate_model(s.lm, examples, s.cfg, s.device, s.dist)
     record = {"step": s.step, **{f"eval/{k}": v for k, v in metrics.items()}}
     s.state["eval_history"].append(record)
@@ -336,3 +348,9 @@ def _eval_and_keep_best(s: Session, examples: list[VQAExample]) -> None:
     if value is not None and (s.state["best_metric"] is None or value > s.state["best_metric"]):
         s.state["best_metric"] = value
         s.save_model(s.run_dir / "best")
+        if s.dist.is_main:
+            n_train, auto_model = len(s.batches.examples), s.lm.adapter.auto_model
+            write_model_card(
+                s.run_dir / "best", s.cfg, mode, steps=s.step, n_train=n_train, n_eval=len(examples),
+                metrics=metrics, auto_model=auto_model, best=True,
+            )  # fmt: skip
