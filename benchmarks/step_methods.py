@@ -46,6 +46,7 @@ def run_seed_loop(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
     import torch
 
     from vqa_grpo.config import ModelConfig, RewardConfig
+    from vqa_grpo.data.prompts import user_text, user_texts
     from vqa_grpo.grpo.math import group_advantages
     from vqa_grpo.grpo.objective import grpo_objective
     from vqa_grpo.grpo.rollout import Rollout
@@ -63,7 +64,7 @@ def run_seed_loop(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
         examples, images = steps[i]
         rows = []  # B*G completions, one generate call each
         for ex, im in zip(examples, images):
-            prompt = lm.adapter.encode_prompts(lm.processor, [im], [ex.question]).to(device)
+            prompt = lm.adapter.encode_prompts(lm.processor, [im], [user_text(ex.question)]).to(device)
             for _ in range(G):
                 rows.append(
                     generate(
@@ -86,7 +87,7 @@ def run_seed_loop(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
         rewards = torch.as_tensor(scored.total, dtype=torch.float32)
         ro = Rollout(
             examples=examples,
-            prompts=lm.adapter.encode_prompts(lm.processor, images, [e.question for e in examples]).to(device),
+            prompts=lm.adapter.encode_prompts(lm.processor, images, user_texts(examples)).to(device),
             group_size=G,
             completion_ids=ids,
             completion_mask=mask,
@@ -112,6 +113,7 @@ def run_limit(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
     import torch
 
     from vqa_grpo.config import ModelConfig
+    from vqa_grpo.data.prompts import user_texts
     from vqa_grpo.models.loading import load_model
 
     lm = load_model(ModelConfig(name_or_path=str(model_dir), dtype=s.dtype), device)
@@ -119,7 +121,7 @@ def run_limit(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
     rope = model.model.get_rope_index
     steps = []
     for examples, images in load_examples(s, data_dir):  # the processor is not part of the limit
-        steps.append(lm.adapter.encode_prompts(lm.processor, images, [e.question for e in examples]).to(device))
+        steps.append(lm.adapter.encode_prompts(lm.processor, images, user_texts(examples)).to(device))
 
     def step(i: int) -> float:
         prompts = steps[i]
@@ -179,7 +181,7 @@ def run_trl(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
     from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
 
     from vqa_grpo.config import RewardConfig
-    from vqa_grpo.models.adapters import ANSWER_INSTRUCTION
+    from vqa_grpo.data.prompts import user_text
     from vqa_grpo.rewards import compute_rewards
 
     steps = load_examples(s, data_dir)
@@ -188,7 +190,7 @@ def run_trl(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
             "prompt": [
                 {
                     "role": "user",
-                    "content": [{"type": "image"}, {"type": "text", "text": e.question.strip() + ANSWER_INSTRUCTION}],
+                    "content": [{"type": "image"}, {"type": "text", "text": user_text(e.question)}],
                 }
             ],
             "image": im,

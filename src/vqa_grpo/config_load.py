@@ -13,8 +13,11 @@ from typing import Any, Literal
 import yaml
 
 from vqa_grpo.config import Config, ConfigError
+from vqa_grpo.config_keys import all_keys, mark_given, tree_keys
+from vqa_grpo.data.benchmarks import find_benchmark
 from vqa_grpo.data.hub import check_preset_key
 from vqa_grpo.data.prompts import check_template
+from vqa_grpo.rewards.benchmark import BENCHMARK_METRICS
 from vqa_grpo.rewards.registry import REWARD_COMPONENTS
 from vqa_grpo.rewards.user import import_reward, is_import_path, short_name
 
@@ -51,7 +54,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         _set_dotted(tree, key.strip(), value)
     cfg = _build(Config, tree, "")
     validate(cfg)
-    return cfg
+    return mark_given(cfg, tree_keys(tree))  # a resume restores the others from its checkpoint
 
 
 def check_config(cfg: Config, python_rewards: typing.Iterable[str] = ()) -> Config:
@@ -214,20 +217,27 @@ def validate(cfg: Config, python_rewards: typing.Iterable[str] = ()) -> None:
     )
 
     for path in cfg.eval.metrics:
-        need(is_import_path(path), f"eval.metrics: {path!r} is not an import path; write it as package.module:function")
+        if path in BENCHMARK_METRICS:
+            continue
+        need(
+            is_import_path(path),
+            f"eval.metrics: {path!r} is neither a metric ({', '.join(BENCHMARK_METRICS)}) nor an import path; "
+            "write your own as package.module:function",
+        )
         import_reward(path)
     metrics = (
         "vqa_accuracy",
         "composite",
-        "bleu1",
-        "exact_match",
-        "substring",
-        "jaccard",
-        "extractable",
+        *(f"composite/{k}" for k in ("bleu1", "exact_match", "substring", "jaccard", "extractable")),
         "semantic",
-        *(short_name(p) for p in cfg.eval.metrics),
+        *BENCHMARK_METRICS,
+        *(short_name(p) for p in cfg.eval.metrics if p not in BENCHMARK_METRICS),
     )
-    need(t.eval_metric in metrics, f"train.eval_metric={t.eval_metric!r}: choose one of {', '.join(metrics)}")
+    need(
+        t.eval_metric is None or t.eval_metric in metrics,
+        f"train.eval_metric={t.eval_metric!r}: choose one of {', '.join(metrics)}, or null for the benchmark's",
+    )
+    find_benchmark(d.benchmark)  # an unknown name is one line
     need(0 <= d.eval_fraction < 1, f"data.eval_fraction={d.eval_fraction}: must be in [0, 1)")
     need(0 <= d.max_skip_fraction <= 1, "data.max_skip_fraction must be in [0, 1]")
     for key in ("max_train_samples", "max_eval_samples"):
@@ -260,32 +270,44 @@ def validate(cfg: Config, python_rewards: typing.Iterable[str] = ()) -> None:
         f"model.quantization={m.quantization} needs model.lora=true (quantized weights stay frozen)",
     )
     need(e.batch_size >= 1, f"eval.batch_size={e.batch_size}: must be >= 1")
-    need(e.max_new_tokens >= 1, f"eval.max_new_tokens={e.max_new_tokens}: must be >= 1")
+    need(
+        e.max_new_tokens is None or e.max_new_tokens >= 1,
+        f"eval.max_new_tokens={e.max_new_tokens}: must be >= 1, or null for the benchmark's",
+    )
     need(e.temperature > 0, f"eval.temperature={e.temperature}: must be > 0")
     need(0 < e.top_p <= 1, f"eval.top_p={e.top_p}: must be in (0, 1]")
     need(e.bootstrap_samples >= 1, f"eval.bootstrap_samples={e.bootstrap_samples}: must be >= 1")
 
-    python_rewards = set(python_rewards)
-    unknown = [
-        c for c in r.components if c not in REWARD_COMPONENTS and not is_import_path(c) and c not in python_rewards
-    ]
+    # null components: the benchmark's metric, else composite (data/benchmarks.py), one reward
+    comps = r.components if r.components is not None else ["composite"]
+    python_rewards = set(python_rewards) | set(r.python_functions)  # the latter: refused where a run needs them
+    lost = [n for n in r.python_functions if n not in comps]
+    need(not lost, f"reward.python_functions: {lost[0] if lost else ''!r} is not in reward.components; drop it")
+    known = all_keys()
+    odd = [k for k in t.resume_allow if k not in known]
+    need(
+        not odd,
+        f"train.resume_allow: {odd[0] if odd else ''!r} is not a config key; name keys as section.key "
+        "(e.g. train.learning_rate)",
+    )
+    unknown = [c for c in comps if c not in REWARD_COMPONENTS and not is_import_path(c) and c not in python_rewards]
     need(
         not unknown,
         f"reward.components: unknown {unknown[0] if unknown else ''!r}; choose from "
         f"{', '.join(REWARD_COMPONENTS)}, or name your own function as package.module:function",
     )
-    twice = next((c for i, c in enumerate(r.components) if c in r.components[:i]), None)
+    twice = next((c for i, c in enumerate(comps) if c in comps[:i]), None)
     need(
         twice is None, f"reward.components names {twice!r} twice; name each reward once (weigh it with reward.weights)"
     )
-    for c in r.components:
+    for c in comps:
         if is_import_path(c):
             import_reward(c)  # a typo in the path stops here, naming the module or attribute
-    need(len(r.components) >= 1, "reward.components: need at least one reward")
+    need(len(comps) >= 1, "reward.components: need at least one reward")
     if r.weights is not None:  # null: 1.0 each
         need(
-            len(r.weights) == len(r.components),
-            f"reward.weights has {len(r.weights)} values for {len(r.components)} reward.components; give one weight "
+            len(r.weights) == len(comps),
+            f"reward.weights has {len(r.weights)} values for {len(comps)} reward.components; give one weight "
             "each, or null for 1.0 each",
         )
         need(all(w >= 0 for w in r.weights), f"reward.weights: weights must be >= 0, got {r.weights}")

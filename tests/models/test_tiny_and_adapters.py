@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 
 from vqa_grpo.config import DataConfig, ModelConfig
 from vqa_grpo.data.loader import load_vqa
+from vqa_grpo.data.prompts import user_text
 from vqa_grpo.data.synthetic import VOCABULARY
 from vqa_grpo.models.adapters import FamilyAdapter, PromptBatch, Qwen2VLAdapter
 from vqa_grpo.models.generation import completion_mask, decode, generate, predict_answers
@@ -84,13 +85,13 @@ def test_every_vocabulary_word_is_one_token_in_either_case(tok):
 def test_chat_template_holds_exactly_the_image_tokens_the_processor_expects(lm, size, visual_tokens):
     # Patches of 14 px merged 2x2: a 112 px image is an 8x8 patch grid -> 64 / 4 = 16 tokens;
     # 168 px is 12x12 -> 144 / 4 = 36.
-    text = lm.adapter.prompt_text(lm.processor, "Is there a red circle?")
+    text = lm.adapter.prompt_text(lm.processor, user_text("Is there a red circle?"))  # the default template
     assert text == (
         "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
         "Is there a red circle? Answer with a single word or short phrase.<|im_end|>\n"
         "<|im_start|>assistant\n"
     )
-    batch = lm.adapter.encode_prompts(lm.processor, [image(size)], ["Is there a red circle?"])
+    batch = lm.adapter.encode_prompts(lm.processor, [image(size)], [user_text("Is there a red circle?")])
     grid = batch.extra["image_grid_thw"]  # [1, 3] = (t, h, w) in patches
     assert grid.tolist() == [[1, size // 14, size // 14]]
     assert int((batch.input_ids == IMAGE_PAD).sum()) == int(grid.prod()) // 4 == visual_tokens

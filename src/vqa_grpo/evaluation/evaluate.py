@@ -1,9 +1,14 @@
 """``vqa-grpo evaluate``: batched generation on a data set, then every metric overall, per answer
 type and per question type, each with a 95% bootstrap confidence interval.
 
-metrics.json keys (fixed): ``n``, ``vqa_accuracy``, ``composite`` and the composite's parts,
-``per_answer_type`` and ``per_question_type`` (type -> {n, vqa_accuracy, ...}), ``ci95``
-(metric -> [low, high]), ``skipped`` (examples whose image failed to load).
+metrics.json keys (fixed): ``n``, ``vqa_accuracy`` (computed as ``vqa_convention`` names:
+official or lmms_eval), ``composite`` and its parts (``composite/bleu1``, ...), the benchmark
+metrics asked for (``anls``, ``relaxed_accuracy``, ``exact_match``, ``multiple_choice``: in
+eval.metrics or as train.eval_metric), ``per_answer_type`` and ``per_question_type`` (type -> {n, vqa_accuracy, ...}), ``ci95``
+(metric -> [low, high]), ``skipped`` (examples whose image failed to load), ``primary_metric``
+(the headline metric's key: train.eval_metric, else the benchmark's), and ``answerability`` (the
+"unanswerable" decision's precision, recall, F1 and VizWiz's figures, rewards/abstention.py) for
+VizWiz or data with unanswerable questions.
 """
 
 from __future__ import annotations
@@ -17,13 +22,16 @@ from pathlib import Path
 import numpy as np
 
 from vqa_grpo.config import Config
+from vqa_grpo.data.benchmarks import resolve as resolve_benchmark
 from vqa_grpo.data.prompts import prompt_template
 from vqa_grpo.data.types import VQAExample
 from vqa_grpo.errors import UserError
 from vqa_grpo.evaluation.sharded import predict_sharded
-from vqa_grpo.models.loading import LoadedModel, load_model, resolve_device
+from vqa_grpo.models.loading import LoadedModel, check_images, load_model, resolve_device
 from vqa_grpo.paths import check_folder
-from vqa_grpo.rewards import clean_answer, score_predictions
+from vqa_grpo.rewards import BENCHMARK_METRICS, clean_answer, score_predictions
+from vqa_grpo.rewards.benchmark import check_metrics_fit, requested_metrics
+from vqa_grpo.rewards.abstention import answerability, is_unanswerable
 from vqa_grpo.rewards.user import user_metrics
 from vqa_grpo.training.distributed import Dist
 
@@ -58,7 +66,8 @@ def summarise(scores: dict[str, np.ndarray], examples: list[VQAExample], samples
         out[key] = {}
         for name, idx in sorted(groups.items()):
             m = means(np.array(idx))
-            m["ci95"] = {"vqa_accuracy": bootstrap_ci(scores["vqa_accuracy"][idx], samples)}
+            shown = ["vqa_accuracy", *(k for k in scores if k in BENCHMARK_METRICS)]
+            m["ci95"] = {k: bootstrap_ci(scores[k][idx], samples) for k in shown}
             out[key][name] = m
     out["ci95"] = {k: bootstrap_ci(v, samples) for k, v in scores.items()}
     return out
@@ -84,14 +93,23 @@ def answer_and_score(
     lm: LoadedModel, examples: list[VQAExample], cfg: Config, device, dist: Dist | None = None, progress: bool = False
 ) -> Answered:
     """Answer ``examples`` (greedy unless eval.do_sample), each process its share, and score them."""
+    examples = check_images(examples, lm)  # an image the processor cannot take: skipped and counted
+    wanted = requested_metrics(cfg.eval.metrics, cfg.train.eval_metric)  # anls, relaxed_accuracy, ...
+    check_metrics_fit(wanted, [e.answers for e in examples], "the evaluation data")  # before generating
     template = prompt_template(cfg.data, cfg.reward.reasoning)
     texts = predict_sharded(dist or Dist(), lm, examples, cfg.eval, device, progress=progress, template=template)
     kept = [(e, t) for e, t in zip(examples, texts) if t is not None]
     answered = [e for e, _ in kept]
     raw = [t for _, t in kept]
     preds = [clean_answer(t, reasoning=cfg.reward.reasoning) for t in raw]
-    scores = score_predictions(preds, [e.answers for e in answered], [e.answer_type for e in answered])
-    scores.update(user_metrics(cfg.eval.metrics, raw, answered))
+    scores = score_predictions(
+        preds,
+        [e.answers for e in answered],
+        [e.answer_type for e in answered],
+        metrics=wanted,
+        vqa_convention=cfg.eval.vqa_convention,
+    )
+    scores.update(user_metrics([m for m in cfg.eval.metrics if m not in BENCHMARK_METRICS], raw, answered))
     return Answered(answered, raw, preds, scores, len(texts) - len(kept))
 
 
@@ -118,6 +136,7 @@ def evaluate(model_dir: str, examples: list[VQAExample], cfg: Config, out_dir: s
     rank 0 writes the outputs; every process returns the same metrics. An earlier evaluation in
     ``out_dir`` is replaced (``check_out_dir`` is where the command refuses that).
     """
+    cfg = resolve_benchmark(cfg)  # eval.max_new_tokens and the headline metric left to data.benchmark
     if out_dir is not None:
         check_out_dir(out_dir, overwrite=True)
     dist = Dist.from_env(cfg.train.device, cfg.train.collective_timeout)
@@ -133,6 +152,10 @@ def evaluate(model_dir: str, examples: list[VQAExample], cfg: Config, out_dir: s
     got = answer_and_score(lm, examples, cfg, device, dist, progress=cfg.train.progress and dist.is_main)
     metrics = summarise(got.scores, got.examples, cfg.eval.bootstrap_samples)
     metrics["skipped"] = got.skipped
+    metrics["primary_metric"] = cfg.train.eval_metric  # the headline: the benchmark's metric unless set
+    metrics["vqa_convention"] = cfg.eval.vqa_convention  # how vqa_accuracy was computed
+    if cfg.data.benchmark == "vizwiz" or any(is_unanswerable(e.answers) for e in got.examples):
+        metrics["answerability"] = answerability(got.predictions, [e.answers for e in got.examples])
     if out_dir is not None and dist.is_main:
         write_outputs(Path(out_dir), got.examples, got.raw, got.predictions, got.scores, metrics)
     dist.barrier()
@@ -160,11 +183,21 @@ def write_outputs(out: Path, examples, raw, preds, scores, metrics) -> None:
         os.replace(out / f"{name}.tmp", out / name)
 
 
-def format_table(metrics: dict, keys: tuple[str, ...] = ("vqa_accuracy", "composite", "exact_match")) -> str:
-    """The overall and per-answer-type metrics as a plain-text table."""
+def format_table(metrics: dict, keys: tuple[str, ...] | None = None) -> str:
+    """The overall and per-answer-type metrics as a plain-text table; ``keys`` default to
+    vqa_accuracy, the composite and the benchmark metrics computed."""
+    if keys is None:
+        keys = ("vqa_accuracy", "composite", *(k for k in BENCHMARK_METRICS if k in metrics))
     rows = [("overall", metrics)] + list(metrics.get("per_answer_type", {}).items())
     head = f"{'subset':<12} {'n':>6} " + " ".join(f"{k:>13}" for k in keys)
     lines = [head, "-" * len(head)]
     for name, m in rows:
         lines.append(f"{name:<12} {m['n']:>6} " + " ".join(f"{m.get(k, 0.0):>13.4f}" for k in keys))
+    a = metrics.get("answerability")
+    if a:
+        lines.append(
+            f"unanswerable {a['unanswerable']} of {a['n']}, abstained {a['abstained']}: precision "
+            f"{a['precision']:.4f} recall {a['recall']:.4f} F1 {a['f1']:.4f}, VizWiz average precision "
+            f"{a['vizwiz_average_precision']:.4f}"
+        )
     return "\n".join(lines)

@@ -3,12 +3,16 @@ FSDP and ZeRO-3), and the answers are gathered back into the examples' order."""
 
 from __future__ import annotations
 
+from vqa_grpo.data.prompts import DEFAULT_TEMPLATE
 from vqa_grpo.training.distributed import Dist
 
 
-def predict_sharded(dist: Dist, lm, examples: list, eval_cfg, device, *, progress: bool = False) -> list[str | None]:
+def predict_sharded(
+    dist: Dist, lm, examples: list, eval_cfg, device, *, progress: bool = False, template: str = DEFAULT_TEMPLATE
+) -> list[str | None]:
     """The raw answer to each example as ``eval_cfg`` (config.EvalConfig) asks (None where its image
     fails to load), each process answering its share and all getting every answer, in order.
+    ``template``: the prompt template each question is put in (data/prompts.py).
 
     With sharded weights (FSDP, ZeRO-3) every generate call is a collective: the examples whose image fails
     are dropped first (so that no rank skips a batch the others run), the shares are padded to
@@ -30,6 +34,7 @@ def predict_sharded(dist: Dist, lm, examples: list, eval_cfg, device, *, progres
             top_p=eval_cfg.top_p,
             progress=progress,
             any_rank=dist.synced_decoding(),
+            template=template,
         )
 
     if not dist.sharded_forward:

@@ -21,6 +21,7 @@ import torch
 from transformers import LogitsProcessorList
 
 from vqa_grpo.config import GRPOConfig, RewardConfig
+from vqa_grpo.data.prompts import prompt_template, user_texts
 from vqa_grpo.data.types import VQAExample
 from vqa_grpo.grpo.math import group_advantages
 from vqa_grpo.grpo.plan import choose_plan
@@ -55,6 +56,7 @@ class Rollout:
     # [R, C] truncated importance weights when vLLM sampled (grpo/vllm_backend.py)
     is_weights: torch.Tensor | None = None
     reward_seconds: dict[str, float] = field(default_factory=dict)  # each user reward function's wall time
+    completions: list[str] = field(default_factory=list)  # [R] decoded completions, as the model wrote them
 
     @property
     def shared_prefix(self) -> bool:
@@ -77,15 +79,17 @@ def make_rollout(
     vllm_sampler=None,
     reward_funcs: dict | None = None,
     plan: ForwardPlan | None = None,
+    template: str | None = None,
 ) -> Rollout:
     """Sample G completions for each question (one batched decode, or ``vllm_sampler``'s engine),
     score, and centre. ``plan``: the run's (default: chosen here for one process); a fused prefill
-    is not kept, since no loss follows here."""
+    is not kept, since no loss follows here. ``template``: the prompt template (data/prompts.py;
+    default: the one for ``reward.reasoning`` without a data config)."""
     plan = plan or choose_plan(model, adapter, replace(grpo, fuse_prefill="off"))
     if plan.fused:
         plan = replace(plan, loss="shared prefix")
     return make_rollout_and_prefill(
-        model, adapter, processor, examples, images, grpo, reward, device, vllm_sampler, reward_funcs, plan
+        model, adapter, processor, examples, images, grpo, reward, device, vllm_sampler, reward_funcs, plan, template
     )[0]
 
 
@@ -102,6 +106,7 @@ def make_rollout_and_prefill(
     vllm_sampler=None,
     reward_funcs: dict | None = None,
     plan: ForwardPlan | None = None,
+    template: str | None = None,
 ) -> tuple[Rollout, shared.Prefix | None]:
     """:func:`make_rollout`, and, when ``plan`` (default: chosen here for one process) fuses the
     prefill, the prompts' pass with gradient that sampling decoded from: hand it to the loss once
@@ -109,7 +114,8 @@ def make_rollout_and_prefill(
     plan has no fused prefill."""
     G = grpo.num_generations
     plan = plan or choose_plan(model, adapter, grpo)
-    prompts = adapter.encode_prompts(processor, images, [e.question for e in examples]).to(device)
+    asked = user_texts(examples, template or prompt_template(None, reward.reasoning))
+    prompts = adapter.encode_prompts(processor, images, asked).to(device)
     prefix, keep_prefill = None, plan.fused and vllm_sampler is None
     if keep_prefill:
         with torch.enable_grad():
@@ -124,7 +130,7 @@ def make_rollout_and_prefill(
     temps, top_ps = temps.to(device), top_ps.to(device)
     if vllm_sampler is not None:  # vLLM draws the samples; pi_old comes from the trainer (grpo/vllm_backend.py)
         comp, samp_logp = _sample_with_vllm(
-            vllm_sampler, model, adapter, processor, examples, images, grpo, temps, top_ps, device
+            vllm_sampler, model, adapter, processor, asked, images, grpo, temps, top_ps, device
         )
     else:
         sampler = RowwiseTemperatureTopP(temps, top_ps)
@@ -144,7 +150,7 @@ def make_rollout_and_prefill(
             decode=plan.decode,
         )
         samp_logp = sampling_logprobs(comp.scores, comp.ids) * comp.mask
-    texts = decode(processor, comp)
+    texts = decode(processor, comp)  # the raw completions
     rep_examples = [e for e in examples for _ in range(G)]
     # The rewards clean the raw completions themselves (the format reward needs them raw). An
     # empty completion is a normal policy output here, so the rewards' bad-input warning is kept
@@ -185,6 +191,7 @@ def make_rollout_and_prefill(
         bad_reward_inputs=scored.bad_inputs,
         plan=plan,
         reward_seconds=scored.seconds,
+        completions=texts,
     )
     return rollout, prefix
 
@@ -194,7 +201,7 @@ def _sample_with_vllm(
     model,
     adapter,
     processor,
-    examples,
+    user_texts: list[str],
     images,
     grpo: GRPOConfig,
     temps: torch.Tensor,
@@ -202,7 +209,7 @@ def _sample_with_vllm(
     device,
 ) -> tuple[Completions, torch.Tensor]:
     """G completions of each question from the colocated vLLM engine, and its per-token log-probs."""
-    texts = [adapter.prompt_text(processor, e.question) for e in examples]
+    texts = [adapter.prompt_text(processor, t) for t in user_texts]
     samples = vllm_sampler.sample(
         texts,
         images,

@@ -19,9 +19,6 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-# The seed's instruction (section 3.1), appended to every question.
-ANSWER_INSTRUCTION = " Answer with a single word or short phrase."
-
 
 def unwrap_ddp(model):
     """The model inside a DDP wrapper (``.module``: the loss's forward runs through the wrapper), or itself."""
@@ -91,16 +88,11 @@ class FamilyAdapter:
 
     # ---- prompts and batches ----
 
-    def prompt_text(self, processor, question: str) -> str:
-        """One user turn (the image, then the question and the seed's instruction) and the
-        assistant's turn opened, in the processor's chat template (the tokenizer's when the
-        processor has none: Phi-4-multimodal's processor does not reload its own)."""
-        messages = [
-            {
-                "role": "user",
-                "content": [{"type": "image"}, {"type": "text", "text": question.strip() + ANSWER_INSTRUCTION}],
-            }
-        ]
+    def prompt_text(self, processor, text: str) -> str:
+        """One user turn (the image, then ``text``: the question in the prompt template,
+        data/prompts.py) and the assistant's turn opened, in the processor's chat template (the
+        tokenizer's when the processor has none: Phi-4-multimodal's processor does not reload its own)."""
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
         owner = processor if getattr(processor, "chat_template", None) else processor.tokenizer
         if not getattr(owner, "chat_template", None):
             from vqa_grpo.errors import UserError
@@ -112,9 +104,10 @@ class FamilyAdapter:
         """Images as the processor takes them with B texts: one list of images per text."""
         return [[im] for im in images]
 
-    def encode_prompts(self, processor, images: list[Image.Image], questions: list[str]) -> PromptBatch:
-        """B prompts, one image each, left-padded to P tokens, with the processor's image tensors."""
-        texts = [self.prompt_text(processor, q) for q in questions]
+    def encode_prompts(self, processor, images: list[Image.Image], user_texts: list[str]) -> PromptBatch:
+        """B prompts, one image each, left-padded to P tokens, with the processor's image tensors.
+        ``user_texts``: each user turn's text (``data.prompts.user_text``: the question in the template)."""
+        texts = [self.prompt_text(processor, t) for t in user_texts]
         enc = processor(
             text=texts, images=self.processor_images(images), return_tensors="pt", padding=True, padding_side="left"
         )
@@ -203,6 +196,11 @@ class FamilyAdapter:
         return AutoProcessor.from_pretrained(
             path, trust_remote_code=cfg.trust_remote_code, **self.processor_kwargs(cfg)
         )
+
+    def image_problem(self, processor, image: Image.Image) -> str | None:
+        """Why the processor cannot take ``image`` (None when it can): such an example is skipped
+        and counted like an image that fails to decode (models.loading.check_images)."""
+        return None
 
     def processor_kwargs(self, cfg) -> dict:
         """Keyword arguments for ``AutoProcessor.from_pretrained`` from the model config."""
@@ -310,11 +308,12 @@ class Phi3VisionAdapter(FamilyAdapter):
     layout_token_names = ("special_image_token",)
     vision_pattern = r"model\.vision_embed_tokens\..*"  # the CLIP tower, separators and projection
     strict_weights = True
-    # The seed's prompt (section 3.1), written out: the official chat template takes text only.
-    PROMPT = "<|user|>\n<|image_1|>\n{question}" + ANSWER_INSTRUCTION + "<|end|>\n<|assistant|>\n"
+    # The official chat format written out (its chat template takes text only); {text} is the user
+    # turn's text (data/prompts.py).
+    PROMPT = "<|user|>\n<|image_1|>\n{text}<|end|>\n<|assistant|>\n"
 
-    def prompt_text(self, processor, question: str) -> str:
-        return self.PROMPT.format(question=question.strip())
+    def prompt_text(self, processor, text: str) -> str:
+        return self.PROMPT.format(text=text)
 
     def image_token_mask(self, processor, input_ids: torch.Tensor) -> torch.Tensor:
         return (input_ids < 0) | super().image_token_mask(processor, input_ids)
@@ -333,6 +332,9 @@ class Phi3VisionAdapter(FamilyAdapter):
 
     def processor_kwargs(self, cfg) -> dict:
         return {} if cfg.num_crops is None else {"num_crops": cfg.num_crops}
+
+    def image_problem(self, processor, image: Image.Image) -> str | None:
+        return processor.image_processor.layout_problem(image)
 
     def load_processor(self, path: str, cfg):
         from vqa_grpo.errors import UserError
@@ -360,10 +362,22 @@ ADAPTERS: dict[str, type[FamilyAdapter]] = {
 
 def adapter_for(model_type: str, family: str = "auto") -> FamilyAdapter:
     """The adapter named by ``family``, or detected from ``config.model_type`` when "auto"
-    (the generic adapter for a model type with no adapter of its own)."""
+    (the generic adapter for a model type with no adapter of its own).
+
+    A named family must fit the checkpoint: where ``model_type`` has an adapter of its own, only
+    the names of that adapter (qwen2_vl/qwen2_5_vl, llava/llava_next, idefics3/smolvlm) and
+    "generic" are taken; another family's prompt, image keys and position rule would run silently
+    wrong (llava's 1-D positions on Qwen2-VL give other log-probs)."""
     from vqa_grpo.errors import UserError
 
     name = model_type if family == "auto" else family
     if family != "auto" and name not in ADAPTERS:
         raise UserError(f"model.family={family!r} is not known; choose auto or one of {', '.join(ADAPTERS)}")
+    own = ADAPTERS.get(model_type)
+    if own is not None and family not in ("auto", "generic") and ADAPTERS[family] is not own:
+        fits = " or ".join(k for k, v in ADAPTERS.items() if v is own)
+        raise UserError(
+            f"model.family={family} does not fit this checkpoint, whose config.json has model_type={model_type!r}; "
+            f"set model.family=auto (or {fits}, or generic)"
+        )
     return ADAPTERS.get(name, FamilyAdapter)()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vqa_grpo.data.prompts import DEFAULT_TEMPLATE, user_texts
 from vqa_grpo.models import prefix as shared
 from vqa_grpo.models import prefix_sampling as sampling
 from vqa_grpo.models.adapters import FamilyAdapter, PromptBatch
@@ -190,9 +191,11 @@ def predict_answers(
     top_p: float = 0.9,
     progress: bool = False,
     any_rank=None,
+    template: str = DEFAULT_TEMPLATE,
 ) -> list[str | None]:
     """Decoded answers for ``examples`` in batches; None where the image failed to load.
-    ``any_rank``: synced decoding under sharded weights, as in :func:`generate`."""
+    ``any_rank``: synced decoding under sharded weights, as in :func:`generate`. ``template``:
+    the prompt template each question is put in (data/prompts.py)."""
     from tqdm.auto import tqdm
 
     from vqa_grpo.data.types import BadExample
@@ -210,7 +213,7 @@ def predict_answers(
             index.append(i)
         if not chunk:
             continue
-        prompts = adapter.encode_prompts(processor, images, [e.question for e in chunk]).to(device)
+        prompts = adapter.encode_prompts(processor, images, user_texts(chunk, template)).to(device)
         comp = generate(
             model,
             adapter,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from vqa_grpo.config import Config
+from vqa_grpo.data.prompts import DEFAULT_TEMPLATE, prompt_template, user_texts
 from vqa_grpo.grpo.logprobs import Reference, add_old_and_reference
 from vqa_grpo.grpo.plan import choose_plan
 from vqa_grpo.grpo.rollout import Rollout, make_rollout_and_prefill
@@ -47,10 +48,13 @@ def accumulate(parts: list[dict], into: dict) -> dict:
 # ---- SFT ---------------------------------------------------------------------------------------
 
 
-def sft_micro_loss(lm: LoadedModel, examples, images, device, total_tokens: float) -> tuple[torch.Tensor, dict]:
-    """Summed NLL of the ground-truth answers (and the stop token) divided by ``total_tokens``."""
+def sft_micro_loss(
+    lm: LoadedModel, examples, images, device, total_tokens: float, template: str = DEFAULT_TEMPLATE
+) -> tuple[torch.Tensor, dict]:
+    """Summed NLL of the ground-truth answers (and the stop token) divided by ``total_tokens``;
+    the prompts put each question in ``template`` (data/prompts.py)."""
     stop = lm.adapter.stop_token_ids(lm.processor, lm.model)[0]
-    prompts = lm.adapter.encode_prompts(lm.processor, images, [e.question for e in examples]).to(device)
+    prompts = lm.adapter.encode_prompts(lm.processor, images, user_texts(examples, template)).to(device)
     ids, mask = answer_tokens(lm.processor.tokenizer, [e.answer for e in examples], stop)
     ids, mask = ids.to(device), mask.to(device)
     logp, _ = completion_logprobs(lm.model, lm.adapter, prompts, ids, mask, with_entropy=False)
@@ -68,10 +72,11 @@ def sft_step(cfg: Config, lm: LoadedModel, batches: Batches, device, dist: Dist 
     whole step on every process (times the world size, as the wrapper averages the gradients)."""
     micro = [batches.next() for _ in range(cfg.train.gradient_accumulation_steps)]
     total = dist.sum(sum(answer_token_count(lm, ex) for ex, _ in micro)) / dist.world
+    template = prompt_template(cfg.data, cfg.reward.reasoning)
     stats: dict = {}
     for i, (ex, im) in enumerate(micro):
         with dist.no_sync(lm.model, sync=i == len(micro) - 1), autocast(cfg, device):
-            loss, s = sft_micro_loss(lm, ex, im, device, total)
+            loss, s = sft_micro_loss(lm, ex, im, device, total, template)
             dist.backward(loss)
         stats = accumulate([s, {"loss": float(loss.detach())}], stats)
     stats["nll"] = stats["loss"]  # the step's token-mean NLL, whatever the micro-batch layout
@@ -146,7 +151,7 @@ class GRPOSteps:
                 )
             self.rollout_seconds = time.time() - t0
             if self.samples_log and (step + 1) % cfg.train.logging_steps == 0:  # the step its metrics log as
-                log_completions(self.samples_log, step + 1, self.pending.rollouts[0])
+                log_completions(self.samples_log, step + 1, self.pending.rollouts, cfg.train.log_completion_groups)
         with autocast(cfg, device):
             stats = grpo_backward(cfg, lm, self.pending, self.dist)
         if sampled:
@@ -193,6 +198,7 @@ def make_rollouts(
             vllm,
             reward_funcs=reward_funcs,
             plan=plan,
+            template=prompt_template(cfg.data, cfg.reward.reasoning),
         )
         rollouts.append(add_old_and_reference(ro, lm.model, lm.adapter, ref, cfg.grpo, vllm_sampled=vllm is not None))
         prefills.append(prefill)
@@ -251,26 +257,32 @@ def rollout_stats(ro) -> dict:
     return out
 
 
-def log_completions(f, step: int, ro) -> None:
-    """The first question of a rollout with its G answers and rewards, one JSON line."""
-    ex, G = ro.examples[0], ro.group_size
-    f.write(
-        json.dumps(
-            {
+def log_completions(f, step: int, rollouts: list, groups: int | None = None) -> None:
+    """One JSON line per question group of the step's rollouts (the first ``groups`` of them; None:
+    all): its question and references, its G completions as the model wrote them (``raw``) and as
+    the rewards scored them (``completions``, cleaned), their rewards, reward parts and advantages."""
+    written = 0
+    for ro in rollouts:
+        G = ro.group_size
+        for b, ex in enumerate(ro.examples):
+            if groups is not None and written >= groups:
+                break
+            rows = slice(b * G, (b + 1) * G)
+            record = {
                 "step": step,
                 "id": ex.id,
                 "question": ex.question,
                 "answers": ex.answers,
-                "completions": ro.answers[:G],
-                "rewards": [round(float(x), 4) for x in ro.rewards[:G]],
+                "raw": ro.completions[rows],
+                "completions": ro.answers[rows],
+                "rewards": [round(float(x), 4) for x in ro.rewards[rows]],
                 "reward_parts": {
-                    k: [None if v != v else round(float(v), 4) for v in part[:G].tolist()]
+                    k: [None if v != v else round(float(v), 4) for v in part[rows].tolist()]
                     for k, part in ro.reward_parts.items()
                     if "/" not in k
                 },
-                "advantages": [round(float(x), 4) for x in ro.advantages[:G]],
+                "advantages": [round(float(x), 4) for x in ro.advantages[rows]],
             }
-        )
-        + "\n"
-    )
+            f.write(json.dumps(record) + "\n")
+            written += 1
     f.flush()
