@@ -38,22 +38,34 @@ def train(cfg: Config, data: Data = None, *, reward_funcs=None, reward_weights: 
     list of callables (functions, lambdas, partials, callable objects; named by ``__name__`` or the
     class name) or a dict name -> callable. Each is added to reward.components unless already
     named there; ``reward_weights`` then gives every component's weight (reward.weights), in
-    order; without it an added function weighs 1.0."""
+    order; without it an added function weighs 1.0.
+
+    The run's config.yaml names a function by its import path (``module:qualname``) where it has
+    one, so that the file loads and resumes from the command line; a lambda, a closure or a
+    function of a script's ``__main__`` is listed in reward.python_functions, and a run from that
+    file (or a resume) without it passed again is refused naming it."""
+    from vqa_grpo.config_keys import given_keys
     from vqa_grpo.config_load import check_config
+    from vqa_grpo.data.benchmarks import resolve
 
     named = _named(reward_funcs)
-    cfg = _with_rewards(check_config(cfg, named), named, reward_weights)
-    return _run(check_config(cfg, named), "grpo", data, named)
+    path = str(data) if isinstance(data, (str, Path)) else None  # the benchmark's reward comes first
+    given = given_keys(cfg) | _set_here(named, reward_weights, path)  # what a resume compares with its checkpoint
+    cfg = _with_rewards(resolve(check_config(cfg, named), path), named, reward_weights)
+    cfg, pathless = _recorded(check_config(cfg, named), named)
+    return _run(check_config(cfg, pathless), "grpo", data, pathless, given)
 
 
 def sft(cfg: Config, data: Data = None):
     """Supervised fine-tuning on the ground-truth answers (the seed report's eq. 1); as :func:`train`."""
+    from vqa_grpo.config_keys import given_keys
     from vqa_grpo.config_load import check_config
 
-    return _run(check_config(cfg), "sft", data)
+    given = given_keys(cfg) | _set_here({}, None, str(data) if isinstance(data, (str, Path)) else None)
+    return _run(check_config(cfg), "sft", data, None, given)
 
 
-def _run(cfg: Config, mode: str, data: Data, reward_funcs: dict | None = None):
+def _run(cfg: Config, mode: str, data: Data, reward_funcs: dict | None, given: frozenset[str]):
     import dataclasses
 
     from vqa_grpo.training.loop import run
@@ -61,7 +73,53 @@ def _run(cfg: Config, mode: str, data: Data, reward_funcs: dict | None = None):
     if isinstance(data, (str, Path)):  # a path: the same as data.path
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(data)))
         data = None
-    return run(cfg, mode, data=data, reward_funcs=reward_funcs)
+    return run(cfg, mode, data=data, reward_funcs=reward_funcs, given=given)
+
+
+def _set_here(named: dict, weights: list[float] | None, path: str | None) -> set[str]:
+    """The keys the call's arguments set (reward_funcs, reward_weights, a data path)."""
+    return (
+        ({"reward.components", "reward.python_functions"} if named else set())
+        | ({"reward.weights"} if weights is not None else set())
+        | ({"data.path"} if path is not None else set())
+    )
+
+
+def import_path(func) -> str | None:
+    """``module:qualname`` when importing it gives back ``func`` itself (a function defined at the
+    top level of an importable module, or a class's static method); else None: a lambda, a closure, a
+    partial, a callable object, or anything of ``__main__`` (which another process cannot import)."""
+    import importlib
+
+    module, qualname = getattr(func, "__module__", None), getattr(func, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str) or module == "__main__" or "<" in qualname:
+        return None
+    try:
+        found = importlib.import_module(module)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except Exception:  # not importable as named: record it as a function without a path
+        return None
+    return f"{module}:{qualname}" if found is func else None
+
+
+def _recorded(cfg: Config, named: dict) -> tuple[Config, dict]:
+    """``cfg`` with each Python function of reward.components named by its import path where it has
+    one (the run imports it from there), the others listed in reward.python_functions; and those
+    others, name -> callable, for the run."""
+    import dataclasses
+
+    paths: dict[str, str] = {}
+    for name, func in named.items():
+        path = import_path(func)
+        if path is not None and path not in paths.values() and path not in cfg.reward.components:
+            paths[name] = path
+    components = [paths.get(c, c) for c in cfg.reward.components]
+    pathless = {n: f for n, f in named.items() if n not in paths}
+    kept = [n for n in cfg.reward.python_functions if n in components and n not in named]  # from a loaded config.yaml
+    python = [c for c in components if c in pathless or c in kept]
+    reward = dataclasses.replace(cfg.reward, components=components, python_functions=python)
+    return dataclasses.replace(cfg, reward=reward), pathless
 
 
 def _named(reward_funcs) -> dict:
@@ -103,11 +161,13 @@ def _with_rewards(cfg: Config, named: dict, weights: list[float] | None) -> Conf
     import dataclasses
 
     from vqa_grpo.errors import UserError
+    from vqa_grpo.rewards.registry import reward_components
 
-    components = list(cfg.reward.components) + [n for n in named if n not in cfg.reward.components]
+    before = reward_components(cfg.reward)
+    components = before + [n for n in named if n not in before]
     if weights is None:
         given = cfg.reward.weights
-        weights = None if given is None else [*given, *[1.0] * (len(components) - len(cfg.reward.components))]
+        weights = None if given is None else [*given, *[1.0] * (len(components) - len(before))]
     else:
         weights = [float(w) for w in weights]
         if len(weights) != len(components):
@@ -132,6 +192,7 @@ def evaluate(
     (seeded by ``train.seed``, stratified by answer type, in file order)."""
     from vqa_grpo.config import Config
     from vqa_grpo.config_load import check_config
+    from vqa_grpo.data.benchmarks import check_fit, resolve
     from vqa_grpo.data.loader import load_examples, read_examples
     from vqa_grpo.data.sources import memory_source
     from vqa_grpo.data.splits import limit
@@ -139,6 +200,7 @@ def evaluate(
     from vqa_grpo.evaluation.evaluate import evaluate as _evaluate
 
     cfg = check_config(cfg) if cfg is not None else Config()
+    cfg = resolve(cfg, str(data) if isinstance(data, (str, Path)) else None)  # the preset's benchmark
     if out is not None:
         check_out_dir(out, overwrite)
     if isinstance(data, (str, Path)):
@@ -146,4 +208,5 @@ def evaluate(
     else:
         examples, _ = read_examples(memory_source(data, cfg.data), cfg.data)
     examples = limit(examples, cfg.data.max_eval_samples, cfg.train.seed, "eval")
+    check_fit(cfg, examples)
     return _evaluate(str(model), examples, cfg, out)

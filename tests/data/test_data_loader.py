@@ -65,6 +65,7 @@ FIELDS = ["id", "image", "question", "answer", "answers", "question_type", "answ
 EXPECTED_TYPES = {"yes/no": 3, "number": 2, "other": 3}  # q1 q4 q7 / q2 q6 / q3 q5 q8
 LENIENT = 0.5  # the fixture skips 7 of 15 rows on purpose
 NOT_IN_EVERY_FORMAT = {"question_not_text": 0, "answer_not_text": 0}  # JSON types: test_user_defects_a.py
+NOT_IN_EVERY_FORMAT["several_images"] = 0  # TRL's images lists: tests/data/test_trl_rows.py
 
 
 def png_header_only(width: int, height: int) -> bytes:

@@ -202,7 +202,7 @@ def test_reward_funcs_from_python(tiny_model_dir, synth_dir, tmp_path):
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("reward/length_penalty" in m for m in metrics)
     with pytest.raises(UserError, match=r"reward weights: 1 for 2 reward components \(vqa_accuracy, length_penalty\)"):
-        vqa_grpo.train(cfg, reward_funcs=[length_penalty])
+        vqa_grpo.train(cfg, reward_funcs=[length_penalty], reward_weights=[1.0])
 
 
 def test_a_function_as_an_evaluation_metric(user_module, tiny_model_dir, synth_dir, tmp_path):

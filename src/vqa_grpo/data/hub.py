@@ -26,14 +26,14 @@ import ast
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import fields
+from dataclasses import fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from vqa_grpo.config import ColumnsConfig, DataConfig
 from vqa_grpo.data.hub_presets import _SCRIPT_SUCCESSORS, PRESETS, Preset
-from vqa_grpo.data.rows import Row, Source, dataset_cell, dataset_rows
+from vqa_grpo.data.rows import Row, Source, dataset_cell, dataset_rows, undecoded
 from vqa_grpo.errors import UserError
 
 PREFIX = "hf:"
@@ -59,13 +59,35 @@ def find_preset(key: str | None, name: str) -> Preset | None:
     """The preset ``data.preset`` asks for; None (the default) picks it from the name."""
     if key is not None and key.strip().lower() == "none":
         return None
-    wanted = name if key is None else key.strip()
+    wanted = (name if key is None else key.strip()).lower()
     for hub_id, preset in PRESETS.items():
-        if hub_id.lower() == wanted.lower():
+        if wanted in (i.lower() for i in (hub_id, *preset.aliases)):
             return preset
     if key is None:
         return None
     raise UserError(f"data.preset={key!r} is not a known preset; choose one of {', '.join(PRESETS)}, or none")
+
+
+def preset_benchmark(cfg: DataConfig, name: str) -> str | None:
+    """The benchmark of the preset that ``hf:NAME`` reads (by data.preset and data.config_name), or None."""
+    preset = find_preset(cfg.preset, name)
+    if preset is None:
+        return None
+    config = cfg.config_name or preset.default_config
+    return preset.config_benchmarks.get(config, preset.benchmark) if config else preset.benchmark
+
+
+def _in_form(preset: Preset | None, benchmark: str | None) -> Preset | None:
+    """The preset reading the form of the data that ``benchmark`` asks for (its columns, made by
+    its transform), or the preset itself."""
+    form = preset.forms.get((benchmark or "").strip().lower()) if preset is not None else None
+    if not form:
+        return preset
+    return replace(
+        preset,
+        columns={**preset.columns, **{k: column for k, (column, _) in form.items()}},
+        derived={**preset.derived, **{k: how for k, (_, how) in form.items()}},
+    )
 
 
 def check_preset_key(key: str | None) -> str | None:
@@ -101,7 +123,7 @@ def hub_source(path: str, cfg: DataConfig) -> Source:
             f"data.format={cfg.format!r} does not apply to {path}: hf: paths are read by datasets.load_dataset; drop "
             "data.format"
         )
-    preset = find_preset(cfg.preset, name)
+    preset = _in_form(find_preset(cfg.preset, name), cfg.benchmark)
     base, slice_ = re.fullmatch(r"([^\[]*)(.*)", cfg.split.strip()).groups()  # "validation[:100]"
     if preset is not None:
         base = preset.split_alias.get(base, base)
@@ -171,12 +193,7 @@ def _load(name: str, config_name: str | None, split: str, streaming: bool, asked
 
 
 def _undecoded(ds: Any, image_col: str) -> Any:
-    import datasets
-
-    features = getattr(ds, "features", None) or {}
-    if image_col in features and isinstance(features[image_col], datasets.Image):
-        ds = ds.cast_column(image_col, datasets.Image(decode=False))  # cells become {"bytes", "path"}
-    return ds
+    return undecoded(ds, image_col)  # cells become {"bytes", "path"}
 
 
 def _column_names(ds: Any) -> set[str] | None:

@@ -5,6 +5,9 @@ dataset). The readers are in sources.py, hub.py and vqa_v2.py; loader.py turns r
 
 from __future__ import annotations
 
+import ast
+import json
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -40,6 +43,7 @@ class Source:
 
 
 def dataset_rows(ds: Any, image_col: str) -> Iterator[Row]:
+    image_col = image_column(ds.column_names, image_col)
     has_image = image_col in ds.column_names
     start = 0
     for batch in ds.iter(batch_size=256):
@@ -53,4 +57,135 @@ def dataset_rows(ds: Any, image_col: str) -> Iterator[Row]:
 
 
 def dataset_cell(ds: Any, index: int, column: str) -> Any:
-    return ds[index][column]
+    return only_image(ds[index][column])
+
+
+# ----------------------------------------------------------------------------------------------
+# TRL's layouts: a conversational ``prompt`` column holds the question, an ``images`` column the
+# image (a list), and a reward function gets every other column by name (rewards/user.py).
+
+PROMPT_COLUMN = "prompt"
+"""TRL's prompt column: read as the question when data.columns.question is the default and absent."""
+IMAGES_COLUMN = "images"
+"""TRL's list of images: read as the image when data.columns.image is the default and absent."""
+_FIELDS = ("id", "question", "answer", "answers", "answer_type", "question_type", "image")
+
+
+def image_column(names: Any, image_col: str) -> str:
+    """The column holding the image: ``image_col``, or TRL's ``images`` when the default is absent."""
+    names = set(names or ())
+    if image_col == "image" and image_col not in names and IMAGES_COLUMN in names:
+        return IMAGES_COLUMN
+    return image_col
+
+
+def fallback_columns(seen: set[str], columns: ColumnsConfig) -> set[str]:
+    """The default field columns that TRL's ``prompt`` and ``images`` columns stand in for."""
+    out = set()
+    if columns.question == "question" and PROMPT_COLUMN in seen:
+        out.add("question")
+    if columns.image == "image" and IMAGES_COLUMN in seen:
+        out.add("image")
+    return out
+
+
+def question_cell(values: dict[str, Any], columns: ColumnsConfig) -> Any:
+    """The question's cell: the mapped column's, or TRL's ``prompt`` when the default ``question``
+    is absent; a conversational cell (a list of {role, content} messages) gives the text of its
+    last user turn (a string, or the text parts of a list of {type: text/image} parts, joined by a
+    space); system and earlier turns are not used, as vqa-grpo writes the prompt itself."""
+    cell = values.get(columns.question)
+    if cell is None and columns.question == "question":
+        cell = values.get(PROMPT_COLUMN)
+    if isinstance(cell, (list, tuple)) and cell and all(isinstance(m, dict) and "role" in m for m in cell):
+        users = [m for m in cell if m.get("role") == "user"]
+        content = users[-1].get("content") if users else None
+        if isinstance(content, (list, tuple)):
+            texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+            content = " ".join(t.strip() for t in texts if isinstance(t, str) and t.strip())
+        return content
+    return cell
+
+
+def image_cell(values: dict[str, Any], columns: ColumnsConfig) -> tuple[Any, str]:
+    """The image's cell and "" , or (None, why) for a row with several images (one image per
+    question here); a list of one image (TRL's ``images``) is that image."""
+    cell = values.get(image_column(values, columns.image))
+    if hasattr(cell, "tolist") and not isinstance(cell, (str, bytes)):
+        cell = cell.tolist()  # an array of images from pandas
+    if isinstance(cell, (list, tuple)):
+        if len(cell) > 1:
+            return None, f"{len(cell)} images; vqa-grpo takes one image per question"
+        return (cell[0] if cell else None), ""
+    return cell, ""
+
+
+def undecoded(ds: Any, image_col: str) -> Any:
+    """``ds`` with its image column (or TRL's ``images`` list) left encoded: cells {"bytes", "path"}."""
+    import datasets
+
+    features = getattr(ds, "features", None) or {}
+    col = image_column(list(features), image_col)
+    feature = features.get(col)
+    if isinstance(feature, datasets.Image):
+        return ds.cast_column(col, datasets.Image(decode=False))
+    if isinstance(getattr(feature, "feature", None), datasets.Image):  # List(Image) / Sequence(Image)
+        return ds.cast_column(col, datasets.List(datasets.Image(decode=False)))
+    return ds
+
+
+def only_image(cell: Any) -> Any:
+    """The one image of a list cell (TRL's ``images``), else the cell."""
+    return cell[0] if isinstance(cell, (list, tuple)) and len(cell) == 1 else cell
+
+
+def row_fields(values: dict[str, Any], columns: ColumnsConfig, example: Any) -> dict[str, Any]:
+    """The row's columns by name for reward functions (``VQAExample.fields``): each column not
+    mapped to a field as it is (a numpy value as a list or scalar); a mapped column under its own
+    name carries the field's value as read (``solution`` mapped to the answer: the answer text).
+    Left out: the image column(s), binary cells (bytes, images) and the columns named like a
+    field, which reward functions get as that field."""
+    mapped = {getattr(columns, f): f for f in _FIELDS}
+    if columns.question == "question" and "question" not in values:
+        mapped.setdefault(PROMPT_COLUMN, "question")
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        if not isinstance(name, str) or name in _FIELDS or name == IMAGES_COLUMN:
+            continue
+        field_name = mapped.get(name)
+        if field_name == "image":
+            continue
+        if field_name is not None:
+            out[name] = getattr(example, field_name)
+        elif not _binary(value):
+            out[name] = value.tolist() if hasattr(value, "tolist") and not isinstance(value, (str, bytes)) else value
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Cell values written as text.
+
+
+def parse_list(text: str) -> list | None:
+    """A list written as JSON or as a Python literal (pandas writes list cells that way to CSV)."""
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            value = parse(text)
+        except (ValueError, SyntaxError, TypeError, RecursionError):
+            continue
+        if isinstance(value, list):
+            return value
+    return None
+
+
+def most_common(answers: list[str]) -> str:
+    if not answers:
+        return ""
+    counts = Counter(answers)
+    return max(counts, key=counts.__getitem__)  # ties: the first seen
+
+
+def _binary(value: Any) -> bool:
+    if isinstance(value, (bytes, bytearray, memoryview)) or (isinstance(value, dict) and "bytes" in value):
+        return True
+    return type(value).__module__.startswith("PIL.")

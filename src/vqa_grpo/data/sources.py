@@ -23,7 +23,7 @@ from typing import Any
 
 from vqa_grpo.config import DataConfig
 from vqa_grpo.data.hub import hub_source, is_hub_path
-from vqa_grpo.data.rows import Row, Source, dataset_rows
+from vqa_grpo.data.rows import Row, Source, dataset_rows, image_column, only_image, undecoded
 from vqa_grpo.data.vqa_v2 import looks_like_vqa_v2, vqa_v2_source
 from vqa_grpo.errors import UserError
 
@@ -99,10 +99,8 @@ def memory_source(data: Any, cfg: DataConfig) -> Source:
     if datasets is not None and isinstance(data, datasets.DatasetDict):
         raise UserError(f"data is a DatasetDict with splits {', '.join(data)}; pass one split, e.g. data['train']")
     if datasets is not None and isinstance(data, datasets.Dataset):
-        col = cfg.columns.image
-        if col in data.column_names and isinstance(data.features[col], datasets.Image):
-            data = data.cast_column(col, datasets.Image(decode=False))  # cells become {"bytes", "path"}
-        return Source("Dataset", Path.cwd(), dataset_rows(data, col), cfg.columns)
+        data = undecoded(data, cfg.columns.image)  # cells become {"bytes", "path"}
+        return Source("Dataset", Path.cwd(), dataset_rows(data, cfg.columns.image), cfg.columns)
     raise UserError(
         f"data must be a pandas DataFrame, a datasets.Dataset or a list of dicts, got {type(data).__name__}"
     )
@@ -246,21 +244,22 @@ def _parquet_rows(files: list[Path], image_col: str) -> Iterator[Row]:
             pf = pq.ParquetFile(path)
         except (pa.ArrowException, OSError) as e:
             raise UserError(f"{path} is not a readable Parquet file ({e})") from None
-        has_image = image_col in pf.schema_arrow.names
+        col = image_column(pf.schema_arrow.names, image_col)
+        has_image = col in pf.schema_arrow.names
         for group in range(pf.num_row_groups):
             table = pf.read_row_group(group)
-            images = table.column(image_col).to_pylist() if has_image else []
-            others = table.drop_columns([image_col]) if has_image else table
+            images = table.column(col).to_pylist() if has_image else []
+            others = table.drop_columns([col]) if has_image else table
             for i, values in enumerate(others.to_pylist()):
                 reread = None
                 if has_image:
-                    values[image_col] = images[i]
-                    reread = partial(_parquet_cell, str(path), group, i, image_col)
+                    values[col] = images[i]
+                    reread = partial(_parquet_cell, str(path), group, i, col)
                 yield Row(values, reread)
 
 
 def _parquet_cell(path: str, group: int, index: int, column: str) -> Any:
-    return _parquet_column(path, group, column)[index]
+    return only_image(_parquet_column(path, group, column)[index])
 
 
 @lru_cache(maxsize=1)  # one row group's images at a time: sequential reads decompress each group once
@@ -287,10 +286,8 @@ def _datasets_source(p: Path, cfg: DataConfig) -> Source:
         ds = datasets.load_from_disk(str(p))
     except (FileNotFoundError, ValueError, OSError) as e:
         raise UserError(f"{p} is not a datasets folder written by save_to_disk ({e})") from None
-    col = cfg.columns.image
-    if col in ds.column_names and isinstance(ds.features[col], datasets.Image):
-        ds = ds.cast_column(col, datasets.Image(decode=False))  # cells become {"bytes", "path"}
-    return Source(f"{p} (datasets)", p, dataset_rows(ds, col), cfg.columns)
+    ds = undecoded(ds, cfg.columns.image)  # cells become {"bytes", "path"}
+    return Source(f"{p} (datasets)", p, dataset_rows(ds, cfg.columns.image), cfg.columns)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,13 +1,14 @@
 """The example every data source yields, whatever its file format.
 
-The dataset yields images, questions, answers, types and ids; the prompt is built by the model
-family's adapter, never here.
+The dataset yields images, questions, answers, types and ids (and the row's other columns, for
+reward functions); the prompt's text comes from data/prompts.py and its chat format from the model
+family's adapter.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from PIL import Image
 
@@ -43,6 +44,9 @@ class VQAExample:
     answer_type: str = "other"
     question_type: str = "none of the above"
     image_loader: Callable[[], Image.Image] | None = field(default=None, repr=False, compare=False)
+    fields: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    """The row's other columns by name (data/rows.py ``row_fields``), which reward functions get
+    as keyword arguments, as in TRL; image and binary cells are left out."""
 
     def load_image(self) -> Image.Image:
         """The image as RGB; raises BadExample when it cannot be decoded."""

@@ -16,23 +16,41 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from vqa_grpo.rewards.abstention import abstention_batch
 from vqa_grpo.rewards.answer_type import answer_type_batch
+from vqa_grpo.rewards.benchmark import BENCHMARK_METRICS
 from vqa_grpo.rewards.composite import SEED_REPORT_WEIGHTS, composite_batch
 from vqa_grpo.rewards.format import clean_answer, format_batch
 from vqa_grpo.rewards.inputs import as_references, as_text, warn_bad
 from vqa_grpo.rewards.semantic import semantic_available, semantic_batch
 from vqa_grpo.rewards.vqa_accuracy import vqa_accuracy_batch
 
-REWARD_COMPONENTS: tuple[str, ...] = ("composite", "vqa_accuracy", "answer_type", "format", "semantic")
+REWARD_COMPONENTS: tuple[str, ...] = (
+    "composite",
+    "vqa_accuracy",
+    "answer_type",
+    "format",
+    "semantic",
+    "abstention",
+    *BENCHMARK_METRICS,
+)
 
-__all__ = ["REWARD_COMPONENTS", "RewardResult", "clean_answer", "compute_rewards", "score_predictions"]
+__all__ = [
+    "REWARD_COMPONENTS",
+    "RewardResult",
+    "clean_answer",
+    "compute_rewards",
+    "reward_weights",
+    "score_predictions",
+]
 
 
 @dataclass
 class RewardResult:
     """Rewards of N completions.
 
-    total: [N] float64, sum over cfg.components of weight * component score.
+    total: [N] float64, sum over cfg.components of weight * component score (weights 1.0 each
+        when cfg.weights is None; they need not sum to 1).
     parts: each component's score [N] under its name; with "composite", also its five parts as
         "composite/bleu1", "composite/exact_match", "composite/substring", "composite/jaccard",
         "composite/extractable".
@@ -62,6 +80,18 @@ def _prepare(
     return preds, refs, types, warn_bad(where, bad)
 
 
+def reward_components(cfg: Any) -> list[str]:
+    """``cfg.components``; None (a RewardConfig's default, which a run first resolves to its
+    benchmark's metric: data/benchmarks.py) is the composite alone."""
+    return ["composite"] if cfg.components is None else list(cfg.components)
+
+
+def reward_weights(cfg: Any) -> list[float]:
+    """Each of ``cfg.components``' weight: ``cfg.weights``, or 1.0 each when it is None (TRL's default)."""
+    weights = getattr(cfg, "weights", None)
+    return [1.0] * len(reward_components(cfg)) if weights is None else [float(w) for w in weights]
+
+
 def compute_rewards(
     predictions: list[str],
     answers: list[list[str]],
@@ -71,7 +101,8 @@ def compute_rewards(
     functions: dict | None = None,
     examples: Sequence[Any] | None = None,
 ) -> RewardResult:
-    """Each of ``cfg.components`` for every completion, and their weighted sum by ``cfg.weights``.
+    """Each of ``cfg.components`` for every completion, and their weighted sum by ``cfg.weights``
+    (1.0 each when None): total = sum_i weight_i * score_i, a None score adding nothing.
 
     predictions: raw decoded completions [N]; answers: reference answers per example [N][k];
     answer_types: "yes/no", "number", "other", or anything else to infer it from the answers.
@@ -80,7 +111,10 @@ def compute_rewards(
     ``number_partial_credit`` (answer_type reward; default False) and ``composite_guard`` (the
     composite's guard against repeated or listed answers, rewards/composite.py, for the composite and
     answer_type's "other" answers; default False here, True in RewardConfig).
-    vqa_accuracy as a reward is the lenient mode (always normalise both sides).
+    vqa_accuracy as a reward always normalises both sides: the official convention's lenient
+    mode, or lmms-eval's accuracy when ``cfg`` has ``vqa_convention="lmms_eval"`` (a run sets it
+    from eval.vqa_convention). anls, relaxed_accuracy, exact_match, multiple_choice: the
+    benchmarks' metrics (rewards/benchmark.py).
 
     The user's functions (rewards/user.py): a component that is an import path
     (``module:function``) or a key of ``functions`` (name -> callable or UserReward) is called
@@ -90,7 +124,7 @@ def compute_rewards(
     """
     from vqa_grpo.rewards.user import UserReward, example_columns, resolve
 
-    components, weights = list(cfg.components), list(cfg.weights)
+    components, weights = reward_components(cfg), reward_weights(cfg)
     functions = functions or {}
     ready = {k: v for k, v in functions.items() if isinstance(v, UserReward)}  # resolved once per run (loop.run)
     given = {k: v for k, v in functions.items() if not isinstance(v, UserReward)}
@@ -118,8 +152,11 @@ def compute_rewards(
             comp = composite_batch(preds, refs, cfg.composite_weights, getattr(cfg, "composite_guard", False))
             parts["composite"] = comp.pop("total")
             parts.update({f"composite/{k}": v for k, v in comp.items()})
-        elif name == "vqa_accuracy":
-            parts[name] = vqa_accuracy_batch(preds, refs, official=False)
+        elif name == "vqa_accuracy":  # the official convention's lenient form: always normalise
+            convention = getattr(cfg, "vqa_convention", "official")
+            parts[name] = vqa_accuracy_batch(preds, refs, official=False, convention=convention)
+        elif name in BENCHMARK_METRICS:
+            parts[name] = BENCHMARK_METRICS[name](preds, refs)
         elif name == "answer_type":
             partial = bool(getattr(cfg, "number_partial_credit", False))
             guard = bool(getattr(cfg, "composite_guard", False))  # its "other" answers are scored by the composite
@@ -128,6 +165,8 @@ def compute_rewards(
             parts[name] = format_batch(predictions, reasoning=reasoning)
         elif name == "semantic":
             parts[name] = semantic_batch(preds, refs)
+        elif name == "abstention":
+            parts[name] = abstention_batch(preds, refs)
     total = np.zeros(len(preds), dtype=np.float64)
     for name, weight in zip(components, weights):
         part = parts[user[name].name if name in user else name]
@@ -136,19 +175,33 @@ def compute_rewards(
 
 
 def score_predictions(
-    predictions: list[str], answers: list[list[str]], answer_types: list[str], *, reasoning: bool = False
+    predictions: list[str],
+    answers: list[list[str]],
+    answer_types: list[str],
+    *,
+    reasoning: bool = False,
+    metrics: Sequence[str] = (),
+    vqa_convention: str = "official",
 ) -> dict[str, np.ndarray]:
     """Per-example evaluation metrics, each a float64 array [N] in [0, 1].
 
-    Keys: "vqa_accuracy" (official mode), "composite" (seed weights) and its parts "bleu1",
-    "exact_match", "substring", "jaccard", "extractable", and "semantic" only when the optional
-    extra is installed. Predictions are cleaned with ``clean_answer`` first (a no-op on answers
+    Keys: "vqa_accuracy" (``vqa_convention``'s metric, strict), "composite" (seed weights) and its
+    parts "composite/bleu1", "composite/exact_match", "composite/substring", "composite/jaccard",
+    "composite/extractable", "semantic" only when the optional extra is installed, and each
+    benchmark metric named in ``metrics`` (rewards/benchmark.py; other names are ignored). Predictions are cleaned with ``clean_answer`` first (a no-op on answers
     already cleaned, for plain completions). ``answer_types`` is checked for length only; group
     by it to report per type (``score.run_score`` does).
     """
     preds, refs, _, _ = _prepare(predictions, answers, answer_types, "score_predictions", reasoning)
     comp = composite_batch(preds, refs, SEED_REPORT_WEIGHTS)
-    metrics = {"vqa_accuracy": vqa_accuracy_batch(preds, refs, official=True), "composite": comp.pop("total"), **comp}
+    scores = {
+        "vqa_accuracy": vqa_accuracy_batch(preds, refs, official=True, convention=vqa_convention),
+        "composite": comp.pop("total"),
+        **{f"composite/{k}": v for k, v in comp.items()},
+    }
     if semantic_available():
-        metrics["semantic"] = semantic_batch(preds, refs)
-    return metrics
+        scores["semantic"] = semantic_batch(preds, refs)
+    for name in dict.fromkeys(metrics):
+        if name in BENCHMARK_METRICS:
+            scores[name] = BENCHMARK_METRICS[name](preds, refs)
+    return scores

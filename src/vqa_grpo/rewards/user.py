@@ -7,17 +7,22 @@ nothing from this function, as in TRL's nansum):
     def brevity(completions, answers, **kwargs) -> list[float | None]:
         return [1.0 if len(c.split()) <= 3 else 0.0 for c in completions]
 
-Keyword arguments: ``completions`` (the decoded completions, as the model wrote them),
-``prompts`` (each completion's question), and the example's columns: ``answers`` (the reference
-answers), ``answer``, ``question``, ``answer_type``, ``question_type``, ``image`` (the image's
-path, or the example id when it came from bytes) and ``id``. Always accept ``**kwargs``.
+Keyword arguments, one list entry per completion: ``completions`` (the decoded completions, as
+the model wrote them), ``prompts`` (each completion's question), the example's fields as the
+loader read them: ``answers`` (the reference answers), ``answer``, ``question``, ``answer_type``,
+``question_type``, ``image`` (the image's path, or the example id when it came from bytes) and
+``id``; and, as TRL passes them, every other column of the row by its own name
+(``VQAExample.fields``: ``solution``, ``aliases``, ...; None where a row lacks it). Those names
+above win over a column of the same name. Always accept ``**kwargs``.
 
 From YAML or the command line a function is an import path in reward.components
-(``mypkg.rewards:brevity``); from Python, pass callables to ``vqa_grpo.train(cfg, reward_funcs=...)``.
+(``mypkg.rewards:brevity``); from Python, pass any callables to ``vqa_grpo.train(cfg,
+reward_funcs=...)``.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 import numbers
@@ -118,9 +123,28 @@ class UserReward:
         return scores
 
 
+def callable_name(func: Callable) -> str:
+    """The name a Python reward function logs under: a partial's function's, ``__name__``, else its
+    class's (a callable object); a lambda is "lambda"."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    name = getattr(func, "__name__", None)
+    name = name if isinstance(name, str) and name else type(func).__name__
+    return "lambda" if name == "<lambda>" else name
+
+
+RESERVED = ("completions", "prompts")
+"""Keyword names a row's column cannot take (the trainer's own arguments)."""
+
+
 def example_columns(examples: Sequence[Any]) -> dict[str, list]:
-    """The dataset's columns, one list each, as TRL passes them to reward functions."""
-    return {
+    """The dataset's columns, one list each, as TRL passes them to reward functions: the row's own
+    columns (``VQAExample.fields``, None where a row lacks one), then the loader's fields."""
+    names: dict[str, None] = {}
+    for e in examples:
+        names.update(dict.fromkeys(getattr(e, "fields", None) or {}))
+    extra = {n: [(getattr(e, "fields", None) or {}).get(n) for e in examples] for n in names if n not in RESERVED}
+    return extra | {
         "answers": [list(e.answers) for e in examples],
         "answer": [e.answer for e in examples],
         "question": [e.question for e in examples],
