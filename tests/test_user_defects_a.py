@@ -147,3 +147,83 @@ def test_json_non_text_question_or_boolean_answer_is_skipped_and_counted(tmp_pat
     assert main(["data", "inspect", str(path), "data.max_skip_fraction=1"]) == 0
     table = capsys.readouterr().out
     assert "row 2 (id n): question 42" in table and "row 3 (id t): a true/false answer" in table
+
+
+# ---- b. a LoRA adapter found from another directory ---------------------------------------------
+
+
+def test_a_lora_adapter_trained_from_a_relative_path_loads_from_anywhere(
+    synth_dir, tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    launch, elsewhere = tmp_path / "launch", tmp_path / "elsewhere"
+    (launch / "models").mkdir(parents=True)
+    elsewhere.mkdir()
+    (launch / "models" / "tiny").symlink_to(tiny_model_dir)
+    data = tmp_path / "four.jsonl"  # 4 questions of the synthetic set, images by absolute path
+    rows = [json.loads(x) for x in (synth_dir / "data.jsonl").read_text().splitlines()[:4]]
+    data.write_text("".join(json.dumps({**r, "image": str(synth_dir / r["image"])}) + "\n" for r in rows))
+    monkeypatch.chdir(launch)
+    args = sft_args(data, Path("models/tiny"), Path("runs/lora"), "train.max_steps=1", "model.lora=true")
+    assert main([*args, "model.lora_r=2", "data.allow_outside_root=true"]) == 0
+    final = launch / "runs" / "lora" / "final"
+    adapter_config = final / "adapter_config.json"
+    recorded = json.loads(adapter_config.read_text())
+    assert recorded["base_model_name_or_path"] == str(launch / "models" / "tiny")  # absolute, not as typed
+
+    monkeypatch.chdir(elsewhere)
+    evaluate = ["evaluate", "--model", str(final), "--data", str(data), "data.allow_outside_root=true"]
+    assert main([*evaluate, "train.progress=false"]) == 0
+    # An adapter that records its base as typed (relative, as saved before): found through the run's
+    # config.yaml, whose train.output_dir (runs/lora) was relative to the launch directory.
+    adapter_config.write_text(json.dumps({**recorded, "base_model_name_or_path": "models/tiny"}))
+    assert main([*evaluate, "train.progress=false"]) == 0
+    assert main(["merge", str(final), "--out", "merged"]) == 0
+    assert (elsewhere / "merged" / "config.json").is_file()
+    capsys.readouterr()
+    adapter_config.write_text(json.dumps({**recorded, "base_model_name_or_path": "./gone/tiny"}))
+    rc = main([*evaluate, "train.progress=false"])
+    assert_one_line_error(
+        rc,
+        capsys.readouterr().err,
+        f"the LoRA adapter {final} names its base model by the relative path './gone/tiny', which is not there "
+        f"from the current directory nor from the adapter's; set base_model_name_or_path in {adapter_config} to "
+        "the base model's absolute path",
+    )
+
+
+# ---- c. a family that does not fit the checkpoint ------------------------------------------------
+
+
+def test_a_family_that_does_not_fit_the_checkpoint_is_refused(synth_dir, tiny_model_dir, capsys, tmp_path):
+    from vqa_grpo.models.adapters import adapter_for
+
+    out = tmp_path / "run"
+    rc = main(sft_args(synth_dir, tiny_model_dir, out, "model.family=llava"))
+    assert_one_line_error(
+        rc,
+        capsys.readouterr().err,
+        "model.family=llava does not fit this checkpoint, whose config.json has model_type='qwen2_vl'; "
+        "set model.family=auto (or qwen2_vl or qwen2_5_vl, or generic)",
+    )
+    assert not out.exists()
+    # The names of one adapter, generic, and a family for a model type with no adapter of its own stay allowed.
+    assert adapter_for("qwen2_vl", "qwen2_5_vl").name == adapter_for("qwen2_5_vl", "qwen2_vl").name == "qwen2_vl"
+    assert adapter_for("smolvlm", "idefics3").name == "idefics3" and adapter_for("llava_next", "llava").name == "llava"
+    assert adapter_for("qwen2_vl", "generic").name == "generic"
+    assert adapter_for("some_new_vlm", "llava").name == "llava"
+
+
+# ---- g. a corrupt config.json -----------------------------------------------------------------
+
+
+def test_a_config_json_that_is_not_json_is_named_as_such(synth_dir, tiny_model_dir, capsys, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "config.json").write_text('{"model_type": "qwen2_vl"')  # cut short
+    rc = main(["evaluate", "--model", str(model), "--data", str(synth_dir)])
+    assert_one_line_error(
+        rc,
+        capsys.readouterr().err,
+        f"config.json in {model} is not valid JSON (line 1, column 26: Expecting ',' delimiter); restore it from "
+        "the model's download or save the model again",
+    )

@@ -10,6 +10,7 @@ import torch
 from vqa_grpo.config import ModelConfig
 from vqa_grpo.errors import UserError
 from vqa_grpo.models.adapters import FamilyAdapter, adapter_for
+from vqa_grpo.models.lora_base import adapter_base, record_base
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -96,6 +97,7 @@ def _read_config(path: str, cfg: ModelConfig):
     import vqa_grpo.models.phi3_v  # noqa: F401  registers phi3_v with the auto classes
 
     trust = cfg.trust_remote_code
+    _check_json(Path(path).expanduser() / "config.json")
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=trust)
     except OSError:
@@ -107,6 +109,20 @@ def _read_config(path: str, cfg: ModelConfig):
                 "set model.trust_remote_code=true if you trust it"
             ) from None
         raise UserError(f"cannot read the model config of {path}: {e}") from None
+
+
+def _check_json(file: Path) -> None:
+    """A local config.json that is not JSON, said so (transformers reports it as not found)."""
+    import json
+
+    try:
+        json.loads(file.read_text()) if file.is_file() else None
+    except ValueError as e:
+        where = f"line {e.lineno}, column {e.colno}: {e.msg}" if isinstance(e, json.JSONDecodeError) else str(e)
+        raise UserError(
+            f"config.json in {file.parent} is not valid JSON ({where}); restore it from the model's download "
+            "or save the model again"
+        ) from None
 
 
 def _quantization(cfg: ModelConfig, device: torch.device) -> dict:
@@ -253,9 +269,7 @@ def load_model(cfg: ModelConfig, device: torch.device | str = "cpu", *, trainabl
     adapter_dir = Path(path) / "adapter_config.json"
     base_path = path
     if adapter_dir.is_file():  # a saved LoRA adapter: load its base model, then the adapter
-        import json
-
-        base_path = json.loads(adapter_dir.read_text())["base_model_name_or_path"]
+        base_path = adapter_base(Path(path))
     cfg = native_config(base_path, cfg)
     hf_config = _read_config(base_path, cfg)
     adapter = adapter_for(hf_config.model_type, cfg.family)
@@ -266,6 +280,7 @@ def load_model(cfg: ModelConfig, device: torch.device | str = "cpu", *, trainabl
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, path, is_trainable=trainable and cfg.lora)
+        record_base(model, base_path)  # saved again (lora training on): absolute, as found
     elif cfg.lora and trainable:
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -276,6 +291,7 @@ def load_model(cfg: ModelConfig, device: torch.device | str = "cpu", *, trainabl
             r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets
         )
         model = get_peft_model(model, lora)
+        record_base(model, base_path)  # not the path as typed: the adapter must load from anywhere
     elif cfg.freeze_vision and trainable:
         freeze_vision_tower(model, adapter)
     if cfg.gradient_checkpointing and trainable:
