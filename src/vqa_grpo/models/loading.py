@@ -301,3 +301,32 @@ def load_model(cfg: ModelConfig, device: torch.device | str = "cpu", *, trainabl
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return LoadedModel(model if quant else model.to(device), processor, adapter)
+
+
+def check_images(examples: list, lm: LoadedModel) -> list:
+    """``examples`` whose images, once decoded (still lazily), are also checked by the family's
+    processor (``adapter.image_problem``): one it cannot lay out raises BadExample, so training
+    and evaluation skip and count it as they do an image that fails to decode. Unchanged for a
+    family whose processor takes every image."""
+    import dataclasses
+    import functools
+
+    if type(lm.adapter).image_problem is FamilyAdapter.image_problem:
+        return examples
+    check = functools.partial(lm.adapter.image_problem, lm.processor)
+    return [
+        e if e.image_loader is None else dataclasses.replace(e, image_loader=functools.partial(_checked, e, check))
+        for e in examples
+    ]
+
+
+def _checked(example, check):
+    from vqa_grpo.data.types import BadExample
+
+    image = example.image_loader()
+    problem = check(image)
+    if problem:
+        error = BadExample(example.id, problem)
+        error.kind = "unsupported_image"  # the name the run's skip counts use
+        raise error
+    return image

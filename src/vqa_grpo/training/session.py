@@ -15,12 +15,13 @@ from tqdm.auto import tqdm
 from vqa_grpo.config import Config
 from vqa_grpo.data.types import VQAExample
 from vqa_grpo.errors import TrainingStopped
-from vqa_grpo.models.loading import LoadedModel
+from vqa_grpo.models.loading import LoadedModel, check_images
 from vqa_grpo.training.batches import Batches
 from vqa_grpo.training.checkpoint import load_checkpoint, no_space, save_checkpoint, save_model
 from vqa_grpo.training.distributed import Dist
 from vqa_grpo.training.optim import make_optimizer, make_scheduler
 from vqa_grpo.training.reporting import NullReporter, Reporter, truncate_log
+from vqa_grpo.training.resume_settings import apply_to_optimizer
 
 
 @dataclass
@@ -77,25 +78,38 @@ class Session:
 
 
 def start_session(
-    cfg: Config, mode: str, lm: LoadedModel, dist: Dist, device, train: list[VQAExample], resume: Path | None
+    cfg: Config,
+    mode: str,
+    lm: LoadedModel,
+    dist: Dist,
+    device,
+    train: list[VQAExample],
+    resume: Path | None,
+    changed: dict[str, list] | None = None,
 ) -> tuple[Session, Any]:
     """The optimizer, schedule, data order and sinks of the run, restored from ``resume``; and the
-    vLLM sampler (grpo.generation_backend=vllm), made before the RNG states are restored (it reseeds them)."""
+    vLLM sampler (grpo.generation_backend=vllm), made before the RNG states are restored (it reseeds them).
+    ``changed``: the settings this resume changes (training/resume_settings.py), in force from now on
+    and kept, with the step, in the trainer state's ``settings_changed``."""
     run_dir = Path(cfg.train.output_dir)
     optimizer = make_optimizer(lm.model.parameters(), cfg.train)  # over the shards under FSDP
     scheduler = make_scheduler(optimizer, cfg.train)
-    batches = Batches(train, cfg.train.per_device_batch_size, cfg.train.seed, dist.rank, dist.world)
+    batches = Batches(check_images(train, lm), cfg.train.per_device_batch_size, cfg.train.seed, dist.rank, dist.world)
     vllm = None
     if mode == "grpo" and cfg.grpo.generation_backend == "vllm":
         from vqa_grpo.grpo.vllm_backend import VLLMSampler
 
         vllm = VLLMSampler(cfg, dist.rank, dist.world)
-    state = {"best_metric": None, "bad_steps": 0, "eval_history": []}
+    state = {"best_metric": None, "bad_steps": 0, "eval_history": [], "mode": mode}
     start = 0
     if resume is not None:
         state = load_checkpoint(resume, lm.model, optimizer, scheduler, dist.rank, dist=dist)
+        apply_to_optimizer(optimizer, scheduler, cfg)  # the checkpoint's rate, decay and betas unless changed
         batches.restore(state["data"])
         start = state["step"]
+        state["mode"] = mode
+        if changed:
+            state["settings_changed"] = [*state.get("settings_changed", []), {"step": start, "changed": changed}]
     if cfg.train.resume is not None and dist.is_main:  # (no checkpoint yet: start over from step 0)
         truncate_log(run_dir / "completions.jsonl", start)
     wrapped, optimizer = dist.prepare(lm.model, optimizer, cfg.train)  # DeepSpeed: its engine and ZeRO optimizer

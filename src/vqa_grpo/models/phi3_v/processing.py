@@ -63,8 +63,25 @@ def num_image_tokens(height: int, width: int, crop: int = 336, side: int = 12) -
     return (h * w + 1) * side * side + 1 + (h + 1) * side
 
 
+def layout_problem(width: int, height: int, num_crops: int, crop: int = 336) -> str | None:
+    """Why an image of this size cannot be laid out in crops (None when it can): so elongated that
+    its short side resizes to 0 px (3000 x 2 at num_crops 1 or 4; the official processor fails too)."""
+    if min(width, height) < 1:
+        return f"the image is {width}x{height} pixels: empty"
+    long, short = max(width, height), min(width, height)
+    if int(hd_scale(width, height, num_crops) * crop / (long / short)) < 1:
+        return (
+            f"a {width}x{height} image is too elongated for Phi-3-vision at num_crops {num_crops} "
+            "(its short side resizes to 0 px)"
+        )
+    return None
+
+
 def hd_transform(image: Image.Image, num_crops: int, crop: int = 336) -> Image.Image:
     """Step 2: resize to the HD scale and pad the short side with white to whole crops."""
+    problem = layout_problem(image.width, image.height, num_crops, crop)
+    if problem:
+        raise ValueError(problem)
     portrait = image.width < image.height
     if portrait:
         image = image.transpose(Image.Transpose.TRANSPOSE)
@@ -90,6 +107,10 @@ class Phi3VImageProcessor:
         self.image_mean = list(image_mean)
         self.image_std = list(image_std)
         self.num_img_tokens = num_img_tokens
+
+    def layout_problem(self, image: Image.Image) -> str | None:
+        """Why ``image`` cannot be laid out at this processor's num_crops; None when it can."""
+        return layout_problem(image.width, image.height, self.num_crops, self.crop)
 
     def views(self, image: Image.Image) -> tuple[torch.Tensor, tuple[int, int]]:
         """One image's views [num_crops + 1, 3, 336, 336] and its HD (height, width)."""
@@ -162,25 +183,41 @@ class Phi3VProcessor:
         proc = cls(Phi3VImageProcessor(**spec), tokenizer, tok_class)
         proc.auto_map = spec.get("auto_map")
         proc.code_files = {n: f.read_text() for n in OFFICIAL_CODE_FILES if (f := _file(path, n)) is not None}
+        proc.tokenizer_files = {n: f.read_bytes() for n in TOKENIZER_FILES if (f := _file(path, n)) is not None}
+        proc._loaded_vocab = len(tokenizer)
         return proc
 
     def save_pretrained(self, out: str | Path) -> None:
         """The official files: preprocessor_config.json, the tokenizer files, the chat template
-        in tokenizer_config.json."""
+        in tokenizer_config.json.
+
+        The tokenizer files of the checkpoint it was loaded from are written back byte for byte
+        (the tokenizer is never changed in vqa-grpo): transformers 5 would rewrite tokenizer.json
+        in a newer format (merges as pairs) and move ``additional_special_tokens`` to
+        ``extra_special_tokens``, which the official code under transformers 4.40.2 cannot read."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save_pretrained(str(out))
+        source = getattr(self, "tokenizer_files", {})
+        as_loaded = "tokenizer.json" in source and len(self.tokenizer) == getattr(self, "_loaded_vocab", None)
+        if as_loaded:
+            for name, data in source.items():
+                (out / name).write_bytes(data)
+        else:
+            self.tokenizer.save_pretrained(str(out))
         spec = self.image_processor.to_dict()
         if getattr(self, "auto_map", None):
             spec["auto_map"] = self.auto_map
         (out / "preprocessor_config.json").write_text(json.dumps(spec, indent=2) + "\n")
         config_path = out / "tokenizer_config.json"
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-        config["chat_template"] = self.chat_template
+        wanted = {"chat_template": self.chat_template}
         if self.tokenizer_class:
-            config["tokenizer_class"] = self.tokenizer_class
-        config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-        (out / "chat_template.jinja").unlink(missing_ok=True)
+            wanted["tokenizer_class"] = self.tokenizer_class
+        if any(config.get(k) != v for k, v in wanted.items()):
+            config.update(wanted)
+            config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        if not as_loaded:
+            (out / "chat_template.jinja").unlink(missing_ok=True)
         for name, text in getattr(self, "code_files", {}).items():  # as the checkpoint had them
             (out / name).write_text(text)
 
@@ -232,6 +269,14 @@ class Phi3VProcessor:
         return self.tokenizer.decode(*args, **kwargs)
 
 
+# The tokenizer files a checkpoint may have, written back as they were (Phi3VProcessor.save_pretrained).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "added_tokens.json",
+)
 OFFICIAL_CODE_FILES = (
     "configuration_phi3_v.py",
     "modeling_phi3_v.py",
