@@ -127,6 +127,8 @@ def test_an_out_that_is_a_file_is_refused_before_the_model_loads(synth_dir, tmp_
             capsys, ["train", f"data.path={synth_dir}", f"model.name_or_path={missing}", f"train.output_dir={out}"]
         )
         assert f"train.output_dir {out}" in err and "is a file" in err
+        for command in (["data", "synth", "--n", "1"], ["model", "tiny"], ["demo"]):
+            assert f"--out {out}" in refused(capsys, [*command, "--out", str(out)])
     assert file.read_text() == "mine"
 
 

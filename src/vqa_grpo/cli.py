@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--n", type=int, default=1000, help="number of questions (default: 1000)")
     synth.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default: 0)")
     synth.add_argument("--image-size", type=int, default=112, help="image side in pixels (default: 112)")
+    synth.add_argument(
+        "--unanswerable",
+        type=float,
+        default=0.0,
+        help='share of questions about an object not in the image, answered "unanswerable" (default: 0)',
+    )
     insp = data.add_parser("inspect", help="load a data set and report kept rows and skips by reason")
     insp.add_argument("path", help="data file or directory, or hf:NAME (a Hub dataset: docs/data_hub.md)")
     insp.add_argument("--format", default=None, help="data format (default: inferred from the files)")
@@ -192,6 +198,10 @@ def _is_main_process() -> bool:
 
 
 def dispatch(args: argparse.Namespace) -> int:
+    if args.command in ("data", "model", "demo") and getattr(args, "out", None) is not None:
+        from vqa_grpo.paths import check_folder
+
+        check_folder(args.out, "--out")  # a file there is one line now, not a traceback after the work
     if args.command == "data" and args.data_command == "synth":
         from vqa_grpo.data.synthetic import MIN_IMAGE_SIZE, synthesize
 
@@ -199,7 +209,11 @@ def dispatch(args: argparse.Namespace) -> int:
             raise UserError(f"--n={args.n}: need at least 1 question")
         if args.image_size < MIN_IMAGE_SIZE:
             raise UserError(f"--image-size={args.image_size}: need at least {MIN_IMAGE_SIZE} px")
-        path = synthesize(args.out, n=args.n, seed=args.seed, image_size=args.image_size)
+        if not 0 <= args.unanswerable <= 1:
+            raise UserError(f"--unanswerable={args.unanswerable}: give a share in [0, 1], e.g. 0.1")
+        path = synthesize(
+            args.out, n=args.n, seed=args.seed, image_size=args.image_size, unanswerable=args.unanswerable
+        )
         print(f"wrote {args.n} questions to {path}")
         return 0
     if args.command == "data" and args.data_command == "inspect":
