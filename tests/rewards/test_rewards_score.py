@@ -35,7 +35,7 @@ def test_json_output_overall_and_per_type(tmp_path, capsys):
     m = out["metrics"]
     assert m["overall"]["n"] == 4
     assert m["overall"]["vqa_accuracy"] == pytest.approx(0.75)  # 1 + 0 + 1 + 1 over 4
-    assert m["yes/no"] == {**m["yes/no"], "n": 2, "vqa_accuracy": 0.5, "exact_match": 0.5}
+    assert m["yes/no"] == {**m["yes/no"], "n": 2, "vqa_accuracy": 0.5, "composite/exact_match": 0.5}
     assert m["number"]["n"] == 1 and m["other"]["n"] == 1
 
 
@@ -51,7 +51,7 @@ def test_table_output(tmp_path, capsys):
 def test_custom_fields(tmp_path, capsys):
     path = write(tmp_path, [json.dumps({"out": "red", "gt": "red"})])  # a lone string is one answer
     run_score(path, prediction_field="out", answers_field="gt", as_json=True)
-    assert json.loads(capsys.readouterr().out)["metrics"]["overall"]["exact_match"] == 1.0
+    assert json.loads(capsys.readouterr().out)["metrics"]["overall"]["composite/exact_match"] == 1.0
 
 
 def test_missing_file_is_a_user_error(tmp_path):

@@ -223,5 +223,5 @@ def test_a_function_as_an_evaluation_metric(user_module, tiny_model_dir, synth_d
     assert "brevity" in metrics["per_answer_type"][rows[0]["answer_type"]]
     written = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert all(r["picky"] == 0.5 and r["brevity"] in (0.0, 1.0) for r in written)
-    with pytest.raises(UserError, match="eval.metrics: 'brevity' is not an import path"):
+    with pytest.raises(UserError, match="eval.metrics: 'brevity' is neither a metric"):
         vqa_grpo.load_config(None, ["eval.metrics=[brevity]"])

@@ -3,7 +3,12 @@
 normalize.py     the composite's text normalisation and the official VQA answer normalisation
 inputs.py        bad input (None, non-strings, empty, over-long): scored, counted, warned about
 composite.py     the seed's composite reward (BLEU-1, exact, substring, Jaccard, extractable)
-vqa_accuracy.py  the official VQA v2 accuracy, and its lenient variant used as a reward
+vqa_accuracy.py  VQA accuracy: vqaEval.py's or lmms-eval's convention, and the lenient reward form
+anls.py          ANLS (DocVQA, InfographicVQA)
+relaxed.py       relaxed accuracy (ChartQA)
+exact.py         exact match, case and punctuation ignored (GQA)
+choice.py        multiple-choice accuracy (A-OKVQA)
+benchmark.py     those four by name, and whether a data set fits one
 answer_type.py   yes/no and number aware reward
 format.py        clean_answer (completion -> answer) and the format reward
 semantic.py      embedding cosine similarity (optional extra: pip install vqa-grpo[semantic])
@@ -11,21 +16,32 @@ registry.py      REWARD_COMPONENTS, compute_rewards (training), score_prediction
 score.py         ``vqa-grpo score PREDICTIONS.jsonl``
 """
 
+from vqa_grpo.rewards.anls import anls
+from vqa_grpo.rewards.benchmark import BENCHMARK_METRICS
+from vqa_grpo.rewards.choice import multiple_choice
 from vqa_grpo.rewards.composite import SEED_REPORT_WEIGHTS, composite_reward
+from vqa_grpo.rewards.exact import exact_match
 from vqa_grpo.rewards.format import clean_answer
 from vqa_grpo.rewards.normalize import normalize_answer
 from vqa_grpo.rewards.registry import REWARD_COMPONENTS, RewardResult, compute_rewards, score_predictions
+from vqa_grpo.rewards.relaxed import relaxed_accuracy
 from vqa_grpo.rewards.score import run_score
-from vqa_grpo.rewards.vqa_accuracy import vqa_accuracy
+from vqa_grpo.rewards.vqa_accuracy import VQA_CONVENTIONS, vqa_accuracy
 
 __all__ = [
+    "BENCHMARK_METRICS",
     "REWARD_COMPONENTS",
     "SEED_REPORT_WEIGHTS",
+    "VQA_CONVENTIONS",
+    "anls",
     "RewardResult",
     "clean_answer",
     "composite_reward",
     "compute_rewards",
+    "exact_match",
+    "multiple_choice",
     "normalize_answer",
+    "relaxed_accuracy",
     "run_score",
     "score_predictions",
     "vqa_accuracy",

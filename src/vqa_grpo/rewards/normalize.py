@@ -272,3 +272,41 @@ def normalize_answer(text: str) -> str:
     (The official *accuracy* also turns "\\n" and "\\t" into spaces first; see ``vqa_accuracy``.)
     """
     return process_digit_article(process_punctuation(text.strip()))
+
+
+# ---------------------------------------------------------------------------------------------
+# lmms-eval's EvalAIAnswerProcessor (lmms_eval/tasks/_task_utils/vqa_eval_metric.py, itself from
+# facebookresearch/mmf), the normalisation behind most published VQA figures of VLMs. Its tables
+# (punctuation, number words, articles, contractions) are vqaEval.py's; what differs:
+# * its patterns run under Python 3 without re.ASCII, so ``\d`` is any Unicode digit ("٣.");
+# * its digit-comma test is "(?<=\d)(\,)+(?=\d)": "1,,000" counts as one, unlike vqaEval.py's;
+# * the processor called as a function (TextVQA, OK-VQA, VizWiz in lmms-eval) first lower-cases,
+#   deletes every "," and "?", and writes "'s" as " 's" (``evalai_answer``); VQA v2's accuracy
+#   calls only the punctuation and digit/article steps (``evalai_normalize``).
+
+_EVALAI_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
+_EVALAI_COMMA_STRIP = re.compile(r"(?<=\d)(\,)+(?=\d)")
+
+
+def evalai_punctuation(text: str) -> str:
+    """lmms-eval's ``process_punctuation``: ``process_punctuation`` with its two patterns (above)."""
+    out = text
+    digit_comma = _EVALAI_COMMA_STRIP.search(text) is not None
+    for p in VQA_PUNCTUATION:
+        if p + " " in text or " " + p in text or digit_comma:
+            out = out.replace(p, "")
+        else:
+            out = out.replace(p, " ")
+    return _EVALAI_PERIOD_STRIP.sub("", out, count=_PERIOD_STRIP_COUNT)  # count: upstream's re.UNICODE too
+
+
+def evalai_normalize(text: str) -> str:
+    """lmms-eval's VQA v2 answer form: ``process_digit_article(evalai_punctuation(text))``."""
+    return process_digit_article(evalai_punctuation(text))
+
+
+def evalai_answer(text: str) -> str:
+    """lmms-eval's ``EvalAIAnswerProcessor()(text)``: lower-case, delete "," and "?", "'s" -> " 's",
+    strip, tabs and newlines to spaces, strip, then ``evalai_normalize``."""
+    text = text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
+    return evalai_normalize(text.replace("\n", " ").replace("\t", " ").strip())

@@ -7,7 +7,9 @@ the row's "answer_type" when it is a non-empty string, else inferred from the an
 (``vqa_grpo.data.qtypes.answer_type_of``). Lines that are blank are ignored; lines that are not a
 JSON object or lack a usable prediction or answers are skipped, counted, and reported.
 Metrics are those of ``score_predictions``, as means: fractions in [0, 1] with ``--json``,
-percentages in the table.
+percentages in the table, with VQA accuracy in the chosen convention (``--vqa-convention``) and
+the benchmark metrics asked for (``--metric anls``); a metric the rows cannot take (multiple
+choice on answers that are not [letter, text]) is a one-line error.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 
 from vqa_grpo.data.qtypes import answer_type_of
 from vqa_grpo.errors import UserError
+from vqa_grpo.rewards.benchmark import check_metrics_fit
 from vqa_grpo.rewards.registry import score_predictions
 
 
@@ -64,9 +67,17 @@ def read_predictions(path: str, prediction_field: str, answers_field: str) -> tu
     return rows, skipped
 
 
-def summarise(rows: list[Row]) -> dict[str, dict[str, float]]:
+def summarise(
+    rows: list[Row], metrics: tuple[str, ...] | list[str] = (), vqa_convention: str = "official"
+) -> dict[str, dict[str, float]]:
     """{"overall": {"n", metric: mean, ...}, <answer type>: {...}, ...} (types sorted)."""
-    scores = score_predictions([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+    scores = score_predictions(
+        [r[0] for r in rows],
+        [r[1] for r in rows],
+        [r[2] for r in rows],
+        metrics=metrics,
+        vqa_convention=vqa_convention,
+    )
     types = np.array([r[2] for r in rows], dtype=object)
     groups = {"overall": np.ones(len(rows), dtype=bool)}
     groups.update({t: types == t for t in sorted(set(types))})
@@ -78,19 +89,28 @@ def summarise(rows: list[Row]) -> dict[str, dict[str, float]]:
 def format_table(table: dict[str, dict[str, float]]) -> str:
     """The summary as plain text: one row per group, metric means in percent."""
     metrics = [k for k in table["overall"] if k != "n"]
-    head = f"{'answer type':<12} {'n':>7} " + " ".join(f"{k:>12}" for k in metrics)
+    widths = [max(12, len(k)) for k in metrics]
+    head = f"{'answer type':<12} {'n':>7} " + " ".join(f"{k:>{w}}" for k, w in zip(metrics, widths))
     lines = [head, "-" * len(head)]
     for name, m in table.items():
-        lines.append(f"{name:<12} {m['n']:>7} " + " ".join(f"{100 * m[k]:>12.2f}" for k in metrics))
+        lines.append(f"{name:<12} {m['n']:>7} " + " ".join(f"{100 * m[k]:>{w}.2f}" for k, w in zip(metrics, widths)))
     return "\n".join(lines)
 
 
 def run_score(
-    path: str, prediction_field: str = "prediction", answers_field: str = "answers", as_json: bool = False
+    path: str,
+    prediction_field: str = "prediction",
+    answers_field: str = "answers",
+    as_json: bool = False,
+    *,
+    metrics: tuple[str, ...] | list[str] = (),
+    vqa_convention: str = "official",
 ) -> int:
     """Score a predictions JSONL file and print the table (or one JSON object); returns 0.
 
-    Raises UserError (one line) when the file is missing or unreadable, or has no usable row.
+    ``metrics``: benchmark metrics to add (rewards/benchmark.py); ``vqa_convention``: official or
+    lmms_eval. Raises UserError (one line) when the file is missing or unreadable, has no usable
+    row, or does not fit a metric asked for.
     """
     rows, skipped = read_predictions(path, prediction_field, answers_field)
     if not rows:
@@ -98,19 +118,21 @@ def run_score(
             f"no scorable rows in {path} ({len(skipped)} skipped): each line needs a string "
             f"{prediction_field!r} and {answers_field!r} (a list of strings); see --prediction-field/--answers-field"
         )
-    table = summarise(rows)
+    check_metrics_fit(metrics, [r[1] for r in rows], path)
+    table = summarise(rows, metrics, vqa_convention)
     if as_json:
         out = {
             "path": path,
             "rows": len(rows),
             "skipped": len(skipped),
             "skipped_lines": skipped[:20],
+            "vqa_convention": vqa_convention,
             "metrics": table,
         }
         print(json.dumps(out))
         return 0
     where = ", ".join(map(str, skipped[:10])) + (", ..." if len(skipped) > 10 else "")
     print(f"{path}: {len(rows)} rows scored, {len(skipped)} skipped" + (f" (lines {where})" if skipped else ""))
-    print("metric means in percent")
+    print(f"metric means in percent; vqa_accuracy as {vqa_convention} computes it")
     print(format_table(table))
     return 0

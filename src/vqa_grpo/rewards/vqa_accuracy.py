@@ -17,17 +17,30 @@ entries given (so fewer than 4 matching entries cannot reach 1; e.g. 3 of 3 give
 with exactly one entry leave-one-out leaves nothing, so the score is 1 if it equals the prediction
 else 0. No entries, or a prediction empty after processing, scores 0; empty entries still count
 as entries but never match.
+
+``convention="lmms_eval"``: lmms-eval's VQA v2 accuracy (``lmms_eval/tasks/vqav2/utils.py``
+``vqav2_process_results``), which always normalises both sides with its EvalAI processor's steps
+(``normalize.evalai_normalize``), then takes the same leave-one-out mean (its answers are
+records with distinct ids, so each entry is left out once), averaged as ``statistics.mean``
+does (exactly, then rounded once). Where it differs from lmms-eval, on input VQA v2 never has
+(docs/metrics.md): one entry scores 1 if it matches (lmms-eval: always 0, nothing left after
+leaving it out), no entries 0 (lmms-eval: an error), an empty prediction 0 (lmms-eval: a match
+with entries that normalise to "").
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from fractions import Fraction
 from typing import Sequence
 
 import numpy as np
 
 from vqa_grpo.rewards.inputs import as_references, as_text, warn_bad
-from vqa_grpo.rewards.normalize import process_digit_article, process_punctuation
+from vqa_grpo.rewards.normalize import evalai_normalize, process_digit_article, process_punctuation
+
+VQA_CONVENTIONS = ("official", "lmms_eval")
+"""``eval.vqa_convention``: vqaEval.py's accuracy, or lmms-eval's (see the module docstring)."""
 
 
 def _whitespace(text: str) -> str:
@@ -55,21 +68,48 @@ def _accuracy(prediction: str, answers: Sequence[str], official: bool) -> float:
     return (matches * hit + (len(gts) - matches) * miss) / len(gts)
 
 
-def vqa_accuracy(prediction: str, answers: list[str], *, official: bool = True) -> float:
+def _accuracy_lmms_eval(prediction: str, answers: Sequence[str]) -> float:
+    """lmms-eval's VQA v2 accuracy on strings (see the module docstring)."""
+    pred = evalai_normalize(_whitespace(prediction))
+    gts = [evalai_normalize(_whitespace(a)) for a in answers]
+    if not pred or not gts:
+        return 0.0
+    if len(gts) == 1:
+        return 1.0 if gts[0] == pred else 0.0
+    n, matches = len(gts), sum(g == pred for g in gts)
+    hit, miss = min(1, float(matches - 1) / 3), min(1, float(matches) / 3)
+    return float((Fraction(hit) * matches + Fraction(miss) * (n - matches)) / n)  # statistics.mean's rounding
+
+
+def _check_convention(convention: str) -> None:
+    if convention not in VQA_CONVENTIONS:
+        raise ValueError(f"vqa_accuracy: convention={convention!r}; choose one of {', '.join(VQA_CONVENTIONS)}")
+
+
+def vqa_accuracy(prediction: str, answers: list[str], convention: str = "official", *, official: bool = True) -> float:
     """VQA accuracy in [0, 1] of one prediction against its ground-truth answers.
 
-    ``official=True`` reproduces vqaEval.py (normalising only when the answers differ);
-    ``official=False`` always normalises both sides (the training reward uses this). Bad input
-    never raises (see ``inputs``).
+    ``convention="official"`` reproduces vqaEval.py (normalising only when the answers differ);
+    with ``official=False`` it always normalises both sides (the training reward's lenient form).
+    ``convention="lmms_eval"`` reproduces lmms-eval's VQA v2 accuracy (``official`` is unused:
+    it always normalises). Bad input never raises (see ``inputs``).
     """
+    _check_convention(convention)
     bad: Counter = Counter()
     pred = as_text(prediction, "prediction", bad)
     gts = as_references(answers, bad)
     if bad:
         warn_bad("vqa_accuracy", bad)
+    if convention == "lmms_eval":
+        return _accuracy_lmms_eval(pred, gts)
     return _accuracy(pred, gts, official)
 
 
-def vqa_accuracy_batch(predictions: Sequence[str], answers: Sequence[Sequence[str]], *, official: bool) -> np.ndarray:
+def vqa_accuracy_batch(
+    predictions: Sequence[str], answers: Sequence[Sequence[str]], *, official: bool, convention: str = "official"
+) -> np.ndarray:
     """``vqa_accuracy`` over a batch of strings: float64 array [N]."""
+    _check_convention(convention)
+    if convention == "lmms_eval":
+        return np.array([_accuracy_lmms_eval(p, a) for p, a in zip(predictions, answers)], dtype=np.float64)
     return np.array([_accuracy(p, a, official) for p, a in zip(predictions, answers)], dtype=np.float64)
