@@ -331,12 +331,13 @@ def test_grpo_run_writes_config_metrics_and_a_loadable_model(grpo_run, tiny_mode
 def test_grpo_run_logs_sampled_completions(grpo_run):
     _, result = grpo_run
     rows = [json.loads(s) for s in (result.run_dir / "completions.jsonl").read_text().splitlines()]
-    # One sampled group per logged step (logging_steps=1): its question, references, G answers,
-    # their rewards and advantages.
-    assert [r["step"] for r in rows] == [1, 2]
+    # Every sampled group of each logged step (logging_steps=1): its question, references, G raw
+    # and cleaned answers, their rewards and advantages.
+    assert [r["step"] for r in rows] == [1] * B + [2] * B
     for r in rows:
         assert r["question"] and r["answers"]
-        assert len(r["completions"]) == len(r["rewards"]) == len(r["advantages"]) == G
+        assert len(r["raw"]) == len(r["completions"]) == len(r["rewards"]) == len(r["advantages"]) == G
+        assert r["completions"] == [c.strip().splitlines()[0].strip() if c.strip() else "" for c in r["raw"]]
         assert all(0.0 <= x <= 1.0 for x in r["rewards"])
 
 

@@ -317,8 +317,8 @@ def test_one_sft_step_then_one_grpo_step_through_the_loop_and_the_model_reloads(
         assert [r["step"] for r in steps if "loss" in r] == [1]
         assert all(torch.isfinite(torch.tensor(r["loss"])) for r in steps if "loss" in r)
         assert [r["step"] for r in steps if "eval/vqa_accuracy" in r] == [1]
-    group = [json.loads(s) for s in (grpo.run_dir / "completions.jsonl").read_text().splitlines()]
-    assert len(group) == 1
+    groups = [json.loads(s) for s in (grpo.run_dir / "completions.jsonl").read_text().splitlines()]
+    assert [g["step"] for g in groups] == [1, 1]  # each question group of the step (batch 2)
     reloaded = load_model(ModelConfig(name_or_path=str(grpo.final_dir)), CPU, trainable=False)
     assert type(reloaded.adapter) is EXPECTED[name][0]
     assert reloaded.model.config.model_type == name
