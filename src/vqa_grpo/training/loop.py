@@ -18,13 +18,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterable, Literal
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from vqa_grpo.config import Config, save_config
+from vqa_grpo.config_keys import given_keys
 from vqa_grpo.data.benchmarks import check_fit
 from vqa_grpo.data.benchmarks import resolve as resolve_benchmark
 from vqa_grpo.data.loader import load_vqa
@@ -49,7 +50,7 @@ from vqa_grpo.training.faults import (
 )
 from vqa_grpo.training.integrity import is_no_space
 from vqa_grpo.training.outcomes import EvalMetrics, watch_equal_rewards
-from vqa_grpo.training.resume import check_fresh, resume_path
+from vqa_grpo.training.resume import check_fresh, start_point
 from vqa_grpo.training.session import Session, start_session
 from vqa_grpo.training.skips import SkipReport
 from vqa_grpo.training.steps import GRPOSteps, reference_model, sft_step
@@ -97,31 +98,35 @@ def run(
     desc: str | None = None,
     data: Any = None,
     reward_funcs: dict | None = None,
+    given: Iterable[str] | None = None,
 ) -> RunResult:
     """Train with ``mode`` as configured; write the run directory; return where the model is.
 
     ``data``: training rows in memory (a DataFrame, a datasets.Dataset or a list of dicts) in
     place of ``data.path``, mapped, checked and split as a file's rows are. ``reward_funcs``: the
     user's reward functions named in ``reward.components`` (name -> callable); import paths there
-    are imported here, before anything is written.
+    are imported here, before anything is written. ``given``: the keys the user set (default:
+    config_keys.given_keys); a resume takes the others from its checkpoint (training/resume_settings.py).
 
     Raises :class:`TrainingStopped` (after saving a checkpoint) on SIGINT/SIGTERM and after more
     than ``train.max_bad_steps`` non-finite or out-of-memory steps in a row.
     """
     t0 = time.time()
+    given = given_keys(cfg) if given is None else given  # before the benchmark fills in the keys left unset
     cfg = resolve_benchmark(cfg)  # the settings left to data.benchmark (reward, best/'s metric, prompt, length)
     dist = Dist.from_env(cfg.train.device, cfg.train.collective_timeout)
+    cfg, resume, changed = start_point(cfg, mode, dist, given, reward_funcs)  # the checkpoint's settings
     device = dist.device(resolve_device(cfg.train.device))
     set_threads(cfg.train.cpu_threads)
     data = load_vqa(cfg.data, seed=cfg.train.seed, frame=data)  # before the model: bad data fails fast
     check_fit(cfg, data.train + data.eval)  # a multiple-choice metric on data without choices
     user_rewards = resolve_rewards(cfg.reward.components, reward_funcs) if mode == "grpo" else {}
     seed_everything(cfg.train.seed + dist.rank)  # each process samples its own completions
-    resume = _check_before_writing(cfg, mode, dist, device)
+    _check_before_writing(cfg, mode, dist, device)
     lm, plan = _load_policy(cfg, mode, dist, device)
     ref = reference_model(cfg, lm) if mode == "grpo" else None  # the starting policy, before any resume
     _shard(dist, lm, ref)
-    s, vllm = start_session(cfg, mode, lm, dist, device, data.train, resume)
+    s, vllm = start_session(cfg, mode, lm, dist, device, data.train, resume, changed)
     samples_log = (s.run_dir / "completions.jsonl").open("a") if mode == "grpo" and dist.is_main else None
     grpo = GRPOSteps(ref, samples_log, lm, dist, vllm, reward_funcs=user_rewards, plan=plan) if mode == "grpo" else None
     skips = SkipReport(data.report, s.batches, s.run_dir, desc or mode, write=dist.is_main)
@@ -136,19 +141,17 @@ def run(
     return RunResult(s.run_dir, final, s.step, s.state["eval_history"], time.time() - t0)
 
 
-def _check_before_writing(cfg: Config, mode: str, dist: Dist, device: torch.device) -> Path | None:
-    """What can be refused before anything is written: the checkpoint to resume from (a bad one is
-    one line), a run directory that holds another run, vLLM, the settings the launch cannot take."""
+def _check_before_writing(cfg: Config, mode: str, dist: Dist, device: torch.device) -> None:
+    """What can be refused before anything is written (after the checkpoint to resume from, chosen
+    first: start_point): a run directory that holds another run, vLLM, the settings the launch cannot take."""
     run_dir = Path(cfg.train.output_dir)
     check_folder(run_dir, "train.output_dir")
-    resume = resume_path(cfg, run_dir, dist)
     check_fresh(cfg, run_dir)
     if mode == "grpo" and cfg.grpo.generation_backend == "vllm":
         from vqa_grpo.grpo.vllm_backend import check_run
 
         check_run(cfg, device)
     dist.check_config(cfg)
-    return resume
 
 
 def _load_policy(cfg: Config, mode: str, dist: Dist, device: torch.device):
@@ -179,7 +182,8 @@ def _train(s: Session, grpo: GRPOSteps | None, eval_examples: list[VQAExample], 
     failed collective) as one-line TrainingStopped errors. Skipped rows are counted on each step's line."""
     t, dist = s.cfg.train, s.dist
     mode = "sft" if grpo is None else "grpo"
-    equal = {"in_a_row": 0, "steps": 0}  # GRPO steps whose every group had equal rewards
+    # GRPO steps whose every group had equal rewards: in the checkpoints, so that a resume logs as the run would
+    equal = s.state.setdefault("equal_rewards", {"in_a_row": 0, "steps": 0})
     bar = tqdm(total=t.max_steps, initial=s.step, desc=desc, disable=not (t.progress and dist.is_main))
     try:
         with StopSignals(repeat_stops=dist.world == 1) as signals:
