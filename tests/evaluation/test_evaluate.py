@@ -78,7 +78,7 @@ def test_predictions_have_one_row_per_example_with_every_metric(evaluated):
     assert metrics["skipped"] == 1 and metrics["n"] == len(rows) == len(kept) == 60
     assert [r["id"] for r in rows] == [e.id for e in kept]
     metric_names = set(metrics["ci95"])
-    assert {"vqa_accuracy", "composite", "exact_match"} <= metric_names
+    assert {"vqa_accuracy", "composite", "composite/exact_match"} <= metric_names
     for row, ex in zip(rows, kept):
         assert {"id", "question", "answers", "prediction"} | metric_names <= set(row)
         assert row["question"] == ex.question and row["answers"] == ex.answers

@@ -4,8 +4,9 @@ type and per question type, each with a 95% bootstrap confidence interval.
 metrics.json keys (fixed): ``n``, ``vqa_accuracy`` (computed as ``vqa_convention`` names:
 official or lmms_eval), ``composite`` and its parts (``composite/bleu1``, ...), the benchmark
 metrics asked for (``anls``, ``relaxed_accuracy``, ``exact_match``, ``multiple_choice``: in
-eval.metrics or as train.eval_metric), ``per_answer_type`` and ``per_question_type`` (type -> {n, vqa_accuracy, ...}), ``ci95``
-(metric -> [low, high]), ``skipped`` (examples whose image failed to load), ``primary_metric``
+eval.metrics or as train.eval_metric), ``per_answer_type`` and ``per_question_type`` (type ->
+{n, vqa_accuracy, ..., ci95}), ``ci95`` (metric -> [low, high]), ``vqa_convention``,
+``skipped`` (examples whose image failed to load), ``primary_metric``
 (the headline metric's key: train.eval_metric, else the benchmark's), and ``answerability`` (the
 "unanswerable" decision's precision, recall, F1 and VizWiz's figures, rewards/abstention.py) for
 VizWiz or data with unanswerable questions.
@@ -30,8 +31,8 @@ from vqa_grpo.evaluation.sharded import predict_sharded
 from vqa_grpo.models.loading import LoadedModel, check_images, load_model, resolve_device
 from vqa_grpo.paths import check_folder
 from vqa_grpo.rewards import BENCHMARK_METRICS, clean_answer, score_predictions
-from vqa_grpo.rewards.benchmark import check_metrics_fit, requested_metrics
 from vqa_grpo.rewards.abstention import answerability, is_unanswerable
+from vqa_grpo.rewards.benchmark import check_metrics_fit, requested_metrics
 from vqa_grpo.rewards.user import user_metrics
 from vqa_grpo.training.distributed import Dist
 

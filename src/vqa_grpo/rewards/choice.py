@@ -6,10 +6,10 @@ entries are more accepted texts). A prediction is right when it names that optio
 
 * by its letter: the whole answer is the letter, in either case, alone or marked as in "B.",
   "(b)", "B)" or "B:"; or it opens with the upper-case letter so marked, then a space and
-  anything ("B. a red car", "(B) red car"); a differently lettered answer is wrong whatever
-  follows;
+  anything ("B. a red car", "(B) red car"), so "A. a red car" is wrong when B is right;
 * or by its text: equal to one of the texts after lower-casing, collapsing whitespace and
-  dropping one trailing period ("A red car." is "a red car").
+  dropping one trailing period ("A red car." is "a red car"; an option whose text is "x" is
+  named by "x" too).
 
 A-OKVQA's own evaluation (allenai/aokvqa ``evaluation/eval_predictions.py``) asks for the
 option's exact text (``pred == choices[correct_choice_idx]``); letters and case differences are
@@ -55,11 +55,10 @@ def _text_form(text: str) -> str:
 def _choice(prediction: str, answers: Sequence[str]) -> float:
     if not prediction.strip() or not fits_choices(answers):
         return 0.0
-    letter = chosen_letter(prediction)
-    if letter is not None:
-        return 1.0 if letter == answers[0].strip().upper() else 0.0
     pred = _text_form(prediction)
-    return 1.0 if any(_text_form(t) == pred for t in answers[1:]) else 0.0
+    if any(_text_form(t) == pred for t in answers[1:]):
+        return 1.0
+    return 1.0 if chosen_letter(prediction) == answers[0].strip().upper() else 0.0
 
 
 def multiple_choice(prediction: str, answers: list[str]) -> float:

@@ -188,8 +188,9 @@ def score_predictions(
     Keys: "vqa_accuracy" (``vqa_convention``'s metric, strict), "composite" (seed weights) and its
     parts "composite/bleu1", "composite/exact_match", "composite/substring", "composite/jaccard",
     "composite/extractable", "semantic" only when the optional extra is installed, and each
-    benchmark metric named in ``metrics`` (rewards/benchmark.py; other names are ignored). Predictions are cleaned with ``clean_answer`` first (a no-op on answers
-    already cleaned, for plain completions). ``answer_types`` is checked for length only; group
+    benchmark metric named in ``metrics`` (rewards/benchmark.py; other names are ignored).
+    Predictions are cleaned with ``clean_answer`` first (a no-op on answers already cleaned, for
+    plain completions). ``answer_types`` is checked for length only; group
     by it to report per type (``score.run_score`` does).
     """
     preds, refs, _, _ = _prepare(predictions, answers, answer_types, "score_predictions", reasoning)

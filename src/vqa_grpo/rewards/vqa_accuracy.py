@@ -24,8 +24,9 @@ as entries but never match.
 records with distinct ids, so each entry is left out once), averaged as ``statistics.mean``
 does (exactly, then rounded once). Where it differs from lmms-eval, on input VQA v2 never has
 (docs/metrics.md): one entry scores 1 if it matches (lmms-eval: always 0, nothing left after
-leaving it out), no entries 0 (lmms-eval: an error), an empty prediction 0 (lmms-eval: a match
-with entries that normalise to "").
+leaving it out), no entries 0 (lmms-eval: an error), an empty (all-whitespace) prediction 0
+(lmms-eval: a match with entries that normalise to ""). A prediction that only normalises to
+"" ("?", "the") is scored as lmms-eval scores it.
 """
 
 from __future__ import annotations
@@ -70,10 +71,11 @@ def _accuracy(prediction: str, answers: Sequence[str], official: bool) -> float:
 
 def _accuracy_lmms_eval(prediction: str, answers: Sequence[str]) -> float:
     """lmms-eval's VQA v2 accuracy on strings (see the module docstring)."""
-    pred = evalai_normalize(_whitespace(prediction))
-    gts = [evalai_normalize(_whitespace(a)) for a in answers]
-    if not pred or not gts:
+    stripped = _whitespace(prediction)
+    if not stripped or not answers:  # only an empty prediction: "?" normalises to "" and may match
         return 0.0
+    pred = evalai_normalize(stripped)
+    gts = [evalai_normalize(_whitespace(a)) for a in answers]
     if len(gts) == 1:
         return 1.0 if gts[0] == pred else 0.0
     n, matches = len(gts), sum(g == pred for g in gts)

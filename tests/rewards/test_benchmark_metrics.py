@@ -1,0 +1,138 @@
+"""The benchmarks' metrics (ANLS, relaxed accuracy, GQA's exact match, multiple choice) and the two
+VQA accuracy conventions, on hand-computed cases; as rewards, as metrics, and through ``score``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from types import SimpleNamespace
+
+import pytest
+
+from vqa_grpo.cli import main
+from vqa_grpo.config import RewardConfig
+from vqa_grpo.rewards import (
+    anls,
+    compute_rewards,
+    exact_match,
+    multiple_choice,
+    relaxed_accuracy,
+    score_predictions,
+    vqa_accuracy,
+)
+from vqa_grpo.rewards.normalize import evalai_answer, evalai_normalize, normalize_answer
+
+
+def test_anls_by_hand():
+    assert anls("1/8/93", ["1/8/93", "1/8/1993"]) == 1.0  # the best accepted answer counts
+    assert anls("Dear Dr. Lobo", ["Dear Dr Lobo"]) == 1 - 1 / 13  # one deletion in max(12, 13) characters
+    assert anls("abcdef", ["abcxyz"]) == 0.5  # 3 edits in 6: at the threshold, kept
+    assert anls("abcdef", ["abwxyz"]) == 0.0  # 4 edits in 6: 1/3 < 0.5
+    # the length is the unnormalised one: " abc " is 5 long, so one edit costs 1/5, not 1/3
+    assert anls(" abc ", ["abd"]) == 0.8
+    assert anls("straße", ["strasse"]) == 1 - 2 / 7  # "STRASSE" is 7 long upper-cased; 2 edits
+    assert anls("RED", ["red"]) == 1.0
+
+
+def test_relaxed_accuracy_by_hand():
+    assert relaxed_accuracy("12.6", ["12.5"]) == 1.0  # 0.8% off
+    assert relaxed_accuracy("13.2", ["12.5"]) == 0.0  # 5.6% off
+    assert relaxed_accuracy("-5", ["-5.2"]) == 1.0  # 3.8% of |t|
+    assert relaxed_accuracy("12.5%", ["0.125"]) == 1.0  # a percentage is a fraction
+    assert relaxed_accuracy("12.5%", ["12.5"]) == 0.0  # ... so it is not 12.5
+    assert relaxed_accuracy("1e3", ["1000"]) == 1.0
+    assert relaxed_accuracy("0", ["0"]) == 1.0 and relaxed_accuracy("0.0", ["0"]) == 0.0  # a zero target: text
+    assert relaxed_accuracy("5 kg", ["5"]) == 0.0  # not a number, not the same text
+    assert relaxed_accuracy("Yes", ["yes"]) == 1.0 and relaxed_accuracy("yes ", ["yes"]) == 0.0  # no stripping
+    assert relaxed_accuracy("nan", ["nan"]) == 0.0  # both numbers; |nan - nan| / nan is no tolerance
+    assert relaxed_accuracy("10", ["7", "10.4"]) == 1.0  # the best answer counts
+
+
+def test_exact_match_by_hand():
+    assert exact_match("Yes.", ["yes"]) == 1.0 and exact_match("t-shirt", ["tshirt"]) == 1.0
+    assert exact_match("yes ", ["yes"]) == 0.0  # whitespace counts
+    assert exact_match("«yes»", ["yes"]) == 0.0  # only ASCII punctuation is ignored
+    assert exact_match("İ", ["i"]) == 1.0  # NumPy keeps "İ".lower() to one character
+    assert exact_match("red car", ["blue", "Red car!"]) == 1.0
+
+
+def test_multiple_choice_by_hand(caplog):
+    right = ["B", "a red car"]
+    for pred in ("B", "b", "(B)", "B.", "B)", "B: a red car", "(B) a red car", "a red car", " A Red  Car. "):
+        assert multiple_choice(pred, right) == 1.0, pred
+    for pred in ("A", "A. a red car", "a blue car", "C) a red car", "red car"):
+        assert multiple_choice(pred, right) == 0.0, pred
+    with caplog.at_level(logging.WARNING, logger="vqa_grpo.rewards"):
+        assert multiple_choice("a red car", ["a red car"]) == 0.0  # no letter: not a multiple-choice example
+    assert "1 references not [choice letter, choice text]" in caplog.text
+
+
+def test_bad_input_scores_0_and_is_counted(caplog):
+    with caplog.at_level(logging.WARNING, logger="vqa_grpo.rewards"):
+        values = [f(None, ["x"]) for f in (anls, relaxed_accuracy, exact_match)]
+        values += [f("  ", [" "]) for f in (anls, relaxed_accuracy, exact_match)]  # lmms-eval: 1, 1, 1
+        values += [f("x", []) for f in (anls, relaxed_accuracy, exact_match)]
+    assert values == [0.0] * 9
+    assert caplog.text.count("prediction None") == 3 and caplog.text.count("empty reference list") == 3
+
+
+def test_the_two_vqa_conventions():
+    yes = ["yes"] * 10
+    assert vqa_accuracy("Yes", yes) == 0.0  # official: identical answers are not normalised
+    assert vqa_accuracy("Yes", yes, convention="lmms_eval") == 1.0  # lmms-eval always normalises
+    # "1,,000": lmms-eval's digit-comma pattern takes repeated commas (-> "1000"); vqaEval.py's does not
+    # (each comma becomes a space -> "1 000"). 9 of 10 answers match: every leave-one-out set holds >= 3.
+    answers = ["1000"] * 9 + ["one thousand"]
+    assert vqa_accuracy("1,,000", answers) == 0.0 and vqa_accuracy("1,,000", answers, convention="lmms_eval") == 1.0
+    assert normalize_answer("٣.٥") == "٣٥" and evalai_normalize("٣.٥") == "٣.٥"  # Unicode digits
+    assert evalai_answer("The dog's bone, right?") == "dog 's bone right"  # TextVQA's processor call
+    assert vqa_accuracy("?", ["?"] * 10, convention="lmms_eval") == 1.0  # both normalise to "", as lmms-eval
+    assert vqa_accuracy("3", ["3"] * 3, convention="lmms_eval") == 2 / 3  # leave-one-out: 2 of 3 others
+    assert vqa_accuracy("red", ["red"], convention="lmms_eval") == 1.0  # one answer: lmms-eval gives 0
+    with pytest.raises(ValueError, match="convention='vlmevalkit'; choose one of official, lmms_eval"):
+        vqa_accuracy("x", ["x"], convention="vlmevalkit")
+
+
+def test_each_is_a_reward_component_and_a_metric():
+    preds = ["Dear Dr Lobo", "12.6", "Yes.", "B"]
+    answers = [["Dear Dr. Lobo"], ["12.5"], ["yes"], ["B", "a red car"]]
+    types = ["other"] * 4
+    names = ["anls", "relaxed_accuracy", "exact_match", "multiple_choice"]
+    # "12.6"/"12.5" and "yes."/"yes": 1 edit in 4 characters; "B" equals the answer "B" as text;
+    # only the last example is a multiple-choice one (the others score 0 there and are counted)
+    expected = {
+        "anls": [1 - 1 / 13, 0.75, 0.75, 1.0],
+        "relaxed_accuracy": [0.0, 1.0, 0.0, 1.0],
+        "exact_match": [1.0, 0.0, 1.0, 1.0],
+        "multiple_choice": [0.0, 0.0, 0.0, 1.0],
+    }
+    for name in names:
+        got = compute_rewards(preds, answers, types, RewardConfig(components=[name], weights=None))
+        assert got.total.tolist() == expected[name] and got.parts[name].tolist() == expected[name], name
+    scores = score_predictions(preds, answers, types, metrics=names)
+    assert {k: scores[k].tolist() for k in names} == expected
+    assert "exact_match" not in score_predictions(preds, answers, types)  # asked for only
+
+
+def test_the_reward_follows_the_convention():
+    cfg = SimpleNamespace(components=["vqa_accuracy"], weights=None, vqa_convention="lmms_eval")
+    answers = [["1000"] * 9 + ["one thousand"]]
+    assert compute_rewards(["1,,000"], answers, ["number"], cfg).total.tolist() == [1.0]
+    cfg.vqa_convention = "official"  # the lenient form: normalised with vqaEval.py's patterns
+    assert compute_rewards(["1,,000"], answers, ["number"], cfg).total.tolist() == [0.0]
+
+
+def test_score_with_metrics_and_convention(tmp_path, capsys):
+    path = tmp_path / "p.jsonl"
+    rows = [{"prediction": "Yes", "answers": ["yes"] * 10}, {"prediction": "1/8/93", "answers": ["1/8/93", "x"]}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert main(["score", str(path), "--metric", "anls", "--vqa-convention", "lmms_eval", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["vqa_convention"] == "lmms_eval"
+    assert out["metrics"]["overall"]["anls"] == 1.0
+    # "1/8/93" against ["1/8/93", "x"]: leaving out the match leaves 0 matches, leaving out "x" 1: (0 + 1/3) / 2
+    assert out["metrics"]["overall"]["vqa_accuracy"] == pytest.approx((1.0 + 1 / 6) / 2)
+    assert main(["score", str(path), "--metric", "multiple_choice"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: multiple_choice needs each example's answers as [choice letter, choice text]")
+    assert err.count("\n") == 1

@@ -1,0 +1,41 @@
+"""The benchmark metrics equal the reference code on a fixed sample of its outputs.
+
+tests/rewards/data/metrics_reference.json holds 200 cases (50 per metric) with the values the
+reference functions returned, written by the command in its "command" field
+(scripts/check_metrics_reference.py, which compares 6,000 cases per metric and documents how to
+place the reference files); "sources" names the commits. A case marked "deviation" is one where
+vqa-grpo differs on purpose (docs/metrics.md); there the value it gives is recorded as "ours".
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vqa_grpo.rewards import anls, exact_match, relaxed_accuracy, vqa_accuracy
+
+FIXTURE = json.loads((Path(__file__).parent / "data" / "metrics_reference.json").read_text(encoding="utf-8"))
+OURS = {
+    "anls": anls,
+    "relaxed_accuracy": relaxed_accuracy,
+    "exact_match": exact_match,
+    "vqa_accuracy": lambda p, g: vqa_accuracy(p, g, convention="lmms_eval"),
+}
+
+
+def test_the_fixture_names_its_command_and_sources():
+    assert FIXTURE["command"].startswith("python scripts/check_metrics_reference.py")
+    assert "75571cfe0fa36ca5ec2e6aa2bb268f9d38295af3" in FIXTURE["sources"]["lmms-eval"]
+    assert {c["metric"] for c in FIXTURE["cases"]} == set(OURS) and len(FIXTURE["cases"]) == 200
+
+
+@pytest.mark.parametrize("metric", sorted(OURS))
+def test_equal_to_the_reference(metric):
+    cases = [c for c in FIXTURE["cases"] if c["metric"] == metric]
+    for case in cases:
+        got = OURS[metric](case["prediction"], case["answers"])
+        expected = case["ours"] if "deviation" in case else case["reference"]
+        assert got == expected, case  # exactly: same arithmetic, same rounding
+    assert sum("deviation" not in c for c in cases) >= 40
