@@ -181,7 +181,7 @@ def test_debug_shows_the_traceback_in_a_subprocess(tmp_path, out_dir):
         (["model.foo=1"], "model.foo"),
         (["train.max_steps=abc"], "train.max_steps"),
         (["grpo.num_generations=1"], "grpo.num_generations"),
-        (["reward.components=[composite,format]", "reward.weights=[0.9,0.3]"], "reward.weights"),
+        (["reward.components=[composite,format]", "reward.weights=[0.9]"], "reward.weights"),
     ],
     ids=["unknown-key", "wrong-type", "num_generations=1", "weights"],
 )
