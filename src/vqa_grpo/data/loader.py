@@ -239,7 +239,7 @@ def read_examples(source: Source, cfg: DataConfig) -> tuple[list[VQAExample], Lo
             report.skip(*result, example_id=row_id(row, source.columns, index), row=index)
     if report.rows == 0:
         raise UserError(f"{source.name} holds no rows; check data.path")
-    _check_columns(source, seen_columns | fallback_columns(seen_columns, source.columns))
+    _check_columns(source, seen_columns)
     _check_mapped(cfg, source, seen_columns)
     return examples, report
 
@@ -274,7 +274,7 @@ def _check_columns(source: Source, seen: set[str]) -> None:
     have = ", ".join(sorted(seen)[:12]) or "none"
     for key in ("image", "question"):
         name = getattr(cols, key)
-        if name not in seen:
+        if name not in seen and key not in fallback_columns(seen, cols):  # TRL's prompt, images
             raise UserError(
                 f"{source.name} has no column {name!r} for the {key} (columns: {have}); map yours with "
                 f"data.columns.{key}=NAME"
