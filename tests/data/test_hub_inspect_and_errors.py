@@ -87,7 +87,8 @@ def test_unknown_preset_lists_the_known(tmp_path, capsys):
         load_config(None, ["data.preset=lmms-lab/VQAv3"])
     assert one_line(info) == (
         "data.preset='lmms-lab/VQAv3' is not a known preset; choose one of lmms-lab/VQAv2, lmms-lab/textvqa, "
-        "lmms-lab/DocVQA, HuggingFaceM4/ChartQA, lmms-lab/OK-VQA, lmms-lab/GQA, HuggingFaceM4/A-OKVQA, or none"
+        "lmms-lab/DocVQA, HuggingFaceM4/ChartQA, lmms-lab/ChartQA, lmms-lab/OK-VQA, lmms-lab/GQA, "
+        "HuggingFaceM4/A-OKVQA, lmms-lab/VizWiz-VQA, or none"
     )
     assert main(["data", "inspect", "hf:lmms-lab/VQAv2", "data.preset=VQAv3"]) == 2
     err = capsys.readouterr().err

@@ -219,3 +219,30 @@ def test_bad_arguments_raise_before_writing(tmp_path, kwargs):
     with pytest.raises(ValueError):
         synthesize(tmp_path / "out", **kwargs)
     assert not (tmp_path / "out").exists()
+
+
+def test_unanswerable_questions_ask_about_an_object_that_is_not_there(tmp_path):
+    rows = _read(synthesize(tmp_path / "u", n=40, seed=3, unanswerable=0.25))
+    missing = [r for r in rows if r["answer"] == "unanswerable"]
+    assert len(missing) == 10 and all(r["answers"] == ["unanswerable"] and r["answer_type"] == "other" for r in missing)
+    asked = Counter(_family(r) for r in missing)
+    assert asked == {"color": 5, "shape": 5}  # half each
+    for r in missing:
+        kinds = [(o["color"], o["shape"]) for o in r["scene"]]
+        if m := re.fullmatch(r"What color is the (\w+)\?", r["question"]):
+            assert r["question_type"] == "what color is the" and all(s != m[1] for _, s in kinds) and kinds
+        else:
+            m = re.fullmatch(r"What shape is the (\w+) object\?", r["question"])
+            assert r["question_type"] == "what" and all(c != m[1] for c, _ in kinds) and kinds
+    for r in rows:  # the other 30 are answerable, and their answers follow from the scene
+        if r["answer"] != "unanswerable":
+            assert _answer_from_scene(r["question"], r["scene"]) == r["answer"]
+
+
+def test_unanswerable_zero_draws_the_same_files(tmp_path):
+    plain = _tree_bytes(synthesize(tmp_path / "a", n=30, seed=5).parent)
+    assert _tree_bytes(synthesize(tmp_path / "b", n=30, seed=5, unanswerable=0.0).parent) == plain
+    assert _tree_bytes(synthesize(tmp_path / "c", n=30, seed=5, unanswerable=0.01).parent) == plain  # rounds to 0
+    with pytest.raises(ValueError, match=r"unanswerable must be a share in \[0, 1\]"):
+        synthesize(tmp_path / "d", n=3, unanswerable=1.5)
+    assert not (tmp_path / "d").exists()

@@ -15,6 +15,7 @@ import torch
 
 from vqa_grpo.config import Config, DataConfig, GRPOConfig, ModelConfig, RewardConfig, TrainConfig
 from vqa_grpo.config_load import load_config
+from vqa_grpo.data.benchmarks import resolve as resolve_benchmark
 from vqa_grpo.data.loader import load_vqa
 from vqa_grpo.grpo import group_advantages
 from vqa_grpo.grpo.objective import answer_nll, grpo_objective, rollout_logprobs
@@ -291,7 +292,7 @@ def test_grpo_run_writes_config_metrics_and_a_loadable_model(grpo_run, tiny_mode
 
     cfg, result = grpo_run
     assert result.steps == 2 and result.final_dir == result.run_dir / "final"
-    assert load_config(result.run_dir / "config.yaml") == cfg
+    assert load_config(result.run_dir / "config.yaml") == resolve_benchmark(cfg)
 
     lines = [json.loads(s) for s in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [x for x in lines if "eval/vqa_accuracy" not in x]

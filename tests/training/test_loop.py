@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 from vqa_grpo.config import ModelConfig, TrainConfig
 from vqa_grpo.config_load import load_config
+from vqa_grpo.data.benchmarks import resolve as resolve_benchmark
 from vqa_grpo.models.loading import load_model
 from vqa_grpo.training import loop
 from vqa_grpo.training.checkpoint import load_checkpoint, save_checkpoint
@@ -97,7 +98,7 @@ def test_sft_run_writes_the_fixed_run_directory(sft_run, tiny_model_dir):
     cfg, result = sft_run
     run_dir = result.run_dir
     assert result.steps == 6 and result.final_dir == run_dir / "final"
-    assert load_config(run_dir / "config.yaml") == cfg
+    assert load_config(run_dir / "config.yaml") == resolve_benchmark(cfg)
 
     lines = records(run_dir)
     assert [r["step"] for r in lines if "loss" in r] == [1, 2, 3, 4, 5, 6]  # logging_steps = 1
@@ -116,7 +117,7 @@ def test_sft_run_writes_the_fixed_run_directory(sft_run, tiny_model_dir):
         ckpt = run_dir / f"checkpoint-{step}"
         assert CHECKPOINT_FILES <= {p.name for p in ckpt.iterdir()}
         state = json.loads((ckpt / "trainer_state.json").read_text())
-        assert state["step"] == step and load_config(ckpt / "config.yaml") == cfg
+        assert state["step"] == step and load_config(ckpt / "config.yaml") == resolve_benchmark(cfg)
         assert state["best_metric"] == max(r["eval/vqa_accuracy"] for r in evals if r["step"] <= step)
         assert state["data"] == {"epoch": 0, "pos": 2 * step, "skipped": 0, "bad": {}}  # 2 questions a step
     # The last checkpoint and final/ hold the same weights (both after step 6), not the start.

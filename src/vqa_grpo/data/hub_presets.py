@@ -37,6 +37,15 @@ class Preset:
     """GQA: the images live in a separate config, found by replacing the first string of the
     instructions config's name with the second; rows are joined on ``join_key`` = its ``id``."""
     join_key: str = ""
+    benchmark: str | None = None
+    """The benchmark the data is (data/benchmarks.py): its metric, prompt and answer length."""
+    config_benchmarks: dict[str, str] = field(default_factory=dict)
+    """A config -> its benchmark, where it differs from ``benchmark`` (DocVQA's InfographicVQA)."""
+    aliases: tuple[str, ...] = ()
+    """Other Hub ids of the same data (lmms-eval's ``lmms-lab-encoder/*`` copies)."""
+    forms: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
+    """A benchmark -> {field: (column, how the transform makes it)} that this form of the data reads
+    instead (A-OKVQA's multiple choice, data.benchmark=aokvqa_mc)."""
 
 
 def _join_types(values: dict[str, Any]) -> None:  # DocVQA: question_types is a list of categories
@@ -53,6 +62,23 @@ def _chart_origin(values: dict[str, Any]) -> None:
     values["question_type"] = _CHART_ORIGIN.get(origin, origin if isinstance(origin, str) else None)
 
 
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def _multiple_choice(values: dict[str, Any]) -> None:
+    """A-OKVQA's multiple-choice form, as lmms-eval's multiple-choice tasks write it (ai2d):
+    the question, then one "A. choice" line per choice; the answers are the correct letter and text."""
+    choices, index = values.get("choices"), values.get("correct_choice_idx")
+    if hasattr(choices, "tolist"):
+        choices = choices.tolist()
+    if not isinstance(choices, (list, tuple)) or not choices or len(choices) > len(LETTERS):
+        return  # no choices: the form's columns stay absent, and the row is skipped as empty
+    lines = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices))
+    values["mc_question"] = f"{values.get('question') or ''}\n{lines}"
+    if isinstance(index, int) and 0 <= index < len(choices):
+        values["mc_answers"] = [LETTERS[index], str(choices[index])]
+
+
 PRESETS: dict[str, Preset] = {p.hub_id: p for p in (
     Preset(
         "lmms-lab/VQAv2", "VQA v2",
@@ -64,6 +90,8 @@ PRESETS: dict[str, Preset] = {p.hub_id: p for p in (
         notes="no train split on this repository; testdev and test carry no answers (the official server "
               "scores them), so only validation trains or evaluates. HuggingFaceM4/VQAv2 is a loading "
               "script, which datasets 4+ no longer runs.",
+        benchmark="vqav2",
+        aliases=("lmms-lab-encoder/VQAv2",),
     ),
     Preset(
         "lmms-lab/textvqa", "TextVQA",
@@ -73,6 +101,8 @@ PRESETS: dict[str, Preset] = {p.hub_id: p for p in (
                "https://huggingface.co/datasets/pppop7/textvqa/blob/main/README.md) and lmms-eval "
                "lmms_eval/tasks/textvqa (dataset_path lmms-lab/textvqa; doc['answers'], doc['question_id'])",
         notes="answers: the 10 annotators' strings; answer = the most common. The test split has no answers.",
+        benchmark="textvqa",
+        aliases=("lmms-lab-encoder/textvqa",),
     ),
     Preset(
         "lmms-lab/DocVQA", "DocVQA",
@@ -86,6 +116,9 @@ PRESETS: dict[str, Preset] = {p.hub_id: p for p in (
         derived={"question_type": "question_types, joined with ', '"},
         default_config="DocVQA",
         transform=_join_types,
+        benchmark="docvqa",
+        config_benchmarks={"InfographicVQA": "infovqa"},
+        aliases=("lmms-lab-encoder/DocVQA",),
     ),
     Preset(
         "HuggingFaceM4/ChartQA", "ChartQA",
@@ -98,6 +131,19 @@ PRESETS: dict[str, Preset] = {p.hub_id: p for p in (
         derived={"question_type": "human_or_machine: 0 -> human, 1 -> machine"},
         split_alias={"validation": "val"},
         transform=_chart_origin,
+        benchmark="chartqa",
+    ),
+    Preset(
+        "lmms-lab/ChartQA", "ChartQA (lmms-eval's copy)",
+        columns=dict(question="question", answer="answer", question_type="type", image="image"),
+        splits=("test",),
+        source="lmms-eval lmms_eval/tasks/chartqa (chartqa.yaml: dataset_path lmms-lab-encoder/ChartQA, test_split "
+               "test; utils.py: doc['question'], doc['answer'], doc['type'] human_test/augmented_test) and its "
+               "upload_chartqa.py features (type, question, answer: string, image)",
+        notes="the test split only, one answer per question; question_type is lmms-eval's split of the score "
+              "(human_test, augmented_test). No id column: ids are row numbers.",
+        benchmark="chartqa",
+        aliases=("lmms-lab-encoder/ChartQA",),
     ),
     Preset(
         "lmms-lab/OK-VQA", "OK-VQA",
@@ -108,6 +154,8 @@ PRESETS: dict[str, Preset] = {p.hub_id: p for p in (
         notes="one split, val2014 (data.split=validation reads it). HuggingFaceM4/OK-VQA is a loading "
               "script, which datasets 4+ no longer runs.",
         split_alias={"validation": "val2014"},
+        benchmark="okvqa",
+        aliases=("lmms-lab-encoder/OK-VQA",),
     ),
     Preset(
         "lmms-lab/GQA", "GQA",
@@ -125,6 +173,8 @@ PRESETS: dict[str, Preset] = {p.hub_id: p for p in (
         config_per_split="{split}_balanced_instructions",
         images_config=("_instructions", "_images"),
         join_key="imageId",
+        benchmark="gqa",
+        aliases=("lmms-lab-encoder/GQA",),
     ),
     Preset(
         "HuggingFaceM4/A-OKVQA", "A-OKVQA",
@@ -134,7 +184,32 @@ PRESETS: dict[str, Preset] = {p.hub_id: p for p in (
                "correct_choice_idx) and load_dataset('HuggingFaceM4/A-OKVQA') printouts in public code "
                "(direct_answers is a string holding a Python list)",
         notes="answers: the 10 direct answers (the string is parsed as a list); answer = the most common. "
-              "The multiple-choice fields (choices, correct_choice_idx) are not used. The test split has no answers.",
+              "data.benchmark=aokvqa_mc reads the multiple-choice form: the question followed by its lettered "
+              "choices (A. ..., one a line), answers [letter, choice text] of correct_choice_idx. The test split "
+              "has no answers.",
+        transform=_multiple_choice,
+        benchmark="aokvqa",
+        forms={
+            "aokvqa_mc": {
+                "question": ("mc_question", "question and the lettered choices"),
+                "answers": ("mc_answers", "[letter, text] of correct_choice_idx"),
+            }
+        },
+    ),
+    Preset(
+        "lmms-lab/VizWiz-VQA", "VizWiz",
+        columns=dict(id="question_id", question="question", answers="answers", question_type="category",
+                     image="image"),
+        splits=("val", "test"),
+        source="dataset card YAML, https://huggingface.co/datasets/lmms-lab/VizWiz-VQA/blob/main/README.md "
+               "(question_id, image, question, answers: list of strings, category) and lmms-eval "
+               "lmms_eval/tasks/vizwiz_vqa (dataset_path lmms-lab-encoder/VizWiz-VQA, test_split val; "
+               "doc['question'], doc['answers'], doc['question_id'])",
+        notes="answers: the 10 annotators' strings, \"unanswerable\" among them; question_type is the category "
+              "(unanswerable, yes/no, number, other). data.split=validation reads val; test has no answers.",
+        split_alias={"validation": "val"},
+        benchmark="vizwiz",
+        aliases=("lmms-lab-encoder/VizWiz-VQA",),
     ),
 )}  # fmt: skip
 

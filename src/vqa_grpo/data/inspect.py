@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 from vqa_grpo.config_load import load_config
+from vqa_grpo.data.benchmarks import describe as benchmark_uses
 from vqa_grpo.data.hub import describe
 from vqa_grpo.data.loader import LoadReport, read_examples
 from vqa_grpo.data.sources import open_source
@@ -22,11 +23,14 @@ def inspect_command(path: str, fmt: str | None, image_root: str | None, as_json:
     """Print rows read, kept, skips by reason, counts by answer type and the first examples.
 
     For an hf: dataset it first prints what was mapped: the preset, config, split and the column
-    of each field. With ``as_json`` prints one JSON object (rows, kept, skipped, answer_types, and
+    of each field; then the benchmark (data.benchmark, or the preset's) with the reward, best/'s
+    metric, answer length and prompt that training and evaluation will use. With ``as_json``
+    prints one JSON object (rows, kept, skipped, answer_types, "benchmark" with those uses, and
     for an hf: dataset "source" with that mapping). The report is printed even when too many rows
     were skipped; that case then raises a one-line UserError, as training would refuse the data.
     """
-    cfg = load_config(None, list(overrides)).data
+    full = load_config(None, list(overrides))
+    cfg = full.data
     cfg.path = path
     if fmt:
         cfg.format = fmt
@@ -34,18 +38,29 @@ def inspect_command(path: str, fmt: str | None, image_root: str | None, as_json:
         cfg.image_root = image_root
     source = open_source(path, cfg)
     examples, report = read_examples(source, cfg)
+    uses = benchmark_uses(full)
     if as_json:
         out = report.to_dict()
         if source.about:
             out["source"] = source.about  # hf: datasets: the preset, config, split and column mapping
+        out["benchmark"] = uses
         print(json.dumps(out))
     else:
-        head = "\n".join(describe(source.about)) + "\n\n" if source.about else ""
-        print(head + render(examples, report))
+        head = "\n".join(describe(source.about)) + "\n" if source.about else ""
+        print(head + "\n".join(render_uses(uses)) + "\n\n" + render(examples, report))
     complaint = report.too_many_skipped(cfg.max_skip_fraction)
     if complaint:
         raise UserError(complaint)
     return 0
+
+
+def render_uses(uses: dict) -> list[str]:
+    """The benchmark's lines: what training and evaluation will use on this data."""
+    return [
+        f"benchmark: {uses['benchmark'] or 'none'}  reward {', '.join(uses['reward'])}  best/ by "
+        f"{uses['eval_metric']}  max new tokens {uses['max_new_tokens']}",
+        f"prompt: {uses['prompt']!r}",
+    ]
 
 
 def render(examples: list[VQAExample], report: LoadReport) -> str:

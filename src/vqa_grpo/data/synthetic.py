@@ -11,6 +11,11 @@ has one question from one of five families, with the VQA v2 answer types:
     shape      other        "What shape is the red object?"   (unique red object)  the 3 shapes
     relation   other        "Is the red circle left or right of the blue square?"  left, right
 
+With ``unanswerable`` > 0 that share of the questions (rounded) cannot be answered from the image:
+"What color is the circle?" with no circle, or "What shape is the red object?" with nothing red
+(half each, up to one), answered "unanswerable" (answer type other); the rest keep the families'
+proportions. 0, the default, draws exactly what it drew before the option existed.
+
 The answer is drawn first (answers are balanced inside each family: every answer of a family
 comes up equally often, up to one) and the scene is built to make it true, so no answer is
 learnable from the question alone. The families are mixed in the exact proportions of
@@ -192,12 +197,29 @@ def _relation(rng: random.Random, answer: str) -> _Plan:
     return _Plan(question, "is the", kinds, left_pair=True)
 
 
+UNANSWERABLE = "unanswerable"
+"""The answer of a question about an object the image does not hold (rewards/abstention.py)."""
+
+
+def _missing(rng: random.Random, asked: str) -> _Plan:
+    """A question about an object that is not there, by the attribute it lacks: the colour of a
+    shape absent from the scene, or the shape of a colour absent from it."""
+    if asked == "color":
+        shape = rng.choice(SHAPES)
+        kinds = _others(rng, rng.randint(1, MAX_OBJECTS), lambda k: k[1] != shape)
+        return _Plan(f"What color is the {shape}?", "what color is the", kinds)
+    color = rng.choice(list(COLORS))
+    kinds = _others(rng, rng.randint(1, MAX_OBJECTS), lambda k: k[0] != color)
+    return _Plan(f"What shape is the {color} object?", "what", kinds)
+
+
 _FAMILIES: dict[str, Callable[[random.Random, str], _Plan]] = {
     "existence": _existence,
     "count": _count,
     "color": _color,
     "shape": _shape,
     "relation": _relation,
+    UNANSWERABLE: _missing,
 }
 
 
@@ -280,14 +302,30 @@ def _family_schedule(rng: random.Random, n: int) -> list[tuple[str, str]]:
     return schedule
 
 
-def synthesize(out_dir: str | os.PathLike, n: int = 1000, seed: int = 0, image_size: int = 112) -> Path:
-    """Write ``n`` synthetic VQA examples under ``out_dir`` and return the path of data.jsonl.
+def _schedule(rng: random.Random, n: int, unanswerable: float) -> list[tuple[str, str]]:
+    """The (family, answer) pairs; unanswerable questions are (UNANSWERABLE, the attribute asked)."""
+    missing = round(unanswerable * n)
+    if missing == 0:
+        return _family_schedule(rng, n)  # the draws of the set without the option, unchanged
+    schedule = _family_schedule(rng, n - missing) if missing < n else []
+    schedule += [(UNANSWERABLE, ("color", "shape")[i % 2]) for i in range(missing)]
+    rng.shuffle(schedule)
+    return schedule
+
+
+def synthesize(
+    out_dir: str | os.PathLike, n: int = 1000, seed: int = 0, image_size: int = 112, unanswerable: float = 0.0
+) -> Path:
+    """Write ``n`` synthetic VQA examples under ``out_dir`` and return the path of data.jsonl;
+    ``unanswerable`` of them (a share, rounded) ask about an object that is not in the image.
 
     Same arguments, byte-identical files. Images of an earlier run with a larger ``n`` are not
     removed; data.jsonl is replaced whole (written to a temporary file, then renamed).
     """
     if n < 1:
         raise ValueError(f"n must be a positive number of examples, got {n}")
+    if not 0 <= unanswerable <= 1:
+        raise ValueError(f"unanswerable must be a share in [0, 1], got {unanswerable}")
     if image_size < MIN_IMAGE_SIZE:
         raise ValueError(f"image_size must be at least {MIN_IMAGE_SIZE} px, got {image_size}")
     out_dir = Path(out_dir)
@@ -295,8 +333,9 @@ def synthesize(out_dir: str | os.PathLike, n: int = 1000, seed: int = 0, image_s
     rng = random.Random(seed)
     width = max(6, len(str(n - 1)))
     rows = []
-    for index, (family, answer) in enumerate(_family_schedule(rng, n)):
+    for index, (family, answer) in enumerate(_schedule(rng, n, unanswerable)):
         plan = _FAMILIES[family](rng, answer)
+        answer = UNANSWERABLE if family == UNANSWERABLE else answer
         objects = _place(rng, plan, image_size)
         example_id = f"{index:0{width}d}"
         image_path = f"images/{example_id}.png"
@@ -308,7 +347,7 @@ def synthesize(out_dir: str | os.PathLike, n: int = 1000, seed: int = 0, image_s
             "answer": answer,
             "answers": [answer],
             "question_type": plan.question_type,
-            "answer_type": FAMILY_ANSWER_TYPES[family],
+            "answer_type": FAMILY_ANSWER_TYPES.get(family, "other"),
             "scene": objects,
         }
         rows.append(json.dumps(row) + "\n")

@@ -1,0 +1,168 @@
+"""The benchmarks a data set can be (``data.benchmark``): each one's official metric, prompt and
+answer length, so that ``vqa-grpo evaluate`` on it gives a number comparable with lmms-eval's.
+
+A benchmark gives three things, each used only where the user set nothing:
+
+* ``metric``: the reward (``reward.components`` unset) and the metric that picks ``best/``
+  (``train.eval_metric`` unset); ``metrics.json`` names it ``primary_metric``.
+* ``prompt``: the user turn's template (``data.prompt_template`` unset; data/prompts.py):
+  lmms-eval's ``pre_prompt + question + post_prompt`` of the task's ``default`` kwargs.
+* ``max_new_tokens``: the answer length (``eval.max_new_tokens`` unset): the task's
+  ``generation_kwargs.max_new_tokens``; where the task sets none (TextVQA, OK-VQA, VizWiz: the
+  model wrapper's default applies there, e.g. 1024 in lmms-eval's llava), 16.
+
+Without a benchmark the seed report's choices stay: the composite reward, ``vqa_accuracy`` for
+``best/``, the seed's prompt and 16 tokens. A Hub preset names its benchmark (hub_presets.py);
+``data.benchmark`` names one for a local copy, and wins over the preset's.
+
+Read from lmms-eval (github.com/EvolvingLMMs-Lab/lmms-eval) at commit ``LMMS_EVAL_COMMIT``,
+``lmms_eval/tasks/<task>/``; docs/data_hub.md has the table and the differences.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from vqa_grpo.config import Config, ConfigError
+from vqa_grpo.errors import UserError
+
+LMMS_EVAL_COMMIT = "75571cfe0fa36ca5ec2e6aa2bb268f9d38295af3"
+"""The lmms-eval commit whose task files the table below was checked against (2026-08-06)."""
+
+SHORT = "\nAnswer the question using a single word or phrase."
+UNANSWERABLE = "\nWhen the provided information is insufficient, respond with 'Unanswerable'." + SHORT
+MULTIPLE_CHOICE = "\nAnswer with the option's letter from the given choices directly."
+DEFAULT_MAX_NEW_TOKENS = 16
+"""eval.max_new_tokens without a benchmark, or for a task that sets none."""
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark: its metric, prompt and answer length, and the lmms-eval task they come from."""
+
+    name: str
+    title: str
+    metric: str
+    """The official metric (a key of metrics.json and a reward component)."""
+    prompt: str
+    """The user turn's template, with {question}."""
+    max_new_tokens: int
+    task: str
+    """The lmms-eval task (or the benchmark's own evaluation) the values were read from."""
+    notes: str = ""
+
+
+BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
+    Benchmark("docvqa", "DocVQA", "anls", "{question}" + SHORT, 32, "docvqa_val"),
+    Benchmark("infovqa", "InfographicVQA", "anls", "{question}" + SHORT, 32, "infovqa_val"),
+    Benchmark("chartqa", "ChartQA", "relaxed_accuracy", "{question}\nAnswer the question with a single word.", 16,
+              "chartqa"),
+    Benchmark("gqa", "GQA", "exact_match", "{question}" + SHORT, 16, "gqa"),
+    Benchmark("vqav2", "VQA v2", "vqa_accuracy", "{question}" + SHORT, 16, "vqav2_val"),
+    Benchmark("textvqa", "TextVQA", "vqa_accuracy", "{question}" + SHORT, DEFAULT_MAX_NEW_TOKENS, "textvqa_val",
+              notes="lmms-eval capitalises the question (str.capitalize: the rest lower-cased); the template "
+                    "keeps it as written"),
+    Benchmark("okvqa", "OK-VQA", "vqa_accuracy", "{question}" + UNANSWERABLE, DEFAULT_MAX_NEW_TOKENS,
+              "ok_vqa_val2014"),
+    Benchmark("aokvqa", "A-OKVQA (direct answer)", "vqa_accuracy", "{question}" + SHORT, DEFAULT_MAX_NEW_TOKENS,
+              "no lmms-eval task: lmms-eval's VQA prompt; allenai/aokvqa evaluation/eval_predictions.py",
+              notes="A-OKVQA's own direct-answer score is min(1, matches / 3) without leave-one-out or "
+                    "normalisation; VQA accuracy averages over leave-one-out subsets"),
+    Benchmark("aokvqa_mc", "A-OKVQA (multiple choice)", "multiple_choice", "{question}" + MULTIPLE_CHOICE, 16,
+              "no lmms-eval task: lmms-eval's multiple-choice format (ai2d); allenai/aokvqa eval_predictions.py",
+              notes="the question carries the lettered choices (A. ..., one a line); the letter or the choice's "
+                    "text is accepted"),
+    Benchmark("vizwiz", "VizWiz", "vqa_accuracy", "{question}" + UNANSWERABLE, DEFAULT_MAX_NEW_TOKENS,
+              "vizwiz_vqa_val",
+              notes="lmms-eval capitalises the question (str.capitalize); evaluation adds the answerability "
+                    "figures (rewards/abstention.py)"),
+)}  # fmt: skip
+
+
+def find_benchmark(name: str | None) -> Benchmark | None:
+    """The benchmark called ``name`` (case-insensitive), None for None; an unknown name is one line."""
+    if name is None:
+        return None
+    found = BENCHMARKS.get(name.strip().lower())
+    if found is None:
+        raise ConfigError(f"data.benchmark={name!r} is not a known benchmark; choose one of {', '.join(BENCHMARKS)}")
+    return found
+
+
+def data_benchmark(cfg: Config, path: str | None = None) -> Benchmark | None:
+    """The benchmark of the data: ``data.benchmark``, else the Hub preset's of ``path`` (default
+    ``data.path``), else None."""
+    if cfg.data.benchmark is not None:
+        return find_benchmark(cfg.data.benchmark)
+    from vqa_grpo.data.hub import hub_name, is_hub_path, preset_benchmark
+
+    path = cfg.data.path if path is None else path
+    if not is_hub_path(path):
+        return None
+    name = preset_benchmark(cfg.data, hub_name(path))
+    return BENCHMARKS[name] if name else None
+
+
+def resolve(cfg: Config, path: str | None = None) -> Config:
+    """``cfg`` with the settings left to the benchmark filled in: data.benchmark (from the Hub
+    preset), reward.components, train.eval_metric and eval.max_new_tokens. Idempotent: a resolved
+    config comes back unchanged. ``path``: the data evaluated when it is not data.path."""
+    bench = data_benchmark(cfg, path)
+    data = dataclasses.replace(cfg.data, benchmark=bench.name if bench else None)
+    reward, train, evalc = cfg.reward, cfg.train, cfg.eval
+    if reward.components is None:
+        components = [bench.metric] if bench else ["composite"]
+        if reward.weights is not None and len(reward.weights) != 1:
+            raise ConfigError(
+                f"reward.weights has {len(reward.weights)} values for one reward ({components[0]}, "
+                "reward.components being unset); set reward.components, or give one weight"
+            )
+        reward = dataclasses.replace(reward, components=components)
+    if train.eval_metric is None:
+        train = dataclasses.replace(train, eval_metric=bench.metric if bench else "vqa_accuracy")
+    if evalc.max_new_tokens is None:
+        evalc = dataclasses.replace(evalc, max_new_tokens=bench.max_new_tokens if bench else DEFAULT_MAX_NEW_TOKENS)
+    return dataclasses.replace(cfg, data=data, reward=reward, train=train, eval=evalc)
+
+
+def describe(cfg: Config, path: str | None = None) -> dict[str, Any]:
+    """What ``data inspect`` shows: the benchmark, the metric, the prompt and the answer length
+    that training and evaluation will use."""
+    from vqa_grpo.data.prompts import prompt_template
+
+    resolved = resolve(cfg, path)
+    return {
+        "benchmark": resolved.data.benchmark,
+        "reward": resolved.reward.components,
+        "eval_metric": resolved.train.eval_metric,
+        "prompt": prompt_template(resolved.data, resolved.reward.reasoning),
+        "max_new_tokens": resolved.eval.max_new_tokens,
+    }
+
+
+def is_choice_answers(answers: list[str]) -> bool:
+    """Whether ``answers`` are a multiple-choice example's: [letter, choice text] (hub_presets.py's
+    A-OKVQA form)."""
+    return len(answers) == 2 and len(answers[0]) == 1 and "A" <= answers[0] <= "Z"
+
+
+def check_fit(cfg: Config, examples: list) -> None:
+    """Refuse, in one line, a metric that the data cannot feed: the multiple-choice metric as the
+    reward or best/'s metric on examples without choices (answers [letter, choice text])."""
+    metric = BENCHMARKS["aokvqa_mc"].metric
+    named = [
+        k
+        for k, v in (("reward.components", cfg.reward.components or []), ("train.eval_metric", [cfg.train.eval_metric]))
+        if metric in v
+    ]
+    if not named:
+        return
+    bad = next((e for e in examples if not is_choice_answers(e.answers)), None)
+    if bad is not None:
+        raise UserError(
+            f"{named[0]} names {metric}, but example {bad.id} has no choices (answers {bad.answers[:3]}, not "
+            "[letter, choice text]); read multiple-choice data (data.benchmark=aokvqa_mc on A-OKVQA) or choose "
+            "another metric"
+        )
