@@ -111,8 +111,8 @@ def image_cell(values: dict[str, Any], columns: ColumnsConfig) -> tuple[Any, str
     """The image's cell and "" , or (None, why) for a row with several images (one image per
     question here); a list of one image (TRL's ``images``) is that image."""
     cell = values.get(image_column(values, columns.image))
-    if hasattr(cell, "tolist") and not isinstance(cell, (str, bytes)):
-        cell = cell.tolist()  # an array of images from pandas
+    if getattr(getattr(cell, "dtype", None), "kind", "") == "O" and getattr(cell, "ndim", 0) == 1:
+        cell = cell.tolist()  # an array of images (paths, bytes cells) from pandas
     if isinstance(cell, (list, tuple)):
         if len(cell) > 1:
             return None, f"{len(cell)} images; vqa-grpo takes one image per question"
