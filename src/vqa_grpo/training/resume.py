@@ -2,7 +2,8 @@
 
 ``train.resume=auto`` reads every ``checkpoint-<step>/`` newest first against its manifest.json
 (training/integrity.py) and takes the first that is whole, warning about each one it passes over; an
-explicit ``train.resume=PATH`` to a damaged checkpoint is a UserError naming the bad file.
+explicit ``train.resume=PATH`` to a damaged checkpoint is a UserError naming the bad file. The
+run's settings then come back from the checkpoint (training/resume_settings.py).
 """
 
 from __future__ import annotations
@@ -10,14 +11,38 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Iterable
 
 from vqa_grpo.config import Config
 from vqa_grpo.errors import UserError
 from vqa_grpo.training import integrity
 from vqa_grpo.training.checkpoint import STATE_FILE, list_checkpoints
 from vqa_grpo.training.distributed import Dist
+from vqa_grpo.training.resume_settings import missing_python_rewards, restore
 
 log = logging.getLogger("vqa_grpo.resume")
+
+
+def start_point(
+    cfg: Config, mode: str, dist: Dist, given: Iterable[str], reward_funcs: dict | None = None
+) -> tuple[Config, Path | None, dict[str, list]]:
+    """The config the run goes on with, the checkpoint it resumes from (None: a fresh start) and the
+    keys this resume changes ({key: [old, new]}). Refused in one line, before anything is read or
+    written: a checkpoint of the other mode (sft, grpo), settings that differ from the checkpoint's
+    (restore), and GRPO without a reward function the run was given in Python."""
+    found = resume_path(cfg, Path(cfg.train.output_dir), dist)
+    saved = json.loads((found / STATE_FILE).read_text()).get("mode") if found is not None else None
+    if saved not in (None, mode):
+        command = {"sft": "sft", "grpo": "train"}
+        raise UserError(
+            f"resume: {found} was saved by vqa-grpo {command.get(saved, saved)}, not {command.get(mode, mode)}; "
+            f"resume it with vqa-grpo {command.get(saved, saved)}, or start a new run from its weights "
+            "(model.name_or_path) in a new train.output_dir"
+        )
+    cfg, changed = restore(cfg, found, given, reward_funcs or {})
+    if mode == "grpo":
+        missing_python_rewards(cfg, reward_funcs or {}, resumed=found is not None)
+    return cfg, found, changed
 
 
 def resume_path(cfg: Config, run_dir: Path, dist: Dist) -> Path | None:
