@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
-from types import SimpleNamespace
 
 import pytest
 
 from vqa_grpo.cli import main
 from vqa_grpo.config import RewardConfig
+from vqa_grpo.config_load import load_config
 from vqa_grpo.rewards import (
     anls,
     compute_rewards,
@@ -21,6 +21,7 @@ from vqa_grpo.rewards import (
     vqa_accuracy,
 )
 from vqa_grpo.rewards.normalize import evalai_answer, evalai_normalize, normalize_answer
+from vqa_grpo.rewards.registry import reward_settings
 
 
 def test_anls_by_hand():
@@ -115,11 +116,12 @@ def test_each_is_a_reward_component_and_a_metric():
 
 
 def test_the_reward_follows_the_convention():
-    cfg = SimpleNamespace(components=["vqa_accuracy"], weights=None, vqa_convention="lmms_eval")
     answers = [["1000"] * 9 + ["one thousand"]]
-    assert compute_rewards(["1,,000"], answers, ["number"], cfg).total.tolist() == [1.0]
-    cfg.vqa_convention = "official"  # the lenient form: normalised with vqaEval.py's patterns
-    assert compute_rewards(["1,,000"], answers, ["number"], cfg).total.tolist() == [0.0]
+    for convention, expected in (("lmms_eval", 1.0), ("official", 0.0)):  # official: its lenient form
+        cfg = load_config(None, ["reward.components=[vqa_accuracy]", f"eval.vqa_convention={convention}"])
+        reward = reward_settings(cfg)  # what the trainer hands the rollout
+        assert compute_rewards(["1,,000"], answers, ["number"], reward).total.tolist() == [expected]
+    assert not hasattr(cfg.reward, "vqa_convention")  # the config itself is left as it was
 
 
 def test_score_with_metrics_and_convention(tmp_path, capsys):

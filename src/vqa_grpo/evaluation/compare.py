@@ -152,17 +152,22 @@ def _names(paths: list[str]) -> list[str]:
 def compare_runs(paths: list[str], *, samples: int = BOOTSTRAP_SAMPLES, seed: int = SEED) -> dict:
     """Side-by-side metrics of evaluate output dirs, and paired bootstrap tests against the first.
 
-    Returns {"runs": [{"path", "name", "n"}], "metrics": [names], "overall": {metric: [value per
+    Returns {"runs": [{"path", "name", "n", "vqa_convention"}], "metrics": [names], "overall": {metric: [value per
     run]}, "per_answer_type": {type: {"n": [per run], metric: [per run]}}, "differences": [one per
     run after the first: {"run", "baseline", "n_shared", "overall": {"n", metric: {"mean", "ci95",
     "p_value"}}, "per_answer_type": {...}, "per_question_type": {...}}], "bootstrap": {...}}.
-    A value a run lacks is None. Raises UserError for fewer than two runs or a missing directory/file.
+    A value a run lacks is None; vqa_accuracy is left out when the runs computed it by different
+    conventions (eval.vqa_convention; a metrics.json without one is official). Raises UserError
+    for fewer than two runs or a missing directory/file.
     """
     if len(paths) < 2:
         raise UserError(f"compare needs at least two evaluation directories, got {len(paths)}")
     loaded = [load_eval_dir(p) for p in paths]
     names = _names([str(p) for p in paths])
     metrics = [m for m in metric_names(loaded[0][0]) if all(m in x[0] for x in loaded[1:])]
+    conventions = [met.get("vqa_convention", "official") for met, _ in loaded]  # runs before it: official
+    if len(set(conventions)) > 1:  # the same name, two different numbers: not compared
+        metrics = [m for m in metrics if m != "vqa_accuracy"]
     types = sorted({t for met, _ in loaded for t in met.get("per_answer_type", {})})
 
     def value(d: dict | None, key: str):
@@ -179,7 +184,10 @@ def compare_runs(paths: list[str], *, samples: int = BOOTSTRAP_SAMPLES, seed: in
             raise UserError(f"{name} and {names[0]} share no question ids: were they evaluated on the same data?")
         differences.append({"run": name, "baseline": names[0], **diff})
     return {
-        "runs": [{"path": str(p), "name": n, "n": met.get("n")} for p, n, (met, _) in zip(paths, names, loaded)],
+        "runs": [
+            {"path": str(p), "name": n, "n": met.get("n"), "vqa_convention": c}
+            for p, n, (met, _), c in zip(paths, names, loaded, conventions)
+        ],
         "metrics": metrics,
         "overall": {m: [met[m] for met, _ in loaded] for m in metrics},
         "per_answer_type": per_type,
@@ -198,10 +206,16 @@ def format_comparison(result: dict) -> str:
     letters = [chr(ord("A") + i) if i < 26 else f"R{i + 1}" for i in range(len(result["runs"]))]
     w = 8
     b = result["bootstrap"]
-    head = f"{'subset':<14} {'metric':<13} {'n':>6} " + " ".join(f"{x:>{w}}" for x in letters)
+    mw = max([13, *(len(m) for m in result["metrics"])])
+    head = f"{'subset':<14} {'metric':<{mw}} {'n':>6} " + " ".join(f"{x:>{w}}" for x in letters)
     for x in letters[1:]:
         head += f"  {x + ' - ' + letters[0]:>8} {'95% CI':>19} {'p':>7}"
-    lines = [f"{x} = {r['path']} (n={r['n']})" for x, r in zip(letters, result["runs"])]
+    lines = [
+        f"{x} = {r['path']} (n={r['n']}, vqa_accuracy as {r.get('vqa_convention', 'official')})"
+        for x, r in zip(letters, result["runs"])
+    ]
+    if len({r.get("vqa_convention", "official") for r in result["runs"]}) > 1:
+        lines.append("vqa_accuracy not compared: the runs computed it by different conventions (eval.vqa_convention)")
     lines += [
         f"differences to A: paired bootstrap over the question ids both runs hold, {b['samples']} resamples, "
         f"seed {b['seed']}; 95% percentile CI; two-sided p",
@@ -214,7 +228,7 @@ def format_comparison(result: dict) -> str:
     for subset, values, pick in subsets:
         n = pick(result["differences"][0]).get("n", "-")
         for m in result["metrics"]:
-            row = f"{subset:<14} {m:<13} {n:>6} "
+            row = f"{subset:<14} {m:<{mw}} {n:>6} "
             row += " ".join(f"{v:>{w}.4f}" if isinstance(v, (int, float)) else f"{'-':>{w}}" for v in values[m])
             for d in result["differences"]:
                 t = pick(d).get(m)

@@ -10,6 +10,7 @@ never disagree about what the model answered.
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -90,6 +91,14 @@ def reward_weights(cfg: Any) -> list[float]:
     """Each of ``cfg.components``' weight: ``cfg.weights``, or 1.0 each when it is None (TRL's default)."""
     weights = getattr(cfg, "weights", None)
     return [1.0] * len(reward_components(cfg)) if weights is None else [float(w) for w in weights]
+
+
+def reward_settings(cfg: Any) -> Any:
+    """A run's ``cfg.reward`` with ``vqa_convention`` (from ``cfg.eval``) attached, so that the
+    vqa_accuracy reward follows eval.vqa_convention as the metric does (a copy; the config is kept)."""
+    settings = copy.copy(cfg.reward)
+    settings.vqa_convention = cfg.eval.vqa_convention
+    return settings
 
 
 def compute_rewards(

@@ -25,6 +25,7 @@ from vqa_grpo.models.loading import LoadedModel
 from vqa_grpo.models.plan import ForwardPlan
 from vqa_grpo.models.prefix import Prefix
 from vqa_grpo.models.scoring import answer_tokens, completion_logprobs
+from vqa_grpo.rewards.registry import reward_settings
 from vqa_grpo.training.batches import Batches
 from vqa_grpo.training.distributed import Dist
 
@@ -193,7 +194,7 @@ def make_rollouts(
             examples,
             images,
             cfg.grpo,
-            cfg.reward,
+            reward_settings(cfg),  # cfg.reward, and eval.vqa_convention for the vqa_accuracy reward
             device,
             vllm,
             reward_funcs=reward_funcs,

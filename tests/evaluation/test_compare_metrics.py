@@ -1,0 +1,50 @@
+"""``compare`` on runs scored by a benchmark's metric (ANLS) and by different VQA conventions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vqa_grpo.data.types import VQAExample
+from vqa_grpo.evaluation.compare import compare_runs, format_comparison
+from vqa_grpo.evaluation.evaluate import format_table, summarise, write_outputs
+
+
+def write_run(path, anls: list[float], convention: str) -> str:
+    """An evaluate output dir of four questions with the given ANLS scores (vqa_accuracy 0 throughout)."""
+    examples = [VQAExample(f"q{i}", "what is written?", ["a"], "a", "other", "what is") for i in range(4)]
+    scores = {"vqa_accuracy": np.zeros(4), "anls": np.array(anls)}
+    metrics = summarise(scores, examples, samples=50)
+    metrics["vqa_convention"] = convention
+    write_outputs(path, examples, ["p"] * 4, ["p"] * 4, scores, metrics)
+    return str(path)
+
+
+def test_anls_is_compared_with_its_interval_and_per_type(tmp_path):
+    a = write_run(tmp_path / "a", [0.5, 0.0, 1.0, 0.8], "official")
+    b = write_run(tmp_path / "b", [1.0, 0.6, 1.0, 0.8], "official")
+    result = compare_runs([a, b], samples=200)
+    assert result["metrics"] == ["vqa_accuracy", "anls"]
+    assert result["overall"]["anls"] == pytest.approx([0.575, 0.85])
+    assert result["differences"][0]["overall"]["anls"]["mean"] == pytest.approx((0.5 + 0.6) / 4)
+    assert result["per_answer_type"]["other"]["anls"] == pytest.approx([0.575, 0.85])
+    table = format_comparison(result)
+    assert "anls" in table and "vqa_accuracy as official" in table
+
+
+def test_runs_of_different_conventions_leave_vqa_accuracy_out(tmp_path):
+    a = write_run(tmp_path / "a", [0.5, 0.0, 1.0, 0.8], "official")
+    b = write_run(tmp_path / "b", [1.0, 0.6, 1.0, 0.8], "lmms_eval")
+    result = compare_runs([a, b], samples=200)
+    assert result["metrics"] == ["anls"]
+    assert [r["vqa_convention"] for r in result["runs"]] == ["official", "lmms_eval"]
+    assert "vqa_accuracy not compared: the runs computed it by different conventions" in format_comparison(result)
+
+
+def test_the_evaluate_table_shows_the_benchmark_metric():
+    examples = [VQAExample(f"q{i}", "q?", ["a"], "a", "other") for i in range(2)]
+    metrics = summarise({"vqa_accuracy": np.zeros(2), "composite": np.zeros(2), "anls": np.array([1.0, 0.5])}, examples)
+    assert metrics["per_answer_type"]["other"]["ci95"]["anls"] == [0.5, 1.0]  # per type, as vqa_accuracy's
+    head, _, overall, _ = format_table(metrics).splitlines()
+    assert head.split() == ["subset", "n", "vqa_accuracy", "composite", "anls"]
+    assert overall.split() == ["overall", "2", "0.0000", "0.0000", "0.7500"]
