@@ -192,7 +192,7 @@ def evaluate(
     (seeded by ``train.seed``, stratified by answer type, in file order)."""
     from vqa_grpo.config import Config
     from vqa_grpo.config_load import check_config
-    from vqa_grpo.data.benchmarks import check_fit, resolve
+    from vqa_grpo.data.benchmarks import resolve
     from vqa_grpo.data.loader import load_examples, read_examples
     from vqa_grpo.data.sources import memory_source
     from vqa_grpo.data.splits import limit
@@ -208,5 +208,4 @@ def evaluate(
     else:
         examples, _ = read_examples(memory_source(data, cfg.data), cfg.data)
     examples = limit(examples, cfg.data.max_eval_samples, cfg.train.seed, "eval")
-    check_fit(cfg, examples)
     return _evaluate(str(model), examples, cfg, out)

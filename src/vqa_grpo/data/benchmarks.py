@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from vqa_grpo.config import Config, ConfigError
-from vqa_grpo.errors import UserError
 
 LMMS_EVAL_COMMIT = "75571cfe0fa36ca5ec2e6aa2bb268f9d38295af3"
 """The lmms-eval commit whose task files the table below was checked against (2026-08-06)."""
@@ -140,29 +139,3 @@ def describe(cfg: Config, path: str | None = None) -> dict[str, Any]:
         "prompt": prompt_template(resolved.data, resolved.reward.reasoning),
         "max_new_tokens": resolved.eval.max_new_tokens,
     }
-
-
-def is_choice_answers(answers: list[str]) -> bool:
-    """Whether ``answers`` are a multiple-choice example's: [letter, choice text] (hub_presets.py's
-    A-OKVQA form)."""
-    return len(answers) == 2 and len(answers[0]) == 1 and "A" <= answers[0] <= "Z"
-
-
-def check_fit(cfg: Config, examples: list) -> None:
-    """Refuse, in one line, a metric that the data cannot feed: the multiple-choice metric as the
-    reward or best/'s metric on examples without choices (answers [letter, choice text])."""
-    metric = BENCHMARKS["aokvqa_mc"].metric
-    named = [
-        k
-        for k, v in (("reward.components", cfg.reward.components or []), ("train.eval_metric", [cfg.train.eval_metric]))
-        if metric in v
-    ]
-    if not named:
-        return
-    bad = next((e for e in examples if not is_choice_answers(e.answers)), None)
-    if bad is not None:
-        raise UserError(
-            f"{named[0]} names {metric}, but example {bad.id} has no choices (answers {bad.answers[:3]}, not "
-            "[letter, choice text]); read multiple-choice data (data.benchmark=aokvqa_mc on A-OKVQA) or choose "
-            "another metric"
-        )

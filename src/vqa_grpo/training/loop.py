@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 
 from vqa_grpo.config import Config, save_config
 from vqa_grpo.config_keys import given_keys
-from vqa_grpo.data.benchmarks import check_fit
 from vqa_grpo.data.benchmarks import resolve as resolve_benchmark
 from vqa_grpo.data.loader import load_vqa
 from vqa_grpo.data.types import VQAExample
@@ -35,6 +34,7 @@ from vqa_grpo.evaluation.evaluate import answer_and_score
 from vqa_grpo.grpo.logprobs import Reference
 from vqa_grpo.models.loading import LoadedModel, load_model, resolve_device
 from vqa_grpo.paths import check_folder
+from vqa_grpo.rewards.benchmark import check_metrics_fit
 from vqa_grpo.rewards.user import resolve as resolve_rewards
 from vqa_grpo.training.checkpoint import no_space
 from vqa_grpo.training.distributed import Dist
@@ -119,7 +119,8 @@ def run(
     device = dist.device(resolve_device(cfg.train.device))
     set_threads(cfg.train.cpu_threads)
     data = load_vqa(cfg.data, seed=cfg.train.seed, frame=data)  # before the model: bad data fails fast
-    check_fit(cfg, data.train + data.eval)  # a multiple-choice metric on data without choices
+    fitted = [e.answers for e in data.train + data.eval]  # a multiple-choice metric on data without choices
+    check_metrics_fit([*cfg.reward.components, cfg.train.eval_metric], fitted, f"data {cfg.data.path}")
     user_rewards = resolve_rewards(cfg.reward.components, reward_funcs) if mode == "grpo" else {}
     seed_everything(cfg.train.seed + dist.rank)  # each process samples its own completions
     _check_before_writing(cfg, mode, dist, device)
