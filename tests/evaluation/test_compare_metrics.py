@@ -48,3 +48,13 @@ def test_the_evaluate_table_shows_the_benchmark_metric():
     head, _, overall, _ = format_table(metrics).splitlines()
     assert head.split() == ["subset", "n", "vqa_accuracy", "composite", "anls"]
     assert overall.split() == ["overall", "2", "0.0000", "0.0000", "0.7500"]
+
+
+def test_the_report_names_the_convention(tmp_path):
+    from vqa_grpo.evaluation.report_html import _types_section
+
+    examples = [VQAExample("q0", "q?", ["a"], "a", "other")]
+    metrics = summarise({"vqa_accuracy": np.ones(1)}, examples, samples=10)
+    assert "(official convention: eval.vqa_convention)" in _types_section(None, metrics, None)
+    metrics["vqa_convention"] = "lmms_eval"
+    assert "(lmms_eval convention: eval.vqa_convention)" in _types_section(None, metrics, None)

@@ -79,8 +79,10 @@ def _types_section(before: dict | None, after: dict | None, diff: dict | None) -
     has_before = before is not None and after is not None
     if after is None:  # only a before evaluation: show it in the "after" columns' place
         after, before = before, None
+    conventions = sorted({m.get("vqa_convention", "official") for m in (before, after) if m is not None})
     parts = [
-        "<p>VQA accuracy in percent (official metric); 95% CI: bootstrap over questions (evaluate). "
+        f"<p>VQA accuracy in percent ({_e(' and '.join(conventions))} convention: eval.vqa_convention); "
+        "95% CI: bootstrap over questions (evaluate). "
         + (
             f"after \u2212 before: paired bootstrap over the shared questions ({BOOTSTRAP_SAMPLES:,} resamples, "
             f"seed {SEED}), two-sided p; see vqa_grpo/evaluation/compare.py."
