@@ -402,6 +402,12 @@ def run(ref: Path, n: int, seed: int, fixture_path: Path | None) -> int:
     for p, g, t in differ[:5]:
         print(f"    {p!r} vs {g!r}: theirs {t!r}, vqav2's {vqa_accuracy(p, g, convention='lmms_eval')!r}")
 
+    conventions = sum(vqa_accuracy(p, g) != vqa_accuracy(p, g, convention="lmms_eval") for p, g in shown)
+    print(
+        f"{'  (for docs) official vs lmms_eval convention here':<58} cases {len(shown):>6}  "
+        f"differences {conventions:>4}"
+    )
+
     choice_cases = make_choice_cases(rng, n)
     aok = refs["aokvqa"]
     agree = {
