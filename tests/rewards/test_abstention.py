@@ -4,6 +4,8 @@ reward as a component of compute_rewards."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -100,3 +102,34 @@ def test_abstention_is_a_reward_component():
     np.testing.assert_allclose(r.parts["abstention"], [1.0, 1.0, -1.0])
     np.testing.assert_allclose(r.total, [1.0 + 0.5, 1.0 + 0.5, -1.0])
     np.testing.assert_allclose(abstention_batch(preds, answers), r.parts["abstention"])
+
+
+@pytest.mark.slow
+def test_abstention_end_to_end_on_unanswerable_synthetic_data(tiny_model_dir, tmp_path, capsys):
+    """A tiny GRPO run rewarded by abstention and VQA accuracy on data with unanswerable questions,
+    then `vqa-grpo evaluate` reporting the answerability figures."""
+    from vqa_grpo.cli import main
+    from vqa_grpo.data.synthetic import synthesize
+
+    data = synthesize(tmp_path / "data", n=16, seed=0, image_size=56, unanswerable=0.5).parent
+    quick = ["train.device=cpu", "train.cpu_threads=1", "train.progress=false", "eval.max_new_tokens=2"]
+    assert main(["train", f"model.name_or_path={tiny_model_dir}", f"data.path={data}", "data.eval_fraction=0",
+                 f"train.output_dir={tmp_path / 'run'}", "train.max_steps=2", "train.per_device_batch_size=2",
+                 "grpo.num_generations=2", "grpo.max_completion_length=3",
+                 "reward.components=[abstention,vqa_accuracy]", *quick]) == 0  # fmt: skip
+    steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(-1.0 <= s["reward/abstention"] <= 1.0 for s in steps if "loss" in s) and len(steps) >= 2
+    capsys.readouterr()
+    out = tmp_path / "eval"
+    assert (
+        main(["evaluate", "--model", str(tmp_path / "run" / "final"), "--data", str(data), "--out", str(out), *quick])
+        == 0
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    a = metrics["answerability"]
+    # 8 of the 16 questions cannot be answered; the tiny model's vocabulary has no "unanswerable"
+    assert (a["n"], a["unanswerable"], a["abstained"]) == (16, 8, 0)
+    assert (a["precision"], a["recall"], a["f1"], a["vizwiz_average_precision"]) == (0.0, 0.0, 0.0, 0.5)
+    assert (
+        metrics["primary_metric"] == "vqa_accuracy" and "unanswerable 8 of 16, abstained 0" in capsys.readouterr().out
+    )
