@@ -177,3 +177,17 @@ def test_inspect_shows_the_benchmark_metric_and_prompt(tmp_path, capsys):
         ["abstention", "vqa_accuracy"],
         "vqa_accuracy",
     )
+
+
+@pytest.mark.slow
+def test_evaluate_on_a_preset_reports_its_metric_as_the_headline(tmp_path, tiny_model_dir, capsys):
+    root = docvqa_repo(tmp_path / "DocVQA")
+    out = tmp_path / "eval"
+    args = ["evaluate", "--model", str(tiny_model_dir), "--data", hf(root), "--out", str(out), "data.split=validation",
+            "data.preset=lmms-lab/DocVQA", "train.device=cpu", "train.progress=false"]  # fmt: skip
+    assert main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["primary_metric"] == "anls" and metrics["n"] == 2 and 0.0 <= metrics["anls"] <= 1.0
+    assert "answerability" not in metrics  # no question of DocVQA is unanswerable
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["49153", "24581"] and all("anls" in r for r in rows)
