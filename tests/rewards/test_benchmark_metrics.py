@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -138,3 +139,19 @@ def test_score_with_metrics_and_convention(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: multiple_choice needs each example's answers as [choice letter, choice text]")
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "name, metric, old, new",
+    [
+        # per row in docs/metrics.md: VQA accuracy 1/6 for a right answer given two accepted forms
+        ("docvqa_like", "anls", (0.1875, 0.5625), (1 + (1 - 1 / 13) + 1 + 1) / 8),
+        ("chartqa_like", "relaxed_accuracy", (0.25, 0.4), 0.75),
+    ],
+)
+def test_the_old_and_new_figures_of_docs_metrics(name, metric, old, new, capsys):
+    path = Path(__file__).parent / "data" / f"{name}.jsonl"
+    assert main(["score", str(path), "--metric", metric, "--json"]) == 0
+    overall = json.loads(capsys.readouterr().out)["metrics"]["overall"]
+    assert (overall["vqa_accuracy"], overall["composite"]) == pytest.approx(old)
+    assert overall[metric] == pytest.approx(new)
