@@ -15,6 +15,7 @@ import re
 
 import pytest
 import torch
+from family_models import model_config
 from PIL import Image, ImageDraw
 
 from vqa_grpo.config import ModelConfig
@@ -91,10 +92,14 @@ IMAGES = [image(112, 112), image(28, 56, (40, 80, 230))]
 
 @pytest.fixture(scope="module", params=list(EXPECTED))
 def family(request, tmp_path_factory):
-    """(name, model directory, loaded model) for each family, built once for this module."""
+    """(name, model directory, loaded model) for each family, built once for this module. Phi-3-vision
+    is the tiny copy of the hub's download (conftest.py: family_dirs), loaded at num_crops 1."""
     name = request.param
-    model_dir = build_tiny(name, tmp_path_factory.mktemp(name) / "model", seed=0)
-    return name, model_dir, load_model(ModelConfig(name_or_path=str(model_dir)), CPU)
+    if name == "phi3_v":
+        model_dir = request.getfixturevalue("family_dirs")(name)
+    else:
+        model_dir = build_tiny(name, tmp_path_factory.mktemp(name) / "model", seed=0)
+    return name, model_dir, load_model(model_config(model_dir), CPU)
 
 
 def test_adapter_is_detected_and_prompts_carry_the_family_tensors(family):
@@ -283,6 +288,7 @@ def test_one_sft_step_then_one_grpo_step_through_the_loop_and_the_model_reloads(
         "train.report_to=none",
         "eval.batch_size=2",
         "eval.max_new_tokens=2",
+        *(["model.num_crops=1"] if name == "phi3_v" else []),  # the download's preprocessor says 16
     ]
     sft = run(
         load_config(

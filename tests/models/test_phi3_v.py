@@ -2,8 +2,9 @@
 processor, loading without remote code, and what a bad checkpoint gets.
 
 The shared folder holds microsoft/Phi-3-vision-128k-instruct's files without the weights
-(config.json, preprocessor_config.json, the tokenizer, model.safetensors.index.json).
-Comparison with the official code itself: tests/models/test_phi3_v_reference.py.
+(config.json, preprocessor_config.json, the tokenizer, model.safetensors.index.json); the tiny
+model here is built from them as they are (conftest.py: family_dirs). Comparison with the
+official code itself: tests/models/test_phi3_v_reference.py.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from family_models import model_config
 from safetensors.torch import load_file, save_file
 
 from vqa_grpo.config import ModelConfig
@@ -21,7 +23,6 @@ from vqa_grpo.models.adapters import Phi3VisionAdapter
 from vqa_grpo.models.loading import load_model
 from vqa_grpo.models.phi3_v import Phi3VConfig, Phi3VForCausalLM
 from vqa_grpo.models.phi3_v.processing import Phi3VProcessor, hd_size, num_image_tokens
-from vqa_grpo.models.tiny import build_tiny
 
 OFFICIAL = Path(__file__).resolve().parents[3] / "shared" / "models" / "phi-3-vision-128k-instruct"
 CPU = torch.device("cpu")
@@ -29,20 +30,27 @@ pytestmark = pytest.mark.skipif(not OFFICIAL.is_dir(), reason="../shared/models/
 
 
 def official_config() -> dict:
-    d = json.loads((OFFICIAL / "config.json").read_text())
-    d.pop("_attn_implementation")  # flash_attention_2 in the file; flash-attn is not installed here
-    return d
+    return json.loads((OFFICIAL / "config.json").read_text())
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return build_tiny("phi3_v", tmp_path_factory.mktemp("phi3_v") / "model", seed=0)
+def tiny_dir(family_dirs):
+    """The tiny Phi-3-vision laid out as the download (sharded bf16 weights, the hub's files)."""
+    return family_dirs("phi3_v")
+
+
+def weights(directory: Path) -> dict[str, torch.Tensor]:
+    """Every weight of a checkpoint, across its shards."""
+    return {k: v for f in sorted(directory.glob("*.safetensors")) for k, v in load_file(str(f)).items()}
 
 
 def test_the_full_size_model_has_every_official_weight_name_and_the_total_size():
     index = json.loads((OFFICIAL / "model.safetensors.index.json").read_text())
+    config = Phi3VConfig.from_pretrained(OFFICIAL)  # the file as it is: flash_attention_2, bfloat16
+    assert config._attn_implementation == "flash_attention_2"
+    config._attn_implementation = "sdpa"  # what load_model sets from model.attn_implementation
     with torch.device("meta"):
-        model = Phi3VForCausalLM(Phi3VConfig(**official_config()))
+        model = Phi3VForCausalLM(config)
     state = model.state_dict()
     assert set(state) == set(index["weight_map"]) and len(state) == 592
     assert sum(t.numel() for t in state.values()) * 2 == index["metadata"]["total_size"] == 8_293_242_880
@@ -108,15 +116,17 @@ def test_the_processor_batches_texts_with_the_official_tokenizer():
 
 
 def test_tiny_model_loads_natively_saves_in_the_official_layout_and_reloads_bitwise(tiny_dir, tmp_path):
-    lm = load_model(ModelConfig(name_or_path=str(tiny_dir)), CPU)
+    lm = load_model(model_config(tiny_dir), CPU)
     assert type(lm.adapter) is Phi3VisionAdapter and type(lm.model) is Phi3VForCausalLM
     assert not list(Path(tiny_dir).glob("*.py"))  # no remote-code files
-    saved = load_file(str(tiny_dir / "model.safetensors"))
+    saved = weights(tiny_dir)
     assert set(saved) == set(lm.model.state_dict()) and not any(".wte." in k for k in saved)
     config = json.loads((tiny_dir / "config.json").read_text())
     assert config["model_type"] == "phi3_v" and config["architectures"] == ["Phi3VForCausalLM"]
     assert config["rope_scaling"]["type"] == "su" and "rope_parameters" not in config
-    again = load_model(ModelConfig(name_or_path=str(tiny_dir)), CPU)
+    lm.model.save_pretrained(tmp_path / "saved")
+    assert set(weights(tmp_path / "saved")) == set(saved)
+    again = load_model(model_config(tiny_dir), CPU)
     for (n, a), (_, b) in zip(lm.model.state_dict().items(), again.model.state_dict().items()):
         assert torch.equal(a, b), n
 
@@ -136,7 +146,7 @@ def test_trust_remote_code_on_a_phi3_v_checkpoint_runs_none_of_its_code(tiny_dir
     }
     (ckpt / "config.json").write_text(json.dumps(config))
     with caplog.at_level("WARNING", logger="vqa_grpo"):
-        lm = load_model(ModelConfig(name_or_path=str(ckpt), trust_remote_code=True), CPU)
+        lm = load_model(model_config(ckpt, trust_remote_code=True), CPU)
     assert type(lm.model) is Phi3VForCausalLM and not marker.exists()
     assert "model.trust_remote_code=true is ignored" in caplog.text
 
@@ -145,15 +155,16 @@ def _rewrite_weights(src: Path, dst: Path, edit) -> Path:
     import shutil
 
     shutil.copytree(src, dst)
-    weights = load_file(str(dst / "model.safetensors"))
-    edit(weights)
-    save_file(weights, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    for shard in sorted(dst.glob("*.safetensors")):  # the shard that holds the key is changed
+        tensors = load_file(str(shard))
+        edit(tensors)
+        save_file(tensors, str(shard), metadata={"format": "pt"})
     return dst
 
 
 def test_a_missing_weight_is_named_and_refused(tiny_dir, tmp_path):
     key = "model.vision_embed_tokens.glb_GN"
-    bad = _rewrite_weights(tiny_dir, tmp_path / "bad", lambda w: w.pop(key))
+    bad = _rewrite_weights(tiny_dir, tmp_path / "bad", lambda w: w.pop(key, None))
     with pytest.raises(UserError) as err:
         load_model(ModelConfig(name_or_path=str(bad)), CPU)
     assert str(err.value) == f"{bad}: weight {key} is missing; the checkpoint is incomplete or not phi3_v"
@@ -164,8 +175,8 @@ def test_an_incomplete_checkpoint_is_one_line(tiny_dir, tmp_path):
 
     bad = tmp_path / "truncated"
     shutil.copytree(tiny_dir, bad)
-    data = (bad / "model.safetensors").read_bytes()
-    (bad / "model.safetensors").write_bytes(data[: len(data) // 2])
+    shard = bad / "model-00002-of-00002.safetensors"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     with pytest.raises(UserError) as err:
         load_model(ModelConfig(name_or_path=str(bad)), CPU)
     message = str(err.value)
@@ -176,7 +187,8 @@ def test_a_misshaped_weight_is_named_and_refused(tiny_dir, tmp_path):
     key = "model.vision_embed_tokens.img_projection.0.weight"
 
     def shrink(w):
-        w[key] = w[key][:, :-1].contiguous()
+        if key in w:
+            w[key] = w[key][:, :-1].contiguous()
 
     bad = _rewrite_weights(tiny_dir, tmp_path / "bad", shrink)
     with pytest.raises(UserError) as err:
@@ -198,7 +210,7 @@ def test_lora_targets_the_fused_projections_and_merges_back_into_the_official_la
     from vqa_grpo.training.checkpoint import save_model
     from vqa_grpo.training.export import merge_adapter
 
-    lm = load_model(ModelConfig(name_or_path=str(tiny_dir), lora=True, lora_r=4), CPU)
+    lm = load_model(model_config(tiny_dir, lora=True, lora_r=4), CPU)
     adapted = {n.split(".lora_A")[0] for n, _ in lm.model.named_parameters() if ".lora_A" in n}
     assert {n.rsplit(".", 1)[1] for n in adapted} == {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}
     assert len(adapted) == 2 * 4 and not any("vision_embed_tokens" in n for n in adapted)
@@ -206,9 +218,9 @@ def test_lora_targets_the_fused_projections_and_merges_back_into_the_official_la
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.05)
     save_model(lm.model, lm.processor, tmp_path / "final")
-    merged = merge_adapter(tmp_path / "final", tmp_path / "merged", ModelConfig(name_or_path=str(tiny_dir)))
-    assert set(load_file(str(merged / "model.safetensors"))) == set(load_file(str(tiny_dir / "model.safetensors")))
-    again = load_model(ModelConfig(name_or_path=str(merged)), CPU, trainable=False)
+    merged = merge_adapter(tmp_path / "final", tmp_path / "merged", model_config(tiny_dir))
+    assert set(weights(merged)) == set(weights(tiny_dir))
+    again = load_model(model_config(merged), CPU, trainable=False)
     batch = again.adapter.encode_prompts(
         again.processor, [__import__("PIL.Image").Image.new("RGB", (60, 90))], ["Is it red?"]
     )
@@ -224,7 +236,7 @@ def test_sdpa_and_eager_give_the_same_logits(tiny_dir):
 
     outs = []
     for attn in ("sdpa", "eager"):
-        lm = load_model(ModelConfig(name_or_path=str(tiny_dir), attn_implementation=attn), CPU, trainable=False)
+        lm = load_model(model_config(tiny_dir, attn_implementation=attn), CPU, trainable=False)
         assert lm.model.config._attn_implementation == attn
         vision = lm.model.model.vision_embed_tokens.img_processor.vision_model
         assert vision.config._attn_implementation == attn  # the CLIP tower follows the setting
@@ -244,7 +256,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_vision_gradient(tiny_dir
 
     results = []
     for checkpointing in (False, True):
-        lm = load_model(ModelConfig(name_or_path=str(tiny_dir), gradient_checkpointing=checkpointing), CPU)
+        lm = load_model(model_config(tiny_dir, gradient_checkpointing=checkpointing), CPU)
         lm.model.train()
         batch = lm.adapter.encode_prompts(lm.processor, [Image.new("RGB", (200, 120), (200, 10, 10))], ["What color?"])
         loss = lm.model(**batch.model_inputs(), labels=lm.adapter.prompt_labels(lm.processor, batch)).loss
@@ -270,7 +282,7 @@ def test_the_checkpoints_code_files_are_carried_to_saved_checkpoints_and_never_r
     marker = tmp_path / "ran"
     code = f"open({str(marker)!r}, 'w').write('ran')\n"
     (ckpt / "processing_phi3_v.py").write_text(code)
-    lm = load_model(ModelConfig(name_or_path=str(ckpt), trust_remote_code=True), CPU)
+    lm = load_model(model_config(ckpt, trust_remote_code=True), CPU)
     save_model(lm.model, lm.processor, tmp_path / "saved")
     assert (tmp_path / "saved" / "processing_phi3_v.py").read_text() == code and not marker.exists()
     assert not (tmp_path / "saved" / "modeling_phi3_v.py").exists()  # only what the checkpoint had

@@ -16,9 +16,10 @@ from dataclasses import replace
 
 import pytest
 import torch
+from family_models import model_config
 from transformers import LogitsProcessorList
 
-from vqa_grpo.config import DataConfig, GRPOConfig, ModelConfig, RewardConfig
+from vqa_grpo.config import DataConfig, GRPOConfig, RewardConfig
 from vqa_grpo.config_load import load_config
 from vqa_grpo.data.loader import load_vqa
 from vqa_grpo.errors import UserError
@@ -46,7 +47,7 @@ def data(synth_dir):
 
 
 def load(path, **model):
-    lm = load_model(ModelConfig(name_or_path=str(path), **model), CPU)
+    lm = load_model(model_config(path, **model), CPU)
     lm.model.eval()  # no dropout: the two paths must see the same function
     return lm
 

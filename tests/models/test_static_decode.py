@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from family_models import model_config
 from transformers import LogitsProcessorList
 
 from vqa_grpo.config import DataConfig, GRPOConfig, ModelConfig, RewardConfig
@@ -38,7 +39,7 @@ def examples(synth_dir):
 @pytest.fixture(scope="module")
 def family_model(family_dirs):
     def get(family):
-        lm = load_model(ModelConfig(name_or_path=str(family_dirs(family))), CPU)
+        lm = load_model(model_config(family_dirs(family)), CPU)
         lm.model.eval()
         return lm
 
