@@ -138,6 +138,8 @@ def evaluate(model_dir: str, examples: list[VQAExample], cfg: Config, out_dir: s
     ``out_dir`` is replaced (``check_out_dir`` is where the command refuses that).
     """
     cfg = resolve_benchmark(cfg)  # eval.max_new_tokens and the headline metric left to data.benchmark
+    wanted = requested_metrics(cfg.eval.metrics, cfg.train.eval_metric)
+    check_metrics_fit(wanted, [e.answers for e in examples], "the evaluation data")  # before the model loads
     if out_dir is not None:
         check_out_dir(out_dir, overwrite=True)
     dist = Dist.from_env(cfg.train.device, cfg.train.collective_timeout)
