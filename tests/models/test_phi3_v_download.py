@@ -76,6 +76,16 @@ def test_flash_attention_asked_for_and_absent_is_named_as_asked(phi3_v_download)
     assert message.endswith("; install flash-attn or set model.attn_implementation=sdpa") and "\n" not in message
 
 
+def test_an_implementation_the_architecture_does_not_support_is_named_as_asked(family_dirs):
+    path = family_dirs("gemma3")
+    with pytest.raises(UserError) as err:
+        load_model(ModelConfig(name_or_path=str(path), attn_implementation="flash_attention_2"), CPU)
+    assert str(err.value) == (
+        f"model.attn_implementation=flash_attention_2 cannot be used with {path} (Gemma3ForConditionalGeneration "
+        "does not support Flash Attention 2 yet); set model.attn_implementation=sdpa"
+    )
+
+
 def test_an_image_too_elongated_to_lay_out_is_named():
     assert layout_problem(3000, 2, 1) == (
         "a 3000x2 image is too elongated for Phi-3-vision at num_crops 1 (its short side resizes to 0 px)"

@@ -200,12 +200,13 @@ def _from_pretrained(adapter: FamilyAdapter, base_path: str, cfg: ModelConfig, e
         where = "its remote code" if cfg.trust_remote_code else "it"
         raise UserError(f"cannot load {base_path}: {where} failed to import ({first})") from None
     except ValueError as e:  # an implementation this architecture does not support
-        if "attn" not in str(e) and "attention" not in str(e):
+        text = str(e).lower()
+        if not ("support" in text and ("attention" in text or "attn" in text)):
             raise
-        other = "eager" if cfg.attn_implementation != "eager" else "sdpa"
+        other = {"flash_attention_2": "sdpa", "sdpa": "eager"}.get(cfg.attn_implementation, "sdpa")
         raise UserError(
             f"model.attn_implementation={cfg.attn_implementation} cannot be used with {base_path} "
-            f"({_first_line(e)}); set model.attn_implementation={other}"
+            f"({_first_line(e).split('. ')[0]}); set model.attn_implementation={other}"
         ) from None
     except RuntimeError as e:  # a weight whose shape is not the config's
         if "size mismatch" not in str(e):
