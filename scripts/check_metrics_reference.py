@@ -175,6 +175,8 @@ def load_references(ref: Path) -> dict:
         "chartqa": importlib.import_module("lmms_eval.tasks.chartqa.utils"),
         "vqav2": importlib.import_module("lmms_eval.tasks.vqav2.utils"),
         "textvqa": importlib.import_module("lmms_eval.tasks.textvqa.utils"),
+        "ok_vqa": importlib.import_module("lmms_eval.tasks.ok_vqa.utils"),
+        "vizwiz_vqa": importlib.import_module("lmms_eval.tasks.vizwiz_vqa.utils"),
         "rrc": importlib.import_module("infographicsvqa_eval"),
         "aokvqa": importlib.import_module("eval_predictions"),
     }
@@ -280,7 +282,7 @@ def _deviation(metric: str, pred: str, gts: list[str]) -> str | None:
         return "empty prediction scores 0"
     if not gts:
         return "no answers score 0"
-    if metric == "vqa_accuracy" and len(gts) == 1:
+    if metric.startswith("vqa_accuracy") and len(gts) == 1:
         return "one answer: scored as a match"
     return None
 
@@ -305,7 +307,7 @@ def _compare(name: str, cases, ours, theirs, metric: str, fixture: list, sample:
             if why is not None:
                 row["deviation"] = why
             fixture.append(row)
-    print(f"{name:<58} cases {len(cases):>6}  differences {diffs:>4}")
+    print(f"{name:<66} cases {len(cases):>6}  differences {diffs:>4}")
     if left_out:
         print("    left out, documented: " + ", ".join(f"{why} {n}" for why, n in sorted(left_out.items())))
     for pred, gts, ref, mine in examples[:5]:
@@ -334,7 +336,7 @@ def run(ref: Path, n: int, seed: int, fixture_path: Path | None) -> int:
     rng = random.Random(seed)
     fixture: list = []
     ok = True
-    lm, chart, vqav2, textvqa = refs["metrics"], refs["chartqa"], refs["vqav2"], refs["textvqa"]
+    lm, chart, vqav2 = refs["metrics"], refs["chartqa"], refs["vqav2"]
 
     cases = make_cases(rng, n, (1, 3))
     ok &= _compare(
@@ -343,7 +345,7 @@ def run(ref: Path, n: int, seed: int, fixture_path: Path | None) -> int:
     ok_cases = [(p, g) for p, g in cases if g and p.strip()]  # the RRC script fails on no answers
     rrc_diff = sum(anls(p, g) != score for (p, g), score in zip(ok_cases, _rrc_anls(refs["rrc"], ok_cases)))
     print(
-        f"{'anls vs RRC infographicsvqa_eval.py evaluate_method':<58} cases {len(ok_cases):>6}  "
+        f"{'anls vs RRC infographicsvqa_eval.py evaluate_method':<66} cases {len(ok_cases):>6}  "
         f"differences {rrc_diff:>4}"
     )
     ok &= rrc_diff == 0
@@ -389,22 +391,27 @@ def run(ref: Path, n: int, seed: int, fixture_path: Path | None) -> int:
         fixture,
         50,
     )
+    for bench, task in (("textvqa", "textvqa"), ("okvqa", "ok_vqa"), ("vizwiz", "vizwiz_vqa")):
+        process = getattr(refs[task], f"{task}_process_results")
+        ok &= _compare(
+            f"vqa_accuracy lmms_eval, {bench} vs lmms-eval {task}_process_results",
+            cases,
+            lambda p, g, b=bench: vqa_accuracy(p, g, convention="lmms_eval", benchmark=b),
+            lambda p, g, f=process: f({"question_id": 0, "answers": list(g)}, [p])["exact_match"],
+            f"vqa_accuracy/{bench}",
+            fixture,
+            10,
+        )
     shown = [(p, g) for p, g in cases if p.strip() and len(g) > 1]
-    other = [
-        (p, g, textvqa.textvqa_process_results({"question_id": 0, "answers": list(g)}, [p])["exact_match"])
-        for p, g in shown
-    ]
-    differ = [(p, g, t) for p, g, t in other if t != vqa_accuracy(p, g, convention="lmms_eval")]
-    print(
-        f"{'  (for docs) vs textvqa/ok_vqa/vizwiz process_results':<58} cases {len(shown):>6}  "
-        f"differences {len(differ):>4}"
-    )
+    both = [(p, g, vqa_accuracy(p, g, convention="lmms_eval", benchmark="textvqa")) for p, g in shown]
+    differ = [(p, g, t) for p, g, t in both if t != vqa_accuracy(p, g, convention="lmms_eval")]
+    print(f"{'  (for docs) VQA v2 form vs TextVQA form':<66} cases {len(shown):>6}  differences {len(differ):>4}")
     for p, g, t in differ[:5]:
-        print(f"    {p!r} vs {g!r}: theirs {t!r}, vqav2's {vqa_accuracy(p, g, convention='lmms_eval')!r}")
+        print(f"    {p!r} vs {g!r}: TextVQA's {t!r}, VQA v2's {vqa_accuracy(p, g, convention='lmms_eval')!r}")
 
     conventions = sum(vqa_accuracy(p, g) != vqa_accuracy(p, g, convention="lmms_eval") for p, g in shown)
     print(
-        f"{'  (for docs) official vs lmms_eval convention here':<58} cases {len(shown):>6}  "
+        f"{'  (for docs) official vs lmms_eval convention here':<66} cases {len(shown):>6}  "
         f"differences {conventions:>4}"
     )
 
@@ -441,7 +448,7 @@ def run(ref: Path, n: int, seed: int, fixture_path: Path | None) -> int:
             agree["other"] += 1
             print(f"    {pred!r} choices {choices!r} correct {idx}: reference {ref_value}, ours {mine}")
     print(
-        f"{'multiple_choice vs allenai/aokvqa eval_aokvqa(multiple_choice)':<58} cases {len(choice_cases):>6}  "
+        f"{'multiple_choice vs allenai/aokvqa eval_aokvqa(multiple_choice)':<66} cases {len(choice_cases):>6}  "
         + ", ".join(f"{k} {v}" for k, v in agree.items())
     )
     ok &= agree["other"] == 0

@@ -91,6 +91,10 @@ def test_the_two_vqa_conventions():
     assert vqa_accuracy("?", ["?"] * 10, convention="lmms_eval") == 1.0  # both normalise to "", as lmms-eval
     assert vqa_accuracy("3", ["3"] * 3, convention="lmms_eval") == 2 / 3  # leave-one-out: 2 of 3 others
     assert vqa_accuracy("red", ["red"], convention="lmms_eval") == 1.0  # one answer: lmms-eval gives 0
+    # lmms-eval's TextVQA, OK-VQA and VizWiz tasks call the processor whole: "?" is deleted first
+    unanswerable = ["Unanswerable"] * 10
+    assert vqa_accuracy("Unanswera?ble", unanswerable, convention="lmms_eval") == 0.0  # "unanswera ble"
+    assert vqa_accuracy("Unanswera?ble", unanswerable, convention="lmms_eval", benchmark="vizwiz") == 1.0
     with pytest.raises(ValueError, match="convention='vlmevalkit'; choose one of official, lmms_eval"):
         vqa_accuracy("x", ["x"], convention="vlmevalkit")
 

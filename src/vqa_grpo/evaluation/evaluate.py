@@ -109,6 +109,7 @@ def answer_and_score(
         [e.answer_type for e in answered],
         metrics=wanted,
         vqa_convention=cfg.eval.vqa_convention,
+        benchmark=cfg.data.benchmark,
     )
     scores.update(user_metrics([m for m in cfg.eval.metrics if m not in BENCHMARK_METRICS], raw, answered))
     return Answered(answered, raw, preds, scores, len(texts) - len(kept))

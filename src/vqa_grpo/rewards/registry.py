@@ -98,6 +98,7 @@ def reward_settings(cfg: Any) -> Any:
     vqa_accuracy reward follows eval.vqa_convention as the metric does (a copy; the config is kept)."""
     settings = copy.copy(cfg.reward)
     settings.vqa_convention = cfg.eval.vqa_convention
+    settings.benchmark = cfg.data.benchmark  # lmms-eval's TextVQA, OK-VQA, VizWiz: their own form
     return settings
 
 
@@ -162,8 +163,8 @@ def compute_rewards(
             parts["composite"] = comp.pop("total")
             parts.update({f"composite/{k}": v for k, v in comp.items()})
         elif name == "vqa_accuracy":  # the official convention's lenient form: always normalise
-            convention = getattr(cfg, "vqa_convention", "official")
-            parts[name] = vqa_accuracy_batch(preds, refs, official=False, convention=convention)
+            convention, benchmark = getattr(cfg, "vqa_convention", "official"), getattr(cfg, "benchmark", None)
+            parts[name] = vqa_accuracy_batch(preds, refs, official=False, convention=convention, benchmark=benchmark)
         elif name in BENCHMARK_METRICS:
             parts[name] = BENCHMARK_METRICS[name](preds, refs)
         elif name == "answer_type":
@@ -191,21 +192,22 @@ def score_predictions(
     reasoning: bool = False,
     metrics: Sequence[str] = (),
     vqa_convention: str = "official",
+    benchmark: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-example evaluation metrics, each a float64 array [N] in [0, 1].
 
-    Keys: "vqa_accuracy" (``vqa_convention``'s metric, strict), "composite" (seed weights) and its
-    parts "composite/bleu1", "composite/exact_match", "composite/substring", "composite/jaccard",
-    "composite/extractable", "semantic" only when the optional extra is installed, and each
-    benchmark metric named in ``metrics`` (rewards/benchmark.py; other names are ignored).
-    Predictions are cleaned with ``clean_answer`` first (a no-op on answers already cleaned, for
-    plain completions). ``answer_types`` is checked for length only; group
-    by it to report per type (``score.run_score`` does).
+    Keys: "vqa_accuracy" (``vqa_convention``'s metric, strict; ``benchmark`` picks lmms-eval's task),
+    "composite" (seed weights) and its parts "composite/bleu1", "composite/exact_match",
+    "composite/substring", "composite/jaccard", "composite/extractable", "semantic" only when the
+    optional extra is installed, and each benchmark metric named in ``metrics``
+    (rewards/benchmark.py; other names are ignored). Predictions are cleaned with ``clean_answer``
+    first (a no-op on answers already cleaned, for plain completions). ``answer_types`` is checked
+    for length only; group by it to report per type (``score.run_score`` does).
     """
     preds, refs, _, _ = _prepare(predictions, answers, answer_types, "score_predictions", reasoning)
     comp = composite_batch(preds, refs, SEED_REPORT_WEIGHTS)
     scores = {
-        "vqa_accuracy": vqa_accuracy_batch(preds, refs, official=True, convention=vqa_convention),
+        "vqa_accuracy": vqa_accuracy_batch(preds, refs, official=True, convention=vqa_convention, benchmark=benchmark),
         "composite": comp.pop("total"),
         **{f"composite/{k}": v for k, v in comp.items()},
     }

@@ -22,11 +22,14 @@ as entries but never match.
 ``vqav2_process_results``), which always normalises both sides with its EvalAI processor's steps
 (``normalize.evalai_normalize``), then takes the same leave-one-out mean (its answers are
 records with distinct ids, so each entry is left out once), averaged as ``statistics.mean``
-does (exactly, then rounded once). Where it differs from lmms-eval, on input VQA v2 never has
-(docs/metrics.md): one entry scores 1 if it matches (lmms-eval: always 0, nothing left after
-leaving it out), no entries 0 (lmms-eval: an error), an empty (all-whitespace) prediction 0
-(lmms-eval: a match with entries that normalise to ""). A prediction that only normalises to
-"" ("?", "the") is scored as lmms-eval scores it.
+does (exactly, then rounded once). lmms-eval's TextVQA, OK-VQA and VizWiz tasks instead call
+the processor whole (``normalize.evalai_answer``: it also deletes "," and "?" and splits "'s")
+on the raw texts; ``benchmark=`` one of those takes that form. Where it differs from
+lmms-eval, on input these benchmarks never have (docs/metrics.md): one entry scores 1 if it
+matches (lmms-eval: always 0, nothing left after leaving it out), no entries 0 (lmms-eval: an
+error, or 0), an empty (all-whitespace) prediction 0 (lmms-eval: a match with entries that
+normalise to ""). A prediction that only normalises to "" ("?", "the") is scored as lmms-eval
+scores it.
 """
 
 from __future__ import annotations
@@ -38,10 +41,12 @@ from typing import Sequence
 import numpy as np
 
 from vqa_grpo.rewards.inputs import as_references, as_text, warn_bad
-from vqa_grpo.rewards.normalize import evalai_normalize, process_digit_article, process_punctuation
+from vqa_grpo.rewards.normalize import evalai_answer, evalai_normalize, process_digit_article, process_punctuation
 
 VQA_CONVENTIONS = ("official", "lmms_eval")
 """``eval.vqa_convention``: vqaEval.py's accuracy, or lmms-eval's (see the module docstring)."""
+WHOLE_PROCESSOR_BENCHMARKS = ("textvqa", "okvqa", "vizwiz")
+"""The benchmarks whose lmms-eval task calls the EvalAI processor whole (``normalize.evalai_answer``)."""
 
 
 def _whitespace(text: str) -> str:
@@ -69,13 +74,16 @@ def _accuracy(prediction: str, answers: Sequence[str], official: bool) -> float:
     return (matches * hit + (len(gts) - matches) * miss) / len(gts)
 
 
-def _accuracy_lmms_eval(prediction: str, answers: Sequence[str]) -> float:
-    """lmms-eval's VQA v2 accuracy on strings (see the module docstring)."""
-    stripped = _whitespace(prediction)
-    if not stripped or not answers:  # only an empty prediction: "?" normalises to "" and may match
+def _accuracy_lmms_eval(prediction: str, answers: Sequence[str], whole_call: bool = False) -> float:
+    """lmms-eval's VQA accuracy on strings (see the module docstring); ``whole_call``: its
+    TextVQA/OK-VQA/VizWiz form, the processor called whole on the raw texts."""
+    if not prediction.strip() or not answers:  # only an empty prediction: "?" normalises to "" and may match
         return 0.0
-    pred = evalai_normalize(stripped)
-    gts = [evalai_normalize(_whitespace(a)) for a in answers]
+    if whole_call:
+        pred, gts = evalai_answer(prediction), [evalai_answer(a) for a in answers]
+    else:
+        pred = evalai_normalize(_whitespace(prediction))
+        gts = [evalai_normalize(_whitespace(a)) for a in answers]
     if len(gts) == 1:
         return 1.0 if gts[0] == pred else 0.0
     n, matches = len(gts), sum(g == pred for g in gts)
@@ -88,13 +96,25 @@ def _check_convention(convention: str) -> None:
         raise ValueError(f"vqa_accuracy: convention={convention!r}; choose one of {', '.join(VQA_CONVENTIONS)}")
 
 
-def vqa_accuracy(prediction: str, answers: list[str], convention: str = "official", *, official: bool = True) -> float:
+def _whole_call(convention: str, benchmark: str | None) -> bool:
+    return convention == "lmms_eval" and benchmark in WHOLE_PROCESSOR_BENCHMARKS
+
+
+def vqa_accuracy(
+    prediction: str,
+    answers: list[str],
+    convention: str = "official",
+    *,
+    official: bool = True,
+    benchmark: str | None = None,
+) -> float:
     """VQA accuracy in [0, 1] of one prediction against its ground-truth answers.
 
     ``convention="official"`` reproduces vqaEval.py (normalising only when the answers differ);
     with ``official=False`` it always normalises both sides (the training reward's lenient form).
     ``convention="lmms_eval"`` reproduces lmms-eval's VQA v2 accuracy (``official`` is unused:
-    it always normalises). Bad input never raises (see ``inputs``).
+    it always normalises), or with ``benchmark`` textvqa, okvqa or vizwiz that task's, which calls
+    the EvalAI processor whole. Bad input never raises (see ``inputs``).
     """
     _check_convention(convention)
     bad: Counter = Counter()
@@ -103,15 +123,21 @@ def vqa_accuracy(prediction: str, answers: list[str], convention: str = "officia
     if bad:
         warn_bad("vqa_accuracy", bad)
     if convention == "lmms_eval":
-        return _accuracy_lmms_eval(pred, gts)
+        return _accuracy_lmms_eval(pred, gts, _whole_call(convention, benchmark))
     return _accuracy(pred, gts, official)
 
 
 def vqa_accuracy_batch(
-    predictions: Sequence[str], answers: Sequence[Sequence[str]], *, official: bool, convention: str = "official"
+    predictions: Sequence[str],
+    answers: Sequence[Sequence[str]],
+    *,
+    official: bool,
+    convention: str = "official",
+    benchmark: str | None = None,
 ) -> np.ndarray:
     """``vqa_accuracy`` over a batch of strings: float64 array [N]."""
     _check_convention(convention)
     if convention == "lmms_eval":
-        return np.array([_accuracy_lmms_eval(p, a) for p, a in zip(predictions, answers)], dtype=np.float64)
+        whole = _whole_call(convention, benchmark)
+        return np.array([_accuracy_lmms_eval(p, a, whole) for p, a in zip(predictions, answers)], dtype=np.float64)
     return np.array([_accuracy(p, a, official) for p, a in zip(predictions, answers)], dtype=np.float64)
