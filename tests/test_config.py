@@ -60,6 +60,7 @@ def test_no_file_no_overrides_gives_the_dataclass_defaults():
         "vqa_accuracy",
         16,
     )
+    assert resolved.eval.vqa_convention == "official" and cfg.eval.vqa_convention is None
     assert cfg.reward.composite_weights == {
         "bleu1": 0.2,
         "exact_match": 0.3,

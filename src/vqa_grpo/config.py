@@ -295,9 +295,11 @@ class EvalConfig:
     """Top-p when do_sample is true."""
     bootstrap_samples: int = 1000
     """Resamples for the 95% confidence intervals."""
-    vqa_convention: Literal["official", "lmms_eval"] = "official"
+    vqa_convention: Optional[Literal["official", "lmms_eval"]] = None
     """VQA accuracy as the official vqaEval.py computes it (normalises only when the answers differ)
-    or as lmms-eval's EvalAI processor does (always normalises); the metric and the reward alike."""
+    or as lmms-eval's EvalAI processor does (always normalises); the metric and the reward alike.
+    null: lmms_eval on a benchmark (data.benchmark, so that its figure compares with lmms-eval's),
+    else official."""
     metrics: list[str] = field(default_factory=list)
     """Your own reward functions as extra metrics (package.module:function, TRL's convention), each
     reported under its function name beside the built-in ones; train.eval_metric may name one."""

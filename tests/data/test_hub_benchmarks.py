@@ -109,16 +109,19 @@ def test_a_preset_sets_what_the_user_left_unset(tmp_path):
         32,
     )
     assert prompt_template(docvqa.data) == "{question}\nAnswer the question using a single word or phrase."
+    assert docvqa.eval.vqa_convention == "lmms_eval"  # a benchmark's VQA accuracy as lmms-eval computes it
     info = resolve(load_config(None, [*base, "data.config_name=InfographicVQA"]))
     assert (info.data.benchmark, info.train.eval_metric) == ("infovqa", "anls")
     mine = resolve(load_config(None, [*base, "reward.components=[composite]", "train.eval_metric=vqa_accuracy",
-                                      "eval.max_new_tokens=8", "data.prompt_template={question}?"]))  # fmt: skip
+                                      "eval.max_new_tokens=8", "data.prompt_template={question}?",
+                                      "eval.vqa_convention=official"]))  # fmt: skip
     assert (mine.reward.components, mine.train.eval_metric, mine.eval.max_new_tokens) == (
         ["composite"],
         "vqa_accuracy",
         8,
     )
-    assert prompt_template(mine.data) == "{question}?" and resolve(mine) == mine  # the user's win; idempotent
+    assert prompt_template(mine.data) == "{question}?" and mine.eval.vqa_convention == "official"
+    assert resolve(mine) == mine  # the user's settings win; resolving twice changes nothing
     # a local file names its benchmark; data.benchmark wins over a preset's
     chart = resolve(load_config(None, ["data.path=data.jsonl", "data.benchmark=ChartQA"]))
     assert (chart.data.benchmark, chart.reward.components, chart.eval.max_new_tokens) == (
@@ -188,6 +191,7 @@ def test_evaluate_on_a_preset_reports_its_metric_as_the_headline(tmp_path, tiny_
     assert main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["primary_metric"] == "anls" and metrics["n"] == 2 and 0.0 <= metrics["anls"] <= 1.0
+    assert metrics["vqa_convention"] == "lmms_eval"
     assert "answerability" not in metrics  # no question of DocVQA is unanswerable
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == ["49153", "24581"] and all("anls" in r for r in rows)

@@ -1,7 +1,7 @@
 """The benchmarks a data set can be (``data.benchmark``): each one's official metric, prompt and
 answer length, so that ``vqa-grpo evaluate`` on it gives a number comparable with lmms-eval's.
 
-A benchmark gives three things, each used only where the user set nothing:
+A benchmark sets these, each only where the user set nothing:
 
 * ``metric``: the reward (``reward.components`` unset) and the metric that picks ``best/``
   (``train.eval_metric`` unset); ``metrics.json`` names it ``primary_metric``.
@@ -10,10 +10,11 @@ A benchmark gives three things, each used only where the user set nothing:
 * ``max_new_tokens``: the answer length (``eval.max_new_tokens`` unset): the task's
   ``generation_kwargs.max_new_tokens``; where the task sets none (TextVQA, OK-VQA, VizWiz: the
   model wrapper's default applies there, e.g. 1024 in lmms-eval's llava), 16.
+* ``eval.vqa_convention`` (unset): ``lmms_eval``, the VQA accuracy lmms-eval computes.
 
-Without a benchmark the seed report's choices stay: the composite reward, ``vqa_accuracy`` for
-``best/``, the seed's prompt and 16 tokens. A Hub preset names its benchmark (hub_presets.py);
-``data.benchmark`` names one for a local copy, and wins over the preset's.
+Without a benchmark the seed report's choices stay: the composite reward, ``vqa_accuracy`` (the
+official convention) for ``best/``, the seed's prompt and 16 tokens. A Hub preset names its
+benchmark (hub_presets.py); ``data.benchmark`` names one for a local copy, and wins over the preset's.
 
 Read from lmms-eval (github.com/EvolvingLMMs-Lab/lmms-eval) at commit ``LMMS_EVAL_COMMIT``,
 ``lmms_eval/tasks/<task>/``; docs/data_hub.md has the table and the differences.
@@ -106,7 +107,7 @@ def data_benchmark(cfg: Config, path: str | None = None) -> Benchmark | None:
 
 def resolve(cfg: Config, path: str | None = None) -> Config:
     """``cfg`` with the settings left to the benchmark filled in: data.benchmark (from the Hub
-    preset), reward.components, train.eval_metric and eval.max_new_tokens. Idempotent: a resolved
+    preset), reward.components, train.eval_metric, eval.max_new_tokens and eval.vqa_convention. Idempotent: a resolved
     config comes back unchanged. ``path``: the data evaluated when it is not data.path."""
     bench = data_benchmark(cfg, path)
     data = dataclasses.replace(cfg.data, benchmark=bench.name if bench else None)
@@ -123,6 +124,8 @@ def resolve(cfg: Config, path: str | None = None) -> Config:
         train = dataclasses.replace(train, eval_metric=bench.metric if bench else "vqa_accuracy")
     if evalc.max_new_tokens is None:
         evalc = dataclasses.replace(evalc, max_new_tokens=bench.max_new_tokens if bench else DEFAULT_MAX_NEW_TOKENS)
+    if evalc.vqa_convention is None:  # a benchmark's VQA accuracy as lmms-eval computes it
+        evalc = dataclasses.replace(evalc, vqa_convention="lmms_eval" if bench else "official")
     return dataclasses.replace(cfg, data=data, reward=reward, train=train, eval=evalc)
 
 
