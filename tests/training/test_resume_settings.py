@@ -113,7 +113,9 @@ def test_resume_allow_changes_a_setting_from_the_checkpoint_on_and_the_run_recor
     assert [(g["lr"], g["initial_lr"]) for g in groups] == [(0.5, 0.5)]  # the optimizer ran with it
     recorded = yaml.safe_load((out / "config.yaml").read_text())["train"]
     assert (recorded["learning_rate"], recorded["resume_allow"]) == (0.5, ["train.learning_rate"])
-    assert "learning_rate: 0.5" in (out / "final" / "README.md").read_text()  # the model card's config
+    card = (out / "final" / "README.md").read_text()
+    assert "learning_rate: 0.5" in card  # its config, and what changed when
+    assert "Resumed at step 2 with `train.max_steps` 2 -> 3, `train.learning_rate` 0.001 -> 0.5." in card
     state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
     changed = {"train.max_steps": [2, 3], "train.learning_rate": [0.001, 0.5]}
     assert state["settings_changed"] == [{"step": 2, "changed": changed}]

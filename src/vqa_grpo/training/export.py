@@ -24,11 +24,14 @@ def write_model_card(
     metrics: dict[str, float] | None,
     auto_model: str = "AutoModelForImageTextToText",
     best: bool = False,
+    changes: list[dict] | None = None,
 ) -> Path:
     """``out/README.md``: base model, data, training, final metrics and the full config.
 
     ``auto_model``: the transformers auto class that loads the family (the adapter's). ``best``:
     the card of ``best/``, whose metrics are those of the evaluation at step ``steps`` that made it best.
+    ``changes``: the settings resumes changed (the trainer state's ``settings_changed``), each said
+    with its step: the config shown is the one in force at the end.
     """
     lora = (out / "adapter_config.json").is_file()
     base = cfg.model.name_or_path
@@ -77,6 +80,9 @@ def write_model_card(
             f"rewards {', '.join(f'{w:g} x {c}' for c, w in weighted)}."
         )
     lines.append(f"Prompt (the user turn): `{prompt_template(cfg.data, cfg.reward.reasoning)}`.")
+    for change in changes or []:
+        said = ", ".join(f"`{k}` {old} -> {new}" for k, (old, new) in change["changed"].items())
+        lines.append(f"Resumed at step {change['step']} with {said}.")
     title = f"Metrics at step {steps}, the best train.eval_metric={cfg.train.eval_metric}" if best else "Final metrics"
     lines += ["", f"## {title}", ""]
     if metrics:
@@ -93,10 +99,13 @@ def write_model_card(
     if phi3_v:
         lines += ["import vqa_grpo.models.phi3_v  # Phi-3-vision, native: registers phi3_v with the auto classes"]
     if lora:
+        # The hub's Phi-3-vision config.json names flash_attention_2, which wins over an
+        # attn_implementation argument alone; a config object passed with it loads as asked.
+        config = f', config=AutoConfig.from_pretrained("{base}")' if phi3_v else ""
         lines += [
             "from peft import PeftModel",
-            f"from transformers import {auto_model}, AutoProcessor",
-            f'base = {auto_model}.from_pretrained("{base}"{remote})',
+            f"from transformers import {'AutoConfig, ' if phi3_v else ''}{auto_model}, AutoProcessor",
+            f'base = {auto_model}.from_pretrained("{base}"{config}{remote})',
             'model = PeftModel.from_pretrained(base, "path/to/this/directory")',
         ]
     else:

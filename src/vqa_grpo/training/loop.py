@@ -335,6 +335,7 @@ def _write_final(s: Session, mode: str, data) -> Path:
             n_eval=len(data.eval),
             metrics=metrics,
             auto_model=s.lm.adapter.auto_model,
+            changes=s.state.get("settings_changed"),
         )
         if s.cfg.train.merge_lora:
             merge_adapter(final, s.run_dir / "merged", s.cfg.model)
@@ -357,5 +358,5 @@ def _eval_and_keep_best(s: Session, examples: list[VQAExample], mode: str) -> No
             n_train, auto_model = len(s.batches.examples), s.lm.adapter.auto_model
             write_model_card(
                 s.run_dir / "best", s.cfg, mode, steps=s.step, n_train=n_train, n_eval=len(examples),
-                metrics=metrics, auto_model=auto_model, best=True,
+                metrics=metrics, auto_model=auto_model, best=True, changes=s.state.get("settings_changed"),
             )  # fmt: skip
