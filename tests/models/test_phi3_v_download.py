@@ -126,7 +126,10 @@ def test_evaluate_and_two_grpo_steps_through_the_cli(phi3_v_download, wide_data,
 
     monkeypatch.setattr(evaluation, "load_model", recorded)
     monkeypatch.setattr(loop, "load_model", recorded)
-    common = ["model.num_crops=1"] + ([] if attn == "sdpa" else [f"model.attn_implementation={attn}"])
+    # eager: with LoRA too, whose model card loads the base from the download's own config.json
+    common = ["model.num_crops=1"] + (
+        [] if attn == "sdpa" else [f"model.attn_implementation={attn}", "model.lora=true"]
+    )
     evaluated = tmp_path / "eval"
     model = str(phi3_v_download)
     args = ["evaluate", "--model", model, "--data", str(wide_data / "eval.jsonl"), "--out", str(evaluated)]
@@ -159,6 +162,11 @@ def test_evaluate_and_two_grpo_steps_through_the_cli(phi3_v_download, wide_data,
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
             assert (saved / name).read_bytes() == (PHI3_V_HUB / name).read_bytes(), (saved, name)
     assert json.loads((run / "final" / "special_tokens_map.json").read_text())["additional_special_tokens"]
+    if attn == "eager":  # the model card's loading code, run as written
+        card = (run / "final" / "README.md").read_text().split("```python\n")[1].split("```")[0]
+        scope = {}
+        exec(card.replace("path/to/this/directory", str(run / "final")), scope)
+        assert type(scope["model"]).__name__ == "PeftModel" and scope["base"].config._attn_implementation == attn
 
 
 def test_a_checkpoint_that_asks_for_an_absent_implementation_loads_each_family_with_the_users(family_dirs, tmp_path):
