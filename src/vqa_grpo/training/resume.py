@@ -39,7 +39,7 @@ def start_point(
             f"resume it with vqa-grpo {command.get(saved, saved)}, or start a new run from its weights "
             "(model.name_or_path) in a new train.output_dir"
         )
-    cfg, changed = restore(cfg, found, given, reward_funcs or {})
+    cfg, changed = restore(cfg, found, given, reward_funcs or {}, say=dist.is_main)
     if mode == "grpo":
         missing_python_rewards(cfg, reward_funcs or {}, resumed=found is not None)
     return cfg, found, changed

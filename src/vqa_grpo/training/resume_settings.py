@@ -53,12 +53,13 @@ PER_LAUNCH = ("train.output_dir", "train.resume", "train.resume_allow")
 
 
 def restore(
-    cfg: Config, ckpt: Path | None, given: Iterable[str], python_rewards: Iterable[str] = ()
+    cfg: Config, ckpt: Path | None, given: Iterable[str], python_rewards: Iterable[str] = (), say: bool = True
 ) -> tuple[Config, dict[str, list]]:
     """The config to resume ``ckpt`` with, and the keys it changes ({key: [old, new]}).
 
     ``given``: the keys the launch set (config_keys.given_keys). ``python_rewards``: names of reward
-    functions passed in Python (they let a config that names them validate). Without a checkpoint,
+    functions passed in Python (they let a config that names them validate). ``say``: log the
+    changes made through train.resume_allow (one process of several says it). Without a checkpoint,
     or one saved without config.yaml (an older vqa-grpo), ``cfg`` is returned as it is."""
     if ckpt is None:
         return cfg, {}
@@ -90,7 +91,7 @@ def restore(
 
     out = check_config(out, python_rewards)
     for key, (a, b) in changed.items():
-        if key not in CHANGEABLE:
+        if say and key not in CHANGEABLE:
             log.warning(
                 "resuming %s with %s=%s (it ran with %s; train.resume_allow)", Path(ckpt).name, key, show(b), show(a)
             )
