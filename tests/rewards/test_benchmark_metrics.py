@@ -21,8 +21,15 @@ from vqa_grpo.rewards import (
     score_predictions,
     vqa_accuracy,
 )
+from vqa_grpo.rewards.anls import levenshtein
 from vqa_grpo.rewards.normalize import evalai_answer, evalai_normalize, normalize_answer
 from vqa_grpo.rewards.registry import reward_settings
+
+
+def test_levenshtein_by_hand():
+    assert levenshtein("kitten", "sitting") == 3  # k->s, e->i, +g
+    assert (levenshtein("", "abc"), levenshtein("abc", ""), levenshtein("same", "same")) == (3, 3, 0)
+    assert levenshtein("a" * 300, "b" * 300) == 300  # past the cached length: the same programme
 
 
 def test_anls_by_hand():

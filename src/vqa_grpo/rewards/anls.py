@@ -29,9 +29,10 @@ ANLS_THRESHOLD = 0.5
 """Similarities below this score 0 (the RRC's and lmms-eval's default)."""
 
 
-@lru_cache(maxsize=1 << 14)
-def levenshtein(a: str, b: str) -> int:
-    """Edit distance between ``a`` and ``b`` (unit costs), by the two-row dynamic programme."""
+_CACHED_LEN = 256  # pairs up to this many characters together are cached: GRPO scores the same strings often
+
+
+def _levenshtein(a: str, b: str) -> int:
     if len(a) < len(b):
         a, b = b, a
     previous = list(range(len(b) + 1))  # distances from a[:0] to each prefix of b
@@ -41,6 +42,14 @@ def levenshtein(a: str, b: str) -> int:
             current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
         previous = current
     return previous[-1]
+
+
+_levenshtein_cached = lru_cache(maxsize=1 << 14)(_levenshtein)  # at most ~8 MB of keys
+
+
+def levenshtein(a: str, b: str) -> int:
+    """Edit distance between ``a`` and ``b`` (unit costs), by the two-row dynamic programme."""
+    return _levenshtein_cached(a, b) if len(a) + len(b) <= _CACHED_LEN else _levenshtein(a, b)
 
 
 def _form(text: str) -> str:
