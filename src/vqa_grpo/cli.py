@@ -123,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("official", "lmms_eval"),
         help="VQA accuracy as vqaEval.py (default) or lmms-eval computes it",
     )
+    sc.add_argument(
+        "--benchmark",
+        default=None,
+        help="the benchmark the predictions are of (docvqa, chartqa, gqa, textvqa, ...): adds its metric, and "
+        "under --vqa-convention lmms_eval takes that lmms-eval task's form",
+    )
 
     cp = sub.add_parser(
         "compare", help="evaluation runs side by side, each tested against the first (paired bootstrap)"
@@ -260,6 +266,7 @@ def dispatch(args: argparse.Namespace) -> int:
             args.json,
             metrics=args.metric,
             vqa_convention=args.vqa_convention,
+            benchmark=args.benchmark,
         )
     if args.command == "compare":
         from vqa_grpo.evaluation.compare import compare_command

@@ -146,6 +146,12 @@ def test_score_with_metrics_and_convention(tmp_path, capsys):
     assert out["metrics"]["overall"]["anls"] == 1.0
     # "1/8/93" against ["1/8/93", "x"]: leaving out the match leaves 0 matches, leaving out "x" 1: (0 + 1/3) / 2
     assert out["metrics"]["overall"]["vqa_accuracy"] == pytest.approx((1.0 + 1 / 6) / 2)
+    # a benchmark adds its metric and, under lmms_eval, its task's form
+    assert main(["score", str(path), "--benchmark", "DocVQA", "--vqa-convention", "lmms_eval", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["benchmark"] == "docvqa" and out["metrics"]["overall"]["anls"] == 1.0
+    assert main(["score", str(path), "--benchmark", "nope"]) == 2
+    assert capsys.readouterr().err.startswith("error: --benchmark 'nope' is not a known benchmark; choose one of")
     assert main(["score", str(path), "--metric", "multiple_choice"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: multiple_choice needs each example's answers as [choice letter, choice text]")

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from vqa_grpo.data.benchmarks import BENCHMARKS, find_benchmark
 from vqa_grpo.data.qtypes import answer_type_of
 from vqa_grpo.errors import UserError
 from vqa_grpo.rewards.benchmark import check_metrics_fit
@@ -68,7 +69,10 @@ def read_predictions(path: str, prediction_field: str, answers_field: str) -> tu
 
 
 def summarise(
-    rows: list[Row], metrics: tuple[str, ...] | list[str] = (), vqa_convention: str = "official"
+    rows: list[Row],
+    metrics: tuple[str, ...] | list[str] = (),
+    vqa_convention: str = "official",
+    benchmark: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """{"overall": {"n", metric: mean, ...}, <answer type>: {...}, ...} (types sorted)."""
     scores = score_predictions(
@@ -77,6 +81,7 @@ def summarise(
         [r[2] for r in rows],
         metrics=metrics,
         vqa_convention=vqa_convention,
+        benchmark=benchmark,
     )
     types = np.array([r[2] for r in rows], dtype=object)
     groups = {"overall": np.ones(len(rows), dtype=bool)}
@@ -105,13 +110,20 @@ def run_score(
     *,
     metrics: tuple[str, ...] | list[str] = (),
     vqa_convention: str = "official",
+    benchmark: str | None = None,
 ) -> int:
     """Score a predictions JSONL file and print the table (or one JSON object); returns 0.
 
     ``metrics``: benchmark metrics to add (rewards/benchmark.py); ``vqa_convention``: official or
-    lmms_eval. Raises UserError (one line) when the file is missing or unreadable, has no usable
-    row, or does not fit a metric asked for.
+    lmms_eval; ``benchmark``: a name of data/benchmarks.py, whose metric is added and whose
+    lmms-eval task the lmms_eval convention follows. Raises UserError (one line) when the file is
+    missing or unreadable, has no usable row, or does not fit a metric asked for, or for an
+    unknown benchmark.
     """
+    if benchmark is not None and benchmark.strip().lower() not in BENCHMARKS:
+        raise UserError(f"--benchmark {benchmark!r} is not a known benchmark; choose one of {', '.join(BENCHMARKS)}")
+    bench = find_benchmark(benchmark)
+    metrics = [*metrics, *([bench.metric] if bench else [])]
     rows, skipped = read_predictions(path, prediction_field, answers_field)
     if not rows:
         raise UserError(
@@ -119,7 +131,7 @@ def run_score(
             f"{prediction_field!r} and {answers_field!r} (a list of strings); see --prediction-field/--answers-field"
         )
     check_metrics_fit(metrics, [r[1] for r in rows], path)
-    table = summarise(rows, metrics, vqa_convention)
+    table = summarise(rows, metrics, vqa_convention, bench.name if bench else None)
     if as_json:
         out = {
             "path": path,
@@ -127,6 +139,7 @@ def run_score(
             "skipped": len(skipped),
             "skipped_lines": skipped[:20],
             "vqa_convention": vqa_convention,
+            "benchmark": bench.name if bench else None,
             "metrics": table,
         }
         print(json.dumps(out))
