@@ -147,6 +147,7 @@ def test_every_benchmark_has_a_preset_and_lmms_eval_prompts():
     }
     unanswerable = "\nWhen the provided information is insufficient, respond with 'Unanswerable'.\n"
     assert [n for n, b in BENCHMARKS.items() if unanswerable in b.prompt] == ["okvqa", "vizwiz"]
+    assert [n for n, b in BENCHMARKS.items() if b.prompt.startswith("{question.capitalized}")] == ["textvqa", "vizwiz"]
     assert len(LMMS_EVAL_COMMIT) == 40
 
 
@@ -170,9 +171,14 @@ def test_inspect_shows_the_benchmark_metric_and_prompt(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "benchmark: vizwiz  reward vqa_accuracy  best/ by vqa_accuracy  max new tokens 16\n" in out
     assert (
-        "prompt: \"{question}\\nWhen the provided information is insufficient, respond with 'Unanswerable'.\\n"
-        'Answer the question using a single word or phrase."\n'
+        'prompt: "{question.capitalized}\\nWhen the provided information is insufficient, respond with '
+        "'Unanswerable'.\\nAnswer the question using a single word or phrase.\"\n"
     ) in out
+    vizwiz = prompt_template(resolve(load_config(None, ["data.benchmark=vizwiz"])).data)
+    assert user_text(" what does the SIGN say? ", vizwiz) == (  # lmms-eval's question.capitalize()
+        "What does the sign say?\nWhen the provided information is insufficient, respond with 'Unanswerable'.\n"
+        "Answer the question using a single word or phrase."
+    )
     assert main([*args, "--json", "reward.components=[abstention,vqa_accuracy]", "reward.weights=[0.5,0.5]"]) == 0
     uses = json.loads(capsys.readouterr().out)["benchmark"]
     assert (uses["benchmark"], uses["reward"], uses["eval_metric"]) == (

@@ -61,9 +61,8 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
               "chartqa"),
     Benchmark("gqa", "GQA", "exact_match", "{question}" + SHORT, 16, "gqa"),
     Benchmark("vqav2", "VQA v2", "vqa_accuracy", "{question}" + SHORT, 16, "vqav2_val"),
-    Benchmark("textvqa", "TextVQA", "vqa_accuracy", "{question}" + SHORT, DEFAULT_MAX_NEW_TOKENS, "textvqa_val",
-              notes="lmms-eval capitalises the question (str.capitalize: the rest lower-cased); the template "
-                    "keeps it as written"),
+    Benchmark("textvqa", "TextVQA", "vqa_accuracy", "{question.capitalized}" + SHORT, DEFAULT_MAX_NEW_TOKENS,
+              "textvqa_val", notes="lmms-eval capitalises the question (str.capitalize: the rest lower-cased)"),
     Benchmark("okvqa", "OK-VQA", "vqa_accuracy", "{question}" + UNANSWERABLE, DEFAULT_MAX_NEW_TOKENS,
               "ok_vqa_val2014"),
     Benchmark("aokvqa", "A-OKVQA (direct answer)", "vqa_accuracy", "{question}" + SHORT, DEFAULT_MAX_NEW_TOKENS,
@@ -74,7 +73,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
               "no lmms-eval task: lmms-eval's multiple-choice format (ai2d); allenai/aokvqa eval_predictions.py",
               notes="the question carries the lettered choices (A. ..., one a line); the letter or the choice's "
                     "text is accepted"),
-    Benchmark("vizwiz", "VizWiz", "vqa_accuracy", "{question}" + UNANSWERABLE, DEFAULT_MAX_NEW_TOKENS,
+    Benchmark("vizwiz", "VizWiz", "vqa_accuracy", "{question.capitalized}" + UNANSWERABLE, DEFAULT_MAX_NEW_TOKENS,
               "vizwiz_vqa_val",
               notes="lmms-eval capitalises the question (str.capitalize); evaluation adds the answerability "
                     "figures (rewards/abstention.py)"),

@@ -7,8 +7,10 @@ text in its chat format with the image. Which template applies is decided once, 
 (``reward.reasoning``) ``REASONING_TEMPLATE``, else the benchmark's (``BENCHMARK_PROMPTS``, keyed
 by ``data.benchmark``), else the seed report's ``DEFAULT_TEMPLATE``.
 
-A template is a ``str.format`` string with one field, ``{question}`` (the question, stripped);
-write a literal brace as ``{{`` or ``}}``. The default reproduces the seed's prompt byte for byte:
+A template is a ``str.format`` string with one field, ``{question}`` (the question, stripped), or
+``{question.capitalized}`` (its first letter upper-cased and the rest lower-cased, ``str.capitalize``,
+as lmms-eval shows TextVQA's and VizWiz's questions); write a literal brace as ``{{`` or ``}}``.
+The default reproduces the seed's prompt byte for byte:
 ``"What color? Answer with a single word or short phrase."``.
 """
 
@@ -44,7 +46,7 @@ def check_template(template: Any) -> str | None:
         fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
     except ValueError as e:
         return f"data.prompt_template={template!r} is not a valid template ({e}); {fix}"
-    others = sorted({"{" + name + "}" for name, _, _ in fields if name != "question"})
+    others = sorted({"{" + name + "}" for name, _, _ in fields if name not in ("question", "question.capitalized")})
     if others:
         return f"data.prompt_template={template!r} has fields {', '.join(others)} besides {{question}}; {fix}"
     if len(fields) != 1:
@@ -66,9 +68,17 @@ def prompt_template(data: Any = None, reasoning: bool = False) -> str:
     return BENCHMARK_PROMPTS.get(benchmark, DEFAULT_TEMPLATE) if benchmark else DEFAULT_TEMPLATE
 
 
+class _Question(str):
+    """The question as a template's field: itself, or ``.capitalized``."""
+
+    @property
+    def capitalized(self) -> str:
+        return self.capitalize()
+
+
 def user_text(question: str, template: str = DEFAULT_TEMPLATE) -> str:
     """The user turn's text: ``template`` with the stripped question in place of {question}."""
-    return template.format(question=question.strip())
+    return template.format(question=_Question(question.strip()))
 
 
 def user_texts(examples: list, template: str = DEFAULT_TEMPLATE) -> list[str]:
