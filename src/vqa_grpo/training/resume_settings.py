@@ -79,13 +79,13 @@ def restore(
                 _set(out, key, value)
                 changed[key] = [was[key], value]
             else:
-                refused.append(f"{key}={show(value)} differs from the checkpoint's {show(was[key])}")
+                refused.append(key)
     if refused:
-        keys = ",".join(r.split("=", 1)[0] for r in refused)
+        said = "; ".join(f"{k}={show(new[k])} differs from the checkpoint's {show(was[k])}" for k in refused)
+        them = "them" if len(refused) > 1 else "it"
         raise UserError(
-            f"resume: {'; '.join(refused)} ({recorded}); leave {'them' if len(refused) > 1 else 'it'} out to go on "
-            f"as the run was started, or change {'them' if len(refused) > 1 else 'it'} from this step on with "
-            f"train.resume_allow=[{keys}]"
+            f"resume: {said} ({recorded}); leave {them} out to go on as the run was started, or change {them} "
+            f"from this step on with train.resume_allow=[{','.join(refused)}]"
         )
     from vqa_grpo.config_load import check_config
 
