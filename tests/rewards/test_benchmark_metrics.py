@@ -172,3 +172,12 @@ def test_the_old_and_new_figures_of_docs_metrics(name, metric, old, new, capsys)
     overall = json.loads(capsys.readouterr().out)["metrics"]["overall"]
     assert (overall["vqa_accuracy"], overall["composite"]) == pytest.approx(old)
     assert overall[metric] == pytest.approx(new)
+
+
+def test_the_score_command_offers_every_benchmark_metric():
+    from vqa_grpo.cli import build_parser
+    from vqa_grpo.rewards import BENCHMARK_METRICS
+
+    score = build_parser()._subparsers._group_actions[0].choices["score"]
+    metric = next(a for a in score._actions if a.dest == "metric")
+    assert tuple(metric.choices) == tuple(BENCHMARK_METRICS)
