@@ -201,3 +201,12 @@ def test_evaluate_on_a_preset_reports_its_metric_as_the_headline(tmp_path, tiny_
     assert "answerability" not in metrics  # no question of DocVQA is unanswerable
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == ["49153", "24581"] and all("anls" in r for r in rows)
+
+
+def test_a_multiple_choice_benchmark_on_data_without_choices_is_refused(synth_dir, tmp_path, capsys):
+    assert main(["data", "inspect", str(synth_dir), "data.benchmark=aokvqa_mc"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: multiple_choice needs each example's answers as [choice")
+    args = ["train", f"data.path={synth_dir}", f"train.output_dir={tmp_path / 'run'}", "data.benchmark=aokvqa_mc"]
+    assert main([*args, "model.name_or_path=/nonexistent"]) == 2  # refused with the data, before the model
+    assert capsys.readouterr().err.startswith("error: multiple_choice needs") and not (tmp_path / "run").exists()

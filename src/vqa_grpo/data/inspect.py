@@ -27,7 +27,8 @@ def inspect_command(path: str, fmt: str | None, image_root: str | None, as_json:
     metric, answer length and prompt that training and evaluation will use. With ``as_json``
     prints one JSON object (rows, kept, skipped, answer_types, "benchmark" with those uses, and
     for an hf: dataset "source" with that mapping). The report is printed even when too many rows
-    were skipped; that case then raises a one-line UserError, as training would refuse the data.
+    were skipped, or when the benchmark's metric cannot score the data (multiple choice without
+    choices); those cases then raise a one-line UserError, as training would refuse the data.
     """
     full = load_config(None, list(overrides))
     cfg = full.data
@@ -51,6 +52,9 @@ def inspect_command(path: str, fmt: str | None, image_root: str | None, as_json:
     complaint = report.too_many_skipped(cfg.max_skip_fraction)
     if complaint:
         raise UserError(complaint)
+    from vqa_grpo.rewards.benchmark import check_metrics_fit  # as training would refuse the metric
+
+    check_metrics_fit([*uses["reward"], uses["eval_metric"]], [e.answers for e in examples], path)
     return 0
 
 
