@@ -112,22 +112,22 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument(
         "--metric",
         action="append",
-        default=[],
+        default=None,
         choices=("anls", "relaxed_accuracy", "exact_match", "multiple_choice"),
         help="a benchmark's metric to add (repeat for several): anls (DocVQA, InfographicVQA), relaxed_accuracy "
-        "(ChartQA), exact_match (GQA), multiple_choice (A-OKVQA; answers [letter, text])",
+        "(ChartQA), exact_match (GQA), multiple_choice (A-OKVQA; answers [letter, text]) (default: none)",
     )
     sc.add_argument(
         "--vqa-convention",
         default="official",
         choices=("official", "lmms_eval"),
-        help="VQA accuracy as vqaEval.py (default) or lmms-eval computes it",
+        help="VQA accuracy as vqaEval.py or lmms-eval computes it (default: official)",
     )
     sc.add_argument(
         "--benchmark",
         default=None,
         help="the benchmark the predictions are of (docvqa, chartqa, gqa, textvqa, ...): adds its metric, and "
-        "under --vqa-convention lmms_eval takes that lmms-eval task's form",
+        "under --vqa-convention lmms_eval takes that lmms-eval task's form (default: none)",
     )
 
     cp = sub.add_parser(
@@ -264,7 +264,7 @@ def dispatch(args: argparse.Namespace) -> int:
             args.prediction_field,
             args.answers_field,
             args.json,
-            metrics=args.metric,
+            metrics=args.metric or [],
             vqa_convention=args.vqa_convention,
             benchmark=args.benchmark,
         )
