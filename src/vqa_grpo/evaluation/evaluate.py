@@ -108,7 +108,7 @@ def answer_and_score(
         [e.answers for e in answered],
         [e.answer_type for e in answered],
         metrics=wanted,
-        vqa_convention=cfg.eval.vqa_convention,
+        vqa_convention=cfg.eval.vqa_convention or "official",  # None: a config the benchmark did not resolve
         benchmark=cfg.data.benchmark,
     )
     scores.update(user_metrics([m for m in cfg.eval.metrics if m not in BENCHMARK_METRICS], raw, answered))

@@ -97,7 +97,7 @@ def reward_settings(cfg: Any) -> Any:
     """A run's ``cfg.reward`` with ``vqa_convention`` (from ``cfg.eval``) attached, so that the
     vqa_accuracy reward follows eval.vqa_convention as the metric does (a copy; the config is kept)."""
     settings = copy.copy(cfg.reward)
-    settings.vqa_convention = cfg.eval.vqa_convention
+    settings.vqa_convention = cfg.eval.vqa_convention or "official"  # None: a config not resolved
     settings.benchmark = cfg.data.benchmark  # lmms-eval's TextVQA, OK-VQA, VizWiz: their own form
     return settings
 
@@ -163,7 +163,7 @@ def compute_rewards(
             parts["composite"] = comp.pop("total")
             parts.update({f"composite/{k}": v for k, v in comp.items()})
         elif name == "vqa_accuracy":  # the official convention's lenient form: always normalise
-            convention, benchmark = getattr(cfg, "vqa_convention", "official"), getattr(cfg, "benchmark", None)
+            convention, benchmark = getattr(cfg, "vqa_convention", None) or "official", getattr(cfg, "benchmark", None)
             parts[name] = vqa_accuracy_batch(preds, refs, official=False, convention=convention, benchmark=benchmark)
         elif name in BENCHMARK_METRICS:
             parts[name] = BENCHMARK_METRICS[name](preds, refs)
