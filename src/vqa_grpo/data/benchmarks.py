@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 from vqa_grpo.config import Config, ConfigError
 
@@ -126,18 +125,3 @@ def resolve(cfg: Config, path: str | None = None) -> Config:
     if evalc.vqa_convention is None:  # a benchmark's VQA accuracy as lmms-eval computes it
         evalc = dataclasses.replace(evalc, vqa_convention="lmms_eval" if bench else "official")
     return dataclasses.replace(cfg, data=data, reward=reward, train=train, eval=evalc)
-
-
-def describe(cfg: Config, path: str | None = None) -> dict[str, Any]:
-    """What ``data inspect`` shows: the benchmark, the metric, the prompt and the answer length
-    that training and evaluation will use."""
-    from vqa_grpo.data.prompts import prompt_template
-
-    resolved = resolve(cfg, path)
-    return {
-        "benchmark": resolved.data.benchmark,
-        "reward": resolved.reward.components,
-        "eval_metric": resolved.train.eval_metric,
-        "prompt": prompt_template(resolved.data, resolved.reward.reasoning),
-        "max_new_tokens": resolved.eval.max_new_tokens,
-    }

@@ -9,12 +9,27 @@ from __future__ import annotations
 import json
 
 from vqa_grpo.config_load import load_config
-from vqa_grpo.data.benchmarks import describe as benchmark_uses
+from vqa_grpo.data.benchmarks import resolve
 from vqa_grpo.data.hub import describe
 from vqa_grpo.data.loader import LoadReport, read_examples
+from vqa_grpo.data.prompts import prompt_template
 from vqa_grpo.data.sources import open_source
 from vqa_grpo.data.types import BadExample, VQAExample
 from vqa_grpo.errors import UserError
+
+
+def benchmark_uses(cfg, path: str | None = None) -> dict:
+    """The benchmark, the metric, the prompt and the answer length that training and evaluation
+    will use for this data (data/benchmarks.py resolve)."""
+    resolved = resolve(cfg, path)
+    return {
+        "benchmark": resolved.data.benchmark,
+        "reward": resolved.reward.components,
+        "eval_metric": resolved.train.eval_metric,
+        "prompt": prompt_template(resolved.data, resolved.reward.reasoning),
+        "max_new_tokens": resolved.eval.max_new_tokens,
+    }
+
 
 NUM_SHOWN = 5
 

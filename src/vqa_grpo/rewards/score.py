@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from vqa_grpo.data.benchmarks import BENCHMARKS, find_benchmark
 from vqa_grpo.data.qtypes import answer_type_of
 from vqa_grpo.errors import UserError
 from vqa_grpo.rewards.benchmark import check_metrics_fit
@@ -120,6 +119,8 @@ def run_score(
     missing or unreadable, has no usable row, or does not fit a metric asked for, or for an
     unknown benchmark.
     """
+    from vqa_grpo.data.benchmarks import BENCHMARKS, find_benchmark  # the data layer's table, read here only
+
     if benchmark is not None and benchmark.strip().lower() not in BENCHMARKS:
         raise UserError(f"--benchmark {benchmark!r} is not a known benchmark; choose one of {', '.join(BENCHMARKS)}")
     bench = find_benchmark(benchmark)
