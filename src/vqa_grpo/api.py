@@ -109,10 +109,13 @@ def _recorded(cfg: Config, named: dict) -> tuple[Config, dict]:
     others, name -> callable, for the run."""
     import dataclasses
 
+    from vqa_grpo.rewards.user import short_name
+
     paths: dict[str, str] = {}
     for name, func in named.items():
         path = import_path(func)
-        if path is not None and path not in paths.values() and path not in cfg.reward.components:
+        # by path only where it logs under the name it was given (``accuracy_2`` or a dict's own key keeps it)
+        if path is not None and short_name(path) == name and path not in cfg.reward.components:
             paths[name] = path
     components = [paths.get(c, c) for c in cfg.reward.components]
     pathless = {n: f for n, f in named.items() if n not in paths}

@@ -300,6 +300,13 @@ def validate(cfg: Config, python_rewards: typing.Iterable[str] = ()) -> None:
     need(
         twice is None, f"reward.components names {twice!r} twice; name each reward once (weigh it with reward.weights)"
     )
+    # the name each reward logs and sums under: module:accuracy and other:accuracy would be one
+    clash = next(((a, c) for i, c in enumerate(comps) for a in comps[:i] if short_name(a) == short_name(c)), None)
+    if clash:
+        raise ConfigError(
+            f"reward.components: {clash[0]!r} and {clash[1]!r} both log as {short_name(clash[1])!r}; "
+            "give each reward its own function name"
+        )
     for c in comps:
         if is_import_path(c):
             import_reward(c)  # a typo in the path stops here, naming the module or attribute

@@ -137,6 +137,11 @@ def test_a_broken_function_is_named_with_the_example_and_what_it_returned(user_m
         ),
         ("my_rewards:FLAG", "reward.components: 'my_rewards:FLAG' is a int, not a function"),
         ("brevity", "reward.components: unknown 'brevity'; choose from composite, vqa_accuracy"),
+        (  # one name in the logs and in the sum of parts
+            "composite,my_rewards:composite",
+            "reward.components: 'composite' and 'my_rewards:composite' both log as 'composite'; give each reward "
+            "its own function name",
+        ),
     ],
 )
 def test_a_bad_import_path_is_refused_at_load_with_one_line(user_module, component, says, capsys):
@@ -145,6 +150,27 @@ def test_a_bad_import_path_is_refused_at_load_with_one_line(user_module, compone
     assert str(err.value).startswith(says) and "\n" not in str(err.value)
     assert main(["train", f"reward.components=[{component}]"]) == 2
     assert capsys.readouterr().err.startswith(f"error: {says}")
+
+
+def test_two_python_functions_of_one_name_are_two_rewards(user_module, tmp_path):
+    """reward_funcs=[a.brevity, b.brevity]: the second keeps its name brevity_2 (and no import path,
+    which would log it as brevity again), so each is scored and logged on its own."""
+    from vqa_grpo.api import _named, _recorded, _with_rewards
+
+    (tmp_path / "more_rewards.py").write_text(
+        "def brevity(completions, **kwargs):\n    return [0.25] * len(completions)\n"
+    )
+    import more_rewards
+
+    named = _named([user_module.brevity, more_rewards.brevity])
+    cfg = vqa_grpo.load_config(None, ["reward.components=[vqa_accuracy]"])
+    cfg, pathless = _recorded(_with_rewards(cfg, named, None), named)
+    assert cfg.reward.components == ["vqa_accuracy", "my_rewards:brevity", "brevity_2"]
+    assert cfg.reward.python_functions == ["brevity_2"] and list(pathless) == ["brevity_2"]
+    r = score(cfg.reward.components[1:], [1.0, 1.0], functions=pathless)
+    # brevity: one word -> 1 ("red", "skip"), else 0; brevity_2: 0.25 each
+    assert r.parts["brevity"].tolist() == [1.0, 0.0, 1.0] and r.parts["brevity_2"].tolist() == [0.25] * 3
+    assert r.total.tolist() == [1.25, 0.25, 1.25]
 
 
 def _train_args(tiny_model_dir, synth_dir, run_dir, components, weights, steps=1):
