@@ -197,3 +197,19 @@ def test_debug_before_or_after_the_subcommand_shows_the_traceback(tmp_path, wher
     command = ["train", "--config", str(tmp_path / "nope.yaml")]
     with pytest.raises(ConfigError, match="config file not found"):
         main(["--debug", *command] if where == "before" else [*command, "--debug"])
+
+
+def test_evaluate_says_how_many_rows_it_skipped_as_the_data_loaded(synth_dir, tiny_model_dir, tmp_path, capsys):
+    rows = [json.loads(x) for x in (synth_dir / "data.jsonl").read_text().splitlines()[:3]]
+    rows.append({**rows[0], "id": "gone", "image": "images/nowhere.png"})
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "eval"
+    rc = main(evaluate_args(tiny_model_dir, data, out, "data.max_skip_fraction=0.5", f"data.image_root={synth_dir}"))
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert [x for x in err.splitlines() if x.startswith("evaluate:")] == [
+        "evaluate: 1 of 4 rows skipped as the data loaded (missing_image 1); not evaluated "
+        "(`vqa-grpo data inspect` lists them)"
+    ]
+    assert json.loads((out / "metrics.json").read_text())["n"] == 3

@@ -207,8 +207,17 @@ def evaluate(
     if out is not None:
         check_out_dir(out, overwrite)
     if isinstance(data, (str, Path)):
-        examples, _ = load_examples(str(data), cfg.data)
+        examples, report = load_examples(str(data), cfg.data)
     else:
-        examples, _ = read_examples(memory_source(data, cfg.data), cfg.data)
+        examples, report = read_examples(memory_source(data, cfg.data), cfg.data)
+    if report.num_skipped:  # under data.max_skip_fraction, else load_examples refused them
+        import sys
+
+        reasons = ", ".join(f"{reason} {n}" for reason, n in report.skipped.items() if n)
+        print(
+            f"evaluate: {report.num_skipped} of {report.rows} rows skipped as the data loaded ({reasons}); not "
+            "evaluated (`vqa-grpo data inspect` lists them)",
+            file=sys.stderr,
+        )
     examples = limit(examples, cfg.data.max_eval_samples, cfg.train.seed, "eval")
     return _evaluate(str(model), examples, cfg, out)
