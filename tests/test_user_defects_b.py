@@ -142,6 +142,14 @@ def test_an_out_that_is_a_file_is_refused_before_the_model_loads(synth_dir, tmp_
         ("grpo", "num_generations", 1, "grpo.num_generations=1: must be >= 2 (a group needs two samples to compare)"),
         ("train", "max_steps", "5", "train.max_steps must be an integer, got '5'"),
         ("train", "learning_rate", "fast", "train.learning_rate must be a number, got 'fast'"),
+        (  # a section given as a dict
+            "data",
+            "columns",
+            {"answr": "x"},
+            "unknown config key data.columns.answr; allowed here: data.columns.image, data.columns.question, "
+            "data.columns.answer, data.columns.answers, data.columns.question_type, data.columns.answer_type, "
+            "data.columns.id",
+        ),
     ],
 )
 def test_the_api_checks_a_config_changed_after_load_config(synth_dir, tmp_path, section, key, value, says):

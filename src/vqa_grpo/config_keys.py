@@ -52,7 +52,12 @@ def mark_given(cfg: Config, keys: set[str] | frozenset[str]) -> Config:
 def given_keys(cfg: Config) -> frozenset[str]:
     """The keys the user set: those ``load_config`` recorded, and every one whose value is not the default."""
     default = flat(Config())
-    changed = {k for k, v in flat(cfg).items() if v != default[k]}
+    changed: set[str] = set()
+    for k, v in flat(cfg).items():
+        if k in default:
+            changed |= {k} if v != default[k] else set()
+        else:  # a section set as a dict in Python (cfg.data.columns = {...}): each of its keys
+            changed |= {d for d in default if d.startswith(k + ".")}
     return frozenset(cfg.__dict__.get(_GIVEN, frozenset()) | changed)
 
 
