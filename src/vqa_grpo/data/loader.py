@@ -127,11 +127,11 @@ class LoadReport:
     def table(self) -> str:
         lines = [f"{self.source or 'data'}: {self.rows} rows read, {self.kept} kept, {self.num_skipped} skipped"]
         if self.num_skipped:
-            lines.append(f"  {'skipped':>7}  {'reason':<14}  what to fix")
+            lines.append(f"  {'skipped':>7}  {'reason':<17}  what to fix")
             for reason, count in self.skipped.items():
                 if count:
-                    lines.append(f"  {count:>7}  {reason:<14}  {_FIXES[reason]}")
-                    lines += [f"  {'':>7}  {'':<14}    e.g. {s}" for s in self.samples.get(reason, [])]
+                    lines.append(f"  {count:>7}  {reason:<17}  {_FIXES[reason]}")
+                    lines += [f"  {'':>7}  {'':<17}    e.g. {s}" for s in self.samples.get(reason, [])]
         types = ", ".join(f"{t} {n}" for t, n in self.answer_types.items())
         lines.append(f"  kept by answer type: {types}")
         return "\n".join(lines)
