@@ -182,6 +182,13 @@ def test_a_resume_through_the_api_with_the_functions_passed_again_goes_on(python
     out = tmp_path / "run"
     shutil.copytree(run, out)
     cfg = vqa_grpo.load_config(None, [f"train.output_dir={out}", "train.resume=auto", "train.max_steps=3"])
+    with pytest.raises(UserError) as err:  # one function fewer: the components, not the list derived from them
+        vqa_grpo.train(cfg, reward_funcs=funcs[:1])
+    assert str(err.value) == (
+        "resume: reward.components=[composite,resume_rewards:brevity] differs from the checkpoint's "
+        f"[composite,resume_rewards:brevity,lambda] ({out}/checkpoint-2/config.yaml); leave it out to go on as the "
+        "run was started, or change it from this step on with train.resume_allow=[reward.components]"
+    )
     assert vqa_grpo.train(cfg, reward_funcs=funcs).steps == 3
     assert [("reward/brevity" in r, "reward/lambda" in r) for r in step_lines(out)] == [(True, True)] * 3
 

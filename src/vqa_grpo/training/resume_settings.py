@@ -70,6 +70,8 @@ def restore(
     old = _load(recorded, python_rewards)
     new, was, given = flat(cfg), flat(old), set(given)
     allowed = set(CHANGEABLE) | set(cfg.train.resume_allow)
+    if "reward.components" in allowed:  # python_functions follows components: never the user's to name
+        allowed.add("reward.python_functions")
     out, changed, refused = copy.deepcopy(old), {}, []
     for key, value in new.items():
         if key in PER_LAUNCH:
@@ -80,6 +82,8 @@ def restore(
                 changed[key] = [was[key], value]
             else:
                 refused.append(key)
+    if "reward.components" in refused and "reward.python_functions" in refused:
+        refused.remove("reward.python_functions")
     if refused:
         said = "; ".join(f"{k}={show(new[k])} differs from the checkpoint's {show(was[k])}" for k in refused)
         them = "them" if len(refused) > 1 else "it"
