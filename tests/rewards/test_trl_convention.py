@@ -175,3 +175,24 @@ def test_reasoning_mode_asks_for_the_tags_and_scores_a_tagged_completion():
     scored = compute_rewards(completions, [["red"], ["red"]], ["other", "other"], cfg.reward)
     assert scored.total.tolist() == [2.0, 0.0]  # 1.0 x vqa_accuracy + 1.0 x format; untagged scores 0
     assert RewardConfig().weights is None
+
+
+@pytest.mark.parametrize(
+    "command, extra, says",
+    [
+        ("sft", [], "sft trains on the bare answers"),
+        ("train", ["grpo.sft_coef=0.1"], "grpo.sft_coef=0.1 trains on the bare answers"),
+    ],
+)
+def test_supervised_targets_under_reasoning_mode_are_refused(
+    tiny_model_dir, synth_dir, tmp_path, capsys, command, extra, says
+):
+    out = tmp_path / "run"
+    args = [f"model.name_or_path={tiny_model_dir}", f"data.path={synth_dir}", f"train.output_dir={out}"]
+    assert main([command, *args, "reward.reasoning=true", *extra]) == 2
+    fix = "set reward.reasoning=false for sft" if command == "sft" else "set grpo.sft_coef=0"
+    assert capsys.readouterr().err == (
+        f"error: {says}, but reward.reasoning=true asks for <think>...</think><answer>...</answer> and scores "
+        f"only the answer tags' content; {fix}\n"
+    )
+    assert not out.exists()

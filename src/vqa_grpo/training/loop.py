@@ -53,7 +53,7 @@ from vqa_grpo.training.outcomes import EvalMetrics, watch_equal_rewards
 from vqa_grpo.training.resume import check_fresh, start_point
 from vqa_grpo.training.session import Session, start_session
 from vqa_grpo.training.skips import SkipReport
-from vqa_grpo.training.steps import GRPOSteps, reference_model, sft_step
+from vqa_grpo.training.steps import GRPOSteps, check_sft_targets, reference_model, sft_step
 
 
 def set_threads(n: int) -> None:
@@ -116,6 +116,7 @@ def run(
     cfg = resolve_benchmark(cfg)  # the settings left to data.benchmark (reward, best/'s metric, prompt, length)
     dist = Dist.from_env(cfg.train.device, cfg.train.collective_timeout)
     cfg, resume, changed = start_point(cfg, mode, dist, given, reward_funcs)  # the checkpoint's settings
+    check_sft_targets(cfg, mode)
     device = dist.device(resolve_device(cfg.train.device))
     set_threads(cfg.train.cpu_threads)
     data = load_vqa(cfg.data, seed=cfg.train.seed, frame=data)  # before the model: bad data fails fast

@@ -18,6 +18,7 @@ import torch
 
 from vqa_grpo.config import Config
 from vqa_grpo.data.prompts import DEFAULT_TEMPLATE, prompt_template, user_texts
+from vqa_grpo.errors import UserError
 from vqa_grpo.grpo.logprobs import Reference, add_old_and_reference
 from vqa_grpo.grpo.plan import choose_plan
 from vqa_grpo.grpo.rollout import Rollout, make_rollout_and_prefill
@@ -61,6 +62,19 @@ def sft_micro_loss(
     logp, _ = completion_logprobs(lm.model, lm.adapter, prompts, ids, mask, with_entropy=False)
     nll_sum = -(logp * mask).sum()
     return nll_sum / total_tokens, {"nll": float(nll_sum.detach()) / max(1, int(mask.sum()))}
+
+
+def check_sft_targets(cfg: Config, mode: str) -> None:
+    """Refuse supervised targets under reasoning mode: SFT (and GRPO's sft_coef term) trains on the
+    bare answers, while reward.reasoning asks for <think>/<answer> tags and scores only what the
+    answer tags hold, so the model would learn to leave out what every evaluation scores."""
+    what = "sft" if mode == "sft" else f"grpo.sft_coef={cfg.grpo.sft_coef}" if cfg.grpo.sft_coef > 0 else None
+    if cfg.reward.reasoning and what:
+        fix = "set reward.reasoning=false for sft" if mode == "sft" else "set grpo.sft_coef=0"
+        raise UserError(
+            f"{what} trains on the bare answers, but reward.reasoning=true asks for <think>...</think>"
+            f"<answer>...</answer> and scores only the answer tags' content; {fix}"
+        )
 
 
 def answer_token_count(lm: LoadedModel, examples) -> int:
