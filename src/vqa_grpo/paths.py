@@ -32,3 +32,24 @@ def _check_parents(p: Path, what: str) -> None:
             if not parent.is_dir():
                 raise UserError(f"{what} {p}: {parent} is a file, not a folder; choose another path")
             return
+
+
+def absolute_inputs(cfg):
+    """``cfg`` (a Config) with the local paths a run reads, model.name_or_path, data.path,
+    data.eval_path and data.image_root, made absolute where they exist (a hub id or ``hf:NAME`` is
+    left as it is): the run's config.yaml then names the same files from any directory, so a resume
+    launched from another one finds them, and compares a path given again by where it points."""
+    import dataclasses
+    import os
+
+    def absolute(value):
+        if not isinstance(value, str) or not value or not Path(value).expanduser().exists():
+            return value
+        return os.path.abspath(os.path.expanduser(value))
+
+    d = cfg.data
+    data = dataclasses.replace(
+        d, path=absolute(d.path), eval_path=absolute(d.eval_path), image_root=absolute(d.image_root)
+    )
+    model = dataclasses.replace(cfg.model, name_or_path=absolute(cfg.model.name_or_path))
+    return dataclasses.replace(cfg, model=model, data=data)

@@ -210,3 +210,20 @@ def test_which_functions_have_an_import_path():
 def test_a_config_naming_an_unknown_key_to_allow_is_refused():
     with pytest.raises(UserError, match=r"^train.resume_allow: 'train.lr' is not a config key; name keys as"):
         vqa_grpo.load_config(None, ["train.resume_allow=[train.lr]"])
+
+
+def test_a_run_started_with_relative_paths_resumes_from_another_directory(
+    synth_dir, tiny_model_dir, tmp_path, monkeypatch
+):
+    import os
+
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    one = args(os.path.relpath(tiny_model_dir), os.path.relpath(synth_dir), "run", "train.max_steps=1")
+    assert cli.main(["sft", *one]) == 0
+    recorded = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert (recorded["model"]["name_or_path"], recorded["data"]["path"]) == (str(tiny_model_dir), str(synth_dir))
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    again = f"data.path={os.path.relpath(synth_dir)}"  # the same folder, named from here: not a change
+    assert cli.main(["sft", "train.output_dir=../run", "train.resume=auto", "train.max_steps=2", again]) == 0
+    assert [r["step"] for r in step_lines(tmp_path / "run")] == [1, 2]

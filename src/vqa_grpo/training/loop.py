@@ -33,7 +33,7 @@ from vqa_grpo.errors import RewardFunctionError, TrainingStopped
 from vqa_grpo.evaluation.evaluate import answer_and_score
 from vqa_grpo.grpo.logprobs import Reference
 from vqa_grpo.models.loading import LoadedModel, load_model, resolve_device
-from vqa_grpo.paths import check_folder
+from vqa_grpo.paths import absolute_inputs, check_folder
 from vqa_grpo.rewards.benchmark import check_metrics_fit
 from vqa_grpo.rewards.user import resolve as resolve_rewards
 from vqa_grpo.training.checkpoint import no_space
@@ -115,6 +115,7 @@ def run(
     given = given_keys(cfg) if given is None else given  # before the benchmark fills in the keys left unset
     cfg = resolve_benchmark(cfg)  # the settings left to data.benchmark (reward, best/'s metric, prompt, length)
     dist = Dist.from_env(cfg.train.device, cfg.train.collective_timeout)
+    cfg = absolute_inputs(cfg)  # config.yaml names the same files wherever a resume is launched
     cfg, resume, changed = start_point(cfg, mode, dist, given, reward_funcs)  # the checkpoint's settings
     check_sft_targets(cfg, mode)
     device = dist.device(resolve_device(cfg.train.device))
