@@ -163,7 +163,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return float(value)
     if tp is str:
         if isinstance(value, (dict, list)) or value is None:
-            raise ConfigError(f"{key} must be a string, got {value!r}")
+            quote = "; YAML reads an unquoted {...} as a mapping: quote the value" if isinstance(value, dict) else ""
+            raise ConfigError(f"{key} must be a string, got {value!r}{quote}")
         return str(value)
     return value
 
