@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     mg = sub.add_parser("merge", help="merge a LoRA adapter into its base model (a plain transformers model)")
     mg.add_argument("adapter", help="LoRA adapter directory (a run's final/ with model.lora=true)")
     mg.add_argument("--out", required=True, help="output directory for the merged model and processor (required)")
+    mg.add_argument(
+        "--overwrite", action="store_true", help="replace what --out holds already (default: refuse a non-empty --out)"
+    )
 
     demo = sub.add_parser(
         "demo", help="GRPO from the shipped pretrained tiny base beside the same-budget SFT, evaluated offline"
@@ -283,7 +286,7 @@ def dispatch(args: argparse.Namespace) -> int:
         from vqa_grpo.training.export import merge_adapter
 
         check_folder(args.out, "--out")  # before the base model loads
-        print(f"wrote the merged model to {merge_adapter(args.adapter, args.out)}")
+        print(f"wrote the merged model to {merge_adapter(args.adapter, args.out, overwrite=args.overwrite)}")
         return 0
     if args.command == "demo":
         from vqa_grpo.demo import run_demo

@@ -93,6 +93,21 @@ def test_cli_merge_writes_the_same_weights_and_rejects_a_non_adapter(lora_run, t
     assert err.startswith("error: ") and "no adapter_config.json" in err and "\n" not in err
     assert not (tmp_path / "x").exists()
 
+    # A second merge into the same folder is refused, untouched; --overwrite replaces it whole.
+    (tmp_path / "m" / "stale.bin").write_bytes(b"an earlier model's file")
+    before = sorted(p.name for p in (tmp_path / "m").iterdir())
+    assert main(["merge", str(lora_run.final_dir), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err == f"error: --out {tmp_path / 'm'} is not empty; pass --overwrite (overwrite=True in Python) to replace it"
+    )
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == before
+    assert main(["merge", str(lora_run.final_dir), "--out", str(tmp_path / "m"), "--overwrite"]) == 0
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == sorted(set(before) - {"stale.bin"})
+    c = load_file(tmp_path / "m" / "model.safetensors")
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("m.")) == []
+
 
 @pytest.mark.slow
 def test_lora_model_card_names_peft_and_the_base_model(lora_run, tiny_model_dir):

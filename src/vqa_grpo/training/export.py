@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import yaml
@@ -137,8 +138,11 @@ def _saved_model_type(out: Path) -> str | None:
     return None
 
 
-def merge_adapter(adapter_dir: str | Path, out: str | Path, model_cfg=None) -> Path:
+def merge_adapter(adapter_dir: str | Path, out: str | Path, model_cfg=None, overwrite: bool = False) -> Path:
     """Merge the LoRA adapter in ``adapter_dir`` into its base model; save model and processor to ``out``.
+
+    A non-empty ``out`` is refused unless ``overwrite``; then the merged model is written beside it
+    and takes its place whole, so no file of the earlier model stays mixed in.
 
     The merged model is a plain transformers checkpoint (no peft needed to load it); its weights
     are the base weights plus (alpha / r) B A for every adapted layer. The base loads as the run
@@ -158,10 +162,22 @@ def merge_adapter(adapter_dir: str | Path, out: str | Path, model_cfg=None) -> P
             f"{adapter_dir} has no adapter_config.json: not a LoRA adapter directory (a run's final/ with "
             "model.lora=true)"
         )
+    held = out.is_dir() and any(out.iterdir())
+    if held and not overwrite:
+        raise UserError(f"--out {out} is not empty; pass --overwrite (overwrite=True in Python) to replace it")
     if model_cfg is None:
         run_config = adapter_dir.parent / "config.yaml"
         model_cfg = load_config(run_config).model if run_config.is_file() else ModelConfig()
     model_cfg = dataclasses.replace(model_cfg, name_or_path=str(adapter_dir), lora=False, quantization="none")
     lm = load_model(model_cfg, "cpu", trainable=False)
-    save_model(lm.model.merge_and_unload(), lm.processor, out)
+    if not held:
+        save_model(lm.model.merge_and_unload(), lm.processor, out)
+        return out
+    fresh, old = out.with_name(out.name + ".merging"), out.with_name(out.name + ".replaced")
+    for stale in (fresh, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    save_model(lm.model.merge_and_unload(), lm.processor, fresh)
+    out.rename(old)
+    fresh.rename(out)
+    shutil.rmtree(old)
     return out

@@ -340,7 +340,7 @@ def _write_final(s: Session, mode: str, data) -> Path:
             changes=s.state.get("settings_changed"),
         )
         if s.cfg.train.merge_lora:
-            merge_adapter(final, s.run_dir / "merged", s.cfg.model)
+            merge_adapter(final, s.run_dir / "merged", s.cfg.model, overwrite=True)  # a resumed end merges again
     s.dist.barrier()
     return final
 
