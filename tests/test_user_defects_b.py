@@ -220,4 +220,5 @@ def test_evaluate_says_how_many_rows_it_skipped_as_the_data_loaded(synth_dir, ti
         "evaluate: 1 of 4 rows skipped as the data loaded (missing_image 1); not evaluated "
         "(`vqa-grpo data inspect` lists them)"
     ]
-    assert json.loads((out / "metrics.json").read_text())["n"] == 3
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["n"], metrics["skipped"], metrics["skipped_at_load"]) == (3, 0, {"missing_image": 1})

@@ -220,4 +220,4 @@ def evaluate(
             file=sys.stderr,
         )
     examples = limit(examples, cfg.data.max_eval_samples, cfg.train.seed, "eval")
-    return _evaluate(str(model), examples, cfg, out)
+    return _evaluate(str(model), examples, cfg, out, skipped_at_load=report.skipped)

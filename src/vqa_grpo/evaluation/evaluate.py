@@ -6,7 +6,8 @@ official or lmms_eval), ``composite`` and its parts (``composite/bleu1``, ...), 
 metrics asked for (``anls``, ``relaxed_accuracy``, ``exact_match``, ``multiple_choice``: in
 eval.metrics or as train.eval_metric), ``per_answer_type`` and ``per_question_type`` (type ->
 {n, vqa_accuracy, ..., ci95}), ``ci95`` (metric -> [low, high]), ``vqa_convention``,
-``skipped`` (examples whose image failed to load), ``primary_metric``
+``skipped`` (examples whose image failed when answered), ``skipped_at_load`` (rows the data's
+load skipped, by reason: ``vqa-grpo data inspect`` lists them), ``primary_metric``
 (the headline metric's key: train.eval_metric, else the benchmark's), and ``answerability`` (the
 "unanswerable" decision's precision, recall, F1 and VizWiz's figures, rewards/abstention.py) for
 VizWiz or data with unanswerable questions.
@@ -131,8 +132,16 @@ def check_out_dir(out_dir: str | Path, overwrite: bool) -> None:
         )
 
 
-def evaluate(model_dir: str, examples: list[VQAExample], cfg: Config, out_dir: str | Path | None) -> dict:
+def evaluate(
+    model_dir: str,
+    examples: list[VQAExample],
+    cfg: Config,
+    out_dir: str | Path | None,
+    skipped_at_load: dict[str, int] | None = None,
+) -> dict:
     """Generate answers for ``examples`` with the model in ``model_dir``; write and return metrics.
+    ``skipped_at_load``: the rows the data's load skipped, by reason (metrics.json records them
+    beside ``skipped``, the examples whose image failed when answered).
 
     Under several processes (``accelerate launch``) each answers its share of the questions and
     rank 0 writes the outputs; every process returns the same metrics. An earlier evaluation in
@@ -156,6 +165,7 @@ def evaluate(model_dir: str, examples: list[VQAExample], cfg: Config, out_dir: s
     got = answer_and_score(lm, examples, cfg, device, dist, progress=cfg.train.progress and dist.is_main)
     metrics = summarise(got.scores, got.examples, cfg.eval.bootstrap_samples)
     metrics["skipped"] = got.skipped
+    metrics["skipped_at_load"] = {reason: n for reason, n in (skipped_at_load or {}).items() if n}
     metrics["primary_metric"] = cfg.train.eval_metric  # the headline: the benchmark's metric unless set
     metrics["vqa_convention"] = cfg.eval.vqa_convention  # how vqa_accuracy was computed
     if cfg.data.benchmark == "vizwiz" or any(is_unanswerable(e.answers) for e in got.examples):
