@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vqa_grpo.data.types import VQAExample
-from vqa_grpo.evaluation.compare import compare_runs, format_comparison
+from vqa_grpo.evaluation.compare import compare_runs, format_comparison, load_eval_dir
 from vqa_grpo.evaluation.evaluate import format_table, summarise, write_outputs
 
 
@@ -58,3 +58,23 @@ def test_the_report_names_the_convention(tmp_path):
     assert "(official convention: eval.vqa_convention)" in _types_section(None, metrics, None)
     metrics["vqa_convention"] = "lmms_eval"
     assert "(lmms_eval convention: eval.vqa_convention)" in _types_section(None, metrics, None)
+
+
+def test_the_report_shows_the_headline_metric_with_its_interval_per_type(tmp_path):
+    from vqa_grpo.evaluation.report_html import _types_section
+
+    a = write_run(tmp_path / "a", [0.5, 0.0, 1.0, 0.8], "lmms_eval")
+    b = write_run(tmp_path / "b", [1.0, 0.6, 1.0, 0.8], "lmms_eval")
+    before, after = (load_eval_dir(p)[0] for p in (a, b))
+    before["primary_metric"] = after["primary_metric"] = "anls"
+    page = _types_section(before, after, compare_runs([a, b], samples=200)["differences"][0])
+    assert page.index("<h3>Overall: anls</h3>") < page.index("<h3>Overall: vqa_accuracy</h3>")
+    assert "<h3>Per answer type: anls</h3>" in page and "<h3>Per question type: anls</h3>" in page
+    anls_overall = page.split("<h3>Overall: anls</h3>")[1].split("</table>")[0]
+    assert "<td class=num>57.5</td>" in anls_overall and "<td class=num>85.0</td>" in anls_overall
+    assert f"<td class=num>{_ci_text(after)}</td>" in anls_overall and "<td class=num>+27.5</td>" in anls_overall
+
+
+def _ci_text(metrics: dict) -> str:
+    low, high = metrics["ci95"]["anls"]
+    return f"[{100 * low:.1f}, {100 * high:.1f}]"

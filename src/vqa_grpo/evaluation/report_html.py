@@ -31,13 +31,18 @@ def _pct(v) -> str:
     return f"{100 * v:.1f}" if isinstance(v, (int, float)) else "-"
 
 
-def _ci(m: dict | None) -> str:
-    ci = ((m or {}).get("ci95") or {}).get("vqa_accuracy")
+def _ci(m: dict | None, metric: str = "vqa_accuracy") -> str:
+    ci = ((m or {}).get("ci95") or {}).get(metric)
     return f"[{_pct(ci[0])}, {_pct(ci[1])}]" if isinstance(ci, list) and len(ci) == 2 else "-"
 
 
-def _type_table(title: str, groups: list[tuple[str, dict | None, dict | None, dict | None]], has_before: bool) -> str:
-    """Rows (name, before metrics, after metrics, paired difference) as an HTML table."""
+def _type_table(
+    title: str,
+    groups: list[tuple[str, dict | None, dict | None, dict | None]],
+    has_before: bool,
+    metric: str = "vqa_accuracy",
+) -> str:
+    """Rows (name, before metrics, after metrics, paired difference) as an HTML table of ``metric``."""
     head = "<tr><th>type</th><th>n</th>"
     if has_before:
         head += "<th>before</th><th>95% CI</th>"
@@ -49,14 +54,14 @@ def _type_table(title: str, groups: list[tuple[str, dict | None, dict | None, di
         n = (a or b or {}).get("n", "-")
         cells = [f"<td>{_e(name)}</td>", f"<td class=num>{_e(n)}</td>"]
         if has_before:
-            cells += [f"<td class=num>{_pct((b or {}).get('vqa_accuracy'))}</td>", f"<td class=num>{_ci(b)}</td>"]
+            cells += [f"<td class=num>{_pct((b or {}).get(metric))}</td>", f"<td class=num>{_ci(b, metric)}</td>"]
         cells += [
-            f"<td class=num>{_pct((a or {}).get('vqa_accuracy'))}</td>",
-            f"<td class=num>{_ci(a)}</td>",
+            f"<td class=num>{_pct((a or {}).get(metric))}</td>",
+            f"<td class=num>{_ci(a, metric)}</td>",
             f"<td class=num>{_pct((a or {}).get('composite'))}</td>",
         ]
         if has_before:
-            t = (d or {}).get("vqa_accuracy")
+            t = (d or {}).get(metric)
             if t:
                 lo, hi = t["ci95"]
                 cells += [
@@ -80,8 +85,13 @@ def _types_section(before: dict | None, after: dict | None, diff: dict | None) -
     if after is None:  # only a before evaluation: show it in the "after" columns' place
         after, before = before, None
     conventions = sorted({m.get("vqa_convention", "official") for m in (before, after) if m is not None})
+    # The headline metric (a benchmark's own, metrics.json's primary_metric) first, then VQA accuracy.
+    headline = next((m.get("primary_metric") for m in (after, before) if m and m.get("primary_metric")), None)
+    shown = [headline] if headline in after and headline != "vqa_accuracy" else []
+    shown.append("vqa_accuracy")
     parts = [
-        f"<p>VQA accuracy in percent ({_e(' and '.join(conventions))} convention: eval.vqa_convention); "
+        (f"<p>{_e(shown[0])} in percent (the headline: primary_metric); " if len(shown) > 1 else "<p>")
+        + f"VQA accuracy in percent ({_e(' and '.join(conventions))} convention: eval.vqa_convention); "
         "95% CI: bootstrap over questions (evaluate). "
         + (
             f"after \u2212 before: paired bootstrap over the shared questions ({BOOTSTRAP_SAMPLES:,} resamples, "
@@ -92,13 +102,18 @@ def _types_section(before: dict | None, after: dict | None, diff: dict | None) -
         + "</p>"
     ]
     # metrics.json holds ci95 = {metric: [low, high]} at the top and in every type alike.
-    parts.append(_type_table("Overall", [("overall", before, after, (diff or {}).get("overall"))], has_before))
-    for key, title in (("per_answer_type", "Per answer type"), ("per_question_type", "Per question type")):
-        b_types, a_types, d_types = ((m or {}).get(key) or {} for m in (before, after, diff))
-        groups = [(t, b_types.get(t), a_types.get(t), d_types.get(t)) for t in sorted(set(a_types) | set(b_types))]
-        parts.append(
-            _type_table(title, groups, has_before) if groups else f"<p class=note>No {key} in metrics.json.</p>"
-        )
+    for metric in shown:
+        label = "" if len(shown) == 1 else f": {metric}"
+        overall = [("overall", before, after, (diff or {}).get("overall"))]
+        parts.append(_type_table("Overall" + label, overall, has_before, metric))
+        for key, title in (("per_answer_type", "Per answer type"), ("per_question_type", "Per question type")):
+            b_types, a_types, d_types = ((m or {}).get(key) or {} for m in (before, after, diff))
+            groups = [(t, b_types.get(t), a_types.get(t), d_types.get(t)) for t in sorted(set(a_types) | set(b_types))]
+            parts.append(
+                _type_table(title + label, groups, has_before, metric)
+                if groups
+                else f"<p class=note>No {key} in metrics.json.</p>"
+            )
     return "\n".join(parts)
 
 
