@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from vqa_grpo.config import RewardConfig
-from vqa_grpo.rewards import compute_rewards
-from vqa_grpo.rewards.abstention import abstention, abstention_batch, answerability, is_unanswerable
+from vqa_grpo.rewards import abstention, answerability, compute_rewards  # exported as the other metrics
+from vqa_grpo.rewards.abstention import abstention_batch, is_unanswerable
 
 VIZWIZ_UNANSWERABLE = ["unanswerable"] * 6 + ["red", "red", "dark red", "maroon"]  # 6 of 10 annotators
 VIZWIZ_ANSWERABLE = ["red"] * 3 + ["unanswerable"] * 2 + ["dark red"] * 5  # 2 of 10: answerable

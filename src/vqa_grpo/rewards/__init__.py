@@ -8,6 +8,7 @@ anls.py          ANLS (DocVQA, InfographicVQA)
 relaxed.py       relaxed accuracy (ChartQA)
 exact.py         exact match, case and punctuation ignored (GQA)
 choice.py        multiple-choice accuracy (A-OKVQA)
+abstention.py    calibrated abstention (reward) and answerability (VizWiz's figures)
 benchmark.py     those four by name, and whether a data set fits one
 answer_type.py   yes/no and number aware reward
 format.py        clean_answer (completion -> answer) and the format reward
@@ -16,6 +17,7 @@ registry.py      REWARD_COMPONENTS, compute_rewards (training), score_prediction
 score.py         ``vqa-grpo score PREDICTIONS.jsonl``
 """
 
+from vqa_grpo.rewards.abstention import abstention, answerability
 from vqa_grpo.rewards.anls import anls
 from vqa_grpo.rewards.benchmark import BENCHMARK_METRICS
 from vqa_grpo.rewards.choice import multiple_choice
@@ -33,7 +35,9 @@ __all__ = [
     "REWARD_COMPONENTS",
     "SEED_REPORT_WEIGHTS",
     "VQA_CONVENTIONS",
+    "abstention",
     "anls",
+    "answerability",
     "RewardResult",
     "clean_answer",
     "composite_reward",
