@@ -212,10 +212,21 @@ class GRPOConfig:
     epsilon: float = 0.2
     """PPO clip range (lower, and upper unless epsilon_high is set)."""
     epsilon_high: Optional[float] = None
-    """Upper clip range (DAPO's clip-higher); None means epsilon."""
-    loss_type: Literal["grpo", "bnpo", "dapo", "dr_grpo", "seed_report"] = "grpo"
-    """Loss aggregation (see grpo/math.py); "seed_report" is the seed report's degenerate formula (Bafna,
-    2025), for reproduction ("seed", its name before, is read as "seed_report")."""
+    """Upper clip range (DAPO's clip-higher); None means epsilon. With loss_type=cispo: the cap of the
+    importance weight itself (None: 5.0, ScaleRL's; TRL would take epsilon)."""
+    loss_type: Literal["grpo", "bnpo", "dapo", "dr_grpo", "cispo", "sapo", "seed_report"] = "grpo"
+    """Loss aggregation and surrogate (see grpo/math.py, docs/grpo.md): cispo (MiniMax-M1) caps and
+    detaches the importance weight, sapo (SAPO) gates it softly; "seed_report" is the seed report's
+    degenerate formula (Bafna, 2025), for reproduction ("seed", its name before, is read as "seed_report")."""
+    importance_sampling_level: Literal["token", "sequence"] = "token"
+    """Importance ratio per token, or one per completion from its mean token log-ratio (GSPO)."""
+    sapo_temperature_pos: float = 1.0
+    """SAPO's gate temperature for tokens with a positive advantage (TRL's default)."""
+    sapo_temperature_neg: float = 1.05
+    """SAPO's gate temperature for the other tokens (TRL's default)."""
+    top_entropy_quantile: float = 1.0
+    """q: only the completion tokens whose entropy is in the top q fraction of the micro-batch's keep
+    a policy gradient (Wang et al., 2025, "Beyond the 80/20 Rule", who use 0.2); 1.0 keeps all."""
     scale_rewards: Literal["group", "batch", "none"] = "group"
     """Advantage scaling: group std (DeepSeekMath), batch std, or none (Dr. GRPO)."""
     num_iterations: int = 1

@@ -191,6 +191,14 @@ def validate(cfg: Config, python_rewards: typing.Iterable[str] = ()) -> None:
     need(g.beta >= 0, f"grpo.beta={g.beta}: must be >= 0")
     need(g.epsilon > 0, f"grpo.epsilon={g.epsilon}: must be > 0")
     need(g.epsilon_high is None or g.epsilon_high > 0, "grpo.epsilon_high must be > 0 or null")
+    need(
+        0 <= g.top_entropy_quantile <= 1,
+        f"grpo.top_entropy_quantile={g.top_entropy_quantile}: must be in [0, 1] (1 keeps every token)",
+    )
+    need(
+        g.sapo_temperature_pos > 0 and g.sapo_temperature_neg > 0,
+        "grpo.sapo_temperature_pos and grpo.sapo_temperature_neg must be > 0",
+    )
     need(g.num_iterations >= 1, "grpo.num_iterations must be >= 1")
     need(g.sft_coef >= 0, "grpo.sft_coef must be >= 0")
     need(g.vllm_sync_steps >= 1, f"grpo.vllm_sync_steps={g.vllm_sync_steps}: must be >= 1")

@@ -1,7 +1,8 @@
 """The loss of one optimisation step on a rollout: the model's forward pass plus the pure math.
 
-``grpo_objective`` is DeepSeekMath's clipped GRPO objective (grpo/math.py ``policy_loss``),
-with the optional MLE term of the seed's hybrid objective (``grpo.sft_coef``). ``seed_report_objective``
+``grpo_objective`` is DeepSeekMath's clipped GRPO objective (grpo/math.py ``policy_loss``) or
+one of its variants (GSPO, CISPO, SAPO, top-entropy tokens), with the optional MLE term of the
+seed's hybrid objective (``grpo.sft_coef``). ``seed_report_objective``
 is the seed's Algorithm 1, kept as a reproduction mode (``grpo.loss_type=seed_report``): its factor
 -mean(normalised rewards) is zero by construction, so it trains nothing.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from vqa_grpo.config import GRPOConfig
-from vqa_grpo.grpo.math import policy_loss, seed_report_loss
+from vqa_grpo.grpo.math import high_entropy_mask, policy_loss, seed_report_loss
 from vqa_grpo.grpo.rollout import Rollout
 from vqa_grpo.models.adapters import FamilyAdapter
 from vqa_grpo.models.prefix import Prefix
@@ -59,6 +60,8 @@ def grpo_objective(
     logp, entropy = rollout_logprobs(model, adapter, rollout, prefix=prefix)
     mask = rollout.completion_mask
     old = rollout.old_logprobs if rollout.old_logprobs is not None else logp.detach()
+    q = cfg.top_entropy_quantile
+    entropy_mask = high_entropy_mask(entropy, mask, q) if q < 1 else None  # [R, C]
     loss, stats = policy_loss(
         logp,
         old,
@@ -71,6 +74,10 @@ def grpo_objective(
         loss_type=cfg.loss_type,
         max_completion_length=cfg.max_completion_length,
         token_weights=rollout.is_weights,
+        importance_sampling_level=cfg.importance_sampling_level,
+        sapo_temperature_pos=cfg.sapo_temperature_pos,
+        sapo_temperature_neg=cfg.sapo_temperature_neg,
+        entropy_mask=entropy_mask,
     )
     m = mask.float()
     stats["entropy"] = (entropy * m).sum() / m.sum().clamp(min=1)
