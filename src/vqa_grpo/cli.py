@@ -119,9 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sc.add_argument(
         "--vqa-convention",
-        default="official",
+        default=None,
         choices=("official", "lmms_eval"),
-        help="VQA accuracy as vqaEval.py or lmms-eval computes it (default: official)",
+        help="VQA accuracy as vqaEval.py or lmms-eval computes it (default: lmms_eval with --benchmark, as "
+        "evaluate on a benchmark; else official)",
     )
     sc.add_argument(
         "--benchmark",

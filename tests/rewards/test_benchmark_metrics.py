@@ -147,9 +147,16 @@ def test_score_with_metrics_and_convention(tmp_path, capsys):
     # "1/8/93" against ["1/8/93", "x"]: leaving out the match leaves 0 matches, leaving out "x" 1: (0 + 1/3) / 2
     assert out["metrics"]["overall"]["vqa_accuracy"] == pytest.approx((1.0 + 1 / 6) / 2)
     # a benchmark adds its metric and, under lmms_eval, its task's form
-    assert main(["score", str(path), "--benchmark", "DocVQA", "--vqa-convention", "lmms_eval", "--json"]) == 0
+    assert main(["score", str(path), "--benchmark", "DocVQA", "--json"]) == 0  # lmms_eval: as evaluate's default
     out = json.loads(capsys.readouterr().out)
     assert out["benchmark"] == "docvqa" and out["metrics"]["overall"]["anls"] == 1.0
+    assert out["vqa_convention"] == "lmms_eval"
+    # each group's 95% intervals, as metrics.json's: VQA accuracy's and the benchmark metric's
+    assert out["metrics"]["overall"]["ci95"] == {"vqa_accuracy": [1 / 6, 1.0], "anls": [1.0, 1.0]}
+    assert main(["score", str(path), "--benchmark", "docvqa"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "95% CI overall (bootstrap over rows): vqa_accuracy [16.67, 100.00], anls [100.00, 100.00]"
+    )
     assert main(["score", str(path), "--benchmark", "nope"]) == 2
     assert capsys.readouterr().err.startswith("error: --benchmark 'nope' is not a known benchmark; choose one of")
     assert main(["score", str(path), "--metric", "multiple_choice"]) == 2

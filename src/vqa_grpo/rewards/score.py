@@ -7,9 +7,11 @@ the row's "answer_type" when it is a non-empty string, else inferred from the an
 (``vqa_grpo.data.qtypes.answer_type_of``). Lines that are blank are ignored; lines that are not a
 JSON object or lack a usable prediction or answers are skipped, counted, and reported.
 Metrics are those of ``score_predictions``, as means: fractions in [0, 1] with ``--json``,
-percentages in the table, with VQA accuracy in the chosen convention (``--vqa-convention``) and
-the benchmark metrics asked for (``--metric anls``); a metric the rows cannot take (multiple
-choice on answers that are not [letter, text]) is a one-line error.
+percentages in the table, with VQA accuracy in the chosen convention (``--vqa-convention``;
+unset: lmms_eval with ``--benchmark``, as evaluate on a benchmark, else official) and the
+benchmark metrics asked for (``--metric anls``); VQA accuracy and each benchmark metric carry a
+95% bootstrap interval per group (``ci95``, as metrics.json). A metric the rows cannot take
+(multiple choice on answers that are not [letter, text]) is a one-line error.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 
 from vqa_grpo.data.qtypes import answer_type_of
 from vqa_grpo.errors import UserError
-from vqa_grpo.rewards.benchmark import check_metrics_fit
+from vqa_grpo.rewards.benchmark import BENCHMARK_METRICS, check_metrics_fit
 from vqa_grpo.rewards.registry import score_predictions
 
 
@@ -72,8 +74,13 @@ def summarise(
     metrics: tuple[str, ...] | list[str] = (),
     vqa_convention: str = "official",
     benchmark: str | None = None,
-) -> dict[str, dict[str, float]]:
-    """{"overall": {"n", metric: mean, ...}, <answer type>: {...}, ...} (types sorted)."""
+    samples: int = 1000,
+) -> dict[str, dict]:
+    """{"overall": {"n", metric: mean, ..., "ci95": {metric: [low, high]}}, <answer type>: {...},
+    ...} (types sorted); the intervals (evaluate's bootstrap, ``samples`` resamples) are those of
+    VQA accuracy and the benchmark metrics."""
+    from vqa_grpo.evaluation.evaluate import bootstrap_ci  # the evaluation layer's, read here only
+
     scores = score_predictions(
         [r[0] for r in rows],
         [r[1] for r in rows],
@@ -85,19 +92,28 @@ def summarise(
     types = np.array([r[2] for r in rows], dtype=object)
     groups = {"overall": np.ones(len(rows), dtype=bool)}
     groups.update({t: types == t for t in sorted(set(types))})
+    shown = ["vqa_accuracy", *(k for k in scores if k in BENCHMARK_METRICS)]
     return {
-        name: {"n": int(m.sum()), **{k: float(v[m].mean()) for k, v in scores.items()}} for name, m in groups.items()
+        name: {
+            "n": int(m.sum()),
+            **{k: float(v[m].mean()) for k, v in scores.items()},
+            "ci95": {k: bootstrap_ci(scores[k][m], samples) for k in shown},
+        }
+        for name, m in groups.items()
     }
 
 
-def format_table(table: dict[str, dict[str, float]]) -> str:
-    """The summary as plain text: one row per group, metric means in percent."""
-    metrics = [k for k in table["overall"] if k != "n"]
+def format_table(table: dict[str, dict]) -> str:
+    """The summary as plain text: one row per group, metric means in percent; then the overall
+    95% intervals."""
+    metrics = [k for k in table["overall"] if k not in ("n", "ci95")]
     widths = [max(12, len(k)) for k in metrics]
     head = f"{'answer type':<12} {'n':>7} " + " ".join(f"{k:>{w}}" for k, w in zip(metrics, widths))
     lines = [head, "-" * len(head)]
     for name, m in table.items():
         lines.append(f"{name:<12} {m['n']:>7} " + " ".join(f"{100 * m[k]:>{w}.2f}" for k, w in zip(metrics, widths)))
+    cis = ", ".join(f"{k} [{100 * lo:.2f}, {100 * hi:.2f}]" for k, (lo, hi) in table["overall"]["ci95"].items())
+    lines.append(f"95% CI overall (bootstrap over rows): {cis}")
     return "\n".join(lines)
 
 
@@ -108,14 +124,15 @@ def run_score(
     as_json: bool = False,
     *,
     metrics: tuple[str, ...] | list[str] = (),
-    vqa_convention: str = "official",
+    vqa_convention: str | None = None,
     benchmark: str | None = None,
 ) -> int:
     """Score a predictions JSONL file and print the table (or one JSON object); returns 0.
 
     ``metrics``: benchmark metrics to add (rewards/benchmark.py); ``vqa_convention``: official or
-    lmms_eval; ``benchmark``: a name of data/benchmarks.py, whose metric is added and whose
-    lmms-eval task the lmms_eval convention follows. Raises UserError (one line) when the file is
+    lmms_eval (None: lmms_eval with a benchmark, else official); ``benchmark``: a name of
+    data/benchmarks.py, whose metric is added and whose lmms-eval task the lmms_eval convention
+    follows. Raises UserError (one line) when the file is
     missing or unreadable, has no usable row, or does not fit a metric asked for, or for an
     unknown benchmark.
     """
@@ -124,6 +141,8 @@ def run_score(
     if benchmark is not None and benchmark.strip().lower() not in BENCHMARKS:
         raise UserError(f"--benchmark {benchmark!r} is not a known benchmark; choose one of {', '.join(BENCHMARKS)}")
     bench = find_benchmark(benchmark)
+    if vqa_convention is None:  # as evaluate resolves it (data/benchmarks.py)
+        vqa_convention = "lmms_eval" if bench else "official"
     metrics = [*metrics, *([bench.metric] if bench else [])]
     rows, skipped = read_predictions(path, prediction_field, answers_field)
     if not rows:
