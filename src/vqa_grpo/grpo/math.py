@@ -19,11 +19,11 @@ the per-token KL estimated with Schulman's k3 estimator (eq. 4). This module com
   R x max_completion_length ("dr_grpo": removes the length bias of 1/|o_i|);
 - importance ratio per token, or one per sequence, the exp of the sequence's mean token log-ratio
   (``importance_sampling_level="sequence"``: GSPO, Zheng et al., 2025, "Group Sequence Policy
-  Optimization", eq. 7);
-- the surrogate: PPO's clipped one, CISPO's (MiniMax, 2025, "MiniMax-M1", eq. 4: the importance
-  weight is capped and detached, multiplying A log pi_theta, so no token loses its gradient), or
-  SAPO's (Gao et al., 2025, "Soft Adaptive Policy Optimization": a sigmoid gate of the ratio with
-  temperature tau_pos for A > 0 and tau_neg otherwise, instead of a hard clip);
+  Optimization");
+- the surrogate: PPO's clipped one, CISPO's (MiniMax, 2025, "MiniMax-M1": the importance weight
+  is capped and detached, multiplying A log pi_theta, so no token loses its gradient), or SAPO's
+  (Qwen, 2025, "Soft Adaptive Policy Optimization", arXiv:2511.20347: a sigmoid gate of the ratio
+  with temperature tau_pos for A > 0 and tau_neg otherwise, instead of a hard clip);
 - top-entropy token selection (``high_entropy_mask``: Wang et al., 2025, "Beyond the 80/20 Rule"):
   only the tokens whose entropy is in the top q fraction keep their policy gradient.
 
