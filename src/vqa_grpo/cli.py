@@ -250,13 +250,14 @@ def dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "evaluate":
         import vqa_grpo
-        from vqa_grpo.evaluation.evaluate import format_table
+        from vqa_grpo.evaluation.evaluate import format_headline, format_table
 
         cfg = vqa_grpo.load_config(args.config, args.overrides)
         metrics = vqa_grpo.evaluate(args.model, args.data, cfg, args.out, overwrite=args.overwrite)
         if not _is_main_process():
             return 0
         print(format_table(metrics))
+        print(format_headline(metrics))
         if args.out:
             print(f"wrote {args.out}/predictions.jsonl and {args.out}/metrics.json")
         return 0

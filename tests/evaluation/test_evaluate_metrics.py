@@ -14,8 +14,14 @@ def test_evaluate_reports_the_metric_and_the_convention(synth_dir, tiny_model_di
     args = ["evaluate", "--model", str(tiny_model_dir), "--data", str(synth_dir), "--out", str(out)]
     overrides = ["data.max_eval_samples=8", "eval.batch_size=8", "eval.max_new_tokens=4"]
     assert main(args + overrides + ["eval.metrics=[anls]", "eval.vqa_convention=lmms_eval"]) == 0
-    assert "anls" in capsys.readouterr().out.splitlines()[0]  # the table's head
+    printed = capsys.readouterr().out.splitlines()
+    assert "anls" in printed[0]  # the table's head
     metrics = json.loads((out / "metrics.json").read_text())
+    low, high = metrics["ci95"]["vqa_accuracy"]
+    assert printed[-2] == (  # under the table: the headline with its interval, and the convention
+        f"primary_metric vqa_accuracy {metrics['vqa_accuracy']:.4f} (95% CI {low:.4f}, {high:.4f}); "
+        "vqa_accuracy as lmms_eval computes it (eval.vqa_convention)"
+    )
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert metrics["vqa_convention"] == "lmms_eval" and len(rows) == metrics["n"] == 8
     for row in rows:  # each row's scores are the plain functions' on its cleaned answer

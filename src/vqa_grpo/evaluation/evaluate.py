@@ -197,6 +197,17 @@ def write_outputs(out: Path, examples, raw, preds, scores, metrics) -> None:
         os.replace(out / f"{name}.tmp", out / name)
 
 
+def format_headline(metrics: dict) -> str:
+    """One line under the table: the headline metric (``primary_metric``) with its 95% interval,
+    and the convention its VQA accuracy was computed by."""
+    name = metrics.get("primary_metric") or "vqa_accuracy"
+    low, high = metrics.get("ci95", {}).get(name, [0.0, 0.0])
+    return (
+        f"primary_metric {name} {metrics.get(name, 0.0):.4f} (95% CI {low:.4f}, {high:.4f}); "
+        f"vqa_accuracy as {metrics.get('vqa_convention', 'official')} computes it (eval.vqa_convention)"
+    )
+
+
 def format_table(metrics: dict, keys: tuple[str, ...] | None = None) -> str:
     """The overall and per-answer-type metrics as a plain-text table; ``keys`` default to
     vqa_accuracy, the composite and the benchmark metrics computed."""
