@@ -85,6 +85,19 @@ def test_bad_input_scores_0_and_is_counted(caplog):
     assert caplog.text.count("prediction None") == 3 and caplog.text.count("empty reference list") == 3
 
 
+def test_a_metric_on_data_without_answers_is_one_line():
+    from vqa_grpo.errors import UserError
+    from vqa_grpo.rewards.benchmark import check_metrics_fit
+
+    check_metrics_fit(["vqa_accuracy", "composite"], [[], []], "data x")  # not a benchmark metric: no check
+    with pytest.raises(UserError) as e:  # a split without answers (a Hub test split)
+        check_metrics_fit(["relaxed_accuracy"], [[], []], "data x")
+    assert str(e.value) == (
+        "relaxed_accuracy needs reference answers, and no example of data x has one; "
+        "evaluate on a split with answers, or drop the metric"
+    )
+
+
 def test_the_two_vqa_conventions():
     yes = ["yes"] * 10
     assert vqa_accuracy("Yes", yes) == 0.0  # official: identical answers are not normalised
