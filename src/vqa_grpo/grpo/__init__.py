@@ -2,6 +2,8 @@
 
 from vqa_grpo.grpo.math import (
     group_advantages,
+    high_entropy_mask,
+    importance_weights,
     kl_k3,
     masked_mean,
     masked_sum,
@@ -13,6 +15,8 @@ from vqa_grpo.grpo.sampling import RowwiseTemperatureTopP, row_sampling_params, 
 __all__ = [
     "RowwiseTemperatureTopP",
     "group_advantages",
+    "high_entropy_mask",
+    "importance_weights",
     "kl_k3",
     "masked_mean",
     "masked_sum",
