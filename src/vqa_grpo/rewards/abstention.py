@@ -27,12 +27,11 @@ digits, articles, lower case), as VizWiz's evaluation does, so "Unanswerable." a
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Sequence
 
 import numpy as np
 
-from vqa_grpo.rewards.inputs import as_references, as_text, warn_bad
+from vqa_grpo.rewards.inputs import checked
 from vqa_grpo.rewards.normalize import normalize_answer
 from vqa_grpo.rewards.vqa_accuracy import vqa_accuracy_batch
 
@@ -78,9 +77,7 @@ def abstention_batch(predictions: Sequence[str], answers: Sequence[Sequence[str]
 def abstention(prediction: str, answers: list[str]) -> float:
     """The abstention reward of one prediction (table in the module docstring); bad input scores
     as text and is counted (``inputs``)."""
-    bad: Counter = Counter()
-    pred, refs = as_text(prediction, "prediction", bad), as_references(answers, bad)
-    warn_bad("abstention", bad)
+    pred, refs = checked("abstention", prediction, answers)
     return float(abstention_batch([pred], [refs])[0])
 
 

@@ -17,13 +17,12 @@ can score 1 against an empty answer (docs/metrics.md).
 
 from __future__ import annotations
 
-from collections import Counter
 from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
 
-from vqa_grpo.rewards.inputs import as_references, as_text, warn_bad
+from vqa_grpo.rewards.inputs import checked
 
 ANLS_THRESHOLD = 0.5
 """Similarities below this score 0 (the RRC's and lmms-eval's default)."""
@@ -77,11 +76,7 @@ def anls(prediction: str, answers: list[str], threshold: float = ANLS_THRESHOLD)
     >>> round(anls("Dear Dr. Lobo", ["Dear Dr Lobo"]), 4)  # one edit in 13 characters
     0.9231
     """
-    bad: Counter = Counter()
-    pred = as_text(prediction, "prediction", bad)
-    gts = as_references(answers, bad)
-    if bad:
-        warn_bad("anls", bad)
+    pred, gts = checked("anls", prediction, answers)
     return _anls(pred, gts, threshold)
 
 

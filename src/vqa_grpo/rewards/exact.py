@@ -16,12 +16,11 @@ an empty (all-whitespace) prediction score 0 and are counted (``inputs``).
 from __future__ import annotations
 
 import string
-from collections import Counter
 from typing import Sequence
 
 import numpy as np
 
-from vqa_grpo.rewards.inputs import as_references, as_text, warn_bad
+from vqa_grpo.rewards.inputs import checked
 
 _NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
@@ -45,11 +44,7 @@ def exact_match(prediction: str, answers: list[str]) -> float:
     >>> exact_match("Yes.", ["yes"]), exact_match("t-shirt", ["tshirt"]), exact_match("red car", ["red"])
     (1.0, 1.0, 0.0)
     """
-    bad: Counter = Counter()
-    pred = as_text(prediction, "prediction", bad)
-    gts = as_references(answers, bad)
-    if bad:
-        warn_bad("exact_match", bad)
+    pred, gts = checked("exact_match", prediction, answers)
     return _exact(pred, gts)
 
 

@@ -58,3 +58,12 @@ def warn_bad(where: str, bad: Counter) -> int:
         listed = ", ".join(f"{n} {reason}" for reason, n in sorted(bad.items()))
         log.warning("%s: bad input scored as text: %s", where, listed)
     return total
+
+
+def checked(where: str, prediction: Any, answers: Any) -> tuple[str, list[str]]:
+    """One prediction and its answers as text for a metric's single-call form, the bad input in
+    them counted and warned about under ``where`` (the metric's name)."""
+    bad: Counter = Counter()
+    pred, refs = as_text(prediction, "prediction", bad), as_references(answers, bad)
+    warn_bad(where, bad)
+    return pred, refs

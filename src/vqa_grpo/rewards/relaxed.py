@@ -15,12 +15,11 @@ or an empty (all-whitespace) prediction score 0 and are counted (``inputs``).
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Sequence
 
 import numpy as np
 
-from vqa_grpo.rewards.inputs import as_references, as_text, warn_bad
+from vqa_grpo.rewards.inputs import checked
 
 RELATIVE_TOLERANCE = 0.05
 
@@ -52,11 +51,7 @@ def relaxed_accuracy(prediction: str, answers: list[str]) -> float:
     >>> relaxed_accuracy("12.6", ["12.5"]), relaxed_accuracy("12.5%", ["0.125"]), relaxed_accuracy("Yes", ["yes"])
     (1.0, 1.0, 1.0)
     """
-    bad: Counter = Counter()
-    pred = as_text(prediction, "prediction", bad)
-    gts = as_references(answers, bad)
-    if bad:
-        warn_bad("relaxed_accuracy", bad)
+    pred, gts = checked("relaxed_accuracy", prediction, answers)
     return _relaxed(pred, gts)
 
 

@@ -34,13 +34,12 @@ scores it.
 
 from __future__ import annotations
 
-from collections import Counter
 from fractions import Fraction
 from typing import Sequence
 
 import numpy as np
 
-from vqa_grpo.rewards.inputs import as_references, as_text, warn_bad
+from vqa_grpo.rewards.inputs import checked
 from vqa_grpo.rewards.normalize import evalai_answer, evalai_normalize, process_digit_article, process_punctuation
 
 VQA_CONVENTIONS = ("official", "lmms_eval")
@@ -117,11 +116,7 @@ def vqa_accuracy(
     the EvalAI processor whole. Bad input never raises (see ``inputs``).
     """
     _check_convention(convention)
-    bad: Counter = Counter()
-    pred = as_text(prediction, "prediction", bad)
-    gts = as_references(answers, bad)
-    if bad:
-        warn_bad("vqa_accuracy", bad)
+    pred, gts = checked("vqa_accuracy", prediction, answers)
     if convention == "lmms_eval":
         return _accuracy_lmms_eval(pred, gts, _whole_call(convention, benchmark))
     return _accuracy(pred, gts, official)
