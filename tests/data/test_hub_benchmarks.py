@@ -149,6 +149,27 @@ def test_every_benchmark_has_a_preset_and_lmms_eval_prompts():
     assert [n for n, b in BENCHMARKS.items() if unanswerable in b.prompt] == ["okvqa", "vizwiz"]
     assert [n for n, b in BENCHMARKS.items() if b.prompt.startswith("{question.capitalized}")] == ["textvqa", "vizwiz"]
     assert len(LMMS_EVAL_COMMIT) == 40
+    # Each prompt and length as lmms-eval's task files at LMMS_EVAL_COMMIT write them: the default
+    # post_prompt of lmms_eval/tasks/<task>/ (docvqa/_default_template_docvqa_yaml, chartqa/chartqa.yaml,
+    # gqa/gqa.yaml, vqav2/_default_template_vqav2_yaml, textvqa/_default_template_textvqa_yaml,
+    # ok_vqa/_default_template_vqa_yaml, vizwiz_vqa/_default_template_vqa_yaml) after doc_to_text's question
+    # (question.capitalize() in textvqa/utils.py and vizwiz_vqa/utils.py), and generation_kwargs.max_new_tokens
+    short, unsure = "\nAnswer the question using a single word or phrase.", unanswerable.rstrip("\n")
+    assert {n: (b.prompt, b.max_new_tokens) for n, b in BENCHMARKS.items()} == {
+        "docvqa": ("{question}" + short, 32),
+        "infovqa": ("{question}" + short, 32),
+        "chartqa": ("{question}\nAnswer the question with a single word.", 16),
+        "gqa": ("{question}" + short, 16),
+        "vqav2": ("{question}" + short, 16),
+        "textvqa": ("{question.capitalized}" + short, 16),  # the task sets no max_new_tokens
+        "okvqa": ("{question}" + unsure + short, 16),  # none set
+        "aokvqa": ("{question}" + short, 16),  # no lmms-eval task
+        "aokvqa_mc": ("{question}\nAnswer with the option's letter from the given choices directly.", 16),
+        "vizwiz": ("{question.capitalized}" + unsure + short, 16),  # none set
+    }
+    assert user_text("what does the SIGN say?", BENCHMARKS["vizwiz"].prompt) == (
+        "What does the sign say?" + unsure + short  # vizwiz_vqa_doc_to_text: question.capitalize()
+    )
 
 
 def test_unknown_benchmark_or_metric_is_one_line_and_exit_2(tmp_path, capsys):
