@@ -214,7 +214,7 @@ def test_cli_trains_with_cispo_gspo_and_top_entropy(synth_dir, tmp_path, capsys)
         "train.report_to=none",
         "train.device=cpu",
         "data.max_train_samples=8",
-        "data.max_eval_samples=2",
+        "data.max_eval_samples=1",
         "grpo.num_generations=4",
         "grpo.temperatures=[1.0]",
         "grpo.num_iterations=2",
