@@ -44,3 +44,16 @@ def test_equal_to_the_reference(metric):
         expected = case["ours"] if "deviation" in case else case["reference"]
         assert got == expected, case  # exactly: same arithmetic, same rounding
     assert sum("deviation" not in c for c in cases) >= len(cases) * 0.8
+
+
+VQAEVAL = json.loads((Path(__file__).parent / "data" / "vqaeval_reference.json").read_text(encoding="utf-8"))
+
+
+def test_the_official_convention_equals_vqaeval_py():
+    """40 cases with the per-question accuracy vqaEval.py gave under Python 2 (the fixture's
+    "command", scripts/check_vqaeval_reference.py, compares 6,600), as floats: its sum-then-divide
+    gives 0.6000000000000001 where a closed form gives 0.6."""
+    assert VQAEVAL["command"].startswith("python scripts/check_vqaeval_reference.py")
+    assert "a013f0043c1e2cdc995922dfe257f7149aa9af06" in VQAEVAL["source"] and len(VQAEVAL["cases"]) == 40
+    for case in VQAEVAL["cases"]:
+        assert vqa_accuracy(case["prediction"], case["answers"]) == case["reference"], case

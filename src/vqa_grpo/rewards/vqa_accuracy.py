@@ -68,9 +68,9 @@ def _accuracy(prediction: str, answers: Sequence[str], official: bool) -> float:
     if len(gts) == 1:
         return 1.0 if gts[0] == pred else 0.0
     matches = sum(g == pred for g in gts)
-    # entries equal to pred see matches-1 others; the rest see matches
-    hit, miss = min(1.0, (matches - 1) / 3), min(1.0, matches / 3)
-    return (matches * hit + (len(gts) - matches) * miss) / len(gts)
+    # entries equal to pred see matches-1 others, the rest see matches; summed in the answers'
+    # order and divided, as vqaEval.py does, so the float is its float
+    return sum(min(1.0, (matches - (g == pred)) / 3) for g in gts) / len(gts)
 
 
 def _accuracy_lmms_eval(prediction: str, answers: Sequence[str], whole_call: bool = False) -> float:
