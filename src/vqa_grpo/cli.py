@@ -262,7 +262,7 @@ def dispatch(args: argparse.Namespace) -> int:
             print(f"wrote {args.out}/predictions.jsonl and {args.out}/metrics.json")
         return 0
     if args.command == "score":
-        from vqa_grpo.rewards import run_score
+        from vqa_grpo.evaluation.score import run_score
 
         return run_score(
             args.predictions,

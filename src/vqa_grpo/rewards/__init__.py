@@ -14,7 +14,6 @@ answer_type.py   yes/no and number aware reward
 format.py        clean_answer (completion -> answer) and the format reward
 semantic.py      embedding cosine similarity (optional extra: pip install vqa-grpo[semantic])
 registry.py      REWARD_COMPONENTS, compute_rewards (training), score_predictions (evaluation)
-score.py         ``vqa-grpo score PREDICTIONS.jsonl``
 """
 
 from vqa_grpo.rewards.abstention import abstention, answerability
@@ -27,7 +26,6 @@ from vqa_grpo.rewards.format import clean_answer
 from vqa_grpo.rewards.normalize import normalize_answer
 from vqa_grpo.rewards.registry import REWARD_COMPONENTS, RewardResult, compute_rewards, score_predictions
 from vqa_grpo.rewards.relaxed import relaxed_accuracy
-from vqa_grpo.rewards.score import run_score
 from vqa_grpo.rewards.vqa_accuracy import VQA_CONVENTIONS, vqa_accuracy
 
 __all__ = [
@@ -46,7 +44,6 @@ __all__ = [
     "multiple_choice",
     "normalize_answer",
     "relaxed_accuracy",
-    "run_score",
     "score_predictions",
     "vqa_accuracy",
 ]

@@ -202,7 +202,7 @@ def score_predictions(
     optional extra is installed, and each benchmark metric named in ``metrics``
     (rewards/benchmark.py; other names are ignored). Predictions are cleaned with ``clean_answer``
     first (a no-op on answers already cleaned, for plain completions). ``answer_types`` is checked
-    for length only; group by it to report per type (``score.run_score`` does).
+    for length only; group by it to report per type (``evaluation/score.py`` does).
     """
     preds, refs, _, _ = _prepare(predictions, answers, answer_types, "score_predictions", reasoning)
     comp = composite_batch(preds, refs, SEED_REPORT_WEIGHTS)

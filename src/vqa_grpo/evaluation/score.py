@@ -21,8 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from vqa_grpo.data.benchmarks import BENCHMARKS, find_benchmark
 from vqa_grpo.data.qtypes import answer_type_of
 from vqa_grpo.errors import UserError
+from vqa_grpo.evaluation.evaluate import bootstrap_ci
 from vqa_grpo.rewards.benchmark import BENCHMARK_METRICS, check_metrics_fit
 from vqa_grpo.rewards.registry import score_predictions
 
@@ -79,8 +81,6 @@ def summarise(
     """{"overall": {"n", metric: mean, ..., "ci95": {metric: [low, high]}}, <answer type>: {...},
     ...} (types sorted); the intervals (evaluate's bootstrap, ``samples`` resamples) are those of
     VQA accuracy and the benchmark metrics."""
-    from vqa_grpo.evaluation.evaluate import bootstrap_ci  # the evaluation layer's, read here only
-
     scores = score_predictions(
         [r[0] for r in rows],
         [r[1] for r in rows],
@@ -136,8 +136,6 @@ def run_score(
     missing or unreadable, has no usable row, or does not fit a metric asked for, or for an
     unknown benchmark.
     """
-    from vqa_grpo.data.benchmarks import BENCHMARKS, find_benchmark  # the data layer's table, read here only
-
     if benchmark is not None and benchmark.strip().lower() not in BENCHMARKS:
         raise UserError(f"--benchmark {benchmark!r} is not a known benchmark; choose one of {', '.join(BENCHMARKS)}")
     bench = find_benchmark(benchmark)

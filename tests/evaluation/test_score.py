@@ -5,7 +5,7 @@ import json
 import pytest
 
 from vqa_grpo.errors import UserError
-from vqa_grpo.rewards import run_score
+from vqa_grpo.evaluation.score import run_score
 
 ROWS = [
     {"prediction": "yes", "answers": ["yes"] * 10, "answer_type": "yes/no"},
