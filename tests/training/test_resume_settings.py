@@ -227,3 +227,21 @@ def test_a_run_started_with_relative_paths_resumes_from_another_directory(
     again = f"data.path={os.path.relpath(synth_dir)}"  # the same folder, named from here: not a change
     assert cli.main(["sft", "train.output_dir=../run", "train.resume=auto", "train.max_steps=2", again]) == 0
     assert [r["step"] for r in step_lines(tmp_path / "run")] == [1, 2]
+
+
+def test_a_checkpoint_that_recorded_relative_paths_resumes_with_the_same_command_line(tmp_path, monkeypatch):
+    """An older vqa-grpo recorded model.name_or_path and data.path as typed: the same command line,
+    launched from the same directory, names the same folders (now made absolute before comparing)."""
+    from vqa_grpo.config import to_dict
+    from vqa_grpo.config_load import load_config
+    from vqa_grpo.paths import absolute_inputs
+    from vqa_grpo.training.resume_settings import restore
+
+    monkeypatch.chdir(tmp_path)
+    for folder in ("m", "d", "run/checkpoint-2"):
+        (tmp_path / folder).mkdir(parents=True)
+    line = ["model.name_or_path=m", "data.path=d", "train.output_dir=run"]
+    (tmp_path / "run/checkpoint-2/config.yaml").write_text(yaml.safe_dump(to_dict(load_config(None, line))))
+    now = absolute_inputs(load_config(None, [*line, "train.resume=auto"]))
+    cfg, changed = restore(now, tmp_path / "run/checkpoint-2", {"model.name_or_path", "data.path"})
+    assert (cfg.model.name_or_path, cfg.data.path, changed) == (str(tmp_path / "m"), str(tmp_path / "d"), {})

@@ -20,6 +20,7 @@ from typing import Any, Iterable
 from vqa_grpo.config import Config
 from vqa_grpo.config_keys import flat
 from vqa_grpo.errors import UserError
+from vqa_grpo.paths import absolute_inputs
 
 log = logging.getLogger("vqa_grpo.resume")
 
@@ -67,7 +68,9 @@ def restore(
     if not recorded.is_file():
         log.warning("%s has no config.yaml (saved by an older vqa-grpo): its settings are not checked", ckpt)
         return cfg, {}
-    old = _load(recorded, python_rewards)
+    # A checkpoint saved before config.yaml recorded its paths absolute names them as typed: taken
+    # from here, as the same command line launched from the same directory names them.
+    old = absolute_inputs(_load(recorded, python_rewards))
     new, was, given = flat(cfg), flat(old), set(given)
     allowed = set(CHANGEABLE) | set(cfg.train.resume_allow)
     if "reward.components" in allowed:  # python_functions follows components: never the user's to name
