@@ -143,3 +143,16 @@ def test_merge_lora_needs_lora():
 def test_report_to_takes_only_known_sinks():
     with pytest.raises(ConfigError, match="train.report_to='mlflow' is not allowed"):
         load_config(None, ["train.report_to=mlflow"])
+
+
+def test_merge_refuses_an_out_that_holds_the_adapter(tmp_path, capsys):
+    """--overwrite replaces --out whole: the adapter's own folder, or its run's, is refused before anything loads."""
+    adapter = tmp_path / "run" / "final"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    for out in (adapter, tmp_path / "run"):
+        assert main(["merge", str(adapter), "--out", str(out), "--overwrite"]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"error: --out {out} holds the adapter {adapter}, which the merge would replace; choose another folder"
+        )
+    assert sorted(p.name for p in adapter.iterdir()) == ["adapter_config.json"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -162,6 +163,11 @@ def merge_adapter(adapter_dir: str | Path, out: str | Path, model_cfg=None, over
             f"{adapter_dir} has no adapter_config.json: not a LoRA adapter directory (a run's final/ with "
             "model.lora=true)"
         )
+    target = Path(os.path.abspath(out))  # "." has no name to put the new folder beside
+    if target == Path(os.path.abspath(adapter_dir)) or target in Path(os.path.abspath(adapter_dir)).parents:
+        raise UserError(
+            f"--out {out} holds the adapter {adapter_dir}, which the merge would replace; choose another folder"
+        )
     held = out.is_dir() and any(out.iterdir())
     if held and not overwrite:
         raise UserError(f"--out {out} is not empty; pass --overwrite (overwrite=True in Python) to replace it")
@@ -173,11 +179,11 @@ def merge_adapter(adapter_dir: str | Path, out: str | Path, model_cfg=None, over
     if not held:
         save_model(lm.model.merge_and_unload(), lm.processor, out)
         return out
-    fresh, old = out.with_name(out.name + ".merging"), out.with_name(out.name + ".replaced")
+    fresh, old = target.with_name(target.name + ".merging"), target.with_name(target.name + ".replaced")
     for stale in (fresh, old):
         shutil.rmtree(stale, ignore_errors=True)
     save_model(lm.model.merge_and_unload(), lm.processor, fresh)
-    out.rename(old)
-    fresh.rename(out)
+    target.rename(old)
+    fresh.rename(target)
     shutil.rmtree(old)
     return out
