@@ -145,14 +145,19 @@ def test_report_to_takes_only_known_sinks():
         load_config(None, ["train.report_to=mlflow"])
 
 
-def test_merge_refuses_an_out_that_holds_the_adapter(tmp_path, capsys):
-    """--overwrite replaces --out whole: the adapter's own folder, or its run's, is refused before anything loads."""
-    adapter = tmp_path / "run" / "final"
+def test_merge_refuses_an_out_that_holds_the_adapter_or_its_base(tmp_path, capsys):
+    """--overwrite replaces --out whole: the adapter's own folder, its run's, or the base model's is
+    refused before anything loads."""
+    adapter, base = tmp_path / "run" / "final", tmp_path / "models" / "base"
     adapter.mkdir(parents=True)
-    (adapter / "adapter_config.json").write_text("{}")
-    for out in (adapter, tmp_path / "run"):
+    base.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base)}))
+    for out, what, inside in [(adapter, "adapter", adapter), (tmp_path / "run", "adapter", adapter)] + [
+        (base, "base model", base),
+        (tmp_path / "models", "base model", base),
+    ]:
         assert main(["merge", str(adapter), "--out", str(out), "--overwrite"]) == 2
         assert capsys.readouterr().err.strip() == (
-            f"error: --out {out} holds the adapter {adapter}, which the merge would replace; choose another folder"
+            f"error: --out {out} holds the {what} {inside}, which the merge would replace; choose another folder"
         )
-    assert sorted(p.name for p in adapter.iterdir()) == ["adapter_config.json"]
+    assert sorted(p.name for p in adapter.iterdir()) == ["adapter_config.json"] and base.is_dir()

@@ -155,6 +155,7 @@ def merge_adapter(adapter_dir: str | Path, out: str | Path, model_cfg=None, over
     from vqa_grpo.config import ModelConfig
     from vqa_grpo.config_load import load_config
     from vqa_grpo.models.loading import load_model
+    from vqa_grpo.models.lora_base import adapter_base
     from vqa_grpo.training.checkpoint import save_model
 
     adapter_dir, out = Path(adapter_dir), Path(out)
@@ -164,10 +165,12 @@ def merge_adapter(adapter_dir: str | Path, out: str | Path, model_cfg=None, over
             "model.lora=true)"
         )
     target = Path(os.path.abspath(out))  # "." has no name to put the new folder beside
-    if target == Path(os.path.abspath(adapter_dir)) or target in Path(os.path.abspath(adapter_dir)).parents:
-        raise UserError(
-            f"--out {out} holds the adapter {adapter_dir}, which the merge would replace; choose another folder"
-        )
+    base = Path(adapter_base(adapter_dir))  # a hub id is no folder here
+    for what, inside in (("adapter", adapter_dir), ("base model", base if base.is_dir() else None)):
+        if inside and (target == Path(os.path.abspath(inside)) or target in Path(os.path.abspath(inside)).parents):
+            raise UserError(
+                f"--out {out} holds the {what} {inside}, which the merge would replace; choose another folder"
+            )
     held = out.is_dir() and any(out.iterdir())
     if held and not overwrite:
         raise UserError(f"--out {out} is not empty; pass --overwrite (overwrite=True in Python) to replace it")
