@@ -157,8 +157,9 @@ def test_grpo_on_two_processes_logs_each_step_once(synth_dir, tiny_model_dir, tm
     out = grpo_run("ddp", synth_dir, tiny_model_dir, tmp_path_factory)
     lines = steps(out)
     assert [r["step"] for r in lines] == [1, 2] and all("reward" in r for r in lines)
-    samples = (out / "completions.jsonl").read_text().splitlines()
-    assert [json.loads(s)["step"] for s in samples] == [1, 2]
+    samples = [json.loads(s) for s in (out / "completions.jsonl").read_text().splitlines()]
+    # every group of a step, both processes' (one question each), written once
+    assert [s["step"] for s in samples] == [1, 1, 2, 2] and len({(s["step"], s["id"]) for s in samples}) == 4
 
 
 @pytest.mark.slow

@@ -165,8 +165,14 @@ class GRPOSteps:
                     plan=self.plan,
                 )
             self.rollout_seconds = time.time() - t0
-            if self.samples_log and (step + 1) % cfg.train.logging_steps == 0:  # the step its metrics log as
-                log_completions(self.samples_log, step + 1, self.pending.rollouts, cfg.train.log_completion_groups)
+            groups = cfg.train.log_completion_groups
+            if (step + 1) % cfg.train.logging_steps == 0 and groups != 0:  # the step its metrics log as
+                # every process's groups (a collective: all call it), rank 0's first; rank 0 writes
+                records = self.dist.gather_lists(completion_records(step + 1, self.pending.rollouts, groups))
+                if self.samples_log:
+                    for record in records[:groups]:
+                        self.samples_log.write(json.dumps(record) + "\n")
+                    self.samples_log.flush()
         with autocast(cfg, device):
             stats = grpo_backward(cfg, lm, self.pending, self.dist)
         if sampled:
@@ -272,32 +278,33 @@ def rollout_stats(ro) -> dict:
     return out
 
 
-def log_completions(f, step: int, rollouts: list, groups: int | None = None) -> None:
-    """One JSON line per question group of the step's rollouts (the first ``groups`` of them; None:
-    all): its question and references, its G completions as the model wrote them (``raw``) and as
-    the rewards scored them (``completions``, cleaned), their rewards, reward parts and advantages."""
-    written = 0
+def completion_records(step: int, rollouts: list, groups: int | None = None) -> list[dict]:
+    """completions.jsonl's records of this process's rollouts, one per question group (the first
+    ``groups`` of them; None: all): its question and references, its G completions as the model
+    wrote them (``raw``) and as the rewards scored them (``completions``, cleaned), their rewards,
+    reward parts and advantages."""
+    out: list[dict] = []
     for ro in rollouts:
         G = ro.group_size
         for b, ex in enumerate(ro.examples):
-            if groups is not None and written >= groups:
-                break
+            if groups is not None and len(out) >= groups:
+                return out
             rows = slice(b * G, (b + 1) * G)
-            record = {
-                "step": step,
-                "id": ex.id,
-                "question": ex.question,
-                "answers": ex.answers,
-                "raw": ro.completions[rows],
-                "completions": ro.answers[rows],
-                "rewards": [round(float(x), 4) for x in ro.rewards[rows]],
-                "reward_parts": {
-                    k: [None if v != v else round(float(v), 4) for v in part[rows].tolist()]
-                    for k, part in ro.reward_parts.items()
-                    if "/" not in k
-                },
-                "advantages": [round(float(x), 4) for x in ro.advantages[rows]],
-            }
-            f.write(json.dumps(record) + "\n")
-            written += 1
-    f.flush()
+            out.append(
+                {
+                    "step": step,
+                    "id": ex.id,
+                    "question": ex.question,
+                    "answers": ex.answers,
+                    "raw": ro.completions[rows],
+                    "completions": ro.answers[rows],
+                    "rewards": [round(float(x), 4) for x in ro.rewards[rows]],
+                    "reward_parts": {
+                        k: [None if v != v else round(float(v), 4) for v in part[rows].tolist()]
+                        for k, part in ro.reward_parts.items()
+                        if "/" not in k
+                    },
+                    "advantages": [round(float(x), 4) for x in ro.advantages[rows]],
+                }
+            )
+    return out

@@ -206,6 +206,14 @@ class Dist:
             out[r :: self.world] = shard
         return out
 
+    def gather_lists(self, items: list) -> list:
+        """Every rank's ``items`` (picklable), concatenated in rank order, on every rank."""
+        if self.acc is None:
+            return items
+        from accelerate.utils import gather_object
+
+        return [x for share in gather_object([items]) for x in share]
+
     def barrier(self) -> None:
         if self.acc is not None:
             self.acc.wait_for_everyone()
