@@ -395,16 +395,3 @@ def test_the_seed_reports_loss_is_named_for_the_report_and_its_old_name_still_lo
     assert load_config(old).grpo.loss_type == "seed_report"
     with pytest.raises(ConfigError, match="grpo.loss_type='seeds' is not allowed; choose one of grpo, bnpo, dapo"):
         load_config(None, ["grpo.loss_type=seeds"])
-
-
-def test_an_unquoted_prompt_template_in_yaml_is_told_to_be_quoted(tmp_path):
-    file = tmp_path / "run.yaml"
-    file.write_text("data:\n  prompt_template: {question}\n")
-    with pytest.raises(ConfigError) as err:
-        load_config(file)
-    assert str(err.value) == (
-        "data.prompt_template must be a string, got {'question': None}; YAML reads an unquoted {...} as a "
-        "mapping: quote the value"
-    )
-    file.write_text("data:\n  prompt_template: '{question} Answer briefly.'\n")
-    assert load_config(file).data.prompt_template == "{question} Answer briefly."

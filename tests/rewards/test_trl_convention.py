@@ -14,7 +14,7 @@ from PIL import Image
 
 import vqa_grpo
 from vqa_grpo.cli import main
-from vqa_grpo.config import DataConfig, RewardConfig
+from vqa_grpo.config import ConfigError, DataConfig, RewardConfig
 from vqa_grpo.data.loader import load_examples
 from vqa_grpo.data.prompts import REASONING_TEMPLATE, prompt_template, user_text
 from vqa_grpo.models.loading import load_model
@@ -164,6 +164,19 @@ def test_a_prompt_template_changes_the_encoded_prompt(tiny_model_dir, capsys):
     assert main(["train", "data.prompt_template=Answer: {answer}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: data.prompt_template='Answer: {answer}' has fields {answer} besides {question}")
+
+
+def test_an_unquoted_prompt_template_in_yaml_is_told_to_be_quoted(tmp_path):
+    file = tmp_path / "run.yaml"
+    file.write_text("data:\n  prompt_template: {question}\n")
+    with pytest.raises(ConfigError) as err:
+        vqa_grpo.load_config(file)
+    assert str(err.value) == (
+        "data.prompt_template must be a string, got {'question': None}; YAML reads an unquoted {...} as a "
+        "mapping: quote the value"
+    )
+    file.write_text("data:\n  prompt_template: '{question} Answer briefly.'\n")
+    assert vqa_grpo.load_config(file).data.prompt_template == "{question} Answer briefly."
 
 
 def test_reasoning_mode_asks_for_the_tags_and_scores_a_tagged_completion():
