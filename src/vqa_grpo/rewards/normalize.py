@@ -248,14 +248,19 @@ def process_punctuation(text: str) -> str:
     otherwise every p becomes a space. Then up to 32 periods not followed by a digit are deleted.
     So "1,000" -> "1000", "yes, it is" -> "yes it is", "red,blue" -> "red blue", "3.5." -> "3.5".
     """
+    return _punctuation(text, _COMMA_STRIP, _PERIOD_STRIP)
+
+
+def _punctuation(text: str, comma_strip: re.Pattern, period_strip: re.Pattern) -> str:
+    """The punctuation step above, with the digit-comma and period patterns of one convention."""
     out = text
-    digit_comma = _COMMA_STRIP.search(text) is not None
+    digit_comma = comma_strip.search(text) is not None
     for p in VQA_PUNCTUATION:
         if p + " " in text or " " + p in text or digit_comma:
             out = out.replace(p, "")
         else:
             out = out.replace(p, " ")
-    return _PERIOD_STRIP.sub("", out, count=_PERIOD_STRIP_COUNT)
+    return period_strip.sub("", out, count=_PERIOD_STRIP_COUNT)
 
 
 def process_digit_article(text: str) -> str:
@@ -290,14 +295,7 @@ _EVALAI_COMMA_STRIP = re.compile(r"(?<=\d)(\,)+(?=\d)")
 
 def evalai_punctuation(text: str) -> str:
     """lmms-eval's ``process_punctuation``: ``process_punctuation`` with its two patterns (above)."""
-    out = text
-    digit_comma = _EVALAI_COMMA_STRIP.search(text) is not None
-    for p in VQA_PUNCTUATION:
-        if p + " " in text or " " + p in text or digit_comma:
-            out = out.replace(p, "")
-        else:
-            out = out.replace(p, " ")
-    return _EVALAI_PERIOD_STRIP.sub("", out, count=_PERIOD_STRIP_COUNT)  # count: upstream's re.UNICODE too
+    return _punctuation(text, _EVALAI_COMMA_STRIP, _EVALAI_PERIOD_STRIP)  # count: upstream's re.UNICODE too
 
 
 def evalai_normalize(text: str) -> str:
