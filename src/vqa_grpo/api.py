@@ -213,7 +213,9 @@ def evaluate(
     if report.num_skipped:  # under data.max_skip_fraction, else load_examples refused them
         import sys
 
-        reasons = ", ".join(f"{reason} {n}" for reason, n in report.skipped.items() if n)
+        from vqa_grpo.training.skips import counts_text
+
+        reasons = counts_text(report.skipped)
         print(
             f"evaluate: {report.num_skipped} of {report.rows} rows skipped as the data loaded ({reasons}); not "
             "evaluated (`vqa-grpo data inspect` lists them)",

@@ -30,6 +30,11 @@ from vqa_grpo.training.batches import Batches
 SKIPPED_FILE = "skipped.json"
 
 
+def counts_text(by_reason: dict[str, int]) -> str:
+    """Skip counts for a line, e.g. "missing_image 2, corrupt_image 1" (reasons with none left out)."""
+    return ", ".join(f"{reason} {n}" for reason, n in by_reason.items() if n)
+
+
 class SkipReport:
     """The load's skips and the training batches' skips of one run; ``write``: this process writes."""
 
@@ -47,7 +52,7 @@ class SkipReport:
         return dict(counts.most_common())
 
     def line(self) -> str:
-        reasons = ", ".join(f"{reason} {n}" for reason, n in self.by_reason().items())
+        reasons = counts_text(self.by_reason())
         late = len(self.batches.bad)
         when = f": {self.load.num_skipped} when the data loaded, {late} whose image failed in training" if late else ""
         return (
