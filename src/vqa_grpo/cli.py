@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help='share of questions about an object not in the image, answered "unanswerable" (default: 0)',
     )
+    synth.add_argument(
+        "--ood",
+        action="store_true",
+        help="write the demo's out-of-distribution set instead: crowded, held-out pairs, rephrased (default: off)",
+    )
     insp = data.add_parser("inspect", help="load a data set and report kept rows and skips by reason")
     insp.add_argument("path", help="data file or directory, or hf:NAME (a Hub dataset: docs/data_hub.md)")
     insp.add_argument("--format", default=None, help="data format (default: inferred from the files)")
@@ -100,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default=None, help="output directory (default: print only)")
     ev.add_argument(
         "--overwrite", action="store_true", help="replace an earlier evaluation in --out (default: refuse it)"
+    )
+    ev.add_argument(
+        "--rephrase",
+        action="store_true",
+        help="also ask each question in other words and report consistency (eval.rephrase; default: off)",
     )
     ev.add_argument("--config", default=None, help="YAML config file for eval.*/data.* settings (default: none)")
     ev.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. eval.batch_size=64")
@@ -161,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the data and of training (default: 0)")
     demo.add_argument(
+        "--train-questions",
+        type=int,
+        default=None,
+        help="train both stages on this many questions, same steps (data efficiency; default: all 2,400)",
+    )
+    demo.add_argument(
         "overrides", nargs="*", help="section.key=value overrides of the GRPO stage, e.g. reward.components=[composite]"
     )
     _debug_after_the_command(p)
@@ -221,9 +237,16 @@ def dispatch(args: argparse.Namespace) -> int:
             raise UserError(f"--image-size={args.image_size}: need at least {MIN_IMAGE_SIZE} px")
         if not 0 <= args.unanswerable <= 1:
             raise UserError(f"--unanswerable={args.unanswerable}: give a share in [0, 1], e.g. 0.1")
-        path = synthesize(
-            args.out, n=args.n, seed=args.seed, image_size=args.image_size, unanswerable=args.unanswerable
-        )
+        if args.ood and args.unanswerable:
+            raise UserError("--ood takes no --unanswerable: the out-of-distribution set asks answerable questions")
+        if args.ood:
+            from vqa_grpo.data.synthetic_shift import synthesize_shifted
+
+            path = synthesize_shifted(args.out, n=args.n, seed=args.seed, image_size=args.image_size)
+        else:
+            path = synthesize(
+                args.out, n=args.n, seed=args.seed, image_size=args.image_size, unanswerable=args.unanswerable
+            )
         print(f"wrote {args.n} questions to {path}")
         return 0
     if args.command == "data" and args.data_command == "inspect":
@@ -252,12 +275,16 @@ def dispatch(args: argparse.Namespace) -> int:
         import vqa_grpo
         from vqa_grpo.evaluation.evaluate import format_headline, format_table
 
-        cfg = vqa_grpo.load_config(args.config, args.overrides)
+        cfg = vqa_grpo.load_config(args.config, args.overrides + ["eval.rephrase=true"] * args.rephrase)
         metrics = vqa_grpo.evaluate(args.model, args.data, cfg, args.out, overwrite=args.overwrite)
         if not _is_main_process():
             return 0
         print(format_table(metrics))
         print(format_headline(metrics))
+        if "rephrase" in metrics:
+            from vqa_grpo.evaluation.rephrase_check import format_rephrase
+
+            print(format_rephrase(metrics["rephrase"]))
         if args.out:
             print(f"wrote {args.out}/predictions.jsonl and {args.out}/metrics.json")
         return 0
@@ -293,7 +320,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from vqa_grpo.demo import run_demo
 
-        run_demo(args.out, seed=args.seed, grpo_overrides=args.overrides)
+        run_demo(args.out, seed=args.seed, grpo_overrides=args.overrides, train_questions=args.train_questions)
         return 0
     raise AssertionError(args.command)
 

@@ -233,8 +233,27 @@ class GRPOConfig:
     """mu, optimiser steps per rollout; ratios are taken against the rollout policy."""
     sft_coef: float = 0.0
     """lambda, weight of the MLE loss of the ground-truth answer added to the GRPO loss."""
+    dynamic_sampling: bool = False
+    """DAPO's dynamic sampling: drop the groups whose G rewards are all equal (or whose mean is outside
+    [filter_low, filter_high]) and draw more questions until the step is full (grpo/dynamic.py)."""
+    filter_low: float = 0.0
+    """Dynamic sampling keeps a group when its mean reward / the sum of reward.weights is >= this."""
+    filter_high: float = 1.0
+    """... and <= this (with 0 and 1 only the equal-rewards rule acts)."""
+    max_resample_rounds: int = 4
+    """Most extra draws (of per_device_batch_size questions) per step; at the bound the step trains on
+    the groups it kept (fewer), and logs dynamic/short=1."""
     mask_truncated_completions: bool = False
     """Drop completions that hit max_completion_length without EOS from the loss."""
+    prioritized_sampling: bool = False
+    """Draw questions by their recent mean reward, favouring those solved about half the time (the seed's
+    5.3, "selective sampling"; training/priority.py, docs/grpo.md); false: the seeded epoch order. SFT ignores it."""
+    priority_floor: float = 0.1
+    """With prioritized_sampling: the least weight a question keeps (1 for medium difficulty), so that its
+    probability never falls below priority_floor / N and no question starves; 1 draws uniformly."""
+    priority_decay: float = 0.5
+    """With prioritized_sampling: each question's mean reward is an EMA, new = decay x old + (1 - decay) x
+    its latest group's mean (its first group's mean when first seen); 0 keeps only the latest."""
     shared_prefix: Literal["auto", "on", "off"] = "auto"
     """Run each prompt and image once per group (KV cache shared by its G completions) when sampling
     and in the loss; auto: where the model family supports it (models/prefix.py), else G times."""
@@ -314,6 +333,15 @@ class EvalConfig:
     metrics: list[str] = field(default_factory=list)
     """Your own reward functions as extra metrics (package.module:function, TRL's convention), each
     reported under its function name beside the built-in ones; train.eval_metric may name one."""
+    perturb: list[str] = field(default_factory=list)
+    """``evaluate`` also answers every question on perturbed images, one pass per NAME:SEVERITY
+    (data/perturb.py: gaussian_blur, gaussian_noise, jpeg, brightness, contrast, crop, rotate at
+    severities 1-5; a NAME alone is all five), seeded by train.seed (metrics.json ``robustness``;
+    evaluation/robustness.py)."""
+    rephrase: bool = False
+    """``evaluate`` also answers each question under each rewrite of data/rephrase.py that keeps its
+    answer, and reports each rewrite's metrics and the answers' consistency (metrics.json
+    ``rephrase``; evaluation/rephrase_check.py)."""
 
 
 @dataclass

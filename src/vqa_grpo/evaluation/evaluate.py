@@ -10,7 +10,8 @@ eval.metrics or as train.eval_metric), ``per_answer_type`` and ``per_question_ty
 load skipped, by reason: ``vqa-grpo data inspect`` lists them), ``primary_metric``
 (the headline metric's key: train.eval_metric, else the benchmark's), and ``answerability`` (the
 "unanswerable" decision's precision, recall, F1 and VizWiz's figures, rewards/abstention.py) for
-VizWiz or data with unanswerable questions.
+VizWiz or data with unanswerable questions. With eval.rephrase (``--rephrase``): ``rephrase``, each
+question reworded (evaluation/rephrase_check.py), and predictions_rephrased.jsonl.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from vqa_grpo.data.benchmarks import resolve as resolve_benchmark
 from vqa_grpo.data.prompts import prompt_template
 from vqa_grpo.data.types import VQAExample
 from vqa_grpo.errors import UserError
+from vqa_grpo.evaluation.rephrase_check import check_rephrasings, write_rephrased
 from vqa_grpo.evaluation.sharded import predict_sharded
 from vqa_grpo.models.loading import LoadedModel, check_images, load_model, resolve_device
 from vqa_grpo.paths import check_folder
@@ -170,7 +172,11 @@ def evaluate(
     metrics["vqa_convention"] = cfg.eval.vqa_convention  # how vqa_accuracy was computed
     if cfg.data.benchmark == "vizwiz" or any(is_unanswerable(e.answers) for e in got.examples):
         metrics["answerability"] = answerability(got.predictions, [e.answers for e in got.examples])
+    rephrased = None
+    if cfg.eval.rephrase:  # the same questions in other words (evaluation/rephrase_check.py)
+        metrics["rephrase"], rephrased = check_rephrasings(lm, got, cfg, device, dist)
     if out_dir is not None and dist.is_main:
+        write_rephrased(Path(out_dir), rephrased)
         write_outputs(Path(out_dir), got.examples, got.raw, got.predictions, got.scores, metrics)
     dist.barrier()
     return metrics

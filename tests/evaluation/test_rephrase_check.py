@@ -1,0 +1,43 @@
+"""`evaluate --rephrase`: the tiny model answers each synthetic question in its other wordings;
+metrics.json's ``rephrase`` is checked against a hand computation from the predictions files."""
+
+from __future__ import annotations
+
+import json
+
+from vqa_grpo import cli
+from vqa_grpo.data.rephrase import rephrasings
+
+
+def test_evaluate_rephrase_reports_each_rewrite_and_the_consistency(synth_dir, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "eval"
+    args = ["evaluate", "--model", str(tiny_model_dir), "--data", str(synth_dir), "--out", str(out), "--rephrase"]
+    quick = ["train.device=cpu", "train.progress=false", "data.max_eval_samples=6", "eval.max_new_tokens=3"]
+    assert cli.main([*args, *quick, "eval.bootstrap_samples=50"]) == 0
+    assert "consistency" in capsys.readouterr().out
+    originals = {r["id"]: r for r in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())}
+    rephrased = [json.loads(s) for s in (out / "predictions_rephrased.jsonl").read_text().splitlines()]
+    # every applicable rewrite of every question, in order, and nothing else
+    expected = [(i, n, t) for i, r in originals.items() for n, t in rephrasings(r["question"])]
+    assert [(r["id"], r["rephrase"], r["question"]) for r in rephrased] == expected
+    r = json.loads((out / "metrics.json").read_text())["rephrase"]
+    asked = {r["id"] for r in rephrased}
+    assert (r["n_questions"], r["n_variants"]) == (len(asked), len(rephrased)) and len(asked) >= 5
+    answers = {i: {originals[i]["prediction"]} for i in asked}
+    for row in rephrased:
+        answers[row["id"]].add(row["prediction"])
+    same = [i for i in asked if len(answers[i]) == 1]
+    assert r["consistency"] == len(same) / len(asked)
+    assert r["consistent_and_right"] == sum(originals[i]["vqa_accuracy"] == 1.0 for i in same) / len(asked)
+    for name in {row["rephrase"] for row in rephrased}:
+        rows = [row for row in rephrased if row["rephrase"] == name]
+        acc = sum(row["vqa_accuracy"] for row in rows) / len(rows)
+        diff = acc - sum(originals[row["id"]]["vqa_accuracy"] for row in rows) / len(rows)
+        m = r[name]
+        assert m["n"] == len(rows) and abs(m["vqa_accuracy"] - acc) < 1e-12
+        d = m["difference"]["vqa_accuracy"]
+        assert abs(d["mean"] - diff) < 1e-12 and d["ci95"][0] <= d["mean"] <= d["ci95"][1]
+    # evaluated again without --rephrase: the earlier rephrased predictions go with the rest
+    assert cli.main([*args[:-1], "--overwrite", *quick, "eval.bootstrap_samples=50"]) == 0
+    assert not (out / "predictions_rephrased.jsonl").exists()
+    assert "rephrase" not in json.loads((out / "metrics.json").read_text())
