@@ -254,6 +254,16 @@ class GRPOConfig:
     priority_decay: float = 0.5
     """With prioritized_sampling: each question's mean reward is an EMA, new = decay x old + (1 - decay) x
     its latest group's mean (its first group's mean when first seen); 0 keeps only the latest."""
+    augment: list[str] = field(default_factory=list)
+    """NoisyRollout's augmented rollouts (grpo/augment.py): NAME[:SEVERITY] items of data/perturb.py
+    (a NAME alone: severities 1-5); each group draws one and samples augment_share of its G
+    completions on its image so perturbed; the loss sees the clean image. [] (default): off."""
+    augment_share: float = 0.5
+    """With grpo.augment: the share of each group's G completions sampled on the perturbed image
+    (rounded half up; NoisyRollout: half)."""
+    augment_schedule: Literal["constant", "linear_decay"] = "constant"
+    """With grpo.augment: constant, or linear_decay: that share falls linearly to 0 at train.max_steps
+    (NoisyRollout's annealing, applied to the share since severities are steps of 1-5)."""
     shared_prefix: Literal["auto", "on", "off"] = "auto"
     """Run each prompt and image once per group (KV cache shared by its G completions) when sampling
     and in the loss; auto: where the model family supports it (models/prefix.py), else G times."""

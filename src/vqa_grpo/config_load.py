@@ -16,7 +16,9 @@ from vqa_grpo.config import Config, ConfigError
 from vqa_grpo.config_keys import all_keys, mark_given, tree_keys
 from vqa_grpo.data.benchmarks import find_benchmark
 from vqa_grpo.data.hub import check_preset_key
+from vqa_grpo.data.perturb import parse_perturbations
 from vqa_grpo.data.prompts import check_template
+from vqa_grpo.errors import UserError
 from vqa_grpo.rewards.benchmark import BENCHMARK_METRICS
 from vqa_grpo.rewards.registry import REWARD_COMPONENTS
 from vqa_grpo.rewards.user import import_reward, is_import_path, short_name
@@ -200,10 +202,48 @@ def validate(cfg: Config, python_rewards: typing.Iterable[str] = ()) -> None:
         "grpo.sapo_temperature_pos and grpo.sapo_temperature_neg must be > 0",
     )
     need(g.num_iterations >= 1, "grpo.num_iterations must be >= 1")
+    need(
+        0 < g.priority_floor <= 1,
+        f"grpo.priority_floor={g.priority_floor}: must be in (0, 1] (0 would let questions starve; 1 draws uniformly)",
+    )
+    need(
+        0 <= g.priority_decay < 1,
+        f"grpo.priority_decay={g.priority_decay}: must be in [0, 1) (1 would never take in a new reward)",
+    )
     need(g.sft_coef >= 0, "grpo.sft_coef must be >= 0")
     need(g.vllm_sync_steps >= 1, f"grpo.vllm_sync_steps={g.vllm_sync_steps}: must be >= 1")
     need(0 < g.vllm_gpu_memory_utilization < 1, "grpo.vllm_gpu_memory_utilization must be in (0, 1)")
     need(g.vllm_max_model_len >= 16, f"grpo.vllm_max_model_len={g.vllm_max_model_len}: must be >= 16")
+    need(
+        0 <= g.filter_low <= g.filter_high <= 1,
+        f"grpo.filter_low={g.filter_low}, grpo.filter_high={g.filter_high}: need 0 <= filter_low <= filter_high <= 1",
+    )
+    need(
+        g.dynamic_sampling or (g.filter_low, g.filter_high) == (0.0, 1.0),
+        "grpo.filter_low/filter_high act only with dynamic sampling: set grpo.dynamic_sampling=true",
+    )
+    need(
+        g.max_resample_rounds >= (1 if g.dynamic_sampling else 0),
+        f"grpo.max_resample_rounds={g.max_resample_rounds}: dynamic sampling needs >= 1 extra draw per step",
+    )
+    need(
+        not (g.dynamic_sampling and g.loss_type == "seed_report"),
+        "grpo.dynamic_sampling=true has nothing to filter for loss_type=seed_report (its gradient is zero); "
+        "choose another grpo.loss_type",
+    )
+    try:
+        parse_perturbations(g.augment)
+    except UserError as err:
+        raise ConfigError(f"grpo.augment: {err}") from None
+    need(0 <= g.augment_share <= 1, f"grpo.augment_share={g.augment_share}: must be in [0, 1]")
+    need(
+        not (g.augment and g.loss_type == "seed_report"),
+        "grpo.augment has no rollouts to perturb for loss_type=seed_report; drop grpo.augment or choose another loss",
+    )
+    need(
+        not (g.augment and g.generation_backend == "vllm"),
+        "grpo.augment samples with transformers only; drop grpo.augment or set grpo.generation_backend=transformers",
+    )
     need(g.vllm_is_cap >= 1, f"grpo.vllm_is_cap={g.vllm_is_cap}: must be >= 1 (1 clips every up-weighting)")
     need(t.max_steps >= 1, f"train.max_steps={t.max_steps}: must be >= 1")
     need(t.per_device_batch_size >= 1, "train.per_device_batch_size must be >= 1")
@@ -286,6 +326,10 @@ def validate(cfg: Config, python_rewards: typing.Iterable[str] = ()) -> None:
     need(e.temperature > 0, f"eval.temperature={e.temperature}: must be > 0")
     need(0 < e.top_p <= 1, f"eval.top_p={e.top_p}: must be in (0, 1]")
     need(e.bootstrap_samples >= 1, f"eval.bootstrap_samples={e.bootstrap_samples}: must be >= 1")
+    try:
+        parse_perturbations(e.perturb)
+    except UserError as err:
+        raise ConfigError(f"eval.perturb: {err}") from None
 
     # null components: the benchmark's metric, else composite (data/benchmarks.py), one reward
     comps = r.components if r.components is not None else ["composite"]

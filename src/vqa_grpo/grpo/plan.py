@@ -52,6 +52,8 @@ def fused_prefill_reason(model, adapter, grpo: GRPOConfig, *, processes: int = 1
         ),
         (grpo.loss_type == "seed_report", "the seed report's loss has no completion pass"),
         (grpo.num_iterations > 1, "grpo.num_iterations > 1"),
+        (grpo.dynamic_sampling, "dynamic sampling re-packs the groups"),
+        (bool(grpo.augment), "augmented rollouts sample on other images (grpo/augment.py)"),
         (grpo.generation_backend != "transformers", "vLLM samples"),
         (processes > 1, "several processes"),
         (accumulation > 1, "gradient accumulation"),

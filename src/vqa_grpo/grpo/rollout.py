@@ -23,6 +23,7 @@ from transformers import LogitsProcessorList
 from vqa_grpo.config import GRPOConfig, RewardConfig
 from vqa_grpo.data.prompts import prompt_template, user_texts
 from vqa_grpo.data.types import VQAExample
+from vqa_grpo.grpo.augment import Augmented, sample_augmented
 from vqa_grpo.grpo.math import group_advantages
 from vqa_grpo.grpo.plan import choose_plan
 from vqa_grpo.grpo.sampling import RowwiseTemperatureTopP, row_sampling_params, sampling_logprobs
@@ -57,6 +58,7 @@ class Rollout:
     is_weights: torch.Tensor | None = None
     reward_seconds: dict[str, float] = field(default_factory=dict)  # each user reward function's wall time
     completions: list[str] = field(default_factory=list)  # [R] decoded completions, as the model wrote them
+    images: list = field(default_factory=list)  # [B] the images its prompts encode (dynamic sampling re-packs them)
 
     @property
     def shared_prefix(self) -> bool:
@@ -80,16 +82,30 @@ def make_rollout(
     reward_funcs: dict | None = None,
     plan: ForwardPlan | None = None,
     template: str | None = None,
+    augmented: Augmented | None = None,
 ) -> Rollout:
     """Sample G completions for each question (one batched decode, or ``vllm_sampler``'s engine),
     score, and centre. ``plan``: the run's (default: chosen here for one process); a fused prefill
     is not kept, since no loss follows here. ``template``: the prompt template (data/prompts.py;
-    default: the one for ``reward.reasoning`` without a data config)."""
+    default: the one for ``reward.reasoning`` without a data config). ``augmented``: the last k
+    completions of each group sampled on perturbed images (grpo/augment.py)."""
     plan = plan or choose_plan(model, adapter, replace(grpo, fuse_prefill="off"))
     if plan.fused:
         plan = replace(plan, loss="shared prefix")
     return make_rollout_and_prefill(
-        model, adapter, processor, examples, images, grpo, reward, device, vllm_sampler, reward_funcs, plan, template
+        model,
+        adapter,
+        processor,
+        examples,
+        images,
+        grpo,
+        reward,
+        device,
+        vllm_sampler,
+        reward_funcs,
+        plan,
+        template,
+        augmented,
     )[0]
 
 
@@ -107,6 +123,7 @@ def make_rollout_and_prefill(
     reward_funcs: dict | None = None,
     plan: ForwardPlan | None = None,
     template: str | None = None,
+    augmented: Augmented | None = None,
 ) -> tuple[Rollout, shared.Prefix | None]:
     """:func:`make_rollout`, and, when ``plan`` (default: chosen here for one process) fuses the
     prefill, the prompts' pass with gradient that sampling decoded from: hand it to the loss once
@@ -131,6 +148,10 @@ def make_rollout_and_prefill(
     if vllm_sampler is not None:  # vLLM draws the samples; pi_old comes from the trainer (grpo/vllm_backend.py)
         comp, samp_logp = _sample_with_vllm(
             vllm_sampler, model, adapter, processor, asked, images, grpo, temps, top_ps, device
+        )
+    elif augmented is not None:  # NoisyRollout: k rows of each group on perturbed images, the loss on clean ones
+        comp, samp_logp = sample_augmented(
+            model, adapter, processor, prompts, augmented, asked, grpo, temps, top_ps, device, plan
         )
     else:
         sampler = RowwiseTemperatureTopP(temps, top_ps)
@@ -192,6 +213,7 @@ def make_rollout_and_prefill(
         plan=plan,
         reward_seconds=scored.seconds,
         completions=texts,
+        images=list(images),
     )
     return rollout, prefix
 

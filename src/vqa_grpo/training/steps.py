@@ -19,6 +19,8 @@ import torch
 from vqa_grpo.config import Config
 from vqa_grpo.data.prompts import DEFAULT_TEMPLATE, prompt_template, user_texts
 from vqa_grpo.errors import UserError
+from vqa_grpo.grpo import dynamic
+from vqa_grpo.grpo.augment import augment_batch
 from vqa_grpo.grpo.logprobs import Reference, add_old_and_reference
 from vqa_grpo.grpo.plan import choose_plan
 from vqa_grpo.grpo.rollout import Rollout, make_rollout_and_prefill
@@ -108,6 +110,8 @@ class Pending:
     rollouts: list[Rollout]
     prefills: list[Prefix | None] = field(default_factory=list)  # each rollout's fused prefill, for its first loss
     iteration: int = 0  # optimiser steps taken on them so far
+    weights: list[float] | None = None  # each rollout's loss factor (None: 1 / len(rollouts) each)
+    stats: dict = field(default_factory=dict)  # what the sampling logs (frac_reward_zero_std, dynamic/...)
 
     def take_prefills(self) -> list[Prefix | None]:
         """The prefills, for this step's losses alone: later iterations run the prompts again."""
@@ -163,6 +167,8 @@ class GRPOSteps:
                     self.dist.world,
                     reward_funcs=self.reward_funcs,
                     plan=self.plan,
+                    dist=self.dist,
+                    step=step,
                 )
             self.rollout_seconds = time.time() - t0
             groups = cfg.train.log_completion_groups
@@ -177,6 +183,7 @@ class GRPOSteps:
             stats = grpo_backward(cfg, lm, self.pending, self.dist)
         if sampled:
             stats["rollout_seconds"] = self.rollout_seconds
+            stats.update(self.pending.stats)
         else:
             stats.pop("completion_tokens", None)
         if self.pending.iteration == cfg.grpo.num_iterations:
@@ -199,13 +206,19 @@ def make_rollouts(
     processes: int = 1,
     reward_funcs: dict | None = None,
     plan: ForwardPlan | None = None,
+    dist: Dist = ONE_PROCESS,
+    step: int = 0,
 ) -> Pending:
     """One rollout per micro-batch, each with the rollout policy's and the reference's log-probs
-    where the objective needs them (grpo/logprobs.py), on ``plan`` (default: chosen here)."""
+    where the objective needs them (grpo/logprobs.py), on ``plan`` (default: chosen here). With
+    grpo.dynamic_sampling the groups without an advantage are dropped and more questions drawn
+    (grpo/dynamic.py); ``dist`` lets the processes agree on the extra draws. ``step`` (0-based)
+    seeds and schedules grpo.augment's perturbed images (grpo/augment.py)."""
     accumulation = cfg.train.gradient_accumulation_steps
     plan = plan or choose_plan(lm.model, lm.adapter, cfg.grpo, processes=processes, accumulation=accumulation)
-    rollouts, prefills = [], []
-    for _ in range(cfg.train.gradient_accumulation_steps):
+    template = prompt_template(cfg.data, cfg.reward.reasoning)
+
+    def draw() -> tuple[Rollout, Prefix | None]:
         examples, images = batches.next()
         ro, prefill = make_rollout_and_prefill(
             lm.model,
@@ -219,19 +232,47 @@ def make_rollouts(
             vllm,
             reward_funcs=reward_funcs,
             plan=plan,
-            template=prompt_template(cfg.data, cfg.reward.reasoning),
+            template=template,
+            augmented=augment_batch(cfg.grpo, cfg.train.seed, step, cfg.train.max_steps, examples, images),
         )
-        rollouts.append(add_old_and_reference(ro, lm.model, lm.adapter, ref, cfg.grpo, vllm_sampled=vllm is not None))
+        batches.observe([e.id for e in ro.examples], ro.rewards.view(-1, ro.group_size).mean(1).tolist())
+        return ro, prefill
+
+    def finish(ro: Rollout) -> Rollout:
+        return add_old_and_reference(ro, lm.model, lm.adapter, ref, cfg.grpo, vllm_sampled=vllm is not None)
+
+    if cfg.grpo.dynamic_sampling:  # no fused prefill (grpo/plan.py): the loss runs the packed prompts again
+        filled = dynamic.fill_step(
+            lambda: draw()[0],
+            finish,
+            cfg.grpo,
+            dynamic.reward_scale(cfg.reward),
+            cfg.train.per_device_batch_size,
+            accumulation,
+            dist,
+            lambda rollouts, picks: dynamic.take_groups(
+                rollouts, picks, lm.adapter, lm.processor, lambda ex: user_texts(ex, template), cfg.grpo.scale_rewards
+            ),
+        )
+        return Pending(filled.rollouts, weights=filled.weights, stats=filled.stats)
+    rollouts, prefills, zero = [], [], 0
+    for _ in range(accumulation):
+        ro, prefill = draw()
+        zero += dynamic.zero_std_groups(ro.rewards, ro.group_size)
+        rollouts.append(finish(ro))
         prefills.append(prefill)
-    return Pending(rollouts, prefills)
+    groups = sum(len(ro.examples) for ro in rollouts)
+    return Pending(rollouts, prefills, stats={"frac_reward_zero_std": zero / groups})
 
 
 def grpo_backward(cfg: Config, lm: LoadedModel, pending: Pending, dist: Dist = ONE_PROCESS) -> dict:
-    """Backward through every rollout of the step (each 1/len of the loss); return the mean stats."""
+    """Backward through every rollout of the step, each loss times its factor (1/len of them, or
+    ``pending.weights``); return the mean stats of the rollouts with a non-zero factor."""
     from vqa_grpo.grpo.objective import grpo_objective, seed_report_objective
 
     pending.iteration += 1
     rollouts, prefills = pending.rollouts, pending.take_prefills()
+    weights = pending.weights or [None] * len(rollouts)
     stats: dict = {}
     for i, ro in enumerate(rollouts):
         with dist.no_sync(lm.model, sync=i == len(rollouts) - 1):
@@ -240,10 +281,15 @@ def grpo_backward(cfg: Config, lm: LoadedModel, pending: Pending, dist: Dist = O
             else:
                 loss, s = grpo_objective(lm.model, lm.adapter, lm.processor, ro, cfg.grpo, prefix=prefills[i])
                 prefills[i] = None  # its graph goes with this backward pass
-            dist.backward(loss / len(rollouts))
-        s["loss"] = float(loss.detach())
-        stats = accumulate([s, rollout_stats(ro)], stats)
-    return {k: v if k == "completion_tokens" else v / len(rollouts) for k, v in stats.items()}
+            dist.backward(loss / len(rollouts) if weights[i] is None else loss * weights[i])
+        if weights[i] != 0:  # a filler of a short step (grpo/dynamic.py) trains and logs nothing
+            s["loss"] = float(loss.detach())
+            stats = accumulate([s, rollout_stats(ro)], stats)
+    n = sum(w != 0 for w in weights)  # 0: dynamic sampling kept no group, a zero gradient and loss
+    out = {k: v if k == "completion_tokens" else v / n for k, v in stats.items()} if n else {"loss": 0.0}
+    if cfg.grpo.dynamic_sampling and pending.stats:  # the loss's groups all have a spread: log the share before
+        out["frac_zero_std_groups"] = pending.stats["frac_reward_zero_std"]  # filtering (outcomes.py reads it)
+    return out
 
 
 def rollout_stats(ro) -> dict:

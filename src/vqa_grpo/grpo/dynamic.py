@@ -1,0 +1,190 @@
+"""DAPO's dynamic sampling (Yu et al., 2025, "DAPO", section 3.2): keep only the groups that carry
+an advantage, and pack the kept ones into the step's micro-batches.
+
+A group is kept when its G rewards are not all equal (std > 0) and its mean reward, divided by the
+sum of the reward weights (``reward_scale``: the weighted mean score, in [0, 1] when every
+component scores in [0, 1]), lies in [filter_low, filter_high]. With the bounds at 0 and 1 only
+the zero-std rule acts. The filter and the packing are pure; ``take_groups`` builds one micro-batch's
+rollout from groups of several sampled rollouts, encoding their prompts again (the family's
+adapter owns the prompt tensors' layout), with the advantages recomputed on the packed batch as a
+plain rollout of those questions computes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from vqa_grpo.grpo.math import group_advantages
+from vqa_grpo.grpo.rollout import Rollout
+
+
+def reward_scale(reward) -> float:
+    """The largest total reward when every component scores 1: the sum of the weights (1.0 each
+    when ``reward.weights`` is null, one component when ``reward.components`` is null)."""
+    if reward.weights:
+        return float(sum(reward.weights))
+    return float(len(reward.components or [None]))
+
+
+def keep_groups(rewards: torch.Tensor, group_size: int, low: float, high: float, scale: float = 1.0) -> list[bool]:
+    """Per group of ``rewards`` [B*G]: std > 0 and low <= mean / scale <= high."""
+    r = rewards.double().view(-1, group_size)  # [B, G]
+    mean = r.mean(dim=1) / scale
+    spread = r.max(dim=1).values > r.min(dim=1).values  # std > 0, without a rounding residue
+    return (spread & (mean >= low) & (mean <= high)).tolist()
+
+
+@dataclass
+class Packing:
+    """Where a step's kept groups go: ``micro`` lists, per micro-batch, its (rollout, group) picks;
+    ``weights`` each micro-batch's loss factor (None: 1 / len(micro) each, a full step);
+    ``surplus`` kept groups left out because the step was full."""
+
+    micro: list[list[tuple[int, int]]]
+    weights: list[float] | None
+    kept: int  # groups kept on this process (at most per_micro x micro_batches)
+    surplus: int
+
+
+def pack(
+    kept: list[tuple[int, int]],
+    dropped: list[tuple[int, int]],
+    per_micro: int,
+    micro_batches: int,
+    kept_all: int,
+    world: int = 1,
+) -> Packing:
+    """Pack ``kept`` (in sampling order; the first per_micro x micro_batches) into micro-batches of
+    ``per_micro`` groups. A full step on every process (``kept_all``, the kept groups over all
+    processes, is world x per_micro x micro_batches) keeps today's 1 / micro_batches per
+    micro-batch. A short step weighs micro-batch i by world x n_i / kept_all, so that the
+    gradient, averaged over processes, is that of one batch of every kept group; the micro-batches
+    it lacks are filled with one dropped group each at weight 0 (zero gradient), so that every
+    process runs ``micro_batches`` backward passes, as the accumulation and the collectives need."""
+    need = per_micro * micro_batches
+    mine, surplus = kept[:need], max(0, len(kept) - need)
+    micro = [mine[i : i + per_micro] for i in range(0, len(mine), per_micro)]
+    if kept_all == world * need:
+        return Packing(micro, None, len(mine), surplus)
+    weights = [world * len(m) / kept_all for m in micro]
+    fill = micro_batches - len(micro)
+    micro += [[dropped[i]] for i in range(fill)]
+    return Packing(micro, weights + [0.0] * fill, len(mine), surplus)
+
+
+def take_groups(
+    rollouts: list[Rollout], picks: list[tuple[int, int]], adapter, processor, texts, scale: str
+) -> Rollout:
+    """One rollout of the groups ``picks`` ((rollout, group) pairs): prompts encoded again from
+    the rollouts' images and ``texts`` (the user texts of a list of examples), completions padded
+    to the longest, advantages recomputed with ``scale`` (grpo.scale_rewards)."""
+    first = rollouts[picks[0][0]]
+    G, device = first.group_size, first.completion_ids.device
+    examples = [rollouts[i].examples[b] for i, b in picks]
+    images = [rollouts[i].images[b] for i, b in picks]
+    prompts = adapter.encode_prompts(processor, images, texts(examples)).to(device)
+    C = max(rollouts[i].completion_ids.shape[1] for i, _ in picks)
+
+    def rows(t: torch.Tensor, i: int, b: int) -> torch.Tensor:
+        return t[b * G : (b + 1) * G]
+
+    def padded(name: str) -> torch.Tensor:
+        parts = [rows(getattr(rollouts[i], name), i, b) for i, b in picks]
+        return torch.cat([torch.nn.functional.pad(p, (0, C - p.shape[1])) for p in parts])
+
+    def stacked(get) -> torch.Tensor:
+        return torch.cat([rows(get(rollouts[i]), i, b) for i, b in picks])
+
+    def listed(name: str) -> list:
+        return [x for i, b in picks for x in getattr(rollouts[i], name)[b * G : (b + 1) * G]]
+
+    rewards = stacked(lambda r: r.rewards)
+    completions = listed("completions")
+    return replace(
+        first,
+        examples=examples,
+        prompts=prompts,
+        completion_ids=padded("completion_ids"),
+        completion_mask=padded("completion_mask"),
+        sampling_logprobs=padded("sampling_logprobs"),
+        truncated=stacked(lambda r: r.truncated),
+        temperatures=stacked(lambda r: r.temperatures),
+        answers=listed("answers"),
+        completions=completions,
+        rewards=rewards,
+        reward_parts={k: stacked(lambda r, k=k: r.reward_parts[k]) for k in first.reward_parts},
+        advantages=group_advantages(rewards, G, scale=scale).to(device),
+        bad_reward_inputs=sum(not c.strip() for c in completions),  # the empty ones
+        old_logprobs=None,
+        ref_logprobs=None,
+        is_weights=None,
+        images=images,
+    )
+
+
+def zero_std_groups(rewards: torch.Tensor, group_size: int) -> int:
+    """How many groups of ``rewards`` [B*G] have G equal rewards (no advantage)."""
+    r = rewards.view(-1, group_size)  # [B, G]
+    return int((r.max(dim=1).values == r.min(dim=1).values).sum())
+
+
+@dataclass
+class Filled:
+    """A step's micro-batch rollouts after filtering, their loss factors (Packing.weights) and the
+    dynamic/ statistics of the step."""
+
+    rollouts: list[Rollout]
+    weights: list[float] | None
+    stats: dict
+
+
+def fill_step(draw, finish, grpo, scale: float, per_micro: int, micro_batches: int, dist, repack) -> Filled:
+    """Sample ``micro_batches`` draws (``draw()``: the next questions' rollout), drop the groups
+    ``keep_groups`` refuses, and draw again while any process is still short of per_micro x
+    micro_batches kept groups, at most grpo.max_resample_rounds times: the ranks decide each extra
+    draw together (``dist.any``), since sampling may be a collective and every rank must run as many
+    passes. Kept groups beyond the need (from the last draw) are dropped and counted as surplus.
+    ``repack(rollouts, picks)`` builds a micro-batch (``take_groups``); ``finish`` adds the old and
+    reference log-probs to each packed rollout."""
+    need = per_micro * micro_batches
+    sampled: list[Rollout] = []
+    kept: list[tuple[int, int]] = []
+    dropped: list[tuple[int, int]] = []
+    zero = 0
+
+    def sample() -> None:
+        nonlocal zero
+        ro = draw()
+        i = len(sampled)
+        sampled.append(ro)
+        zero += zero_std_groups(ro.rewards, ro.group_size)
+        for b, ok in enumerate(keep_groups(ro.rewards, ro.group_size, grpo.filter_low, grpo.filter_high, scale)):
+            (kept if ok else dropped).append((i, b))
+
+    for _ in range(micro_batches):
+        sample()
+    draws = 0
+    while draws < grpo.max_resample_rounds and dist.any(len(kept) < need):
+        sample()
+        draws += 1
+    kept_all = round(dist.sum(min(len(kept), need)))
+    packing = pack(kept, dropped, per_micro, micro_batches, kept_all, dist.world)
+    rollouts = []
+    for picks in packing.micro:
+        i = picks[0][0]
+        whole = picks == [(i, b) for b in range(len(sampled[i].examples))]
+        rollouts.append(finish(sampled[i] if whole else repack(sampled, picks)))
+    groups = sum(len(ro.examples) for ro in sampled)
+    groups_all = groups * dist.world  # every process draws as often
+    stats = {
+        "frac_reward_zero_std": zero / groups,
+        "dynamic/draws": draws,
+        "dynamic/groups_sampled": groups_all,
+        "dynamic/groups_kept": kept_all,
+        "dynamic/groups_surplus": round(dist.sum(packing.surplus)),
+        "dynamic/completions_per_kept_group": grpo.num_generations * groups_all / max(kept_all, 1),
+        "dynamic/short": float(kept_all < dist.world * need),
+    }
+    return Filled(rollouts, packing.weights, stats)
