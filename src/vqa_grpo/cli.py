@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -110,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--rephrase",
         action="store_true",
         help="also ask each question in other words and report consistency (eval.rephrase; default: off)",
+    )
+    ev.add_argument(
+        "--perturb",
+        default=None,
+        metavar="NAME[:SEVERITY],...",
+        help="also answer on perturbed images, one pass each: gaussian_blur, gaussian_noise, jpeg, brightness, "
+        "contrast, crop, rotate at severity 1-5, a NAME alone all five (eval.perturb; default: none)",
     )
     ev.add_argument("--config", default=None, help="YAML config file for eval.*/data.* settings (default: none)")
     ev.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. eval.batch_size=64")
@@ -275,7 +283,8 @@ def dispatch(args: argparse.Namespace) -> int:
         import vqa_grpo
         from vqa_grpo.evaluation.evaluate import format_headline, format_table
 
-        cfg = vqa_grpo.load_config(args.config, args.overrides + ["eval.rephrase=true"] * args.rephrase)
+        perturb = [f"eval.perturb={json.dumps(args.perturb.split(','))}"] if args.perturb is not None else []
+        cfg = vqa_grpo.load_config(args.config, args.overrides + ["eval.rephrase=true"] * args.rephrase + perturb)
         metrics = vqa_grpo.evaluate(args.model, args.data, cfg, args.out, overwrite=args.overwrite)
         if not _is_main_process():
             return 0
@@ -285,6 +294,10 @@ def dispatch(args: argparse.Namespace) -> int:
             from vqa_grpo.evaluation.rephrase_check import format_rephrase
 
             print(format_rephrase(metrics["rephrase"]))
+        if "robustness" in metrics:
+            from vqa_grpo.evaluation.robustness import format_robustness
+
+            print(format_robustness(metrics["robustness"], metrics.get("primary_metric")))
         if args.out:
             print(f"wrote {args.out}/predictions.jsonl and {args.out}/metrics.json")
         return 0

@@ -155,7 +155,8 @@ def compare_runs(paths: list[str], *, samples: int = BOOTSTRAP_SAMPLES, seed: in
     Returns {"runs": [{"path", "name", "n", "vqa_convention"}], "metrics": [names], "overall": {metric: [value per
     run]}, "per_answer_type": {type: {"n": [per run], metric: [per run]}}, "differences": [one per
     run after the first: {"run", "baseline", "n_shared", "overall": {"n", metric: {"mean", "ci95",
-    "p_value"}}, "per_answer_type": {...}, "per_question_type": {...}}], "bootstrap": {...}}.
+    "p_value"}}, "per_answer_type": {...}, "per_question_type": {...}}], "bootstrap": {...}}, and
+    "robustness" when every run has one (``evaluate --perturb``; robustness_view.side_by_side).
     A value a run lacks is None; vqa_accuracy is left out when the runs computed it by different
     conventions (eval.vqa_convention; a metrics.json without one is official). Raises UserError
     for fewer than two runs or a missing directory/file.
@@ -183,6 +184,10 @@ def compare_runs(paths: list[str], *, samples: int = BOOTSTRAP_SAMPLES, seed: in
         if diff["n_shared"] == 0:
             raise UserError(f"{name} and {names[0]} share no question ids: were they evaluated on the same data?")
         differences.append({"run": name, "baseline": names[0], **diff})
+    from vqa_grpo.evaluation.robustness_view import side_by_side  # it imports this module
+
+    shown = [m for m in dict.fromkeys(["vqa_accuracy", loaded[0][0].get("primary_metric")]) if m in metrics]
+    robustness = side_by_side(paths, [met for met, _ in loaded], names, shown, samples, seed)
     return {
         "runs": [
             {"path": str(p), "name": n, "n": met.get("n"), "vqa_convention": c}
@@ -198,6 +203,7 @@ def compare_runs(paths: list[str], *, samples: int = BOOTSTRAP_SAMPLES, seed: in
             "ci": "percentile 2.5-97.5 of the resampled mean differences",
             "p_value": "two-sided, null-centred: (1 + #{|d* - d| >= |d|}) / (B + 1)",
         },
+        **({"robustness": robustness} if robustness else {}),
     }
 
 
@@ -239,6 +245,10 @@ def format_comparison(result: dict) -> str:
                     row += f"  {t['mean']:>+8.4f} {f'[{lo:+.4f}, {hi:+.4f}]':>19} {t['p_value']:>7.4f}"
             lines.append(row)
     lines.append("n: questions B shares with A (the differences are over these); A, B, ...: each run's metrics.json")
+    if "robustness" in result:
+        from vqa_grpo.evaluation.robustness_view import format_side_by_side
+
+        lines += ["", format_side_by_side(result["robustness"], letters)]
     return "\n".join(lines)
 
 

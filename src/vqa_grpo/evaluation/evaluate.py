@@ -11,7 +11,9 @@ load skipped, by reason: ``vqa-grpo data inspect`` lists them), ``primary_metric
 (the headline metric's key: train.eval_metric, else the benchmark's), and ``answerability`` (the
 "unanswerable" decision's precision, recall, F1 and VizWiz's figures, rewards/abstention.py) for
 VizWiz or data with unanswerable questions. With eval.rephrase (``--rephrase``): ``rephrase``, each
-question reworded (evaluation/rephrase_check.py), and predictions_rephrased.jsonl.
+question reworded (evaluation/rephrase_check.py), and predictions_rephrased.jsonl. With
+eval.perturb (``--perturb``): ``robustness``, the questions on perturbed images
+(evaluation/robustness.py), and predictions_perturbed.jsonl.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from vqa_grpo.data.prompts import prompt_template
 from vqa_grpo.data.types import VQAExample
 from vqa_grpo.errors import UserError
 from vqa_grpo.evaluation.rephrase_check import check_rephrasings, write_rephrased
+from vqa_grpo.evaluation.robustness import check_robustness, write_perturbed
 from vqa_grpo.evaluation.sharded import predict_sharded
 from vqa_grpo.models.loading import LoadedModel, check_images, load_model, resolve_device
 from vqa_grpo.paths import check_folder
@@ -175,8 +178,12 @@ def evaluate(
     rephrased = None
     if cfg.eval.rephrase:  # the same questions in other words (evaluation/rephrase_check.py)
         metrics["rephrase"], rephrased = check_rephrasings(lm, got, cfg, device, dist)
+    perturbed = None
+    if cfg.eval.perturb:  # the same questions on perturbed images (evaluation/robustness.py)
+        metrics["robustness"], perturbed = check_robustness(lm, got, cfg, device, dist)
     if out_dir is not None and dist.is_main:
         write_rephrased(Path(out_dir), rephrased)
+        write_perturbed(Path(out_dir), perturbed)
         write_outputs(Path(out_dir), got.examples, got.raw, got.predictions, got.scores, metrics)
     dist.barrier()
     return metrics

@@ -12,7 +12,9 @@ The page holds, from what exists (each missing piece is named on the page instea
   ``--data``), question, ground truth, the answer before and after with its VQA accuracy, and a
   small inline script that sorts it (largest gains, largest losses, by id). With more joined
   examples than ``max_examples``, the gallery keeps the largest gains and losses and an even spread
-  of the rest.
+  of the rest;
+* with ``evaluate --perturb`` evaluations, accuracy against severity per perturbation
+  (``plots/robustness.png``) and its table (robustness_view.py).
 
 Self-contained: every image is a base64 ``data:`` URI, the style and script are inline, and a
 Content-Security-Policy forbids any other source, so the file opens offline and fetches nothing.
@@ -36,6 +38,7 @@ from vqa_grpo.evaluation.report_html import (  # the page's HTML pieces
     _score,
     _types_section,
 )
+from vqa_grpo.evaluation.robustness_view import report_section
 from vqa_grpo.paths import check_file
 
 MAX_EXAMPLES = 60
@@ -275,6 +278,8 @@ def write_report(
     if not after:
         notes.append("no --after evaluation" + (": the before evaluation is shown alone" if before else ""))
     metrics = {k: v[0] if v else None for k, v in evals.items()}
+    robust = report_section(metrics["before"], metrics["after"])  # evaluate --perturb: (html, png) or None
+    robust_html = f"<h2>Robustness to perturbed images</h2>\n{robust[0]}" if robust else ""
     joined = join_predictions(*(evals[k][1] if evals[k] else None for k in ("before", "after")))
     shown = select_examples(joined, max_examples)
     thumbs: dict[str, str] = {}
@@ -318,6 +323,7 @@ def write_report(
 </div>
 <h2>Accuracy by type</h2>
 {_types_section(metrics["before"], metrics["after"], diff)}
+{robust_html}
 <h2>Examples</h2>
 {_gallery_section(shown, thumbs, before is not None, after is not None, len(joined))}
 <script>{_SCRIPT}</script>
@@ -327,6 +333,8 @@ def write_report(
     (run / "plots").mkdir(exist_ok=True)
     for name, _, png, _ in plots:
         (run / "plots" / f"{name}.png").write_bytes(png)
+    if robust:
+        (run / "plots" / "robustness.png").write_bytes(robust[1])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
     return path

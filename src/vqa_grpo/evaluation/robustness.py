@@ -1,0 +1,170 @@
+"""``evaluate --perturb`` (eval.perturb): the same questions asked on perturbed images.
+
+Each NAME:SEVERITY of eval.perturb (data/perturb.py) is one more pass over the questions the
+clean pass answered: every image is perturbed as it is opened for answering (nothing is copied
+to disk), with the seed ``perturb_seed(example id, name, severity, train.seed)``, so that two
+models evaluated with the same train.seed see the same perturbed images and ``compare`` can pair
+their answers. metrics.json's ``robustness`` maps each ``NAME:SEVERITY`` to:
+
+* ``n``: the questions answered on the perturbed images; ``skipped``: those whose perturbed image
+  failed to load or to pass the processor;
+* each metric's mean over those questions (``vqa_accuracy``, the composite and its parts, the
+  benchmark metrics, your own);
+* ``difference``: for ``vqa_accuracy`` and the primary metric, {mean, ci95, p_value} of the paired
+  difference perturbed - clean over those questions (compare.py's paired bootstrap,
+  eval.bootstrap_samples resamples, seed 0).
+
+predictions_perturbed.jsonl has one row per question and perturbation: the question's ``id``,
+``perturbation`` (NAME:SEVERITY), its question, answers and types, ``raw``, ``prediction`` and
+each metric's score.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from vqa_grpo.data.perturb import label, parse_perturbations, perturb, perturb_seed
+from vqa_grpo.errors import UserError
+from vqa_grpo.evaluation.compare import paired_bootstrap
+
+FILE = "predictions_perturbed.jsonl"
+
+
+@dataclass(frozen=True)
+class PerturbedLoader:
+    """Opens an example's image and perturbs it, on each call (nothing kept). Picklable, so data
+    loader workers can receive it, as ``data.images.ImageLoader``."""
+
+    inner: Callable[[], Image.Image]
+    name: str
+    severity: int
+    seed: int  # perturb_seed(...) of the example
+
+    def __call__(self) -> Image.Image:
+        return perturb(self.inner(), self.name, self.severity, self.seed)
+
+
+def check_robustness(lm, clean, cfg, device, dist=None) -> tuple[dict, list[dict]]:
+    """``(metrics.json's "robustness", predictions_perturbed.jsonl's rows)`` for ``clean``
+    (evaluate.Answered: the examples as answered on the clean images, and their scores). All the
+    passes go through one batched ``answer_and_score`` call."""
+    from vqa_grpo.evaluation.evaluate import answer_and_score
+
+    asked: list[tuple[int, str]] = []  # (index into clean.examples, NAME:SEVERITY) of each variant
+    variants = []
+    for name, severity in parse_perturbations(cfg.eval.perturb):
+        for i, e in enumerate(clean.examples):
+            seed = perturb_seed(e.id, name, severity, cfg.train.seed)
+            loader = PerturbedLoader(e.image_loader, name, severity, seed)
+            asked.append((i, label(name, severity)))
+            # The id is the variant's index: the passes repeat the ids, and the answers map back by it.
+            variants.append(dataclasses.replace(e, id=str(len(asked) - 1), image_loader=loader))
+    got = answer_and_score(lm, variants, cfg, device, dist) if variants else None
+    answered = [] if got is None else [(asked[int(e.id)], k) for k, e in enumerate(got.examples)]
+    rows = []
+    for (i, lab), k in answered:
+        e = clean.examples[i]
+        rows.append(
+            {
+                "id": e.id,
+                "perturbation": lab,
+                "question": e.question,
+                "answers": e.answers,
+                "answer_type": e.answer_type,
+                "question_type": e.question_type,
+                "raw": got.raw[k],
+                "prediction": got.predictions[k],
+                **{m: None if np.isnan(v[k]) else float(v[k]) for m, v in got.scores.items()},
+            }
+        )
+    shown = list(dict.fromkeys(["vqa_accuracy", cfg.train.eval_metric or "vqa_accuracy"]))
+    out: dict = {}
+    for lab in dict.fromkeys(lab for _, lab in asked):  # in eval.perturb's order
+        pairs = [(i, k) for (i, done), k in answered if done == lab]
+        tried = sum(1 for _, done in asked if done == lab)
+        out[lab] = _pass(pairs, clean.scores, got.scores if got else {}, shown, cfg.eval.bootstrap_samples)
+        out[lab]["skipped"] = tried - len(pairs)
+    return out, rows
+
+
+def _pass(pairs: list[tuple[int, int]], clean: dict, perturbed: dict, shown: list[str], samples: int) -> dict:
+    """One pass's means over its questions, and for the ``shown`` metrics the paired difference
+    to the clean images (rows a user metric left unscored, NaN, are left out of its figures)."""
+    res: dict = {"n": len(pairs)}
+    for m, v in perturbed.items():
+        b = np.array([v[k] for _, k in pairs], dtype=float)
+        res[m] = float(b[~np.isnan(b)].mean()) if (~np.isnan(b)).any() else 0.0
+    res["difference"] = {}
+    for m in shown:
+        if m not in perturbed or m not in clean:
+            continue
+        a = np.array([clean[m][i] for i, _ in pairs], dtype=float)
+        b = np.array([perturbed[m][k] for _, k in pairs], dtype=float)
+        scored = ~(np.isnan(a) | np.isnan(b))
+        if scored.any():
+            test = paired_bootstrap((b - a)[scored][:, None], samples)
+            res["difference"][m] = {
+                "mean": float(test["mean"][0]),
+                "ci95": [float(x) for x in test["ci95"][0]],
+                "p_value": float(test["p_value"][0]),
+            }
+    return res
+
+
+def write_perturbed(out: Path, rows: list[dict] | None) -> None:
+    """predictions_perturbed.jsonl (written beside, then moved over an earlier one); None removes
+    an earlier evaluation's, so that the folder holds one evaluation's files only."""
+    path = out / FILE
+    if rows is None:
+        path.unlink(missing_ok=True)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / f"{FILE}.tmp").open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    os.replace(out / f"{FILE}.tmp", path)
+
+
+def load_perturbed(eval_dir: str | Path) -> dict[str, list[dict]] | None:
+    """An evaluation's perturbed predictions by NAME:SEVERITY, or None without the file."""
+    path = Path(eval_dir) / FILE
+    if not path.is_file():
+        return None
+    out: dict[str, list[dict]] = {}
+    try:
+        with path.open(encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("perturbation"), str):
+                    raise UserError(f"{path} line {number}: expected a JSON object with an 'id' and a 'perturbation'")
+                out.setdefault(row["perturbation"], []).append(row)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read {path}: {type(e).__name__}: {e}".splitlines()[0]) from None
+    return out
+
+
+def format_robustness(r: dict, primary: str | None = None) -> str:
+    """metrics.json's ``robustness`` as lines under evaluate's table: each pass's accuracy and its
+    difference to the clean images."""
+    lines = [f"perturbed images: {len(r)} pass(es) (--perturb, data/perturb.py); difference to the clean images"]
+    for lab, m in r.items():
+        for metric in dict.fromkeys(["vqa_accuracy", primary or "vqa_accuracy"]):
+            d = m["difference"].get(metric)
+            if d is None:
+                continue
+            lo, hi = d["ci95"]
+            lines.append(
+                f"  {lab:<17} n {m['n']:>5}  {metric} {m.get(metric, 0.0):.4f}  "
+                f"vs clean {d['mean']:+.4f} (95% CI {lo:+.4f}, {hi:+.4f}, p {d['p_value']:.4f})"
+            )
+    return "\n".join(lines)

@@ -1,0 +1,161 @@
+"""How ``compare`` and ``report`` show the robustness passes of ``evaluate --perturb``
+(evaluation/robustness.py): the runs side by side per NAME:SEVERITY with each run's paired
+difference to the first, and accuracy against severity drawn per perturbation."""
+
+from __future__ import annotations
+
+import io
+
+from vqa_grpo.data.perturb import PERTURBATIONS, SEVERITIES
+from vqa_grpo.evaluation.compare import _difference
+from vqa_grpo.evaluation.report_html import _e, _pct, _png_uri
+from vqa_grpo.evaluation.robustness import load_perturbed
+
+
+def side_by_side(paths: list, metrics: list[dict], names: list[str], shown: list[str], samples: int, seed: int):
+    """compare's ``robustness``, or None unless every run has one: {"metrics": [names], "passes":
+    {NAME:SEVERITY: {"n": [per run], metric: [per run], "differences": [one per run after the
+    first: {"run", "baseline", "n_shared", metric: {"mean", "ci95", "p_value"} or None}]}}}.
+
+    The differences pair each run's perturbed answers with the first run's by question id within
+    the same NAME:SEVERITY (predictions_perturbed.jsonl; the same train.seed gives both runs the same
+    images), with compare's paired bootstrap; ``shown``: vqa_accuracy and the primary metric, of
+    those compare compares."""
+    passes_of = [m.get("robustness") for m in metrics]
+    if not all(isinstance(p, dict) and p for p in passes_of):
+        return None
+    rows = [load_perturbed(p) for p in paths]
+    labels = list(dict.fromkeys(lab for p in passes_of for lab in p))
+    shown = [m for m in shown if any(m in (p.get(lab) or {}) for p in passes_of for lab in p)]
+    out: dict = {}
+    for lab in labels:
+        per = [p.get(lab) or {} for p in passes_of]
+        entry: dict = {"n": [x.get("n") for x in per], **{m: [x.get(m) for x in per] for m in shown}}
+        entry["differences"] = []
+        for name, other in zip(names[1:], rows[1:]):
+            base, mine = (rows[0] or {}).get(lab), (other or {}).get(lab)
+            diff = _difference(base, mine, shown, samples, seed) if base and mine else {"n_shared": 0, "overall": {}}
+            overall = diff["overall"]
+            entry["differences"].append(
+                {"run": name, "baseline": names[0], "n_shared": diff["n_shared"], **{m: overall.get(m) for m in shown}}
+            )
+        out[lab] = entry
+    return {"metrics": shown, "passes": out}
+
+
+def format_side_by_side(rob: dict, letters: list[str]) -> str:
+    """compare's robustness table: per NAME:SEVERITY and metric, each run's value and each later
+    run's paired difference to A on the perturbed images."""
+    w = 8
+    head = f"{'perturbation':<17} {'metric':<13} " + " ".join(f"{x:>{w}}" for x in letters)
+    for x in letters[1:]:
+        head += f"  {'n':>5} {x + ' - ' + letters[0]:>8} {'95% CI':>19} {'p':>7}"
+    lines = [
+        "robustness (evaluate --perturb): each run on the perturbed images; the difference is paired over the "
+        "question ids both answered under that perturbation",
+        head,
+        "-" * len(head),
+    ]
+    for lab, entry in rob["passes"].items():
+        for m in rob["metrics"]:
+            row = f"{lab:<17} {m:<13} "
+            row += " ".join(f"{v:>{w}.4f}" if isinstance(v, (int, float)) else f"{'-':>{w}}" for v in entry[m])
+            for d in entry["differences"]:
+                t = d.get(m)
+                if t is None:
+                    row += f"  {'-':>5} {'-':>8} {'-':>19} {'-':>7}"
+                else:
+                    lo, hi = t["ci95"]
+                    row += (
+                        f"  {d['n_shared']:>5} {t['mean']:>+8.4f} {f'[{lo:+.4f}, {hi:+.4f}]':>19} {t['p_value']:>7.4f}"
+                    )
+            lines.append(row)
+    return "\n".join(lines)
+
+
+def curve_metric(*metrics: dict | None) -> str:
+    """The metric the report draws: the primary metric where the passes hold it, else vqa_accuracy."""
+    for m in metrics:
+        primary = (m or {}).get("primary_metric")
+        if primary and all(primary in p for p in ((m or {}).get("robustness") or {}).values()):
+            return primary
+    return "vqa_accuracy"
+
+
+def curves(metrics: dict, metric: str) -> dict[str, tuple[list[int], list[float]]]:
+    """name -> (severities, values) of an evaluation's robustness; severity 0 is the clean images."""
+    out: dict[str, tuple[list[int], list[float]]] = {}
+    rob = metrics.get("robustness") or {}
+    for name in dict.fromkeys([*PERTURBATIONS, *(lab.rsplit(":", 1)[0] for lab in rob)]):
+        points = [(s, rob[f"{name}:{s}"][metric]) for s in SEVERITIES if metric in rob.get(f"{name}:{s}", {})]
+        if points:
+            clean = metrics.get(metric)
+            xs = ([0] if isinstance(clean, (int, float)) else []) + [s for s, _ in points]
+            ys = ([float(clean)] if isinstance(clean, (int, float)) else []) + [float(v) for _, v in points]
+            out[name] = (xs, ys)
+    return out
+
+
+def plot_robustness(runs: dict[str, dict], metric: str) -> bytes:
+    """A PNG: one small plot per perturbation, ``metric`` against severity (0: clean), a line per
+    run (label -> metrics.json)."""
+    from matplotlib.figure import Figure  # the Agg canvas, as report.plot_curves
+
+    drawn = {label: curves(m, metric) for label, m in runs.items()}
+    names = list(dict.fromkeys(n for c in drawn.values() for n in c))
+    cols = min(4, len(names))
+    rows = (len(names) + cols - 1) // cols
+    fig = Figure(figsize=(3.0 * cols, 2.6 * rows), dpi=100)
+    for k, name in enumerate(names):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        for label, c in drawn.items():
+            if name in c:
+                ax.plot(*c[name], marker="o", markersize=3, linewidth=1.2, label=label)
+        ax.set_title(name, fontsize=10)
+        ax.set_xticks([0, *SEVERITIES], ["clean", *map(str, SEVERITIES)], fontsize=8)
+        ax.set_xlabel("severity", fontsize=8)
+        ax.set_ylabel(metric, fontsize=8)
+        ax.grid(alpha=0.3)
+        if k == 0 and len(drawn) > 1:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def report_section(before: dict | None, after: dict | None) -> tuple[str, bytes] | None:
+    """The report's robustness section and its PNG (plots/robustness.png) when an evaluation has
+    robustness, else None: the plot, then per NAME:SEVERITY each run's metric and its difference to
+    its own clean images."""
+    runs = [(label, m) for label, m in (("before", before), ("after", after)) if m and m.get("robustness")]
+    if not runs:
+        return None
+    metric = curve_metric(after, before)
+    png = plot_robustness(dict(runs), metric)
+    head = "<tr><th>perturbation</th>" + "".join(
+        f"<th>{label} n</th><th>{label}</th><th>{label} \u2212 clean</th><th>95% CI</th>" for label, _ in runs
+    )
+    body = []
+    for lab in dict.fromkeys(lab for _, m in runs for lab in m["robustness"]):
+        cells = [f"<td>{_e(lab)}</td>"]
+        for _, m in runs:
+            p = m["robustness"].get(lab) or {}
+            d = (p.get("difference") or {}).get(metric)
+            cells += [f"<td class=num>{_e(p.get('n', '-'))}</td>", f"<td class=num>{_pct(p.get(metric))}</td>"]
+            if d:
+                lo, hi = d["ci95"]
+                cells.append(f"<td class=num>{100 * d['mean']:+.1f}</td>")
+                cells.append(f"<td class=num>[{100 * lo:+.1f}, {100 * hi:+.1f}]</td>")
+            else:
+                cells += ["<td class=num>-</td>"] * 2
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    html = (
+        f"<p>{_e(metric)} in percent on perturbed copies of the images (<code>evaluate --perturb</code>, "
+        "vqa_grpo/data/perturb.py), severity 0 the clean images; the difference to the clean images is "
+        "paired over the same questions (evaluate's bootstrap).</p>\n"
+        f'<figure><img src="{_png_uri(png)}" alt="{_e(metric)} against severity per perturbation">'
+        "<figcaption>plots/robustness.png</figcaption></figure>\n"
+        f"<table>\n{head}</tr>\n" + "\n".join(body) + "\n</table>"
+    )
+    return html, png
