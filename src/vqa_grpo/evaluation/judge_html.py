@@ -1,0 +1,229 @@
+"""The judge page (judge.py gathers what it shows): the questions as HTML, and the inline style and
+script that record the marks.
+
+The script keeps ``{"judge": name, "marks": {'["<question id>","<slot>"]': {"label", "time"}}}`` in
+localStorage under ``vqa-grpo-judge:<page id>``, so a reload keeps every mark and two pages never
+mix. Export writes one JSON line per mark, in page order: {"page", "mode", "question", "slot",
+"label", "judge", "time"}: grade mode's label is right, partly or wrong for that slot's answer;
+pairwise mode's slot is null and its label A, B or tie. ``time`` is when the mark was made (ISO
+8601, UTC); ``judge`` is the name in the Judge field at export.
+"""
+
+from __future__ import annotations
+
+from vqa_grpo.evaluation.report_html import _e
+
+_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+GRADE = (("right", "1"), ("partly", "2"), ("wrong", "3"))
+PAIRWISE = (("A", "a", "A is better"), ("tie", "t", "tie"), ("B", "b", "B is better"))
+
+
+def _item_grade(item: dict, slot: dict) -> str:
+    buttons = "".join(
+        f'<button type=button data-label="{label}" aria-pressed=false>{label} <kbd>{key}</kbd></button>'
+        for label, key in GRADE
+    )
+    return (
+        f'<li class=item tabindex=-1 data-q="{_e(item["id"])}" data-slot="{_e(slot["slot"])}">'
+        f"<span class=slot>{_e(slot['slot'])}</span><span class=answer>{_e(slot['answer'])}</span>"
+        f"<span class=marks>{buttons}</span></li>"
+    )
+
+
+def _item_pairwise(item: dict) -> str:
+    answers = "".join(
+        f"<div class=side><span class=slot>{_e(s['slot'])}</span><span class=answer>{_e(s['answer'])}</span></div>"
+        for s in item["slots"]
+    )
+    buttons = "".join(
+        f'<button type=button data-label="{label}" aria-pressed=false>{text} <kbd>{key}</kbd></button>'
+        for label, key, text in PAIRWISE
+    )
+    return (
+        f'<div class="item pair" tabindex=-1 data-q="{_e(item["id"])}" data-slot="">'
+        f"<div class=sides>{answers}</div><div class=marks>{buttons}</div></div>"
+    )
+
+
+def _question(number: int, total: int, item: dict, image: str | None, mode: str) -> str:
+    img = f'<img src="{image}" alt="image of question {number}">' if image else "<p class=note>no image</p>"
+    kinds = " \u00b7 ".join(_e(t) for t in (item["question_type"], item["answer_type"]) if t)
+    if mode == "grade":
+        body = "<ol class=answers>" + "".join(_item_grade(item, s) for s in item["slots"]) + "</ol>"
+    else:
+        body = _item_pairwise(item)
+    return (
+        f'<section class=question id="q{number}"><div class=figure>{img}</div><div class=text>'
+        f"<p class=count>{number} / {total} <span class=note>{kinds}</span></p>"
+        f"<p class=asked>{_e(item['question'])}</p>"
+        f"<p class=refs>Reference answers: {_e(item['answers'])}</p>{body}</div></section>"
+    )
+
+
+def judge_page(items: list[dict], thumbs: dict[str, str], pid: str, mode: str, notes: list[str]) -> str:
+    """The whole page: header (instructions, judge name, progress, Export), then the questions."""
+    questions = "\n".join(_question(i, len(items), it, thumbs.get(it["id"]), mode) for i, it in enumerate(items, 1))
+    if mode == "grade":
+        task = (
+            "Mark each answer <b>right</b>, <b>partly</b> right or <b>wrong</b> for its question and image. "
+            "The reference answers are what annotators said; an answer that means the same is right. "
+            "The models are not named and their order changes from question to question. "
+            "The same answer from several models is shown once."
+        )
+        keys = "<kbd>1</kbd> right, <kbd>2</kbd> partly, <kbd>3</kbd> wrong (on the answer in focus, then the next)"
+    else:
+        task = (
+            "Pick the better of the two answers, A or B, for the question and image, or <b>tie</b> when "
+            "neither is better. The models are not named and their order changes from question to question."
+        )
+        keys = "<kbd>a</kbd> A is better, <kbd>b</kbd> B is better, <kbd>t</kbd> tie (then the next question)"
+    note_html = "".join(f"<p class=note>{_e(n)}</p>" for n in notes)
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{_CSP}">
+<title>vqa-grpo judge: page {pid}</title>
+<style>{_STYLE}</style>
+</head>
+<body>
+<main id=judge data-page="{pid}" data-mode="{mode}">
+<header>
+<h1>vqa-grpo judge <span class=note>page {pid}</span></h1>
+<p>{task}</p>
+<p>Keys: {keys}; <kbd>j</kbd> or <kbd>\u2193</kbd> next, <kbd>k</kbd> or <kbd>\u2191</kbd> previous,
+<kbd>n</kbd> next not judged. A click on a button marks too. Marks are kept in this browser
+(localStorage) for this page: a reload loses nothing. Export saves them as a JSONL file for
+<code>vqa-grpo agreement</code>.</p>
+{note_html}
+</header>
+<p class=bar><label>Judge <input id=judge-name type=text autocomplete=off placeholder="your name"></label>
+<span id=progress>0 / 0 judged</span>
+<button type=button id=export>Export JSONL</button> <span id=status role=status></span></p>
+{questions}
+</main>
+<script>{_SCRIPT}</script>
+</body>
+</html>
+"""
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 1000px; color: #222; padding: 0 1em 40vh; }
+.bar { position: sticky; top: 0; background: #fff; border-bottom: 1px solid #ddd; padding: 0.4em 0; z-index: 1; }
+h1 { font-size: 1.3em; } kbd { border: 1px solid #bbb; border-radius: 3px; padding: 0 0.3em; font-size: 0.85em; }
+.bar { margin: 0; display: flex; gap: 1em; align-items: center; flex-wrap: wrap; } #progress { font-weight: bold; }
+.question { display: flex; gap: 1em; border-bottom: 1px solid #eee; padding: 1em 0; }
+.figure img { max-width: 320px; height: auto; border: 1px solid #eee; }
+.asked { font-size: 1.15em; font-weight: bold; } .refs, .note { color: #666; }
+.answers { list-style: none; padding: 0; }
+.item { display: flex; gap: 0.8em; align-items: center; padding: 0.3em 0.5em; border: 2px solid transparent; }
+.item.current { border-color: #1565c0; background: #f3f8ff; } .item.done .answer { color: #555; }
+.pair { flex-direction: column; align-items: flex-start; } .sides { display: flex; gap: 2em; }
+.slot { font-weight: bold; color: #1565c0; margin-right: 0.5em; } .answer { min-width: 10em; }
+button[aria-pressed=true] { font-weight: bold; background: #1565c0; color: #fff; }
+"""
+
+# Plain ES5; every mark is saved at once.
+_SCRIPT = """
+(function () {
+  "use strict";
+  var root = document.getElementById("judge");
+  var page = root.getAttribute("data-page"), mode = root.getAttribute("data-mode");
+  var storeKey = "vqa-grpo-judge:" + page;
+  var items = Array.prototype.slice.call(document.querySelectorAll(".item"));
+  var nameField = document.getElementById("judge-name");
+  var statusLine = document.getElementById("status");
+  var keys = mode === "grade" ? {"1": "right", "2": "partly", "3": "wrong"} : {"a": "A", "b": "B", "t": "tie"};
+  var state = load(), current = 0;
+
+  function load() {
+    try {
+      var saved = JSON.parse(window.localStorage.getItem(storeKey) || "null");
+      if (saved && typeof saved.marks === "object" && saved.marks !== null) { return saved; }
+    } catch (err) { /* unreadable: start afresh */ }
+    return {judge: "", marks: {}};
+  }
+  function save() {
+    try { window.localStorage.setItem(storeKey, JSON.stringify(state)); }
+    catch (err) { say("this browser would not keep the marks (" + err.name + "): export them now"); }
+  }
+  function say(text) { statusLine.textContent = text; }
+  function keyOf(item) { return JSON.stringify([item.getAttribute("data-q"), item.getAttribute("data-slot")]); }
+  function show(item) {
+    var mark = state.marks[keyOf(item)];
+    item.classList.toggle("done", !!mark);
+    Array.prototype.forEach.call(item.querySelectorAll("button[data-label]"), function (b) {
+      b.setAttribute("aria-pressed", String(!!mark && mark.label === b.getAttribute("data-label")));
+    });
+  }
+  function progress() {
+    var done = items.filter(function (item) { return state.marks[keyOf(item)]; }).length;
+    document.getElementById("progress").textContent = done + " / " + items.length + " judged";
+  }
+  function focusItem(i, scroll) {
+    if (!items.length) { return; }
+    current = Math.max(0, Math.min(items.length - 1, i));
+    items.forEach(function (item, j) { item.classList.toggle("current", j === current); });
+    items[current].focus({preventScroll: true});
+    if (scroll) { items[current].scrollIntoView({block: "center"}); }
+  }
+  function mark(i, label) {
+    state.marks[keyOf(items[i])] = {label: label, time: new Date().toISOString()};
+    save(); show(items[i]); progress();
+  }
+  function nextOpen() {
+    for (var step = 1; step <= items.length; step++) {
+      var j = (current + step) % items.length;
+      if (!state.marks[keyOf(items[j])]) { return j; }
+    }
+    return current;
+  }
+  function exportMarks() {
+    var judge = nameField.value.trim();
+    if (!judge) { say("enter your name in the Judge field first"); nameField.focus(); return; }
+    var lines = [];
+    items.forEach(function (item) {
+      var m = state.marks[keyOf(item)];
+      if (!m) { return; }
+      var slot = item.getAttribute("data-slot");
+      lines.push(JSON.stringify({page: page, mode: mode, question: item.getAttribute("data-q"),
+        slot: slot === "" ? null : slot, label: m.label, judge: judge, time: m.time}));
+    });
+    if (!lines.length) { say("nothing judged yet"); return; }
+    var url = URL.createObjectURL(new Blob([lines.join("\\n") + "\\n"], {type: "application/x-ndjson"}));
+    var link = document.createElement("a");
+    link.href = url;
+    link.download = "judgments-" + page + "-" + judge.replace(/[^A-Za-z0-9_-]+/g, "_") + ".jsonl";
+    document.body.appendChild(link);
+    link.click();
+    document.body.removeChild(link);
+    window.setTimeout(function () { URL.revokeObjectURL(url); }, 10000);
+    say("exported " + lines.length + " judgments");
+  }
+
+  items.forEach(function (item, i) {
+    show(item);
+    item.addEventListener("click", function (event) {
+      var button = event.target.closest ? event.target.closest("button[data-label]") : null;
+      if (button) { mark(i, button.getAttribute("data-label")); }
+      focusItem(i, false);
+    });
+  });
+  nameField.value = state.judge || "";
+  nameField.addEventListener("input", function () { state.judge = nameField.value; save(); });
+  document.getElementById("export").addEventListener("click", exportMarks);
+  document.addEventListener("keydown", function (event) {
+    if (event.target === nameField || event.ctrlKey || event.metaKey || event.altKey) { return; }
+    var k = event.key.length === 1 ? event.key.toLowerCase() : event.key;
+    if (keys.hasOwnProperty(k)) { mark(current, keys[k]); focusItem(current + 1, true); }
+    else if (k === "j" || k === "ArrowDown") { focusItem(current + 1, true); }
+    else if (k === "k" || k === "ArrowUp") { focusItem(current - 1, true); }
+    else if (k === "n") { focusItem(nextOpen(), true); }
+    else { return; }
+    event.preventDefault();
+  });
+  progress();
+  focusItem(0, false);
+})();
+"""
