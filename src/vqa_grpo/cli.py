@@ -166,6 +166,37 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--data", default=None, help="the data both evaluations ran on, for gallery images (default: none)")
     rp.add_argument("--out", default=None, help="output file (default: RUN_DIR/report.html)")
 
+    jd = sub.add_parser("judge", help="write a page on which people judge the models' answers (judge.html, key.json)")
+    jd.add_argument("evals", nargs="+", help="output directories of `vqa-grpo evaluate --out` (the models to judge)")
+    jd.add_argument("--data", required=True, help="the data the evaluations ran on, for the images (required)")
+    jd.add_argument("--out", required=True, help="folder for judge.html and key.json (required)")
+    jd.add_argument("--n", type=int, default=60, help="questions to ask, drawn at random (default: 60)")
+    jd.add_argument("--seed", type=int, default=0, help="seed of the draw and of the answer order (default: 0)")
+    jd.add_argument(
+        "--mode",
+        default="grade",
+        choices=("grade", "pairwise"),
+        help="grade: mark each answer right/partly/wrong; pairwise: the better of two evaluations' (default: grade)",
+    )
+    jd.add_argument("--overwrite", action="store_true", help="replace another page's key in --out (default: refuse)")
+
+    ag = sub.add_parser("agreement", help="each metric's agreement with the people's judgments (kappa, rho)")
+    ag.add_argument("judgments", nargs="+", help="JSONL files exported from a judge page (one per judge, or merged)")
+    ag.add_argument("--judge-dir", required=True, help="the judge page's folder, holding its key.json (required)")
+    ag.add_argument("--json", action="store_true", help="print one JSON object (default: a table)")
+    ag.add_argument(
+        "--threshold",
+        action="append",
+        default=[],
+        help="NAME=VALUE: a metric's score at which it says right (repeatable; default: 0.5, semantic 0.8)",
+    )
+    ag.add_argument(
+        "--reward",
+        action="append",
+        default=[],
+        help="module:function, a reward function of your own to score the answers too (repeatable; default: none)",
+    )
+
     mg = sub.add_parser("merge", help="merge a LoRA adapter into its base model (a plain transformers model)")
     mg.add_argument("adapter", help="LoRA adapter directory (a run's final/ with model.lora=true)")
     mg.add_argument("--out", required=True, help="output directory for the merged model and processor (required)")
@@ -323,6 +354,14 @@ def dispatch(args: argparse.Namespace) -> int:
         path = write_report(args.run_dir, before=args.before, after=args.after, data_path=args.data, out=args.out)
         print(f"wrote {path}")
         return 0
+    if args.command == "judge":
+        from vqa_grpo.evaluation.judge import judge_command
+
+        return judge_command(args.evals, args.out, args.data, args.n, args.seed, args.mode, args.overwrite)
+    if args.command == "agreement":
+        from vqa_grpo.evaluation.agreement import agreement_command
+
+        return agreement_command(args.judgments, args.judge_dir, args.json, args.threshold, args.reward)
     if args.command == "merge":
         from vqa_grpo.paths import check_folder
         from vqa_grpo.training.export import merge_adapter

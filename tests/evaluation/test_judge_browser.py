@@ -1,0 +1,191 @@
+"""The judge page in a real browser: headless Chromium (Debian's ``chromium``, as
+test_report_browser.py runs it) opens judge.html, a person's keys and clicks mark the answers,
+a reload keeps them, Export downloads the JSONL, and ``vqa-grpo agreement`` reads that file.
+
+The browser is driven through the DevTools protocol on a pipe (``--remote-debugging-pipe``: JSON
+messages ending in a NUL byte on file descriptors 3 and 4), so the key presses and mouse clicks are
+the browser's own input events and the download is a real file; no package beyond Chromium.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+
+import pytest
+from test_judge import make_evals  # tests/evaluation is on sys.path (pytest's rootdir-relative import)
+from test_report_browser import CHROMIUM, FLAGS
+
+from vqa_grpo import cli
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install -y chromium; .ci/run installs it)"
+)
+PIPE_FLAGS = [f for f in FLAGS if not f.startswith(("--dump-dom", "--virtual-time-budget"))] + [
+    "--remote-debugging-pipe"
+]
+KEYS = {"right": "1", "partly": "2", "wrong": "3"}
+
+
+class Browser:
+    """One headless Chromium and one page of it, spoken to over the DevTools pipe."""
+
+    def __init__(self, profile: str):
+        r_in, self._w = os.pipe()  # we write, Chromium reads fd 3
+        self._r, w_out = os.pipe()  # Chromium writes fd 4, we read
+
+        def onto_3_and_4() -> None:  # in the child: Chromium's pipe ends as fds 3 and 4
+            a, b = os.dup(r_in), os.dup(w_out)
+            os.dup2(a, 3), os.dup2(b, 4)
+
+        cmd = [CHROMIUM, *PIPE_FLAGS, f"--user-data-dir={profile}"]
+        self.proc = subprocess.Popen(
+            cmd, pass_fds=(3, 4), preexec_fn=onto_3_and_4, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        os.close(r_in), os.close(w_out)
+        self._buf, self._id, self.events = b"", 0, []
+        target = self.send("Target.createTarget", url="about:blank")["targetId"]
+        self.session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        for domain in ("Page", "Runtime", "Log"):
+            self.page(f"{domain}.enable")
+
+    def _next(self, deadline: float) -> dict:
+        while b"\0" not in self._buf:
+            assert time.monotonic() < deadline, "Chromium did not answer in time"
+            chunk = os.read(self._r, 1 << 16)
+            assert chunk, "Chromium closed the pipe: " + self.proc.stderr.read().decode()[-2000:]
+            self._buf += chunk
+        raw, self._buf = self._buf.split(b"\0", 1)
+        return json.loads(raw)
+
+    def wait(self, method: str, timeout: float = 20) -> dict:
+        """The next event ``method`` (events read meanwhile are kept in ``events``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            message = self._next(deadline)
+            self.events.append(message)
+            if message.get("method") == method:
+                return message["params"]
+
+    def send(self, method: str, session: str | None = None, **params) -> dict:
+        self._id += 1
+        message = {"id": self._id, "method": method, "params": params, **({"sessionId": session} if session else {})}
+        os.write(self._w, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + 20
+        while True:
+            reply = self._next(deadline)
+            if reply.get("id") == self._id:
+                assert "error" not in reply, reply
+                return reply["result"]
+            self.events.append(reply)
+
+    def page(self, method: str, **params) -> dict:
+        return self.send(method, self.session, **params)
+
+    def js(self, expression: str):
+        result = self.page("Runtime.evaluate", expression=expression, returnByValue=True)
+        assert "exceptionDetails" not in result, result
+        return result["result"].get("value")
+
+    def open(self, url: str, reload: bool = False) -> None:
+        self.page("Page.reload") if reload else self.page("Page.navigate", url=url)
+        self.wait("Page.loadEventFired")
+
+    def key(self, key: str) -> None:
+        for kind in ("keyDown", "keyUp"):
+            self.page("Input.dispatchKeyEvent", type=kind, key=key, **({"text": key} if kind == "keyDown" else {}))
+
+    def click(self, selector: str) -> None:
+        box = self.js(
+            f"(function () {{ var e = document.querySelector({json.dumps(selector)}); "
+            "e.scrollIntoView({block: 'center'}); var r = e.getBoundingClientRect(); "
+            "return [r.x + r.width / 2, r.y + r.height / 2]; })()"
+        )
+        for kind in ("mousePressed", "mouseReleased"):
+            self.page("Input.dispatchMouseEvent", type=kind, x=box[0], y=box[1], button="left", clickCount=1)
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close")
+            self.proc.wait(timeout=20)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            os.close(self._w), os.close(self._r)
+
+
+def test_judge_by_keyboard_and_mouse_reload_export_and_agreement(tmp_path, synth_dir, capsys):
+    evals = make_evals(tmp_path, synth_dir)
+    assert cli.main(["judge", evals["base"], evals["grpo"], "--data", evals["data"], "--out", str(tmp_path / "p")]) == 0
+    key = json.loads((tmp_path / "p" / "key.json").read_text())
+    answer = {(q["id"], s["slot"]): s["answer"] for q in key["questions"] for s in q["slots"]}  # the plan's labels
+    downloads = tmp_path / "downloads"
+    with tempfile.TemporaryDirectory() as profile:
+        browser = Browser(profile)
+        try:
+            browser.send(
+                "Browser.setDownloadBehavior", behavior="allow", downloadPath=str(downloads), eventsEnabled=True
+            )
+            browser.open((tmp_path / "p" / "judge.html").as_uri())
+            items = browser.js(
+                "Array.prototype.map.call(document.querySelectorAll('.item'), "
+                "function (e) { return [e.dataset.q, e.dataset.slot]; })"
+            )
+            labels = [evals["plan"][(i[0], answer[tuple(i)])] for i in items]
+
+            def button(i: int) -> str:  # the button of item i's planned label
+                return f'.item[data-q="{items[i][0]}"][data-slot="{items[i][1]}"] button[data-label="{labels[i]}"]'
+
+            assert browser.js("document.getElementById('progress').textContent") == "0 / 5 judged"
+            # items 0 and 1 by key (each moves on to the next), item 2 by a click, then j
+            browser.key(KEYS[labels[0]]), browser.key(KEYS[labels[1]])
+            browser.click(button(2))
+            browser.click("#judge-name")
+            browser.page("Input.insertText", text="Ada")
+            browser.open("", reload=True)  # nothing lost
+            assert browser.js("document.getElementById('progress').textContent") == "3 / 5 judged"
+            assert browser.js("document.getElementById('judge-name').value") == "Ada"
+            pressed = browser.js(
+                "Array.prototype.map.call(document.querySelectorAll('.item'), function (e) { "
+                "var b = e.querySelector('button[aria-pressed=true]'); return b && b.dataset.label; })"
+            )
+            assert pressed == labels[:3] + [None, None]
+            browser.key("n")  # to the first item not judged (3), then by key; 4 by a click
+            browser.key(KEYS[labels[3]])
+            browser.click(button(4))
+            assert browser.js("document.getElementById('progress').textContent") == "5 / 5 judged"
+            browser.click("#export")
+            done = browser.wait("Browser.downloadProgress")
+            while done["state"] == "inProgress":
+                done = browser.wait("Browser.downloadProgress")
+            assert done["state"] == "completed"
+            problems = [e for e in browser.events if e.get("method") in ("Runtime.exceptionThrown", "Log.entryAdded")]
+            assert problems == []
+        finally:
+            browser.close()
+    (exported,) = downloads.iterdir()
+    assert exported.name == f"judgments-{key['page']}-Ada.jsonl"
+    lines = [json.loads(line) for line in exported.read_text().splitlines()]
+    assert [(j["question"], j["slot"], j["label"]) for j in lines] == [(*i, lab) for i, lab in zip(items, labels)]
+    assert {(j["page"], j["mode"], j["judge"]) for j in lines} == {(key["page"], "grade", "Ada")}
+
+    capsys.readouterr()
+    assert cli.main(["agreement", str(exported), "--judge-dir", str(tmp_path / "p"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["judgments"], result["judged_units"], result["units"], result["judges"]) == (5, 5, 5, ["Ada"])
+    # metric right/wrong [1, 0, 1, 0, 0] (the plan's order); people [1, 0, 1, 0, 1] (partly counts as right):
+    # accuracy 4/5; p_e = 0.4 * 0.6 + 0.6 * 0.4 = 0.48, kappa = (0.8 - 0.48) / 0.52 = 0.6154.
+    # Ranks: metric [4.5, 2, 4.5, 2, 2], people (1, 0, 0.5, 0, 1) [4.5, 1.5, 3, 1.5, 4.5];
+    # rho = 3.75 / sqrt(7.5 * 9) = 0.45644.
+    vqa = result["metrics"]["vqa_accuracy"]
+    assert vqa["n"] == 5 and vqa["accuracy"]["value"] == pytest.approx(0.8)
+    assert vqa["kappa"]["value"] == pytest.approx(0.32 / 0.52) and vqa["spearman"]["value"] == pytest.approx(
+        0.456435, abs=1e-6
+    )
+    # semantic (threshold 0.8) says "close guess" is right too: it agrees on every answer
+    assert result["metrics"]["semantic"]["accuracy"]["value"] == 1.0
+    assert result["metrics"]["semantic"]["kappa"]["value"] == pytest.approx(1.0)
+    assert {m["eval"]: m["people"] for m in result["models"]} == {"../base": 0.5, "../grpo": 0.5}
