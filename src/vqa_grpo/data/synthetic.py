@@ -45,7 +45,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from PIL import Image, ImageDraw
 
@@ -123,6 +123,8 @@ _Kind = tuple[str, str]
 _ALL_KINDS: tuple[_Kind, ...] = tuple((c, s) for c in COLORS for s in SHAPES)
 _SCENE_TRIES = 200  # whole-scene restarts (new sizes) before giving up; a few suffice in practice
 _OBJECT_TRIES = 100  # positions tried for one object before restarting the scene
+Kinds = tuple[_Kind, ...]
+"""The (colour, shape) pairs a scene may hold: all of them unless some are held out."""
 
 
 @dataclass
@@ -139,81 +141,89 @@ class _Plan:
     left_pair: bool = False
 
 
-def _others(rng: random.Random, count: int, allowed: Callable[[_Kind], bool]) -> list[_Kind]:
-    """``count`` random object kinds for which ``allowed`` holds."""
-    pool = [k for k in _ALL_KINDS if allowed(k)]
+def _others(rng: random.Random, count: int, allowed: Callable[[_Kind], bool], kinds: Kinds) -> list[_Kind]:
+    """``count`` random object kinds of ``kinds`` for which ``allowed`` holds."""
+    pool = [k for k in kinds if allowed(k)]
     return [rng.choice(pool) for _ in range(count)]
 
 
-def _existence(rng: random.Random, answer: str) -> _Plan:
-    color, shape = rng.choice(_ALL_KINDS)
+def _shapes_of(kinds: Kinds, color: str) -> list[str]:
+    return [s for c, s in kinds if c == color]
+
+
+def _colors_of(kinds: Kinds, shape: str) -> list[str]:
+    return [c for c, s in kinds if s == shape]
+
+
+def _existence(rng: random.Random, answer: str, kinds: Kinds) -> _Plan:
+    color, shape = rng.choice(kinds)
     n_objects = rng.randint(1, MAX_OBJECTS)
     if answer == "yes":
         # One planted object, the rest free, so repeated kinds are no hint of a "yes".
-        kinds = [(color, shape)] + _others(rng, n_objects - 1, lambda k: True)
+        planted = [(color, shape)] + _others(rng, n_objects - 1, lambda k: True, kinds)
     else:
-        kinds = _others(rng, n_objects, lambda k: k != (color, shape))
-    return _Plan(f"Is there a {color} {shape}?", "is there a", kinds)
+        planted = _others(rng, n_objects, lambda k: k != (color, shape), kinds)
+    return _Plan(f"Is there a {color} {shape}?", "is there a", planted)
 
 
-def _count(rng: random.Random, answer: str) -> _Plan:
+def _count(rng: random.Random, answer: str, kinds: Kinds) -> _Plan:
     k = int(answer)
     # "0" is only a sensible answer for an attribute count: every image has an object.
     template = rng.choice(("color", "shape") if k == 0 else ("all", "color", "shape"))
     if template == "all":
-        return _Plan("How many objects are there?", "how many", _others(rng, k, lambda _: True))
+        return _Plan("How many objects are there?", "how many", _others(rng, k, lambda _: True, kinds))
     n_objects = rng.randint(max(k, 1), MAX_OBJECTS)
     if template == "color":
         color = rng.choice(list(COLORS))
-        kinds = [(color, rng.choice(SHAPES)) for _ in range(k)]
-        kinds += _others(rng, n_objects - k, lambda kind: kind[0] != color)
-        return _Plan(f"How many {color} objects are there?", "how many", kinds)
+        planted = [(color, rng.choice(_shapes_of(kinds, color))) for _ in range(k)]
+        planted += _others(rng, n_objects - k, lambda kind: kind[0] != color, kinds)
+        return _Plan(f"How many {color} objects are there?", "how many", planted)
     shape = rng.choice(SHAPES)
-    kinds = [(rng.choice(list(COLORS)), shape) for _ in range(k)]
-    kinds += _others(rng, n_objects - k, lambda kind: kind[1] != shape)
-    return _Plan(f"How many {shape}s are there?", "how many", kinds)
+    planted = [(rng.choice(_colors_of(kinds, shape)), shape) for _ in range(k)]
+    planted += _others(rng, n_objects - k, lambda kind: kind[1] != shape, kinds)
+    return _Plan(f"How many {shape}s are there?", "how many", planted)
 
 
-def _color(rng: random.Random, answer: str) -> _Plan:
-    shape = rng.choice(SHAPES)
-    kinds = [(answer, shape)]  # the only object of this shape
-    kinds += _others(rng, rng.randint(0, MAX_OBJECTS - 1), lambda k: k[1] != shape)
-    return _Plan(f"What color is the {shape}?", "what color is the", kinds)
+def _color(rng: random.Random, answer: str, kinds: Kinds) -> _Plan:
+    shape = rng.choice(_shapes_of(kinds, answer))
+    planted = [(answer, shape)]  # the only object of this shape
+    planted += _others(rng, rng.randint(0, MAX_OBJECTS - 1), lambda k: k[1] != shape, kinds)
+    return _Plan(f"What color is the {shape}?", "what color is the", planted)
 
 
-def _shape(rng: random.Random, answer: str) -> _Plan:
-    color = rng.choice(list(COLORS))
-    kinds = [(color, answer)]  # the only object of this colour
-    kinds += _others(rng, rng.randint(0, MAX_OBJECTS - 1), lambda k: k[0] != color)
-    return _Plan(f"What shape is the {color} object?", "what", kinds)
+def _shape(rng: random.Random, answer: str, kinds: Kinds) -> _Plan:
+    color = rng.choice(_colors_of(kinds, answer))
+    planted = [(color, answer)]  # the only object of this colour
+    planted += _others(rng, rng.randint(0, MAX_OBJECTS - 1), lambda k: k[0] != color, kinds)
+    return _Plan(f"What shape is the {color} object?", "what", planted)
 
 
-def _relation(rng: random.Random, answer: str) -> _Plan:
-    left, right = rng.sample(_ALL_KINDS, 2)  # two different kinds, each unique in the scene
+def _relation(rng: random.Random, answer: str, kinds: Kinds) -> _Plan:
+    left, right = rng.sample(kinds, 2)  # two different kinds, each unique in the scene
     subject, reference = (left, right) if answer == "left" else (right, left)
-    kinds = [left, right]
-    kinds += _others(rng, rng.randint(0, MAX_OBJECTS - 2), lambda k: k not in (left, right))
+    planted = [left, right]
+    planted += _others(rng, rng.randint(0, MAX_OBJECTS - 2), lambda k: k not in (left, right), kinds)
     question = f"Is the {subject[0]} {subject[1]} left or right of the {reference[0]} {reference[1]}?"
-    return _Plan(question, "is the", kinds, left_pair=True)
+    return _Plan(question, "is the", planted, left_pair=True)
 
 
 UNANSWERABLE = "unanswerable"
 """The answer of a question about an object the image does not hold (rewards/abstention.py)."""
 
 
-def _missing(rng: random.Random, asked: str) -> _Plan:
+def _missing(rng: random.Random, asked: str, kinds: Kinds) -> _Plan:
     """A question about an object that is not there, by the attribute it lacks: the colour of a
     shape absent from the scene, or the shape of a colour absent from it."""
     if asked == "color":
         shape = rng.choice(SHAPES)
-        kinds = _others(rng, rng.randint(1, MAX_OBJECTS), lambda k: k[1] != shape)
-        return _Plan(f"What color is the {shape}?", "what color is the", kinds)
+        planted = _others(rng, rng.randint(1, MAX_OBJECTS), lambda k: k[1] != shape, kinds)
+        return _Plan(f"What color is the {shape}?", "what color is the", planted)
     color = rng.choice(list(COLORS))
-    kinds = _others(rng, rng.randint(1, MAX_OBJECTS), lambda k: k[0] != color)
-    return _Plan(f"What shape is the {color} object?", "what", kinds)
+    planted = _others(rng, rng.randint(1, MAX_OBJECTS), lambda k: k[0] != color, kinds)
+    return _Plan(f"What shape is the {color} object?", "what", planted)
 
 
-_FAMILIES: dict[str, Callable[[random.Random, str], _Plan]] = {
+_FAMILIES: dict[str, Callable[[random.Random, str, Kinds], _Plan]] = {
     "existence": _existence,
     "count": _count,
     "color": _color,
@@ -313,11 +323,30 @@ def _schedule(rng: random.Random, n: int, unanswerable: float) -> list[tuple[str
     return schedule
 
 
+def allowed_kinds(held_out_pairs: Iterable[_Kind] = ()) -> Kinds:
+    """The (colour, shape) pairs left when ``held_out_pairs`` are taken out; ValueError for an unknown
+    pair or when a colour or a shape would have none left (its questions could not be drawn)."""
+    held = set(map(tuple, held_out_pairs))
+    if held - set(_ALL_KINDS):
+        raise ValueError(f"unknown (colour, shape) pairs: {sorted(held - set(_ALL_KINDS))}")
+    kinds = tuple(k for k in _ALL_KINDS if k not in held)
+    if {c for c, _ in kinds} != set(COLORS) or {s for _, s in kinds} != set(SHAPES):
+        raise ValueError("held_out_pairs must leave every colour and every shape at least one pair")
+    return kinds
+
+
 def synthesize(
-    out_dir: str | os.PathLike, n: int = 1000, seed: int = 0, image_size: int = 112, unanswerable: float = 0.0
+    out_dir: str | os.PathLike,
+    n: int = 1000,
+    seed: int = 0,
+    image_size: int = 112,
+    unanswerable: float = 0.0,
+    held_out_pairs: Iterable[_Kind] = (),
 ) -> Path:
     """Write ``n`` synthetic VQA examples under ``out_dir`` and return the path of data.jsonl;
-    ``unanswerable`` of them (a share, rounded) ask about an object that is not in the image.
+    ``unanswerable`` of them (a share, rounded) ask about an object that is not in the image. No
+    scene holds an object of ``held_out_pairs`` ((colour, shape); every colour and every shape must
+    keep one pair): the out-of-distribution set of ``synthetic_shift.py`` asks about them.
 
     Same arguments, byte-identical files. Images of an earlier run with a larger ``n`` are not
     removed; data.jsonl is replaced whole (written to a temporary file, then renamed).
@@ -328,13 +357,14 @@ def synthesize(
         raise ValueError(f"unanswerable must be a share in [0, 1], got {unanswerable}")
     if image_size < MIN_IMAGE_SIZE:
         raise ValueError(f"image_size must be at least {MIN_IMAGE_SIZE} px, got {image_size}")
+    kinds = allowed_kinds(held_out_pairs)
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     width = max(6, len(str(n - 1)))
     rows = []
     for index, (family, answer) in enumerate(_schedule(rng, n, unanswerable)):
-        plan = _FAMILIES[family](rng, answer)
+        plan = _FAMILIES[family](rng, answer, kinds)
         answer = UNANSWERABLE if family == UNANSWERABLE else answer
         objects = _place(rng, plan, image_size)
         example_id = f"{index:0{width}d}"
