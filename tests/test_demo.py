@@ -114,20 +114,29 @@ def test_demo_cli_rejects_a_non_integer_seed_and_a_bad_override(tmp_path, capsys
     assert err.count("\n") == 1 and err.startswith("error: ") and "composite_gard" in err
     assert main(["demo", "--out", str(tmp_path / "d"), "train.max_steps=5"]) == 2
     assert "grpo.* and reward.* overrides only" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path / "d"), "--train-questions", "0"]) == 2
+    assert "--train-questions=0: give a positive number" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
 
 
 @pytest.mark.slow
 def test_demo_runs_every_stage_and_writes_the_summary(tmp_path):
     out = tmp_path / "demo"
-    summary = run_demo(out, seed=1, n_questions=120, rl_steps=2, learning_rate=2e-5, progress=False)
+    summary = run_demo(
+        out, seed=1, n_questions=120, rl_steps=2, learning_rate=2e-5, progress=False, train_questions=40, n_ood=12
+    )
 
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk == summary
     for stage in ("warm_start", "grpo", "sft_same_budget"):
-        for key in ("accuracy", "recognised", "repeating", "composite"):
+        for key in ("accuracy", "recognised", "repeating", "composite", "accuracy_ood", "recognised_ood"):
             assert 0.0 <= summary[f"{key}_{stage}"] <= 1.0
+        per_shift = summary["per_shift_ood"][stage]
+        assert list(per_shift) == ["crowded", "pairs", "rephrased"] and all(0 <= v <= 1 for v in per_shift.values())
+        # 4 questions a shift: the overall OOD accuracy is the mean of the three
+        assert sum(per_shift.values()) / 3 == pytest.approx(summary[f"accuracy_ood_{stage}"])
     assert summary["n_eval"] == 24  # 20% of 120, stratified by answer type
+    assert summary["n_ood"] == 12 and summary["train_questions"] == 40  # of the 96 training questions
     assert summary["wall_seconds"] > 0 and summary["warm_start_steps"] == base.STEPS
     assert summary["rl_steps"] == 2 and summary["learning_rate"] == 2e-5
     assert set(summary["per_answer_type"]["grpo"]) == {"yes/no", "number", "other"}
@@ -136,6 +145,7 @@ def test_demo_runs_every_stage_and_writes_the_summary(tmp_path):
         assert (out / stage / "final" / "config.json").is_file()
         config = (out / stage / "config.yaml").read_text()
         assert f"name_or_path: {base.BASE_DIR}" in config and "learning_rate: 2.0e-05" in config  # both stages'
+        assert "max_train_samples: 40" in config
     steps = lambda name: [
         json.loads(x)["step"]
         for x in (out / name / "metrics.jsonl").read_text().splitlines()
@@ -155,5 +165,9 @@ def test_demo_runs_every_stage_and_writes_the_summary(tmp_path):
     compared = compare_runs([str(out / "eval" / n) for n in ("warm_start", "grpo")])
     assert compared["differences"][0]["overall"]["vqa_accuracy"] == summary["difference_vs_warm_start"]["grpo"]
     assert "+ GRPO (2 steps)" in format_summary(summary)
+    assert "out of distribution: 12 questions" in format_summary(summary)
+    for name in ("warm_start", "grpo", "sft_same_budget"):
+        metrics = json.loads((out / "eval-ood" / name / "metrics.json").read_text())
+        assert metrics["n"] == 12 and metrics["vqa_accuracy"] == summary[f"accuracy_ood_{name}"]
     report = (out / "grpo" / "report.html").read_text()
     assert "data:image/png;base64," in report and "http://" not in report

@@ -107,11 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--overwrite", action="store_true", help="replace an earlier evaluation in --out (default: refuse it)"
     )
-    ev.add_argument(
-        "--rephrase",
-        action="store_true",
-        help="also ask each question in other words and report consistency (eval.rephrase; default: off)",
-    )
+    ev.add_argument("--rephrase", action="store_true", help="also ask each question reworded (eval.rephrase)")
     ev.add_argument(
         "--perturb",
         default=None,
@@ -313,6 +309,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "evaluate":
         import vqa_grpo
         from vqa_grpo.evaluation.evaluate import format_headline, format_table
+        from vqa_grpo.evaluation.rephrase_check import format_rephrase
 
         perturb = [f"eval.perturb={json.dumps(args.perturb.split(','))}"] if args.perturb is not None else []
         cfg = vqa_grpo.load_config(args.config, args.overrides + ["eval.rephrase=true"] * args.rephrase + perturb)
@@ -322,8 +319,6 @@ def dispatch(args: argparse.Namespace) -> int:
         print(format_table(metrics))
         print(format_headline(metrics))
         if "rephrase" in metrics:
-            from vqa_grpo.evaluation.rephrase_check import format_rephrase
-
             print(format_rephrase(metrics["rephrase"]))
         if "robustness" in metrics:
             from vqa_grpo.evaluation.robustness import format_robustness
