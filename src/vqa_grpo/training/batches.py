@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import torch
 
 from vqa_grpo.data.types import BadExample, VQAExample
+from vqa_grpo.training.priority import Priorities
 
 
 class Batches:
@@ -15,28 +18,74 @@ class Batches:
     (``batch_size x world`` questions), so all agree on which examples were skipped; rank r then
     keeps questions ``[r * batch_size, (r + 1) * batch_size)`` of it. With one process this is the
     plain batch.
+
+    With ``priorities`` (grpo.prioritized_sampling; training/priority.py) the order is not a
+    permutation: each question of a global batch is drawn from the priority distribution over the
+    questions not yet in that batch whose image decodes (with replacement across batches; within
+    a batch only once the batch holds every such question), and ``observe`` feeds the rewards back.
     """
 
-    def __init__(self, examples: list[VQAExample], batch_size: int, seed: int, rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        examples: list[VQAExample],
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        priorities: Priorities | None = None,
+    ):
         self.examples, self.batch_size, self.seed = examples, batch_size, seed
         self.rank, self.world = rank, world
         self.epoch, self.pos, self.skipped = 0, 0, 0
         self.bad: dict[str, dict[str, str]] = {}
+        self.priorities = priorities
         self._order = self._permutation()
 
     def _permutation(self) -> list[int]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         return torch.randperm(len(self.examples), generator=g).tolist()
 
-    def next(self) -> tuple[list[VQAExample], list]:
-        """This process's examples of the next global batch, with their decoded images."""
-        chunk, images = [], []
-        while len(chunk) < self.batch_size * self.world:
+    def _in_order(self) -> Callable[[], int]:
+        """The next question of the seeded epoch order, a new permutation each epoch."""
+
+        def draw() -> int:
             if self.pos >= len(self._order):
                 self.epoch, self.pos = self.epoch + 1, 0
                 self._order = self._permutation()
-            ex = self.examples[self._order[self.pos]]
             self.pos += 1
+            return self._order[self.pos - 1]
+
+        return draw
+
+    def _by_priority(self, priorities: Priorities) -> Callable[[], int]:
+        """The next question of one global batch drawn by priority (each batch its own generator)."""
+        g, taken = priorities.generator(), torch.zeros(len(self.examples), dtype=torch.bool)
+
+        def draw() -> int:
+            i = priorities.pick(g, taken | self._bad_mask(priorities))
+            if i is None and taken.any():  # the batch holds every question: repeats from here on
+                taken.zero_()
+                i = priorities.pick(g, self._bad_mask(priorities))
+            if i is None:
+                raise RuntimeError("no training image can be decoded")
+            taken[i] = True
+            return i
+
+        return draw
+
+    def _bad_mask(self, priorities: Priorities) -> torch.Tensor:
+        """[N] True for the questions whose image failed: never drawn again."""
+        mask = torch.zeros(len(self.examples), dtype=torch.bool)
+        for q in self.bad:
+            mask[priorities.index[q]] = True
+        return mask
+
+    def next(self) -> tuple[list[VQAExample], list]:
+        """This process's examples of the next global batch, with their decoded images."""
+        chunk, images = [], []
+        draw = self._in_order() if self.priorities is None else self._by_priority(self.priorities)
+        while len(chunk) < self.batch_size * self.world:
+            ex = self.examples[draw()]
             try:
                 images.append(ex.load_image())
             except BadExample as e:
@@ -49,10 +98,25 @@ class Batches:
         lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
         return chunk[lo:hi], images[lo:hi]
 
+    def observe(self, ids: Sequence[str], mean_rewards: Sequence[float]) -> None:
+        """The mean reward of each group of a rollout, for prioritised sampling (a no-op without it;
+        with it, a collective under several processes: Priorities.observe)."""
+        if self.priorities is not None:
+            self.priorities.observe(ids, mean_rewards)
+
+    def priority_stats(self) -> dict[str, float]:
+        """metrics.jsonl's ``priority/*`` (training/priority.py); empty without prioritised sampling."""
+        return {} if self.priorities is None else self.priorities.stats(self._bad_mask(self.priorities))
+
     def state(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos, "skipped": self.skipped, "bad": self.bad}
+        state = {"epoch": self.epoch, "pos": self.pos, "skipped": self.skipped, "bad": self.bad}
+        if self.priorities is not None:
+            state["priority"] = self.priorities.state()
+        return state
 
     def restore(self, state: dict) -> None:
         self.epoch, self.pos, self.skipped = state["epoch"], state["pos"], state["skipped"]
         self.bad = dict(state.get("bad", {}))  # (checkpoints written before it was kept)
         self._order = self._permutation()
+        if self.priorities is not None and "priority" in state:  # (a resume that turns it on starts afresh)
+            self.priorities.restore(state["priority"])

@@ -250,6 +250,7 @@ def _train_step(s: Session, grpo: GRPOSteps | None) -> dict | None:
     seconds = time.time() - t_step
     stats = s.dist.mean_stats(stats)
     stats.update(step=s.step, lr=lr, grad_norm=grad_norm, skipped_images=s.batches.skipped, **memory_stats(s.device))
+    stats.update(s.batches.priority_stats())  # grpo.prioritized_sampling: the same on every process
     stats["step_seconds"] = seconds
     if "completion_tokens" in stats:  # over all processes
         stats["completion_tokens_per_second"] = stats.pop("completion_tokens") * s.dist.world / max(seconds, 1e-9)

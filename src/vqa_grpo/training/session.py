@@ -20,6 +20,7 @@ from vqa_grpo.training.batches import Batches
 from vqa_grpo.training.checkpoint import load_checkpoint, no_space, save_checkpoint, save_model
 from vqa_grpo.training.distributed import Dist
 from vqa_grpo.training.optim import make_optimizer, make_scheduler
+from vqa_grpo.training.priority import Priorities
 from vqa_grpo.training.reporting import NullReporter, Reporter, truncate_log
 from vqa_grpo.training.resume_settings import apply_to_optimizer
 
@@ -94,7 +95,11 @@ def start_session(
     run_dir = Path(cfg.train.output_dir)
     optimizer = make_optimizer(lm.model.parameters(), cfg.train)  # over the shards under FSDP
     scheduler = make_scheduler(optimizer, cfg.train)
-    batches = Batches(check_images(train, lm), cfg.train.per_device_batch_size, cfg.train.seed, dist.rank, dist.world)
+    train = check_images(train, lm)
+    priorities = None
+    if mode == "grpo" and cfg.grpo.prioritized_sampling:  # (SFT has no rewards to prioritise by)
+        priorities = Priorities.for_run(cfg, [e.id for e in train], dist.gather_lists)
+    batches = Batches(train, cfg.train.per_device_batch_size, cfg.train.seed, dist.rank, dist.world, priorities)
     vllm = None
     if mode == "grpo" and cfg.grpo.generation_backend == "vllm":
         from vqa_grpo.grpo.vllm_backend import VLLMSampler
