@@ -114,7 +114,7 @@ body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 1000px; co
 h1 { font-size: 1.3em; } kbd { border: 1px solid #bbb; border-radius: 3px; padding: 0 0.3em; font-size: 0.85em; }
 .bar { margin: 0; display: flex; gap: 1em; align-items: center; flex-wrap: wrap; } #progress { font-weight: bold; }
 .question { display: flex; gap: 1em; border-bottom: 1px solid #eee; padding: 1em 0; }
-.figure img { max-width: 320px; height: auto; border: 1px solid #eee; }
+.figure img { width: 240px; height: auto; border: 1px solid #eee; }
 .asked { font-size: 1.15em; font-weight: bold; } .refs, .note { color: #666; }
 .answers { list-style: none; padding: 0; }
 .item { display: flex; gap: 0.8em; align-items: center; padding: 0.3em 0.5em; border: 2px solid transparent; }
