@@ -108,8 +108,8 @@ def test_parse_perturbations():
     assert parse_perturbations(["crop"]) == [("crop", s) for s in range(1, 6)]
     assert parse_perturbations([]) == []
     with pytest.raises(UserError, match="unknown perturbation 'fog'; the known ones are gaussian_blur, "):
-        parse_perturbations("fog:2")
-    for bad in ("jpeg:6", "jpeg:0", "jpeg:x", "jpeg:-1"):
+        parse_perturbations("jpeg:1,fog:x")
+    for bad in ("jpeg:6", "jpeg:0", "jpeg:x", "jpeg:-1", "jpeg:", "jpeg:3:4", "jpeg:1.0"):
         with pytest.raises(UserError, match="outside 1-5"):
             parse_perturbations(bad)
     with pytest.raises(UserError, match="empty perturbation"):

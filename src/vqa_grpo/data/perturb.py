@@ -152,15 +152,16 @@ def parse_perturbations(spec: str | list[str]) -> list[tuple[str, int]]:
     out: list[tuple[str, int]] = []
     for item in items:
         item = item.strip()
-        name, _, level = item.partition(":")
+        name, colon, level = item.partition(":")
         name, level = name.strip(), level.strip()
         if not name:
             raise UserError(
                 f"empty perturbation in {spec!r}; write NAME[:SEVERITY],... with NAME one of {', '.join(PERTURBATIONS)}"
             )
-        if not level:
+        _check(name, SEVERITIES[0])  # an unknown name first, whatever its severity
+        if not colon:
             pairs = [(name, s) for s in SEVERITIES]
-        elif level.isdigit():
+        elif level.isascii() and level.isdigit():
             pairs = [(name, int(level))]
         else:
             raise UserError(f"perturbation {item!r}: severity {level!r} is outside 1-5; give an integer from 1 to 5")
