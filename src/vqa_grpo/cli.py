@@ -107,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--overwrite", action="store_true", help="replace an earlier evaluation in --out (default: refuse it)"
     )
-    ev.add_argument("--rephrase", action="store_true", help="also ask each question reworded (eval.rephrase)")
+    ev.add_argument(
+        "--rephrase", action="store_true", help="also ask each question reworded (eval.rephrase; default: off)"
+    )
     ev.add_argument(
         "--perturb",
         default=None,

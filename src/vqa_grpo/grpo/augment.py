@@ -1,0 +1,117 @@
+"""Augmented rollouts (NoisyRollout; Liu et al., 2025, "NoisyRollout: Reinforcing Visual Reasoning
+with Data Augmentation"): part of each group is sampled on a perturbed copy of its image.
+
+Each group (question) draws one (name, severity) of grpo.augment; the last k of its G completions
+are sampled on its image so perturbed (data/perturb.py), the first G - k on the clean image, and
+the rewards and advantages are taken over all G together, so the distorted views widen the
+group's exploration. As in NoisyRollout, the loss conditions every completion on the clean
+image: the rollout's prompts are the clean ones, and the policy gradient, the old policy's and the
+reference's log-probs all read them. (``Rollout.sampling_logprobs`` of the k rows are those of the
+sampler that drew them, on the perturbed image; only vLLM's importance weights read them, and
+vLLM is refused with augment.)
+
+k = floor(augment_share * G * f + 1/2), f = 1 (``constant``) or 1 - step / train.max_steps
+(``linear_decay``, NoisyRollout's annealing applied to the share, as severities are steps of
+1-5); k = 0 samples as without augment. The draw and the perturbation's seed are hashes of
+(train.seed, step, example id): no RNG state of their own, so a resumed run perturbs exactly as
+the uninterrupted one, and every process agrees on k.
+
+On the shared prefix the clean and perturbed prompts cannot share one KV cache: each is run once
+and decoded as its own sub-group (G - k, then k rows per question), two generate calls in all;
+the fused prefill is off with augment (grpo/plan.py), as its pass is the clean prompts' alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from transformers import LogitsProcessorList
+
+from vqa_grpo.config import GRPOConfig
+from vqa_grpo.data.perturb import label, parse_perturbations, perturb, perturb_seed
+from vqa_grpo.grpo.sampling import RowwiseTemperatureTopP, sampling_logprobs
+from vqa_grpo.models.generation import Completions, generate
+
+
+@dataclass(frozen=True)
+class Augmented:
+    """The perturbed images of one rollout's questions, and how many rows of each group see them."""
+
+    images: list  # [B] each question's image, perturbed
+    labels: list[str]  # [B] its perturbation, NAME:SEVERITY
+    count: int  # k: the last k of each group's G completions are sampled on ``images``
+
+
+def augmented_count(grpo: GRPOConfig, step: int, max_steps: int) -> int:
+    """k at optimiser step ``step`` (0-based): see the module docstring."""
+    if not grpo.augment:
+        return 0
+    f = 1.0 if grpo.augment_schedule == "constant" else max(0.0, 1.0 - step / max_steps)
+    return math.floor(grpo.augment_share * grpo.num_generations * f + 0.5)
+
+
+def augment_batch(grpo: GRPOConfig, seed: int, step: int, max_steps: int, examples, images) -> Augmented | None:
+    """The perturbed image of each question at ``step`` (None when k = 0: sample as without augment)."""
+    count = augmented_count(grpo, step, max_steps)
+    if count == 0:
+        return None
+    choices = parse_perturbations(grpo.augment)
+    picked = [choices[perturb_seed(f"{e.id}\0{step}", "augment", 0, seed) % len(choices)] for e in examples]
+    out = [
+        perturb(image, name, severity, perturb_seed(f"{e.id}\0{step}", name, severity, seed))
+        for e, image, (name, severity) in zip(examples, images, picked)
+    ]
+    return Augmented(out, [label(*p) for p in picked], count)
+
+
+def sample_augmented(
+    model, adapter, processor, prompts, augmented: Augmented, asked: list[str], grpo, temps, top_ps, device, plan
+) -> tuple[Completions, torch.Tensor]:
+    """G completions per question, the first G - k on ``prompts`` (clean), the last k on the same
+    questions with ``augmented.images``; rows group after group as one sampling call lays them out.
+    Returns the completions [R, C] and their sampler log-probs [R, C]."""
+    G, k = grpo.num_generations, augmented.count
+    B = len(asked)
+    temps, top_ps = temps.view(B, G), top_ps.view(B, G)
+    parts = []
+    for batch, cols in ((prompts, slice(0, G - k)), (None, slice(G - k, G))):
+        n = cols.stop - cols.start
+        if n == 0:
+            continue
+        if batch is None:
+            batch = adapter.encode_prompts(processor, augmented.images, asked).to(device)
+        sampler = RowwiseTemperatureTopP(temps[:, cols].reshape(-1), top_ps[:, cols].reshape(-1))
+        comp = generate(
+            model,
+            adapter,
+            processor,
+            batch,
+            max_new_tokens=grpo.max_completion_length,
+            do_sample=True,
+            logits_processor=LogitsProcessorList([sampler]),
+            keep_scores=True,
+            group_size=n,
+            shared_prefix=plan.sample_shared,
+            any_rank=plan.any_rank,
+            decode=plan.decode,
+        )
+        parts.append((comp, sampling_logprobs(comp.scores, comp.ids) * comp.mask, n))
+    pad_id = processor.tokenizer.pad_token_id
+    return _interleave(parts, B, 0 if pad_id is None else pad_id)
+
+
+def _interleave(parts, B: int, pad_id: int) -> tuple[Completions, torch.Tensor]:
+    """Sub-groups [B * n_i, C_i] -> [B * G, max C], each question's rows together in part order."""
+    C = max(comp.ids.shape[1] for comp, _, _ in parts)
+
+    def padded(x: torch.Tensor, n: int, value) -> torch.Tensor:  # [B * n, C_i] -> [B, n, C]
+        x = torch.nn.functional.pad(x, (0, C - x.shape[1]), value=value)
+        return x.view(B, n, C)
+
+    ids = torch.cat([padded(c.ids, n, pad_id) for c, _, n in parts], dim=1).view(-1, C)
+    mask = torch.cat([padded(c.mask, n, 0) for c, _, n in parts], dim=1).view(-1, C)
+    logp = torch.cat([padded(lp, n, 0.0) for _, lp, n in parts], dim=1).view(-1, C)
+    truncated = torch.cat([c.truncated.view(B, n) for c, _, n in parts], dim=1).view(-1)
+    return Completions(ids, mask, truncated), logp
