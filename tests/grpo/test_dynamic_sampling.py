@@ -9,6 +9,7 @@ keeps a spread in every group of G = 2, the second has none.
 """
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -255,3 +256,86 @@ def test_bad_dynamic_sampling_settings_exit_2_with_one_line(
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and err.strip().count("\n") == 0, err
     assert says in err and not out.exists()
+
+
+# ---- two processes agree on the draws ----------------------------------------------------------
+
+AGREE = """
+import json, os, sys
+from types import SimpleNamespace
+import torch
+from vqa_grpo.config import GRPOConfig
+from vqa_grpo.grpo.dynamic import fill_step
+from vqa_grpo.training.distributed import Dist
+
+S, F = [0.0, 1.0], [0.0, 0.0]  # a group of G = 2 with a spread, and one without
+DRAWS = {0: [[S, S], [S, S], [S, F], [S, S]], 1: [[F, F], [S, F], [F, S], [S, S]]}
+dist = Dist.from_env("cpu")
+out = {}
+for rounds in (3, 1):
+    batches = iter(DRAWS[dist.rank])
+
+    def draw():
+        groups = next(batches)
+        return SimpleNamespace(rewards=torch.tensor(sum(groups, [])), group_size=2, examples=groups)
+
+    filled = fill_step(
+        draw,
+        lambda ro: "whole" if isinstance(ro, SimpleNamespace) else ro,
+        GRPOConfig(num_generations=2, dynamic_sampling=True, max_resample_rounds=rounds),
+        1.0, 2, 2, dist,
+        lambda rollouts, picks: picks,
+    )
+    out[rounds] = {"rollouts": filled.rollouts, "weights": filled.weights, "stats": filled.stats}
+open(sys.argv[1] + f".{dist.rank}", "w").write(json.dumps(out))
+dist.barrier()
+torch.distributed.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_draw_until_both_are_full_and_weigh_a_short_step_together(tmp_path):
+    """Rank 0 is full after its 2 draws, rank 1 after 2 extra: both draw twice more (real Dist over
+    gloo), rank 0's 3 extra kept groups are surplus. With 1 extra draw the step is short: 6 groups
+    over both ranks, each micro-batch of 2 weighs 2 x 2 / 6, rank 1's missing one is a filler."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "agree.py"
+    script.write_text(AGREE)
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path / "out")],
+            env={**os.environ, **env, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
+    for p in procs:
+        assert p.wait(timeout=120) == 0, p.stderr.read()[-2000:]
+    r0, r1 = (json.loads((tmp_path / f"out.{r}").read_text()) for r in (0, 1))
+    full0, full1 = r0["3"], r1["3"]
+    assert full0["stats"]["dynamic/draws"] == full1["stats"]["dynamic/draws"] == 2
+    assert full0["rollouts"] == ["whole", "whole"] and full0["weights"] is None
+    assert full1["rollouts"] == [[[1, 0], [2, 1]], "whole"] and full1["weights"] is None  # draw 3 whole
+    assert full0["stats"] == full1["stats"] | {"frac_reward_zero_std": 1 / 8}
+    assert full1["stats"] == {
+        "frac_reward_zero_std": 4 / 8,
+        "dynamic/draws": 2,
+        "dynamic/groups_sampled": 16,
+        "dynamic/groups_kept": 8,
+        "dynamic/groups_surplus": 3,
+        "dynamic/completions_per_kept_group": 2 * 16 / 8,
+        "dynamic/short": 0.0,
+    }
+    short0, short1 = r0["1"], r1["1"]
+    assert short0["weights"] == [2 / 3, 2 / 3] and short0["rollouts"] == ["whole", "whole"]
+    assert short1["weights"] == [2 / 3, 0.0] and short1["rollouts"] == [[[1, 0], [2, 1]], [[0, 0]]]
+    assert short1["stats"]["dynamic/groups_kept"] == 6 and short1["stats"]["dynamic/short"] == 1.0
+    assert short0["stats"]["dynamic/groups_surplus"] == short1["stats"]["dynamic/groups_surplus"] == 1

@@ -113,6 +113,10 @@ class Pending:
     weights: list[float] | None = None  # each rollout's loss factor (None: 1 / len(rollouts) each)
     stats: dict = field(default_factory=dict)  # what the sampling logs (frac_reward_zero_std, dynamic/...)
 
+    def trained(self) -> list[Rollout]:
+        """The rollouts the loss trains on (not a short step's zero-weight fillers)."""
+        return [ro for i, ro in enumerate(self.rollouts) if self.weights is None or self.weights[i] != 0]
+
     def take_prefills(self) -> list[Prefix | None]:
         """The prefills, for this step's losses alone: later iterations run the prompts again."""
         prefills = self.prefills or [None] * len(self.rollouts)
@@ -174,7 +178,7 @@ class GRPOSteps:
             groups = cfg.train.log_completion_groups
             if (step + 1) % cfg.train.logging_steps == 0 and groups != 0:  # the step its metrics log as
                 # every process's groups (a collective: all call it), rank 0's first; rank 0 writes
-                records = self.dist.gather_lists(completion_records(step + 1, self.pending.rollouts, groups))
+                records = self.dist.gather_lists(completion_records(step + 1, self.pending.trained(), groups))
                 if self.samples_log:
                     for record in records[:groups]:
                         self.samples_log.write(json.dumps(record) + "\n")
