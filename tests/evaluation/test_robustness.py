@@ -30,11 +30,20 @@ def rows(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+# A metric of your own (eval.metrics) that reports the id it was given: the perturbed passes must
+# hand it each question's own id.
+PROBE = "def id_number(completions, id, **kwargs):\n    return [float(int(i)) for i in id]\n"
+
+
 @pytest.fixture(scope="module")
 def evaluated(synth_dir, tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("robustness")
-    for name, model in (("a", BASE_DIR), ("a_again", BASE_DIR), ("b", tiny_model_dir)):
-        assert evaluate(model, synth_dir, root / name, "--perturb", ",".join(PASSES)) == 0
+    (root / "robust_probe.py").write_text(PROBE)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(root))
+        for name, model in (("a", BASE_DIR), ("a_again", BASE_DIR), ("b", tiny_model_dir)):
+            more = ["eval.metrics=[robust_probe:id_number]"] if name == "b" else []
+            assert evaluate(model, synth_dir, root / name, "--perturb", ",".join(PASSES), *more) == 0
     return root
 
 
@@ -94,6 +103,7 @@ def test_compare_shows_both_models_robustness(evaluated, capsys):
         d = np.array([r["vqa_accuracy"] - first[r["id"]] for r in pa if r["perturbation"] == p])
         (diff,) = entry["differences"]
         assert diff["n_shared"] == 6 and diff["vqa_accuracy"]["mean"] == pytest.approx(d.mean(), abs=1e-12)
+    assert all(r["id_number"] == int(r["id"]) for r in pb) and len({r["id"] for r in pb}) == 6
     assert cli.main(["compare", str(b), str(a)]) == 0
     table = capsys.readouterr().out
     assert "robustness (evaluate --perturb)" in table

@@ -90,6 +90,7 @@ class Answered:
     predictions: list[str]  # the cleaned answers
     scores: dict[str, np.ndarray]  # metric -> [N] (NaN where a user metric returned None)
     skipped: int
+    positions: list[int] = dataclasses.field(default_factory=list)  # each answered one's index in the input
 
     def means(self) -> dict[str, float]:
         """Each metric's mean (0 when no example was scored)."""
@@ -106,6 +107,7 @@ def answer_and_score(
     template = prompt_template(cfg.data, cfg.reward.reasoning)
     texts = predict_sharded(dist or Dist(), lm, examples, cfg.eval, device, progress=progress, template=template)
     kept = [(e, t) for e, t in zip(examples, texts) if t is not None]
+    positions = [i for i, t in enumerate(texts) if t is not None]
     answered = [e for e, _ in kept]
     raw = [t for _, t in kept]
     preds = [clean_answer(t, reasoning=cfg.reward.reasoning) for t in raw]
@@ -118,7 +120,7 @@ def answer_and_score(
         benchmark=cfg.data.benchmark,
     )
     scores.update(user_metrics([m for m in cfg.eval.metrics if m not in BENCHMARK_METRICS], raw, answered))
-    return Answered(answered, raw, preds, scores, len(texts) - len(kept))
+    return Answered(answered, raw, preds, scores, len(texts) - len(kept), positions)
 
 
 EVAL_FILES = ("predictions.jsonl", "metrics.json")

@@ -65,10 +65,9 @@ def check_robustness(lm, clean, cfg, device, dist=None) -> tuple[dict, list[dict
             seed = perturb_seed(e.id, name, severity, cfg.train.seed)
             loader = PerturbedLoader(e.image_loader, name, severity, seed)
             asked.append((i, label(name, severity)))
-            # The id is the variant's index: the passes repeat the ids, and the answers map back by it.
-            variants.append(dataclasses.replace(e, id=str(len(asked) - 1), image_loader=loader))
+            variants.append(dataclasses.replace(e, image_loader=loader))  # the same id: user metrics see it
     got = answer_and_score(lm, variants, cfg, device, dist) if variants else None
-    answered = [] if got is None else [(asked[int(e.id)], k) for k, e in enumerate(got.examples)]
+    answered = [] if got is None else [(asked[position], k) for k, position in enumerate(got.positions)]
     rows = []
     for (i, lab), k in answered:
         e = clean.examples[i]
