@@ -153,10 +153,11 @@ def grads(lm) -> list[torch.Tensor]:
     return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in lm.model.parameters()]
 
 
-@pytest.mark.parametrize("rounds", [4, 1])  # a full step, and a short one
-def test_the_packed_step_has_the_gradient_of_one_batch_of_its_kept_groups(setup, tmp_path, rounds):
+# a full step, a short one, and a short one of Dr. GRPO's constant normaliser
+@pytest.mark.parametrize("rounds, loss_type", [(4, "grpo"), (1, "grpo"), (1, "dr_grpo")])
+def test_the_packed_step_has_the_gradient_of_one_batch_of_its_kept_groups(setup, tmp_path, rounds, loss_type):
     data, lm = setup
-    cfg = step_config(tmp_path, rounds=rounds)
+    cfg = step_config(tmp_path, rounds=rounds, **{"grpo.loss_type": loss_type})
     pending, _ = rollouts_of(cfg, lm, data)
     real = [ro for ro, w in zip(pending.rollouts, pending.weights or [1, 1]) if w != 0]
     lm.model.zero_grad(set_to_none=True)
