@@ -143,9 +143,12 @@ def test_bad_perturbation_is_one_line_and_writes_nothing(bad, says, synth_dir, t
     assert not out.exists()
 
 
-def test_evaluating_again_without_perturb_drops_the_old_passes(evaluated, tiny_model_dir, synth_dir, tmp_path):
+def test_evaluating_again_without_perturb_drops_the_old_passes(evaluated, tiny_model_dir, synth_dir, tmp_path, capsys):
     out = tmp_path / "eval"
     shutil.copytree(evaluated / "b", out)
-    assert evaluate(tiny_model_dir, synth_dir, out, "--overwrite", "data.max_eval_samples=2") == 0
+    assert evaluate(tiny_model_dir, synth_dir, out, "--overwrite") == 0
     assert not (out / "predictions_perturbed.jsonl").exists()
     assert "robustness" not in json.loads((out / "metrics.json").read_text())
+    capsys.readouterr()
+    assert cli.main(["compare", str(evaluated / "a"), str(out)]) == 0
+    assert "robustness not compared: eval evaluated without --perturb" in capsys.readouterr().out

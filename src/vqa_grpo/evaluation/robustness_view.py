@@ -13,17 +13,21 @@ from vqa_grpo.evaluation.robustness import load_perturbed
 
 
 def side_by_side(paths: list, metrics: list[dict], names: list[str], shown: list[str], samples: int, seed: int):
-    """compare's ``robustness``, or None unless every run has one: {"metrics": [names], "passes":
+    """compare's ``robustness``, or None when no run has one: {"metrics": [names], "passes":
     {NAME:SEVERITY: {"n": [per run], metric: [per run], "differences": [one per run after the
-    first: {"run", "baseline", "n_shared", metric: {"mean", "ci95", "p_value"} or None}]}}}.
+    first: {"run", "baseline", "n_shared", metric: {"mean", "ci95", "p_value"} or None}]}},
+    "without": [the runs evaluated without --perturb: then nothing is compared]}.
 
     The differences pair each run's perturbed answers with the first run's by question id within
     the same NAME:SEVERITY (predictions_perturbed.jsonl; the same train.seed gives both runs the same
     images), with compare's paired bootstrap; ``shown``: vqa_accuracy and the primary metric, of
     those compare compares."""
     passes_of = [m.get("robustness") for m in metrics]
-    if not all(isinstance(p, dict) and p for p in passes_of):
+    have = [isinstance(p, dict) and bool(p) for p in passes_of]
+    if not any(have):
         return None
+    if not all(have):
+        return {"metrics": [], "passes": {}, "without": [n for n, h in zip(names, have) if not h]}
     rows = [load_perturbed(p) for p in paths]
     labels = list(dict.fromkeys(lab for p in passes_of for lab in p))
     shown = [m for m in shown if any(m in (p.get(lab) or {}) for p in passes_of for lab in p)]
@@ -40,12 +44,14 @@ def side_by_side(paths: list, metrics: list[dict], names: list[str], shown: list
                 {"run": name, "baseline": names[0], "n_shared": diff["n_shared"], **{m: overall.get(m) for m in shown}}
             )
         out[lab] = entry
-    return {"metrics": shown, "passes": out}
+    return {"metrics": shown, "passes": out, "without": []}
 
 
 def format_side_by_side(rob: dict, letters: list[str]) -> str:
     """compare's robustness table: per NAME:SEVERITY and metric, each run's value and each later
     run's paired difference to A on the perturbed images."""
+    if rob["without"]:
+        return f"robustness not compared: {', '.join(rob['without'])} evaluated without --perturb"
     w = 8
     head = f"{'perturbation':<17} {'metric':<13} " + " ".join(f"{x:>{w}}" for x in letters)
     for x in letters[1:]:
