@@ -136,6 +136,7 @@ def test_half_judged_and_a_corrupt_line_are_scored_on_what_is_judged(page, tmp_p
         ("empty", "no judgments in"),
         ("other page", "is from judge page 0123456789abcdef, not page"),
         ("unknown question", "question 'nowhere' slot 'A' is not on page"),
+        ("no slot", "slot None is not on page"),
         ("no key", "has no key.json: give the --out folder of `vqa-grpo judge`"),
         ("changed evaluation", "no longer holds the answer the page showed"),
         ("bad threshold", "--threshold 'semantic': give NAME=VALUE"),
@@ -152,6 +153,8 @@ def test_bad_input_is_one_line(page, tmp_path, capsys, case, message):
         lines[1]["page"] = "0123456789abcdef"
     elif case == "unknown question":
         lines[2].update(question="nowhere", slot="A")
+    elif case == "no slot":
+        lines[0]["slot"] = None
     elif case == "no key":
         judge_dir = tmp_path
     elif case == "changed evaluation":  # a copy of the page and the evaluations, one answer rewritten

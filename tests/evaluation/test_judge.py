@@ -95,6 +95,7 @@ def test_pairwise_leaves_out_identical_answers(evals, tmp_path, capsys):
     assert len(key["questions"]) == 1 and key["questions"][0]["id"] in (evals["ids"][0], evals["ids"][2])
     assert sorted(s["slot"] for s in key["questions"][0]["slots"]) == ["A", "B"]
     assert "1 questions, 1 pairs to compare" in capsys.readouterr().out
+    assert "1 question(s) the two models answered alike are left out" in (tmp_path / "pair" / "judge.html").read_text()
 
 
 @pytest.mark.parametrize(

@@ -83,7 +83,7 @@ def read_judgments(paths: list[str], key: dict, judge_dir: str) -> tuple[dict, l
                     f"{judge_dir}: give the --judge-dir whose judge.html these were exported from"
                 )
             slot = j.get("slot") if key["mode"] == "grade" else None
-            if j["question"] not in slots or (slot is not None and slot not in slots[j["question"]]):
+            if j["question"] not in slots or (key["mode"] == "grade" and slot not in slots[j["question"]]):
                 raise UserError(
                     f"{path} line {number}: question {j['question']!r} slot {slot!r} is not on page {key['page']}: "
                     f"give the --judge-dir whose judge.html these were exported from"
@@ -167,6 +167,8 @@ def _codes(values: np.ndarray, mode: str, cut: float) -> np.ndarray:
 
 def _measure(rows: list[dict], metric: str, mode: str, cut: float, samples: int) -> dict:
     kept = [r for r in rows if not np.isnan(r[metric])]
+    if not kept:  # a user function that scored none of these answers
+        return {"n": 0, **{k: {"value": None, "ci95": None} for k in ("accuracy", "kappa", "spearman")}}
     human = np.array([r["human"] for r in kept], dtype=float)
     score = np.array([r[metric] for r in kept], dtype=float)
     k = 2 if mode == "grade" else 3
@@ -209,7 +211,8 @@ def _models(key: dict, marks: dict, evals: list, table: dict) -> list[dict]:
                         people.append(GRADES[label])
                     else:
                         wins["ties" if label == "tie" else "wins" if label == s["slot"] else "losses"] += 1
-        row = {"eval": rel, "judged": len(acc), "vqa_accuracy": float(np.nanmean(acc)) if acc else None}
+        known = [a for a in acc if not np.isnan(a)]
+        row = {"eval": rel, "judged": len(acc), "vqa_accuracy": float(np.mean(known)) if known else None}
         row.update({"people": float(np.mean(people)) if people else None} if key["mode"] == "grade" else wins)
         out.append(row)
     return out

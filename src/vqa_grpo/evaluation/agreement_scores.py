@@ -101,7 +101,7 @@ def score_rows(metrics_json: dict, rows: list[dict], user: list[str]) -> tuple[d
         try:
             check_metrics_fit([name], refs, "the judged answers")
         except UserError as e:
-            missing[name] = str(e)
+            missing[name] = str(e).split(";")[0]  # what does not fit; the fix is for evaluate
             continue
         scores[name] = fn(preds, refs)
     if "semantic" not in scores:

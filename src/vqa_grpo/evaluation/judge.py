@@ -61,8 +61,9 @@ def letters(k: int) -> list[str]:
     return [chr(ord("A") + i) if i < 26 else f"S{i + 1}" for i in range(k)]
 
 
-def build_items(by_eval: list[dict[str, dict]], mode: str, n: int, seed: int) -> tuple[list[dict], int]:
-    """The questions asked, in page order, and how many shared ids there were.
+def build_items(by_eval: list[dict[str, dict]], mode: str, n: int, seed: int) -> tuple[list[dict], int, int]:
+    """The questions asked, in page order; how many ids every evaluation answered; how many of
+    those could be asked (pairwise: not those with the same answer twice).
 
     Each item: {"id", "question", "answers" (the reference text), "question_type", "answer_type",
     "slots": [{"slot", "answer", "evals": [indices into the evaluations]}]}.
@@ -98,7 +99,7 @@ def build_items(by_eval: list[dict[str, dict]], mode: str, n: int, seed: int) ->
                 "slots": slots,
             }
         )
-    return items, len(shared)
+    return items, len(shared), len(candidates)
 
 
 def page_id(mode: str, seed: int, items: list[dict]) -> str:
@@ -151,7 +152,7 @@ def write_judge(
     if not data_path.startswith("hf:") and not Path(data_path).exists():
         raise UserError(f"--data {data_path} not found: give the data the evaluations ran on (for the images)")
     by_eval = [_first_rows(load_eval_dir(d)[1]) for d in eval_dirs]
-    items, n_shared = build_items(by_eval, mode, n, seed)
+    items, n_shared, n_asked = build_items(by_eval, mode, n, seed)
     if n_shared == 0:
         raise UserError(
             "the evaluations share no question id: evaluate every model on the same data "
@@ -174,8 +175,8 @@ def write_judge(
     dropped = [len(rows) - n_shared for rows in by_eval]
     if any(dropped):
         notes.append(f"{sum(dropped)} answer(s) to questions not every evaluation answered are left out")
-    if mode == "pairwise":
-        notes.append("questions the two models answered with the same text are left out: nothing to prefer")
+    if n_asked < n_shared:
+        notes.append(f"{n_shared - n_asked} question(s) the two models answered alike are left out: nothing to prefer")
     key = {
         "page": pid,
         "mode": mode,
