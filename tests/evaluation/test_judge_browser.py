@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import tempfile
 import time
@@ -42,33 +43,45 @@ class Browser:
             os.dup2(a, 3), os.dup2(b, 4)
 
         cmd = [CHROMIUM, *PIPE_FLAGS, f"--user-data-dir={profile}"]
+        self.log = open(os.path.join(profile, "chromium.log"), "w+b")  # a file: a full pipe would stall it
         self.proc = subprocess.Popen(
-            cmd, pass_fds=(3, 4), preexec_fn=onto_3_and_4, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            cmd, pass_fds=(3, 4), preexec_fn=onto_3_and_4, stdout=subprocess.DEVNULL, stderr=self.log
         )
         os.close(r_in), os.close(w_out)
-        self._buf, self._id, self.events = b"", 0, []
+        self._buf, self._id = b"", 0
+        self.events: list[dict] = []  # every event, for the check that the page raised none
+        self._pending: list[dict] = []  # events no wait() has taken yet
         target = self.send("Target.createTarget", url="about:blank")["targetId"]
         self.session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
         for domain in ("Page", "Runtime", "Log"):
             self.page(f"{domain}.enable")
 
     def _next(self, deadline: float) -> dict:
+        """The next message; an event is also kept in ``events`` and ``_pending``."""
         while b"\0" not in self._buf:
-            assert time.monotonic() < deadline, "Chromium did not answer in time"
+            ready, _, _ = select.select([self._r], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, "Chromium did not answer in time"
             chunk = os.read(self._r, 1 << 16)
-            assert chunk, "Chromium closed the pipe: " + self.proc.stderr.read().decode()[-2000:]
+            if not chunk:
+                self.log.seek(0)
+                raise AssertionError("Chromium closed the pipe: " + self.log.read().decode()[-2000:])
             self._buf += chunk
         raw, self._buf = self._buf.split(b"\0", 1)
-        return json.loads(raw)
+        message = json.loads(raw)
+        if "method" in message:
+            self.events.append(message)
+            self._pending.append(message)
+        return message
 
     def wait(self, method: str, timeout: float = 20) -> dict:
-        """The next event ``method`` (events read meanwhile are kept in ``events``)."""
+        """The parameters of the first event ``method`` not taken yet (it may have come already)."""
         deadline = time.monotonic() + timeout
         while True:
-            message = self._next(deadline)
-            self.events.append(message)
-            if message.get("method") == method:
-                return message["params"]
+            for i, event in enumerate(self._pending):
+                if event["method"] == method:
+                    del self._pending[: i + 1]
+                    return event["params"]
+            self._next(deadline)
 
     def send(self, method: str, session: str | None = None, **params) -> dict:
         self._id += 1
@@ -80,7 +93,6 @@ class Browser:
             if reply.get("id") == self._id:
                 assert "error" not in reply, reply
                 return reply["result"]
-            self.events.append(reply)
 
     def page(self, method: str, **params) -> dict:
         return self.send(method, self.session, **params)
@@ -91,6 +103,7 @@ class Browser:
         return result["result"].get("value")
 
     def open(self, url: str, reload: bool = False) -> None:
+        self._pending.clear()  # the load event to wait for is this one's
         self.page("Page.reload") if reload else self.page("Page.navigate", url=url)
         self.wait("Page.loadEventFired")
 
@@ -115,13 +128,14 @@ class Browser:
             if self.proc.poll() is None:
                 self.proc.kill()
             os.close(self._w), os.close(self._r)
+            self.log.close()
 
 
 def test_judge_by_keyboard_and_mouse_reload_export_and_agreement(tmp_path, synth_dir, capsys):
     evals = make_evals(tmp_path, synth_dir)
     assert cli.main(["judge", evals["base"], evals["grpo"], "--data", evals["data"], "--out", str(tmp_path / "p")]) == 0
     key = json.loads((tmp_path / "p" / "key.json").read_text())
-    answer = {(q["id"], s["slot"]): s["answer"] for q in key["questions"] for s in q["slots"]}  # the plan's labels
+    answer = {(q["id"], s["slot"]): s["answer"] for q in key["questions"] for s in q["slots"]}
     downloads = tmp_path / "downloads"
     with tempfile.TemporaryDirectory() as profile:
         browser = Browser(profile)
@@ -134,13 +148,13 @@ def test_judge_by_keyboard_and_mouse_reload_export_and_agreement(tmp_path, synth
                 "Array.prototype.map.call(document.querySelectorAll('.item'), "
                 "function (e) { return [e.dataset.q, e.dataset.slot]; })"
             )
-            labels = [evals["plan"][(i[0], answer[tuple(i)])] for i in items]
+            labels = [evals["plan"][(i[0], answer[tuple(i)])] for i in items]  # what the person says, in page order
 
             def button(i: int) -> str:  # the button of item i's planned label
                 return f'.item[data-q="{items[i][0]}"][data-slot="{items[i][1]}"] button[data-label="{labels[i]}"]'
 
             assert browser.js("document.getElementById('progress').textContent") == "0 / 5 judged"
-            # items 0 and 1 by key (each moves on to the next), item 2 by a click, then j
+            # items 0 and 1 by key (each moves on to the next), item 2 by a click; then the name
             browser.key(KEYS[labels[0]]), browser.key(KEYS[labels[1]])
             browser.click(button(2))
             browser.click("#judge-name")
