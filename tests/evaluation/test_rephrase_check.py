@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from vqa_grpo import cli
-from vqa_grpo.data.rephrase import rephrasings
+from vqa_grpo.data.rephrase import REWRITES, rephrasings
 
 
 def test_evaluate_rephrase_reports_each_rewrite_and_the_consistency(synth_dir, tiny_model_dir, tmp_path, capsys):
@@ -29,7 +29,9 @@ def test_evaluate_rephrase_reports_each_rewrite_and_the_consistency(synth_dir, t
     same = [i for i in asked if len(answers[i]) == 1]
     assert r["consistency"] == len(same) / len(asked)
     assert r["consistent_and_right"] == sum(originals[i]["vqa_accuracy"] == 1.0 for i in same) / len(asked)
-    for name in {row["rephrase"] for row in rephrased}:
+    names = [k for k, v in r.items() if isinstance(v, dict)]
+    assert names == [n for n in REWRITES if n in {row["rephrase"] for row in rephrased}]  # data/rephrase.py's order
+    for name in names:
         rows = [row for row in rephrased if row["rephrase"] == name]
         acc = sum(row["vqa_accuracy"] for row in rows) / len(rows)
         diff = acc - sum(originals[row["id"]]["vqa_accuracy"] for row in rows) / len(rows)

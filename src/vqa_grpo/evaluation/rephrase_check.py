@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vqa_grpo.data.rephrase import rephrasings
+from vqa_grpo.data.rephrase import REWRITES, rephrasings
 from vqa_grpo.evaluation.compare import paired_bootstrap
 
 FILE = "predictions_rephrased.jsonl"
@@ -60,7 +60,7 @@ def check_rephrasings(lm, original, cfg, device, dist=None) -> tuple[dict, list[
     primary = cfg.train.eval_metric or "vqa_accuracy"
     shown = list(dict.fromkeys(["vqa_accuracy", primary]))
     out: dict = {"n_questions": len({i for (i, _), _ in answered}), "n_variants": len(answered)}
-    for name in dict.fromkeys(n for (_, n), _ in answered):  # REWRITES order, as rephrasings gives them
+    for name in [n for n in REWRITES if any(m == n for (_, m), _ in answered)]:  # data/rephrase.py's order
         pairs = [(i, k) for (i, n), k in answered if n == name]
         out[name] = _per_rewrite(pairs, original.scores, got.scores, shown, cfg.eval.bootstrap_samples)
     out.update(_consistency(original, [(i, got.predictions[k]) for (i, _), k in answered]))
