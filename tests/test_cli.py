@@ -35,6 +35,8 @@ SUBCOMMANDS = [
     ["score"],
     ["compare"],
     ["report"],
+    ["judge"],
+    ["agreement"],
     ["demo"],
 ]
 

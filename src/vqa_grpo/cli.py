@@ -185,13 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     ag.add_argument(
         "--threshold",
         action="append",
-        default=[],
+        default=None,
         help="NAME=VALUE: a metric's score at which it says right (repeatable; default: 0.5, semantic 0.8)",
     )
     ag.add_argument(
         "--reward",
         action="append",
-        default=[],
+        default=None,
         help="module:function, a reward function of your own to score the answers too (repeatable; default: none)",
     )
 
@@ -358,7 +358,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "agreement":
         from vqa_grpo.evaluation.agreement import agreement_command
 
-        return agreement_command(args.judgments, args.judge_dir, args.json, args.threshold, args.reward)
+        return agreement_command(args.judgments, args.judge_dir, args.json, args.threshold or [], args.reward or [])
     if args.command == "merge":
         from vqa_grpo.paths import check_folder
         from vqa_grpo.training.export import merge_adapter
