@@ -149,6 +149,26 @@ def test_at_the_bound_the_step_trains_on_fewer_groups(setup, tmp_path):
     assert [len(ro.examples) for ro, w in zip(pending.rollouts, expected) if w] == [2, 1][: (n + 1) // 2]
 
 
+def test_a_step_that_keeps_no_group_has_a_zero_gradient(setup, tmp_path):
+    data, lm = setup
+    cfg = step_config(tmp_path, rounds=1, **{"reward.components": "[flat]", "reward.python_functions": "[flat]"})
+    funcs = resolve(["flat"], {"flat": lambda completions, **kw: [0.5] * len(completions)})
+    pending = make_rollouts(cfg, lm, None, Batches(data.train, 2, seed=0), CPU, reward_funcs=funcs)
+    assert pending.weights == [0.0, 0.0] and pending.trained() == []
+    assert (pending.stats["dynamic/groups_kept"], pending.stats["dynamic/short"]) == (0, 1.0)
+    lm.model.zero_grad(set_to_none=True)
+    stats = grpo_backward(cfg, lm, pending)
+    # the fillers' statistics (every process logs the same keys), a loss of 0, and the share
+    # outcomes.watch_equal_rewards reads
+    assert (stats["loss"], stats["reward"], stats["frac_zero_std_groups"], stats["advantage_abs_mean"]) == (
+        0,
+        0.5,
+        1,
+        0,
+    )
+    assert all(g.abs().sum() == 0 for g in grads(lm))
+
+
 def grads(lm) -> list[torch.Tensor]:
     return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in lm.model.parameters()]
 

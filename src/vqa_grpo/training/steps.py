@@ -277,6 +277,9 @@ def grpo_backward(cfg: Config, lm: LoadedModel, pending: Pending, dist: Dist = O
     pending.iteration += 1
     rollouts, prefills = pending.rollouts, pending.take_prefills()
     weights = pending.weights or [None] * len(rollouts)
+    # A short step's fillers (factor 0, grpo/dynamic.py) train and log nothing, unless this process
+    # kept no group: then it logs them, with a loss of 0, so that every process has the same keys.
+    logged = [w != 0 for w in weights] if any(w != 0 for w in weights) else [True] * len(rollouts)
     stats: dict = {}
     for i, ro in enumerate(rollouts):
         with dist.no_sync(lm.model, sync=i == len(rollouts) - 1):
@@ -286,11 +289,10 @@ def grpo_backward(cfg: Config, lm: LoadedModel, pending: Pending, dist: Dist = O
                 loss, s = grpo_objective(lm.model, lm.adapter, lm.processor, ro, cfg.grpo, prefix=prefills[i])
                 prefills[i] = None  # its graph goes with this backward pass
             dist.backward(loss / len(rollouts) if weights[i] is None else loss * weights[i])
-        if weights[i] != 0:  # a filler of a short step (grpo/dynamic.py) trains and logs nothing
-            s["loss"] = float(loss.detach())
+        if logged[i]:
+            s["loss"] = float(loss.detach()) if weights[i] != 0 else 0.0
             stats = accumulate([s, rollout_stats(ro)], stats)
-    n = sum(w != 0 for w in weights)  # 0: dynamic sampling kept no group, a zero gradient and loss
-    out = {k: v if k == "completion_tokens" else v / n for k, v in stats.items()} if n else {"loss": 0.0}
+    out = {k: v if k == "completion_tokens" else v / sum(logged) for k, v in stats.items()}
     if cfg.grpo.dynamic_sampling and pending.stats:  # the loss's groups all have a spread: log the share before
         out["frac_zero_std_groups"] = pending.stats["frac_reward_zero_std"]  # filtering (outcomes.py reads it)
     return out
