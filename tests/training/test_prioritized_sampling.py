@@ -237,6 +237,33 @@ def test_a_prioritized_run_resumes_bitwise(prioritized_run, synth_dir, tiny_mode
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def level(completions, id, **kwargs) -> list[float]:
+    """A reward set by the question alone: id % 3 = 0 is never solved (0), 1 half the time (1/2), 2 always (1)."""
+    return [int(q) % 3 / 2 for q in id]
+
+
+def test_a_real_run_draws_the_medium_questions_most(synth_dir, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [f"model.name_or_path={tiny_model_dir}", f"data.path={synth_dir}", f"train.output_dir={out}"]
+    args += ["train.device=cpu", "train.cpu_threads=1", "train.progress=false", "data.eval_fraction=0"]
+    args += ["data.max_train_samples=12", "train.max_steps=12", "train.save_steps=12", "train.per_device_batch_size=4"]
+    args += ["grpo.num_generations=2", "grpo.max_completion_length=2", "grpo.prioritized_sampling=true"]
+    assert main(["train", *args, "reward.components=[test_prioritized_sampling:level]"]) == 0, capsys.readouterr().err
+    groups = [json.loads(s) for s in (out / "completions.jsonl").read_text().splitlines()]
+    ids = [g["id"] for g in groups]
+    questions = sorted(set(ids))
+    assert len(ids) == 48 and len(questions) == 12  # the floor: every question drawn
+    saved = json.loads((out / "checkpoint-12" / "trainer_state.json").read_text())["data"]["priority"]
+    assert {q: m for q, (m, _) in saved["seen"].items()} == {q: int(q) % 3 / 2 for q in questions}
+    # With m medium questions of 12, weights 1 against 0.1: m / (m + 0.1 (12 - m)) of each draw
+    # (10/11 for m = 6), a little less as a batch draws without replacement; uniform draws give m / 12.
+    medium = {q for q in questions if int(q) % 3 == 1}
+    later = ids[16:]  # steps 5-12, when every question has been seen
+    share = sum(q in medium for q in later) / len(later)
+    m = len(medium)
+    assert share > 0.85 * m / (m + 0.1 * (12 - m)) and share > m / 12 + 0.25, (m, share)
+
+
 # ---- bad settings -------------------------------------------------------------------------------
 
 
