@@ -31,8 +31,11 @@ from vqa_grpo.data.benchmarks import resolve as resolve_benchmark
 from vqa_grpo.data.prompts import prompt_template
 from vqa_grpo.data.types import VQAExample
 from vqa_grpo.errors import UserError
-from vqa_grpo.evaluation.rephrase_check import check_rephrasings, write_rephrased
-from vqa_grpo.evaluation.robustness import check_robustness, write_perturbed
+from vqa_grpo.evaluation.paired import write_rows
+from vqa_grpo.evaluation.rephrase_check import FILE as REPHRASED_FILE
+from vqa_grpo.evaluation.rephrase_check import check_rephrasings
+from vqa_grpo.evaluation.robustness import FILE as PERTURBED_FILE
+from vqa_grpo.evaluation.robustness import check_robustness
 from vqa_grpo.evaluation.sharded import predict_sharded
 from vqa_grpo.models.loading import LoadedModel, check_images, load_model, resolve_device
 from vqa_grpo.paths import check_folder
@@ -184,8 +187,8 @@ def evaluate(
     if cfg.eval.perturb:  # the same questions on perturbed images (evaluation/robustness.py)
         metrics["robustness"], perturbed = check_robustness(lm, got, cfg, device, dist)
     if out_dir is not None and dist.is_main:
-        write_rephrased(Path(out_dir), rephrased)
-        write_perturbed(Path(out_dir), perturbed)
+        write_rows(Path(out_dir), REPHRASED_FILE, rephrased)
+        write_rows(Path(out_dir), PERTURBED_FILE, perturbed)
         write_outputs(Path(out_dir), got.examples, got.raw, got.predictions, got.scores, metrics)
     dist.barrier()
     return metrics

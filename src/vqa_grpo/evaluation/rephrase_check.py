@@ -21,14 +21,11 @@ predictions_rephrased.jsonl has one row per rephrased question: the original's `
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-from pathlib import Path
 
 import numpy as np
 
 from vqa_grpo.data.rephrase import REWRITES, rephrasings
-from vqa_grpo.evaluation.compare import paired_bootstrap
+from vqa_grpo.evaluation.paired import paired_pass
 
 FILE = "predictions_rephrased.jsonl"
 
@@ -62,30 +59,11 @@ def check_rephrasings(lm, original, cfg, device, dist=None) -> tuple[dict, list[
     out: dict = {"n_questions": len({i for (i, _), _ in answered}), "n_variants": len(answered)}
     for name in [n for n in REWRITES if any(m == n for (_, m), _ in answered)]:  # data/rephrase.py's order
         pairs = [(i, k) for (i, n), k in answered if n == name]
-        out[name] = _per_rewrite(pairs, original.scores, got.scores, shown, cfg.eval.bootstrap_samples)
+        means, difference = paired_pass(pairs, original.scores, got.scores, shown, cfg.eval.bootstrap_samples)
+        kept = [m for m in shown if m in means and m in original.scores]  # the shown metrics only
+        out[name] = {"n": len(pairs), "difference": difference, **{m: means[m] for m in kept}}
     out.update(_consistency(original, [(i, got.predictions[k]) for (i, _), k in answered]))
     return out, rows
-
-
-def _per_rewrite(pairs, before: dict, after: dict, shown: list[str], samples: int) -> dict:
-    """One rewrite's means over its questions and their paired differences to the original wording
-    (rows a user metric left unscored, NaN, are left out of that metric's figures)."""
-    res: dict = {"n": len(pairs), "difference": {}}
-    for m in shown:
-        if m not in after or m not in before:
-            continue
-        a = np.array([before[m][i] for i, _ in pairs])
-        b = np.array([after[m][k] for _, k in pairs])
-        scored = ~(np.isnan(a) | np.isnan(b))
-        res[m] = float(b[~np.isnan(b)].mean()) if (~np.isnan(b)).any() else 0.0
-        if scored.any():
-            test = paired_bootstrap((b - a)[scored][:, None], samples)
-            res["difference"][m] = {
-                "mean": float(test["mean"][0]),
-                "ci95": [float(x) for x in test["ci95"][0]],
-                "p_value": float(test["p_value"][0]),
-            }
-    return res
 
 
 def _consistency(original, answers: list[tuple[int, str]]) -> dict:
@@ -97,20 +75,6 @@ def _consistency(original, answers: list[tuple[int, str]]) -> dict:
     right = [i for i in same if original.scores["vqa_accuracy"][i] == 1.0]
     n = max(1, len(seen))
     return {"consistency": len(same) / n if seen else 0.0, "consistent_and_right": len(right) / n if seen else 0.0}
-
-
-def write_rephrased(out: Path, rows: list[dict] | None) -> None:
-    """predictions_rephrased.jsonl (written beside, then moved over an earlier one); None removes an
-    earlier evaluation's, so that the folder holds one evaluation's files only."""
-    path = out / FILE
-    if rows is None:
-        path.unlink(missing_ok=True)
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / f"{FILE}.tmp").open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    os.replace(out / f"{FILE}.tmp", path)
 
 
 def format_rephrase(r: dict) -> str:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from PIL import Image
 
 from vqa_grpo.data.perturb import label, parse_perturbations, perturb, perturb_seed
 from vqa_grpo.errors import UserError
-from vqa_grpo.evaluation.compare import paired_bootstrap
+from vqa_grpo.evaluation.paired import paired_pass
 
 FILE = "predictions_perturbed.jsonl"
 
@@ -89,47 +88,11 @@ def check_robustness(lm, clean, cfg, device, dist=None) -> tuple[dict, list[dict
     for lab in dict.fromkeys(lab for _, lab in asked):  # in eval.perturb's order
         pairs = [(i, k) for (i, done), k in answered if done == lab]
         tried = sum(1 for _, done in asked if done == lab)
-        out[lab] = _pass(pairs, clean.scores, got.scores if got else {}, shown, cfg.eval.bootstrap_samples)
-        out[lab]["skipped"] = tried - len(pairs)
+        means, difference = paired_pass(
+            pairs, clean.scores, got.scores if got else {}, shown, cfg.eval.bootstrap_samples
+        )
+        out[lab] = {"n": len(pairs), **means, "difference": difference, "skipped": tried - len(pairs)}
     return out, rows
-
-
-def _pass(pairs: list[tuple[int, int]], clean: dict, perturbed: dict, shown: list[str], samples: int) -> dict:
-    """One pass's means over its questions, and for the ``shown`` metrics the paired difference
-    to the clean images (rows a user metric left unscored, NaN, are left out of its figures)."""
-    res: dict = {"n": len(pairs)}
-    for m, v in perturbed.items():
-        b = np.array([v[k] for _, k in pairs], dtype=float)
-        res[m] = float(b[~np.isnan(b)].mean()) if (~np.isnan(b)).any() else 0.0
-    res["difference"] = {}
-    for m in shown:
-        if m not in perturbed or m not in clean:
-            continue
-        a = np.array([clean[m][i] for i, _ in pairs], dtype=float)
-        b = np.array([perturbed[m][k] for _, k in pairs], dtype=float)
-        scored = ~(np.isnan(a) | np.isnan(b))
-        if scored.any():
-            test = paired_bootstrap((b - a)[scored][:, None], samples)
-            res["difference"][m] = {
-                "mean": float(test["mean"][0]),
-                "ci95": [float(x) for x in test["ci95"][0]],
-                "p_value": float(test["p_value"][0]),
-            }
-    return res
-
-
-def write_perturbed(out: Path, rows: list[dict] | None) -> None:
-    """predictions_perturbed.jsonl (written beside, then moved over an earlier one); None removes
-    an earlier evaluation's, so that the folder holds one evaluation's files only."""
-    path = out / FILE
-    if rows is None:
-        path.unlink(missing_ok=True)
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / f"{FILE}.tmp").open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    os.replace(out / f"{FILE}.tmp", path)
 
 
 def load_perturbed(eval_dir: str | Path) -> dict[str, list[dict]] | None:
