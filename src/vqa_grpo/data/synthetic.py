@@ -335,6 +335,34 @@ def allowed_kinds(held_out_pairs: Iterable[_Kind] = ()) -> Kinds:
     return kinds
 
 
+def write_examples(out_dir: Path, examples: list[tuple[_Plan, str, str, dict, list[dict]]], image_size: int) -> Path:
+    """Each example's image (images/<id>.png, ids in order) and data.jsonl, as ``synthesize`` says;
+    an example is ``(plan, answer, answer_type, extra fields, scene objects)``."""
+    width = max(6, len(str(len(examples) - 1)))
+    rows = []
+    for index, (plan, answer, answer_type, extra, objects) in enumerate(examples):
+        example_id = f"{index:0{width}d}"
+        image_path = f"images/{example_id}.png"
+        _draw(objects, image_size).save(out_dir / image_path, format="PNG")
+        row = {
+            "id": example_id,
+            "image": image_path,
+            "question": plan.question,
+            "answer": answer,
+            "answers": [answer],
+            "question_type": plan.question_type,
+            "answer_type": answer_type,
+            **extra,
+            "scene": objects,
+        }
+        rows.append(json.dumps(row) + "\n")
+    path = out_dir / "data.jsonl"
+    tmp = out_dir / "data.jsonl.tmp"
+    tmp.write_text("".join(rows), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
 def synthesize(
     out_dir: str | os.PathLike,
     n: int = 1000,
@@ -361,28 +389,10 @@ def synthesize(
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    width = max(6, len(str(n - 1)))
-    rows = []
-    for index, (family, answer) in enumerate(_schedule(rng, n, unanswerable)):
+    examples = []
+    for family, answer in _schedule(rng, n, unanswerable):
         plan = _FAMILIES[family](rng, answer, kinds)
         answer = UNANSWERABLE if family == UNANSWERABLE else answer
-        objects = _place(rng, plan, image_size)
-        example_id = f"{index:0{width}d}"
-        image_path = f"images/{example_id}.png"
-        _draw(objects, image_size).save(out_dir / image_path, format="PNG")
-        row = {
-            "id": example_id,
-            "image": image_path,
-            "question": plan.question,
-            "answer": answer,
-            "answers": [answer],
-            "question_type": plan.question_type,
-            "answer_type": FAMILY_ANSWER_TYPES.get(family, "other"),
-            "scene": objects,
-        }
-        rows.append(json.dumps(row) + "\n")
-    path = out_dir / "data.jsonl"
-    tmp = out_dir / "data.jsonl.tmp"
-    tmp.write_text("".join(rows), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+        answer_type = FAMILY_ANSWER_TYPES.get(family, "other")
+        examples.append((plan, answer, answer_type, {}, _place(rng, plan, image_size)))
+    return write_examples(out_dir, examples, image_size)

@@ -25,7 +25,6 @@ demo's GRPO and SFT stages only.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -40,12 +39,12 @@ from vqa_grpo.data.synthetic import (
     MIN_IMAGE_SIZE,
     SHAPES,
     Kinds,
-    _draw,
     _family_schedule,
     _others,
     _place,
     _Plan,
     allowed_kinds,
+    write_examples,
 )
 
 HELD_OUT_PAIRS: tuple[tuple[str, str], ...] = (
@@ -152,9 +151,8 @@ def synthesize_shifted(
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    width = max(6, len(str(n - 1)))
-    rows = []
-    for index, (shift, family, answer) in enumerate(_schedule(rng, n)):
+    examples = []
+    for shift, family, answer in _schedule(rng, n):
         if shift == "crowded":
             plan = _crowded(rng, family, answer, kinds)
         elif shift == "pairs":
@@ -162,24 +160,5 @@ def synthesize_shifted(
         else:
             plan = _FAMILIES[family](rng, answer, kinds)
             plan.question = reword(plan.question, rng)
-        objects = _place(rng, plan, image_size)
-        example_id = f"{index:0{width}d}"
-        image_path = f"images/{example_id}.png"
-        _draw(objects, image_size).save(out_dir / image_path, format="PNG")
-        row = {
-            "id": example_id,
-            "image": image_path,
-            "question": plan.question,
-            "answer": answer,
-            "answers": [answer],
-            "question_type": plan.question_type,
-            "answer_type": FAMILY_ANSWER_TYPES[family],
-            "shift": shift,
-            "scene": objects,
-        }
-        rows.append(json.dumps(row) + "\n")
-    path = out_dir / "data.jsonl"
-    tmp = out_dir / "data.jsonl.tmp"
-    tmp.write_text("".join(rows), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+        examples.append((plan, answer, FAMILY_ANSWER_TYPES[family], {"shift": shift}, _place(rng, plan, image_size)))
+    return write_examples(out_dir, examples, image_size)
