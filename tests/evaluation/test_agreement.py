@@ -117,6 +117,8 @@ def test_pairwise(page, tmp_path, capsys):
     assert result["metrics"]["vqa_accuracy"]["accuracy"]["value"] == 0.5
     assert result["metrics"]["semantic"]["accuracy"]["value"] == 1.0
     assert [(m["wins"], m["ties"], m["losses"]) for m in result["models"]] == [(1, 0, 1), (1, 0, 1)]
+    # the evaluations as the user gave them (absolute here: below no working directory), not "../base"
+    assert [m["eval"] for m in result["models"]] == [str(root / "base"), str(root / "grpo")]
 
 
 def test_half_judged_and_a_corrupt_line_are_scored_on_what_is_judged(page, tmp_path, capsys):
@@ -134,7 +136,9 @@ def test_half_judged_and_a_corrupt_line_are_scored_on_what_is_judged(page, tmp_p
     "case, message",
     [
         ("empty", "no judgments in"),
-        ("other page", "is from judge page 0123456789abcdef, not page"),
+        ("other page", "is from judge page 0123456789abcdef (grade), not page"),
+        ("a pairwise page's file", "(pairwise), not page"),
+        ("a pairwise page's file after a grade one", "ada.jsonl line 1 is from judge page"),
         ("unknown question", "question 'nowhere' slot 'A' is not on page"),
         ("no slot", "slot None is not on page"),
         ("no key", "has no key.json: give the --out folder of `vqa-grpo judge`"),
@@ -151,6 +155,19 @@ def test_bad_input_is_one_line(page, tmp_path, capsys, case, message):
         lines = []
     elif case == "other page":
         lines[1]["page"] = "0123456789abcdef"
+    elif case == "a pairwise page's file":  # its labels (A, B, tie) are no grades: the page is named
+        lines = judgments(page, "pairwise", "Ada")
+    elif case == "a pairwise page's file after a grade one":  # on the pairwise page: the grade file
+        extra = [
+            write(tmp_path / "pw.jsonl", judgments(page, "pairwise", "Ada")),
+            "--judge-dir",
+            str(root / "pairwise"),
+        ]
+        path = write(tmp_path / "ada.jsonl", lines)
+        code, out, err = run(capsys, path, *extra)
+        assert code == 2 and out == "" and err.startswith("error: ") and message in err and err.count("\n") == 1
+        assert "(grade), not page" in err and "(pairwise) of" in err
+        return
     elif case == "unknown question":
         lines[2].update(question="nowhere", slot="A")
     elif case == "no slot":

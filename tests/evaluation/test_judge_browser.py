@@ -202,4 +202,7 @@ def test_judge_by_keyboard_and_mouse_reload_export_and_agreement(tmp_path, synth
     # semantic (threshold 0.8) says "close guess" is right too: it agrees on every answer
     assert result["metrics"]["semantic"]["accuracy"]["value"] == 1.0
     assert result["metrics"]["semantic"]["kappa"]["value"] == pytest.approx(1.0)
-    assert {m["eval"]: m["people"] for m in result["models"]} == {"../base": 0.5, "../grpo": 0.5}
+    assert {m["eval"]: m["people"] for m in result["models"]} == {
+        str(tmp_path / "base"): 0.5,
+        str(tmp_path / "grpo"): 0.5,
+    }

@@ -26,6 +26,7 @@ same measures, the first judge in the role of the metric) is the ceiling a metri
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -47,10 +48,37 @@ def load_key(judge_dir: str) -> dict:
         raise UserError(f"--judge-dir {judge_dir} has no {KEY_FILE}: give the --out folder of `vqa-grpo judge`")
     try:
         key = json.loads(path.read_text(encoding="utf-8"))
-        assert isinstance(key, dict) and {"page", "mode", "evals", "questions"} <= set(key)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AssertionError):
-        raise UserError(f"{path} is not a judge key: write the page again with `vqa-grpo judge`") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        key = None
+    if not isinstance(key, dict) or not {"page", "mode", "evals", "questions"} <= set(key):
+        raise UserError(f"{path} is not a judge key: write the page again with `vqa-grpo judge`")
     return key
+
+
+def _judgment(line: str) -> dict | None:
+    """The line as a judgment dict, or None when it is not one (its page is checked apart)."""
+    try:
+        j = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return j if isinstance(j, dict) and isinstance(j.get("page"), str) else None
+
+
+def _is_mark(j: dict, labels: dict) -> bool:
+    return (
+        isinstance(j.get("question"), str)
+        and j.get("label") in labels
+        and isinstance(j.get("judge"), str)
+        and isinstance(j.get("time"), str)
+    )
+
+
+def shown_path(judge_dir: str, rel: str) -> str:
+    """An evaluation of the key as the user knows it: relative to the working directory when it
+    lies below it, else absolute (the key holds it relative to the judge folder)."""
+    path = os.path.abspath(os.path.join(judge_dir, rel))
+    below = os.path.relpath(path)
+    return path if below == ".." or below.startswith(".." + os.sep) else below
 
 
 def read_judgments(paths: list[str], key: dict, judge_dir: str) -> tuple[dict, list[str]]:
@@ -70,18 +98,19 @@ def read_judgments(paths: list[str], key: dict, judge_dir: str) -> tuple[dict, l
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
-            try:
-                j = json.loads(line)
-                assert isinstance(j, dict) and isinstance(j.get("question"), str) and j.get("label") in labels
-                assert isinstance(j.get("judge"), str) and isinstance(j.get("time"), str)
-            except (json.JSONDecodeError, AssertionError):
+            j = _judgment(line)
+            if j is None:
                 bad.append(number)
                 continue
-            if j.get("page") != key["page"]:
+            if j["page"] != key["page"]:  # before the label: another mode's page has other labels
+                mode = f" ({j['mode']})" if isinstance(j.get("mode"), str) else ""
                 raise UserError(
-                    f"{path} line {number} is from judge page {j.get('page')}, not page {key['page']} of "
-                    f"{judge_dir}: give the --judge-dir whose judge.html these were exported from"
+                    f"{path} line {number} is from judge page {j['page']}{mode}, not page {key['page']} "
+                    f"({key['mode']}) of {judge_dir}: give the --judge-dir whose judge.html these were exported from"
                 )
+            if not _is_mark(j, labels):
+                bad.append(number)
+                continue
             slot = j.get("slot") if key["mode"] == "grade" else None
             if j["question"] not in slots or (key["mode"] == "grade" and slot not in slots[j["question"]]):
                 raise UserError(
@@ -193,7 +222,7 @@ def _judges(rows: list[dict], mode: str, samples: int) -> list[dict]:
     return out
 
 
-def _models(key: dict, marks: dict, evals: list, table: dict) -> list[dict]:
+def _models(key: dict, marks: dict, evals: list, table: dict, judge_dir: str) -> list[dict]:
     """Per evaluation: answers judged, the people's mean score (grade) or wins/ties/losses
     (pairwise), and its own VQA accuracy on the same questions."""
     out = []
@@ -212,7 +241,11 @@ def _models(key: dict, marks: dict, evals: list, table: dict) -> list[dict]:
                     else:
                         wins["ties" if label == "tie" else "wins" if label == s["slot"] else "losses"] += 1
         known = [a for a in acc if not np.isnan(a)]
-        row = {"eval": rel, "judged": len(acc), "vqa_accuracy": float(np.mean(known)) if known else None}
+        row = {
+            "eval": shown_path(judge_dir, rel),
+            "judged": len(acc),
+            "vqa_accuracy": float(np.mean(known)) if known else None,
+        }
         row.update({"people": float(np.mean(people)) if people else None} if key["mode"] == "grade" else wins)
         out.append(row)
     return out
@@ -259,7 +292,7 @@ def measure_agreement(
         "thresholds": cuts,
         "metrics": {m: _measure(rows, m, key["mode"], cuts[m], samples) for m in names},
         "per_question_type": per_type,
-        "models": _models(key, marks, evals, table),
+        "models": _models(key, marks, evals, table, judge_dir),
         "judges_agreement": _judges(rows, key["mode"], samples),
         "bootstrap": {"samples": samples, "seed": SEED, "unit": "judgment (judge, answer)"},
     }
