@@ -68,7 +68,7 @@ def test_metrics_hold_each_pass_and_its_paired_difference(evaluated, capsys):
     for p in PASSES:
         mine = [r for r in perturbed if r["perturbation"] == p]
         m = robustness[p]
-        assert (m["n"], m["skipped"]) == (6, 0)
+        assert (m["n"], m["skipped"], m["seed"]) == (6, 0, 0)  # train.seed: the images' seed
         acc = np.array([r["vqa_accuracy"] for r in mine])
         d = acc - np.array([clean[r["id"]]["vqa_accuracy"] for r in mine])
         assert m["vqa_accuracy"] == pytest.approx(acc.mean(), abs=1e-12)
@@ -114,6 +114,35 @@ def test_compare_shows_both_models_robustness(evaluated, capsys):
         f"{rb['rotate:3']['vqa_accuracy']:.4f}",
         f"{ra['rotate:3']['vqa_accuracy']:.4f}",
     ]
+
+
+def test_compare_pairs_no_passes_perturbed_with_another_seed(evaluated, tmp_path, capsys):
+    """Another train.seed perturbs other images: shown, not paired; no seed recorded: said so.
+    The passes come in data/perturb.py's order of names whatever order each run holds them in."""
+    a = evaluated / "a"
+    for name, seed in (("seed7", 7), ("unknown", None)):
+        shutil.copytree(a, tmp_path / name)
+        metrics = json.loads((a / "metrics.json").read_text())
+        rob = metrics["robustness"]
+        for p in rob.values():
+            p.pop("seed") if seed is None else p.update(seed=seed)
+        metrics["robustness"] = dict(reversed(rob.items()))  # rotate:3 first
+        (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
+    capsys.readouterr()
+    assert cli.main(["compare", str(a), str(tmp_path / "seed7"), "--json"]) == 0
+    rob = json.loads(capsys.readouterr().out)["robustness"]
+    assert rob["seeds"] == [0, 7] and list(rob["passes"]) == PASSES
+    assert [d["n_shared"] for p in PASSES for d in rob["passes"][p]["differences"]] == [0, 0]
+    assert cli.main(["compare", str(tmp_path / "seed7"), str(a)]) == 0
+    table = capsys.readouterr().out
+    assert (
+        "robustness not paired: the runs perturbed the images with other seeds (A 7, B 0), so they saw other "
+        "images; evaluate them again with the same train.seed" in table
+    )
+    assert cli.main(["compare", str(tmp_path / "unknown"), str(a)]) == 0
+    table = capsys.readouterr().out
+    assert "perturbation seeds: A not recorded, B 0; the differences assume the runs used the same" in table
+    assert [x.split()[0] for x in table.splitlines() if x.startswith(("gaussian_noise:", "rotate:"))] == PASSES
 
 
 def test_report_draws_accuracy_against_severity(evaluated, tmp_path, capsys):

@@ -12,7 +12,9 @@ their answers. metrics.json's ``robustness`` maps each ``NAME:SEVERITY`` to:
   benchmark metrics, your own);
 * ``difference``: for ``vqa_accuracy`` and the primary metric, {mean, ci95, p_value} of the paired
   difference perturbed - clean over those questions (compare.py's paired bootstrap,
-  eval.bootstrap_samples resamples, seed 0).
+  eval.bootstrap_samples resamples, seed 0);
+* ``seed``: the train.seed the images were perturbed with; ``compare`` pairs two runs' passes
+  only when their seeds are the same (other seeds, other images).
 
 predictions_perturbed.jsonl has one row per question and perturbation: the question's ``id``,
 ``perturbation`` (NAME:SEVERITY), its question, answers and types, ``raw``, ``prediction`` and
@@ -91,7 +93,13 @@ def check_robustness(lm, clean, cfg, device, dist=None) -> tuple[dict, list[dict
         means, difference = paired_pass(
             pairs, clean.scores, got.scores if got else {}, shown, cfg.eval.bootstrap_samples
         )
-        out[lab] = {"n": len(pairs), **means, "difference": difference, "skipped": tried - len(pairs)}
+        out[lab] = {
+            "n": len(pairs),
+            **means,
+            "difference": difference,
+            "skipped": tried - len(pairs),
+            "seed": cfg.train.seed,
+        }
     return out, rows
 
 

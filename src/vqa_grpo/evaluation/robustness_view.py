@@ -16,7 +16,9 @@ def side_by_side(paths: list, metrics: list[dict], names: list[str], shown: list
     """compare's ``robustness``, or None when no run has one: {"metrics": [names], "passes":
     {NAME:SEVERITY: {"n": [per run], metric: [per run], "differences": [one per run after the
     first: {"run", "baseline", "n_shared", metric: {"mean", "ci95", "p_value"} or None}]}},
-    "without": [the runs evaluated without --perturb: then nothing is compared]}.
+    "without": [the runs evaluated without --perturb: then nothing is compared], "seeds": [each
+    run's perturbation seed, None where its metrics.json has none]}. Runs whose recorded seeds
+    differ saw other perturbed images: their passes are shown but not paired (no differences).
 
     The differences pair each run's perturbed answers with the first run's by question id within
     the same NAME:SEVERITY (predictions_perturbed.jsonl; the same train.seed gives both runs the same
@@ -27,9 +29,11 @@ def side_by_side(paths: list, metrics: list[dict], names: list[str], shown: list
     if not any(have):
         return None
     if not all(have):
-        return {"metrics": [], "passes": {}, "without": [n for n, h in zip(names, have) if not h]}
-    rows = [load_perturbed(p) for p in paths]
-    labels = list(dict.fromkeys(lab for p in passes_of for lab in p))
+        return {"metrics": [], "passes": {}, "without": [n for n, h in zip(names, have) if not h], "seeds": []}
+    seeds = [next((x["seed"] for x in p.values() if isinstance(x, dict) and "seed" in x), None) for p in passes_of]
+    known = {s for s in seeds if s is not None}
+    rows = [load_perturbed(p) for p in paths] if len(known) <= 1 else [None] * len(paths)
+    labels = sorted(dict.fromkeys(lab for p in passes_of for lab in p), key=_order)
     shown = [m for m in shown if any(m in (p.get(lab) or {}) for p in passes_of for lab in p)]
     out: dict = {}
     for lab in labels:
@@ -44,7 +48,27 @@ def side_by_side(paths: list, metrics: list[dict], names: list[str], shown: list
                 {"run": name, "baseline": names[0], "n_shared": diff["n_shared"], **{m: overall.get(m) for m in shown}}
             )
         out[lab] = entry
-    return {"metrics": shown, "passes": out, "without": []}
+    return {"metrics": shown, "passes": out, "without": [], "seeds": seeds}
+
+
+def _order(lab: str) -> tuple:
+    """NAME:SEVERITY in data/perturb.py's order of names (others after, by name), then severity."""
+    name, _, level = lab.rpartition(":")
+    rank = PERTURBATIONS.index(name) if name in PERTURBATIONS else len(PERTURBATIONS)
+    return (rank, name, int(level) if level.isdigit() else 0, lab)
+
+
+def _seed_line(seeds: list, letters: list[str]) -> str | None:
+    """A line on the runs' perturbation seeds when they are not one known seed, else None."""
+    if len(set(seeds)) == 1 and seeds[0] is not None:
+        return None
+    said = ", ".join(f"{x} {'not recorded' if s is None else s}" for x, s in zip(letters, seeds))
+    if len({s for s in seeds if s is not None}) > 1:
+        return (
+            f"robustness not paired: the runs perturbed the images with other seeds ({said}), so they saw "
+            "other images; evaluate them again with the same train.seed"
+        )
+    return f"perturbation seeds: {said}; the differences assume the runs used the same train.seed"
 
 
 def format_side_by_side(rob: dict, letters: list[str]) -> str:
@@ -59,6 +83,7 @@ def format_side_by_side(rob: dict, letters: list[str]) -> str:
     lines = [
         "robustness (evaluate --perturb): each run on the perturbed images; the difference is paired over the "
         "question ids both answered under that perturbation",
+        *filter(None, [_seed_line(rob.get("seeds") or [None] * len(letters), letters)]),
         head,
         "-" * len(head),
     ]
