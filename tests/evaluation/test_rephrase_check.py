@@ -7,6 +7,7 @@ import json
 
 from vqa_grpo import cli
 from vqa_grpo.data.rephrase import REWRITES, rephrasings
+from vqa_grpo.evaluation.rephrase_check import format_rephrase
 
 
 def test_evaluate_rephrase_reports_each_rewrite_and_the_consistency(synth_dir, tiny_model_dir, tmp_path, capsys):
@@ -43,3 +44,14 @@ def test_evaluate_rephrase_reports_each_rewrite_and_the_consistency(synth_dir, t
     assert cli.main([*args[:-1], "--overwrite", *quick, "eval.bootstrap_samples=50"]) == 0
     assert not (out / "predictions_rephrased.jsonl").exists()
     assert "rephrase" not in json.loads((out / "metrics.json").read_text())
+
+
+def test_rephrase_lines_carry_the_p_value_as_the_perturbed_ones_do():
+    d = {"mean": -0.25, "ci95": [-0.5, 0.0], "p_value": 0.0784}
+    r = {"n_questions": 4, "n_variants": 6, "consistency": 0.5, "consistent_and_right": 0.25}
+    r["plural"] = {"n": 4, "difference": {"vqa_accuracy": d}, "vqa_accuracy": 0.5}
+    assert format_rephrase(r).splitlines() == [
+        "rephrased: 6 questions from 4 (--rephrase, data/rephrase.py)",
+        "  plural         n     4  vqa_accuracy 0.5000  vs original -0.2500 (95% CI -0.5000, +0.0000, p 0.0784)",
+        "  consistency 0.5000 (same answer under every wording), consistent and right 0.2500",
+    ]

@@ -79,15 +79,17 @@ def _consistency(original, answers: list[tuple[int, str]]) -> dict:
 
 def format_rephrase(r: dict) -> str:
     """metrics.json's ``rephrase`` as lines under evaluate's table: each rewrite's VQA accuracy
-    and its difference to the original wording, then the consistency."""
+    and primary metric, their difference to the original wording with its p-value (as
+    robustness.format_robustness prints the perturbed passes), then the consistency."""
     lines = [f"rephrased: {r['n_variants']} questions from {r['n_questions']} (--rephrase, data/rephrase.py)"]
     for name, m in r.items():
-        if isinstance(m, dict):
-            d = m["difference"].get("vqa_accuracy", {"mean": 0.0, "ci95": [0.0, 0.0]})
+        if not isinstance(m, dict):
+            continue
+        for metric, d in m["difference"].items():
             lo, hi = d["ci95"]
             lines.append(
-                f"  {name:<14} n {m['n']:>5}  vqa_accuracy {m.get('vqa_accuracy', 0.0):.4f}  "
-                f"vs original {d['mean']:+.4f} (95% CI {lo:+.4f}, {hi:+.4f})"
+                f"  {name:<14} n {m['n']:>5}  {metric} {m.get(metric, 0.0):.4f}  "
+                f"vs original {d['mean']:+.4f} (95% CI {lo:+.4f}, {hi:+.4f}, p {d['p_value']:.4f})"
             )
     lines.append(
         f"  consistency {r['consistency']:.4f} (same answer under every wording), "
