@@ -181,3 +181,17 @@ def test_evaluating_again_without_perturb_drops_the_old_passes(evaluated, tiny_m
     capsys.readouterr()
     assert cli.main(["compare", str(evaluated / "a"), str(out)]) == 0
     assert "robustness not compared: eval evaluated without --perturb" in capsys.readouterr().out
+
+
+def test_plot_layout_one_colour_per_run_shared_y_range_panels_in_table_order():
+    from vqa_grpo.evaluation.robustness_view import plot_layout
+
+    flat = {"rotate": ([0, 1], [0.0, 0.0]), "jpeg": ([0, 1], [0.0, 0.0])}
+    after = {"crop": ([0, 1, 2], [0.6, 0.5, 0.4]), "jpeg": ([0, 1], [0.6, 0.5])}
+    assert plot_layout({"before": flat, "after": after}) == (
+        ["jpeg", "crop", "rotate"],
+        {"before": "C0", "after": "C1"},
+        (-0.03, 1.03),
+    )
+    # a metric beyond 0-1: the values' range, padded by 5% of it
+    assert plot_layout({"run": {"jpeg": ([0, 1], [-1.0, 3.0])}})[2] == (-1.2, 3.2)

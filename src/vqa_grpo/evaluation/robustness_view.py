@@ -127,29 +127,47 @@ def curves(metrics: dict, metric: str) -> dict[str, tuple[list[int], list[float]
     return out
 
 
+def plot_layout(drawn: dict[str, dict]) -> tuple[list[str], dict[str, str], tuple[float, float]]:
+    """``(panels, colour per run, y range)`` of plot_robustness for run label -> curves(): the
+    panels in data/perturb.py's order, run k in matplotlib's colour Ck, and the y range 0-1
+    (a little margin) when every value lies in 0-1, else the values' range padded by 5%."""
+    names = sorted(dict.fromkeys(n for c in drawn.values() for n in c), key=lambda n: _order(f"{n}:0"))
+    colour = {label: f"C{i % 10}" for i, label in enumerate(drawn)}
+    values = [y for c in drawn.values() for _, ys in c.values() for y in ys]
+    if not values or (0.0 <= min(values) and max(values) <= 1.0):
+        return names, colour, (-0.03, 1.03)
+    lo, hi = min(values), max(values)
+    pad = 0.05 * (hi - lo) or 0.5
+    return names, colour, (lo - pad, hi + pad)
+
+
 def plot_robustness(runs: dict[str, dict], metric: str) -> bytes:
     """A PNG: one small plot per perturbation, ``metric`` against severity (0: clean), a line per
-    run (label -> metrics.json)."""
+    run (label -> metrics.json). Each run keeps one colour in every panel, named in one legend
+    above them; the panels share the y range, 0 to 1 when every value lies there (accuracies),
+    so that a flat line at 0 looks like one and panels compare at a glance."""
     from matplotlib.figure import Figure  # the Agg canvas, as report.plot_curves
+    from matplotlib.lines import Line2D
 
     drawn = {label: curves(m, metric) for label, m in runs.items()}
-    names = list(dict.fromkeys(n for c in drawn.values() for n in c))
+    names, colour, ylim = plot_layout(drawn)
     cols = min(4, len(names))
     rows = (len(names) + cols - 1) // cols
-    fig = Figure(figsize=(3.0 * cols, 2.6 * rows), dpi=100)
+    fig = Figure(figsize=(3.0 * cols, 2.6 * rows + 0.5), dpi=100)
     for k, name in enumerate(names):
         ax = fig.add_subplot(rows, cols, k + 1)
         for label, c in drawn.items():
             if name in c:
-                ax.plot(*c[name], marker="o", markersize=3, linewidth=1.2, label=label)
+                ax.plot(*c[name], marker="o", markersize=3, linewidth=1.2, color=colour[label])
         ax.set_title(name, fontsize=10)
         ax.set_xticks([0, *SEVERITIES], ["clean", *map(str, SEVERITIES)], fontsize=8)
+        ax.set_ylim(*ylim)
         ax.set_xlabel("severity", fontsize=8)
         ax.set_ylabel(metric, fontsize=8)
         ax.grid(alpha=0.3)
-        if k == 0 and len(drawn) > 1:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
+    handles = [Line2D([], [], color=colour[label], marker="o", markersize=3, linewidth=1.2) for label in drawn]
+    fig.legend(handles, list(drawn), loc="upper center", ncol=max(1, len(drawn)), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
