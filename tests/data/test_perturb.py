@@ -80,11 +80,17 @@ def test_blur_scales_with_size_and_keeps_a_flat_image():
 
 def test_crop_window_follows_the_seed_and_is_resized_back():
     img = gradient(20, 10)
-    # Severity 5 keeps half of each side: a 10x5 window at default_rng(seed)'s two draws.
+    # Severity 5 keeps 0.8 of each side: a 16x8 window at default_rng(seed)'s two draws.
     rng = np.random.default_rng(3)
-    left, top = int(rng.integers(0, 11)), int(rng.integers(0, 6))
-    expected = img.crop((left, top, left + 10, top + 5)).resize((20, 10), Image.Resampling.BICUBIC)
+    left, top = int(rng.integers(0, 5)), int(rng.integers(0, 3))
+    expected = img.crop((left, top, left + 16, top + 8)).resize((20, 10), Image.Resampling.BICUBIC)
     assert perturb(img, "crop", 5, seed=3).tobytes() == expected.tobytes()
+    # Severity 1 keeps 0.96: round(50 * 0.96) = 48, a 48x48 window of a 50 px side
+    rng = np.random.default_rng(5)
+    left, top = int(rng.integers(0, 3)), int(rng.integers(0, 3))
+    img = gradient(50, 50)
+    expected = img.crop((left, top, left + 48, top + 48)).resize((50, 50), Image.Resampling.BICUBIC)
+    assert perturb(img, "crop", 1, seed=5).tobytes() == expected.tobytes()
 
 
 def test_rotate_fills_corners_black_and_keeps_the_centre():

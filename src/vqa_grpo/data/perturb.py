@@ -15,13 +15,19 @@ jpeg            quality 25, 18, 15, 10, 7       encode as JPEG at that quality, 
 brightness      +.1, +.2, +.3, +.4, +.5         raise HSV value by that, clip at 1 (hue and
                                                 saturation kept: each pixel's RGB times (v+c)/v)
 contrast        factor .4, .3, .2, .1, .05      per channel: mean + factor * (x - mean)
-crop            keep .9, .8, .7, .6, .5 of a    a window that keeps that share of the width and
-                side                            of the height, placed at random, resized back
+crop            keep .96, .92, .88, .84, .8 of  a window that keeps that share of the width and
+                a side                          of the height, placed at random, resized back
                                                 (bicubic) to the original size
 rotate          5, 10, 15, 20, 30 degrees       rotate about the centre by that angle, clockwise
                                                 or not at random (bilinear); size kept, the
                                                 corners filled black
 =============== =============================== =================================================
+
+All but two keep the image's content. ``crop`` and ``rotate`` can remove some: the crop cuts
+off the image's borders, the rotation its corners, and an object there is clipped or, rarely,
+gone (on 400 synthetic 112 px images, seed 0: crop clips an object in 16% of images at
+severity 1 and 86% at 5, and leaves one out whole in none at 1-4 and 0.5% at 5). A count or "is there" question can then
+have another answer: a drop under these two mixes robustness with lost information.
 
 The noise, the crop's position and the rotation's direction come from
 ``numpy.random.default_rng(seed)``; the other perturbations ignore the seed. ``perturb_seed``
@@ -45,7 +51,7 @@ PARAMETERS: dict[str, tuple[float, ...]] = {
     "jpeg": (25, 18, 15, 10, 7),
     "brightness": (0.1, 0.2, 0.3, 0.4, 0.5),
     "contrast": (0.4, 0.3, 0.2, 0.1, 0.05),
-    "crop": (0.9, 0.8, 0.7, 0.6, 0.5),
+    "crop": (0.96, 0.92, 0.88, 0.84, 0.8),
     "rotate": (5, 10, 15, 20, 30),
 }
 """Each perturbation's parameter at severities 1..5 (the table in the module's docstring)."""
