@@ -107,9 +107,16 @@ class Browser:
         self.page("Page.reload") if reload else self.page("Page.navigate", url=url)
         self.wait("Page.loadEventFired")
 
-    def key(self, key: str) -> None:
+    def key(self, key: str, repeat: bool = False) -> None:
+        """A key pressed and let go; ``repeat``: the press is an auto-repeat of a held key."""
         for kind in ("keyDown", "keyUp"):
-            self.page("Input.dispatchKeyEvent", type=kind, key=key, **({"text": key} if kind == "keyDown" else {}))
+            more = {"text": key, "autoRepeat": repeat} if kind == "keyDown" else {}
+            self.page("Input.dispatchKeyEvent", type=kind, key=key, **more)
+
+    def name(self, text: str) -> None:
+        """Type ``text`` over the Judge field's value, as a person who selects it and types."""
+        self.js("(function () { var f = document.getElementById('judge-name'); f.focus(); f.select(); })()")
+        self.page("Input.insertText", text=text)
 
     def click(self, selector: str) -> None:
         box = self.js(
@@ -135,6 +142,8 @@ def test_judge_by_keyboard_and_mouse_reload_export_and_agreement(tmp_path, synth
     evals = make_evals(tmp_path, synth_dir)
     assert cli.main(["judge", evals["base"], evals["grpo"], "--data", evals["data"], "--out", str(tmp_path / "p")]) == 0
     key = json.loads((tmp_path / "p" / "key.json").read_text())
+    pairs = ["judge", evals["base"], evals["grpo"], "--data", evals["data"], "--out", str(tmp_path / "pw")]
+    assert cli.main([*pairs, "--mode", "pairwise"]) == 0
     answer = {(q["id"], s["slot"]): s["answer"] for q in key["questions"] for s in q["slots"]}
     downloads = tmp_path / "downloads"
     with tempfile.TemporaryDirectory() as profile:
@@ -153,21 +162,46 @@ def test_judge_by_keyboard_and_mouse_reload_export_and_agreement(tmp_path, synth
             def button(i: int) -> str:  # the button of item i's planned label
                 return f'.item[data-q="{items[i][0]}"][data-slot="{items[i][1]}"] button[data-label="{labels[i]}"]'
 
-            assert browser.js("document.getElementById('progress').textContent") == "0 / 5 judged"
-            # items 0 and 1 by key (each moves on to the next), item 2 by a click; then the name
-            browser.key(KEYS[labels[0]]), browser.key(KEYS[labels[1]])
-            browser.click(button(2))
-            browser.click("#judge-name")
-            browser.page("Input.insertText", text="Ada")
-            browser.open("", reload=True)  # nothing lost
-            assert browser.js("document.getElementById('progress').textContent") == "3 / 5 judged"
-            assert browser.js("document.getElementById('judge-name').value") == "Ada"
-            pressed = browser.js(
-                "Array.prototype.map.call(document.querySelectorAll('.item'), function (e) { "
-                "var b = e.querySelector('button[aria-pressed=true]'); return b && b.dataset.label; })"
+            def progress() -> str:
+                return browser.js("document.getElementById('progress').textContent")
+
+            def pressed() -> list:
+                return browser.js(
+                    "Array.prototype.map.call(document.querySelectorAll('.item'), function (e) { "
+                    "var b = e.querySelector('button[aria-pressed=true]'); return b && b.dataset.label; })"
+                )
+
+            assert progress() == "0 / 5 judged"
+            # the mark buttons stand at one place whatever the answer's length
+            lefts = browser.js(
+                "Array.prototype.map.call(document.querySelectorAll('.item'), "
+                "function (e) { return e.querySelector('button').getBoundingClientRect().left; })"
             )
-            assert pressed == labels[:3] + [None, None]
-            browser.key("n")  # to the first item not judged (3), then by key; 4 by a click
+            assert len(set(lefts)) == 1
+            # no name yet: a key marks nothing and asks for one
+            browser.key(KEYS[labels[0]])
+            assert progress() == "0 / 5 judged"
+            assert browser.js("document.getElementById('status').textContent").startswith("enter your name")
+            browser.name("Ada")
+            # item 0 by a click, 1 and 2 by key (each moves on to the next); a held key's repeat marks nothing
+            browser.click(button(0))
+            browser.key("j"), browser.key(KEYS[labels[1]]), browser.key(KEYS[labels[2]])
+            browser.key(KEYS[labels[3]], repeat=True)
+            assert progress() == "3 / 5 judged"
+            browser.open("", reload=True)  # nothing lost, and back at the answer Ada was on (3)
+            assert progress() == "3 / 5 judged"
+            assert browser.js("document.getElementById('judge-name').value") == "Ada"
+            assert pressed() == labels[:3] + [None, None]
+            at = "Array.prototype.indexOf.call(document.querySelectorAll('.item'), document.{})"
+            assert browser.js(at.format("activeElement")) == 3
+            assert browser.js(at.format("querySelector('.item.current')")) == 3
+            # another name in the same browser: that person's own marks (none), not Ada's; Ada's come back
+            browser.name("Bob")
+            assert (progress(), pressed()) == ("0 / 5 judged", [None] * 5)
+            browser.name("Ada")
+            assert (progress(), pressed()) == ("3 / 5 judged", labels[:3] + [None, None])
+            browser.click(button(3).rsplit(" ", 1)[0] + " .answer")  # back on item 3 (out of the field)
+            browser.key("k"), browser.key("n")  # up to 2, then the next not judged (3); 3 by key, 4 by a click
             browser.key(KEYS[labels[3]])
             browser.click(button(4))
             assert browser.js("document.getElementById('progress').textContent") == "5 / 5 judged"
@@ -176,6 +210,13 @@ def test_judge_by_keyboard_and_mouse_reload_export_and_agreement(tmp_path, synth
             while done["state"] == "inProgress":
                 done = browser.wait("Browser.downloadProgress")
             assert done["state"] == "completed"
+            # the pairwise page: A and B take half the width each, whatever their lengths
+            browser.open((tmp_path / "pw" / "judge.html").as_uri())
+            widths = browser.js(
+                "Array.prototype.map.call(document.querySelectorAll('.sides'), function (s) { return "
+                "Array.prototype.map.call(s.children, function (c) { return c.getBoundingClientRect().width; }); })"
+            )
+            assert len(widths) == 2 and all(len(w) == 2 and w[0] == w[1] > 200 for w in widths)
             problems = [e for e in browser.events if e.get("method") in ("Runtime.exceptionThrown", "Log.entryAdded")]
             assert problems == []
         finally:

@@ -1,11 +1,16 @@
 """The judge page (judge.py gathers what it shows): the questions as HTML, and the inline style and
 script that record the marks.
 
-The script keeps ``{"judge": name, "marks": {'["<question id>","<slot>"]': {"label", "time"}}}`` in
-localStorage under ``vqa-grpo-judge:<page id>``, so a reload keeps every mark and two pages never
-mix. Export writes one JSON line per mark, in page order: {"page", "mode", "question", "slot",
-"label", "judge", "time"}: grade mode's label is right, partly or wrong for that slot's answer;
-pairwise mode's slot is null and its label A, B or tie. ``time`` is when the mark was made (ISO
+The marks are kept per page and per judge name, so that two people in one browser never see or
+export each other's: localStorage's ``vqa-grpo-judge:<page id>`` holds ``{"judge": the name last
+entered}`` and ``vqa-grpo-judge:<page id>:judge:<name>`` that judge's ``{"marks":
+{'["<question id>","<slot>"]': {"label", "time"}}, "focus": the key of the answer last in focus}``.
+Nothing is marked before a name is entered; another name shows that person's own marks; a reload
+keeps every mark and returns to the answer last in focus (else the first not judged). A held
+key marks once (repeats are ignored). Export writes one JSON line per mark of the judge named, in
+page order: {"page", "mode", "question", "slot", "label", "judge", "time"}: grade mode's label is
+right, partly or wrong for that slot's answer; pairwise mode's slot is null and its label A, B or
+tie. ``time`` is when the mark was made (ISO
 8601, UTC); ``judge`` is the name in the Judge field at export.
 """
 
@@ -92,8 +97,9 @@ def judge_page(items: list[dict], thumbs: dict[str, str], pid: str, mode: str, n
 <h1>vqa-grpo judge <span class=note>page {pid}</span></h1>
 <p>{task}</p>
 <p>Keys: {keys}; <kbd>j</kbd> or <kbd>\u2193</kbd> next, <kbd>k</kbd> or <kbd>\u2191</kbd> previous,
-<kbd>n</kbd> next not judged. A click on a button marks too. Marks are kept in this browser
-(localStorage) for this page: a reload loses nothing. Export saves them as a JSONL file for
+<kbd>n</kbd> next not judged. A click on a button marks too. Enter your name first: marks are
+kept in this browser (localStorage) for this page and this name, so a reload loses nothing and
+another name shows that person's own marks, not yours. Export saves yours as a JSONL file for
 <code>vqa-grpo agreement</code>.</p>
 {note_html}
 </header>
@@ -114,13 +120,15 @@ body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 1000px; co
 h1 { font-size: 1.3em; } kbd { border: 1px solid #bbb; border-radius: 3px; padding: 0 0.3em; font-size: 0.85em; }
 .bar { margin: 0; display: flex; gap: 1em; align-items: center; flex-wrap: wrap; } #progress { font-weight: bold; }
 .question { display: flex; gap: 1em; border-bottom: 1px solid #eee; padding: 1em 0; }
-.figure img { width: 240px; height: auto; border: 1px solid #eee; }
+.text { flex: 1; min-width: 0; } .figure img { width: 240px; height: auto; border: 1px solid #eee; }
 .asked { font-size: 1.15em; font-weight: bold; } .refs, .note { color: #666; }
 .answers { list-style: none; padding: 0; }
-.item { display: flex; gap: 0.8em; align-items: center; padding: 0.3em 0.5em; border: 2px solid transparent; }
+.item { display: grid; grid-template-columns: 2.5em minmax(0, 1fr) auto; gap: 0.8em; align-items: center;
+  padding: 0.3em 0.5em; border: 2px solid transparent; }
 .item.current { border-color: #1565c0; background: #f3f8ff; } .item.done .answer { color: #555; }
-.pair { flex-direction: column; align-items: flex-start; } .sides { display: flex; gap: 2em; }
-.slot { font-weight: bold; color: #1565c0; margin-right: 0.5em; } .answer { min-width: 10em; }
+.pair { grid-template-columns: minmax(0, 1fr); } .sides { display: grid; grid-template-columns: 1fr 1fr; gap: 2em; }
+.side { display: flex; align-items: center; min-width: 0; }
+.slot { font-weight: bold; color: #1565c0; margin-right: 0.5em; } .answer { overflow-wrap: anywhere; }
 button[aria-pressed=true] { font-weight: bold; background: #1565c0; color: #fff; }
 """
 
@@ -130,24 +138,30 @@ _SCRIPT = """
   "use strict";
   var root = document.getElementById("judge");
   var page = root.getAttribute("data-page"), mode = root.getAttribute("data-mode");
-  var storeKey = "vqa-grpo-judge:" + page;
+  var rootKey = "vqa-grpo-judge:" + page;
   var items = Array.prototype.slice.call(document.querySelectorAll(".item"));
   var nameField = document.getElementById("judge-name");
   var statusLine = document.getElementById("status");
   var keys = mode === "grade" ? {"1": "right", "2": "partly", "3": "wrong"} : {"a": "A", "b": "B", "t": "tie"};
-  var state = load(), current = 0;
+  var judge = "", state = {marks: {}, focus: null}, current = 0;
 
-  function load() {
+  function read(key) {
     try {
-      var saved = JSON.parse(window.localStorage.getItem(storeKey) || "null");
-      if (saved && typeof saved.marks === "object" && saved.marks !== null) { return saved; }
-    } catch (err) { /* unreadable: start afresh */ }
-    return {judge: "", marks: {}};
+      var value = JSON.parse(window.localStorage.getItem(key) || "null");
+      return value && typeof value === "object" ? value : null;
+    } catch (err) { return null; }  // unreadable: start afresh
   }
-  function save() {
-    try { window.localStorage.setItem(storeKey, JSON.stringify(state)); }
+  function write(key, value) {
+    try { window.localStorage.setItem(key, JSON.stringify(value)); }
     catch (err) { say("this browser would not keep the marks (" + err.name + "): export them now"); }
   }
+  function judgeKey(name) { return rootKey + ":judge:" + name; }
+  function loadJudge(name) {
+    var saved = name ? read(judgeKey(name)) : null;
+    var marks = saved && typeof saved.marks === "object" && saved.marks !== null ? saved.marks : {};
+    return {marks: marks, focus: saved && typeof saved.focus === "string" ? saved.focus : null};
+  }
+  function save() { if (judge) { write(judgeKey(judge), state); } }
   function say(text) { statusLine.textContent = text; }
   function keyOf(item) { return JSON.stringify([item.getAttribute("data-q"), item.getAttribute("data-slot")]); }
   function show(item) {
@@ -161,16 +175,38 @@ _SCRIPT = """
     var done = items.filter(function (item) { return state.marks[keyOf(item)]; }).length;
     document.getElementById("progress").textContent = done + " / " + items.length + " judged";
   }
-  function focusItem(i, scroll) {
+  function focusItem(i, scroll, take) {
     if (!items.length) { return; }
     current = Math.max(0, Math.min(items.length - 1, i));
     items.forEach(function (item, j) { item.classList.toggle("current", j === current); });
-    items[current].focus({preventScroll: true});
+    if (take !== false) { items[current].focus({preventScroll: true}); }
     if (scroll) { items[current].scrollIntoView({block: "center"}); }
+    if (state.focus !== keyOf(items[current])) { state.focus = keyOf(items[current]); save(); }
+  }
+  function firstOpen() {
+    for (var j = 0; j < items.length; j++) { if (!state.marks[keyOf(items[j])]) { return j; } }
+    return 0;
+  }
+  function startAt() {  // where this judge was, else the first answer not judged
+    for (var j = 0; j < items.length; j++) { if (keyOf(items[j]) === state.focus) { return j; } }
+    return firstOpen();
+  }
+  function switchTo(value, take) {  // each name has its own marks
+    judge = value.trim();
+    state = loadJudge(judge);
+    write(rootKey, {judge: value});
+    items.forEach(show); progress();
+    focusItem(startAt(), state.focus !== null, take);  // scrolled to only where this judge was
   }
   function mark(i, label) {
+    if (!judge) {
+      say("enter your name in the Judge field first: the marks are kept per name");
+      nameField.focus();
+      return false;
+    }
     state.marks[keyOf(items[i])] = {label: label, time: new Date().toISOString()};
     save(); show(items[i]); progress();
+    return true;
   }
   function nextOpen() {
     for (var step = 1; step <= items.length; step++) {
@@ -180,7 +216,6 @@ _SCRIPT = """
     return current;
   }
   function exportMarks() {
-    var judge = nameField.value.trim();
     if (!judge) { say("enter your name in the Judge field first"); nameField.focus(); return; }
     var lines = [];
     items.forEach(function (item) {
@@ -203,27 +238,32 @@ _SCRIPT = """
   }
 
   items.forEach(function (item, i) {
-    show(item);
     item.addEventListener("click", function (event) {
       var button = event.target.closest ? event.target.closest("button[data-label]") : null;
-      if (button) { mark(i, button.getAttribute("data-label")); }
+      if (button && !mark(i, button.getAttribute("data-label"))) { return; }
       focusItem(i, false);
     });
   });
-  nameField.value = state.judge || "";
-  nameField.addEventListener("input", function () { state.judge = nameField.value; save(); });
+  nameField.addEventListener("input", function () { switchTo(nameField.value, false); });
   document.getElementById("export").addEventListener("click", exportMarks);
   document.addEventListener("keydown", function (event) {
     if (event.target === nameField || event.ctrlKey || event.metaKey || event.altKey) { return; }
     var k = event.key.length === 1 ? event.key.toLowerCase() : event.key;
-    if (keys.hasOwnProperty(k)) { mark(current, keys[k]); focusItem(current + 1, true); }
+    if (keys.hasOwnProperty(k)) {
+      if (!event.repeat && mark(current, keys[k])) { focusItem(current + 1, true); }  // a held key marks once
+    }
     else if (k === "j" || k === "ArrowDown") { focusItem(current + 1, true); }
     else if (k === "k" || k === "ArrowUp") { focusItem(current - 1, true); }
     else if (k === "n") { focusItem(nextOpen(), true); }
     else { return; }
     event.preventDefault();
   });
-  progress();
-  focusItem(0, false);
+  var saved = read(rootKey) || {};
+  var name = typeof saved.judge === "string" ? saved.judge : "";
+  if (saved.marks && name.trim() && !read(judgeKey(name.trim()))) {  // kept by an earlier page: one judge's
+    write(judgeKey(name.trim()), {marks: saved.marks, focus: null});
+  }
+  nameField.value = name;
+  switchTo(name, true);
 })();
 """
