@@ -17,8 +17,9 @@ What is asked: the question ids every evaluation answered (an id answered twice:
 text (``prediction``, stripped) are shown once as one slot and judged once; the key maps that slot
 to every evaluation that gave it. Pairwise mode: a question whose two answers are the same text has
 nothing to judge and is not drawn. Each question's slots are shuffled with the same seeded
-generator, so the same inputs and seed give the same bytes. The page id is a hash of everything
-shown and of the key, so judgments exported from another page are recognised as such.
+generator, so the same inputs and seed give the same bytes. The page id is a hash of the mode, the
+seed, everything shown and each slot's evaluations by their place in the command line (not their
+paths), so judgments exported from another page are recognised as such.
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ def build_items(by_eval: list[dict[str, dict]], mode: str, n: int, seed: int) ->
 
 
 def page_id(mode: str, seed: int, items: list[dict]) -> str:
-    """16 hex digits of the SHA-256 of what the page shows and of the key (not of the paths)."""
+    """16 hex digits of the SHA-256 of the mode, the seed and the items: what the page shows and
+    each slot's evaluations by index (the key's questions); the evaluations' paths are not in it."""
     blob = json.dumps({"mode": mode, "seed": seed, "items": items}, sort_keys=True, ensure_ascii=True)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
