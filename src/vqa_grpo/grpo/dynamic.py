@@ -1,17 +1,19 @@
 """DAPO's dynamic sampling (Yu et al., 2025, "DAPO", section 3.2): keep only the groups that carry
 an advantage, and pack the kept ones into the step's micro-batches.
 
-A group is kept when its G rewards are not all equal (std > 0) and its mean reward, divided by the
-sum of the reward weights (``reward_scale``: the weighted mean score, in [0, 1] when every
-component scores in [0, 1]), lies in [filter_low, filter_high]. With the bounds at 0 and 1 only
-the zero-std rule acts. The filter and the packing are pure; ``take_groups`` builds one micro-batch's
-rollout from groups of several sampled rollouts, encoding their prompts again (the family's
-adapter owns the prompt tensors' layout), with the advantages recomputed on the packed batch as a
-plain rollout of those questions computes them.
+A group is kept when its G rewards are not all equal (std > 0) and its mean reward, scaled by the
+reward's range to (mean - least) / (greatest - least) (rewards/registry.py ``reward_range``, the
+same scale as prioritised sampling's difficulty), lies in [filter_low, filter_high]. With the
+bounds at 0 and 1 only the equal-rewards rule acts: no group with a spread is dropped. The filter
+and the packing are pure; ``take_groups`` builds one micro-batch's rollout from groups of several
+sampled rollouts, encoding their prompts again (the family's adapter owns the prompt tensors'
+layout), with the advantages recomputed on the packed batch as a plain rollout of those questions
+computes them.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -20,19 +22,17 @@ from vqa_grpo.grpo.math import group_advantages
 from vqa_grpo.grpo.rollout import Rollout
 
 
-def reward_scale(reward) -> float:
-    """The largest total reward when every component scores 1: the sum of the weights (1.0 each
-    when ``reward.weights`` is null, one component when ``reward.components`` is null)."""
-    if reward.weights:
-        return float(sum(reward.weights))
-    return float(len(reward.components or [None]))
-
-
-def keep_groups(rewards: torch.Tensor, group_size: int, low: float, high: float, scale: float = 1.0) -> list[bool]:
-    """Per group of ``rewards`` [B*G]: std > 0 and low <= mean / scale <= high."""
+def keep_groups(
+    rewards: torch.Tensor, group_size: int, low: float, high: float, bounds: tuple[float, float] = (0.0, 1.0)
+) -> list[bool]:
+    """Per group of ``rewards`` [B*G]: std > 0 and low <= (mean - least) / (greatest - least) <=
+    high, ``bounds`` being (least, greatest) total reward; (low, high) = (0, 1) checks no mean."""
     r = rewards.double().view(-1, group_size)  # [B, G]
-    mean = r.mean(dim=1) / scale
     spread = r.max(dim=1).values > r.min(dim=1).values  # std > 0, without a rounding residue
+    if (low, high) == (0.0, 1.0):
+        return spread.tolist()
+    least, greatest = bounds
+    mean = (r.mean(dim=1) - least) / (greatest - least) if greatest > least else torch.full_like(r[:, 0], 0.5)
     return (spread & (mean >= low) & (mean <= high)).tolist()
 
 
@@ -101,7 +101,11 @@ def take_groups(
         return [x for i, b in picks for x in getattr(rollouts[i], name)[b * G : (b + 1) * G]]
 
     rewards = stacked(lambda r: r.rewards)
-    completions = listed("completions")
+    bad_rows = listed("bad_input_rows")
+    seconds: dict[str, float] = {}
+    for i in dict.fromkeys(i for i, _ in picks):  # each sampled rollout's reward time once
+        for name, t in rollouts[i].reward_seconds.items():
+            seconds[name] = seconds.get(name, 0.0) + t
     return replace(
         first,
         examples=examples,
@@ -112,11 +116,14 @@ def take_groups(
         truncated=stacked(lambda r: r.truncated),
         temperatures=stacked(lambda r: r.temperatures),
         answers=listed("answers"),
-        completions=completions,
+        completions=listed("completions"),
         rewards=rewards,
         reward_parts={k: stacked(lambda r, k=k: r.reward_parts[k]) for k in first.reward_parts},
         advantages=group_advantages(rewards, G, scale=scale).to(device),
-        bad_reward_inputs=sum(not c.strip() for c in completions),  # the empty ones
+        bad_reward_inputs=sum(bad_rows),
+        bad_input_rows=bad_rows,
+        augmented=listed("augmented"),
+        reward_seconds=seconds,
         old_logprobs=None,
         ref_logprobs=None,
         is_weights=None,
@@ -140,14 +147,18 @@ class Filled:
     stats: dict
 
 
-def fill_step(draw, finish, grpo, scale: float, per_micro: int, micro_batches: int, dist, repack) -> Filled:
-    """Sample ``micro_batches`` draws (``draw()``: the next questions' rollout), drop the groups
-    ``keep_groups`` refuses, and draw again while any process is still short of per_micro x
-    micro_batches kept groups, at most grpo.max_resample_rounds times: the ranks decide each extra
-    draw together (``dist.any``), since sampling may be a collective and every rank must run as many
-    passes. Kept groups beyond the need (from the last draw) are dropped and counted as surplus.
-    ``repack(rollouts, picks)`` builds a micro-batch (``take_groups``); ``finish`` adds the old and
-    reference log-probs to each packed rollout."""
+def fill_step(
+    draw, finish, grpo, bounds: tuple[float, float], per_micro: int, micro_batches: int, dist, repack
+) -> Filled:
+    """Sample ``micro_batches`` draws (``draw()``: the next questions' rollout, one micro-batch of
+    per_micro questions), drop the groups ``keep_groups`` refuses (``bounds``: the reward's range),
+    then resample in rounds while any process is still short of per_micro x micro_batches kept
+    groups, at most grpo.max_resample_rounds rounds. A round draws ceil(missing / per_micro)
+    micro-batches, the most any process lacks (``dist.max``), on every process, since sampling may
+    be a collective and every rank must run as many passes; so a round refills the whole step,
+    whatever the accumulation. Kept groups beyond the need (from the last round) are dropped and
+    counted as surplus. ``repack(rollouts, picks)`` builds a micro-batch (``take_groups``);
+    ``finish`` adds the old and reference log-probs to each packed rollout."""
     need = per_micro * micro_batches
     sampled: list[Rollout] = []
     kept: list[tuple[int, int]] = []
@@ -160,15 +171,19 @@ def fill_step(draw, finish, grpo, scale: float, per_micro: int, micro_batches: i
         i = len(sampled)
         sampled.append(ro)
         zero += zero_std_groups(ro.rewards, ro.group_size)
-        for b, ok in enumerate(keep_groups(ro.rewards, ro.group_size, grpo.filter_low, grpo.filter_high, scale)):
+        for b, ok in enumerate(keep_groups(ro.rewards, ro.group_size, grpo.filter_low, grpo.filter_high, bounds)):
             (kept if ok else dropped).append((i, b))
 
     for _ in range(micro_batches):
         sample()
-    draws = 0
-    while draws < grpo.max_resample_rounds and dist.any(len(kept) < need):
-        sample()
-        draws += 1
+    rounds = 0
+    while rounds < grpo.max_resample_rounds:
+        lacking = round(dist.max(math.ceil(max(0, need - len(kept)) / per_micro)))
+        if lacking == 0:
+            break
+        for _ in range(lacking):
+            sample()
+        rounds += 1
     kept_all = round(dist.sum(min(len(kept), need)))
     packing = pack(kept, dropped, per_micro, micro_batches, kept_all, dist.world)
     rollouts = []
@@ -178,12 +193,13 @@ def fill_step(draw, finish, grpo, scale: float, per_micro: int, micro_batches: i
         rollouts.append(finish(sampled[i] if whole else repack(sampled, picks)))
     groups = sum(len(ro.examples) for ro in sampled)
     groups_all = groups * dist.world  # every process draws as often
-    stats = {
+    stats = {  # counts as floats, as the mean over processes makes them under several
         "frac_reward_zero_std": zero / groups,
-        "dynamic/draws": draws,
-        "dynamic/groups_sampled": groups_all,
-        "dynamic/groups_kept": kept_all,
-        "dynamic/groups_surplus": round(dist.sum(packing.surplus)),
+        "dynamic/draws": float(rounds),
+        "dynamic/micro_batches_drawn": float(len(sampled)),
+        "dynamic/groups_sampled": float(groups_all),
+        "dynamic/groups_kept": float(kept_all),
+        "dynamic/groups_surplus": float(round(dist.sum(packing.surplus))),
         "dynamic/completions_per_kept_group": grpo.num_generations * groups_all / max(kept_all, 1),
         "dynamic/short": float(kept_all < dist.world * need),
     }

@@ -93,6 +93,20 @@ def reward_weights(cfg: Any) -> list[float]:
     return [1.0] * len(reward_components(cfg)) if weights is None else [float(w) for w in weights]
 
 
+SIGNED_COMPONENTS = ("abstention",)
+"""Reward components scored in [-1, 1] (rewards/abstention.py); every other one, a user's function
+included, is taken to score in [0, 1]."""
+
+
+def reward_range(cfg: Any) -> tuple[float, float]:
+    """The least and greatest total reward of ``cfg`` (a RewardConfig): the sum over components of
+    weight x the component's range. Dynamic sampling's filter bounds and prioritised sampling's
+    difficulty both scale a mean reward by it: (mean - least) / (greatest - least)."""
+    components, weights = reward_components(cfg), reward_weights(cfg)
+    low = -sum(w for c, w in zip(components, weights) if c in SIGNED_COMPONENTS)
+    return float(low), float(sum(weights))
+
+
 def reward_settings(cfg: Any) -> Any:
     """A run's ``cfg.reward`` with ``vqa_convention`` (from ``cfg.eval``) attached, so that the
     vqa_accuracy reward follows eval.vqa_convention as the metric does (a copy; the config is kept)."""

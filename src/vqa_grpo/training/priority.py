@@ -17,21 +17,18 @@ none falls below floor / N.
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Callable, Sequence
 
 import torch
 
-from vqa_grpo.rewards.registry import reward_components, reward_weights
-
-SIGNED_COMPONENTS = ("abstention",)
-"""Reward components scored in [-1, 1] (rewards/abstention.py); every other one, a user's function
-included, is taken to score in [0, 1] (a mean outside the range is clamped)."""
+from vqa_grpo.rewards import registry
 
 
 def reward_range(components: Sequence[str], weights: Sequence[float]) -> tuple[float, float]:
-    """The least and greatest total reward: sum of weight x each component's range."""
-    low = -sum(w for c, w in zip(components, weights) if c in SIGNED_COMPONENTS)
-    return float(low), float(sum(weights))
+    """The least and greatest total reward (rewards/registry.py reward_range, which both dynamic and
+    prioritised sampling use) of these components and weights."""
+    return registry.reward_range(SimpleNamespace(components=list(components), weights=list(weights)))
 
 
 def difficulty(mean_reward: torch.Tensor, low: float, high: float) -> torch.Tensor:
@@ -85,7 +82,7 @@ class Priorities:
     def for_run(cls, cfg, ids: Sequence[str], gather: Callable[[list], list] | None = None) -> "Priorities":
         """The run's settings: grpo.priority_floor and priority_decay, the reward's range from
         reward.components and reward.weights, train.seed."""
-        low, high = reward_range(reward_components(cfg.reward), reward_weights(cfg.reward))
+        low, high = registry.reward_range(cfg.reward)
         g = cfg.grpo
         return cls(ids, g.priority_floor, g.priority_decay, low, high, cfg.train.seed, gather)
 
