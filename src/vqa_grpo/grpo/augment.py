@@ -66,6 +66,13 @@ def augment_batch(grpo: GRPOConfig, seed: int, step: int, max_steps: int, exampl
     return Augmented(out, [label(*p) for p in picked], count)
 
 
+def augmented_rows(augmented: Augmented | None, B: int, G: int) -> list[str | None]:
+    """[B * G] each row's perturbation (None: sampled on the clean image), group after group."""
+    k = 0 if augmented is None else augmented.count
+    labels = augmented.labels if augmented is not None else [None] * B
+    return [labels[b] if j >= G - k else None for b in range(B) for j in range(G)]
+
+
 def sample_augmented(
     model, adapter, processor, prompts, augmented: Augmented, asked: list[str], grpo, temps, top_ps, device, plan
 ) -> tuple[Completions, torch.Tensor]:

@@ -23,7 +23,7 @@ from transformers import LogitsProcessorList
 from vqa_grpo.config import GRPOConfig, RewardConfig
 from vqa_grpo.data.prompts import prompt_template, user_texts
 from vqa_grpo.data.types import VQAExample
-from vqa_grpo.grpo.augment import Augmented, sample_augmented
+from vqa_grpo.grpo.augment import Augmented, augmented_rows, sample_augmented
 from vqa_grpo.grpo.math import group_advantages
 from vqa_grpo.grpo.plan import choose_plan
 from vqa_grpo.grpo.sampling import RowwiseTemperatureTopP, row_sampling_params, sampling_logprobs
@@ -32,6 +32,7 @@ from vqa_grpo.models.adapters import FamilyAdapter, PromptBatch
 from vqa_grpo.models.generation import Completions, decode, generate
 from vqa_grpo.models.plan import PLAIN, ForwardPlan
 from vqa_grpo.rewards import clean_answer, compute_rewards
+from vqa_grpo.rewards.inputs import bad_input_counts
 
 
 @dataclass
@@ -59,6 +60,8 @@ class Rollout:
     reward_seconds: dict[str, float] = field(default_factory=dict)  # each user reward function's wall time
     completions: list[str] = field(default_factory=list)  # [R] decoded completions, as the model wrote them
     images: list = field(default_factory=list)  # [B] the images its prompts encode (dynamic sampling re-packs them)
+    bad_input_rows: list[int] = field(default_factory=list)  # [R] bad inputs per row (sum: bad_reward_inputs)
+    augmented: list[str | None] = field(default_factory=list)  # [R] NAME:SEVERITY a row was sampled on, or None
 
     @property
     def shared_prefix(self) -> bool:
@@ -214,6 +217,8 @@ def make_rollout_and_prefill(
         reward_seconds=scored.seconds,
         completions=texts,
         images=list(images),
+        bad_input_rows=bad_input_counts(texts, [e.answers for e in rep_examples]),
+        augmented=augmented_rows(augmented, len(examples), G),
     )
     return rollout, prefix
 

@@ -67,3 +67,15 @@ def checked(where: str, prediction: Any, answers: Any) -> tuple[str, list[str]]:
     pred, refs = as_text(prediction, "prediction", bad), as_references(answers, bad)
     warn_bad(where, bad)
     return pred, refs
+
+
+def bad_input_counts(predictions: list[Any], answers: list[Any]) -> list[int]:
+    """How many bad inputs each (prediction, references) pair holds, as compute_rewards counts
+    them (its ``bad_inputs`` is their sum); nothing is logged."""
+    out = []
+    for p, a in zip(predictions, answers):
+        bad: Counter = Counter()
+        as_text(p, "prediction", bad)
+        as_references(a, bad)
+        out.append(sum(bad.values()))
+    return out

@@ -20,9 +20,12 @@ class Batches:
     plain batch.
 
     With ``priorities`` (grpo.prioritized_sampling; training/priority.py) the order is not a
-    permutation: each question of a global batch is drawn from the priority distribution over the
-    questions not yet in that batch whose image decodes (with replacement across batches; within
-    a batch only once the batch holds every such question), and ``observe`` feeds the rewards back.
+    permutation: each question is drawn from the priority distribution over the questions whose
+    image decodes and that the current optimiser step has not drawn yet (``next(same_step=True)``
+    continues a step's draws, its micro-batches and dynamic sampling's extra ones; with
+    replacement across steps, within a step only once it holds every such question), and
+    ``observe`` feeds the rewards back. Checkpoints fall between steps, so the step's drawn set
+    needs no resume state.
     """
 
     def __init__(
@@ -39,6 +42,7 @@ class Batches:
         self.epoch, self.pos, self.skipped = 0, 0, 0
         self.bad: dict[str, dict[str, str]] = {}
         self.priorities = priorities
+        self._taken = torch.zeros(len(examples), dtype=torch.bool)  # drawn by priority in this step
         self._order = self._permutation()
 
     def _permutation(self) -> list[int]:
@@ -59,11 +63,11 @@ class Batches:
 
     def _by_priority(self, priorities: Priorities) -> Callable[[], int]:
         """The next question of one global batch drawn by priority (each batch its own generator)."""
-        g, taken = priorities.generator(), torch.zeros(len(self.examples), dtype=torch.bool)
+        g, taken = priorities.generator(), self._taken
 
         def draw() -> int:
             i = priorities.pick(g, taken | self._bad_mask(priorities))
-            if i is None and taken.any():  # the batch holds every question: repeats from here on
+            if i is None and taken.any():  # the step holds every question: repeats from here on
                 taken.zero_()
                 i = priorities.pick(g, self._bad_mask(priorities))
             if i is None:
@@ -80,8 +84,11 @@ class Batches:
             mask[priorities.index[q]] = True
         return mask
 
-    def next(self) -> tuple[list[VQAExample], list]:
-        """This process's examples of the next global batch, with their decoded images."""
+    def next(self, same_step: bool = False) -> tuple[list[VQAExample], list]:
+        """This process's examples of the next global batch, with their decoded images;
+        ``same_step``: of the optimiser step the last call drew for (no question again by priority)."""
+        if not same_step:
+            self._taken.zero_()
         chunk, images = [], []
         draw = self._in_order() if self.priorities is None else self._by_priority(self.priorities)
         while len(chunk) < self.batch_size * self.world:

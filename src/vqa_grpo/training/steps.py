@@ -28,7 +28,7 @@ from vqa_grpo.models.loading import LoadedModel
 from vqa_grpo.models.plan import ForwardPlan
 from vqa_grpo.models.prefix import Prefix
 from vqa_grpo.models.scoring import answer_tokens, completion_logprobs
-from vqa_grpo.rewards.registry import reward_settings
+from vqa_grpo.rewards.registry import reward_range, reward_settings
 from vqa_grpo.training.batches import Batches
 from vqa_grpo.training.distributed import Dist
 
@@ -221,9 +221,11 @@ def make_rollouts(
     accumulation = cfg.train.gradient_accumulation_steps
     plan = plan or choose_plan(lm.model, lm.adapter, cfg.grpo, processes=processes, accumulation=accumulation)
     template = prompt_template(cfg.data, cfg.reward.reasoning)
+    sampled = {"completion_tokens": 0.0, "rows": 0, "augmented": 0, "reward_seconds": {}}  # every draw's
 
     def draw() -> tuple[Rollout, Prefix | None]:
-        examples, images = batches.next()
+        # grpo.prioritized_sampling: no question twice in a step while others are left
+        examples, images = batches.next(same_step=sampled["rows"] > 0)
         ro, prefill = make_rollout_and_prefill(
             lm.model,
             lm.adapter,
@@ -240,7 +242,15 @@ def make_rollouts(
             augmented=augment_batch(cfg.grpo, cfg.train.seed, step, cfg.train.max_steps, examples, images),
         )
         batches.observe([e.id for e in ro.examples], ro.rewards.view(-1, ro.group_size).mean(1).tolist())
+        sampled["completion_tokens"] += float(ro.completion_mask.sum())
+        sampled["rows"] += len(ro.answers)
+        sampled["augmented"] += sum(a is not None for a in ro.augmented)
+        for name, t in ro.reward_seconds.items():
+            sampled["reward_seconds"][name] = sampled["reward_seconds"].get(name, 0.0) + t
         return ro, prefill
+
+    def augment_stats() -> dict:  # the share of this process's sampled completions on perturbed images
+        return {"augment/share": sampled["augmented"] / max(1, sampled["rows"])} if cfg.grpo.augment else {}
 
     def finish(ro: Rollout) -> Rollout:
         return add_old_and_reference(ro, lm.model, lm.adapter, ref, cfg.grpo, vllm_sampled=vllm is not None)
@@ -250,7 +260,7 @@ def make_rollouts(
             lambda: draw()[0],
             finish,
             cfg.grpo,
-            dynamic.reward_scale(cfg.reward),
+            reward_range(cfg.reward),
             cfg.train.per_device_batch_size,
             accumulation,
             dist,
@@ -258,7 +268,11 @@ def make_rollouts(
                 rollouts, picks, lm.adapter, lm.processor, lambda ex: user_texts(ex, template), cfg.grpo.scale_rewards
             ),
         )
-        return Pending(filled.rollouts, weights=filled.weights, stats=filled.stats)
+        # Every completion sampled counts (completion_tokens_per_second), not the trained ones alone;
+        # reward_seconds/* is each micro-batch's mean share of the step's reward time, as without it.
+        seconds = {f"reward_seconds/{k}": v / accumulation for k, v in sampled["reward_seconds"].items()}
+        stats = {**filled.stats, "completion_tokens": sampled["completion_tokens"], **seconds, **augment_stats()}
+        return Pending(filled.rollouts, weights=filled.weights, stats=stats)
     rollouts, prefills, zero = [], [], 0
     for _ in range(accumulation):
         ro, prefill = draw()
@@ -266,7 +280,7 @@ def make_rollouts(
         rollouts.append(finish(ro))
         prefills.append(prefill)
     groups = sum(len(ro.examples) for ro in rollouts)
-    return Pending(rollouts, prefills, stats={"frac_reward_zero_std": zero / groups})
+    return Pending(rollouts, prefills, stats={"frac_reward_zero_std": zero / groups, **augment_stats()})
 
 
 def grpo_backward(cfg: Config, lm: LoadedModel, pending: Pending, dist: Dist = ONE_PROCESS) -> dict:
@@ -281,6 +295,7 @@ def grpo_backward(cfg: Config, lm: LoadedModel, pending: Pending, dist: Dist = O
     # kept no group: then it logs them, with a loss of 0, so that every process has the same keys.
     logged = [w != 0 for w in weights] if any(w != 0 for w in weights) else [True] * len(rollouts)
     stats: dict = {}
+    losses: list[float] = []
     for i, ro in enumerate(rollouts):
         with dist.no_sync(lm.model, sync=i == len(rollouts) - 1):
             if cfg.grpo.loss_type == "seed_report":
@@ -289,10 +304,13 @@ def grpo_backward(cfg: Config, lm: LoadedModel, pending: Pending, dist: Dist = O
                 loss, s = grpo_objective(lm.model, lm.adapter, lm.processor, ro, cfg.grpo, prefix=prefills[i])
                 prefills[i] = None  # its graph goes with this backward pass
             dist.backward(loss / len(rollouts) if weights[i] is None else loss * weights[i])
+        losses.append(float(loss.detach()))
         if logged[i]:
             s["loss"] = float(loss.detach()) if weights[i] != 0 else 0.0
             stats = accumulate([s, rollout_stats(ro)], stats)
     out = {k: v if k == "completion_tokens" else v / sum(logged) for k, v in stats.items()}
+    if pending.weights is not None:  # a short step: the objective it back-propagates, sum of factor x loss
+        out["loss"] = sum(w * x for w, x in zip(pending.weights, losses) if w)
     if cfg.grpo.dynamic_sampling and pending.stats:  # the loss's groups all have a spread: log the share before
         out["frac_zero_std_groups"] = pending.stats["frac_reward_zero_std"]  # filtering (outcomes.py reads it)
     return out
@@ -359,4 +377,6 @@ def completion_records(step: int, rollouts: list, groups: int | None = None) -> 
                     "advantages": [round(float(x), 4) for x in ro.advantages[rows]],
                 }
             )
+            if any(a is not None for a in ro.augmented):  # grpo.augment: each row's perturbation (None: clean)
+                out[-1]["augmented"] = ro.augmented[rows]
     return out

@@ -171,6 +171,12 @@ class Dist:
         t = torch.tensor([float(value)], dtype=torch.float64, device=self.acc.device)
         return float(self.acc.reduce(t, reduction="sum").item())
 
+    def max(self, value: float) -> float:
+        """The largest ``value`` over ranks (on every rank)."""
+        if self.acc is None:
+            return value
+        return max(float(v) for v in self.gather_lists([float(value)]))
+
     def mean_stats(self, stats: dict) -> dict:
         """Each numeric stat averaged over ranks (None stays None); every rank gets the result."""
         if self.acc is None:
