@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import yaml
 
-from vqa_grpo.config import Config, ConfigError
+from vqa_grpo.config import Config, ConfigError, GRPOConfig
 from vqa_grpo.config_keys import all_keys, mark_given, tree_keys
 from vqa_grpo.data.benchmarks import find_benchmark
 from vqa_grpo.data.hub import check_preset_key
@@ -171,6 +171,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+# (switch, key): grpo keys that act only while their feature is on; set otherwise, they are refused.
+_FEATURE_KEYS = [("dynamic_sampling", "max_resample_rounds"), ("prioritized_sampling", "priority_floor")]
+_FEATURE_KEYS += [("prioritized_sampling", "priority_decay"), ("augment", "augment_share")]
+_FEATURE_KEYS += [("augment", "augment_schedule")]
+
+
 def validate(cfg: Config, python_rewards: typing.Iterable[str] = ()) -> None:
     """Impossible values, each with a one-line error naming the key and what is allowed.
     ``python_rewards``: reward.components given as Python functions (see ``check_config``)."""
@@ -223,8 +229,8 @@ def validate(cfg: Config, python_rewards: typing.Iterable[str] = ()) -> None:
         "grpo.filter_low/filter_high act only with dynamic sampling: set grpo.dynamic_sampling=true",
     )
     need(
-        g.max_resample_rounds >= (1 if g.dynamic_sampling else 0),
-        f"grpo.max_resample_rounds={g.max_resample_rounds}: dynamic sampling needs >= 1 extra draw per step",
+        not g.dynamic_sampling or g.max_resample_rounds >= 1,
+        f"grpo.max_resample_rounds={g.max_resample_rounds}: dynamic sampling needs >= 1 resampling round per step",
     )
     need(
         not (g.dynamic_sampling and g.loss_type == "seed_report"),
@@ -244,6 +250,12 @@ def validate(cfg: Config, python_rewards: typing.Iterable[str] = ()) -> None:
         not (g.augment and g.generation_backend == "vllm"),
         "grpo.augment samples with transformers only; drop grpo.augment or set grpo.generation_backend=transformers",
     )
+    for on, key in _FEATURE_KEYS:
+        fix = f"set grpo.{on}=" + ("[NAME[:SEVERITY],...]" if on == "augment" else "true") + f" or drop grpo.{key}"
+        need(
+            bool(getattr(g, on)) or getattr(g, key) == getattr(GRPOConfig, key),
+            f"grpo.{key} acts only with grpo.{on}: {fix}",
+        )
     need(g.vllm_is_cap >= 1, f"grpo.vllm_is_cap={g.vllm_is_cap}: must be >= 1 (1 clips every up-weighting)")
     need(t.max_steps >= 1, f"train.max_steps={t.max_steps}: must be >= 1")
     need(t.per_device_batch_size >= 1, "train.per_device_batch_size must be >= 1")
