@@ -22,7 +22,7 @@ from vqa_grpo.grpo.augment import augment_batch, augmented_count
 from vqa_grpo.models.loading import load_model
 from vqa_grpo.models.scoring import completion_logits
 from vqa_grpo.training.batches import Batches
-from vqa_grpo.training.steps import make_rollouts
+from vqa_grpo.training.steps import completion_records, make_rollouts
 
 B, G = 2, 4
 
@@ -80,9 +80,15 @@ def test_the_chosen_rows_of_a_training_rollout_are_sampled_on_the_perturbed_imag
     )
     lm = load_model(cfg.model, "cpu")
     torch.manual_seed(0)
-    ro = make_rollouts(cfg, lm, None, Batches(load_vqa_train(synth_dir), B, 0), torch.device("cpu"), step=1).rollouts[0]
+    pending = make_rollouts(cfg, lm, None, Batches(load_vqa_train(synth_dir), B, 0), torch.device("cpu"), step=1)
+    ro = pending.rollouts[0]
     images = [e.load_image() for e in ro.examples]
     aug = augment_batch(cfg.grpo, cfg.train.seed, 1, cfg.train.max_steps, ro.examples, images)
+    # what the logs show: the share of perturbed completions, and each row's perturbation
+    assert pending.stats["augment/share"] == 0.5 and aug.labels == ["gaussian_noise:5"] * 2
+    assert ro.augmented == [None, None, "gaussian_noise:5", "gaussian_noise:5"] * 2
+    records = completion_records(2, [ro])
+    assert [r["augmented"] for r in records] == [[None, None, "gaussian_noise:5", "gaussian_noise:5"]] * 2
     asked = user_texts(ro.examples, prompt_template(cfg.data, cfg.reward.reasoning))
     clean = lm.adapter.encode_prompts(lm.processor, images, asked)
     noisy = lm.adapter.encode_prompts(lm.processor, aug.images, asked)

@@ -18,7 +18,7 @@ import torch
 from vqa_grpo.cli import main
 from vqa_grpo.config_load import load_config
 from vqa_grpo.data.loader import load_vqa
-from vqa_grpo.grpo.dynamic import keep_groups, pack, reward_scale, take_groups, zero_std_groups
+from vqa_grpo.grpo.dynamic import keep_groups, pack, take_groups, zero_std_groups
 from vqa_grpo.models.loading import load_model
 from vqa_grpo.rewards.user import resolve
 from vqa_grpo.training import loop
@@ -43,20 +43,26 @@ def test_keep_groups_needs_a_spread_and_a_mean_within_the_bounds():
     rewards = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.5, 0.5, 2.0, 0.0])  # G = 2: means 0.5, 1, 0.5, 1
     assert keep_groups(rewards, 2, 0.0, 1.0) == [True, False, False, True]
     assert keep_groups(rewards, 2, 0.0, 0.6) == [True, False, False, False]  # mean 1 > 0.6
-    # two components of weight 1 each: the means divided by 2 are 0.25, 0.5, 0.25, 0.5
-    assert keep_groups(rewards, 2, 0.3, 1.0, scale=2.0) == [False, False, False, True]
+    # two components of weight 1 each (range 0 to 2): the scaled means are 0.25, 0.5, 0.25, 0.5
+    assert keep_groups(rewards, 2, 0.3, 1.0, bounds=(0.0, 2.0)) == [False, False, False, True]
     assert zero_std_groups(rewards, 2) == 2
 
 
-def test_reward_scale_is_the_sum_of_the_weights():
-    class Reward:
-        components, weights = ["a", "b"], None
+def test_a_signed_reward_keeps_every_group_with_a_spread_at_the_default_bounds():
+    """reward.components=[abstention] scores in [-1, 1]: [1, -1, -1, -1] has a mean of -0.5, which
+    the bounds (0, 1) keep; a scaled mean (mean + 1) / 2 of 0.25 is what a filter_low acts on."""
+    from types import SimpleNamespace
 
-    assert reward_scale(Reward) == 2.0
-    Reward.weights = [2.0, 0.5]
-    assert reward_scale(Reward) == 2.5
-    Reward.components, Reward.weights = None, None
-    assert reward_scale(Reward) == 1.0
+    from vqa_grpo.rewards.registry import reward_range
+
+    abstention = SimpleNamespace(components=["abstention"], weights=None)
+    assert reward_range(abstention) == (-1.0, 1.0)
+    assert reward_range(SimpleNamespace(components=["composite", "abstention"], weights=[1.0, 0.5])) == (-0.5, 1.5)
+    assert reward_range(SimpleNamespace(components=None, weights=None)) == (0.0, 1.0)
+    rewards = torch.tensor([1.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 0.0])  # G = 4
+    assert keep_groups(rewards, 4, 0.0, 1.0, bounds=(-1.0, 1.0)) == [True, False, True]
+    assert keep_groups(rewards, 4, 0.3, 1.0, bounds=(-1.0, 1.0)) == [False, False, True]  # 0.25, 0.875
+    assert keep_groups(rewards, 4, 0.2, 0.8, bounds=(-1.0, 1.0)) == [True, False, False]
 
 
 def test_pack_a_full_step_keeps_the_plain_factors_and_drops_the_surplus():
@@ -121,12 +127,15 @@ def test_a_step_draws_until_it_holds_its_groups_and_keeps_them_in_order(setup, t
     pending, batches = rollouts_of(step_config(tmp_path), lm, data)
     ids = [i for d in expected_draws(data, 2, 6) for i in d]
     kept = [i for i in ids if spreads(i)]
-    # draws needed: the first batch whose end brings the kept count to 4
-    used = next(n for n in range(2, 7) if sum(map(spreads, ids[: 2 * n])) >= 4)
+    # rounds: each draws ceil(missing / 2) micro-batches of 2 until 4 groups are kept
+    used, rounds = 2, 0
+    while (kept_n := sum(map(spreads, ids[: 2 * used]))) < 4:
+        used, rounds = used + -(-(4 - kept_n) // 2), rounds + 1
     assert [[e.id for e in ro.examples] for ro in pending.rollouts] == [kept[:2], kept[2:4]]
     assert pending.weights is None and batches.pos == 2 * used
     s = pending.stats
-    assert s["dynamic/draws"] == used - 2 and s["dynamic/groups_sampled"] == 2 * used
+    assert s["dynamic/draws"] == rounds and s["dynamic/micro_batches_drawn"] == used
+    assert s["dynamic/groups_sampled"] == 2 * used
     assert s["dynamic/groups_kept"] == 4 and s["dynamic/short"] == 0.0
     assert s["dynamic/groups_surplus"] == sum(map(spreads, ids[: 2 * used])) - 4
     assert s["frac_reward_zero_std"] == 1 - sum(map(spreads, ids[: 2 * used])) / (2 * used)
@@ -186,13 +195,86 @@ def test_the_packed_step_has_the_gradient_of_one_batch_of_its_kept_groups(setup,
     picks = [(i, b) for i, ro in enumerate(real) for b in range(len(ro.examples))]
     one = take_groups(real, picks, lm.adapter, lm.processor, _texts(cfg), "group")
     lm.model.zero_grad(set_to_none=True)
-    grpo_backward(cfg, lm, Pending([one]))
+    one_stats = grpo_backward(cfg, lm, Pending([one]))
     whole = grads(lm)
+    torch.testing.assert_close(stats["loss"], one_stats["loss"])  # the objective it back-propagates
     assert any(g.abs().sum() > 0 for g in whole)
     for a, b in zip(packed, whole):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
     assert stats["frac_zero_std_groups"] == pending.stats["frac_reward_zero_std"]
     lm.model.zero_grad(set_to_none=True)
+
+
+def test_a_packed_micro_batch_carries_its_rows_flags_and_every_rollouts_reward_time(setup, tmp_path):
+    from dataclasses import replace
+
+    data, lm = setup
+    cfg = step_config(tmp_path)
+    pending, _ = rollouts_of(cfg, lm, data)
+    a, b = pending.rollouts
+    a = replace(a, bad_input_rows=[0, 2, 0, 0], reward_seconds={"spread": 0.25}, augmented=[None, "jpeg:2"] * 2)
+    b = replace(b, bad_input_rows=[1, 0, 0, 0], reward_seconds={"spread": 0.5}, augmented=[])
+    one = take_groups([a, b], [(0, 0), (1, 0)], lm.adapter, lm.processor, _texts(cfg), "group")
+    assert one.bad_input_rows == [0, 2, 1, 0] and one.bad_reward_inputs == 3
+    assert one.reward_seconds == {"spread": 0.75} and one.augmented == [None, "jpeg:2"]
+
+
+def test_a_dynamic_step_counts_every_completion_it_sampled(setup, tmp_path):
+    """One token per completion (max_completion_length=1): the step's completion_tokens are the
+    rows of every micro-batch drawn, not of the trained ones alone."""
+    data, lm = setup
+    pending, _ = rollouts_of(step_config(tmp_path, **{"grpo.max_completion_length": 1}), lm, data)
+    s = pending.stats
+    assert s["completion_tokens"] == 2 * s["dynamic/groups_sampled"] == 2 * 2 * s["dynamic/micro_batches_drawn"]
+    assert s["dynamic/micro_batches_drawn"] > 2 and "augment/share" not in s
+
+
+def test_prioritized_sampling_draws_no_question_twice_in_a_step(setup, tmp_path):
+    """3 questions, 3 micro-batches of 1 a step: the step holds each once; the next step starts afresh."""
+    from vqa_grpo.training.priority import Priorities
+
+    data, lm = setup
+    overrides = ["train.per_device_batch_size=1", "train.gradient_accumulation_steps=3", "grpo.num_generations=2"]
+    cfg = load_config(None, [*overrides, "grpo.max_completion_length=1", "grpo.prioritized_sampling=true"])
+    three = data.train[:3]
+    batches = Batches(three, 1, seed=0, priorities=Priorities.for_run(cfg, [e.id for e in three]))
+    for _ in range(2):
+        pending = make_rollouts(cfg, lm, None, batches, CPU)
+        assert sorted(ro.examples[0].id for ro in pending.rollouts) == sorted(e.id for e in three)
+    assert batches.priorities.draws == 6
+
+
+def fake_draws(groups: list[list[float]], size: int):
+    """draw() of rollouts of ``size`` groups (G = 2) taken in turn from ``groups``."""
+    from types import SimpleNamespace
+
+    it = iter(groups)
+
+    def draw():
+        gs = [next(it) for _ in range(size)]
+        return SimpleNamespace(rewards=torch.tensor(sum(gs, [])), group_size=2, examples=gs)
+
+    return draw
+
+
+def test_a_round_draws_what_the_step_lacks_whatever_the_accumulation():
+    """The same 4 groups a step as 4 micro-batches of 1 or 1 of 4: a round refills the step."""
+    from vqa_grpo.config import GRPOConfig
+    from vqa_grpo.grpo.dynamic import fill_step
+    from vqa_grpo.training.distributed import Dist
+
+    S, F = [0.0, 1.0], [1.0, 1.0]
+    groups = [S, F, F, F, S, S, S, F]
+    grpo = GRPOConfig(num_generations=2, dynamic_sampling=True, max_resample_rounds=1)
+    out = {}
+    for per_micro, micro in ((1, 4), (4, 1)):
+        filled = fill_step(
+            fake_draws(groups, per_micro), lambda ro: ro, grpo, (0.0, 1.0), per_micro, micro, Dist(), lambda r, p: p
+        )
+        out[per_micro] = filled.stats
+        assert filled.weights is None  # full: one round brought the 3 missing groups
+    assert [(s["dynamic/draws"], s["dynamic/groups_kept"], s["dynamic/short"]) for s in out.values()] == [(1, 4, 0)] * 2
+    assert [(s["dynamic/micro_batches_drawn"], s["dynamic/groups_sampled"]) for s in out.values()] == [(7, 7), (2, 8)]
 
 
 def _texts(cfg):
@@ -263,8 +345,14 @@ def test_a_dynamic_run_resumes_bitwise(synth_dir, tiny_model_dir, tmp_path):
     [
         (["grpo.dynamic_sampling=true", "grpo.filter_low=1.5"], "need 0 <= filter_low <= filter_high <= 1"),
         (["grpo.dynamic_sampling=true", "grpo.filter_low=0.8", "grpo.filter_high=0.2"], "filter_low <= filter_high"),
-        (["grpo.dynamic_sampling=true", "grpo.max_resample_rounds=0"], "needs >= 1 extra draw per step"),
+        (["grpo.dynamic_sampling=true", "grpo.max_resample_rounds=0"], "needs >= 1 resampling round per step"),
+        (["grpo.max_resample_rounds=-1"], "grpo.max_resample_rounds acts only with grpo.dynamic_sampling"),
         (["grpo.filter_high=0.9"], "set grpo.dynamic_sampling=true"),
+        (["grpo.priority_decay=0.9"], "grpo.priority_decay acts only with grpo.prioritized_sampling: set"),
+        (
+            ["grpo.augment_schedule=linear_decay"],
+            "grpo.augment_schedule acts only with grpo.augment: set grpo.augment=",
+        ),
         (["grpo.dynamic_sampling=true", "grpo.loss_type=seed_report"], "choose another grpo.loss_type"),
     ],
 )
@@ -293,7 +381,7 @@ S, F = [0.0, 1.0], [0.0, 0.0]  # a group of G = 2 with a spread, and one without
 DRAWS = {0: [[S, S], [S, S], [S, F], [S, S]], 1: [[F, F], [S, F], [F, S], [S, S]]}
 dist = Dist.from_env("cpu")
 out = {}
-for rounds in (3, 1):
+for rounds in (3, 0):
     batches = iter(DRAWS[dist.rank])
 
     def draw():
@@ -316,9 +404,10 @@ torch.distributed.destroy_process_group()
 
 @pytest.mark.slow
 def test_two_processes_draw_until_both_are_full_and_weigh_a_short_step_together(tmp_path):
-    """Rank 0 is full after its 2 draws, rank 1 after 2 extra: both draw twice more (real Dist over
-    gloo), rank 0's 3 extra kept groups are surplus. With 1 extra draw the step is short: 6 groups
-    over both ranks, each micro-batch of 2 weighs 2 x 2 / 6, rank 1's missing one is a filler."""
+    """Rank 0 is full after its 2 draws, rank 1 lacks 3 groups: one round draws ceil(3 / 2) = 2
+    micro-batches on both (real Dist over gloo), rank 0's 3 extra kept groups are surplus. With no
+    round the step is short: 5 groups over both ranks, a micro-batch of n weighs 2 x n / 5, rank
+    1's missing one is a filler."""
     import socket
     import subprocess
     import sys
@@ -342,21 +431,23 @@ def test_two_processes_draw_until_both_are_full_and_weigh_a_short_step_together(
         assert p.wait(timeout=120) == 0, p.stderr.read()[-2000:]
     r0, r1 = (json.loads((tmp_path / f"out.{r}").read_text()) for r in (0, 1))
     full0, full1 = r0["3"], r1["3"]
-    assert full0["stats"]["dynamic/draws"] == full1["stats"]["dynamic/draws"] == 2
+    assert full0["stats"]["dynamic/draws"] == full1["stats"]["dynamic/draws"] == 1
     assert full0["rollouts"] == ["whole", "whole"] and full0["weights"] is None
     assert full1["rollouts"] == [[[1, 0], [2, 1]], "whole"] and full1["weights"] is None  # draw 3 whole
     assert full0["stats"] == full1["stats"] | {"frac_reward_zero_std": 1 / 8}
     assert full1["stats"] == {
         "frac_reward_zero_std": 4 / 8,
-        "dynamic/draws": 2,
+        "dynamic/draws": 1,
+        "dynamic/micro_batches_drawn": 4,
         "dynamic/groups_sampled": 16,
         "dynamic/groups_kept": 8,
         "dynamic/groups_surplus": 3,
         "dynamic/completions_per_kept_group": 2 * 16 / 8,
         "dynamic/short": 0.0,
     }
-    short0, short1 = r0["1"], r1["1"]
-    assert short0["weights"] == [2 / 3, 2 / 3] and short0["rollouts"] == ["whole", "whole"]
-    assert short1["weights"] == [2 / 3, 0.0] and short1["rollouts"] == [[[1, 0], [2, 1]], [[0, 0]]]
-    assert short1["stats"]["dynamic/groups_kept"] == 6 and short1["stats"]["dynamic/short"] == 1.0
-    assert short0["stats"]["dynamic/groups_surplus"] == short1["stats"]["dynamic/groups_surplus"] == 1
+    assert all(isinstance(v, float) for v in full1["stats"].values())  # as one process logs them
+    short0, short1 = r0["0"], r1["0"]
+    assert short0["weights"] == [2 * 2 / 5, 2 * 2 / 5] and short0["rollouts"] == ["whole", "whole"]
+    assert short1["weights"] == [2 * 1 / 5, 0.0] and short1["rollouts"] == [[[1, 0]], [[0, 0]]]
+    assert short1["stats"]["dynamic/groups_kept"] == 5 and short1["stats"]["dynamic/short"] == 1.0
+    assert short0["stats"]["dynamic/groups_surplus"] == short1["stats"]["dynamic/groups_surplus"] == 0
