@@ -237,12 +237,14 @@ class GRPOConfig:
     """DAPO's dynamic sampling: drop the groups whose G rewards are all equal (or whose mean is outside
     [filter_low, filter_high]) and draw more questions until the step is full (grpo/dynamic.py)."""
     filter_low: float = 0.0
-    """Dynamic sampling keeps a group when its mean reward / the sum of reward.weights is >= this."""
+    """Dynamic sampling keeps a group when its mean reward, scaled to [0, 1] by the reward's range
+    ((mean - least) / (greatest - least); rewards/registry.py reward_range), is >= this."""
     filter_high: float = 1.0
     """... and <= this (with 0 and 1 only the equal-rewards rule acts)."""
     max_resample_rounds: int = 4
-    """Most extra draws (of per_device_batch_size questions) per step; at the bound the step trains on
-    the groups it kept (fewer), and logs dynamic/short=1."""
+    """Most resampling rounds per step; a round draws as many micro-batches as the step still lacks
+    groups for (the most over processes). At the bound the step trains on the groups it kept
+    (fewer), and logs dynamic/short=1."""
     mask_truncated_completions: bool = False
     """Drop completions that hit max_completion_length without EOS from the loss."""
     prioritized_sampling: bool = False
