@@ -13,8 +13,9 @@ import pytest
 
 from vqa_grpo.data.types import VQAExample
 from vqa_grpo.errors import UserError
-from vqa_grpo.evaluation.compare import compare_command, compare_runs, paired_bootstrap
+from vqa_grpo.evaluation.compare import compare_command, compare_runs
 from vqa_grpo.evaluation.evaluate import summarise, write_outputs
+from vqa_grpo.evaluation.paired import paired_bootstrap
 
 QTYPE = {"yes/no": "is the", "number": "how many", "other": "what color is the"}
 

@@ -48,7 +48,7 @@ def evaluated(synth_dir, tiny_model_dir, tmp_path_factory):
 
 
 def hand_bootstrap(d: np.ndarray, samples: int) -> tuple[list[float], float]:
-    """compare.paired_bootstrap's interval and p-value, written out: default_rng(0) draws
+    """paired.paired_bootstrap's interval and p-value, written out: default_rng(0) draws
     [samples, n] indices in one chunk; p = (1 + #{|mean_b - mean| >= |mean|}) / (samples + 1)."""
     idx = np.random.default_rng(0).integers(0, len(d), size=(samples, len(d)))
     means = d[idx].mean(axis=1)

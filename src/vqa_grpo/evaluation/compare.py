@@ -6,17 +6,7 @@ Each RUN is an output directory of ``vqa-grpo evaluate --out`` (``metrics.json``
 and per answer type. For every run after the first, the difference to the first is measured on
 the questions both runs answered (matched by ``id``) with a paired bootstrap:
 
-* d_i = score_run(i) - score_first(i) for each shared question i and each metric;
-* the difference is mean(d); B resamples (default 10,000) draw the shared questions with
-  replacement (numpy ``default_rng(seed)``, default seed 0) and give the resampled means d*_b;
-* the 95% CI is the 2.5th and 97.5th percentiles of d*_b (percentile interval);
-* the two-sided p-value tests "no difference" on the null-centred bootstrap distribution
-  (Efron & Tibshirani 1993, sec. 16.4; Berg-Kirkpatrick et al. 2012):
-  p = (1 + #{b : |d*_b - mean(d)| >= |mean(d)|}) / (B + 1). Identical runs give p = 1.
-
-Each subset (overall, each answer type, each question type of the first run's predictions) is
-resampled on its own, with the same seed; within a subset all metrics share the resampled
-questions. Question types appear in the JSON output only (VQA v2 has 65 of them).
+The test is evaluation/paired.py's (``paired_bootstrap``).
 """
 
 from __future__ import annotations
@@ -24,14 +14,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from vqa_grpo.errors import UserError
+from vqa_grpo.evaluation.paired import BOOTSTRAP_SAMPLES, SEED, paired_difference
+from vqa_grpo.evaluation.robustness_view import format_side_by_side, side_by_side
 
-BOOTSTRAP_SAMPLES = 10_000
-SEED = 0
 _NOT_METRICS = ("n", "skipped")
-_CHUNK_ELEMENTS = 2_000_000  # resamples are drawn in chunks of [b, N] indices, b * N at most this
 
 
 def load_eval_dir(path: str | Path) -> tuple[dict, list[dict]]:
@@ -78,72 +65,6 @@ def metric_names(metrics: dict) -> list[str]:
     return [k for k, v in metrics.items() if k not in _NOT_METRICS and is_number(v)]
 
 
-def paired_bootstrap(diffs: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = SEED) -> dict[str, np.ndarray]:
-    """Mean, 95% percentile CI and two-sided p-value of paired differences ``diffs`` [N, M].
-
-    Returns {"mean": [M], "ci95": [M, 2], "p_value": [M]}; see the module docstring for the test.
-    """
-    n, m = diffs.shape
-    mean = diffs.mean(axis=0)  # [M]
-    rng = np.random.default_rng(seed)
-    boot = np.empty((samples, m))  # [B, M] resampled means
-    chunk = max(1, _CHUNK_ELEMENTS // n)
-    for start in range(0, samples, chunk):
-        b = min(chunk, samples - start)
-        idx = rng.integers(0, n, size=(b, n))  # [b, N] questions drawn with replacement
-        counts = np.bincount((idx + n * np.arange(b)[:, None]).ravel(), minlength=b * n).reshape(b, n)
-        boot[start : start + b] = counts @ diffs / n
-    ci = np.percentile(boot, [2.5, 97.5], axis=0).T  # [M, 2]
-    # Null-centred: how often a resample lands at least as far from mean(d) as mean(d) is from 0.
-    # The 1e-12 keeps exact ties (identical runs: every d*_b = mean(d) = 0) counted despite rounding.
-    extreme = (np.abs(boot - mean) >= np.abs(mean) - 1e-12).sum(axis=0)
-    return {"mean": mean, "ci95": ci, "p_value": (1 + extreme) / (samples + 1)}
-
-
-def _groups(rows: list[dict], field: str) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = {}
-    for i, r in enumerate(rows):
-        value = r.get(field)
-        if isinstance(value, str):
-            out.setdefault(value, []).append(i)
-    return dict(sorted(out.items()))
-
-
-def _difference(base: list[dict], other: list[dict], metrics: list[str], samples: int, seed: int) -> dict:
-    """Paired differences ``other - base`` over the shared ids, overall and per type."""
-    by_id = {}
-    for r in other:
-        by_id.setdefault(str(r["id"]), r)
-    seen: set[str] = set()
-    pairs = []
-    for r in base:
-        key = str(r["id"])
-        if key in by_id and key not in seen:
-            seen.add(key)
-            pairs.append((r, by_id[key]))
-    shared = [m for m in metrics if all(m in a and m in b for a, b in pairs)]
-    if not pairs:
-        return {"n_shared": 0, "metrics": shared, "overall": {}, "per_answer_type": {}, "per_question_type": {}}
-    diffs = np.array([[float(b[m]) - float(a[m]) for m in shared] for a, b in pairs]).reshape(len(pairs), len(shared))
-
-    def test(index: list[int]) -> dict:
-        res = paired_bootstrap(diffs[index], samples, seed)
-        out: dict = {"n": len(index)}
-        for j, m in enumerate(shared):
-            lo, hi = (float(x) for x in res["ci95"][j])
-            out[m] = {"mean": float(res["mean"][j]), "ci95": [lo, hi], "p_value": float(res["p_value"][j])}
-        return out
-
-    firsts = [a for a, _ in pairs]
-    return {
-        "n_shared": len(pairs),
-        "metrics": shared,
-        "overall": test(list(range(len(pairs)))),
-        "per_answer_type": {t: test(i) for t, i in _groups(firsts, "answer_type").items()},
-        "per_question_type": {t: test(i) for t, i in _groups(firsts, "question_type").items()},
-    }
-
-
 def _names(paths: list[str]) -> list[str]:
     short = [Path(p).name or str(p) for p in paths]
     return short if len(set(short)) == len(short) else [str(p) for p in paths]
@@ -180,11 +101,10 @@ def compare_runs(paths: list[str], *, samples: int = BOOTSTRAP_SAMPLES, seed: in
         per_type[t] = {"n": [value(s, "n") for s in subs], **{m: [value(s, m) for s in subs] for m in metrics}}
     differences = []
     for name, (_, rows) in zip(names[1:], loaded[1:]):
-        diff = _difference(loaded[0][1], rows, metrics, samples, seed)
+        diff = paired_difference(loaded[0][1], rows, metrics, samples, seed)
         if diff["n_shared"] == 0:
             raise UserError(f"{name} and {names[0]} share no question ids: were they evaluated on the same data?")
         differences.append({"run": name, "baseline": names[0], **diff})
-    from vqa_grpo.evaluation.robustness_view import side_by_side  # it imports this module
 
     shown = [m for m in dict.fromkeys(["vqa_accuracy", loaded[0][0].get("primary_metric")]) if m in metrics]
     robustness = side_by_side(paths, [met for met, _ in loaded], names, shown, samples, seed)
@@ -246,8 +166,6 @@ def format_comparison(result: dict) -> str:
             lines.append(row)
     lines.append("n: questions B shares with A (the differences are over these); A, B, ...: each run's metrics.json")
     if "robustness" in result:
-        from vqa_grpo.evaluation.robustness_view import format_side_by_side
-
         lines += ["", format_side_by_side(result["robustness"], letters)]
     return "\n".join(lines)
 

@@ -21,28 +21,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from vqa_grpo.config import Config
 from vqa_grpo.data.benchmarks import resolve as resolve_benchmark
-from vqa_grpo.data.prompts import prompt_template
 from vqa_grpo.data.types import VQAExample
 from vqa_grpo.errors import UserError
+from vqa_grpo.evaluation.answering import answer_and_score
 from vqa_grpo.evaluation.paired import write_rows
 from vqa_grpo.evaluation.rephrase_check import FILE as REPHRASED_FILE
 from vqa_grpo.evaluation.rephrase_check import check_rephrasings
 from vqa_grpo.evaluation.robustness import FILE as PERTURBED_FILE
 from vqa_grpo.evaluation.robustness import check_robustness
-from vqa_grpo.evaluation.sharded import predict_sharded
-from vqa_grpo.models.loading import LoadedModel, check_images, load_model, resolve_device
+from vqa_grpo.models.loading import load_model, resolve_device
 from vqa_grpo.paths import check_folder
-from vqa_grpo.rewards import BENCHMARK_METRICS, clean_answer, score_predictions
+from vqa_grpo.rewards import BENCHMARK_METRICS
 from vqa_grpo.rewards.abstention import answerability, is_unanswerable
 from vqa_grpo.rewards.benchmark import check_metrics_fit, requested_metrics
-from vqa_grpo.rewards.user import user_metrics
 from vqa_grpo.training.distributed import Dist
 
 
@@ -81,49 +78,6 @@ def summarise(scores: dict[str, np.ndarray], examples: list[VQAExample], samples
             out[key][name] = m
     out["ci95"] = {k: bootstrap_ci(v, samples) for k, v in scores.items()}
     return out
-
-
-@dataclass
-class Answered:
-    """A model's answers to some examples, and every metric of each (the one path of evaluation:
-    ``vqa-grpo evaluate`` and the evaluations during training)."""
-
-    examples: list[VQAExample]  # the examples answered (one whose image failed to load is left out)
-    raw: list[str]  # the completions
-    predictions: list[str]  # the cleaned answers
-    scores: dict[str, np.ndarray]  # metric -> [N] (NaN where a user metric returned None)
-    skipped: int
-    positions: list[int] = dataclasses.field(default_factory=list)  # each answered one's index in the input
-
-    def means(self) -> dict[str, float]:
-        """Each metric's mean (0 when no example was scored)."""
-        return {k: float(np.nanmean(v)) if (~np.isnan(v)).any() else 0.0 for k, v in self.scores.items()}
-
-
-def answer_and_score(
-    lm: LoadedModel, examples: list[VQAExample], cfg: Config, device, dist: Dist | None = None, progress: bool = False
-) -> Answered:
-    """Answer ``examples`` (greedy unless eval.do_sample), each process its share, and score them."""
-    examples = check_images(examples, lm)  # an image the processor cannot take: skipped and counted
-    wanted = requested_metrics(cfg.eval.metrics, cfg.train.eval_metric)  # anls, relaxed_accuracy, ...
-    check_metrics_fit(wanted, [e.answers for e in examples], "the evaluation data")  # before generating
-    template = prompt_template(cfg.data, cfg.reward.reasoning)
-    texts = predict_sharded(dist or Dist(), lm, examples, cfg.eval, device, progress=progress, template=template)
-    kept = [(e, t) for e, t in zip(examples, texts) if t is not None]
-    positions = [i for i, t in enumerate(texts) if t is not None]
-    answered = [e for e, _ in kept]
-    raw = [t for _, t in kept]
-    preds = [clean_answer(t, reasoning=cfg.reward.reasoning) for t in raw]
-    scores = score_predictions(
-        preds,
-        [e.answers for e in answered],
-        [e.answer_type for e in answered],
-        metrics=wanted,
-        vqa_convention=cfg.eval.vqa_convention or "official",  # None: a config the benchmark did not resolve
-        benchmark=cfg.data.benchmark,
-    )
-    scores.update(user_metrics([m for m in cfg.eval.metrics if m not in BENCHMARK_METRICS], raw, answered))
-    return Answered(answered, raw, preds, scores, len(texts) - len(kept), positions)
 
 
 EVAL_FILES = ("predictions.jsonl", "metrics.json")

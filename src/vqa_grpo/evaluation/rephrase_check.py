@@ -8,7 +8,7 @@ metrics.json's ``rephrase`` holds:
   rephrased questions answered;
 * per rewrite name: ``n``, ``vqa_accuracy`` and the primary metric on its rephrased questions,
   and ``difference``: metric -> {mean, ci95, p_value}, the paired difference rephrased - original
-  over those same questions (evaluation/compare.py's paired bootstrap, eval.bootstrap_samples
+  over those same questions (evaluation/paired.py's paired bootstrap, eval.bootstrap_samples
   resamples, seed 0);
 * ``consistency``: the share of the ``n_questions`` whose cleaned answer is the same under every
   wording, the original's included; ``consistent_and_right``: the share that are consistent and
@@ -25,6 +25,7 @@ import dataclasses
 import numpy as np
 
 from vqa_grpo.data.rephrase import REWRITES, rephrasings
+from vqa_grpo.evaluation.answering import answer_and_score
 from vqa_grpo.evaluation.paired import paired_pass
 
 FILE = "predictions_rephrased.jsonl"
@@ -32,8 +33,7 @@ FILE = "predictions_rephrased.jsonl"
 
 def check_rephrasings(lm, original, cfg, device, dist=None) -> tuple[dict, list[dict]]:
     """``(metrics.json's "rephrase", predictions_rephrased.jsonl's rows)`` for ``original``
-    (evaluate.Answered: the examples as first answered and their scores)."""
-    from vqa_grpo.evaluation.evaluate import answer_and_score
+    (answering.Answered: the examples as first answered and their scores)."""
 
     asked = []  # (index into original.examples, rewrite name)
     variants = []

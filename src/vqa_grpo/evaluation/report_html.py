@@ -8,7 +8,7 @@ import html
 import math
 from collections import Counter
 
-from vqa_grpo.evaluation.compare import BOOTSTRAP_SAMPLES, SEED
+from vqa_grpo.evaluation.paired import BOOTSTRAP_SAMPLES, SEED
 
 
 def _score(row: dict) -> float:

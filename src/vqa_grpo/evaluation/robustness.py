@@ -11,7 +11,7 @@ their answers. metrics.json's ``robustness`` maps each ``NAME:SEVERITY`` to:
 * each metric's mean over those questions (``vqa_accuracy``, the composite and its parts, the
   benchmark metrics, your own);
 * ``difference``: for ``vqa_accuracy`` and the primary metric, {mean, ci95, p_value} of the paired
-  difference perturbed - clean over those questions (compare.py's paired bootstrap,
+  difference perturbed - clean over those questions (paired.py's paired bootstrap,
   eval.bootstrap_samples resamples, seed 0);
 * ``seed``: the train.seed the images were perturbed with; ``compare`` pairs two runs' passes
   only when their seeds are the same (other seeds, other images).
@@ -34,6 +34,7 @@ from PIL import Image
 
 from vqa_grpo.data.perturb import label, parse_perturbations, perturb, perturb_seed
 from vqa_grpo.errors import UserError
+from vqa_grpo.evaluation.answering import answer_and_score
 from vqa_grpo.evaluation.paired import paired_pass
 
 FILE = "predictions_perturbed.jsonl"
@@ -55,9 +56,8 @@ class PerturbedLoader:
 
 def check_robustness(lm, clean, cfg, device, dist=None) -> tuple[dict, list[dict]]:
     """``(metrics.json's "robustness", predictions_perturbed.jsonl's rows)`` for ``clean``
-    (evaluate.Answered: the examples as answered on the clean images, and their scores). All the
+    (answering.Answered: the examples as answered on the clean images, and their scores). All the
     passes go through one batched ``answer_and_score`` call."""
-    from vqa_grpo.evaluation.evaluate import answer_and_score
 
     asked: list[tuple[int, str]] = []  # (index into clean.examples, NAME:SEVERITY) of each variant
     variants = []

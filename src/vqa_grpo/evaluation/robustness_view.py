@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 
 from vqa_grpo.data.perturb import PERTURBATIONS, SEVERITIES
-from vqa_grpo.evaluation.compare import _difference
+from vqa_grpo.evaluation.paired import paired_difference
 from vqa_grpo.evaluation.report_html import _e, _pct, _png_uri
 from vqa_grpo.evaluation.robustness import load_perturbed
 
@@ -42,7 +42,9 @@ def side_by_side(paths: list, metrics: list[dict], names: list[str], shown: list
         entry["differences"] = []
         for name, other in zip(names[1:], rows[1:]):
             base, mine = (rows[0] or {}).get(lab), (other or {}).get(lab)
-            diff = _difference(base, mine, shown, samples, seed) if base and mine else {"n_shared": 0, "overall": {}}
+            diff = (
+                paired_difference(base, mine, shown, samples, seed) if base and mine else {"n_shared": 0, "overall": {}}
+            )
             overall = diff["overall"]
             entry["differences"].append(
                 {"run": name, "baseline": names[0], "n_shared": diff["n_shared"], **{m: overall.get(m) for m in shown}}

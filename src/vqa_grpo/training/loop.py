@@ -30,7 +30,7 @@ from vqa_grpo.data.benchmarks import resolve as resolve_benchmark
 from vqa_grpo.data.loader import load_vqa
 from vqa_grpo.data.types import VQAExample
 from vqa_grpo.errors import RewardFunctionError, TrainingStopped
-from vqa_grpo.evaluation.evaluate import answer_and_score
+from vqa_grpo.evaluation.answering import answer_and_score
 from vqa_grpo.grpo.logprobs import Reference
 from vqa_grpo.models.loading import LoadedModel, load_model, resolve_device
 from vqa_grpo.paths import absolute_inputs, check_folder
