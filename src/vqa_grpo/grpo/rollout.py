@@ -53,7 +53,7 @@ class Rollout:
     advantages: torch.Tensor  # [R]
     old_logprobs: torch.Tensor | None = None  # [R, C] rollout policy, when num_iterations > 1
     ref_logprobs: torch.Tensor | None = None  # [R, C] reference policy, when beta > 0
-    bad_reward_inputs: int = 0  # completions the rewards scored as bad input (empty ones)
+    bad_reward_inputs: int = 0  # bad inputs the rewards counted (rewards/inputs.py: empty, None, over-long)
     plan: ForwardPlan = PLAIN  # the paths of its sampling and of the passes after it (models/plan.py)
     # [R, C] truncated importance weights when vLLM sampled (grpo/vllm_backend.py)
     is_weights: torch.Tensor | None = None
