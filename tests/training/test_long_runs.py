@@ -272,23 +272,26 @@ def test_a_stop_inside_a_reuse_of_rollouts_waits_for_its_end_and_resumes_exactly
 
 
 @pytest.mark.slow
-def test_resident_memory_stays_flat_over_300_grpo_steps_with_eval_and_checkpoints():
-    """benchmarks/soak.py at 300 steps of G=2 and 4 tokens, an evaluation and a checkpoint every 75 (the first
-    evaluation, which loads the semantic model, falls in the warm-up); the 2,000-step figures are in
-    docs/long_runs.md."""
+def test_resident_memory_stays_flat_over_150_grpo_steps_with_eval_and_checkpoints():
+    """benchmarks/soak.py at 150 steps of G=2 and 4 tokens, an evaluation and a checkpoint every 25 (the first
+    evaluation, which loads the semantic model, falls in the 50-step warm-up; four more and five checkpoints
+    come after it). The bound is the slope of 5% per 200 steps, so 2.5% over the 100 steps after the warm-up:
+    a leak of a fixed size per step is caught as it was over 200 steps (this run grew 0.5%, 4 MiB after the
+    second evaluation, then nothing); the 2,000-step figures are in docs/long_runs.md."""
+    steps, warmup = 150, 50
     cmd = [
         sys.executable,
         str(ROOT / "benchmarks" / "soak.py"),
         "--steps",
-        "300",
+        str(steps),
         "--warmup",
-        "100",
+        str(warmup),
         "--every",
-        "25",
+        "10",
         "--save-steps",
-        "75",
+        "25",
         "--eval-steps",
-        "75",
+        "25",
         "--num-generations",
         "2",
         "--max-new-tokens",
@@ -298,9 +301,9 @@ def test_resident_memory_stays_flat_over_300_grpo_steps_with_eval_and_checkpoint
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["logged_steps"] == list(range(25, 301, 25))
+    assert result["logged_steps"] == list(range(10, 151, 10))
     assert 0 < min(result["rss_mib"])
-    assert result["growth_after_warmup"] <= 0.05, result["rss_mib"]
+    assert result["growth_after_warmup"] <= 0.05 * (steps - warmup) / 200, result["rss_mib"]
 
 
 # ---- every sink of a resumed run holds what an uninterrupted run's would --------------------------
