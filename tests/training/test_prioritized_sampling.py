@@ -137,6 +137,7 @@ def test_a_failed_image_is_met_once_and_a_small_set_repeats_within_a_batch():
 RANK = textwrap.dedent(
     """
     import json, sys
+    import torch
     from PIL import Image
     from vqa_grpo.data.types import VQAExample
     from vqa_grpo.training.batches import Batches
@@ -152,7 +153,8 @@ RANK = textwrap.dedent(
         mine = [ex.id for ex in batches.next()[0]]
         batches.observe(mine, [int(q[1:]) % 5 / 4 for q in mine])  # q0, q5, ...: 0; q2, q7, ...: 1/2
         drawn.append(mine)
-    print(json.dumps({"drawn": drawn, "state": batches.state()}))
+    print(json.dumps({"drawn": drawn, "state": batches.state()}), flush=True)
+    torch.distributed.destroy_process_group()  # left to exit, gloo's threads may abort the process
     """
 )
 
