@@ -8,6 +8,7 @@ import pytest
 from vqa_grpo.data.types import VQAExample
 from vqa_grpo.evaluation.compare import compare_runs, format_comparison, load_eval_dir
 from vqa_grpo.evaluation.evaluate import format_table, summarise, write_outputs
+from vqa_grpo.evaluation.paired import paired_bootstrap
 
 
 def write_run(path, anls: list[float], convention: str) -> str:
@@ -78,3 +79,22 @@ def test_the_report_shows_the_headline_metric_with_its_interval_per_type(tmp_pat
 def _ci_text(metrics: dict) -> str:
     low, high = metrics["ci95"]["anls"]
     return f"[{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def test_a_user_metric_none_leaves_its_row_out_of_that_metric_only(tmp_path):
+    """A user metric that scored a row None (predictions.jsonl's null): compare leaves the row out
+    of that metric's difference, as the perturbed and rephrased passes do, and keeps it for the rest."""
+    examples = [VQAExample(f"q{i}", "is it?", ["yes"], "yes", "yes/no", "is it") for i in range(4)]
+    paths = []
+    for name, acc, mine in (("a", [1, 0, 0, 1], [0.5, np.nan, 0.5, 0.5]), ("b", [1, 1, 0, 1], [1.0, 1.0, np.nan, 0.5])):
+        scores = {"vqa_accuracy": np.array(acc, dtype=float), "mine": np.array(mine)}
+        write_outputs(tmp_path / name, examples, ["p"] * 4, ["p"] * 4, scores, summarise(scores, examples, samples=50))
+        paths.append(str(tmp_path / name))
+    result = compare_runs(paths, samples=200)
+    assert result["metrics"] == ["vqa_accuracy", "mine"]
+    d = result["differences"][0]["overall"]
+    # mine: only q0 (0.5 -> 1.0) and q3 (0.5 -> 0.5) are scored by both; p from the same bootstrap
+    p = float(paired_bootstrap(np.array([[0.5], [0.0]]), samples=200, seed=0)["p_value"][0])
+    assert d["mine"] == {"mean": 0.25, "ci95": [0.0, 0.5], "p_value": p, "n": 2}
+    assert d["n"] == 4 and d["vqa_accuracy"]["mean"] == 0.25 and "n" not in d["vqa_accuracy"]
+    assert "mine" in format_comparison(result)

@@ -30,7 +30,6 @@ from vqa_grpo.data.benchmarks import resolve as resolve_benchmark
 from vqa_grpo.data.types import VQAExample
 from vqa_grpo.errors import UserError
 from vqa_grpo.evaluation.answering import answer_and_score
-from vqa_grpo.evaluation.paired import write_rows
 from vqa_grpo.evaluation.rephrase_check import FILE as REPHRASED_FILE
 from vqa_grpo.evaluation.rephrase_check import check_rephrasings
 from vqa_grpo.evaluation.robustness import FILE as PERTURBED_FILE
@@ -81,7 +80,9 @@ def summarise(scores: dict[str, np.ndarray], examples: list[VQAExample], samples
 
 
 EVAL_FILES = ("predictions.jsonl", "metrics.json")
-"""What an evaluation writes to its output folder (and all of it: a new one replaces both)."""
+"""The files every evaluation writes to its output folder, in this order. Before them it writes
+predictions_rephrased.jsonl (eval.rephrase) and then predictions_perturbed.jsonl (eval.perturb),
+and removes an earlier evaluation's copy of either when its pass is off."""
 
 
 def check_out_dir(out_dir: str | Path, overwrite: bool) -> None:
@@ -146,6 +147,20 @@ def evaluate(
         write_outputs(Path(out_dir), got.examples, got.raw, got.predictions, got.scores, metrics)
     dist.barrier()
     return metrics
+
+
+def write_rows(out: Path, name: str, rows: list[dict] | None) -> None:
+    """``out/name`` as JSONL (written beside, then moved over an earlier one); None removes an
+    earlier evaluation's, so that the folder holds one evaluation's files only."""
+    path = out / name
+    if rows is None:
+        path.unlink(missing_ok=True)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / f"{name}.tmp").open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    os.replace(out / f"{name}.tmp", path)
 
 
 def write_outputs(out: Path, examples, raw, preds, scores, metrics) -> None:

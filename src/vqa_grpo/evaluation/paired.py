@@ -22,10 +22,6 @@ questions. Question types appear in the JSON output only (VQA v2 has 65 of them)
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
 import numpy as np
 
 BOOTSTRAP_SAMPLES = 10_000
@@ -64,8 +60,38 @@ def by_type(rows: list[dict], field: str) -> dict[str, list[int]]:
     return dict(sorted(out.items()))
 
 
+def as_scores(values: list) -> np.ndarray:
+    """Scores as floats, a user metric's None (an answer it did not score) as NaN."""
+    return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
+
+
+def paired_tests(first: np.ndarray, again: np.ndarray, samples: int, seed: int = SEED) -> list[dict | None]:
+    """For each column of the [N, M] scores: {"mean", "ci95", "p_value"} of ``again - first`` over
+    the rows both scored (NaN, a user metric's None, leaves the row out of that column), with "n"
+    when fewer than N were; None for a column with no such row. Columns scored on the same rows
+    share one bootstrap (the same resampled questions)."""
+    diffs = again - first
+    scored = ~np.isnan(diffs)
+    out: list[dict | None] = [None] * diffs.shape[1]
+    groups: dict[bytes, list[int]] = {}
+    for j in range(diffs.shape[1]):
+        groups.setdefault(scored[:, j].tobytes(), []).append(j)
+    for cols in groups.values():
+        rows = scored[:, cols[0]]
+        if not rows.any():
+            continue
+        res = paired_bootstrap(diffs[rows][:, cols], samples, seed)
+        for c, j in enumerate(cols):
+            lo, hi = (float(x) for x in res["ci95"][c])
+            out[j] = {"mean": float(res["mean"][c]), "ci95": [lo, hi], "p_value": float(res["p_value"][c])}
+            if rows.sum() < len(rows):
+                out[j]["n"] = int(rows.sum())
+    return out
+
+
 def paired_difference(base: list[dict], other: list[dict], metrics: list[str], samples: int, seed: int) -> dict:
-    """Paired differences ``other - base`` over the shared ids, overall and per type."""
+    """Paired differences ``other - base`` over the shared ids, overall and per type; a metric a
+    row did not score (None) leaves that row out of the metric's figures (``paired_tests``)."""
     by_id = {}
     for r in other:
         by_id.setdefault(str(r["id"]), r)
@@ -79,15 +105,12 @@ def paired_difference(base: list[dict], other: list[dict], metrics: list[str], s
     shared = [m for m in metrics if all(m in a and m in b for a, b in pairs)]
     if not pairs:
         return {"n_shared": 0, "metrics": shared, "overall": {}, "per_answer_type": {}, "per_question_type": {}}
-    diffs = np.array([[float(b[m]) - float(a[m]) for m in shared] for a, b in pairs]).reshape(len(pairs), len(shared))
+    first = np.stack([as_scores([a[m] for a, _ in pairs]) for m in shared], axis=1).reshape(len(pairs), len(shared))
+    again = np.stack([as_scores([b[m] for _, b in pairs]) for m in shared], axis=1).reshape(len(pairs), len(shared))
 
     def test(index: list[int]) -> dict:
-        res = paired_bootstrap(diffs[index], samples, seed)
-        out: dict = {"n": len(index)}
-        for j, m in enumerate(shared):
-            lo, hi = (float(x) for x in res["ci95"][j])
-            out[m] = {"mean": float(res["mean"][j]), "ci95": [lo, hi], "p_value": float(res["p_value"][j])}
-        return out
+        tests = paired_tests(first[index], again[index], samples, seed)
+        return {"n": len(index), **{m: t for m, t in zip(shared, tests) if t is not None}}
 
     firsts = [a for a, _ in pairs]
     return {
@@ -110,34 +133,10 @@ def paired_pass(
 ) -> tuple[dict[str, float], dict[str, dict]]:
     """``(means, difference)``: the mean over the pass's rows of every metric in ``again``, and for
     the ``shown`` metrics that both score ``{"mean", "ci95", "p_value"}`` of ``again - first``
-    (metric -> [N] score arrays)."""
+    (metric -> [N] score arrays; ``paired_tests``)."""
     means = {m: nan_mean(np.array([v[k] for _, k in pairs], dtype=float)) for m, v in again.items()}
-    difference = {}
-    for m in shown:
-        if m not in again or m not in first:
-            continue
-        a = np.array([first[m][i] for i, _ in pairs], dtype=float)
-        b = np.array([again[m][k] for _, k in pairs], dtype=float)
-        scored = ~(np.isnan(a) | np.isnan(b))
-        if scored.any():
-            test = paired_bootstrap((b - a)[scored][:, None], samples)
-            difference[m] = {
-                "mean": float(test["mean"][0]),
-                "ci95": [float(x) for x in test["ci95"][0]],
-                "p_value": float(test["p_value"][0]),
-            }
-    return means, difference
-
-
-def write_rows(out: Path, name: str, rows: list[dict] | None) -> None:
-    """``out/name`` as JSONL (written beside, then moved over an earlier one); None removes an
-    earlier evaluation's, so that the folder holds one evaluation's files only."""
-    path = out / name
-    if rows is None:
-        path.unlink(missing_ok=True)
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / f"{name}.tmp").open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    os.replace(out / f"{name}.tmp", path)
+    both = [m for m in shown if m in again and m in first]
+    a = np.array([[first[m][i] for m in both] for i, _ in pairs], dtype=float).reshape(len(pairs), len(both))
+    b = np.array([[again[m][k] for m in both] for _, k in pairs], dtype=float).reshape(len(pairs), len(both))
+    tests = paired_tests(a, b, samples)
+    return means, {m: t for m, t in zip(both, tests) if t is not None}
