@@ -9,18 +9,27 @@ from vqa_grpo import cli
 from vqa_grpo.data.rephrase import REWRITES, rephrasings
 from vqa_grpo.evaluation.rephrase_check import format_rephrase
 
+# A metric of your own (eval.metrics) that reports the id it was given: the rephrased questions
+# must hand it each question's own id.
+PROBE = "def id_number(completions, id, **kwargs):\n    return [float(int(i)) for i in id]\n"
 
-def test_evaluate_rephrase_reports_each_rewrite_and_the_consistency(synth_dir, tiny_model_dir, tmp_path, capsys):
+
+def test_evaluate_rephrase_reports_each_rewrite_and_the_consistency(
+    synth_dir, tiny_model_dir, tmp_path, capsys, monkeypatch
+):
     out = tmp_path / "eval"
     args = ["evaluate", "--model", str(tiny_model_dir), "--data", str(synth_dir), "--out", str(out), "--rephrase"]
     quick = ["train.device=cpu", "train.progress=false", "data.max_eval_samples=6", "eval.max_new_tokens=3"]
-    assert cli.main([*args, *quick, "eval.bootstrap_samples=50"]) == 0
+    (tmp_path / "rephrase_probe.py").write_text(PROBE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert cli.main([*args, *quick, "eval.bootstrap_samples=50", "eval.metrics=[rephrase_probe:id_number]"]) == 0
     assert "consistency" in capsys.readouterr().out
     originals = {r["id"]: r for r in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())}
     rephrased = [json.loads(s) for s in (out / "predictions_rephrased.jsonl").read_text().splitlines()]
     # every applicable rewrite of every question, in order, and nothing else
     expected = [(i, n, t) for i, r in originals.items() for n, t in rephrasings(r["question"])]
     assert [(r["id"], r["rephrase"], r["question"]) for r in rephrased] == expected
+    assert [r["id_number"] for r in rephrased] == [float(i) for i, _, _ in expected]  # the real ids
     r = json.loads((out / "metrics.json").read_text())["rephrase"]
     asked = {r["id"] for r in rephrased}
     assert (r["n_questions"], r["n_variants"]) == (len(asked), len(rephrased)) and len(asked) >= 5

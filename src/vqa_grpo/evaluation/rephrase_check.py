@@ -40,9 +40,9 @@ def check_rephrasings(lm, original, cfg, device, dist=None) -> tuple[dict, list[
     for i, e in enumerate(original.examples):
         for name, text in rephrasings(e.question):
             asked.append((i, name))
-            variants.append(dataclasses.replace(e, id=str(len(asked) - 1), question=text))
+            variants.append(dataclasses.replace(e, question=text))  # the same id: user metrics see it
     got = answer_and_score(lm, variants, cfg, device, dist) if variants else None
-    answered = [] if got is None else [(asked[int(e.id)], k) for k, e in enumerate(got.examples)]
+    answered = [] if got is None else [(asked[position], k) for k, position in enumerate(got.positions)]
     rows = [
         {
             "id": original.examples[i].id,
@@ -71,10 +71,11 @@ def _consistency(original, answers: list[tuple[int, str]]) -> dict:
     seen: dict[int, set[str]] = {}
     for i, prediction in answers:
         seen.setdefault(i, {original.predictions[i]}).add(prediction)
+    if not seen:  # no question had a rewrite that applied
+        return {"consistency": 0.0, "consistent_and_right": 0.0}
     same = [i for i, preds in seen.items() if len(preds) == 1]
     right = [i for i in same if original.scores["vqa_accuracy"][i] == 1.0]
-    n = max(1, len(seen))
-    return {"consistency": len(same) / n if seen else 0.0, "consistent_and_right": len(right) / n if seen else 0.0}
+    return {"consistency": len(same) / len(seen), "consistent_and_right": len(right) / len(seen)}
 
 
 def format_rephrase(r: dict) -> str:
