@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -106,6 +107,17 @@ def test_two_judges_their_ceiling_and_a_users_function(page, tmp_path, capsys):
     assert result["thresholds"]["semantic"] == 0.8 and result["thresholds"]["vqa_accuracy"] == 0.5
     assert "brevity" in result["metrics"] and "anls" in result["metrics"] and "answer_type" in result["metrics"]
     assert any(n.startswith("multiple_choice: left out") for n in result["notes"])
+
+
+def test_judges_with_nothing_in_common_get_a_note_not_a_warning(page, tmp_path, capsys):
+    root = page[0]
+    ada = write(tmp_path / "ada.jsonl", judgments(page, "grade", "Ada")[:3])  # answers 1-3
+    bob = write(tmp_path / "bob.jsonl", judgments(page, "grade", "Bob", skip=3))  # answers 4-5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "Mean of empty slice" would fail here
+        code, result, _ = run(capsys, ada, bob, "--judge-dir", str(root / "grade"), "--json")
+    assert code == 0 and result["judgments"] == 5 and result["judges_agreement"] == []
+    assert result["notes"][-1] == "judges Ada and Bob judged nothing in common: no ceiling from them"
 
 
 def test_pairwise(page, tmp_path, capsys):

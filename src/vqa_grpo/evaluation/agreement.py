@@ -204,22 +204,25 @@ def _measure(rows: list[dict], metric: str, mode: str, cut: float, samples: int)
     return agreement(_codes(score, mode, cut), _codes(human, mode, 0.5), score, human, k, samples, SEED)
 
 
-def _judges(rows: list[dict], mode: str, samples: int) -> list[dict]:
-    """Each pair of judges on the units both judged."""
+def _judges(rows: list[dict], mode: str, samples: int) -> tuple[list[dict], list[str]]:
+    """Each pair of judges on the units both judged, and a note for each pair with none in common."""
     by_judge: dict[str, dict] = {}
     for r in rows:
         by_judge.setdefault(r["judge"], {})[(r["question"], r["slot"])] = r["human"]
     names = sorted(by_judge)
-    out = []
+    out, apart = [], []
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             both = sorted(set(by_judge[a]) & set(by_judge[b]))
+            if not both:
+                apart.append(f"judges {a} and {b} judged nothing in common: no ceiling from them")
+                continue
             x = np.array([by_judge[a][u] for u in both], dtype=float)
             y = np.array([by_judge[b][u] for u in both], dtype=float)
             k = 2 if mode == "grade" else 3
             res = agreement(_codes(x, mode, 0.5), _codes(y, mode, 0.5), x, y, k, samples, SEED)
             out.append({"judges": [a, b], **res})
-    return out
+    return out, apart
 
 
 def _models(key: dict, marks: dict, evals: list, table: dict, judge_dir: str) -> list[dict]:
@@ -280,6 +283,7 @@ def measure_agreement(
             "people": float(np.mean([r["human"] for r in sub])),
             **{m: _measure(sub, m, key["mode"], cuts[m], 0) for m in names},
         }
+    ceiling, apart = _judges(rows, key["mode"], samples)
     return {
         "page": key["page"],
         "mode": key["mode"],
@@ -288,12 +292,12 @@ def measure_agreement(
         "judgments": len(rows),
         "units": units,
         "judged_units": judged,
-        "notes": notes + [f"{m}: left out: {why}" for m, why in sorted(missing.items()) if m not in names],
+        "notes": notes + [f"{m}: left out: {why}" for m, why in sorted(missing.items()) if m not in names] + apart,
         "thresholds": cuts,
         "metrics": {m: _measure(rows, m, key["mode"], cuts[m], samples) for m in names},
         "per_question_type": per_type,
         "models": _models(key, marks, evals, table, judge_dir),
-        "judges_agreement": _judges(rows, key["mode"], samples),
+        "judges_agreement": ceiling,
         "bootstrap": {"samples": samples, "seed": SEED, "unit": "judgment (judge, answer)"},
     }
 
