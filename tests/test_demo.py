@@ -77,6 +77,15 @@ RECORDED: list[tuple[str, str]] = [
 ]
 
 
+def test_a_shift_with_no_question_is_null_in_the_summary():
+    from vqa_grpo.demo.run import _per_shift
+
+    rows = [{"id": "a", "vqa_accuracy": 1.0}, {"id": "b", "vqa_accuracy": 0.0}, {"id": "c", "vqa_accuracy": 0.5}]
+    got = _per_shift(rows, {"a": "crowded", "b": "crowded", "c": "rephrased"})
+    assert got == {"crowded": 0.5, "pairs": None, "rephrased": 0.5}
+    assert json.loads(json.dumps(got, allow_nan=False)) == got  # summary.json stays JSON
+
+
 def _damaged_copy(tmp_path, monkeypatch):
     copy = tmp_path / "base_model"
     shutil.copytree(base.BASE_DIR, copy)

@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--train-questions",
         type=int,
         default=None,
-        help="train both stages on this many questions, same steps (data efficiency; default: all 2,400)",
+        help="train both stages on this many questions, same steps (data efficiency; default: all the training split)",
     )
     demo.add_argument(
         "overrides", nargs="*", help="section.key=value overrides of the GRPO stage, e.g. reward.components=[composite]"

@@ -140,7 +140,8 @@ def run_demo(
     for name, model in models.items():
         results[name], replies[name] = _evaluate(model, held_out, eval_cfg, out / "eval" / name)
         ood_results[name], ood_replies[name] = _evaluate(model, ood, eval_cfg, out / "eval-ood" / name)
-    shift_of = {json.loads(line)["id"]: json.loads(line)["shift"] for line in (ood_dir / "data.jsonl").open()}
+    ood_rows = [json.loads(line) for line in (ood_dir / "data.jsonl").read_text().splitlines()]
+    shift_of = {row["id"]: row["shift"] for row in ood_rows}
     compared = compare_runs([str(out / "eval" / name) for name in STAGES])
     write_report(
         str(out / "grpo"),
@@ -185,10 +186,11 @@ def _evaluate(model: Path, examples: list, cfg, out: Path) -> tuple[dict, list[d
     return metrics, [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
 
 
-def _per_shift(rows: list[dict], shift_of: dict[str, str]) -> dict[str, float]:
-    """VQA accuracy per shift of the out-of-distribution set."""
+def _per_shift(rows: list[dict], shift_of: dict[str, str]) -> dict[str, float | None]:
+    """VQA accuracy per shift of the out-of-distribution set (None for a shift with no question:
+    summary.json stays JSON)."""
     by_shift = {shift: [r["vqa_accuracy"] for r in rows if shift_of[r["id"]] == shift] for shift in SHIFTS}
-    return {shift: sum(v) / len(v) if v else float("nan") for shift, v in by_shift.items()}
+    return {shift: sum(v) / len(v) if v else None for shift, v in by_shift.items()}
 
 
 def format_summary(s: dict) -> str:
@@ -216,7 +218,7 @@ def format_summary(s: dict) -> str:
     ood_head = f"{'model':<32} {'OOD acc':>8} {'recog.':>7} " + " ".join(f"{t:>9}" for t in shifts)
     lines += ["", f"out of distribution: {s['n_ood']} questions, a third per shift", ood_head, "-" * len(ood_head)]
     for key, label in names.items():
-        per = " ".join(f"{s['per_shift_ood'][key][t]:>9.3f}" for t in shifts)
+        per = " ".join("-".rjust(9) if v is None else f"{v:>9.3f}" for v in map(s["per_shift_ood"][key].get, shifts))
         lines.append(f"{label:<32} {s['accuracy_ood_' + key]:>8.3f} {s['recognised_ood_' + key]:>7.3f} {per}")
     lines.append(
         "recog.: replies naming exactly one candidate answer, the right one (perception, whatever the form); "
