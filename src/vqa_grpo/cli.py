@@ -71,8 +71,11 @@ def dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "evaluate":
         import vqa_grpo
-        from vqa_grpo.evaluation.evaluate import format_headline, format_table
+        from vqa_grpo.evaluation.evaluate import EVAL_FILES, format_headline, format_table
+        from vqa_grpo.evaluation.rephrase_check import FILE as REPHRASED
         from vqa_grpo.evaluation.rephrase_check import format_rephrase
+        from vqa_grpo.evaluation.robustness import FILE as PERTURBED
+        from vqa_grpo.evaluation.robustness import format_robustness
 
         perturb = [f"eval.perturb={json.dumps(args.perturb.split(','))}"] if args.perturb is not None else []
         cfg = vqa_grpo.load_config(args.config, args.overrides + ["eval.rephrase=true"] * args.rephrase + perturb)
@@ -84,11 +87,10 @@ def dispatch(args: argparse.Namespace) -> int:
         if "rephrase" in metrics:
             print(format_rephrase(metrics["rephrase"]))
         if "robustness" in metrics:
-            from vqa_grpo.evaluation.robustness import format_robustness
-
             print(format_robustness(metrics["robustness"], metrics.get("primary_metric")))
         if args.out:
-            print(f"wrote {args.out}/predictions.jsonl and {args.out}/metrics.json")
+            passes = [REPHRASED] * ("rephrase" in metrics) + [PERTURBED] * ("robustness" in metrics)
+            print(f"wrote {', '.join(f'{args.out}/{name}' for name in [*passes, *EVAL_FILES])}")
         return 0
     if args.command == "score":
         from vqa_grpo.evaluation.score import run_score

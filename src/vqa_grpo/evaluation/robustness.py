@@ -6,8 +6,8 @@ to disk), with the seed ``perturb_seed(example id, name, severity, train.seed)``
 models evaluated with the same train.seed see the same perturbed images and ``compare`` can pair
 their answers. metrics.json's ``robustness`` maps each ``NAME:SEVERITY`` to:
 
-* ``n``: the questions answered on the perturbed images; ``skipped``: those whose perturbed image
-  failed to load or to pass the processor;
+* ``n``: the questions answered on the perturbed images; ``skipped``: the questions whose
+  perturbed image failed to load or that the model's processor could not take;
 * each metric's mean over those questions (``vqa_accuracy``, the composite and its parts, the
   benchmark metrics, your own);
 * ``difference``: for ``vqa_accuracy`` and the primary metric, {mean, ci95, p_value} of the paired
@@ -124,8 +124,9 @@ def load_perturbed(eval_dir: str | Path) -> dict[str, list[dict]] | None:
 
 
 def format_robustness(r: dict, primary: str | None = None) -> str:
-    """metrics.json's ``robustness`` as lines under evaluate's table: each pass's accuracy and its
-    difference to the clean images."""
+    """metrics.json's ``robustness`` as lines under evaluate's table: one per pass and metric
+    (vqa_accuracy, and ``primary`` too when it is another), its mean and its difference to the
+    clean images."""
     lines = [f"perturbed images: {len(r)} pass(es) (--perturb, data/perturb.py); difference to the clean images"]
     for lab, m in r.items():
         for metric in dict.fromkeys(["vqa_accuracy", primary or "vqa_accuracy"]):
