@@ -23,7 +23,12 @@ def test_evaluate_rephrase_reports_each_rewrite_and_the_consistency(
     (tmp_path / "rephrase_probe.py").write_text(PROBE)
     monkeypatch.syspath_prepend(str(tmp_path))
     assert cli.main([*args, *quick, "eval.bootstrap_samples=50", "eval.metrics=[rephrase_probe:id_number]"]) == 0
-    assert "consistency" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "consistency" in printed
+    assert (
+        printed.splitlines()[-1]
+        == f"wrote {out}/predictions_rephrased.jsonl, {out}/predictions.jsonl, {out}/metrics.json"
+    )
     originals = {r["id"]: r for r in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())}
     rephrased = [json.loads(s) for s in (out / "predictions_rephrased.jsonl").read_text().splitlines()]
     # every applicable rewrite of every question, in order, and nothing else
