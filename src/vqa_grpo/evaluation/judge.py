@@ -35,7 +35,7 @@ from vqa_grpo.errors import UserError
 from vqa_grpo.evaluation.compare import load_eval_dir
 from vqa_grpo.evaluation.judge_html import judge_page
 from vqa_grpo.evaluation.report import load_thumbnails
-from vqa_grpo.evaluation.report_html import _answers_text
+from vqa_grpo.evaluation.report_html import answers_text
 from vqa_grpo.paths import check_folder
 
 MODES = ("grade", "pairwise")
@@ -94,7 +94,7 @@ def build_items(by_eval: list[dict[str, dict]], mode: str, n: int, seed: int) ->
             {
                 "id": qid,
                 "question": str(first.get("question", "")),
-                "answers": _answers_text(first.get("answers", [])),
+                "answers": answers_text(first.get("answers", [])),
                 "question_type": str(first.get("question_type", "")),
                 "answer_type": str(first.get("answer_type", "")),
                 "slots": slots,

@@ -16,7 +16,7 @@ tie. ``time`` is when the mark was made (ISO
 
 from __future__ import annotations
 
-from vqa_grpo.evaluation.report_html import _e
+from vqa_grpo.evaluation.report_html import escape_html
 
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 GRADE = (("right", "1"), ("partly", "2"), ("wrong", "3"))
@@ -29,15 +29,16 @@ def _item_grade(item: dict, slot: dict) -> str:
         for label, key in GRADE
     )
     return (
-        f'<li class=item tabindex=-1 data-q="{_e(item["id"])}" data-slot="{_e(slot["slot"])}">'
-        f"<span class=slot>{_e(slot['slot'])}</span><span class=answer>{_e(slot['answer'])}</span>"
+        f'<li class=item tabindex=-1 data-q="{escape_html(item["id"])}" data-slot="{escape_html(slot["slot"])}">'
+        f"<span class=slot>{escape_html(slot['slot'])}</span><span class=answer>{escape_html(slot['answer'])}</span>"
         f"<span class=marks>{buttons}</span></li>"
     )
 
 
 def _item_pairwise(item: dict) -> str:
     answers = "".join(
-        f"<div class=side><span class=slot>{_e(s['slot'])}</span><span class=answer>{_e(s['answer'])}</span></div>"
+        f"<div class=side><span class=slot>{escape_html(s['slot'])}</span>"
+        f"<span class=answer>{escape_html(s['answer'])}</span></div>"
         for s in item["slots"]
     )
     buttons = "".join(
@@ -45,14 +46,14 @@ def _item_pairwise(item: dict) -> str:
         for label, key, text in PAIRWISE
     )
     return (
-        f'<div class="item pair" tabindex=-1 data-q="{_e(item["id"])}" data-slot="">'
+        f'<div class="item pair" tabindex=-1 data-q="{escape_html(item["id"])}" data-slot="">'
         f"<div class=sides>{answers}</div><div class=marks>{buttons}</div></div>"
     )
 
 
 def _question(number: int, total: int, item: dict, image: str | None, mode: str) -> str:
     img = f'<img src="{image}" alt="image of question {number}">' if image else "<p class=note>no image</p>"
-    kinds = " \u00b7 ".join(_e(t) for t in (item["question_type"], item["answer_type"]) if t)
+    kinds = " \u00b7 ".join(escape_html(t) for t in (item["question_type"], item["answer_type"]) if t)
     if mode == "grade":
         body = "<ol class=answers>" + "".join(_item_grade(item, s) for s in item["slots"]) + "</ol>"
     else:
@@ -60,8 +61,8 @@ def _question(number: int, total: int, item: dict, image: str | None, mode: str)
     return (
         f'<section class=question id="q{number}"><div class=figure>{img}</div><div class=text>'
         f"<p class=count>{number} / {total} <span class=note>{kinds}</span></p>"
-        f"<p class=asked>{_e(item['question'])}</p>"
-        f"<p class=refs>Reference answers: {_e(item['answers'])}</p>{body}</div></section>"
+        f"<p class=asked>{escape_html(item['question'])}</p>"
+        f"<p class=refs>Reference answers: {escape_html(item['answers'])}</p>{body}</div></section>"
     )
 
 
@@ -82,7 +83,7 @@ def judge_page(items: list[dict], thumbs: dict[str, str], pid: str, mode: str, n
             "neither is better. The models are not named and their order changes from question to question."
         )
         keys = "<kbd>a</kbd> A is better, <kbd>b</kbd> B is better, <kbd>t</kbd> tie (then the next question)"
-    note_html = "".join(f"<p class=note>{_e(n)}</p>" for n in notes)
+    note_html = "".join(f"<p class=note>{escape_html(n)}</p>" for n in notes)
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>

@@ -32,11 +32,11 @@ from vqa_grpo.evaluation.compare import compare_runs, load_eval_dir
 from vqa_grpo.evaluation.report_html import (  # the page's HTML pieces
     _SCRIPT,
     _STYLE,
-    _e,
     _gallery_section,
-    _png_uri,
     _score,
     _types_section,
+    escape_html,
+    png_uri,
 )
 from vqa_grpo.evaluation.robustness_view import report_section
 from vqa_grpo.paths import check_file
@@ -293,14 +293,14 @@ def write_report(
     config_html = ""
     if config.is_file():
         text = config.read_text(encoding="utf-8", errors="replace")
-        config_html = f"<details><summary>config.yaml</summary><pre>{_e(text)}</pre></details>"
+        config_html = f"<details><summary>config.yaml</summary><pre>{escape_html(text)}</pre></details>"
     sources = "; ".join(
-        f"{label}: <code>{_e(value or '-')}</code>"
+        f"{label}: <code>{escape_html(value or '-')}</code>"
         for label, value in (("before", before), ("after", after), ("data", data_path))
     )
     figures = "\n".join(
-        f'<figure><img src="{_png_uri(png)}" alt="{_e(title)}"><figcaption>plots/{name}.png'
-        + (f" ({_e(empty)})" if empty else "")
+        f'<figure><img src="{png_uri(png)}" alt="{escape_html(title)}"><figcaption>plots/{name}.png'
+        + (f" ({escape_html(empty)})" if empty else "")
         + "</figcaption></figure>"
         for name, title, png, empty in plots
     )
@@ -309,14 +309,14 @@ def write_report(
 <head>
 <meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{_CSP}">
-<title>vqa-grpo report: {_e(run.resolve().name)}</title>
+<title>vqa-grpo report: {escape_html(run.resolve().name)}</title>
 <style>{_STYLE}</style>
 </head>
 <body>
-<h1>vqa-grpo report: {_e(run.resolve().name)}</h1>
-<p>Run directory <code>{_e(run)}</code>; {sources}.</p>
+<h1>vqa-grpo report: {escape_html(run.resolve().name)}</h1>
+<p>Run directory <code>{escape_html(run)}</code>; {sources}.</p>
 {config_html}
-{"".join(f"<p class=note>{_e(n)}</p>" for n in notes)}
+{"".join(f"<p class=note>{escape_html(n)}</p>" for n in notes)}
 <h2>Training curves</h2>
 <div class=plots>
 {figures}

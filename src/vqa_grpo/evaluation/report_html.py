@@ -16,24 +16,27 @@ def _score(row: dict) -> float:
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else 0.0
 
 
-def _e(text) -> str:
+def escape_html(text) -> str:
+    """``text`` safe inside HTML, attribute values included (the report, robustness and judge pages)."""
     return html.escape(str(text), quote=True)
 
 
-def _answers_text(answers) -> str:
+def answers_text(answers) -> str:
+    """A question's reference answers as one line, each distinct answer once with its count."""
     if isinstance(answers, str):
         return answers
     counts = Counter(str(a.get("answer")) if isinstance(a, dict) else str(a) for a in answers or [])
     return " / ".join(f"{a} \u00d7{n}" if n > 1 else a for a, n in counts.most_common())
 
 
-def _pct(v) -> str:
+def pct(v) -> str:
+    """A share as a percentage with one decimal, "-" for a missing value."""
     return f"{100 * v:.1f}" if isinstance(v, (int, float)) else "-"
 
 
 def _ci(m: dict | None, metric: str = "vqa_accuracy") -> str:
     ci = ((m or {}).get("ci95") or {}).get(metric)
-    return f"[{_pct(ci[0])}, {_pct(ci[1])}]" if isinstance(ci, list) and len(ci) == 2 else "-"
+    return f"[{pct(ci[0])}, {pct(ci[1])}]" if isinstance(ci, list) and len(ci) == 2 else "-"
 
 
 def _type_table(
@@ -52,13 +55,13 @@ def _type_table(
     body = []
     for name, b, a, d in groups:
         n = (a or b or {}).get("n", "-")
-        cells = [f"<td>{_e(name)}</td>", f"<td class=num>{_e(n)}</td>"]
+        cells = [f"<td>{escape_html(name)}</td>", f"<td class=num>{escape_html(n)}</td>"]
         if has_before:
-            cells += [f"<td class=num>{_pct((b or {}).get(metric))}</td>", f"<td class=num>{_ci(b, metric)}</td>"]
+            cells += [f"<td class=num>{pct((b or {}).get(metric))}</td>", f"<td class=num>{_ci(b, metric)}</td>"]
         cells += [
-            f"<td class=num>{_pct((a or {}).get(metric))}</td>",
+            f"<td class=num>{pct((a or {}).get(metric))}</td>",
             f"<td class=num>{_ci(a, metric)}</td>",
-            f"<td class=num>{_pct((a or {}).get('composite'))}</td>",
+            f"<td class=num>{pct((a or {}).get('composite'))}</td>",
         ]
         if has_before:
             t = (d or {}).get(metric)
@@ -72,7 +75,7 @@ def _type_table(
             else:
                 cells += ["<td class=num>-</td>"] * 3
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<h3>{_e(title)}</h3>\n<table>\n{head}</tr>\n" + "\n".join(body) + "\n</table>"
+    return f"<h3>{escape_html(title)}</h3>\n<table>\n{head}</tr>\n" + "\n".join(body) + "\n</table>"
 
 
 def _types_section(before: dict | None, after: dict | None, diff: dict | None) -> str:
@@ -90,8 +93,8 @@ def _types_section(before: dict | None, after: dict | None, diff: dict | None) -
     shown = [headline] if headline in after and headline != "vqa_accuracy" else []
     shown.append("vqa_accuracy")
     parts = [
-        (f"<p>{_e(shown[0])} in percent (the headline: primary_metric); " if len(shown) > 1 else "<p>")
-        + f"VQA accuracy in percent ({_e(' and '.join(conventions))} convention: eval.vqa_convention); "
+        (f"<p>{escape_html(shown[0])} in percent (the headline: primary_metric); " if len(shown) > 1 else "<p>")
+        + f"VQA accuracy in percent ({escape_html(' and '.join(conventions))} convention: eval.vqa_convention); "
         "95% CI: bootstrap over questions (evaluate). "
         + (
             f"after \u2212 before: paired bootstrap over the shared questions ({BOOTSTRAP_SAMPLES:,} resamples, "
@@ -127,7 +130,7 @@ def _gallery_section(rows: list[dict], thumbs: dict[str, str], has_before: bool,
         buttons = [("gain", "-1", "highest score"), ("gain", "1", "lowest score"), ("id", "1", "by id")]
     bar = " ".join(
         f'<button type=button data-sort="{k}" data-direction="{d}" '
-        f'aria-pressed="{str(i == 0).lower()}">{_e(t)}</button>'
+        f'aria-pressed="{str(i == 0).lower()}">{escape_html(t)}</button>'
         for i, (k, d, t) in enumerate(buttons)
     )
     head = "<tr><th>image</th><th>id</th><th>question</th><th>ground truth</th>"
@@ -136,25 +139,26 @@ def _gallery_section(rows: list[dict], thumbs: dict[str, str], has_before: bool,
     body = []
     for r in rows:
         uri = thumbs.get(r["id"])
-        img = f'<img src="{uri}" alt="image of {_e(r["id"])}">' if uri else "<span class=note>no image</span>"
+        img = f'<img src="{uri}" alt="image of {escape_html(r["id"])}">' if uri else "<span class=note>no image</span>"
         cells = [
             f"<td>{img}</td>",
-            f"<td>{_e(r['id'])}</td>",
-            f"<td>{_e(r['question'])}</td>",
-            f"<td>{_e(_answers_text(r['answers']))}</td>",
+            f"<td>{escape_html(r['id'])}</td>",
+            f"<td>{escape_html(r['question'])}</td>",
+            f"<td>{escape_html(answers_text(r['answers']))}</td>",
         ]
         for side, present in (("before", has_before), ("after", has_after)):
             if present:
                 p = r[side] or {}
                 raw = p.get("raw")
-                tip = f' title="raw: {_e(raw)}"' if isinstance(raw, str) and raw != p.get("prediction") else ""
+                tip = f' title="raw: {escape_html(raw)}"' if isinstance(raw, str) and raw != p.get("prediction") else ""
                 cells.append(
-                    f"<td{tip}>{_e(p.get('prediction', ''))}<br><span class=score>acc {_score(p):.2f}</span></td>"
+                    f"<td{tip}>{escape_html(p.get('prediction', ''))}"
+                    f"<br><span class=score>acc {_score(p):.2f}</span></td>"
                 )
         if both:
             cls = "gain" if r["gain"] > 0 else "loss" if r["gain"] < 0 else ""
             cells.append(f"<td class='num {cls}'>{r['gain']:+.2f}</td>")
-        body.append(f'<tr data-id="{_e(r["id"])}" data-gain="{r["gain"]!r}">' + "".join(cells) + "</tr>")
+        body.append(f'<tr data-id="{escape_html(r["id"])}" data-gain="{r["gain"]!r}">' + "".join(cells) + "</tr>")
     shown = f"{len(rows)} of {total} questions"
     if total > len(rows):
         shown += " (the largest gains and losses and a spread of the rest)"
@@ -212,5 +216,6 @@ _SCRIPT = """
 """
 
 
-def _png_uri(png: bytes) -> str:
+def png_uri(png: bytes) -> str:
+    """PNG bytes as a data: URI, so that a page embeds its images and stays one file."""
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")

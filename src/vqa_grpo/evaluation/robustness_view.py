@@ -8,7 +8,7 @@ import io
 
 from vqa_grpo.data.perturb import PERTURBATIONS, SEVERITIES
 from vqa_grpo.evaluation.paired import paired_difference
-from vqa_grpo.evaluation.report_html import _e, _pct, _png_uri
+from vqa_grpo.evaluation.report_html import escape_html, pct, png_uri
 from vqa_grpo.evaluation.robustness import load_perturbed
 
 
@@ -189,11 +189,11 @@ def report_section(before: dict | None, after: dict | None) -> tuple[str, bytes]
     )
     body = []
     for lab in dict.fromkeys(lab for _, m in runs for lab in m["robustness"]):
-        cells = [f"<td>{_e(lab)}</td>"]
+        cells = [f"<td>{escape_html(lab)}</td>"]
         for _, m in runs:
             p = m["robustness"].get(lab) or {}
             d = (p.get("difference") or {}).get(metric)
-            cells += [f"<td class=num>{_e(p.get('n', '-'))}</td>", f"<td class=num>{_pct(p.get(metric))}</td>"]
+            cells += [f"<td class=num>{escape_html(p.get('n', '-'))}</td>", f"<td class=num>{pct(p.get(metric))}</td>"]
             if d:
                 lo, hi = d["ci95"]
                 cells.append(f"<td class=num>{100 * d['mean']:+.1f}</td>")
@@ -202,10 +202,10 @@ def report_section(before: dict | None, after: dict | None) -> tuple[str, bytes]
                 cells += ["<td class=num>-</td>"] * 2
         body.append("<tr>" + "".join(cells) + "</tr>")
     html = (
-        f"<p>{_e(metric)} in percent on perturbed copies of the images (<code>evaluate --perturb</code>, "
+        f"<p>{escape_html(metric)} in percent on perturbed copies of the images (<code>evaluate --perturb</code>, "
         "vqa_grpo/data/perturb.py), severity 0 the clean images; the difference to the clean images is "
         "paired over the same questions (evaluate's bootstrap).</p>\n"
-        f'<figure><img src="{_png_uri(png)}" alt="{_e(metric)} against severity per perturbation">'
+        f'<figure><img src="{png_uri(png)}" alt="{escape_html(metric)} against severity per perturbation">'
         "<figcaption>plots/robustness.png</figcaption></figure>\n"
         f"<table>\n{head}</tr>\n" + "\n".join(body) + "\n</table>"
     )
