@@ -120,7 +120,7 @@ this list should lower-case its input."""
 
 # Kinds of object: (colour, shape).
 _Kind = tuple[str, str]
-_ALL_KINDS: tuple[_Kind, ...] = tuple((c, s) for c in COLORS for s in SHAPES)
+ALL_KINDS: tuple[_Kind, ...] = tuple((c, s) for c in COLORS for s in SHAPES)
 _SCENE_TRIES = 200  # whole-scene restarts (new sizes) before giving up; a few suffice in practice
 _OBJECT_TRIES = 100  # positions tried for one object before restarting the scene
 Kinds = tuple[_Kind, ...]
@@ -128,7 +128,7 @@ Kinds = tuple[_Kind, ...]
 
 
 @dataclass
-class _Plan:
+class Plan:
     """A question with its answer, and the objects a scene needs to make that answer true.
 
     When ``left_pair`` is set, ``kinds[0]`` must lie wholly left of ``kinds[1]`` (disjoint
@@ -141,7 +141,7 @@ class _Plan:
     left_pair: bool = False
 
 
-def _others(rng: random.Random, count: int, allowed: Callable[[_Kind], bool], kinds: Kinds) -> list[_Kind]:
+def other_kinds(rng: random.Random, count: int, allowed: Callable[[_Kind], bool], kinds: Kinds) -> list[_Kind]:
     """``count`` random object kinds of ``kinds`` for which ``allowed`` holds."""
     pool = [k for k in kinds if allowed(k)]
     return [rng.choice(pool) for _ in range(count)]
@@ -155,75 +155,75 @@ def _colors_of(kinds: Kinds, shape: str) -> list[str]:
     return [c for c, s in kinds if s == shape]
 
 
-def _existence(rng: random.Random, answer: str, kinds: Kinds) -> _Plan:
+def _existence(rng: random.Random, answer: str, kinds: Kinds) -> Plan:
     color, shape = rng.choice(kinds)
     n_objects = rng.randint(1, MAX_OBJECTS)
     if answer == "yes":
         # One planted object, the rest free, so repeated kinds are no hint of a "yes".
-        planted = [(color, shape)] + _others(rng, n_objects - 1, lambda k: True, kinds)
+        planted = [(color, shape)] + other_kinds(rng, n_objects - 1, lambda k: True, kinds)
     else:
-        planted = _others(rng, n_objects, lambda k: k != (color, shape), kinds)
-    return _Plan(f"Is there a {color} {shape}?", "is there a", planted)
+        planted = other_kinds(rng, n_objects, lambda k: k != (color, shape), kinds)
+    return Plan(f"Is there a {color} {shape}?", "is there a", planted)
 
 
-def _count(rng: random.Random, answer: str, kinds: Kinds) -> _Plan:
+def _count(rng: random.Random, answer: str, kinds: Kinds) -> Plan:
     k = int(answer)
     # "0" is only a sensible answer for an attribute count: every image has an object.
     template = rng.choice(("color", "shape") if k == 0 else ("all", "color", "shape"))
     if template == "all":
-        return _Plan("How many objects are there?", "how many", _others(rng, k, lambda _: True, kinds))
+        return Plan("How many objects are there?", "how many", other_kinds(rng, k, lambda _: True, kinds))
     n_objects = rng.randint(max(k, 1), MAX_OBJECTS)
     if template == "color":
         color = rng.choice(list(COLORS))
         planted = [(color, rng.choice(_shapes_of(kinds, color))) for _ in range(k)]
-        planted += _others(rng, n_objects - k, lambda kind: kind[0] != color, kinds)
-        return _Plan(f"How many {color} objects are there?", "how many", planted)
+        planted += other_kinds(rng, n_objects - k, lambda kind: kind[0] != color, kinds)
+        return Plan(f"How many {color} objects are there?", "how many", planted)
     shape = rng.choice(SHAPES)
     planted = [(rng.choice(_colors_of(kinds, shape)), shape) for _ in range(k)]
-    planted += _others(rng, n_objects - k, lambda kind: kind[1] != shape, kinds)
-    return _Plan(f"How many {shape}s are there?", "how many", planted)
+    planted += other_kinds(rng, n_objects - k, lambda kind: kind[1] != shape, kinds)
+    return Plan(f"How many {shape}s are there?", "how many", planted)
 
 
-def _color(rng: random.Random, answer: str, kinds: Kinds) -> _Plan:
+def _color(rng: random.Random, answer: str, kinds: Kinds) -> Plan:
     shape = rng.choice(_shapes_of(kinds, answer))
     planted = [(answer, shape)]  # the only object of this shape
-    planted += _others(rng, rng.randint(0, MAX_OBJECTS - 1), lambda k: k[1] != shape, kinds)
-    return _Plan(f"What color is the {shape}?", "what color is the", planted)
+    planted += other_kinds(rng, rng.randint(0, MAX_OBJECTS - 1), lambda k: k[1] != shape, kinds)
+    return Plan(f"What color is the {shape}?", "what color is the", planted)
 
 
-def _shape(rng: random.Random, answer: str, kinds: Kinds) -> _Plan:
+def _shape(rng: random.Random, answer: str, kinds: Kinds) -> Plan:
     color = rng.choice(_colors_of(kinds, answer))
     planted = [(color, answer)]  # the only object of this colour
-    planted += _others(rng, rng.randint(0, MAX_OBJECTS - 1), lambda k: k[0] != color, kinds)
-    return _Plan(f"What shape is the {color} object?", "what", planted)
+    planted += other_kinds(rng, rng.randint(0, MAX_OBJECTS - 1), lambda k: k[0] != color, kinds)
+    return Plan(f"What shape is the {color} object?", "what", planted)
 
 
-def _relation(rng: random.Random, answer: str, kinds: Kinds) -> _Plan:
+def _relation(rng: random.Random, answer: str, kinds: Kinds) -> Plan:
     left, right = rng.sample(kinds, 2)  # two different kinds, each unique in the scene
     subject, reference = (left, right) if answer == "left" else (right, left)
     planted = [left, right]
-    planted += _others(rng, rng.randint(0, MAX_OBJECTS - 2), lambda k: k not in (left, right), kinds)
+    planted += other_kinds(rng, rng.randint(0, MAX_OBJECTS - 2), lambda k: k not in (left, right), kinds)
     question = f"Is the {subject[0]} {subject[1]} left or right of the {reference[0]} {reference[1]}?"
-    return _Plan(question, "is the", planted, left_pair=True)
+    return Plan(question, "is the", planted, left_pair=True)
 
 
 UNANSWERABLE = "unanswerable"
 """The answer of a question about an object the image does not hold (rewards/abstention.py)."""
 
 
-def _missing(rng: random.Random, asked: str, kinds: Kinds) -> _Plan:
+def _missing(rng: random.Random, asked: str, kinds: Kinds) -> Plan:
     """A question about an object that is not there, by the attribute it lacks: the colour of a
     shape absent from the scene, or the shape of a colour absent from it."""
     if asked == "color":
         shape = rng.choice(SHAPES)
-        planted = _others(rng, rng.randint(1, MAX_OBJECTS), lambda k: k[1] != shape, kinds)
-        return _Plan(f"What color is the {shape}?", "what color is the", planted)
+        planted = other_kinds(rng, rng.randint(1, MAX_OBJECTS), lambda k: k[1] != shape, kinds)
+        return Plan(f"What color is the {shape}?", "what color is the", planted)
     color = rng.choice(list(COLORS))
-    planted = _others(rng, rng.randint(1, MAX_OBJECTS), lambda k: k[0] != color, kinds)
-    return _Plan(f"What shape is the {color} object?", "what", planted)
+    planted = other_kinds(rng, rng.randint(1, MAX_OBJECTS), lambda k: k[0] != color, kinds)
+    return Plan(f"What shape is the {color} object?", "what", planted)
 
 
-_FAMILIES: dict[str, Callable[[random.Random, str, Kinds], _Plan]] = {
+FAMILIES: dict[str, Callable[[random.Random, str, Kinds], Plan]] = {
     "existence": _existence,
     "count": _count,
     "color": _color,
@@ -238,7 +238,7 @@ def _side_px(size: str, image_size: int) -> int:
     return max(2, 2 * round(SIZES[size] * image_size / 2))
 
 
-def _place(rng: random.Random, plan: _Plan, image_size: int) -> list[dict]:
+def place_objects(rng: random.Random, plan: Plan, image_size: int) -> list[dict]:
     """Sizes and non-overlapping boxes for ``plan.kinds`` by rejection sampling.
 
     Boxes keep ``gap`` pixels from each other and from the border. A failed object restarts the
@@ -295,7 +295,7 @@ def _draw(objects: list[dict], image_size: int) -> Image.Image:
     return image
 
 
-def _family_schedule(rng: random.Random, n: int) -> list[tuple[str, str]]:
+def family_schedule(rng: random.Random, n: int) -> list[tuple[str, str]]:
     """``n`` (family, answer) pairs: families in ``FAMILY_PROPORTIONS`` (largest remainder),
     answers cycled within each family, the whole list shuffled."""
     exact = {f: p * n for f, p in FAMILY_PROPORTIONS.items()}
@@ -316,8 +316,8 @@ def _schedule(rng: random.Random, n: int, unanswerable: float) -> list[tuple[str
     """The (family, answer) pairs; unanswerable questions are (UNANSWERABLE, the attribute asked)."""
     missing = round(unanswerable * n)
     if missing == 0:
-        return _family_schedule(rng, n)  # the draws of the set without the option, unchanged
-    schedule = _family_schedule(rng, n - missing) if missing < n else []
+        return family_schedule(rng, n)  # the draws of the set without the option, unchanged
+    schedule = family_schedule(rng, n - missing) if missing < n else []
     schedule += [(UNANSWERABLE, ("color", "shape")[i % 2]) for i in range(missing)]
     rng.shuffle(schedule)
     return schedule
@@ -327,15 +327,15 @@ def allowed_kinds(held_out_pairs: Iterable[_Kind] = ()) -> Kinds:
     """The (colour, shape) pairs left when ``held_out_pairs`` are taken out; ValueError for an unknown
     pair or when a colour or a shape would have none left (its questions could not be drawn)."""
     held = set(map(tuple, held_out_pairs))
-    if held - set(_ALL_KINDS):
-        raise ValueError(f"unknown (colour, shape) pairs: {sorted(held - set(_ALL_KINDS))}")
-    kinds = tuple(k for k in _ALL_KINDS if k not in held)
+    if held - set(ALL_KINDS):
+        raise ValueError(f"unknown (colour, shape) pairs: {sorted(held - set(ALL_KINDS))}")
+    kinds = tuple(k for k in ALL_KINDS if k not in held)
     if {c for c, _ in kinds} != set(COLORS) or {s for _, s in kinds} != set(SHAPES):
         raise ValueError("held_out_pairs must leave every colour and every shape at least one pair")
     return kinds
 
 
-def write_examples(out_dir: Path, examples: list[tuple[_Plan, str, str, dict, list[dict]]], image_size: int) -> Path:
+def write_examples(out_dir: Path, examples: list[tuple[Plan, str, str, dict, list[dict]]], image_size: int) -> Path:
     """Each example's image (images/<id>.png, ids in order) and data.jsonl, as ``synthesize`` says;
     an example is ``(plan, answer, answer_type, extra fields, scene objects)``."""
     width = max(6, len(str(len(examples) - 1)))
@@ -391,8 +391,8 @@ def synthesize(
     rng = random.Random(seed)
     examples = []
     for family, answer in _schedule(rng, n, unanswerable):
-        plan = _FAMILIES[family](rng, answer, kinds)
+        plan = FAMILIES[family](rng, answer, kinds)
         answer = UNANSWERABLE if family == UNANSWERABLE else answer
         answer_type = FAMILY_ANSWER_TYPES.get(family, "other")
-        examples.append((plan, answer, answer_type, {}, _place(rng, plan, image_size)))
+        examples.append((plan, answer, answer_type, {}, place_objects(rng, plan, image_size)))
     return write_examples(out_dir, examples, image_size)

@@ -31,19 +31,19 @@ import re
 from pathlib import Path
 
 from vqa_grpo.data.synthetic import (
-    _ALL_KINDS,
-    _FAMILIES,
+    ALL_KINDS,
     COLORS,
+    FAMILIES,
     FAMILY_ANSWER_TYPES,
     MAX_OBJECTS,
     MIN_IMAGE_SIZE,
     SHAPES,
     Kinds,
-    _family_schedule,
-    _others,
-    _place,
-    _Plan,
+    Plan,
     allowed_kinds,
+    family_schedule,
+    other_kinds,
+    place_objects,
     write_examples,
 )
 
@@ -96,27 +96,27 @@ def _named(question: str) -> tuple[set[str], set[str]]:
     return set(COLORS) & words, {s for s in SHAPES if s in words or s + "s" in words}
 
 
-def _crowded(rng: random.Random, family: str, answer: str, kinds: Kinds) -> _Plan:
+def _crowded(rng: random.Random, family: str, answer: str, kinds: Kinds) -> Plan:
     while True:  # a count of all objects is redrawn (rare: a third of the counts at most)
-        plan = _FAMILIES[family](rng, answer, kinds)
+        plan = FAMILIES[family](rng, answer, kinds)
         if plan.question != "How many objects are there?":
             break
     colors, shapes = _named(plan.question)
     total = rng.randint(*CROWDED_OBJECTS)
     neutral = lambda k: k[0] not in colors and k[1] not in shapes  # noqa: E731
-    plan.kinds = plan.kinds + _others(rng, total - len(plan.kinds), neutral, kinds)
+    plan.kinds = plan.kinds + other_kinds(rng, total - len(plan.kinds), neutral, kinds)
     return plan
 
 
-def _on_held_out_pair(plan: _Plan, family: str, held: set) -> bool:
+def _on_held_out_pair(plan: Plan, family: str, held: set) -> bool:
     if family == "existence":
         return tuple(plan.question[len("Is there a ") : -1].split()) in held
     return bool(plan.kinds) and plan.kinds[0] in held  # the planted object: the one the answer rests on
 
 
-def _pairs(rng: random.Random, family: str, answer: str, held: set) -> _Plan:
+def _pairs(rng: random.Random, family: str, answer: str, held: set) -> Plan:
     for _ in range(_TRIES):
-        plan = _FAMILIES[family](rng, answer, _ALL_KINDS)
+        plan = FAMILIES[family](rng, answer, ALL_KINDS)
         if _on_held_out_pair(plan, family, held):
             return plan
     raise RuntimeError(f"no {family} question answered {answer!r} on a held-out pair in {_TRIES} draws")
@@ -129,7 +129,7 @@ def _schedule(rng: random.Random, n: int) -> list[tuple[str, str, str]]:
     schedule = []
     for shift, size in zip(SHIFTS, sizes):
         if size:
-            schedule += [(shift, family, answer) for family, answer in _family_schedule(rng, size)]
+            schedule += [(shift, family, answer) for family, answer in family_schedule(rng, size)]
     rng.shuffle(schedule)
     return schedule
 
@@ -158,7 +158,9 @@ def synthesize_shifted(
         elif shift == "pairs":
             plan = _pairs(rng, family, answer, held)
         else:
-            plan = _FAMILIES[family](rng, answer, kinds)
+            plan = FAMILIES[family](rng, answer, kinds)
             plan.question = reword(plan.question, rng)
-        examples.append((plan, answer, FAMILY_ANSWER_TYPES[family], {"shift": shift}, _place(rng, plan, image_size)))
+        examples.append(
+            (plan, answer, FAMILY_ANSWER_TYPES[family], {"shift": shift}, place_objects(rng, plan, image_size))
+        )
     return write_examples(out_dir, examples, image_size)
