@@ -159,16 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--data", default=None, help="the data both evaluations ran on, for gallery images (default: none)")
     rp.add_argument("--out", default=None, help="output file (default: RUN_DIR/report.html)")
 
+    from vqa_grpo.evaluation.judge_html import DEFAULT_N, MODES  # light: no model code
+
     jd = sub.add_parser("judge", help="write a page on which people judge the models' answers (judge.html, key.json)")
     jd.add_argument("evals", nargs="+", help="output directories of `vqa-grpo evaluate --out` (the models to judge)")
     jd.add_argument("--data", required=True, help="the data the evaluations ran on, for the images (required)")
     jd.add_argument("--out", required=True, help="folder for judge.html and key.json (required)")
-    jd.add_argument("--n", type=int, default=60, help="questions to ask, drawn at random (default: 60)")
+    jd.add_argument("--n", type=int, default=DEFAULT_N, help="questions to ask, drawn at random (default: %(default)s)")
     jd.add_argument("--seed", type=int, default=0, help="seed of the draw and of the answer order (default: 0)")
     jd.add_argument(
         "--mode",
         default="grade",
-        choices=("grade", "pairwise"),
+        choices=MODES,
         help="grade: mark each answer right/partly/wrong; pairwise: the better of two evaluations' (default: grade)",
     )
     jd.add_argument("--overwrite", action="store_true", help="replace another page's key in --out (default: refuse)")

@@ -33,13 +33,11 @@ import numpy as np
 
 from vqa_grpo.errors import UserError
 from vqa_grpo.evaluation.compare import load_eval_dir
-from vqa_grpo.evaluation.judge_html import judge_page
+from vqa_grpo.evaluation.judge_html import DEFAULT_N, MODES, judge_page
 from vqa_grpo.evaluation.report import load_thumbnails
 from vqa_grpo.evaluation.report_html import answers_text
 from vqa_grpo.paths import check_folder
 
-MODES = ("grade", "pairwise")
-DEFAULT_N = 60
 IMAGE_PX = 320
 """The longest side of each image on the page (report.py's thumbnail, larger: a person reads it)."""
 PAGE_FILE, KEY_FILE = "judge.html", "key.json"

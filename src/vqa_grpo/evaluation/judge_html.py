@@ -18,6 +18,9 @@ from __future__ import annotations
 
 from vqa_grpo.evaluation.report_html import escape_html
 
+MODES = ("grade", "pairwise")
+DEFAULT_N = 60
+"""Questions on a page unless told (``vqa-grpo judge --n``, ``judge.write_judge(n=...)``)."""
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 GRADE = (("right", "1"), ("partly", "2"), ("wrong", "3"))
 PAIRWISE = (("A", "a", "A is better"), ("tie", "t", "tie"), ("B", "b", "B is better"))
