@@ -19,8 +19,6 @@ changes any of them.
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 
 from vqa_grpo.data.types import VQAExample
@@ -91,9 +89,7 @@ def score_rows(metrics_json: dict, rows: list[dict], user: list[str]) -> tuple[d
     types = [_text(r, "answer_type") for r in rows]
     wanted = [c for c in _REWARDS if c not in scores]
     if wanted:
-        cfg = copy.copy(RewardConfig())
-        cfg.components, cfg.weights = wanted, None
-        parts = compute_rewards(raws, refs, types, cfg).parts
+        parts = compute_rewards(raws, refs, types, RewardConfig(components=wanted, weights=None)).parts
         scores.update({c: parts[c] for c in wanted})
     for name, fn in BENCHMARK_METRICS.items():
         if name in scores:
