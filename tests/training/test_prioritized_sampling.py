@@ -18,11 +18,13 @@ from PIL import Image
 from test_loop import config, resume_overrides, train_records, weights
 
 from vqa_grpo.cli import main
+from vqa_grpo.config import RewardConfig
 from vqa_grpo.data.loader import load_vqa
 from vqa_grpo.data.types import BadExample, VQAExample
+from vqa_grpo.rewards.registry import reward_range
 from vqa_grpo.training import loop
 from vqa_grpo.training.batches import Batches
-from vqa_grpo.training.priority import Priorities, difficulty, ema, priority_weights, reward_range
+from vqa_grpo.training.priority import Priorities, difficulty, ema, priority_weights
 
 
 def examples(n: int, bad: tuple[int, ...] = ()) -> list[VQAExample]:
@@ -55,8 +57,8 @@ def drawn_ids(batches: Batches, n_batches: int) -> list[str]:
 
 def test_the_weighting_by_hand():
     # composite weight 1 in [0, 1], abstention weight 0.5 in [-1, 1]: the total is in [-0.5, 1.5]
-    assert reward_range(["composite", "abstention"], [1.0, 0.5]) == (-0.5, 1.5)
-    assert reward_range(["vqa_accuracy", "format"], [1.0, 0.2]) == (0.0, 1.2)
+    assert reward_range(RewardConfig(components=["composite", "abstention"], weights=[1.0, 0.5])) == (-0.5, 1.5)
+    assert reward_range(RewardConfig(components=["vqa_accuracy", "format"], weights=[1.0, 0.2])) == (0.0, 1.2)
     # p = (r + 0.5) / 2: not seen -> 1/2; -0.5 -> 0; 0.5 -> 1/2; 1.5 -> 1; 1.0 -> 3/4; 3.0 -> 1 (clamped)
     p = difficulty(torch.tensor([math.nan, -0.5, 0.5, 1.5, 1.0, 3.0], dtype=torch.float64), -0.5, 1.5)
     assert p.tolist() == [0.5, 0.0, 0.5, 1.0, 0.75, 1.0]

@@ -17,18 +17,11 @@ none falls below floor / N.
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 from typing import Callable, Sequence
 
 import torch
 
 from vqa_grpo.rewards import registry
-
-
-def reward_range(components: Sequence[str], weights: Sequence[float]) -> tuple[float, float]:
-    """The least and greatest total reward (rewards/registry.py reward_range, which both dynamic and
-    prioritised sampling use) of these components and weights."""
-    return registry.reward_range(SimpleNamespace(components=list(components), weights=list(weights)))
 
 
 def difficulty(mean_reward: torch.Tensor, low: float, high: float) -> torch.Tensor:
