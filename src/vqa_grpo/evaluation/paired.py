@@ -1,9 +1,11 @@
 """The questions asked again (reworded: rephrase_check.py; on perturbed images: robustness.py)
-against their first answers: one pass's means and its paired differences, and the pass's rows file.
+against their first answers, and two runs' answers to the same questions (``vqa-grpo compare``):
+their means and paired differences.
 
 A pass is a list of ``(i, k)`` pairs: row ``i`` of the first answers, row ``k`` of the pass. The
-difference ``pass - first`` is tested with the paired bootstrap below on the rows both scored
-(a user metric's None, NaN here, leaves that row out of that metric's figures).
+difference ``pass - first`` (or ``run - first run``) is tested with the paired bootstrap below on
+the rows both scored: a user metric's None, NaN here, leaves that row out of that metric's
+figures (``paired_tests``, the one rule for the passes and ``compare``).
 
 The paired bootstrap (``paired_bootstrap``, shared with ``vqa-grpo compare``):
 
@@ -16,8 +18,8 @@ The paired bootstrap (``paired_bootstrap``, shared with ``vqa-grpo compare``):
   p = (1 + #{b : |d*_b - mean(d)| >= |mean(d)|}) / (B + 1). Identical runs give p = 1.
 
 Each subset (overall, each answer type, each question type of the first run's predictions) is
-resampled on its own, with the same seed; within a subset all metrics share the resampled
-questions. Question types appear in the JSON output only (VQA v2 has 65 of them).
+resampled on its own, with the same seed; within a subset the metrics scored on the same rows
+(all but a user metric that returned None) share the resampled questions. Question types appear in the JSON output only (VQA v2 has 65 of them).
 """
 
 from __future__ import annotations
