@@ -19,7 +19,8 @@ The paired bootstrap (``paired_bootstrap``, shared with ``vqa-grpo compare``):
 
 Each subset (overall, each answer type, each question type of the first run's predictions) is
 resampled on its own, with the same seed; within a subset the metrics scored on the same rows
-(all but a user metric that returned None) share the resampled questions. Question types appear in the JSON output only (VQA v2 has 65 of them).
+(all but a user metric that returned None) share the resampled questions. Question types appear
+in the JSON output only (VQA v2 has 65 of them).
 """
 
 from __future__ import annotations
