@@ -183,7 +183,7 @@ def test_grpo_warns_once_when_every_group_agrees(synth_dir, tiny_model_dir, tmp_
     )
     assert err.count(warning) == 1, err
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    logged = [(r["step"], r["frac_zero_std_groups"], r["equal_reward_steps"]) for r in lines if "loss" in r]
+    logged = [(r["step"], r["frac_reward_zero_std"], r["equal_reward_steps"]) for r in lines if "loss" in r]
     assert logged == [(1, 1.0, 1), (2, 1.0, 2), (3, 1.0, 3), (4, 1.0, 4)]
 
 

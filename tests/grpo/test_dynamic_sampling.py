@@ -9,7 +9,6 @@ keeps a spread in every group of G = 2, the second has none.
 """
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ import torch
 from vqa_grpo.cli import main
 from vqa_grpo.config_load import load_config
 from vqa_grpo.data.loader import load_vqa
-from vqa_grpo.grpo.dynamic import keep_groups, pack, take_groups, zero_std_groups
+from vqa_grpo.grpo.dynamic import equal_rewards, keep_groups, pack, take_groups
 from vqa_grpo.models.loading import load_model
 from vqa_grpo.rewards.user import resolve
 from vqa_grpo.training import loop
@@ -45,7 +44,7 @@ def test_keep_groups_needs_a_spread_and_a_mean_within_the_bounds():
     assert keep_groups(rewards, 2, 0.0, 0.6) == [True, False, False, False]  # mean 1 > 0.6
     # two components of weight 1 each (range 0 to 2): the scaled means are 0.25, 0.5, 0.25, 0.5
     assert keep_groups(rewards, 2, 0.3, 1.0, bounds=(0.0, 2.0)) == [False, False, False, True]
-    assert zero_std_groups(rewards, 2) == 2
+    assert equal_rewards(rewards, 2).tolist() == [False, True, True, False]
 
 
 def test_a_signed_reward_keeps_every_group_with_a_spread_at_the_default_bounds():
@@ -69,7 +68,7 @@ def test_pack_a_full_step_keeps_the_plain_factors_and_drops_the_surplus():
     kept = [(0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]  # 5 kept, 4 needed
     p = pack(kept, [(0, 0)], per_micro=2, micro_batches=2, kept_all=4)
     assert p.micro == [[(0, 1), (1, 0)], [(1, 1), (2, 0)]]
-    assert (p.weights, p.kept, p.surplus) == (None, 4, 1)
+    assert (p.weights, p.surplus) == (None, 1)
 
 
 def test_pack_a_short_step_weighs_by_groups_and_fills_with_zero_weight():
@@ -134,7 +133,7 @@ def test_a_step_draws_until_it_holds_its_groups_and_keeps_them_in_order(setup, t
     assert [[e.id for e in ro.examples] for ro in pending.rollouts] == [kept[:2], kept[2:4]]
     assert pending.weights is None and batches.pos == 2 * used
     s = pending.stats
-    assert s["dynamic/draws"] == rounds and s["dynamic/micro_batches_drawn"] == used
+    assert s["dynamic/rounds"] == rounds and s["dynamic/micro_batches_drawn"] == used
     assert s["dynamic/groups_sampled"] == 2 * used
     assert s["dynamic/groups_kept"] == 4 and s["dynamic/short"] == 0.0
     assert s["dynamic/groups_surplus"] == sum(map(spreads, ids[: 2 * used])) - 4
@@ -169,7 +168,7 @@ def test_a_step_that_keeps_no_group_has_a_zero_gradient(setup, tmp_path):
     stats = grpo_backward(cfg, lm, pending)
     # the fillers' statistics (every process logs the same keys), a loss of 0, and the share
     # outcomes.watch_equal_rewards reads
-    assert (stats["loss"], stats["reward"], stats["frac_zero_std_groups"], stats["advantage_abs_mean"]) == (
+    assert (stats["loss"], stats["reward"], stats["frac_reward_zero_std"], stats["advantage_abs_mean"]) == (
         0,
         0.5,
         1,
@@ -201,7 +200,7 @@ def test_the_packed_step_has_the_gradient_of_one_batch_of_its_kept_groups(setup,
     assert any(g.abs().sum() > 0 for g in whole)
     for a, b in zip(packed, whole):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
-    assert stats["frac_zero_std_groups"] == pending.stats["frac_reward_zero_std"]
+    assert stats["frac_reward_zero_std"] == pending.stats["frac_reward_zero_std"]
     lm.model.zero_grad(set_to_none=True)
 
 
@@ -242,39 +241,6 @@ def test_prioritized_sampling_draws_no_question_twice_in_a_step(setup, tmp_path)
         pending = make_rollouts(cfg, lm, None, batches, CPU)
         assert sorted(ro.examples[0].id for ro in pending.rollouts) == sorted(e.id for e in three)
     assert batches.priorities.draws == 6
-
-
-def fake_draws(groups: list[list[float]], size: int):
-    """draw() of rollouts of ``size`` groups (G = 2) taken in turn from ``groups``."""
-    from types import SimpleNamespace
-
-    it = iter(groups)
-
-    def draw():
-        gs = [next(it) for _ in range(size)]
-        return SimpleNamespace(rewards=torch.tensor(sum(gs, [])), group_size=2, examples=gs)
-
-    return draw
-
-
-def test_a_round_draws_what_the_step_lacks_whatever_the_accumulation():
-    """The same 4 groups a step as 4 micro-batches of 1 or 1 of 4: a round refills the step."""
-    from vqa_grpo.config import GRPOConfig
-    from vqa_grpo.grpo.dynamic import fill_step
-    from vqa_grpo.training.distributed import Dist
-
-    S, F = [0.0, 1.0], [1.0, 1.0]
-    groups = [S, F, F, F, S, S, S, F]
-    grpo = GRPOConfig(num_generations=2, dynamic_sampling=True, max_resample_rounds=1)
-    out = {}
-    for per_micro, micro in ((1, 4), (4, 1)):
-        filled = fill_step(
-            fake_draws(groups, per_micro), lambda ro: ro, grpo, (0.0, 1.0), per_micro, micro, Dist(), lambda r, p: p
-        )
-        out[per_micro] = filled.stats
-        assert filled.weights is None  # full: one round brought the 3 missing groups
-    assert [(s["dynamic/draws"], s["dynamic/groups_kept"], s["dynamic/short"]) for s in out.values()] == [(1, 4, 0)] * 2
-    assert [(s["dynamic/micro_batches_drawn"], s["dynamic/groups_sampled"]) for s in out.values()] == [(7, 7), (2, 8)]
 
 
 def _texts(cfg):
@@ -327,9 +293,9 @@ def test_a_dynamic_run_resumes_bitwise(synth_dir, tiny_model_dir, tmp_path):
     full = tmp_path / "full"
     loop.run(run_config(synth_dir, tiny_model_dir, full), "grpo")
     lines = step_lines(full)
-    assert [r["dynamic/groups_sampled"] for r in lines] == [2 + r["dynamic/draws"] * 2 for r in lines]
+    assert [r["dynamic/groups_sampled"] for r in lines] == [2 + r["dynamic/rounds"] * 2 for r in lines]
     assert all(0 <= r["frac_reward_zero_std"] <= 1 for r in lines)
-    assert any(r["dynamic/draws"] > 0 for r in lines[2:])  # the resumed steps drew more than their share
+    assert any(r["dynamic/rounds"] > 0 for r in lines[2:])  # the resumed steps drew more than their share
     out = tmp_path / "resumed"
     loop.run(run_config(synth_dir, tiny_model_dir, out, f"train.resume={full / 'checkpoint-2'}"), "grpo")
     a, b = load_file(full / "final" / "model.safetensors"), load_file(out / "final" / "model.safetensors")
@@ -365,89 +331,3 @@ def test_bad_dynamic_sampling_settings_exit_2_with_one_line(
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and err.strip().count("\n") == 0, err
     assert says in err and not out.exists()
-
-
-# ---- two processes agree on the draws ----------------------------------------------------------
-
-AGREE = """
-import json, os, sys
-from types import SimpleNamespace
-import torch
-from vqa_grpo.config import GRPOConfig
-from vqa_grpo.grpo.dynamic import fill_step
-from vqa_grpo.training.distributed import Dist
-
-S, F = [0.0, 1.0], [0.0, 0.0]  # a group of G = 2 with a spread, and one without
-DRAWS = {0: [[S, S], [S, S], [S, F], [S, S]], 1: [[F, F], [S, F], [F, S], [S, S]]}
-dist = Dist.from_env("cpu")
-out = {}
-for rounds in (3, 0):
-    batches = iter(DRAWS[dist.rank])
-
-    def draw():
-        groups = next(batches)
-        return SimpleNamespace(rewards=torch.tensor(sum(groups, [])), group_size=2, examples=groups)
-
-    filled = fill_step(
-        draw,
-        lambda ro: "whole" if isinstance(ro, SimpleNamespace) else ro,
-        GRPOConfig(num_generations=2, dynamic_sampling=True, max_resample_rounds=rounds),
-        1.0, 2, 2, dist,
-        lambda rollouts, picks: picks,
-    )
-    out[rounds] = {"rollouts": filled.rollouts, "weights": filled.weights, "stats": filled.stats}
-open(sys.argv[1] + f".{dist.rank}", "w").write(json.dumps(out))
-dist.barrier()
-torch.distributed.destroy_process_group()
-"""
-
-
-@pytest.mark.slow
-def test_two_processes_draw_until_both_are_full_and_weigh_a_short_step_together(tmp_path):
-    """Rank 0 is full after its 2 draws, rank 1 lacks 3 groups: one round draws ceil(3 / 2) = 2
-    micro-batches on both (real Dist over gloo), rank 0's 3 extra kept groups are surplus. With no
-    round the step is short: 5 groups over both ranks, a micro-batch of n weighs 2 x n / 5, rank
-    1's missing one is a filler."""
-    import socket
-    import subprocess
-    import sys
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    script = tmp_path / "agree.py"
-    script.write_text(AGREE)
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(tmp_path / "out")],
-            env={**os.environ, **env, "RANK": str(r), "LOCAL_RANK": str(r)},
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for r in (0, 1)
-    ]
-    for p in procs:
-        assert p.wait(timeout=120) == 0, p.stderr.read()[-2000:]
-    r0, r1 = (json.loads((tmp_path / f"out.{r}").read_text()) for r in (0, 1))
-    full0, full1 = r0["3"], r1["3"]
-    assert full0["stats"]["dynamic/draws"] == full1["stats"]["dynamic/draws"] == 1
-    assert full0["rollouts"] == ["whole", "whole"] and full0["weights"] is None
-    assert full1["rollouts"] == [[[1, 0], [2, 1]], "whole"] and full1["weights"] is None  # draw 3 whole
-    assert full0["stats"] == full1["stats"] | {"frac_reward_zero_std": 1 / 8}
-    assert full1["stats"] == {
-        "frac_reward_zero_std": 4 / 8,
-        "dynamic/draws": 1,
-        "dynamic/micro_batches_drawn": 4,
-        "dynamic/groups_sampled": 16,
-        "dynamic/groups_kept": 8,
-        "dynamic/groups_surplus": 3,
-        "dynamic/completions_per_kept_group": 2 * 16 / 8,
-        "dynamic/short": 0.0,
-    }
-    assert all(isinstance(v, float) for v in full1["stats"].values())  # as one process logs them
-    short0, short1 = r0["0"], r1["0"]
-    assert short0["weights"] == [2 * 2 / 5, 2 * 2 / 5] and short0["rollouts"] == ["whole", "whole"]
-    assert short1["weights"] == [2 * 1 / 5, 0.0] and short1["rollouts"] == [[[1, 0]], [[0, 0]]]
-    assert short1["stats"]["dynamic/groups_kept"] == 5 and short1["stats"]["dynamic/short"] == 1.0
-    assert short0["stats"]["dynamic/groups_surplus"] == short1["stats"]["dynamic/groups_surplus"] == 0

@@ -300,7 +300,7 @@ def test_grpo_run_writes_config_metrics_and_a_loadable_model(grpo_run, tiny_mode
     logged = {
         "reward",
         "reward_std",
-        "frac_zero_std_groups",
+        "frac_reward_zero_std",
         "advantage_abs_mean",
         "kl",
         "clip_fraction",
@@ -314,7 +314,7 @@ def test_grpo_run_writes_config_metrics_and_a_loadable_model(grpo_run, tiny_mode
     }
     for x in steps:
         assert logged <= set(x), logged - set(x)
-        assert 0 <= x["frac_zero_std_groups"] <= 1 and 0 < x["completion_length"] <= 4
+        assert 0 <= x["frac_reward_zero_std"] <= 1 and 0 < x["completion_length"] <= 4
         assert x["kl"] == 0.0  # beta = 0
     assert any("eval/vqa_accuracy" in x for x in lines)  # the final evaluation
 

@@ -15,11 +15,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from vqa_grpo.grpo.math import group_advantages
 from vqa_grpo.grpo.rollout import Rollout
+
+if TYPE_CHECKING:
+    from vqa_grpo.config import GRPOConfig
+    from vqa_grpo.training.distributed import Dist
+
+
+def equal_rewards(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """[B] bool: the groups of ``rewards`` [B*G] whose G rewards are all equal (std 0, no advantage),
+    as max == min, which leaves no rounding residue. The one test of a "zero-std group": the filter,
+    frac_reward_zero_std and the packing all use it."""
+    r = rewards.view(-1, group_size)  # [B, G]
+    return r.max(dim=1).values == r.min(dim=1).values
 
 
 def keep_groups(
@@ -27,10 +40,10 @@ def keep_groups(
 ) -> list[bool]:
     """Per group of ``rewards`` [B*G]: std > 0 and low <= (mean - least) / (greatest - least) <=
     high, ``bounds`` being (least, greatest) total reward; (low, high) = (0, 1) checks no mean."""
-    r = rewards.double().view(-1, group_size)  # [B, G]
-    spread = r.max(dim=1).values > r.min(dim=1).values  # std > 0, without a rounding residue
+    spread = ~equal_rewards(rewards, group_size)
     if (low, high) == (0.0, 1.0):
         return spread.tolist()
+    r = rewards.double().view(-1, group_size)  # [B, G]
     least, greatest = bounds
     mean = (r.mean(dim=1) - least) / (greatest - least) if greatest > least else torch.full_like(r[:, 0], 0.5)
     return (spread & (mean >= low) & (mean <= high)).tolist()
@@ -44,7 +57,6 @@ class Packing:
 
     micro: list[list[tuple[int, int]]]
     weights: list[float] | None
-    kept: int  # groups kept on this process (at most per_micro x micro_batches)
     surplus: int
 
 
@@ -67,11 +79,11 @@ def pack(
     mine, surplus = kept[:need], max(0, len(kept) - need)
     micro = [mine[i : i + per_micro] for i in range(0, len(mine), per_micro)]
     if kept_all == world * need:
-        return Packing(micro, None, len(mine), surplus)
+        return Packing(micro, None, surplus)
     weights = [world * len(m) / kept_all for m in micro]
     fill = micro_batches - len(micro)
     micro += [[dropped[i]] for i in range(fill)]
-    return Packing(micro, weights + [0.0] * fill, len(mine), surplus)
+    return Packing(micro, weights + [0.0] * fill, surplus)
 
 
 def take_groups(
@@ -131,24 +143,44 @@ def take_groups(
     )
 
 
-def zero_std_groups(rewards: torch.Tensor, group_size: int) -> int:
-    """How many groups of ``rewards`` [B*G] have G equal rewards (no advantage)."""
-    r = rewards.view(-1, group_size)  # [B, G]
-    return int((r.max(dim=1).values == r.min(dim=1).values).sum())
-
-
 @dataclass
 class Filled:
-    """A step's micro-batch rollouts after filtering, their loss factors (Packing.weights) and the
-    dynamic/ statistics of the step."""
+    """A step's micro-batch rollouts after filtering, their loss factors (Packing.weights), and
+    what the filter did: its resampling rounds and micro-batches drawn (this process), and the
+    groups sampled, kept and left over (all processes)."""
 
     rollouts: list[Rollout]
     weights: list[float] | None
-    stats: dict
+    rounds: int
+    micro_batches_drawn: int
+    groups_sampled: int
+    groups_kept: int
+    groups_surplus: int
+    short: bool  # fewer groups kept than a full step holds
+
+    def stats(self, num_generations: int) -> dict[str, float]:
+        """metrics.jsonl's ``dynamic/*``; counts as floats, as the mean over processes makes them."""
+        return {
+            "dynamic/rounds": float(self.rounds),
+            "dynamic/micro_batches_drawn": float(self.micro_batches_drawn),
+            "dynamic/groups_sampled": float(self.groups_sampled),
+            "dynamic/groups_kept": float(self.groups_kept),
+            "dynamic/groups_surplus": float(self.groups_surplus),
+            "dynamic/completions_per_kept_group": num_generations * self.groups_sampled / max(self.groups_kept, 1),
+            "dynamic/short": float(self.short),
+        }
 
 
 def fill_step(
-    draw, finish, grpo, bounds: tuple[float, float], per_micro: int, micro_batches: int, dist, repack
+    draw: Callable[[], Rollout],
+    finish: Callable[[Rollout], Rollout],
+    repack: Callable[[list[Rollout], list[tuple[int, int]]], Rollout],
+    *,
+    grpo: GRPOConfig,
+    bounds: tuple[float, float],
+    per_micro: int,
+    micro_batches: int,
+    dist: Dist,
 ) -> Filled:
     """Sample ``micro_batches`` draws (``draw()``: the next questions' rollout, one micro-batch of
     per_micro questions), drop the groups ``keep_groups`` refuses (``bounds``: the reward's range),
@@ -163,14 +195,11 @@ def fill_step(
     sampled: list[Rollout] = []
     kept: list[tuple[int, int]] = []
     dropped: list[tuple[int, int]] = []
-    zero = 0
 
     def sample() -> None:
-        nonlocal zero
         ro = draw()
         i = len(sampled)
         sampled.append(ro)
-        zero += zero_std_groups(ro.rewards, ro.group_size)
         for b, ok in enumerate(keep_groups(ro.rewards, ro.group_size, grpo.filter_low, grpo.filter_high, bounds)):
             (kept if ok else dropped).append((i, b))
 
@@ -191,16 +220,13 @@ def fill_step(
         i = picks[0][0]
         whole = picks == [(i, b) for b in range(len(sampled[i].examples))]
         rollouts.append(finish(sampled[i] if whole else repack(sampled, picks)))
-    groups = sum(len(ro.examples) for ro in sampled)
-    groups_all = groups * dist.world  # every process draws as often
-    stats = {  # counts as floats, as the mean over processes makes them under several
-        "frac_reward_zero_std": zero / groups,
-        "dynamic/draws": float(rounds),
-        "dynamic/micro_batches_drawn": float(len(sampled)),
-        "dynamic/groups_sampled": float(groups_all),
-        "dynamic/groups_kept": float(kept_all),
-        "dynamic/groups_surplus": float(round(dist.sum(packing.surplus))),
-        "dynamic/completions_per_kept_group": grpo.num_generations * groups_all / max(kept_all, 1),
-        "dynamic/short": float(kept_all < dist.world * need),
-    }
-    return Filled(rollouts, packing.weights, stats)
+    return Filled(
+        rollouts,
+        packing.weights,
+        rounds=rounds,
+        micro_batches_drawn=len(sampled),
+        groups_sampled=sum(len(ro.examples) for ro in sampled) * dist.world,  # every process draws as often
+        groups_kept=kept_all,
+        groups_surplus=round(dist.sum(packing.surplus)),
+        short=kept_all < dist.world * need,
+    )

@@ -33,7 +33,7 @@ def watch_equal_rewards(stats: dict, equal: dict, is_main: bool) -> None:
     """Count the steps whose every group got G equal rewards (no advantage, so no gradient), as
     ``equal_reward_steps`` in the logged stats; warn once, on stderr, after
     EQUAL_REWARDS_WARN_STEPS of them in a row. Training goes on."""
-    all_equal = stats.get("frac_zero_std_groups") == 1.0
+    all_equal = stats.get("frac_reward_zero_std") == 1.0
     equal["in_a_row"] = equal["in_a_row"] + 1 if all_equal else 0
     equal["steps"] += all_equal
     stats["equal_reward_steps"] = equal["steps"]

@@ -31,6 +31,7 @@ from vqa_grpo.models.scoring import answer_tokens, completion_logprobs
 from vqa_grpo.rewards.registry import reward_range, reward_settings
 from vqa_grpo.training.batches import Batches
 from vqa_grpo.training.distributed import Dist
+from vqa_grpo.training.tally import Tally
 
 ONE_PROCESS = Dist()
 
@@ -111,7 +112,7 @@ class Pending:
     prefills: list[Prefix | None] = field(default_factory=list)  # each rollout's fused prefill, for its first loss
     iteration: int = 0  # optimiser steps taken on them so far
     weights: list[float] | None = None  # each rollout's loss factor (None: 1 / len(rollouts) each)
-    stats: dict = field(default_factory=dict)  # what the sampling logs (frac_reward_zero_std, dynamic/...)
+    stats: dict = field(default_factory=dict)  # what the sampling logs (training/tally.py, dynamic/...)
 
     def trained(self) -> list[Rollout]:
         """The rollouts the loss trains on (not a short step's zero-weight fillers)."""
@@ -168,7 +169,6 @@ class GRPOSteps:
                     batches,
                     device,
                     self.vllm,
-                    self.dist.world,
                     reward_funcs=self.reward_funcs,
                     plan=self.plan,
                     dist=self.dist,
@@ -207,7 +207,6 @@ def make_rollouts(
     batches: Batches,
     device,
     vllm=None,
-    processes: int = 1,
     reward_funcs: dict | None = None,
     plan: ForwardPlan | None = None,
     dist: Dist = ONE_PROCESS,
@@ -217,15 +216,15 @@ def make_rollouts(
     where the objective needs them (grpo/logprobs.py), on ``plan`` (default: chosen here). With
     grpo.dynamic_sampling the groups without an advantage are dropped and more questions drawn
     (grpo/dynamic.py); ``dist`` lets the processes agree on the extra draws. ``step`` (0-based)
-    seeds and schedules grpo.augment's perturbed images (grpo/augment.py)."""
+    seeds and schedules grpo.augment's perturbed images (grpo/augment.py). The step's sampling
+    statistics count every micro-batch drawn (training/tally.py)."""
     accumulation = cfg.train.gradient_accumulation_steps
-    plan = plan or choose_plan(lm.model, lm.adapter, cfg.grpo, processes=processes, accumulation=accumulation)
+    plan = plan or choose_plan(lm.model, lm.adapter, cfg.grpo, processes=dist.world, accumulation=accumulation)
     template = prompt_template(cfg.data, cfg.reward.reasoning)
-    sampled = {"completion_tokens": 0.0, "rows": 0, "augmented": 0, "reward_seconds": {}}  # every draw's
+    tally = Tally()
 
     def draw() -> tuple[Rollout, Prefix | None]:
-        # grpo.prioritized_sampling: no question twice in a step while others are left
-        examples, images = batches.next(same_step=sampled["rows"] > 0)
+        examples, images = batches.next(same_step=tally.rows > 0)  # prioritised: no question twice a step
         ro, prefill = make_rollout_and_prefill(
             lm.model,
             lm.adapter,
@@ -242,45 +241,37 @@ def make_rollouts(
             augmented=augment_batch(cfg.grpo, cfg.train.seed, step, cfg.train.max_steps, examples, images),
         )
         batches.observe([e.id for e in ro.examples], ro.rewards.view(-1, ro.group_size).mean(1).tolist())
-        sampled["completion_tokens"] += float(ro.completion_mask.sum())
-        sampled["rows"] += len(ro.answers)
-        sampled["augmented"] += sum(a is not None for a in ro.augmented)
-        for name, t in ro.reward_seconds.items():
-            sampled["reward_seconds"][name] = sampled["reward_seconds"].get(name, 0.0) + t
+        tally.add(ro)
         return ro, prefill
-
-    def augment_stats() -> dict:  # the share of this process's sampled completions on perturbed images
-        return {"augment/share": sampled["augmented"] / max(1, sampled["rows"])} if cfg.grpo.augment else {}
 
     def finish(ro: Rollout) -> Rollout:
         return add_old_and_reference(ro, lm.model, lm.adapter, ref, cfg.grpo, vllm_sampled=vllm is not None)
+
+    def repack(rollouts: list[Rollout], picks: list[tuple[int, int]]) -> Rollout:
+        texts = lambda examples: user_texts(examples, template)  # noqa: E731 (the prompts, encoded again)
+        return dynamic.take_groups(rollouts, picks, lm.adapter, lm.processor, texts, cfg.grpo.scale_rewards)
 
     if cfg.grpo.dynamic_sampling:  # no fused prefill (grpo/plan.py): the loss runs the packed prompts again
         filled = dynamic.fill_step(
             lambda: draw()[0],
             finish,
-            cfg.grpo,
-            reward_range(cfg.reward),
-            cfg.train.per_device_batch_size,
-            accumulation,
-            dist,
-            lambda rollouts, picks: dynamic.take_groups(
-                rollouts, picks, lm.adapter, lm.processor, lambda ex: user_texts(ex, template), cfg.grpo.scale_rewards
-            ),
+            repack,
+            grpo=cfg.grpo,
+            bounds=reward_range(cfg.reward),
+            per_micro=cfg.train.per_device_batch_size,
+            micro_batches=accumulation,
+            dist=dist,
         )
-        # Every completion sampled counts (completion_tokens_per_second), not the trained ones alone;
-        # reward_seconds/* is each micro-batch's mean share of the step's reward time, as without it.
-        seconds = {f"reward_seconds/{k}": v / accumulation for k, v in sampled["reward_seconds"].items()}
-        stats = {**filled.stats, "completion_tokens": sampled["completion_tokens"], **seconds, **augment_stats()}
-        return Pending(filled.rollouts, weights=filled.weights, stats=stats)
-    rollouts, prefills, zero = [], [], 0
-    for _ in range(accumulation):
-        ro, prefill = draw()
-        zero += dynamic.zero_std_groups(ro.rewards, ro.group_size)
-        rollouts.append(finish(ro))
-        prefills.append(prefill)
-    groups = sum(len(ro.examples) for ro in rollouts)
-    return Pending(rollouts, prefills, stats={"frac_reward_zero_std": zero / groups, **augment_stats()})
+        rollouts, prefills, weights = filled.rollouts, [], filled.weights
+        filter_stats = filled.stats(cfg.grpo.num_generations)
+    else:
+        rollouts, prefills, weights, filter_stats = [], [], None, {}
+        for _ in range(accumulation):
+            ro, prefill = draw()
+            rollouts.append(finish(ro))
+            prefills.append(prefill)
+    stats = {**tally.stats(accumulation, augment=bool(cfg.grpo.augment)), **filter_stats}
+    return Pending(rollouts, prefills, weights=weights, stats=stats)
 
 
 def grpo_backward(cfg: Config, lm: LoadedModel, pending: Pending, dist: Dist = ONE_PROCESS) -> dict:
@@ -311,8 +302,8 @@ def grpo_backward(cfg: Config, lm: LoadedModel, pending: Pending, dist: Dist = O
     out = {k: v if k == "completion_tokens" else v / sum(logged) for k, v in stats.items()}
     if pending.weights is not None:  # a short step: the objective it back-propagates, sum of factor x loss
         out["loss"] = sum(w * x for w, x in zip(pending.weights, losses) if w)
-    if cfg.grpo.dynamic_sampling and pending.stats:  # the loss's groups all have a spread: log the share before
-        out["frac_zero_std_groups"] = pending.stats["frac_reward_zero_std"]  # filtering (outcomes.py reads it)
+    if "frac_reward_zero_std" in pending.stats:  # every step, those reusing the rollouts too (outcomes.py
+        out["frac_reward_zero_std"] = pending.stats["frac_reward_zero_std"]  # reads it); before any filtering
     return out
 
 
@@ -326,7 +317,6 @@ def rollout_stats(ro) -> dict:
     out = {
         "reward": float(ro.rewards.mean()),
         "reward_std": float(r.std(dim=1).mean()),
-        "frac_zero_std_groups": float((r.std(dim=1) == 0).float().mean()),
         "advantage_abs_mean": float(adv.abs().mean()),
         "advantage_std": float(adv.std()) if adv.numel() > 1 else 0.0,
         "advantage_min": float(adv.min()),
