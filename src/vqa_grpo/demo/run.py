@@ -80,6 +80,10 @@ GRPO = [
     "grpo.beta=0.1",
     "reward.components=[vqa_accuracy,composite]",
     "reward.weights=[0.5,0.5]",
+    # DAPO's dynamic sampling: of the study's variants (docs/demo.md), the one better than plain
+    # GRPO on every seed (+0.007 to +0.012 in distribution, the same out of it), for 46% more
+    # completions sampled; the demo stays near 90 s.
+    "grpo.dynamic_sampling=true",
 ]
 _REPEAT = re.compile(r"\b(\w+) \1\b")
 
