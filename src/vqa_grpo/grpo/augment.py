@@ -27,12 +27,11 @@ import math
 from dataclasses import dataclass
 
 import torch
-from transformers import LogitsProcessorList
 
 from vqa_grpo.config import GRPOConfig
 from vqa_grpo.data.perturb import label, parse_perturbations, perturb, perturb_seed
-from vqa_grpo.grpo.sampling import RowwiseTemperatureTopP, sampling_logprobs
-from vqa_grpo.models.generation import Completions, generate
+from vqa_grpo.grpo.sampling import sample_groups
+from vqa_grpo.models.generation import Completions
 
 
 @dataclass(frozen=True)
@@ -89,22 +88,10 @@ def sample_augmented(
             continue
         if batch is None:
             batch = adapter.encode_prompts(processor, augmented.images, asked).to(device)
-        sampler = RowwiseTemperatureTopP(temps[:, cols].reshape(-1), top_ps[:, cols].reshape(-1))
-        comp = generate(
-            model,
-            adapter,
-            processor,
-            batch,
-            max_new_tokens=grpo.max_completion_length,
-            do_sample=True,
-            logits_processor=LogitsProcessorList([sampler]),
-            keep_scores=True,
-            group_size=n,
-            shared_prefix=plan.sample_shared,
-            any_rank=plan.any_rank,
-            decode=plan.decode,
+        comp, logps = sample_groups(
+            model, adapter, processor, batch, temps[:, cols].reshape(-1), top_ps[:, cols].reshape(-1), grpo, plan, n
         )
-        parts.append((comp, sampling_logprobs(comp.scores, comp.ids) * comp.mask, n))
+        parts.append((comp, logps, n))
     pad_id = processor.tokenizer.pad_token_id
     return _interleave(parts, B, 0 if pad_id is None else pad_id)
 

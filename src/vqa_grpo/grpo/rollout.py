@@ -18,7 +18,6 @@ import logging
 from dataclasses import dataclass, field, replace
 
 import torch
-from transformers import LogitsProcessorList
 
 from vqa_grpo.config import GRPOConfig, RewardConfig
 from vqa_grpo.data.prompts import prompt_template, user_texts
@@ -26,10 +25,10 @@ from vqa_grpo.data.types import VQAExample
 from vqa_grpo.grpo.augment import Augmented, augmented_rows, sample_augmented
 from vqa_grpo.grpo.math import group_advantages
 from vqa_grpo.grpo.plan import choose_plan
-from vqa_grpo.grpo.sampling import RowwiseTemperatureTopP, row_sampling_params, sampling_logprobs
+from vqa_grpo.grpo.sampling import row_sampling_params, sample_groups
 from vqa_grpo.models import prefix as shared
 from vqa_grpo.models.adapters import FamilyAdapter, PromptBatch
-from vqa_grpo.models.generation import Completions, decode, generate
+from vqa_grpo.models.generation import Completions, decode
 from vqa_grpo.models.plan import PLAIN, ForwardPlan
 from vqa_grpo.rewards import clean_answer, compute_rewards
 from vqa_grpo.rewards.inputs import bad_input_counts
@@ -157,23 +156,8 @@ def make_rollout_and_prefill(
             model, adapter, processor, prompts, augmented, asked, grpo, temps, top_ps, device, plan
         )
     else:
-        sampler = RowwiseTemperatureTopP(temps, top_ps)
-        comp = generate(
-            model,
-            adapter,
-            processor,
-            prompts,
-            max_new_tokens=grpo.max_completion_length,
-            do_sample=True,
-            logits_processor=LogitsProcessorList([sampler]),
-            keep_scores=True,
-            group_size=G,
-            shared_prefix=plan.sample_shared,
-            prefix=shared.detached(prefix) if keep_prefill else None,
-            any_rank=plan.any_rank,
-            decode=plan.decode,
-        )
-        samp_logp = sampling_logprobs(comp.scores, comp.ids) * comp.mask
+        detached = shared.detached(prefix) if keep_prefill else None
+        comp, samp_logp = sample_groups(model, adapter, processor, prompts, temps, top_ps, grpo, plan, G, detached)
     texts = decode(processor, comp)  # the raw completions
     rep_examples = [e for e in examples for _ in range(G)]
     # The rewards clean the raw completions themselves (the format reward needs them raw). An

@@ -42,7 +42,9 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from transformers import LogitsProcessor
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from vqa_grpo.models.generation import Completions, generate
 
 
 def row_sampling_params(
@@ -166,3 +168,28 @@ def sampling_logprobs(
         steps.append(logp.gather(1, completion_ids[:, t : t + 1]).squeeze(1))  # [R]
     logps = torch.stack(steps, dim=1)  # [R, C]
     return torch.where(torch.isfinite(logps), logps, torch.zeros_like(logps))
+
+
+def sample_groups(
+    model, adapter, processor, prompts, temps: Tensor, top_ps: Tensor, grpo, plan, group_size: int, prefix=None
+) -> tuple[Completions, Tensor]:  # [R, C] completions, [R, C] sampler log-probs
+    """``group_size`` completions of each prompt of ``prompts``, row r at ``temps[r]``/``top_ps[r]``
+    (R = B x group_size; grpo.max_completion_length new tokens at most) on ``plan``'s sampling
+    path, and each token's log-prob under the distribution it was drawn from (0 past the end).
+    ``prefix``: the prompts' pass already run (models/prefix.Prefix, no gradient)."""
+    comp = generate(
+        model,
+        adapter,
+        processor,
+        prompts,
+        max_new_tokens=grpo.max_completion_length,
+        do_sample=True,
+        logits_processor=LogitsProcessorList([RowwiseTemperatureTopP(temps, top_ps)]),
+        keep_scores=True,
+        group_size=group_size,
+        shared_prefix=plan.sample_shared,
+        prefix=prefix,
+        any_rank=plan.any_rank,
+        decode=plan.decode,
+    )
+    return comp, sampling_logprobs(comp.scores, comp.ids) * comp.mask
