@@ -1,6 +1,7 @@
 """The policy-loss variants (GSPO, CISPO, SAPO, top-entropy tokens): hand-computed values, TRL's
 values on the same tensors (tests/grpo/data/trl_losses.json), and one training run through the CLI."""
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -15,6 +16,10 @@ from vqa_grpo.grpo.math import high_entropy_mask, importance_weights, policy_los
 
 LN2 = math.log(2.0)
 FIXTURE = Path(__file__).parent / "data" / "trl_losses.json"
+_SCRIPT = Path(__file__).parents[2] / "scripts" / "check_losses_against_trl.py"  # imports TRL only when run
+_spec = importlib.util.spec_from_file_location("check_losses_against_trl", _SCRIPT)
+CHECK = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(CHECK)
 
 
 def sigmoid(x: float) -> float:
@@ -166,32 +171,14 @@ def test_fixture_says_where_it_came_from():
     "case", TRL["cases"], ids=lambda c: f"{c['loss_type']}-{c['importance_sampling_level']}-{c['setting']}"
 )
 def test_equal_to_trl(case):
-    """Loss and gradient within 1e-6 in float64. SAPO differs by about 3e-8: TRL's temperatures
-    pass through float32 (torch.where of Python floats), so its 1.05 is 1.0499999523."""
-    t = {k: torch.tensor(v, dtype=torch.float64) for k, v in TRL["inputs"].items()}
-    logp = t["logprobs"].clone().requires_grad_(True)
-    mask = t["mask"].bool()
-    q = case["top_entropy_quantile"]
-    loss, _ = policy_loss(
-        logp,
-        t["old_logprobs"],
-        t["advantages"],
-        mask,
-        ref_logprobs=t["ref_logprobs"],
-        beta=case["beta"],
-        epsilon=case["epsilon"],
-        epsilon_high=case["epsilon_high"],
-        loss_type=case["loss_type"],
-        max_completion_length=mask.shape[1],
-        token_weights=t["is_weights"] if case["is_weights"] else None,
-        importance_sampling_level=case["importance_sampling_level"],
-        sapo_temperature_pos=case["sapo_temperature_pos"],
-        sapo_temperature_neg=case["sapo_temperature_neg"],
-        entropy_mask=high_entropy_mask(t["entropy"], mask, q) if q < 1 else None,
-    )
-    loss.backward()
-    assert abs(loss.item() - case["trl_loss"]) <= 1e-6
-    assert (logp.grad - torch.tensor(case["trl_grad"], dtype=torch.float64)).abs().max().item() <= 1e-6
+    """Loss and gradient within 1e-6 in float64, vqa-grpo's side computed as the script that made the
+    fixture computes it (``ours``). SAPO differs by about 3e-8: TRL's temperatures pass through
+    float32 (torch.where of Python floats), so its 1.05 is 1.0499999523."""
+    loss, grad = CHECK.ours(TRL["inputs"], case)
+    assert abs(loss - case["trl_loss"]) <= 1e-6
+    assert (
+        torch.tensor(grad, dtype=torch.float64) - torch.tensor(case["trl_grad"], dtype=torch.float64)
+    ).abs().max().item() <= 1e-6
 
 
 # ----------------------------------------------------------------------------------------------
