@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from vqa_grpo.errors import UserError
+from vqa_grpo.models.phi3_v.tiny import build_tiny_phi3_v
 from vqa_grpo.models.tiny_families import (
     build_tiny_gemma3,
     build_tiny_idefics3,
@@ -205,13 +206,6 @@ def build_tiny_qwen2_5_vl(
         chat_template=QWEN2_VL_CHAT_TEMPLATE,
     )
     return _save(model, processor, out_dir)
-
-
-def build_tiny_phi3_v(out_dir: str | Path, *, seed: int = 0, words: list[str] | None = None, hidden: int = 64) -> Path:
-    """Phi-3-vision, native (vqa_grpo.models.phi3_v.tiny)."""
-    from vqa_grpo.models.phi3_v.tiny import build_tiny_phi3_v as build
-
-    return build(out_dir, seed=seed, words=words, hidden=hidden)
 
 
 BUILDERS = {
