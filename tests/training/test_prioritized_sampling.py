@@ -1,4 +1,4 @@
-"""Prioritised sampling (grpo.prioritized_sampling; training/priority.py, docs/grpo.md): the
+"""Prioritised sampling (grpo.prioritized_sampling; training/priority.py, docs/sampling.md): the
 weighting by hand, the floor, seeded draws that favour medium difficulty, a real GRPO run whose
 draws replay from its own rewards and resume bitwise, and the bad settings refused by the CLI."""
 
@@ -143,10 +143,10 @@ RANK = textwrap.dedent(
     from PIL import Image
     from vqa_grpo.data.types import VQAExample
     from vqa_grpo.training.batches import Batches
-    from vqa_grpo.training.distributed import Dist
+    from vqa_grpo.training.distributed import make_dist
     from vqa_grpo.training.priority import Priorities
 
-    dist = Dist.from_env("cpu")
+    dist = make_dist("cpu")
     ids = [f"q{i}" for i in range(20)]
     examples = [VQAExample(q, "what?", ["a"], "a", image_loader=lambda: Image.new("RGB", (8, 8))) for q in ids]
     batches = Batches(examples, 2, 0, dist.rank, dist.world, Priorities(ids, 0.1, 0.5, 0.0, 1.0, 0, dist.gather_lists))

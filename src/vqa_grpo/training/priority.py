@@ -1,4 +1,4 @@
-"""Prioritised sampling of the training questions (``grpo.prioritized_sampling``; docs/grpo.md).
+"""Prioritised sampling of the training questions (``grpo.prioritized_sampling``; docs/sampling.md).
 
 The seed report's section 5.3 ("selective sampling") proposes spending the compute on the examples
 that still teach something. A GRPO group teaches nothing when its G rewards are equal, which is
