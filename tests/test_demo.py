@@ -162,8 +162,8 @@ def test_demo_runs_every_stage_and_writes_the_summary(tmp_path):
     ]
     assert steps("grpo") == steps("sft-same-budget") == [1, 2]
     # The figures are the evaluation's and compare's own, on the same held-out questions.
+    from vqa_grpo.demo.recognised import recognised_share
     from vqa_grpo.evaluation.compare import compare_runs
-    from vqa_grpo.evaluation.recognised import recognised_share
 
     for name in ("warm_start", "grpo", "sft_same_budget"):
         metrics = json.loads((out / "eval" / name / "metrics.json").read_text())

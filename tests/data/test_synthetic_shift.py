@@ -13,8 +13,8 @@ import pytest
 
 from vqa_grpo.data.synthetic import MAX_OBJECTS, VOCABULARY, allowed_kinds, synthesize
 from vqa_grpo.data.synthetic_shift import HELD_OUT_PAIRS, reword, synthesize_shifted
+from vqa_grpo.demo.recognised import recognises
 from vqa_grpo.demo.replies import REPLY_WORDS
-from vqa_grpo.evaluation.recognised import recognises
 from vqa_grpo.models.tiny_parts import PROMPT_WORDS
 
 TEMPLATES = (

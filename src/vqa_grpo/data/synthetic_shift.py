@@ -16,7 +16,7 @@ pair (for "Is there a ...?" answered no, the asked pair is a held-out one). Reph
 only words the tiny models' tokenizers know. Nothing else changes: answers are balanced within each
 family as in ``synthetic.py``, crowded and rephrased scenes hold training pairs only, and every row
 keeps the family's ``question_type`` of the training set, so the per-type breakdown and *recognised*
-(``evaluation/recognised.py``) read them as the training questions. Each row gains ``shift``.
+(``demo/recognised.py``) read them as the training questions. Each row gains ``shift``.
 
 Same arguments, byte-identical files, like ``synthesize``. The shipped demo base saw every pair in
 its own pretraining (``demo/base.py`` draws from all 18), so the pairs shift is unseen by the

@@ -118,8 +118,8 @@ def base_model_dir() -> Path:
 
 def _talkative_data(data_dir: Path, seed: int) -> None:
     """Replace each row's SFT target (``answer``) by the base's reply; ``answers`` keep the bare answer."""
+    from vqa_grpo.demo.recognised import FAMILY_OF_QUESTION_TYPE
     from vqa_grpo.demo.replies import base_reply
-    from vqa_grpo.evaluation.recognised import FAMILY_OF_QUESTION_TYPE
 
     rng = random.Random(seed)
     path = data_dir / "data.jsonl"
@@ -234,8 +234,8 @@ def finish(model: str | Path, out_dir: str | Path, work: str | Path, train_secon
     from vqa_grpo.data.loader import load_vqa
     from vqa_grpo.data.synthetic import synthesize
     from vqa_grpo.demo.card import model_card
+    from vqa_grpo.demo.recognised import recognised_share
     from vqa_grpo.evaluation.evaluate import evaluate
-    from vqa_grpo.evaluation.recognised import recognised_share
 
     out_dir, work = Path(out_dir), Path(work)
     eval_dir = synthesize(work / "eval", n=N_EVAL, seed=EVAL_SEED, image_size=IMAGE_SIZE).parent

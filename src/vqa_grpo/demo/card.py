@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections import Counter
 from types import SimpleNamespace
 
+from vqa_grpo.demo.recognised import FAMILY_OF_QUESTION_TYPE, recognises
+
 
 def model_card(figures: dict, rows: list[dict], recipe: SimpleNamespace) -> str:
     """Markdown: what the model is, the recipe's settings (``recipe``: the constants of
     demo/base.py), and the held-out figures by family."""
-    from vqa_grpo.evaluation.recognised import FAMILY_OF_QUESTION_TYPE, recognises
-
     n, hit = Counter(), Counter()
     for r in rows:
         family = FAMILY_OF_QUESTION_TYPE[r["question_type"]]
@@ -56,7 +56,7 @@ it knows only the synthetic scenes.
 
 {figures["n_eval"]} new questions (seed {recipe.EVAL_SEED}), greedy, at most 16 new tokens:
 recognised {figures["recognised"]:.3f} (exactly one of the family's candidate answers in the
-reply, the right one: vqa_grpo/evaluation/recognised.py), official VQA accuracy
+reply, the right one: vqa_grpo/demo/recognised.py), official VQA accuracy
 {figures["vqa_accuracy"]:.3f} (a sentence scores 0).
 
 | family | questions | recognised |

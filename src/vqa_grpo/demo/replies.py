@@ -11,7 +11,7 @@ answer that VQA's metric wants, even when the prompt asks for "a single word or 
     Is the red circle left or right of the blue square?  The red circle is to the left of the blue square.
 
 Each sentence names exactly one of the family's candidate answers, so it *recognises* the answer
-(``evaluation/recognised.py``) and scores 0 under VQA accuracy.
+(``demo/recognised.py``) and scores 0 under VQA accuracy.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 import re
 
-from vqa_grpo.evaluation.recognised import FAMILY_OF_QUESTION_TYPE
+from vqa_grpo.demo.recognised import FAMILY_OF_QUESTION_TYPE
 
 REPLY_WORDS = ("to", "object", "objects", "there", "is", "are", "no", "yes")
 """Words the sentences use beyond the synthetic vocabulary and the prompt words."""

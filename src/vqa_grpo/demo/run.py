@@ -6,7 +6,7 @@
 3. GRPO from the base for ``RL_STEPS`` optimiser steps;
 4. the fair baseline: SFT on the bare answers from the same base, same steps and questions per step;
 5. evaluate all three on the same held-out questions: VQA accuracy, the share of replies that
-   *recognise* the answer (perception, whatever the form: ``evaluation/recognised.py``), the
+   *recognise* the answer (perception, whatever the form: ``demo/recognised.py``), the
    share that repeat a word; the paired bootstrap of each against the base (``vqa-grpo compare``);
 6. and on the out-of-distribution set (``data/synthetic_shift.py``: crowded scenes, the colour-shape
    pairs step 2 leaves out, rephrased questions), per shift too;
@@ -31,10 +31,10 @@ from vqa_grpo.config_load import load_config
 from vqa_grpo.data.loader import load_vqa
 from vqa_grpo.data.synthetic import synthesize
 from vqa_grpo.data.synthetic_shift import HELD_OUT_PAIRS, SHIFTS, synthesize_shifted
+from vqa_grpo.demo.recognised import recognised_share
 from vqa_grpo.errors import UserError
 from vqa_grpo.evaluation.compare import compare_runs
 from vqa_grpo.evaluation.evaluate import evaluate
-from vqa_grpo.evaluation.recognised import recognised_share
 from vqa_grpo.evaluation.report import write_report
 from vqa_grpo.training.loop import run
 

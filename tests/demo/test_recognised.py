@@ -7,8 +7,8 @@ import random
 import pytest
 
 from vqa_grpo.data.synthetic import synthesize
+from vqa_grpo.demo.recognised import FAMILY_OF_QUESTION_TYPE, recognised_share, recognises
 from vqa_grpo.demo.replies import base_reply, sentence_reply
-from vqa_grpo.evaluation.recognised import FAMILY_OF_QUESTION_TYPE, recognised_share, recognises
 from vqa_grpo.rewards import vqa_accuracy
 
 
