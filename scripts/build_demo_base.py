@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/build_demo_base.py [--out DIR] [--work DIR]
 
-About 40 minutes on 2 CPU cores (2,173 s for the shipped base); prints the model card's figures
+About 40 minutes on 2 CPU cores (docs/demo.md); prints the model card's figures
 and the SHA256 table that vqa_grpo/demo/base.py records.
 """
 

@@ -7,11 +7,12 @@ the replies of ``replies.py``: a sentence about the answer for a share of each f
 (``SENTENCE_SHARE``), the bare answer otherwise. It sees (``recognised`` in its model card) and
 it talks, which is the gap the demo's GRPO closes.
 
-Rebuild it (about 40 minutes on 2 cores, never in CI) with::
+Rebuild it (never in CI) with::
 
     .venv/bin/python scripts/build_demo_base.py
 
 which writes ``src/vqa_grpo/demo/base_model/`` and prints the ``SHA256`` table to paste below.
+docs/demo.md gives its time and the bases that the recipe's constants were chosen against.
 """
 
 from __future__ import annotations
@@ -36,29 +37,21 @@ EVAL_SEED = 20_000
 """Seed of the held-out questions the model card's figures come from."""
 N_QUESTIONS = 40_000
 IMAGE_SIZE = 112
-"""Side of the synthetic images, the base's and the demo's. The same recipe at 168 px (small
-objects then span about 2x2 patches rather than one; 5,636 s on a machine shared with tests)
-recognised 0.573 against 0.585: shapes and left/right rose (0.44, 0.51 against 0.35, 0.47),
-colours and yes/no fell (0.50, 0.82 against 0.60, 0.87), so 112 px was kept."""
+"""Side of the synthetic images, the base's and the demo's; 168 px recognised less in all
+(docs/demo.md, Rebuilding the base)."""
 N_EVAL = 1_000
 VISION_STAGE = (2_000, 1e-3, 100)
 """Stage 0 (steps, peak learning rate, warmup steps): the vision tower alone names each cell's
 object (demo/vision_pretrain.py) on the scenes of ``VISION_QUESTIONS`` questions of data seed
-``DATA_SEED - 1``. Without it the base never learnt shapes: one SFT stage of 6,000 steps
-recognised shapes at chance (0.347) and 0.585 in all; SFT on the shape questions alone, with bare
-answers, stayed at chance (loss 0.55 = ln 3 / 2) for 1,200 steps."""
+``DATA_SEED - 1``. Without it SFT alone never learns shapes (docs/demo.md)."""
 VISION_QUESTIONS = 20_000
 STAGES = ((4_500, 1e-3, 200),)
 """SFT stages (steps, peak learning rate, warmup steps), each a cosine schedule from the last
-stage's model on new questions (data seed ``DATA_SEED + i``). Without the vision stage, a second
-SFT stage of (3_000, 5e-4, 100) recognised less (0.575 against 0.585)."""
+stage's model on new questions (data seed ``DATA_SEED + i``)."""
 FREEZE_VISION = True
-"""The SFT stages leave the pretrained tower (and its merger) as it is (``model.freeze_vision``). Trained
-with the language model, the tower forgot shapes: a linear probe of its output tokens named the shape of
-0.986 of the objects after the vision stage and 0.218 after one SFT stage of 4,500 steps (colours 0.997,
-0.677), and the base recognised shapes at 0.367 (0.609 in all). With the tower frozen, shapes 0.993 and
-0.893 in all. ``scripts/probe_vision.py MODEL_DIR`` is that probe (0.986 for the shipped base, whose
-tower is the vision stage's; 0.218 for 061ab25's, trained with it)."""
+"""The SFT stages leave the pretrained tower (and its merger) as it is (``model.freeze_vision``):
+trained with the language model, the tower forgets shapes (``scripts/probe_vision.py`` shows it;
+docs/demo.md has the figures)."""
 STEPS = VISION_STAGE[0] + sum(steps for steps, _, _ in STAGES)
 BATCH = 32
 MODEL_SEED = 0

@@ -49,8 +49,7 @@ COMMON = [
     "train.device=cpu",
     "train.cpu_threads=2",
     # Both stages leave the base's pretrained vision tower as it is (VLM-R1 and EasyR1 offer the same):
-    # trained with it, GRPO recognised 0.036-0.072 less than the base (shapes and counts), frozen 0.018-0.026
-    # (at lr 1e-4; see LR).
+    # training it loses what the base perceives (docs/demo.md).
     "model.freeze_vision=true",
     "train.lr_scheduler=constant",
     "train.max_grad_norm=1.0",
@@ -59,11 +58,8 @@ COMMON = [
     "eval.max_new_tokens=16",  # the base's longest sentence is 12 tokens
 ]
 LR = 3e-5
-"""Both stages' learning rate (``run_demo(learning_rate=...)``). At 1e-4 for 60 steps both drifted from
-what the base perceives, counts most: recognised -0.018 to -0.027 for GRPO and SFT alike, and -0.026 to
--0.050 from a base rebuilt (not shipped) to answer 0.7 of its counts bare, so the loss was the step
-size, not the answer's form; 5e-5 gave -0.011 to -0.042. At 3e-5, 100 steps gain as much as 1e-4's
-60 and keep perception (docs/demo.md)."""
+"""Both stages' learning rate (``run_demo(learning_rate=...)``): small enough that neither stage drifts
+from what the base perceives, large enough that 100 steps teach the answer's form (docs/demo.md)."""
 SFT_MORE = ["train.per_device_batch_size=8"]
 GRPO = [
     "train.per_device_batch_size=8",
@@ -75,14 +71,12 @@ GRPO = [
     # on are penalised less per token (the length bias Dr. GRPO describes).
     "grpo.loss_type=dr_grpo",
     "grpo.scale_rewards=none",
-    # The KL to the base keeps its answers where the reward gives no direction: without it (beta 0)
-    # seed 2 answered "circle" to most shape questions and recognised 0.050 less than the base.
+    # The KL to the base keeps its answers where the reward gives no direction.
     "grpo.beta=0.1",
     "reward.components=[vqa_accuracy,composite]",
     "reward.weights=[0.5,0.5]",
-    # DAPO's dynamic sampling: of the study's variants (docs/demo.md), the one better than plain
-    # GRPO on every seed (+0.007 to +0.012 in distribution, the same out of it), for 46% more
-    # completions sampled; the demo stays near 90 s.
+    # DAPO's dynamic sampling: of the study's variants, the one better than plain GRPO on every
+    # seed, for more completions sampled (docs/demo.md).
     "grpo.dynamic_sampling=true",
 ]
 _REPEAT = re.compile(r"\b(\w+) \1\b")
