@@ -1,4 +1,4 @@
-"""Throughput of ``vqa-grpo evaluate`` with the tiny model on one CPU core (issue 8 asks for >= 200
+"""Throughput of ``vqa-grpo evaluate`` with the tiny model on one CPU core (the target: >= 200
 questions per second on 2,000 questions).
 
     OMP_NUM_THREADS=1 python benchmarks/evaluate_throughput.py [--n 2000] [--batch-size 64]

@@ -1,4 +1,4 @@
-"""The GRPO step at the sizes users train, on one lent GPU: every figure of issue 19 in one run.
+"""The GRPO step at the sizes users train, on one GPU: every figure in one run.
 
 For each size, random weights built offline from the real architecture, bf16, G = 8, 2 questions,
 8 new tokens, `benchmarks/grpo_step.py`'s methods in turns (vqa_grpo with ``grpo.static_decode``,
@@ -6,7 +6,7 @@ TRL's GRPOTrainer, the bare-model limit), then one step of vqa_grpo and of the l
 torch.profiler (the device's busy time):
 
     size            model                                         images             fine-tune
-    qwen2-vl-0.5b   Qwen2-VL, Qwen2-0.5B's text model (today's)   224 px, 64 tokens  full, LoRA
+    qwen2-vl-0.5b   Qwen2-VL, Qwen2-0.5B's text model (H100 docs) 224 px, 64 tokens  full, LoRA
     qwen2.5-vl-3b   Qwen2.5-VL-3B's architecture                  448 px, 256 tokens full, LoRA
     qwen2.5-vl-7b   Qwen2.5-VL-7B's architecture                  448 px, 256 tokens LoRA
     phi3-vision     Phi-3-vision's (4.2B, native), num_crops 4    448 px             LoRA (no TRL, no limit)

@@ -1,4 +1,4 @@
-"""Throughput of the composite reward on one CPU core (issue 3 asks for >= 50,000 pairs per second).
+"""Throughput of the composite reward on one CPU core (the target: >= 50,000 pairs per second).
 
     python benchmarks/rewards_throughput.py [--pairs 200000] [--check]
 

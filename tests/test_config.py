@@ -49,7 +49,7 @@ def config_error(*overrides: str, path: Path | None = None) -> str:
 def test_no_file_no_overrides_gives_the_dataclass_defaults():
     cfg = load_config()
     assert cfg == Config()
-    # The keys issue 2 fixes, with the seed's values where the seed gives one.
+    # The GRPO and reward keys, with the seed's values where the seed gives one.
     assert cfg.grpo.num_generations == 4
     assert cfg.grpo.temperatures == [0.7, 0.8, 0.9, 1.0]
     assert cfg.grpo.top_ps == [0.9, 0.85, 0.95, 0.8]

@@ -1,4 +1,4 @@
-"""Silent or misleading behaviour a user met (issue 29, item 5), each through the command or API
+"""Silent or misleading behaviour a user can meet, each through the command or API
 they used: skipped rows reported, adapters found from anywhere, a family that does not fit its
 checkpoint refused, duplicate rewards refused, a mistyped column refused, JSON non-text skipped,
 a corrupt config.json named as such."""
