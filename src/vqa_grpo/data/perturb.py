@@ -25,8 +25,7 @@ rotate          5, 10, 15, 20, 30 degrees       rotate about the centre by that 
 
 All but two keep the image's content. ``crop`` and ``rotate`` can remove some: the crop cuts
 off the image's borders, the rotation its corners, and an object there is clipped or, rarely,
-gone (on 400 synthetic 112 px images, seed 0: crop clips an object in 16% of images at
-severity 1 and 86% at 5, and leaves one out whole in none at 1-4 and 0.5% at 5). A count or
+gone (docs/evaluation.md has how often, on the synthetic images). A count or
 "is there" question can then have another answer: a drop under these two mixes robustness with
 lost information.
 

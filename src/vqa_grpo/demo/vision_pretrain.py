@@ -1,8 +1,8 @@
 """Stage 0 of the demo base's recipe: its vision tower pretrained alone, as a real VLM's is.
 
-Trained with the rest of the model on the questions alone, the tiny Qwen2-VL's vision tower never
-learnt shapes (0.347 on shape questions, chance 0.333, after 6,000 steps): the answer's gradient
-reaches the image through a language model that does not yet know where to look. Real VLMs start
+Trained with the rest of the model on the questions alone, the tiny Qwen2-VL's vision tower does
+not learn shapes (docs/demo.md, Rebuilding the base): the answer's gradient reaches the image
+through a language model that does not yet know where to look. Real VLMs start
 from a vision encoder pretrained on its own; so does the demo base. Each of the tower's output
 tokens (one per 2x2 merged patch, a 28 px cell of the image) learns to name the shape and the
 colour of the object whose box centre falls in its cell, or "none", from the synthetic scenes'
