@@ -93,17 +93,18 @@ def dispatch(args: argparse.Namespace) -> int:
             print(f"wrote {', '.join(f'{args.out}/{name}' for name in [*passes, *EVAL_FILES])}")
         return 0
     if args.command == "score":
-        from vqa_grpo.evaluation.score import run_score
+        from vqa_grpo.evaluation.score import format_score, score_file
 
-        return run_score(
+        result = score_file(
             args.predictions,
             args.prediction_field,
             args.answers_field,
-            args.json,
             metrics=args.metric or [],
             vqa_convention=args.vqa_convention,
             benchmark=args.benchmark,
         )
+        print(json.dumps(result) if args.json else format_score(result))
+        return 0
     if args.command == "compare":
         from vqa_grpo.evaluation.compare import compare_command
 

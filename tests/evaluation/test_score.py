@@ -4,8 +4,9 @@ import json
 
 import pytest
 
+from vqa_grpo.cli import main
 from vqa_grpo.errors import UserError
-from vqa_grpo.evaluation.score import run_score
+from vqa_grpo.evaluation.score import score_file
 
 ROWS = [
     {"prediction": "yes", "answers": ["yes"] * 10, "answer_type": "yes/no"},
@@ -29,7 +30,7 @@ def test_json_output_overall_and_per_type(tmp_path, capsys):
         json.dumps({"prediction": 3, "answers": ["3"]}),
     ]
     path = write(tmp_path, [json.dumps(r) for r in ROWS] + bad + [""])
-    assert run_score(path, as_json=True) == 0
+    assert main(["score", path, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["rows"], out["skipped"], out["skipped_lines"]) == (4, 4, [5, 6, 7, 8])
     m = out["metrics"]
@@ -41,7 +42,7 @@ def test_json_output_overall_and_per_type(tmp_path, capsys):
 
 def test_table_output(tmp_path, capsys):
     path = write(tmp_path, [json.dumps(r) for r in ROWS])
-    assert run_score(path) == 0
+    assert main(["score", path]) == 0
     out = capsys.readouterr().out
     assert "4 rows scored, 0 skipped" in out
     overall = next(line for line in out.splitlines() if line.startswith("overall"))
@@ -50,26 +51,26 @@ def test_table_output(tmp_path, capsys):
 
 def test_custom_fields(tmp_path, capsys):
     path = write(tmp_path, [json.dumps({"out": "red", "gt": "red"})])  # a lone string is one answer
-    run_score(path, prediction_field="out", answers_field="gt", as_json=True)
+    main(["score", path, "--prediction-field", "out", "--answers-field", "gt", "--json"])
     assert json.loads(capsys.readouterr().out)["metrics"]["overall"]["composite/exact_match"] == 1.0
 
 
 def test_missing_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="not found"):
-        run_score(str(tmp_path / "nope.jsonl"))
+        score_file(str(tmp_path / "nope.jsonl"))
 
 
 def test_directory_and_binary_files_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="cannot read"):
-        run_score(str(tmp_path))
+        score_file(str(tmp_path))
     binary = tmp_path / "b.jsonl"
     binary.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(UserError, match="cannot read"):
-        run_score(str(binary))
+        score_file(str(binary))
 
 
 def test_no_usable_row_is_a_user_error(tmp_path):
     path = write(tmp_path, ["{}", "[]"])
     with pytest.raises(UserError, match="no scorable rows") as err:
-        run_score(path)
+        score_file(path)
     assert "\n" not in str(err.value)

@@ -39,7 +39,7 @@ from vqa_grpo.paths import check_folder
 from vqa_grpo.rewards import BENCHMARK_METRICS
 from vqa_grpo.rewards.abstention import answerability, is_unanswerable
 from vqa_grpo.rewards.benchmark import check_metrics_fit, requested_metrics
-from vqa_grpo.training.distributed import Dist
+from vqa_grpo.training.distributed import make_dist
 
 
 def bootstrap_ci(values: np.ndarray, samples: int, seed: int = 0) -> list[float]:
@@ -53,30 +53,39 @@ def bootstrap_ci(values: np.ndarray, samples: int, seed: int = 0) -> list[float]
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
+def _mean(v: np.ndarray) -> float:
+    v = v[~np.isnan(v)]  # a user metric's None: not scored
+    return float(v.mean()) if len(v) else 0.0
+
+
+def by_group(scores: dict[str, np.ndarray], labels: list[str], samples: int = 1000) -> dict[str, dict]:
+    """{label: {"n", metric: mean, ..., "ci95": {metric: [low, high]}}, ...} with the labels sorted:
+    the means of the rows that carry each label; the intervals are those of VQA accuracy and the
+    benchmark metrics."""
+    groups: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        groups.setdefault(label, []).append(i)
+    shown = ["vqa_accuracy", *(k for k in scores if k in BENCHMARK_METRICS)]
+    return {
+        name: {
+            "n": len(idx),
+            **{k: _mean(v[idx]) for k, v in scores.items()},
+            "ci95": {k: bootstrap_ci(scores[k][idx], samples) for k in shown},
+        }
+        for name, idx in sorted(groups.items())
+    }
+
+
 def summarise(scores: dict[str, np.ndarray], examples: list[VQAExample], samples: int = 1000) -> dict:
-    """Means overall, per answer type and per question type, with bootstrap intervals overall."""
-
-    def mean(v: np.ndarray) -> float:
-        v = v[~np.isnan(v)]  # a user metric's None: not scored
-        return float(v.mean()) if len(v) else 0.0
-
-    def means(index: np.ndarray) -> dict:
-        return {"n": int(len(index)), **{k: mean(v[index]) for k, v in scores.items()}}
-
-    all_idx = np.arange(len(examples))
-    out = means(all_idx)
-    for key, attr in (("per_answer_type", "answer_type"), ("per_question_type", "question_type")):
-        groups: dict[str, list[int]] = {}
-        for i, e in enumerate(examples):
-            groups.setdefault(getattr(e, attr), []).append(i)
-        out[key] = {}
-        for name, idx in sorted(groups.items()):
-            m = means(np.array(idx))
-            shown = ["vqa_accuracy", *(k for k in scores if k in BENCHMARK_METRICS)]
-            m["ci95"] = {k: bootstrap_ci(scores[k][idx], samples) for k in shown}
-            out[key][name] = m
-    out["ci95"] = {k: bootstrap_ci(v, samples) for k, v in scores.items()}
-    return out
+    """Means overall, per answer type and per question type (``by_group``), with bootstrap
+    intervals overall for every metric."""
+    return {
+        "n": len(examples),
+        **{k: _mean(v) for k, v in scores.items()},
+        "per_answer_type": by_group(scores, [e.answer_type for e in examples], samples),
+        "per_question_type": by_group(scores, [e.question_type for e in examples], samples),
+        "ci95": {k: bootstrap_ci(v, samples) for k, v in scores.items()},
+    }
 
 
 EVAL_FILES = ("predictions.jsonl", "metrics.json")
@@ -117,7 +126,7 @@ def evaluate(
     check_metrics_fit(wanted, [e.answers for e in examples], "the evaluation data")  # before the model loads
     if out_dir is not None:
         check_out_dir(out_dir, overwrite=True)
-    dist = Dist.from_env(cfg.train.device, cfg.train.collective_timeout)
+    dist = make_dist(cfg.train.device, cfg.train.collective_timeout)
     device = dist.device(resolve_device(cfg.train.device))
     if cfg.train.cpu_threads > 0:
         import torch

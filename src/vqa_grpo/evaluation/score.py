@@ -19,13 +19,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import numpy as np
-
 from vqa_grpo.data.benchmarks import BENCHMARKS, find_benchmark
 from vqa_grpo.data.qtypes import answer_type_of
 from vqa_grpo.errors import UserError
-from vqa_grpo.evaluation.evaluate import bootstrap_ci
-from vqa_grpo.rewards.benchmark import BENCHMARK_METRICS, check_metrics_fit
+from vqa_grpo.evaluation.evaluate import by_group
+from vqa_grpo.rewards.benchmark import check_metrics_fit
 from vqa_grpo.rewards.registry import score_predictions
 
 
@@ -71,70 +69,24 @@ def read_predictions(path: str, prediction_field: str, answers_field: str) -> tu
     return rows, skipped
 
 
-def summarise(
-    rows: list[Row],
-    metrics: tuple[str, ...] | list[str] = (),
-    vqa_convention: str = "official",
-    benchmark: str | None = None,
-    samples: int = 1000,
-) -> dict[str, dict]:
-    """{"overall": {"n", metric: mean, ..., "ci95": {metric: [low, high]}}, <answer type>: {...},
-    ...} (types sorted); the intervals (evaluate's bootstrap, ``samples`` resamples) are those of
-    VQA accuracy and the benchmark metrics."""
-    scores = score_predictions(
-        [r[0] for r in rows],
-        [r[1] for r in rows],
-        [r[2] for r in rows],
-        metrics=metrics,
-        vqa_convention=vqa_convention,
-        benchmark=benchmark,
-    )
-    types = np.array([r[2] for r in rows], dtype=object)
-    groups = {"overall": np.ones(len(rows), dtype=bool)}
-    groups.update({t: types == t for t in sorted(set(types))})
-    shown = ["vqa_accuracy", *(k for k in scores if k in BENCHMARK_METRICS)]
-    return {
-        name: {
-            "n": int(m.sum()),
-            **{k: float(v[m].mean()) for k, v in scores.items()},
-            "ci95": {k: bootstrap_ci(scores[k][m], samples) for k in shown},
-        }
-        for name, m in groups.items()
-    }
-
-
-def format_table(table: dict[str, dict]) -> str:
-    """The summary as plain text: one row per group, metric means in percent; then the overall
-    95% intervals."""
-    metrics = [k for k in table["overall"] if k not in ("n", "ci95")]
-    widths = [max(12, len(k)) for k in metrics]
-    head = f"{'answer type':<12} {'n':>7} " + " ".join(f"{k:>{w}}" for k, w in zip(metrics, widths))
-    lines = [head, "-" * len(head)]
-    for name, m in table.items():
-        lines.append(f"{name:<12} {m['n']:>7} " + " ".join(f"{100 * m[k]:>{w}.2f}" for k, w in zip(metrics, widths)))
-    cis = ", ".join(f"{k} [{100 * lo:.2f}, {100 * hi:.2f}]" for k, (lo, hi) in table["overall"]["ci95"].items())
-    lines.append(f"95% CI overall (bootstrap over rows): {cis}")
-    return "\n".join(lines)
-
-
-def run_score(
+def score_file(
     path: str,
     prediction_field: str = "prediction",
     answers_field: str = "answers",
-    as_json: bool = False,
     *,
     metrics: tuple[str, ...] | list[str] = (),
     vqa_convention: str | None = None,
     benchmark: str | None = None,
-) -> int:
-    """Score a predictions JSONL file and print the table (or one JSON object); returns 0.
+) -> dict:
+    """Score a predictions JSONL file: {"path", "rows", "skipped", "skipped_lines" (the first 20),
+    "vqa_convention", "benchmark", "metrics"}, what ``--json`` prints; "metrics" is evaluate's
+    ``by_group`` over all rows ("overall"), then per answer type.
 
     ``metrics``: benchmark metrics to add (rewards/benchmark.py); ``vqa_convention``: official or
     lmms_eval (None: lmms_eval with a benchmark, else official); ``benchmark``: a name of
     data/benchmarks.py, whose metric is added and whose lmms-eval task the lmms_eval convention
-    follows. Raises UserError (one line) when the file is
-    missing or unreadable, has no usable row, or does not fit a metric asked for, or for an
-    unknown benchmark.
+    follows. Raises UserError (one line) when the file is missing or unreadable, has no usable
+    row, or does not fit a metric asked for, or for an unknown benchmark.
     """
     if benchmark is not None and benchmark.strip().lower() not in BENCHMARKS:
         raise UserError(f"--benchmark {benchmark!r} is not a known benchmark; choose one of {', '.join(BENCHMARKS)}")
@@ -149,21 +101,35 @@ def run_score(
             f"{prediction_field!r} and {answers_field!r} (a list of strings); see --prediction-field/--answers-field"
         )
     check_metrics_fit(metrics, [r[1] for r in rows], path)
-    table = summarise(rows, metrics, vqa_convention, bench.name if bench else None)
-    if as_json:
-        out = {
-            "path": path,
-            "rows": len(rows),
-            "skipped": len(skipped),
-            "skipped_lines": skipped[:20],
-            "vqa_convention": vqa_convention,
-            "benchmark": bench.name if bench else None,
-            "metrics": table,
-        }
-        print(json.dumps(out))
-        return 0
-    where = ", ".join(map(str, skipped[:10])) + (", ..." if len(skipped) > 10 else "")
-    print(f"{path}: {len(rows)} rows scored, {len(skipped)} skipped" + (f" (lines {where})" if skipped else ""))
-    print(f"metric means in percent; vqa_accuracy as {vqa_convention} computes it")
-    print(format_table(table))
-    return 0
+    name = bench.name if bench else None
+    preds, answers, types = ([r[i] for r in rows] for i in range(3))
+    scores = score_predictions(preds, answers, types, metrics=metrics, vqa_convention=vqa_convention, benchmark=name)
+    return {
+        "path": path,
+        "rows": len(rows),
+        "skipped": len(skipped),
+        "skipped_lines": skipped[:20],
+        "vqa_convention": vqa_convention,
+        "benchmark": name,
+        "metrics": {**by_group(scores, ["overall"] * len(rows)), **by_group(scores, types)},  # types sorted
+    }
+
+
+def format_score(result: dict) -> str:
+    """``score_file``'s result as plain text: the rows scored and skipped, then one row per group
+    with the metric means in percent, then the overall 95% intervals."""
+    table, skipped = result["metrics"], result["skipped"]
+    where = ", ".join(map(str, result["skipped_lines"][:10])) + (", ..." if skipped > 10 else "")
+    lines = [
+        f"{result['path']}: {result['rows']} rows scored, {skipped} skipped" + (f" (lines {where})" if skipped else ""),
+        f"metric means in percent; vqa_accuracy as {result['vqa_convention']} computes it",
+    ]
+    metrics = [k for k in table["overall"] if k not in ("n", "ci95")]
+    widths = [max(12, len(k)) for k in metrics]
+    head = f"{'answer type':<12} {'n':>7} " + " ".join(f"{k:>{w}}" for k, w in zip(metrics, widths))
+    lines += [head, "-" * len(head)]
+    for name, m in table.items():
+        lines.append(f"{name:<12} {m['n']:>7} " + " ".join(f"{100 * m[k]:>{w}.2f}" for k, w in zip(metrics, widths)))
+    cis = ", ".join(f"{k} [{100 * lo:.2f}, {100 * hi:.2f}]" for k, (lo, hi) in table["overall"]["ci95"].items())
+    lines.append(f"95% CI overall (bootstrap over rows): {cis}")
+    return "\n".join(lines)
