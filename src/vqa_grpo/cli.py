@@ -25,7 +25,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command in ("data", "model", "demo") and getattr(args, "out", None) is not None:
         from vqa_grpo.paths import check_folder
 
-        check_folder(args.out, "--out")  # a file there is one line now, not a traceback after the work
+        check_folder(args.out, "--out")  # a file there is one line up front, not a traceback after the work
     if args.command == "data" and args.data_command == "synth":
         from vqa_grpo.data.synthetic import MIN_IMAGE_SIZE, synthesize
 
@@ -106,9 +106,11 @@ def dispatch(args: argparse.Namespace) -> int:
         print(json.dumps(result) if args.json else format_score(result))
         return 0
     if args.command == "compare":
-        from vqa_grpo.evaluation.compare import compare_command
+        from vqa_grpo.evaluation.compare import compare_runs, format_comparison
 
-        return compare_command(args.runs, args.json)
+        result = compare_runs(args.runs)
+        print(json.dumps(result) if args.json else format_comparison(result))
+        return 0
     if args.command == "report":
         from vqa_grpo.evaluation.report import write_report
 
@@ -116,13 +118,21 @@ def dispatch(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
         return 0
     if args.command == "judge":
-        from vqa_grpo.evaluation.judge import judge_command
+        from vqa_grpo.evaluation.judge import format_written, write_judge
 
-        return judge_command(args.evals, args.out, args.data, args.n, args.seed, args.mode, args.overwrite)
+        path, key = write_judge(
+            args.evals, args.out, args.data, n=args.n, seed=args.seed, mode=args.mode, overwrite=args.overwrite
+        )
+        print(format_written(path, key))
+        return 0
     if args.command == "agreement":
-        from vqa_grpo.evaluation.agreement import agreement_command
+        from vqa_grpo.evaluation.agreement import format_agreement, measure_agreement
+        from vqa_grpo.evaluation.agreement_scores import parse_thresholds
 
-        return agreement_command(args.judgments, args.judge_dir, args.json, args.threshold or [], args.reward or [])
+        thresholds = parse_thresholds(args.threshold or [])
+        result = measure_agreement(args.judgments, args.judge_dir, thresholds=thresholds, user=args.reward or [])
+        print(json.dumps(result) if args.json else format_agreement(result))
+        return 0
     if args.command == "merge":
         from vqa_grpo.paths import check_folder
         from vqa_grpo.training.export import merge_adapter

@@ -11,9 +11,10 @@ import json
 import numpy as np
 import pytest
 
+from vqa_grpo.cli import main
 from vqa_grpo.data.types import VQAExample
 from vqa_grpo.errors import UserError
-from vqa_grpo.evaluation.compare import compare_command, compare_runs
+from vqa_grpo.evaluation.compare import compare_runs
 from vqa_grpo.evaluation.evaluate import summarise, write_outputs
 from vqa_grpo.evaluation.paired import paired_bootstrap
 
@@ -101,12 +102,12 @@ def test_p_value_is_calibrated_on_a_borderline_difference():
 
 
 def test_command_prints_a_table_and_json(two_runs, capsys):
-    assert compare_command(list(two_runs), as_json=False) == 0
+    assert main(["compare", *map(str, two_runs)]) == 0
     out = capsys.readouterr().out
     assert "B - A" in out and "vqa_accuracy" in out and "yes/no" in out
     overall = next(line for line in out.splitlines() if line.startswith("overall") and "vqa_accuracy" in line)
     assert "+0.3833" in overall and overall.split()[2] == "6"
-    assert compare_command(list(two_runs), as_json=True) == 0
+    assert main(["compare", *map(str, two_runs), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["differences"][0]["overall"]["vqa_accuracy"]["mean"] == pytest.approx(2.3 / 6)
     assert result["bootstrap"]["samples"] == 10_000 and result["bootstrap"]["seed"] == 0

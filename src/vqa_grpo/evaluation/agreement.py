@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from vqa_grpo.errors import UserError
-from vqa_grpo.evaluation.agreement_scores import parse_thresholds, score_rows, threshold
+from vqa_grpo.evaluation.agreement_scores import score_rows, threshold
 from vqa_grpo.evaluation.agreement_stats import BOOTSTRAP_SAMPLES, SEED, agreement
 from vqa_grpo.evaluation.compare import load_eval_dir
 from vqa_grpo.evaluation.judge import KEY_FILE
@@ -262,7 +262,7 @@ def measure_agreement(
     user: list[str] | None = None,
     samples: int = BOOTSTRAP_SAMPLES,
 ) -> dict:
-    """The agreement report as one dict (format_agreement prints it); UserError on bad input."""
+    """The agreement report as one dict (``format_agreement``: as text); UserError on bad input."""
     thresholds = thresholds or {}
     key = load_key(judge_dir)
     marks, notes = read_judgments(paths, key, judge_dir)
@@ -364,10 +364,3 @@ def format_agreement(result: dict) -> str:
         cells = "  ".join(f"{m} {_cell(r[m], 'accuracy', True)} / {_cell(r[m], 'kappa')}" for m in shown if r[m]["n"])
         lines.append(f"{t or '(none)':<24} {r['n']:>5} {r['people']:>6.3f}  {cells}")
     return "\n".join(lines)
-
-
-def agreement_command(paths: list[str], judge_dir: str, as_json: bool, thresholds: list[str], user: list[str]) -> int:
-    """Print the agreement report (a table, or one JSON object with ``as_json``); returns 0."""
-    result = measure_agreement(paths, judge_dir, thresholds=parse_thresholds(thresholds), user=user)
-    print(json.dumps(result) if as_json else format_agreement(result))
-    return 0

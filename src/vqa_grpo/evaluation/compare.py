@@ -168,10 +168,3 @@ def format_comparison(result: dict) -> str:
     if "robustness" in result:
         lines += ["", format_side_by_side(result["robustness"], letters)]
     return "\n".join(lines)
-
-
-def compare_command(paths: list[str], as_json: bool) -> int:
-    """Print the comparison of ``paths`` (a table, or one JSON object with ``as_json``); returns 0."""
-    result = compare_runs(paths)
-    print(json.dumps(result) if as_json else format_comparison(result))
-    return 0

@@ -193,11 +193,12 @@ def write_judge(
     return out_dir / PAGE_FILE, key
 
 
-def judge_command(eval_dirs: list[str], out: str, data_path: str, n: int, seed: int, mode: str, overwrite: bool) -> int:
-    """The CLI's judge: write the page and say where it and its key are; returns 0."""
-    path, key = write_judge(eval_dirs, out, data_path, n=n, seed=seed, mode=mode, overwrite=overwrite)
+def format_written(path: Path, key: dict) -> str:
+    """Two lines on what ``write_judge`` wrote: the page (``path``) with what it asks, and its key."""
     answers = sum(len(q["slots"]) for q in key["questions"])
-    what = f"{answers} answers to grade" if mode == "grade" else f"{len(key['questions'])} pairs to compare"
-    print(f"wrote {path} (page {key['page']}: {len(key['questions'])} questions, {what})")
-    print(f"wrote {Path(out) / KEY_FILE}: the models behind the slots; keep it for `vqa-grpo agreement`")
-    return 0
+    n = len(key["questions"])
+    what = f"{answers} answers to grade" if key["mode"] == "grade" else f"{n} pairs to compare"
+    return (
+        f"wrote {path} (page {key['page']}: {n} questions, {what})\n"
+        f"wrote {path.parent / KEY_FILE}: the models behind the slots; keep it for `vqa-grpo agreement`"
+    )
