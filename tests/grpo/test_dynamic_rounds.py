@@ -28,7 +28,7 @@ def test_a_round_draws_what_the_step_lacks_whatever_the_accumulation():
     """The same 4 groups a step as 4 micro-batches of 1 or 1 of 4: a round refills the step."""
     from vqa_grpo.config import GRPOConfig
     from vqa_grpo.grpo.dynamic import fill_step
-    from vqa_grpo.training.distributed import Dist
+    from vqa_grpo.training.distributed import DDP
 
     S, F = [0.0, 1.0], [1.0, 1.0]
     groups = [S, F, F, F, S, S, S, F]
@@ -43,7 +43,7 @@ def test_a_round_draws_what_the_step_lacks_whatever_the_accumulation():
             bounds=(0.0, 1.0),
             per_micro=per_micro,
             micro_batches=micro,
-            dist=Dist(),
+            dist=DDP(),
         )
         out[per_micro] = filled.stats(grpo.num_generations)
         assert filled.weights is None  # full: one round brought the 3 missing groups
@@ -61,11 +61,11 @@ from types import SimpleNamespace
 import torch
 from vqa_grpo.config import GRPOConfig
 from vqa_grpo.grpo.dynamic import fill_step
-from vqa_grpo.training.distributed import Dist
+from vqa_grpo.training.distributed import make_dist
 
 S, F = [0.0, 1.0], [0.0, 0.0]  # a group of G = 2 with a spread, and one without
 DRAWS = {0: [[S, S], [S, S], [S, F], [S, S]], 1: [[F, F], [S, F], [F, S], [S, S]]}
-dist = Dist.from_env("cpu")
+dist = make_dist("cpu")
 out = {}
 for rounds in (3, 0):
     batches = iter(DRAWS[dist.rank])

@@ -12,7 +12,7 @@ from vqa_grpo.grpo.plan import choose_plan
 from vqa_grpo.models.generation import generate
 from vqa_grpo.models.loading import load_model
 from vqa_grpo.models.plan import PLAIN
-from vqa_grpo.training.distributed import Dist
+from vqa_grpo.training.distributed import DDP
 
 CPU = torch.device("cpu")
 
@@ -57,7 +57,7 @@ def test_synced_decoding_is_passed_explicitly(lm, synth_dir):
     # One process has nothing to sync with; the collective reaches the decoder as an argument: with
     # one that always answers "a rank still runs", the decode takes every step, drawing the same
     # tokens where this rank's rows run (a stopped row keeps padding).
-    assert Dist().synced_decoding() is None
+    assert DDP().synced_decoding() is None
     examples = load_vqa(DataConfig(path=str(synth_dir)), seed=0).train[:2]
     prompts = lm.adapter.encode_prompts(
         lm.processor, [e.load_image() for e in examples], [e.question for e in examples]

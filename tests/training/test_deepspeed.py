@@ -34,7 +34,7 @@ from safetensors.torch import load_file
 
 from vqa_grpo.config_load import load_config
 from vqa_grpo.errors import UserError
-from vqa_grpo.training.distributed import DeepSpeedSettings, Dist
+from vqa_grpo.training.distributed import DeepSpeed, DeepSpeedSettings
 
 # find_spec, not importorskip: collecting this file (on every pytest-xdist worker) need not import DeepSpeed
 pytestmark = pytest.mark.skipif(
@@ -198,6 +198,6 @@ def test_deepspeed_settings_that_cannot_run_are_one_line_errors(key, value, fix)
     ],
 )
 def test_runs_deepspeed_cannot_take_are_refused_before_loading(overrides, env, message):
-    dist = Dist(acc=None, ds=DeepSpeedSettings.from_env({**BASE, **env}))
+    dist = DeepSpeed(DeepSpeedSettings.from_env({**BASE, **env}))
     with pytest.raises(UserError, match=message):
         dist.check_config(load_config(None, overrides))

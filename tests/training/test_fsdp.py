@@ -33,7 +33,7 @@ from safetensors.torch import load_file
 from vqa_grpo.config_load import load_config
 from vqa_grpo.errors import UserError
 from vqa_grpo.training import loop
-from vqa_grpo.training.distributed import Dist, FSDPSettings, wrap_targets
+from vqa_grpo.training.distributed import FSDP2, FSDPSettings, wrap_targets
 
 
 def same_scores(records: list[dict]):
@@ -194,7 +194,7 @@ def test_a_wrap_class_the_model_lacks_names_the_ones_it_has(tiny_model_dir):
 
 
 def test_quantized_or_vllm_runs_are_refused_under_fsdp():
-    dist = Dist(acc=None, fsdp=FSDPSettings((), True, True, False))
+    dist = FSDP2(FSDPSettings((), True, True, False))
     with pytest.raises(UserError, match="model.quantization=4bit weights cannot be sharded"):
         dist.check_config(load_config(None, ["model.quantization=4bit", "model.lora=true"]))
     with pytest.raises(UserError, match="grpo.generation_backend=vllm needs the full weights"):

@@ -17,7 +17,7 @@ from vqa_grpo.models.loading import LoadedModel, check_images
 from vqa_grpo.rewards import BENCHMARK_METRICS, clean_answer, score_predictions
 from vqa_grpo.rewards.benchmark import check_metrics_fit, requested_metrics
 from vqa_grpo.rewards.user import user_metrics
-from vqa_grpo.training.distributed import Dist
+from vqa_grpo.training.distributed import DDP, Dist
 
 
 @dataclass
@@ -45,7 +45,7 @@ def answer_and_score(
     wanted = requested_metrics(cfg.eval.metrics, cfg.train.eval_metric)  # anls, relaxed_accuracy, ...
     check_metrics_fit(wanted, [e.answers for e in examples], "the evaluation data")  # before generating
     template = prompt_template(cfg.data, cfg.reward.reasoning)
-    texts = predict_sharded(dist or Dist(), lm, examples, cfg.eval, device, progress=progress, template=template)
+    texts = predict_sharded(dist or DDP(), lm, examples, cfg.eval, device, progress=progress, template=template)
     kept = [(e, t) for e, t in zip(examples, texts) if t is not None]
     positions = [i for i, t in enumerate(texts) if t is not None]
     answered = [e for e, _ in kept]

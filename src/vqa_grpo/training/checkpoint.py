@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from vqa_grpo.errors import TrainingStopped
+from vqa_grpo.training.distributed import DDP
 from vqa_grpo.training.integrity import is_no_space, write_manifest
 
 STATE_FILE = "trainer_state.json"
@@ -161,23 +162,14 @@ def _model_class(model) -> type:
     return next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
 
 
-def _load_adapter(path: Path, model, dist=None) -> None:
-    """The saved LoRA adapter weights into the PEFT ``model``; sharded under ``dist`` (FSDP)."""
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+def _adapter_weights(path: Path) -> dict:
+    """The saved LoRA adapter weights, under PEFT's saved names."""
     from safetensors.torch import load_file
 
     weights = {}
     for f in sorted(path.glob("*.safetensors")):
         weights.update(load_file(f))
-    if dist is None:
-        set_peft_model_state_dict(model, weights)
-        return
-    # PEFT saves the adapter's weights under names without the adapter's name; match them to the
-    # live names through the tensors PEFT picks from the live state dict.
-    live = model.state_dict()
-    saved_name = {id(t): k for k, t in get_peft_model_state_dict(model, state_dict=live).items()}
-    full = {k: weights[saved_name[id(t)]] for k, t in live.items() if id(t) in saved_name}
-    dist.load_model_state(model, full, strict=False)
+    return weights
 
 
 def torch_rng_state() -> dict:
@@ -196,38 +188,22 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def load_optimizer_keeping_kind(optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """``optimizer.load_state_dict(state)``, then this optimizer's own kernel choice (``fused``,
-    ``foreach``) back in every group: torch copies the saved groups' flags over, so a checkpoint of
-    another kind (an older per-tensor AdamW, or a fused one where this device has no fused kernel)
-    would silently change, or break, the kernel for the rest of the run."""
-    kind = [{k: g.get(k) for k in ("fused", "foreach")} for g in optimizer.param_groups]
-    optimizer.load_state_dict(state)
-    for group, flags in zip(optimizer.param_groups, kind):
-        group.update(flags)
-
-
 def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int = 0, dist=None) -> dict:
     """Restore weights, optimizer, scheduler and this rank's RNG states; return the trainer state.
 
-    Under FSDP (``dist.fsdp``) every rank reads the full files and keeps its shard of them.
+    Every rank reads the full files; ``dist`` (default: one process) copies them into the model and
+    optimizer as it holds them (under FSDP each rank keeps its shard).
     """
-    sharded = dist is not None and dist.fsdp is not None
+    dist = dist if dist is not None else DDP()
     moments = torch.load(path / "optimizer.pt", weights_only=True)
     if (path / "adapter_config.json").is_file():
-        _load_adapter(path, model, dist if sharded else None)
+        dist.load_adapter_state(model, _adapter_weights(path))
     else:
         # from_pretrained maps the saved key names (which transformers may rename on save) back
         # to the module's own; the result is then copied into the live model in place.
         loaded = _model_class(model).from_pretrained(path, dtype=next(model.parameters()).dtype)
-        if sharded:
-            dist.load_model_state(model, loaded.state_dict())
-        else:
-            model.load_state_dict(loaded.state_dict())
-    if sharded:
-        dist.load_optimizer_state(model, optimizer, moments)
-    else:
-        load_optimizer_keeping_kind(optimizer, moments)
+        dist.load_model_state(model, loaded.state_dict())
+    dist.load_optimizer_state(model, optimizer, moments)
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     state = json.loads((path / STATE_FILE).read_text())
     if rank == 0:

@@ -37,7 +37,7 @@ from vqa_grpo.paths import absolute_inputs, check_folder
 from vqa_grpo.rewards.benchmark import check_metrics_fit
 from vqa_grpo.rewards.user import resolve as resolve_rewards
 from vqa_grpo.training.checkpoint import no_space
-from vqa_grpo.training.distributed import Dist
+from vqa_grpo.training.distributed import Dist, make_dist
 from vqa_grpo.training.export import merge_adapter, write_model_card
 from vqa_grpo.training.faults import (
     OOM_ADVICE,
@@ -114,7 +114,7 @@ def run(
     t0 = time.time()
     given = given_keys(cfg) if given is None else given  # before the benchmark fills in the keys left unset
     cfg = resolve_benchmark(cfg)  # the settings left to data.benchmark (reward, best/'s metric, prompt, length)
-    dist = Dist.from_env(cfg.train.device, cfg.train.collective_timeout)
+    dist = make_dist(cfg.train.device, cfg.train.collective_timeout)
     cfg = absolute_inputs(cfg)  # config.yaml names the same files wherever a resume is launched
     cfg, resume, changed = start_point(cfg, mode, dist, given, reward_funcs)  # the checkpoint's settings
     check_sft_targets(cfg, mode)
@@ -223,7 +223,7 @@ def _train(s: Session, grpo: GRPOSteps | None, eval_examples: list[VQAExample], 
 
 def _shard(dist: Dist, lm: LoadedModel, ref: Reference | None) -> None:
     """Under FSDP, shard the policy and the KL reference's copy (when it has one) in place; under
-    ZeRO-3 the reference copy is partitioned now, the policy by Dist.prepare."""
+    ZeRO-3 the reference copy is partitioned now, the policy by DeepSpeed.prepare."""
     dist.shard(lm.model)
     if ref is not None and ref.copy is not None:  # forward only: its root unit is freed after each pass too
         dist.shard(ref.copy, reshard_root=True, frozen=True)

@@ -30,10 +30,10 @@ from vqa_grpo.models.prefix import Prefix
 from vqa_grpo.models.scoring import answer_tokens, completion_logprobs
 from vqa_grpo.rewards.registry import reward_range, reward_settings
 from vqa_grpo.training.batches import Batches
-from vqa_grpo.training.distributed import Dist
+from vqa_grpo.training.distributed import DDP, Dist
 from vqa_grpo.training.tally import Tally
 
-ONE_PROCESS = Dist()
+ONE_PROCESS = DDP()
 
 
 def autocast(cfg: Config, device: torch.device):

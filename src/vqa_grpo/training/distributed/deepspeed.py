@@ -8,26 +8,27 @@ weights and AdamW's moments into the files of a 1-process run."""
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
 
 import torch
 
 from vqa_grpo.errors import UserError
-from vqa_grpo.training.distributed.helpers import (
-    broadcast_from_rank0,
-    is_peft,
-    load_full_model_state,
-    load_full_optimizer_state,
-    parameter_counts,
-)
+from vqa_grpo.training.distributed.dist import Dist
+from vqa_grpo.training.distributed.helpers import broadcast_from_rank0, is_peft, parameter_counts
 from vqa_grpo.training.distributed.launch import DeepSpeedSettings
 
 ADAM_MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
-class DeepSpeed:
-    def __init__(self, acc, settings: DeepSpeedSettings, any_rank: Callable[[bool], bool], is_main: bool):
-        self.acc, self.settings, self.any_rank, self.is_main = acc, settings, any_rank, is_main
+class DeepSpeed(Dist):
+    """ZeRO-2 (the gradients and AdamW's moments partitioned) or ZeRO-3 (the weights too, from
+    :meth:`prepare` on, or from :meth:`shard` on for a frozen model). A checkpoint loads before
+    :meth:`prepare`, into the whole model and the torch optimizer, as with one process. Decoding
+    needs nothing gathered: DeepSpeed's hooks gather each module's weights as it runs, the image
+    encoder's too."""
+
+    def __init__(self, settings: DeepSpeedSettings, acc=None):
+        super().__init__(acc)
+        self.settings = settings
         self.sharded_forward = settings.stage == 3
         self.engine = None  # the trained model's engine, once prepared
         self._params: list = []  # its parameters in the optimizer's order before DeepSpeed took it
@@ -35,7 +36,8 @@ class DeepSpeed:
         self._frozen: list = []  # engines of forward-only models (kept alive with their hooks)
 
     def check_config(self, cfg) -> None:
-        """The accelerate config's DeepSpeed numbers must be the run's (DeepSpeed steps with the run's)."""
+        """The accelerate config's DeepSpeed numbers must be the run's (DeepSpeed steps with the run's);
+        no quantized weights; under ZeRO-3 what no sharded back-end runs (Dist.check_config)."""
         ds, t = self.settings, cfg.train
         fix = (
             "remove the line from the accelerate config's deepspeed_config (the run's value is used) or make them equal"
@@ -55,6 +57,7 @@ class DeepSpeed:
                 f"model.quantization={cfg.model.quantization} is not supported under DeepSpeed; set "
                 "model.quantization=none, or launch with configs/accelerate/ddp.yaml"
             )
+        super().check_config(cfg)
 
     def shard(self, model, reshard_root: bool = False, frozen: bool = False):
         """Rank 0's weights broadcast; a ``frozen`` model (no optimizer) partitioned now under ZeRO-3
@@ -98,26 +101,11 @@ class DeepSpeed:
         norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
 
-    def decoding(self, model):
-        """Nothing to gather: DeepSpeed's hooks gather each module's weights as it runs, the image
-        encoder's too."""
-        return contextlib.nullcontext()
-
-    def synced_decoding(self):
-        """Under ZeRO-3 the ranks keep decoding in step (every forward pass gathers); not under ZeRO-2."""
-        return self.any_rank if self.sharded_forward else None
-
     def model_state(self, model) -> dict | None:
         return gathered_state(model, self.is_main) if self.sharded_forward else None
 
     def optimizer_state(self, model, optimizer) -> dict | None:
         return gathered_moments(optimizer, self._params, self._groups, self.is_main)
-
-    def load_model_state(self, model, state: dict, strict: bool = True) -> None:
-        load_full_model_state(model, state, strict)
-
-    def load_optimizer_state(self, model, optimizer, state: dict) -> None:
-        load_full_optimizer_state(model, optimizer, state)
 
     def describe(self, model=None) -> str:
         text = f"{self.acc.num_processes} processes, DeepSpeed ZeRO-{self.settings.stage} on {self.acc.device.type}"
@@ -169,7 +157,7 @@ def gathered_state(model, is_main: bool) -> dict | None:
 def gathered_moments(zero, params: list, groups: list[dict], is_main: bool) -> dict | None:
     """AdamW's state in 1-process layout on rank 0, gathered from the partitions of the ZeRO
     optimizer ``zero`` (a collective; None on the other ranks). ``params``, ``groups``: the
-    optimizer's parameters and param_groups before DeepSpeed took it (Dist.prepare)."""
+    optimizer's parameters and param_groups before DeepSpeed took it (DeepSpeed.prepare)."""
     from deepspeed.utils import safe_get_full_optimizer_state
 
     inner = zero.optimizer  # the torch AdamW stepping ZeRO's flat fp32 partitions

@@ -1,10 +1,11 @@
-"""The processes of a run: rank, world size and collectives through accelerate, and the back-end that holds the model.
+"""The processes of a run and the way they hold the model: :class:`Dist`, the base of the back-ends.
 
-One process (plain ``vqa-grpo train``): :class:`Dist` is a no-op with rank 0 of 1. Several
+One process (plain ``vqa-grpo train``): rank 0 of 1, every collective a no-op. Several
 (``accelerate launch -m vqa_grpo.cli train ...``): accelerate sets up the process group (NCCL on
-GPUs, gloo on the CPU) and this class asks it for rank, world size, reductions and gathers. How the
-model is held is the back-end's (backend.py): DDP (ddp.py), FSDP2 (fsdp.py) or DeepSpeed ZeRO-2/3
-(deepspeed.py), chosen from the launch environment (launch.py) by :meth:`Dist.from_env`.
+GPUs, gloo on the CPU) and :class:`Dist` asks it for rank, world size, reductions and gathers. How
+the model is held is the subclass's: ``DDP`` (ddp.py: one process, or every rank the whole model),
+``FSDP2`` (fsdp.py) or ``DeepSpeed`` ZeRO-2/3 (deepspeed.py), made from the launch environment
+(launch.py) by ``make_dist`` (factory.py).
 
 How a step is split: the global batch is ``per_device_batch_size x world_size`` questions in one
 seeded order; rank r takes its slice, and samples the G completions of each of its questions
@@ -17,76 +18,29 @@ process x batch 2. Only rank 0 writes the run directory.
 
 from __future__ import annotations
 
+import abc
+import contextlib
 import math
-import os
-from typing import Callable, TypeVar
+from typing import Callable, ContextManager, TypeVar
 
 import torch
 
 from vqa_grpo.errors import UserError
-from vqa_grpo.training.distributed.backend import Backend
-from vqa_grpo.training.distributed.ddp import DDP
-from vqa_grpo.training.distributed.deepspeed import DeepSpeed, require_deepspeed
-from vqa_grpo.training.distributed.fsdp import FSDP2
-from vqa_grpo.training.distributed.launch import (
-    DeepSpeedSettings,
-    FSDPSettings,
-    launch_deepspeed,
-    launch_fsdp,
-    launched_world_size,
-)
+from vqa_grpo.training.distributed.helpers import load_optimizer_keeping_kind
 
 T = TypeVar("T")
 
 
-class Dist:
+class Dist(abc.ABC):
     """Rank, world size and collectives of this run (accelerate's when launched on several
-    processes); what depends on how the model is held goes to ``self.backend``."""
+    processes), and what every back-end does to the model, as it is done to a whole model; each
+    subclass replaces what its way of holding the model changes."""
 
-    def __init__(self, acc=None, fsdp: FSDPSettings | None = None, ds: DeepSpeedSettings | None = None):
-        self.acc = acc  # None: one process
-        self.fsdp, self.ds = fsdp, ds  # the launch's settings of the back-end, when not DDP
-        self.backend: Backend
-        if ds is not None:
-            self.backend = DeepSpeed(acc, ds, self.any, self.is_main)
-        elif fsdp is not None:
-            self.backend = FSDP2(acc, fsdp, self.any, self.is_main)
-        else:
-            self.backend = DDP(acc)
+    sharded_forward: bool = False
+    """Every forward pass is a collective (the weights are partitioned): FSDP2, ZeRO-3."""
 
-    @classmethod
-    def from_env(cls, device: str = "auto", timeout_s: float = 600) -> "Dist":
-        """accelerate's processes when a launcher started several (gloo on the CPU), else one process.
-        ``timeout_s``: how long a collective waits for a rank that hangs (train.collective_timeout).
-
-        An FSDP or DeepSpeed launch is read here and accelerate is then started as a plain
-        multi-process run (ACCELERATE_USE_FSDP/DEEPSPEED=false for this process): the back-end
-        shards the model itself.
-        """
-        if launched_world_size() <= 1:
-            return cls()
-        ds = launch_deepspeed()
-        if ds is not None:
-            require_deepspeed()
-            os.environ["ACCELERATE_USE_DEEPSPEED"] = "false"
-        fsdp = launch_fsdp()
-        if fsdp is not None:
-            os.environ["ACCELERATE_USE_FSDP"] = "false"
-        from datetime import timedelta
-
-        from accelerate import Accelerator
-        from accelerate.utils import InitProcessGroupKwargs
-
-        acc = Accelerator(
-            cpu=device == "cpu" or not torch.cuda.is_available(),
-            kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))],
-        )
-        if acc.distributed_type.name in ("FSDP", "DEEPSPEED"):  # set up by code rather than the launcher
-            raise UserError(
-                f"accelerate's own {acc.distributed_type.name} is not supported by vqa-grpo's loop; "
-                "launch with configs/accelerate/fsdp.yaml or ddp.yaml"
-            )
-        return cls(acc, fsdp, ds)
+    def __init__(self, acc=None):
+        self.acc = acc  # accelerate's Accelerator; None: one process
 
     @property
     def rank(self) -> int:
@@ -102,65 +56,6 @@ class Dist:
 
     def device(self, fallback: torch.device) -> torch.device:
         return self.acc.device if self.acc else fallback
-
-    # ---- the back-end's (backend.py documents each) ---------------------------------------------
-
-    @property
-    def sharded_forward(self) -> bool:
-        """Every forward pass is a collective (the weights are partitioned): FSDP or ZeRO-3."""
-        return self.backend.sharded_forward
-
-    def check_config(self, cfg) -> None:
-        """Settings that cannot run on sharded weights (or under DeepSpeed), refused before the model loads."""
-        self.backend.check_config(cfg)
-        if not self.sharded_forward:
-            return
-        if cfg.model.quantization != "none":
-            raise UserError(
-                f"model.quantization={cfg.model.quantization} weights cannot be sharded by FSDP; set "
-                "model.quantization=none, or launch with configs/accelerate/ddp.yaml"
-            )
-        if cfg.grpo.generation_backend == "vllm":
-            raise UserError(
-                "grpo.generation_backend=vllm needs the full weights on every process; set "
-                "grpo.generation_backend=transformers, or launch with configs/accelerate/ddp.yaml"
-            )
-
-    def describe(self, model=None) -> str:
-        return self.backend.describe(model)
-
-    def shard(self, model, reshard_root: bool = False, frozen: bool = False):
-        return self.backend.shard(model, reshard_root, frozen)
-
-    def prepare(self, model, optimizer, train=None):
-        return self.backend.prepare(model, optimizer, train)
-
-    def backward(self, loss: torch.Tensor) -> None:
-        self.backend.backward(loss)
-
-    def no_sync(self, model, sync: bool):
-        return self.backend.no_sync(model, sync)
-
-    def step(self, model, optimizer, max_norm: float) -> float:
-        return self.backend.step(model, optimizer, max_norm)
-
-    def decoding(self, model):
-        return self.backend.decoding(model)
-
-    def synced_decoding(self):
-        return self.backend.synced_decoding()
-
-    def model_state(self, model) -> dict | None:
-        return self.backend.model_state(model)
-
-    def optimizer_state(self, model, optimizer) -> dict | None:
-        return self.backend.optimizer_state(model, optimizer)
-
-    def load_model_state(self, model, state: dict, strict: bool = True) -> None:
-        self.backend.load_model_state(model, state, strict)
-
-    def load_optimizer_state(self, model, optimizer, state: dict) -> None:
-        self.backend.load_optimizer_state(model, optimizer, state)
 
     # ---- collectives -----------------------------------------------------------------------------
 
@@ -231,3 +126,83 @@ class Dist:
         from accelerate.utils import broadcast_object_list
 
         return broadcast_object_list([value], from_process=0)[0]
+
+    # ---- the model, as this back-end holds it ---------------------------------------------------
+
+    def check_config(self, cfg) -> None:
+        """Settings this back-end cannot run, refused (UserError) before the model loads: under
+        sharded weights, quantized ones and vLLM (which needs the full weights)."""
+        if not self.sharded_forward:
+            return
+        if cfg.model.quantization != "none":
+            raise UserError(
+                f"model.quantization={cfg.model.quantization} weights cannot be sharded by FSDP; set "
+                "model.quantization=none, or launch with configs/accelerate/ddp.yaml"
+            )
+        if cfg.grpo.generation_backend == "vllm":
+            raise UserError(
+                "grpo.generation_backend=vllm needs the full weights on every process; set "
+                "grpo.generation_backend=transformers, or launch with configs/accelerate/ddp.yaml"
+            )
+
+    @abc.abstractmethod
+    def describe(self, model=None) -> str:
+        """E.g. "2 processes, MULTI_CPU on cpu"; with ``model`` under sharding, rank 0's share of it."""
+
+    def shard(self, model, reshard_root: bool = False, frozen: bool = False):
+        """``model`` placed on the ranks (sharded, or rank 0's weights broadcast), returned.
+        ``frozen``: it has no optimizer (the KL reference, a model being evaluated)."""
+        return model
+
+    def prepare(self, model, optimizer, train=None):
+        """(model, optimizer) as training steps them (``train``: the run's TrainConfig)."""
+        return model, optimizer
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self.acc is None:
+            loss.backward()
+        else:
+            self.acc.backward(loss)
+
+    @abc.abstractmethod
+    def no_sync(self, model, sync: bool) -> ContextManager:
+        """A block whose backward skips the gradient reduction unless ``sync`` (a step's last micro-batch)."""
+
+    @abc.abstractmethod
+    def step(self, model, optimizer, max_norm: float) -> float:
+        """Clip to ``max_norm``, step unless the norm is non-finite, zero the gradients; the norm before clipping."""
+
+    def decoding(self, model) -> ContextManager:
+        """A block around the run's decoding: what the sharded weights need gathered throughout."""
+        return contextlib.nullcontext()
+
+    def synced_decoding(self) -> Callable[[bool], bool] | None:
+        """When every forward pass is a collective, the one that keeps the ranks decoding in step
+        (``any(a row here still runs)``, handed to decoding as ``ForwardPlan.any_rank``); else None:
+        a rank holding the whole model stops decoding on its own."""
+        return self.any if self.sharded_forward else None
+
+    # ---- checkpoints: the files are those of a 1-process run under every back-end ----------------
+
+    def model_state(self, model) -> dict | None:
+        """The full state dict on rank 0 when the weights are partitioned (None on the other ranks),
+        else None: the module's own state dict is the full one."""
+        return None
+
+    def optimizer_state(self, model, optimizer) -> dict | None:
+        """The full optimizer state in 1-process layout on rank 0 when it is partitioned, else None."""
+        return None
+
+    def load_model_state(self, model, state: dict, strict: bool = True) -> None:
+        """A checkpoint's full ``state`` (the same on every rank) into ``model`` as :meth:`shard` left it."""
+        model.load_state_dict(state, strict=strict)
+
+    def load_adapter_state(self, model, weights: dict) -> None:
+        """A saved LoRA adapter's ``weights`` (PEFT's saved names) into the PEFT ``model`` as :meth:`shard` left it."""
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, weights)
+
+    def load_optimizer_state(self, model, optimizer, state: dict) -> None:
+        """A checkpoint's optimizer ``state`` (1-process layout) into ``optimizer`` before :meth:`prepare`."""
+        load_optimizer_keeping_kind(optimizer, state)

@@ -3,15 +3,15 @@ unit per decoder/vision layer and one for the rest, so each rank keeps 1/world o
 gradient and AdamW moment. The settings come from the ``FSDP_*`` variables accelerate's launcher
 exports (launch.py); accelerate itself is told not to wrap (its FSDP never turns on for a CPU, and
 this way the CPU test runs the GPU code path). Every forward pass is a collective, so the ranks
-decode in step (:meth:`FSDP2.synced_decoding`) and checkpoints gather full state dicts."""
+decode in step (``Dist.synced_decoding``) and checkpoints gather full state dicts."""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
 
 import torch
 
+from vqa_grpo.training.distributed.dist import Dist
 from vqa_grpo.training.distributed.helpers import (
     broadcast_from_rank0,
     is_peft,
@@ -26,14 +26,15 @@ from vqa_grpo.training.distributed.helpers import (
 from vqa_grpo.training.distributed.launch import FSDPSettings
 
 
-class FSDP2:
+class FSDP2(Dist):
+    """Each rank holds 1/world of the model from :meth:`shard` on; checkpoints go in and out as full
+    state dicts (the files of a 1-process run)."""
+
     sharded_forward = True
 
-    def __init__(self, acc, settings: FSDPSettings, any_rank: Callable[[bool], bool], is_main: bool):
-        self.acc, self.settings, self.any_rank, self.is_main = acc, settings, any_rank, is_main
-
-    def check_config(self, cfg) -> None:
-        pass  # what no sharded back-end runs is refused by Dist.check_config
+    def __init__(self, settings: FSDPSettings, acc=None):
+        super().__init__(acc)
+        self.settings = settings
 
     def shard(self, model, reshard_root: bool = False, frozen: bool = False):
         """``model`` sharded in place (each wrap-class module its own unit, innermost first, then the
@@ -61,12 +62,6 @@ class FSDP2:
         root._get_fsdp_state()._lazy_init()
         return model
 
-    def prepare(self, model, optimizer, train=None):
-        return model, optimizer  # shard did the wrapping
-
-    def backward(self, loss: torch.Tensor) -> None:
-        self.acc.backward(loss)
-
     def no_sync(self, model, sync: bool):
         """No reduce-scatter until ``sync``: the skipped micro-batches' gradients accumulate unsharded."""
         return contextlib.nullcontext() if sync else _gradient_sync_off(sharding_root(model))
@@ -87,11 +82,6 @@ class FSDP2:
         model's image encoder outside the model's forward, where FSDP would not gather the weights
         the root unit holds."""
         return _gathered(sharding_root(model))
-
-    def synced_decoding(self):
-        """Every rank keeps decoding until all ranks' rows have stopped (each decode step is a
-        collective forward)."""
-        return self.any_rank
 
     def model_state(self, model) -> dict | None:
         """The full state dict in CPU memory on rank 0 (None on the others), a LoRA run's trainable
@@ -122,7 +112,19 @@ class FSDP2:
         }
 
     def load_model_state(self, model, state: dict, strict: bool = True) -> None:
+        """Every rank reads the full ``state`` and keeps its shard of it."""
         load_full_model_state(model, state, strict)
+
+    def load_adapter_state(self, model, weights: dict) -> None:
+        """The adapter's ``weights`` matched to the live (sharded) parameter names, each rank keeping its shard."""
+        from peft import get_peft_model_state_dict
+
+        # PEFT saves the adapter's weights under names without the adapter's name; match them to the
+        # live names through the tensors PEFT picks from the live state dict.
+        live = model.state_dict()
+        saved_name = {id(t): k for k, t in get_peft_model_state_dict(model, state_dict=live).items()}
+        full = {k: weights[saved_name[id(t)]] for k, t in live.items() if id(t) in saved_name}
+        load_full_model_state(model, full, strict=False)
 
     def load_optimizer_state(self, model, optimizer, state: dict) -> None:
         load_full_optimizer_state(model, optimizer, state)

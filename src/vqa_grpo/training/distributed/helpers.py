@@ -1,5 +1,6 @@
 """What the back-ends share: the module FSDP2 shards as its root and its wrap units, PEFT and
-parameter names, parameter counts, and rank 0's weights broadcast to the others."""
+parameter names, parameter counts, rank 0's weights broadcast to the others, and full (1-process)
+checkpoint states loaded into a model or optimizer."""
 
 from __future__ import annotations
 
@@ -89,3 +90,14 @@ def load_full_optimizer_state(model, optimizer, state: dict) -> None:
         "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]],
     }
     set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
+
+
+def load_optimizer_keeping_kind(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict(state)``, then this optimizer's own kernel choice (``fused``,
+    ``foreach``) back in every group: torch copies the saved groups' flags over, so a checkpoint of
+    another kind (an older per-tensor AdamW, or a fused one where this device has no fused kernel)
+    would silently change, or break, the kernel for the rest of the run."""
+    kind = [{k: g.get(k) for k in ("fused", "foreach")} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, flags in zip(optimizer.param_groups, kind):
+        group.update(flags)

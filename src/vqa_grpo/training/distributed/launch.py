@@ -1,5 +1,5 @@
 """The launch environment of a run: how many processes, and the FSDP / DeepSpeed settings that
-accelerate's launcher exports (``FSDP_*``, ``ACCELERATE_DEEPSPEED_*``), read once (dist.py)."""
+accelerate's launcher exports (``FSDP_*``, ``ACCELERATE_DEEPSPEED_*``), read once (factory.py)."""
 
 from __future__ import annotations
 
@@ -147,12 +147,12 @@ class DeepSpeedSettings:
 
 @functools.cache
 def launch_deepspeed() -> DeepSpeedSettings | None:
-    """This process's DeepSpeed launch settings, read once (Dist.from_env then hides them from accelerate)."""
+    """This process's DeepSpeed launch settings, read once (make_dist then hides them from accelerate)."""
     return DeepSpeedSettings.from_env(os.environ)
 
 
 @functools.cache
 def launch_fsdp() -> FSDPSettings | None:
-    """This process's launch settings, read once: Dist.from_env then hides them from accelerate
+    """This process's launch settings, read once: make_dist then hides them from accelerate
     (a second Dist in the same process, e.g. evaluation after training, must see them too)."""
     return FSDPSettings.from_env(os.environ)
