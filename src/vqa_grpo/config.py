@@ -16,11 +16,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from vqa_grpo.errors import UserError
-
-
-class ConfigError(UserError):
-    """A config key, type or value that is not allowed."""
+from vqa_grpo.errors import ConfigError as ConfigError  # the config's error, importable from here
 
 
 @dataclass

@@ -24,7 +24,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vqa_grpo.errors import TrainingStopped
+from vqa_grpo.errors import RewardFunctionError, TrainingStopped
 from vqa_grpo.training import loop
 from vqa_grpo.training.checkpoint import list_checkpoints
 
@@ -162,8 +162,12 @@ def test_sigterm_and_sigint_save_a_checkpoint_and_exit_cleanly(sig, synth_dir, t
 
 @pytest.fixture
 def oom_on_forward(monkeypatch):
-    """``when["now"](model)``: whether this forward pass of the real model raises torch.OutOfMemoryError."""
-    when = {"now": lambda model: False}
+    """``when["now"](model)``: whether this forward pass of the real model raises ``when["error"]()``
+    (torch.OutOfMemoryError unless the test sets another)."""
+    when = {
+        "now": lambda model: False,
+        "error": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+    }
     real_load = loop.load_model
 
     def load_with_hook(*args, **kwargs):
@@ -171,7 +175,7 @@ def oom_on_forward(monkeypatch):
 
         def hook(module, inputs):
             if when["now"](module):
-                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+                raise when["error"]()
 
         lm.model.register_forward_pre_hook(hook)
         return lm
@@ -231,6 +235,27 @@ def test_out_of_memory_on_every_batch_stops_the_run_with_a_checkpoint(
     with pytest.raises(TrainingStopped, match="3 out-of-memory steps in a row .*train.per_device_batch_size"):
         loop.run(load_config(None, overrides(synth_dir, tiny_model_dir, out, "train.max_bad_steps=2")), "sft")
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-0"]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [RewardFunctionError("reward f: the GPU ran out of memory"), TrainingStopped("peer out of memory", exit_code=1)],
+    ids=["RewardFunctionError", "TrainingStopped"],
+)
+def test_the_out_of_memory_catch_lets_the_packages_own_errors_through(
+    error, oom_on_forward, synth_dir, tiny_model_dir, tmp_path
+):
+    """The package's errors are no RuntimeErrors (errors.py): the step's OOM catch, which skips a
+    batch on torch's out-of-memory error, passes them on as they are, "out of memory" in the
+    message or not. Skipped, the run would go on and stop with "3 out-of-memory steps in a row"."""
+    oom_on_forward["now"] = lambda model: True
+    oom_on_forward["error"] = lambda: error
+    out = tmp_path / "run"
+    with pytest.raises(type(error)) as raised:
+        run_inline(overrides(synth_dir, tiny_model_dir, out, "train.max_steps=3", "train.max_bad_steps=2"))
+    assert raised.value is error
+    metrics = out / "metrics.jsonl"
+    assert not metrics.is_file() or "skipped_oom" not in metrics.read_text()
 
 
 # ---- one bad example ---------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from vqa_grpo.config import ModelConfig, TrainConfig
 from vqa_grpo.config_load import load_config
 from vqa_grpo.data.benchmarks import resolve as resolve_benchmark
+from vqa_grpo.errors import TrainingStopped
 from vqa_grpo.models.loading import load_model
 from vqa_grpo.training import loop
 from vqa_grpo.training.checkpoint import load_checkpoint, save_checkpoint
@@ -433,7 +434,7 @@ def test_more_than_max_bad_steps_in_a_row_stop_the_run(nan_on_backward, synth_di
         "train.per_device_batch_size=1",
         "data.eval_fraction=0",
     )
-    with pytest.raises(RuntimeError, match="3 non-finite steps in a row"):
+    with pytest.raises(TrainingStopped, match="3 non-finite steps in a row"):
         loop.run(cfg, "sft")
     # Steps 1, 2 and 3 were skipped and logged; the third also stops the run.
     assert [r.get("skipped_nonfinite") for r in train_records(tmp_path / "run")] == [1, 1, 1]
@@ -453,7 +454,7 @@ def test_a_run_stopped_by_bad_steps_leaves_a_checkpoint(nan_on_backward, synth_d
         "train.per_device_batch_size=1",
         "data.eval_fraction=0",
     )
-    with pytest.raises(RuntimeError):
+    with pytest.raises(TrainingStopped):
         loop.run(cfg, "sft")
     assert list(out.glob("checkpoint-*/trainer_state.json"))
 

@@ -12,20 +12,9 @@ from typing import Any, Callable
 
 from PIL import Image
 
+from vqa_grpo.errors import BadExample  # raised here; callers import it from here too
+
 ANSWER_TYPES = ("yes/no", "number", "other")
-
-
-class BadExample(Exception):
-    """One example cannot be used (its image fails to decode). The trainer skips it and counts it.
-
-    ``reason`` says what happened; ``kind`` is the short name the run's skip counts use.
-    """
-
-    def __init__(self, example_id: str, reason: str, kind: str = "corrupt_image"):
-        super().__init__(f"example {example_id}: {reason}")
-        self.example_id = example_id
-        self.reason = reason
-        self.kind = kind
 
 
 @dataclass

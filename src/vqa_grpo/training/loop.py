@@ -29,7 +29,7 @@ from vqa_grpo.config_keys import given_keys
 from vqa_grpo.data.benchmarks import resolve as resolve_benchmark
 from vqa_grpo.data.loader import load_vqa
 from vqa_grpo.data.types import VQAExample
-from vqa_grpo.errors import RewardFunctionError, TrainingStopped
+from vqa_grpo.errors import TrainingStopped
 from vqa_grpo.evaluation.answering import answer_and_score
 from vqa_grpo.grpo.logprobs import Reference
 from vqa_grpo.models.loading import LoadedModel, load_model, resolve_device
@@ -208,8 +208,8 @@ def _train(s: Session, grpo: GRPOSteps | None, eval_examples: list[VQAExample], 
                     _stop_on_signal(s, signals)
         if eval_examples:
             _eval_and_keep_best(s, eval_examples, mode)
-    except RuntimeError as e:  # (our own stops and reward errors are RuntimeErrors too)
-        if dist.world > 1 and not isinstance(e, (TrainingStopped, RewardFunctionError)) and is_collective_failure(e):
+    except RuntimeError as e:  # torch's; the package's own errors are not RuntimeErrors (errors.py)
+        if dist.world > 1 and is_collective_failure(e):
             raise peer_lost(e, dist.rank, dist.world, s.run_dir) from e
         raise
     except OSError as e:  # a log line (metrics.jsonl, completions.jsonl) on a full disk
@@ -238,7 +238,7 @@ def _train_step(s: Session, grpo: GRPOSteps | None) -> dict | None:
         else:
             with s.dist.decoding(s.lm.model):  # FSDP: the ranks sample in step, each decode step being a collective
                 stats = grpo.step(s.cfg, s.train_lm, s.batches, s.device, s.step)
-    except RuntimeError as e:  # torch.OutOfMemoryError is one
+    except RuntimeError as e:  # torch.OutOfMemoryError is one (and no error of the package's: errors.py)
         if not is_oom(e) or s.dist.world > 1:  # other processes would wait for this one's gradients
             raise
         _skip_oom_batch(s, grpo)
