@@ -48,9 +48,17 @@ def dispatch(args: argparse.Namespace) -> int:
         print(f"wrote {args.n} questions to {path}")
         return 0
     if args.command == "data" and args.data_command == "inspect":
-        from vqa_grpo.data.inspect import inspect_command
+        from vqa_grpo.config_load import load_config
+        from vqa_grpo.data.inspect import inspect_data
+        from vqa_grpo.rewards.benchmark import check_metrics_fit
 
-        return inspect_command(args.path, args.format, args.image_root, args.json, args.overrides)
+        seen = inspect_data(args.path, load_config(None, args.overrides), args.format, args.image_root)
+        print(json.dumps(seen.to_dict()) if args.json else seen.text())
+        seen.check_skips()  # after the report, as training would refuse the data; and the metric:
+        check_metrics_fit(
+            [*seen.uses["reward"], seen.uses["eval_metric"]], [e.answers for e in seen.examples], args.path
+        )
+        return 0
     if args.command == "model":
         from vqa_grpo.models.tiny import build_tiny
 

@@ -9,9 +9,14 @@ import pytest
 from PIL import Image
 
 from vqa_grpo.cli import main
-from vqa_grpo.data.inspect import inspect_command
 from vqa_grpo.data.loader import SKIP_REASONS
 from vqa_grpo.errors import UserError
+
+
+def inspect_cli(path: str, fmt: str | None, image_root: str | None, as_json: bool, overrides: list[str]) -> int:
+    """``vqa-grpo --debug data inspect ...``: --debug lets a UserError through whole."""
+    options = [*(["--format", fmt] if fmt else []), *(["--image-root", image_root] if image_root else [])]
+    return main(["--debug", "data", "inspect", path, *options, *(["--json"] if as_json else []), *overrides])
 
 
 def write_set(folder: Path, image_key: str = "image", n_good: int = 9, n_missing: int = 1) -> Path:
@@ -31,7 +36,7 @@ def write_set(folder: Path, image_key: str = "image", n_good: int = 9, n_missing
 
 def test_table_names_counts_skips_and_first_five_examples(tmp_path, capsys):
     path = write_set(tmp_path / "d", n_good=9, n_missing=1)
-    assert inspect_command(str(path), None, None, False, []) == 0
+    assert inspect_cli(str(path), None, None, False, []) == 0
     out = capsys.readouterr().out
     assert "10 rows read, 9 kept, 1 skipped" in out
     assert "missing_image" in out and "pics/gone.png" in out
@@ -44,7 +49,7 @@ def test_table_names_counts_skips_and_first_five_examples(tmp_path, capsys):
 
 def test_json_is_one_object_with_the_five_keys(tmp_path, capsys):
     path = write_set(tmp_path / "d", n_good=9, n_missing=1)
-    assert inspect_command(str(path), None, None, True, []) == 0
+    assert inspect_cli(str(path), None, None, True, []) == 0
     report = json.loads(capsys.readouterr().out)
     assert report == {
         "rows": 10,
@@ -64,21 +69,21 @@ def test_json_is_one_object_with_the_five_keys(tmp_path, capsys):
 def test_overrides_format_and_image_root(tmp_path, capsys):
     path = write_set(tmp_path / "d", image_key="img", n_good=3, n_missing=0)
     with pytest.raises(UserError, match="data.columns.image"):
-        inspect_command(str(path), None, None, True, [])
+        inspect_cli(str(path), None, None, True, [])
     capsys.readouterr()
-    assert inspect_command(str(path), "jsonl", str(tmp_path / "d"), True, ["data.columns.image=img"]) == 0
+    assert inspect_cli(str(path), "jsonl", str(tmp_path / "d"), True, ["data.columns.image=img"]) == 0
     assert json.loads(capsys.readouterr().out)["kept"] == 3
     with pytest.raises(UserError, match="data.format='xml'"):
-        inspect_command(str(path), "xml", None, True, ["data.columns.image=img"])
+        inspect_cli(str(path), "xml", None, True, ["data.columns.image=img"])
 
 
 def test_too_many_skips_prints_the_report_then_fails(tmp_path, capsys):
     path = write_set(tmp_path / "d", n_good=3, n_missing=3)
     with pytest.raises(UserError) as info:
-        inspect_command(str(path), None, None, True, [])
+        inspect_cli(str(path), None, None, True, [])
     assert "\n" not in str(info.value) and "data.max_skip_fraction" in str(info.value)
     assert json.loads(capsys.readouterr().out)["skipped"]["missing_image"] == 3
-    assert inspect_command(str(path), None, None, True, ["data.max_skip_fraction=0.5"]) == 0
+    assert inspect_cli(str(path), None, None, True, ["data.max_skip_fraction=0.5"]) == 0
 
 
 def test_cli_exit_codes(tmp_path, capsys):

@@ -18,9 +18,15 @@ from vqa_grpo.cli import main
 from vqa_grpo.config import ConfigError, DataConfig
 from vqa_grpo.config_load import load_config
 from vqa_grpo.data.hub import _user_error
-from vqa_grpo.data.inspect import inspect_command
 from vqa_grpo.data.loader import load_examples
 from vqa_grpo.errors import UserError
+
+
+def inspect_cli(path: str, fmt: str | None, image_root: str | None, as_json: bool, overrides: list[str]) -> int:
+    """``vqa-grpo --debug data inspect ...``: --debug lets a UserError through whole."""
+    options = [*(["--format", fmt] if fmt else []), *(["--image-root", image_root] if image_root else [])]
+    return main(["--debug", "data", "inspect", path, *options, *(["--json"] if as_json else []), *overrides])
+
 
 # ---------------------------------------------------------------------------------------------
 # data inspect.
@@ -28,10 +34,7 @@ from vqa_grpo.errors import UserError
 
 def test_inspect_shows_the_preset_and_the_column_mapping(tmp_path, capsys):
     root = chartqa_repo(tmp_path / "ChartQA")
-    assert (
-        inspect_command(hf(root), None, None, False, ["data.split=validation", "data.preset=HuggingFaceM4/ChartQA"])
-        == 0
-    )
+    assert inspect_cli(hf(root), None, None, False, ["data.split=validation", "data.preset=HuggingFaceM4/ChartQA"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0] == f"hf:{root}  config (default)  split val (data.split=validation)"
@@ -51,7 +54,7 @@ def test_inspect_shows_the_preset_and_the_column_mapping(tmp_path, capsys):
 
 def test_inspect_json_adds_the_mapping(tmp_path, capsys):
     root = vqav2_repo(tmp_path / "VQAv2")
-    assert inspect_command(hf(root), None, None, True, ["data.split=validation", "data.preset=lmms-lab/VQAv2"]) == 0
+    assert inspect_cli(hf(root), None, None, True, ["data.split=validation", "data.preset=lmms-lab/VQAv2"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["rows"], out["kept"]) == (3, 3)
     assert out["source"]["preset"] == "lmms-lab/VQAv2"

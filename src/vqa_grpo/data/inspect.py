@@ -6,9 +6,9 @@ data.* keys are given as overrides, e.g. ``vqa-grpo data inspect hf:lmms-lab/VQA
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 
-from vqa_grpo.config_load import load_config
+from vqa_grpo.config import Config
 from vqa_grpo.data.benchmarks import resolve
 from vqa_grpo.data.hub import describe
 from vqa_grpo.data.loader import LoadReport, read_examples
@@ -34,43 +34,55 @@ def benchmark_uses(cfg, path: str | None = None) -> dict:
 NUM_SHOWN = 5
 
 
-def inspect_command(path: str, fmt: str | None, image_root: str | None, as_json: bool, overrides: list[str]) -> int:
-    """Print rows read, kept, skips by reason, counts by answer type and the first examples.
+@dataclass
+class Inspection:
+    """What ``inspect_data`` found: the examples kept, the load's report, the Hub mapping of an hf:
+    dataset (``about``, else None) and ``benchmark_uses``."""
 
-    For an hf: dataset it first prints what was mapped: the preset, config, split and the column
-    of each field; then the benchmark (data.benchmark, or the preset's) with the reward, best/'s
-    metric, answer length and prompt that training and evaluation will use. With ``as_json``
-    prints one JSON object (rows, kept, skipped, answer_types, "benchmark" with those uses, and
-    for an hf: dataset "source" with that mapping). The report is printed even when too many rows
-    were skipped, or when the benchmark's metric cannot score the data (multiple choice without
-    choices); those cases then raise a one-line UserError, as training would refuse the data.
-    """
-    full = load_config(None, list(overrides))
-    cfg = full.data
-    cfg.path = path
+    examples: list[VQAExample]
+    report: LoadReport
+    about: dict | None
+    uses: dict
+    max_skip_fraction: float
+
+    def to_dict(self) -> dict:
+        """rows, kept, skipped, answer_types, "benchmark" (the uses) and, for an hf: dataset,
+        "source" (the preset, config, split and column mapping): what ``--json`` prints."""
+        out = self.report.to_dict()
+        if self.about:
+            out["source"] = self.about
+        out["benchmark"] = self.uses
+        return out
+
+    def text(self) -> str:
+        """For an hf: dataset the mapping first; then the benchmark's lines, the load's table and
+        the first examples."""
+        head = "\n".join(describe(self.about)) + "\n" if self.about else ""
+        return head + "\n".join(render_uses(self.uses)) + "\n\n" + render(self.examples, self.report)
+
+    def check_skips(self) -> None:
+        """Raise UserError (one line) when more rows were skipped than data.max_skip_fraction
+        allows, as training would."""
+        complaint = self.report.too_many_skipped(self.max_skip_fraction)
+        if complaint:
+            raise UserError(complaint)
+
+
+def inspect_data(path: str, cfg: Config, fmt: str | None = None, image_root: str | None = None) -> Inspection:
+    """Load ``path`` as training would (``cfg.data``, with ``fmt`` and ``image_root`` when given):
+    rows read, kept, skips by reason, counts by answer type and the examples; then the benchmark
+    (data.benchmark, or the preset's) with the reward, best/'s metric, answer length and prompt
+    that training and evaluation will use. Too many skips are refused by ``check_skips``, apart:
+    ``vqa-grpo data inspect`` shows the report first, then refuses as training would."""
+    data = cfg.data
+    data.path = path
     if fmt:
-        cfg.format = fmt
+        data.format = fmt
     if image_root:
-        cfg.image_root = image_root
-    source = open_source(path, cfg)
-    examples, report = read_examples(source, cfg)
-    uses = benchmark_uses(full)
-    if as_json:
-        out = report.to_dict()
-        if source.about:
-            out["source"] = source.about  # hf: datasets: the preset, config, split and column mapping
-        out["benchmark"] = uses
-        print(json.dumps(out))
-    else:
-        head = "\n".join(describe(source.about)) + "\n" if source.about else ""
-        print(head + "\n".join(render_uses(uses)) + "\n\n" + render(examples, report))
-    complaint = report.too_many_skipped(cfg.max_skip_fraction)
-    if complaint:
-        raise UserError(complaint)
-    from vqa_grpo.rewards.benchmark import check_metrics_fit  # as training would refuse the metric
-
-    check_metrics_fit([*uses["reward"], uses["eval_metric"]], [e.answers for e in examples], path)
-    return 0
+        data.image_root = image_root
+    source = open_source(path, data)
+    examples, report = read_examples(source, data)
+    return Inspection(examples, report, source.about or None, benchmark_uses(cfg), data.max_skip_fraction)
 
 
 def render_uses(uses: dict) -> list[str]:
