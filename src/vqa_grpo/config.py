@@ -213,7 +213,7 @@ class GRPOConfig:
     loss_type: Literal["grpo", "bnpo", "dapo", "dr_grpo", "cispo", "sapo", "seed_report"] = "grpo"
     """Loss aggregation and surrogate (see grpo/math.py, docs/grpo.md): cispo (MiniMax-M1) caps and
     detaches the importance weight, sapo (SAPO) gates it softly; "seed_report" is the seed report's
-    degenerate formula (Bafna, 2025), for reproduction ("seed", its name before, is read as "seed_report")."""
+    degenerate formula (Bafna, 2025), for reproduction (the value "seed" is read as "seed_report")."""
     importance_sampling_level: Literal["token", "sequence"] = "token"
     """Importance ratio per token, or one per completion from its mean token log-ratio (GSPO)."""
     sapo_temperature_pos: float = 1.0
@@ -245,7 +245,8 @@ class GRPOConfig:
     """Drop completions that hit max_completion_length without EOS from the loss."""
     prioritized_sampling: bool = False
     """Draw questions by their recent mean reward, favouring those solved about half the time (the seed's
-    5.3, "selective sampling"; training/priority.py, docs/grpo.md); false: the seeded epoch order. SFT ignores it."""
+    5.3, "selective sampling"; training/priority.py, docs/sampling.md); false: the seeded epoch order.
+    SFT ignores it."""
     priority_floor: float = 0.1
     """With prioritized_sampling: the least weight a question keeps (1 for medium difficulty), so that its
     probability never falls below priority_floor / N and no question starves; 1 draws uniformly."""
@@ -272,7 +273,7 @@ class GRPOConfig:
     static_decode: Literal["auto", "on", "off"] = "off"
     """Decode from the shared prefix on a static KV cache (models/static_decode.py), each step compiled
     as CUDA graphs on a GPU: auto on CUDA where it is exact, on also on the CPU (no graphs there),
-    off (the default until it has run on a GPU): the dynamic cache, step by step."""
+    off (the default; no GPU run has measured it yet): the dynamic cache, step by step."""
     generation_backend: Literal["transformers", "vllm"] = "transformers"
     """Who samples the G completions: transformers' generate, or a colocated vLLM engine (extra, CUDA)."""
     vllm_sync_steps: int = 1
