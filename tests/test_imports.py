@@ -1,17 +1,20 @@
-"""The package's import graph: no cycle, lazy imports inside functions included, and config.py at the
-bottom (it imports nothing of the package but errors.py)."""
+"""The package's import graph, lazy imports inside functions included: no cycle, every import
+downward in the layers the README draws (LAYERS), printing only in the CLI and the demo, and the
+demo's helpers in demo/."""
 
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
+@functools.cache
 def import_graph() -> dict[str, set[str]]:
     """module -> the package modules it imports anywhere in its file (``from X import name`` counts
-    X, and X.name when that is a module)."""
+    X.name when that is a module, else X)."""
     modules = {}
     for path in SRC.rglob("*.py"):
         name = ".".join(path.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__")
@@ -21,7 +24,9 @@ def import_graph() -> dict[str, set[str]]:
         targets: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                targets |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+                subs = {f"{node.module}.{a.name}" for a in node.names}
+                names = {a.name for a in node.names if f"{node.module}.{a.name}" not in modules}
+                targets |= (subs & modules.keys()) | ({node.module} if names else set())
             elif isinstance(node, ast.Import):
                 targets |= {a.name for a in node.names}
         graph[name] = {t for t in targets if t in modules and t != name}
@@ -81,3 +86,87 @@ def test_no_module_imports_itself_back():
 
 def test_config_is_at_the_bottom():
     assert import_graph()["vqa_grpo.config"] == {"vqa_grpo.errors"}
+
+
+LAYERS = (
+    "vqa_grpo.errors",
+    "vqa_grpo.config",
+    "vqa_grpo.config_keys",
+    "vqa_grpo.paths",
+    "vqa_grpo.training.distributed",
+    "vqa_grpo.data",
+    "vqa_grpo.rewards",
+    "vqa_grpo.config_load",
+    "vqa_grpo.models",
+    "vqa_grpo.grpo",
+    "vqa_grpo.evaluation",
+    "vqa_grpo.training",
+    "vqa_grpo.demo",
+    "vqa_grpo.api",
+    "vqa_grpo",
+    "vqa_grpo.cli_parser",
+    "vqa_grpo.cli",
+)
+"""The layers, bottom to top (README.md, "Layers"): a module imports from its own layer or one
+below. A layer is a module or a package; a module belongs to the longest that names it, so
+training/distributed/ is its own layer below the rest of training/, and "vqa_grpo" is the package's
+__init__.py alone."""
+
+PRINTING = ("vqa_grpo.cli", "vqa_grpo.cli_parser", "vqa_grpo.demo")
+"""Where ``print`` may be called: the library returns what it found and the command prints it."""
+
+
+def layer(module: str) -> int:
+    if module == "vqa_grpo":
+        return LAYERS.index("vqa_grpo")
+    owners = [x for x in LAYERS if x != "vqa_grpo" and (module == x or module.startswith(x + "."))]
+    return LAYERS.index(max(owners, key=len))
+
+
+def upward(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{m} -> {t}" for m, targets in graph.items() for t in targets if layer(t) > layer(m))
+
+
+def test_every_module_has_a_layer():
+    assert {m: layer(m) for m in import_graph()}  # layer() fails on a module no layer names
+
+
+def test_no_module_imports_a_higher_layer():
+    assert upward(import_graph()) == []
+
+
+def test_the_layer_check_finds_an_upward_import():
+    graph = {"vqa_grpo.data.loader": {"vqa_grpo.training.loop"}, "vqa_grpo.grpo.dynamic": {"vqa_grpo.grpo.math"}}
+    assert upward(graph) == ["vqa_grpo.data.loader -> vqa_grpo.training.loop"]
+    assert layer("vqa_grpo.training.distributed.dist") < layer("vqa_grpo.grpo.rollout") < layer("vqa_grpo.training")
+
+
+def printers() -> list[str]:
+    """module:line of every ``print(...)`` call outside the CLI and the demo."""
+    found = []
+    for path in SRC.rglob("*.py"):
+        module = ".".join(path.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__")
+        if any(module == x or module.startswith(x + ".") for x in PRINTING):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+                found.append(f"{module}:{node.lineno}")
+    return sorted(found)
+
+
+def test_only_the_cli_and_the_demo_print():
+    assert printers() == []
+
+
+def test_a_module_only_the_demo_imports_lives_in_demo():
+    graph = import_graph()
+    users: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        for t in targets:
+            users.setdefault(t, set()).add(module)
+    demo_only = [
+        t
+        for t, us in users.items()
+        if layer(t) != layer("vqa_grpo.demo") and all(u.startswith("vqa_grpo.demo") for u in us)
+    ]
+    assert demo_only == []

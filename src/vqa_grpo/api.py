@@ -12,6 +12,7 @@ message the command prints.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -211,12 +212,12 @@ def evaluate(
     else:
         examples, report = read_examples(memory_source(data, cfg.data), cfg.data)
     if report.num_skipped:  # under data.max_skip_fraction, else load_examples refused them
-        import sys
+        from tqdm.auto import tqdm
 
         from vqa_grpo.training.skips import counts_text
 
         reasons = counts_text(report.skipped)
-        print(
+        tqdm.write(  # on stderr, as a training run tells its skips (training/skips.py)
             f"evaluate: {report.num_skipped} of {report.rows} rows skipped as the data loaded ({reasons}); not "
             "evaluated (`vqa-grpo data inspect` lists them)",
             file=sys.stderr,
