@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures of docs/benchmarks.md, on one lent GPU (not CI): the GRPO step of a randomly
+# The GPU figures of docs/benchmarks.md, on one GPU (not CI): the GRPO step of a randomly
 # initialised ~0.5B-class Qwen2-VL in bf16 (vqa-grpo, TRL, the seed loop, the limit), a smaller
 # sweep over G and image size, then the CUDA path of the CLI end to end (cuda_smoke.sh).
 # Usage (repo root, with vqa-grpo's dependencies and trl installed): bash benchmarks/gpu_figures.sh
