@@ -22,10 +22,24 @@ import json
 import random
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import torch
+
+from vqa_grpo.config_load import load_config
+from vqa_grpo.data.loader import load_vqa
+from vqa_grpo.data.synthetic import VOCABULARY, synthesize
+from vqa_grpo.demo.card import model_card
+from vqa_grpo.demo.recognised import FAMILY_OF_QUESTION_TYPE, recognised_share
+from vqa_grpo.demo.replies import REPLY_WORDS, base_reply
+from vqa_grpo.demo.vision_pretrain import pretrain_vision
 from vqa_grpo.errors import UserError
+from vqa_grpo.evaluation.evaluate import evaluate
+from vqa_grpo.models.tiny import build_tiny_qwen2_vl
+from vqa_grpo.models.tiny_parts import PROMPT_WORDS
+from vqa_grpo.training.loop import run
 
 BASE_DIR = Path(__file__).with_name("base_model")
 RECIPE = "scripts/build_demo_base.py"
@@ -111,9 +125,6 @@ def base_model_dir() -> Path:
 
 def _talkative_data(data_dir: Path, seed: int) -> None:
     """Replace each row's SFT target (``answer``) by the base's reply; ``answers`` keep the bare answer."""
-    from vqa_grpo.demo.recognised import FAMILY_OF_QUESTION_TYPE
-    from vqa_grpo.demo.replies import base_reply
-
     rng = random.Random(seed)
     path = data_dir / "data.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()]
@@ -132,8 +143,6 @@ def _finished(stage_dir: Path, key: str) -> bool:
 
 def _mark_finished(stage_dir: Path, key: str, started: float) -> None:
     """Record the stage's settings and its wall time (seconds.txt), which a later call that reuses it counts."""
-    import time
-
     (stage_dir / "seconds.txt").write_text(f"{round(time.time() - started)}\n")
     (stage_dir / "stage.json").write_text(key)
 
@@ -145,13 +154,6 @@ def _seconds(stage_dir: Path) -> int:
 def _vision_stage(model: Path, work: Path) -> Path:
     """Stage 0: the vision tower of ``model`` pretrained alone (kept in ``work``/vision and reused by a
     later call with the same settings)."""
-    import time
-
-    import torch
-
-    from vqa_grpo.data.synthetic import synthesize
-    from vqa_grpo.demo.vision_pretrain import pretrain_vision
-
     out, stage = work / "vision", json.dumps([VISION_STAGE, VISION_QUESTIONS, IMAGE_SIZE, SIZES, BATCH, MODEL_SEED])
     if _finished(out, stage):
         return out
@@ -175,15 +177,6 @@ def build_base(out_dir: str | Path = BASE_DIR, work_dir: str | Path | None = Non
     Writes the model and processor files and ``README.md`` (the model card) to ``out_dir``; returns
     the card's figures and the files' sha256.
     """
-    import time
-
-    from vqa_grpo.config_load import load_config
-    from vqa_grpo.data.synthetic import VOCABULARY, synthesize
-    from vqa_grpo.demo.replies import REPLY_WORDS
-    from vqa_grpo.models.tiny import build_tiny_qwen2_vl
-    from vqa_grpo.models.tiny_parts import PROMPT_WORDS
-    from vqa_grpo.training.loop import run
-
     out_dir, work = Path(out_dir), Path(work_dir or tempfile.mkdtemp(prefix="vqa-grpo-base-"))
     words = [*VOCABULARY, *PROMPT_WORDS, *REPLY_WORDS]
     model = build_tiny_qwen2_vl(work / "init", seed=MODEL_SEED, words=words, **SIZES)
@@ -223,13 +216,6 @@ def build_base(out_dir: str | Path = BASE_DIR, work_dir: str | Path | None = Non
 def finish(model: str | Path, out_dir: str | Path, work: str | Path, train_seconds: int) -> dict:
     """Measure ``model`` on the held-out questions, copy it to ``out_dir`` with its model card, and
     return the card's figures and the files' sha256 (the recipe's last part)."""
-    from vqa_grpo.config_load import load_config
-    from vqa_grpo.data.loader import load_vqa
-    from vqa_grpo.data.synthetic import synthesize
-    from vqa_grpo.demo.card import model_card
-    from vqa_grpo.demo.recognised import recognised_share
-    from vqa_grpo.evaluation.evaluate import evaluate
-
     out_dir, work = Path(out_dir), Path(work)
     eval_dir = synthesize(work / "eval", n=N_EVAL, seed=EVAL_SEED, image_size=IMAGE_SIZE).parent
     eval_cfg = load_config(None, [f"data.path={eval_dir}", "data.eval_fraction=0", *COMMON])

@@ -18,6 +18,10 @@ import random
 import shutil
 from pathlib import Path
 
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor, get_cosine_schedule_with_warmup
+
 from vqa_grpo.data.synthetic import COLORS, SHAPES
 
 
@@ -40,16 +44,11 @@ def _rows(data_dir: Path) -> list[dict]:
 
 def _heads(hidden: int):
     """The two linear heads on the tower's output tokens: shape and colour, each with a "none" class."""
-    import torch
-
     return torch.nn.ModuleList([torch.nn.Linear(hidden, 1 + len(SHAPES)), torch.nn.Linear(hidden, 1 + len(COLORS))])
 
 
 def _cell_batch(processor, data_dir: Path, rows: list[dict], image_size: int):
     """The tower's inputs for the rows' images, and each output token's shape and colour targets."""
-    import torch
-    from PIL import Image
-
     images = [Image.open(data_dir / r["image"]).convert("RGB") for r in rows]
     inputs = processor.image_processor(images=images, return_tensors="pt")
     grid = inputs["image_grid_thw"]
@@ -62,8 +61,6 @@ def _cell_batch(processor, data_dir: Path, rows: list[dict], image_size: int):
 
 def _head_loss(heads, tokens, shape, color):
     """The heads' logits on the tower's output tokens and their summed cross-entropy to the targets."""
-    import torch
-
     shape_logits, color_logits = heads[0](tokens), heads[1](tokens)
     loss = torch.nn.functional.cross_entropy(shape_logits, shape) + torch.nn.functional.cross_entropy(
         color_logits, color
@@ -87,9 +84,6 @@ def pretrain_vision(
     """Train the vision tower of the Qwen2-VL in ``model_dir`` on the scenes of ``data_dir``
     (data.jsonl and its images) for ``steps`` steps of ``batch`` images (AdamW, cosine schedule
     after ``warmup`` steps, gradient clipping 1.0); save the model and its processor to ``out_dir``."""
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor, get_cosine_schedule_with_warmup
-
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
@@ -143,9 +137,6 @@ def probe_vision(
     """A linear probe of what the (frozen) vision tower of ``model_dir`` still encodes: fresh heads as
     in ``pretrain_vision`` trained alone on its output tokens for ``steps`` steps (AdamW at ``lr``);
     the share of the objects whose shape and colour they name over the last 100 steps."""
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
