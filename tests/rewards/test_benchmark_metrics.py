@@ -23,7 +23,6 @@ from vqa_grpo.rewards import (
 )
 from vqa_grpo.rewards.anls import levenshtein
 from vqa_grpo.rewards.normalize import evalai_answer, evalai_normalize, normalize_answer
-from vqa_grpo.rewards.registry import reward_settings
 
 
 def test_levenshtein_by_hand():
@@ -144,8 +143,8 @@ def test_the_reward_follows_the_convention():
     answers = [["1000"] * 9 + ["one thousand"]]
     for convention, expected in (("lmms_eval", 1.0), ("official", 0.0)):  # official: its lenient form
         cfg = load_config(None, ["reward.components=[vqa_accuracy]", f"eval.vqa_convention={convention}"])
-        reward = reward_settings(cfg)  # what the trainer hands the rollout
-        assert compute_rewards(["1,,000"], answers, ["number"], reward).total.tolist() == [expected]
+        scored = compute_rewards(["1,,000"], answers, ["number"], cfg.reward, vqa_convention=cfg.eval.vqa_convention)
+        assert scored.total.tolist() == [expected]  # as the trainer scores (training/steps.py)
     assert not hasattr(cfg.reward, "vqa_convention")  # the config itself is left as it was
 
 

@@ -62,6 +62,20 @@ def test_batches_count_bad_input_once(caplog):
     assert r.total[0] == 0.0 and r.total[1] == 0.0
 
 
+def test_a_rollout_counts_bad_input_without_the_warning(caplog):
+    """warn_bad_inputs=False (the rollout's: an empty completion is a normal policy output there,
+    its count logged instead): the same count and scores, no record, and the logger's level as it was."""
+    preds, answers, types = [None, "", "red"], [["red"], ["red"], ["red"]], ["other"] * 3
+    level = logging.getLogger("vqa_grpo.rewards").level
+    with caplog.at_level(logging.WARNING, logger="vqa_grpo.rewards"):
+        quiet = compute_rewards(preds, answers, types, RewardConfig(), warn_bad_inputs=False)
+        assert caplog.records == []
+        loud = compute_rewards(preds, answers, types, RewardConfig())
+        assert len(caplog.records) == 1
+    assert quiet.bad_inputs == loud.bad_inputs == 2 and quiet.total.tolist() == loud.total.tolist() == [0.0, 0.0, 1.0]
+    assert logging.getLogger("vqa_grpo.rewards").level == level
+
+
 def test_score_predictions_with_bad_input():
     s = score_predictions([None, MEGABYTE, "猫"], [["red"], ["red"], ["猫"] * 10], ["", "", ""])
     assert s["vqa_accuracy"].tolist() == [0.0, 0.0, 1.0]

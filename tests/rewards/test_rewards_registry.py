@@ -8,6 +8,7 @@ import pytest
 
 from vqa_grpo.config import RewardConfig
 from vqa_grpo.config_load import load_config
+from vqa_grpo.data.benchmarks import resolve as resolve_benchmark
 from vqa_grpo.rewards import REWARD_COMPONENTS, RewardResult, compute_rewards, score_predictions
 from vqa_grpo.rewards.semantic import semantic_available
 
@@ -42,6 +43,25 @@ def test_default_config_is_the_composite_and_guard_off_is_the_seeds():
     # the default guard scales each part of a 3-token answer to a 1-token reference by 1/3
     assert guarded.total.tolist() == pytest.approx([0.5 / 3, 0.0, 0.5 / 3, 0.0])
     assert guarded.parts["composite/substring"].tolist() == pytest.approx([1 / 3, 0.0, 1 / 3, 0.0])
+
+
+def test_the_default_config_scores_as_a_training_run_does():
+    """compute_rewards with RewardConfig() against a run that sets no reward key, scored as
+    training/steps.py hands the run's settings to the rollout, on answers where the composite's
+    guard matters: "no no no no" against "no" keeps bleu1 1/4, substring, Jaccard and extractable,
+    0.2/4 + 0.2 + 0.1 + 0.2 = 0.55 unguarded, and the guard scales every part by 1/4: 0.1375; the
+    answer_type reward scores an "other" answer by the same composite."""
+    preds, answers, types = ["no no no no", "no"], [["no"], ["no"]], ["other", "other"]
+    both = ["composite", "answer_type"]
+    run = resolve_benchmark(load_config(None, ["reward.components=[composite,answer_type]"]))
+    trained = compute_rewards(
+        preds, answers, types, run.reward, vqa_convention=run.eval.vqa_convention, benchmark=run.data.benchmark
+    )
+    public = compute_rewards(preds, answers, types, RewardConfig(components=both))
+    assert public.total.tolist() == trained.total.tolist() == pytest.approx([2 * 0.1375, 2.0])
+    assert {k: v.tolist() for k, v in public.parts.items()} == {k: v.tolist() for k, v in trained.parts.items()}
+    unguarded = compute_rewards(preds, answers, types, RewardConfig(components=both, composite_guard=False))
+    assert unguarded.total.tolist() == pytest.approx([2 * 0.55, 2.0])
 
 
 def test_total_is_the_weighted_sum_of_components():

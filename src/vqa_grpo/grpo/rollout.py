@@ -14,7 +14,6 @@ C completion tokens.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -126,11 +125,14 @@ def make_rollout_and_prefill(
     plan: ForwardPlan | None = None,
     template: str | None = None,
     augmented: Augmented | None = None,
+    vqa_convention: str = "official",
+    benchmark: str | None = None,
 ) -> tuple[Rollout, shared.Prefix | None]:
     """:func:`make_rollout`, and, when ``plan`` (default: chosen here for one process) fuses the
     prefill, the prompts' pass with gradient that sampling decoded from: hand it to the loss once
     (``grpo_objective(..., prefix=...)``); its graph goes with that backward pass. None when the
-    plan has no fused prefill."""
+    plan has no fused prefill. ``vqa_convention``, ``benchmark``: the vqa_accuracy reward's form
+    (``compute_rewards``; a run passes eval's and data's)."""
     G = grpo.num_generations
     plan = plan or choose_plan(model, adapter, grpo)
     asked = user_texts(examples, template or prompt_template(None, reward.reasoning))
@@ -163,20 +165,17 @@ def make_rollout_and_prefill(
     # The rewards clean the raw completions themselves (the format reward needs them raw). An
     # empty completion is a normal policy output here, so the rewards' bad-input warning is kept
     # out of the progress bar and its count logged instead (Rollout.bad_reward_inputs).
-    rewards_log = logging.getLogger("vqa_grpo.rewards")
-    level = rewards_log.level
-    rewards_log.setLevel(logging.ERROR)
-    try:
-        scored = compute_rewards(
-            texts,
-            [e.answers for e in rep_examples],
-            [e.answer_type for e in rep_examples],
-            reward,
-            functions=reward_funcs,
-            examples=rep_examples,
-        )
-    finally:
-        rewards_log.setLevel(level)
+    scored = compute_rewards(
+        texts,
+        [e.answers for e in rep_examples],
+        [e.answer_type for e in rep_examples],
+        reward,
+        vqa_convention=vqa_convention,
+        benchmark=benchmark,
+        functions=reward_funcs,
+        examples=rep_examples,
+        warn_bad_inputs=False,
+    )
     answers = [clean_answer(t, reasoning=reward.reasoning) for t in texts]
     rewards = torch.as_tensor(scored.total, dtype=torch.float32)
     advantages = group_advantages(rewards, G, scale=grpo.scale_rewards)

@@ -1,7 +1,5 @@
 """The rewards the trainer combines and the metrics evaluation reports, batched: lists in, arrays out.
 
-This module imports nothing of ``vqa_grpo.config`` (config imports ``REWARD_COMPONENTS`` from here).
-
 Training: ``compute_rewards`` takes the *raw decoded completions*; the format reward looks at them
 as they are, every other reward scores ``clean_answer(completion, reasoning=...)``. Evaluation:
 ``score_predictions`` scores predictions with the same cleaning, so the reward and the metric can
@@ -10,10 +8,9 @@ never disagree about what the model answered.
 
 from __future__ import annotations
 
-import copy
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -25,6 +22,9 @@ from vqa_grpo.rewards.format import clean_answer, format_batch
 from vqa_grpo.rewards.inputs import as_references, as_text, warn_bad
 from vqa_grpo.rewards.semantic import semantic_available, semantic_batch
 from vqa_grpo.rewards.vqa_accuracy import vqa_accuracy_batch
+
+if TYPE_CHECKING:  # the type only: the rewards load without the config
+    from vqa_grpo.config import RewardConfig
 
 REWARD_COMPONENTS: tuple[str, ...] = (
     "composite",
@@ -66,9 +66,15 @@ class RewardResult:
 
 
 def _prepare(
-    predictions: Sequence[Any], answers: Sequence[Any], answer_types: Sequence[Any], where: str, reasoning: bool
+    predictions: Sequence[Any],
+    answers: Sequence[Any],
+    answer_types: Sequence[Any],
+    where: str,
+    reasoning: bool,
+    warn: bool = True,
 ):
-    """Cleaned prediction strings, reference lists, type strings, and the number of bad inputs (logged)."""
+    """Cleaned prediction strings, reference lists, type strings, and the number of bad inputs
+    (logged in one warning when ``warn``)."""
     if not (len(predictions) == len(answers) == len(answer_types)):
         raise ValueError(
             f"{where}: {len(predictions)} predictions, {len(answers)} answer lists and "
@@ -78,19 +84,18 @@ def _prepare(
     preds = [clean_answer(as_text(p, "prediction", bad), reasoning=reasoning) for p in predictions]
     refs = [as_references(a, bad) for a in answers]
     types = [t if isinstance(t, str) else "" for t in answer_types]  # unknown types are inferred
-    return preds, refs, types, warn_bad(where, bad)
+    return preds, refs, types, warn_bad(where, bad) if warn else sum(bad.values())
 
 
-def reward_components(cfg: Any) -> list[str]:
+def reward_components(cfg: RewardConfig) -> list[str]:
     """``cfg.components``; None (a RewardConfig's default, which a run first resolves to its
     benchmark's metric: data/benchmarks.py) is the composite alone."""
     return ["composite"] if cfg.components is None else list(cfg.components)
 
 
-def reward_weights(cfg: Any) -> list[float]:
+def reward_weights(cfg: RewardConfig) -> list[float]:
     """Each of ``cfg.components``' weight: ``cfg.weights``, or 1.0 each when it is None (TRL's default)."""
-    weights = getattr(cfg, "weights", None)
-    return [1.0] * len(reward_components(cfg)) if weights is None else [float(w) for w in weights]
+    return [1.0] * len(reward_components(cfg)) if cfg.weights is None else [float(w) for w in cfg.weights]
 
 
 SIGNED_COMPONENTS = ("abstention",)
@@ -98,8 +103,8 @@ SIGNED_COMPONENTS = ("abstention",)
 included, is taken to score in [0, 1]."""
 
 
-def reward_range(cfg: Any) -> tuple[float, float]:
-    """The least and greatest total reward of ``cfg`` (a RewardConfig): the sum over components of
+def reward_range(cfg: RewardConfig) -> tuple[float, float]:
+    """The least and greatest total reward of ``cfg``: the sum over components of
     weight x the component's range. Dynamic sampling's filter bounds and prioritised sampling's
     difficulty both scale a mean reward by it: (mean - least) / (greatest - least)."""
     components, weights = reward_components(cfg), reward_weights(cfg)
@@ -107,38 +112,32 @@ def reward_range(cfg: Any) -> tuple[float, float]:
     return float(low), float(sum(weights))
 
 
-def reward_settings(cfg: Any) -> Any:
-    """A run's ``cfg.reward`` with ``vqa_convention`` (from ``cfg.eval``) attached, so that the
-    vqa_accuracy reward follows eval.vqa_convention as the metric does (a copy; the config is kept)."""
-    settings = copy.copy(cfg.reward)
-    settings.vqa_convention = cfg.eval.vqa_convention or "official"  # None: a config not resolved
-    settings.benchmark = cfg.data.benchmark  # lmms-eval's TextVQA, OK-VQA, VizWiz: their own form
-    return settings
-
-
 def compute_rewards(
     predictions: list[str],
     answers: list[list[str]],
     answer_types: list[str],
-    cfg: Any,
+    cfg: RewardConfig,
     *,
+    vqa_convention: str = "official",
+    benchmark: str | None = None,
     functions: dict | None = None,
     examples: Sequence[Any] | None = None,
+    warn_bad_inputs: bool = True,
 ) -> RewardResult:
     """Each of ``cfg.components`` for every completion, and their weighted sum by ``cfg.weights``
     (1.0 each when None): total = sum_i weight_i * score_i, a None score adding nothing.
 
     predictions: raw decoded completions [N]; answers: reference answers per example [N][k];
     answer_types: "yes/no", "number", "other", or anything else to infer it from the answers.
-    ``cfg`` is a RewardConfig (components, weights, composite_weights); three optional attributes
-    are read when present: ``reasoning`` (answers inside <answer> tags; default False),
-    ``number_partial_credit`` (answer_type reward; default False) and ``composite_guard`` (the
-    composite's guard against repeated or listed answers, rewards/composite.py, for the composite and
-    answer_type's "other" answers; default False here, True in RewardConfig).
-    vqa_accuracy as a reward always normalises both sides: the official convention's lenient
-    mode, or lmms-eval's accuracy when ``cfg`` has ``vqa_convention="lmms_eval"`` (a run sets it
-    from eval.vqa_convention). anls, relaxed_accuracy, exact_match, multiple_choice: the
-    benchmarks' metrics (rewards/benchmark.py).
+    ``cfg``: the reward settings, each with the one default a run has too (``RewardConfig()``
+    scores as a run that sets no reward key: the composite's guard on). vqa_accuracy as a reward always
+    normalises both sides: the official convention's lenient mode, or lmms-eval's accuracy with
+    ``vqa_convention="lmms_eval"`` (a run passes eval.vqa_convention, so that the reward follows
+    the metric, and data.benchmark as ``benchmark``: lmms-eval's form for its task). anls,
+    relaxed_accuracy, exact_match, multiple_choice: the benchmarks' metrics (rewards/benchmark.py).
+    Bad inputs (None, empty, over-long) are counted in ``bad_inputs`` and, when
+    ``warn_bad_inputs``, logged in one warning (a rollout logs the count instead: an empty
+    completion is an ordinary policy output there).
 
     The user's functions (rewards/user.py): a component that is an import path
     (``module:function``) or a key of ``functions`` (name -> callable or UserReward) is called
@@ -160,8 +159,10 @@ def compute_rewards(
         raise ValueError(
             f"reward components {components} with weights {weights}: choose from {REWARD_COMPONENTS}, one weight each"
         )
-    reasoning = bool(getattr(cfg, "reasoning", False))
-    preds, refs, types, n_bad = _prepare(predictions, answers, answer_types, "compute_rewards", reasoning)
+    reasoning = cfg.reasoning
+    preds, refs, types, n_bad = _prepare(
+        predictions, answers, answer_types, "compute_rewards", reasoning, warn_bad_inputs
+    )
 
     parts: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {}
@@ -173,18 +174,19 @@ def compute_rewards(
             parts[fn.name] = fn(predictions, examples, columns)
             seconds[fn.name] = fn.seconds - before
         elif name == "composite":
-            comp = composite_batch(preds, refs, cfg.composite_weights, getattr(cfg, "composite_guard", False))
+            comp = composite_batch(preds, refs, cfg.composite_weights, cfg.composite_guard)
             parts["composite"] = comp.pop("total")
             parts.update({f"composite/{k}": v for k, v in comp.items()})
         elif name == "vqa_accuracy":  # the official convention's lenient form: always normalise
-            convention, benchmark = getattr(cfg, "vqa_convention", None) or "official", getattr(cfg, "benchmark", None)
-            parts[name] = vqa_accuracy_batch(preds, refs, official=False, convention=convention, benchmark=benchmark)
+            parts[name] = vqa_accuracy_batch(
+                preds, refs, official=False, convention=vqa_convention, benchmark=benchmark
+            )
         elif name in BENCHMARK_METRICS:
             parts[name] = BENCHMARK_METRICS[name](preds, refs)
         elif name == "answer_type":
-            partial = bool(getattr(cfg, "number_partial_credit", False))
-            guard = bool(getattr(cfg, "composite_guard", False))  # its "other" answers are scored by the composite
-            parts[name] = answer_type_batch(preds, refs, types, cfg.composite_weights, partial, guard)
+            parts[name] = answer_type_batch(  # its "other" answers are scored by the composite
+                preds, refs, types, cfg.composite_weights, cfg.number_partial_credit, cfg.composite_guard
+            )
         elif name == "format":
             parts[name] = format_batch(predictions, reasoning=reasoning)
         elif name == "semantic":

@@ -28,7 +28,7 @@ from vqa_grpo.models.loading import LoadedModel
 from vqa_grpo.models.plan import ForwardPlan
 from vqa_grpo.models.prefix import Prefix
 from vqa_grpo.models.scoring import answer_tokens, completion_logprobs
-from vqa_grpo.rewards.registry import reward_range, reward_settings
+from vqa_grpo.rewards.registry import reward_range
 from vqa_grpo.training.batches import Batches
 from vqa_grpo.training.distributed import DDP, Dist
 from vqa_grpo.training.tally import Tally
@@ -232,13 +232,15 @@ def make_rollouts(
             examples,
             images,
             cfg.grpo,
-            reward_settings(cfg),  # cfg.reward, and eval.vqa_convention for the vqa_accuracy reward
+            cfg.reward,
             device,
             vllm,
             reward_funcs=reward_funcs,
             plan=plan,
             template=template,
             augmented=augment_batch(cfg.grpo, cfg.train.seed, step, cfg.train.max_steps, examples, images),
+            vqa_convention=cfg.eval.vqa_convention or "official",  # the reward follows the metric (None: unresolved)
+            benchmark=cfg.data.benchmark,  # lmms-eval's TextVQA, OK-VQA, VizWiz: their own form
         )
         batches.observe([e.id for e in ro.examples], ro.rewards.view(-1, ro.group_size).mean(1).tolist())
         tally.add(ro)
