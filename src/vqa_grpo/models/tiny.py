@@ -13,7 +13,19 @@ import functools
 from pathlib import Path
 
 import torch
+from transformers import (
+    PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLImageProcessor,
+    Qwen2VLProcessor,
+    Qwen2VLVideoProcessor,
+)
 
+from vqa_grpo.data.synthetic import VOCABULARY
 from vqa_grpo.errors import UserError
 from vqa_grpo.models.phi3_v.tiny import build_tiny_phi3_v
 from vqa_grpo.models.tiny_families import (
@@ -69,18 +81,7 @@ def build_tiny_qwen2_vl(
     vision_heads: int = 2,
 ) -> Path:
     """A ~1M-parameter Qwen2-VL (at the defaults) with its real processor, saved to ``out_dir``."""
-    from transformers import (
-        PreTrainedTokenizerFast,
-        Qwen2VLConfig,
-        Qwen2VLForConditionalGeneration,
-        Qwen2VLImageProcessor,
-        Qwen2VLProcessor,
-        Qwen2VLVideoProcessor,
-    )
-
     if words is None:
-        from vqa_grpo.data.synthetic import VOCABULARY
-
         words = [*VOCABULARY, *PROMPT_WORDS]
     raw = build_word_tokenizer(words, QWEN2_VL_SPECIALS)
     tokenizer = PreTrainedTokenizerFast(
@@ -145,14 +146,6 @@ def build_tiny_qwen2_5_vl(
 ) -> Path:
     """Qwen2.5-VL: Qwen2-VL's prompt and processor outputs; a windowed-attention vision tower with
     RMSNorm and a gated MLP, and ``out_hidden_size`` projecting to the text model."""
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
-    )
-
     raw = build_word_tokenizer(_words(words), QWEN2_VL_SPECIALS)
     ids = {t: raw.token_to_id(t) for t in QWEN2_VL_SPECIALS}
     tokenizer = _fast_tokenizer(

@@ -6,6 +6,26 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import transformers as tf
+from transformers import (
+    CLIPImageProcessor,
+    Gemma3Config,
+    Gemma3ForConditionalGeneration,
+    Gemma3ImageProcessor,
+    Gemma3Processor,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextImageProcessor,
+    LlavaNextProcessor,
+    LlavaProcessor,
+    Phi4MultimodalConfig,
+    Phi4MultimodalFeatureExtractor,
+    Phi4MultimodalForCausalLM,
+    Phi4MultimodalImageProcessor,
+    Phi4MultimodalProcessor,
+)
 
 from vqa_grpo.models.tiny_parts import (
     _fast_tokenizer,
@@ -32,8 +52,6 @@ def build_tiny_llava(out_dir: str | Path, *, seed: int = 0, words: list[str] | N
     """LLaVA-1.5: a CLIP vision tower at 56 px (patch 14: 16 image tokens after dropping CLS), a
     2-layer MLP projector and a Llama text model. Every image is resized to 56 px, so every prompt
     holds the same 16 image tokens whatever the image's size."""
-    from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-
     raw = build_word_tokenizer(_words(words, (":",)), LLAVA_SPECIALS)
     ids = {t: raw.token_to_id(t) for t in LLAVA_SPECIALS}
     tokenizer = _fast_tokenizer(
@@ -105,8 +123,6 @@ def build_tiny_idefics3(
     ``pixel_values`` [B, tiles, 3, 32, 32] is zero-padded to the batch's most tiles, with
     ``pixel_attention_mask`` [B, tiles, 32, 32]. ``smolvlm``: the same model in transformers'
     SmolVLM classes (model_type ``smolvlm``), which take the same adapter."""
-    import transformers as tf
-
     kind = "SmolVLM" if smolvlm else "Idefics3"
     config_cls, model_cls = getattr(tf, f"{kind}Config"), getattr(tf, f"{kind}ForConditionalGeneration")
     image_cls, processor_cls = getattr(tf, f"{kind}ImageProcessor"), getattr(tf, f"{kind}Processor")
@@ -185,8 +201,6 @@ def build_tiny_gemma3(out_dir: str | Path, *, seed: int = 0, words: list[str] | 
     tokens (bidirectional attention among them). Gemma 3 built from its config initialises the
     multi-modal projector's weight to zeros, so every image would reach the text model as zeros:
     it is re-initialised here with the text model's initializer range."""
-    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessor, Gemma3Processor
-
     raw = build_word_tokenizer(_words(words, ("model",)), GEMMA3_SPECIALS)
     ids = {t: raw.token_to_id(t) for t in GEMMA3_SPECIALS}
     tokenizer = _fast_tokenizer(
@@ -250,13 +264,6 @@ def build_tiny_llava_next(
     resized to the closest of the grid pinpoints (28x28 up to 56x56), cut into 28 px tiles plus
     the whole image, and unpadded, so the number of image tokens depends on the image's size;
     ``pixel_values`` [B, tiles, 3, 28, 28] and ``image_sizes`` [B, 2]."""
-    from transformers import (
-        LlavaNextConfig,
-        LlavaNextForConditionalGeneration,
-        LlavaNextImageProcessor,
-        LlavaNextProcessor,
-    )
-
     raw = build_word_tokenizer(_words(words, (":",)), LLAVA_SPECIALS)
     ids = {t: raw.token_to_id(t) for t in LLAVA_SPECIALS}
     tokenizer = _fast_tokenizer(
@@ -325,14 +332,6 @@ def build_tiny_phi4_multimodal(
     written for 448 px crops (256 tokens a view, plus separators), so the crops keep that size and
     a prompt holds some 400-650 image tokens; the tower itself is tiny. The model also carries a
     (tiny, unused) audio encoder: Phi-4-multimodal always builds one."""
-    from transformers import (
-        Phi4MultimodalConfig,
-        Phi4MultimodalFeatureExtractor,
-        Phi4MultimodalForCausalLM,
-        Phi4MultimodalImageProcessor,
-        Phi4MultimodalProcessor,
-    )
-
     raw = build_word_tokenizer(_words(words), PHI4_SPECIALS)
     ids = {t: raw.token_to_id(t) for t in PHI4_SPECIALS}
     tokenizer = _fast_tokenizer(

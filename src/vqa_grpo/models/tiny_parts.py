@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from vqa_grpo.data.synthetic import VOCABULARY
 
 # Words every prompt may use besides the synthetic vocabulary: the chat roles and the seed's
 # instruction "Answer with a single word or short phrase."
@@ -40,8 +43,6 @@ def build_word_tokenizer(words: list[str], specials: list[str], unk: str = "<|un
 
 def _words(words: list[str] | None, extra: tuple[str, ...] = ()) -> list[str]:
     if words is None:
-        from vqa_grpo.data.synthetic import VOCABULARY
-
         words = [*VOCABULARY, *PROMPT_WORDS]
     return [*words, *extra]
 
@@ -52,8 +53,6 @@ def _fast_tokenizer(raw: Tokenizer, chat_template: str, **special):
     ``special`` holds the usual special-token names (``eos_token``, ``pad_token``, ...) and
     ``extra_special_tokens`` (the family's ``image_token``, ``boi_token``, ...).
     """
-    from transformers import PreTrainedTokenizerFast
-
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<|unk|>", padding_side="left", **special)
     tokenizer.chat_template = chat_template
     return tokenizer

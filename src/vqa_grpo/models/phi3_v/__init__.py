@@ -5,6 +5,9 @@ Importing this package registers the classes with transformers' auto classes, so
 ``trust_remote_code`` (vqa_grpo.models.loading imports it).
 """
 
+from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
 from vqa_grpo.models.phi3_v.configuration import Phi3VConfig
 from vqa_grpo.models.phi3_v.modeling import Phi3VForCausalLM, Phi3VModel
 
@@ -13,9 +16,6 @@ __all__ = ["Phi3VConfig", "Phi3VForCausalLM", "Phi3VModel", "register"]
 
 def register() -> None:
     """Register ``phi3_v`` with AutoConfig and AutoModelForCausalLM (once)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
     if "phi3_v" not in CONFIG_MAPPING:
         AutoConfig.register("phi3_v", Phi3VConfig)
         AutoModelForCausalLM.register(Phi3VConfig, Phi3VForCausalLM)

@@ -26,7 +26,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import CLIPVisionModel
+from transformers import initialization as init
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.models.clip.modeling_clip import CLIPPreTrainedModel
 from transformers.models.phi3.modeling_phi3 import Phi3ForCausalLM, Phi3Model, Phi3PreTrainedModel
 
 from vqa_grpo.models.phi3_v.configuration import Phi3VConfig
@@ -152,13 +154,9 @@ class Phi3VForCausalLM(Phi3ForCausalLM):
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, Phi3VImageEmbedding):
-            from transformers import initialization as init
-
             init.normal_(module.glb_GN, mean=0.0, std=self.config.initializer_range)
             init.normal_(module.sub_GN, mean=0.0, std=self.config.initializer_range)
         elif type(module).__module__.startswith("transformers.models.clip"):  # CLIP's modules: CLIP's init
-            from transformers.models.clip.modeling_clip import CLIPPreTrainedModel
-
             CLIPPreTrainedModel._init_weights(self.model.vision_embed_tokens.img_processor.vision_model, module)
 
     def forward(

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from transformers import BatchFeature
+from transformers import BatchFeature, PreTrainedTokenizerFast
+from transformers.utils import cached_file
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -169,8 +170,6 @@ class Phi3VProcessor:
         """From a checkpoint directory or hub id: preprocessor_config.json and the tokenizer files,
         read as files. The hub's own code files (``*_phi3_v.py``) are kept as text, never run, and
         written back by ``save_pretrained``: vLLM and the official code need them beside the weights."""
-        from transformers import PreTrainedTokenizerFast
-
         spec_file = _file(path, "preprocessor_config.json")
         if spec_file is None:
             raise FileNotFoundError(f"{path} has no preprocessor_config.json")
@@ -293,7 +292,6 @@ def _file(path: str | Path, name: str) -> Path | None:
         return local
     if Path(path).is_dir():
         return None
-    from transformers.utils import cached_file
 
     found = cached_file(str(path), name, _raise_exceptions_for_missing_entries=False)
     return Path(found) if found else None

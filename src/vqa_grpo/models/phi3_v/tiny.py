@@ -9,9 +9,19 @@ the official special tokens; each text chunk starts with ``<s>`` as the official
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
+from tokenizers import processors
+from transformers import PreTrainedTokenizerFast
+
+from vqa_grpo.models.phi3_v.configuration import Phi3VConfig
+from vqa_grpo.models.phi3_v.modeling import Phi3VForCausalLM
+from vqa_grpo.models.phi3_v.processing import CHAT_TEMPLATE, Phi3VImageProcessor, Phi3VProcessor
+from vqa_grpo.models.tiny_parts import _save, _words, build_word_tokenizer
 
 PHI3_V_SPECIALS = ["<|endoftext|>", "<s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|image|>"]
 
@@ -41,8 +51,6 @@ def tiny_phi3_v_config(
     bos: int,
 ):
     """A small Phi3VConfig; ``vision`` a CLIPVisionConfig dict (default: a 32-wide, 2-layer CLIP)."""
-    from vqa_grpo.models.phi3_v.configuration import Phi3VConfig
-
     half = hidden // heads // 2
     vision = dict(vision or TINY_VISION)
     return Phi3VConfig(
@@ -89,13 +97,6 @@ def build_tiny_phi3_v(
     builds a Phi-3-vision-shaped one: the real CLIP ViT-L/14-336, a reduced text model).
     ``full_text``: Phi-3-mini's text model instead (hidden 3072, 32 layers of 32 heads, MLP 8192,
     the official 32,064-entry embedding; the tokenizer stays word-level)."""
-    from tokenizers import processors
-    from transformers import PreTrainedTokenizerFast
-
-    from vqa_grpo.models.phi3_v.modeling import Phi3VForCausalLM
-    from vqa_grpo.models.phi3_v.processing import CHAT_TEMPLATE, Phi3VImageProcessor, Phi3VProcessor
-    from vqa_grpo.models.tiny_parts import _save, _words, build_word_tokenizer
-
     raw = build_word_tokenizer(_words(words), PHI3_V_SPECIALS, unk="<unk>")
     ids = {t: raw.token_to_id(t) for t in PHI3_V_SPECIALS}
     raw.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", ids["<s>"])])
@@ -139,8 +140,6 @@ HUB_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json
 def tiny_hub_config_dict(hub_dir: str | Path, vision: dict | None = None) -> dict:
     """The hub's config.json as a dict with only the sizes shrunk: every other key (the
     ``_attn_implementation`` and ``torch_dtype`` it was published with, ``auto_map``, RoPE) as it is."""
-    import json
-
     config = json.loads((Path(hub_dir) / "config.json").read_text())
     vision = dict(vision or TINY_VISION)
     config.update(HUB_TINY_TEXT)
@@ -160,14 +159,6 @@ def build_tiny_phi3_v_like(
     byte, bfloat16 weights in the official names, sharded as the hub's model.safetensors.index.json
     shards them. The config is read from the hub's file and shrunk in memory, never edited on disk;
     the model is built with sdpa whatever the file asks for (flash-attn may be absent)."""
-    import json
-    import shutil
-
-    from safetensors.torch import save_file
-
-    from vqa_grpo.models.phi3_v.configuration import Phi3VConfig
-    from vqa_grpo.models.phi3_v.modeling import Phi3VForCausalLM
-
     hub_dir, out = Path(hub_dir), Path(out_dir)
     written = tiny_hub_config_dict(hub_dir, vision)
     config = Phi3VConfig.from_dict(dict(written))
