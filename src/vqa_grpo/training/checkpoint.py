@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
+from vqa_grpo.config import save_config
 from vqa_grpo.errors import TrainingStopped
 from vqa_grpo.training.distributed import DDP
 from vqa_grpo.training.integrity import is_no_space, write_manifest
@@ -111,8 +113,6 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
         _write_model(model, processor, tmp, weights)
         if config is not None:
-            from vqa_grpo.config import save_config
-
             save_config(config, tmp / "config.yaml")
         _save(moments if moments is not None else optimizer.state_dict(), tmp / "optimizer.pt")
         _save(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -157,15 +157,13 @@ def _each_rank_writes(dist, tmp: Path, what: str, run_dir: Path, writers: dict) 
 
 def _model_class(model) -> type:
     """The transformers class of ``model`` (FSDP2 swaps a sharded module's class for a subclass)."""
-    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp import FSDPModule  # here: a second to import, for FSDP2's class alone
 
     return next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
 
 
 def _adapter_weights(path: Path) -> dict:
     """The saved LoRA adapter weights, under PEFT's saved names."""
-    from safetensors.torch import load_file
-
     weights = {}
     for f in sorted(path.glob("*.safetensors")):
         weights.update(load_file(f))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -9,10 +10,14 @@ from pathlib import Path
 
 import yaml
 
-from vqa_grpo.config import Config, to_dict
+from vqa_grpo.config import Config, ModelConfig, to_dict
+from vqa_grpo.config_load import load_config
 from vqa_grpo.data.prompts import prompt_template
 from vqa_grpo.errors import UserError
+from vqa_grpo.models.loading import load_model
+from vqa_grpo.models.lora_base import adapter_base
 from vqa_grpo.rewards.registry import reward_components, reward_weights
+from vqa_grpo.training.checkpoint import save_model
 
 
 def write_model_card(
@@ -150,14 +155,6 @@ def merge_adapter(adapter_dir: str | Path, out: str | Path, model_cfg=None, over
     loaded it (dtype, trust_remote_code, num_crops): from ``model_cfg``, else from the run's
     ``config.yaml`` beside the adapter directory, else the defaults.
     """
-    import dataclasses
-
-    from vqa_grpo.config import ModelConfig
-    from vqa_grpo.config_load import load_config
-    from vqa_grpo.models.loading import load_model
-    from vqa_grpo.models.lora_base import adapter_base
-    from vqa_grpo.training.checkpoint import save_model
-
     adapter_dir, out = Path(adapter_dir), Path(out)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise UserError(

@@ -10,9 +10,11 @@ import signal
 import threading
 from pathlib import Path
 
+import psutil
 import torch
 
 from vqa_grpo.errors import TrainingStopped
+from vqa_grpo.training.checkpoint import list_checkpoints
 
 OOM_ADVICE = (
     "lower train.per_device_batch_size (raise train.gradient_accumulation_steps to keep the batch), "
@@ -100,8 +102,6 @@ def is_collective_failure(exc: BaseException) -> bool:
 
 def peer_lost(exc: BaseException, rank: int, world: int, run_dir: Path) -> TrainingStopped:
     """The one-line stop of a process whose collective failed (exit 1): what failed, and where to resume."""
-    from vqa_grpo.training.checkpoint import list_checkpoints
-
     what = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).strip().splitlines()[0]).split(". ")[0][:200]
     found = list_checkpoints(run_dir)
     last = f"the last checkpoint is {found[-1].name} in {run_dir}" if found else f"no checkpoint in {run_dir} yet"
@@ -115,8 +115,6 @@ def peer_lost(exc: BaseException, rank: int, world: int, run_dir: Path) -> Train
 
 @functools.cache
 def _process(pid: int):
-    import psutil
-
     return psutil.Process(pid)
 
 

@@ -19,8 +19,10 @@ from typing import Any, Iterable
 
 from vqa_grpo.config import Config
 from vqa_grpo.config_keys import flat
+from vqa_grpo.config_load import check_config, load_config
 from vqa_grpo.errors import UserError
 from vqa_grpo.paths import absolute_inputs
+from vqa_grpo.training.optim import lr_factor
 
 log = logging.getLogger("vqa_grpo.resume")
 
@@ -94,7 +96,6 @@ def restore(
             f"resume: {said} ({recorded}); leave {them} out to go on as the run was started, or change {them} "
             f"from this step on with train.resume_allow=[{','.join(refused)}]"
         )
-    from vqa_grpo.config_load import check_config
 
     out = check_config(out, python_rewards)
     for key, (a, b) in changed.items():
@@ -126,8 +127,6 @@ def apply_to_optimizer(optimizer, scheduler, cfg: Config) -> None:
     (a checkpoint's hold the values it ran with: a change through train.resume_allow would not take
     effect otherwise), and the rate of the next step recomputed as the schedule computes it (equal,
     bit for bit, to the restored one when nothing changed)."""
-    from vqa_grpo.training.optim import lr_factor
-
     t = cfg.train
     scheduler.base_lrs = [t.learning_rate] * len(optimizer.param_groups)
     for group in optimizer.param_groups:
@@ -150,8 +149,6 @@ def show(value: Any) -> str:
 
 
 def _load(recorded: Path, python_rewards: Iterable[str]) -> Config:
-    from vqa_grpo.config_load import check_config, load_config
-
     try:
         return check_config(load_config(recorded), python_rewards)
     except UserError as e:

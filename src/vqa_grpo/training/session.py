@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from vqa_grpo.config import Config
 from vqa_grpo.data.types import VQAExample
 from vqa_grpo.errors import TrainingStopped
+from vqa_grpo.grpo.vllm_backend import VLLMSampler
 from vqa_grpo.models.loading import LoadedModel, check_images
 from vqa_grpo.training.batches import Batches
 from vqa_grpo.training.checkpoint import load_checkpoint, no_space, save_checkpoint, save_model
@@ -102,8 +103,6 @@ def start_session(
     batches = Batches(train, cfg.train.per_device_batch_size, cfg.train.seed, dist.rank, dist.world, priorities)
     vllm = None
     if mode == "grpo" and cfg.grpo.generation_backend == "vllm":
-        from vqa_grpo.grpo.vllm_backend import VLLMSampler
-
         vllm = VLLMSampler(cfg, dist.rank, dist.world)
     state = {"best_metric": None, "bad_steps": 0, "eval_history": [], "mode": mode}
     start = 0
