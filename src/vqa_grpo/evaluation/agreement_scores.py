@@ -21,10 +21,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from vqa_grpo.config import RewardConfig
 from vqa_grpo.data.types import VQAExample
 from vqa_grpo.errors import UserError
 from vqa_grpo.evaluation.compare import metric_names
 from vqa_grpo.rewards.benchmark import BENCHMARK_METRICS, check_metrics_fit
+from vqa_grpo.rewards.registry import compute_rewards
+from vqa_grpo.rewards.semantic import semantic_available, semantic_batch
+from vqa_grpo.rewards.user import user_metrics
 
 DEFAULT_THRESHOLD = 0.5
 THRESHOLDS = {"semantic": 0.8}
@@ -73,10 +77,6 @@ def _carried(metrics_json: dict, rows: list[dict]) -> list[str]:
 def score_rows(metrics_json: dict, rows: list[dict], user: list[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """{metric: scores [N] (NaN: not scored)} of ``rows`` (one evaluation's judged answers), and
     {metric: why it is left out}."""
-    from vqa_grpo.config import RewardConfig
-    from vqa_grpo.rewards.registry import compute_rewards
-    from vqa_grpo.rewards.semantic import semantic_available, semantic_batch
-    from vqa_grpo.rewards.user import user_metrics
 
     def column(key: str) -> np.ndarray:
         return np.array([np.nan if r[key] is None else float(r[key]) for r in rows], dtype=float)

@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from vqa_grpo.config import Config
 from vqa_grpo.data.benchmarks import resolve as resolve_benchmark
@@ -129,8 +130,6 @@ def evaluate(
     dist = make_dist(cfg.train.device, cfg.train.collective_timeout)
     device = dist.device(resolve_device(cfg.train.device))
     if cfg.train.cpu_threads > 0:
-        import torch
-
         torch.set_num_threads(cfg.train.cpu_threads)
     dist.check_config(cfg)
     lm = load_model(dataclasses.replace(cfg.model, name_or_path=model_dir), device, trainable=False)

@@ -27,6 +27,9 @@ import io
 import json
 from pathlib import Path
 
+from vqa_grpo.config import DataConfig
+from vqa_grpo.data.loader import load_examples
+from vqa_grpo.data.types import BadExample
 from vqa_grpo.errors import UserError
 from vqa_grpo.evaluation.compare import compare_runs, load_eval_dir
 from vqa_grpo.evaluation.report_html import (  # the page's HTML pieces
@@ -102,6 +105,7 @@ def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 def plot_curves(title: str, lines: dict[str, tuple[list, list]], empty: str) -> bytes:
     """A PNG of ``lines`` (label -> (steps, values)) over steps, or of the ``empty`` message."""
+    # matplotlib is imported here, where a plot is drawn: judge.py imports this module for thumbnails
     from matplotlib.figure import Figure  # the Agg canvas, without pyplot's global state
     from matplotlib.ticker import MaxNLocator
 
@@ -209,10 +213,6 @@ def select_examples(rows: list[dict], limit: int) -> list[dict]:
 
 def load_thumbnails(data_path: str, ids: set[str], size: int = THUMBNAIL_PX) -> tuple[dict[str, str], list[str]]:
     """id -> JPEG data URI for ``ids`` found in ``data_path``; images that fail are left out."""
-    from vqa_grpo.config import DataConfig
-    from vqa_grpo.data.loader import load_examples
-    from vqa_grpo.data.types import BadExample
-
     examples, _ = load_examples(data_path, DataConfig(max_skip_fraction=1.0))  # skips are fine here
     by_id = {e.id: e for e in examples if e.id in ids}
     uris, failed = {}, []

