@@ -6,7 +6,8 @@ passes and the optimiser step. Four ways to spend it, on the same model and the 
 (step 1 of each method, then step 2 of each, ...), so that a change in the machine's load
 during the run (a shared machine) falls on every method alike:
 
-- vqa_grpo:  ``make_rollout`` + ``grpo_objective`` + backward + AdamW step (the library's step;
+- vqa_grpo:  ``make_rollout_and_prefill`` (sampling, rewards, advantages) on the plan
+             ``choose_plan`` picks, + ``grpo_objective`` + backward + AdamW step (the library's step;
              the shared prefix where the family supports it, as ``grpo.shared_prefix=auto``, and
              the prompts' one pass kept for the loss where that is exact, as ``grpo.fuse_prefill=auto``).
 - trl:       TRL's ``GRPOTrainer`` (``pip install vqa-grpo[bench]``), per_device_train_batch_size

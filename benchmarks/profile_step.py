@@ -53,7 +53,7 @@ def main(argv=None) -> None:
             examples, images = steps[i]
             t = [time.perf_counter()]
             ro, prefill = make_rollout_and_prefill(
-                lm.model, lm.adapter, lm.processor, examples, images, grpo, reward, device, plan=plan
+                lm.model, lm.adapter, lm.processor, examples, images, grpo, reward, device, plan
             )
             sync(), t.append(time.perf_counter())
             loss, _ = grpo_objective(lm.model, lm.adapter, lm.processor, ro, grpo, prefix=prefill)

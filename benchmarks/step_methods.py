@@ -28,10 +28,10 @@ def run_vqa_grpo(s: Settings, model_dir: Path, data_dir: Path, device, shared_pr
     def step(i: int) -> float:
         examples, images = steps[i]
         ro, prefill = make_rollout_and_prefill(
-            lm.model, lm.adapter, lm.processor, examples, images, grpo, reward, device, plan=plan
+            lm.model, lm.adapter, lm.processor, examples, images, grpo, reward, device, plan
         )
         paths.add(
-            ("shared prefix" if ro.shared_prefix else "plain") + (", fused prefill" if prefill is not None else "")
+            ("shared prefix" if ro.sampled_on_prefix else "plain") + (", fused prefill" if prefill is not None else "")
         )
         loss, _ = grpo_objective(lm.model, lm.adapter, lm.processor, ro, grpo, prefix=prefill)
         loss.backward()
@@ -52,6 +52,7 @@ def run_seed_loop(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
     from vqa_grpo.grpo.rollout import Rollout
     from vqa_grpo.models.generation import decode, generate
     from vqa_grpo.models.loading import load_model
+    from vqa_grpo.models.plan import PLAIN
     from vqa_grpo.rewards import compute_rewards
 
     lm = load_model(ModelConfig(name_or_path=str(model_dir), dtype=s.dtype, lora=bool(s.lora), lora_r=16), device)
@@ -72,6 +73,7 @@ def run_seed_loop(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
                         lm.adapter,
                         lm.processor,
                         prompt,
+                        PLAIN,
                         max_new_tokens=s.max_new_tokens,
                         do_sample=True,
                         temperature=1.0,

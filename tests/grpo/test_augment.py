@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from plans import for_run
 
 from vqa_grpo.cli import main
 from vqa_grpo.config import DataConfig, GRPOConfig
@@ -20,6 +21,7 @@ from vqa_grpo.data.perturb import perturb, perturb_seed
 from vqa_grpo.data.prompts import prompt_template, user_texts
 from vqa_grpo.grpo.augment import augment_batch, augmented_count
 from vqa_grpo.models.loading import load_model
+from vqa_grpo.models.plan import PLAIN
 from vqa_grpo.models.scoring import completion_logits
 from vqa_grpo.training.batches import Batches
 from vqa_grpo.training.steps import completion_records, make_rollouts
@@ -60,7 +62,7 @@ def load_vqa_train(synth_dir):
 
 def model_logprobs(lm, prompts, ids, mask):  # -> [n, C], the sampler's at temperature 1, top-p 1
     with torch.no_grad():
-        logits = completion_logits(lm.model, lm.adapter, prompts, ids, mask).double()
+        logits = completion_logits(lm.model, lm.adapter, prompts, ids, mask, PLAIN).double()
     logits[..., lm.adapter.suppressed_token_ids(lm.processor)] = -float("inf")
     return torch.log_softmax(logits, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1) * mask
 
@@ -80,7 +82,9 @@ def test_the_chosen_rows_of_a_training_rollout_are_sampled_on_the_perturbed_imag
     )
     lm = load_model(cfg.model, "cpu")
     torch.manual_seed(0)
-    pending = make_rollouts(cfg, lm, None, Batches(load_vqa_train(synth_dir), B, 0), torch.device("cpu"), step=1)
+    pending = make_rollouts(
+        cfg, lm, None, Batches(load_vqa_train(synth_dir), B, 0), torch.device("cpu"), for_run(cfg, lm), step=1
+    )
     ro = pending.rollouts[0]
     images = [e.load_image() for e in ro.examples]
     aug = augment_batch(cfg.grpo, cfg.train.seed, 1, cfg.train.max_steps, ro.examples, images)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from plans import for_run
 
 from vqa_grpo.cli import main
 from vqa_grpo.config_load import load_config
@@ -117,7 +118,7 @@ def rollouts_of(cfg, lm, data):
     batches = Batches(data.train, 2, seed=0)
     torch.manual_seed(0)
     funcs = resolve(["spread"], {"spread": spread_by_id})
-    pending = make_rollouts(cfg, lm, None, batches, CPU, reward_funcs=funcs)
+    pending = make_rollouts(cfg, lm, None, batches, CPU, for_run(cfg, lm), reward_funcs=funcs)
     return pending, batches
 
 
@@ -161,7 +162,7 @@ def test_a_step_that_keeps_no_group_has_a_zero_gradient(setup, tmp_path):
     data, lm = setup
     cfg = step_config(tmp_path, rounds=1, **{"reward.components": "[flat]", "reward.python_functions": "[flat]"})
     funcs = resolve(["flat"], {"flat": lambda completions, **kw: [0.5] * len(completions)})
-    pending = make_rollouts(cfg, lm, None, Batches(data.train, 2, seed=0), CPU, reward_funcs=funcs)
+    pending = make_rollouts(cfg, lm, None, Batches(data.train, 2, seed=0), CPU, for_run(cfg, lm), reward_funcs=funcs)
     assert pending.weights == [0.0, 0.0] and pending.trained() == []
     assert (pending.stats["dynamic/groups_kept"], pending.stats["dynamic/short"]) == (0, 1.0)
     lm.model.zero_grad(set_to_none=True)
@@ -238,7 +239,7 @@ def test_prioritized_sampling_draws_no_question_twice_in_a_step(setup, tmp_path)
     three = data.train[:3]
     batches = Batches(three, 1, seed=0, priorities=Priorities.for_run(cfg, [e.id for e in three]))
     for _ in range(2):
-        pending = make_rollouts(cfg, lm, None, batches, CPU)
+        pending = make_rollouts(cfg, lm, None, batches, CPU, for_run(cfg, lm))
         assert sorted(ro.examples[0].id for ro in pending.rollouts) == sorted(e.id for e in three)
     assert batches.priorities.draws == 6
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from plans import rollout
 
 from vqa_grpo.config_load import load_config
 from vqa_grpo.data.loader import load_vqa
 from vqa_grpo.grpo.math import group_advantages
 from vqa_grpo.grpo.objective import grpo_objective
-from vqa_grpo.grpo.rollout import make_rollout
 from vqa_grpo.models.loading import load_model
 from vqa_grpo.training.loop import run
 
@@ -55,7 +55,7 @@ def test_grpo_raises_the_share_of_the_rewarded_answer(synth_dir, tiny_model_dir,
     opt = torch.optim.AdamW([p for p in lm.model.parameters() if p.requires_grad], lr=3e-4)
     shares = []
     for _ in range(25):
-        ro = make_rollout(lm.model, lm.adapter, lm.processor, examples, images, cfg.grpo, cfg.reward, CPU)
+        ro = rollout(lm.model, lm.adapter, lm.processor, examples, images, cfg.grpo, cfg.reward, CPU)
         ro.rewards = torch.tensor([1.0 if a == "yes" else 0.0 for a in ro.answers])
         ro.advantages = group_advantages(ro.rewards, ro.group_size)
         shares.append(float(ro.rewards.mean()))

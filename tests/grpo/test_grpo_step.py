@@ -1,8 +1,8 @@
 """One GRPO optimisation step on the tiny Qwen2-VL, and a 2-step run of the shared training loop.
 
 No mocks. A random tiny model earns almost no reward, so most tests sample a real rollout with
-make_rollout (or the loop's ``_make_rollouts``) and then overwrite its rewards with hand-set
-values, recomputing the advantages with ``group_advantages`` exactly as make_rollout does:
+tests/plans.py ``rollout`` (or the loop's ``_make_rollouts``) and then overwrite its rewards with
+hand-set values, recomputing the advantages with ``group_advantages`` exactly as a rollout does:
 the completions, masks and log-probs stay those the model really sampled.
 
 Shapes: B = 2 questions, G = 4 completions each, R = 8 rows, C completion tokens.
@@ -12,31 +12,24 @@ import json
 
 import pytest
 import torch
+from plans import for_run, rollout
 
 from vqa_grpo.config import Config, DataConfig, GRPOConfig, ModelConfig, RewardConfig, TrainConfig
 from vqa_grpo.config_load import load_config
 from vqa_grpo.data.benchmarks import resolve as resolve_benchmark
 from vqa_grpo.data.loader import load_vqa
 from vqa_grpo.grpo import group_advantages
+from vqa_grpo.grpo.logprobs import Reference
 from vqa_grpo.grpo.objective import answer_nll, grpo_objective, rollout_logprobs
-from vqa_grpo.grpo.rollout import make_rollout
 from vqa_grpo.models.loading import load_model
-from vqa_grpo.models.scoring import answer_tokens, completion_logprobs
+from vqa_grpo.models.plan import PLAIN
+from vqa_grpo.models.scoring import answer_ids, completion_logprobs
 from vqa_grpo.training.batches import Batches
 from vqa_grpo.training.loop import run
 from vqa_grpo.training.optim import make_optimizer
-from vqa_grpo.training.steps import (
-    Pending,
-)
-from vqa_grpo.training.steps import (
-    grpo_backward as _grpo_backward,
-)
-from vqa_grpo.training.steps import (
-    make_rollouts as _make_rollouts,
-)
-from vqa_grpo.training.steps import (
-    reference_model as _reference_model,
-)
+from vqa_grpo.training.steps import Pending
+from vqa_grpo.training.steps import grpo_backward as _grpo_backward
+from vqa_grpo.training.steps import make_rollouts as _make_rollouts
 
 CPU = torch.device("cpu")
 B, G = 2, 4
@@ -76,7 +69,7 @@ def config(synth_dir, tiny_model_dir, tmp_path, **grpo) -> Config:
 
 
 def set_rewards(ro, rewards, scale="group"):
-    """Hand-set rewards [R] on a sampled rollout; advantages recomputed as make_rollout does."""
+    """Hand-set rewards [R] on a sampled rollout; advantages recomputed as a rollout does."""
     ro.rewards = torch.tensor(rewards)
     ro.advantages = group_advantages(ro.rewards, ro.group_size, scale=scale)
     return ro
@@ -85,7 +78,7 @@ def set_rewards(ro, rewards, scale="group"):
 def sample(lm, data, grpo: GRPOConfig, seed=0):
     examples = data.train[:B]
     torch.manual_seed(seed)
-    return make_rollout(
+    return rollout(
         lm.model, lm.adapter, lm.processor, examples, [e.load_image() for e in examples], grpo, RewardConfig(), CPU
     )
 
@@ -146,7 +139,7 @@ def test_seed_formula_has_no_gradient_on_a_real_model(lm, data, synth_dir, tiny_
 
 def test_second_iteration_takes_the_ratio_against_the_rollout_policy(lm, data, synth_dir, tiny_model_dir, tmp_path):
     cfg = config(synth_dir, tiny_model_dir, tmp_path, num_iterations=2)
-    pending = _make_rollouts(cfg, lm, None, Batches(data.train, B, seed=0), CPU)
+    pending = _make_rollouts(cfg, lm, None, Batches(data.train, B, seed=0), CPU, for_run(cfg, lm))
     (ro,) = pending.rollouts
     assert ro.old_logprobs is not None and ro.ref_logprobs is None  # beta = 0: no reference pass
     set_rewards(ro, VARIED)
@@ -169,7 +162,10 @@ def test_second_iteration_takes_the_ratio_against_the_rollout_policy(lm, data, s
 
     # With num_iterations = 1 no old log-probs are kept (the objective uses logp.detach()).
     cfg1 = config(synth_dir, tiny_model_dir, tmp_path)
-    assert _make_rollouts(cfg1, lm, None, Batches(data.train, B, seed=0), CPU).rollouts[0].old_logprobs is None
+    assert (
+        _make_rollouts(cfg1, lm, None, Batches(data.train, B, seed=0), CPU, for_run(cfg1, lm)).rollouts[0].old_logprobs
+        is None
+    )
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["frozen_copy", "lora_disabled"])
@@ -179,8 +175,8 @@ def test_kl_to_the_reference_is_zero_at_step_0_and_positive_after_a_step(
     cfg = config(synth_dir, tiny_model_dir, tmp_path, beta=0.1)
     cfg.model.lora = lora
     lm = load(tiny_model_dir, lora=lora)
-    assert _reference_model(config(synth_dir, tiny_model_dir, tmp_path), lm) is None  # beta = 0: none
-    ref = _reference_model(cfg, lm)
+    assert Reference.for_run(config(synth_dir, tiny_model_dir, tmp_path), lm.model) is None  # beta = 0: none
+    ref = Reference.for_run(cfg, lm.model)
     if lora:  # the base model with the adapters switched off: no second copy
         assert ref.copy is None
     else:
@@ -190,7 +186,7 @@ def test_kl_to_the_reference_is_zero_at_step_0_and_positive_after_a_step(
     batches = Batches(data.train, B, seed=0)
     opt = make_optimizer(lm.model.parameters(), cfg.train)
 
-    pending = _make_rollouts(cfg, lm, ref, batches, CPU)
+    pending = _make_rollouts(cfg, lm, ref, batches, CPU, for_run(cfg, lm))
     set_rewards(pending.rollouts[0], VARIED)
     assert pending.rollouts[0].ref_logprobs is not None
     at_start = _grpo_backward(cfg, lm, pending)
@@ -198,7 +194,7 @@ def test_kl_to_the_reference_is_zero_at_step_0_and_positive_after_a_step(
     opt.step()
     opt.zero_grad(set_to_none=True)
 
-    pending = _make_rollouts(cfg, lm, ref, batches, CPU)
+    pending = _make_rollouts(cfg, lm, ref, batches, CPU, for_run(cfg, lm))
     set_rewards(pending.rollouts[0], VARIED)
     after = _grpo_backward(cfg, lm, pending)
     assert after["kl"] > 1e-6
@@ -219,7 +215,7 @@ def test_sft_coef_adds_lambda_times_the_answer_nll(lm, data):
     # answer_nll is the token mean of -log p(answer tokens, then the stop token | prompt, image):
     # the same number as the model's own cross-entropy with labels on those tokens only.
     stop = lm.adapter.stop_token_ids(lm.processor, lm.model)[0]
-    ids, mask = answer_tokens(lm.processor.tokenizer, [e.answer for e in ro.examples], stop)  # [B, A]
+    ids, mask = answer_ids(lm.processor.tokenizer, [e.answer for e in ro.examples], stop)  # [B, A]
     full = lm.adapter.append(ro.prompts, ids, mask)
     labels = torch.cat([torch.full_like(ro.prompts.input_ids, -100), ids.masked_fill(mask == 0, -100)], dim=1)
     with torch.no_grad():
@@ -246,12 +242,12 @@ def test_completion_logprobs_do_not_depend_on_padding(lm, data):
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
     temps = torch.tensor([0.7, 1.3])
     with torch.no_grad():
-        logp, ent = completion_logprobs(lm.model, lm.adapter, batch, ids, mask, temps)  # [2, 5]
+        logp, ent = completion_logprobs(lm.model, lm.adapter, batch, ids, mask, PLAIN, temps)  # [2, 5]
         for i, (im, q) in enumerate([(images[0], short.question), (images[1], long.question)]):
             alone = lm.adapter.encode_prompts(lm.processor, [im], [q])
             n = int(mask[i].sum())
             logp_i, ent_i = completion_logprobs(
-                lm.model, lm.adapter, alone, ids[i : i + 1, :n], mask[i : i + 1, :n], temps[i : i + 1]
+                lm.model, lm.adapter, alone, ids[i : i + 1, :n], mask[i : i + 1, :n], PLAIN, temps[i : i + 1]
             )
             assert torch.allclose(logp[i, :n], logp_i[0], atol=1e-5), i
             assert torch.allclose(ent[i, :n], ent_i[0], atol=1e-5), i

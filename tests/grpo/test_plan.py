@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from plans import on_path
 
 from vqa_grpo.config import DataConfig, GRPOConfig, ModelConfig
 from vqa_grpo.data.loader import load_vqa
@@ -68,9 +69,9 @@ def test_synced_decoding_is_passed_explicitly(lm, synth_dir):
         asked.append(here)
         return True
 
-    kw = dict(max_new_tokens=5, group_size=3, shared_prefix=True)
-    alone = generate(lm.model, lm.adapter, lm.processor, prompts, **kw)
-    synced = generate(lm.model, lm.adapter, lm.processor, prompts, **kw, any_rank=any_rank)
+    kw = dict(max_new_tokens=5, group_size=3)
+    alone = generate(lm.model, lm.adapter, lm.processor, prompts, on_path(lm.adapter, True), **kw)
+    synced = generate(lm.model, lm.adapter, lm.processor, prompts, on_path(lm.adapter, True, any_rank=any_rank), **kw)
     assert len(asked) == 4  # asked before each of the 4 steps after the first
     assert torch.equal(synced.ids[:, : alone.ids.shape[1]], alone.ids) and torch.equal(
         synced.truncated, alone.truncated

@@ -1,4 +1,4 @@
-"""make_rollout on the tiny Qwen2-VL: shapes, row order, stop and truncation masks, suppressed
+"""A rollout (grpo/rollout.py make_rollout_and_prefill) on the tiny Qwen2-VL: shapes, row order, stop and truncation masks, suppressed
 tokens, per-row temperatures, and the rewards and advantages that go with each row.
 
 No mocks: the real tiny model (random weights) samples from the synthetic questions. Where a
@@ -8,14 +8,15 @@ test makes it likely and first checks that it did happen, so the assertion can f
 Shapes: B questions, G completions each, R = B*G rows, C completion tokens, V vocabulary.
 """
 
+import plans
 import pytest
 import torch
 
 from vqa_grpo.config import DataConfig, GRPOConfig, ModelConfig, RewardConfig
 from vqa_grpo.data.loader import load_vqa
 from vqa_grpo.grpo import group_advantages
-from vqa_grpo.grpo.rollout import make_rollout
 from vqa_grpo.models.loading import load_model
+from vqa_grpo.models.plan import PLAIN
 from vqa_grpo.models.scoring import completion_logits
 from vqa_grpo.rewards import clean_answer, compute_rewards
 
@@ -46,7 +47,7 @@ def rollout(lm, data, seed=0, reward=None, **grpo):
     grpo = GRPOConfig(**{"num_generations": G, "max_completion_length": 4, **grpo})
     examples, images = two_questions(data)
     torch.manual_seed(seed)
-    ro = make_rollout(lm.model, lm.adapter, lm.processor, examples, images, grpo, reward or RewardConfig(), CPU)
+    ro = plans.rollout(lm.model, lm.adapter, lm.processor, examples, images, grpo, reward or RewardConfig(), CPU)
     return ro, grpo
 
 
@@ -55,7 +56,9 @@ def sampler_logprobs(lm, ro, prompts, temperatures):  # -> [R, C]
     from one teacher-forced forward pass: the row's logits / its temperature, with the
     suppressed (image and vision) tokens at -inf as generate's suppress_tokens leaves them."""
     with torch.no_grad():
-        logits = completion_logits(lm.model, lm.adapter, prompts, ro.completion_ids, ro.completion_mask)  # [R, C, V]
+        logits = completion_logits(
+            lm.model, lm.adapter, prompts, ro.completion_ids, ro.completion_mask, PLAIN
+        )  # [R, C, V]
     logits = logits.double() / temperatures.double()[:, None, None]
     logits[..., lm.adapter.suppressed_token_ids(lm.processor)] = -float("inf")
     logp = torch.log_softmax(logits, dim=-1).gather(-1, ro.completion_ids.unsqueeze(-1)).squeeze(-1)  # [R, C]
@@ -158,7 +161,7 @@ def test_image_and_vision_tokens_are_never_sampled(lm, data):
     # enough mass on those tokens that more than 3 of them would be expected without suppression.
     with torch.no_grad():
         logits = completion_logits(
-            lm.model, lm.adapter, ro.repeated_prompts(lm.adapter), ro.completion_ids, ro.completion_mask
+            lm.model, lm.adapter, ro.repeated_prompts(lm.adapter), ro.completion_ids, ro.completion_mask, PLAIN
         )  # [R, C, V]
     p_suppressed = torch.softmax(logits / 2.0, dim=-1)[..., suppressed].sum(-1)  # [R, C]
     assert float((p_suppressed * ro.completion_mask).sum()) > 3.0

@@ -13,9 +13,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from plans import for_run
 
 from vqa_grpo.cli import main
 from vqa_grpo.grpo.vllm_backend import collate, truncated_is_weights
+from vqa_grpo.models.plan import PLAIN
 
 NO_VLLM = pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
 
@@ -113,6 +115,7 @@ class StandInEngine:
             a,
             self.lm.processor,
             a.repeat(prompts, group_size),
+            PLAIN,
             max_new_tokens=max_tokens,
             do_sample=True,
             logits_processor=LogitsProcessorList([RowwiseTemperatureTopP(temps, top_ps)]),
@@ -120,7 +123,7 @@ class StandInEngine:
         )
         with torch.no_grad():
             logp, _ = completion_logprobs(
-                self.lm.model, a, a.repeat(prompts, group_size), comp.ids, comp.mask, None, with_entropy=False
+                self.lm.model, a, a.repeat(prompts, group_size), comp.ids, comp.mask, PLAIN, None, with_entropy=False
             )
         return Samples(comp.ids, comp.mask, comp.truncated, (logp + self.drift(*comp.ids.shape)) * comp.mask)
 
@@ -149,7 +152,7 @@ def test_vllm_samples_are_weighted_by_pi_old_over_pi_sampler(synth_dir, tiny_mod
     torch.manual_seed(0)
     drift = lambda R, C: 0.1 * torch.arange(R)[:, None] - 0.2 * torch.arange(C)[None, :]  # per row and token
     pending = make_rollouts(
-        cfg, lm, None, Batches(data.train, 2, seed=0), torch.device("cpu"), StandInEngine(lm, drift)
+        cfg, lm, None, Batches(data.train, 2, seed=0), torch.device("cpu"), for_run(cfg, lm), StandInEngine(lm, drift)
     )
     (ro,) = pending.rollouts
     m = ro.completion_mask.bool()
@@ -179,7 +182,7 @@ def test_weights_are_pushed_every_vllm_sync_steps(synth_dir, tiny_model_dir, tmp
 
     cfg, lm, data = tiny_setup(synth_dir, tiny_model_dir, tmp_path, vllm_sync_steps=2)
     engine = StandInEngine(lm)
-    steps = GRPOSteps(None, None, lm, vllm=engine)
+    steps = GRPOSteps(None, None, lm, for_run(cfg, lm), vllm=engine)
     batches = Batches(data.train, 2, seed=0)
     pushed = []
     for step in range(5):

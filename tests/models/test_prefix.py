@@ -17,6 +17,7 @@ from dataclasses import replace
 import pytest
 import torch
 from family_models import model_config
+from plans import on_path, rollout
 from transformers import LogitsProcessorList
 
 from vqa_grpo.config import DataConfig, GRPOConfig, RewardConfig
@@ -27,12 +28,13 @@ from vqa_grpo.grpo import group_advantages
 from vqa_grpo.grpo import plan as plan_module
 from vqa_grpo.grpo.objective import grpo_objective, rollout_logprobs
 from vqa_grpo.grpo.plan import choose_plan
-from vqa_grpo.grpo.rollout import make_rollout, make_rollout_and_prefill
+from vqa_grpo.grpo.rollout import make_rollout_and_prefill
 from vqa_grpo.grpo.sampling import RowwiseTemperatureTopP, row_sampling_params
 from vqa_grpo.models import prefix
 from vqa_grpo.models.adapters import ADAPTERS, adapter_for
 from vqa_grpo.models.generation import generate
 from vqa_grpo.models.loading import load_model
+from vqa_grpo.models.plan import ForwardPlan
 from vqa_grpo.models.scoring import completion_logprobs
 from vqa_grpo.models.tiny import TINY_FAMILIES
 
@@ -76,8 +78,9 @@ def completions(lm, seed=0):
 def logprobs_and_grads(lm, prompts, ids, mask, temps, shared):
     """Log-probs [R, C] and each parameter's gradient of a fixed weighted sum of them."""
     lm.model.zero_grad(set_to_none=True)
+    plan = shared if isinstance(shared, ForwardPlan) else on_path(lm.adapter, shared)
     logp, _ = completion_logprobs(
-        lm.model, lm.adapter, prompts, ids, mask, temps, with_entropy=False, group_size=G, shared_prefix=shared
+        lm.model, lm.adapter, prompts, ids, mask, plan, temps, with_entropy=False, group_size=G
     )
     weights = torch.linspace(-1.0, 1.0, ids.numel()).view_as(ids)
     (logp * mask * weights).sum().backward()
@@ -139,7 +142,7 @@ def test_shared_prefix_logprobs_and_gradients_equal_the_plain_path(family, famil
     try:
         with torch.no_grad():
             wrong, _ = completion_logprobs(
-                lm.model, lm.adapter, prompts, ids, mask, temps, group_size=G, shared_prefix=True
+                lm.model, lm.adapter, prompts, ids, mask, on_path(lm.adapter, True), temps, group_size=G
             )
     finally:
         prefix.continuation_positions = original
@@ -161,8 +164,9 @@ def test_shared_prefix_with_lora_and_with_the_adapter_switched_off(family, famil
     assert all("lora" in n for n in plain_grads)
     assert_grads_close(plain_grads, shared_grads)
     with torch.no_grad(), lm.model.disable_adapter():
-        base_plain, _ = completion_logprobs(lm.model, lm.adapter, prompts, ids, mask, group_size=G)
-        base_shared, _ = completion_logprobs(lm.model, lm.adapter, prompts, ids, mask, group_size=G, shared_prefix=True)
+        plain, shared = on_path(lm.adapter, False), on_path(lm.adapter, True)
+        base_plain, _ = completion_logprobs(lm.model, lm.adapter, prompts, ids, mask, plain, group_size=G)
+        base_shared, _ = completion_logprobs(lm.model, lm.adapter, prompts, ids, mask, shared, group_size=G)
     assert ((base_shared - base_plain) * mask).abs().max() < 1e-5
     assert ((base_plain - plain_logp) * mask).abs().max() > 1e-3  # the adapter did change the policy
 
@@ -180,12 +184,12 @@ def test_shared_prefix_sampling_draws_the_same_tokens_as_generate(family, family
             lm.adapter,
             lm.processor,
             prompts,
+            on_path(lm.adapter, shared),
             max_new_tokens=6,
             do_sample=True,
             logits_processor=LogitsProcessorList([RowwiseTemperatureTopP(temps, top_ps)]),
             keep_scores=True,
             group_size=G,
-            shared_prefix=shared,
         )
     plain, shared = out[False], out[True]
     assert plain.ids.shape == (B * G, 6)
@@ -198,7 +202,8 @@ def test_shared_prefix_sampling_draws_the_same_tokens_as_generate(family, family
     assert len({tuple(r) for r in plain.ids.tolist()}) > G  # the rows really differ
     # Greedy decoding too (what evaluation does), with the prompts used once each.
     greedy = [
-        generate(lm.model, lm.adapter, lm.processor, prompts, max_new_tokens=6, shared_prefix=s) for s in (False, True)
+        generate(lm.model, lm.adapter, lm.processor, prompts, on_path(lm.adapter, s), max_new_tokens=6)
+        for s in (False, True)
     ]
     assert torch.equal(greedy[0].ids, greedy[1].ids)
 
@@ -207,20 +212,25 @@ def test_repetition_penalty_is_rebuilt_and_other_generate_settings_fall_back(fam
     lm = load(family_dirs("qwen2_vl"))
     prompts = padded_prompts(lm, data)
     lm.model.generation_config.repetition_penalty = 3.0  # strong enough to change greedy tokens
+    shared = choose_plan(lm.model, lm.adapter, GRPOConfig(shared_prefix="on"))
+    assert shared.sample_shared  # a repetition penalty is rebuilt: the shared prefix samples
     greedy = [
-        generate(lm.model, lm.adapter, lm.processor, prompts, max_new_tokens=6, shared_prefix=s) for s in (False, True)
+        generate(lm.model, lm.adapter, lm.processor, prompts, plan, max_new_tokens=6)
+        for plan in (on_path(lm.adapter, False), shared)
     ]
     assert torch.equal(greedy[0].ids, greedy[1].ids)
     lm.model.generation_config.repetition_penalty = 1.0
-    unpenalised = generate(lm.model, lm.adapter, lm.processor, prompts, max_new_tokens=6, shared_prefix=True)
+    unpenalised = generate(lm.model, lm.adapter, lm.processor, prompts, shared, max_new_tokens=6)
     assert not torch.equal(unpenalised.ids, greedy[1].ids)
 
     lm.model.generation_config.no_repeat_ngram_size = 1  # a processor the shared sampler does not rebuild
     with caplog.at_level(logging.INFO, logger="vqa_grpo.prefix"):
-        prefix._logged.clear()
-        fallback = generate(lm.model, lm.adapter, lm.processor, prompts, max_new_tokens=6, shared_prefix=True)
-        plain = generate(lm.model, lm.adapter, lm.processor, prompts, max_new_tokens=6, shared_prefix=False)
-    assert "generation: plain path, the generation config sets no_repeat_ngram_size" in caplog.text
+        plan_module._logged.clear()
+        fallback_plan = choose_plan(lm.model, lm.adapter, GRPOConfig(shared_prefix="on"))
+        fallback = generate(lm.model, lm.adapter, lm.processor, prompts, fallback_plan, max_new_tokens=6)
+        plain = generate(lm.model, lm.adapter, lm.processor, prompts, on_path(lm.adapter, False), max_new_tokens=6)
+    assert "GRPO forward plan: sampling: plain;" in caplog.text
+    assert "the generation config sets no_repeat_ngram_size" in caplog.text
     assert torch.equal(fallback.ids, plain.ids)
     assert all(len(set(r[: int(m.sum())])) == int(m.sum()) for r, m in zip(plain.ids.tolist(), plain.mask))
 
@@ -235,7 +245,7 @@ def test_rollout_and_grpo_step_are_the_same_on_both_paths(family_dirs, data, cap
         plan_module._logged.clear()
         with caplog.at_level(logging.INFO, logger="vqa_grpo.prefix"):
             torch.manual_seed(0)
-            ro = make_rollout(lm.model, lm.adapter, lm.processor, examples, images, grpo, RewardConfig(), CPU)
+            ro = rollout(lm.model, lm.adapter, lm.processor, examples, images, grpo, RewardConfig(), CPU)
         ro.rewards = torch.tensor([1.0, 0.0, 0.5, 0.0, 0.0, 0.2, 0.0, 1.0])
         ro.advantages = group_advantages(ro.rewards, G)
         with torch.no_grad():
@@ -253,10 +263,10 @@ def test_rollout_and_grpo_step_are_the_same_on_both_paths(family_dirs, data, cap
     assert (
         "GRPO forward plan: sampling: shared prefix; loss: shared prefix; log-prob passes: shared prefix [qwen2_vl "
         "adapter, "
-        "mrope positions, no fused prefill: grpo.fuse_prefill=off]" in caplog.text  # make_rollout keeps no prefill
+        "mrope positions, no fused prefill: grpo.fuse_prefill=off]" in caplog.text  # plans.rollout keeps no prefill
     )
     (ro_p, loss_p, stats_p, grads_p), (ro_s, loss_s, stats_s, grads_s) = results["off"], results["auto"]
-    assert not ro_p.shared_prefix and ro_s.shared_prefix
+    assert not ro_p.sampled_on_prefix and ro_s.sampled_on_prefix
     assert stats_p["shared_prefix"] == 0.0 and stats_s["shared_prefix"] == 1.0
     assert torch.equal(ro_s.completion_ids, ro_p.completion_ids)
     assert (ro_s.sampling_logprobs - ro_p.sampling_logprobs).abs().max() < 1e-5
@@ -270,10 +280,12 @@ def test_gradient_checkpointing_keeps_the_loss_on_the_plain_path(family_dirs, da
     lm.model.train()
     prompts = padded_prompts(lm, data)
     ids, mask = completions(lm)
-    prefix._logged.clear()
+    plan_module._logged.clear()
     with caplog.at_level(logging.INFO, logger="vqa_grpo.prefix"):
-        shared_logp, shared_grads = logprobs_and_grads(lm, prompts, ids, mask, None, shared=True)
-    assert "loss: plain path, gradient checkpointing drops the KV cache" in caplog.text
+        plan = choose_plan(lm.model, lm.adapter, GRPOConfig(shared_prefix="on"))
+        shared_logp, shared_grads = logprobs_and_grads(lm, prompts, ids, mask, None, shared=plan)
+    assert "loss: plain; log-prob passes: shared prefix" in caplog.text
+    assert "gradient checkpointing drops the KV cache" in caplog.text
     plain_logp, plain_grads = logprobs_and_grads(lm, prompts, ids, mask, None, shared=False)
     assert torch.equal(shared_logp, plain_logp)
     assert_grads_close(plain_grads, shared_grads)
@@ -319,7 +331,7 @@ def test_shared_prefix_loss_through_a_ddp_wrapper(family_dirs, data, tmp_path):
         ddp = torch.nn.parallel.DistributedDataParallel(lm.model)
         lm.model.zero_grad(set_to_none=True)
         logp, _ = completion_logprobs(
-            ddp, lm.adapter, prompts, ids, mask, with_entropy=False, group_size=G, shared_prefix=True
+            ddp, lm.adapter, prompts, ids, mask, on_path(lm.adapter, True), with_entropy=False, group_size=G
         )
         weights = torch.linspace(-1.0, 1.0, ids.numel()).view_as(ids)
         (logp * mask * weights).sum().backward()
@@ -351,7 +363,7 @@ def test_fused_prefill_samples_and_scores_as_two_passes_do(family, family_dirs, 
         encodes.clear()
         plan = fused if keep else replace(fused, loss="shared prefix")
         ro, prefill = make_rollout_and_prefill(
-            lm.model, lm.adapter, lm.processor, examples, images, grpo, RewardConfig(), CPU, plan=plan
+            lm.model, lm.adapter, lm.processor, examples, images, grpo, RewardConfig(), CPU, plan
         )
         assert (prefill is not None) == keep and lm.model.training
         ro.advantages = torch.tensor([1.0, -1.0, 0.5, 0.3, 0.2, -0.7, 1.5, 0.4])
@@ -432,9 +444,9 @@ def test_gradient_checkpointing_keeps_two_prompt_passes_and_a_grpo_step_runs(tin
         grpo,
         RewardConfig(),
         CPU,
-        plan=plan,
+        plan,
     )
-    assert prefill is None and ro.shared_prefix  # sampled from a shared prefix; the loss runs the plain path
+    assert prefill is None and ro.sampled_on_prefix  # sampled from a shared prefix; the loss runs the plain path
     ro.advantages = torch.linspace(-1, 1, B * G)
     loss, _ = grpo_objective(lm.model, lm.adapter, lm.processor, ro, grpo)
     loss.backward()

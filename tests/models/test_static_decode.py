@@ -8,13 +8,13 @@ from __future__ import annotations
 import pytest
 import torch
 from family_models import model_config
+from plans import on_path, rollout
 from transformers import LogitsProcessorList
 
 from vqa_grpo.config import DataConfig, GRPOConfig, ModelConfig, RewardConfig
 from vqa_grpo.data.loader import load_vqa
 from vqa_grpo.errors import UserError
 from vqa_grpo.grpo.plan import choose_plan
-from vqa_grpo.grpo.rollout import make_rollout
 from vqa_grpo.grpo.sampling import RowwiseTemperatureTopP, row_sampling_params
 from vqa_grpo.models.adapters import adapter_for
 from vqa_grpo.models.generation import generate
@@ -55,10 +55,9 @@ def decode_both(lm, prompts, **kw):
             lm.adapter,
             lm.processor,
             prompts,
+            on_path(lm.adapter, True, decode=decode),
             max_new_tokens=C,
             group_size=G,
-            shared_prefix=True,
-            decode=decode,
             **kw,
         )
     return out["dynamic"], out["static"]
@@ -145,7 +144,7 @@ def test_a_rollout_on_the_static_decode_is_the_dynamic_ones(tiny_model_dir, exam
     for setting in ("off", "on"):
         grpo = GRPOConfig(num_generations=G, max_completion_length=C, static_decode=setting)
         torch.manual_seed(0)
-        rollouts.append(make_rollout(lm.model, lm.adapter, lm.processor, examples, images, grpo, RewardConfig(), CPU))
+        rollouts.append(rollout(lm.model, lm.adapter, lm.processor, examples, images, grpo, RewardConfig(), CPU))
     dynamic, static = rollouts
     assert static.plan.decode == "static" and dynamic.plan.decode == "dynamic"
     assert torch.equal(static.completion_ids, dynamic.completion_ids)

@@ -27,7 +27,8 @@ from vqa_grpo.data.synthetic import VOCABULARY
 from vqa_grpo.models.adapters import FamilyAdapter, PromptBatch, Qwen2VLAdapter
 from vqa_grpo.models.generation import completion_mask, decode, generate, predict_answers
 from vqa_grpo.models.loading import load_model
-from vqa_grpo.models.scoring import answer_tokens
+from vqa_grpo.models.plan import PLAIN
+from vqa_grpo.models.scoring import answer_ids
 from vqa_grpo.models.tiny import PROMPT_WORDS, build_tiny
 
 CPU = torch.device("cpu")
@@ -187,8 +188,8 @@ def test_completion_mask_keeps_up_to_the_first_stop_token():
     assert truncated.tolist() == [False, True, False, False]
 
 
-def test_answer_tokens_are_the_answer_then_the_stop_token_right_padded(tok):
-    ids, mask = answer_tokens(tok, ["yes", "Blue circle", "3"], stop_id=EOS)
+def test_answer_ids_are_the_answer_then_the_stop_token_right_padded(tok):
+    ids, mask = answer_ids(tok, ["yes", "Blue circle", "3"], stop_id=EOS)
     assert ids.tolist() == [[59, EOS, PAD], [25, 26, EOS], [13, EOS, PAD]]
     assert mask.tolist() == [[1, 1, 0], [1, 1, 1], [1, 1, 0]]
 
@@ -206,7 +207,9 @@ def test_predict_answers_gives_none_only_for_examples_whose_image_fails(lm, synt
 
     # batch_size 2: [good, good], [bad, bad] (a batch with no image at all), [good, bad].
     examples = [good[0], good[1], bad(0), bad(1), good[2], bad(2)]
-    out = predict_answers(lm.model, lm.adapter, lm.processor, examples, batch_size=2, max_new_tokens=3, device=CPU)
+    out = predict_answers(
+        lm.model, lm.adapter, lm.processor, examples, batch_size=2, max_new_tokens=3, device=CPU, plan=PLAIN
+    )
     assert [x is None for x in out] == [False, False, True, True, False, True]
     assert all(isinstance(x, str) for x in out if x is not None)
 
@@ -232,7 +235,7 @@ def test_generate_never_emits_suppressed_tokens_even_when_they_are_the_argmax(lm
                 **prompts.model_inputs(), max_new_tokens=4, do_sample=False, eos_token_id=EOS, pad_token_id=PAD
             )
         assert torch.isin(raw[:, prompts.input_ids.shape[1] :], torch.tensor(suppressed)).all()
-        comp = generate(lm.model, lm.adapter, lm.processor, prompts, max_new_tokens=4)
+        comp = generate(lm.model, lm.adapter, lm.processor, prompts, PLAIN, max_new_tokens=4)
     finally:
         handle.remove()
     assert comp.ids.shape == (2, 4) and comp.mask.sum() > 0

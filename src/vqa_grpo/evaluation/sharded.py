@@ -19,6 +19,9 @@ def predict_sharded(
     equal length and the ranks decode in step.
     """
     from vqa_grpo.models.generation import predict_answers
+    from vqa_grpo.models.plan import plain_plan
+
+    plan = plain_plan(dist.synced_decoding(), "evaluation")  # greedy answers, each prompt run once
 
     def answer(chunk: list) -> list[str | None]:
         return predict_answers(
@@ -33,7 +36,7 @@ def predict_sharded(
             temperature=eval_cfg.temperature,
             top_p=eval_cfg.top_p,
             progress=progress,
-            any_rank=dist.synced_decoding(),
+            plan=plan,
             template=template,
         )
 

@@ -71,8 +71,8 @@ def add_old_and_reference(
             ro.prompts,
             ro.completion_ids,
             ro.completion_mask,
+            ro.plan,
             group_size=ro.group_size,
-            shared_prefix=ro.plan.score_shared,
         )
         ro.old_logprobs = token_logprobs(logits, ro.completion_ids, ro.temperatures)
         raw = token_logprobs(logits, ro.completion_ids)

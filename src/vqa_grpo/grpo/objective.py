@@ -15,8 +15,9 @@ from vqa_grpo.config import GRPOConfig
 from vqa_grpo.grpo.math import high_entropy_mask, policy_loss, seed_report_loss
 from vqa_grpo.grpo.rollout import Rollout
 from vqa_grpo.models.adapters import FamilyAdapter
+from vqa_grpo.models.plan import PLAIN
 from vqa_grpo.models.prefix import Prefix
-from vqa_grpo.models.scoring import answer_tokens, completion_logprobs
+from vqa_grpo.models.scoring import answer_ids, completion_logprobs
 
 
 def rollout_logprobs(
@@ -24,8 +25,8 @@ def rollout_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs [R, C] (at each row's sampling temperature) and entropies [R, C].
 
-    Each prompt runs once per group where the rollout's plan shares the prefix after sampling,
-    else G times (the same numbers up to float rounding; models/prefix.py). ``prefix``: the
+    On the rollout's plan: each prompt runs once per group where it shares the prefix for this
+    pass, else G times (the same numbers up to float rounding; models/scoring.py). ``prefix``: the
     rollout's own pass of the prompts, kept with gradient (the fused prefill), extended here.
     """
     return completion_logprobs(
@@ -34,20 +35,21 @@ def rollout_logprobs(
         rollout.prompts,
         rollout.completion_ids,
         rollout.completion_mask,
+        rollout.plan,
         rollout.temperatures,
         with_entropy=with_entropy,
         group_size=rollout.group_size,
-        shared_prefix=rollout.plan.score_shared,
         prefix=prefix,
     )
 
 
 def answer_nll(model, adapter: FamilyAdapter, processor, rollout: Rollout) -> torch.Tensor:
-    """Token-mean negative log-likelihood of the ground-truth answers (the seed's eq. 1)."""
+    """Token-mean negative log-likelihood of the ground-truth answers (the seed's eq. 1), one row per
+    question on the plain path."""
     stop = adapter.stop_token_ids(processor, model)[0]
-    ids, mask = answer_tokens(processor.tokenizer, [e.answer for e in rollout.examples], stop)
+    ids, mask = answer_ids(processor.tokenizer, [e.answer for e in rollout.examples], stop)
     ids, mask = ids.to(rollout.completion_ids.device), mask.to(rollout.completion_ids.device)
-    logp, _ = completion_logprobs(model, adapter, rollout.prompts, ids, mask, with_entropy=False)
+    logp, _ = completion_logprobs(model, adapter, rollout.prompts, ids, mask, PLAIN, with_entropy=False)
     return -(logp * mask).sum() / mask.sum()
 
 

@@ -19,7 +19,7 @@ import torch
 from vqa_grpo.config import GRPOConfig
 from vqa_grpo.models.plan import ForwardPlan, shared_prefix_reason
 from vqa_grpo.models.prefix import checkpointing_on
-from vqa_grpo.models.prefix_sampling import plain_only_settings
+from vqa_grpo.models.processors import plain_only_settings
 from vqa_grpo.models.static_decode import sliding_windows
 
 log = logging.getLogger("vqa_grpo.prefix")

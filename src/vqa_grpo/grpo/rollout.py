@@ -14,7 +14,7 @@ C completion tokens.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
@@ -23,12 +23,11 @@ from vqa_grpo.data.prompts import prompt_template, user_texts
 from vqa_grpo.data.types import VQAExample
 from vqa_grpo.grpo.augment import Augmented, augmented_rows, sample_augmented
 from vqa_grpo.grpo.math import group_advantages
-from vqa_grpo.grpo.plan import choose_plan
 from vqa_grpo.grpo.sampling import row_sampling_params, sample_groups
-from vqa_grpo.models import prefix as shared
 from vqa_grpo.models.adapters import FamilyAdapter, PromptBatch
 from vqa_grpo.models.generation import Completions, decode
 from vqa_grpo.models.plan import PLAIN, ForwardPlan
+from vqa_grpo.models.prefix import Prefix, copyable_cache, encode_prefix, log_once, sampling_copy
 from vqa_grpo.rewards import clean_answer, compute_rewards
 from vqa_grpo.rewards.inputs import bad_input_counts
 
@@ -62,52 +61,13 @@ class Rollout:
     augmented: list[str | None] = field(default_factory=list)  # [R] NAME:SEVERITY a row was sampled on, or None
 
     @property
-    def shared_prefix(self) -> bool:
-        """Sampled from a shared prefix (each prompt run once per group)."""
+    def sampled_on_prefix(self) -> bool:
+        """Sampled from a shared prefix (each prompt run once per group). Whether the log-prob passes
+        share it is the plan's ``score_shared`` (logged as ``shared_prefix``)."""
         return self.plan.sample_shared
 
     def repeated_prompts(self, adapter: FamilyAdapter) -> PromptBatch:
         return adapter.repeat(self.prompts, self.group_size)
-
-
-def make_rollout(
-    model,
-    adapter: FamilyAdapter,
-    processor,
-    examples: list[VQAExample],
-    images: list,
-    grpo: GRPOConfig,
-    reward: RewardConfig,
-    device: torch.device,
-    vllm_sampler=None,
-    reward_funcs: dict | None = None,
-    plan: ForwardPlan | None = None,
-    template: str | None = None,
-    augmented: Augmented | None = None,
-) -> Rollout:
-    """Sample G completions for each question (one batched decode, or ``vllm_sampler``'s engine),
-    score, and centre. ``plan``: the run's (default: chosen here for one process); a fused prefill
-    is not kept, since no loss follows here. ``template``: the prompt template (data/prompts.py;
-    default: the one for ``reward.reasoning`` without a data config). ``augmented``: the last k
-    completions of each group sampled on perturbed images (grpo/augment.py)."""
-    plan = plan or choose_plan(model, adapter, replace(grpo, fuse_prefill="off"))
-    if plan.fused:
-        plan = replace(plan, loss="shared prefix")
-    return make_rollout_and_prefill(
-        model,
-        adapter,
-        processor,
-        examples,
-        images,
-        grpo,
-        reward,
-        device,
-        vllm_sampler,
-        reward_funcs,
-        plan,
-        template,
-        augmented,
-    )[0]
 
 
 @torch.no_grad()
@@ -120,29 +80,32 @@ def make_rollout_and_prefill(
     grpo: GRPOConfig,
     reward: RewardConfig,
     device: torch.device,
+    plan: ForwardPlan,
+    *,
     vllm_sampler=None,
     reward_funcs: dict | None = None,
-    plan: ForwardPlan | None = None,
     template: str | None = None,
     augmented: Augmented | None = None,
     vqa_convention: str = "official",
     benchmark: str | None = None,
-) -> tuple[Rollout, shared.Prefix | None]:
-    """:func:`make_rollout`, and, when ``plan`` (default: chosen here for one process) fuses the
-    prefill, the prompts' pass with gradient that sampling decoded from: hand it to the loss once
-    (``grpo_objective(..., prefix=...)``); its graph goes with that backward pass. None when the
-    plan has no fused prefill. ``vqa_convention``, ``benchmark``: the vqa_accuracy reward's form
-    (``compute_rewards``; a run passes eval's and data's)."""
+) -> tuple[Rollout, Prefix | None]:
+    """Sample G completions for each question on the run's ``plan`` (one batched decode, or
+    ``vllm_sampler``'s engine), score, and centre. When ``plan`` fuses the prefill, also return the
+    prompts' pass with gradient that sampling decoded from: hand it to the loss once
+    (``grpo_objective(..., prefix=...)``); its graph goes with that backward pass (None when the
+    plan has no fused prefill). ``template``: the prompt template (data/prompts.py; default: the
+    one for ``reward.reasoning`` without a data config). ``augmented``: the last k completions of
+    each group sampled on perturbed images (grpo/augment.py). ``vqa_convention``, ``benchmark``:
+    the vqa_accuracy reward's form (``compute_rewards``; a run passes eval's and data's)."""
     G = grpo.num_generations
-    plan = plan or choose_plan(model, adapter, grpo)
     asked = user_texts(examples, template or prompt_template(None, reward.reasoning))
     prompts = adapter.encode_prompts(processor, images, asked).to(device)
     prefix, keep_prefill = None, plan.fused and vllm_sampler is None
     if keep_prefill:
         with torch.enable_grad():
-            prefix = shared.encode_prefix(model, prompts, G, plan.position_rule)
-        if not shared.copyable_cache(prefix.cache):  # run it again for sampling; keep it for the loss
-            shared._log_once(
+            prefix = encode_prefix(model, prompts, G, plan.position_rule)
+        if not copyable_cache(prefix.cache):  # run it again for sampling; keep it for the loss
+            log_once(
                 f"GRPO prefill: a {type(prefix.cache).__name__} cannot be copied for sampling; sampling runs the "
                 "prompts again"
             )
@@ -158,8 +121,8 @@ def make_rollout_and_prefill(
             model, adapter, processor, prompts, augmented, asked, grpo, temps, top_ps, device, plan
         )
     else:
-        detached = shared.detached(prefix) if keep_prefill else None
-        comp, samp_logp = sample_groups(model, adapter, processor, prompts, temps, top_ps, grpo, plan, G, detached)
+        for_sampling = sampling_copy(prefix) if keep_prefill else None
+        comp, samp_logp = sample_groups(model, adapter, processor, prompts, temps, top_ps, grpo, plan, G, for_sampling)
     texts = decode(processor, comp)  # the raw completions
     rep_examples = [e for e in examples for _ in range(G)]
     # The rewards clean the raw completions themselves (the format reward needs them raw). An

@@ -3,24 +3,22 @@
 The seed varies the sampling of the G completions of a question: completion g uses temperature
 ``temperatures[g % len]`` and top-p ``top_ps[g % len]`` (seed section 3.4). Rather than G generate
 calls, one call samples all B x G rows and a logits processor applies each row's own temperature
-and top-p:
+and top-p. ``sample_groups`` does it on the run's forward plan (models/generation.py ``generate``):
 
-    temps, top_ps = row_sampling_params(B, G, cfg.temperatures, cfg.top_ps)
-    out = model.generate(
-        **inputs,                       # B prompts
-        do_sample=True, num_return_sequences=G,
-        temperature=1.0, top_p=1.0, top_k=0,   # switch off generate's own warpers
-        logits_processor=LogitsProcessorList([RowwiseTemperatureTopP(temps, top_ps)]),
-        return_dict_in_generate=True, output_scores=True,
-        max_new_tokens=...,
-    )
-    completion = out.sequences[:, prompt_len:]                   # [R, C]
-    logps = sampling_logprobs(out.scores, completion)           # [R, C]
+    temps, top_ps = row_sampling_params(B, G, cfg.temperatures, cfg.top_ps)   # [R] each
+    comp = generate(model, adapter, processor, prompts, plan, group_size=G, do_sample=True,
+                    logits_processor=LogitsProcessorList([RowwiseTemperatureTopP(temps, top_ps)]),
+                    keep_scores=True, max_new_tokens=...)
+    logps = sampling_logprobs(comp.scores, comp.ids)                           # [R, C]
 
-What transformers 5 does with this (read in ``generation/utils.py``, checked by the tests):
+On the plain path ``generate`` repeats each prompt G times (``PromptBatch`` rows r // G) and calls
+transformers' ``generate`` with temperature=1.0, top_p=1.0, top_k=0, so that its own warpers are
+off; on the shared prefix the same processors are rebuilt and run in the same order
+(models/processors.py). What transformers 5 does with this (read in ``generation/utils.py``,
+checked by the tests):
 
-- ``num_return_sequences=G`` repeats each prompt with ``repeat_interleave``, so row r of the
-  generate batch is prompt r // G, sample r % G: the order ``row_sampling_params`` produces.
+- Row r of the generate batch is prompt r // G, sample r % G: the order ``row_sampling_params``
+  produces.
 - ``_get_logits_processor`` builds the non-sampling processors from the generation config
   (repetition penalty, bad words, min length, ...), merges the user's ``logits_processor`` after
   them, and only then appends the sampling warpers (temperature, top-k, top-p, min-p, typical,
@@ -45,6 +43,8 @@ from torch import Tensor
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from vqa_grpo.models.generation import Completions, generate
+from vqa_grpo.models.plan import ForwardPlan
+from vqa_grpo.models.prefix import Prefix
 
 
 def row_sampling_params(
@@ -81,8 +81,8 @@ class RowwiseTemperatureTopP(LogitsProcessor):
     the smallest set of most probable tokens whose mass reaches top_p is kept. A row with
     top_p >= 1 is only tempered (generate adds no top-p warper for it either).
 
-    Expects exactly R rows per call (``num_return_sequences=G`` over B prompts, see the module
-    docstring); another batch size is an error rather than a silent misassignment.
+    Expects exactly R rows per call (B prompts x G samples, see the module docstring); another
+    batch size is an error rather than a silent misassignment.
     """
 
     def __init__(
@@ -171,7 +171,16 @@ def sampling_logprobs(
 
 
 def sample_groups(
-    model, adapter, processor, prompts, temps: Tensor, top_ps: Tensor, grpo, plan, group_size: int, prefix=None
+    model,
+    adapter,
+    processor,
+    prompts,
+    temps: Tensor,
+    top_ps: Tensor,
+    grpo,
+    plan: ForwardPlan,
+    group_size: int,
+    prefix: Prefix | None = None,
 ) -> tuple[Completions, Tensor]:  # [R, C] completions, [R, C] sampler log-probs
     """``group_size`` completions of each prompt of ``prompts``, row r at ``temps[r]``/``top_ps[r]``
     (R = B x group_size; grpo.max_completion_length new tokens at most) on ``plan``'s sampling
@@ -182,14 +191,12 @@ def sample_groups(
         adapter,
         processor,
         prompts,
+        plan,
         max_new_tokens=grpo.max_completion_length,
         do_sample=True,
         logits_processor=LogitsProcessorList([RowwiseTemperatureTopP(temps, top_ps)]),
         keep_scores=True,
         group_size=group_size,
-        shared_prefix=plan.sample_shared,
         prefix=prefix,
-        any_rank=plan.any_rank,
-        decode=plan.decode,
     )
     return comp, sampling_logprobs(comp.scores, comp.ids) * comp.mask

@@ -15,6 +15,7 @@ completions per prompt, R = B*G rows.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from PIL import Image
@@ -177,9 +178,11 @@ class FamilyAdapter:
 
     # ---- the model ----
 
-    def forward_logits(self, model, batch: PromptBatch, keep: int) -> torch.Tensor:
-        """Logits [R, keep, V] of the last ``keep`` positions (transformers' ``logits_to_keep``)."""
-        return model(**batch.model_inputs(), logits_to_keep=keep, use_cache=False).logits
+    def output_head(self, model) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
+        """The LM head module, whose input is the last hidden states (models/chunked.py takes them
+        there), and the function from hidden states [n, H] to logits [n, V] as the forward computes it."""
+        head = unwrap_ddp(model).get_output_embeddings()  # through a PEFT wrapper too
+        return head, head
 
     def lora_targets(self) -> list[str] | str:
         """Default LoRA target modules: a regex (peft full-matches it) over module names, the
@@ -273,6 +276,15 @@ class Gemma3Adapter(FamilyAdapter):
     name = "gemma3"
     position_rule = "linear"
     text_model_pattern = r".*language_model.*"
+
+    def output_head(self, model):
+        """Gemma3ForCausalLM caps its logits (final_logit_softcapping); Gemma3ForConditionalGeneration does not."""
+        head, fn = super().output_head(model)
+        base = unwrap_ddp(model)
+        base = base.get_base_model() if hasattr(base, "get_base_model") else base
+        causal = type(base).__name__ == "Gemma3ForCausalLM"
+        cap = getattr(base.config, "final_logit_softcapping", None) if causal else None
+        return (head, lambda h: torch.tanh(head(h) / cap) * cap) if cap else (head, fn)
 
 
 class Phi4MultimodalAdapter(FamilyAdapter):

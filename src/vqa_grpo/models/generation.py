@@ -1,9 +1,10 @@
 """Batched generation of answers: greedy for evaluation, sampled for GRPO rollouts.
 
-Two paths, one result: transformers' ``generate`` over the prompts repeated G times (the plain
-path), or, with ``shared_prefix``, each prompt run once and its KV cache expanded to its G rows
-(models/prefix.py). Both sample every row in one batch, with the KV cache, and no Python loop
-over samples.
+Two paths, one result, and the forward plan (models/plan.py) says which: transformers'
+``generate`` over the prompts repeated G times (the plain path), or each prompt run once and its
+KV cache expanded to its G rows (models/prefix.py), then decoded step by step as ``generate``
+does, with its logits processors rebuilt (models/processors.py). Both sample every row in one
+batch, with the KV cache, and no Python loop over samples.
 
 Shapes: B prompts, G completions each (``group_size``), R = B*G rows, P prompt tokens, C
 completion tokens (at most ``max_new_tokens``).
@@ -14,11 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers import LogitsProcessorList
 
 from vqa_grpo.data.prompts import DEFAULT_TEMPLATE, user_texts
-from vqa_grpo.models import prefix as shared
-from vqa_grpo.models import prefix_sampling as sampling
 from vqa_grpo.models.adapters import FamilyAdapter, PromptBatch
+from vqa_grpo.models.plan import ForwardPlan
+from vqa_grpo.models.prefix import Prefix, encode_prefix, keep_decoding, log_once
+from vqa_grpo.models.processors import build_processors
+from vqa_grpo.models.static_decode import decoder_for
 
 
 @dataclass
@@ -48,6 +52,7 @@ def generate(
     adapter: FamilyAdapter,
     processor,
     prompts: PromptBatch,
+    plan: ForwardPlan,
     *,
     max_new_tokens: int,
     do_sample: bool = False,
@@ -56,38 +61,25 @@ def generate(
     logits_processor=None,
     keep_scores: bool = False,
     group_size: int = 1,
-    shared_prefix: bool = False,
-    prefix=None,
-    any_rank=None,
-    decode: str = "dynamic",
+    prefix: Prefix | None = None,
 ) -> Completions:
-    """Sample (or greedily decode) ``group_size`` completions of each prompt in one batch.
+    """Sample (or greedily decode) ``group_size`` completions of each prompt in one batch, on
+    ``plan``'s sampling path, decode and synced decoding (``plan.any_rank``: every rank steps until
+    all ranks' rows have stopped).
 
     ``prompts`` holds B prompts; the result has R = B * group_size rows, row r following prompt
     r // group_size. ``logits_processor`` (e.g. the row-wise temperature/top-p sampler of
     grpo/sampling.py, built for R rows) replaces the shared ``temperature``/``top_p`` when given.
-    ``shared_prefix`` runs each prompt once (models/prefix.py) instead of G times; a model whose
-    generation config asks for a processor that path does not rebuild stays on the plain path.
-    ``prefix``: the prompts' expanded pass already run (models/prefix.Prefix, no gradient).
-    ``any_rank``: synced decoding under sharded weights (``ForwardPlan.any_rank``): every rank
-    steps until all ranks' rows have stopped. ``decode``: the shared-prefix sampler's
-    (``ForwardPlan.decode``; synced decoding keeps it dynamic, logged).
+    ``prefix``: the prompts' expanded pass already run (no gradient; the fused prefill's copy).
     """
     stop_ids = adapter.stop_token_ids(processor, model)
     pad_id = processor.tokenizer.pad_token_id
     suppress = adapter.suppressed_token_ids(processor)
-    if shared_prefix and adapter.position_rule is None:
-        raise RuntimeError(f"the {adapter.name} adapter has no shared-prefix position rule: use the plain path")
-    if shared_prefix:  # a guard for direct callers: a run's plan has already chosen (models/plan.py)
-        blocked = sampling.plain_only_settings(model.generation_config, do_sample)
-        if blocked:
-            shared._log_once(f"generation: plain path, the generation config sets {', '.join(blocked)}")
-            shared_prefix = False
     was_training = model.training
     model.eval()
     try:
-        if shared_prefix:
-            processors = sampling.build_processors(
+        if plan.sample_shared:
+            processors = build_processors(
                 model.generation_config,
                 suppress,
                 do_sample=do_sample,
@@ -96,24 +88,11 @@ def generate(
                 logits_processor=logits_processor,
                 device=prompts.input_ids.device,
             )
-            if decode != "dynamic" and any_rank is not None:  # every step is a collective: no static steps
-                shared._log_once("generation: dynamic decode, synced decoding under sharded weights")
-                decode = "dynamic"
-            ids, scores = sampling.sample_from_prefix(
-                model,
-                prompts,
-                group_size,
-                max_new_tokens=max_new_tokens,
-                processors=processors,
-                do_sample=do_sample,
-                stop_ids=stop_ids,
-                pad_id=pad_id,
-                keep_scores=keep_scores,
-                prefix=prefix,
-                position_rule=adapter.position_rule,
-                any_rank=any_rank,
-                decode=decode,
-            )
+            prefix = encode_prefix(model, prompts, group_size, plan.position_rule) if prefix is None else prefix
+            ids, scores = _decode_from_prefix(
+                model, prompts.input_ids, prefix, plan, max_new_tokens, processors, do_sample, stop_ids, pad_id,
+                keep_scores,
+            )  # fmt: skip
         else:
             ids, scores = _hf_generate(
                 model,
@@ -127,13 +106,77 @@ def generate(
                 stop_ids=stop_ids,
                 pad_id=pad_id,
                 suppress=suppress,
-                synced=any_rank is not None,
+                synced=plan.any_rank is not None,
             )
     finally:
         model.train(was_training)
     mask, truncated = completion_mask(ids, stop_ids)
     ids = ids.masked_fill(mask == 0, pad_id)
     return Completions(ids, mask, truncated, scores)
+
+
+def _decode_from_prefix(
+    model,
+    prompt_ids: torch.Tensor,  # [B, P]
+    prefix: Prefix,  # R rows
+    plan: ForwardPlan,
+    max_new_tokens: int,
+    processors: LogitsProcessorList,
+    do_sample: bool,
+    stop_ids: list[int],
+    pad_id: int,
+    keep_scores: bool,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+    """Decode the R rows of ``prefix``: token ids [R, C] and, with ``keep_scores``, the processed
+    scores of each step (C x [R, V], float32).
+
+    Each step does what transformers' ``generate`` does: the scores are the last logits in
+    float32 passed through ``processors`` (called with the sequences so far, prompt included),
+    the token is ``multinomial(softmax(scores))`` when sampling or the argmax, a row that has
+    emitted a stop token continues with ``pad_id``, and decoding ends when every row has stopped
+    (under synced decoding, every rank's rows) or after ``max_new_tokens``. With the same seed and
+    equal logits it draws the same tokens. One host sync per step (the all-stopped check), as in
+    ``generate``. ``plan.decode``: "dynamic" (the prefix's cache grows), "static" or "static, CUDA
+    graphs" (models/static_decode.py: the same tokens, from a static cache).
+    """
+    static = None
+    if plan.decode != "dynamic":
+        static = decoder_for(model, prefix, max_new_tokens, graphs=plan.decode == "static, CUDA graphs")
+        if static is None:
+            log_once("generation: dynamic decode, a sliding window is shorter than the prompt and its completion")
+    R = prefix.attention_mask.shape[0]
+    seqs = prompt_ids.repeat_interleave(R // prompt_ids.shape[0], dim=0)  # [R, P], grows by one per step
+    stop = torch.tensor(stop_ids, device=seqs.device)
+    running = torch.ones(R, dtype=torch.bool, device=seqs.device)  # [R]
+    logits = prefix.last_logits.float()  # [R, V]
+    tokens, scores = [], []
+    here = True  # a row on this rank is still running
+    for step in range(max_new_tokens):
+        if here:
+            step_scores = processors(seqs, logits)  # [R, V]
+            if do_sample:
+                nxt = torch.multinomial(torch.softmax(step_scores, dim=-1), num_samples=1).squeeze(1)
+            else:
+                nxt = torch.argmax(step_scores, dim=-1)
+            nxt = torch.where(running, nxt, torch.full_like(nxt, pad_id))  # [R]
+        else:  # synced decoding, every row here stopped: step with the other ranks without drawing,
+            # so that this rank's random stream stays the one a single process would have
+            step_scores, nxt = torch.zeros_like(logits), torch.full_like(running, pad_id, dtype=torch.long)
+        seqs = torch.cat([seqs, nxt[:, None]], dim=1)
+        tokens.append(nxt)
+        if keep_scores:
+            scores.append(step_scores)
+        running = running & ~torch.isin(nxt, stop)
+        if step + 1 == max_new_tokens:
+            break
+        here, more = keep_decoding(running, plan.any_rank)
+        if not more:
+            break
+        if static is not None:
+            logits = static.step(nxt)
+        else:
+            logits = prefix.extend(model, nxt[:, None], logits_to_keep=1)[:, -1].float()
+    return torch.stack(tokens, dim=1), (tuple(scores) if keep_scores else None)
 
 
 def _hf_generate(
@@ -190,12 +233,12 @@ def predict_answers(
     temperature: float = 0.7,
     top_p: float = 0.9,
     progress: bool = False,
-    any_rank=None,
+    plan: ForwardPlan,
     template: str = DEFAULT_TEMPLATE,
 ) -> list[str | None]:
-    """Decoded answers for ``examples`` in batches; None where the image failed to load.
-    ``any_rank``: synced decoding under sharded weights, as in :func:`generate`. ``template``:
-    the prompt template each question is put in (data/prompts.py)."""
+    """Decoded answers for ``examples`` in batches, on ``plan`` (the evaluation's, models/plan.py
+    ``plain_plan``); None where the image failed to load. ``template``: the prompt template each
+    question is put in (data/prompts.py)."""
     from tqdm.auto import tqdm
 
     from vqa_grpo.data.types import BadExample
@@ -219,11 +262,11 @@ def predict_answers(
             adapter,
             processor,
             prompts,
+            plan,
             max_new_tokens=max_new_tokens,
             do_sample=do_sample,
             temperature=temperature,
             top_p=top_p,
-            any_rank=any_rank,
         )
         for i, text in zip(index, decode(processor, comp)):
             out[i] = text

@@ -12,13 +12,16 @@ Three paths, one result up to float rounding:
 Sampling and the passes after it may differ: a generation config that only ``generate`` honours
 samples on the plain path while the loss shares the prefix, and gradient checkpointing (which
 drops the KV cache) the other way round. The plan also carries the adapter's position rule and,
-under sharded weights, the collective that keeps the ranks decoding in step.
+under sharded weights, the collective that keeps the ranks decoding in step. GRPO runs choose
+theirs once (grpo/plan.py ``choose_plan``); evaluation decodes on ``plain_plan``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable, Literal
+
+import torch
 
 from vqa_grpo.errors import UserError
 
@@ -54,6 +57,11 @@ class ForwardPlan:
         drops the cache: ``completion_logits`` then runs it plain, logged)."""
         return self.position_rule is not None
 
+    def scores_shared(self) -> bool:
+        """Whether a log-prob pass run now shares the prefix: with gradient the loss's path (plain
+        under gradient checkpointing), without it the other log-prob passes' (``score_shared``)."""
+        return self.loss != "plain" if torch.is_grad_enabled() else self.score_shared
+
     @property
     def fused(self) -> bool:
         return self.loss == "fused prefill"
@@ -65,6 +73,12 @@ class ForwardPlan:
 
 
 PLAIN = ForwardPlan(reason="plain")
+
+
+def plain_plan(any_rank: Callable[[bool], bool] | None, reason: str) -> ForwardPlan:
+    """Every pass on the plain path (evaluation's greedy answers, SFT's loss); ``any_rank`` as in
+    :class:`ForwardPlan` (the back-end's ``synced_decoding()``)."""
+    return ForwardPlan(any_rank=any_rank, reason=reason)
 
 
 def shared_prefix_reason(adapter, setting: str) -> str | None:

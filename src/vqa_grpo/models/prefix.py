@@ -1,4 +1,5 @@
-"""Shared-prefix generation and scoring: each prompt and its image run once per group.
+"""The shared prefix: each prompt and its image run once per group, its KV cache expanded to the
+group's rows, for sampling (models/generation.py) and the log-prob passes (models/scoring.py).
 
 All G completions of a group share one prompt of P tokens (image tokens included). The plain
 path repeats the prompt G times, so a group costs G*(P+C) token positions when sampling and again
@@ -10,10 +11,9 @@ With gradients on, the repeat is part of the autograd graph, so the G rows' grad
 into the one prefix (vision tower included). Log-probs and gradients equal the plain path's up to
 float rounding (tests/models/test_prefix.py).
 
-Positions must continue the prompt's as the model's own forward computes them:
-
-Each family's rule is on its adapter (``FamilyAdapter.position_rule``) and reaches these functions
-through the run's forward plan (models/plan.py), so ``model.family`` decides it too:
+Positions must continue the prompt's as the model's own forward computes them. Each family's rule
+is on its adapter (``FamilyAdapter.position_rule``) and reaches these functions through the run's
+forward plan (models/plan.py), so ``model.family`` decides it too:
 
 - "mrope", Qwen2-VL and Qwen2.5-VL: the model's ``get_rope_index`` gives the prompt's 3-D
   positions and a per-prompt delta; completion token t of a prompt with n real tokens is at
@@ -58,7 +58,8 @@ def keep_decoding(running: torch.Tensor, any_rank: Callable[[bool], bool] | None
     return here, (here if any_rank is None else any_rank(here))
 
 
-def _log_once(message: str) -> None:
+def log_once(message: str) -> None:
+    """Log ``message`` on the ``vqa_grpo.prefix`` logger, the first time only."""
     if message not in _logged:
         _logged.add(message)
         log.info(message)
@@ -154,7 +155,7 @@ class Prefix:
         return out.logits
 
 
-def detached(prefix: Prefix) -> Prefix:
+def sampling_copy(prefix: Prefix) -> Prefix:
     """The same prefix without its autograd history, for sampling: the copy's cache grows as tokens
     are sampled while ``prefix`` (the one the loss will extend) stays as it is. The dynamic cache
     layers only rebind their tensors when they grow (``torch.cat``, slicing), never write into
@@ -236,30 +237,3 @@ def encode_prefix(model, prompts: PromptBatch, group_size: int, position_rule: s
         next_position=next_position.repeat_interleave(group_size, dim=0),
         position_rule=position_rule,
     )
-
-
-def prefix_completion_logits(
-    model,
-    prompts: PromptBatch,
-    group_size: int,
-    completion_ids: torch.Tensor,
-    completion_mask: torch.Tensor,
-    prefix: Prefix | None = None,
-    *,
-    position_rule: str,
-) -> torch.Tensor:
-    """Logits that predict each completion token, [R, C, V], with each of the B prompts run once.
-
-    Row r's completion follows prompt r // G. Token 0 is predicted by the prompt's last position;
-    tokens 1..C-1 by completion tokens 0..C-2, which run against the expanded prefix cache (the
-    last completion token predicts nothing and is not run). ``prefix``: the prompts' pass already
-    run (with gradient) for sampling, which this call extends in place (the fused prefill);
-    ``position_rule``: the adapter's, for a prefix run here.
-    """
-    prefix = encode_prefix(model, prompts, group_size, position_rule) if prefix is None else prefix
-    first = prefix.last_logits[:, None, :]  # [R, 1, V]
-    C = completion_ids.shape[1]
-    if C == 1:
-        return first
-    rest = prefix.extend(model, completion_ids[:, :-1], completion_mask[:, :-1])  # [R, C-1, V]
-    return torch.cat([first, rest.to(first.dtype)], dim=1)

@@ -1,4 +1,6 @@
-"""Log-probabilities of completion tokens given the prompt and image: the forward pass of SFT and GRPO.
+"""Log-probabilities of completion tokens given the prompt and image: the forward pass of SFT and GRPO,
+on the forward plan's path (models/plan.py): the prompts repeated to every row (plain), or each
+prompt run once and its KV cache expanded to its rows (the shared prefix, models/prefix.py).
 
 Shapes: B prompts, G completions each (``group_size``, 1 for SFT), R = B*G rows, P prompt tokens
 (left-padded), C completion tokens (right-padded), V vocabulary.
@@ -8,11 +10,12 @@ from __future__ import annotations
 
 import torch
 
-from vqa_grpo.models import prefix as shared
 from vqa_grpo.models.adapters import FamilyAdapter, PromptBatch
+from vqa_grpo.models.plan import ForwardPlan
+from vqa_grpo.models.prefix import Prefix, encode_prefix
 
 
-def answer_tokens(tokenizer, answers: list[str], stop_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def answer_ids(tokenizer, answers: list[str], stop_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Ground-truth answers as completions: the answer's tokens then the stop token, right-padded.
 
     Returns ids [R, C] and mask [R, C].
@@ -34,41 +37,51 @@ def completion_logits(
     prompts: PromptBatch,
     completion_ids: torch.Tensor,
     completion_mask: torch.Tensor,
+    plan: ForwardPlan,
     *,
     group_size: int = 1,
-    shared_prefix: bool = False,
-    prefix=None,
+    prefix: Prefix | None = None,
 ) -> torch.Tensor:
     """Logits that predict each completion token: [R, C, V].
 
     ``prompts`` holds R / group_size prompts; row r's completion follows prompt r // group_size.
-    Plain path: the prompts repeated to R rows, one forward pass over prompt + completion, only
-    the last C+1 positions' logits computed (``logits_to_keep``). ``shared_prefix``: each prompt
-    runs once and the completions run against its expanded KV cache (models/prefix.py); the
-    result is the same up to float rounding. Gradient checkpointing in training drops the cache,
-    so there the plain path runs. ``prefix``: the prompts' shared pass already run with gradient
-    for sampling (the fused prefill, grpo/plan.py), extended here instead of run again.
+    Where ``plan`` shares the prefix for this pass (``ForwardPlan.scores_shared``: with gradient
+    the loss's path, without it the other log-prob passes'), each prompt runs once and the
+    completions run against its expanded KV cache; else the prompts are repeated to R rows and one
+    forward pass runs over prompt + completion, only the last C+1 positions' logits computed
+    (``logits_to_keep``). The two agree up to float rounding. ``prefix``: the prompts' shared pass
+    already run with gradient for sampling (the fused prefill, grpo/plan.py), extended here.
     """
-    rule = adapter.position_rule
-    if prefix is not None:
-        return shared.prefix_completion_logits(
-            model, prompts, group_size, completion_ids, completion_mask, prefix, position_rule=rule
-        )
-    if shared_prefix and rule is None:
-        raise RuntimeError(f"the {adapter.name} adapter has no shared-prefix position rule: use the plain path")
-    if shared_prefix and shared.cache_is_dropped(model):  # a guard for direct callers (the plan already chose)
-        shared._log_once("loss: plain path, gradient checkpointing drops the KV cache")
-        shared_prefix = False
-    if shared_prefix:
-        return shared.prefix_completion_logits(
-            model, prompts, group_size, completion_ids, completion_mask, position_rule=rule
-        )
+    if prefix is not None or plan.scores_shared():
+        return _prefix_logits(model, prompts, group_size, completion_ids, completion_mask, plan, prefix)
     if group_size > 1:
         prompts = adapter.repeat(prompts, group_size)
     full = adapter.append(prompts, completion_ids, completion_mask)
     C = completion_ids.shape[1]
-    logits = adapter.forward_logits(model, full, C + 1)  # the family's forward (Phi-3-vision: no logits_to_keep)
+    logits = model(**full.model_inputs(), logits_to_keep=C + 1, use_cache=False).logits  # [R, C+1, V]
     return logits[:, :-1, :]  # position P-1+t predicts completion token t
+
+
+def _prefix_logits(
+    model,
+    prompts: PromptBatch,
+    group_size: int,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    plan: ForwardPlan,
+    prefix: Prefix | None,
+) -> torch.Tensor:
+    """:func:`completion_logits` on the shared prefix, each of the B prompts run once (or
+    ``prefix``, extended in place). Token 0 is predicted by the prompt's last position; tokens
+    1..C-1 by completion tokens 0..C-2, which run against the expanded cache (the last completion
+    token predicts nothing and is not run)."""
+    prefix = encode_prefix(model, prompts, group_size, plan.position_rule) if prefix is None else prefix
+    first = prefix.last_logits[:, None, :]  # [R, 1, V]
+    C = completion_ids.shape[1]
+    if C == 1:
+        return first
+    rest = prefix.extend(model, completion_ids[:, :-1], completion_mask[:, :-1])  # [R, C-1, V]
+    return torch.cat([first, rest.to(first.dtype)], dim=1)
 
 
 def token_logprobs(logits: torch.Tensor, ids: torch.Tensor, temperatures: torch.Tensor | None = None) -> torch.Tensor:
@@ -98,19 +111,19 @@ def completion_logprobs(
     prompts: PromptBatch,
     completion_ids: torch.Tensor,
     completion_mask: torch.Tensor,
+    plan: ForwardPlan,
     temperatures: torch.Tensor | None = None,
     *,
     with_entropy: bool = True,
     group_size: int = 1,
-    shared_prefix: bool = False,
-    prefix=None,
+    prefix: Prefix | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs [R, C] of the completion under the model, and the entropy [R, C]
     (None when ``with_entropy`` is false: SFT and the old/reference passes do not need it).
 
     With ``temperatures`` [R], row r's logits are divided by its sampling temperature first, so
     the log-probs are those of the distribution the row was sampled from (before top-p); see
-    :func:`token_logprobs`. ``group_size``, ``shared_prefix`` and ``prefix`` are those of
+    :func:`token_logprobs`. ``plan``, ``group_size`` and ``prefix`` are those of
     :func:`completion_logits`.
     """
     logits = completion_logits(
@@ -119,8 +132,8 @@ def completion_logprobs(
         prompts,
         completion_ids,
         completion_mask,
+        plan,
         group_size=group_size,
-        shared_prefix=shared_prefix,
         prefix=prefix,
     )  # [R, C, V]
     logp = token_logprobs(logits, completion_ids, temperatures)

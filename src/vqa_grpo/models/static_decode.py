@@ -13,8 +13,8 @@ run outside the compiled step.
 
 Exact where the dynamic path is: the same tokens, and logits within float rounding (masked cache
 positions add exact zeros to the softmax); tests/models/test_static_decode.py checks every family
-with a shared-prefix rule, greedy and sampled. Not taken under synced decoding (grpo/plan.py and
-models/generation.py: sharded weights make every step a collective), nor (``decoder_for`` returns None) where a
+with a shared-prefix rule, greedy and sampled. Not taken under synced decoding (grpo/plan.py:
+sharded weights make every step a collective), nor (``decoder_for`` returns None) where a
 sliding-window layer's window is shorter than the prefix and its completion: the dynamic cache
 then keeps only the window, which a static layer of that window would not reproduce. CUDA graphs
 are not used for a model with sliding-window layers at all (their static layers count in Python).

@@ -7,7 +7,20 @@ processes equal a larger batch. GRPO samples a rollout per micro-batch and minim
 of grpo/objective.py; with ``grpo.num_iterations`` mu > 1 the step's rollouts are reused for mu
 optimiser steps. The step code is in training/steps.py and what a run carries (optimizer, data
 order, sinks, saves) in training/session.py; this file runs the steps, logs, evaluates,
-saves, and handles stops and faults.
+saves, and handles stops and faults. GRPO's forward plan (models/plan.py) is chosen here, once
+per run (``_load_policy``), and handed whole to sampling and to the loss.
+
+One GRPO step, from here to ``policy_loss`` (one line per hop):
+
+    training/loop.py      _train_step         the optimiser step around GRPOSteps.step
+    training/steps.py     GRPOSteps.step      make_rollouts (sampling), then grpo_backward (the loss)
+    grpo/rollout.py       make_rollout_and_prefill   prompts, sample_groups, rewards, advantages
+    models/generation.py  generate            the batched decode on the plan's path
+    grpo/objective.py     grpo_objective      completion_logprobs on the plan's path, then policy_loss
+    grpo/math.py          policy_loss         the clipped objective on tensors
+
+(grpo/sampling.py ``sample_groups`` sets each row's temperature and top-p; models/scoring.py
+``completion_logprobs`` is the forward pass; models/prefix.py runs a shared prefix for both.)
 """
 
 from __future__ import annotations
@@ -27,11 +40,13 @@ from tqdm.auto import tqdm
 from vqa_grpo.config import Config, save_config
 from vqa_grpo.config_keys import given_keys
 from vqa_grpo.data.benchmarks import resolve as resolve_benchmark
-from vqa_grpo.data.loader import load_vqa
+from vqa_grpo.data.loader import cap_eval, load_vqa
+from vqa_grpo.data.table import answer_lists
 from vqa_grpo.data.types import VQAExample
 from vqa_grpo.errors import TrainingStopped
 from vqa_grpo.evaluation.answering import answer_and_score
 from vqa_grpo.grpo.logprobs import Reference
+from vqa_grpo.grpo.plan import choose_plan
 from vqa_grpo.models.loading import LoadedModel, load_model, resolve_device
 from vqa_grpo.paths import absolute_inputs, check_folder
 from vqa_grpo.rewards.benchmark import check_metrics_fit
@@ -53,7 +68,7 @@ from vqa_grpo.training.outcomes import EvalMetrics, watch_equal_rewards
 from vqa_grpo.training.resume import check_fresh, start_point
 from vqa_grpo.training.session import Session, start_session
 from vqa_grpo.training.skips import SkipReport
-from vqa_grpo.training.steps import GRPOSteps, check_sft_targets, reference_model, sft_step
+from vqa_grpo.training.steps import GRPOSteps, check_sft_targets, sft_step
 
 
 def set_threads(n: int) -> None:
@@ -82,13 +97,6 @@ class RunResult:
         without an evaluation split)."""
         last = self.eval_history[-1] if self.eval_history else {}
         return EvalMetrics({k.removeprefix("eval/"): v for k, v in last.items()})
-
-
-def evaluate_model(
-    lm: LoadedModel, examples: list[VQAExample], cfg: Config, device, dist: Dist | None = None
-) -> dict[str, float]:
-    """Mean metrics on ``examples`` (evaluation/evaluate.py's path), each process answering its share."""
-    return answer_and_score(lm, examples, cfg, device, dist).means()
 
 
 def run(
@@ -121,27 +129,30 @@ def run(
     device = dist.device(resolve_device(cfg.train.device))
     set_threads(cfg.train.cpu_threads)
     data = load_vqa(cfg.data, seed=cfg.train.seed, frame=data)  # before the model: bad data fails fast
-    fitted = [e.answers for e in data.train + data.eval]  # a multiple-choice metric on data without choices
+    data, note = cap_eval(data, cfg.eval.max_examples, cfg.data, cfg.train.seed)  # eval.max_examples, said once
+    if note and dist.is_main:
+        tqdm.write(note, file=sys.stderr)
+    fitted = answer_lists(data.train, data.eval)  # a multiple-choice metric on data without choices
     check_metrics_fit([*cfg.reward.components, cfg.train.eval_metric], fitted, f"data {cfg.data.path}")
     user_rewards = resolve_rewards(cfg.reward.components, reward_funcs) if mode == "grpo" else {}
     seed_everything(cfg.train.seed + dist.rank)  # each process samples its own completions
     _check_before_writing(cfg, mode, dist, device)
     lm, plan = _load_policy(cfg, mode, dist, device)
-    ref = reference_model(cfg, lm) if mode == "grpo" else None  # the starting policy, before any resume
+    ref = Reference.for_run(cfg, lm.model) if mode == "grpo" else None  # the starting policy, before any resume
     _shard(dist, lm, ref)
-    s, vllm = start_session(cfg, mode, lm, dist, device, data.train, resume, changed)
-    samples_log = (s.run_dir / "completions.jsonl").open("a") if mode == "grpo" and dist.is_main else None
-    grpo = GRPOSteps(ref, samples_log, lm, dist, vllm, reward_funcs=user_rewards, plan=plan) if mode == "grpo" else None
-    skips = SkipReport(data.report, s.batches, s.run_dir, desc or mode, write=dist.is_main)
+    session, vllm = start_session(cfg, mode, lm, dist, device, data.train, resume, changed)
+    samples_log = (session.run_dir / "completions.jsonl").open("a") if mode == "grpo" and dist.is_main else None
+    grpo = GRPOSteps(ref, samples_log, lm, plan, dist, vllm, reward_funcs=user_rewards) if mode == "grpo" else None
+    skips = SkipReport(data.report, session.batches, session.run_dir, desc or mode, write=dist.is_main)
     skips.start()
     try:
-        _train(s, grpo, data.eval, desc or mode, skips)
+        _train(session, grpo, data.eval, desc or mode, skips)
     finally:
         if samples_log:
             samples_log.close()
     skips.finish()
-    final = _write_final(s, mode, data)
-    return RunResult(s.run_dir, final, s.step, s.state["eval_history"], time.time() - t0)
+    final = _write_final(session, mode, data)
+    return RunResult(session.run_dir, final, session.step, session.state["eval_history"], time.time() - t0)
 
 
 def _check_before_writing(cfg: Config, mode: str, dist: Dist, device: torch.device) -> None:
@@ -162,8 +173,6 @@ def _load_policy(cfg: Config, mode: str, dist: Dist, device: torch.device):
     directory and its config.yaml."""
     lm, plan = load_model(cfg.model, device), None
     if mode == "grpo":  # grpo.shared_prefix=on or static_decode=on where they cannot run: one line, before writing
-        from vqa_grpo.grpo.plan import choose_plan
-
         accumulation = cfg.train.gradient_accumulation_steps
         plan = choose_plan(
             lm.model,
@@ -180,18 +189,20 @@ def _load_policy(cfg: Config, mode: str, dist: Dist, device: torch.device):
     return lm, plan
 
 
-def _train(s: Session, grpo: GRPOSteps | None, eval_examples: list[VQAExample], desc: str, skips: SkipReport) -> None:
+def _train(
+    session: Session, grpo: GRPOSteps | None, eval_examples: list[VQAExample], desc: str, skips: SkipReport
+) -> None:
     """The steps up to train.max_steps, then the last evaluation; stops (a signal, a full disk, a
     failed collective) as one-line TrainingStopped errors. Skipped rows are counted on each step's line."""
-    t, dist = s.cfg.train, s.dist
+    t, dist = session.cfg.train, session.dist
     mode = "sft" if grpo is None else "grpo"
     # GRPO steps whose every group had equal rewards: in the checkpoints, so that a resume logs as the run would
-    equal = s.state.setdefault("equal_rewards", {"in_a_row": 0, "steps": 0})
-    bar = tqdm(total=t.max_steps, initial=s.step, desc=desc, disable=not (t.progress and dist.is_main))
+    equal = session.state.setdefault("equal_rewards", {"in_a_row": 0, "steps": 0})
+    bar = tqdm(total=t.max_steps, initial=session.step, desc=desc, disable=not (t.progress and dist.is_main))
     try:
         with StopSignals(repeat_stops=dist.world == 1) as signals:
-            while s.step < t.max_steps:
-                stats = _train_step(s, grpo)
+            while session.step < t.max_steps:
+                stats = _train_step(session, grpo)
                 if stats is not None and grpo is not None:
                     watch_equal_rewards(stats, equal, dist.is_main)
                 if stats is not None:
@@ -201,24 +212,24 @@ def _train(s: Session, grpo: GRPOSteps | None, eval_examples: list[VQAExample], 
                     bar.set_postfix(
                         {k: round(v, 3) for k, v in stats.items() if k in ("loss", "reward", "nll") and v is not None}
                     )
-                _after_step(s, stats, eval_examples, mode)
+                _after_step(session, stats, eval_examples, mode)
                 # A stop waits for the end of a reuse of rollouts (grpo.num_iterations): a checkpoint
                 # inside one could not resume exactly.
                 if (grpo is None or grpo.pending is None) and dist.any(signals.received is not None):
-                    _stop_on_signal(s, signals)
+                    _stop_on_signal(session, signals)
         if eval_examples:
-            _eval_and_keep_best(s, eval_examples, mode)
+            _eval_and_keep_best(session, eval_examples, mode)
     except RuntimeError as e:  # torch's; the package's own errors are not RuntimeErrors (errors.py)
         if dist.world > 1 and is_collective_failure(e):
-            raise peer_lost(e, dist.rank, dist.world, s.run_dir) from e
+            raise peer_lost(e, dist.rank, dist.world, session.run_dir) from e
         raise
     except OSError as e:  # a log line (metrics.jsonl, completions.jsonl) on a full disk
         if not is_no_space(e):
             raise
-        raise no_space(Path(e.filename).name if e.filename else "the logs", s.run_dir) from e
+        raise no_space(Path(e.filename).name if e.filename else "the logs", session.run_dir) from e
     finally:
         bar.close()
-        s.reporter.close()
+        session.reporter.close()
 
 
 def _shard(dist: Dist, lm: LoadedModel, ref: Reference | None) -> None:
@@ -229,137 +240,145 @@ def _shard(dist: Dist, lm: LoadedModel, ref: Reference | None) -> None:
         dist.shard(ref.copy, reshard_root=True, frozen=True)
 
 
-def _train_step(s: Session, grpo: GRPOSteps | None) -> dict | None:
+def _train_step(session: Session, grpo: GRPOSteps | None) -> dict | None:
     """One optimiser step; None when the device ran out of memory and the batch was skipped."""
     t_step = time.time()
     try:
         if grpo is None:
-            stats = sft_step(s.cfg, s.train_lm, s.batches, s.device, s.dist)
+            stats = sft_step(session.cfg, session.train_lm, session.batches, session.device, session.dist)
         else:
-            with s.dist.decoding(s.lm.model):  # FSDP: the ranks sample in step, each decode step being a collective
-                stats = grpo.step(s.cfg, s.train_lm, s.batches, s.device, s.step)
+            # FSDP: the ranks sample in step, each decode step being a collective
+            with session.dist.decoding(session.lm.model):
+                stats = grpo.step(session.cfg, session.train_lm, session.batches, session.device, session.step)
     except RuntimeError as e:  # torch.OutOfMemoryError is one (and no error of the package's: errors.py)
-        if not is_oom(e) or s.dist.world > 1:  # other processes would wait for this one's gradients
+        if not is_oom(e) or session.dist.world > 1:  # other processes would wait for this one's gradients
             raise
-        _skip_oom_batch(s, grpo)
+        _skip_oom_batch(session, grpo)
         return None
-    lr = s.scheduler.get_last_lr()[0]  # the rate this step uses
-    grad_norm = _optimizer_step(s, stats)  # an OOM here is not skipped: some weights may have moved
-    s.scheduler.step()
-    s.step += 1
+    lr = session.scheduler.get_last_lr()[0]  # the rate this step uses
+    grad_norm = _optimizer_step(session, stats)  # an OOM here is not skipped: some weights may have moved
+    session.scheduler.step()
+    session.step += 1
     seconds = time.time() - t_step
-    stats = s.dist.mean_stats(stats)
-    stats.update(step=s.step, lr=lr, grad_norm=grad_norm, skipped_images=s.batches.skipped, **memory_stats(s.device))
-    stats.update(s.batches.priority_stats())  # grpo.prioritized_sampling: the same on every process
+    stats = session.dist.mean_stats(stats)
+    stats.update(
+        step=session.step,
+        lr=lr,
+        grad_norm=grad_norm,
+        skipped_images=session.batches.skipped,
+        **memory_stats(session.device),
+    )
+    stats.update(session.batches.priority_stats())  # grpo.prioritized_sampling: the same on every process
     stats["step_seconds"] = seconds
     if "completion_tokens" in stats:  # over all processes
-        stats["completion_tokens_per_second"] = stats.pop("completion_tokens") * s.dist.world / max(seconds, 1e-9)
+        stats["completion_tokens_per_second"] = stats.pop("completion_tokens") * session.dist.world / max(seconds, 1e-9)
     return stats
 
 
-def _optimizer_step(s: Session, stats: dict) -> float | None:
+def _optimizer_step(session: Session, stats: dict) -> float | None:
     """Clip and step (DeepSpeed: its engine does); a non-finite gradient skips the step (and is
     counted). Returns the norm."""
-    grad_norm = s.dist.step(s.train_lm.model, s.optimizer, s.cfg.train.max_grad_norm)
+    grad_norm = session.dist.step(session.train_lm.model, session.optimizer, session.cfg.train.max_grad_norm)
     finite = math.isfinite(grad_norm)
     if finite:
-        s.state["bad_steps"] = 0
+        session.state["bad_steps"] = 0
     else:
-        s.state["bad_steps"] += 1
-        s.state["last_bad"] = "non-finite"
+        session.state["bad_steps"] += 1
+        session.state["last_bad"] = "non-finite"
         stats["skipped_nonfinite"] = 1
     return grad_norm if finite else None
 
 
-def _skip_oom_batch(s: Session, grpo: GRPOSteps | None) -> None:
+def _skip_oom_batch(session: Session, grpo: GRPOSteps | None) -> None:
     """Drop the batch that ran out of memory (and its partial gradients); count it as a bad step."""
-    s.optimizer.zero_grad(set_to_none=True)
+    session.optimizer.zero_grad(set_to_none=True)
     if grpo is not None:
         grpo.pending = None
-    free_device_memory(s.device)
-    s.state["bad_steps"] += 1
-    s.state["last_bad"] = "out-of-memory"
-    s.reporter.log({"step": s.step + 1, "skipped_oom": 1})  # the step it was attempted as
+    free_device_memory(session.device)
+    session.state["bad_steps"] += 1
+    session.state["last_bad"] = "out-of-memory"
+    session.reporter.log({"step": session.step + 1, "skipped_oom": 1})  # the step it was attempted as
     tqdm.write(
-        f"warning: out of memory at step {s.step + 1}; batch skipped. To avoid it: {OOM_ADVICE}", file=sys.stderr
+        f"warning: out of memory at step {session.step + 1}; batch skipped. To avoid it: {OOM_ADVICE}", file=sys.stderr
     )
 
 
-def _after_step(s: Session, stats: dict | None, eval_examples: list[VQAExample], mode: str = "grpo") -> None:
+def _after_step(session: Session, stats: dict | None, eval_examples: list[VQAExample], mode: str = "grpo") -> None:
     """Log, stop on too many bad steps in a row, evaluate and save, each when it is due."""
-    t = s.cfg.train
-    too_many_bad = s.state["bad_steps"] > t.max_bad_steps
-    if stats is not None and (s.step % t.logging_steps == 0 or s.step == t.max_steps or too_many_bad):
-        s.reporter.log(stats)
+    t = session.cfg.train
+    too_many_bad = session.state["bad_steps"] > t.max_bad_steps
+    if stats is not None and (session.step % t.logging_steps == 0 or session.step == t.max_steps or too_many_bad):
+        session.reporter.log(stats)
     if too_many_bad:
-        s.save()
-        kind = s.state.get("last_bad", "non-finite")
+        session.save()
+        kind = session.state.get("last_bad", "non-finite")
         advice = OOM_ADVICE if kind == "out-of-memory" else "lower train.learning_rate or train.max_grad_norm"
         raise TrainingStopped(
-            f"{s.state['bad_steps']} {kind} steps in a row (train.max_bad_steps={t.max_bad_steps}); "
-            f"checkpoint-{s.step} saved; {advice}",
+            f"{session.state['bad_steps']} {kind} steps in a row (train.max_bad_steps={t.max_bad_steps}); "
+            f"checkpoint-{session.step} saved; {advice}",
             exit_code=1,
         )
     if stats is None:
         return
     if t.empty_cuda_cache:
-        free_device_memory(s.device)
-    if t.eval_steps and eval_examples and s.step % t.eval_steps == 0 and s.step < t.max_steps:
-        _eval_and_keep_best(s, eval_examples, mode)
-    if t.save_steps and s.step % t.save_steps == 0:
-        s.save()
+        free_device_memory(session.device)
+    if t.eval_steps and eval_examples and session.step % t.eval_steps == 0 and session.step < t.max_steps:
+        _eval_and_keep_best(session, eval_examples, mode)
+    if t.save_steps and session.step % t.save_steps == 0:
+        session.save()
 
 
-def _stop_on_signal(s: Session, signals: StopSignals) -> None:
-    if s.saved_step != s.step:
-        s.save()
+def _stop_on_signal(session: Session, signals: StopSignals) -> None:
+    if session.saved_step != session.step:
+        session.save()
     signum = signals.received or 15  # another process got it: stop as for SIGTERM
     name = signals.name or "SIGTERM"
     raise TrainingStopped(
-        f"stopped by {name} after step {s.step}; checkpoint-{s.step} saved in {s.run_dir}; "
+        f"stopped by {name} after step {session.step}; checkpoint-{session.step} saved in {session.run_dir}; "
         "continue with train.resume=auto",
         exit_code=128 + signum,
     )
 
 
-def _write_final(s: Session, mode: str, data) -> Path:
+def _write_final(session: Session, mode: str, data) -> Path:
     """``final/`` (model or adapter, processor, model card) and, if asked, ``merged/``."""
-    final = s.run_dir / "final"
-    s.save_model(final)
-    if s.dist.is_main:
-        last = s.state["eval_history"][-1] if s.state["eval_history"] else None
+    final = session.run_dir / "final"
+    session.save_model(final)
+    if session.dist.is_main:
+        last = session.state["eval_history"][-1] if session.state["eval_history"] else None
         metrics = {k.removeprefix("eval/"): v for k, v in last.items() if k != "step"} if last else None
         write_model_card(
             final,
-            s.cfg,
+            session.cfg,
             mode,
-            steps=s.step,
+            steps=session.step,
             n_train=len(data.train),
             n_eval=len(data.eval),
             metrics=metrics,
-            auto_model=s.lm.adapter.auto_model,
-            changes=s.state.get("settings_changed"),
+            auto_model=session.lm.adapter.auto_model,
+            changes=session.state.get("settings_changed"),
         )
-        if s.cfg.train.merge_lora:
-            merge_adapter(final, s.run_dir / "merged", s.cfg.model, overwrite=True)  # a resumed end merges again
-    s.dist.barrier()
+        if session.cfg.train.merge_lora:
+            # a resumed end merges again
+            merge_adapter(final, session.run_dir / "merged", session.cfg.model, overwrite=True)
+    session.dist.barrier()
     return final
 
 
-def _eval_and_keep_best(s: Session, examples: list[VQAExample], mode: str) -> None:
+def _eval_and_keep_best(session: Session, examples: list[VQAExample], mode: str) -> None:
     """Evaluate, log the means as ``eval/<metric>``, and save ``best/`` (with its model card) when
     train.eval_metric improved."""
-    metrics = evaluate_model(s.lm, examples, s.cfg, s.device, s.dist)
-    record = {"step": s.step, **{f"eval/{k}": v for k, v in metrics.items()}}
-    s.state["eval_history"].append(record)
-    s.reporter.log(record)
-    value = metrics.get(s.cfg.train.eval_metric)
-    if value is not None and (s.state["best_metric"] is None or value > s.state["best_metric"]):
-        s.state["best_metric"] = value
-        s.save_model(s.run_dir / "best")
-        if s.dist.is_main:
-            n_train, auto_model = len(s.batches.examples), s.lm.adapter.auto_model
+    metrics = answer_and_score(session.lm, examples, session.cfg, session.device, session.dist).means()
+    record = {"step": session.step, **{f"eval/{k}": v for k, v in metrics.items()}}
+    session.state["eval_history"].append(record)
+    session.reporter.log(record)
+    value = metrics.get(session.cfg.train.eval_metric)
+    if value is not None and (session.state["best_metric"] is None or value > session.state["best_metric"]):
+        session.state["best_metric"] = value
+        session.save_model(session.run_dir / "best")
+        if session.dist.is_main:
+            n_train, auto_model = len(session.batches.examples), session.lm.adapter.auto_model
             write_model_card(
-                s.run_dir / "best", s.cfg, mode, steps=s.step, n_train=n_train, n_eval=len(examples),
-                metrics=metrics, auto_model=auto_model, best=True, changes=s.state.get("settings_changed"),
+                session.run_dir / "best", session.cfg, mode, steps=session.step, n_train=n_train, n_eval=len(examples),
+                metrics=metrics, auto_model=auto_model, best=True, changes=session.state.get("settings_changed"),
             )  # fmt: skip

@@ -22,12 +22,12 @@ from vqa_grpo.errors import UserError
 from vqa_grpo.grpo import dynamic
 from vqa_grpo.grpo.augment import augment_batch
 from vqa_grpo.grpo.logprobs import Reference, add_old_and_reference
-from vqa_grpo.grpo.plan import choose_plan
+from vqa_grpo.grpo.objective import grpo_objective, seed_report_objective
 from vqa_grpo.grpo.rollout import Rollout, make_rollout_and_prefill
 from vqa_grpo.models.loading import LoadedModel
-from vqa_grpo.models.plan import ForwardPlan
+from vqa_grpo.models.plan import PLAIN, ForwardPlan
 from vqa_grpo.models.prefix import Prefix
-from vqa_grpo.models.scoring import answer_tokens, completion_logprobs
+from vqa_grpo.models.scoring import answer_ids, completion_logprobs
 from vqa_grpo.rewards.registry import reward_range
 from vqa_grpo.training.batches import Batches
 from vqa_grpo.training.distributed import DDP, Dist
@@ -44,8 +44,8 @@ def autocast(cfg: Config, device: torch.device):
 
 
 def accumulate(parts: list[dict], into: dict) -> dict:
-    for s in parts:
-        for k, v in s.items():
+    for part in parts:
+        for k, v in part.items():
             into[k] = into.get(k, 0.0) + float(v)
     return into
 
@@ -60,9 +60,9 @@ def sft_micro_loss(
     the prompts put each question in ``template`` (data/prompts.py)."""
     stop = lm.adapter.stop_token_ids(lm.processor, lm.model)[0]
     prompts = lm.adapter.encode_prompts(lm.processor, images, user_texts(examples, template)).to(device)
-    ids, mask = answer_tokens(lm.processor.tokenizer, [e.answer for e in examples], stop)
+    ids, mask = answer_ids(lm.processor.tokenizer, [e.answer for e in examples], stop)
     ids, mask = ids.to(device), mask.to(device)
-    logp, _ = completion_logprobs(lm.model, lm.adapter, prompts, ids, mask, with_entropy=False)
+    logp, _ = completion_logprobs(lm.model, lm.adapter, prompts, ids, mask, PLAIN, with_entropy=False)
     nll_sum = -(logp * mask).sum()
     return nll_sum / total_tokens, {"nll": float(nll_sum.detach()) / max(1, int(mask.sum()))}
 
@@ -94,9 +94,9 @@ def sft_step(cfg: Config, lm: LoadedModel, batches: Batches, device, dist: Dist 
     stats: dict = {}
     for i, (ex, im) in enumerate(micro):
         with dist.no_sync(lm.model, sync=i == len(micro) - 1), autocast(cfg, device):
-            loss, s = sft_micro_loss(lm, ex, im, device, total, template)
+            loss, micro_stats = sft_micro_loss(lm, ex, im, device, total, template)
             dist.backward(loss)
-        stats = accumulate([s, {"loss": float(loss.detach())}], stats)
+        stats = accumulate([micro_stats, {"loss": float(loss.detach())}], stats)
     stats["nll"] = stats["loss"]  # the step's token-mean NLL, whatever the micro-batch layout
     return stats
 
@@ -132,15 +132,13 @@ class GRPOSteps:
     ref: Reference | None
     samples_log: object
     policy: LoadedModel
+    plan: ForwardPlan  # the run's forward plan (models/plan.py), chosen once by the loop
     dist: Dist = ONE_PROCESS
     vllm: object = None  # grpo/vllm_backend.VLLMSampler when grpo.generation_backend=vllm
     pending: Pending | None = None
     rollout_seconds: float = 0.0
     pushed_at: int | None = None  # the step whose weights vLLM holds
     reward_funcs: dict | None = None  # the user's reward functions (rewards/user.UserReward by component)
-    plan: ForwardPlan | None = (
-        None  # the run's forward plan (models/plan.py; the loop's); chosen at the first step when None
-    )
 
     def step(self, cfg: Config, lm: LoadedModel, batches: Batches, device, step: int) -> dict:
         """Sample new rollouts when the last ones are used up, then backward through them. A step
@@ -149,15 +147,6 @@ class GRPOSteps:
         sampled = self.pending is None
         if sampled:
             t0 = time.time()
-            if self.plan is None:
-                self.plan = choose_plan(
-                    self.policy.model,
-                    self.policy.adapter,
-                    cfg.grpo,
-                    processes=self.dist.world,
-                    accumulation=cfg.train.gradient_accumulation_steps,
-                    any_rank=self.dist.synced_decoding(),
-                )
             if self.vllm is not None and (self.pushed_at is None or step - self.pushed_at >= cfg.grpo.vllm_sync_steps):
                 self.vllm.push_weights(self.policy.model)
                 self.pushed_at = step
@@ -168,9 +157,9 @@ class GRPOSteps:
                     self.ref,
                     batches,
                     device,
+                    self.plan,
                     self.vllm,
                     reward_funcs=self.reward_funcs,
-                    plan=self.plan,
                     dist=self.dist,
                     step=step,
                 )
@@ -195,31 +184,25 @@ class GRPOSteps:
         return stats
 
 
-def reference_model(cfg: Config, lm: LoadedModel) -> Reference | None:
-    """The frozen reference for the KL term (grpo/logprobs.py); None when beta = 0."""
-    return Reference.for_run(cfg, lm.model)
-
-
 def make_rollouts(
     cfg: Config,
     lm: LoadedModel,
     ref: Reference | None,
     batches: Batches,
     device,
+    plan: ForwardPlan,
     vllm=None,
     reward_funcs: dict | None = None,
-    plan: ForwardPlan | None = None,
     dist: Dist = ONE_PROCESS,
     step: int = 0,
 ) -> Pending:
     """One rollout per micro-batch, each with the rollout policy's and the reference's log-probs
-    where the objective needs them (grpo/logprobs.py), on ``plan`` (default: chosen here). With
+    where the objective needs them (grpo/logprobs.py), on the run's ``plan``. With
     grpo.dynamic_sampling the groups without an advantage are dropped and more questions drawn
     (grpo/dynamic.py); ``dist`` lets the processes agree on the extra draws. ``step`` (0-based)
     seeds and schedules grpo.augment's perturbed images (grpo/augment.py). The step's sampling
     statistics count every micro-batch drawn (training/tally.py)."""
     accumulation = cfg.train.gradient_accumulation_steps
-    plan = plan or choose_plan(lm.model, lm.adapter, cfg.grpo, processes=dist.world, accumulation=accumulation)
     template = prompt_template(cfg.data, cfg.reward.reasoning)
     tally = Tally()
 
@@ -234,9 +217,9 @@ def make_rollouts(
             cfg.grpo,
             cfg.reward,
             device,
-            vllm,
+            plan,
+            vllm_sampler=vllm,
             reward_funcs=reward_funcs,
-            plan=plan,
             template=template,
             augmented=augment_batch(cfg.grpo, cfg.train.seed, step, cfg.train.max_steps, examples, images),
             vqa_convention=cfg.eval.vqa_convention or "official",  # the reward follows the metric (None: unresolved)
@@ -279,8 +262,6 @@ def make_rollouts(
 def grpo_backward(cfg: Config, lm: LoadedModel, pending: Pending, dist: Dist = ONE_PROCESS) -> dict:
     """Backward through every rollout of the step, each loss times its factor (1/len of them, or
     ``pending.weights``); return the mean stats of the rollouts with a non-zero factor."""
-    from vqa_grpo.grpo.objective import grpo_objective, seed_report_objective
-
     pending.iteration += 1
     rollouts, prefills = pending.rollouts, pending.take_prefills()
     weights = pending.weights or [None] * len(rollouts)
@@ -292,15 +273,15 @@ def grpo_backward(cfg: Config, lm: LoadedModel, pending: Pending, dist: Dist = O
     for i, ro in enumerate(rollouts):
         with dist.no_sync(lm.model, sync=i == len(rollouts) - 1):
             if cfg.grpo.loss_type == "seed_report":
-                loss, s = seed_report_objective(lm.model, lm.adapter, lm.processor, ro)
+                loss, ro_stats = seed_report_objective(lm.model, lm.adapter, lm.processor, ro)
             else:
-                loss, s = grpo_objective(lm.model, lm.adapter, lm.processor, ro, cfg.grpo, prefix=prefills[i])
+                loss, ro_stats = grpo_objective(lm.model, lm.adapter, lm.processor, ro, cfg.grpo, prefix=prefills[i])
                 prefills[i] = None  # its graph goes with this backward pass
             dist.backward(loss / len(rollouts) if weights[i] is None else loss * weights[i])
         losses.append(float(loss.detach()))
         if logged[i]:
-            s["loss"] = float(loss.detach()) if weights[i] != 0 else 0.0
-            stats = accumulate([s, rollout_stats(ro)], stats)
+            ro_stats["loss"] = float(loss.detach()) if weights[i] != 0 else 0.0
+            stats = accumulate([ro_stats, rollout_stats(ro)], stats)
     out = {k: v if k == "completion_tokens" else v / sum(logged) for k, v in stats.items()}
     if pending.weights is not None:  # a short step: the objective it back-propagates, sum of factor x loss
         out["loss"] = sum(w * x for w, x in zip(pending.weights, losses) if w)
