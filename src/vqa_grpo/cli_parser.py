@@ -11,10 +11,11 @@ import dataclasses
 import re
 import sys
 
+from vqa_grpo import config as C
+from vqa_grpo.evaluation.judge_html import DEFAULT_N, MODES
+
 
 def _config_help() -> str:
-    from vqa_grpo import config as C
-
     lines = ["config keys (set in the YAML file or as section.key=value; default shown):"]
     for section, cls in (
         ("model", C.ModelConfig),
@@ -158,8 +159,6 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--after", default=None, help="`evaluate --out` directory after training (default: none)")
     rp.add_argument("--data", default=None, help="the data both evaluations ran on, for gallery images (default: none)")
     rp.add_argument("--out", default=None, help="output file (default: RUN_DIR/report.html)")
-
-    from vqa_grpo.evaluation.judge_html import DEFAULT_N, MODES  # light: no model code
 
     jd = sub.add_parser("judge", help="write a page on which people judge the models' answers (judge.html, key.json)")
     jd.add_argument("evals", nargs="+", help="output directories of `vqa-grpo evaluate --out` (the models to judge)")

@@ -3,6 +3,8 @@ file where one of its folders would go, is one line up front rather than a trace
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from pathlib import Path
 
 from vqa_grpo.errors import UserError
@@ -39,8 +41,6 @@ def absolute_inputs(cfg):
     data.eval_path and data.image_root, made absolute where they exist (a hub id or ``hf:NAME`` is
     left as it is): the run's config.yaml then names the same files from any directory, so a resume
     launched from another one finds them, and compares a path given again by where it points."""
-    import dataclasses
-    import os
 
     def absolute(value):
         if not isinstance(value, str) or not value or not Path(value).expanduser().exists():

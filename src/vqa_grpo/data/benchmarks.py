@@ -26,6 +26,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from vqa_grpo.config import Config, ConfigError
+from vqa_grpo.data.hub import hub_name, is_hub_path, preset_benchmark
 
 LMMS_EVAL_COMMIT = "75571cfe0fa36ca5ec2e6aa2bb268f9d38295af3"
 """The lmms-eval commit whose task files the table below was checked against (2026-08-06)."""
@@ -94,7 +95,6 @@ def data_benchmark(cfg: Config, path: str | None = None) -> Benchmark | None:
     ``data.path``), else None."""
     if cfg.data.benchmark is not None:
         return find_benchmark(cfg.data.benchmark)
-    from vqa_grpo.data.hub import hub_name, is_hub_path, preset_benchmark
 
     path = cfg.data.path if path is None else path
     if not is_hub_path(path):
