@@ -19,6 +19,10 @@ from typing import Callable
 
 import torch
 from PIL import Image
+from transformers import AutoProcessor
+
+from vqa_grpo.errors import UserError
+from vqa_grpo.models.phi3_v.processing import Phi3VProcessor
 
 
 def unwrap_ddp(model):
@@ -96,8 +100,6 @@ class FamilyAdapter:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
         owner = processor if getattr(processor, "chat_template", None) else processor.tokenizer
         if not getattr(owner, "chat_template", None):
-            from vqa_grpo.errors import UserError
-
             raise UserError(f"the {self.name} adapter needs a chat template, and this model's processor has none")
         return owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
@@ -194,8 +196,6 @@ class FamilyAdapter:
 
     def load_processor(self, path: str, cfg):
         """The processor of the model directory or hub id ``path``."""
-        from transformers import AutoProcessor
-
         return AutoProcessor.from_pretrained(
             path, trust_remote_code=cfg.trust_remote_code, **self.processor_kwargs(cfg)
         )
@@ -208,8 +208,6 @@ class FamilyAdapter:
     def processor_kwargs(self, cfg) -> dict:
         """Keyword arguments for ``AutoProcessor.from_pretrained`` from the model config."""
         if cfg.num_crops is not None:
-            from vqa_grpo.errors import UserError
-
             raise UserError(
                 f"model.num_crops applies to Phi-3/3.5-vision only, not to the {self.name} family; remove it"
             )
@@ -349,9 +347,6 @@ class Phi3VisionAdapter(FamilyAdapter):
         return processor.image_processor.layout_problem(image)
 
     def load_processor(self, path: str, cfg):
-        from vqa_grpo.errors import UserError
-        from vqa_grpo.models.phi3_v.processing import Phi3VProcessor
-
         try:
             return Phi3VProcessor.from_pretrained(path, **self.processor_kwargs(cfg))
         except (OSError, ValueError) as e:
@@ -380,8 +375,6 @@ def adapter_for(model_type: str, family: str = "auto") -> FamilyAdapter:
     the names of that adapter (qwen2_vl/qwen2_5_vl, llava/llava_next, idefics3/smolvlm) and
     "generic" are taken; another family's prompt, image keys and position rule would run silently
     wrong (llava's 1-D positions on Qwen2-VL give other log-probs)."""
-    from vqa_grpo.errors import UserError
-
     name = model_type if family == "auto" else family
     if family != "auto" and name not in ADAPTERS:
         raise UserError(f"model.family={family!r} is not known; choose auto or one of {', '.join(ADAPTERS)}")

@@ -1,0 +1,144 @@
+"""Log-probs and entropies of chosen tokens, a chunk of positions at a time, from the last hidden
+states: the logits of all R x C positions ([R, C, V], 5 GB in float32 for G = 8 completions of
+1,024 tokens over Qwen2.5-VL's 151,936 words) never exist at once.
+
+For position t of row r, z = head(h_t) / T_r in float32 (T_r: the row's sampling temperature),
+log p(y_t) = z[y_t] - logsumexp(z) and the entropy H_t = logsumexp(z) - sum_v softmax(z)_v z_v
+(nats, no gradient). The R*C positions go through the head ``chunk_size`` at a time and each
+chunk's [chunk_size, V] logits are dropped before the next. The backward pass needs them again:
+
+- head frozen (LoRA, or only the hidden states need a gradient): while a chunk's logits exist,
+  the forward pass also takes each position's gradient d log p(y_t) / d h_t ([R*C, H]; log p(y_t)
+  depends on h_t alone), which backward scales by the incoming gradient: no second pass;
+- head trained: backward runs each chunk through the head again and takes the gradients of its
+  log-probs for the hidden states and the head's parameters (summed over the chunks).
+
+Equal to the full logits' numbers up to float rounding (tests/models/test_chunked.py). Shapes: R
+rows, C completion positions, H hidden size, V vocabulary, N = R*C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import torch
+
+Head = Callable[[torch.Tensor], torch.Tensor]
+"""The model's output head as a function: hidden states [n, H] -> logits [n, V]."""
+
+
+@contextlib.contextmanager
+def head_inputs(head: torch.nn.Module):
+    """Within it, a forward pass of the model hands ``head`` (its LM head module) no positions, so
+    its logits come out [R, 0, V], and the hidden states it would have turned into logits
+    ([R, T, H], with their autograd history) are appended to the yielded list."""
+    seen: list[torch.Tensor] = []
+
+    def keep(module, args):
+        seen.append(args[0])
+        return (args[0][..., :0, :], *args[1:])
+
+    handle = head.register_forward_pre_hook(keep)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def chunked_logprobs(
+    hidden: torch.Tensor,
+    head: Head,
+    ids: torch.Tensor,
+    temperatures: torch.Tensor | None = None,
+    *,
+    chunk_size: int,
+    with_entropy: bool = False,
+    params: tuple[torch.nn.Parameter, ...] = (),
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log p(ids) [R, C] in float32 (with gradient) and, with ``with_entropy``, the entropy [R, C]
+    (without), from ``hidden`` [R, C, H] through ``head``, ``chunk_size`` positions at a time.
+
+    ``temperatures`` [R]: row r's logits are divided by its temperature (in float32). ``params``:
+    the head's parameters, so that those which require grad receive it.
+    """
+    R, C, H = hidden.shape
+    temps = None if temperatures is None else temperatures.float()[:, None].expand(R, C).reshape(-1)
+    trained = tuple(p for p in params if p.requires_grad)
+    logp, entropy = _Chunked.apply(
+        hidden.reshape(R * C, H), head, ids.reshape(-1), temps, chunk_size, with_entropy, *trained
+    )
+    return logp.view(R, C), entropy.view(R, C) if with_entropy else None
+
+
+def _chunk_logprobs(head: Head, h: torch.Tensor, ids: torch.Tensor, temps: torch.Tensor | None):
+    """Scaled float32 logits [n, V], their logsumexp [n] and the ids' log-probs [n]."""
+    z = head(h).float()
+    if temps is not None:
+        z = z / temps[:, None]
+    lse = torch.logsumexp(z, dim=-1)
+    return z, lse, z.gather(-1, ids[:, None]).squeeze(-1) - lse
+
+
+class _Chunked(torch.autograd.Function):
+    """The chunked pass with its own backward (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, hidden, head, ids, temps, chunk_size, with_entropy, *params):
+        N = hidden.shape[0]
+        slope = ctx.needs_input_grad[0] and not params  # take d log p / d h now, while the logits exist
+        logp = torch.empty(N, dtype=torch.float32, device=hidden.device)
+        entropy = torch.empty(N if with_entropy else 0, dtype=torch.float32, device=hidden.device)
+        grads = torch.empty_like(hidden) if slope else None
+        for s in range(0, N, chunk_size):
+            e = min(s + chunk_size, N)
+            t = None if temps is None else temps[s:e]
+            with torch.enable_grad() if slope else contextlib.nullcontext():
+                h = hidden[s:e].detach().requires_grad_(slope)
+                z, lse, lp = _chunk_logprobs(head, h, ids[s:e], t)
+                if slope:
+                    (grads[s:e],) = torch.autograd.grad(lp.sum(), h)  # rows are independent: one row's each
+            logp[s:e] = lp.detach()
+            if with_entropy:
+                z = z.detach()
+                entropy[s:e] = lse.detach() - torch.linalg.vecdot(torch.softmax(z, dim=-1), z)
+            del z, lse, lp
+        ctx.mark_non_differentiable(entropy)
+        ctx.head, ctx.chunk_size, ctx.slope, ctx.params = head, chunk_size, slope, params
+        ctx.autocast = _autocast_state(hidden.device.type)
+        ctx.save_for_backward(grads if slope else hidden, ids, temps)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp, _grad_entropy):
+        saved, ids, temps = ctx.saved_tensors
+        n_params = len(ctx.needs_input_grad) - 6
+        if ctx.slope:
+            return saved * grad_logp[:, None].to(saved.dtype), None, None, None, None, None, *([None] * n_params)
+        hidden, params = saved, list(ctx.params)
+        want_h = ctx.needs_input_grad[0]
+        grad_h = torch.empty_like(hidden) if want_h else None
+        grad_p: list[torch.Tensor | None] = [None] * len(params)
+        N = hidden.shape[0]
+        for s in range(0, N, ctx.chunk_size):
+            e = min(s + ctx.chunk_size, N)
+            t = None if temps is None else temps[s:e]
+            with torch.enable_grad(), torch.autocast(**ctx.autocast):
+                h = hidden[s:e].detach().requires_grad_(want_h)
+                _, _, lp = _chunk_logprobs(ctx.head, h, ids[s:e], t)
+                got = torch.autograd.grad(lp, ([h] if want_h else []) + params, grad_logp[s:e])
+            if want_h:
+                grad_h[s:e], got = got[0], got[1:]
+            for i, g in enumerate(got):
+                grad_p[i] = g if grad_p[i] is None else grad_p[i].add_(g)
+            del lp, got
+        return grad_h, None, None, None, None, None, *grad_p
+
+
+def _autocast_state(device_type: str) -> dict:
+    """The autocast state of the forward pass, for the recomputation in backward."""
+    return {
+        "device_type": device_type,
+        "dtype": torch.get_autocast_dtype(device_type),
+        "enabled": torch.is_autocast_enabled(device_type),
+    }
