@@ -282,6 +282,9 @@ class GRPOConfig:
     """Share of the GPU's memory vLLM may take (weights + KV cache); the trainer has the rest."""
     vllm_is_cap: float = 2.0
     """C of truncated importance sampling: each token's loss weight min(pi_old / pi_vllm, C)."""
+    logprob_chunk_size: int = 512
+    """Completion positions whose logits exist at once in GRPO's and SFT's log-prob passes (models/chunked.py:
+    the LM head applied this many positions at a time, never to all [rows, tokens] at once)."""
     vllm_max_model_len: int = 4096
     """vLLM's context length (prompt with image tokens + completion): sizes its KV cache."""
 
