@@ -4,6 +4,9 @@ FSDP and ZeRO-3), and the answers are gathered back into the examples' order."""
 from __future__ import annotations
 
 from vqa_grpo.data.prompts import DEFAULT_TEMPLATE
+from vqa_grpo.data.types import BadExample
+from vqa_grpo.models.generation import predict_answers
+from vqa_grpo.models.plan import plain_plan
 from vqa_grpo.training.distributed import Dist
 
 
@@ -18,9 +21,6 @@ def predict_sharded(
     are dropped first (so that no rank skips a batch the others run), the shares are padded to
     equal length and the ranks decode in step.
     """
-    from vqa_grpo.models.generation import predict_answers
-    from vqa_grpo.models.plan import plain_plan
-
     plan = plain_plan(dist.synced_decoding(), "evaluation")  # greedy answers, each prompt run once
 
     def answer(chunk: list) -> list[str | None]:
@@ -49,8 +49,6 @@ def predict_sharded(
 
 
 def _image_loads(example) -> bool:
-    from vqa_grpo.data.types import BadExample
-
     try:
         example.load_image()
     except BadExample:

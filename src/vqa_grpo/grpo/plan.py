@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from vqa_grpo.config import GRPOConfig
+from vqa_grpo.errors import UserError
 from vqa_grpo.models.plan import ForwardPlan, shared_prefix_reason
 from vqa_grpo.models.prefix import checkpointing_on
 from vqa_grpo.models.processors import plain_only_settings
@@ -65,8 +66,6 @@ def fused_prefill_reason(model, adapter, grpo: GRPOConfig, *, processes: int = 1
 def _decode(model, grpo: GRPOConfig, sampling: str, any_rank) -> tuple[str, str | None]:
     """The sampler's decode (models/static_decode.py) for ``grpo.static_decode``, and why it is not
     static where one would expect it (None where off, or auto on the CPU, leaves it dynamic)."""
-    from vqa_grpo.errors import UserError
-
     cuda = next(model.parameters()).device.type == "cuda"
     if grpo.static_decode == "off" or (grpo.static_decode == "auto" and not cuda):
         return "dynamic", None

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from vqa_grpo.models.adapters import PromptBatch, unwrap_ddp
 
@@ -171,8 +172,6 @@ def sampling_copy(prefix: Prefix) -> Prefix:
 
 def copyable_cache(cache) -> bool:
     """True for caches whose layers are all transformers' dynamic (full or sliding-window) layers."""
-    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
-
     layers = getattr(cache, "layers", None)
     return bool(layers) and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
 

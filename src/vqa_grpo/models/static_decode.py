@@ -25,6 +25,7 @@ Shapes: R rows, P prefix positions, C new tokens at most, V vocabulary.
 from __future__ import annotations
 
 import torch
+from transformers import StaticCache
 
 from vqa_grpo.models.prefix import Prefix, cache_argument, continuation_positions
 
@@ -36,8 +37,6 @@ prompts differ a little in length share one decoder (and, on CUDA, its recorded 
 def sliding_windows(model) -> list[int]:
     """The sliding-window length of each of the model's sliding text layers (empty when it has none);
     read once per model."""
-    from transformers.cache_utils import StaticCache
-
     if "_vqa_grpo_sliding_windows" not in model.__dict__:
         window = int(getattr(model.config.get_text_config(), "sliding_window", 0) or 0)
         probe = StaticCache(config=model.config, max_cache_len=1)  # nothing is allocated before a first update
@@ -68,8 +67,6 @@ class StaticDecoder:
     """Decode steps on a static cache of ``length`` positions for R rows; :meth:`load` puts a prefix in."""
 
     def __init__(self, model, rows: int, length: int, position_rule: str, *, graphs: bool = False):
-        from transformers import StaticCache
-
         self.model, self.rule, self.graphs, self.length = model, position_rule, graphs, length
         self.cache = StaticCache(config=model.config, max_cache_len=length)
         device = next(model.parameters()).device

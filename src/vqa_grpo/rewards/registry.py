@@ -21,6 +21,7 @@ from vqa_grpo.rewards.composite import SEED_REPORT_WEIGHTS, composite_batch
 from vqa_grpo.rewards.format import clean_answer, format_batch
 from vqa_grpo.rewards.inputs import as_references, as_text, warn_bad
 from vqa_grpo.rewards.semantic import semantic_available, semantic_batch
+from vqa_grpo.rewards.user import UserReward, example_columns, resolve
 from vqa_grpo.rewards.vqa_accuracy import vqa_accuracy_batch
 
 if TYPE_CHECKING:  # the type only: the rewards load without the config
@@ -145,8 +146,6 @@ def compute_rewards(
     under its short name; a None it returns adds nothing to that completion's total (NaN in
     ``parts``, as in TRL).
     """
-    from vqa_grpo.rewards.user import UserReward, example_columns, resolve
-
     components, weights = reward_components(cfg), reward_weights(cfg)
     functions = functions or {}
     ready = {k: v for k, v in functions.items() if isinstance(v, UserReward)}  # resolved once per run (loop.run)
