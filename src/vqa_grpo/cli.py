@@ -14,6 +14,7 @@ import sys
 
 from vqa_grpo.cli_parser import build_parser, parse_args
 from vqa_grpo.errors import RewardFunctionError, TrainingStopped, UserError
+from vqa_grpo.paths import check_folder
 
 
 def _is_main_process() -> bool:
@@ -22,9 +23,9 @@ def _is_main_process() -> bool:
 
 
 def dispatch(args: argparse.Namespace) -> int:
+    """Call the library for ``args.command`` and print what it returns. Each branch imports what it
+    uses, so that ``--help`` and the light commands do not wait for torch and transformers."""
     if args.command in ("data", "model", "demo") and getattr(args, "out", None) is not None:
-        from vqa_grpo.paths import check_folder
-
         check_folder(args.out, "--out")  # a file there is one line up front, not a traceback after the work
     if args.command == "data" and args.data_command == "synth":
         from vqa_grpo.data.synthetic import MIN_IMAGE_SIZE, synthesize
@@ -142,7 +143,6 @@ def dispatch(args: argparse.Namespace) -> int:
         print(json.dumps(result) if args.json else format_agreement(result))
         return 0
     if args.command == "merge":
-        from vqa_grpo.paths import check_folder
         from vqa_grpo.training.export import merge_adapter
 
         check_folder(args.out, "--out")  # before the base model loads
