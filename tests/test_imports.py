@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ast
 import functools
+import subprocess
+import sys
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -170,3 +172,17 @@ def test_a_module_only_the_demo_imports_lives_in_demo():
         if layer(t) != layer("vqa_grpo.demo") and all(u.startswith("vqa_grpo.demo") for u in us)
     ]
     assert demo_only == []
+
+
+def test_help_loads_no_heavy_package():
+    """``vqa-grpo --help`` answers without torch and the like: the CLI imports each command's
+    modules in its branch, and the library keeps optional and slow packages inside functions."""
+    code = (
+        "import sys, contextlib, io\n"
+        "from vqa_grpo.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    main(['--help'])\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'matplotlib', 'pandas') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out == "[]\n"
