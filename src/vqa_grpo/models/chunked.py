@@ -71,9 +71,9 @@ def chunked_logprobs(
     return logp.view(R, C), entropy.view(R, C) if with_entropy else None
 
 
-def _chunk_logprobs(head: Head, h: torch.Tensor, ids: torch.Tensor, temps: torch.Tensor | None):
-    """Scaled float32 logits [n, V], their logsumexp [n] and the ids' log-probs [n]."""
-    z = head(h).float()
+def _chunk_logprobs(logits: torch.Tensor, ids: torch.Tensor, temps: torch.Tensor | None):
+    """From one chunk's logits [n, V]: the scaled float32 logits, their logsumexp [n] and the ids' log-probs [n]."""
+    z = logits.float()
     if temps is not None:
         z = z / temps[:, None]
     lse = torch.logsumexp(z, dim=-1)
@@ -95,7 +95,7 @@ class _Chunked(torch.autograd.Function):
             t = None if temps is None else temps[s:e]
             with torch.enable_grad() if slope else contextlib.nullcontext():
                 h = hidden[s:e].detach().requires_grad_(slope)
-                z, lse, lp = _chunk_logprobs(head, h, ids[s:e], t)
+                z, lse, lp = _chunk_logprobs(head(h), ids[s:e], t)
                 if slope:
                     (grads[s:e],) = torch.autograd.grad(lp.sum(), h)  # rows are independent: one row's each
             logp[s:e] = lp.detach()
@@ -115,23 +115,36 @@ class _Chunked(torch.autograd.Function):
         n_params = len(ctx.needs_input_grad) - 6
         if ctx.slope:
             return saved * grad_logp[:, None].to(saved.dtype), None, None, None, None, None, *([None] * n_params)
-        hidden, params = saved, list(ctx.params)
+        hidden, params, head = saved, list(ctx.params), ctx.head
         want_h = ctx.needs_input_grad[0]
         grad_h = torch.empty_like(hidden) if want_h else None
         grad_p: list[torch.Tensor | None] = [None] * len(params)
+        linear = isinstance(head, torch.nn.Linear)  # its gradients summed in place, no [V, H] per chunk
         N = hidden.shape[0]
         for s in range(0, N, ctx.chunk_size):
             e = min(s + ctx.chunk_size, N)
-            t = None if temps is None else temps[s:e]
+            t, g = None if temps is None else temps[s:e], grad_logp[s:e]
             with torch.enable_grad(), torch.autocast(**ctx.autocast):
-                h = hidden[s:e].detach().requires_grad_(want_h)
-                _, _, lp = _chunk_logprobs(ctx.head, h, ids[s:e], t)
-                got = torch.autograd.grad(lp, ([h] if want_h else []) + params, grad_logp[s:e])
+                h = hidden[s:e].detach().requires_grad_(want_h and not linear)
+                if linear:
+                    logits = head(h).detach().requires_grad_()
+                    (dz,) = torch.autograd.grad(_chunk_logprobs(logits, ids[s:e], t)[2], logits, g)
+                else:
+                    got = torch.autograd.grad(_chunk_logprobs(head(h), ids[s:e], t)[2], [h] * want_h + params, g)
+            if linear:  # d/dh = dz W, d/dW = dz^T h (added into the sum in place), d/db = sum of dz
+                dz, h = dz.to(head.weight.dtype), h.detach().to(head.weight.dtype)  # dz [n, V]
+                if want_h:
+                    grad_h[s:e] = dz @ head.weight
+                for i, p in enumerate(params):
+                    if p is head.weight:
+                        grad_p[i] = dz.T @ h if grad_p[i] is None else grad_p[i].addmm_(dz.T, h)
+                    else:
+                        grad_p[i] = dz.sum(0) if grad_p[i] is None else grad_p[i].add_(dz.sum(0))
+                continue
             if want_h:
                 grad_h[s:e], got = got[0], got[1:]
-            for i, g in enumerate(got):
-                grad_p[i] = g if grad_p[i] is None else grad_p[i].add_(g)
-            del lp, got
+            for i, gp in enumerate(got):
+                grad_p[i] = gp if grad_p[i] is None else grad_p[i].add_(gp)
         return grad_h, None, None, None, None, None, *grad_p
 
 
