@@ -119,6 +119,7 @@ PRINTING = ("vqa_grpo.cli", "vqa_grpo.cli_parser", "vqa_grpo.demo")
 
 
 def layer(module: str) -> int:
+    """The position in LAYERS of the layer that holds ``module``."""
     if module == "vqa_grpo":
         return LAYERS.index("vqa_grpo")
     owners = [x for x in LAYERS if x != "vqa_grpo" and (module == x or module.startswith(x + "."))]
@@ -126,6 +127,7 @@ def layer(module: str) -> int:
 
 
 def upward(graph: dict[str, set[str]]) -> list[str]:
+    """Every "importer -> imported" of ``graph`` that goes up the layers."""
     return sorted(f"{m} -> {t}" for m, targets in graph.items() for t in targets if layer(t) > layer(m))
 
 
