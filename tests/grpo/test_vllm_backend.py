@@ -97,10 +97,10 @@ class StandInEngine:
     def sample(self, texts, images, group_size, temps, top_ps, max_tokens, stop_ids, suppressed_ids):
         from transformers import LogitsProcessorList
 
-        from vqa_grpo.grpo.sampling import RowwiseTemperatureTopP
         from vqa_grpo.grpo.vllm_backend import Samples
         from vqa_grpo.models.adapters import PromptBatch
         from vqa_grpo.models.generation import generate
+        from vqa_grpo.models.processors import RowwiseTemperatureTopP
         from vqa_grpo.models.scoring import completion_logprobs
 
         a = self.lm.adapter

@@ -145,7 +145,7 @@ def trainer_logprobs(lm, batch, ids, mask, images=None):
 
 
 def seed_params(cfg):
-    from vqa_grpo.grpo.sampling import row_sampling_params
+    from vqa_grpo.models.processors import row_sampling_params
 
     return row_sampling_params(B, G, cfg.grpo.temperatures, cfg.grpo.top_ps)
 

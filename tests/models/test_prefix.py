@@ -29,12 +29,12 @@ from vqa_grpo.grpo import plan as plan_module
 from vqa_grpo.grpo.objective import grpo_objective, rollout_logprobs
 from vqa_grpo.grpo.plan import choose_plan
 from vqa_grpo.grpo.rollout import make_rollout_and_prefill
-from vqa_grpo.grpo.sampling import RowwiseTemperatureTopP, row_sampling_params
 from vqa_grpo.models import prefix
 from vqa_grpo.models.adapters import ADAPTERS, adapter_for
 from vqa_grpo.models.generation import generate
 from vqa_grpo.models.loading import load_model
 from vqa_grpo.models.plan import ForwardPlan
+from vqa_grpo.models.processors import RowwiseTemperatureTopP, row_sampling_params
 from vqa_grpo.models.scoring import completion_logprobs
 from vqa_grpo.models.tiny import TINY_FAMILIES
 

@@ -15,10 +15,10 @@ from vqa_grpo.config import DataConfig, GRPOConfig, ModelConfig, RewardConfig
 from vqa_grpo.data.loader import load_vqa
 from vqa_grpo.errors import UserError
 from vqa_grpo.grpo.plan import choose_plan
-from vqa_grpo.grpo.sampling import RowwiseTemperatureTopP, row_sampling_params
 from vqa_grpo.models.adapters import adapter_for
 from vqa_grpo.models.generation import generate
 from vqa_grpo.models.loading import load_model
+from vqa_grpo.models.processors import RowwiseTemperatureTopP, row_sampling_params
 from vqa_grpo.models.static_decode import StaticDecoder
 from vqa_grpo.models.tiny import TINY_FAMILIES
 

@@ -1,4 +1,5 @@
-"""GRPO: the objective's math (pure tensor functions) and row-wise sampling for the rollout."""
+"""GRPO: the objective's math (pure tensor functions), and the rollout's row-wise sampling
+(models/processors.py)."""
 
 from vqa_grpo.grpo.math import (
     group_advantages,
@@ -10,7 +11,7 @@ from vqa_grpo.grpo.math import (
     policy_loss,
     seed_report_loss,
 )
-from vqa_grpo.grpo.sampling import RowwiseTemperatureTopP, row_sampling_params, sampling_logprobs
+from vqa_grpo.models.processors import RowwiseTemperatureTopP, row_sampling_params, sampling_logprobs
 
 __all__ = [
     "RowwiseTemperatureTopP",

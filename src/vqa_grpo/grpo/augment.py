@@ -30,8 +30,7 @@ import torch
 
 from vqa_grpo.config import GRPOConfig
 from vqa_grpo.data.perturb import label, parse_perturbations, perturb, perturb_seed
-from vqa_grpo.grpo.sampling import sample_groups
-from vqa_grpo.models.generation import Completions
+from vqa_grpo.models.generation import Completions, sample_groups
 
 
 @dataclass(frozen=True)
@@ -88,9 +87,11 @@ def sample_augmented(
             continue
         if batch is None:
             batch = adapter.encode_prompts(processor, augmented.images, asked).to(device)
+        temps_n, top_ps_n = temps[:, cols].reshape(-1), top_ps[:, cols].reshape(-1)  # [B * n]
         comp, logps = sample_groups(
-            model, adapter, processor, batch, temps[:, cols].reshape(-1), top_ps[:, cols].reshape(-1), grpo, plan, n
-        )
+            model, adapter, processor, batch, plan, temps_n, top_ps_n,
+            group_size=n, max_new_tokens=grpo.max_completion_length,
+        )  # fmt: skip
         parts.append((comp, logps, n))
     pad_id = processor.tokenizer.pad_token_id
     return _interleave(parts, B, 0 if pad_id is None else pad_id)

@@ -23,11 +23,11 @@ from vqa_grpo.data.prompts import prompt_template, user_texts
 from vqa_grpo.data.types import VQAExample
 from vqa_grpo.grpo.augment import Augmented, augmented_rows, sample_augmented
 from vqa_grpo.grpo.math import group_advantages
-from vqa_grpo.grpo.sampling import row_sampling_params, sample_groups
 from vqa_grpo.models.adapters import FamilyAdapter, PromptBatch
-from vqa_grpo.models.generation import Completions, decode
+from vqa_grpo.models.generation import Completions, decode, sample_groups
 from vqa_grpo.models.plan import PLAIN, ForwardPlan
 from vqa_grpo.models.prefix import Prefix, copyable_cache, encode_prefix, log_once, sampling_copy
+from vqa_grpo.models.processors import row_sampling_params
 from vqa_grpo.rewards import clean_answer, compute_rewards
 from vqa_grpo.rewards.inputs import bad_input_counts
 
@@ -122,7 +122,10 @@ def make_rollout_and_prefill(
         )
     else:
         for_sampling = sampling_copy(prefix) if keep_prefill else None
-        comp, samp_logp = sample_groups(model, adapter, processor, prompts, temps, top_ps, grpo, plan, G, for_sampling)
+        comp, samp_logp = sample_groups(
+            model, adapter, processor, prompts, plan, temps, top_ps,
+            group_size=G, max_new_tokens=grpo.max_completion_length, prefix=for_sampling,
+        )  # fmt: skip
     texts = decode(processor, comp)  # the raw completions
     rep_examples = [e for e in examples for _ in range(G)]
     # The rewards clean the raw completions themselves (the format reward needs them raw). An

@@ -15,13 +15,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 from transformers import LogitsProcessorList
 
 from vqa_grpo.data.prompts import DEFAULT_TEMPLATE, user_texts
+from vqa_grpo.data.types import BadExample
 from vqa_grpo.models.adapters import FamilyAdapter, PromptBatch
 from vqa_grpo.models.plan import ForwardPlan
 from vqa_grpo.models.prefix import Prefix, encode_prefix, keep_decoding, log_once
-from vqa_grpo.models.processors import build_processors
+from vqa_grpo.models.processors import RowwiseTemperatureTopP, build_processors, sampling_logprobs
 from vqa_grpo.models.static_decode import decoder_for
 
 
@@ -69,7 +71,8 @@ def generate(
 
     ``prompts`` holds B prompts; the result has R = B * group_size rows, row r following prompt
     r // group_size. ``logits_processor`` (e.g. the row-wise temperature/top-p sampler of
-    grpo/sampling.py, built for R rows) replaces the shared ``temperature``/``top_p`` when given.
+    models/processors.py, built for R rows: :func:`sample_groups`) replaces the shared
+    ``temperature``/``top_p`` when given.
     ``prefix``: the prompts' expanded pass already run (no gradient; the fused prefill's copy).
     """
     stop_ids = adapter.stop_token_ids(processor, model)
@@ -113,6 +116,39 @@ def generate(
     mask, truncated = completion_mask(ids, stop_ids)
     ids = ids.masked_fill(mask == 0, pad_id)
     return Completions(ids, mask, truncated, scores)
+
+
+def sample_groups(
+    model,
+    adapter,
+    processor,
+    prompts,
+    plan: ForwardPlan,
+    temps: torch.Tensor,  # [R]
+    top_ps: torch.Tensor,  # [R]
+    *,
+    group_size: int,
+    max_new_tokens: int,
+    prefix: Prefix | None = None,
+) -> tuple[Completions, torch.Tensor]:  # [R, C] completions, [R, C] sampler log-probs
+    """``group_size`` completions of each prompt of ``prompts`` on ``plan``'s sampling path, row r
+    at ``temps[r]``/``top_ps[r]`` (R = B x group_size; models/processors.py), and each token's
+    log-prob under the distribution it was drawn from (0 past the end). ``prefix``: the prompts'
+    pass already run (no gradient; the fused prefill's copy)."""
+    comp = generate(
+        model,
+        adapter,
+        processor,
+        prompts,
+        plan,
+        max_new_tokens=max_new_tokens,
+        do_sample=True,
+        logits_processor=LogitsProcessorList([RowwiseTemperatureTopP(temps, top_ps)]),
+        keep_scores=True,
+        group_size=group_size,
+        prefix=prefix,
+    )
+    return comp, sampling_logprobs(comp.scores, comp.ids) * comp.mask
 
 
 def _decode_from_prefix(
@@ -239,10 +275,6 @@ def predict_answers(
     """Decoded answers for ``examples`` in batches, on ``plan`` (the evaluation's, models/plan.py
     ``plain_plan``); None where the image failed to load. ``template``: the prompt template each
     question is put in (data/prompts.py)."""
-    from tqdm.auto import tqdm
-
-    from vqa_grpo.data.types import BadExample
-
     out: list[str | None] = [None] * len(examples)
     starts = range(0, len(examples), batch_size)
     for start in tqdm(starts, desc="evaluate", disable=not progress, leave=False):

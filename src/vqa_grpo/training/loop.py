@@ -10,17 +10,17 @@ order, sinks, saves) in training/session.py; this file runs the steps, logs, eva
 saves, and handles stops and faults. GRPO's forward plan (models/plan.py) is chosen here, once
 per run (``_load_policy``), and handed whole to sampling and to the loss.
 
-One GRPO step, from here to ``policy_loss`` (one line per hop):
+One GRPO step, from here to ``policy_loss``, one line per hop:
 
-    training/loop.py      _train_step         the optimiser step around GRPOSteps.step
-    training/steps.py     GRPOSteps.step      make_rollouts (sampling), then grpo_backward (the loss)
-    grpo/rollout.py       make_rollout_and_prefill   prompts, sample_groups, rewards, advantages
-    models/generation.py  generate            the batched decode on the plan's path
-    grpo/objective.py     grpo_objective      completion_logprobs on the plan's path, then policy_loss
-    grpo/math.py          policy_loss         the clipped objective on tensors
+    training/loop.py      _train_step               the optimiser step around GRPOSteps.step
+    training/steps.py     GRPOSteps.step            make_rollouts (sample), then grpo_backward (loss)
+    grpo/rollout.py       make_rollout_and_prefill  sample_groups, rewards, group advantages
+    models/generation.py  sample_groups, generate   one batched decode on the plan's sampling path
+    grpo/objective.py     grpo_objective            completion_logprobs, then policy_loss
+    models/scoring.py     completion_logprobs       the forward pass on the plan's log-prob path
+    grpo/math.py          policy_loss               the objective on tensors
 
-(grpo/sampling.py ``sample_groups`` sets each row's temperature and top-p; models/scoring.py
-``completion_logprobs`` is the forward pass; models/prefix.py runs a shared prefix for both.)
+On the shared prefix both passes run a models/prefix.py ``Prefix``.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from vqa_grpo.errors import TrainingStopped
 from vqa_grpo.evaluation.answering import answer_and_score
 from vqa_grpo.grpo.logprobs import Reference
 from vqa_grpo.grpo.plan import choose_plan
+from vqa_grpo.grpo.vllm_backend import check_run
 from vqa_grpo.models.loading import LoadedModel, load_model, resolve_device
 from vqa_grpo.paths import absolute_inputs, check_folder
 from vqa_grpo.rewards.benchmark import check_metrics_fit
@@ -162,8 +163,6 @@ def _check_before_writing(cfg: Config, mode: str, dist: Dist, device: torch.devi
     check_folder(run_dir, "train.output_dir")
     check_fresh(cfg, run_dir)
     if mode == "grpo" and cfg.grpo.generation_backend == "vllm":
-        from vqa_grpo.grpo.vllm_backend import check_run
-
         check_run(cfg, device)
     dist.check_config(cfg)
 

@@ -13,7 +13,7 @@ import torch
 from transformers import LogitsProcessorList, Qwen2Config, Qwen2ForCausalLM
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
-from vqa_grpo.grpo import RowwiseTemperatureTopP, row_sampling_params, sampling_logprobs
+from vqa_grpo.models.processors import RowwiseTemperatureTopP, row_sampling_params, sampling_logprobs
 
 B, G, P, T, V = 2, 4, 5, 5, 50  # prompts, samples per prompt, prompt length, new tokens, vocabulary
 TEMPS = [0.5, 0.8, 1.0, 1.6]
