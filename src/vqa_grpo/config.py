@@ -92,7 +92,8 @@ class DataConfig:
     config_name: Optional[str] = None
     """Config (subset) of an hf: dataset with several; None takes the preset's, or the only one."""
     streaming: bool = False
-    """Stream an hf: dataset instead of downloading it first; kept images then stay in memory."""
+    """Stream an hf: dataset instead of downloading it first; kept images go to a temporary spill
+    file as they stream past (data/spill.py), not into memory."""
     preset: Optional[str] = None
     """Column mapping of a known Hub dataset (docs/data_hub.md); None picks it from the hf: name,
     "none" turns it off; name one to map a local copy read as hf:FOLDER."""
@@ -109,6 +110,10 @@ class DataConfig:
     """Allow image paths that leave the image root."""
     max_image_pixels: int = 1_000_000
     """Images with more pixels are downscaled (aspect kept) when opened; 0 keeps the full size."""
+    cache_dir: Optional[str] = None
+    """Folder of the loaded-examples index (data/cache.py: the examples written once as a
+    memory-mapped Arrow file, keyed by the data files' sizes and times, shared by a run's
+    processes); null: .vqa_grpo_cache beside the data (or ~/.cache/vqa_grpo/data); "none": none."""
     columns: ColumnsConfig = field(default_factory=ColumnsConfig)
     """Column mapping from the user's schema."""
     prompt_template: Optional[str] = None
@@ -189,6 +194,9 @@ class TrainConfig:
     """wandb project when report_to=wandb; WANDB_MODE=offline logs without a network."""
     empty_cuda_cache: bool = False
     """Call torch.cuda.empty_cache() after every step (seed 5.1): less fragmentation, a little slower."""
+    offload_activations: bool = False
+    """CUDA only: keep the tensors saved for the backward pass (the checkpointed activations, with
+    model.gradient_checkpointing) in pinned host memory (torch's save_on_cpu), copied back for backward."""
     merge_lora: bool = False
     """With model.lora, also write output_dir/merged/: the adapter merged into the base weights."""
 
@@ -274,6 +282,9 @@ class GRPOConfig:
     """Decode from the shared prefix on a static KV cache (models/static_decode.py), each step compiled
     as CUDA graphs on a GPU: auto on CUDA where it is exact, on also on the CPU (no graphs there),
     off (the default; no GPU run has measured it yet): the dynamic cache, step by step."""
+    logprob_chunk_size: int = 512
+    """Completion positions whose logits exist at once in GRPO's and SFT's log-prob passes (models/chunked.py:
+    the LM head applied this many positions at a time, never to all [rows, tokens] at once)."""
     generation_backend: Literal["transformers", "vllm"] = "transformers"
     """Who samples the G completions: transformers' generate, or a colocated vLLM engine (extra, CUDA)."""
     vllm_sync_steps: int = 1
@@ -282,9 +293,6 @@ class GRPOConfig:
     """Share of the GPU's memory vLLM may take (weights + KV cache); the trainer has the rest."""
     vllm_is_cap: float = 2.0
     """C of truncated importance sampling: each token's loss weight min(pi_old / pi_vllm, C)."""
-    logprob_chunk_size: int = 512
-    """Completion positions whose logits exist at once in GRPO's and SFT's log-prob passes (models/chunked.py:
-    the LM head applied this many positions at a time, never to all [rows, tokens] at once)."""
     vllm_max_model_len: int = 4096
     """vLLM's context length (prompt with image tokens + completion): sizes its KV cache."""
 
@@ -337,6 +345,10 @@ class EvalConfig:
     """Top-p when do_sample is true."""
     bootstrap_samples: int = 1000
     """Resamples for the 95% confidence intervals."""
+    max_examples: Optional[int] = 1000
+    """Questions the evaluations during training answer at most (a seeded draw from the eval set,
+    stratified by answer type, as data.max_eval_samples draws; the log says when it cuts); null
+    answers all. data.max_eval_samples, when set, wins; ``vqa-grpo evaluate`` is not capped by it."""
     vqa_convention: Optional[Literal["official", "lmms_eval"]] = None
     """VQA accuracy as the official vqaEval.py computes it (normalises only when the answers differ)
     or as lmms-eval's EvalAI processor does (always normalises); the metric and the reward alike.

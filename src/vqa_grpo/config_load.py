@@ -305,6 +305,7 @@ def validate(cfg: Config, python_rewards: typing.Iterable[str] = ()) -> None:
     for key in ("max_train_samples", "max_eval_samples"):
         v = getattr(d, key)
         need(v is None or v >= 1, f"data.{key}={v}: must be >= 1 or null")
+    need(d.cache_dir is None or bool(d.cache_dir.strip()), "data.cache_dir is empty; give a folder, none, or null")
     need(bool(d.split.strip()), "data.split is empty; name a split of the hf: dataset (e.g. train or validation)")
     for key in ("eval_split", "config_name", "preset"):
         v = getattr(d, key)
@@ -339,6 +340,7 @@ def validate(cfg: Config, python_rewards: typing.Iterable[str] = ()) -> None:
     need(e.temperature > 0, f"eval.temperature={e.temperature}: must be > 0")
     need(0 < e.top_p <= 1, f"eval.top_p={e.top_p}: must be in (0, 1]")
     need(e.bootstrap_samples >= 1, f"eval.bootstrap_samples={e.bootstrap_samples}: must be >= 1")
+    need(e.max_examples is None or e.max_examples >= 1, f"eval.max_examples={e.max_examples}: must be >= 1 or null")
     try:
         parse_perturbations(e.perturb)
     except UserError as err:

@@ -25,6 +25,7 @@ from vqa_grpo.config_load import load_config
 from vqa_grpo.data.hub import PRESETS, find_preset
 from vqa_grpo.data.images import StoredImage
 from vqa_grpo.data.loader import SKIP_REASONS, load_examples, load_vqa
+from vqa_grpo.data.spill import StreamSpill
 from vqa_grpo.errors import UserError
 
 
@@ -397,7 +398,9 @@ def test_streaming_yields_the_same_examples(tmp_path, offline_tmp_cache):
     assert streamed_report.to_dict() == plain_report.to_dict()
     assert [e.load_image().tobytes() for e in streamed] == [e.load_image().tobytes() for e in plain]
     assert "streaming" in streamed_report.source
-    assert all(isinstance(e.image_loader.source, bytes) for e in streamed)  # a stream cannot be re-read
+    # a stream cannot be re-read: its images are read back from the spill file, never held as bytes
+    assert all(isinstance(e.image_loader.source, StoredImage) for e in streamed)
+    assert all(isinstance(e.image_loader.source.read.func, StreamSpill) for e in streamed)
 
 
 def test_eval_path_reads_eval_split(tmp_path):

@@ -5,8 +5,8 @@ repository (parquet shards, optionally a README.md with YAML ``configs:``); both
 ``load_dataset(NAME, data.config_name, split=data.split, streaming=data.streaming)`` call. The rows
 are then mapped exactly like local data (``loader.py``): the same column mapping, skip reasons and
 answer-type rules. Images stay encoded (``Image(decode=False)``); without streaming each example
-re-reads its image from the memory-mapped Arrow cache, with streaming it keeps the bytes (a stream
-cannot be read twice).
+re-reads its image from the memory-mapped Arrow cache; with streaming (a stream cannot be read
+twice) from a spill file the bytes are written to as they stream past (spill.py).
 
 PRESETS maps the VQA datasets users name most to their columns, so ``data.path=hf:<id>
 data.split=validation`` needs no column flags. A preset applies when NAME is its id; ``data.preset``
@@ -32,8 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from vqa_grpo.config import ColumnsConfig, DataConfig
+from vqa_grpo.data.cache_paths import FOLDER, user_cache
 from vqa_grpo.data.hub_presets import _SCRIPT_SUCCESSORS, PRESETS, Preset
-from vqa_grpo.data.rows import Row, Source, dataset_cell, dataset_rows, undecoded
+from vqa_grpo.data.rows import DatasetImages, Row, Source, dataset_cell, dataset_rows, undecoded
+from vqa_grpo.data.spill import StreamSpill, spilled_rows
 from vqa_grpo.errors import UserError
 
 PREFIX = "hf:"
@@ -141,15 +143,18 @@ def hub_source(path: str, cfg: DataConfig) -> Source:
     columns = merged_columns(preset, cfg.columns)
     ds = _undecoded(ds, columns.image)
     present = _column_names(ds)
-    if cfg.streaming:
-        rows: Iterable[Row] = (Row(dict(values)) for values in ds)
+    image_at: Callable[[int], Any] | None
+    if cfg.streaming:  # each image goes to a spill file as it streams past (spill.py)
+        image_at = StreamSpill()
+        rows: Iterable[Row] = spilled_rows(ds, columns.image, image_at)
     else:
-        rows = dataset_rows(ds, columns.image)
+        rows, image_at = dataset_rows(ds, columns.image), DatasetImages(ds, columns.image)
     if preset is not None and preset.images_config:
         images_config = config_name.replace(*preset.images_config)
         _check_split(name, images_config, split, cfg.split, preset)
         images = _undecoded(_load(name, images_config, split, False, cfg.split, preset), "image")
         rows = _joined_images(rows, images, preset.join_key, columns.image)
+        image_at = None  # the image is found by the row's key: examples keep their reread handle
         present = None if present is None else present | {columns.image}
     if preset is not None and preset.transform is not None:
         rows = _transformed(rows, preset.transform)
@@ -165,7 +170,11 @@ def hub_source(path: str, cfg: DataConfig) -> Source:
     )
     local = Path(name).is_dir()
     about = _about(name, config_name, split, cfg, preset, columns, present)
-    return Source(f"{PREFIX}{name} ({where})", Path(name) if local else Path.cwd(), rows, columns, about)
+    files = [] if cfg.streaming else [Path(f["filename"]) for f in ds.cache_files]  # datasets' Arrow cache
+    base = Path(name) if local else Path.cwd()
+    index_dir = base / FOLDER if local else user_cache()  # not inside datasets' own cache
+    name_ = f"{PREFIX}{name} ({where})"
+    return Source(name_, base, rows, columns, about, files=files, index_dir=index_dir, image_at=image_at)
 
 
 def _check_split(name: str, config_name: str | None, split: str, asked: str, preset: Preset | None) -> None:

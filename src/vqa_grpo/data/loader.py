@@ -33,13 +33,16 @@ import math
 import numbers
 import os
 import re
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vqa_grpo.config import ColumnsConfig, DataConfig
+from vqa_grpo.data.cache import cached_table
 from vqa_grpo.data.images import ImageLoader, StoredImage, check_image, resolve_image
 from vqa_grpo.data.qtypes import answer_type_of, question_type_of
+from vqa_grpo.data.report import SKIP_REASONS, LoadReport
 from vqa_grpo.data.rows import (
     Row,
     Source,
@@ -52,121 +55,18 @@ from vqa_grpo.data.rows import (
 )
 from vqa_grpo.data.sources import memory_source, open_source
 from vqa_grpo.data.splits import limit, split_train_eval
+from vqa_grpo.data.table import TableBuilder
 from vqa_grpo.data.types import ANSWER_TYPES, VQAExample
 from vqa_grpo.errors import UserError
 
-SKIP_REASONS = (
-    "missing_image",
-    "corrupt_image",
-    "empty_question",
-    "empty_answer",
-    "outside_root",
-    "duplicate_id",
-    "too_large",
-    "several_images",
-    "question_not_text",
-    "answer_not_text",
-)
-_FIXES = {
-    "missing_image": "image file not found: check data.image_root and the paths in the image column",
-    "corrupt_image": "PIL cannot open the image: re-export or remove those files",
-    "empty_question": "no question text: check data.columns.question",
-    "empty_answer": "no answer: check data.columns.answer / data.columns.answers",
-    "outside_root": "path leaves the image root: fix the paths, or set data.allow_outside_root=true",
-    "duplicate_id": "id seen before: make ids unique, or check data.columns.id",
-    "too_large": "more pixels than PIL's decompression-bomb limit: downscale those images",
-    "several_images": "several images for one question: keep one image per row",
-    "question_not_text": "the question is a number or boolean, not text: write the question's text",
-    "answer_not_text": 'a JSON true/false answer: write the answer\'s text ("yes"/"no")',
-}
-_SAMPLES_PER_REASON = 3
-
-
-@dataclass
-class LoadReport:
-    """What a load read, kept and skipped; ``table()`` for people, ``to_dict()`` for --json."""
-
-    rows: int = 0
-    kept: int = 0
-    skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIP_REASONS, 0))
-    """Skipped rows by reason; every reason is present, zero or not."""
-    answer_types: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ANSWER_TYPES, 0))
-    """Kept rows by answer type."""
-    source: str = ""
-    """What was read (path and format), for messages."""
-    samples: dict[str, list[str]] = field(default_factory=dict)
-    """The first few skipped rows of each reason, e.g. "row 7: images/x.png not found"."""
-    rejected: list[dict[str, Any]] = field(default_factory=list)
-    """Every skipped row: its id, row number (1-based), reason, detail and source."""
-
-    def keep(self, example: VQAExample) -> None:
-        self.rows += 1
-        self.kept += 1
-        self.answer_types[example.answer_type] = self.answer_types.get(example.answer_type, 0) + 1
-
-    def skip(self, reason: str, detail: str, example_id: str = "", row: int = 0) -> None:
-        self.rows += 1
-        self.skipped[reason] += 1
-        self.rejected.append(dict(id=example_id, row=row, reason=reason, detail=detail, source=self.source))
-        shown = self.samples.setdefault(reason, [])
-        if len(shown) < _SAMPLES_PER_REASON:
-            shown.append(detail)
-
-    @property
-    def num_skipped(self) -> int:
-        return sum(self.skipped.values())
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "rows": self.rows,
-            "kept": self.kept,
-            "skipped": dict(self.skipped),
-            "answer_types": dict(self.answer_types),
-        }
-
-    def table(self) -> str:
-        lines = [f"{self.source or 'data'}: {self.rows} rows read, {self.kept} kept, {self.num_skipped} skipped"]
-        if self.num_skipped:
-            lines.append(f"  {'skipped':>7}  {'reason':<17}  what to fix")
-            for reason, count in self.skipped.items():
-                if count:
-                    lines.append(f"  {count:>7}  {reason:<17}  {_FIXES[reason]}")
-                    lines += [f"  {'':>7}  {'':<17}    e.g. {s}" for s in self.samples.get(reason, [])]
-        types = ", ".join(f"{t} {n}" for t, n in self.answer_types.items())
-        lines.append(f"  kept by answer type: {types}")
-        return "\n".join(lines)
-
-    def too_many_skipped(self, max_fraction: float) -> str | None:
-        """A one-line complaint when more than ``max_fraction`` of the rows were skipped, else None."""
-        if self.rows == 0 or self.num_skipped <= max_fraction * self.rows:
-            return None
-        return (
-            f"{self.num_skipped} of {self.rows} rows of {self.source} were skipped "
-            f"({self.num_skipped / self.rows:.0%}, more than data.max_skip_fraction={max_fraction}); "
-            "fix the rows by the reasons shown, or raise data.max_skip_fraction"
-        )
-
-    @classmethod
-    def combine(cls, reports: list[LoadReport]) -> LoadReport:
-        """The sum of several loads (train and eval files)."""
-        total = cls(source=" + ".join(r.source for r in reports))
-        for r in reports:
-            total.rows += r.rows
-            total.kept += r.kept
-            for k, v in r.skipped.items():
-                total.skipped[k] += v
-            for k, v in r.answer_types.items():
-                total.answer_types[k] = total.answer_types.get(k, 0) + v
-            for k, v in r.samples.items():
-                total.samples.setdefault(k, []).extend(v)
-            total.rejected += r.rejected
-        return total
+__all__ = ["SKIP_REASONS", "LoadReport", "LoadedData", "load_examples", "load_vqa", "read_examples"]
 
 
 @dataclass
 class LoadedData:
-    train: list[VQAExample]
-    eval: list[VQAExample]
+    train: Sequence[VQAExample]
+    eval: Sequence[VQAExample]
+    """Lists, or views of an ExampleTable (table.py) for data read from files."""
     report: LoadReport
     """Rows read, kept and skipped over all files loaded."""
 
@@ -204,13 +104,30 @@ def load_vqa(cfg: DataConfig, *, seed: int = 0, frame: Any = None) -> LoadedData
     return LoadedData(train, eval_set, report)
 
 
-def load_examples(path: str, cfg: DataConfig) -> tuple[list[VQAExample], LoadReport]:
-    """Every usable example of one file or folder, in file order (no split).
+def cap_eval(data: LoadedData, max_examples: int | None, cfg: DataConfig, seed: int) -> tuple[LoadedData, str | None]:
+    """``data`` with at most ``max_examples`` (eval.max_examples) evaluation questions, drawn as
+    data.max_eval_samples draws, and the line that says so; unchanged (and None) when
+    data.max_eval_samples is set (it chose the set), the cap is null or the set is no larger."""
+    n = len(data.eval)
+    if cfg.max_eval_samples is not None or max_examples is None or n <= max_examples:
+        return data, None
+    note = (
+        f"eval: {max_examples} of the {n} evaluation questions, a seeded draw stratified by answer type "
+        f"(eval.max_examples={max_examples}); set eval.max_examples=null to evaluate on all of them"
+    )
+    return dataclasses.replace(data, eval=limit(data.eval, max_examples, seed, "eval")), note
+
+
+def load_examples(path: str, cfg: DataConfig) -> tuple[Sequence[VQAExample], LoadReport]:
+    """Every usable example of one file or folder, in file order (no split): an ExampleTable read
+    from the loaded-examples index when there is one, else built and indexed (cache.py).
 
     Raises UserError when the path cannot be read or when more than cfg.max_skip_fraction of the
     rows were skipped (the message then holds the table of skips).
     """
-    examples, report = read_examples(open_source(path, cfg), cfg)
+    source = open_source(path, cfg)
+    root = _image_root(cfg, source)
+    examples, report = cached_table(source, cfg, root, lambda builder: read_examples(source, cfg, builder)[1])
     _check_skips(report, cfg)
     return examples, report
 
@@ -221,9 +138,12 @@ def _check_skips(report: LoadReport, cfg: DataConfig) -> None:
         raise UserError(f"{complaint}\n{report.table()}")
 
 
-def read_examples(source: Source, cfg: DataConfig) -> tuple[list[VQAExample], LoadReport]:
+def read_examples(
+    source: Source, cfg: DataConfig, builder: TableBuilder | None = None
+) -> tuple[list[VQAExample], LoadReport]:
     """The examples of ``source`` and the report; raises UserError only when the source cannot be
-    read at all (no rows, unreadable file, a required column absent from every row)."""
+    read at all (no rows, unreadable file, a required column absent from every row). With
+    ``builder`` the examples go to it as columns (table.py) and the list returned is empty."""
     root = _image_root(cfg, source)
     converter = _RowConverter(cfg, source, root)
     report = LoadReport(source=source.name)
@@ -233,7 +153,10 @@ def read_examples(source: Source, cfg: DataConfig) -> tuple[list[VQAExample], Lo
         seen_columns.update(k for k in row.values if isinstance(k, str))
         result = converter.convert(row, index)
         if isinstance(result, VQAExample):
-            examples.append(result)
+            if builder is None:
+                examples.append(result)
+            else:
+                builder.add(result, index)
             report.keep(result)
         else:
             report.skip(*result, example_id=row_id(row, source.columns, index), row=index)
@@ -300,6 +223,7 @@ class _RowConverter:
         self.max_pixels = max(0, cfg.max_image_pixels)
         self.seen_ids: set[str] = set()
         self.checked: dict[Path, tuple[str, str]] = {}  # VQA v2 shares one image among ~5 questions
+        self.resolved: dict[str, tuple[Any, str, str]] = {}  # and so one path among ~5 rows
 
     def convert(self, row: Row, index: int) -> VQAExample | tuple[str, str]:
         v, cols = row.values, self.cols
@@ -324,7 +248,7 @@ class _RowConverter:
         cell, several = image_cell(v, cols)  # or TRL's images list
         if several:
             return "several_images", f"{where}: {several}"
-        source, reason, detail = resolve_image(cell, self.root, self.allow_outside_root)
+        source, reason, detail = self._resolve(cell)
         if source is None:
             return reason, f"{where}: {detail}"
         reason, detail = self._check(source)
@@ -344,6 +268,13 @@ class _RowConverter:
         )
         example.fields = row_fields(v, cols, example)  # every column, for reward functions
         return example
+
+    def _resolve(self, cell: Any) -> tuple[Any, str, str]:
+        if not isinstance(cell, str):
+            return resolve_image(cell, self.root, self.allow_outside_root)
+        if cell not in self.resolved:
+            self.resolved[cell] = resolve_image(cell, self.root, self.allow_outside_root)
+        return self.resolved[cell]
 
     def _check(self, source: Any) -> tuple[str, str]:
         if not isinstance(source, Path):
@@ -376,10 +307,14 @@ def _text(value: Any) -> str:
 def _has_flag(value: Any) -> bool:
     """Whether an answer cell, or an entry of an answers cell, is a boolean (JSON true/false, an
     Arrow bool column): "true" is not an answer's text."""
+    if isinstance(value, str) or value is None:  # the usual cell, first
+        return False
     value = value.tolist() if hasattr(value, "tolist") else value  # numpy arrays and numpy bools
     if isinstance(value, dict):
         return _has_flag(value.get("answer"))
-    return any(map(_has_flag, value)) if isinstance(value, (list, tuple)) else isinstance(value, bool)
+    if isinstance(value, (list, tuple)):
+        return any(type(x) is not str and _has_flag(x) for x in value)
+    return isinstance(value, bool)
 
 
 def _answers(value: Any) -> list[str]:
@@ -394,6 +329,8 @@ def _answers(value: Any) -> list[str]:
     if isinstance(value, dict):
         return _answers(value.get("answer"))
     if isinstance(value, (list, tuple)):
+        if all(type(x) is str for x in value):  # the usual cell: plain strings
+            return [t for t in (x.strip() for x in value) if t]
         items = (_text(x.get("answer")) if isinstance(x, dict) else _text(x) for x in value)
         return [x for x in items if x]
     text = _text(value)

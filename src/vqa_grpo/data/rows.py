@@ -40,6 +40,14 @@ class Source:
     about: dict[str, Any] = field(default_factory=dict)
     """What was mapped (Hub datasets: the preset, config, split and each field's column), for
     ``data inspect``; empty for local files."""
+    files: list[Path] = field(default_factory=list)
+    """The files read, whose paths, sizes and modification times key the loaded-examples index
+    (cache.py); empty: not indexed (rows in memory, a stream)."""
+    index_dir: Path | None = None
+    """Where the index goes unless data.cache_dir says (None: beside the first of ``files``)."""
+    image_at: Callable[[int], Any] | None = None
+    """Row i's (0-based) image cell read again from the data, for images kept inside it (Parquet,
+    Arrow, a stream's spill file): examples then hold this and i, not the bytes. Picklable."""
 
 
 def dataset_rows(ds: Any, image_col: str) -> Iterator[Row]:
@@ -58,6 +66,17 @@ def dataset_rows(ds: Any, image_col: str) -> Iterator[Row]:
 
 def dataset_cell(ds: Any, index: int, column: str) -> Any:
     return only_image(ds[index][column])
+
+
+@dataclass(frozen=True)
+class DatasetImages:
+    """Row i's image cell of a ``datasets.Dataset`` (memory-mapped Arrow), read again on demand."""
+
+    ds: Any
+    image_col: str
+
+    def __call__(self, i: int) -> Any:
+        return dataset_cell(self.ds, i, image_column(self.ds.column_names, self.image_col))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any
 
 from vqa_grpo.config import DataConfig
 from vqa_grpo.data.hub import hub_source, is_hub_path
-from vqa_grpo.data.rows import Row, Source, dataset_rows, image_column, only_image, undecoded
+from vqa_grpo.data.rows import DatasetImages, Row, Source, dataset_rows, image_column, only_image, undecoded
 from vqa_grpo.data.vqa_v2 import looks_like_vqa_v2, vqa_v2_source
 from vqa_grpo.errors import UserError
 
@@ -68,6 +68,7 @@ def open_source(path: str | os.PathLike, cfg: DataConfig) -> Source:
     files = _data_files(p, fmt)
     base = files[0].parent
     name = f"{p} ({fmt})"
+    image_at = None
     if fmt == "jsonl":
         rows: Iterable[Row] = _jsonl_rows(files[0])
     elif fmt == "csv":
@@ -76,7 +77,8 @@ def open_source(path: str | os.PathLike, cfg: DataConfig) -> Source:
         rows = _json_rows(files[0])
     else:
         rows = _parquet_rows(files, cfg.columns.image)
-    return Source(name, base, rows, cfg.columns)
+        image_at = ParquetImages(tuple(str(f) for f in files), cfg.columns.image)
+    return Source(name, base, rows, cfg.columns, files=files, image_at=image_at)
 
 
 def memory_source(data: Any, cfg: DataConfig) -> Source:
@@ -262,6 +264,34 @@ def _parquet_cell(path: str, group: int, index: int, column: str) -> Any:
     return only_image(_parquet_column(path, group, column)[index])
 
 
+class ParquetImages:
+    """Row i's (0-based, over all the files) image cell, read again from its row group."""
+
+    def __init__(self, files: tuple[str, ...], image_col: str):
+        self.files, self.image_col = files, image_col
+        self._groups: list[tuple[int, str, int, str]] | None = None  # (first row, file, group, column)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"files": self.files, "image_col": self.image_col, "_groups": None}
+
+    def __call__(self, i: int) -> Any:
+        import bisect
+
+        import pyarrow.parquet as pq
+
+        if self._groups is None:
+            groups, start = [], 0
+            for path in self.files:
+                meta = pq.ParquetFile(path)
+                col = image_column(meta.schema_arrow.names, self.image_col)
+                for g in range(meta.num_row_groups):
+                    groups.append((start, path, g, col))
+                    start += meta.metadata.row_group(g).num_rows
+            self._groups = groups
+        first, path, group, col = self._groups[bisect.bisect_right([g[0] for g in self._groups], i) - 1]
+        return _parquet_cell(path, group, i - first, col)
+
+
 @lru_cache(maxsize=1)  # one row group's images at a time: sequential reads decompress each group once
 def _parquet_column(path: str, group: int, column: str) -> list[Any]:
     import pyarrow.parquet as pq
@@ -287,7 +317,11 @@ def _datasets_source(p: Path, cfg: DataConfig) -> Source:
     except (FileNotFoundError, ValueError, OSError) as e:
         raise UserError(f"{p} is not a datasets folder written by save_to_disk ({e})") from None
     ds = undecoded(ds, cfg.columns.image)  # cells become {"bytes", "path"}
-    return Source(f"{p} (datasets)", p, dataset_rows(ds, cfg.columns.image), cfg.columns)
+    image_at = DatasetImages(ds, cfg.columns.image)
+    files = [Path(f["filename"]) for f in ds.cache_files]
+    return Source(
+        f"{p} (datasets)", p, dataset_rows(ds, cfg.columns.image), cfg.columns, files=files, image_at=image_at
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -299,7 +333,8 @@ def _imagefolder_source(p: Path, cfg: DataConfig) -> Source:
     if meta is None:
         raise UserError(f"folder {p} has no metadata.jsonl or metadata.csv; add one with a file_name column")
     rows = _jsonl_rows(meta) if meta.suffix == ".jsonl" else _csv_rows(meta)
-    return Source(f"{meta} (imagefolder)", meta.parent, _file_name_as_image(rows, cfg.columns.image), cfg.columns)
+    rows = _file_name_as_image(rows, cfg.columns.image)
+    return Source(f"{meta} (imagefolder)", meta.parent, rows, cfg.columns, files=[meta])
 
 
 def _file_name_as_image(rows: Iterable[Row], image_col: str) -> Iterator[Row]:

@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from typing import TypeVar
 
+from vqa_grpo.data.table import answer_types, pick
 from vqa_grpo.data.types import ANSWER_TYPES, VQAExample
 
 E = TypeVar("E", bound=VQAExample)
 
 
-def stratified_pick(examples: list[E], n: int, rng: random.Random) -> tuple[list[E], list[E]]:
-    """``(chosen, rest)``: n examples stratified by answer type, both lists in the original order."""
+def stratified_pick(examples: Sequence[E], n: int, rng: random.Random) -> tuple[Sequence[E], Sequence[E]]:
+    """``(chosen, rest)``: n examples stratified by answer type, both in the original order (lists,
+    or views of an ExampleTable: its answer-type column is read, no example is made)."""
     n = max(0, min(n, len(examples)))
     groups: dict[str, list[int]] = {}
-    for i, ex in enumerate(examples):
-        groups.setdefault(ex.answer_type, []).append(i)
+    for i, answer_type in enumerate(answer_types(examples)):
+        groups.setdefault(answer_type, []).append(i)
     order = [t for t in ANSWER_TYPES if t in groups] + sorted(t for t in groups if t not in ANSWER_TYPES)
     exact = {t: n * len(groups[t]) / len(examples) for t in order} if examples else {}
     quota = {t: math.floor(exact[t]) for t in order}
@@ -32,12 +35,12 @@ def stratified_pick(examples: list[E], n: int, rng: random.Random) -> tuple[list
     chosen = set()
     for t in order:
         chosen.update(rng.sample(groups[t], quota[t]))
-    picked = [ex for i, ex in enumerate(examples) if i in chosen]
-    rest = [ex for i, ex in enumerate(examples) if i not in chosen]
+    picked = pick(examples, [i for i in range(len(examples)) if i in chosen])
+    rest = pick(examples, [i for i in range(len(examples)) if i not in chosen])
     return picked, rest
 
 
-def split_train_eval(examples: list[E], eval_fraction: float, seed: int) -> tuple[list[E], list[E]]:
+def split_train_eval(examples: Sequence[E], eval_fraction: float, seed: int) -> tuple[Sequence[E], Sequence[E]]:
     """``(train, eval)`` with round(eval_fraction * N) eval examples (at least 1 when 0 < fraction and N >= 2)."""
     n = len(examples)
     n_eval = math.floor(eval_fraction * n + 0.5)
@@ -47,7 +50,7 @@ def split_train_eval(examples: list[E], eval_fraction: float, seed: int) -> tupl
     return train, eval_set
 
 
-def limit(examples: list[E], max_samples: int | None, seed: int, name: str) -> list[E]:
+def limit(examples: Sequence[E], max_samples: int | None, seed: int, name: str) -> Sequence[E]:
     """At most ``max_samples`` examples, stratified; ``name`` keeps the train and eval draws independent."""
     if max_samples is None or len(examples) <= max_samples:
         return examples

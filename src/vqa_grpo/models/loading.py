@@ -309,16 +309,21 @@ def check_images(examples: list, lm: LoadedModel) -> list:
     processor (``adapter.image_problem``): one it cannot lay out raises BadExample, so training
     and evaluation skip and count it as they do an image that fails to decode. Unchanged for a
     family whose processor takes every image."""
-    import dataclasses
     import functools
 
     if type(lm.adapter).image_problem is FamilyAdapter.image_problem:
         return examples
     check = functools.partial(lm.adapter.image_problem, lm.processor)
-    return [
-        e if e.image_loader is None else dataclasses.replace(e, image_loader=functools.partial(_checked, e, check))
-        for e in examples
-    ]
+    if hasattr(examples, "mapped"):  # an ExampleTable (data/table.py): each example checked as it is made
+        return examples.mapped(functools.partial(_with_check, check=check))
+    return [_with_check(e, check) for e in examples]
+
+
+def _with_check(e, check):
+    import dataclasses
+    import functools
+
+    return e if e.image_loader is None else dataclasses.replace(e, image_loader=functools.partial(_checked, e, check))
 
 
 def _checked(example, check):

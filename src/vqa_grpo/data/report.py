@@ -1,0 +1,119 @@
+"""What a load read, kept and skipped: the skip reasons, their fixes, and :class:`LoadReport`.
+
+The reasons and their order are loader.py's (its docstring lists when each applies); the report is
+kept with the loaded-examples index (cache.py), so a load from the index reports as the first did.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from vqa_grpo.data.types import ANSWER_TYPES, VQAExample
+
+SKIP_REASONS = (
+    "missing_image",
+    "corrupt_image",
+    "empty_question",
+    "empty_answer",
+    "outside_root",
+    "duplicate_id",
+    "too_large",
+    "several_images",
+    "question_not_text",
+    "answer_not_text",
+)
+_FIXES = {
+    "missing_image": "image file not found: check data.image_root and the paths in the image column",
+    "corrupt_image": "PIL cannot open the image: re-export or remove those files",
+    "empty_question": "no question text: check data.columns.question",
+    "empty_answer": "no answer: check data.columns.answer / data.columns.answers",
+    "outside_root": "path leaves the image root: fix the paths, or set data.allow_outside_root=true",
+    "duplicate_id": "id seen before: make ids unique, or check data.columns.id",
+    "too_large": "more pixels than PIL's decompression-bomb limit: downscale those images",
+    "several_images": "several images for one question: keep one image per row",
+    "question_not_text": "the question is a number or boolean, not text: write the question's text",
+    "answer_not_text": 'a JSON true/false answer: write the answer\'s text ("yes"/"no")',
+}
+_SAMPLES_PER_REASON = 3
+
+
+@dataclass
+class LoadReport:
+    """What a load read, kept and skipped; ``table()`` for people, ``to_dict()`` for --json."""
+
+    rows: int = 0
+    kept: int = 0
+    skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIP_REASONS, 0))
+    """Skipped rows by reason; every reason is present, zero or not."""
+    answer_types: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ANSWER_TYPES, 0))
+    """Kept rows by answer type."""
+    source: str = ""
+    """What was read (path and format), for messages."""
+    samples: dict[str, list[str]] = field(default_factory=dict)
+    """The first few skipped rows of each reason, e.g. "row 7: images/x.png not found"."""
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    """Every skipped row: its id, row number (1-based), reason, detail and source."""
+
+    def keep(self, example: VQAExample) -> None:
+        self.rows += 1
+        self.kept += 1
+        self.answer_types[example.answer_type] = self.answer_types.get(example.answer_type, 0) + 1
+
+    def skip(self, reason: str, detail: str, example_id: str = "", row: int = 0) -> None:
+        self.rows += 1
+        self.skipped[reason] += 1
+        self.rejected.append(dict(id=example_id, row=row, reason=reason, detail=detail, source=self.source))
+        shown = self.samples.setdefault(reason, [])
+        if len(shown) < _SAMPLES_PER_REASON:
+            shown.append(detail)
+
+    @property
+    def num_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "kept": self.kept,
+            "skipped": dict(self.skipped),
+            "answer_types": dict(self.answer_types),
+        }
+
+    def table(self) -> str:
+        lines = [f"{self.source or 'data'}: {self.rows} rows read, {self.kept} kept, {self.num_skipped} skipped"]
+        if self.num_skipped:
+            lines.append(f"  {'skipped':>7}  {'reason':<17}  what to fix")
+            for reason, count in self.skipped.items():
+                if count:
+                    lines.append(f"  {count:>7}  {reason:<17}  {_FIXES[reason]}")
+                    lines += [f"  {'':>7}  {'':<17}    e.g. {s}" for s in self.samples.get(reason, [])]
+        types = ", ".join(f"{t} {n}" for t, n in self.answer_types.items())
+        lines.append(f"  kept by answer type: {types}")
+        return "\n".join(lines)
+
+    def too_many_skipped(self, max_fraction: float) -> str | None:
+        """A one-line complaint when more than ``max_fraction`` of the rows were skipped, else None."""
+        if self.rows == 0 or self.num_skipped <= max_fraction * self.rows:
+            return None
+        return (
+            f"{self.num_skipped} of {self.rows} rows of {self.source} were skipped "
+            f"({self.num_skipped / self.rows:.0%}, more than data.max_skip_fraction={max_fraction}); "
+            "fix the rows by the reasons shown, or raise data.max_skip_fraction"
+        )
+
+    @classmethod
+    def combine(cls, reports: list[LoadReport]) -> LoadReport:
+        """The sum of several loads (train and eval files)."""
+        total = cls(source=" + ".join(r.source for r in reports))
+        for r in reports:
+            total.rows += r.rows
+            total.kept += r.kept
+            for k, v in r.skipped.items():
+                total.skipped[k] += v
+            for k, v in r.answer_types.items():
+                total.answer_types[k] = total.answer_types.get(k, 0) + v
+            for k, v in r.samples.items():
+                total.samples.setdefault(k, []).extend(v)
+            total.rejected += r.rejected
+        return total
