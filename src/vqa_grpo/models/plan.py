@@ -53,11 +53,10 @@ class ForwardPlan:
 
     @property
     def score_shared(self) -> bool:
-        """The passes after sampling share the prefix (the loss's too, unless gradient checkpointing
-        drops the cache: ``completion_logits`` then runs it plain, logged)."""
+        """The log-prob passes without gradient (pi_old, the reference, vLLM's ratios) share the prefix."""
         return self.position_rule is not None
 
-    def scores_shared(self) -> bool:
+    def shares_prefix_now(self) -> bool:
         """Whether a log-prob pass run now shares the prefix: with gradient the loss's path (plain
         under gradient checkpointing), without it the other log-prob passes' (``score_shared``)."""
         return self.loss != "plain" if torch.is_grad_enabled() else self.score_shared

@@ -45,14 +45,14 @@ def completion_logits(
     """Logits that predict each completion token: [R, C, V].
 
     ``prompts`` holds R / group_size prompts; row r's completion follows prompt r // group_size.
-    Where ``plan`` shares the prefix for this pass (``ForwardPlan.scores_shared``: with gradient
+    Where ``plan`` shares the prefix for this pass (``ForwardPlan.shares_prefix_now``: with gradient
     the loss's path, without it the other log-prob passes'), each prompt runs once and the
     completions run against its expanded KV cache; else the prompts are repeated to R rows and one
     forward pass runs over prompt + completion, only the last C+1 positions' logits computed
     (``logits_to_keep``). The two agree up to float rounding. ``prefix``: the prompts' shared pass
     already run with gradient for sampling (the fused prefill, grpo/plan.py), extended here.
     """
-    if prefix is not None or plan.scores_shared():
+    if prefix is not None or plan.shares_prefix_now():
         return _prefix_logits(model, prompts, group_size, completion_ids, completion_mask, plan, prefix)
     if group_size > 1:
         prompts = adapter.repeat(prompts, group_size)
