@@ -24,6 +24,7 @@ import math
 from typing import Callable, ContextManager, TypeVar
 
 import torch
+from accelerate.utils import broadcast_object_list, gather_object
 
 from vqa_grpo.errors import UserError
 from vqa_grpo.training.distributed.helpers import load_optimizer_keeping_kind
@@ -94,7 +95,6 @@ class Dist(abc.ABC):
         """
         if self.acc is None:
             return fn(items)
-        from accelerate.utils import gather_object
 
         share = items[self.rank :: self.world]
         n = len(share)
@@ -111,8 +111,6 @@ class Dist(abc.ABC):
         """Every rank's ``items`` (picklable), concatenated in rank order, on every rank."""
         if self.acc is None:
             return items
-        from accelerate.utils import gather_object
-
         return [x for share in gather_object([items]) for x in share]
 
     def barrier(self) -> None:
@@ -123,8 +121,6 @@ class Dist(abc.ABC):
         """Rank 0's ``value`` on every rank (a picklable object)."""
         if self.acc is None:
             return value
-        from accelerate.utils import broadcast_object_list
-
         return broadcast_object_list([value], from_process=0)[0]
 
     # ---- the model, as this back-end holds it ---------------------------------------------------

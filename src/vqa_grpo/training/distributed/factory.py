@@ -5,8 +5,11 @@ DDP), ``FSDP2`` or ``DeepSpeed``."""
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs
 
 from vqa_grpo.errors import UserError
 from vqa_grpo.training.distributed.ddp import DDP
@@ -33,10 +36,6 @@ def make_dist(device: str = "auto", timeout_s: float = 600) -> Dist:
     fsdp = launch_fsdp()
     if fsdp is not None:
         os.environ["ACCELERATE_USE_FSDP"] = "false"
-    from datetime import timedelta
-
-    from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs
 
     acc = Accelerator(
         cpu=device == "cpu" or not torch.cuda.is_available(),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as tdist
 
 from vqa_grpo.errors import UserError
 
@@ -58,8 +59,6 @@ def parameter_counts(model) -> tuple[int, int]:
 
 @torch.no_grad()
 def broadcast_from_rank0(model) -> None:
-    import torch.distributed as tdist
-
     for t in [*model.parameters(), *model.buffers()]:
         tdist.broadcast(t.data, src=0)
 
