@@ -1,5 +1,6 @@
-"""A rollout (grpo/rollout.py make_rollout_and_prefill) on the tiny Qwen2-VL: shapes, row order, stop and truncation masks, suppressed
-tokens, per-row temperatures, and the rewards and advantages that go with each row.
+"""A rollout (grpo/rollout.py make_rollout_and_prefill) on the tiny Qwen2-VL: shapes, row order,
+stop and truncation masks, suppressed tokens, per-row temperatures, and the rewards and
+advantages that go with each row.
 
 No mocks: the real tiny model (random weights) samples from the synthetic questions. Where a
 property only shows when the model does something unlikely (stop early, try an image token), the
