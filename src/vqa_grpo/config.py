@@ -9,7 +9,9 @@ command line (the value is parsed as YAML, so ``grpo.temperatures=[0.7,1.0]`` an
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -393,9 +395,6 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 def field_docs(cls: type) -> dict[str, str]:
     """Each field's docstring (the string literal under it), for --help and the README."""
-    import ast
-    import inspect
-
     src = inspect.getsource(cls)
     body = ast.parse(src).body[0].body  # type: ignore[attr-defined]
     docs: dict[str, str] = {}

@@ -128,7 +128,7 @@ def _writable(folder: Path) -> bool:
 @contextlib.contextmanager
 def _locked(path: Path):
     """An exclusive lock on ``<path>.lock`` (the processes of a run build one index, once)."""
-    import fcntl
+    import fcntl  # here: Unix only, and only building an index needs it
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "a") as f:

@@ -13,6 +13,7 @@ Hub datasets (``hf:NAME``) are read by ``hub.py``.
 
 from __future__ import annotations
 
+import bisect
 import csv
 import json
 import os
@@ -275,8 +276,6 @@ class ParquetImages:
         return {"files": self.files, "image_col": self.image_col, "_groups": None}
 
     def __call__(self, i: int) -> Any:
-        import bisect
-
         import pyarrow.parquet as pq
 
         if self._groups is None:

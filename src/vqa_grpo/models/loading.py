@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import functools
+import json
+import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import transformers
+from safetensors import SafetensorError
+from transformers import AutoConfig, BitsAndBytesConfig
+from transformers.utils import cached_file
 
+import vqa_grpo.models.phi3_v  # noqa: F401  registers phi3_v with the auto classes
 from vqa_grpo.config import ModelConfig
+from vqa_grpo.data.types import BadExample
 from vqa_grpo.errors import UserError
 from vqa_grpo.models.adapters import FamilyAdapter, adapter_for
 from vqa_grpo.models.lora_base import adapter_base, record_base
@@ -53,13 +65,9 @@ NATIVE_MODEL_TYPES = ("phi3_v",)
 def _local_model_type(path: str) -> str | None:
     """config.json's model_type, read as JSON (no code run): a local directory's, or a hub id's
     (from the cache, or downloaded); None when it cannot be had."""
-    import json
-
     file = Path(path) / "config.json"
     if not file.is_file():
         try:
-            from transformers.utils import cached_file
-
             found = cached_file(path, "config.json", _raise_exceptions_for_missing_entries=False)
         except Exception:  # offline, unknown id: AutoConfig reports it below
             return None
@@ -76,11 +84,7 @@ def native_config(path: str, cfg: ModelConfig) -> ModelConfig:
     """``cfg`` with trust_remote_code off for a checkpoint of a natively implemented model type
     (Phi-3-vision): vqa-grpo loads it with its own classes and runs none of the checkpoint's code.
     The user's setting itself is left as it is (vLLM reads it: docs/models.md)."""
-    import dataclasses
-
     if cfg.trust_remote_code and _local_model_type(path) in NATIVE_MODEL_TYPES:
-        import logging
-
         logging.getLogger("vqa_grpo").warning(
             "model.trust_remote_code=true is ignored for %s: phi3_v loads with vqa-grpo's native "
             "implementation, and no code from the checkpoint is run",
@@ -92,10 +96,6 @@ def native_config(path: str, cfg: ModelConfig) -> ModelConfig:
 
 def _read_config(path: str, cfg: ModelConfig):
     """The model's transformers config; one line when it is missing or needs remote code."""
-    from transformers import AutoConfig
-
-    import vqa_grpo.models.phi3_v  # noqa: F401  registers phi3_v with the auto classes
-
     trust = cfg.trust_remote_code
     _check_json(Path(path).expanduser() / "config.json")
     try:
@@ -113,8 +113,6 @@ def _read_config(path: str, cfg: ModelConfig):
 
 def _check_json(file: Path) -> None:
     """A local config.json that is not JSON, said so (transformers reports it as not found)."""
-    import json
-
     try:
         json.loads(file.read_text()) if file.is_file() else None
     except ValueError as e:
@@ -137,7 +135,6 @@ def _quantization(cfg: ModelConfig, device: torch.device) -> dict:
         ) from None
     if device.type != "cuda":
         raise UserError(f"model.quantization={cfg.quantization} needs a CUDA device; set model.quantization=none")
-    from transformers import BitsAndBytesConfig
 
     if cfg.quantization == "4bit":
         q = BitsAndBytesConfig(
@@ -160,8 +157,6 @@ def with_user_settings(hf_config, cfg: ModelConfig):
     arguments, the user's choice is applied before the json's keys, which win, so a machine without
     flash-attn could not load the model at all. Set on the config object here, it is what the
     model is built with."""
-    import copy
-
     config = copy.deepcopy(hf_config)
     config._attn_implementation = cfg.attn_implementation  # transformers' setter: sub-configs too
     config.dtype = DTYPES[cfg.dtype]
@@ -173,9 +168,6 @@ def with_user_settings(hf_config, cfg: ModelConfig):
 
 
 def _from_pretrained(adapter: FamilyAdapter, base_path: str, cfg: ModelConfig, extra: dict, hf_config=None):
-    import transformers
-    from safetensors import SafetensorError
-
     auto = getattr(transformers, adapter.auto_model)
     if hf_config is None:
         hf_config = _read_config(base_path, cfg)
@@ -245,8 +237,6 @@ def _check_weights(path: str, info: dict) -> None:
 def freeze_vision_tower(model, adapter: FamilyAdapter) -> int:
     """Stop gradients into the vision tower (parameters matching ``adapter.vision_pattern``);
     returns how many parameter tensors were frozen."""
-    import re
-
     pattern = re.compile(adapter.vision_pattern)
     frozen = 0
     for name, param in model.named_parameters():
@@ -278,7 +268,7 @@ def load_model(cfg: ModelConfig, device: torch.device | str = "cpu", *, trainabl
     quant = _quantization(cfg, device)
     model = _from_pretrained(adapter, base_path, cfg, quant, hf_config)
     if adapter_dir.is_file():
-        from peft import PeftModel
+        from peft import PeftModel  # here: peft takes seconds to import, and only LoRA runs need it
 
         model = PeftModel.from_pretrained(model, path, is_trainable=trainable and cfg.lora)
         record_base(model, base_path)  # saved again (lora training on): absolute, as found
@@ -309,8 +299,6 @@ def check_images(examples: list, lm: LoadedModel) -> list:
     processor (``adapter.image_problem``): one it cannot lay out raises BadExample, so training
     and evaluation skip and count it as they do an image that fails to decode. Unchanged for a
     family whose processor takes every image."""
-    import functools
-
     if type(lm.adapter).image_problem is FamilyAdapter.image_problem:
         return examples
     check = functools.partial(lm.adapter.image_problem, lm.processor)
@@ -320,15 +308,10 @@ def check_images(examples: list, lm: LoadedModel) -> list:
 
 
 def _with_check(e, check):
-    import dataclasses
-    import functools
-
     return e if e.image_loader is None else dataclasses.replace(e, image_loader=functools.partial(_checked, e, check))
 
 
 def _checked(example, check):
-    from vqa_grpo.data.types import BadExample
-
     image = example.image_loader()
     problem = check(image)
     if problem:
