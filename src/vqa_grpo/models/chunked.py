@@ -74,39 +74,53 @@ def chunked_logprobs(
 def _chunk_logprobs(logits: torch.Tensor, ids: torch.Tensor, temps: torch.Tensor | None):
     """From one chunk's logits [n, V]: the scaled float32 logits, their logsumexp [n] and the ids' log-probs [n]."""
     z = logits.float()
-    if temps is not None:
-        z = z / temps[:, None]
+    if temps is not None:  # in place where .float() made a copy: one [n, V] float buffer fewer
+        z = z / temps[:, None] if z is logits else z.div_(temps[:, None])
     lse = torch.logsumexp(z, dim=-1)
     return z, lse, z.gather(-1, ids[:, None]).squeeze(-1) - lse
 
 
+def _logit_grads(z, lse, ids, temps, g) -> torch.Tensor:
+    """d (g . log p(ids)) / d logits = g (onehot(ids) - softmax(z)) / T, [n, V] float32, in z's
+    buffer (z is consumed): the backward pass of :func:`_chunk_logprobs` without autograd's buffers."""
+    g = g.float() if temps is None else g.float() / temps
+    dz = z.sub_(lse[:, None]).exp_().mul_(-g[:, None])
+    return dz.scatter_add_(1, ids[:, None], g[:, None])
+
+
 class _Chunked(torch.autograd.Function):
-    """The chunked pass with its own backward (see the module docstring)."""
+    """The chunked pass with its own backward (see the module docstring). A ``torch.nn.Linear``
+    head (the LM head of every family here) has its gradients written out (``_logit_grads``, then
+    dz W and dz^T h, the latter added into the running sum in place); any other head goes through
+    autograd on each chunk."""
 
     @staticmethod
     def forward(ctx, hidden, head, ids, temps, chunk_size, with_entropy, *params):
         N = hidden.shape[0]
         slope = ctx.needs_input_grad[0] and not params  # take d log p / d h now, while the logits exist
+        linear = isinstance(head, torch.nn.Linear)
         logp = torch.empty(N, dtype=torch.float32, device=hidden.device)
         entropy = torch.empty(N if with_entropy else 0, dtype=torch.float32, device=hidden.device)
-        grads = torch.empty_like(hidden) if slope else None
+        slopes = torch.empty_like(hidden) if slope else None
         for s in range(0, N, chunk_size):
             e = min(s + chunk_size, N)
             t = None if temps is None else temps[s:e]
-            with torch.enable_grad() if slope else contextlib.nullcontext():
-                h = hidden[s:e].detach().requires_grad_(slope)
+            with torch.enable_grad() if slope and not linear else contextlib.nullcontext():
+                h = hidden[s:e].detach().requires_grad_(slope and not linear)
                 z, lse, lp = _chunk_logprobs(head(h), ids[s:e], t)
-                if slope:
-                    (grads[s:e],) = torch.autograd.grad(lp.sum(), h)  # rows are independent: one row's each
+                if slope and not linear:
+                    (slopes[s:e],) = torch.autograd.grad(lp.sum(), h)  # rows are independent: one row's each
             logp[s:e] = lp.detach()
+            z, lse = z.detach(), lse.detach()
             if with_entropy:
-                z = z.detach()
-                entropy[s:e] = lse.detach() - torch.linalg.vecdot(torch.softmax(z, dim=-1), z)
+                entropy[s:e] = lse - torch.softmax(z, dim=-1).mul_(z).sum(-1)
+            if slope and linear:
+                slopes[s:e] = _logit_grads(z, lse, ids[s:e], t, torch.ones_like(lse)).to(h.dtype) @ head.weight
             del z, lse, lp
         ctx.mark_non_differentiable(entropy)
         ctx.head, ctx.chunk_size, ctx.slope, ctx.params = head, chunk_size, slope, params
         ctx.autocast = _autocast_state(hidden.device.type)
-        ctx.save_for_backward(grads if slope else hidden, ids, temps)
+        ctx.save_for_backward(slopes if slope else hidden, ids, temps)
         return logp, entropy
 
     @staticmethod
@@ -119,20 +133,16 @@ class _Chunked(torch.autograd.Function):
         want_h = ctx.needs_input_grad[0]
         grad_h = torch.empty_like(hidden) if want_h else None
         grad_p: list[torch.Tensor | None] = [None] * len(params)
-        linear = isinstance(head, torch.nn.Linear)  # its gradients summed in place, no [V, H] per chunk
+        linear = isinstance(head, torch.nn.Linear)
         N = hidden.shape[0]
         for s in range(0, N, ctx.chunk_size):
             e = min(s + ctx.chunk_size, N)
             t, g = None if temps is None else temps[s:e], grad_logp[s:e]
-            with torch.enable_grad(), torch.autocast(**ctx.autocast):
-                h = hidden[s:e].detach().requires_grad_(want_h and not linear)
-                if linear:
-                    logits = head(h).detach().requires_grad_()
-                    (dz,) = torch.autograd.grad(_chunk_logprobs(logits, ids[s:e], t)[2], logits, g)
-                else:
-                    got = torch.autograd.grad(_chunk_logprobs(head(h), ids[s:e], t)[2], [h] * want_h + params, g)
             if linear:  # d/dh = dz W, d/dW = dz^T h (added into the sum in place), d/db = sum of dz
-                dz, h = dz.to(head.weight.dtype), h.detach().to(head.weight.dtype)  # dz [n, V]
+                with torch.autocast(**ctx.autocast):
+                    z, lse, _ = _chunk_logprobs(head(hidden[s:e]), ids[s:e], t)
+                    dz = _logit_grads(z, lse, ids[s:e], t, g).to(head.weight.dtype)  # [n, V]
+                h = hidden[s:e].to(dz.dtype)
                 if want_h:
                     grad_h[s:e] = dz @ head.weight
                 for i, p in enumerate(params):
@@ -141,6 +151,9 @@ class _Chunked(torch.autograd.Function):
                     else:
                         grad_p[i] = dz.sum(0) if grad_p[i] is None else grad_p[i].add_(dz.sum(0))
                 continue
+            with torch.enable_grad(), torch.autocast(**ctx.autocast):
+                h = hidden[s:e].detach().requires_grad_(want_h)
+                got = torch.autograd.grad(_chunk_logprobs(head(h), ids[s:e], t)[2], [h] * want_h + params, g)
             if want_h:
                 grad_h[s:e], got = got[0], got[1:]
             for i, gp in enumerate(got):
