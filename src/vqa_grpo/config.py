@@ -284,7 +284,7 @@ class GRPOConfig:
     """Decode from the shared prefix on a static KV cache (models/static_decode.py), each step compiled
     as CUDA graphs on a GPU: auto on CUDA where it is exact, on also on the CPU (no graphs there),
     off (the default; no GPU run has measured it yet): the dynamic cache, step by step."""
-    logprob_chunk_size: int = 512
+    logprob_chunk_size: int = 256
     """Completion positions whose logits exist at once in GRPO's and SFT's log-prob passes (models/chunked.py:
     the LM head applied this many positions at a time, never to all [rows, tokens] at once)."""
     generation_backend: Literal["transformers", "vllm"] = "transformers"

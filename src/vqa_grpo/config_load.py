@@ -256,7 +256,7 @@ def validate(cfg: Config, python_rewards: typing.Iterable[str] = ()) -> None:
             bool(getattr(g, on)) or getattr(g, key) == getattr(GRPOConfig, key),
             f"grpo.{key} acts only with grpo.{on}: {fix}",
         )
-    need(g.logprob_chunk_size >= 1, f"grpo.logprob_chunk_size={g.logprob_chunk_size}: must be >= 1 (e.g. 512)")
+    need(g.logprob_chunk_size >= 1, f"grpo.logprob_chunk_size={g.logprob_chunk_size}: must be >= 1 (e.g. 256)")
     need(g.vllm_is_cap >= 1, f"grpo.vllm_is_cap={g.vllm_is_cap}: must be >= 1 (1 clips every up-weighting)")
     need(t.max_steps >= 1, f"train.max_steps={t.max_steps}: must be >= 1")
     need(t.per_device_batch_size >= 1, "train.per_device_batch_size must be >= 1")

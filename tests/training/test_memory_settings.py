@@ -21,8 +21,8 @@ def refused(capsys, args: list[str], out_dir) -> str:
 @pytest.mark.parametrize(
     "value, says",
     [
-        ("0", "grpo.logprob_chunk_size=0: must be >= 1 (e.g. 512)"),
-        ("-8", "grpo.logprob_chunk_size=-8: must be >= 1 (e.g. 512)"),
+        ("0", "grpo.logprob_chunk_size=0: must be >= 1 (e.g. 256)"),
+        ("-8", "grpo.logprob_chunk_size=-8: must be >= 1 (e.g. 256)"),
         ("2.5", "grpo.logprob_chunk_size must be an integer, got 2.5"),
         ("many", "grpo.logprob_chunk_size must be an integer, got 'many'"),
     ],
