@@ -99,7 +99,8 @@ def start_session(
     train = check_images(train, lm)
     priorities = None
     if mode == "grpo" and cfg.grpo.prioritized_sampling:  # (SFT has no rewards to prioritise by)
-        priorities = Priorities.for_run(cfg, [e.id for e in train], dist.gather_lists)
+        ids = train.column("id") if hasattr(train, "column") else [e.id for e in train]  # a table: no examples made
+        priorities = Priorities.for_run(cfg, ids, dist.gather_lists)
     batches = Batches(train, cfg.train.per_device_batch_size, cfg.train.seed, dist.rank, dist.world, priorities)
     vllm = None
     if mode == "grpo" and cfg.grpo.generation_backend == "vllm":
