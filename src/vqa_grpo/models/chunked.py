@@ -5,7 +5,8 @@ states: the logits of all R x C positions ([R, C, V], 5 GB in float32 for G = 8 
 For position t of row r, z = head(h_t) / T_r in float32 (T_r: the row's sampling temperature),
 log p(y_t) = z[y_t] - logsumexp(z) and the entropy H_t = logsumexp(z) - sum_v softmax(z)_v z_v
 (nats, no gradient). The R*C positions go through the head ``chunk_size`` at a time and each
-chunk's [chunk_size, V] logits are dropped before the next. The backward pass needs them again:
+chunk's [chunk_size, V] logits are dropped before the next (one chunk of them all is kept for
+backward, as autograd would). The backward pass needs them again:
 
 - head frozen (LoRA, or only the hidden states need a gradient): while a chunk's logits exist,
   the forward pass also takes each position's gradient d log p(y_t) / d h_t ([R*C, H]; log p(y_t)
@@ -60,14 +61,20 @@ def chunked_logprobs(
     (without), from ``hidden`` [R, C, H] through ``head``, ``chunk_size`` positions at a time.
 
     ``temperatures`` [R]: row r's logits are divided by its temperature (in float32). ``params``:
-    the head's parameters, so that those which require grad receive it.
+    the head's parameters, so that those which require grad receive it. When all R*C positions fit
+    in one chunk, autograd keeps that chunk's logits for the backward pass (no second pass through
+    the head): a chunk size of at least R*C is the full logits' memory and time.
     """
     R, C, H = hidden.shape
     temps = None if temperatures is None else temperatures.float()[:, None].expand(R, C).reshape(-1)
-    trained = tuple(p for p in params if p.requires_grad)
-    logp, entropy = _Chunked.apply(
-        hidden.reshape(R * C, H), head, ids.reshape(-1), temps, chunk_size, with_entropy, *trained
-    )
+    flat, ids = hidden.reshape(R * C, H), ids.reshape(-1)
+    if R * C <= chunk_size:
+        z, lse, logp = _chunk_logprobs(head(flat), ids, temps)
+        with torch.no_grad():
+            entropy = lse - torch.softmax(z, dim=-1).mul_(z).sum(-1) if with_entropy else None
+    else:
+        trained = tuple(p for p in params if p.requires_grad)
+        logp, entropy = _Chunked.apply(flat, head, ids, temps, chunk_size, with_entropy, *trained)
     return logp.view(R, C), entropy.view(R, C) if with_entropy else None
 
 
