@@ -21,6 +21,7 @@ from vqa_grpo.data.loader import LoadedData, cap_eval, load_examples, load_vqa
 from vqa_grpo.data.spill import StreamSpill, spilled_rows
 from vqa_grpo.data.synthetic import synthesize
 from vqa_grpo.data.table import ExampleTable
+from vqa_grpo.errors import UserError
 
 
 def small_set(folder: Path, n: int = 12) -> Path:
@@ -178,3 +179,17 @@ def test_training_says_the_eval_cap_once(tmp_path, tiny_model_dir, capsys):
 def test_bad_cache_and_cap_settings_are_one_line(key, message):
     with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)") + "$"):
         load_config(None, [key])
+
+
+def test_a_cache_dir_that_cannot_be_written_is_one_line(tmp_path):
+    data = synthesize(tmp_path, n=4, seed=0, image_size=32)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    cfg = DataConfig(path=str(data), cache_dir=str(blocker / "cache"))
+    with pytest.raises(UserError) as e:
+        load_examples(cfg.path, cfg)
+    assert str(e.value) == (
+        f"data.cache_dir={str(blocker / 'cache')!r} cannot be written; set it to a folder you can write, or to "
+        "none to read the data without an index"
+    )
+    assert not (tmp_path / ".vqa_grpo_cache").exists()

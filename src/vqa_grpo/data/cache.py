@@ -147,6 +147,9 @@ def _write(path: Path, table: pa.Table, report: LoadReport, source_name: str) ->
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         with os.fdopen(fd, "wb") as f, pa.ipc.new_file(f, table.schema) as writer:
             writer.write_table(table)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # as a plain file would be (mkstemp makes it private)
         os.replace(tmp, path)
     except OSError:  # a full disk, a read-only folder: the load goes on without an index
         with contextlib.suppress(OSError, UnboundLocalError):
