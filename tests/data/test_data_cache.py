@@ -43,7 +43,7 @@ def as_tuples(examples) -> list[tuple]:
     ]
 
 
-def test_the_index_is_written_once_read_again_and_rebuilt_when_the_data_changes(tmp_path):
+def test_the_index_is_written_once_read_again_and_rebuilt_when_the_data_or_images_change(tmp_path):
     data = small_set(tmp_path)
     cfg = DataConfig(path=str(data), max_skip_fraction=0.5)
     first, first_report = load_examples(cfg.path, cfg)
@@ -59,10 +59,14 @@ def test_the_index_is_written_once_read_again_and_rebuilt_when_the_data_changes(
     assert first_report.to_dict() == again_report.to_dict() == plain_report.to_dict()
     assert again_report.skipped["missing_image"] == 1 and again_report.samples == first_report.samples
     assert again_report.rejected == first_report.rejected and again_report.source == f"{data} (jsonl)"
+    Image.new("RGB", (8, 8)).save(tmp_path / "nowhere.png")  # the missing image appears: built again
+    found, found_report = load_examples(cfg.path, cfg)
+    assert len(found) == 13 and found_report.skipped["missing_image"] == 0 and indexes(tmp_path) == [index]
+    assert index.stat().st_mtime_ns != written
     with data.open("a") as f:  # a changed file: a new index, the old one removed
         f.write(json.dumps({"id": "new", "image": "images/000000.png", "question": "New?", "answer": "yes"}) + "\n")
     changed, _ = load_examples(cfg.path, cfg)
-    assert len(changed) == 13 and changed[-1].id == "new"
+    assert len(changed) == 14 and changed[-1].id == "new"
     assert len(indexes(tmp_path)) == 1 and indexes(tmp_path) != [index]
 
 
@@ -193,3 +197,26 @@ def test_a_cache_dir_that_cannot_be_written_is_one_line(tmp_path):
         "none to read the data without an index"
     )
     assert not (tmp_path / ".vqa_grpo_cache").exists()
+
+
+def test_fields_are_json_in_the_index_and_a_date_keeps_the_table_in_memory(tmp_path):
+    import datetime
+
+    import pandas as pd
+
+    synthesize(tmp_path, n=2, seed=0, image_size=32)
+    rows = [json.loads(line) for line in (tmp_path / "data.jsonl").read_text().splitlines()]
+    for r in rows:
+        r["meta"] = {"source": "synth", "boxes": [[1, 2.5], [3, 4]]}
+    (tmp_path / "plain.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = DataConfig(path=str(tmp_path / "plain.jsonl"))
+    load_examples(cfg.path, cfg)
+    again, _ = load_examples(cfg.path, cfg)
+    assert [e.fields["meta"] for e in again] == [{"source": "synth", "boxes": [[1, 2.5], [3, 4]]}] * 2
+    assert [e.fields["scene"] for e in again] == [r["scene"] for r in rows]
+    assert len(indexes(tmp_path)) == 1
+    frame = pd.DataFrame(rows).assign(when=[datetime.datetime(2024, 1, d) for d in (1, 2)]).drop(columns="meta")
+    frame.to_parquet(tmp_path / "dated.parquet")
+    dated, _ = load_examples(str(tmp_path / "dated.parquet"), DataConfig(path=str(tmp_path / "dated.parquet")))
+    assert [e.fields["when"] for e in dated] == [pd.Timestamp(2024, 1, 1), pd.Timestamp(2024, 1, 2)]
+    assert len(indexes(tmp_path)) == 1  # JSON cannot hold the dates: no index (never a pickle)

@@ -5,9 +5,10 @@ Reading VQA v2 train (443,757 questions) row by row costs tens of seconds and, a
 gigabytes that every process of a run would hold again. The first load writes the converted
 columns (table.py) and its report to ``<key>.arrow``; later loads, and the other processes of the
 same machine, map that file: the pages are shared and nothing is parsed. As with ``datasets``'
-cache, the key is the source files' paths, sizes and modification times, with the image root's
-(and its folders') modification times and the settings that change the conversion; a changed
-file writes a new index and removes the old one. One process writes while the others wait on a
+cache, the key is the source files' paths, sizes and modification times and the settings that
+change the conversion; a changed file writes a new index and removes the old one. The index also
+records the modification times of the folders its images are in (checked or found missing): an
+image added or removed there builds it again. One process writes while the others wait on a
 lock, then map what it wrote.
 
 Where: data.cache_dir, else ``.vqa_grpo_cache`` beside the data file, else (a folder that cannot
@@ -23,7 +24,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -41,24 +42,28 @@ VERSION = 1
 """Bumped when the conversion or the columns change: older indexes are then not read."""
 _REPORT = b"vqa_grpo.report"
 _SOURCE = b"vqa_grpo.source"
+_FOLDERS = b"vqa_grpo.image_folders"
 
 Build = Callable[[TableBuilder], LoadReport]
 
 
-def cached_table(source: Source, cfg: DataConfig, root: Path, build: Build) -> tuple[ExampleTable, LoadReport]:
-    """The examples of ``source``: from its index when there is one, else ``build`` them (and
-    write the index when the source can be keyed and every image is a path or a file reference)."""
-    path = index_path(source, cfg, root)
+def cached_table(source: Source, cfg: DataConfig, build: Build) -> tuple[ExampleTable, LoadReport]:
+    """The examples of ``source``: from its index when there is one and the image folders it
+    saw are unchanged, else ``build`` them (and write the index when the source can be keyed and
+    every image and field is plain data)."""
+    path = index_path(source, cfg)
     if path is None:
         return _built(source, cfg, build)[:2]
-    if path.is_file():
-        return _read(path, source, cfg)
+    found = _read(path, source, cfg)
+    if found is not None:
+        return found
     with _locked(path):
-        if path.is_file():  # another process wrote it while this one waited
-            return _read(path, source, cfg)
+        found = _read(path, source, cfg)  # another process wrote it while this one waited
+        if found is not None:
+            return found
         table, report, builder = _built(source, cfg, build)
         if not builder.inline:
-            _write(path, table.table, report, source.name)
+            _write(path, table.table, report, source.name, builder.image_folders)
         return table, report
 
 
@@ -69,7 +74,7 @@ def _built(source: Source, cfg: DataConfig, build: Build) -> tuple[ExampleTable,
     return table, report, builder
 
 
-def index_path(source: Source, cfg: DataConfig, root: Path) -> Path | None:
+def index_path(source: Source, cfg: DataConfig) -> Path | None:
     """Where the index of ``source`` lives, or None when it is not to be cached."""
     folder_setting = (cfg.cache_dir or "").strip()
     if not source.files or folder_setting.lower() == "none":
@@ -97,23 +102,22 @@ def index_path(source: Source, cfg: DataConfig, root: Path) -> Path | None:
         if k not in ("eval_path", "eval_fraction", "max_train_samples", "max_eval_samples", "max_skip_fraction")
         and k not in ("max_image_pixels", "cache_dir", "prompt_template", "path", "eval_split")
     }
-    key = json.dumps(
-        [VERSION, source.name, stats, _folder_times(root), settings, Image.MAX_IMAGE_PIXELS], default=str
-    ).encode()
+    key = json.dumps([VERSION, source.name, stats, settings, Image.MAX_IMAGE_PIXELS], default=str).encode()
     digest = hashlib.sha256(key).hexdigest()[:20]
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", files[0].name)[:60]
     return folder / f"{stem}-{digest}.arrow"
 
 
-def _folder_times(root: Path) -> list:
-    """The image root's and its folders' modification times: an image added or removed there
-    changes them, and so the key (the skips depend on which images exist)."""
-    try:
-        times = [os.stat(root).st_mtime_ns]
-        with os.scandir(root) as entries:
-            times += sorted((e.name, e.stat().st_mtime_ns) for e in entries if e.is_dir() and e.name != FOLDER)
-    except OSError:
-        return []
+def folder_times(folders: Iterable[str]) -> dict[str, int | None]:
+    """Each folder's modification time (None: absent). An image added to or removed from a folder
+    changes its time, and the skips depend on which images exist: an index whose folders' times
+    changed is built again."""
+    times: dict[str, int | None] = {}
+    for folder in sorted(folders):
+        try:
+            times[folder] = os.stat(folder).st_mtime_ns
+        except OSError:
+            times[folder] = None
     return times
 
 
@@ -139,9 +143,13 @@ def _locked(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _write(path: Path, table: pa.Table, report: LoadReport, source_name: str) -> None:
+def _write(path: Path, table: pa.Table, report: LoadReport, source_name: str, folders: dict[str, int | None]) -> None:
     """Write the index atomically (a temporary file renamed), then drop older indexes of the same source."""
-    meta = {_REPORT: json.dumps(_report_state(report)).encode(), _SOURCE: source_name.encode()}
+    meta = {
+        _REPORT: json.dumps(_report_state(report)).encode(),
+        _SOURCE: source_name.encode(),
+        _FOLDERS: json.dumps(folders).encode(),
+    }
     table = table.replace_schema_metadata(meta)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -172,9 +180,17 @@ def _source_of(path: Path) -> str | None:
         return None
 
 
-def _read(path: Path, source: Source, cfg: DataConfig) -> tuple[ExampleTable, LoadReport]:
-    table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()  # zero-copy: the pages stay in the file
-    report = _report_from(json.loads(table.schema.metadata[_REPORT]))
+def _read(path: Path, source: Source, cfg: DataConfig) -> tuple[ExampleTable, LoadReport] | None:
+    """The index at ``path``; None when there is none, it cannot be read, or its image folders changed."""
+    try:
+        table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()  # zero-copy: the pages stay in the file
+        meta = table.schema.metadata or {}
+        folders = json.loads(meta[_FOLDERS])
+        report = _report_from(json.loads(meta[_REPORT]))
+    except (OSError, KeyError, ValueError, TypeError, pa.ArrowException):
+        return None
+    if folder_times(folders) != folders:
+        return None
     return ExampleTable(table, source.image_at, max(0, cfg.max_image_pixels)), report
 
 

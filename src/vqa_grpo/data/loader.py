@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from vqa_grpo.config import ColumnsConfig, DataConfig
-from vqa_grpo.data.cache import cached_table
+from vqa_grpo.data.cache import cached_table, folder_times
 from vqa_grpo.data.images import ImageLoader, StoredImage, check_image, resolve_image
 from vqa_grpo.data.qtypes import answer_type_of, question_type_of
 from vqa_grpo.data.report import SKIP_REASONS, LoadReport
@@ -126,8 +126,7 @@ def load_examples(path: str, cfg: DataConfig) -> tuple[Sequence[VQAExample], Loa
     rows were skipped (the message then holds the table of skips).
     """
     source = open_source(path, cfg)
-    root = _image_root(cfg, source)
-    examples, report = cached_table(source, cfg, root, lambda builder: read_examples(source, cfg, builder)[1])
+    examples, report = cached_table(source, cfg, lambda builder: read_examples(source, cfg, builder)[1])
     _check_skips(report, cfg)
     return examples, report
 
@@ -160,6 +159,8 @@ def read_examples(
             report.keep(result)
         else:
             report.skip(*result, example_id=row_id(row, source.columns, index), row=index)
+    if builder is not None:
+        builder.image_folders = folder_times({os.path.dirname(p) for p in converter.checked})
     if report.rows == 0:
         raise UserError(f"{source.name} holds no rows; check data.path")
     _check_columns(source, seen_columns)

@@ -8,13 +8,15 @@ replaces: ``table[i]`` builds example i (its image still opened lazily), iterati
 chunk at a time, slices and ``take`` give lists or views; the splits use its answer-type column.
 
 Images: a path (the image file), or a reference into the data file (``Source.image_at``: a Parquet
-or Arrow cell read again on demand, a streamed image's place in the spill file); any other image
-(a PIL image in memory) stays inline, and such a table is not written to the cache.
+or Arrow cell read again on demand, a streamed image's place in the spill file). The row's other
+columns (``VQAExample.fields``) are JSON text. Anything else (a PIL image in memory, a field JSON
+cannot give back as it was, such as a date) stays inline, in memory, and such a table is not
+written to the cache: the index holds plain data only, never pickles.
 """
 
 from __future__ import annotations
 
-import pickle
+import json
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
@@ -37,7 +39,7 @@ SCHEMA = pa.schema(
         ("question_type", pa.dictionary(pa.int32(), pa.string())),
         ("image", pa.dictionary(pa.int32(), pa.string())),
         ("image_ref", pa.int64()),
-        ("fields", pa.binary()),
+        ("fields", pa.string()),
     ]
 )
 
@@ -48,8 +50,11 @@ class TableBuilder:
     def __init__(self, image_at: Callable[[int], Any] | None):
         self.image_at = image_at
         self.columns: dict[str, list] = {name: [] for name in SCHEMA.names}
-        self.inline: dict[int, Any] = {}
-        """Row -> image source kept in memory (neither a path nor a reference into the file)."""
+        self.image_folders: dict[str, int | None] = {}
+        """The folders of the image files the rows named, with their modification times (cache.py)."""
+        self.inline: dict[int, dict[str, Any]] = {}
+        """Row -> what stays in memory: its "image" source (neither a path nor a reference into
+        the file), its "fields" (not plain JSON)."""
 
     def add(self, example: VQAExample, index: int) -> None:
         """``example`` converted from the source's row ``index`` (1-based)."""
@@ -61,7 +66,10 @@ class TableBuilder:
         elif isinstance(source, StoredImage) and self.image_at is not None:
             ref = index - 1
         else:
-            self.inline[len(c["id"])] = source
+            self.inline.setdefault(len(c["id"]), {})["image"] = source
+        text = _json(example.fields) if example.fields else None
+        if example.fields and text is None:
+            self.inline.setdefault(len(c["id"]), {})["fields"] = example.fields
         c["id"].append(example.id)
         c["question"].append(example.question)
         c["answers"].append(example.answers)
@@ -70,7 +78,7 @@ class TableBuilder:
         c["question_type"].append(example.question_type)
         c["image"].append(path)
         c["image_ref"].append(ref)
-        c["fields"].append(pickle.dumps(example.fields, protocol=5) if example.fields else None)
+        c["fields"].append(text)
 
     def table(self) -> pa.Table:
         arrays = []
@@ -92,7 +100,7 @@ class ExampleTable(Sequence[VQAExample]):
         image_at: Callable[[int], Any] | None = None,
         max_pixels: int = 0,
         *,
-        inline: dict[int, Any] | None = None,
+        inline: dict[int, dict[str, Any]] | None = None,
         rows: np.ndarray | None = None,
         mapper: Callable[[VQAExample], VQAExample] | None = None,
     ):
@@ -194,8 +202,8 @@ class ExampleTable(Sequence[VQAExample]):
                 question_type=values["question_type"][k],
                 image_loader=ImageLoader(self._image(p, values["image"][k], values["image_ref"][k]), self.max_pixels),
             )
-            blob = values["fields"][k]
-            ex.fields = pickle.loads(blob) if blob is not None else {}
+            text = values["fields"][k]
+            ex.fields = json.loads(text) if text is not None else self.inline.get(p, {}).get("fields", {})
             out.append(self.mapper(ex) if self.mapper is not None else ex)
         return out
 
@@ -204,7 +212,26 @@ class ExampleTable(Sequence[VQAExample]):
             return Path(path)
         if ref >= 0 and self.image_at is not None:
             return StoredImage(partial(self.image_at, ref))
-        return self.inline.get(position)
+        return self.inline.get(position, {}).get("image")
+
+
+def _json(fields: dict[str, Any]) -> str | None:
+    """``fields`` as JSON text when JSON gives them back equal (same types), else None."""
+    try:
+        text = json.dumps(fields, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return None
+    return text if _same(json.loads(text), fields) else None
+
+
+def _same(a: Any, b: Any) -> bool:
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 def answer_types(examples: Sequence[VQAExample]) -> list[str]:
