@@ -34,6 +34,7 @@ import argparse
 import dataclasses
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -288,8 +289,9 @@ def check_meter() -> float:
     return m.peak / MIB
 
 
-def run_worker(method: str, s: Settings, model_dir: Path, C: int, timeout: int) -> dict:
+def run_worker(method: str, s: Settings, model_dir: Path, C: int, timeout: int, max_gib: float) -> dict:
     cmd = [sys.executable, __file__, "--worker", method, "--size", str(C), "--model-dir", str(model_dir)]
+    cmd += ["--max-gib", str(max_gib)]
     cmd += ["--settings", json.dumps(dataclasses.asdict(s))]
     env = {**os.environ, "OMP_NUM_THREADS": str(s.threads), "TOKENIZERS_PARALLELISM": "false"}
     try:
@@ -301,6 +303,13 @@ def run_worker(method: str, s: Settings, model_dir: Path, C: int, timeout: int) 
             return json.loads(line[len(MARK) :])
     tail = done.stderr.strip().splitlines()
     return {"error": tail[-1] if tail else f"worker exited with {done.returncode}"}
+
+
+def estimate_gib(seen: list[tuple[int, float]], C: int) -> float:
+    """The peak at C tokens on the line through the last two (size, MiB) measured, or through the
+    origin and the only one."""
+    (c0, p0), (c1, p1) = ([(0, 0.0)] + seen)[-2:]
+    return (p1 + (p1 - p0) / (c1 - c0) * (C - c1)) / 1024
 
 
 def available_gib() -> float:
@@ -315,26 +324,28 @@ def measure(s: Settings, sizes: list[int], methods: list[str], max_gib: float, t
     with tempfile.TemporaryDirectory(prefix="memory_step_") as tmp:
         model_dir = build_model(s, Path(tmp) / "model")
         weights_gib = sum(f.stat().st_size for f in model_dir.glob("*.safetensors")) / 2**30
-        last: dict[str, tuple[int, float]] = {}  # method -> (size, peak MiB) of its last run
+        last: dict[str, list[tuple[int, float]]] = {}  # method -> (size, peak MiB) of its runs
         for C in sizes:
             row = out["sizes"].setdefault(str(C), {})
             for m in methods:
                 if m in last:  # the peak grows about linearly with C: skip what cannot fit
-                    size, peak = last[m]
-                    need = peak / 1024 * C / size + 2 * weights_gib
+                    need = estimate_gib(last[m], C) + 2 * weights_gib
                     if need > max_gib:
-                        why = f"estimated {need:.0f} GiB (from {peak / 1024:.1f} GiB at {size}) > {max_gib:.0f} GiB"
+                        seen = ", ".join(f"{p / 1024:.1f} GiB at {c}" for c, p in last[m])
+                        why = f"estimated {need:.0f} GiB (from {seen}) > {max_gib:.0f} GiB"
                         out["skipped"][f"{m}@{C}"] = why
                         say(f"{C:>6} {m:<12} skipped: {why}")
                         continue
-                r = run_worker(m, s, model_dir, C, timeout)
+                r = run_worker(m, s, model_dir, C, timeout, max_gib)
                 if "error" in r:
                     out["skipped"][f"{m}@{C}"] = r["error"]
                     say(f"{C:>6} {m:<12} error: {r['error']}")
                     continue
                 row[f"{m}_peak_mib"], row[f"{m}_step_s"] = r["peak_mib"], r["step_s"]
-                row.update({f"{m}_{k}": v for k, v in r.items() if k not in ("peak_mib", "step_s")})
-                last[m] = (C, r["peak_mib"])
+                row.update(
+                    {k if k.startswith(m) else f"{m}_{k}": v for k, v in r.items() if k not in ("peak_mib", "step_s")}
+                )
+                last.setdefault(m, []).append((C, r["peak_mib"]))
                 say(f"{C:>6} {m:<12} {r['peak_mib']:>10.0f} MiB {r['step_s']:>8.1f} s")
             ours, trl = row.get("vqa_grpo_peak_mib"), row.get("trl_peak_mib")
             row["vqa_grpo_over_trl_peak"] = ours / trl if ours and trl else None
@@ -365,6 +376,9 @@ def main(argv=None) -> None:
         import torch
 
         s = Settings(**json.loads(a.settings))
+        if a.max_gib:  # a run that does not fit fails here, with an allocation error, not the machine
+            limit = int((a.max_gib + 4) * 2**30)  # + the address space the libraries reserve
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         torch.set_num_threads(s.threads)
         torch.manual_seed(s.seed)
         print(MARK + json.dumps(RUNNERS[a.worker](s, Path(a.model_dir), a.size)), flush=True)
