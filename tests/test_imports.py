@@ -95,7 +95,7 @@ LAYERS = (
     "vqa_grpo.config",
     "vqa_grpo.config_keys",
     "vqa_grpo.paths",
-    "vqa_grpo.training.distributed",
+    "vqa_grpo.distributed",
     "vqa_grpo.data",
     "vqa_grpo.rewards",
     "vqa_grpo.config_load",
@@ -110,9 +110,8 @@ LAYERS = (
     "vqa_grpo.cli",
 )
 """The layers, bottom to top (README.md, "Layers"): a module imports from its own layer or one
-below. A layer is a module or a package; a module belongs to the longest that names it, so
-training/distributed/ is its own layer below the rest of training/, and "vqa_grpo" is the package's
-__init__.py alone."""
+below. A layer is a module or a package; a module belongs to the longest that names it, and "vqa_grpo"
+is the package's __init__.py alone."""
 
 PRINTING = ("vqa_grpo.cli", "vqa_grpo.cli_parser", "vqa_grpo.demo")
 """Where ``print`` may be called: the library returns what it found and the command prints it."""
@@ -142,7 +141,7 @@ def test_no_module_imports_a_higher_layer():
 def test_the_layer_check_finds_an_upward_import():
     graph = {"vqa_grpo.data.loader": {"vqa_grpo.training.loop"}, "vqa_grpo.grpo.dynamic": {"vqa_grpo.grpo.math"}}
     assert upward(graph) == ["vqa_grpo.data.loader -> vqa_grpo.training.loop"]
-    assert layer("vqa_grpo.training.distributed.dist") < layer("vqa_grpo.grpo.rollout") < layer("vqa_grpo.training")
+    assert layer("vqa_grpo.distributed.dist") < layer("vqa_grpo.grpo.rollout") < layer("vqa_grpo.training")
 
 
 def printers() -> list[str]:

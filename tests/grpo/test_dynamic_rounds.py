@@ -28,7 +28,7 @@ def test_a_round_draws_what_the_step_lacks_whatever_the_accumulation():
     """The same 4 groups a step as 4 micro-batches of 1 or 1 of 4: a round refills the step."""
     from vqa_grpo.config import GRPOConfig
     from vqa_grpo.grpo.dynamic import fill_step
-    from vqa_grpo.training.distributed import DDP
+    from vqa_grpo.distributed import DDP
 
     S, F = [0.0, 1.0], [1.0, 1.0]
     groups = [S, F, F, F, S, S, S, F]
@@ -61,7 +61,7 @@ from types import SimpleNamespace
 import torch
 from vqa_grpo.config import GRPOConfig
 from vqa_grpo.grpo.dynamic import fill_step
-from vqa_grpo.training.distributed import make_dist
+from vqa_grpo.distributed import make_dist
 
 S, F = [0.0, 1.0], [0.0, 0.0]  # a group of G = 2 with a spread, and one without
 DRAWS = {0: [[S, S], [S, S], [S, F], [S, S]], 1: [[F, F], [S, F], [F, S], [S, S]]}

@@ -13,7 +13,7 @@ from vqa_grpo.grpo.plan import choose_plan
 from vqa_grpo.models.generation import generate
 from vqa_grpo.models.loading import load_model
 from vqa_grpo.models.plan import PLAIN
-from vqa_grpo.training.distributed import DDP
+from vqa_grpo.distributed import DDP
 
 CPU = torch.device("cpu")
 

@@ -460,7 +460,7 @@ def test_a_run_stopped_by_bad_steps_leaves_a_checkpoint(nan_on_backward, synth_d
 
 
 def test_resume_keeps_the_optimizers_own_kernel_choice():
-    from vqa_grpo.training.distributed.helpers import load_optimizer_keeping_kind
+    from vqa_grpo.distributed.helpers import load_optimizer_keeping_kind
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(3, 2)

@@ -143,7 +143,7 @@ RANK = textwrap.dedent(
     from PIL import Image
     from vqa_grpo.data.types import VQAExample
     from vqa_grpo.training.batches import Batches
-    from vqa_grpo.training.distributed import make_dist
+    from vqa_grpo.distributed import make_dist
     from vqa_grpo.training.priority import Priorities
 
     dist = make_dist("cpu")

@@ -7,8 +7,8 @@ import contextlib
 
 import torch
 
-from vqa_grpo.training.distributed.dist import Dist
-from vqa_grpo.training.distributed.helpers import step_if_finite
+from vqa_grpo.distributed.dist import Dist
+from vqa_grpo.distributed.helpers import step_if_finite
 
 
 class DDP(Dist):

@@ -1,4 +1,4 @@
-"""The one way a run gets its :class:`~vqa_grpo.training.distributed.dist.Dist`: ``make_dist`` reads
+"""The one way a run gets its :class:`~vqa_grpo.distributed.dist.Dist`: ``make_dist`` reads
 the launch (launch.py) and returns the back-end it asks for, ``DDP`` (one process or accelerate's
 DDP), ``FSDP2`` or ``DeepSpeed``."""
 
@@ -12,11 +12,11 @@ from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs
 
 from vqa_grpo.errors import UserError
-from vqa_grpo.training.distributed.ddp import DDP
-from vqa_grpo.training.distributed.deepspeed import DeepSpeed, require_deepspeed
-from vqa_grpo.training.distributed.dist import Dist
-from vqa_grpo.training.distributed.fsdp import FSDP2
-from vqa_grpo.training.distributed.launch import launch_deepspeed, launch_fsdp, launched_world_size
+from vqa_grpo.distributed.ddp import DDP
+from vqa_grpo.distributed.deepspeed import DeepSpeed, require_deepspeed
+from vqa_grpo.distributed.dist import Dist
+from vqa_grpo.distributed.fsdp import FSDP2
+from vqa_grpo.distributed.launch import launch_deepspeed, launch_fsdp, launched_world_size
 
 
 def make_dist(device: str = "auto", timeout_s: float = 600) -> Dist:

@@ -11,8 +11,8 @@ import contextlib
 
 import torch
 
-from vqa_grpo.training.distributed.dist import Dist
-from vqa_grpo.training.distributed.helpers import (
+from vqa_grpo.distributed.dist import Dist
+from vqa_grpo.distributed.helpers import (
     broadcast_from_rank0,
     is_peft,
     load_full_model_state,
@@ -23,7 +23,7 @@ from vqa_grpo.training.distributed.helpers import (
     step_if_finite,
     wrap_targets,
 )
-from vqa_grpo.training.distributed.launch import FSDPSettings
+from vqa_grpo.distributed.launch import FSDPSettings
 
 
 class FSDP2(Dist):

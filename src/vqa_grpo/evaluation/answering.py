@@ -17,7 +17,7 @@ from vqa_grpo.models.loading import LoadedModel, check_images
 from vqa_grpo.rewards import BENCHMARK_METRICS, clean_answer, score_predictions
 from vqa_grpo.rewards.benchmark import check_metrics_fit, requested_metrics
 from vqa_grpo.rewards.user import user_metrics
-from vqa_grpo.training.distributed import DDP, Dist
+from vqa_grpo.distributed import DDP, Dist
 
 
 @dataclass

@@ -40,7 +40,7 @@ from vqa_grpo.paths import check_folder
 from vqa_grpo.rewards import BENCHMARK_METRICS
 from vqa_grpo.rewards.abstention import answerability, is_unanswerable
 from vqa_grpo.rewards.benchmark import check_metrics_fit, requested_metrics
-from vqa_grpo.training.distributed import make_dist
+from vqa_grpo.distributed import make_dist
 
 
 def bootstrap_ci(values: np.ndarray, samples: int, seed: int = 0) -> list[float]:

@@ -24,7 +24,7 @@ from vqa_grpo.grpo.rollout import Rollout
 
 if TYPE_CHECKING:
     from vqa_grpo.config import GRPOConfig
-    from vqa_grpo.training.distributed import Dist
+    from vqa_grpo.distributed import Dist
 
 
 def equal_rewards(rewards: torch.Tensor, group_size: int) -> torch.Tensor:

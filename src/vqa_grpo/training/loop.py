@@ -53,7 +53,7 @@ from vqa_grpo.paths import absolute_inputs, check_folder
 from vqa_grpo.rewards.benchmark import check_metrics_fit
 from vqa_grpo.rewards.user import resolve as resolve_rewards
 from vqa_grpo.training.checkpoint import no_space
-from vqa_grpo.training.distributed import Dist, make_dist
+from vqa_grpo.distributed import Dist, make_dist
 from vqa_grpo.training.export import merge_adapter, write_model_card
 from vqa_grpo.training.faults import (
     OOM_ADVICE,

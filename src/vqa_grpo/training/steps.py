@@ -30,7 +30,7 @@ from vqa_grpo.models.prefix import Prefix
 from vqa_grpo.models.scoring import answer_ids, completion_logprobs
 from vqa_grpo.rewards.registry import reward_range
 from vqa_grpo.training.batches import Batches
-from vqa_grpo.training.distributed import DDP, Dist
+from vqa_grpo.distributed import DDP, Dist
 from vqa_grpo.training.tally import Tally
 
 ONE_PROCESS = DDP()
