@@ -169,8 +169,9 @@ class TrainConfig:
     one set to another value is refused (exit 2), except those a resume may change: train.max_steps,
     save_steps, save_total_limit, eval_steps, logging_steps, log_completion_groups, progress,
     report_to, wandb_project, device, cpu_threads, collective_timeout, max_bad_steps,
-    empty_cuda_cache, merge_lora, eval.batch_size, eval.bootstrap_samples,
-    model.gradient_checkpointing (and output_dir, resume, resume_allow: this launch's own)."""
+    empty_cuda_cache, offload_activations, merge_lora, eval.batch_size, eval.bootstrap_samples,
+    model.gradient_checkpointing, grpo.logprob_chunk_size (and output_dir, resume, resume_allow: this
+    launch's own)."""
     resume_allow: list[str] = field(default_factory=list)
     """Keys this resume may change besides those above (e.g. [train.learning_rate]); the run goes on
     with the new values from the checkpoint's step, and config.yaml records them (docs/long_runs.md)."""
@@ -197,8 +198,7 @@ class TrainConfig:
     empty_cuda_cache: bool = False
     """Call torch.cuda.empty_cache() after every step (seed 5.1): less fragmentation, a little slower."""
     offload_activations: bool = False
-    """CUDA only: keep the tensors saved for the backward pass (the checkpointed activations, with
-    model.gradient_checkpointing) in pinned host memory (torch's save_on_cpu), copied back for backward."""
+    """CUDA: the tensors saved for backward (checkpointed activations) wait in pinned host memory (save_on_cpu)."""
     merge_lora: bool = False
     """With model.lora, also write output_dir/merged/: the adapter merged into the base weights."""
 
@@ -285,8 +285,7 @@ class GRPOConfig:
     as CUDA graphs on a GPU: auto on CUDA where it is exact, on also on the CPU (no graphs there),
     off (the default; no GPU run has measured it yet): the dynamic cache, step by step."""
     logprob_chunk_size: int = 256
-    """Completion positions whose logits exist at once in GRPO's and SFT's log-prob passes (models/chunked.py:
-    the LM head applied this many positions at a time, never to all [rows, tokens] at once)."""
+    """Positions the LM head runs on at once in the log-prob passes (models/chunked.py): the peak's largest part."""
     generation_backend: Literal["transformers", "vllm"] = "transformers"
     """Who samples the G completions: transformers' generate, or a colocated vLLM engine (extra, CUDA)."""
     vllm_sync_steps: int = 1

@@ -41,10 +41,12 @@ CHANGEABLE = (
     "train.collective_timeout",
     "train.max_bad_steps",
     "train.empty_cuda_cache",
+    "train.offload_activations",
     "train.merge_lora",
     "eval.batch_size",
     "eval.bootstrap_samples",
     "model.gradient_checkpointing",
+    "grpo.logprob_chunk_size",
 )
 """Keys a resume may change without train.resume_allow: the run's length (with a linear or cosine
 schedule the remaining steps follow the new train.max_steps), its logging, evaluation and saving
