@@ -64,15 +64,12 @@ from step_setup import (  # noqa: F401  Settings, build_model, build_data, ...: 
 
 
 def worker(method: str, s: Settings, model_dir: Path, data_dir: Path) -> None:
-    import logging
-
     import torch
 
     torch.set_num_threads(s.threads)
     if not s.cudnn_attention:
         torch.backends.cuda.enable_cudnn_sdp(False)
     torch.manual_seed(s.seed)
-    logging.getLogger("vqa_grpo.rewards").setLevel(logging.ERROR)  # empty completions are normal here
     from step_methods import RUNNERS
 
     say(RUNNERS[method](s, model_dir, data_dir, torch.device(s.device)))

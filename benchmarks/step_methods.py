@@ -85,7 +85,9 @@ def run_seed_loop(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
         mask = torch.cat([torch.nn.functional.pad(r.mask, (0, C - r.mask.shape[1])) for r in rows])
         texts = [t for r in rows for t in decode(lm.processor, r)]
         rep = [e for e in examples for _ in range(G)]
-        scored = compute_rewards(texts, [e.answers for e in rep], [e.answer_type for e in rep], RewardConfig())
+        scored = compute_rewards(
+            texts, [e.answers for e in rep], [e.answer_type for e in rep], RewardConfig(), warn_bad_inputs=False
+        )
         rewards = torch.as_tensor(scored.total, dtype=torch.float32)
         ro = Rollout(
             examples=examples,
@@ -205,7 +207,7 @@ def run_trl(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
 
     def vqa_reward(prompts, completions, answers, answer_type, **_):
         texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
-        return list(compute_rewards(texts, answers, answer_type, RewardConfig()).total)
+        return list(compute_rewards(texts, answers, answer_type, RewardConfig(), warn_bad_inputs=False).total)
 
     meter, tokens = Meter(device), []
 
