@@ -149,7 +149,8 @@ def read_examples(
     examples: list[VQAExample] = []
     seen_columns: set[str] = set()
     for index, row in enumerate(source.rows, start=1):
-        seen_columns.update(k for k in row.values if isinstance(k, str))
+        if not seen_columns.issuperset(row.values):  # (most rows: the columns already seen)
+            seen_columns.update(k for k in row.values if isinstance(k, str))
         result = converter.convert(row, index)
         if isinstance(result, VQAExample):
             if builder is None:
@@ -330,7 +331,7 @@ def _answers(value: Any) -> list[str]:
     if isinstance(value, dict):
         return _answers(value.get("answer"))
     if isinstance(value, (list, tuple)):
-        if all(type(x) is str for x in value):  # the usual cell: plain strings
+        if value and set(map(type, value)) == {str}:  # the usual cell: plain strings
             return [t for t in (x.strip() for x in value) if t]
         items = (_text(x.get("answer")) if isinstance(x, dict) else _text(x) for x in value)
         return [x for x in items if x]
