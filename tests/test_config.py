@@ -215,9 +215,8 @@ def test_the_error_says_what_is_allowed():
     assert "composite" in config_error("reward.components=[bleu]")  # lists the known components
 
 
-# Values the config accepts today although nothing downstream can use them: each fails later,
-# after the model has loaded (and for eval.batch_size after the whole run), with a traceback.
-# Fix: add these checks to validate() in src/vqa_grpo/config_load.py.
+# Values nothing downstream can use: unchecked, each would fail after the model has loaded (and
+# for eval.batch_size after the whole run) with a traceback; validate() (config_checks.py) refuses them.
 @pytest.mark.parametrize(
     "override, key",
     [

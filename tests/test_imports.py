@@ -98,6 +98,7 @@ LAYERS = (
     "vqa_grpo.distributed",
     "vqa_grpo.data",
     "vqa_grpo.rewards",
+    "vqa_grpo.config_checks",
     "vqa_grpo.config_load",
     "vqa_grpo.models",
     "vqa_grpo.grpo",

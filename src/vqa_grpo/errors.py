@@ -3,7 +3,7 @@ raises RuntimeErrors (an out-of-memory error, a failed collective), and the trai
 those must never take one of these for one.
 
 UserError            bad input (a wrong config key, a missing file); the CLI prints one line, exit 2
-ConfigError          a UserError: a config key, type or value that is not allowed (config_load.py)
+ConfigError          a UserError: a config key, type or value that is not allowed (config_load.py, config_checks.py)
 RewardFunctionError  a user's reward function failed during training; the CLI prints one line, exit 1
 TrainingStopped      the run stopped early, after saving what it could; the CLI exits with its code
 BadExample           one example cannot be used (its image fails to decode); it is skipped and counted

@@ -179,7 +179,7 @@ def hub_source(path: str, cfg: DataConfig) -> Source:
 
 def _check_split(name: str, config_name: str | None, split: str, asked: str, preset: Preset | None) -> None:
     """Config and split checked against the repository's data files, before anything downloads."""
-    import datasets  # here and below: 2 s to import, for hf: paths only (config_load imports this module)
+    import datasets  # here and below: 2 s to import, for hf: paths only (config_checks imports this module)
 
     try:
         builder = datasets.load_dataset_builder(name, config_name)
