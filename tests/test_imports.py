@@ -87,11 +87,13 @@ def test_no_module_imports_itself_back():
 
 
 def test_config_is_at_the_bottom():
-    assert import_graph()["vqa_grpo.config"] == {"vqa_grpo.errors"}
+    assert import_graph()["vqa_grpo.config"] == {"vqa_grpo.errors", "vqa_grpo.config_scoring"}
+    assert import_graph()["vqa_grpo.config_scoring"] == set()
 
 
 LAYERS = (
     "vqa_grpo.errors",
+    "vqa_grpo.config_scoring",
     "vqa_grpo.config",
     "vqa_grpo.config_keys",
     "vqa_grpo.paths",

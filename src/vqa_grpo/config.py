@@ -1,10 +1,11 @@
 """One source of truth for configuration.
 
-Nested dataclasses hold every setting with its default and meaning. A run's config is built in
-this order: the dataclass defaults, then a YAML file, then ``section.key=value`` overrides from the
-command line (the value is parsed as YAML, so ``grpo.temperatures=[0.7,1.0]`` and
-``model.lora=true`` work). Unknown keys, wrong types and impossible values raise
-:class:`ConfigError` with a one-line message, before any model loads.
+Nested dataclasses hold every setting with its default and meaning (the reward and eval sections
+in config_scoring.py, re-exported here). A run's config is built in this order: the dataclass
+defaults, then a YAML file, then ``section.key=value`` overrides from the command line (the value
+is parsed as YAML, so ``grpo.temperatures=[0.7,1.0]`` and ``model.lora=true`` work). Unknown keys,
+wrong types and impossible values raise :class:`ConfigError` with a one-line message, before any
+model loads.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from vqa_grpo.config_scoring import EvalConfig, RewardConfig  # two sections of Config, importable from here
 from vqa_grpo.errors import ConfigError as ConfigError  # the config's error, importable from here
 
 
@@ -283,7 +285,7 @@ class GRPOConfig:
     static_decode: Literal["auto", "on", "off"] = "off"
     """Decode from the shared prefix on a static KV cache (models/static_decode.py), each step compiled
     as CUDA graphs on a GPU: auto on CUDA where it is exact, on also on the CPU (no graphs there),
-    off (the default; no GPU run has measured it yet): the dynamic cache, step by step."""
+    off (the default; docs/performance.md says why): the dynamic cache, step by step."""
     logprob_chunk_size: int = 256
     """Positions the LM head runs on at once in the log-prob passes (models/chunked.py): the peak's largest part."""
     generation_backend: Literal["transformers", "vllm"] = "transformers"
@@ -299,77 +301,6 @@ class GRPOConfig:
 
 
 @dataclass
-class RewardConfig:
-    components: Optional[list[str]] = None
-    """Reward functions: composite, vqa_accuracy, answer_type, format, semantic, abstention, or your
-    own as package.module:function (TRL's convention, docs/python.md; logged as reward/function);
-    null takes the benchmark's metric (data.benchmark; data/benchmarks.py), else [composite]."""
-    weights: Optional[list[float]] = None
-    """Weight of each component (same length, >= 0); null gives each 1.0, as TRL does. The total
-    reward is the sum of weight x score over the components (a None score adds nothing)."""
-    composite_weights: dict[str, float] = field(
-        default_factory=lambda: {
-            "bleu1": 0.2,
-            "exact_match": 0.3,
-            "substring": 0.2,
-            "jaccard": 0.1,
-            "extractable": 0.2,
-        }
-    )
-    """The seed's w1..w5 (section 3.3)."""
-    composite_guard: bool = True
-    """Scale the composite's parts by len(reference) / len(answer) for a longer answer, so that
-    repeating or listing answers ("no no no", "yes no") cannot farm its partial credit; false
-    gives the seed's reward exactly (rewards/composite.py). Evaluation's metric is the seed's."""
-    reasoning: bool = False
-    """Score the content of one <answer>...</answer> pair (the format reward then asks for it)."""
-    number_partial_credit: bool = False
-    """answer_type reward: partial credit for counts by distance to the true number."""
-    python_functions: list[str] = field(default_factory=list)
-    """Names in components of functions given to vqa_grpo.train(reward_funcs=...) that have no
-    import path (a lambda, a closure, a function of a script's __main__). Written by the API, so
-    that the run's config.yaml loads anywhere and a run needing them says so; not set by hand."""
-
-
-@dataclass
-class EvalConfig:
-    batch_size: int = 32
-    """Questions per generate call."""
-    max_new_tokens: Optional[int] = None
-    """Most new tokens per answer; null takes the benchmark's (lmms-eval's for its task: 32 for
-    DocVQA; data/benchmarks.py), else 16."""
-    do_sample: bool = False
-    """Greedy by default; true samples with the seed's temperature 0.7 and top-p 0.9."""
-    temperature: float = 0.7
-    """Temperature when do_sample is true."""
-    top_p: float = 0.9
-    """Top-p when do_sample is true."""
-    bootstrap_samples: int = 1000
-    """Resamples for the 95% confidence intervals."""
-    max_examples: Optional[int] = 1000
-    """Questions the evaluations during training answer at most (a seeded draw from the eval set,
-    stratified by answer type, as data.max_eval_samples draws; the log says when it cuts); null
-    answers all. data.max_eval_samples, when set, wins; ``vqa-grpo evaluate`` is not capped by it."""
-    vqa_convention: Optional[Literal["official", "lmms_eval"]] = None
-    """VQA accuracy as the official vqaEval.py computes it (normalises only when the answers differ)
-    or as lmms-eval's EvalAI processor does (always normalises); the metric and the reward alike.
-    null: lmms_eval on a benchmark (data.benchmark, so that its figure compares with lmms-eval's),
-    else official."""
-    metrics: list[str] = field(default_factory=list)
-    """Your own reward functions as extra metrics (package.module:function, TRL's convention), each
-    reported under its function name beside the built-in ones; train.eval_metric may name one."""
-    perturb: list[str] = field(default_factory=list)
-    """``evaluate`` also answers every question on perturbed images, one pass per NAME:SEVERITY
-    (data/perturb.py: gaussian_blur, gaussian_noise, jpeg, brightness, contrast, crop, rotate at
-    severities 1-5; a NAME alone is all five), seeded by train.seed (metrics.json ``robustness``;
-    evaluation/robustness.py)."""
-    rephrase: bool = False
-    """``evaluate`` also answers each question under each rewrite of data/rephrase.py that keeps its
-    answer, and reports each rewrite's metrics and the answers' consistency (metrics.json
-    ``rephrase``; evaluation/rephrase_check.py)."""
-
-
-@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -380,7 +311,7 @@ class Config:
 
 
 # Building a config (defaults <- YAML <- overrides, checked) is config_load.load_config: this module
-# imports nothing of the package but errors, so that every layer may import it.
+# imports nothing of the package but errors and config_scoring, so that every layer may import it.
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
