@@ -12,11 +12,19 @@ message the command prints.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # the config module is imported on use: `import vqa_grpo` stays light
+from vqa_grpo.errors import UserError
+from vqa_grpo.rewards.registry import reward_components
+from vqa_grpo.rewards.user import callable_name, short_name
+
+# The config, data, evaluation and training modules are imported inside the functions that use
+# them: `import vqa_grpo` loads this module, and stays light (no config, no torch).
+if TYPE_CHECKING:
     from vqa_grpo.config import Config
 
 Data = Any
@@ -67,8 +75,6 @@ def sft(cfg: Config, data: Data = None):
 
 
 def _run(cfg: Config, mode: str, data: Data, reward_funcs: dict | None, given: frozenset[str]):
-    import dataclasses
-
     from vqa_grpo.training.loop import run
 
     if isinstance(data, (str, Path)):  # a path: the same as data.path
@@ -90,8 +96,6 @@ def import_path(func) -> str | None:
     """``module:qualname`` when importing it gives back ``func`` itself (a function defined at the
     top level of an importable module, or a class's static method); else None: a lambda, a closure, a
     partial, a callable object, or anything of ``__main__`` (which another process cannot import)."""
-    import importlib
-
     module, qualname = getattr(func, "__module__", None), getattr(func, "__qualname__", None)
     if not isinstance(module, str) or not isinstance(qualname, str) or module == "__main__" or "<" in qualname:
         return None
@@ -108,10 +112,6 @@ def _recorded(cfg: Config, named: dict) -> tuple[Config, dict]:
     """``cfg`` with each Python function of reward.components named by its import path where it has
     one (the run imports it from there), the others listed in reward.python_functions; and those
     others, name -> callable, for the run."""
-    import dataclasses
-
-    from vqa_grpo.rewards.user import short_name
-
     paths: dict[str, str] = {}
     for name, func in named.items():
         path = import_path(func)
@@ -130,9 +130,6 @@ def _named(reward_funcs) -> dict:
     """Name -> callable: a dict's keys, else each callable's name (``rewards.user.callable_name``:
     ``__name__``, a partial's function, a callable object's class, "lambda"), numbered from the
     second of a name on (``accuracy``, ``accuracy_2``)."""
-    from vqa_grpo.errors import UserError
-    from vqa_grpo.rewards.user import callable_name
-
     if not reward_funcs:
         return {}
     if callable(reward_funcs) and not isinstance(reward_funcs, dict):
@@ -162,11 +159,6 @@ def _with_rewards(cfg: Config, named: dict, weights: list[float] | None) -> Conf
     """``cfg`` with the (named) Python reward functions in reward.components and ``weights`` as
     reward.weights; without ``weights`` an added function weighs 1.0 (all stay null when
     reward.weights is null: 1.0 each)."""
-    import dataclasses
-
-    from vqa_grpo.errors import UserError
-    from vqa_grpo.rewards.registry import reward_components
-
     before = reward_components(cfg.reward)
     components = before + [n for n in named if n not in before]
     if weights is None:
