@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from torch.distributed.device_mesh import init_device_mesh
 
 from vqa_grpo.distributed.dist import Dist
 from vqa_grpo.distributed.helpers import (
@@ -42,7 +43,7 @@ class FSDP2(Dist):
         differs between ranks seeded apart). Build the optimizer after this: sharding replaces the
         parameters. ``reshard_root``: free the root unit's gathered weights after each forward too
         (a forward-only model, like the KL reference, would otherwise keep them gathered)."""
-        from torch.distributed.device_mesh import init_device_mesh
+        # here and below: torch.distributed.fsdp takes 0.8 s to import, and every run imports this module
         from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 
         device = self.acc.device.type
@@ -86,6 +87,7 @@ class FSDP2(Dist):
     def model_state(self, model) -> dict | None:
         """The full state dict in CPU memory on rank 0 (None on the others), a LoRA run's trainable
         (adapter) weights only, tied weights once (as save_pretrained writes a live model)."""
+        # here and below: torch.distributed.checkpoint takes 0.5 s to import, for a sharded run's saves only
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=is_peft(model))
@@ -117,7 +119,7 @@ class FSDP2(Dist):
 
     def load_adapter_state(self, model, weights: dict) -> None:
         """The adapter's ``weights`` matched to the live (sharded) parameter names, each rank keeping its shard."""
-        from peft import get_peft_model_state_dict
+        from peft import get_peft_model_state_dict  # here: seconds to import, for LoRA runs only
 
         # PEFT saves the adapter's weights under names without the adapter's name; match them to the
         # live names through the tensors PEFT picks from the live state dict.
