@@ -1,7 +1,9 @@
-"""Chunked log-probs and entropies (models/chunked.py) against the full logits, on every tiny family
-in fp32 on the CPU, full fine-tuning and LoRA: log-probs and entropies within 1e-6, every trained
-parameter's gradient within 1e-5 of the largest of its tensor (at least 1: the head's backward sums
-over V terms, another chunking sums them in another order), and no head output larger than a chunk.
+"""Chunked log-probs and entropies (models/scoring.py ``completion_logprobs``, models/chunked.py)
+against the full logits (``completion_logits``), on every tiny family in fp32 on the CPU, on the
+plain path, the shared prefix and the fused prefill, full fine-tuning and LoRA (plain): log-probs
+and entropies within 1e-6, every trained parameter's gradient within 1e-5 of the largest of its
+tensor (at least 1: the head's backward sums over V terms, another chunking sums them in another
+order), and no head output larger than a chunk.
 
 Chunks of 3 positions over R*C = 20 (3 does not divide 20, and is smaller than C = 5); rows sampled
 at different temperatures; prompts left-padded differently (images of 112 and 168 px).
@@ -10,100 +12,131 @@ Shapes: B = 2 prompts, G = 2 completions each, R = 4 rows, C = 5 completion toke
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from family_models import model_config
 from PIL import Image
 
-from vqa_grpo.models.chunked import chunked_logprobs, head_inputs
+from vqa_grpo.models.chunked import head_inputs
 from vqa_grpo.models.loading import load_model
+from vqa_grpo.models.plan import ForwardPlan
+from vqa_grpo.models.prefix import encode_prefix
+from vqa_grpo.models.scoring import completion_logits, completion_logprobs, token_entropy, token_logprobs
 from vqa_grpo.models.tiny import TINY_FAMILIES
 
 CPU = torch.device("cpu")
 B, G, C, CHUNK = 2, 2, 5, 3
 TEMPS = torch.tensor([0.7, 1.0, 1.3, 0.9])  # [R]
 QUESTIONS = ["Is there a red circle?", "How many objects are there left of the blue square?"]
+PATHS = {  # the log-prob pass's path: its plan (the family's position rule filled in), and a prefix run first?
+    "plain": (ForwardPlan(), False),
+    "shared prefix": (ForwardPlan(sampling="shared prefix", loss="shared prefix"), False),
+    "fused prefill": (ForwardPlan(sampling="shared prefix", loss="fused prefill"), True),
+}
+
+
+@pytest.fixture(scope="module")
+def models(family_dirs):
+    """Each family's tiny model, loaded once per (family, LoRA) for this module, in eval mode (no dropout)."""
+    loaded = {}
+
+    def get(family, lora):
+        if (family, lora) not in loaded:
+            lm = load_model(model_config(family_dirs(family), lora=lora), CPU)
+            loaded[family, lora] = lm.model.eval() and lm
+        return loaded[family, lora]
+
+    return get
 
 
 def inputs(lm):
-    """The prompts repeated G times with their completions appended, the ids [R, C] and the mask."""
+    """B prompts (left-padded differently), R completions of C word tokens right-padded: prompts, ids, mask."""
     images = [Image.new("RGB", (112, 112), (200, 30, 30)), Image.new("RGB", (168, 168), (30, 30, 200))]
-    prompts = lm.adapter.repeat(lm.adapter.encode_prompts(lm.processor, images, QUESTIONS), G)
+    prompts = lm.adapter.encode_prompts(lm.processor, images, QUESTIONS)
     tok = lm.processor.tokenizer
     words = torch.tensor(sorted(i for t, i in tok.get_vocab().items() if t.isalpha()))
     ids = words[torch.randint(len(words), (B * G, C), generator=torch.Generator().manual_seed(0))]
     mask = (torch.arange(C)[None, :] < torch.tensor([C, 2, 4, C])[:, None]).long()
-    return lm.adapter.append(prompts, ids, mask), ids
+    return prompts, ids, mask
 
 
-def full_logprobs(lm, full, ids):
-    """Today's path: the full logits [R, C, V], then log-softmax and entropy at each row's temperature."""
-    logits = lm.model(**full.model_inputs(), logits_to_keep=C + 1, use_cache=False).logits[:, :-1]
-    z = logits.float() / TEMPS[:, None, None]
-    logp = z.gather(-1, ids[..., None]).squeeze(-1) - torch.logsumexp(z, -1)
-    entropy = torch.logsumexp(z, -1) - (torch.softmax(z, -1) * z).sum(-1)
-    return logp, entropy.detach()
-
-
-def chunked(lm, full, ids, chunk=CHUNK):
-    """The same from the last hidden states, ``chunk`` positions at a time."""
-    head, fn = lm.adapter.output_head(lm.model)
-    with head_inputs(head) as seen:
-        out = lm.model(**full.model_inputs(), logits_to_keep=C + 1, use_cache=False)
-    assert out.logits.shape[1] == 0  # the model's forward built no logits
-    hidden = seen[0][:, :-1]  # [R, C, H]: position P-1+t predicts completion token t
-    return chunked_logprobs(
-        hidden, fn, ids, TEMPS, chunk_size=chunk, with_entropy=True, params=tuple(head.parameters())
-    )
-
-
-def grads(lm, logp):
-    """Every trained parameter's gradient of a fixed weighted sum of the log-probs."""
+def logprobs_and_grads(lm, path, chunked, chunk=CHUNK):
+    """Log-probs [R, C], entropies [R, C] and every trained parameter's gradient of a fixed weighted sum
+    of the log-probs, on ``path``: chunked (completion_logprobs) or from the full logits (completion_logits)."""
+    plan, fused = PATHS[path]
+    plan = replace(plan, position_rule=lm.adapter.position_rule) if path != "plain" else plan
+    prompts, ids, mask = inputs(lm)
     lm.model.zero_grad(set_to_none=True)
+    prefix = encode_prefix(lm.model, prompts, G, plan.position_rule) if fused else None  # with gradient
+    if chunked:
+        plan = replace(plan, logprob_chunk_size=chunk)
+        logp, entropy = completion_logprobs(
+            lm.model, lm.adapter, prompts, ids, mask, plan, TEMPS, group_size=G, prefix=prefix
+        )
+    else:
+        logits = completion_logits(lm.model, lm.adapter, prompts, ids, mask, plan, group_size=G, prefix=prefix)
+        logp, entropy = token_logprobs(logits, ids, TEMPS), token_entropy(logits, TEMPS)
     weights = torch.randn(logp.shape, generator=torch.Generator().manual_seed(1))
     (logp * weights).sum().backward()
-    return {n: p.grad.clone() for n, p in lm.model.named_parameters() if p.grad is not None}
+    grads = {n: p.grad.clone() for n, p in lm.model.named_parameters() if p.grad is not None}
+    return logp.detach(), entropy, grads
 
 
-@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-@pytest.mark.parametrize("family", TINY_FAMILIES)
-def test_chunked_logprobs_entropy_and_gradients_equal_the_full_logits(family, lora, family_dirs):
-    lm = load_model(model_config(family_dirs(family), lora=lora), CPU)
-    lm.model.eval()  # no dropout: both passes see one function
+CASES = [(f, p, False) for f in TINY_FAMILIES for p in PATHS] + [(f, "plain", True) for f in TINY_FAMILIES]
+
+
+@pytest.mark.parametrize("family, path, lora", CASES, ids=[f"{f}-{p}{'-lora' * lo}" for f, p, lo in CASES])
+def test_chunked_logprobs_entropy_and_gradients_equal_the_full_logits(family, path, lora, models):
+    lm = models(family, lora)
     head, _ = lm.adapter.output_head(lm.model)
     assert any(p.requires_grad for p in head.parameters()) != lora  # LoRA leaves the head frozen
-    full, ids = inputs(lm)
-    ref_logp, ref_entropy = full_logprobs(lm, full, ids)
-    ref_grads = grads(lm, ref_logp)
+    ref_logp, ref_entropy, ref_grads = logprobs_and_grads(lm, path, chunked=False)
 
     sizes = []  # positions of every head output from here on: the chunks, forward and backward
     handle = head.register_forward_hook(lambda m, a, out: sizes.append(out.shape[:-1].numel()))
     try:
-        logp, entropy = chunked(lm, full, ids)
-        got = grads(lm, logp)
+        logp, entropy, grads = logprobs_and_grads(lm, path, chunked=True)
     finally:
         handle.remove()
     torch.testing.assert_close(logp, ref_logp, atol=1e-6, rtol=0)
     torch.testing.assert_close(entropy, ref_entropy, atol=1e-6, rtol=0)
-    assert got.keys() == ref_grads.keys() and len(got) > 0
-    for name, g in got.items():
+    assert grads.keys() == ref_grads.keys() and len(grads) > 0
+    for name, g in grads.items():
         scale = max(1.0, ref_grads[name].abs().max().item())  # rounding over V terms scales with the gradient
         assert (g - ref_grads[name]).abs().max().item() <= 1e-5 * scale, name
-    # the model's own head call (0 positions), 7 chunks (3+3+...+2) and, for a trained head, 7 again in backward
-    assert sizes == [0] + [3] * 6 + [2] + ([] if lora else [3] * 6 + [2])
-    assert not logp.isnan().any() and entropy.requires_grad is False
+    # plain: 7 chunks of the R*C = 20 positions (inside the forward pass), then the model's own head
+    # call with no positions; on the prefix: the prompts' last positions (B) first, then 6 chunks of
+    # R*(C-1) = 16; a trained head's chunks once more in backward
+    chunks = [3] * 6 + [2] if path == "plain" else [3] * 5 + [1]
+    first = [] if path == "plain" else [B]
+    assert sizes == first + chunks + [0] + ([] if lora else chunks), sizes
+    assert not entropy.requires_grad
 
 
-def test_one_chunk_of_everything_and_no_gradient(family_dirs):
-    """A chunk larger than R*C is one chunk; under no_grad nothing is kept for a backward pass."""
-    lm = load_model(model_config(family_dirs("qwen2_5_vl")), CPU)
-    lm.model.eval()
-    full, ids = inputs(lm)
-    with torch.no_grad():
-        ref_logp, ref_entropy = full_logprobs(lm, full, ids)
-        logp, entropy = chunked(lm, full, ids, chunk=10_000)
+def test_one_chunk_of_everything_keeps_its_logits_for_backward(models):
+    """A chunk size of at least R*C is one chunk, kept for the backward pass as the full logits are:
+    the head runs once; without gradient nothing is kept."""
+    lm = models("qwen2_5_vl", False)
+    head, _ = lm.adapter.output_head(lm.model)
+    ref_logp, ref_entropy, ref_grads = logprobs_and_grads(lm, "plain", chunked=False)
+    sizes = []
+    handle = head.register_forward_hook(lambda m, a, out: sizes.append(out.shape[:-1].numel()))
+    try:
+        logp, entropy, grads = logprobs_and_grads(lm, "plain", chunked=True, chunk=B * G * C)
+    finally:
+        handle.remove()
+    assert sizes == [B * G * C, 0]  # all 20 at once, once, then the model's own call with no positions
     torch.testing.assert_close(logp, ref_logp, atol=1e-6, rtol=0)
     torch.testing.assert_close(entropy, ref_entropy, atol=1e-6, rtol=0)
+    for name, g in grads.items():
+        assert (g - ref_grads[name]).abs().max().item() <= 1e-5 * max(1.0, ref_grads[name].abs().max().item()), name
+    prompts, ids, mask = inputs(lm)
+    with torch.no_grad():
+        plan = ForwardPlan(logprob_chunk_size=10_000)
+        logp, _ = completion_logprobs(lm.model, lm.adapter, prompts, ids, mask, plan, TEMPS, group_size=G)
+    torch.testing.assert_close(logp, ref_logp, atol=1e-6, rtol=0)
     assert logp.grad_fn is None
 
 

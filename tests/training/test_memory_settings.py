@@ -30,3 +30,15 @@ def refused(capsys, args: list[str], out_dir) -> str:
 def test_a_chunk_size_that_is_not_a_positive_integer_is_refused(value, says, capsys, tmp_path):
     err = refused(capsys, ["train", f"grpo.logprob_chunk_size={value}"], tmp_path / "run")
     assert err.strip() == f"error: {says}"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for a machine without CUDA")
+def test_offloading_activations_without_cuda_is_refused_before_anything_is_written(
+    synth_dir, tiny_model_dir, capsys, tmp_path
+):
+    args = ["train", f"data.path={synth_dir}", f"model.name_or_path={tiny_model_dir}", "train.offload_activations=true"]
+    err = refused(capsys, args, tmp_path / "run")
+    assert err.strip() == (
+        "error: train.offload_activations=true moves activations from a GPU to host memory, and this run is "
+        "on cpu; set train.offload_activations=false (or run on a CUDA device)"
+    )

@@ -9,6 +9,8 @@ is the seed's Algorithm 1, kept as a reproduction mode (``grpo.loss_type=seed_re
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from vqa_grpo.config import GRPOConfig
@@ -49,7 +51,8 @@ def answer_nll(model, adapter: FamilyAdapter, processor, rollout: Rollout) -> to
     stop = adapter.stop_token_ids(processor, model)[0]
     ids, mask = answer_ids(processor.tokenizer, [e.answer for e in rollout.examples], stop)
     ids, mask = ids.to(rollout.completion_ids.device), mask.to(rollout.completion_ids.device)
-    logp, _ = completion_logprobs(model, adapter, rollout.prompts, ids, mask, PLAIN, with_entropy=False)
+    plain = replace(PLAIN, logprob_chunk_size=rollout.plan.logprob_chunk_size)
+    logp, _ = completion_logprobs(model, adapter, rollout.prompts, ids, mask, plain, with_entropy=False)
     return -(logp * mask).sum() / mask.sum()
 
 

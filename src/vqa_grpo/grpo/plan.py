@@ -99,7 +99,7 @@ def choose_plan(
     off = shared_prefix_reason(adapter, grpo.shared_prefix)
     if off is not None:
         _decode(model, grpo, "plain", any_rank)  # grpo.static_decode=on without a shared prefix: one line
-        plan = ForwardPlan(any_rank=any_rank, reason=off)
+        plan = ForwardPlan(any_rank=any_rank, reason=off, logprob_chunk_size=grpo.logprob_chunk_size)
     else:
         blocked = plain_only_settings(model.generation_config, True)
         fused_off = fused_prefill_reason(model, adapter, grpo, processes=processes, accumulation=accumulation)
@@ -115,6 +115,7 @@ def choose_plan(
             loss=loss,
             position_rule=adapter.position_rule,
             any_rank=any_rank,
+            logprob_chunk_size=grpo.logprob_chunk_size,
             reason=", ".join(
                 [f"{adapter.name} adapter, {adapter.position_rule} positions"]
                 + ([f"the generation config sets {', '.join(blocked)}"] if blocked else [])

@@ -30,17 +30,27 @@ Head = Callable[[torch.Tensor], torch.Tensor]
 
 
 @contextlib.contextmanager
-def head_inputs(head: torch.nn.Module):
+def head_inputs(head: torch.nn.Module, compute: Callable[[torch.Tensor], object] = lambda hidden: hidden):
     """Within it, a forward pass of the model hands ``head`` (its LM head module) no positions, so
-    its logits come out [R, 0, V], and the hidden states it would have turned into logits
-    ([R, T, H], with their autograd history) are appended to the yielded list."""
-    seen: list[torch.Tensor] = []
+    its logits come out [R, 0, V], and ``compute(hidden)`` of the hidden states it would have
+    turned into logits ([R, T, H], with their autograd history) is appended to the yielded list.
+    ``compute`` runs inside the model's forward, where sharded weights (FSDP, ZeRO-3) are gathered;
+    its own calls of ``head`` pass through."""
+    seen: list = []
+    inside = False
 
-    def keep(module, args):
-        seen.append(args[0])
+    def take(module, args):
+        nonlocal inside
+        if inside:
+            return None
+        inside = True
+        try:
+            seen.append(compute(args[0]))
+        finally:
+            inside = False
         return (args[0][..., :0, :], *args[1:])
 
-    handle = head.register_forward_pre_hook(keep)
+    handle = head.register_forward_pre_hook(take)
     try:
         yield seen
     finally:
@@ -140,7 +150,7 @@ class _Chunked(torch.autograd.Function):
         want_h = ctx.needs_input_grad[0]
         grad_h = torch.empty_like(hidden) if want_h else None
         grad_p: list[torch.Tensor | None] = [None] * len(params)
-        linear = isinstance(head, torch.nn.Linear)
+        linear = isinstance(head, torch.nn.Linear) and _whole(head.weight)  # else the module's call gathers it
         N = hidden.shape[0]
         for s in range(0, N, ctx.chunk_size):
             e = min(s + ctx.chunk_size, N)
@@ -166,6 +176,12 @@ class _Chunked(torch.autograd.Function):
             for i, gp in enumerate(got):
                 grad_p[i] = gp if grad_p[i] is None else grad_p[i].add_(gp)
         return grad_h, None, None, None, None, None, *grad_p
+
+
+def _whole(weight: torch.Tensor) -> bool:
+    """A weight held whole on this process: not an FSDP shard (a DTensor) nor a ZeRO-3 partition
+    (empty outside its module's forward)."""
+    return weight.numel() > 0 and not hasattr(weight, "full_tensor")
 
 
 def _autocast_state(device_type: str) -> dict:

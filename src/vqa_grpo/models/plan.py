@@ -23,6 +23,7 @@ from typing import Callable, Literal
 
 import torch
 
+from vqa_grpo.config import GRPOConfig
 from vqa_grpo.errors import UserError
 
 SamplingPath = Literal["plain", "shared prefix", "vLLM"]
@@ -46,6 +47,8 @@ class ForwardPlan:
     reason: str = ""
     decode: Literal["dynamic", "static", "static, CUDA graphs"] = "dynamic"
     """How the shared-prefix sampler steps (models/static_decode.py)."""
+    logprob_chunk_size: int = GRPOConfig.logprob_chunk_size
+    """Positions the LM head runs on at once in a log-prob pass (grpo.logprob_chunk_size, models/chunked.py)."""
 
     @property
     def sample_shared(self) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from vqa_grpo.models.adapters import FamilyAdapter, PromptBatch
+from vqa_grpo.models.chunked import chunked_logprobs, head_inputs
 from vqa_grpo.models.plan import ForwardPlan
 from vqa_grpo.models.prefix import Prefix, encode_prefix
 
@@ -122,19 +123,46 @@ def completion_logprobs(
     (None when ``with_entropy`` is false: SFT and the old/reference passes do not need it).
 
     With ``temperatures`` [R], row r's logits are divided by its sampling temperature first, so
-    the log-probs are those of the distribution the row was sampled from (before top-p); see
-    :func:`token_logprobs`. ``plan``, ``group_size`` and ``prefix`` are those of
-    :func:`completion_logits`.
+    the log-probs are those of the distribution the row was sampled from (before top-p).
+    ``plan``, ``group_size`` and ``prefix`` are those of :func:`completion_logits`, and the
+    numbers are :func:`token_logprobs` and :func:`token_entropy` of its logits up to float
+    rounding, but computed from the last hidden states ``plan.logprob_chunk_size`` positions at
+    a time (models/chunked.py): the [R, C, V] logits never exist.
     """
-    logits = completion_logits(
-        model,
-        adapter,
-        prompts,
-        completion_ids,
-        completion_mask,
-        plan,
-        group_size=group_size,
-        prefix=prefix,
-    )  # [R, C, V]
-    logp = token_logprobs(logits, completion_ids, temperatures)
-    return logp, token_entropy(logits, temperatures) if with_entropy else None
+    head, fn = adapter.output_head(model)
+
+    def rest(hidden: torch.Tensor):  # [R, T, H] -> the last T tokens' log-probs and entropies [R, T]
+        ids = completion_ids[:, completion_ids.shape[1] - hidden.shape[1] :]
+        chunks = {"chunk_size": plan.logprob_chunk_size, "params": tuple(head.parameters())}
+        return chunked_logprobs(hidden, fn, ids, temperatures, with_entropy=with_entropy, **chunks)
+
+    first, others = _through_head(
+        model, adapter, head, rest, prompts, completion_ids, completion_mask, plan, group_size, prefix
+    )
+    parts = [] if others is None else [others]
+    if first is not None:  # token 0, from the prefix's logits [R, 1, V]
+        entropy = token_entropy(first, temperatures) if with_entropy else None
+        parts.insert(0, (token_logprobs(first, completion_ids[:, :1], temperatures), entropy))
+    logp = torch.cat([p[0] for p in parts], dim=1)
+    return logp, torch.cat([p[1] for p in parts], dim=1) if with_entropy else None
+
+
+def _through_head(model, adapter, head, rest, prompts, completion_ids, completion_mask, plan, group_size, prefix):
+    """:func:`completion_logits`'s passes with the LM head ``head`` handed no positions and ``rest``
+    applied, inside the forward pass, to the last hidden states it would have had: (the logits
+    [R, 1, V] that predict completion token 0 where the shared prefix has them, else None; ``rest``
+    of the hidden states [R, T, H] that predict the other T tokens, None where there are none)."""
+    C = completion_ids.shape[1]
+    if prefix is not None or plan.shares_prefix_now():
+        prefix = encode_prefix(model, prompts, group_size, plan.position_rule) if prefix is None else prefix
+        if C == 1:
+            return prefix.last_logits[:, None, :], None
+        with head_inputs(head, rest) as seen:
+            prefix.extend(model, completion_ids[:, :-1], completion_mask[:, :-1])
+        return prefix.last_logits[:, None, :], seen[-1]  # hidden [R, C-1, H]: tokens 1..C-1
+    if group_size > 1:
+        prompts = adapter.repeat(prompts, group_size)
+    full = adapter.append(prompts, completion_ids, completion_mask)
+    with head_inputs(head, lambda hidden: rest(hidden[:, :-1])) as seen:  # P-1+t predicts token t
+        model(**full.model_inputs(), logits_to_keep=C + 1, use_cache=False)
+    return None, seen[-1]

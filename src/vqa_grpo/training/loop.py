@@ -43,7 +43,8 @@ from vqa_grpo.data.benchmarks import resolve as resolve_benchmark
 from vqa_grpo.data.loader import cap_eval, load_vqa
 from vqa_grpo.data.table import answer_lists
 from vqa_grpo.data.types import VQAExample
-from vqa_grpo.errors import TrainingStopped
+from vqa_grpo.distributed import Dist, make_dist
+from vqa_grpo.errors import TrainingStopped, UserError
 from vqa_grpo.evaluation.answering import answer_and_score
 from vqa_grpo.grpo.logprobs import Reference
 from vqa_grpo.grpo.plan import choose_plan
@@ -53,7 +54,6 @@ from vqa_grpo.paths import absolute_inputs, check_folder
 from vqa_grpo.rewards.benchmark import check_metrics_fit
 from vqa_grpo.rewards.user import resolve as resolve_rewards
 from vqa_grpo.training.checkpoint import no_space
-from vqa_grpo.distributed import Dist, make_dist
 from vqa_grpo.training.export import merge_adapter, write_model_card
 from vqa_grpo.training.faults import (
     OOM_ADVICE,
@@ -164,6 +164,11 @@ def _check_before_writing(cfg: Config, mode: str, dist: Dist, device: torch.devi
     check_fresh(cfg, run_dir)
     if mode == "grpo" and cfg.grpo.generation_backend == "vllm":
         check_run(cfg, device)
+    if cfg.train.offload_activations and device.type != "cuda":
+        raise UserError(
+            f"train.offload_activations=true moves activations from a GPU to host memory, and this run is on "
+            f"{device.type}; set train.offload_activations=false (or run on a CUDA device)"
+        )
     dist.check_config(cfg)
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from vqa_grpo.config import Config
 from vqa_grpo.data.prompts import DEFAULT_TEMPLATE, prompt_template, user_texts
+from vqa_grpo.distributed import DDP, Dist
 from vqa_grpo.errors import UserError
 from vqa_grpo.grpo import dynamic
 from vqa_grpo.grpo.augment import augment_batch
@@ -30,7 +31,6 @@ from vqa_grpo.models.prefix import Prefix
 from vqa_grpo.models.scoring import answer_ids, completion_logprobs
 from vqa_grpo.rewards.registry import reward_range
 from vqa_grpo.training.batches import Batches
-from vqa_grpo.distributed import DDP, Dist
 from vqa_grpo.training.tally import Tally
 
 ONE_PROCESS = DDP()
@@ -41,6 +41,15 @@ def autocast(cfg: Config, device: torch.device):
     if cfg.train.mixed_precision == "no":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def offload(cfg: Config):
+    """torch's save_on_cpu when train.offload_activations asks for it (CUDA only, checked before the
+    run starts): the tensors the forward pass saves for backward, the checkpointed activations under
+    model.gradient_checkpointing, wait in pinned host memory and come back for the backward pass."""
+    if not cfg.train.offload_activations:
+        return contextlib.nullcontext()
+    return torch.autograd.graph.save_on_cpu(pin_memory=True)
 
 
 def accumulate(parts: list[dict], into: dict) -> dict:
@@ -54,15 +63,22 @@ def accumulate(parts: list[dict], into: dict) -> dict:
 
 
 def sft_micro_loss(
-    lm: LoadedModel, examples, images, device, total_tokens: float, template: str = DEFAULT_TEMPLATE
+    lm: LoadedModel,
+    examples,
+    images,
+    device,
+    total_tokens: float,
+    template: str = DEFAULT_TEMPLATE,
+    plan: ForwardPlan = PLAIN,
 ) -> tuple[torch.Tensor, dict]:
     """Summed NLL of the ground-truth answers (and the stop token) divided by ``total_tokens``;
-    the prompts put each question in ``template`` (data/prompts.py)."""
+    the prompts put each question in ``template`` (data/prompts.py); ``plan``: the plain path
+    with the run's grpo.logprob_chunk_size."""
     stop = lm.adapter.stop_token_ids(lm.processor, lm.model)[0]
     prompts = lm.adapter.encode_prompts(lm.processor, images, user_texts(examples, template)).to(device)
     ids, mask = answer_ids(lm.processor.tokenizer, [e.answer for e in examples], stop)
     ids, mask = ids.to(device), mask.to(device)
-    logp, _ = completion_logprobs(lm.model, lm.adapter, prompts, ids, mask, PLAIN, with_entropy=False)
+    logp, _ = completion_logprobs(lm.model, lm.adapter, prompts, ids, mask, plan, with_entropy=False)
     nll_sum = -(logp * mask).sum()
     return nll_sum / total_tokens, {"nll": float(nll_sum.detach()) / max(1, int(mask.sum()))}
 
@@ -91,10 +107,11 @@ def sft_step(cfg: Config, lm: LoadedModel, batches: Batches, device, dist: Dist 
     micro = [batches.next() for _ in range(cfg.train.gradient_accumulation_steps)]
     total = dist.sum(sum(answer_token_count(lm, ex) for ex, _ in micro)) / dist.world
     template = prompt_template(cfg.data, cfg.reward.reasoning)
+    plan = replace(PLAIN, logprob_chunk_size=cfg.grpo.logprob_chunk_size)
     stats: dict = {}
     for i, (ex, im) in enumerate(micro):
-        with dist.no_sync(lm.model, sync=i == len(micro) - 1), autocast(cfg, device):
-            loss, micro_stats = sft_micro_loss(lm, ex, im, device, total, template)
+        with dist.no_sync(lm.model, sync=i == len(micro) - 1), autocast(cfg, device), offload(cfg):
+            loss, micro_stats = sft_micro_loss(lm, ex, im, device, total, template, plan)
             dist.backward(loss)
         stats = accumulate([micro_stats, {"loss": float(loss.detach())}], stats)
     stats["nll"] = stats["loss"]  # the step's token-mean NLL, whatever the micro-batch layout
@@ -150,7 +167,7 @@ class GRPOSteps:
             if self.vllm is not None and (self.pushed_at is None or step - self.pushed_at >= cfg.grpo.vllm_sync_steps):
                 self.vllm.push_weights(self.policy.model)
                 self.pushed_at = step
-            with autocast(cfg, device):
+            with autocast(cfg, device), offload(cfg):
                 self.pending = make_rollouts(
                     cfg,
                     self.policy,
@@ -172,7 +189,7 @@ class GRPOSteps:
                     for record in records[:groups]:
                         self.samples_log.write(json.dumps(record) + "\n")
                     self.samples_log.flush()
-        with autocast(cfg, device):
+        with autocast(cfg, device), offload(cfg):
             stats = grpo_backward(cfg, lm, self.pending, self.dist)
         if sampled:
             stats["rollout_seconds"] = self.rollout_seconds
