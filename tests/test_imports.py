@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -131,6 +132,13 @@ def layer(module: str) -> int:
 def upward(graph: dict[str, set[str]]) -> list[str]:
     """Every "importer -> imported" of ``graph`` that goes up the layers."""
     return sorted(f"{m} -> {t}" for m, targets in graph.items() for t in targets if layer(t) > layer(m))
+
+
+def test_the_readme_draws_these_layers():
+    text = (SRC.parent / "README.md").read_text()
+    paragraph = text.split("Layers, bottom to top:")[1].split(". A module")[0]
+    names = [n.rstrip("/") for n in re.findall(r"`([^`]+)`", paragraph)]
+    assert ["vqa_grpo" if n == "__init__" else f"vqa_grpo.{n}" for n in names] == list(LAYERS)
 
 
 def test_every_module_has_a_layer():
