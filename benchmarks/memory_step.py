@@ -1,11 +1,10 @@
 """Peak memory and time of one GRPO step at reasoning-length completions: vqa-grpo against TRL.
 
-The model has Qwen2.5-VL-3B's output side, the vocabulary of 151,936 and the hidden size of 2,048
-(tied embeddings), with one decoder layer and a two-block vision tower (random weights, built
-offline, ``--dtype``); one question on a 112 px image, G = 8 completions of exactly C tokens for C
-in ``--sizes``. The sampler is replaced, on both sides, by the same fixed word tokens (no stop
-token), so every row has C tokens: decoding thousands of tokens over a 151,936-word head takes an
-hour on a CPU, and sampling holds no gradient, so the step's peak is in the loss.
+The model has Qwen2.5-VL-3B's vocabulary (151,936) and hidden size (2,048, tied embeddings), one
+decoder layer and a two-block vision tower (random weights, built offline, ``--dtype``); one
+question on a 112 px image, G = 8 completions of exactly C tokens for C in ``--sizes``: the sampler
+is replaced on both sides by the same fixed word tokens (decoding thousands of tokens over a
+151,936-word head takes an hour on a CPU, and sampling holds no gradient).
 
 A step: the forward pass over prompt and completions with gradient, the loss (DAPO's, beta = 0, every
 weight trained) and its backward pass, up to the optimiser (AdamW's step is the same for all and
@@ -18,11 +17,10 @@ each (with each size) in its own process:
                models/chunked.py (``completion_logits`` then ``token_logprobs``, ``token_entropy``);
 - trl:         TRL's GRPOTrainer (``pip install vqa-grpo[bench]``) with its fused LM head.
 
-Peak memory is torch's CPU allocations in the step as torch.profiler records them (profile_memory):
-the running sum of what the step allocates and frees, at its highest (the weights and inputs,
-allocated before, are not in it; tests/grpo/test_benchmark_memory_step.py checks it on known
-allocations). Not resident memory. A run whose estimated peak exceeds the memory
-available is skipped and said so (``--max-gib``).
+Peak memory: torch's CPU allocations in the step as torch.profiler records them (profile_memory),
+the running sum of what the step allocates and frees at its highest (weights and inputs, allocated
+before, are not in it; tests/grpo/test_benchmark_memory_step.py checks it), not resident memory.
+A run estimated above the memory available (``--max-gib``) is skipped and said so.
 
   .venv/bin/python benchmarks/memory_step.py                       # C = 256, 1,024, 4,096
   .venv/bin/python benchmarks/memory_step.py --sizes 256 --json    # the last line: one JSON object
@@ -367,10 +365,8 @@ def main(argv=None) -> None:
     p.add_argument("--max-gib", type=float, default=None, help="skip runs estimated above this (default: available)")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per run")
     p.add_argument("--json", action="store_true", help="the last line: one JSON object")
-    p.add_argument("--worker", help=argparse.SUPPRESS)
-    p.add_argument("--size", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--model-dir", help=argparse.SUPPRESS)
-    p.add_argument("--settings", help=argparse.SUPPRESS)
+    for worker_arg in ("--worker", "--model-dir", "--settings", "--size"):  # the parent's call of a worker
+        p.add_argument(worker_arg, type=int if worker_arg == "--size" else str, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
         import torch
