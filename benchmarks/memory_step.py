@@ -12,9 +12,9 @@ left out). For TRL that is its step from ``on_step_begin`` to ``on_pre_optimizer
 each (with each size) in its own process:
 
 - vqa_grpo:    the library's loss on the shared prefix, log-probs and entropies from the last hidden
-               states ``--chunk`` positions at a time (grpo.logprob_chunk_size, models/chunked.py);
+               states ``--chunk`` positions at a time (grpo.logprob_chunk_size, models/scoring.py);
 - full_logits: the same loss with the full [R, C, V] logits, as vqa-grpo computed it before
-               models/chunked.py (``completion_logits`` then ``token_logprobs``, ``token_entropy``);
+               the chunked pass (``completion_logits`` then ``token_logprobs``, ``token_entropy``);
 - trl:         TRL's GRPOTrainer (``pip install vqa-grpo[bench]``) with its fused LM head.
 
 Peak memory: torch's CPU allocations in the step as torch.profiler records them (profile_memory),
@@ -134,9 +134,8 @@ def run_vqa_grpo(s: Settings, model_dir: Path, C: int, full_logits: bool = False
     from vqa_grpo.config import GRPOConfig, ModelConfig
     from vqa_grpo.data.prompts import user_texts
     from vqa_grpo.grpo.math import group_advantages
-    from vqa_grpo.grpo.objective import grpo_objective
     from vqa_grpo.grpo.plan import choose_plan
-    from vqa_grpo.grpo.rollout import Rollout
+    from vqa_grpo.grpo.rollout import Rollout, grpo_objective
     from vqa_grpo.models.loading import load_model
 
     if full_logits:
@@ -185,8 +184,8 @@ def run_vqa_grpo(s: Settings, model_dir: Path, C: int, full_logits: bool = False
 
 def use_full_logits() -> None:
     """Make the library's loss take its log-probs from the full [R, C, V] logits (the code before
-    models/chunked.py, kept in models/scoring.py as the reference the tests compare with)."""
-    from vqa_grpo.grpo import objective
+    ``chunked_logprobs``, kept in models/scoring.py as the reference the tests compare with)."""
+    from vqa_grpo.grpo import rollout
     from vqa_grpo.models import scoring
 
     def full(model, adapter, prompts, ids, mask, plan, temperatures=None, *, with_entropy=True, **kw):
@@ -195,7 +194,7 @@ def use_full_logits() -> None:
         logp = scoring.token_logprobs(logits, ids, temperatures)
         return logp, scoring.token_entropy(logits, temperatures) if with_entropy else None
 
-    objective.completion_logprobs = full
+    rollout.completion_logprobs = full
 
 
 def run_trl(s: Settings, model_dir: Path, C: int) -> dict:

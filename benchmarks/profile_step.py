@@ -32,9 +32,8 @@ def main(argv=None) -> None:
     p.add_argument("--rows", type=int, default=25, help="operators to list")
     a = p.parse_args(argv)
     from vqa_grpo.config import ModelConfig, RewardConfig
-    from vqa_grpo.grpo.objective import grpo_objective
     from vqa_grpo.grpo.plan import choose_plan
-    from vqa_grpo.grpo.rollout import make_rollout_and_prefill
+    from vqa_grpo.grpo.rollout import grpo_objective, make_rollout_and_prefill
     from vqa_grpo.models.loading import load_model
 
     torch.set_num_threads(1)

@@ -13,9 +13,8 @@ from step_setup import Meter, Settings, _grpo_cfg, _optimizer, drive, load_examp
 
 def run_vqa_grpo(s: Settings, model_dir: Path, data_dir: Path, device, shared_prefix: str = "auto") -> dict:
     from vqa_grpo.config import ModelConfig, RewardConfig
-    from vqa_grpo.grpo.objective import grpo_objective
     from vqa_grpo.grpo.plan import choose_plan
-    from vqa_grpo.grpo.rollout import make_rollout_and_prefill
+    from vqa_grpo.grpo.rollout import grpo_objective, make_rollout_and_prefill
     from vqa_grpo.models.loading import load_model
 
     lm = load_model(ModelConfig(name_or_path=str(model_dir), dtype=s.dtype, lora=bool(s.lora), lora_r=16), device)
@@ -48,8 +47,7 @@ def run_seed_loop(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
     from vqa_grpo.config import ModelConfig, RewardConfig
     from vqa_grpo.data.prompts import user_text, user_texts
     from vqa_grpo.grpo.math import group_advantages
-    from vqa_grpo.grpo.objective import grpo_objective
-    from vqa_grpo.grpo.rollout import Rollout
+    from vqa_grpo.grpo.rollout import Rollout, grpo_objective
     from vqa_grpo.models.generation import decode, generate
     from vqa_grpo.models.loading import load_model
     from vqa_grpo.models.plan import PLAIN

@@ -287,7 +287,8 @@ class GRPOConfig:
     as CUDA graphs on a GPU: auto on CUDA where it is exact, on also on the CPU (no graphs there),
     off (the default; docs/performance.md says why): the dynamic cache, step by step."""
     logprob_chunk_size: int = 256
-    """Positions the LM head runs on at once in the log-prob passes (models/chunked.py): the peak's largest part."""
+    """Positions the LM head runs on at once in the log-prob passes (models/scoring.py,
+    ``chunked_logprobs``): the peak's largest part."""
     generation_backend: Literal["transformers", "vllm"] = "transformers"
     """Who samples the G completions: transformers' generate, or a colocated vLLM engine (extra, CUDA)."""
     vllm_sync_steps: int = 1

@@ -27,8 +27,8 @@ def fake_draws(groups: list[list[float]], size: int):
 def test_a_round_draws_what_the_step_lacks_whatever_the_accumulation():
     """The same 4 groups a step as 4 micro-batches of 1 or 1 of 4: a round refills the step."""
     from vqa_grpo.config import GRPOConfig
-    from vqa_grpo.grpo.dynamic import fill_step
     from vqa_grpo.distributed import DDP
+    from vqa_grpo.grpo.dynamic import fill_step
 
     S, F = [0.0, 1.0], [1.0, 1.0]
     groups = [S, F, F, F, S, S, S, F]

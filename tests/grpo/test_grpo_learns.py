@@ -15,7 +15,7 @@ from plans import rollout
 from vqa_grpo.config_load import load_config
 from vqa_grpo.data.loader import load_vqa
 from vqa_grpo.grpo.math import group_advantages
-from vqa_grpo.grpo.objective import grpo_objective
+from vqa_grpo.grpo.rollout import grpo_objective
 from vqa_grpo.models.loading import load_model
 from vqa_grpo.training.loop import run
 

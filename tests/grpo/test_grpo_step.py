@@ -20,7 +20,7 @@ from vqa_grpo.data.benchmarks import resolve as resolve_benchmark
 from vqa_grpo.data.loader import load_vqa
 from vqa_grpo.grpo import group_advantages
 from vqa_grpo.grpo.logprobs import Reference
-from vqa_grpo.grpo.objective import answer_nll, grpo_objective, rollout_logprobs
+from vqa_grpo.grpo.rollout import answer_nll, grpo_objective, rollout_logprobs
 from vqa_grpo.models.loading import load_model
 from vqa_grpo.models.plan import PLAIN
 from vqa_grpo.models.scoring import answer_ids, completion_logprobs

@@ -9,11 +9,11 @@ from plans import on_path
 
 from vqa_grpo.config import DataConfig, GRPOConfig, ModelConfig
 from vqa_grpo.data.loader import load_vqa
+from vqa_grpo.distributed import DDP
 from vqa_grpo.grpo.plan import choose_plan
 from vqa_grpo.models.generation import generate
 from vqa_grpo.models.loading import load_model
 from vqa_grpo.models.plan import PLAIN
-from vqa_grpo.distributed import DDP
 
 CPU = torch.device("cpu")
 

@@ -1,4 +1,4 @@
-"""Chunked log-probs and entropies (models/scoring.py ``completion_logprobs``, models/chunked.py)
+"""Chunked log-probs and entropies (models/scoring.py ``completion_logprobs``, ``chunked_logprobs``)
 against the full logits (``completion_logits``), on every tiny family in fp32 on the CPU, on the
 plain path, the shared prefix and the fused prefill, full fine-tuning and LoRA (plain): log-probs
 and entropies within 1e-6, every trained parameter's gradient within 1e-5 of the largest of its
@@ -19,11 +19,10 @@ import torch
 from family_models import model_config
 from PIL import Image
 
-from vqa_grpo.models.chunked import head_inputs
 from vqa_grpo.models.loading import load_model
 from vqa_grpo.models.plan import ForwardPlan
 from vqa_grpo.models.prefix import encode_prefix
-from vqa_grpo.models.scoring import completion_logits, completion_logprobs, token_entropy, token_logprobs
+from vqa_grpo.models.scoring import completion_logits, completion_logprobs, head_inputs, token_entropy, token_logprobs
 from vqa_grpo.models.tiny import TINY_FAMILIES
 
 CPU = torch.device("cpu")

@@ -194,7 +194,7 @@ def test_generation_never_emits_image_tokens_and_scoring_matches_generation(fami
 def test_sft_and_grpo_gradients_reach_text_and_vision_and_save_reloads_exactly(family, tmp_path):
     from vqa_grpo.config import GRPOConfig, RewardConfig
     from vqa_grpo.data.types import VQAExample
-    from vqa_grpo.grpo.objective import grpo_objective
+    from vqa_grpo.grpo.rollout import grpo_objective
 
     name, _, lm = family
     model, adapter, processor = lm.model, lm.adapter, lm.processor

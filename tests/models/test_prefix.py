@@ -26,9 +26,8 @@ from vqa_grpo.data.loader import load_vqa
 from vqa_grpo.errors import UserError
 from vqa_grpo.grpo import group_advantages
 from vqa_grpo.grpo import plan as plan_module
-from vqa_grpo.grpo.objective import grpo_objective, rollout_logprobs
 from vqa_grpo.grpo.plan import choose_plan
-from vqa_grpo.grpo.rollout import make_rollout_and_prefill
+from vqa_grpo.grpo.rollout import grpo_objective, make_rollout_and_prefill, rollout_logprobs
 from vqa_grpo.models import prefix
 from vqa_grpo.models.adapters import ADAPTERS, adapter_for
 from vqa_grpo.models.generation import generate

@@ -33,8 +33,8 @@ from launches import (
 from safetensors.torch import load_file
 
 from vqa_grpo.config_load import load_config
-from vqa_grpo.errors import UserError
 from vqa_grpo.distributed import DeepSpeed, DeepSpeedSettings
+from vqa_grpo.errors import UserError
 
 # find_spec, not importorskip: collecting this file (on every pytest-xdist worker) need not import DeepSpeed
 pytestmark = pytest.mark.skipif(

@@ -31,9 +31,9 @@ from launches import (
 from safetensors.torch import load_file
 
 from vqa_grpo.config_load import load_config
+from vqa_grpo.distributed import FSDP2, FSDPSettings, wrap_targets
 from vqa_grpo.errors import UserError
 from vqa_grpo.training import loop
-from vqa_grpo.distributed import FSDP2, FSDPSettings, wrap_targets
 
 
 def same_scores(records: list[dict]):

@@ -11,10 +11,10 @@ import contextlib
 
 import torch
 
-from vqa_grpo.errors import UserError
 from vqa_grpo.distributed.dist import Dist
 from vqa_grpo.distributed.helpers import broadcast_from_rank0, is_peft, parameter_counts
 from vqa_grpo.distributed.launch import DeepSpeedSettings
+from vqa_grpo.errors import UserError
 
 ADAM_MOMENTS = ("exp_avg", "exp_avg_sq")
 

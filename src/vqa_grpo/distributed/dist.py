@@ -26,8 +26,8 @@ from typing import Callable, ContextManager, TypeVar
 import torch
 from accelerate.utils import broadcast_object_list, gather_object
 
-from vqa_grpo.errors import UserError
 from vqa_grpo.distributed.helpers import load_optimizer_keeping_kind
+from vqa_grpo.errors import UserError
 
 T = TypeVar("T")
 

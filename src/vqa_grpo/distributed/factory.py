@@ -11,12 +11,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs
 
-from vqa_grpo.errors import UserError
 from vqa_grpo.distributed.ddp import DDP
 from vqa_grpo.distributed.deepspeed import DeepSpeed, require_deepspeed
 from vqa_grpo.distributed.dist import Dist
 from vqa_grpo.distributed.fsdp import FSDP2
 from vqa_grpo.distributed.launch import launch_deepspeed, launch_fsdp, launched_world_size
+from vqa_grpo.errors import UserError
 
 
 def make_dist(device: str = "auto", timeout_s: float = 600) -> Dist:

@@ -12,12 +12,12 @@ import numpy as np
 from vqa_grpo.config import Config
 from vqa_grpo.data.prompts import prompt_template
 from vqa_grpo.data.types import VQAExample
+from vqa_grpo.distributed import DDP, Dist
 from vqa_grpo.evaluation.sharded import predict_sharded
 from vqa_grpo.models.loading import LoadedModel, check_images
 from vqa_grpo.rewards import BENCHMARK_METRICS, clean_answer, score_predictions
 from vqa_grpo.rewards.benchmark import check_metrics_fit, requested_metrics
 from vqa_grpo.rewards.user import user_metrics
-from vqa_grpo.distributed import DDP, Dist
 
 
 @dataclass

@@ -29,6 +29,7 @@ import torch
 from vqa_grpo.config import Config
 from vqa_grpo.data.benchmarks import resolve as resolve_benchmark
 from vqa_grpo.data.types import VQAExample
+from vqa_grpo.distributed import make_dist
 from vqa_grpo.errors import UserError
 from vqa_grpo.evaluation.answering import answer_and_score
 from vqa_grpo.evaluation.rephrase_check import FILE as REPHRASED_FILE
@@ -40,7 +41,6 @@ from vqa_grpo.paths import check_folder
 from vqa_grpo.rewards import BENCHMARK_METRICS
 from vqa_grpo.rewards.abstention import answerability, is_unanswerable
 from vqa_grpo.rewards.benchmark import check_metrics_fit, requested_metrics
-from vqa_grpo.distributed import make_dist
 
 
 def bootstrap_ci(values: np.ndarray, samples: int, seed: int = 0) -> list[float]:

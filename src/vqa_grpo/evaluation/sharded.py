@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from vqa_grpo.data.prompts import DEFAULT_TEMPLATE
 from vqa_grpo.data.types import BadExample
+from vqa_grpo.distributed import Dist
 from vqa_grpo.models.generation import predict_answers
 from vqa_grpo.models.plan import plain_plan
-from vqa_grpo.distributed import Dist
 
 
 def predict_sharded(

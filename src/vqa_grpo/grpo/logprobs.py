@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from vqa_grpo.config import Config, GRPOConfig
-from vqa_grpo.grpo.objective import rollout_logprobs
-from vqa_grpo.grpo.rollout import Rollout
+from vqa_grpo.grpo.rollout import Rollout, rollout_logprobs
 from vqa_grpo.grpo.vllm_backend import truncated_is_weights
 from vqa_grpo.models.adapters import FamilyAdapter
 from vqa_grpo.models.scoring import completion_logits, token_logprobs

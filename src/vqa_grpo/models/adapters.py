@@ -181,7 +181,7 @@ class FamilyAdapter:
     # ---- the model ----
 
     def output_head(self, model) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
-        """The LM head module, whose input is the last hidden states (models/chunked.py takes them
+        """The LM head module, whose input is the last hidden states (models/scoring.py takes them
         there), and the function from hidden states [n, H] to logits [n, V] as the forward computes it."""
         head = unwrap_ddp(model).get_output_embeddings()  # through a PEFT wrapper too
         return head, head

@@ -48,7 +48,7 @@ class ForwardPlan:
     decode: Literal["dynamic", "static", "static, CUDA graphs"] = "dynamic"
     """How the shared-prefix sampler steps (models/static_decode.py)."""
     logprob_chunk_size: int = GRPOConfig.logprob_chunk_size
-    """Positions the LM head runs on at once in a log-prob pass (grpo.logprob_chunk_size, models/chunked.py)."""
+    """Positions the LM head runs on at once in a log-prob pass (grpo.logprob_chunk_size, models/scoring.py)."""
 
     @property
     def sample_shared(self) -> bool:

@@ -17,8 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from vqa_grpo.config import save_config
-from vqa_grpo.errors import TrainingStopped
 from vqa_grpo.distributed import DDP
+from vqa_grpo.errors import TrainingStopped
 from vqa_grpo.training.integrity import is_no_space, write_manifest
 
 STATE_FILE = "trainer_state.json"

@@ -4,23 +4,26 @@ One optimiser step = ``gradient_accumulation_steps`` micro-batches of ``per_devi
 questions on each process. SFT minimises the token-mean NLL of the ground-truth answer (the
 seed's eq. 1), normalised by the answer tokens of the whole step so that accumulation and extra
 processes equal a larger batch. GRPO samples a rollout per micro-batch and minimises the objective
-of grpo/objective.py; with ``grpo.num_iterations`` mu > 1 the step's rollouts are reused for mu
+of grpo/rollout.py; with ``grpo.num_iterations`` mu > 1 the step's rollouts are reused for mu
 optimiser steps. The step code is in training/steps.py and what a run carries (optimizer, data
 order, sinks, saves) in training/session.py; this file runs the steps, logs, evaluates,
 saves, and handles stops and faults. GRPO's forward plan (models/plan.py) is chosen here, once
 per run (``_load_policy``), and handed whole to sampling and to the loss.
 
-One GRPO step, from here to ``policy_loss``, one line per hop:
+One GRPO step, from here to ``policy_loss``, in six files, one line per hop:
 
     training/loop.py      _train_step               the optimiser step around GRPOSteps.step
     training/steps.py     GRPOSteps.step            make_rollouts (sample), then grpo_backward (loss)
     grpo/rollout.py       make_rollout_and_prefill  sample_groups, rewards, group advantages
     models/generation.py  sample_groups, generate   one batched decode on the plan's sampling path
-    grpo/objective.py     grpo_objective            completion_logprobs, then policy_loss
-    models/scoring.py     completion_logprobs       the forward pass on the plan's log-prob path
+    grpo/rollout.py       grpo_objective            completion_logprobs, then policy_loss
+    models/scoring.py     completion_logprobs       the forward pass on the plan's log-prob path,
+                                                    the LM head a chunk of positions at a time
     grpo/math.py          policy_loss               the objective on tensors
 
-On the shared prefix both passes run a models/prefix.py ``Prefix``.
+On the shared prefix both passes run a models/prefix.py ``Prefix``; pi_old and the reference's
+log-probs (grpo/logprobs.py) run only with ``grpo.num_iterations`` > 1, vLLM sampling or a
+reference (``grpo.beta`` > 0).
 """
 
 from __future__ import annotations

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Iterable
 
 from vqa_grpo.config import Config
+from vqa_grpo.distributed import Dist
 from vqa_grpo.errors import UserError
 from vqa_grpo.training import integrity
 from vqa_grpo.training.checkpoint import STATE_FILE, list_checkpoints
-from vqa_grpo.distributed import Dist
 from vqa_grpo.training.resume_settings import missing_python_rewards, restore
 
 log = logging.getLogger("vqa_grpo.resume")

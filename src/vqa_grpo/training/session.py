@@ -14,12 +14,12 @@ from tqdm.auto import tqdm
 
 from vqa_grpo.config import Config
 from vqa_grpo.data.types import VQAExample
+from vqa_grpo.distributed import Dist
 from vqa_grpo.errors import TrainingStopped
 from vqa_grpo.grpo.vllm_backend import VLLMSampler
 from vqa_grpo.models.loading import LoadedModel, check_images
 from vqa_grpo.training.batches import Batches
 from vqa_grpo.training.checkpoint import load_checkpoint, no_space, save_checkpoint, save_model
-from vqa_grpo.distributed import Dist
 from vqa_grpo.training.optim import make_optimizer, make_scheduler
 from vqa_grpo.training.priority import Priorities
 from vqa_grpo.training.reporting import NullReporter, Reporter, truncate_log

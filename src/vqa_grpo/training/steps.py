@@ -23,8 +23,7 @@ from vqa_grpo.errors import UserError
 from vqa_grpo.grpo import dynamic
 from vqa_grpo.grpo.augment import augment_batch
 from vqa_grpo.grpo.logprobs import Reference, add_old_and_reference
-from vqa_grpo.grpo.objective import grpo_objective, seed_report_objective
-from vqa_grpo.grpo.rollout import Rollout, make_rollout_and_prefill
+from vqa_grpo.grpo.rollout import Rollout, grpo_objective, make_rollout_and_prefill, seed_report_objective
 from vqa_grpo.models.loading import LoadedModel
 from vqa_grpo.models.plan import PLAIN, ForwardPlan
 from vqa_grpo.models.prefix import Prefix
