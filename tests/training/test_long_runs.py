@@ -56,6 +56,13 @@ def copy_without_final(run: Path, tmp_path: Path) -> Path:
     return out
 
 
+def inputs_of(run: Path) -> tuple[Path, Path]:
+    """The data and model the shared run was made with (another xdist worker's session fixtures,
+    maybe): resuming a copy of it must name them, as a resume refuses other inputs."""
+    cfg = load_config(run / "config.yaml")
+    return Path(cfg.data.path), Path(cfg.model.name_or_path)
+
+
 def damage(path: Path, how: str) -> str:
     """Truncate ``path`` by 100 bytes or flip one bit of it; the problem integrity.check names."""
     data = path.read_bytes()
@@ -74,7 +81,7 @@ def test_resume_auto_passes_over_a_damaged_checkpoint_to_the_newest_intact_one(
     out = copy_without_final(uninterrupted, tmp_path)
     problem = damage(out / "checkpoint-24" / name, how)
     with caplog.at_level(logging.WARNING, logger="vqa_grpo.resume"):
-        run_inline(overrides(synth_dir, tiny_model_dir, out, "train.resume=auto"))
+        run_inline(overrides(*inputs_of(uninterrupted), out, "train.resume=auto"))
     assert f"{out / 'checkpoint-24'} is damaged ({problem}); passing over it" in caplog.text
     assert "resuming from checkpoint-20, the newest intact checkpoint" in caplog.text
     assert_same_run(uninterrupted, out)  # steps 21-24 again, checkpoint-24 written anew
@@ -88,7 +95,7 @@ def test_a_checkpoint_without_a_manifest_resumes_unchecked_with_a_warning(
     out = copy_without_final(uninterrupted, tmp_path)
     (out / "checkpoint-24" / "manifest.json").unlink()  # as an older vqa-grpo wrote it
     with caplog.at_level(logging.WARNING, logger="vqa_grpo.resume"):
-        run_inline(overrides(synth_dir, tiny_model_dir, out, "train.resume=auto"))
+        run_inline(overrides(*inputs_of(uninterrupted), out, "train.resume=auto"))
     assert (
         f"{out / 'checkpoint-24'} has no manifest.json (saved by an older vqa-grpo): resuming from it unchecked"
         in caplog.text
