@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from vqa_grpo.cli import main
+from vqa_grpo.data.synthetic import synthesize
 
 
 def refused(capsys, args: list[str], out_dir) -> str:
@@ -33,12 +34,14 @@ def test_a_chunk_size_that_is_not_a_positive_integer_is_refused(value, says, cap
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for a machine without CUDA")
-def test_offloading_activations_without_cuda_is_refused_before_anything_is_written(
-    synth_dir, tiny_model_dir, capsys, tmp_path
-):
-    args = ["train", f"data.path={synth_dir}", f"model.name_or_path={tiny_model_dir}", "train.offload_activations=true"]
+def test_offloading_activations_without_cuda_is_refused_before_anything_is_written(tiny_model_dir, capsys, tmp_path):
+    data = synthesize(tmp_path / "data", n=8, seed=0).parent  # its own data: nothing written beside it yet
+    before = sorted(p.name for p in data.iterdir())
+    args = ["train", f"data.path={data}", f"model.name_or_path={tiny_model_dir}", "train.offload_activations=true"]
     err = refused(capsys, args, tmp_path / "run")
     assert err.strip() == (
         "error: train.offload_activations=true moves activations from a GPU to host memory, and this run is "
         "on cpu; set train.offload_activations=false (or run on a CUDA device)"
     )
+    assert not (data / ".vqa_grpo_cache").exists(), "the refusal came after the data's index was written"
+    assert sorted(p.name for p in data.iterdir()) == before

@@ -132,6 +132,7 @@ def run(
     check_sft_targets(cfg, mode)
     device = dist.device(resolve_device(cfg.train.device))
     set_threads(cfg.train.cpu_threads)
+    _check_device(cfg, device)  # before the data: loading it writes its index beside it
     data = load_vqa(cfg.data, seed=cfg.train.seed, frame=data)  # before the model: bad data fails fast
     data, note = cap_eval(data, cfg.eval.max_examples, cfg.data, cfg.train.seed)  # eval.max_examples, said once
     if note and dist.is_main:
@@ -167,12 +168,17 @@ def _check_before_writing(cfg: Config, mode: str, dist: Dist, device: torch.devi
     check_fresh(cfg, run_dir)
     if mode == "grpo" and cfg.grpo.generation_backend == "vllm":
         check_run(cfg, device)
+    dist.check_config(cfg)
+
+
+def _check_device(cfg: Config, device: torch.device) -> None:
+    """The settings the device cannot take, refused before the data is loaded (its index is written
+    beside it) and before anything else is written."""
     if cfg.train.offload_activations and device.type != "cuda":
         raise UserError(
             f"train.offload_activations=true moves activations from a GPU to host memory, and this run is on "
             f"{device.type}; set train.offload_activations=false (or run on a CUDA device)"
         )
-    dist.check_config(cfg)
 
 
 def _load_policy(cfg: Config, mode: str, dist: Dist, device: torch.device):
