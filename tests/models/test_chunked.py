@@ -22,7 +22,14 @@ from PIL import Image
 from vqa_grpo.models.loading import load_model
 from vqa_grpo.models.plan import ForwardPlan
 from vqa_grpo.models.prefix import encode_prefix
-from vqa_grpo.models.scoring import completion_logits, completion_logprobs, head_inputs, token_entropy, token_logprobs
+from vqa_grpo.models.scoring import (
+    completion_logits,
+    completion_logprobs,
+    head_inputs,
+    tempered_and_raw_logprobs,
+    token_entropy,
+    token_logprobs,
+)
 from vqa_grpo.models.tiny import TINY_FAMILIES
 
 CPU = torch.device("cpu")
@@ -137,6 +144,25 @@ def test_one_chunk_of_everything_keeps_its_logits_for_backward(models):
         logp, _ = completion_logprobs(lm.model, lm.adapter, prompts, ids, mask, plan, TEMPS, group_size=G)
     torch.testing.assert_close(logp, ref_logp, atol=1e-6, rtol=0)
     assert logp.grad_fn is None
+
+
+@pytest.mark.parametrize("path", ["plain", "shared prefix"])
+def test_vllm_pi_old_and_raw_logprobs_in_chunks_equal_the_full_logits(path, models):
+    """grpo/logprobs.py's vLLM pass (tempered_and_raw_logprobs: pi_old at the rows' temperatures and
+    the raw log-probs, one pass, in chunks of 3) equals token_logprobs of the full logits, both ways."""
+    lm = models("qwen2_5_vl", False)
+    plan, _ = PATHS[path]
+    plan = replace(plan, position_rule=lm.adapter.position_rule) if path != "plain" else plan
+    prompts, ids, mask = inputs(lm)
+    with torch.no_grad():
+        logits = completion_logits(lm.model, lm.adapter, prompts, ids, mask, plan, group_size=G)
+        chunked = replace(plan, logprob_chunk_size=CHUNK)
+        tempered, raw = tempered_and_raw_logprobs(
+            lm.model, lm.adapter, prompts, ids, mask, chunked, TEMPS, group_size=G
+        )
+    torch.testing.assert_close(tempered, token_logprobs(logits, ids, TEMPS), atol=1e-6, rtol=0)
+    torch.testing.assert_close(raw, token_logprobs(logits, ids), atol=1e-6, rtol=0)
+    assert (tempered - raw).abs().max() > 0.01  # the temperatures were applied to one of them only
 
 
 def test_gemma3_causal_lm_caps_its_logits_and_the_head_does_too(family_dirs):

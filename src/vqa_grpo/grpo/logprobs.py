@@ -16,7 +16,7 @@ from vqa_grpo.config import Config, GRPOConfig
 from vqa_grpo.grpo.rollout import Rollout, rollout_logprobs
 from vqa_grpo.grpo.vllm_backend import truncated_is_weights
 from vqa_grpo.models.adapters import FamilyAdapter
-from vqa_grpo.models.scoring import completion_logits, token_logprobs
+from vqa_grpo.models.scoring import tempered_and_raw_logprobs
 
 
 @dataclass(frozen=True)
@@ -60,21 +60,21 @@ def add_old_and_reference(
 
     With vLLM sampling pi_old is always the trainer's, and the tokens carry the truncated importance
     weights min(pi_old / pi_vllm, grpo.vllm_is_cap), both raw (temperature 1; vllm_backend.py). One
-    forward pass gives pi_old at the rows' temperatures and the raw log-probs.
+    forward pass gives pi_old at the rows' temperatures and the raw log-probs, in chunks of
+    grpo.logprob_chunk_size positions (models/scoring.py), without the [R, C, V] logits.
     """
     ro = rollout
     if vllm_sampled:
-        logits = completion_logits(
+        ro.old_logprobs, raw = tempered_and_raw_logprobs(
             policy,
             adapter,
             ro.prompts,
             ro.completion_ids,
             ro.completion_mask,
             ro.plan,
+            ro.temperatures,
             group_size=ro.group_size,
         )
-        ro.old_logprobs = token_logprobs(logits, ro.completion_ids, ro.temperatures)
-        raw = token_logprobs(logits, ro.completion_ids)
         ro.is_weights = truncated_is_weights(raw, ro.sampling_logprobs, ro.completion_mask, grpo.vllm_is_cap)
     elif grpo.num_iterations > 1:
         ro.old_logprobs = rollout_logprobs(policy, adapter, ro, with_entropy=False)[0]

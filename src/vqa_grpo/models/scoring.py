@@ -170,6 +170,38 @@ def completion_logprobs(
     return logp, torch.cat([p[1] for p in parts], dim=1) if with_entropy else None
 
 
+@torch.no_grad()
+def tempered_and_raw_logprobs(
+    model,
+    adapter: FamilyAdapter,
+    prompts: PromptBatch,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    plan: ForwardPlan,
+    temperatures: torch.Tensor,
+    *,
+    group_size: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Without gradient, from one forward pass: the completion's log-probs [R, C] at the rows'
+    ``temperatures`` and at temperature 1 (vLLM's pi_old and the raw log-probs of its importance
+    weights), each as :func:`completion_logprobs` computes it, ``plan.logprob_chunk_size`` positions
+    at a time, so the [R, C, V] logits never exist."""
+    head, fn = adapter.output_head(model)
+
+    def rest(hidden: torch.Tensor):  # [R, T, H] -> the last T tokens' (tempered, raw) log-probs [R, T]
+        ids = completion_ids[:, completion_ids.shape[1] - hidden.shape[1] :]
+        size = plan.logprob_chunk_size
+        return tuple(chunked_logprobs(hidden, fn, ids, t, chunk_size=size)[0] for t in (temperatures, None))
+
+    first, others = _through_head(
+        model, adapter, head, rest, prompts, completion_ids, completion_mask, plan, group_size, None
+    )
+    parts = [] if others is None else [others]
+    if first is not None:  # token 0, from the prefix's logits [R, 1, V]
+        parts.insert(0, tuple(token_logprobs(first, completion_ids[:, :1], t) for t in (temperatures, None)))
+    return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=1)
+
+
 def _through_head(model, adapter, head, rest, prompts, completion_ids, completion_mask, plan, group_size, prefix):
     """:func:`completion_logits`'s passes with the LM head ``head`` handed no positions and ``rest``
     applied, inside the forward pass, to the last hidden states it would have had: (the logits
