@@ -1,6 +1,7 @@
 """Chunked log-probs and entropies (models/scoring.py ``completion_logprobs``, ``chunked_logprobs``)
 against the full logits (``completion_logits``), on every tiny family in fp32 on the CPU, on the
-plain path, the shared prefix and the fused prefill, full fine-tuning and LoRA (plain): log-probs
+plain path, the shared prefix and the fused prefill, full fine-tuning and LoRA (plain on every family,
+the shared prefix and the fused prefill on one): log-probs
 and entropies within 1e-6, every trained parameter's gradient within 1e-5 of the largest of its
 tensor (at least 1: the head's backward sums over V terms, another chunking sums them in another
 order), and no head output larger than a chunk.
@@ -91,6 +92,7 @@ def logprobs_and_grads(lm, path, chunked, chunk=CHUNK):
 
 
 CASES = [(f, p, False) for f in TINY_FAMILIES for p in PATHS] + [(f, "plain", True) for f in TINY_FAMILIES]
+CASES += [("qwen2_5_vl", "shared prefix", True), ("qwen2_5_vl", "fused prefill", True)]  # LoRA on the prefix
 
 
 @pytest.mark.parametrize("family, path, lora", CASES, ids=[f"{f}-{p}{'-lora' * lo}" for f, p, lo in CASES])

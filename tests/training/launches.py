@@ -135,7 +135,7 @@ def stopping_model(tiny_model_dir, tmp_path_factory) -> Path:
 def grpo_run(config: str, synth_dir, tiny_model_dir, tmp_path_factory) -> Path:
     """2 GRPO steps on 2 processes launched with configs/accelerate/<config>.yaml: full fine-tune,
     KL to the reference copy (beta > 0), 2 completions of up to 4 tokens from the stopping model,
-    a checkpoint after each step."""
+    a checkpoint after each step; FSDP and ZeRO-3 score the completions in chunks of 2 positions."""
     model = stopping_model(tiny_model_dir, tmp_path_factory)
 
     def make(out: Path) -> None:
@@ -153,6 +153,9 @@ def grpo_run(config: str, synth_dir, tiny_model_dir, tmp_path_factory) -> Path:
             # The seed report's composite: with the guard's rewards one weight of 65,536 came out of
             # FSDP2 1.13e-6 from DDP's (AdamW amplifying the reduction order), past the 1e-6 allowed.
             "reward.composite_guard=false",
+            # The sharded runs score R x C = 2 x 4 positions in chunks of 2, recomputing the head in
+            # backward under gathered weights; DDP, the baseline, in one chunk (the default 256).
+            *(() if config == "ddp" else ("grpo.logprob_chunk_size=2",)),
         )
         launch("train", args, config=config)
 
