@@ -20,7 +20,8 @@ each (with each size) in its own process:
 Peak memory: torch's CPU allocations in the step as torch.profiler records them (profile_memory),
 the running sum of what the step allocates and frees at its highest (weights and inputs, allocated
 before, are not in it; tests/grpo/test_benchmark_memory_step.py checks it), not resident memory.
-A run estimated above the memory available (``--max-gib``) is skipped and said so.
+A run estimated above the memory available (``--max-gib``), or failing, is skipped and said so (in
+``skipped``; its keys in ``sizes`` null).
 
   .venv/bin/python benchmarks/memory_step.py                       # C = 256, 1,024, 4,096
   .venv/bin/python benchmarks/memory_step.py --sizes 256 --json    # the last line: one JSON object
@@ -288,8 +289,7 @@ def check_meter() -> float:
 
 def run_worker(method: str, s: Settings, model_dir: Path, C: int, timeout: int, max_gib: float) -> dict:
     cmd = [sys.executable, __file__, "--worker", method, "--size", str(C), "--model-dir", str(model_dir)]
-    cmd += ["--max-gib", str(max_gib)]
-    cmd += ["--settings", json.dumps(dataclasses.asdict(s))]
+    cmd += ["--max-gib", str(max_gib), "--settings", json.dumps(dataclasses.asdict(s))]
     env = {**os.environ, "OMP_NUM_THREADS": str(s.threads), "TOKENIZERS_PARALLELISM": "false"}
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
@@ -325,6 +325,7 @@ def measure(s: Settings, sizes: list[int], methods: list[str], max_gib: float, t
         for C in sizes:
             row = out["sizes"].setdefault(str(C), {})
             for m in methods:
+                row[f"{m}_peak_mib"] = row[f"{m}_step_s"] = None  # null in the JSON where it is skipped
                 if m in last:  # the peak grows about linearly with C: skip what cannot fit
                     need = estimate_gib(last[m], C) + 2 * weights_gib
                     if need > max_gib:
