@@ -103,9 +103,17 @@ class Browser:
         return result["result"].get("value")
 
     def open(self, url: str, reload: bool = False) -> None:
+        """Navigate (or reload) and return once the new document has loaded. A load event still in
+        the pipe from an earlier load would pass ``wait`` early, so the old document is marked first
+        and the new one is the one without the mark, loaded."""
+        self.js("window.__replaced = true")
         self._pending.clear()  # the load event to wait for is this one's
         self.page("Page.reload") if reload else self.page("Page.navigate", url=url)
         self.wait("Page.loadEventFired")
+        deadline = time.monotonic() + 20
+        while self.js("window.__replaced === true || document.readyState !== 'complete'"):
+            assert time.monotonic() < deadline, f"{url or 'the reload'} did not load"
+            time.sleep(0.05)
 
     def key(self, key: str, repeat: bool = False) -> None:
         """A key pressed and let go; ``repeat``: the press is an auto-repeat of a held key."""
