@@ -38,7 +38,22 @@ def dispatch(args: argparse.Namespace) -> int:
             raise UserError(f"--unanswerable={args.unanswerable}: give a share in [0, 1], e.g. 0.1")
         if args.ood and args.unanswerable:
             raise UserError("--ood takes no --unanswerable: the out-of-distribution set asks answerable questions")
-        if args.ood:
+        if args.task != "single" and (args.ood or args.unanswerable):
+            raise UserError(f"--task {args.task} takes no --ood or --unanswerable: they shift the single-image set")
+        if args.task != "video" and args.frames is not None:
+            raise UserError(f"--frames is for --task video, not --task {args.task}")
+        if args.task == "multi-image":
+            from vqa_grpo.data.synthetic_multi import synthesize_multi
+
+            path = synthesize_multi(args.out, n=args.n, seed=args.seed, image_size=args.image_size)
+        elif args.task == "video":
+            from vqa_grpo.data.synthetic_video import DEFAULT_FRAMES, MIN_FRAMES, synthesize_video
+
+            frames = DEFAULT_FRAMES if args.frames is None else args.frames
+            if frames < MIN_FRAMES:
+                raise UserError(f"--frames={frames}: need at least {MIN_FRAMES} frames per clip")
+            path = synthesize_video(args.out, args.n, args.seed, args.image_size, frames=frames)
+        elif args.ood:
             from vqa_grpo.data.synthetic_shift import synthesize_shifted
 
             path = synthesize_shifted(args.out, n=args.n, seed=args.seed, image_size=args.image_size)

@@ -63,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write the demo's out-of-distribution set instead: crowded, held-out pairs, rephrased (default: off)",
     )
+    synth.add_argument(
+        "--task",
+        choices=("single", "multi-image", "video"),
+        default="single",
+        help="one image per question, questions across 2-3 images (rows with images), or short clips "
+        "(rows with video, a list of frames): docs/synthetic.md (default: single)",
+    )
+    synth.add_argument("--frames", type=int, default=None, help="frames per clip of --task video (default: 8)")
     insp = data.add_parser("inspect", help="load a data set and report kept rows and skips by reason")
     insp.add_argument("path", help="data file or directory, or hf:NAME (a Hub dataset: docs/data_hub.md)")
     insp.add_argument("--format", default=None, help="data format (default: inferred from the files)")

@@ -278,7 +278,8 @@ def _overlaps(a: tuple[int, ...], b: tuple[int, ...], gap: int) -> bool:
     return not (a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1])
 
 
-def _draw(objects: list[dict], image_size: int) -> Image.Image:
+def draw_scene(objects: list[dict], image_size: int) -> Image.Image:
+    """The image of a scene: ``objects`` on the grey background; a box past the border is clipped."""
     image = Image.new("RGB", (image_size, image_size), BACKGROUND)
     draw = ImageDraw.Draw(image)
     for obj in objects:
@@ -343,7 +344,7 @@ def write_examples(out_dir: Path, examples: list[tuple[Plan, str, str, dict, lis
     for index, (plan, answer, answer_type, extra, objects) in enumerate(examples):
         example_id = f"{index:0{width}d}"
         image_path = f"images/{example_id}.png"
-        _draw(objects, image_size).save(out_dir / image_path, format="PNG")
+        draw_scene(objects, image_size).save(out_dir / image_path, format="PNG")
         row = {
             "id": example_id,
             "image": image_path,
