@@ -378,10 +378,10 @@ def test_a_preset_is_found_by_its_hub_id_in_any_letter_case(tmp_path):
 
 
 def test_every_preset_is_tested_here():
-    # lmms-lab/ChartQA and lmms-lab/VizWiz-VQA are tested in test_hub_benchmarks.py
+    # lmms-lab/ChartQA, /VizWiz-VQA: test_hub_benchmarks.py; MuirBench, Video-MME: test_hub_multi.py
     assert set(PRESETS) == {"lmms-lab/VQAv2", "lmms-lab/textvqa", "lmms-lab/DocVQA", "HuggingFaceM4/ChartQA",
-                            "lmms-lab/OK-VQA", "lmms-lab/GQA", "HuggingFaceM4/A-OKVQA",
-                            "lmms-lab/ChartQA", "lmms-lab/VizWiz-VQA"}  # fmt: skip
+                            "lmms-lab/OK-VQA", "lmms-lab/GQA", "HuggingFaceM4/A-OKVQA", "MUIRBENCH/MUIRBENCH",
+                            "lmms-lab/ChartQA", "lmms-lab/VizWiz-VQA", "lmms-lab/Video-MME"}  # fmt: skip
     assert all(p.source and p.splits for p in PRESETS.values())
 
 

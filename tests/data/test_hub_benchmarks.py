@@ -155,6 +155,11 @@ def test_every_benchmark_has_a_preset_and_lmms_eval_prompts():
     # ok_vqa/_default_template_vqa_yaml, vizwiz_vqa/_default_template_vqa_yaml) after doc_to_text's question
     # (question.capitalize() in textvqa/utils.py and vizwiz_vqa/utils.py), and generation_kwargs.max_new_tokens
     short, unsure = "\nAnswer the question using a single word or phrase.", unanswerable.rstrip("\n")
+    mc = "\nAnswer with the option's letter from the given choices directly."  # muirbench.yaml, videomme.yaml
+    videomme = (  # videomme/utils.py videomme_doc_to_text's option_prompt
+        "Select the best answer to the following multiple-choice question based on the video and the subtitles. "
+        "Respond with only the letter (A, B, C, or D) of the correct option."
+    )
     assert {n: (b.prompt, b.max_new_tokens) for n, b in BENCHMARKS.items()} == {
         "docvqa": ("{question}" + short, 32),
         "infovqa": ("{question}" + short, 32),
@@ -164,8 +169,10 @@ def test_every_benchmark_has_a_preset_and_lmms_eval_prompts():
         "textvqa": ("{question.capitalized}" + short, 16),  # the task sets no max_new_tokens
         "okvqa": ("{question}" + unsure + short, 16),  # none set
         "aokvqa": ("{question}" + short, 16),  # no lmms-eval task
-        "aokvqa_mc": ("{question}\nAnswer with the option's letter from the given choices directly.", 16),
+        "aokvqa_mc": ("{question}" + mc, 16),
         "vizwiz": ("{question.capitalized}" + unsure + short, 16),  # none set
+        "muirbench": ("{question}" + mc, 16),  # the question carries its options (test_hub_multi.py)
+        "videomme": (videomme + "\n{question}\n" + mc, 16),
     }
     assert user_text("what does the SIGN say?", BENCHMARKS["vizwiz"].prompt) == (
         "What does the sign say?" + unsure + short  # vizwiz_vqa_doc_to_text: question.capitalize()

@@ -91,7 +91,7 @@ def test_unknown_preset_lists_the_known(tmp_path, capsys):
     assert one_line(info) == (
         "data.preset='lmms-lab/VQAv3' is not a known preset; choose one of lmms-lab/VQAv2, lmms-lab/textvqa, "
         "lmms-lab/DocVQA, HuggingFaceM4/ChartQA, lmms-lab/ChartQA, lmms-lab/OK-VQA, lmms-lab/GQA, "
-        "HuggingFaceM4/A-OKVQA, lmms-lab/VizWiz-VQA, or none"
+        "HuggingFaceM4/A-OKVQA, lmms-lab/VizWiz-VQA, MUIRBENCH/MUIRBENCH, lmms-lab/Video-MME, or none"
     )
     assert main(["data", "inspect", "hf:lmms-lab/VQAv2", "data.preset=VQAv3"]) == 2
     err = capsys.readouterr().err

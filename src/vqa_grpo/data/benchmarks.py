@@ -34,6 +34,11 @@ LMMS_EVAL_COMMIT = "75571cfe0fa36ca5ec2e6aa2bb268f9d38295af3"
 SHORT = "\nAnswer the question using a single word or phrase."
 UNANSWERABLE = "\nWhen the provided information is insufficient, respond with 'Unanswerable'." + SHORT
 MULTIPLE_CHOICE = "\nAnswer with the option's letter from the given choices directly."
+VIDEOMME = (
+    "Select the best answer to the following multiple-choice question based on the video and the subtitles. "
+    "Respond with only the letter (A, B, C, or D) of the correct option."
+)
+"""lmms-eval's ``videomme_doc_to_text`` opening line (it names subtitles even where none are shown)."""
 DEFAULT_MAX_NEW_TOKENS = 16
 """eval.max_new_tokens without a benchmark, or for a task that sets none."""
 
@@ -77,6 +82,13 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
               "vizwiz_vqa_val",
               notes="lmms-eval capitalises the question (str.capitalize); evaluation adds the answerability "
                     "figures (rewards/abstention.py)"),
+    Benchmark("muirbench", "MuirBench", "multiple_choice", "{question}" + MULTIPLE_CHOICE, 16, "muirbench",
+              notes="the question carries the lettered options and the images' <image> marks; lmms-eval compares "
+                    "the reply's letter only, here the option's text is accepted too"),
+    Benchmark("videomme", "Video-MME", "multiple_choice", VIDEOMME + "\n{question}\n" + MULTIPLE_CHOICE, 16,
+              "videomme",
+              notes="the question carries the options (A. ... one a line); no subtitles. lmms-eval extracts the "
+                    "reply's letter (A-D); here the letter or the option's text is accepted"),
 )}  # fmt: skip
 
 

@@ -3,6 +3,7 @@ loader's fields, and where its schema was read. docs/data_hub.md has the table."
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,12 @@ class Preset:
     forms: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
     """A benchmark -> {field: (column, how the transform makes it)} that this form of the data reads
     instead (A-OKVQA's multiple choice, data.benchmark=aokvqa_mc)."""
+    videos_outside: str = ""
+    """Where the videos are when the parquet files hold only their names (Video-MME: zip archives
+    of the repository); the transform names each row's file relative to the folder they were
+    unzipped into, data.image_root (a local copy's own folder by default)."""
+    video_suffixes: tuple[str, ...] = ()
+    """Suffixes tried in order, after the transform's, when a row's video file does not exist."""
 
 
 def _join_types(values: dict[str, Any]) -> None:  # DocVQA: question_types is a list of categories
@@ -77,6 +84,65 @@ def _multiple_choice(values: dict[str, Any]) -> None:
     values["mc_question"] = f"{values.get('question') or ''}\n{lines}"
     if isinstance(index, int) and 0 <= index < len(choices):
         values["mc_answers"] = [LETTERS[index], str(choices[index])]
+
+
+def _options(values: dict[str, Any]) -> list[str] | None:
+    """The row's ``options`` as a list of strings, or None when there are none (or too many to letter)."""
+    options = values.get("options")
+    if hasattr(options, "tolist"):
+        options = options.tolist()
+    if not isinstance(options, (list, tuple)) or not options or len(options) > len(LETTERS):
+        return None
+    return [str(o) for o in options]
+
+
+def _letter(values: dict[str, Any], n: int) -> str | None:
+    """The row's ``answer`` when it is the letter of one of its ``n`` options (either case)."""
+    answer = str(values.get("answer") or "").strip().upper()
+    return answer if len(answer) == 1 and answer in LETTERS[:n] else None
+
+
+MUIR_IMAGE = "<image>"
+"""Where MuirBench's question and options show an image (lmms-eval passes them on as written)."""
+
+
+def _muirbench(values: dict[str, Any]) -> None:
+    """MuirBench as lmms-eval's ``muir_doc_to_text`` writes it: the question, then one "A. option"
+    line per option, the images at their ``<image>`` marks (in the question or in the options,
+    in order: the loader checks the count against image_list). The answers are the answer letter
+    and its option's text; an option that is an image has no text to name it by, so its letter
+    stands in for the text, and writing "<image>" is never a right answer."""
+    from vqa_grpo.data.prompts import IMAGE_PLACEHOLDER  # prompts -> benchmarks -> hub -> here
+
+    options = _options(values)
+    if options is None:
+        return  # no options: the form's columns stay absent, and the row is skipped as empty
+    options = [o.replace(MUIR_IMAGE, IMAGE_PLACEHOLDER) for o in options]
+    question = str(values.get("question") or "").replace(MUIR_IMAGE, IMAGE_PLACEHOLDER)
+    values["mc_question"] = question + "\n" + "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
+    letter = _letter(values, len(options))
+    if letter is not None:
+        text = options[LETTERS.index(letter)]
+        values["mc_answers"] = [letter, letter if IMAGE_PLACEHOLDER in text else text]
+
+
+_OPTION_MARK = re.compile(r"^[A-Z][.)]\s*")
+
+
+def _videomme(values: dict[str, Any]) -> None:
+    """Video-MME as lmms-eval's ``videomme_doc_to_text`` writes it: the question, then its options
+    one a line (each already "A. text"); the answers are the answer letter and its option's text.
+    The video is ``data/<videoID>.mp4`` under the folder the archives were unzipped into, the path
+    lmms-eval's ``videomme_doc_to_visual`` reads."""
+    options = _options(values)
+    if options is not None:
+        values["mc_question"] = f"{values.get('question') or ''}\n" + "\n".join(options)
+        letter = _letter(values, len(options))
+        if letter is not None:
+            values["mc_answers"] = [letter, _OPTION_MARK.sub("", options[LETTERS.index(letter)]).strip()]
+    video_id = values.get("videoID")
+    if isinstance(video_id, str) and video_id.strip():
+        values["video_file"] = f"data/{video_id.strip()}.mp4"
 
 
 PRESETS: dict[str, Preset] = {p.hub_id: p for p in (
@@ -210,6 +276,48 @@ PRESETS: dict[str, Preset] = {p.hub_id: p for p in (
         split_alias={"validation": "val"},
         benchmark="vizwiz",
         aliases=("lmms-lab-encoder/VizWiz-VQA",),
+    ),
+    Preset(
+        "MUIRBENCH/MUIRBENCH", "MuirBench",
+        columns=dict(id="idx", question="mc_question", answers="mc_answers", question_type="task",
+                     image="image_list"),
+        splits=("test",),
+        source="lmms-eval lmms_eval/tasks/muirbench at commit 75571cfe (muirbench.yaml: dataset_path "
+               "MUIRBENCH/MUIRBENCH, test_split test; utils.py: doc['question'], doc['options'] a list, "
+               "doc['answer'] a letter, doc['image_list'] a list of images, doc['task'], doc['idx']); the "
+               "card's configs (data/test-*) from its Hub commit 9191cbf; <image> marks in the question and "
+               "options, one per image, as public MuirBench loaders count them",
+        notes="the test split only (2,600 questions, 2 to 9 images each). question = the question and its "
+              "lettered options; the images sit at their <image> marks, in the question or in an option. "
+              "answers = [letter, option text] (the letter again for an image option); question_type = task.",
+        derived={"question": "question, then one 'A. option' line per option",
+                 "answers": "[answer letter, its option's text]"},
+        transform=_muirbench,
+        benchmark="muirbench",
+    ),
+    Preset(
+        "lmms-lab/Video-MME", "Video-MME",
+        columns=dict(id="question_id", question="mc_question", answers="mc_answers", question_type="task_type",
+                     video="video_file"),
+        splits=("test",),
+        source="lmms-eval lmms_eval/tasks/videomme at commit 75571cfe (videomme.yaml: test_split test; "
+               "utils.py: doc['question'], doc['options'] a list of 'A. text', doc['answer'] a letter, "
+               "doc['videoID'], doc['question_id'], doc['task_type'], doc['duration']; videos read from "
+               "<unzipped>/data/<videoID>.mp4, .MP4 or .mkv) and lmms_eval/api/task.py (a video dataset's zip "
+               "archives unzipped into one folder); the repository's files (parquet under videomme/, one "
+               "config; videos_chunked_*.zip, subtitle.zip) from its Hub file listing",
+        notes="the test split only; the parquet rows name their video, the videos are in the repository's "
+              "videos_chunked_*.zip archives: unzip them into a folder and set data.image_root to it "
+              "(it then holds data/<videoID>.mp4). Subtitles are not used. question = the question and its "
+              "options; answers = [letter, option text]; question_type = task_type.",
+        derived={"question": "question, then its options one a line",
+                 "answers": "[answer letter, its option's text]",
+                 "video": "data/<videoID>.mp4 under data.image_root"},
+        transform=_videomme,
+        benchmark="videomme",
+        aliases=("lmms-eval/Video-MME",),
+        videos_outside="the repository's videos_chunked_*.zip archives",
+        video_suffixes=(".MP4", ".mkv"),
     ),
 )}  # fmt: skip
 
