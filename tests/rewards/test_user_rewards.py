@@ -86,7 +86,10 @@ def test_an_import_path_is_called_with_trls_keyword_arguments(user_module):
     assert kwargs["prompts"] == kwargs["question"] == ["Question 0?", "Question 1?", "Question 2?"]
     assert kwargs["answers"] == [["red", "red", "blue"]] * 3 and kwargs["answer_type"] == ["other"] * 3
     assert kwargs["id"] == ["q0", "q1", "q2"] and kwargs["image"] == ["q0", "q1", "q2"]  # no image file: the id
-    assert set(kwargs) == {"prompts", "answers", "answer", "question", "answer_type", "question_type", "image", "id"}
+    assert kwargs["images"] == [[]] * 3 and kwargs["video"] == [None] * 3  # text-only questions
+    assert set(kwargs) == {
+        *("prompts", "answers", "answer", "question", "answer_type", "question_type", "image", "images", "video", "id")
+    }
     assert set(r.seconds) == {"brevity"} and r.seconds["brevity"] >= 0
 
 

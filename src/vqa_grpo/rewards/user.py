@@ -10,10 +10,13 @@ nothing from this function, as in TRL's nansum):
 Keyword arguments, one list entry per completion: ``completions`` (the decoded completions, as
 the model wrote them), ``prompts`` (each completion's question), the example's fields as the
 loader read them: ``answers`` (the reference answers), ``answer``, ``question``, ``answer_type``,
-``question_type``, ``image`` (the image's path, or the example id when it came from bytes) and
-``id``; and, as TRL passes them, every other column of the row by its own name
-(``VQAExample.fields``: ``solution``, ``aliases``, ...; None where a row lacks it). Those names
-above win over a column of the same name. Always accept ``**kwargs``.
+``question_type``, ``image`` (the image's path, or the example id when it came from bytes or
+the question has no single image), ``images`` (one entry per image of the question, in order: its
+path, or ``id#i`` for the i-th, 1-based, when it came from bytes; [] for none), ``video`` (the
+video's path or ``id#video``; None without one) and ``id``; and, as TRL passes them, every other
+column of the row by its own name (``VQAExample.fields``: ``solution``, ``aliases``, ...; None
+where a row lacks it). Those names above win over a column of the same name. Always accept
+``**kwargs``.
 
 From YAML or the command line a function is an import path in reward.components
 (``mypkg.rewards:brevity``); from Python, pass any callables to ``vqa_grpo.train(cfg,
@@ -151,14 +154,33 @@ def example_columns(examples: Sequence[Any]) -> dict[str, list]:
         "answer_type": [e.answer_type for e in examples],
         "question_type": [e.question_type for e in examples],
         "image": [image_reference(e) for e in examples],
+        "images": [image_references(e) for e in examples],
+        "video": [video_reference(e) for e in examples],
         "id": [e.id for e in examples],
     }
 
 
 def image_reference(example: Any) -> str:
     """The image's path when it has one, else the example's id."""
-    source = getattr(getattr(example, "image_loader", None), "source", None)
-    return str(source) if isinstance(source, (str, Path)) else example.id
+    return _reference(getattr(example, "image_loader", None), example.id)
+
+
+def image_references(example: Any) -> list[str]:
+    """Each image's path (``id#i``, 1-based, for one without), in order; [] for a text-only question."""
+    one = getattr(example, "image_loader", None)
+    loaders = [one] if one is not None else list(getattr(example, "image_loaders", ()))
+    return [_reference(f, f"{example.id}#{i}") for i, f in enumerate(loaders, 1)]
+
+
+def video_reference(example: Any) -> str | None:
+    """The video's path (``id#video`` for one without), or None when the question has no video."""
+    loader = getattr(example, "video_loader", None)
+    return None if loader is None else _reference(loader, f"{example.id}#video")
+
+
+def _reference(loader: Any, otherwise: str) -> str:
+    source = getattr(loader, "source", None)
+    return str(source) if isinstance(source, (str, Path)) else otherwise
 
 
 def resolve(components: Sequence[str], given: dict[str, Callable] | None = None) -> dict[str, UserReward]:
