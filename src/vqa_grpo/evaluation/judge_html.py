@@ -16,7 +16,7 @@ tie. ``time`` is when the mark was made (ISO
 
 from __future__ import annotations
 
-from vqa_grpo.evaluation.report_html import escape_html
+from vqa_grpo.evaluation.report_html import escape_html, image_tags
 
 MODES = ("grade", "pairwise")
 DEFAULT_N = 60
@@ -54,8 +54,8 @@ def _item_pairwise(item: dict) -> str:
     )
 
 
-def _question(number: int, total: int, item: dict, image: str | None, mode: str) -> str:
-    img = f'<img src="{image}" alt="image of question {number}">' if image else "<p class=note>no image</p>"
+def _question(number: int, total: int, item: dict, images: list[str], mode: str) -> str:
+    img = image_tags(images, f"image of question {number}") or "<p class=note>no image</p>"
     kinds = " \u00b7 ".join(escape_html(t) for t in (item["question_type"], item["answer_type"]) if t)
     if mode == "grade":
         body = "<ol class=answers>" + "".join(_item_grade(item, s) for s in item["slots"]) + "</ol>"
@@ -69,9 +69,11 @@ def _question(number: int, total: int, item: dict, image: str | None, mode: str)
     )
 
 
-def judge_page(items: list[dict], thumbs: dict[str, str], pid: str, mode: str, notes: list[str]) -> str:
+def judge_page(items: list[dict], thumbs: dict[str, list[str]], pid: str, mode: str, notes: list[str]) -> str:
     """The whole page: header (instructions, judge name, progress, Export), then the questions."""
-    questions = "\n".join(_question(i, len(items), it, thumbs.get(it["id"]), mode) for i, it in enumerate(items, 1))
+    questions = "\n".join(
+        _question(i, len(items), it, thumbs.get(it["id"]) or [], mode) for i, it in enumerate(items, 1)
+    )
     if mode == "grade":
         task = (
             "Mark each answer <b>right</b>, <b>partly</b> right or <b>wrong</b> for its question and image. "

@@ -8,11 +8,11 @@ The page holds, from what exists (each missing piece is named on the page instea
 * the per-type table: VQA accuracy with its 95% bootstrap CI and n, overall, per answer type and
   per question type, from the ``metrics.json`` of ``--before`` and ``--after`` (outputs of
   ``vqa-grpo evaluate --out``), and the paired difference after - before (``compare.py``);
-* a gallery of examples joined by id from the two ``predictions.jsonl``: image thumbnail (from
-  ``--data``), question, ground truth, the answer before and after with its VQA accuracy, and a
-  small inline script that sorts it (largest gains, largest losses, by id). With more joined
-  examples than ``max_examples``, the gallery keeps the largest gains and losses and an even spread
-  of the rest;
+* a gallery of examples joined by id from the two ``predictions.jsonl``: a thumbnail of each
+  image (a video's first, middle and last frames; from ``--data``), question, ground truth, the
+  answer before and after with its VQA accuracy, and a small inline script that sorts it (largest
+  gains, largest losses, by id). With more joined examples than ``max_examples``, the gallery
+  keeps the largest gains and losses and an even spread of the rest;
 * with ``evaluate --perturb`` evaluations, accuracy against severity per perturbation
   (``plots/robustness.png``) and its table (robustness_view.py).
 
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from vqa_grpo.config import DataConfig
 from vqa_grpo.data.loader import load_examples
-from vqa_grpo.data.types import BadExample
+from vqa_grpo.data.types import BadExample, Video
 from vqa_grpo.errors import UserError
 from vqa_grpo.evaluation.compare import compare_runs, load_eval_dir
 from vqa_grpo.evaluation.report_html import (  # the page's HTML pieces
@@ -46,6 +46,8 @@ from vqa_grpo.paths import check_file
 
 MAX_EXAMPLES = 60
 THUMBNAIL_PX = 128
+VIDEO_FRAMES_SHOWN = 3
+"""A video's frames in the gallery: its first, middle and last."""
 # name, title, [(label, metrics.jsonl key)]; "reward/*" expands to every logged reward component.
 PLOTS = (
     ("reward", "Reward: mean and per component", [("mean", "reward"), ("*", "reward/*")]),
@@ -211,22 +213,22 @@ def select_examples(rows: list[dict], limit: int) -> list[dict]:
     return top + [middle[int(i * step)] for i in range(rest)] + bottom
 
 
-def load_thumbnails(data_path: str, ids: set[str], size: int = THUMBNAIL_PX) -> tuple[dict[str, str], list[str]]:
-    """id -> JPEG data URI for ``ids`` found in ``data_path``; images that fail are left out."""
+def load_thumbnails(data_path: str, ids: set[str], size: int = THUMBNAIL_PX) -> tuple[dict[str, list[str]], list[str]]:
+    """id -> JPEG data URIs for ``ids`` found in ``data_path``: one per image of the question, in
+    order, and up to ``VIDEO_FRAMES_SHOWN`` frames of its video (first, middle, last), each at
+    most ``size`` px a side; an example any of whose visuals fails is left out, as is a text-only one."""
     examples, _ = load_examples(data_path, DataConfig(max_skip_fraction=1.0))  # skips are fine here
     by_id = {e.id: e for e in examples if e.id in ids}
     uris, failed = {}, []
     for key, example in by_id.items():
         try:
-            image = example.load_image()
+            visuals = example.load_visuals()
         except BadExample:
             failed.append(key)
             continue
-        image = image.convert("RGB")
-        image.thumbnail((size, size))
-        buf = io.BytesIO()
-        image.save(buf, format="JPEG", quality=85)
-        uris[key] = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+        shown = [frame for v in visuals for frame in (_frames_shown(v) if isinstance(v, Video) else [v])]
+        if shown:
+            uris[key] = [_jpeg_uri(image, size) for image in shown]
     notes = []
     missing = len(ids) - len(by_id)
     if missing:
@@ -234,6 +236,21 @@ def load_thumbnails(data_path: str, ids: set[str], size: int = THUMBNAIL_PX) -> 
     if failed:
         notes.append(f"{len(failed)} gallery image(s) failed to load: " + ", ".join(failed[:5]))
     return uris, notes
+
+
+def _frames_shown(video: Video) -> list:
+    """A video's first, middle and last frames (fewer for a shorter clip)."""
+    n = len(video.frames)
+    picks = dict.fromkeys(round(i * (n - 1) / (VIDEO_FRAMES_SHOWN - 1)) for i in range(VIDEO_FRAMES_SHOWN))
+    return [video.frames[i] for i in picks] if n else []
+
+
+def _jpeg_uri(image, size: int) -> str:
+    image = image.convert("RGB")
+    image.thumbnail((size, size))
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -282,7 +299,7 @@ def write_report(
     robust_html = f"<h2>Robustness to perturbed images</h2>\n{robust[0]}" if robust else ""
     joined = join_predictions(*(evals[k][1] if evals[k] else None for k in ("before", "after")))
     shown = select_examples(joined, max_examples)
-    thumbs: dict[str, str] = {}
+    thumbs: dict[str, list[str]] = {}
     if data_path and shown:
         thumbs, more = load_thumbnails(data_path, {r["id"] for r in shown})
         notes += more

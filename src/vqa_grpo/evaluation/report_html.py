@@ -120,7 +120,16 @@ def _types_section(before: dict | None, after: dict | None, diff: dict | None) -
     return "\n".join(parts)
 
 
-def _gallery_section(rows: list[dict], thumbs: dict[str, str], has_before: bool, has_after: bool, total: int) -> str:
+def image_tags(uris: list[str], alt: str) -> str:
+    """The <img> of each data URI, alt ``alt`` (``alt``, i of n when there are several)."""
+    n = len(uris)
+    alts = [alt] if n == 1 else [f"{alt}, {i} of {n}" for i in range(1, n + 1)]
+    return "".join(f'<img src="{uri}" alt="{escape_html(a)}">' for uri, a in zip(uris, alts))
+
+
+def _gallery_section(
+    rows: list[dict], thumbs: dict[str, list[str]], has_before: bool, has_after: bool, total: int
+) -> str:
     if not rows:
         return "<p class=note>No predictions to show: pass --before/--after EVAL_DIR.</p>"
     both = has_before and has_after
@@ -138,8 +147,7 @@ def _gallery_section(rows: list[dict], thumbs: dict[str, str], has_before: bool,
     head += ("<th>\u0394 accuracy</th>" if both else "") + "</tr>"
     body = []
     for r in rows:
-        uri = thumbs.get(r["id"])
-        img = f'<img src="{uri}" alt="image of {escape_html(r["id"])}">' if uri else "<span class=note>no image</span>"
+        img = image_tags(thumbs.get(r["id"]) or [], f"image of {r['id']}") or "<span class=note>no image</span>"
         cells = [
             f"<td>{img}</td>",
             f"<td>{escape_html(r['id'])}</td>",
