@@ -2,9 +2,10 @@
 
 Each NAME:SEVERITY of eval.perturb (data/perturb.py) is one more pass over the questions the
 clean pass answered: every image is perturbed as it is opened for answering (nothing is copied
-to disk), with the seed ``perturb_seed(example id, name, severity, train.seed)``, so that two
-models evaluated with the same train.seed see the same perturbed images and ``compare`` can pair
-their answers. metrics.json's ``robustness`` maps each ``NAME:SEVERITY`` to:
+to disk), each image of a question's list and each frame of its video as a lone image
+(grpo/augment.py ``perturb_visuals``), with the seed ``perturb_seed(example id, name, severity,
+train.seed)``, so that two models evaluated with the same train.seed see the same perturbed
+images and ``compare`` can pair their answers. metrics.json's ``robustness`` maps each ``NAME:SEVERITY`` to:
 
 * ``n``: the questions answered on the perturbed images; ``skipped``: the questions whose
   perturbed image failed to load or that the model's processor could not take;
@@ -32,26 +33,42 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vqa_grpo.data.perturb import label, parse_perturbations, perturb, perturb_seed
+from vqa_grpo.data.perturb import label, parse_perturbations, perturb_seed
+from vqa_grpo.data.types import Video, VQAExample
 from vqa_grpo.errors import UserError
 from vqa_grpo.evaluation.answering import answer_and_score
 from vqa_grpo.evaluation.paired import paired_pass
+from vqa_grpo.grpo.augment import perturb_visuals
 
 FILE = "predictions_perturbed.jsonl"
 
 
 @dataclass(frozen=True)
 class PerturbedLoader:
-    """Opens an example's image and perturbs it, on each call (nothing kept). Picklable, so data
-    loader workers can receive it, as ``data.images.ImageLoader``."""
+    """Opens an example's image (or video) and perturbs it (each frame), on each call (nothing
+    kept). Picklable, so data loader workers can receive it, as ``data.images.ImageLoader``."""
 
-    inner: Callable[[], Image.Image]
+    inner: Callable[[], Image.Image | Video]
     name: str
     severity: int
     seed: int  # perturb_seed(...) of the example
 
-    def __call__(self) -> Image.Image:
-        return perturb(self.inner(), self.name, self.severity, self.seed)
+    def __call__(self) -> Image.Image | Video:
+        return perturb_visuals(self.inner(), self.name, self.severity, self.seed)
+
+
+def perturbed(e: VQAExample, name: str, severity: int, seed: int) -> VQAExample:
+    """``e`` (the same id: user metrics see it) with every image and its video perturbed as they open."""
+
+    def wrap(loader):
+        return None if loader is None else PerturbedLoader(loader, name, severity, seed)
+
+    return dataclasses.replace(
+        e,
+        image_loader=wrap(e.image_loader),
+        image_loaders=tuple(wrap(f) for f in e.image_loaders),
+        video_loader=wrap(e.video_loader),
+    )
 
 
 def check_robustness(lm, clean, cfg, device, dist=None) -> tuple[dict, list[dict]]:
@@ -64,9 +81,8 @@ def check_robustness(lm, clean, cfg, device, dist=None) -> tuple[dict, list[dict
     for name, severity in parse_perturbations(cfg.eval.perturb):
         for i, e in enumerate(clean.examples):
             seed = perturb_seed(e.id, name, severity, cfg.train.seed)
-            loader = PerturbedLoader(e.image_loader, name, severity, seed)
             asked.append((i, label(name, severity)))
-            variants.append(dataclasses.replace(e, image_loader=loader))  # the same id: user metrics see it
+            variants.append(perturbed(e, name, severity, seed))
     got = answer_and_score(lm, variants, cfg, device, dist) if variants else None
     answered = [] if got is None else [(asked[position], k) for k, position in enumerate(got.positions)]
     rows = []

@@ -1,14 +1,17 @@
 """Augmented rollouts (NoisyRollout; Liu et al., 2025, "NoisyRollout: Reinforcing Visual Reasoning
-with Data Augmentation"): part of each group is sampled on a perturbed copy of its image.
+with Data Augmentation"): part of each group is sampled on a perturbed copy of its visuals.
 
 Each group (question) draws one (name, severity) of grpo.augment; the last k of its G completions
-are sampled on its image so perturbed (data/perturb.py), the first G - k on the clean image, and
+are sampled on its visuals so perturbed (data/perturb.py), the first G - k on the clean ones, and
 the rewards and advantages are taken over all G together, so the distorted views widen the
-group's exploration. As in NoisyRollout, the loss conditions every completion on the clean
-image: the rollout's prompts are the clean ones, and the policy gradient, the old policy's and the
-reference's log-probs all read them. (``Rollout.sampling_logprobs`` of the k rows are those of the
-sampler that drew them, on the perturbed image; only vLLM's importance weights read them, and
-vLLM is refused with augment.)
+group's exploration. Every image of a question and every frame of its video is perturbed as a
+lone image is, with the question's one seed (``perturb_visuals``): a crop's place, a rotation's
+direction, a noise pattern are the same across the frames of a clip (and the images of a list,
+for images of one size). As in NoisyRollout, the loss conditions every completion on the clean
+visuals: the rollout's prompts are the clean ones, and the policy gradient, the old policy's and
+the reference's log-probs all read them. (``Rollout.sampling_logprobs`` of the k rows are those of
+the sampler that drew them, on the perturbed visuals; only vLLM's importance weights read them,
+and vLLM is refused with augment.)
 
 k = floor(augment_share * G * f + 1/2), f = 1 (``constant``) or 1 - step / train.max_steps
 (``linear_decay``, NoisyRollout's annealing applied to the share, as severities are steps of
@@ -30,14 +33,15 @@ import torch
 
 from vqa_grpo.config import GRPOConfig
 from vqa_grpo.data.perturb import label, parse_perturbations, perturb, perturb_seed
+from vqa_grpo.data.types import Video
 from vqa_grpo.models.generation import Completions, sample_groups
 
 
 @dataclass(frozen=True)
 class Augmented:
-    """The perturbed images of one rollout's questions, and how many rows of each group see them."""
+    """The perturbed visuals of one rollout's questions, and how many rows of each group see them."""
 
-    images: list  # [B] each question's image, perturbed
+    images: list  # [B] each question's visuals (or its one image), perturbed
     labels: list[str]  # [B] its perturbation, NAME:SEVERITY
     count: int  # k: the last k of each group's G completions are sampled on ``images``
 
@@ -50,18 +54,29 @@ def augmented_count(grpo: GRPOConfig, step: int, max_steps: int) -> int:
     return math.floor(grpo.augment_share * grpo.num_generations * f + 0.5)
 
 
-def augment_batch(grpo: GRPOConfig, seed: int, step: int, max_steps: int, examples, images) -> Augmented | None:
-    """The perturbed image of each question at ``step`` (None when k = 0: sample as without augment)."""
+def augment_batch(grpo: GRPOConfig, seed: int, step: int, max_steps: int, examples, visuals) -> Augmented | None:
+    """The perturbed visuals of each question at ``step`` (``visuals[b]``: its images and video, or
+    its one image); None when k = 0: sample as without augment."""
     count = augmented_count(grpo, step, max_steps)
     if count == 0:
         return None
     choices = parse_perturbations(grpo.augment)
     picked = [choices[perturb_seed(f"{e.id}\0{step}", "augment", 0, seed) % len(choices)] for e in examples]
     out = [
-        perturb(image, name, severity, perturb_seed(f"{e.id}\0{step}", name, severity, seed))
-        for e, image, (name, severity) in zip(examples, images, picked)
+        perturb_visuals(shown, name, severity, perturb_seed(f"{e.id}\0{step}", name, severity, seed))
+        for e, shown, (name, severity) in zip(examples, visuals, picked)
     ]
     return Augmented(out, [label(*p) for p in picked], count)
+
+
+def perturb_visuals(visuals, name: str, severity: int, seed: int):
+    """``visuals`` perturbed (data/perturb.py), each image and each video frame as a lone image,
+    all with ``seed``: an image gives an image, a Video a Video at the same rate, a list a list."""
+    if isinstance(visuals, list):
+        return [perturb_visuals(v, name, severity, seed) for v in visuals]
+    if isinstance(visuals, Video):
+        return Video([perturb(f, name, severity, seed) for f in visuals.frames], visuals.fps)
+    return perturb(visuals, name, severity, seed)
 
 
 def augmented_rows(augmented: Augmented | None, B: int, G: int) -> list[str | None]:
@@ -75,8 +90,8 @@ def sample_augmented(
     model, adapter, processor, prompts, augmented: Augmented, asked: list[str], grpo, temps, top_ps, device, plan
 ) -> tuple[Completions, torch.Tensor]:
     """G completions per question, the first G - k on ``prompts`` (clean), the last k on the same
-    questions with ``augmented.images``; rows group after group as one sampling call lays them out.
-    Returns the completions [R, C] and their sampler log-probs [R, C]."""
+    questions with ``augmented.images`` (their perturbed visuals); rows group after group as one
+    sampling call lays them out. Returns the completions [R, C] and their sampler log-probs [R, C]."""
     G, k = grpo.num_generations, augmented.count
     B = len(asked)
     temps, top_ps = temps.view(B, G), top_ps.view(B, G)
