@@ -13,11 +13,11 @@ from vqa_grpo.models.plan import plain_plan
 def predict_sharded(
     dist: Dist, lm, examples: list, eval_cfg, device, *, progress: bool = False, template: str = DEFAULT_TEMPLATE
 ) -> list[str | None]:
-    """The raw answer to each example as ``eval_cfg`` (config.EvalConfig) asks (None where its image
-    fails to load), each process answering its share and all getting every answer, in order.
+    """The raw answer to each example as ``eval_cfg`` (config.EvalConfig) asks (None where one of its
+    visuals fails to load), each process answering its share and all getting every answer, in order.
     ``template``: the prompt template each question is put in (data/prompts.py).
 
-    With sharded weights (FSDP, ZeRO-3) every generate call is a collective: the examples whose image fails
+    With sharded weights (FSDP, ZeRO-3) every generate call is a collective: the examples whose visuals fail
     are dropped first (so that no rank skips a batch the others run), the shares are padded to
     equal length and the ranks decode in step.
     """
@@ -42,15 +42,16 @@ def predict_sharded(
 
     if not dist.sharded_forward:
         return dist.map_sharded(answer, examples)
-    loads = dist.map_sharded(lambda chunk: [_image_loads(e) for e in chunk], examples)
+    loads = dist.map_sharded(lambda chunk: [_visuals_load(e) for e in chunk], examples)
     with dist.decoding(lm.model):
         texts = iter(dist.map_sharded(answer, [e for e, ok in zip(examples, loads) if ok]))
     return [next(texts) if ok else None for ok in loads]
 
 
-def _image_loads(example) -> bool:
+def _visuals_load(example) -> bool:
+    """Whether every image of the example, and its video, decodes."""
     try:
-        example.load_image()
+        example.load_visuals()
     except BadExample:
         return False
     return True

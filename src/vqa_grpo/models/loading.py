@@ -10,9 +10,11 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import transformers
+from PIL import Image
 from safetensors import SafetensorError
 from transformers import AutoConfig, BitsAndBytesConfig
 from transformers.utils import cached_file
@@ -248,6 +250,24 @@ def freeze_vision_tower(model, adapter: FamilyAdapter) -> int:
     return frozen
 
 
+def _resolve(cfg: ModelConfig):
+    """(cfg as loaded, the base model's path, its transformers config, the family's adapter),
+    from the config files alone; a saved LoRA adapter resolves to its base model."""
+    check_model_dir(cfg.name_or_path)
+    base_path = cfg.name_or_path
+    if (Path(base_path) / "adapter_config.json").is_file():  # a saved LoRA adapter: its base model
+        base_path = adapter_base(Path(base_path))
+    cfg = native_config(base_path, cfg)
+    hf_config = _read_config(base_path, cfg)
+    return cfg, base_path, hf_config, adapter_for(hf_config.model_type, cfg.family)
+
+
+def family_adapter(cfg: ModelConfig) -> FamilyAdapter:
+    """The model's family adapter, from its config.json (no weights loaded): what the run can
+    refuse before the model loads."""
+    return _resolve(cfg)[3]
+
+
 def load_model(cfg: ModelConfig, device: torch.device | str = "cpu", *, trainable: bool = True) -> LoadedModel:
     """The model (optionally quantized and wrapped with LoRA), its processor and its family adapter.
 
@@ -255,15 +275,9 @@ def load_model(cfg: ModelConfig, device: torch.device | str = "cpu", *, trainabl
     AutoModelForCausalLM for Phi-3-vision and Phi-4-multimodal) and the default LoRA targets.
     """
     device = torch.device(device)
-    check_model_dir(cfg.name_or_path)
     path = cfg.name_or_path
     adapter_dir = Path(path) / "adapter_config.json"
-    base_path = path
-    if adapter_dir.is_file():  # a saved LoRA adapter: load its base model, then the adapter
-        base_path = adapter_base(Path(path))
-    cfg = native_config(base_path, cfg)
-    hf_config = _read_config(base_path, cfg)
-    adapter = adapter_for(hf_config.model_type, cfg.family)
+    cfg, base_path, hf_config, adapter = _resolve(cfg)
     processor = adapter.load_processor(path, cfg)
     quant = _quantization(cfg, device)
     model = _from_pretrained(adapter, base_path, cfg, quant, hf_config)
@@ -296,9 +310,10 @@ def load_model(cfg: ModelConfig, device: torch.device | str = "cpu", *, trainabl
 
 def check_images(examples: list, lm: LoadedModel) -> list:
     """``examples`` whose images, once decoded (still lazily), are also checked by the family's
-    processor (``adapter.image_problem``): one it cannot lay out raises BadExample, so training
-    and evaluation skip and count it as they do an image that fails to decode. Unchanged for a
-    family whose processor takes every image."""
+    processor (``adapter.image_problem``), each image of a list on its own: one it cannot lay out
+    raises BadExample, so training and evaluation skip and count the example as they do an image
+    that fails to decode. Unchanged for a family whose processor takes every image. (A video's
+    frames go to the processor's video path, which image_problem does not judge.)"""
     if type(lm.adapter).image_problem is FamilyAdapter.image_problem:
         return examples
     check = functools.partial(lm.adapter.image_problem, lm.processor)
@@ -308,14 +323,42 @@ def check_images(examples: list, lm: LoadedModel) -> list:
 
 
 def _with_check(e, check):
-    return e if e.image_loader is None else dataclasses.replace(e, image_loader=functools.partial(_checked, e, check))
+    if e.image_loader is not None:
+        return dataclasses.replace(e, image_loader=CheckedLoader(e.image_loader, check, e.id))
+    if not e.image_loaders:
+        return e
+    n = len(e.image_loaders)
+    loaders = tuple(CheckedLoader(f, check, e.id, f"image {i + 1} of {n}: ") for i, f in enumerate(e.image_loaders))
+    return dataclasses.replace(e, image_loaders=loaders)
 
 
-def _checked(example, check):
-    image = example.image_loader()
-    problem = check(image)
+@dataclass(frozen=True)
+class CheckedLoader:
+    """An image loader whose image the family's processor checks (``check``: image -> problem or
+    None); picklable, as data.images.ImageLoader, whose ``source`` it keeps (rewards/user.py reads it)."""
+
+    inner: Callable[[], Image.Image]
+    check: Callable[[Image.Image], str | None]
+    example_id: str
+    which: str = ""  # "image i of n: " for an image of a list
+
+    @property
+    def source(self):
+        return getattr(self.inner, "source", None)
+
+    def __call__(self) -> Image.Image:
+        image = self.inner()
+        problem = self.check(image)
+        if problem:  # "unsupported_image": the name the run's skip counts use
+            raise BadExample(self.example_id, self.which + problem, kind="unsupported_image")
+        return image
+
+
+def check_visuals(adapter: FamilyAdapter, max_images: int, videos: int, what: str) -> None:
+    """Refuse, in one line, data the family cannot show: more images to one question than it takes,
+    or a video (``adapter.visual_problem``); ``what`` names the data (e.g. "data data/train.jsonl").
+    Called once the data has loaded and before anything is written."""
+    problem = adapter.visual_problem(max_images, videos > 0)
     if problem:
-        error = BadExample(example.id, problem)
-        error.kind = "unsupported_image"  # the name the run's skip counts use
-        raise error
-    return image
+        held = f"up to {max_images} image(s) per question" + (f" and {videos} video(s)" if videos else "")
+        raise UserError(f"{what} holds {held}: {problem}")
