@@ -90,13 +90,14 @@ def take_groups(
     rollouts: list[Rollout], picks: list[tuple[int, int]], adapter, processor, texts, scale: str
 ) -> Rollout:
     """One rollout of the groups ``picks`` ((rollout, group) pairs): prompts encoded again from
-    the rollouts' images and ``texts`` (the user texts of a list of examples), completions padded
-    to the longest, advantages recomputed with ``scale`` (grpo.scale_rewards)."""
+    the rollouts' visuals (each question's images and video) and ``texts`` (the user texts of a
+    list of examples), completions padded to the longest, advantages recomputed with ``scale``
+    (grpo.scale_rewards)."""
     first = rollouts[picks[0][0]]
     G, device = first.group_size, first.completion_ids.device
     examples = [rollouts[i].examples[b] for i, b in picks]
-    images = [rollouts[i].images[b] for i, b in picks]
-    prompts = adapter.encode_prompts(processor, images, texts(examples)).to(device)
+    visuals = [rollouts[i].visuals[b] for i, b in picks]
+    prompts = adapter.encode_prompts(processor, visuals, texts(examples)).to(device)
     C = max(rollouts[i].completion_ids.shape[1] for i, _ in picks)
 
     def rows(t: torch.Tensor, i: int, b: int) -> torch.Tensor:
@@ -139,7 +140,7 @@ def take_groups(
         old_logprobs=None,
         ref_logprobs=None,
         is_weights=None,
-        images=images,
+        visuals=visuals,
     )
 
 

@@ -3,7 +3,7 @@ them and compute group-relative advantages (``make_rollout_and_prefill``); then 
 optimisation step on it, the model's forward pass plus the pure math (``grpo_objective``).
 
 The run's forward plan (models/plan.py, chosen by grpo/plan.py) says how: on the shared prefix
-each question's prompt and image run once and the G completions are decoded from its expanded KV
+each question's prompt and visuals run once and the G completions are decoded from its expanded KV
 cache (models/prefix.py); the rollout keeps the plan so that the loss's passes take its path.
 With the fused prefill that one pass of the prompts is also the loss's: it runs with gradient
 before sampling, the sampler decodes from a detached copy of its cache, and the loss extends the
@@ -64,7 +64,9 @@ class Rollout:
     is_weights: torch.Tensor | None = None
     reward_seconds: dict[str, float] = field(default_factory=dict)  # each user reward function's wall time
     completions: list[str] = field(default_factory=list)  # [R] decoded completions, as the model wrote them
-    images: list = field(default_factory=list)  # [B] the images its prompts encode (dynamic sampling re-packs them)
+    visuals: list = field(
+        default_factory=list
+    )  # [B] each prompt's visuals, as encoded (dynamic sampling re-packs them)
     bad_input_rows: list[int] = field(default_factory=list)  # [R] bad inputs per row (sum: bad_reward_inputs)
     augmented: list[str | None] = field(default_factory=list)  # [R] NAME:SEVERITY a row was sampled on, or None
 
@@ -84,7 +86,7 @@ def make_rollout_and_prefill(
     adapter: FamilyAdapter,
     processor,
     examples: list[VQAExample],
-    images: list,
+    visuals: list,
     grpo: GRPOConfig,
     reward: RewardConfig,
     device: torch.device,
@@ -98,16 +100,17 @@ def make_rollout_and_prefill(
     benchmark: str | None = None,
 ) -> tuple[Rollout, Prefix | None]:
     """Sample G completions for each question on the run's ``plan`` (one batched decode, or
-    ``vllm_sampler``'s engine), score, and centre. When ``plan`` fuses the prefill, also return the
+    ``vllm_sampler``'s engine), score, and centre. ``visuals[b]``: question b's images and video
+    (``VQAExample.load_visuals``), or its one image. When ``plan`` fuses the prefill, also return the
     prompts' pass with gradient that sampling decoded from: hand it to the loss once
     (``grpo_objective(..., prefix=...)``); its graph goes with that backward pass (None when the
     plan has no fused prefill). ``template``: the prompt template (data/prompts.py; default: the
     one for ``reward.reasoning`` without a data config). ``augmented``: the last k completions of
-    each group sampled on perturbed images (grpo/augment.py). ``vqa_convention``, ``benchmark``:
+    each group sampled on perturbed visuals (grpo/augment.py). ``vqa_convention``, ``benchmark``:
     the vqa_accuracy reward's form (``compute_rewards``; a run passes eval's and data's)."""
     G = grpo.num_generations
     asked = user_texts(examples, template or prompt_template(None, reward.reasoning))
-    prompts = adapter.encode_prompts(processor, images, asked).to(device)
+    prompts = adapter.encode_prompts(processor, visuals, asked).to(device)
     prefix, keep_prefill = None, plan.fused and vllm_sampler is None
     if keep_prefill:
         with torch.enable_grad():
@@ -122,9 +125,9 @@ def make_rollout_and_prefill(
     temps, top_ps = temps.to(device), top_ps.to(device)
     if vllm_sampler is not None:  # vLLM draws the samples; pi_old comes from the trainer (grpo/vllm_backend.py)
         comp, samp_logp = _sample_with_vllm(
-            vllm_sampler, model, adapter, processor, asked, images, grpo, temps, top_ps, device
+            vllm_sampler, model, adapter, processor, asked, visuals, grpo, temps, top_ps, device
         )
-    elif augmented is not None:  # NoisyRollout: k rows of each group on perturbed images, the loss on clean ones
+    elif augmented is not None:  # NoisyRollout: k rows of each group on perturbed visuals, the loss on clean ones
         comp, samp_logp = sample_augmented(
             model, adapter, processor, prompts, augmented, asked, grpo, temps, top_ps, device, plan
         )
@@ -173,7 +176,7 @@ def make_rollout_and_prefill(
         plan=plan,
         reward_seconds=scored.seconds,
         completions=texts,
-        images=list(images),
+        visuals=list(visuals),
         bad_input_rows=bad_input_counts(texts, [e.answers for e in rep_examples]),
         augmented=augmented_rows(augmented, len(examples), G),
     )
@@ -186,7 +189,7 @@ def _sample_with_vllm(
     adapter,
     processor,
     user_texts: list[str],
-    images,
+    visuals,
     grpo: GRPOConfig,
     temps: torch.Tensor,
     top_ps: torch.Tensor,
@@ -196,7 +199,7 @@ def _sample_with_vllm(
     texts = [adapter.prompt_text(processor, t) for t in user_texts]
     samples = vllm_sampler.sample(
         texts,
-        images,
+        visuals,
         grpo.num_generations,
         temps,
         top_ps,

@@ -64,17 +64,18 @@ def accumulate(parts: list[dict], into: dict) -> dict:
 def sft_micro_loss(
     lm: LoadedModel,
     examples,
-    images,
+    visuals,
     device,
     total_tokens: float,
     template: str = DEFAULT_TEMPLATE,
     plan: ForwardPlan = PLAIN,
 ) -> tuple[torch.Tensor, dict]:
     """Summed NLL of the ground-truth answers (and the stop token) divided by ``total_tokens``;
-    the prompts put each question in ``template`` (data/prompts.py); ``plan``: the plain path
-    with the run's grpo.logprob_chunk_size."""
+    the prompts put each question in ``template`` (data/prompts.py) with its ``visuals`` (the
+    example's images and video, Batches.next); ``plan``: the plain path with the run's
+    grpo.logprob_chunk_size."""
     stop = lm.adapter.stop_token_ids(lm.processor, lm.model)[0]
-    prompts = lm.adapter.encode_prompts(lm.processor, images, user_texts(examples, template)).to(device)
+    prompts = lm.adapter.encode_prompts(lm.processor, visuals, user_texts(examples, template)).to(device)
     ids, mask = answer_ids(lm.processor.tokenizer, [e.answer for e in examples], stop)
     ids, mask = ids.to(device), mask.to(device)
     logp, _ = completion_logprobs(lm.model, lm.adapter, prompts, ids, mask, plan, with_entropy=False)
@@ -108,9 +109,9 @@ def sft_step(cfg: Config, lm: LoadedModel, batches: Batches, device, dist: Dist 
     template = prompt_template(cfg.data, cfg.reward.reasoning)
     plan = replace(PLAIN, logprob_chunk_size=cfg.grpo.logprob_chunk_size)
     stats: dict = {}
-    for i, (ex, im) in enumerate(micro):
+    for i, (ex, vis) in enumerate(micro):
         with dist.no_sync(lm.model, sync=i == len(micro) - 1), autocast(cfg, device), offload(cfg):
-            loss, micro_stats = sft_micro_loss(lm, ex, im, device, total, template, plan)
+            loss, micro_stats = sft_micro_loss(lm, ex, vis, device, total, template, plan)
             dist.backward(loss)
         stats = accumulate([micro_stats, {"loss": float(loss.detach())}], stats)
     stats["nll"] = stats["loss"]  # the step's token-mean NLL, whatever the micro-batch layout
@@ -216,20 +217,20 @@ def make_rollouts(
     where the objective needs them (grpo/logprobs.py), on the run's ``plan``. With
     grpo.dynamic_sampling the groups without an advantage are dropped and more questions drawn
     (grpo/dynamic.py); ``dist`` lets the processes agree on the extra draws. ``step`` (0-based)
-    seeds and schedules grpo.augment's perturbed images (grpo/augment.py). The step's sampling
+    seeds and schedules grpo.augment's perturbed visuals (grpo/augment.py). The step's sampling
     statistics count every micro-batch drawn (training/tally.py)."""
     accumulation = cfg.train.gradient_accumulation_steps
     template = prompt_template(cfg.data, cfg.reward.reasoning)
     tally = Tally()
 
     def draw() -> tuple[Rollout, Prefix | None]:
-        examples, images = batches.next(same_step=tally.rows > 0)  # prioritised: no question twice a step
+        examples, visuals = batches.next(same_step=tally.rows > 0)  # prioritised: no question twice a step
         ro, prefill = make_rollout_and_prefill(
             lm.model,
             lm.adapter,
             lm.processor,
             examples,
-            images,
+            visuals,
             cfg.grpo,
             cfg.reward,
             device,
@@ -237,7 +238,7 @@ def make_rollouts(
             vllm_sampler=vllm,
             reward_funcs=reward_funcs,
             template=template,
-            augmented=augment_batch(cfg.grpo, cfg.train.seed, step, cfg.train.max_steps, examples, images),
+            augmented=augment_batch(cfg.grpo, cfg.train.seed, step, cfg.train.max_steps, examples, visuals),
             vqa_convention=cfg.eval.vqa_convention or "official",  # the reward follows the metric (None: unresolved)
             benchmark=cfg.data.benchmark,  # lmms-eval's TextVQA, OK-VQA, VizWiz: their own form
         )
