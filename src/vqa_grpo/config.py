@@ -63,7 +63,10 @@ class ColumnsConfig:
     """Which column of the user's data holds each field."""
 
     image: str = "image"
-    """Image: a path (relative to data.image_root), bytes, or a datasets Image."""
+    """Image: a path (relative to data.image_root), bytes, or a datasets Image; a list of them
+    (TRL's ``images`` column, read when this is the default and absent) gives several, in order."""
+    video: str = "video"
+    """Video: a video file (a path, or its bytes) or a list of frame images, in time order."""
     question: str = "question"
     """The question text."""
     answer: str = "answer"
@@ -114,6 +117,11 @@ class DataConfig:
     """Allow image paths that leave the image root."""
     max_image_pixels: int = 1_000_000
     """Images with more pixels are downscaled (aspect kept) when opened; 0 keeps the full size."""
+    video_frames: int = 8
+    """Most frames sampled from a video (evenly spread over the clip when its rate gives more)."""
+    video_fps: float = 1.0
+    """Frames per second sampled from a video file; a video given as a list of frames is taken to
+    be at this rate."""
     cache_dir: Optional[str] = None
     """Folder of the loaded-examples index (data/cache.py: the examples written once as a
     memory-mapped Arrow file, keyed by the data files' sizes and times, shared by a run's

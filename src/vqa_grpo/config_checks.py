@@ -149,6 +149,8 @@ def validate(cfg: Config, python_rewards: typing.Iterable[str] = ()) -> None:
     find_benchmark(d.benchmark)  # an unknown name is one line
     need(0 <= d.eval_fraction < 1, f"data.eval_fraction={d.eval_fraction}: must be in [0, 1)")
     need(0 <= d.max_skip_fraction <= 1, "data.max_skip_fraction must be in [0, 1]")
+    need(d.video_frames >= 1, f"data.video_frames={d.video_frames}: must be >= 1 (frames sampled from a video)")
+    need(d.video_fps > 0, f"data.video_fps={d.video_fps}: must be > 0 (frames per second sampled from a video)")
     for key in ("max_train_samples", "max_eval_samples"):
         v = getattr(d, key)
         need(v is None or v >= 1, f"data.{key}={v}: must be >= 1 or null")

@@ -47,7 +47,7 @@ def test_table_names_counts_skips_and_first_five_examples(tmp_path, capsys):
     assert "(24x16 after loading)" in out
 
 
-def test_json_is_one_object_with_the_five_keys(tmp_path, capsys):
+def test_json_is_one_object_with_the_seven_keys(tmp_path, capsys):
     path = write_set(tmp_path / "d", n_good=9, n_missing=1)
     assert inspect_cli(str(path), None, None, True, []) == 0
     report = json.loads(capsys.readouterr().out)
@@ -56,6 +56,8 @@ def test_json_is_one_object_with_the_five_keys(tmp_path, capsys):
         "kept": 9,
         "skipped": {**dict.fromkeys(SKIP_REASONS, 0), "missing_image": 1},
         "answer_types": {"yes/no": 0, "number": 9, "other": 0},
+        "max_images": 1,
+        "videos": 0,
         "benchmark": {  # no benchmark: the seed report's reward, metric, prompt and length
             "benchmark": None,
             "reward": ["composite"],

@@ -65,7 +65,8 @@ FIELDS = ["id", "image", "question", "answer", "answers", "question_type", "answ
 EXPECTED_TYPES = {"yes/no": 3, "number": 2, "other": 3}  # q1 q4 q7 / q2 q6 / q3 q5 q8
 LENIENT = 0.5  # the fixture skips 7 of 15 rows on purpose
 NOT_IN_EVERY_FORMAT = {"question_not_text": 0, "answer_not_text": 0}  # JSON types: test_user_defects_a.py
-NOT_IN_EVERY_FORMAT["several_images"] = 0  # TRL's images lists: tests/data/test_trl_rows.py
+# Placeholders and videos: tests/data/test_multi_image.py and tests/data/test_video.py.
+NOT_IN_EVERY_FORMAT |= dict.fromkeys(("placeholder_mismatch", "missing_video", "corrupt_video"), 0)
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -156,7 +157,8 @@ def test_dataframe_with_image_root(tmp_path):
 def test_report_table_and_dict(tmp_path):
     path = write(ROWS, "jsonl", tmp_path / "set")
     _, report = load_examples(str(path), DataConfig(max_skip_fraction=LENIENT))
-    assert set(report.to_dict()) == {"rows", "kept", "skipped", "answer_types"}
+    assert set(report.to_dict()) == {"rows", "kept", "skipped", "answer_types", "max_images", "videos"}
+    assert (report.max_images, report.videos) == (1, 0)
     json.dumps(report.to_dict())
     table = report.table()
     assert "15 rows read, 8 kept, 7 skipped" in table

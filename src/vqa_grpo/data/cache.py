@@ -38,7 +38,7 @@ from vqa_grpo.data.rows import Source
 from vqa_grpo.data.table import ExampleTable, TableBuilder
 from vqa_grpo.errors import UserError
 
-VERSION = 1
+VERSION = 2
 """Bumped when the conversion or the columns change: older indexes are then not read."""
 _REPORT = b"vqa_grpo.report"
 _SOURCE = b"vqa_grpo.source"
@@ -70,7 +70,9 @@ def cached_table(source: Source, cfg: DataConfig, build: Build) -> tuple[Example
 def _built(source: Source, cfg: DataConfig, build: Build) -> tuple[ExampleTable, LoadReport, TableBuilder]:
     builder = TableBuilder(source.image_at)
     report = build(builder)
-    table = ExampleTable(builder.table(), source.image_at, max(0, cfg.max_image_pixels), inline=builder.inline)
+    table = ExampleTable(
+        builder.table(), source.image_at, max(0, cfg.max_image_pixels), inline=builder.inline, video=_video(cfg)
+    )
     return table, report, builder
 
 
@@ -101,6 +103,7 @@ def index_path(source: Source, cfg: DataConfig) -> Path | None:
         for k, v in dataclasses.asdict(cfg).items()
         if k not in ("eval_path", "eval_fraction", "max_train_samples", "max_eval_samples", "max_skip_fraction")
         and k not in ("max_image_pixels", "cache_dir", "prompt_template", "path", "eval_split")
+        and k not in ("video_frames", "video_fps")  # how a video is sampled when it is opened
     }
     key = json.dumps([VERSION, source.name, stats, settings, Image.MAX_IMAGE_PIXELS], default=str).encode()
     digest = hashlib.sha256(key).hexdigest()[:20]
@@ -191,7 +194,11 @@ def _read(path: Path, source: Source, cfg: DataConfig) -> tuple[ExampleTable, Lo
         return None
     if folder_times(folders) != folders:
         return None
-    return ExampleTable(table, source.image_at, max(0, cfg.max_image_pixels)), report
+    return ExampleTable(table, source.image_at, max(0, cfg.max_image_pixels), video=_video(cfg)), report
+
+
+def _video(cfg: DataConfig) -> tuple[int, float]:
+    return cfg.video_frames, cfg.video_fps
 
 
 def _report_state(report: LoadReport) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from vqa_grpo.data.hub import describe
 from vqa_grpo.data.loader import LoadReport, read_examples
 from vqa_grpo.data.prompts import prompt_template
 from vqa_grpo.data.sources import open_source
-from vqa_grpo.data.types import BadExample, VQAExample
+from vqa_grpo.data.types import VQAExample
 from vqa_grpo.errors import UserError
 
 
@@ -100,14 +100,36 @@ def render(examples: list[VQAExample], report: LoadReport) -> str:
         lines.append(f"  [{ex.id}] {ex.question}")
         lines.append(f"      answer: {ex.answer}   answers: {' | '.join(ex.answers[:10])}")
         lines.append(f"      answer type: {ex.answer_type}   question type: {ex.question_type}")
-        lines.append(f"      image: {_describe_image(ex)}")
+        lines += _describe_visuals(ex)
     return "\n".join(lines)
 
 
-def _describe_image(ex: VQAExample) -> str:
-    where = ex.image_loader.describe() if hasattr(ex.image_loader, "describe") else "custom loader"
+def _describe_visuals(ex: VQAExample) -> list[str]:
+    """One line for the image ("image: ..."), or "images: N" and one line each, then the video's
+    line ("video: ..., N frames at F/s"); "no image (text-only)" for neither."""
+    loaders = [ex.image_loader] if ex.image_loader is not None else list(ex.image_loaders)
+    lines = [f"      images: {len(loaders)}"] if len(loaders) > 1 else []
+    for i, loader in enumerate(loaders):
+        label = "image" if len(loaders) == 1 else f"  {i + 1}"
+        lines.append(f"      {label}: {_describe(loader, _size)}")
+    if ex.video_loader is not None:
+        lines.append(f"      video: {_describe(ex.video_loader, _frames)}")
+    return lines or ["      no image (text-only)"]
+
+
+def _describe(loader, shown) -> str:
+    where = loader.describe() if hasattr(loader, "describe") else "custom loader"
     try:
-        img = ex.load_image()
-    except BadExample as e:
-        return f"{where} (fails to decode: {e.reason})"
-    return f"{where} ({img.width}x{img.height} after loading)"
+        value = loader()
+    except Exception as e:  # as VQAExample.load_visuals turns it into a BadExample
+        return f"{where} (fails to decode: {type(e).__name__}: {e})"
+    return f"{where} ({shown(value)})"
+
+
+def _size(img) -> str:
+    return f"{img.width}x{img.height} after loading"
+
+
+def _frames(video) -> str:
+    size = f"{video.frames[0].width}x{video.frames[0].height}" if video.frames else "no frame"
+    return f"{len(video.frames)} frames of {size} sampled at {video.fps:g}/s"

@@ -9,11 +9,20 @@ Each row goes through the same steps, whatever its format (see ``sources.py``): 
   answer_not_text    the answer or an entry of answers is a boolean (JSON true/false: "true" is
                      not "yes"); a number answer is kept as its text (a count, an int column)
   empty_answer       neither an answer nor any non-empty entry in answers
-  outside_root       its image path leaves the image root (unless data.allow_outside_root)
-  missing_image      no image given, or the file does not exist
-  too_large          more pixels than PIL's decompression-bomb limit
-  several_images     a list of more than one image (TRL's images column): one image per question
-  corrupt_image      PIL cannot open or verify the image
+  placeholder_mismatch  the question holds <image> or <video> placeholders (data/prompts.py) and
+                     their counts are not the row's numbers of images and videos (0 or 1)
+  outside_root       an image (or video) path leaves the image root (unless data.allow_outside_root)
+  missing_image      the image column's cell is empty, or an image file does not exist
+  too_large          an image with more pixels than PIL's decompression-bomb limit
+  corrupt_image      PIL cannot open or verify an image
+  missing_video      the video file does not exist
+  corrupt_video      the video file's container cannot be opened, or holds no video stream
+
+Images: the image column's cell is one image, or a list of them in order (TRL's ``images``
+column; a CSV cell holding a JSON list); a list of one is one image, an empty list none. A row
+without the image column and without a video (a data set with neither column) is a text-only
+question; a bad entry of a list skips the row, its detail naming it ("image 2 of 3: ...").
+Videos (data.columns.video): a video file or a list of frame images; an empty cell is no video.
 
 Field rules: ``answers`` may be a list, a JSON list in a string (CSV), one string, or VQA-style
 ``{"answer": ...}`` entries; a missing ``answer`` is the most frequent entry of ``answers`` (ties to
@@ -23,14 +32,12 @@ the image; every other column is kept on the example for reward functions (``VQA
 Types come from the data when present (an answer type must be one of ANSWER_TYPES), else from
 ``qtypes.py``. A missing id is ``row<N>`` (1-based).
 A column mapped in data.columns away from its default must exist in the data.
-Images are checked, never decoded, at load time; each example opens its image lazily.
+Images and videos are checked, never decoded, at load time; each example opens them lazily.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 import os
 import re
 from collections.abc import Sequence
@@ -40,23 +47,13 @@ from typing import Any
 
 from vqa_grpo.config import ColumnsConfig, DataConfig
 from vqa_grpo.data.cache import cached_table, folder_times
-from vqa_grpo.data.images import ImageLoader, StoredImage, check_image, resolve_image
-from vqa_grpo.data.qtypes import answer_type_of, question_type_of
+from vqa_grpo.data.convert import RowConverter, row_id
 from vqa_grpo.data.report import SKIP_REASONS, LoadReport
-from vqa_grpo.data.rows import (
-    Row,
-    Source,
-    fallback_columns,
-    image_cell,
-    most_common,
-    parse_list,
-    question_cell,
-    row_fields,
-)
+from vqa_grpo.data.rows import Source, fallback_columns
 from vqa_grpo.data.sources import memory_source, open_source
 from vqa_grpo.data.splits import limit, split_train_eval
 from vqa_grpo.data.table import TableBuilder
-from vqa_grpo.data.types import ANSWER_TYPES, VQAExample
+from vqa_grpo.data.types import VQAExample
 from vqa_grpo.errors import UserError
 
 __all__ = ["SKIP_REASONS", "LoadReport", "LoadedData", "load_examples", "load_vqa", "read_examples"]
@@ -144,7 +141,7 @@ def read_examples(
     read at all (no rows, unreadable file, a required column absent from every row). With
     ``builder`` the examples go to it as columns (table.py) and the list returned is empty."""
     root = _image_root(cfg, source)
-    converter = _RowConverter(cfg, source, root)
+    converter = RowConverter(cfg, source, root)
     report = LoadReport(source=source.name)
     examples: list[VQAExample] = []
     seen_columns: set[str] = set()
@@ -161,10 +158,10 @@ def read_examples(
         else:
             report.skip(*result, example_id=row_id(row, source.columns, index), row=index)
     if builder is not None:
-        builder.image_folders = folder_times({os.path.dirname(p) for p in converter.checked})
+        builder.image_folders = folder_times({os.path.dirname(p) for p in [*converter.checked, *converter.videos]})
     if report.rows == 0:
         raise UserError(f"{source.name} holds no rows; check data.path")
-    _check_columns(source, seen_columns)
+    _check_columns(source, seen_columns, converter.visual_like)
     _check_mapped(cfg, source, seen_columns)
     return examples, report
 
@@ -194,14 +191,20 @@ def _check_mapped(cfg: DataConfig, source: Source, seen: set[str]) -> None:
             )
 
 
-def _check_columns(source: Source, seen: set[str]) -> None:
+def _check_columns(source: Source, seen: set[str], visual_like: dict[str, str]) -> None:
+    """The question's and the answers' columns must be in the data; the image and video columns
+    need not (text-only questions), unless another column holds what looks like images or videos
+    (``visual_like``: a column -> "image" or "video"), which is then most likely misnamed."""
     cols = source.columns
     have = ", ".join(sorted(seen)[:12]) or "none"
-    for key in ("image", "question"):
+    for key in ("image", "video", "question"):
         name = getattr(cols, key)
-        if name not in seen and key not in fallback_columns(seen, cols):  # TRL's prompt, images
+        found = name in seen or key in fallback_columns(seen, cols)  # TRL's prompt, images
+        misnamed = [c for c, kind in visual_like.items() if kind == key]
+        if not found and (key == "question" or misnamed):
+            hint = f"column {misnamed[0]!r} holds {key}s: " if misnamed else ""
             raise UserError(
-                f"{source.name} has no column {name!r} for the {key} (columns: {have}); map yours with "
+                f"{source.name} has no column {name!r} for the {key} (columns: {have}); {hint}map yours with "
                 f"data.columns.{key}=NAME"
             )
     if cols.answer not in seen and cols.answers not in seen:
@@ -209,131 +212,3 @@ def _check_columns(source: Source, seen: set[str]) -> None:
             f"{source.name} has neither column {cols.answer!r} nor {cols.answers!r} for the answers (columns: {have}); "
             "map yours with data.columns.answer=NAME or data.columns.answers=NAME"
         )
-
-
-def row_id(row: Row, cols: ColumnsConfig, index: int) -> str:
-    return _text(row.values.get(cols.id)) or f"row{index}"
-
-
-class _RowConverter:
-    """Turns rows into examples or (reason, detail) skips; remembers ids and checked images."""
-
-    def __init__(self, cfg: DataConfig, source: Source, root: Path):
-        self.cols = source.columns
-        self.root = root
-        self.allow_outside_root = cfg.allow_outside_root
-        self.max_pixels = max(0, cfg.max_image_pixels)
-        self.seen_ids: set[str] = set()
-        self.checked: dict[Path, tuple[str, str]] = {}  # VQA v2 shares one image among ~5 questions
-        self.resolved: dict[str, tuple[Any, str, str]] = {}  # and so one path among ~5 rows
-
-    def convert(self, row: Row, index: int) -> VQAExample | tuple[str, str]:
-        v, cols = row.values, self.cols
-        ex_id = row_id(row, cols, index)
-        where = f"row {index} (id {ex_id[:40]})"
-        if ex_id in self.seen_ids:
-            return "duplicate_id", f"{where}: id seen in an earlier row"
-        self.seen_ids.add(ex_id)
-        raw_question = question_cell(v, cols)  # or TRL's conversational prompt (rows.py)
-        question = _text(raw_question)
-        if question and not isinstance(raw_question, str):
-            return "question_not_text", f"{where}: question {raw_question!r}"
-        if not question:
-            return "empty_question", where
-        if _has_flag(v.get(cols.answer)) or _has_flag(v.get(cols.answers)):
-            return "answer_not_text", f"{where}: a true/false answer"
-        answers = _answers(v.get(cols.answers))
-        answer = _text(v.get(cols.answer)) or most_common(answers)
-        if not answer:
-            return "empty_answer", where
-        answers = answers or [answer]
-        cell, several = image_cell(v, cols)  # or TRL's images list
-        if several:
-            return "several_images", f"{where}: {several}"
-        source, reason, detail = self._resolve(cell)
-        if source is None:
-            return reason, f"{where}: {detail}"
-        reason, detail = self._check(source)
-        if reason:
-            return reason, f"{where}: {detail}"
-        if row.reread_image is not None and not isinstance(source, Path):
-            source = StoredImage(row.reread_image)  # keep a handle, not the bytes
-        answer_type = _text(v.get(cols.answer_type)).lower()
-        example = VQAExample(
-            id=ex_id,
-            question=question,
-            answers=answers,
-            answer=answer,
-            answer_type=answer_type if answer_type in ANSWER_TYPES else answer_type_of(answers),
-            question_type=_text(v.get(cols.question_type)) or question_type_of(question),
-            image_loader=ImageLoader(source, self.max_pixels),
-        )
-        example.fields = row_fields(v, cols, example)  # every column, for reward functions
-        return example
-
-    def _resolve(self, cell: Any) -> tuple[Any, str, str]:
-        if not isinstance(cell, str):
-            return resolve_image(cell, self.root, self.allow_outside_root)
-        if cell not in self.resolved:
-            self.resolved[cell] = resolve_image(cell, self.root, self.allow_outside_root)
-        return self.resolved[cell]
-
-    def _check(self, source: Any) -> tuple[str, str]:
-        if not isinstance(source, Path):
-            return check_image(source)
-        if source not in self.checked:
-            self.checked[source] = check_image(source)
-        return self.checked[source]
-
-
-# ----------------------------------------------------------------------------------------------
-# Cell values of any type (JSON, CSV strings, pandas, Arrow) to text.
-
-
-def _text(value: Any) -> str:
-    """Stripped text of a scalar cell; "" for missing, NaN or non-scalar values."""
-    if isinstance(value, str):
-        return value.strip()
-    if isinstance(value, bool) or value is None:
-        return str(value).lower() if isinstance(value, bool) else ""
-    if isinstance(value, numbers.Integral):
-        return str(int(value))
-    if isinstance(value, numbers.Real):
-        x = float(value)
-        if math.isnan(x):
-            return ""
-        return str(int(x)) if x.is_integer() else repr(x)
-    return ""
-
-
-def _has_flag(value: Any) -> bool:
-    """Whether an answer cell, or an entry of an answers cell, is a boolean (JSON true/false, an
-    Arrow bool column): "true" is not an answer's text."""
-    if isinstance(value, str) or value is None:  # the usual cell, first
-        return False
-    value = value.tolist() if hasattr(value, "tolist") else value  # numpy arrays and numpy bools
-    if isinstance(value, dict):
-        return _has_flag(value.get("answer"))
-    if isinstance(value, (list, tuple)):
-        return any(type(x) is not str and _has_flag(x) for x in value)
-    return isinstance(value, bool)
-
-
-def _answers(value: Any) -> list[str]:
-    """Non-empty answer strings from a list, a JSON/Python list in a string, one string, or
-    VQA-style entries (``{"answer": ...}`` items, or a datasets ``{"answer": [...]}`` mapping)."""
-    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
-        value = value.tolist()  # numpy arrays from pandas / Arrow
-    if isinstance(value, str):
-        text = value.strip()
-        parsed = parse_list(text) if text.startswith("[") else None
-        return _answers(parsed) if parsed is not None else ([text] if text else [])
-    if isinstance(value, dict):
-        return _answers(value.get("answer"))
-    if isinstance(value, (list, tuple)):
-        if value and set(map(type, value)) == {str}:  # the usual cell: plain strings
-            return [t for t in (x.strip() for x in value) if t]
-        items = (_text(x.get("answer")) if isinstance(x, dict) else _text(x) for x in value)
-        return [x for x in items if x]
-    text = _text(value)
-    return [text] if text else []

@@ -19,9 +19,11 @@ SKIP_REASONS = (
     "outside_root",
     "duplicate_id",
     "too_large",
-    "several_images",
     "question_not_text",
     "answer_not_text",
+    "placeholder_mismatch",
+    "missing_video",
+    "corrupt_video",
 )
 _FIXES = {
     "missing_image": "image file not found: check data.image_root and the paths in the image column",
@@ -31,9 +33,11 @@ _FIXES = {
     "outside_root": "path leaves the image root: fix the paths, or set data.allow_outside_root=true",
     "duplicate_id": "id seen before: make ids unique, or check data.columns.id",
     "too_large": "more pixels than PIL's decompression-bomb limit: downscale those images",
-    "several_images": "several images for one question: keep one image per row",
     "question_not_text": "the question is a number or boolean, not text: write the question's text",
     "answer_not_text": 'a JSON true/false answer: write the answer\'s text ("yes"/"no")',
+    "placeholder_mismatch": "as many <image> in the question as images, <video> once with a video; or none",
+    "missing_video": "video file not found: check data.image_root and the paths in the video column",
+    "corrupt_video": "the video file cannot be opened: re-encode (e.g. H.264 mp4) or remove it",
 }
 _SAMPLES_PER_REASON = 3
 
@@ -54,11 +58,17 @@ class LoadReport:
     """The first few skipped rows of each reason, e.g. "row 7: images/x.png not found"."""
     rejected: list[dict[str, Any]] = field(default_factory=list)
     """Every skipped row: its id, row number (1-based), reason, detail and source."""
+    max_images: int = 0
+    """The most images of any kept example (0: every question is text-only or a video's)."""
+    videos: int = 0
+    """Kept examples with a video."""
 
     def keep(self, example: VQAExample) -> None:
         self.rows += 1
         self.kept += 1
         self.answer_types[example.answer_type] = self.answer_types.get(example.answer_type, 0) + 1
+        self.max_images = max(self.max_images, example.num_images)
+        self.videos += example.video_loader is not None
 
     def skip(self, reason: str, detail: str, example_id: str = "", row: int = 0) -> None:
         self.rows += 1
@@ -78,18 +88,21 @@ class LoadReport:
             "kept": self.kept,
             "skipped": dict(self.skipped),
             "answer_types": dict(self.answer_types),
+            "max_images": self.max_images,
+            "videos": self.videos,
         }
 
     def table(self) -> str:
         lines = [f"{self.source or 'data'}: {self.rows} rows read, {self.kept} kept, {self.num_skipped} skipped"]
         if self.num_skipped:
-            lines.append(f"  {'skipped':>7}  {'reason':<17}  what to fix")
+            lines.append(f"  {'skipped':>7}  {'reason':<20}  what to fix")
             for reason, count in self.skipped.items():
                 if count:
-                    lines.append(f"  {count:>7}  {reason:<17}  {_FIXES[reason]}")
-                    lines += [f"  {'':>7}  {'':<17}    e.g. {s}" for s in self.samples.get(reason, [])]
+                    lines.append(f"  {count:>7}  {reason:<20}  {_FIXES[reason]}")
+                    lines += [f"  {'':>7}  {'':<20}    e.g. {s}" for s in self.samples.get(reason, [])]
         types = ", ".join(f"{t} {n}" for t, n in self.answer_types.items())
         lines.append(f"  kept by answer type: {types}")
+        lines.append(f"  images per question: at most {self.max_images}; questions with a video: {self.videos}")
         return "\n".join(lines)
 
     def too_many_skipped(self, max_fraction: float) -> str | None:
@@ -109,6 +122,8 @@ class LoadReport:
         for r in reports:
             total.rows += r.rows
             total.kept += r.kept
+            total.max_images = max(total.max_images, r.max_images)
+            total.videos += r.videos
             for k, v in r.skipped.items():
                 total.skipped[k] += v
             for k, v in r.answer_types.items():

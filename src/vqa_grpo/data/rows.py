@@ -87,7 +87,7 @@ PROMPT_COLUMN = "prompt"
 """TRL's prompt column: read as the question when data.columns.question is the default and absent."""
 IMAGES_COLUMN = "images"
 """TRL's list of images: read as the image when data.columns.image is the default and absent."""
-_FIELDS = ("id", "question", "answer", "answers", "answer_type", "question_type", "image")
+_FIELDS = ("id", "question", "answer", "answers", "answer_type", "question_type", "image", "video")
 
 
 def image_column(names: Any, image_col: str) -> str:
@@ -126,35 +126,60 @@ def question_cell(values: dict[str, Any], columns: ColumnsConfig) -> Any:
     return cell
 
 
-def image_cell(values: dict[str, Any], columns: ColumnsConfig) -> tuple[Any, str]:
-    """The image's cell and "" , or (None, why) for a row with several images (one image per
-    question here); a list of one image (TRL's ``images``) is that image."""
-    cell = values.get(image_column(values, columns.image))
+NO_COLUMN = object()
+"""``image_cell``'s answer for a row without the image column: a text-only question."""
+
+
+def image_cell(values: dict[str, Any], columns: ColumnsConfig) -> Any:
+    """The row's image: one cell (a path, bytes, a {"bytes", "path"} mapping, a PIL image), a
+    list of several in order ([] none), or NO_COLUMN when the row has no image column. A list of
+    one image (TRL's ``images``) is that image; a CSV cell holding a JSON list is that list."""
+    name = image_column(values, columns.image)
+    if name not in values:
+        return NO_COLUMN
+    cell = values[name]
     if getattr(getattr(cell, "dtype", None), "kind", "") == "O" and getattr(cell, "ndim", 0) == 1:
         cell = cell.tolist()  # an array of images (paths, bytes cells) from pandas
+    elif isinstance(cell, str) and cell.startswith("[") and cell.rstrip().endswith("]"):
+        cell = parse_list(cell)  # CSV: a JSON list of paths
+        if cell is None:
+            return values[name]  # not a list after all: a path that starts with "["
     if isinstance(cell, (list, tuple)):
-        if len(cell) > 1:
-            return None, f"{len(cell)} images; vqa-grpo takes one image per question"
-        return (cell[0] if cell else None), ""
-    return cell, ""
+        return cell[0] if len(cell) == 1 else list(cell)
+    return cell
 
 
-def undecoded(ds: Any, image_col: str) -> Any:
-    """``ds`` with its image column (or TRL's ``images`` list) left encoded: cells {"bytes", "path"}."""
+@dataclass(frozen=True)
+class ListEntry:
+    """Entry ``index`` of the list cell that ``read`` gives (one image of several). Picklable."""
+
+    read: Callable[[], Any]
+    index: int
+
+    def __call__(self) -> Any:
+        cell = self.read()
+        return list(cell)[self.index] if cell is not None else None
+
+
+def undecoded(ds: Any, image_col: str, video_col: str = "video") -> Any:
+    """``ds`` with its image column (or TRL's ``images`` list) and its video column left encoded:
+    cells {"bytes", "path"}, lists of them for a list of images (several images, a video's frames)."""
     import datasets
 
     features = getattr(ds, "features", None) or {}
-    col = image_column(list(features), image_col)
-    feature = features.get(col)
-    if isinstance(feature, datasets.Image):
-        return ds.cast_column(col, datasets.Image(decode=False))
-    if isinstance(getattr(feature, "feature", None), datasets.Image):  # List(Image) / Sequence(Image)
-        return ds.cast_column(col, datasets.List(datasets.Image(decode=False)))
+    for col in (image_column(list(features), image_col), video_col):
+        feature = features.get(col)
+        if isinstance(feature, datasets.Image):
+            ds = ds.cast_column(col, datasets.Image(decode=False))
+        elif isinstance(getattr(feature, "feature", None), datasets.Image):  # List(Image) / Sequence(Image)
+            ds = ds.cast_column(col, datasets.List(datasets.Image(decode=False)))
+        elif type(feature).__name__ == "Video" and hasattr(datasets, "Video"):  # a video file: its bytes or path
+            ds = ds.cast_column(col, datasets.Video(decode=False))
     return ds
 
 
 def only_image(cell: Any) -> Any:
-    """The one image of a list cell (TRL's ``images``), else the cell."""
+    """The one image of a list cell of one (TRL's ``images``), else the cell (several: the list)."""
     return cell[0] if isinstance(cell, (list, tuple)) and len(cell) == 1 else cell
 
 
@@ -162,8 +187,8 @@ def row_fields(values: dict[str, Any], columns: ColumnsConfig, example: Any) -> 
     """The row's columns by name for reward functions (``VQAExample.fields``): each column not
     mapped to a field as it is (a numpy value as a list or scalar); a mapped column under its own
     name carries the field's value as read (``solution`` mapped to the answer: the answer text).
-    Left out: the image column(s), binary cells (bytes, images) and the columns named like a
-    field, which reward functions get as that field."""
+    Left out: the image and video columns, binary cells (bytes, images) and the columns named
+    like a field, which reward functions get as that field."""
     mapped = {getattr(columns, f): f for f in _FIELDS}
     if columns.question == "question" and "question" not in values:
         mapped.setdefault(PROMPT_COLUMN, "question")
@@ -172,7 +197,7 @@ def row_fields(values: dict[str, Any], columns: ColumnsConfig, example: Any) -> 
         if not isinstance(name, str) or name in _FIELDS or name == IMAGES_COLUMN:
             continue
         field_name = mapped.get(name)
-        if field_name == "image":
+        if field_name in ("image", "video"):
             continue
         if field_name is not None:
             out[name] = getattr(example, field_name)

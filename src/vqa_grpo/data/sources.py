@@ -102,7 +102,7 @@ def memory_source(data: Any, cfg: DataConfig) -> Source:
     if datasets is not None and isinstance(data, datasets.DatasetDict):
         raise UserError(f"data is a DatasetDict with splits {', '.join(data)}; pass one split, e.g. data['train']")
     if datasets is not None and isinstance(data, datasets.Dataset):
-        data = undecoded(data, cfg.columns.image)  # cells become {"bytes", "path"}
+        data = undecoded(data, cfg.columns.image, cfg.columns.video)  # cells become {"bytes", "path"}
         return Source("Dataset", Path.cwd(), dataset_rows(data, cfg.columns.image), cfg.columns)
     raise UserError(
         f"data must be a pandas DataFrame, a datasets.Dataset or a list of dicts, got {type(data).__name__}"
@@ -315,7 +315,7 @@ def _datasets_source(p: Path, cfg: DataConfig) -> Source:
         ds = datasets.load_from_disk(str(p))
     except (FileNotFoundError, ValueError, OSError) as e:
         raise UserError(f"{p} is not a datasets folder written by save_to_disk ({e})") from None
-    ds = undecoded(ds, cfg.columns.image)  # cells become {"bytes", "path"}
+    ds = undecoded(ds, cfg.columns.image, cfg.columns.video)  # cells become {"bytes", "path"}
     image_at = DatasetImages(ds, cfg.columns.image)
     files = [Path(f["filename"]) for f in ds.cache_files]
     return Source(

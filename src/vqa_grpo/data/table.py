@@ -8,10 +8,14 @@ replaces: ``table[i]`` builds example i (its image still opened lazily), iterati
 chunk at a time, slices and ``take`` give lists or views; the splits use its answer-type column.
 
 Images: a path (the image file), or a reference into the data file (``Source.image_at``: a Parquet
-or Arrow cell read again on demand, a streamed image's place in the spill file). The row's other
-columns (``VQAExample.fields``) are JSON text. Anything else (a PIL image in memory, a field JSON
-cannot give back as it was, such as a date) stays inline, in memory, and such a table is not
-written to the cache: the index holds plain data only, never pickles.
+or Arrow cell read again on demand, a streamed image's place in the spill file). A row of several
+images holds their list (``images``: each a path, or null for entry k of the row's cell read
+again); a row with neither is a text-only question. A video is its file's path (``video``) or its
+frames' paths (``video_frames``), sampled by data.video_frames and data.video_fps when it is made.
+The row's other columns (``VQAExample.fields``) are JSON text. Anything else (a PIL image in
+memory, a video's bytes, a field JSON cannot give back as it was, such as a date) stays inline, in
+memory, and such a table is not written to the cache: the index holds plain data only, never
+pickles. The columns of several images and of videos are read only when some row has them.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ import numpy as np
 import pyarrow as pa
 
 from vqa_grpo.data.images import ImageLoader, StoredImage
+from vqa_grpo.data.rows import ListEntry
 from vqa_grpo.data.types import VQAExample
+from vqa_grpo.data.video import VideoLoader
 
 _CHUNK = 4096
 SCHEMA = pa.schema(
@@ -40,8 +46,13 @@ SCHEMA = pa.schema(
         ("image", pa.dictionary(pa.int32(), pa.string())),
         ("image_ref", pa.int64()),
         ("fields", pa.string()),
+        ("images", pa.list_(pa.string())),
+        ("video", pa.string()),
+        ("video_frames", pa.list_(pa.string())),
     ]
 )
+_VISUALS = ("images", "video", "video_frames")
+"""The columns of several images and of videos: all null in a set of one image per question."""
 
 
 class TableBuilder:
@@ -59,17 +70,38 @@ class TableBuilder:
     def add(self, example: VQAExample, index: int) -> None:
         """``example`` converted from the source's row ``index`` (1-based)."""
         c = self.columns
-        source = example.image_loader.source if isinstance(example.image_loader, ImageLoader) else None
-        path, ref = None, -1
-        if isinstance(source, Path):
-            path = str(source)
-        elif isinstance(source, StoredImage) and self.image_at is not None:
-            ref = index - 1
-        else:
-            self.inline.setdefault(len(c["id"]), {})["image"] = source
+        inline = self.inline.setdefault(len(c["id"]), {})
+        path, ref, paths = None, -1, None
+        if example.image_loader is not None:
+            source = example.image_loader.source if isinstance(example.image_loader, ImageLoader) else None
+            if isinstance(source, Path):
+                path = str(source)
+            elif isinstance(source, StoredImage) and self.image_at is not None:
+                ref = index - 1
+            else:
+                inline["image"] = source
+        elif example.image_loaders:
+            sources = [loader.source for loader in example.image_loaders]
+            paths = [str(s) if isinstance(s, Path) else None for s in sources]
+            stored = [isinstance(s, StoredImage) for s in sources]
+            if any(stored) and self.image_at is not None and all(p is not None or t for p, t in zip(paths, stored)):
+                ref = index - 1
+            elif not all(p is not None for p in paths):
+                inline["images"], paths = tuple(sources), None
+        video, frames = None, None
+        if example.video_loader is not None:
+            source = example.video_loader.source
+            if isinstance(source, Path):
+                video = str(source)
+            elif isinstance(source, tuple) and all(isinstance(f, Path) for f in source):
+                frames = [str(f) for f in source]
+            else:
+                inline["video"] = source
         text = _json(example.fields) if example.fields else None
         if example.fields and text is None:
-            self.inline.setdefault(len(c["id"]), {})["fields"] = example.fields
+            inline["fields"] = example.fields
+        if not inline:
+            del self.inline[len(c["id"])]
         c["id"].append(example.id)
         c["question"].append(example.question)
         c["answers"].append(example.answers)
@@ -79,6 +111,9 @@ class TableBuilder:
         c["image"].append(path)
         c["image_ref"].append(ref)
         c["fields"].append(text)
+        c["images"].append(paths)
+        c["video"].append(video)
+        c["video_frames"].append(frames)
 
     def table(self) -> pa.Table:
         arrays = []
@@ -103,13 +138,25 @@ class ExampleTable(Sequence[VQAExample]):
         inline: dict[int, dict[str, Any]] | None = None,
         rows: np.ndarray | None = None,
         mapper: Callable[[VQAExample], VQAExample] | None = None,
+        video: tuple[int, float] = (8, 1.0),
     ):
         self.table = table.combine_chunks() if any(c.num_chunks > 1 for c in table.columns) else table
         self.image_at, self.max_pixels = image_at, max_pixels
         self.inline = inline or {}
         self.rows = rows
         self.mapper = mapper
+        self.video = video
+        """data.video_frames and data.video_fps, which sample each video when it is made."""
         self._columns = {name: self.table.column(name).chunk(0) for name in SCHEMA.names} if len(table) else {}
+        self._read = [
+            n
+            for n in SCHEMA.names
+            if n not in _VISUALS or n in self._columns and self._columns[n].null_count < len(self.table)
+        ]
+        """The columns examples are made from: those of several images and videos only when used."""
+        self._visuals = any(n in _VISUALS for n in self._read) or any(
+            k in v for v in self.inline.values() for k in ("images", "video")
+        )
 
     def __len__(self) -> int:
         return len(self.table) if self.rows is None else len(self.rows)
@@ -164,13 +211,25 @@ class ExampleTable(Sequence[VQAExample]):
         if extra is not None:
             rows = np.concatenate([rows, extra])
         return ExampleTable(
-            self.table, self.image_at, self.max_pixels, inline=self.inline, rows=rows, mapper=self.mapper
+            self.table,
+            self.image_at,
+            self.max_pixels,
+            inline=self.inline,
+            rows=rows,
+            mapper=self.mapper,
+            video=self.video,
         )
 
     def mapped(self, mapper: Callable[[VQAExample], VQAExample]) -> ExampleTable:
         """This view, each example passed through ``mapper`` when it is made."""
         return ExampleTable(
-            self.table, self.image_at, self.max_pixels, inline=self.inline, rows=self.rows, mapper=mapper
+            self.table,
+            self.image_at,
+            self.max_pixels,
+            inline=self.inline,
+            rows=self.rows,
+            mapper=mapper,
+            video=self.video,
         )
 
     def column(self, name: str) -> list:
@@ -187,10 +246,10 @@ class ExampleTable(Sequence[VQAExample]):
         cols = self._columns
         if len(positions) == 1:  # one example: scalar reads, no gather
             p = positions[0]
-            values = {name: [cols[name][p].as_py()] for name in SCHEMA.names}
+            values = {name: [cols[name][p].as_py()] for name in self._read}
         else:
             idx = pa.array(positions, pa.int64())
-            values = {name: cols[name].take(idx).to_pylist() for name in SCHEMA.names}
+            values = {name: cols[name].take(idx).to_pylist() for name in self._read}
         out = []
         for k, p in enumerate(positions):
             ex = VQAExample(
@@ -200,19 +259,42 @@ class ExampleTable(Sequence[VQAExample]):
                 answer=values["answer"][k],
                 answer_type=values["answer_type"][k],
                 question_type=values["question_type"][k],
-                image_loader=ImageLoader(self._image(p, values["image"][k], values["image_ref"][k]), self.max_pixels),
             )
+            if self._visuals:
+                self._add_visuals(ex, p, {name: values[name][k] for name in values})
+            else:  # one image per question: the loaders of earlier versions, unchanged
+                ex.image_loader = self._image_loader(p, values["image"][k], values["image_ref"][k])
             text = values["fields"][k]
             ex.fields = json.loads(text) if text is not None else self.inline.get(p, {}).get("fields", {})
             out.append(self.mapper(ex) if self.mapper is not None else ex)
         return out
 
-    def _image(self, position: int, path: str | None, ref: int) -> Any:
+    def _image_loader(self, position: int, path: str | None, ref: int) -> ImageLoader | None:
         if path is not None:
-            return Path(path)
+            return ImageLoader(Path(path), self.max_pixels)
         if ref >= 0 and self.image_at is not None:
-            return StoredImage(partial(self.image_at, ref))
-        return self.inline.get(position, {}).get("image")
+            return ImageLoader(StoredImage(partial(self.image_at, ref)), self.max_pixels)
+        source = self.inline.get(position, {}).get("image")
+        return None if source is None else ImageLoader(source, self.max_pixels)
+
+    def _add_visuals(self, ex: VQAExample, position: int, values: dict[str, Any]) -> None:
+        """The image loaders (none, one or several) and the video loader of the row at ``position``."""
+        inline, ref = self.inline.get(position, {}), values["image_ref"]
+        paths = values.get("images")
+        if paths is not None:
+            read = partial(self.image_at, ref) if ref >= 0 and self.image_at is not None else None
+            sources = [Path(q) if q is not None else StoredImage(ListEntry(read, i)) for i, q in enumerate(paths)]
+        else:
+            sources = list(inline.get("images", ()))
+        if sources:
+            ex.image_loaders = tuple(ImageLoader(s, self.max_pixels) for s in sources)
+        else:
+            ex.image_loader = self._image_loader(position, values["image"], ref)
+        video = values.get("video")
+        frames = values.get("video_frames")
+        source = Path(video) if video is not None else tuple(map(Path, frames)) if frames else inline.get("video")
+        if source is not None:
+            ex.video_loader = VideoLoader(source, self.video[0], self.video[1], self.max_pixels)
 
 
 def _json(fields: dict[str, Any]) -> str | None:

@@ -1,0 +1,189 @@
+"""A question's video: where it lives, the cheap check made when the data loads, and the sampler.
+
+A video cell is a video file (a path relative to the image root, its bytes, or a ``{"bytes",
+"path"}`` mapping) or a list of frame images in time order (each as an image cell, images.py).
+``resolve_video`` turns it into a source or a skip reason, ``check_video`` opens the container
+and reads its header (no frame is decoded) or checks each frame's header, and
+:class:`VideoLoader` samples the frames only when the trainer asks for them.
+
+Sampling: frames at ``fps`` frames per second of the clip (data.video_fps), times 0, 1/fps,
+2/fps, ... while inside the clip, each the frame on screen at that time; when that gives more
+than ``max_frames`` (data.video_frames), ``max_frames`` times evenly spread over the clip instead
+(the centres of equal parts), and the rate the model is told is then ``max_frames / duration``.
+A list of frames is taken to be a clip at ``fps``. Files are read with PyAV (``pip install
+'vqa-grpo[video]'``), imported only when a video file is met.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vqa_grpo.data.images import ImageLoader, ImageSource, cell_bytes, check_image, resolve_image, to_rgb
+from vqa_grpo.data.types import Video
+from vqa_grpo.errors import UserError
+
+VideoSource = Path | bytes | tuple[ImageSource, ...]
+"""A video file (its path or bytes), or its frames as image sources."""
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif")
+
+
+def import_av() -> Any:
+    """PyAV, or a one-line UserError naming the extra that installs it."""
+    try:
+        import av
+    except ImportError:
+        raise UserError("reading a video file needs PyAV; pip install 'vqa-grpo[video]'") from None
+    return av
+
+
+def frame_list(cell: Any) -> list | None:
+    """The frames of a cell that is a list of images (a numpy array of them too), else None."""
+    if getattr(getattr(cell, "dtype", None), "kind", "") == "O" and getattr(cell, "ndim", 0) == 1:
+        cell = cell.tolist()  # an array of frames (paths, bytes cells) from pandas
+    return list(cell) if isinstance(cell, (list, tuple)) else None
+
+
+def resolve_video(value: Any, root: Path, allow_outside_root: bool) -> tuple[VideoSource | None, str, str]:
+    """``(source, reason, detail)``: the source when usable, else a skip reason and what was seen.
+    A bad frame of a list is named: "video frame 2 of 5: ..."."""
+    frames = frame_list(value)
+    if frames is not None:
+        sources = []
+        for i, frame in enumerate(frames):
+            source, reason, detail = resolve_image(frame, root, allow_outside_root)
+            if source is None:
+                return None, reason, f"video frame {i + 1} of {len(frames)}: {detail}"
+            sources.append(source)
+        return tuple(sources), "", ""
+    data = cell_bytes(value)
+    if data:
+        return data, "", ""
+    if isinstance(value, dict):
+        value = value.get("path")
+    if not isinstance(value, str) or not value.strip():
+        return None, "missing_video", "no video in the cell"
+    text = value.strip()
+    path = Path(os.path.normpath(root / text))  # lexical, as for images
+    if not allow_outside_root and not path.is_relative_to(root):
+        return None, "outside_root", f"video {text} leaves the image root {root}"
+    return path, "", ""
+
+
+def check_video(source: VideoSource) -> tuple[str, str]:
+    """``(reason, detail)`` with reason "" when the video looks usable: a file's container opens
+    and holds a video stream (its header only), or each frame passes ``check_image``."""
+    if isinstance(source, tuple):
+        for i, frame in enumerate(source):
+            reason, detail = check_image(frame)
+            if reason:
+                return reason, f"video frame {i + 1} of {len(source)}: {detail}"
+        return "", ""
+    if isinstance(source, Path):
+        try:
+            if not source.is_file():
+                return "missing_video", f"{source} not found"
+        except (OSError, ValueError):
+            return "missing_video", f"{str(source)[:200]} is not a valid file name"
+    where = str(source) if isinstance(source, Path) else f"embedded video ({len(source)} bytes)"
+    av = import_av()
+    try:
+        with _open(av, source) as container:
+            if not container.streams.video:
+                return "corrupt_video", f"{where} holds no video stream"
+    except (av.FFmpegError, OSError, ValueError) as e:
+        return "corrupt_video", f"{where}: {getattr(e, 'strerror', None) or e}"
+    return "", ""
+
+
+def _open(av: Any, source: Path | bytes) -> Any:
+    return av.open(str(source) if isinstance(source, Path) else io.BytesIO(source), "r")
+
+
+def sample_times(duration: float, fps: float, max_frames: int) -> tuple[list[float], float]:
+    """The times (seconds) to sample in a clip of ``duration`` and the rate they make: ``k/fps``
+    while inside the clip (at least one), else ``max_frames`` centres of equal parts."""
+    n = max(1, math.ceil(duration * fps - 1e-9))
+    if n <= max_frames:
+        return [j / fps for j in range(n)], fps
+    return [duration * (j + 0.5) / max_frames for j in range(max_frames)], max_frames / duration
+
+
+@dataclass(frozen=True)
+class VideoLoader:
+    """Samples one video on call (:class:`Video`: RGB frames of at most ``max_pixels`` pixels).
+
+    Picklable (no closures), so data-loader workers can receive the examples.
+    """
+
+    source: VideoSource
+    max_frames: int = 8
+    fps: float = 1.0
+    max_pixels: int = 0
+
+    def __call__(self) -> Video:
+        if isinstance(self.source, tuple):
+            return self._from_frames(self.source)
+        av = import_av()
+        with _open(av, self.source) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            duration = _duration(container, stream)
+            if duration is None:  # no duration in the header: count the frames' times first
+                duration = max((_time(f, stream, i) for i, f in enumerate(container.decode(stream))), default=0.0)
+                container.seek(0)
+            times, rate = sample_times(max(duration, 1e-6), self.fps, self.max_frames)
+            frames = _frames_at(container, stream, times)
+        if not frames:
+            raise ValueError("the video holds no frame that can be decoded")
+        return Video([to_rgb(f, self.max_pixels) for f in frames], rate)
+
+    def _from_frames(self, sources: tuple[ImageSource, ...]) -> Video:
+        n = len(sources)
+        times, rate = sample_times(n / self.fps, self.fps, self.max_frames)
+        picks = [min(n - 1, math.floor(t * self.fps + 1e-9)) for t in times]
+        return Video([ImageLoader(sources[i], self.max_pixels)() for i in picks], rate)
+
+    def describe(self) -> str:
+        """A short human description of where the video comes from."""
+        if isinstance(self.source, tuple):
+            return f"{len(self.source)} frames"
+        return str(self.source) if isinstance(self.source, Path) else "video stored in the data file"
+
+
+def _duration(container: Any, stream: Any) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000  # av.time_base: microseconds
+    if stream.frames and stream.average_rate:
+        return stream.frames / float(stream.average_rate)
+    return None
+
+
+def _time(frame: Any, stream: Any, index: int) -> float:
+    if frame.time is not None:
+        return float(frame.time)
+    rate = float(stream.average_rate or 0) or 1.0
+    return index / rate
+
+
+def _frames_at(container: Any, stream: Any, times: list[float]) -> list[Any]:
+    """The frame on screen at each time (the last frame starting at or before it), as PIL images."""
+    out: list[Any] = []
+    previous = None
+    for i, frame in enumerate(container.decode(stream)):
+        t = _time(frame, stream, i)
+        while len(out) < len(times) and times[len(out)] < t - 1e-6:
+            out.append((frame if previous is None else previous).to_image())
+        if len(out) == len(times):
+            return out
+        previous = frame
+    if previous is not None:
+        image = previous.to_image()
+        out += [image] * (len(times) - len(out))
+    return out
