@@ -22,7 +22,7 @@ for name in (
     "transformers.modeling_utils", "transformers.generation.utils", "accelerate", "peft", "datasets",
     "safetensors.torch", "PIL.Image", "PIL.PngImagePlugin", "deepspeed", "wandb", "tensorboard", "networkx",
     "scipy.stats", "sklearn.metrics", "sentence_transformers", "matplotlib.pyplot", "num2words", "rich",
-    "hypothesis.strategies", "pytest", "xdist", "vqa_grpo.cli", "vqa_grpo.training.loop",
+    "hypothesis.strategies", "pytest", "xdist", "av", "vqa_grpo.cli", "vqa_grpo.training.loop",
     "vqa_grpo.evaluation.evaluate",
     *(f"transformers.models.{f}.{kind}_{f}" for f in FAMILIES for kind in ("modeling", "processing")),
 ):
