@@ -40,8 +40,8 @@ def dispatch(args: argparse.Namespace) -> int:
             raise UserError("--ood takes no --unanswerable: the out-of-distribution set asks answerable questions")
         if args.task != "single" and (args.ood or args.unanswerable):
             raise UserError(f"--task {args.task} takes no --ood or --unanswerable: they shift the single-image set")
-        if args.task != "video" and args.frames is not None:
-            raise UserError(f"--frames is for --task video, not --task {args.task}")
+        if args.task != "video" and (args.frames is not None or args.video_format is not None):
+            raise UserError(f"--frames and --video-format are for --task video, not --task {args.task}")
         if args.task == "multi-image":
             from vqa_grpo.data.synthetic_multi import synthesize_multi
 
@@ -52,7 +52,10 @@ def dispatch(args: argparse.Namespace) -> int:
             frames = DEFAULT_FRAMES if args.frames is None else args.frames
             if frames < MIN_FRAMES:
                 raise UserError(f"--frames={frames}: need at least {MIN_FRAMES} frames per clip")
-            path = synthesize_video(args.out, args.n, args.seed, args.image_size, frames=frames)
+            if args.video_format == "mp4" and args.image_size % 2:
+                raise UserError(f"--image-size={args.image_size}: MP4 clips need an even size, e.g. 112")
+            video_format = args.video_format or "frames"
+            path = synthesize_video(args.out, args.n, args.seed, args.image_size, frames, video_format)
         elif args.ood:
             from vqa_grpo.data.synthetic_shift import synthesize_shifted
 

@@ -71,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(rows with video, a list of frames): docs/synthetic.md (default: single)",
     )
     synth.add_argument("--frames", type=int, default=None, help="frames per clip of --task video (default: 8)")
+    synth.add_argument(
+        "--video-format",
+        choices=("frames", "mp4"),
+        default=None,
+        help="--task video's clips as lists of PNG frames, or as MP4 files (needs PyAV: "
+        "pip install 'vqa-grpo[video]') (default: frames)",
+    )
     insp = data.add_parser("inspect", help="load a data set and report kept rows and skips by reason")
     insp.add_argument("path", help="data file or directory, or hf:NAME (a Hub dataset: docs/data_hub.md)")
     insp.add_argument("--format", default=None, help="data format (default: inferred from the files)")

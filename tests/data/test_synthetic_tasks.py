@@ -28,6 +28,11 @@ def _read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
+def _pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
 def _tree_bytes(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -272,6 +277,52 @@ def test_video_same_seed_same_bytes_and_bad_frames_raise(tmp_path):
     assert not (tmp_path / "c").exists()
 
 
+def test_video_as_mp4_decodes_to_the_drawn_frames(tmp_path):
+    pytest.importorskip("av")
+    from vqa_grpo.data.video import VideoLoader
+
+    path = synthesize_video(tmp_path / "a", n=4, seed=2, image_size=48, frames=5, video_format="mp4")
+    again = synthesize_video(tmp_path / "b", n=4, seed=2, image_size=48, frames=5, video_format="mp4")
+    assert _tree_bytes(path.parent) == _tree_bytes(again.parent) and len(_tree_bytes(path.parent)) == 1 + 4
+    for row in _read(path):
+        assert row["video"] == f"videos/{row['id']}.mp4"
+        clip = VideoLoader(path.parent / row["video"], max_frames=8, fps=1.0)()
+        assert len(clip.frames) == 5 and clip.fps == 1.0 and clip.frames[0].size == (48, 48)
+        for t in (0, 4):  # each object in view shows its colour at its centre (H.264: within 4 levels)
+            pixels = np.asarray(clip.frames[t]).astype(int)
+            for obj in row["scene"]:
+                x0, y0, x1, y1 = obj["boxes"][t]
+                if _in_view(obj["boxes"][t], 48):
+                    assert np.abs(pixels[(y0 + y1) // 2, (x0 + x1) // 2] - COLORS[obj["color"]]).max() <= 4
+
+
+def test_load_vqa_reads_every_row_with_its_images_and_its_clip(multi, video):
+    from vqa_grpo.config import DataConfig
+    from vqa_grpo.data.loader import load_vqa
+    from vqa_grpo.data.types import Video
+
+    data = load_vqa(DataConfig(path=str(multi[0]), eval_fraction=0.25))
+    examples = [*data.train, *data.eval]
+    assert data.report.kept == 120 and not any(data.report.skipped.values()) and data.report.max_images == 3
+    assert Counter(e.num_images for e in examples) == {2: 92, 3: 28}
+    row = multi[1][0]
+    (first,) = [e for e in examples if e.id == row["id"]]
+    assert first.question == row["question"] and first.answers == row["answers"]
+    for image, image_path in zip(first.load_visuals(), row["images"], strict=True):
+        assert np.array_equal(np.asarray(image), _pixels(multi[0].parent / image_path))
+
+    data = load_vqa(DataConfig(path=str(video[0]), eval_fraction=0.25, video_frames=4))
+    examples = [*data.train, *data.eval]
+    assert data.report.kept == 80 and not any(data.report.skipped.values()) and data.report.videos == 80
+    row = video[1][0]
+    (first,) = [e for e in examples if e.id == row["id"]]
+    (clip,) = first.load_visuals()
+    assert isinstance(clip, Video) and len(clip.frames) == 4 and first.num_images == 0
+    drawn = [_pixels(video[0].parent / f) for f in row["video"]]
+    picks = [next(t for t, d in enumerate(drawn) if np.array_equal(d, np.asarray(f))) for f in clip.frames]
+    assert picks == sorted(picks) and len(set(picks)) == 4  # 4 of the 6 frames, in time order
+
+
 def test_every_word_is_in_the_vocabularies(multi, video):
     for module, (_, rows) in ((synthetic_multi, multi), (synthetic_video, video)):
         seen = set()
@@ -304,7 +355,8 @@ def test_data_synth_task_writes_rows_with_images_or_video(tmp_path, capsys):
     [
         (["--task", "video", "--ood"], "error: --task video takes no --ood or --unanswerable"),
         (["--task", "multi-image", "--unanswerable", "0.1"], "error: --task multi-image takes no --ood"),
-        (["--frames", "6"], "error: --frames is for --task video, not --task single"),
+        (["--frames", "6"], "error: --frames and --video-format are for --task video, not --task single"),
+        (["--task", "video", "--video-format", "mp4", "--image-size", "65"], "error: --image-size=65: MP4 clips"),
         (["--task", "video", "--frames", "3"], "error: --frames=3: need at least 4 frames per clip"),
     ],
 )

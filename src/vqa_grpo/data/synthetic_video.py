@@ -28,20 +28,25 @@ Output of ``synthesize_video(out_dir, n, seed, frames=8)``::
                                      question_type, answer_type, scene
     out_dir/images/<id>/<t>.png      frame t (0-based, two digits); ``video`` lists these paths
 
-``scene`` lists the objects as {"shape", "color", "size", "motion", "boxes"}: ``boxes[t]`` is the
-object's [x0, y0, x1, y1] in frame t (x1, y1 exclusive; past the image where it is out of view).
-Same arguments, byte-identical files.
+With ``video_format="mp4"`` each clip is ``out_dir/videos/<id>.mp4`` instead (H.264, ``MP4_FPS``
+frames a second) and ``video`` is that path. ``scene`` lists the objects as {"shape", "color",
+"size", "motion", "boxes"}: ``boxes[t]`` is the object's [x0, y0, x1, y1] in frame t (x1, y1
+exclusive; past the image where it is out of view). Same arguments, byte-identical files.
 """
 
 from __future__ import annotations
 
 import os
 import random
+from fractions import Fraction
 from pathlib import Path
+
+from PIL import Image
 
 from vqa_grpo.data.qtypes import question_type_of
 from vqa_grpo.data.synthetic import ALL_KINDS, COLORS, SHAPES, SIZES, draw_scene
 from vqa_grpo.data.synthetic_multi import apportion, balanced, check_arguments, write_rows
+from vqa_grpo.data.video import import_av
 
 KIND_ANSWER_TYPES: dict[str, str] = {"enter": "yes/no", "leave": "other", "count_end": "number", "direction": "other"}
 """The question kinds, in equal shares, and their VQA v2 answer types."""
@@ -49,6 +54,9 @@ MOTIONS = ("enter", "leave", "stay")
 MAX_OBJECTS = 3
 DEFAULT_FRAMES = 8
 MIN_FRAMES = 4
+VIDEO_FORMATS = ("frames", "mp4")
+MP4_FPS = 1.0
+"""Frames a second of an MP4 clip: the rate data.video_fps (default 1.0) takes a list of frames at."""
 _SCENE_TRIES = 200
 _OBJECT_TRIES = 100
 
@@ -169,16 +177,46 @@ def place_tracks(rng: random.Random, objects: list[_Object], image_size: int, fr
     raise RuntimeError(f"could not place {len(objects)} moving objects in {image_size} px")
 
 
+def write_mp4(path: Path, frames: list[Image.Image], fps: float = MP4_FPS) -> None:
+    """``frames`` as an H.264 MP4 (yuv420p, so even sides) at ``fps``, one encoder thread so that
+    the bytes do not depend on the machine's cores; a temporary file renamed into place."""
+    av = import_av()
+    tmp = path.with_name(path.name + ".tmp")
+    with av.open(str(tmp), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+        stream.width, stream.height = frames[0].size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "12", "threads": "1"}
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_image(frame)))
+        container.mux(stream.encode())
+    os.replace(tmp, path)
+
+
 def synthesize_video(
-    out_dir: str | os.PathLike, n: int = 1000, seed: int = 0, image_size: int = 112, frames: int = DEFAULT_FRAMES
+    out_dir: str | os.PathLike,
+    n: int = 1000,
+    seed: int = 0,
+    image_size: int = 112,
+    frames: int = DEFAULT_FRAMES,
+    video_format: str = "frames",
 ) -> Path:
     """Write ``n`` clips of ``frames`` frames with a question each under ``out_dir`` as the module
-    docstring says; return the path of data.jsonl. Frames of an earlier run are not removed."""
+    docstring says; return the path of data.jsonl. Frames of an earlier run are not removed.
+
+    ``video_format="mp4"`` writes each clip as videos/<id>.mp4 instead (``MP4_FPS`` frames a
+    second; PyAV, an even ``image_size``), and ``video`` is that path."""
     check_arguments(n, image_size)
     if frames < MIN_FRAMES:
         raise ValueError(f"frames must be at least {MIN_FRAMES}, got {frames}")
+    if video_format not in VIDEO_FORMATS:
+        raise ValueError(f"video_format must be one of {', '.join(VIDEO_FORMATS)}, got {video_format!r}")
+    if video_format == "mp4":
+        if image_size % 2:
+            raise ValueError(f"an MP4 clip needs an even image_size (yuv420p), got {image_size}")
+        import_av()
     out_dir = Path(out_dir)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    (out_dir / ("videos" if video_format == "mp4" else "images")).mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     width = max(6, len(str(n - 1)))
     rows = []
@@ -186,15 +224,19 @@ def synthesize_video(
         question, objects = KINDS[kind](rng, answer)
         scene = place_tracks(rng, objects, image_size, frames)
         example_id = f"{index:0{width}d}"
-        (out_dir / "images" / example_id).mkdir(exist_ok=True)
-        paths = [f"images/{example_id}/{t:02d}.png" for t in range(frames)]
-        for t, path in enumerate(paths):
-            at_t = [{**o, "box": o["boxes"][t]} for o in scene]
-            draw_scene(at_t, image_size).save(out_dir / path, format="PNG")
+        images = [draw_scene([{**o, "box": o["boxes"][t]} for o in scene], image_size) for t in range(frames)]
+        if video_format == "mp4":
+            video: str | list[str] = f"videos/{example_id}.mp4"
+            write_mp4(out_dir / video, images)
+        else:
+            (out_dir / "images" / example_id).mkdir(exist_ok=True)
+            video = [f"images/{example_id}/{t:02d}.png" for t in range(frames)]
+            for path, image in zip(video, images):
+                image.save(out_dir / path, format="PNG")
         rows.append(
             {
                 "id": example_id,
-                "video": paths,
+                "video": video,
                 "question": question,
                 "answer": answer,
                 "answers": [answer],
