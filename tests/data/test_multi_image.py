@@ -1,0 +1,194 @@
+"""Several images per question, and text-only questions, in every format the loader reads.
+
+The same rows (three images, one, none, a missing second image, placeholders that fit and one
+that does not) as JSONL, CSV (a JSON list in the cell), Parquet, rows in memory and, with the
+images as bytes, Parquet, a datasets folder, an hf: repository and a stream's spill file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import datasets
+import pandas as pd
+import pytest
+from PIL import Image
+from test_hub import offline_tmp_cache, write_repo  # noqa: F401  (the fixture: offline, cache in tmp)
+
+from vqa_grpo.config import DataConfig
+from vqa_grpo.config_load import load_config
+from vqa_grpo.data.images import ImageLoader, StoredImage
+from vqa_grpo.data.loader import SKIP_REASONS, load_examples, load_vqa
+from vqa_grpo.data.rows import ListEntry
+from vqa_grpo.data.spill import StreamSpill, spilled_rows
+from vqa_grpo.data.table import ExampleTable
+from vqa_grpo.errors import UserError
+
+SIZES = {"a": (8, 6), "b": (10, 4), "c": (12, 12)}
+LENIENT = DataConfig(max_skip_fraction=0.5)
+
+
+def draw(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, size in SIZES.items():
+        Image.new("RGB", size, "red").save(folder / f"{name}.png")
+
+
+def png(name: str) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", SIZES[name], "blue").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def rows(image: callable, gone: object) -> list[dict]:
+    """The rows of every format: ``image(name)`` is a cell, ``gone`` a bad one."""
+    return [
+        dict(id="three", images=[image("a"), image("b"), image("c")], question="Which is largest?", answer="c"),
+        dict(id="one", images=[image("b")], question="What is it?", answer="b"),
+        dict(id="none", images=[], question="What is two and two?", answer="4"),
+        dict(id="bad", images=[image("a"), gone, image("c")], question="Which is gone?", answer="b"),
+        dict(id="marked", images=[image("c"), image("a")], question="Is <image> larger than <image>?", answer="yes"),
+        dict(id="unmarked", images=[image("a"), image("b")], question="Compare <image> with the other", answer="no"),
+    ]
+
+
+KEPT = {"three": [(8, 6), (10, 4), (12, 12)], "one": [(10, 4)], "none": [], "marked": [(12, 12), (8, 6)]}
+PLACEHOLDER_DETAIL = "row 6 (id unmarked): the question holds 1 <image> and 0 <video> for 2 images and 0 video"
+
+
+def check(examples, report, bad_reason: str) -> list[str]:
+    """The kept examples' images in order; the report's counts; the bad entry's detail."""
+    got = {e.id: [img.size for img in e.load_visuals()] for e in examples}
+    assert got == KEPT
+    by_id = {e.id: e for e in examples}
+    assert (by_id["one"].image_loader is not None, by_id["one"].image_loaders) == (True, ())  # one image: as before
+    assert by_id["three"].image_loader is None and len(by_id["three"].image_loaders) == 3
+    assert (by_id["none"].num_images, by_id["none"].image_loader, by_id["none"].load_visuals()) == (0, None, [])
+    assert report.skipped == {**dict.fromkeys(SKIP_REASONS, 0), bad_reason: 1, "placeholder_mismatch": 1}
+    assert (report.rows, report.kept, report.max_images, report.videos) == (6, 4, 3, 0)
+    assert report.samples["placeholder_mismatch"] == [PLACEHOLDER_DETAIL]
+    return report.samples[bad_reason]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet", "frame", "list"])
+def test_image_paths_in_every_format(tmp_path, fmt):
+    draw(tmp_path)
+    data = rows(lambda name: f"{name}.png", "gone.png")
+    if fmt == "jsonl":
+        (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
+    elif fmt == "csv":  # a JSON list in the cell
+        pd.DataFrame([{**r, "images": json.dumps(r["images"])} for r in data]).to_csv(tmp_path / "d.csv", index=False)
+    elif fmt == "parquet":
+        pd.DataFrame(data).to_parquet(tmp_path / "d.parquet")
+    if fmt in ("frame", "list"):
+        cfg = DataConfig(image_root=str(tmp_path), max_skip_fraction=0.5, eval_fraction=0.0)
+        loaded = load_vqa(cfg, frame=pd.DataFrame(data) if fmt == "frame" else data)
+        examples, report = loaded.train, loaded.report
+    else:
+        examples, report = load_examples(str(next(tmp_path.glob("d.*"))), LENIENT)
+    assert check(examples, report, "missing_image") == [f"row 4 (id bad): image 2 of 3: {tmp_path}/gone.png not found"]
+
+
+def test_the_index_keeps_the_list_and_maps_it_again(tmp_path):
+    draw(tmp_path)
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(lambda n: f"{n}.png", "gone.png")))
+    first, _ = load_examples(str(tmp_path / "d.jsonl"), LENIENT)
+    (index,) = (tmp_path / ".vqa_grpo_cache").glob("*.arrow")
+    again, report = load_examples(str(tmp_path / "d.jsonl"), LENIENT)  # mapped from the index
+    assert isinstance(again, ExampleTable) and not again.inline
+    assert [ex.image_loaders for ex in again] == [ex.image_loaders for ex in first]
+    assert again[0].image_loaders[2] == ImageLoader(tmp_path / "c.png", 1_000_000)
+    check(again, report, "missing_image")
+    assert list((tmp_path / ".vqa_grpo_cache").glob("*.arrow")) == [index]
+
+
+def test_a_csv_path_that_starts_with_a_bracket_is_one_image(tmp_path):
+    Image.new("RGB", (5, 7), "red").save(tmp_path / "[1].png")
+    pd.DataFrame([dict(image="[1].png", question="Q?", answer="a")]).to_csv(tmp_path / "d.csv", index=False)
+    (ex,), _ = load_examples(str(tmp_path / "d.csv"), DataConfig())
+    assert ex.load_image().size == (5, 7)
+
+
+def bytes_rows() -> list[dict]:
+    return rows(lambda name: {"bytes": png(name), "path": None}, {"bytes": b"not a png", "path": None})
+
+
+def bytes_check(examples, report) -> None:
+    (detail,) = check(examples, report, "corrupt_image")
+    assert detail.startswith("row 4 (id bad): image 2 of 3: embedded image (9 bytes): ")
+    three = next(e for e in examples if e.id == "three")
+    assert all(isinstance(loader.source, StoredImage) for loader in three.image_loaders)  # handles, not bytes
+
+
+def test_image_bytes_in_parquet_and_the_index(tmp_path):
+    pd.DataFrame(bytes_rows()).to_parquet(tmp_path / "d.parquet")
+    examples, report = load_examples(str(tmp_path / "d.parquet"), LENIENT)
+    bytes_check(examples, report)
+    assert isinstance(examples, ExampleTable) and not examples.inline  # indexed: entries re-read from the file
+    again, report = load_examples(str(tmp_path / "d.parquet"), LENIENT)
+    bytes_check(again, report)
+
+
+FEATURES = datasets.Features(
+    {
+        "id": datasets.Value("string"),
+        "images": datasets.List(datasets.Image()),
+        "question": datasets.Value("string"),
+        "answer": datasets.Value("string"),
+    }
+)
+
+
+def test_a_datasets_folder_and_a_frame_in_memory(tmp_path):
+    ds = datasets.Dataset.from_list(bytes_rows(), features=FEATURES)
+    ds.save_to_disk(str(tmp_path / "ds"))
+    bytes_check(*load_examples(str(tmp_path / "ds"), LENIENT))
+    loaded = load_vqa(DataConfig(max_skip_fraction=0.5, eval_fraction=0.0), frame=ds)
+    check(loaded.train, loaded.report, "corrupt_image")
+
+
+def test_an_hf_repository(tmp_path):
+    write_repo(tmp_path / "repo", {"default": {"train": datasets.Dataset.from_list(bytes_rows(), features=FEATURES)}})
+    cfg = load_config(None, [f"data.path=hf:{tmp_path / 'repo'}", "data.max_skip_fraction=0.5"]).data
+    bytes_check(*load_examples(cfg.path, cfg))
+
+
+def test_a_stream_spills_each_image_of_a_list():
+    spill = StreamSpill()
+    cells = [{"bytes": png("a"), "path": None}, {"bytes": png("c"), "path": None}]
+    values = [{"images": cells}, {"images": [cells[1]]}, {"images": []}, {"image": cells[0]}]
+    streamed = list(spilled_rows(values, "image", spill))
+    assert len(spill) == 4 and streamed[2].reread_image is None
+    assert spill(0) == cells and spill(1) == cells[1] and spill(3) == cells[0]
+    second = ImageLoader(StoredImage(ListEntry(streamed[0].reread_image, 1)))()
+    assert second.size == SIZES["c"]
+
+
+def test_a_set_without_an_image_column_is_text_only(tmp_path):
+    data = [dict(question="What is two and two?", answer="4"), dict(question="Name a prime.", answer="7")]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
+    examples, report = load_examples(str(tmp_path / "d.jsonl"), DataConfig())
+    assert [(e.num_images, e.load_visuals()) for e in examples] == [(0, []), (0, [])]
+    assert (report.kept, report.max_images, report.videos) == (2, 0, 0)
+    assert "images per question: at most 0; questions with a video: 0" in report.table()
+
+
+def test_an_empty_image_cell_is_still_a_missing_image(tmp_path):
+    draw(tmp_path)
+    data = [dict(image="a.png", question="Q1?", answer="x"), dict(image="", question="Q2?", answer="y")]
+    pd.DataFrame(data).to_csv(tmp_path / "d.csv", index=False)
+    _, report = load_examples(str(tmp_path / "d.csv"), LENIENT)
+    assert (report.kept, report.skipped["missing_image"]) == (1, 1)
+
+
+def test_a_misnamed_image_column_is_named(tmp_path):
+    draw(tmp_path)
+    (tmp_path / "d.jsonl").write_text(json.dumps(dict(picture="a.png", question="Q?", answer="x")) + "\n")
+    with pytest.raises(UserError) as e:
+        load_examples(str(tmp_path / "d.jsonl"), DataConfig())
+    assert str(e.value) == (
+        f"{tmp_path}/d.jsonl (jsonl) has no column 'image' for the image (columns: answer, picture, question); "
+        "column 'picture' holds images: map yours with data.columns.image=NAME"
+    )
