@@ -138,10 +138,15 @@ def hub_source(path: str, cfg: DataConfig) -> Source:
             f"{preset.title} ({preset.hub_id}) keeps its images in a separate config, which a stream cannot join; "
             "set data.streaming=false"
         )
+    if preset is not None and preset.videos_outside and cfg.image_root is None and not Path(name).is_dir():
+        raise UserError(
+            f"{preset.title} ({preset.hub_id}) keeps its videos in {preset.videos_outside}, not in its parquet "
+            "files; download and unzip them into a folder and set data.image_root to that folder"
+        )
     _check_split(name, config_name, split, cfg.split, preset)
     ds = _load(name, config_name, split, cfg.streaming, cfg.split, preset)
     columns = merged_columns(preset, cfg.columns)
-    ds = _undecoded(ds, columns.image)
+    ds = undecoded(ds, columns.image, columns.video)  # cells {"bytes", "path"}
     present = _column_names(ds)
     image_at: Callable[[int], Any] | None
     if cfg.streaming:  # each image goes to a spill file as it streams past (spill.py)
@@ -152,13 +157,16 @@ def hub_source(path: str, cfg: DataConfig) -> Source:
     if preset is not None and preset.images_config:
         images_config = config_name.replace(*preset.images_config)
         _check_split(name, images_config, split, cfg.split, preset)
-        images = _undecoded(_load(name, images_config, split, False, cfg.split, preset), "image")
+        images = undecoded(_load(name, images_config, split, False, cfg.split, preset), "image")
         rows = _joined_images(rows, images, preset.join_key, columns.image)
         image_at = None  # the image is found by the row's key: examples keep their reread handle
         present = None if present is None else present | {columns.image}
     if preset is not None and preset.transform is not None:
         rows = _transformed(rows, preset.transform)
         present = None if present is None else present | {preset.columns[k] for k in preset.derived}
+    if preset is not None and preset.video_suffixes:
+        root = Path(cfg.image_root).expanduser() if cfg.image_root else Path(name)
+        rows = _found_videos(rows, root, columns.video, preset.video_suffixes)
     where = ", ".join(
         x
         for x in (
@@ -201,10 +209,6 @@ def _load(name: str, config_name: str | None, split: str, streaming: bool, asked
         raise _user_error(e, name, config_name, asked, preset, split) from None
 
 
-def _undecoded(ds: Any, image_col: str) -> Any:
-    return undecoded(ds, image_col)  # cells become {"bytes", "path"}
-
-
 def _column_names(ds: Any) -> set[str] | None:
     names = getattr(ds, "column_names", None)
     return set(names) if names else None
@@ -213,6 +217,17 @@ def _column_names(ds: Any) -> set[str] | None:
 def _transformed(rows: Iterable[Row], transform: Callable[[dict[str, Any]], None]) -> Iterator[Row]:
     for row in rows:
         transform(row.values)
+        yield row
+
+
+def _found_videos(rows: Iterable[Row], root: Path, column: str, suffixes: tuple[str, ...]) -> Iterator[Row]:
+    """Each row's video file as the transform names it or, when that does not exist under ``root``,
+    with the first of ``suffixes`` that does (Video-MME's .MP4 and .mkv files, as lmms-eval tries)."""
+    for row in rows:
+        name = row.values.get(column)
+        if isinstance(name, str) and not (root / name).exists():
+            stem = str(Path(name).with_suffix(""))
+            row.values[column] = next((stem + x for x in suffixes if (root / (stem + x)).exists()), name)
         yield row
 
 
@@ -326,6 +341,7 @@ _ABSENT = {
     "question_type": "inferred from the question's first words",
     "question": "map yours with data.columns.question=NAME",
     "image": "map yours with data.columns.image=NAME",
+    "video": "no video",
 }
 
 
@@ -345,6 +361,10 @@ def _about(
             mapping[f.name] = f"{column} (made from {preset.derived[f.name]})"
         elif present is None or column in present:
             mapping[f.name] = column
+        elif f.name == "video" and column == "video":
+            continue  # no video column and none asked for: most data has none
+        elif f.name == "image" and columns.video in present:
+            mapping[f.name] = f"(no column {column!r}: no image, a video a question)"
         else:
             mapping[f.name] = f"(no column {column!r}: {_ABSENT[f.name]})"
     return {
