@@ -203,6 +203,9 @@ def test_videomme_videos_come_from_data_image_root(tmp_path):
         elsewhere / "data" / "clipA.mp4",
         elsewhere / "data" / "clipB.mkv",
     ]
+    inside, _ = load(root, "data.split=test", "data.preset=lmms-lab/Video-MME", "data.max_skip_fraction=0.5",
+                     f"data.image_root={elsewhere / 'data'}")  # fmt: skip
+    assert [e.video_loader.source.name for e in inside] == ["clipA.mp4", "clipB.mkv"]  # the videos' own folder
     data = load_config(None, ["data.preset=lmms-lab/Video-MME", "data.split=test"]).data
     mapped = hub_source(hf(root), data).about["columns"]
     assert (mapped["image"], mapped["video"]) == (  # what data inspect shows

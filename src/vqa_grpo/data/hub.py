@@ -222,12 +222,17 @@ def _transformed(rows: Iterable[Row], transform: Callable[[dict[str, Any]], None
 
 def _found_videos(rows: Iterable[Row], root: Path, column: str, suffixes: tuple[str, ...]) -> Iterator[Row]:
     """Each row's video file as the transform names it or, when that does not exist under ``root``,
-    with the first of ``suffixes`` that does (Video-MME's .MP4 and .mkv files, as lmms-eval tries)."""
+    the first that does of: the name with each of ``suffixes`` (Video-MME's .MP4 and .mkv files, as
+    lmms-eval tries them), then the file name alone with each suffix (``root`` being the folder
+    that holds the videos, Video-MME's data/, rather than the one the archives were unzipped into).
+    None existing, the name stays, and the loader skips the row as missing_video."""
     for row in rows:
         name = row.values.get(column)
         if isinstance(name, str) and not (root / name).exists():
-            stem = str(Path(name).with_suffix(""))
-            row.values[column] = next((stem + x for x in suffixes if (root / (stem + x)).exists()), name)
+            path = Path(name)
+            stems = [str(path.with_suffix(""))] + ([path.stem] if path.parent != Path(".") else [])
+            tries = [stem + x for stem in stems for x in (path.suffix, *suffixes)]
+            row.values[column] = next((t for t in tries if (root / t).exists()), name)
         yield row
 
 
