@@ -1,0 +1,190 @@
+"""Videos: a file sampled by data.video_fps and data.video_frames, a list of frames, the checks
+at load, the index, and ``data inspect``'s lines.
+
+The clip is a real mp4 written with PyAV: 8 frames of 32x32 at 4 frames/s (2 s), frame i grey
+at level 30*i, so a sampled frame's level tells which frame it is (mpeg4 is lossy: rounded).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from vqa_grpo.cli import main
+from vqa_grpo.config import ConfigError, DataConfig
+from vqa_grpo.config_load import load_config
+from vqa_grpo.data.loader import SKIP_REASONS, load_examples
+from vqa_grpo.data.table import ExampleTable
+from vqa_grpo.data.types import BadExample, Video
+from vqa_grpo.data.video import VideoLoader, import_av, sample_times
+from vqa_grpo.errors import UserError
+
+
+def write_clip(path: Path, frames: int = 8, rate: int = 4) -> Path:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=rate)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 30 * i, np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    return write_clip(tmp_path_factory.mktemp("clip") / "clip.mp4")
+
+
+def which(video: Video, step: int = 30) -> list[int]:
+    """The frame each sampled frame is, by its grey level."""
+    return [round(f.getpixel((f.width // 2, f.height // 2))[0] / step) for f in video.frames]
+
+
+def test_sample_times():
+    assert sample_times(2.0, 1.0, 8) == ([0.0, 1.0], 1.0)  # 0 s and 1 s: inside the 2 s clip
+    assert sample_times(2.5, 1.0, 8) == ([0.0, 1.0, 2.0], 1.0)
+    assert sample_times(0.2, 1.0, 8) == ([0.0], 1.0)  # at least one frame
+    # 4/s over 2 s is 8 frames, more than 4: the centres of 4 equal parts, 4 frames in 2 s
+    assert sample_times(2.0, 4.0, 4) == ([0.25, 0.75, 1.25, 1.75], 2.0)
+
+
+def test_a_file_at_the_rate_and_evenly_spread_when_over_the_count(clip):
+    video = VideoLoader(clip, max_frames=8, fps=1.0)()
+    assert (which(video), video.fps, [f.size for f in video.frames]) == ([0, 4], 1.0, [(32, 32)] * 2)
+    assert all(f.mode == "RGB" for f in video.frames)
+    # 4/s gives 8 > 3: times 1/3, 1, 5/3 s, on screen then frames 1 (0.25 s), 4 (1 s), 6 (1.5 s)
+    video = VideoLoader(clip, max_frames=3, fps=4.0)()
+    assert (which(video), video.fps) == ([1, 4, 6], 1.5)
+    # 8/s, above the clip's 4/s: each frame on screen twice
+    assert which(VideoLoader(clip, max_frames=16, fps=8.0)()) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7]
+    assert VideoLoader(clip, 1, 1.0, max_pixels=256)().frames[0].size == (16, 16)  # data.max_image_pixels
+
+
+def test_a_list_of_frames(tmp_path):
+    paths = []
+    for i in range(5):
+        Image.new("RGB", (6, 4), (50 * i, 0, 0)).save(tmp_path / f"f{i}.png")
+        paths.append(tmp_path / f"f{i}.png")
+    video = VideoLoader(tuple(paths), max_frames=8, fps=1.0)()
+    assert (which(video, 50), video.fps) == ([0, 1, 2, 3, 4], 1.0)
+    # 5 frames at 1/s is 5 s; 2 frames: at 1.25 s and 3.75 s, frames 1 and 3, 2 frames in 5 s
+    video = VideoLoader(tuple(paths), max_frames=2, fps=1.0)()
+    assert (which(video, 50), video.fps) == ([1, 3], 0.4)
+
+
+def write_rows(folder: Path, clip: Path) -> Path:
+    (folder / "clip.mp4").write_bytes(clip.read_bytes())
+    (folder / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 20)
+    for i in range(3):
+        Image.new("RGB", (6, 4), (50 * i, 0, 0)).save(folder / f"f{i}.png")
+    rows = [
+        dict(id="file", video="clip.mp4", question="<video> What happens?", answer="it brightens"),
+        dict(id="frames", video=["f0.png", "f1.png", "f2.png"], question="What moves?", answer="nothing"),
+        dict(id="both", image="f1.png", video="clip.mp4", question="Is <image> in <video>?", answer="yes"),
+        dict(id="plain", image="f0.png", question="What color?", answer="black"),
+        dict(id="broken", video="broken.mp4", question="What happens?", answer="x"),
+        dict(id="gone", video="nowhere.mp4", question="What happens?", answer="x"),
+        dict(id="badframe", video=["f0.png", "nope.png", "f2.png"], question="What moves?", answer="x"),
+        dict(id="unmarked", image="f0.png", question="What is in <video>?", answer="x"),
+    ]
+    path = folder / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_loading_checks_each_video_and_names_the_bad_frame(tmp_path, clip):
+    path = write_rows(tmp_path, clip)
+    examples, report = load_examples(str(path), DataConfig(max_skip_fraction=0.5, video_frames=2, video_fps=4.0))
+    assert [e.id for e in examples] == ["file", "frames", "both", "plain"]
+    expected = {"missing_video": 1, "corrupt_video": 1, "missing_image": 1, "placeholder_mismatch": 1}
+    assert report.skipped == {**dict.fromkeys(SKIP_REASONS, 0), **expected}
+    assert (report.max_images, report.videos) == (1, 3)
+    assert report.samples["missing_video"] == [f"row 6 (id gone): {tmp_path}/nowhere.mp4 not found"]
+    assert report.samples["corrupt_video"][0].startswith(f"row 5 (id broken): {tmp_path}/broken.mp4: ")
+    assert report.samples["missing_image"] == [
+        f"row 7 (id badframe): video frame 2 of 3: {tmp_path}/nope.png not found"
+    ]
+    assert report.samples["placeholder_mismatch"] == [
+        "row 8 (id unmarked): the question holds 0 <image> and 1 <video> for 1 image and 0 video"
+    ]
+    file, frames, both, plain = examples
+    video = file.load_visuals()[0]  # 4/s over 2 s is 8 > 2: at 0.5 s and 1.5 s, frames 2 and 6
+    assert (which(video), video.fps) == ([2, 6], 1.0)
+    # 3 frames at 4/s (0.75 s), 2 of them: at 0.1875 s and 0.5625 s, frames 0 and 2, 2 frames in 0.75 s
+    (video,) = frames.load_visuals()
+    assert (which(video, 50), round(video.fps, 4)) == ([0, 2], 2.6667)
+    image, clip_video = both.load_visuals()
+    assert (image.size, which(clip_video)) == ((6, 4), [2, 6])
+    assert plain.video_loader is None and file.image_loader is None and file.num_images == 0
+    assert file.fields == {} and frames.fields == {}  # the video column is not a field for reward functions
+
+
+def test_the_index_keeps_paths_and_samples_by_the_settings_of_the_load(tmp_path, clip):
+    path = write_rows(tmp_path, clip)
+    first, _ = load_examples(str(path), DataConfig(max_skip_fraction=0.5))
+    again, report = load_examples(str(path), DataConfig(max_skip_fraction=0.5, video_frames=1, video_fps=2.0))
+    assert isinstance(again, ExampleTable) and not again.inline and report.videos == 3
+    assert again[0].video_loader == VideoLoader(tmp_path / "clip.mp4", 1, 2.0, 1_000_000)
+    assert (
+        again[1].video_loader.source == first[1].video_loader.source == tuple(tmp_path / f"f{i}.png" for i in range(3))
+    )
+    assert len(list((tmp_path / ".vqa_grpo_cache").glob("*.arrow"))) == 1  # the same index: no new key
+
+
+def test_a_decode_failure_later_is_a_bad_example(tmp_path, clip):
+    path = write_rows(tmp_path, clip)
+    examples, _ = load_examples(str(path), DataConfig(max_skip_fraction=0.5, cache_dir="none"))
+    (tmp_path / "clip.mp4").write_bytes(b"overwritten")
+    with pytest.raises(BadExample, match=r"^example file: video failed to load: InvalidDataError"):
+        examples[0].load_visuals()
+
+
+def test_video_bytes_in_parquet_stay_in_memory(tmp_path, clip):
+    rows = [dict(id="v", video={"bytes": clip.read_bytes(), "path": None}, question="What?", answer="x")]
+    pd.DataFrame(rows).to_parquet(tmp_path / "d.parquet")
+    (ex,), report = load_examples(str(tmp_path / "d.parquet"), DataConfig())
+    assert report.videos == 1 and ex.video_loader.describe() == "video stored in the data file"
+    assert which(ex.load_visuals()[0]) == [0, 4]
+
+
+def test_without_pyav_one_line_names_the_extra(monkeypatch, tmp_path, clip):
+    monkeypatch.setitem(sys.modules, "av", None)  # as if not installed: the import fails
+    with pytest.raises(UserError, match=r"^reading a video file needs PyAV; pip install 'vqa-grpo\[video\]'$"):
+        import_av()
+    with pytest.raises(UserError, match=r"vqa-grpo\[video\]"):
+        load_examples(str(write_rows(tmp_path, clip)), DataConfig(max_skip_fraction=0.5))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.video_frames=0", "data.video_frames=0: must be >= 1 (frames sampled from a video)"),
+        ("data.video_fps=0", "data.video_fps=0.0: must be > 0 (frames per second sampled from a video)"),
+        ("data.video_fps=-2", "data.video_fps=-2.0: must be > 0 (frames per second sampled from a video)"),
+        ("data.video_frames=2.5", "data.video_frames must be an integer, got 2.5"),
+    ],
+)
+def test_config_keys_are_checked(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert str(e.value) == message
+    cfg = load_config(None, ["data.video_frames=4", "data.video_fps=2", "data.columns.video=clip"]).data
+    assert (cfg.video_frames, cfg.video_fps, cfg.columns.video) == (4, 2.0, "clip")
+
+
+def test_inspect_shows_each_examples_images_and_video(tmp_path, clip, capsys):
+    path = write_rows(tmp_path, clip)
+    assert main(["data", "inspect", str(path), "data.max_skip_fraction=0.5", "data.video_frames=2"]) == 0
+    out = capsys.readouterr().out
+    assert f"      video: {tmp_path}/clip.mp4 (2 frames of 32x32 sampled at 1/s)" in out
+    assert "      video: 3 frames (2 frames of 6x4 sampled at 0.666667/s)" in out
+    assert "images per question: at most 1; questions with a video: 3" in out
