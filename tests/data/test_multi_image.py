@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 from test_hub import offline_tmp_cache, write_repo  # noqa: F401  (the fixture: offline, cache in tmp)
 
+from vqa_grpo.cli import main
 from vqa_grpo.config import DataConfig
 from vqa_grpo.config_load import load_config
 from vqa_grpo.data.images import ImageLoader, StoredImage
@@ -192,3 +193,18 @@ def test_a_misnamed_image_column_is_named(tmp_path):
         f"{tmp_path}/d.jsonl (jsonl) has no column 'image' for the image (columns: answer, picture, question); "
         "column 'picture' holds images: map yours with data.columns.image=NAME"
     )
+
+
+def test_inspect_shows_how_many_images_each_example_has(tmp_path, capsys):
+    draw(tmp_path)
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(lambda n: f"{n}.png", "gone.png")))
+    assert main(["data", "inspect", str(tmp_path / "d.jsonl"), "data.max_skip_fraction=0.5"]) == 0
+    out = capsys.readouterr().out
+    three = "      images: 3\n" + "".join(
+        f"        {i}: {tmp_path}/{n}.png ({w}x{h} after loading)\n" for i, (n, (w, h)) in enumerate(SIZES.items(), 1)
+    )
+    assert three in out
+    assert f"      image: {tmp_path}/b.png (10x4 after loading)\n" in out
+    assert "  [none] What is two and two?\n" in out and "      no image (text-only)\n" in out
+    assert "answer type: yes/no   question type: is\n" in out  # the placeholders are not the question's first word
+    assert "images per question: at most 3; questions with a video: 0" in out

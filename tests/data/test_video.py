@@ -185,6 +185,8 @@ def test_inspect_shows_each_examples_images_and_video(tmp_path, clip, capsys):
     path = write_rows(tmp_path, clip)
     assert main(["data", "inspect", str(path), "data.max_skip_fraction=0.5", "data.video_frames=2"]) == 0
     out = capsys.readouterr().out
-    assert f"      video: {tmp_path}/clip.mp4 (2 frames of 32x32 sampled at 1/s)" in out
+    video = f"      video: {tmp_path}/clip.mp4 (2 frames of 32x32 sampled at 1/s)"
+    assert f"  [file] <video> What happens?\n{' ' * 6}answer: it brightens   answers: it brightens\n" in out
+    assert f"      answer type: other   question type: what\n{video}\n" in out  # not the placeholder's type
     assert "      video: 3 frames (2 frames of 6x4 sampled at 0.666667/s)" in out
     assert "images per question: at most 1; questions with a video: 3" in out

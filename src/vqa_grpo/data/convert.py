@@ -106,7 +106,7 @@ class RowConverter:
             answers=answers,
             answer=answer,
             answer_type=answer_type if answer_type in ANSWER_TYPES else answer_type_of(answers),
-            question_type=_text(v.get(cols.question_type)) or question_type_of(question),
+            question_type=_text(v.get(cols.question_type)) or question_type_of(_unmarked(question)),
             image_loader=ImageLoader(sources[0], self.max_pixels) if len(sources) == 1 else None,
             image_loaders=tuple(ImageLoader(s, self.max_pixels) for s in sources) if len(sources) > 1 else (),
             video_loader=None
@@ -188,6 +188,13 @@ def _placeholders(question: str, images: int, video: bool) -> str:
         f"the question holds {marked_images} {IMAGE_PLACEHOLDER} and {marked_videos} {VIDEO_PLACEHOLDER} for "
         f"{images} image{'s' * (images != 1)} and {int(video)} video"
     )
+
+
+def _unmarked(question: str) -> str:
+    """The question without its placeholders, whose first words VQA v2's question types read."""
+    if "<" not in question:
+        return question
+    return " ".join(question.replace(IMAGE_PLACEHOLDER, " ").replace(VIDEO_PLACEHOLDER, " ").split())
 
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
