@@ -100,6 +100,12 @@ def test_muirbench_preset_reads_several_images_in_order_with_lettered_options(tm
     assert (retrieval.num_images, retrieval.answers, retrieval.answer) == (3, ["A", "A"], "A")
     assert [v.getpixel((0, 0)) for v in retrieval.load_visuals()] == [(0, 128, 0), (255, 255, 0), (0, 0, 0)]
     assert retrieval.fields["image_relation"] == "Complementary" and "image_list" not in retrieval.fields
+    streamed, streamed_report = load(root, "data.split=test", "data.preset=MUIRBENCH/MUIRBENCH",
+                                     "data.max_skip_fraction=0.5", "data.streaming=true")  # fmt: skip
+    assert streamed_report.skipped == report.skipped and [e.question for e in streamed] == [
+        e.question for e in examples
+    ]
+    assert [v.tobytes() for v in streamed[1].load_visuals()] == [v.tobytes() for v in retrieval.load_visuals()]
 
 
 def test_muirbench_benchmark_prompt_and_metric(tmp_path):
