@@ -10,7 +10,8 @@ twice) from a spill file the bytes are written to as they stream past (spill.py)
 
 PRESETS maps the VQA datasets users name most to their columns, so ``data.path=hf:<id>
 data.split=validation`` needs no column flags. A preset applies when NAME is its id; ``data.preset``
-names one for a local copy, or ``none`` to turn it off. Column keys the user set
+names one for a local copy, or ``none`` to turn it off. A preset whose videos are not in its parquet
+files (Video-MME: zip archives) names each row's file under data.image_root. Column keys the user set
 (``data.columns.*`` other than the default) win over the preset's. Each preset (hub_presets.py)
 records where its schema was read; docs/data_hub.md has the table.
 
