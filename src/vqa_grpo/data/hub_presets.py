@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vqa_grpo.data.types import IMAGE_PLACEHOLDER
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -112,7 +114,6 @@ def _muirbench(values: dict[str, Any]) -> None:
     in order: the loader checks the count against image_list). The answers are the answer letter
     and its option's text; an option that is an image has no text to name it by, so its letter
     stands in for the text, and writing "<image>" is never a right answer."""
-    from vqa_grpo.data.prompts import IMAGE_PLACEHOLDER  # prompts -> benchmarks -> hub -> here
 
     options = _options(values)
     if options is None:

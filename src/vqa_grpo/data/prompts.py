@@ -20,11 +20,7 @@ import string
 from typing import Any
 
 from vqa_grpo.data.benchmarks import BENCHMARKS
-
-IMAGE_PLACEHOLDER = "<image>"
-"""Where a question shows its next image; with no placeholder, all images come first, in order."""
-VIDEO_PLACEHOLDER = "<video>"
-"""Where a question shows its video; with none, the video comes after the images, before the text."""
+from vqa_grpo.data.types import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER  # noqa: F401  (re-exported)
 
 DEFAULT_TEMPLATE = "{question} Answer with a single word or short phrase."
 """The seed report's instruction (section 3.1), after the question."""

@@ -18,6 +18,11 @@ from vqa_grpo.errors import BadExample  # raised here; callers import it from he
 
 ANSWER_TYPES = ("yes/no", "number", "other")
 
+IMAGE_PLACEHOLDER = "<image>"
+"""Where a question shows its next image; with no placeholder, all images come first, in order."""
+VIDEO_PLACEHOLDER = "<video>"
+"""Where a question shows its video; with none, the video comes after the images, before the text."""
+
 
 @dataclass
 class Video:
