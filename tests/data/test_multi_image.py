@@ -208,3 +208,12 @@ def test_inspect_shows_how_many_images_each_example_has(tmp_path, capsys):
     assert "  [none] What is two and two?\n" in out and "      no image (text-only)\n" in out
     assert "answer type: yes/no   question type: is\n" in out  # the placeholders are not the question's first word
     assert "images per question: at most 3; questions with a video: 0" in out
+
+
+def test_a_misnamed_video_column_is_named_and_other_file_names_are_text(tmp_path):
+    (tmp_path / "d.jsonl").write_text(json.dumps(dict(clip="a.mp4", question="Q?", answer="x")) + "\n")
+    with pytest.raises(UserError, match=r"column 'clip' holds videos: map yours with data\.columns\.video=NAME$"):
+        load_examples(str(tmp_path / "d.jsonl"), DataConfig())
+    (tmp_path / "e.jsonl").write_text(json.dumps(dict(source="notes.png", question="Q?", answer="x")) + "\n")
+    (ex,), report = load_examples(str(tmp_path / "e.jsonl"), DataConfig())  # not named like an image column
+    assert (ex.num_images, ex.fields, report.max_images) == (0, {"source": "notes.png"}, 0)

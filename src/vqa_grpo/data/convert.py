@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from pathlib import Path
 from typing import Any
 
@@ -151,10 +152,11 @@ class RowConverter:
         return (None, reason, detail) if reason else (source, "", "")
 
     def _note_visual_columns(self, values: dict[str, Any]) -> None:
-        """Remember a column of this text-only row whose cell looks like an image or a video
-        file (a misnamed image or video column; ``_check_columns``)."""
+        """Remember a column of this text-only row named like an image or video column whose cell
+        looks like an image or a video file (a misnamed column; ``_check_columns``). Both must
+        hold: a text-only set may well keep a file name in some other column."""
         for name, value in values.items():
-            if isinstance(name, str) and name not in self.visual_like:
+            if isinstance(name, str) and name not in self.visual_like and _VISUAL_NAME.search(name):
                 kind = _visual_kind(value)
                 if kind:
                     self.visual_like[name] = kind
@@ -197,6 +199,7 @@ def _unmarked(question: str) -> str:
     return " ".join(question.replace(IMAGE_PLACEHOLDER, " ").replace(VIDEO_PLACEHOLDER, " ").split())
 
 
+_VISUAL_NAME = re.compile(r"(?i)image|img|photo|picture|pic|frame|video|clip|movie")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 
 
