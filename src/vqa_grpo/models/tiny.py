@@ -54,13 +54,15 @@ QWEN2_VL_SPECIALS = [
     "<|video_pad|>",
 ]
 
-# Qwen2-VL's chat format (one image per user turn, then the text), written for this tokenizer.
+# Qwen2-VL's chat format (each image and video in its vision block, in order, and the text),
+# written for this tokenizer.
 QWEN2_VL_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}"
     "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
     "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
     "{% endfor %}{% endif %}<|im_end|>\n"
     "{% endfor %}"
