@@ -69,6 +69,29 @@ def test_a_file_at_the_rate_and_evenly_spread_when_over_the_count(clip):
     assert VideoLoader(clip, 1, 1.0, max_pixels=256)().frames[0].size == (16, 16)  # data.max_image_pixels
 
 
+def test_a_long_clip_seeks_to_far_times(tmp_path):
+    # 40 frames at 4/s (10 s), a key frame every 4; frame i is red 40*(i%6), green 40*(i//6)
+    with av.open(str(tmp_path / "long.mp4"), "w") as container:
+        stream = container.add_stream("mpeg4", rate=4)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.gop_size = 4
+        for i in range(40):
+            pixels = np.zeros((32, 32, 3), np.uint8)
+            pixels[..., 0], pixels[..., 1] = 40 * (i % 6), 40 * (i // 6)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        container.mux(stream.encode())
+
+    def index(video: Video) -> list[int]:
+        return [round(r / 40) + 6 * round(g / 40) for r, g, _ in (f.getpixel((16, 16)) for f in video.frames)]
+
+    # 1/s gives 10 > 3: at 10/6, 5 and 50/6 s, frames 6, 20 and 33; each time more than
+    # SEEK_GAP (3 s) past the last frame decoded, so each is reached by a seek
+    video = VideoLoader(tmp_path / "long.mp4", max_frames=3, fps=1.0)()
+    assert (index(video), round(video.fps, 4)) == ([6, 20, 33], 0.3)
+    assert index(VideoLoader(tmp_path / "long.mp4", max_frames=10, fps=1.0)()) == list(range(0, 40, 4))
+
+
 def test_a_list_of_frames(tmp_path):
     paths = []
     for i in range(5):

@@ -104,6 +104,10 @@ def _open(av: Any, source: Path | bytes) -> Any:
     return av.open(str(source) if isinstance(source, Path) else io.BytesIO(source), "r")
 
 
+SEEK_GAP = 3.0
+"""Seconds ahead of the last decoded frame past which the sampler seeks rather than decodes on."""
+
+
 def sample_times(duration: float, fps: float, max_frames: int) -> tuple[list[float], float]:
     """The times (seconds) to sample in a clip of ``duration`` and the rate they make: ``k/fps``
     while inside the clip (at least one), else ``max_frames`` centres of equal parts."""
@@ -173,17 +177,33 @@ def _time(frame: Any, stream: Any, index: int) -> float:
 
 
 def _frames_at(container: Any, stream: Any, times: list[float]) -> list[Any]:
-    """The frame on screen at each time (the last frame starting at or before it), as PIL images."""
+    """The frame on screen at each time (the last frame starting at or before it), as PIL images.
+
+    Decodes forward from the start, seeking (to the key frame at or before the time) only when
+    the next time is more than ``SEEK_GAP`` seconds past the last frame decoded: a few frames of
+    an hour-long clip do not decode the hour."""
+    start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
     out: list[Any] = []
-    previous = None
-    for i, frame in enumerate(container.decode(stream)):
-        t = _time(frame, stream, i)
-        while len(out) < len(times) and times[len(out)] < t - 1e-6:
-            out.append((frame if previous is None else previous).to_image())
-        if len(out) == len(times):
-            return out
-        previous = frame
-    if previous is not None:
-        image = previous.to_image()
-        out += [image] * (len(times) - len(out))
+    frames = None  # (time from the clip's start, frame) from the last seek on
+    current = ahead = None  # the last frame at or before the time; the first one past it
+    for t in times:
+        last = (ahead or current or (None, None))[0]
+        if frames is None or last is None or t - last > SEEK_GAP:
+            container.seek(int((t + start) / stream.time_base), stream=stream, backward=True)
+            frames = ((_time(f, stream, i) - start, f) for i, f in enumerate(container.decode(stream)))
+            current = ahead = None
+        while True:
+            if ahead is None:
+                ahead = next(frames, None)
+                if ahead is None:
+                    break
+            if ahead[0] > t + 1e-6:
+                break
+            current, ahead = ahead, None
+        picked = current or ahead
+        if picked is None:
+            break
+        out.append(picked[1].to_image())
+    if out:
+        out += [out[-1]] * (len(times) - len(out))
     return out
