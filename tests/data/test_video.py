@@ -213,3 +213,13 @@ def test_inspect_shows_each_examples_images_and_video(tmp_path, clip, capsys):
     assert f"      answer type: other   question type: what\n{video}\n" in out  # not the placeholder's type
     assert "      video: 3 frames (2 frames of 6x4 sampled at 0.666667/s)" in out
     assert "images per question: at most 1; questions with a video: 3" in out
+
+
+def test_a_datasets_video_feature_is_read_undecoded(tmp_path, clip):
+    import datasets
+
+    rows = {"video": [{"bytes": clip.read_bytes(), "path": None}], "question": ["What?"], "answer": ["x"]}
+    ds = datasets.Dataset.from_dict(rows).cast_column("video", datasets.Video())  # decoding on, as the Hub has it
+    ds.save_to_disk(str(tmp_path / "ds"))
+    (ex,), report = load_examples(str(tmp_path / "ds"), DataConfig())
+    assert report.videos == 1 and which(ex.load_visuals()[0]) == [0, 4]
