@@ -24,13 +24,15 @@ during the run (a shared machine) falls on every method alike:
 
 Each is the median over ``--steps`` steps after ``--warmup`` steps. Sampling is at temperature 1
 and top-p 1 everywhere. Tokens per second counts the completion tokens sampled in the step
-(the limit: B*G*max_new_tokens). Peak memory is the process's peak resident memory during the
-measured steps above its resident memory before them (the CUDA allocator's peak with --device
-cuda).
+(the limit: B*G*max_new_tokens). ``--images-per-question N``: each question shows N images,
+all before its text (TRL: a row's ``images`` list and N image entries in its prompt). Peak memory
+is the process's peak resident memory during the measured steps above its resident memory before
+them (the CUDA allocator's peak with --device cuda).
 
   OMP_NUM_THREADS=1 .venv/bin/python benchmarks/grpo_step.py            # G=8, 224 px, 2 questions
   OMP_NUM_THREADS=1 .venv/bin/python benchmarks/grpo_step.py --json     # one JSON object
   OMP_NUM_THREADS=1 .venv/bin/python benchmarks/grpo_step.py --sweep    # G 4/8/16 x 112/224/448 px
+  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/grpo_step.py --images-per-question 2 --json  # 2 images each
   .venv/bin/python benchmarks/grpo_step.py --device cuda --model qwen2-vl-0.5b --dtype bf16
 """
 
@@ -247,8 +249,9 @@ def _cpu_name() -> str:
 def print_table(out: dict) -> None:
     s = out["settings"]
     print(
-        f"GRPO step: {s['questions']} questions x G={s['group_size']}, {s['image_size']} px images "
-        f"({s['image_tokens']} image tokens), <= {s['max_new_tokens']} new tokens, {s['dtype']} on {s['device']}, "
+        f"GRPO step: {s['questions']} questions x G={s['group_size']}, {s['images_per_question']} image(s) of "
+        f"{s['image_size']} px each ({s['image_tokens']} image tokens each), <= {s['max_new_tokens']} new tokens, "
+        f"{s['dtype']} on {s['device']}, "
         f"{s['threads']} thread(s); median of {s['steps']} steps after {s['warmup']} warm-up"
     )
     print(
@@ -340,6 +343,8 @@ def main(argv=None) -> None:
     s = Settings(**{f.name: getattr(a, f.name) for f in dataclasses.fields(Settings)})
     if s.steps < 1 or s.warmup < 0:
         raise SystemExit("--steps must be >= 1 and --warmup >= 0")
+    if s.images_per_question < 1:
+        raise SystemExit(f"--images-per-question {s.images_per_question}: give 1 or more")
     default = PHI3_V_METHODS if s.model.startswith("phi3-v") else METHODS[:4]
     methods = tuple(m for m in a.methods.split(",") if m) if a.methods else default
     unknown = [m for m in methods if m not in METHODS]

@@ -8,7 +8,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from step_setup import Meter, Settings, _grpo_cfg, _optimizer, drive, load_examples, say, wait_for_turn
+from step_setup import (
+    Meter,
+    Settings,
+    _grpo_cfg,
+    _optimizer,
+    drive,
+    image_tokens_per_question,
+    load_examples,
+    say,
+    wait_for_turn,
+)
 
 
 def run_vqa_grpo(s: Settings, model_dir: Path, data_dir: Path, device, shared_prefix: str = "auto") -> dict:
@@ -22,7 +32,7 @@ def run_vqa_grpo(s: Settings, model_dir: Path, data_dir: Path, device, shared_pr
     opt, grpo, reward = _optimizer(lm.model), _grpo_cfg(s, shared_prefix), RewardConfig()
     plan = choose_plan(lm.model, lm.adapter, grpo)  # as the training loop chooses it
     steps = load_examples(s, data_dir)
-    paths = set()
+    paths, seen = set(), []
 
     def step(i: int) -> float:
         examples, images = steps[i]
@@ -32,13 +42,15 @@ def run_vqa_grpo(s: Settings, model_dir: Path, data_dir: Path, device, shared_pr
         paths.add(
             ("shared prefix" if ro.sampled_on_prefix else "plain") + (", fused prefill" if prefill is not None else "")
         )
+        seen.append(image_tokens_per_question(lm.model, ro.prompts.input_ids, len(examples)))
         loss, _ = grpo_objective(lm.model, lm.adapter, lm.processor, ro, grpo, prefix=prefill)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         return float(ro.completion_mask.sum())
 
-    return {**drive(s, Meter(device), step), "path": ", ".join(sorted(paths))}
+    out = drive(s, Meter(device), step)
+    return {**out, "path": ", ".join(sorted(paths)), "image_tokens_per_question": seen[0]}
 
 
 def run_seed_loop(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
@@ -57,12 +69,12 @@ def run_seed_loop(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
     lm.model.train()
     opt, grpo, G = _optimizer(lm.model), _grpo_cfg(s, "off"), s.group_size
     pad = lm.processor.tokenizer.pad_token_id
-    steps = load_examples(s, data_dir)
+    steps, seen = load_examples(s, data_dir), []
 
     def step(i: int) -> float:
         examples, images = steps[i]
         rows = []  # B*G completions, one generate call each
-        for ex, im in zip(examples, images):
+        for ex, im in zip(examples, images):  # im: the question's one image or its list of N
             prompt = lm.adapter.encode_prompts(lm.processor, [im], [user_text(ex.question)]).to(device)
             for _ in range(G):
                 rows.append(
@@ -101,13 +113,14 @@ def run_seed_loop(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
             reward_parts={},
             advantages=group_advantages(rewards, G).to(device),
         )
+        seen.append(image_tokens_per_question(lm.model, ro.prompts.input_ids, len(examples)))
         loss, _ = grpo_objective(lm.model, lm.adapter, lm.processor, ro, grpo)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         return float(mask.sum())
 
-    return drive(s, Meter(device), step)
+    return {**drive(s, Meter(device), step), "image_tokens_per_question": seen[0]}
 
 
 def run_limit(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
@@ -166,7 +179,8 @@ def run_limit(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
         model.zero_grad(set_to_none=True)
         return float(prompts.size * G * C)
 
-    return drive(s, Meter(device), step)
+    seen = image_tokens_per_question(model, steps[0].input_ids, steps[0].size)
+    return {**drive(s, Meter(device), step), "image_tokens_per_question": seen}
 
 
 def run_trl(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
@@ -187,23 +201,19 @@ def run_trl(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
     from vqa_grpo.rewards import compute_rewards
 
     steps = load_examples(s, data_dir)
-    rows = [
-        {
-            "prompt": [
-                {
-                    "role": "user",
-                    "content": [{"type": "image"}, {"type": "text", "text": user_text(e.question)}],
-                }
-            ],
-            "image": im,
-            "answers": e.answers,
-            "answer_type": e.answer_type,
-        }
-        for examples, images in steps
-        for e, im in zip(examples, images)
-    ]
+    rows = []  # TRL's `images` column: a list per row, one {"type": "image"} entry for each, before the text
+    for examples, visuals in steps:
+        for e, v in zip(examples, visuals):
+            images = [v] if s.images_per_question == 1 else v
+            content = [{"type": "image"} for _ in images] + [{"type": "text", "text": user_text(e.question)}]
+            prompt = [{"role": "user", "content": content}]
+            rows.append({"prompt": prompt, "images": images, "answers": e.answers, "answer_type": e.answer_type})
+
+    shown = []  # the image entries of the first prompt TRL scores: what it passed the processor
 
     def vqa_reward(prompts, completions, answers, answer_type, **_):
+        if not shown:
+            shown.append(sum(part["type"] == "image" for m in prompts[0] for part in m["content"]))
         texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
         return list(compute_rewards(texts, answers, answer_type, RewardConfig(), warn_bad_inputs=False).total)
 
@@ -263,7 +273,8 @@ def run_trl(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:
         callbacks=[TakeTurns()],
     )
     trainer.train()
-    return {"tokens": tokens[s.warmup :], "peak_mib": meter.peak_mib(), "trl_version": trl.__version__}
+    out = {"tokens": tokens[s.warmup :], "peak_mib": meter.peak_mib(), "trl_version": trl.__version__}
+    return {**out, "images_in_prompt": shown[0]}
 
 
 def run_plain(s: Settings, model_dir: Path, data_dir: Path, device) -> dict:

@@ -45,6 +45,9 @@ class Settings:
     profile: int = 0
     """1 (CUDA): after the measured steps, one more step of vqa_grpo and limit under torch.profiler,
     reporting the device's busy time in it (``device_busy_s``, the kernels' summed device time)."""
+    images_per_question: int = 1
+    """N: each question shows N different images of ``image_size`` px, all before its text, in order
+    (its own synthetic image, then the next N-1 of the set); every method gets the same N."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -99,18 +102,39 @@ def build_model(s: Settings, out: Path) -> Path:
 def build_data(s: Settings, out: Path) -> Path:
     from vqa_grpo.data.synthetic import synthesize
 
-    return synthesize(out, n=s.questions * (s.warmup + s.steps), seed=s.seed, image_size=s.image_size).parent
+    n = s.questions * (s.warmup + s.steps) * s.images_per_question
+    return synthesize(out, n=n, seed=s.seed, image_size=s.image_size).parent
 
 
 def load_examples(s: Settings, data_dir: Path):
-    """The examples in file order and their images, one list of B per step."""
+    """The examples in file order and their visuals, one list of B per step: each question's one
+    image, or (``images_per_question`` N > 1) the list of its N images, question q taking the
+    images of rows qN .. qN+N-1 (``VQAExample.image_loaders``) and row qN's question."""
+    import dataclasses as dc
+
     from vqa_grpo.config import DataConfig
     from vqa_grpo.data.loader import load_vqa
 
     data = load_vqa(DataConfig(path=str(data_dir), eval_fraction=0.0), seed=s.seed)
-    rows = sorted(data.train, key=lambda e: e.id)
+    rows, N = sorted(data.train, key=lambda e: e.id), s.images_per_question
+    if N > 1:
+        rows = [
+            dc.replace(rows[q], image_loader=None, image_loaders=tuple(r.image_loader for r in rows[q : q + N]))
+            for q in range(0, len(rows), N)
+        ]
     B = s.questions
-    return [(rows[i : i + B], [e.load_image() for e in rows[i : i + B]]) for i in range(0, B * (s.warmup + s.steps), B)]
+
+    def shown(e):
+        return e.load_image() if N == 1 else e.load_visuals()
+
+    return [(rows[i : i + B], [shown(e) for e in rows[i : i + B]]) for i in range(0, B * (s.warmup + s.steps), B)]
+
+
+def image_tokens_per_question(model, input_ids, questions: int) -> float | None:
+    """The image tokens in ``input_ids`` (the prompts of ``questions`` questions) per question:
+    what the model sees of the N images; None when its config names no image token."""
+    token = getattr(model.config, "image_token_id", None)
+    return None if token is None else int((input_ids == token).sum()) / questions
 
 
 # ----------------------------------------------------------------------------------------------
