@@ -273,22 +273,22 @@ def predict_answers(
     template: str = DEFAULT_TEMPLATE,
 ) -> list[str | None]:
     """Decoded answers for ``examples`` in batches, on ``plan`` (the evaluation's, models/plan.py
-    ``plain_plan``); None where the image failed to load. ``template``: the prompt template each
-    question is put in (data/prompts.py)."""
+    ``plain_plan``); None where any of its visuals (an image of its list, its video) failed to
+    load. ``template``: the prompt template each question is put in (data/prompts.py)."""
     out: list[str | None] = [None] * len(examples)
     starts = range(0, len(examples), batch_size)
     for start in tqdm(starts, desc="evaluate", disable=not progress, leave=False):
-        chunk, images, index = [], [], []
+        chunk, visuals, index = [], [], []
         for i, ex in enumerate(examples[start : start + batch_size], start=start):
             try:
-                images.append(ex.load_image())
+                visuals.append(ex.load_visuals())
             except BadExample:
                 continue
             chunk.append(ex)
             index.append(i)
         if not chunk:
             continue
-        prompts = adapter.encode_prompts(processor, images, user_texts(chunk, template)).to(device)
+        prompts = adapter.encode_prompts(processor, visuals, user_texts(chunk, template)).to(device)
         comp = generate(
             model,
             adapter,

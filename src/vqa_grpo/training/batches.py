@@ -6,15 +6,16 @@ from typing import Callable, Sequence
 
 import torch
 
-from vqa_grpo.data.types import BadExample, VQAExample
+from vqa_grpo.data.types import BadExample, Visual, VQAExample
 from vqa_grpo.training.priority import Priorities
 
 
 class Batches:
-    """Seeded data order over epochs; skips examples whose image fails to decode, and counts them
-    (``skipped``: every time one is met; ``bad``: each one once, id -> its kind and reason).
+    """Seeded data order over epochs; skips examples any of whose visuals (an image of its list,
+    its video) fails to decode, and counts them (``skipped``: every time one is met; ``bad``: each
+    one once, id -> its kind and reason).
 
-    Every process walks the same order and decodes the images of the whole global batch
+    Every process walks the same order and decodes the visuals of the whole global batch
     (``batch_size x world`` questions), so all agree on which examples were skipped; rank r then
     keeps questions ``[r * batch_size, (r + 1) * batch_size)`` of it. With one process this is the
     plain batch.
@@ -84,17 +85,19 @@ class Batches:
             mask[priorities.index[q]] = True
         return mask
 
-    def next(self, same_step: bool = False) -> tuple[list[VQAExample], list]:
-        """This process's examples of the next global batch, with their decoded images;
-        ``same_step``: of the optimiser step the last call drew for (no question again by priority)."""
+    def next(self, same_step: bool = False) -> tuple[list[VQAExample], list[list[Visual]]]:
+        """This process's examples of the next global batch, with their decoded visuals (each
+        example's ``load_visuals()``: its images in order, then its video; [] for a text-only
+        question); ``same_step``: of the optimiser step the last call drew for (no question again
+        by priority)."""
         if not same_step:
             self._taken.zero_()
-        chunk, images = [], []
+        chunk, visuals = [], []
         draw = self._in_order() if self.priorities is None else self._by_priority(self.priorities)
         while len(chunk) < self.batch_size * self.world:
             ex = self.examples[draw()]
             try:
-                images.append(ex.load_image())
+                visuals.append(ex.load_visuals())
             except BadExample as e:
                 self.skipped += 1
                 self.bad.setdefault(ex.id, {"reason": e.kind, "detail": e.reason})
@@ -103,7 +106,7 @@ class Batches:
                 continue
             chunk.append(ex)
         lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
-        return chunk[lo:hi], images[lo:hi]
+        return chunk[lo:hi], visuals[lo:hi]
 
     def observe(self, ids: Sequence[str], mean_rewards: Sequence[float]) -> None:
         """The mean reward of each group of a rollout, for prioritised sampling (a no-op without it;
