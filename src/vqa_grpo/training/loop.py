@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from vqa_grpo.config import Config, save_config
 from vqa_grpo.config_keys import given_keys
 from vqa_grpo.data.benchmarks import resolve as resolve_benchmark
-from vqa_grpo.data.loader import cap_eval, load_vqa
+from vqa_grpo.data.loader import LoadReport, cap_eval, load_vqa
 from vqa_grpo.data.table import answer_lists
 from vqa_grpo.data.types import VQAExample
 from vqa_grpo.distributed import Dist, make_dist
@@ -52,7 +52,7 @@ from vqa_grpo.evaluation.answering import answer_and_score
 from vqa_grpo.grpo.logprobs import Reference
 from vqa_grpo.grpo.plan import choose_plan
 from vqa_grpo.grpo.vllm_backend import check_run
-from vqa_grpo.models.loading import LoadedModel, load_model, resolve_device
+from vqa_grpo.models.loading import LoadedModel, check_visuals, family_adapter, load_model, resolve_device
 from vqa_grpo.paths import absolute_inputs, check_folder
 from vqa_grpo.rewards.benchmark import check_metrics_fit
 from vqa_grpo.rewards.user import resolve as resolve_rewards
@@ -141,11 +141,11 @@ def run(
     check_metrics_fit([*cfg.reward.components, cfg.train.eval_metric], fitted, f"data {cfg.data.path}")
     user_rewards = resolve_rewards(cfg.reward.components, reward_funcs) if mode == "grpo" else {}
     seed_everything(cfg.train.seed + dist.rank)  # each process samples its own completions
-    _check_before_writing(cfg, mode, dist, device)
+    _check_before_writing(cfg, mode, dist, device, data.report)
     lm, plan = _load_policy(cfg, mode, dist, device)
     ref = Reference.for_run(cfg, lm.model) if mode == "grpo" else None  # the starting policy, before any resume
     _shard(dist, lm, ref)
-    session, vllm = start_session(cfg, mode, lm, dist, device, data.train, resume, changed)
+    session, vllm = start_session(cfg, mode, lm, dist, device, data.train, resume, changed, data.report)
     samples_log = (session.run_dir / "completions.jsonl").open("a") if mode == "grpo" and dist.is_main else None
     grpo = GRPOSteps(ref, samples_log, lm, plan, dist, vllm, reward_funcs=user_rewards) if mode == "grpo" else None
     skips = SkipReport(data.report, session.batches, session.run_dir, desc or mode, write=dist.is_main)
@@ -160,15 +160,17 @@ def run(
     return RunResult(session.run_dir, final, session.step, session.state["eval_history"], time.time() - t0)
 
 
-def _check_before_writing(cfg: Config, mode: str, dist: Dist, device: torch.device) -> None:
+def _check_before_writing(cfg: Config, mode: str, dist: Dist, device: torch.device, report: LoadReport) -> None:
     """What can be refused before anything is written (after the checkpoint to resume from, chosen
-    first: start_point): a run directory that holds another run, vLLM, the settings the launch cannot take."""
+    first: start_point): a run directory that holds another run, vLLM, the settings the launch cannot
+    take, data with more images per question (or a video) than the model's family takes."""
     run_dir = Path(cfg.train.output_dir)
     check_folder(run_dir, "train.output_dir")
     check_fresh(cfg, run_dir)
     if mode == "grpo" and cfg.grpo.generation_backend == "vllm":
-        check_run(cfg, device)
+        check_run(cfg, device, report.videos)
     dist.check_config(cfg)
+    check_visuals(family_adapter(cfg.model), report.max_images, report.videos, f"data {cfg.data.path or '(in memory)'}")
 
 
 def _check_device(cfg: Config, device: torch.device) -> None:

@@ -1,0 +1,165 @@
+"""Runs on questions with 0, 1, 2 or 3 images of different sizes: GRPO on the shared prefix and on
+the plain path, and SFT, each with gradient accumulation, then an evaluation; a family that cannot
+take the data's images refused in one line before anything is written; a bad image in a list
+skipping its question.
+
+The real loop on the tiny Qwen2-VL (its real processor), fp32 on the CPU, one thread; the data is
+a JSONL of ``images`` lists and PNGs written here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from safetensors.torch import load_file
+from test_loop import config, records
+
+import vqa_grpo
+from vqa_grpo.cli import main
+from vqa_grpo.data.types import VQAExample
+from vqa_grpo.grpo import plan as plan_module
+from vqa_grpo.training.batches import Batches
+
+SIZES = [(56, 84), (112, 56), (84, 84), (70, 98), (98, 70)]
+COUNTS = [0, 1, 2, 3]  # images per question, row i has COUNTS[i % 4]
+ROWS = 16
+VIDEOS = 4  # and 4 more questions with a video
+STEP = ("train.max_steps=2", "train.gradient_accumulation_steps=2", "train.per_device_batch_size=2")
+GRPO = ("grpo.num_generations=2", "grpo.max_completion_length=3")
+
+
+def shown(data: Path) -> dict[str, str]:
+    """id -> what the question shows: its number of images, then "+video" when it has one."""
+    rows = map(json.loads, data.read_text().splitlines())
+    return {r["id"]: f"{len(r['images'])}" + ("+video" if r.get("video") else "") for r in rows}
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory) -> Path:
+    """data.jsonl: ROWS questions, row i with COUNTS[i % 4] images, each image of another size; then
+    VIDEOS questions with a video and 0 or 1 image."""
+    folder = tmp_path_factory.mktemp("mixed")
+    rows = []
+    for i in range(ROWS):
+        names = []
+        for j in range(COUNTS[i % 4]):
+            name = f"q{i}_{j}.png"
+            Image.new("RGB", SIZES[(i + j) % len(SIZES)], (60 * j, 20 * (i % 8), 200)).save(folder / name)
+            names.append(name)
+        rows.append({"id": f"q{i}", "question": "How many images are shown?", "answer": "red", "images": names})
+    for i in range(ROWS, ROWS + VIDEOS):  # a clip of 4 frames (a list of images), after 0 or 1 image
+        frames = []
+        for t in range(4):
+            frames.append(f"v{i}_{t}.png")
+            Image.new("RGB", (56, 56), (50 * t, 90, 30 * (i % 4))).save(folder / frames[-1])
+        names = [f"q{i}_0.png"] if i % 2 else []
+        for name in names:
+            Image.new("RGB", (84, 56), (10, 10, 10)).save(folder / name)
+        rows.append({"id": f"q{i}", "question": "Does it move?", "answer": "red", "images": names, "video": frames})
+    path = folder / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def characters(completions, **kwargs) -> list[float]:
+    """A reward that differs within a group (the answers, never sampled, would give 0 to all)."""
+    return [float(len(c)) for c in completions]
+
+
+def run(mixed: Path, model_dir: Path, out: Path, mode: str, *extra: str):
+    cfg = config(mixed, model_dir, out, *STEP, "data.eval_fraction=0.25", "train.learning_rate=1e-3", *extra)
+    return vqa_grpo.train(cfg, reward_funcs=[characters]) if mode == "grpo" else vqa_grpo.sft(cfg)
+
+
+def check_trained(result, model_dir: Path, steps: int = 2) -> list[dict]:
+    """The step lines: finite losses, nothing skipped, an evaluation at the end, weights moved."""
+    lines = [r for r in records(result.run_dir) if "loss" in r]
+    assert [r["step"] for r in lines] == list(range(1, steps + 1))
+    assert all(math.isfinite(r["loss"]) and r["skipped_images"] == 0 for r in lines)
+    assert [r["step"] for r in result.eval_history] == [steps] and "eval/vqa_accuracy" in result.eval_history[0]
+    if (result.final_dir / "adapter_model.safetensors").is_file():  # LoRA: B starts at zero, and moved
+        adapter = load_file(result.final_dir / "adapter_model.safetensors")
+        assert any(bool(v.any()) for k, v in adapter.items() if "lora_B" in k)
+    else:
+        before, after = load_file(model_dir / "model.safetensors"), load_file(result.final_dir / "model.safetensors")
+        assert any(not after[k].equal(before[k]) for k in before if k in after)
+    return lines
+
+
+PATHS = {  # name -> the loss's path in the forward plan (grpo/plan.py), and the settings that choose it
+    "fused prefill": (
+        "fused prefill",
+        "grpo.shared_prefix=on",
+        "train.gradient_accumulation_steps=1",
+        "train.per_device_batch_size=4",
+    ),
+    "shared prefix": ("shared prefix", "grpo.shared_prefix=on"),  # with accumulation: no fused prefill
+    "plain": ("plain", "grpo.shared_prefix=off"),
+    "LoRA": ("shared prefix", "grpo.shared_prefix=on", "model.lora=true"),
+}
+
+
+@pytest.mark.parametrize("name", PATHS)
+def test_grpo_trains_on_mixed_image_counts(name, mixed, tiny_model_dir, tmp_path, caplog):
+    loss, *settings = PATHS[name]
+    plan_module._logged.clear()  # each distinct plan is logged once per process
+    with caplog.at_level(logging.INFO, logger="vqa_grpo.prefix"):
+        result = run(mixed, tiny_model_dir, tmp_path / "run", "grpo", *GRPO, *settings)
+    (plan,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("GRPO forward plan")]
+    assert f"; loss: {loss};" in plan
+    lines = check_trained(result, tiny_model_dir)
+    assert [r["shared_prefix"] for r in lines] == [0.0 if loss == "plain" else 1.0] * 2
+    # 2 steps x 4 questions (2 micro-batches of 2, or 1 of 4), every group logged (log_completion_groups
+    # null): each count of images was trained on
+    logged = [json.loads(s) for s in (result.run_dir / "completions.jsonl").read_text().splitlines()]
+    assert len(logged) == 8
+    assert {shown(mixed)[r["id"]] for r in logged} == {"0", "1", "2", "3", "0+video", "1+video"}
+
+
+def test_sft_trains_and_the_model_evaluates_on_mixed_image_counts(mixed, tiny_model_dir, tmp_path):
+    result = run(mixed, tiny_model_dir, tmp_path / "run", "sft")
+    check_trained(result, tiny_model_dir)
+    metrics = vqa_grpo.evaluate(result.final_dir, mixed, out=tmp_path / "eval")
+    assert metrics["n"] == ROWS + VIDEOS and metrics["skipped"] == 0
+    predicted = [json.loads(s)["id"] for s in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(predicted) == sorted(shown(mixed))
+
+
+def test_a_family_that_cannot_take_the_images_is_refused_before_writing(mixed, tiny_model_dir, tmp_path, capsys):
+    refused = f"error: data {mixed}: the generic adapter shows at most 1 image per question, not 3 images"
+    out = tmp_path / "run"
+    args = [f"model.name_or_path={tiny_model_dir}", "model.family=generic", f"data.path={mixed}"]
+    code = main(["train", *args, f"train.output_dir={out}", "train.device=cpu", "train.progress=false"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and err.startswith(refused)
+    assert not out.exists()
+    evaluation = tmp_path / "eval"
+    code = main(["evaluate", "--model", str(tiny_model_dir), "--data", str(mixed), "--out", str(evaluation), args[1]])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and err.startswith(refused)
+    assert not evaluation.exists()
+
+
+def test_a_bad_image_in_a_list_skips_its_question_and_is_counted():
+    def good():
+        return Image.new("RGB", (56, 56))
+
+    def broken():
+        raise OSError("truncated file")
+
+    def example(i: int, loaders) -> VQAExample:
+        return VQAExample(id=f"q{i}", question="?", answers=["a"], answer="a", image_loaders=loaders)
+
+    four = [example(0, (good, good)), example(1, (good, broken, good)), example(2, ()), example(3, (good,))]
+    batches = Batches(four, 3, seed=0)
+    examples, visuals = batches.next()  # 3 of 4 questions: every one drawn, once
+    assert sorted(e.id for e in examples) == ["q0", "q2", "q3"]
+    assert sorted(len(v) for v in visuals) == [0, 1, 2]
+    assert batches.skipped == 1 and batches.bad == {
+        "q1": {"reason": "corrupt_image", "detail": "image 2 of 3 failed to load: OSError: truncated file"}
+    }
