@@ -360,5 +360,4 @@ def check_visuals(adapter: FamilyAdapter, max_images: int, videos: int, what: st
     Called once the data has loaded and before anything is written."""
     problem = adapter.visual_problem(max_images, videos > 0)
     if problem:
-        held = f"up to {max_images} image(s) per question" + (f" and {videos} video(s)" if videos else "")
-        raise UserError(f"{what} holds {held}: {problem}")
+        raise UserError(f"{what}: {problem}")
