@@ -6,15 +6,19 @@ from __future__ import annotations
 import json
 import math
 import textwrap
+from pathlib import Path
 
 import pytest
 
 import vqa_grpo
 from vqa_grpo.cli import main
 from vqa_grpo.config import RewardConfig
+from vqa_grpo.data.images import ImageLoader
 from vqa_grpo.data.types import VQAExample
+from vqa_grpo.data.video import VideoLoader
 from vqa_grpo.errors import RewardFunctionError, UserError
 from vqa_grpo.rewards import compute_rewards
+from vqa_grpo.rewards.user import example_columns
 
 EXAMPLES = [
     VQAExample(id=f"q{i}", question=f"Question {i}?", answers=["red", "red", "blue"], answer="red", answer_type="other")
@@ -91,6 +95,17 @@ def test_an_import_path_is_called_with_trls_keyword_arguments(user_module):
         *("prompts", "answers", "answer", "question", "answer_type", "question_type", "image", "images", "video", "id")
     }
     assert set(r.seconds) == {"brevity"} and r.seconds["brevity"] >= 0
+
+
+def test_several_images_and_a_video_are_named_by_path_or_by_id():
+    loaders = (ImageLoader(Path("/d/a.png")), ImageLoader(b"\x89PNG"), ImageLoader(Path("/d/c.png")))
+    clip = VQAExample(id="c", question="?", answers=["x"], answer="x", video_loader=VideoLoader(Path("/d/v.mp4")))
+    pages = VQAExample(id="p", question="?", answers=["x"], answer="x", image_loaders=loaders)
+    frames = VQAExample(id="f", question="?", answers=["x"], answer="x", video_loader=VideoLoader((Path("/d/0.png"),)))
+    columns = example_columns([pages, clip, frames])
+    assert columns["images"] == [["/d/a.png", "p#2", "/d/c.png"], [], []]
+    assert columns["video"] == [None, "/d/v.mp4", "f#video"]
+    assert columns["image"] == ["p", "c", "f"]  # no single image: the id
 
 
 def test_none_leaves_a_completion_unscored_by_that_function(user_module):
