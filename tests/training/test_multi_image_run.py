@@ -1,7 +1,8 @@
-"""Runs on questions with 0, 1, 2 or 3 images of different sizes: GRPO on the shared prefix and on
-the plain path, and SFT, each with gradient accumulation, then an evaluation; a family that cannot
-take the data's images refused in one line before anything is written; a bad image in a list
-skipping its question.
+"""Runs on questions with 0, 1, 2 or 3 images of different sizes, or a video: GRPO on the fused
+prefill, the shared prefix, the plain path and with LoRA, and SFT, then an evaluation; a family
+that cannot take the data's images refused in one line before anything is written; a bad image in
+a list skipping its question. And what shows a question's visuals besides the model: the report's
+gallery, and the perturbed copies of augmentation and ``evaluate --perturb``.
 
 The real loop on the tiny Qwen2-VL (its real processor), fp32 on the CPU, one thread; the data is
 a JSONL of ``images`` lists and PNGs written here.
@@ -14,6 +15,7 @@ import logging
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from safetensors.torch import load_file
@@ -21,8 +23,14 @@ from test_loop import config, records
 
 import vqa_grpo
 from vqa_grpo.cli import main
-from vqa_grpo.data.types import VQAExample
+from vqa_grpo.config import DataConfig, GRPOConfig
+from vqa_grpo.data.loader import load_examples
+from vqa_grpo.data.perturb import perturb, perturb_seed
+from vqa_grpo.data.types import Video, VQAExample
+from vqa_grpo.evaluation.report import load_thumbnails
+from vqa_grpo.evaluation.robustness import perturbed
 from vqa_grpo.grpo import plan as plan_module
+from vqa_grpo.grpo.augment import augment_batch
 from vqa_grpo.training.batches import Batches
 
 SIZES = [(56, 84), (112, 56), (84, 84), (70, 98), (98, 70)]
@@ -163,3 +171,37 @@ def test_a_bad_image_in_a_list_skips_its_question_and_is_counted():
     assert batches.skipped == 1 and batches.bad == {
         "q1": {"reason": "corrupt_image", "detail": "image 2 of 3 failed to load: OSError: truncated file"}
     }
+
+
+def test_the_gallery_shows_every_image_and_three_frames_of_a_video(mixed):
+    thumbs, notes = load_thumbnails(str(mixed), set(shown(mixed)))
+    per_kind = {"1": 1, "2": 2, "3": 3, "0+video": 3, "1+video": 4}  # a clip of 4: frames 1, 3 and 4
+    assert {k: len(v) for k, v in thumbs.items()} == {
+        i: per_kind[kind] for i, kind in shown(mixed).items() if kind != "0"
+    }  # a text-only question has no thumbnail
+    assert notes == []
+
+
+def test_every_image_and_frame_is_perturbed_with_the_questions_seed(mixed):
+    examples, _ = load_examples(str(mixed), DataConfig())
+    three, clip = (next(e for e in examples if shown(mixed)[e.id] == kind) for kind in ("3", "1+video"))
+    for e in (three, clip):
+        clean, got = e.load_visuals(), perturbed(e, "gaussian_noise", 3, seed=7).load_visuals()
+        assert len(got) == len(clean)
+        for x, y in zip(clean, got):
+            if isinstance(x, Video):
+                assert y.fps == x.fps and len(y.frames) == len(x.frames) == 4
+                pairs = list(zip(x.frames, y.frames))
+            else:
+                pairs = [(x, y)]
+            for a, b in pairs:
+                assert np.array_equal(np.asarray(b), np.asarray(perturb(a, "gaussian_noise", 3, 7)))
+    grpo = GRPOConfig(num_generations=2, augment=["rotate:2"], augment_share=0.5)
+    clean = clip.load_visuals()
+    (got,) = augment_batch(grpo, 7, 1, 10, [clip], [clean]).images
+    seed = perturb_seed(f"{clip.id}\0{1}", "rotate", 2, 7)
+    assert np.array_equal(np.asarray(got[0]), np.asarray(perturb(clean[0], "rotate", 2, seed)))
+    assert all(
+        np.array_equal(np.asarray(b), np.asarray(perturb(a, "rotate", 2, seed)))
+        for a, b in zip(clean[1].frames, got[1].frames)
+    )
