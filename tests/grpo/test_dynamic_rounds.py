@@ -88,33 +88,46 @@ torch.distributed.destroy_process_group()
 """
 
 
+def agree_rank(rank: int, port: int, folder) -> None:
+    """One rank of AGREE, in a forked child: its stderr to ``folder``/err.RANK, its output to out.RANK."""
+    err = os.open(folder / f"err.{rank}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(err, 2)
+    import sys
+
+    sys.stderr = open(2, "w", closefd=False)
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
+    os.environ.update({**env, "RANK": str(rank), "LOCAL_RANK": str(rank)})
+    sys.argv = ["agree.py", str(folder / "out")]
+    exec(compile(AGREE, "agree.py", "exec"), {"__name__": "__main__"})
+
+
 @pytest.mark.slow
 def test_two_processes_draw_until_both_are_full_and_weigh_a_short_step_together(tmp_path):
     """Rank 0 is full after its 2 draws, rank 1 lacks 3 groups: one round draws ceil(3 / 2) = 2
     micro-batches on both (real Dist over gloo), rank 0's 3 extra kept groups are surplus. With no
     round the step is short: 5 groups over both ranks, a micro-batch of n weighs 2 x n / 5, rank
     1's missing one is a filler."""
+    import multiprocessing
     import socket
-    import subprocess
-    import sys
+
+    import vqa_grpo.distributed  # noqa: F401  imported here, once, for both children
+    import vqa_grpo.grpo.dynamic  # noqa: F401
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    script = tmp_path / "agree.py"
-    script.write_text(AGREE)
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(tmp_path / "out")],
-            env={**os.environ, **env, "RANK": str(r), "LOCAL_RANK": str(r)},
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for r in (0, 1)
-    ]
+    # Forked from this process, which has imported torch and vqa_grpo already: two real processes
+    # without the seconds each would spend importing them again (as DataLoader's workers are made).
+    fork = multiprocessing.get_context("fork")
+    procs = [fork.Process(target=agree_rank, args=(r, port, tmp_path)) for r in (0, 1)]
     for p in procs:
-        assert p.wait(timeout=120) == 0, p.stderr.read()[-2000:]
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        if p.exitcode is None:
+            p.kill()
+            p.join()
+        assert p.exitcode == 0, (tmp_path / f"err.{procs.index(p)}").read_text()[-2000:]
     r0, r1 = (json.loads((tmp_path / f"out.{r}").read_text()) for r in (0, 1))
     full0, full1 = r0["3"], r1["3"]
     assert full0["stats"]["dynamic/rounds"] == full1["stats"]["dynamic/rounds"] == 1
