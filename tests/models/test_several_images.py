@@ -26,6 +26,7 @@ from test_prefix import assert_grads_close
 from vqa_grpo.data.types import Video
 from vqa_grpo.errors import UserError
 from vqa_grpo.models.adapters import FamilyAdapter, adapter_for
+from vqa_grpo.models.generation import generate
 from vqa_grpo.models.loading import load_model
 from vqa_grpo.models.plan import ForwardPlan
 from vqa_grpo.models.prefix import encode_prefix
@@ -214,6 +215,21 @@ def test_shared_prefix_and_fused_prefill_equal_the_plain_path(family, models):
         logp, grads = logprobs_and_grads(lm, prompts, ids, mask, path, weights)
         assert (logp - plain_logp).abs().max() < 1e-5, path
         assert_grads_close(plain_grads, grads)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_next", "gemma3"])
+def test_sampling_a_mixed_batch_on_the_shared_prefix_draws_what_generate_draws(family, models):
+    lm = models(family)
+    prompts = lm.adapter.encode_prompts(lm.processor, VISUALS, QUESTIONS)
+    out = []
+    for plan in (ForwardPlan(), replace(PATHS["shared prefix"], position_rule=lm.adapter.position_rule)):
+        torch.manual_seed(3)
+        out.append(
+            generate(lm.model, lm.adapter, lm.processor, prompts, plan, max_new_tokens=4, do_sample=True, group_size=G)
+        )
+    assert out[0].ids.shape == (4 * G, 4)
+    assert torch.equal(out[0].ids, out[1].ids) and torch.equal(out[0].mask, out[1].mask)
+    assert len({tuple(r) for r in out[0].ids.tolist()}) > 4  # the rows really differ
 
 
 def test_shared_prefix_and_fused_prefill_with_lora(models):
