@@ -82,18 +82,20 @@ def _local_model_type(path: str) -> str | None:
         raise UserError(f"{file} is not valid JSON; re-save the model or restore config.json") from None
 
 
-def native_config(path: str, cfg: ModelConfig) -> ModelConfig:
+def native_config(path: str, cfg: ModelConfig, warn: bool = True) -> ModelConfig:
     """``cfg`` with trust_remote_code off for a checkpoint of a natively implemented model type
     (Phi-3-vision): vqa-grpo loads it with its own classes and runs none of the checkpoint's code.
-    The user's setting itself is left as it is (vLLM reads it: docs/models.md)."""
-    if cfg.trust_remote_code and _local_model_type(path) in NATIVE_MODEL_TYPES:
+    The user's setting itself is left as it is (vLLM reads it: docs/models.md). ``warn``: say so
+    (once a run: the load does, not the look-up of the family before it)."""
+    if not (cfg.trust_remote_code and _local_model_type(path) in NATIVE_MODEL_TYPES):
+        return cfg
+    if warn:
         logging.getLogger("vqa_grpo").warning(
             "model.trust_remote_code=true is ignored for %s: phi3_v loads with vqa-grpo's native "
             "implementation, and no code from the checkpoint is run",
             path,
         )
-        return dataclasses.replace(cfg, trust_remote_code=False)
-    return cfg
+    return dataclasses.replace(cfg, trust_remote_code=False)
 
 
 def _read_config(path: str, cfg: ModelConfig):
@@ -250,14 +252,15 @@ def freeze_vision_tower(model, adapter: FamilyAdapter) -> int:
     return frozen
 
 
-def _resolve(cfg: ModelConfig):
+def _resolve(cfg: ModelConfig, warn: bool = True):
     """(cfg as loaded, the base model's path, its transformers config, the family's adapter),
-    from the config files alone; a saved LoRA adapter resolves to its base model."""
+    from the config files alone; a saved LoRA adapter resolves to its base model. ``warn``: as
+    native_config's."""
     check_model_dir(cfg.name_or_path)
     base_path = cfg.name_or_path
     if (Path(base_path) / "adapter_config.json").is_file():  # a saved LoRA adapter: its base model
         base_path = adapter_base(Path(base_path))
-    cfg = native_config(base_path, cfg)
+    cfg = native_config(base_path, cfg, warn)
     hf_config = _read_config(base_path, cfg)
     return cfg, base_path, hf_config, adapter_for(hf_config.model_type, cfg.family)
 
@@ -265,7 +268,7 @@ def _resolve(cfg: ModelConfig):
 def family_adapter(cfg: ModelConfig) -> FamilyAdapter:
     """The model's family adapter, from its config.json (no weights loaded): what the run can
     refuse before the model loads."""
-    return _resolve(cfg)[3]
+    return _resolve(cfg, warn=False)[3]
 
 
 def load_model(cfg: ModelConfig, device: torch.device | str = "cpu", *, trainable: bool = True) -> LoadedModel:
