@@ -79,9 +79,14 @@ def characters(completions, **kwargs) -> list[float]:
     return [float(len(c)) for c in completions]
 
 
-def run(mixed: Path, model_dir: Path, out: Path, mode: str, *extra: str):
+def odd_characters(completions, id, **kwargs) -> list[float | None]:
+    """``characters`` on the odd-numbered questions, 0 on the others (groups dynamic sampling drops)."""
+    return [float(len(c)) if int(q[1:]) % 2 else 0.0 for c, q in zip(completions, id)]
+
+
+def run(mixed: Path, model_dir: Path, out: Path, mode: str, *extra: str, reward=characters):
     cfg = config(mixed, model_dir, out, *STEP, "data.eval_fraction=0.25", "train.learning_rate=1e-3", *extra)
-    return vqa_grpo.train(cfg, reward_funcs=[characters]) if mode == "grpo" else vqa_grpo.sft(cfg)
+    return vqa_grpo.train(cfg, reward_funcs=[reward]) if mode == "grpo" else vqa_grpo.sft(cfg)
 
 
 def check_trained(result, model_dir: Path, steps: int = 2) -> list[dict]:
@@ -127,6 +132,22 @@ def test_grpo_trains_on_mixed_image_counts(name, mixed, tiny_model_dir, tmp_path
     logged = [json.loads(s) for s in (result.run_dir / "completions.jsonl").read_text().splitlines()]
     assert len(logged) == 8
     assert {shown(mixed)[r["id"]] for r in logged} == {"0", "1", "2", "3", "0+video", "1+video"}
+
+
+def test_dynamic_sampling_packs_kept_groups_of_mixed_image_counts(mixed, tiny_model_dir, tmp_path):
+    # the even questions' groups are dropped: the kept ones, from several draws, are encoded again
+    result = run(
+        mixed, tiny_model_dir, tmp_path / "run", "grpo", *GRPO, "grpo.dynamic_sampling=true", reward=odd_characters
+    )
+    lines = check_trained(result, tiny_model_dir)
+    # step 1 drew 4 odd questions; step 2 kept 4 of 8 groups, packed from 4 draws
+    assert [(r["dynamic/groups_sampled"], r["dynamic/groups_kept"]) for r in lines] == [(4.0, 4.0), (8.0, 4.0)]
+
+
+def test_augmented_rollouts_perturb_mixed_image_counts(mixed, tiny_model_dir, tmp_path):
+    result = run(mixed, tiny_model_dir, tmp_path / "run", "grpo", *GRPO, "grpo.augment=[gaussian_noise:3]")
+    lines = check_trained(result, tiny_model_dir)
+    assert [r["augment/share"] for r in lines] == [0.5, 0.5]  # 1 of each group's 2 completions
 
 
 def test_sft_trains_and_the_model_evaluates_on_mixed_image_counts(mixed, tiny_model_dir, tmp_path):
