@@ -1,8 +1,8 @@
 """Faults a long run meets: SIGKILL at any moment, a kill in the middle of a save, SIGINT/SIGTERM,
 a device out-of-memory error.
 
-The kills are real: `vqa-grpo sft` runs in a child process, and the test sends it SIGKILL (at a
-random step after a checkpoint), SIGTERM or SIGINT; the kill during a save is a SIGKILL the child
+The kills are real: `vqa-grpo sft` runs in a child process (forked from the test's), and the test
+sends it SIGKILL (at a random step after a checkpoint), SIGTERM or SIGINT; the kill during a save is a SIGKILL the child
 sends itself while it writes a checkpoint. The resumed runs must end with bitwise the weights and
 exactly the per-step metrics of an uninterrupted run. The OOM test wraps the real ``load_model``
 to make one forward pass of the real model raise ``torch.OutOfMemoryError``.
@@ -16,12 +16,12 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from forked_cli import Child
 from safetensors.torch import load_file
 
 from vqa_grpo.errors import RewardFunctionError, TrainingStopped
@@ -59,13 +59,9 @@ def run_inline(args: list[str]):
     return loop.run(load_config(None, args), "sft")
 
 
-def start_cli(args: list[str], *, prelude: str = "") -> subprocess.Popen:
+def start_cli(args: list[str], *, prelude: str = "") -> Child:
     """`vqa-grpo sft ARGS` in a child process (``prelude`` runs first, in the child)."""
-    code = f"import sys\n{prelude}\nfrom vqa_grpo.cli import main\nsys.exit(main(sys.argv[1:]))"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-c", code, "sft", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    return Child(args, prelude)
 
 
 def step_lines(run_dir: Path) -> list[dict]:
