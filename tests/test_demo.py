@@ -132,7 +132,7 @@ def test_demo_cli_rejects_a_non_integer_seed_and_a_bad_override(tmp_path, capsys
 def test_demo_runs_every_stage_and_writes_the_summary(tmp_path):
     out = tmp_path / "demo"
     summary = run_demo(
-        out, seed=1, n_questions=120, rl_steps=2, learning_rate=2e-5, progress=False, train_questions=40, n_ood=12
+        out, seed=1, n_questions=60, rl_steps=2, learning_rate=2e-5, progress=False, train_questions=40, n_ood=6
     )
 
     on_disk = json.loads((out / "summary.json").read_text())
@@ -142,10 +142,10 @@ def test_demo_runs_every_stage_and_writes_the_summary(tmp_path):
             assert 0.0 <= summary[f"{key}_{stage}"] <= 1.0
         per_shift = summary["per_shift_ood"][stage]
         assert list(per_shift) == ["crowded", "pairs", "rephrased"] and all(0 <= v <= 1 for v in per_shift.values())
-        # 4 questions a shift: the overall OOD accuracy is the mean of the three
+        # 2 questions a shift: the overall OOD accuracy is the mean of the three
         assert sum(per_shift.values()) / 3 == pytest.approx(summary[f"accuracy_ood_{stage}"])
-    assert summary["n_eval"] == 24  # 20% of 120, stratified by answer type
-    assert summary["n_ood"] == 12 and summary["train_questions"] == 40  # of the 96 training questions
+    assert summary["n_eval"] == 12  # 20% of 60, stratified by answer type
+    assert summary["n_ood"] == 6 and summary["train_questions"] == 40  # of the 48 training questions
     assert summary["wall_seconds"] > 0 and summary["warm_start_steps"] == base.STEPS
     assert summary["rl_steps"] == 2 and summary["learning_rate"] == 2e-5
     assert set(summary["per_answer_type"]["grpo"]) == {"yes/no", "number", "other"}
@@ -174,9 +174,9 @@ def test_demo_runs_every_stage_and_writes_the_summary(tmp_path):
     compared = compare_runs([str(out / "eval" / n) for n in ("warm_start", "grpo")])
     assert compared["differences"][0]["overall"]["vqa_accuracy"] == summary["difference_vs_warm_start"]["grpo"]
     assert "+ GRPO (2 steps)" in format_summary(summary)
-    assert "out of distribution: 12 questions" in format_summary(summary)
+    assert "out of distribution: 6 questions" in format_summary(summary)
     for name in ("warm_start", "grpo", "sft_same_budget"):
         metrics = json.loads((out / "eval-ood" / name / "metrics.json").read_text())
-        assert metrics["n"] == 12 and metrics["vqa_accuracy"] == summary[f"accuracy_ood_{name}"]
+        assert metrics["n"] == 6 and metrics["vqa_accuracy"] == summary[f"accuracy_ood_{name}"]
     report = (out / "grpo" / "report.html").read_text()
     assert "data:image/png;base64," in report and "http://" not in report
