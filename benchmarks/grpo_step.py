@@ -81,11 +81,13 @@ def worker(method: str, s: Settings, model_dir: Path, data_dir: Path) -> None:
 # The parent: build once, run each method in a fresh process, report.
 
 
-def measure(s: Settings, methods=METHODS) -> dict:
-    """Build the model and data once, start a worker per method, take the steps in turns."""
+def measure(s: Settings, methods=METHODS, fork: bool = False) -> dict:
+    """Build the model and data once, start a worker per method, take the steps in turns
+    (``fork``: workers forked from this process, see ``--fork-workers``)."""
     with tempfile.TemporaryDirectory(prefix="grpo_step_") as tmp:
         model_dir, data_dir = build_model(s, Path(tmp) / "model"), build_data(s, Path(tmp) / "data")
-        workers = {m: Worker(m, s, model_dir, data_dir, Path(tmp)) for m in methods}
+        start = ForkedWorker if fork else Worker
+        workers = {m: start(m, s, model_dir, data_dir, Path(tmp)) for m in methods}
         times: dict[str, list[float]] = {m: [] for m in methods}
         cpu: dict[str, list[float]] = {m: [] for m in methods}
         for w in workers.values():
@@ -165,6 +167,17 @@ class Worker:
         if final is None or "error" in final:
             return {"error": (final or {}).get("error") or self.error or "no result"}
         return final
+
+
+class ForkedWorker(Worker):
+    """A Worker forked from this process rather than a fresh interpreter (``--fork-workers``)."""
+
+    def __init__(self, method: str, s: Settings, model_dir: Path, data_dir: Path, tmp: Path):
+        from forked import fork_child
+
+        self.stderr_path, self.error = tmp / f"{method}.stderr", None
+        env = {"OMP_NUM_THREADS": str(s.threads), "TOKENIZERS_PARALLELISM": "false"}
+        self.proc = fork_child(lambda: worker(method, s, model_dir, data_dir), self.stderr_path, env)
 
 
 def report(s: Settings, results: dict, model_dir: Path) -> dict:
@@ -332,6 +345,12 @@ def main(argv=None) -> None:
     )
     p.add_argument("--sizes", default="112,224,448", help="--sweep: image sizes (px), comma-separated")
     p.add_argument("--groups", default="4,8,16", help="--sweep: group sizes G, comma-separated")
+    p.add_argument(
+        "--fork-workers",
+        action="store_true",
+        help="fork the workers from this process instead of fresh interpreters: quicker to start, "
+        "for tests; their peak memory then counts this process's too",
+    )
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--settings", help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
@@ -356,7 +375,7 @@ def main(argv=None) -> None:
         if a.json:
             print(json.dumps(rows))
         return
-    out = measure(s, methods)
+    out = measure(s, methods, fork=a.fork_workers)
     if a.json:
         print(json.dumps(out))
     else:

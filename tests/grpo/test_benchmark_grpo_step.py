@@ -4,7 +4,8 @@ Not a timing test: one step on the smallest setting, checking the output's shape
 that do not depend on the machine. Two of the four methods, to keep it short (each worker process
 imports torch and transformers); TRL is left out anyway, CI does not install the bench extra. The
 parent side (the script's ``main``: data, workers, report) runs in this process, which has torch
-and transformers imported already; the methods still run in their own worker processes.
+and transformers imported already, and ``--fork-workers`` forks each method's worker process from
+it rather than starting an interpreter that imports them again.
 """
 
 import json
@@ -32,6 +33,7 @@ def test_grpo_step_benchmark_prints_one_json_object_with_every_method(tiny_model
         "--methods",
         "vqa_grpo,limit",
         "--json",
+        "--fork-workers",
     ]
     monkeypatch.syspath_prepend(str(BENCHMARKS))  # grpo_step imports step_setup, its workers step_methods
     import grpo_step
