@@ -24,6 +24,7 @@ from test_loop import config, records
 import vqa_grpo
 from vqa_grpo.cli import main
 from vqa_grpo.config import DataConfig, GRPOConfig
+from vqa_grpo.config_load import load_config
 from vqa_grpo.data.loader import load_examples
 from vqa_grpo.data.perturb import perturb, perturb_seed
 from vqa_grpo.data.types import Video, VQAExample
@@ -153,8 +154,11 @@ def test_augmented_rollouts_perturb_mixed_image_counts(mixed, tiny_model_dir, tm
 def test_sft_trains_then_evaluates_and_reports_mixed_image_counts(mixed, tiny_model_dir, tmp_path):
     result = run(mixed, tiny_model_dir, tmp_path / "run", "sft")
     check_trained(result, tiny_model_dir)
-    metrics = vqa_grpo.evaluate(result.final_dir, mixed, out=tmp_path / "eval")
+    perturbing = load_config(None, ["eval.perturb=[gaussian_noise:1]", "eval.max_new_tokens=4", "train.device=cpu"])
+    metrics = vqa_grpo.evaluate(result.final_dir, mixed, perturbing, out=tmp_path / "eval")
     assert metrics["n"] == ROWS + VIDEOS and metrics["skipped"] == 0
+    robust = metrics["robustness"]["gaussian_noise:1"]  # every image and frame perturbed, none failing
+    assert (robust["n"], robust["skipped"]) == (ROWS + VIDEOS, 0)
     predicted = [json.loads(s)["id"] for s in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert sorted(predicted) == sorted(shown(mixed))
     # the report's gallery: a thumbnail of every image, three frames of a clip of 4 (1, 3 and 4)
