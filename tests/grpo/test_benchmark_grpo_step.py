@@ -5,7 +5,8 @@ that do not depend on the machine. Two of the four methods, to keep it short (ea
 imports torch and transformers); TRL is left out anyway, CI does not install the bench extra. The
 parent side (the script's ``main``: data, workers, report) runs in this process, which has torch
 and transformers imported already, and ``--fork-workers`` forks each method's worker process from
-it rather than starting an interpreter that imports them again.
+it rather than starting an interpreter that imports them again. Each question shows two images
+(``--images-per-question 2``), so the run also checks that every method's prompts hold both.
 """
 
 import json
@@ -34,6 +35,8 @@ def test_grpo_step_benchmark_prints_one_json_object_with_every_method(tiny_model
         "vqa_grpo,limit",
         "--json",
         "--fork-workers",
+        "--images-per-question",
+        "2",
     ]
     monkeypatch.syspath_prepend(str(BENCHMARKS))  # grpo_step imports step_setup, its workers step_methods
     import grpo_step
@@ -49,15 +52,16 @@ def test_grpo_step_benchmark_prints_one_json_object_with_every_method(tiny_model
         out["trl_step_s"] is None and out["seed_loop_step_s"] is None and set(out["methods"]) == {"vqa_grpo", "limit"}
     )
     assert out["methods"]["vqa_grpo"]["path"] == "shared prefix, fused prefill"
+    # Two 112 px images of 16 image tokens each (after the 2x2 merge) in every prompt: 32 per question.
+    assert (
+        out["methods"]["vqa_grpo"]["image_tokens_per_question"]
+        == out["methods"]["limit"]["image_tokens_per_question"]
+        == 32
+    )
     assert out["ratios"]["vqa_grpo_over_limit"] == out["vqa_grpo_step_s"] / out["limit_step_s"]
     s = out["settings"]
-    assert (s["group_size"], s["questions"], s["image_size"], s["image_tokens"], s["max_new_tokens"]) == (
-        2,
-        1,
-        112,
-        16,
-        2,
-    )
+    got = (s["group_size"], s["questions"], s["image_size"], s["image_tokens"], s["max_new_tokens"])
+    assert got + (s["images_per_question"],) == (2, 1, 112, 16, 2, 2)
     assert out["model_type"] == "qwen2_vl" and s["model_parameters"] > 500_000 and s["model"] == str(tiny_model_dir)
     # The limit counts B * G * max_new_tokens completion tokens: 1 x 2 x 2 = 4 per step.
     limit = out["methods"]["limit"]
