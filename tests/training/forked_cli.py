@@ -19,12 +19,13 @@ class Child:
     importing torch and transformers, which this one has imported. The child starts as a fresh
     ``python -c`` would: Python's own SIGINT and SIGTERM handlers, no logging handler, stderr to a
     file; it leaves with ``os._exit``, so nothing of this process's (pytest's) exit runs there.
-    Popen's ``poll``, ``wait``, ``send_signal``, ``communicate`` and ``returncode``."""
+    Popen's ``poll``, ``wait``, ``send_signal``, ``communicate`` and ``returncode``; the stderr file
+    is read into ``stderr`` and removed when the child has ended."""
 
     def __init__(self, args: list[str], prelude: str = ""):
         fd, name = tempfile.mkstemp(prefix="cli-", suffix=".stderr")
         os.close(fd)
-        self.stderr_path, self.returncode = Path(name), None
+        self.stderr_path, self.returncode, self.stderr = Path(name), None, ""
         sys.stdout.flush()
         sys.stderr.flush()
         self.pid = os.fork()
@@ -57,15 +58,20 @@ class Child:
         if self.returncode is None:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
             if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)  # -N when signal N ended it, as Popen's
+                self._ended(status)
         return self.returncode
+
+    def _ended(self, status: int) -> None:
+        self.returncode = os.waitstatus_to_exitcode(status)  # -N when signal N ended it, as Popen's
+        self.stderr = self.stderr_path.read_text()
+        self.stderr_path.unlink()
 
     def wait(self, timeout: float = 300) -> int:
         deadline = time.time() + timeout
         while self.poll() is None:
             if time.time() > deadline:
                 os.kill(self.pid, signal.SIGKILL)
-                os.waitpid(self.pid, 0)
+                self._ended(os.waitpid(self.pid, 0)[1])
                 raise subprocess.TimeoutExpired(f"vqa-grpo sft (pid {self.pid})", timeout)
             time.sleep(0.01)
         return self.returncode
@@ -75,6 +81,4 @@ class Child:
 
     def communicate(self, timeout: float = 300) -> tuple[str, str]:
         self.wait(timeout)
-        err = self.stderr_path.read_text()
-        self.stderr_path.unlink(missing_ok=True)
-        return "", err
+        return "", self.stderr
