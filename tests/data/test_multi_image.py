@@ -217,3 +217,14 @@ def test_a_misnamed_video_column_is_named_and_other_file_names_are_text(tmp_path
     (tmp_path / "e.jsonl").write_text(json.dumps(dict(source="notes.png", question="Q?", answer="x")) + "\n")
     (ex,), report = load_examples(str(tmp_path / "e.jsonl"), DataConfig())  # not named like an image column
     assert (ex.num_images, ex.fields, report.max_images) == (0, {"source": "notes.png"}, 0)
+
+
+def test_a_template_holding_a_placeholder_is_refused():
+    from vqa_grpo.data.prompts import check_template
+
+    assert check_template("{question} <image> Answer.") == (
+        "data.prompt_template='{question} <image> Answer.' holds <image>; drop it: the images and video go "
+        "where the question's own <image>/<video> say, or first"
+    )
+    assert "holds <image> and <video>;" in check_template("<image><video>{question}")
+    assert check_template("{question} Answer in one word.") is None

@@ -23,7 +23,7 @@ from vqa_grpo.config_load import load_config
 from vqa_grpo.data.loader import SKIP_REASONS, load_examples
 from vqa_grpo.data.table import ExampleTable
 from vqa_grpo.data.types import BadExample, Video
-from vqa_grpo.data.video import VideoLoader, import_av, sample_times
+from vqa_grpo.data.video import VideoLoader, import_av, sample_indices, sample_times
 from vqa_grpo.errors import UserError
 
 
@@ -53,17 +53,22 @@ def test_sample_times():
     assert sample_times(2.0, 1.0, 8) == ([0.0, 1.0], 1.0)  # 0 s and 1 s: inside the 2 s clip
     assert sample_times(2.5, 1.0, 8) == ([0.0, 1.0, 2.0], 1.0)
     assert sample_times(0.2, 1.0, 8) == ([0.0], 1.0)  # at least one frame
-    # 4/s over 2 s is 8 frames, more than 4: the centres of 4 equal parts, 4 frames in 2 s
-    assert sample_times(2.0, 4.0, 4) == ([0.25, 0.75, 1.25, 1.75], 2.0)
+    # 4/s over 2 s is 8 frames, more than 5: 5 times from 0 to 2 s, both ends, 4 gaps in 2 s
+    assert sample_times(2.0, 4.0, 5) == ([0.0, 0.5, 1.0, 1.5, 2.0], 2.0)
+    assert sample_times(4.0, 4.0, 1) == ([0.0], 0.25)
+    # 16 frames, 4 of them: round(linspace(0, 15, 4)) = round(0, 5, 10, 15); 10 frames: 0, 4.5 -> 5, 9
+    assert sample_indices(16, 2.0, 4) == ([0, 5, 10, 15], 2.0 / 5)
+    assert sample_indices(10, 1.0, 3) == ([0, 5, 9], 1 / 4.5)
+    assert sample_indices(3, 1.0, 8) == ([0, 1, 2], 1.0)
 
 
 def test_a_file_at_the_rate_and_evenly_spread_when_over_the_count(clip):
     video = VideoLoader(clip, max_frames=8, fps=1.0)()
     assert (which(video), video.fps, [f.size for f in video.frames]) == ([0, 4], 1.0, [(32, 32)] * 2)
     assert all(f.mode == "RGB" for f in video.frames)
-    # 4/s gives 8 > 3: times 1/3, 1, 5/3 s, on screen then frames 1 (0.25 s), 4 (1 s), 6 (1.5 s)
+    # 4/s gives 8 > 3: times 0, 1, 2 s, on screen then frames 0, 4 (1 s) and the last, 7 (1.75 s)
     video = VideoLoader(clip, max_frames=3, fps=4.0)()
-    assert (which(video), video.fps) == ([1, 4, 6], 1.5)
+    assert (which(video), video.fps) == ([0, 4, 7], 1.0)
     # 8/s, above the clip's 4/s: each frame on screen twice
     assert which(VideoLoader(clip, max_frames=16, fps=8.0)()) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7]
     assert VideoLoader(clip, 1, 1.0, max_pixels=256)().frames[0].size == (16, 16)  # data.max_image_pixels
@@ -85,10 +90,10 @@ def test_a_long_clip_seeks_to_far_times(tmp_path):
     def index(video: Video) -> list[int]:
         return [round(r / 40) + 6 * round(g / 40) for r, g, _ in (f.getpixel((16, 16)) for f in video.frames)]
 
-    # 1/s gives 10 > 3: at 10/6, 5 and 50/6 s, frames 6, 20 and 33; each time more than
+    # 1/s gives 10 > 3: at 0, 5 and 10 s, frames 0, 20 and the last, 39; each time more than
     # SEEK_GAP (3 s) past the last frame decoded, so each is reached by a seek
     video = VideoLoader(tmp_path / "long.mp4", max_frames=3, fps=1.0)()
-    assert (index(video), round(video.fps, 4)) == ([6, 20, 33], 0.3)
+    assert (index(video), round(video.fps, 4)) == ([0, 20, 39], 0.2)
     assert index(VideoLoader(tmp_path / "long.mp4", max_frames=10, fps=1.0)()) == list(range(0, 40, 4))
 
 
@@ -99,9 +104,11 @@ def test_a_list_of_frames(tmp_path):
         paths.append(tmp_path / f"f{i}.png")
     video = VideoLoader(tuple(paths), max_frames=8, fps=1.0)()
     assert (which(video, 50), video.fps) == ([0, 1, 2, 3, 4], 1.0)
-    # 5 frames at 1/s is 5 s; 2 frames: at 1.25 s and 3.75 s, frames 1 and 3, 2 frames in 5 s
+    # 5 frames at 1/s; 2 of them: the first and the last, 4 s apart; 3: frames 0, 2 and 4
     video = VideoLoader(tuple(paths), max_frames=2, fps=1.0)()
-    assert (which(video, 50), video.fps) == ([1, 3], 0.4)
+    assert (which(video, 50), video.fps) == ([0, 4], 0.25)
+    video = VideoLoader(tuple(paths), max_frames=3, fps=1.0)()
+    assert (which(video, 50), video.fps) == ([0, 2, 4], 0.5)
 
 
 def write_rows(folder: Path, clip: Path) -> Path:
@@ -140,13 +147,13 @@ def test_loading_checks_each_video_and_names_the_bad_frame(tmp_path, clip):
         "row 8 (id unmarked): the question holds 0 <image> and 1 <video> for 1 image and 0 video"
     ]
     file, frames, both, plain = examples
-    video = file.load_visuals()[0]  # 4/s over 2 s is 8 > 2: at 0.5 s and 1.5 s, frames 2 and 6
-    assert (which(video), video.fps) == ([2, 6], 1.0)
-    # 3 frames at 4/s (0.75 s), 2 of them: at 0.1875 s and 0.5625 s, frames 0 and 2, 2 frames in 0.75 s
+    video = file.load_visuals()[0]  # 4/s over 2 s is 8 > 2: at 0 s and 2 s, the first and last frames
+    assert (which(video), video.fps) == ([0, 7], 0.5)
+    # 3 frames at 4/s, 2 of them: the first and the last, 2 frames (0.5 s) apart
     (video,) = frames.load_visuals()
-    assert (which(video, 50), round(video.fps, 4)) == ([0, 2], 2.6667)
+    assert (which(video, 50), video.fps) == ([0, 2], 2.0)
     image, clip_video = both.load_visuals()
-    assert (image.size, which(clip_video)) == ((6, 4), [2, 6])
+    assert (image.size, which(clip_video)) == ((6, 4), [0, 7])
     assert plain.video_loader is None and file.image_loader is None and file.num_images == 0
     assert file.fields == {} and frames.fields == {}  # the video column is not a field for reward functions
 
@@ -211,7 +218,7 @@ def test_inspect_shows_each_examples_images_and_video(tmp_path, clip, capsys):
     video = f"      video: {tmp_path}/clip.mp4 (2 frames of 32x32 sampled at 1/s)"
     assert f"  [file] <video> What happens?\n{' ' * 6}answer: it brightens   answers: it brightens\n" in out
     assert f"      answer type: other   question type: what\n{video}\n" in out  # not the placeholder's type
-    assert "      video: 3 frames (2 frames of 6x4 sampled at 0.666667/s)" in out
+    assert "      video: a list of 3 frame images (2 frames of 6x4 sampled at 0.5/s)" in out
     assert "images per question: at most 1; questions with a video: 3" in out
 
 

@@ -104,22 +104,18 @@ def _letter(values: dict[str, Any], n: int) -> str | None:
     return answer if len(answer) == 1 and answer in LETTERS[:n] else None
 
 
-MUIR_IMAGE = "<image>"
-"""Where MuirBench's question and options show an image (lmms-eval passes them on as written)."""
-
-
 def _muirbench(values: dict[str, Any]) -> None:
     """MuirBench as lmms-eval's ``muir_doc_to_text`` writes it: the question, then one "A. option"
     line per option, the images at their ``<image>`` marks (in the question or in the options,
-    in order: the loader checks the count against image_list). The answers are the answer letter
+    in order: the loader checks the count against image_list; MuirBench's mark is vqa-grpo's
+    IMAGE_PLACEHOLDER, so the text is kept as written). The answers are the answer letter
     and its option's text; an option that is an image has no text to name it by, so its letter
     stands in for the text, and writing "<image>" is never a right answer."""
 
     options = _options(values)
     if options is None:
         return  # no options: the form's columns stay absent, and the row is skipped as empty
-    options = [o.replace(MUIR_IMAGE, IMAGE_PLACEHOLDER) for o in options]
-    question = str(values.get("question") or "").replace(MUIR_IMAGE, IMAGE_PLACEHOLDER)
+    question = str(values.get("question") or "")
     values["mc_question"] = question + "\n" + "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
     letter = _letter(values, len(options))
     if letter is not None:

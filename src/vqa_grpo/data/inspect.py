@@ -132,4 +132,5 @@ def _size(img) -> str:
 
 def _frames(video) -> str:
     size = f"{video.frames[0].width}x{video.frames[0].height}" if video.frames else "no frame"
-    return f"{len(video.frames)} frames of {size} sampled at {video.fps:g}/s"
+    n = len(video.frames)
+    return f"{n} frame{'s' * (n != 1)} of {size} sampled at {video.fps:g}/s"

@@ -20,7 +20,7 @@ import string
 from typing import Any
 
 from vqa_grpo.data.benchmarks import BENCHMARKS
-from vqa_grpo.data.types import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER  # noqa: F401  (re-exported)
+from vqa_grpo.data.types import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER  # (re-exported)
 
 DEFAULT_TEMPLATE = "{question} Answer with a single word or short phrase."
 """The seed report's instruction (section 3.1), after the question."""
@@ -54,6 +54,12 @@ def check_template(template: Any) -> str | None:
         return f"data.prompt_template={template!r} holds {{question}} {len(fields)} times, not once; {fix}"
     if fields[0][1] or fields[0][2]:
         return f"data.prompt_template={template!r}: write {{question}} without a format spec or conversion; {fix}"
+    marks = [m for m in (IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER) if m in template]
+    if marks:
+        return (
+            f"data.prompt_template={template!r} holds {' and '.join(marks)}; drop it: the images and video go where "
+            f"the question's own {IMAGE_PLACEHOLDER}/{VIDEO_PLACEHOLDER} say, or first"
+        )
     return None
 
 

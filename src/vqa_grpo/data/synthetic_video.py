@@ -182,14 +182,18 @@ def write_mp4(path: Path, frames: list[Image.Image], fps: float = MP4_FPS) -> No
     the bytes do not depend on the machine's cores; a temporary file renamed into place."""
     av = import_av()
     tmp = path.with_name(path.name + ".tmp")
-    with av.open(str(tmp), "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
-        stream.width, stream.height = frames[0].size
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "12", "threads": "1"}
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_image(frame)))
-        container.mux(stream.encode())
+    try:
+        with av.open(str(tmp), "w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+            stream.width, stream.height = frames[0].size
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": "12", "threads": "1"}
+            for frame in frames:
+                container.mux(stream.encode(av.VideoFrame.from_image(frame)))
+            container.mux(stream.encode())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # nothing half-written left beside the videos
+        raise
     os.replace(tmp, path)
 
 

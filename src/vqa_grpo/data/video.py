@@ -8,10 +8,11 @@ and reads its header (no frame is decoded) or checks each frame's header, and
 
 Sampling: frames at ``fps`` frames per second of the clip (data.video_fps), times 0, 1/fps,
 2/fps, ... while inside the clip, each the frame on screen at that time; when that gives more
-than ``max_frames`` (data.video_frames), ``max_frames`` times evenly spread over the clip instead
-(the centres of equal parts), and the rate the model is told is then ``max_frames / duration``.
-A list of frames is taken to be a clip at ``fps``. Files are read with PyAV (``pip install
-'vqa-grpo[video]'``), imported only when a video file is met.
+than ``max_frames`` (data.video_frames), ``max_frames`` times evenly spaced over the clip instead,
+its first and last frames included (as qwen_vl_utils and lmms-eval sample), and the rate the
+model is told is then ``(max_frames - 1) / duration``. A list of frames is taken to be a clip at
+``fps``: all of its frames, or ``max_frames`` evenly spaced ones, the first and last included.
+Files are read with PyAV (``pip install 'vqa-grpo[video]'``), imported only when a video file is met.
 """
 
 from __future__ import annotations
@@ -110,11 +111,29 @@ SEEK_GAP = 3.0
 
 def sample_times(duration: float, fps: float, max_frames: int) -> tuple[list[float], float]:
     """The times (seconds) to sample in a clip of ``duration`` and the rate they make: ``k/fps``
-    while inside the clip (at least one), else ``max_frames`` centres of equal parts."""
+    while inside the clip (at least one), else ``max_frames`` times evenly spaced from 0 to the
+    end, both ends included (the frame on screen at the end is the last one), at the rate
+    ``(max_frames - 1) / duration``."""
     n = max(1, math.ceil(duration * fps - 1e-9))
     if n <= max_frames:
         return [j / fps for j in range(n)], fps
-    return [duration * (j + 0.5) / max_frames for j in range(max_frames)], max_frames / duration
+    if max_frames == 1:
+        return [0.0], 1 / duration
+    step = duration / (max_frames - 1)
+    return [j * step for j in range(max_frames)], (max_frames - 1) / duration
+
+
+def sample_indices(count: int, fps: float, max_frames: int) -> tuple[list[int], float]:
+    """The frames to take from a list of ``count`` frames shown at ``fps`` and the rate they make:
+    all of them when they are at most ``max_frames``, else ``max_frames`` evenly spaced indices
+    from the first to the last, ``round(linspace(0, count - 1, max_frames))`` (qwen_vl_utils' and
+    lmms-eval's choice), at ``fps * (max_frames - 1) / (count - 1)``."""
+    if count <= max_frames:
+        return list(range(count)), fps
+    if max_frames == 1:
+        return [0], fps / count
+    step = (count - 1) / (max_frames - 1)
+    return [math.floor(j * step + 0.5) for j in range(max_frames)], fps / step
 
 
 @dataclass(frozen=True)
@@ -147,15 +166,14 @@ class VideoLoader:
         return Video([to_rgb(f, self.max_pixels) for f in frames], rate)
 
     def _from_frames(self, sources: tuple[ImageSource, ...]) -> Video:
-        n = len(sources)
-        times, rate = sample_times(n / self.fps, self.fps, self.max_frames)
-        picks = [min(n - 1, math.floor(t * self.fps + 1e-9)) for t in times]
+        picks, rate = sample_indices(len(sources), self.fps, self.max_frames)
         return Video([ImageLoader(sources[i], self.max_pixels)() for i in picks], rate)
 
     def describe(self) -> str:
         """A short human description of where the video comes from."""
         if isinstance(self.source, tuple):
-            return f"{len(self.source)} frames"
+            n = len(self.source)
+            return f"a list of {n} frame image{'s' * (n != 1)}"
         return str(self.source) if isinstance(self.source, Path) else "video stored in the data file"
 
 
