@@ -181,8 +181,9 @@ def evaluate(
 ) -> dict:
     """Answer ``data``'s questions with the model (a directory, checkpoint or LoRA adapter) and
     score them; writes predictions.jsonl and metrics.json to ``out`` when given (an earlier
-    evaluation there is refused unless ``overwrite``, and data with more images per question, or
-    a video, than the model's family takes is refused). Returns the metrics dict: overall, per
+    evaluation there is refused unless ``overwrite``; data with more images per question, or a
+    video, than the model's family takes is refused, as is a question whose prompt and answer
+    overflow the model's context). Returns the metrics dict: overall, per
     answer type and per question type, with bootstrap intervals.
 
     ``data.max_eval_samples`` keeps that many questions, drawn as training draws its eval set
@@ -195,6 +196,7 @@ def evaluate(
     from vqa_grpo.data.splits import limit
     from vqa_grpo.evaluation.evaluate import check_out_dir
     from vqa_grpo.evaluation.evaluate import evaluate as _evaluate
+    from vqa_grpo.models.fit import check_eval_fit
     from vqa_grpo.models.loading import check_visuals, family_adapter
 
     cfg = check_config(cfg) if cfg is not None else Config()
@@ -217,6 +219,8 @@ def evaluate(
             file=sys.stderr,
         )
     examples = limit(examples, cfg.data.max_eval_samples, cfg.train.seed, "eval")
-    family = family_adapter(dataclasses.replace(cfg.model, name_or_path=str(model)))  # config.json only
-    check_visuals(family, report.max_images, report.videos, f"data {data}" if isinstance(data, (str, Path)) else "data")
+    model_cfg = dataclasses.replace(cfg.model, name_or_path=str(model))
+    what = f"data {data}" if isinstance(data, (str, Path)) else "data"
+    check_visuals(family_adapter(model_cfg), report.max_images, report.videos, what)  # config.json only
+    check_eval_fit(model_cfg, cfg, examples, report, what)  # its processor: prompts past the model's context
     return _evaluate(str(model), examples, cfg, out, skipped_at_load=report.skipped)

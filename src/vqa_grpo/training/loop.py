@@ -52,6 +52,7 @@ from vqa_grpo.evaluation.answering import answer_and_score
 from vqa_grpo.grpo.logprobs import Reference
 from vqa_grpo.grpo.plan import choose_plan
 from vqa_grpo.grpo.vllm_backend import check_run
+from vqa_grpo.models.fit import check_run_fit
 from vqa_grpo.models.loading import LoadedModel, check_visuals, family_adapter, load_model, resolve_device
 from vqa_grpo.paths import absolute_inputs, check_folder
 from vqa_grpo.rewards.benchmark import check_metrics_fit
@@ -142,7 +143,7 @@ def run(
     user_rewards = resolve_rewards(cfg.reward.components, reward_funcs) if mode == "grpo" else {}
     seed_everything(cfg.train.seed + dist.rank)  # each process samples its own completions
     _check_before_writing(cfg, mode, dist, device, data.report)
-    lm, plan = _load_policy(cfg, mode, dist, device)
+    lm, plan = _load_policy(cfg, mode, dist, device, data)
     ref = Reference.for_run(cfg, lm.model) if mode == "grpo" else None  # the starting policy, before any resume
     _shard(dist, lm, ref)
     session, vllm = start_session(cfg, mode, lm, dist, device, data.train, resume, changed, data.report)
@@ -174,8 +175,7 @@ def _check_before_writing(cfg: Config, mode: str, dist: Dist, device: torch.devi
 
 
 def _check_device(cfg: Config, device: torch.device) -> None:
-    """The settings the device cannot take, refused before the data is loaded (its index is written
-    beside it) and before anything else is written."""
+    """The settings the device cannot take, refused before the data's index is written beside it."""
     if cfg.train.offload_activations and device.type != "cuda":
         raise UserError(
             f"train.offload_activations=true moves activations from a GPU to host memory, and this run is on "
@@ -183,10 +183,11 @@ def _check_device(cfg: Config, device: torch.device) -> None:
         )
 
 
-def _load_policy(cfg: Config, mode: str, dist: Dist, device: torch.device):
-    """The model to train, in training mode, and GRPO's forward plan (None for SFT); then the run
-    directory and its config.yaml."""
+def _load_policy(cfg: Config, mode: str, dist: Dist, device: torch.device, data):
+    """The model to train, in training mode, and GRPO's forward plan (None for SFT); once the data's prompts
+    are found to fit its context (models/fit.py), the run directory and its config.yaml."""
     lm, plan = load_model(cfg.model, device), None
+    check_run_fit(lm, cfg, mode, data)  # a question with its visuals and completion past the context
     if mode == "grpo":  # grpo.shared_prefix=on or static_decode=on where they cannot run: one line, before writing
         accumulation = cfg.train.gradient_accumulation_steps
         plan = choose_plan(

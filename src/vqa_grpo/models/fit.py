@@ -1,0 +1,166 @@
+"""Refuse, before anything is written, questions whose prompt and answer overflow the model's context.
+
+A prompt is its text in the run's template (data/prompts.py) with every image and video frame as
+the family's processor lays them out; with the tokens that follow it (a sampled completion, an
+evaluation's answer, or SFT's target: the answer and its stop token) it must fit the model's
+positions (``max_position_embeddings``, the text model's; a config without one is not checked).
+Single-image data is not measured: one image costs every question about the same. For data with
+several images or a video, the first question of each split with the most images, and the first
+with a video, are encoded as sampling encodes them (``FamilyAdapter.encode_prompts``) and measured:
+a handful of questions, no other one decoded. One whose visuals fail to load (or that the processor
+cannot take, ``image_problem``) is passed over for the next, as training skips it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from PIL import Image
+
+from vqa_grpo.config import Config, DataConfig, ModelConfig
+from vqa_grpo.data.prompts import prompt_template, user_text
+from vqa_grpo.data.report import LoadReport
+from vqa_grpo.data.types import BadExample, Video, VQAExample
+from vqa_grpo.errors import UserError
+from vqa_grpo.models.adapters import FamilyAdapter
+from vqa_grpo.models.loading import LoadedModel, _resolve
+
+
+@dataclass(frozen=True)
+class After:
+    """What follows each prompt of a split: ``tokens`` new ones, set by ``key``; None: the question's
+    answer and the stop token (SFT's target)."""
+
+    tokens: int | None
+    key: str = ""
+
+
+@dataclass(frozen=True)
+class Split:
+    """Examples to measure, what follows their prompts, and ``what`` names them in a message."""
+
+    what: str
+    examples: Sequence[VQAExample]
+    after: After
+
+
+def context_length(config) -> int | None:
+    """The model's positions: ``max_position_embeddings`` of its config or of its text model's
+    (Qwen2-VL keeps it there); None when neither says."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for c in (config, text):
+        n = getattr(c, "max_position_embeddings", None)
+        if isinstance(n, int) and n > 0:
+            return n
+    return None
+
+
+def check_run_fit(lm: LoadedModel, cfg: Config, mode: str, data) -> None:
+    """A training run's check: its training split followed by grpo.max_completion_length new tokens
+    (GRPO) or the answers (SFT), its evaluation split by eval.max_new_tokens. ``data``: the
+    LoadedData (train, eval, report)."""
+    where = f"data {cfg.data.path or '(in memory)'}"
+    grpo = After(cfg.grpo.max_completion_length, "grpo.max_completion_length")
+    splits = [Split(where, data.train, grpo if mode == "grpo" else After(None))]
+    if len(data.eval):
+        eval_where = f"data {cfg.data.eval_path}" if cfg.data.eval_path else where
+        splits.append(Split(eval_where, data.eval, After(cfg.eval.max_new_tokens, "eval.max_new_tokens")))
+    check_fit(lm.adapter, lm.processor, context_length(lm.model.config), cfg, splits, data.report)
+
+
+def check_eval_fit(model: ModelConfig, cfg: Config, examples: Sequence[VQAExample], report, what: str) -> None:
+    """An evaluation's check, before the model loads (its processor and config.json only): each
+    question followed by eval.max_new_tokens new tokens."""
+    if not _measured(report):
+        return
+    model, base_path, hf_config, adapter = _resolve(model, warn=False)
+    processor = adapter.load_processor(model.name_or_path, model)
+    split = Split(what, examples, After(cfg.eval.max_new_tokens, "eval.max_new_tokens"))
+    check_fit(adapter, processor, context_length(hf_config), cfg, [split], report)
+
+
+def check_fit(
+    adapter: FamilyAdapter, processor, context: int | None, cfg: Config, splits: list[Split], report: LoadReport
+) -> None:
+    """Raise UserError naming the first measured question whose prompt and what follows it need more
+    than ``context`` positions, and the settings that shorten it."""
+    if context is None or not _measured(report):
+        return
+    template = prompt_template(cfg.data, cfg.reward.reasoning)
+    for split in splits:
+        for example, prompt, visuals in _widest(adapter, processor, split.examples, template, report):
+            after = split.after
+            new = after.tokens if after.tokens is not None else _answer_tokens(processor, example)
+            if prompt + new <= context:
+                continue
+            follows = f"new ones ({after.key})" if after.tokens is not None else "of its answer and stop token"
+            raise UserError(
+                f"{split.what}: question {example.id} ({_shown(visuals)}) needs {prompt} prompt tokens + {new} "
+                f"{follows} = {prompt + new} positions, more than the model's {context} (max_position_embeddings); "
+                + _fix(cfg.data, visuals, after)
+            )
+
+
+def _measured(report: LoadReport) -> bool:
+    return report.max_images > 1 or report.videos > 0
+
+
+def _widest(
+    adapter: FamilyAdapter, processor, examples: Sequence[VQAExample], template: str, report: LoadReport
+) -> Iterator[tuple[VQAExample, int, list]]:
+    """(example, prompt tokens, visuals) of each question with more images than any measured before
+    it, and of the first with a video; stops once it has one with ``report.max_images`` images and
+    one with a video (when the data has them)."""
+    most, seen_video = 1, report.videos == 0
+    for example in examples:
+        images, video = example.num_images, example.video_loader is not None
+        if images <= most and (seen_video or not video):
+            continue
+        measured = _measure(adapter, processor, example, template)
+        if measured is None:
+            continue
+        most, seen_video = max(most, images), seen_video or video
+        yield example, *measured
+        if most >= report.max_images and seen_video:
+            return
+
+
+def _measure(adapter: FamilyAdapter, processor, example: VQAExample, template: str) -> tuple[int, list] | None:
+    """The prompt's length in tokens and its visuals, as sampling encodes them; None when a visual
+    fails to load or the processor cannot take an image (training skips such a question)."""
+    try:
+        visuals = example.load_visuals()
+        if any(isinstance(v, Image.Image) and adapter.image_problem(processor, v) for v in visuals):
+            return None
+        batch = adapter.encode_prompts(processor, [visuals], [user_text(example.question, template)])
+    except BadExample:
+        return None
+    return int(batch.attention_mask.sum()), visuals
+
+
+def _answer_tokens(processor, example: VQAExample) -> int:
+    """SFT's target after the prompt: the answer's tokens and the stop token (models/scoring.py)."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    return len(tokenizer(example.answer, add_special_tokens=False)["input_ids"]) + 1
+
+
+def _shown(visuals: list) -> str:
+    images = sum(isinstance(v, Image.Image) for v in visuals)
+    frames = [len(v.frames) for v in visuals if isinstance(v, Video)]
+    parts = [f"{images} image{'s' * (images != 1)}"] if images else []
+    parts += [f"a video of {n} frames" for n in frames]
+    return " and ".join(parts)
+
+
+def _fix(data: DataConfig, visuals: list, after: After) -> str:
+    """The settings that shorten the prompt (or what follows it), with their values."""
+    pixels = data.max_image_pixels
+    settings = [f"data.video_frames ({data.video_frames} now)"] if any(isinstance(v, Video) for v in visuals) else []
+    settings.append(f"data.max_image_pixels ({pixels} now{': full size' if pixels <= 0 else ''})")
+    if after.tokens is not None:
+        settings.append(f"{after.key} ({after.tokens} now)")
+    text = "lower " + ", ".join(settings[:-1]) + " or " + settings[-1]
+    if sum(isinstance(v, Image.Image) for v in visuals) > 1:
+        text += "; or give the question fewer images"
+    return text

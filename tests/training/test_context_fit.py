@@ -1,0 +1,155 @@
+"""Questions whose prompt (text, images, a video's frames) and what follows it overflow the model's
+context are refused in one line before anything is written (models/fit.py), by ``vqa-grpo train``,
+``sft`` and ``evaluate``; with fewer frames the run goes on.
+
+The tiny Qwen2-VL (its real processor, 2048 positions): a 224 px frame is 16 x 16 patches, merged
+2 x 2 and paired in time, so a clip of 64 such frames takes 32 * 64 = 2048 video tokens, and with
+the prompt's text 2068 (measured); 8 frames take 256.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from transformers import AutoProcessor, PretrainedConfig
+
+from vqa_grpo.cli import main
+from vqa_grpo.config import Config
+from vqa_grpo.data.report import LoadReport
+from vqa_grpo.data.types import BadExample, VQAExample
+from vqa_grpo.errors import UserError
+from vqa_grpo.models.adapters import adapter_for
+from vqa_grpo.models.fit import After, Split, check_fit, context_length
+
+FRAMES = 64
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """data.jsonl: question "clip", a video of FRAMES frames of 224 x 224, and "still", one image."""
+    folder = tmp_path_factory.mktemp("clip")
+    Image.new("RGB", (224, 224), (200, 30, 30)).save(folder / "frame.png")
+    Image.new("RGB", (56, 56), (20, 30, 200)).save(folder / "still.png")
+    rows = [
+        {"id": "clip", "question": "Does it move?", "answer": "red", "video": ["frame.png"] * FRAMES},
+        {"id": "still", "question": "What color?", "answer": "blue", "image": "still.png"},
+    ]
+    path = folder / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def refused(data: Path, follows: str, budget: str | None = None) -> str:
+    """The error for question "clip" of ``data``: its 2068 prompt tokens, ``follows`` them, the fix
+    (``budget``: the setting of the new tokens, at 16)."""
+    settings = f"data.video_frames ({FRAMES} now), data.max_image_pixels (1000000 now) or {budget} (16 now)"
+    if budget is None:
+        settings = f"data.video_frames ({FRAMES} now) or data.max_image_pixels (1000000 now)"
+    return (
+        f"error: data {data}: question clip (a video of {FRAMES} frames) needs 2068 prompt tokens + {follows}, more "
+        f"than the model's 2048 (max_position_embeddings); lower {settings}"
+    )
+
+
+def cli(capsys, *args: str) -> tuple[int, list[str]]:
+    """The exit code and the lines of the library's errors on stderr (transformers may warn there too)."""
+    code = main(list(args))
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, [line for line in err if line.startswith("error:")] + err[-1:]
+
+
+def test_train_and_sft_refuse_a_clip_past_the_context_before_writing(clip, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [
+        f"model.name_or_path={tiny_model_dir}",
+        f"data.path={clip}",
+        "data.eval_fraction=0",
+        f"train.output_dir={out}",
+        "train.device=cpu",
+        "train.progress=false",
+    ]
+    grpo = refused(clip, "16 new ones (grpo.max_completion_length) = 2084 positions", "grpo.max_completion_length")
+    code, errors = cli(capsys, "train", *args, f"data.video_frames={FRAMES}")
+    assert code == 2 and errors == [grpo, grpo]  # one error line, and the last line
+    assert not out.exists()
+    sft = refused(clip, "2 of its answer and stop token = 2070 positions")  # "red" and <|im_end|>
+    code, errors = cli(capsys, "sft", *args, f"data.video_frames={FRAMES}")
+    assert code == 2 and errors == [sft, sft]
+    assert not out.exists()
+    # 8 frames fit: the run goes on to its forward plan, refused here by a setting (grpo/plan.py) before writing
+    code, errors = cli(capsys, "train", *args, "data.video_frames=8", "grpo.static_decode=on", "grpo.shared_prefix=off")
+    plan = "error: grpo.static_decode=on cannot run: no shared-prefix sampler; set grpo.static_decode=auto or off"
+    assert code == 2 and errors == [plan, plan]
+    assert not out.exists()
+
+
+def test_evaluate_refuses_a_clip_past_the_context_before_the_model_loads(clip, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "eval"
+    base = ["evaluate", "--model", str(tiny_model_dir), "--data", str(clip), "--out", str(out)]
+    expected = refused(clip, "16 new ones (eval.max_new_tokens) = 2084 positions", "eval.max_new_tokens")
+    code, errors = cli(capsys, *base, f"data.video_frames={FRAMES}")
+    assert code == 2 and errors == [expected, expected]
+    assert not out.exists()
+    code, _ = cli(capsys, *base, "data.video_frames=8", "train.device=cpu", "train.progress=false")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert code == 0 and metrics["n"] == 2 and metrics["skipped"] == 0
+
+
+def test_the_widest_question_is_measured_and_one_that_fails_to_load_passed_over(tiny_model_dir):
+    """Three images of 224 px take 3 * 64 image tokens (two, 2 * 64: they fit); in a context of 200
+    positions the first question with three is refused, after one whose second image fails to load."""
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    adapter = adapter_for("qwen2_vl", "auto")
+
+    def image():
+        return Image.new("RGB", (224, 224), (0, 128, 0))
+
+    def broken():
+        raise OSError("truncated file")
+
+    decoded = []
+
+    def counted():
+        decoded.append(1)
+        return image()
+
+    def example(name: str, loaders) -> VQAExample:
+        return VQAExample(name, "Same shape?", ["yes"], "yes", answer_type="yes/no", image_loaders=tuple(loaders))
+
+    examples = [
+        example("two", [image, image]),  # measured (two images), fits
+        example("broken", [image, broken, image]),  # passed over: its second image fails
+        example("three", [image, image, image]),  # the widest: refused
+        example("later", [counted, counted, counted]),  # never decoded
+    ]
+    report = LoadReport(max_images=3)
+    with pytest.raises(BadExample):
+        examples[1].load_visuals()
+    split = Split("data pairs.jsonl", examples, After(4, "grpo.max_completion_length"))
+    with pytest.raises(UserError) as e:
+        check_fit(adapter, processor, 200, Config(), [split], report)
+    head = str(e.value).split(" prompt tokens")[0]
+    assert head.startswith("data pairs.jsonl: question three (3 images) needs ")
+    prompt = int(head.rsplit(" ", 1)[1])
+    assert prompt == 3 * (64 + 2) + 17  # each image's 64 tokens between vision start and end; the chat's text
+    assert str(e.value).endswith(
+        f"+ 4 new ones (grpo.max_completion_length) = {prompt + 4} positions, more than the model's 200 "
+        "(max_position_embeddings); lower data.max_image_pixels (1000000 now) or grpo.max_completion_length "
+        "(4 now); or give the question fewer images"
+    )
+    check_fit(adapter, processor, prompt + 4, Config(), [split], report)  # exactly full: fits
+    assert decoded == []  # the measuring stopped at the first question with report.max_images
+    check_fit(adapter, processor, None, Config(), [split], report)  # no context known: no check
+    single = LoadReport(max_images=1)
+    check_fit(adapter, processor, 10, Config(), [split], single)  # one image a question: not measured
+
+
+def test_the_context_is_the_config_s_or_its_text_model_s(tiny_model_dir):
+    from transformers import AutoConfig
+
+    assert context_length(AutoConfig.from_pretrained(tiny_model_dir)) == 2048  # Qwen2-VL: text_config's
+    assert context_length(PretrainedConfig(max_position_embeddings=4096)) == 4096
+    assert context_length(PretrainedConfig()) is None
