@@ -145,6 +145,17 @@ def test_the_widest_question_is_measured_and_one_that_fails_to_load_passed_over(
     check_fit(adapter, processor, None, Config(), [split], report)  # no context known: no check
     single = LoadReport(max_images=1)
     check_fit(adapter, processor, 10, Config(), [split], single)  # one image a question: not measured
+    # vLLM's engine length, tighter than the model's: two images (2 * 66 + 17 = 149 tokens, + 4) already overflow 150
+    engine = Split(
+        "data pairs.jsonl", examples, After(4, "grpo.max_completion_length"), (150, "grpo.vllm_max_model_len")
+    )
+    with pytest.raises(UserError) as e:
+        check_fit(adapter, processor, 2048, Config(), [engine], report)
+    assert str(e.value) == (
+        "data pairs.jsonl: question two (2 images) needs 149 prompt tokens + 4 new ones (grpo.max_completion_length) = "
+        "153 positions, more than vLLM's 150 (grpo.vllm_max_model_len); lower data.max_image_pixels (1000000 now) or "
+        "grpo.max_completion_length (4 now); or give the question fewer images; or raise grpo.vllm_max_model_len"
+    )
 
 
 def test_the_context_is_the_config_s_or_its_text_model_s(tiny_model_dir):

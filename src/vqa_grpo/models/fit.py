@@ -38,11 +38,13 @@ class After:
 
 @dataclass(frozen=True)
 class Split:
-    """Examples to measure, what follows their prompts, and ``what`` names them in a message."""
+    """Examples to measure, what follows their prompts, and ``what`` names them in a message;
+    ``limit``: a bound tighter than the model's, and its setting (vLLM's engine length)."""
 
     what: str
     examples: Sequence[VQAExample]
     after: After
+    limit: tuple[int, str] | None = None
 
 
 def context_length(config) -> int | None:
@@ -59,10 +61,13 @@ def context_length(config) -> int | None:
 def check_run_fit(lm: LoadedModel, cfg: Config, mode: str, data) -> None:
     """A training run's check: its training split followed by grpo.max_completion_length new tokens
     (GRPO) or the answers (SFT), its evaluation split by eval.max_new_tokens. ``data``: the
-    LoadedData (train, eval, report)."""
+    LoadedData (train, eval, report). Under vLLM sampling the training prompts are held to
+    grpo.vllm_max_model_len too."""
     where = f"data {cfg.data.path or '(in memory)'}"
     grpo = After(cfg.grpo.max_completion_length, "grpo.max_completion_length")
-    splits = [Split(where, data.train, grpo if mode == "grpo" else After(None))]
+    vllm = mode == "grpo" and cfg.grpo.generation_backend == "vllm"
+    limit = (cfg.grpo.vllm_max_model_len, "grpo.vllm_max_model_len") if vllm else None
+    splits = [Split(where, data.train, grpo if mode == "grpo" else After(None), limit)]
     if len(data.eval):
         eval_where = f"data {cfg.data.eval_path}" if cfg.data.eval_path else where
         splits.append(Split(eval_where, data.eval, After(cfg.eval.max_new_tokens, "eval.max_new_tokens")))
@@ -84,21 +89,26 @@ def check_fit(
     adapter: FamilyAdapter, processor, context: int | None, cfg: Config, splits: list[Split], report: LoadReport
 ) -> None:
     """Raise UserError naming the first measured question whose prompt and what follows it need more
-    than ``context`` positions, and the settings that shorten it."""
-    if context is None or not _measured(report):
+    than ``context`` positions (or its split's ``limit``), and the settings that shorten it."""
+    if not _measured(report):
         return
     template = prompt_template(cfg.data, cfg.reward.reasoning)
     for split in splits:
+        bounds = [(context, "max_position_embeddings")] if context is not None else []
+        bound, name = min([*bounds, *([split.limit] if split.limit else [])], default=(None, ""))
+        if bound is None:
+            continue
+        whose = "vLLM's" if name == "grpo.vllm_max_model_len" else "the model's"
         for example, prompt, visuals in _widest(adapter, processor, split.examples, template, report):
             after = split.after
             new = after.tokens if after.tokens is not None else _answer_tokens(processor, example)
-            if prompt + new <= context:
+            if prompt + new <= bound:
                 continue
             follows = f"new ones ({after.key})" if after.tokens is not None else "of its answer and stop token"
             raise UserError(
                 f"{split.what}: question {example.id} ({_shown(visuals)}) needs {prompt} prompt tokens + {new} "
-                f"{follows} = {prompt + new} positions, more than the model's {context} (max_position_embeddings); "
-                + _fix(cfg.data, visuals, after)
+                f"{follows} = {prompt + new} positions, more than {whose} {bound} ({name}); "
+                + _fix(cfg.data, visuals, after, name if whose == "vLLM's" else None)
             )
 
 
@@ -153,8 +163,9 @@ def _shown(visuals: list) -> str:
     return " and ".join(parts)
 
 
-def _fix(data: DataConfig, visuals: list, after: After) -> str:
-    """The settings that shorten the prompt (or what follows it), with their values."""
+def _fix(data: DataConfig, visuals: list, after: After, engine: str | None = None) -> str:
+    """The settings that shorten the prompt (or what follows it), with their values; ``engine``:
+    the setting of a bound that can be raised (vLLM's)."""
     pixels = data.max_image_pixels
     settings = [f"data.video_frames ({data.video_frames} now)"] if any(isinstance(v, Video) for v in visuals) else []
     settings.append(f"data.max_image_pixels ({pixels} now{': full size' if pixels <= 0 else ''})")
@@ -163,4 +174,4 @@ def _fix(data: DataConfig, visuals: list, after: After) -> str:
     text = "lower " + ", ".join(settings[:-1]) + " or " + settings[-1]
     if sum(isinstance(v, Image.Image) for v in visuals) > 1:
         text += "; or give the question fewer images"
-    return text
+    return text + (f"; or raise {engine}" if engine else "")
