@@ -176,12 +176,94 @@ def test_a_set_without_an_image_column_is_text_only(tmp_path):
     assert "images per question: at most 0; questions with a video: 0" in report.table()
 
 
-def test_an_empty_image_cell_is_still_a_missing_image(tmp_path):
+ABSENT = [  # (images, video) of each row; None: a null cell, or no key at all in JSONL
+    (["a.png", "b.png"], None),  # kept: 2 images
+    (None, ["a.png", "b.png", "c.png"]),  # kept: a video, 0 images
+    ([], None),  # kept: text-only, written so
+    (None, None),  # missing_image: the set has an image column
+    (["c.png"], []),  # kept: 1 image, no video
+    (["a.png"], None),  # kept
+]
+
+
+def test_an_absent_image_cell_means_the_same_in_every_format(tmp_path):
     draw(tmp_path)
-    data = [dict(image="a.png", question="Q1?", answer="x"), dict(image="", question="Q2?", answer="y")]
-    pd.DataFrame(data).to_csv(tmp_path / "d.csv", index=False)
-    _, report = load_examples(str(tmp_path / "d.csv"), LENIENT)
-    assert (report.kept, report.skipped["missing_image"]) == (1, 1)
+    data = [dict(id=f"r{i}", images=im, video=vid, question="Q?", answer="x") for i, (im, vid) in enumerate(ABSENT)]
+    pd.DataFrame(data).to_parquet(tmp_path / "d.parquet")
+    text = [{k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()} for r in data]
+    pd.DataFrame(text).to_csv(tmp_path / "d.csv", index=False)  # a null: an empty cell
+    keyless = [{k: v for k, v in r.items() if v is not None} for r in data]  # JSONL: no key for a null
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keyless))
+    for name in ("d.parquet", "d.csv", "d.jsonl"):
+        examples, report = load_examples(str(tmp_path / name), LENIENT)
+        counts = [(e.id, e.num_images, e.video_loader is not None) for e in examples]
+        assert counts == [("r0", 2, False), ("r1", 0, True), ("r2", 0, False), ("r4", 1, False), ("r5", 1, False)]
+        assert report.samples["missing_image"] == [
+            "row 4 (id r3): no image in the row; write [] for a question without one"
+        ]
+
+
+def test_rows_without_an_image_are_text_only_until_a_row_shows_the_column(tmp_path):
+    draw(tmp_path)
+    data = [dict(id="t1", question="Q?", answer="x"), dict(id="t2", question="Q?", answer="y")]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
+    assert [e.id for e in load_examples(str(tmp_path / "t.jsonl"), DataConfig())[0]] == ["t1", "t2"]
+    typo = [
+        *data,
+        dict(id="i", images=["a.png"], question="Q?", answer="z"),
+        dict(id="v", imgs=["a.png"], question="Q?", answer="z"),
+    ]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in typo))  # a typo'd key: no image
+    examples, report = load_examples(str(tmp_path / "d.jsonl"), DataConfig(max_skip_fraction=0.9))
+    assert ([e.id for e in examples], [(r["row"], r["id"]) for r in report.rejected]) == (
+        ["i"],
+        [(1, "t1"), (2, "t2"), (4, "v")],
+    )
+    video_only = [
+        dict(id="v", video=["a.png", "b.png"], question="Q?", answer="x"),
+        dict(id="n", question="Q?", answer="y"),
+    ]
+    (tmp_path / "v.jsonl").write_text("".join(json.dumps(r) + "\n" for r in video_only))
+    _, report = load_examples(str(tmp_path / "v.jsonl"), LENIENT)
+    assert report.samples["missing_video"] == ["row 2 (id n): no video in the row; write [] for a question without one"]
+
+
+def test_odd_cells_are_skipped_with_their_type(tmp_path):
+    draw(tmp_path)
+    data = [
+        dict(id="ok", images=["a.png", "b.png"], question="Q?", answer="x"),
+        dict(id="nested", images=[["a.png", "b.png"]], question="Q?", answer="x"),
+        dict(id="int", images=[3], question="Q?", answer="x"),
+        dict(id="vid", video=5, question="Q?", answer="x"),
+        dict(id="png", video="a.png", question="Q?", answer="x"),
+        dict(id="frame", video=["a.png", "gone.png"], question="Q?", answer="x"),
+    ]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
+    examples, report = load_examples(str(tmp_path / "d.jsonl"), DataConfig(max_skip_fraction=0.9))
+    assert [e.id for e in examples] == ["ok"]
+    kinds = "an image is a path, encoded bytes, a {'bytes', 'path'} mapping or a PIL image"
+    assert report.samples["missing_image"] == [
+        f"row 2 (id nested): unsupported cell type list: ['a.png', 'b.png']; {kinds}",
+        f"row 3 (id int): unsupported cell type int: 3; {kinds}",
+        f"row 6 (id frame): video frame 2 of 2: {tmp_path}/gone.png not found",
+    ]
+    assert report.samples["missing_video"] == [
+        "row 4 (id vid): unsupported cell type int: 5; a video is a path, encoded bytes, a {'bytes', 'path'} "
+        "mapping or a list of frame images"
+    ]
+    assert report.samples["corrupt_video"] == [
+        f"row 5 (id png): {tmp_path}/a.png is a still image (png_pipe), not a video: put it in the image column"
+    ]
+    frames_only = [
+        dict(id="f", video=["a.png", "gone.png"], question="Q?", answer="x"),
+        dict(id="k", images=["a.png"], question="Q", answer="x"),
+    ]
+    (tmp_path / "f.jsonl").write_text("".join(json.dumps(r) + "\n" for r in frames_only))
+    table = load_examples(str(tmp_path / "f.jsonl"), DataConfig(max_skip_fraction=0.9))[1].table()
+    assert (
+        "missing_image         video frame not found: check data.image_root and the frame paths in the video column"
+        in table
+    )
 
 
 def test_a_misnamed_image_column_is_named(tmp_path):
@@ -214,6 +296,9 @@ def test_a_misnamed_video_column_is_named_and_other_file_names_are_text(tmp_path
     (tmp_path / "d.jsonl").write_text(json.dumps(dict(clip="a.mp4", question="Q?", answer="x")) + "\n")
     with pytest.raises(UserError, match=r"column 'clip' holds videos: map yours with data\.columns\.video=NAME$"):
         load_examples(str(tmp_path / "d.jsonl"), DataConfig())
+    (tmp_path / "f.jsonl").write_text(json.dumps(dict(frames=["a.png", "b.png"], question="Q?", answer="x")) + "\n")
+    with pytest.raises(UserError, match=r"column 'frames' holds videos: map yours with data\.columns\.video=NAME$"):
+        load_examples(str(tmp_path / "f.jsonl"), DataConfig())
     (tmp_path / "e.jsonl").write_text(json.dumps(dict(source="notes.png", question="Q?", answer="x")) + "\n")
     (ex,), report = load_examples(str(tmp_path / "e.jsonl"), DataConfig())  # not named like an image column
     assert (ex.num_images, ex.fields, report.max_images) == (0, {"source": "notes.png"}, 0)

@@ -38,7 +38,7 @@ from vqa_grpo.data.rows import Source
 from vqa_grpo.data.table import ExampleTable, TableBuilder
 from vqa_grpo.errors import UserError
 
-VERSION = 2
+VERSION = 3
 """Bumped when the conversion or the columns change: older indexes are then not read."""
 _REPORT = b"vqa_grpo.report"
 _SOURCE = b"vqa_grpo.source"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from vqa_grpo.data.rows import (
     Source,
     image_cell,
     image_column,
+    is_empty,
     most_common,
     parse_list,
     question_cell,
@@ -36,6 +38,15 @@ from vqa_grpo.data.video import VIDEO_SUFFIXES, VideoLoader, check_video, frame_
 
 def row_id(row: Row, cols: ColumnsConfig, index: int) -> str:
     return _text(row.values.get(cols.id)) or f"row{index}"
+
+
+@dataclass
+class Undecided:
+    """A row with neither an image nor a video read before any row showed an image or video
+    column: a text-only question if none ever does, else skipped (``RowConverter.absent``)."""
+
+    example: VQAExample
+    where: str
 
 
 class RowConverter:
@@ -53,8 +64,9 @@ class RowConverter:
         self.videos: dict[Path, tuple[str, str]] = {}  # video files checked
         self.visual_like: dict[str, str] = {}  # text-only rows' columns that look like images or videos
         self.unnoted = 100  # how many more rows without an image or video column to look at
+        self.image_column = self.video_column = False  # whether a row so far had the column (a key, a cell)
 
-    def convert(self, row: Row, index: int) -> VQAExample | tuple[str, str]:
+    def convert(self, row: Row, index: int) -> VQAExample | Undecided | tuple[str, str]:
         v, cols = row.values, self.cols
         if self.unnoted and cols.video not in v and image_column(v, cols.image) not in v:
             self.unnoted -= 1
@@ -77,12 +89,17 @@ class RowConverter:
         if not answer:
             return "empty_answer", where
         answers = answers or [answer]
-        cell = image_cell(v, cols)  # one image, a list of them, or NO_COLUMN (rows.py)
+        entries = image_cell(v, cols)  # a list of image cells, None (an empty cell) or NO_COLUMN (rows.py)
         video_cell = _video_cell(v.get(cols.video))
-        cells = [] if cell is NO_COLUMN else cell if isinstance(cell, list) else [cell]
+        self.image_column = self.image_column or entries is not NO_COLUMN
+        self.video_column = self.video_column or cols.video in v
+        cells = entries if isinstance(entries, list) else []
         mismatch = _placeholders(question, len(cells), video_cell is not None)
         if mismatch:
             return "placeholder_mismatch", f"{where}: {mismatch}"
+        unseen = not cells and video_cell is None and entries != [] and not _empty_list(v.get(cols.video))
+        if unseen and self.decided:
+            return self.absent(where)
         sources = []
         for i, one in enumerate(cells):
             which = "" if len(cells) == 1 else f"image {i + 1} of {len(cells)}: "
@@ -115,7 +132,19 @@ class RowConverter:
             else VideoLoader(video, self.video_frames, self.video_fps, self.max_pixels),
         )
         example.fields = row_fields(v, cols, example)  # every column, for reward functions
-        return example
+        return Undecided(example, where) if unseen else example
+
+    @property
+    def decided(self) -> bool:
+        """Whether the data set is known to have an image or a video column: a row with neither
+        is then skipped (``absent``); until then it may be a text-only question (loader.py)."""
+        return self.image_column or self.video_column
+
+    def absent(self, where: str) -> tuple[str, str]:
+        """The skip of a row with neither an image nor a video in a set with either column."""
+        if self.image_column:
+            return "missing_image", f"{where}: no image in the row; write [] for a question without one"
+        return "missing_video", f"{where}: no video in the row; write [] for a question without one"
 
     def _resolve(self, cell: Any) -> tuple[Any, str, str]:
         if not isinstance(cell, str):
@@ -157,7 +186,7 @@ class RowConverter:
         hold: a text-only set may well keep a file name in some other column."""
         for name, value in values.items():
             if isinstance(name, str) and name not in self.visual_like and _VISUAL_NAME.search(name):
-                kind = _visual_kind(value)
+                kind = _visual_kind(value, name)
                 if kind:
                     self.visual_like[name] = kind
 
@@ -170,13 +199,15 @@ def _video_cell(value: Any) -> Any:
     if isinstance(value, str) and value.strip().startswith("["):
         parsed = parse_list(value.strip())  # CSV: a JSON list of frames
         return parsed or None if parsed is not None else value
-    if (
-        value is None
-        or (isinstance(value, float) and math.isnan(value))
-        or (isinstance(value, str) and not value.strip())
-    ):
-        return None
-    return value
+    return None if is_empty(value) else value
+
+
+def _empty_list(value: Any) -> bool:
+    """Whether a cell is an explicitly empty list ([], also as a CSV cell's text)."""
+    frames = frame_list(value)
+    if frames is not None:
+        return not frames
+    return isinstance(value, str) and value.strip().startswith("[") and parse_list(value.strip()) == []
 
 
 def _placeholders(question: str, images: int, video: bool) -> str:
@@ -203,11 +234,16 @@ _VISUAL_NAME = re.compile(r"(?i)image|img|photo|picture|pic|frame|video|clip|mov
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 
 
-def _visual_kind(value: Any) -> str:
-    """ "image" or "video" when a cell looks like one (a file name, bytes, a list of them), else ""."""
+_VIDEO_NAME = re.compile(r"(?i)frame|video|clip|movie")
+
+
+def _visual_kind(value: Any, name: str = "") -> str:
+    """ "image" or "video" when a cell looks like one (a file name, bytes, a list of them), else "";
+    a list of images under a name like a video's (``frames``) is a video's frames."""
     if isinstance(value, (list, tuple)) and value:
-        kind = _visual_kind(value[0])
-        return "image" if kind else ""  # a list of images, or a video's frames: read as images
+        if not _visual_kind(value[0]):
+            return ""
+        return "video" if _VIDEO_NAME.search(name) else "image"
     if isinstance(value, str):
         name = value.strip().lower()
         return "video" if name.endswith(VIDEO_SUFFIXES[:-1]) else "image" if name.endswith(_IMAGE_SUFFIXES) else ""

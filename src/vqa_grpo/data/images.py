@@ -55,14 +55,25 @@ def resolve_image(value: Any, root: Path, allow_outside_root: bool) -> tuple[Ima
         return data, "", ""
     if isinstance(value, dict):
         value = value.get("path")
-    if not isinstance(value, str) or not value.strip():
-        return None, "missing_image", "no image in the row"
+    if not isinstance(value, str):
+        if value is None or (isinstance(value, float) and value != value):
+            return None, "missing_image", "no image in the cell"
+        return None, "missing_image", f"unsupported cell type {type(value).__name__}: {unsupported(value, 'an image')}"
+    if not value.strip():
+        return None, "missing_image", "no image in the cell"
     text = value.strip()
     # Lexical normalisation only: a symlinked image folder inside the root stays allowed.
     path = Path(os.path.normpath(root / text))
     if not allow_outside_root and not path.is_relative_to(root):
         return None, "outside_root", f"{text} leaves the image root {root}"
     return path, "", ""
+
+
+def unsupported(value: Any, what: str) -> str:
+    """The end of a skip's detail for a cell of a type no reader takes (a number, a nested list)."""
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return f"{shown}; {what} is a path, encoded bytes, a {{'bytes', 'path'}} mapping or a PIL image"
 
 
 def check_image(source: ImageSource) -> tuple[str, str]:

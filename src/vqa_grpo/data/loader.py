@@ -12,16 +12,22 @@ Each row goes through the same steps, whatever its format (see ``sources.py``): 
   placeholder_mismatch  the question holds <image> or <video> placeholders (data/prompts.py) and
                      their counts are not the row's numbers of images and videos (0 or 1)
   outside_root       an image (or video) path leaves the image root (unless data.allow_outside_root)
-  missing_image      the image column's cell is empty, or an image file does not exist
+  missing_image      no image and no video in a set with an image column, an image cell of a
+                     type no reader takes, or an image file that does not exist
   too_large          an image with more pixels than PIL's decompression-bomb limit
   corrupt_image      PIL cannot open or verify an image
-  missing_video      the video file does not exist
-  corrupt_video      the video file's container cannot be opened, or holds no video stream
+  missing_video      as missing_image, for a set with only a video column, and a video file
+  corrupt_video      the video file's container cannot be opened, holds no video stream, or
+                     is a still image
 
 Images: the image column's cell is one image, or a list of them in order (TRL's ``images``
-column; a CSV cell holding a JSON list); a list of one is one image, an empty list none. A row
-without the image column and without a video (a data set with neither column) is a text-only
-question; a bad entry of a list skips the row, its detail naming it ("image 2 of 3: ...").
+column; a CSV cell holding a JSON list); a list of one is one image, an empty list none. Absent
+cells are judged per data set, alike in every format: when any row has the image column (a
+JSONL key, a CSV or Parquet column), a missing key, a null and an empty cell are all an empty
+cell; a row with a video and an empty image cell has 0 images; a row with neither is skipped.
+A row is text-only when its list is written empty ([]), or when no row has an image or a video
+column (rows met before the first row with one wait to be decided: ``Undecided``). A bad entry
+of a list skips the row, its detail naming it ("image 2 of 3: ...").
 Videos (data.columns.video): a video file or a list of frame images; an empty cell is no video.
 
 Field rules: ``answers`` may be a list, a JSON list in a string (CSV), one string, or VQA-style
@@ -47,7 +53,7 @@ from typing import Any
 
 from vqa_grpo.config import ColumnsConfig, DataConfig
 from vqa_grpo.data.cache import cached_table, folder_times
-from vqa_grpo.data.convert import RowConverter, row_id
+from vqa_grpo.data.convert import RowConverter, Undecided, row_id
 from vqa_grpo.data.report import SKIP_REASONS, LoadReport
 from vqa_grpo.data.rows import Source, fallback_columns
 from vqa_grpo.data.sources import memory_source, open_source
@@ -145,18 +151,31 @@ def read_examples(
     report = LoadReport(source=source.name)
     examples: list[VQAExample] = []
     seen_columns: set[str] = set()
+    held: list[tuple[int, Undecided]] = []  # rows with no image or video before any row had the column
+
+    def keep(example: VQAExample, index: int) -> None:
+        if builder is None:
+            examples.append(example)
+        else:
+            builder.add(example, index)
+        report.keep(example)
+
     for index, row in enumerate(source.rows, start=1):
         if not seen_columns.issuperset(row.values):  # (most rows: the columns already seen)
             seen_columns.update(k for k in row.values if isinstance(k, str))
         result = converter.convert(row, index)
+        if held and converter.decided:  # the set has an image or video column: those rows miss theirs
+            for i, undecided in held:
+                report.skip(*converter.absent(undecided.where), example_id=undecided.example.id, row=i)
+            held.clear()
         if isinstance(result, VQAExample):
-            if builder is None:
-                examples.append(result)
-            else:
-                builder.add(result, index)
-            report.keep(result)
+            keep(result, index)
+        elif isinstance(result, Undecided):
+            held.append((index, result))
         else:
             report.skip(*result, example_id=row_id(row, source.columns, index), row=index)
+    for i, undecided in held:  # no row had either column: text-only questions, in order
+        keep(undecided.example, i)
     if builder is not None:
         builder.image_folders = folder_times({os.path.dirname(p) for p in [*converter.checked, *converter.videos]})
     if report.rows == 0:

@@ -26,7 +26,7 @@ SKIP_REASONS = (
     "corrupt_video",
 )
 _FIXES = {
-    "missing_image": "image file not found: check data.image_root and the paths in the image column",
+    "missing_image": "no image, or its file not found: check data.image_root and the paths in the image column",
     "corrupt_image": "PIL cannot open the image: re-export or remove those files",
     "empty_question": "no question text: check data.columns.question",
     "empty_answer": "no answer: check data.columns.answer / data.columns.answers",
@@ -39,7 +39,25 @@ _FIXES = {
     "missing_video": "video file not found: check data.image_root and the paths in the video column",
     "corrupt_video": "the video file cannot be opened: re-encode (e.g. H.264 mp4) or remove it",
 }
+_FRAME_FIXES = {
+    "missing_image": "video frame not found: check data.image_root and the frame paths in the video column",
+    "corrupt_image": "PIL cannot open a video frame: re-export or remove those frames",
+    "too_large": "a video frame over PIL's decompression-bomb limit: downscale those frames",
+}
+_FRAME = "video frame "
+"""How a skip's detail names an entry of a video's frame list (convert.py, video.py)."""
 _SAMPLES_PER_REASON = 3
+
+
+def fix(reason: str, details: list[str]) -> str:
+    """What to fix for the rows skipped for ``reason``, by the kind of entry their details name:
+    an image, a video's frame, or both."""
+    frames = sum(_FRAME in d for d in details)
+    if reason not in _FRAME_FIXES or not frames:
+        return _FIXES[reason]
+    if frames == len(details):
+        return _FRAME_FIXES[reason]
+    return f"{_FIXES[reason]}; {_FRAME_FIXES[reason]}"
 
 
 @dataclass
@@ -98,7 +116,8 @@ class LoadReport:
             lines.append(f"  {'skipped':>7}  {'reason':<20}  what to fix")
             for reason, count in self.skipped.items():
                 if count:
-                    lines.append(f"  {count:>7}  {reason:<20}  {_FIXES[reason]}")
+                    details = [r["detail"] for r in self.rejected if r["reason"] == reason]
+                    lines.append(f"  {count:>7}  {reason:<20}  {fix(reason, details)}")
                     lines += [f"  {'':>7}  {'':<20}    e.g. {s}" for s in self.samples.get(reason, [])]
         types = ", ".join(f"{t} {n}" for t, n in self.answer_types.items())
         lines.append(f"  kept by answer type: {types}")

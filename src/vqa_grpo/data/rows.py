@@ -127,13 +127,16 @@ def question_cell(values: dict[str, Any], columns: ColumnsConfig) -> Any:
 
 
 NO_COLUMN = object()
-"""``image_cell``'s answer for a row without the image column: a text-only question."""
+"""``image_cell``'s answer for a row without the image column (loader.py decides per data set
+whether that is a text-only question)."""
 
 
 def image_cell(values: dict[str, Any], columns: ColumnsConfig) -> Any:
-    """The row's image: one cell (a path, bytes, a {"bytes", "path"} mapping, a PIL image), a
-    list of several in order ([] none), or NO_COLUMN when the row has no image column. A list of
-    one image (TRL's ``images``) is that image; a CSV cell holding a JSON list is that list."""
+    """The entries of the row's image cell, in order: ``[cell]`` for one image (a path, bytes, a
+    {"bytes", "path"} mapping, a PIL image), the entries of a list cell ([] none; a CSV cell
+    holding a JSON list is that list; an entry that is itself a list stays one entry, which the
+    loader refuses), None for a null or empty cell (None, NaN, ""), NO_COLUMN when the row has no
+    image column."""
     name = image_column(values, columns.image)
     if name not in values:
         return NO_COLUMN
@@ -143,10 +146,19 @@ def image_cell(values: dict[str, Any], columns: ColumnsConfig) -> Any:
     elif isinstance(cell, str) and cell.startswith("[") and cell.rstrip().endswith("]"):
         cell = parse_list(cell)  # CSV: a JSON list of paths
         if cell is None:
-            return values[name]  # not a list after all: a path that starts with "["
+            return [values[name]]  # not a list after all: a path that starts with "["
     if isinstance(cell, (list, tuple)):
-        return cell[0] if len(cell) == 1 else list(cell)
-    return cell
+        return list(cell)
+    return None if is_empty(cell) else [cell]
+
+
+def is_empty(cell: Any) -> bool:
+    """Whether a cell holds nothing: None, NaN (pandas' empty cell), pandas' NA, blank text."""
+    if cell is None or type(cell).__name__ == "NAType":
+        return True
+    if isinstance(cell, float):
+        return cell != cell
+    return isinstance(cell, str) and not cell.strip()
 
 
 @dataclass(frozen=True)

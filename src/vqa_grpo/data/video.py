@@ -24,7 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vqa_grpo.data.images import ImageLoader, ImageSource, cell_bytes, check_image, resolve_image, to_rgb
+from vqa_grpo.data.images import (
+    ImageLoader,
+    ImageSource,
+    cell_bytes,
+    check_image,
+    resolve_image,
+    to_rgb,
+    unsupported,
+)
 from vqa_grpo.data.types import Video
 from vqa_grpo.errors import UserError
 
@@ -66,7 +74,12 @@ def resolve_video(value: Any, root: Path, allow_outside_root: bool) -> tuple[Vid
         return data, "", ""
     if isinstance(value, dict):
         value = value.get("path")
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, str):
+        if value is None or (isinstance(value, float) and value != value):
+            return None, "missing_video", "no video in the cell"
+        detail = unsupported(value, "a video").replace("a PIL image", "a list of frame images")
+        return None, "missing_video", f"unsupported cell type {type(value).__name__}: {detail}"
+    if not value.strip():
         return None, "missing_video", "no video in the cell"
     text = value.strip()
     path = Path(os.path.normpath(root / text))  # lexical, as for images
@@ -77,7 +90,8 @@ def resolve_video(value: Any, root: Path, allow_outside_root: bool) -> tuple[Vid
 
 def check_video(source: VideoSource) -> tuple[str, str]:
     """``(reason, detail)`` with reason "" when the video looks usable: a file's container opens
-    and holds a video stream (its header only), or each frame passes ``check_image``."""
+    and holds a video stream (its header only) and is not a still image, or each frame passes
+    ``check_image``."""
     if isinstance(source, tuple):
         for i, frame in enumerate(source):
             reason, detail = check_image(frame)
@@ -96,9 +110,21 @@ def check_video(source: VideoSource) -> tuple[str, str]:
         with _open(av, source) as container:
             if not container.streams.video:
                 return "corrupt_video", f"{where} holds no video stream"
+            if _still_image(container):
+                return (
+                    "corrupt_video",
+                    f"{where} is a still image ({container.format.name}), not a video: put it in the image column",
+                )
     except (av.FFmpegError, OSError, ValueError) as e:
         return "corrupt_video", f"{where}: {getattr(e, 'strerror', None) or e}"
     return "", ""
+
+
+def _still_image(container: Any) -> bool:
+    """Whether FFmpeg read the file as a single picture (PNG, JPEG, ...: its ``image2`` demuxer or an
+    ``*_pipe`` one), which PyAV would otherwise take for a one-frame video."""
+    name = container.format.name
+    return name == "image2" or name.endswith("_pipe")
 
 
 def _open(av: Any, source: Path | bytes) -> Any:
