@@ -313,3 +313,31 @@ def test_a_template_holding_a_placeholder_is_refused():
     )
     assert "holds <image> and <video>;" in check_template("<image><video>{question}")
     assert check_template("{question} Answer in one word.") is None
+
+
+def test_a_conversational_prompt_keeps_its_image_positions(tmp_path):
+    draw(tmp_path)
+
+    def row(i: int, parts: list, images: list) -> dict:
+        content = [{"type": "text", "text": p} if isinstance(p, str) else {"type": p[0]} for p in parts]
+        return {"id": f"c{i}", "prompt": [{"role": "user", "content": content}], "images": images, "solution": "x"}
+
+    data = [
+        row(0, ["Is", ("image",), "brighter than", ("image",), "?"], ["a.png", "b.png"]),
+        row(1, [("image",), ("image",), " Which is larger? "], ["a.png", "b.png"]),  # all first: plain text
+        row(2, ["Compare", ("image",)], ["a.png", "b.png"]),  # 1 image part for 2 images
+        row(3, [("image",), "Describe."], ["a.png", "b.png"]),  # leading, but 1 part for 2 images
+        row(4, ["What is it?"], ["a.png", "b.png"]),  # no part: images first
+    ]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
+    cfg = load_config(None, ["data.columns.answer=solution", "data.max_skip_fraction=0.5"]).data
+    examples, report = load_examples(str(tmp_path / "d.jsonl"), cfg)
+    assert [(e.id, e.question) for e in examples] == [
+        ("c0", "Is <image> brighter than <image> ?"),
+        ("c1", "Which is larger?"),
+        ("c4", "What is it?"),
+    ]
+    assert report.samples["placeholder_mismatch"] == [
+        "row 3 (id c2): the question holds 1 <image> and 0 <video> for 2 images and 0 video",
+        "row 4 (id c3): the prompt's user turn holds 1 image and 0 video parts for 2 images and 0 video",
+    ]

@@ -24,6 +24,7 @@ from vqa_grpo.data.rows import (
     ListEntry,
     Row,
     Source,
+    content_marks,
     image_cell,
     image_column,
     is_empty,
@@ -95,6 +96,7 @@ class RowConverter:
         self.video_column = self.video_column or cols.video in v
         cells = entries if isinstance(entries, list) else []
         mismatch = _placeholders(question, len(cells), video_cell is not None)
+        mismatch = mismatch or _parts(content_marks(v, cols), len(cells), video_cell is not None)
         if mismatch:
             return "placeholder_mismatch", f"{where}: {mismatch}"
         unseen = not cells and video_cell is None and entries != [] and not _empty_list(v.get(cols.video))
@@ -220,6 +222,17 @@ def _placeholders(question: str, images: int, video: bool) -> str:
     return (
         f"the question holds {marked_images} {IMAGE_PLACEHOLDER} and {marked_videos} {VIDEO_PLACEHOLDER} for "
         f"{images} image{'s' * (images != 1)} and {int(video)} video"
+    )
+
+
+def _parts(marks: tuple[int, int] | None, images: int, video: bool) -> str:
+    """Why a conversational question's image and video parts do not fit the row's visuals, or ""
+    (none, or they fit)."""
+    if not marks or marks == (0, 0) or marks == (images, int(video)):
+        return ""
+    return (
+        f"the prompt's user turn holds {marks[0]} image and {marks[1]} video parts for {images} "
+        f"image{'s' * (images != 1)} and {int(video)} video"
     )
 
 

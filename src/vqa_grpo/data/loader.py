@@ -33,7 +33,8 @@ Videos (data.columns.video): a video file or a list of frame images; an empty ce
 Field rules: ``answers`` may be a list, a JSON list in a string (CSV), one string, or VQA-style
 ``{"answer": ...}`` entries; a missing ``answer`` is the most frequent entry of ``answers`` (ties to
 the first), a missing ``answers`` is ``[answer]``. TRL's layout is read too (rows.py): a
-conversational ``prompt`` column (the last user turn's text) as the question, an ``images`` list as
+conversational ``prompt`` column (the last user turn's text, its image parts as placeholders
+unless they all come first) as the question, an ``images`` list as
 the image; every other column is kept on the example for reward functions (``VQAExample.fields``).
 Types come from the data when present (an answer type must be one of ANSWER_TYPES), else from
 ``qtypes.py``. A missing id is ``row<N>`` (1-based).

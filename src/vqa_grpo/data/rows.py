@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vqa_grpo.config import ColumnsConfig
+from vqa_grpo.data.types import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
 
 
 @dataclass
@@ -111,19 +112,59 @@ def fallback_columns(seen: set[str], columns: ColumnsConfig) -> set[str]:
 def question_cell(values: dict[str, Any], columns: ColumnsConfig) -> Any:
     """The question's cell: the mapped column's, or TRL's ``prompt`` when the default ``question``
     is absent; a conversational cell (a list of {role, content} messages) gives the text of its
-    last user turn (a string, or the text parts of a list of {type: text/image} parts, joined by a
-    space); system and earlier turns are not used, as vqa-grpo writes the prompt itself."""
+    last user turn: a string, or its list of parts joined by a space, each text part stripped and
+    each {type: image} / {type: video} part written as IMAGE_PLACEHOLDER / VIDEO_PLACEHOLDER, so
+    the images show where the parts are. Parts that all come first, the images then the video,
+    are left out: the default placement (images first) shows them there anyway, and the question
+    keeps its plain text. System and earlier turns are not used, as vqa-grpo writes the prompt."""
+    content = _user_content(values, columns)
+    if content is NO_COLUMN:
+        return _question(values, columns)
+    if not isinstance(content, (list, tuple)):
+        return content
+    parts = [_part(p) for p in content]
+    visual = [p for p in parts if p in (IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER)]
+    if parts[: len(visual)] == visual and visual == sorted(visual, key=lambda p: p == VIDEO_PLACEHOLDER):
+        parts = parts[len(visual) :]  # all first, images before the video: the default placement
+    return " ".join(p for p in parts if p)
+
+
+def content_marks(values: dict[str, Any], columns: ColumnsConfig) -> tuple[int, int] | None:
+    """How many image and video parts the last user turn of a conversational question holds, or
+    None for a question that is not a list of parts (the loader checks them against the row's
+    images and video, as it checks placeholders)."""
+    content = _user_content(values, columns)
+    if not isinstance(content, (list, tuple)):
+        return None
+    parts = [_part(p) for p in content]
+    return parts.count(IMAGE_PLACEHOLDER), parts.count(VIDEO_PLACEHOLDER)
+
+
+def _question(values: dict[str, Any], columns: ColumnsConfig) -> Any:
     cell = values.get(columns.question)
     if cell is None and columns.question == "question":
         cell = values.get(PROMPT_COLUMN)
+    return cell
+
+
+def _user_content(values: dict[str, Any], columns: ColumnsConfig) -> Any:
+    """The content of a conversational question's last user turn (None without one), or NO_COLUMN
+    when the question is not conversational."""
+    cell = _question(values, columns)
     if isinstance(cell, (list, tuple)) and cell and all(isinstance(m, dict) and "role" in m for m in cell):
         users = [m for m in cell if m.get("role") == "user"]
-        content = users[-1].get("content") if users else None
-        if isinstance(content, (list, tuple)):
-            texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-            content = " ".join(t.strip() for t in texts if isinstance(t, str) and t.strip())
-        return content
-    return cell
+        return users[-1].get("content") if users else None
+    return NO_COLUMN
+
+
+def _part(part: Any) -> str:
+    """A user turn's part as text: a text part's stripped text, a placeholder for an image or a
+    video part, "" for anything else."""
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind == "text":
+        text = part.get("text")
+        return text.strip() if isinstance(text, str) else ""
+    return {"image": IMAGE_PLACEHOLDER, "video": VIDEO_PLACEHOLDER}.get(kind, "")
 
 
 NO_COLUMN = object()
