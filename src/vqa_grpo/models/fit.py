@@ -79,7 +79,7 @@ def check_eval_fit(model: ModelConfig, cfg: Config, examples: Sequence[VQAExampl
     question followed by eval.max_new_tokens new tokens."""
     if not _measured(report):
         return
-    model, base_path, hf_config, adapter = _resolve(model, warn=False)
+    model, _, hf_config, adapter = _resolve(model, warn=False)
     processor = adapter.load_processor(model.name_or_path, model)
     split = Split(what, examples, After(cfg.eval.max_new_tokens, "eval.max_new_tokens"))
     check_fit(adapter, processor, context_length(hf_config), cfg, [split], report)
@@ -94,11 +94,11 @@ def check_fit(
         return
     template = prompt_template(cfg.data, cfg.reward.reasoning)
     for split in splits:
-        bounds = [(context, "max_position_embeddings")] if context is not None else []
-        bound, name = min([*bounds, *([split.limit] if split.limit else [])], default=(None, ""))
+        bound, name, whose = context, "max_position_embeddings", "the model's"
+        if split.limit is not None and (context is None or split.limit[0] < context):
+            (bound, name), whose = split.limit, "vLLM's"
         if bound is None:
             continue
-        whose = "vLLM's" if name == "grpo.vllm_max_model_len" else "the model's"
         for example, prompt, visuals in _widest(adapter, processor, split.examples, template, report):
             after = split.after
             new = after.tokens if after.tokens is not None else _answer_tokens(processor, example)
@@ -108,7 +108,7 @@ def check_fit(
             raise UserError(
                 f"{split.what}: question {example.id} ({_shown(visuals)}) needs {prompt} prompt tokens + {new} "
                 f"{follows} = {prompt + new} positions, more than {whose} {bound} ({name}); "
-                + _fix(cfg.data, visuals, after, name if whose == "vLLM's" else None)
+                + _fix(cfg.data, visuals, after, name if name != "max_position_embeddings" else None)
             )
 
 
