@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from vqa_grpo.demo import base, format_summary, run_demo
+from vqa_grpo.demo import run as demo_run
 from vqa_grpo.errors import UserError
 
 
@@ -129,7 +130,13 @@ def test_demo_cli_rejects_a_non_integer_seed_and_a_bad_override(tmp_path, capsys
 
 
 @pytest.mark.slow
-def test_demo_runs_every_stage_and_writes_the_summary(tmp_path):
+def test_demo_runs_every_stage_and_writes_the_summary(tmp_path, monkeypatch):
+    # Every stage on one thread, as every test process runs (tests/conftest.py): the demo's two
+    # (train.cpu_threads=2) spin against the other test worker on a 2-core machine (5x the time),
+    # and its evaluation would leave this process at two threads for the tests after it.
+    common = [o for o in demo_run.COMMON if not o.startswith("train.cpu_threads=")]
+    assert len(common) == len(demo_run.COMMON) - 1
+    monkeypatch.setattr(demo_run, "COMMON", [*common, "train.cpu_threads=1"])
     out = tmp_path / "demo"
     summary = run_demo(
         out, seed=1, n_questions=60, rl_steps=2, learning_rate=2e-5, progress=False, train_questions=40, n_ood=6
