@@ -28,42 +28,12 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command in ("data", "model", "demo") and getattr(args, "out", None) is not None:
         check_folder(args.out, "--out")  # a file there is one line up front, not a traceback after the work
     if args.command == "data" and args.data_command == "synth":
-        from vqa_grpo.data.synthetic import MIN_IMAGE_SIZE, synthesize
+        from vqa_grpo.data.synthetic_task import synthesize_task
 
-        if args.n < 1:
-            raise UserError(f"--n={args.n}: need at least 1 question")
-        if args.image_size < MIN_IMAGE_SIZE:
-            raise UserError(f"--image-size={args.image_size}: need at least {MIN_IMAGE_SIZE} px")
-        if not 0 <= args.unanswerable <= 1:
-            raise UserError(f"--unanswerable={args.unanswerable}: give a share in [0, 1], e.g. 0.1")
-        if args.ood and args.unanswerable:
-            raise UserError("--ood takes no --unanswerable: the out-of-distribution set asks answerable questions")
-        if args.task != "single" and (args.ood or args.unanswerable):
-            raise UserError(f"--task {args.task} takes no --ood or --unanswerable: they shift the single-image set")
-        if args.task != "video" and (args.frames is not None or args.video_format is not None):
-            raise UserError(f"--frames and --video-format are for --task video, not --task {args.task}")
-        if args.task == "multi-image":
-            from vqa_grpo.data.synthetic_multi import synthesize_multi
-
-            path = synthesize_multi(args.out, n=args.n, seed=args.seed, image_size=args.image_size)
-        elif args.task == "video":
-            from vqa_grpo.data.synthetic_video import DEFAULT_FRAMES, MIN_FRAMES, synthesize_video
-
-            frames = DEFAULT_FRAMES if args.frames is None else args.frames
-            if frames < MIN_FRAMES:
-                raise UserError(f"--frames={frames}: need at least {MIN_FRAMES} frames per clip")
-            if args.video_format == "mp4" and args.image_size % 2:
-                raise UserError(f"--image-size={args.image_size}: MP4 clips need an even size, e.g. 112")
-            video_format = args.video_format or "frames"
-            path = synthesize_video(args.out, args.n, args.seed, args.image_size, frames, video_format)
-        elif args.ood:
-            from vqa_grpo.data.synthetic_shift import synthesize_shifted
-
-            path = synthesize_shifted(args.out, n=args.n, seed=args.seed, image_size=args.image_size)
-        else:
-            path = synthesize(
-                args.out, n=args.n, seed=args.seed, image_size=args.image_size, unanswerable=args.unanswerable
-            )
+        options = dict(seed=args.seed, image_size=args.image_size, unanswerable=args.unanswerable, ood=args.ood)
+        path = synthesize_task(
+            args.task, args.out, args.n, frames=args.frames, video_format=args.video_format, **options
+        )
         print(f"wrote {args.n} questions to {path}")
         return 0
     if args.command == "data" and args.data_command == "inspect":

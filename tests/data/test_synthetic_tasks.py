@@ -359,8 +359,11 @@ def test_data_synth_task_writes_rows_with_images_or_video(tmp_path, capsys):
         (["--task", "video", "--ood"], "error: --task video takes no --ood or --unanswerable"),
         (["--task", "multi-image", "--unanswerable", "0.1"], "error: --task multi-image takes no --ood"),
         (["--frames", "6"], "error: --frames and --video-format are for --task video, not --task single"),
-        (["--task", "video", "--video-format", "mp4", "--image-size", "65"], "error: --image-size=65: MP4 clips"),
-        (["--task", "video", "--frames", "3"], "error: --frames=3: need at least 4 frames per clip"),
+        (["--task", "video", "--video-format", "mp4", "--image-size", "65"], "error: image_size must be even for MP4"),
+        (["--task", "video", "--frames", "3"], "error: frames must be at least 4 per clip (--frames), got 3"),
+        (["--n", "0"], "error: n must be a positive number of examples (--n), got 0"),
+        (["--task", "multi-image", "--image-size", "16"], "error: image_size must be at least 32 px (--image-size)"),
+        (["--unanswerable", "1.5"], "error: unanswerable must be a share in [0, 1] (--unanswerable), e.g. 0.1; got"),
     ],
 )
 def test_data_synth_task_refuses_options_of_other_tasks(tmp_path, capsys, args, error):

@@ -230,3 +230,11 @@ def test_a_datasets_video_feature_is_read_undecoded(tmp_path, clip):
     ds.save_to_disk(str(tmp_path / "ds"))
     (ex,), report = load_examples(str(tmp_path / "ds"), DataConfig())
     assert report.videos == 1 and which(ex.load_visuals()[0]) == [0, 4]
+
+
+def test_a_failed_mp4_encoding_leaves_no_file(tmp_path):
+    from vqa_grpo.data.synthetic_video import write_mp4
+
+    with pytest.raises(av.FFmpegError):  # yuv420p: libx264 refuses odd sides
+        write_mp4(tmp_path / "x.mp4", [Image.new("RGB", (33, 33))] * 2)
+    assert list(tmp_path.iterdir()) == []

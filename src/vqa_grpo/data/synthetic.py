@@ -40,7 +40,6 @@ byte-identical files (with the same Pillow version).
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from dataclasses import dataclass
@@ -48,6 +47,17 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from PIL import Image, ImageDraw
+
+from vqa_grpo.data.synthetic_common import (
+    MIN_IMAGE_SIZE,  # noqa: F401  (re-exported: synthetic_shift.py)
+    SIZES,
+    apportion,
+    balanced,
+    check_arguments,
+    overlaps,
+    side_px,
+    write_rows,
+)
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -61,13 +71,8 @@ COLORS: dict[str, tuple[int, int, int]] = {
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 
-SIZES: dict[str, float] = {"small": 0.18, "large": 0.30}
-"""Size name -> side of the object's bounding box as a fraction of the image side
-(20 and 34 px at 112 px)."""
-
 BACKGROUND: tuple[int, int, int] = (128, 128, 128)
 MAX_OBJECTS = 6
-MIN_IMAGE_SIZE = 32
 
 FAMILY_PROPORTIONS: dict[str, float] = {
     "existence": 0.30,
@@ -233,11 +238,6 @@ FAMILIES: dict[str, Callable[[random.Random, str, Kinds], Plan]] = {
 }
 
 
-def _side_px(size: str, image_size: int) -> int:
-    """Bounding-box side in pixels, even so that the box has an integer centre."""
-    return max(2, 2 * round(SIZES[size] * image_size / 2))
-
-
 def place_objects(rng: random.Random, plan: Plan, image_size: int) -> list[dict]:
     """Sizes and non-overlapping boxes for ``plan.kinds`` by rejection sampling.
 
@@ -250,14 +250,14 @@ def place_objects(rng: random.Random, plan: Plan, image_size: int) -> list[dict]
         sizes: list[str] = []
         for i in range(len(plan.kinds)):
             size = rng.choice(tuple(SIZES))
-            side = _side_px(size, image_size)
+            side = side_px(size, image_size)
             for _ in range(_OBJECT_TRIES):
                 x0 = rng.randint(gap, image_size - gap - side)
                 y0 = rng.randint(gap, image_size - gap - side)
                 box = (x0, y0, x0 + side, y0 + side)
                 if plan.left_pair and i == 1 and x0 < boxes[0][2] + gap:
                     continue
-                if not any(_overlaps(box, other, gap) for other in boxes):
+                if not any(overlaps(box, other, gap) for other in boxes):
                     break
             else:
                 break
@@ -271,11 +271,6 @@ def place_objects(rng: random.Random, plan: Plan, image_size: int) -> list[dict]
             rng.shuffle(objects)  # the order of the list must not give the answer away
             return objects
     raise RuntimeError(f"could not place {len(plan.kinds)} objects in {image_size} px")
-
-
-def _overlaps(a: tuple[int, ...], b: tuple[int, ...], gap: int) -> bool:
-    """Whether boxes ``a`` and ``b`` (x1, y1 exclusive) come closer than ``gap`` pixels."""
-    return not (a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1])
 
 
 def draw_scene(objects: list[dict], image_size: int) -> Image.Image:
@@ -299,16 +294,9 @@ def draw_scene(objects: list[dict], image_size: int) -> Image.Image:
 def family_schedule(rng: random.Random, n: int) -> list[tuple[str, str]]:
     """``n`` (family, answer) pairs: families in ``FAMILY_PROPORTIONS`` (largest remainder),
     answers cycled within each family, the whole list shuffled."""
-    exact = {f: p * n for f, p in FAMILY_PROPORTIONS.items()}
-    counts = {f: int(x) for f, x in exact.items()}
-    by_remainder = sorted(FAMILY_PROPORTIONS, key=lambda f: counts[f] - exact[f])
-    for f in by_remainder[: n - sum(counts.values())]:
-        counts[f] += 1
     schedule = []
-    for family, count in counts.items():
-        answers = list(FAMILY_ANSWERS[family])
-        rng.shuffle(answers)  # which answers get the leftover one varies with the seed
-        schedule += [(family, answers[i % len(answers)]) for i in range(count)]
+    for family, count in apportion(n, FAMILY_PROPORTIONS).items():
+        schedule += [(family, answer) for answer in balanced(rng, FAMILY_ANSWERS[family], count)]
     rng.shuffle(schedule)
     return schedule
 
@@ -356,12 +344,8 @@ def write_examples(out_dir: Path, examples: list[tuple[Plan, str, str, dict, lis
             **extra,
             "scene": objects,
         }
-        rows.append(json.dumps(row) + "\n")
-    path = out_dir / "data.jsonl"
-    tmp = out_dir / "data.jsonl.tmp"
-    tmp.write_text("".join(rows), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+        rows.append(row)
+    return write_rows(out_dir, rows)
 
 
 def synthesize(
@@ -380,12 +364,7 @@ def synthesize(
     Same arguments, byte-identical files. Images of an earlier run with a larger ``n`` are not
     removed; data.jsonl is replaced whole (written to a temporary file, then renamed).
     """
-    if n < 1:
-        raise ValueError(f"n must be a positive number of examples, got {n}")
-    if not 0 <= unanswerable <= 1:
-        raise ValueError(f"unanswerable must be a share in [0, 1], got {unanswerable}")
-    if image_size < MIN_IMAGE_SIZE:
-        raise ValueError(f"image_size must be at least {MIN_IMAGE_SIZE} px, got {image_size}")
+    check_arguments(n, image_size, unanswerable)
     kinds = allowed_kinds(held_out_pairs)
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)

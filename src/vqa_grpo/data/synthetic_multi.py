@@ -31,7 +31,6 @@ byte-identical files.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from pathlib import Path
@@ -41,13 +40,13 @@ from vqa_grpo.data.qtypes import question_type_of
 from vqa_grpo.data.synthetic import (
     ALL_KINDS,
     COLORS,
-    MIN_IMAGE_SIZE,
     SHAPES,
     Plan,
     draw_scene,
     other_kinds,
     place_objects,
 )
+from vqa_grpo.data.synthetic_common import apportion, balanced, check_arguments, write_rows
 
 KIND_ANSWER_TYPES: dict[str, str] = {"more": "other", "same_shape": "yes/no", "count": "number", "which": "other"}
 """The question kinds, in equal shares, and their VQA v2 answer types."""
@@ -76,38 +75,6 @@ VOCABULARY: tuple[str, ...] = tuple(
 """Every word of every question and answer (lower-cased, split on ``\\w+|[^\\w\\s]``), placeholders aside."""
 
 _Kind = tuple[str, str]
-
-
-def apportion(n: int, shares: dict) -> dict:
-    """``n`` split by ``shares`` (summing to 1) with largest-remainder rounding; ties go to the first key."""
-    exact = {k: s * n for k, s in shares.items()}
-    counts = {k: int(x) for k, x in exact.items()}
-    for k in sorted(shares, key=lambda k: counts[k] - exact[k])[: n - sum(counts.values())]:
-        counts[k] += 1
-    return counts
-
-
-def balanced(rng: random.Random, answers: tuple[str, ...], count: int) -> list[str]:
-    """``count`` answers cycling through ``answers`` in a seeded order (each equally often, up to one)."""
-    order = list(answers)
-    rng.shuffle(order)
-    return [order[i % len(order)] for i in range(count)]
-
-
-def write_rows(out_dir: Path, rows: list[dict]) -> Path:
-    """data.jsonl, replaced whole: written to a temporary file, then renamed."""
-    path, tmp = out_dir / "data.jsonl", out_dir / "data.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def check_arguments(n: int, image_size: int) -> None:
-    """ValueError for a count or an image size the generators cannot draw (before anything is written)."""
-    if n < 1:
-        raise ValueError(f"n must be a positive number of examples, got {n}")
-    if image_size < MIN_IMAGE_SIZE:
-        raise ValueError(f"image_size must be at least {MIN_IMAGE_SIZE} px, got {image_size}")
 
 
 def _answers(kind: str, n_images: int) -> tuple[str, ...]:

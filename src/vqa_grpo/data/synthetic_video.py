@@ -45,7 +45,15 @@ from PIL import Image
 
 from vqa_grpo.data.qtypes import question_type_of
 from vqa_grpo.data.synthetic import ALL_KINDS, COLORS, SHAPES, SIZES, draw_scene
-from vqa_grpo.data.synthetic_multi import apportion, balanced, check_arguments, write_rows
+from vqa_grpo.data.synthetic_common import (
+    SynthesisError,
+    apportion,
+    balanced,
+    check_arguments,
+    overlaps,
+    side_px,
+    write_rows,
+)
 from vqa_grpo.data.video import import_av
 
 KIND_ANSWER_TYPES: dict[str, str] = {"enter": "yes/no", "leave": "other", "count_end": "number", "direction": "other"}
@@ -148,10 +156,6 @@ def _track(rng: random.Random, motion: str, direction: str | None, side: int, si
             return start, end
 
 
-def _apart(a: list[int], b: list[int], gap: int) -> bool:
-    return a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
-
-
 def place_tracks(rng: random.Random, objects: list[_Object], image_size: int, frames: int) -> list[dict]:
     """Sizes, rows and tracks for ``objects`` by rejection sampling: no two boxes closer than the gap
     in any frame. A failed object restarts the scene with new sizes, as ``place_objects`` does."""
@@ -160,13 +164,13 @@ def place_tracks(rng: random.Random, objects: list[_Object], image_size: int, fr
         placed: list[dict] = []
         for (color, shape), motion, direction in objects:
             size = rng.choice(tuple(SIZES))
-            side = max(2, 2 * round(SIZES[size] * image_size / 2))  # as synthetic.py sizes them
+            side = side_px(size, image_size)
             for _ in range(_OBJECT_TRIES):
                 y0 = rng.randint(gap, image_size - gap - side)
                 start, end = _track(rng, motion, direction, side, image_size, gap)
                 xs = [round(start + (end - start) * t / (frames - 1)) for t in range(frames)]
                 boxes = [[x, y0, x + side, y0 + side] for x in xs]
-                if all(_apart(a, b, gap) for other in placed for a, b in zip(boxes, other["boxes"])):
+                if not any(overlaps(a, b, gap) for other in placed for a, b in zip(boxes, other["boxes"])):
                     break
             else:
                 break
@@ -212,12 +216,16 @@ def synthesize_video(
     second; PyAV, an even ``image_size``), and ``video`` is that path."""
     check_arguments(n, image_size)
     if frames < MIN_FRAMES:
-        raise ValueError(f"frames must be at least {MIN_FRAMES}, got {frames}")
+        raise SynthesisError(f"frames must be at least {MIN_FRAMES} per clip (--frames), got {frames}")
     if video_format not in VIDEO_FORMATS:
-        raise ValueError(f"video_format must be one of {', '.join(VIDEO_FORMATS)}, got {video_format!r}")
+        raise SynthesisError(
+            f"video_format must be one of {', '.join(VIDEO_FORMATS)} (--video-format), got {video_format!r}"
+        )
     if video_format == "mp4":
         if image_size % 2:
-            raise ValueError(f"an MP4 clip needs an even image_size (yuv420p), got {image_size}")
+            raise SynthesisError(
+                f"image_size must be even for MP4 clips (yuv420p; --image-size), e.g. 112; got {image_size}"
+            )
         import_av()
     out_dir = Path(out_dir)
     (out_dir / ("videos" if video_format == "mp4" else "images")).mkdir(parents=True, exist_ok=True)
