@@ -188,7 +188,9 @@ def test_unknown_benchmark_or_metric_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["data", "inspect", str(tmp_path), "train.eval_metric=anlss"]) == 2
     assert capsys.readouterr().err.startswith("error: train.eval_metric='anlss': choose one of vqa_accuracy")
     assert main(["data", "synth", "--out", str(tmp_path / "s"), "--unanswerable", "1.5"]) == 2
-    assert capsys.readouterr().err == "error: --unanswerable=1.5: give a share in [0, 1], e.g. 0.1\n"
+    assert (
+        capsys.readouterr().err == "error: unanswerable must be a share in [0, 1] (--unanswerable), e.g. 0.1; got 1.5\n"
+    )
     assert not (tmp_path / "s").exists()
 
 

@@ -238,3 +238,11 @@ def test_a_failed_mp4_encoding_leaves_no_file(tmp_path):
     with pytest.raises(av.FFmpegError):  # yuv420p: libx264 refuses odd sides
         write_mp4(tmp_path / "x.mp4", [Image.new("RGB", (33, 33))] * 2)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_inspect_names_a_frame_list_and_one_frame(tmp_path):
+    from vqa_grpo.data.inspect import _frames
+
+    Image.new("RGB", (6, 4)).save(tmp_path / "f.png")
+    loader = VideoLoader((tmp_path / "f.png",), max_frames=8, fps=1.0)
+    assert (loader.describe(), _frames(loader())) == ("a list of 1 frame image", "1 frame of 6x4 sampled at 1/s")
