@@ -10,6 +10,7 @@ it rather than starting an interpreter that imports them again. Each question sh
 """
 
 import json
+import signal
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -41,7 +42,16 @@ def test_grpo_step_benchmark_prints_one_json_object_with_every_method(tiny_model
     monkeypatch.syspath_prepend(str(BENCHMARKS))  # grpo_step imports step_setup, its workers step_methods
     import grpo_step
 
-    grpo_step.main(args)
+    def expire(signum, frame):
+        raise TimeoutError("benchmarks/grpo_step.py: no result after 600 s")
+
+    previous = signal.signal(signal.SIGALRM, expire)  # the subprocess's timeout it ran under before
+    signal.alarm(600)
+    try:
+        grpo_step.main(args)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for m in ("vqa_grpo", "limit"):
         r = out["methods"][m]
