@@ -22,6 +22,7 @@ from vqa_grpo.data.synthetic import (
     VOCABULARY,
     synthesize,
 )
+from vqa_grpo.errors import UserError
 
 ROW_KEYS = ["id", "image", "question", "answer", "answers", "question_type", "answer_type", "scene"]
 QUESTION_TYPES_NAME = "vqa_mscoco_question_types.txt"
@@ -216,7 +217,7 @@ def test_other_image_sizes_scale_the_objects(tmp_path, image_size):
 
 @pytest.mark.parametrize("kwargs", [{"n": 0}, {"image_size": 16}])
 def test_bad_arguments_raise_before_writing(tmp_path, kwargs):
-    with pytest.raises(ValueError):
+    with pytest.raises(UserError):
         synthesize(tmp_path / "out", **kwargs)
     assert not (tmp_path / "out").exists()
 
@@ -243,6 +244,6 @@ def test_unanswerable_zero_draws_the_same_files(tmp_path):
     plain = _tree_bytes(synthesize(tmp_path / "a", n=30, seed=5).parent)
     assert _tree_bytes(synthesize(tmp_path / "b", n=30, seed=5, unanswerable=0.0).parent) == plain
     assert _tree_bytes(synthesize(tmp_path / "c", n=30, seed=5, unanswerable=0.01).parent) == plain  # rounds to 0
-    with pytest.raises(ValueError, match=r"unanswerable must be a share in \[0, 1\]"):
+    with pytest.raises(UserError, match=r"unanswerable must be a share in \[0, 1\]"):
         synthesize(tmp_path / "d", n=3, unanswerable=1.5)
     assert not (tmp_path / "d").exists()

@@ -17,6 +17,7 @@ from vqa_grpo.data import synthetic_multi, synthetic_video
 from vqa_grpo.data.synthetic import COLORS
 from vqa_grpo.data.synthetic_multi import synthesize_multi
 from vqa_grpo.data.synthetic_video import synthesize_video
+from vqa_grpo.errors import UserError
 
 ORDINALS = ["first", "second", "third"]
 MULTI_KEYS = ["id", "images", "question", "answer", "answers", "question_type", "answer_type", "scenes"]
@@ -275,7 +276,7 @@ def test_video_same_seed_same_bytes_and_bad_frames_raise(tmp_path):
     first = _tree_bytes(synthesize_video(tmp_path / "a", n=4, seed=2, image_size=48, frames=4).parent)
     assert _tree_bytes(synthesize_video(tmp_path / "b", n=4, seed=2, image_size=48, frames=4).parent) == first
     assert len(first) == 1 + 4 * 4
-    with pytest.raises(ValueError, match="frames must be at least 4"):
+    with pytest.raises(UserError, match="frames must be at least 4"):
         synthesize_video(tmp_path / "c", n=2, frames=3)
     assert not (tmp_path / "c").exists()
 

@@ -22,20 +22,15 @@ SIZES: dict[str, float] = {"small": 0.18, "large": 0.30}
 (20 and 34 px at 112 px)."""
 
 
-class SynthesisError(UserError, ValueError):
-    """An argument the generators cannot draw with: one line naming it and its option (the CLI
-    prints it and exits 2); a ValueError too, as library callers have caught it."""
-
-
 def check_arguments(n: int, image_size: int, unanswerable: float = 0.0) -> None:
-    """SynthesisError for a count, an image size or a share of unanswerable questions that cannot
+    """UserError for a count, an image size or a share of unanswerable questions that cannot
     be drawn, before anything is written."""
     if n < 1:
-        raise SynthesisError(f"n must be a positive number of examples (--n), got {n}")
+        raise UserError(f"n must be a positive number of examples (--n), got {n}")
     if not 0 <= unanswerable <= 1:
-        raise SynthesisError(f"unanswerable must be a share in [0, 1] (--unanswerable), e.g. 0.1; got {unanswerable}")
+        raise UserError(f"unanswerable must be a share in [0, 1] (--unanswerable), e.g. 0.1; got {unanswerable}")
     if image_size < MIN_IMAGE_SIZE:
-        raise SynthesisError(f"image_size must be at least {MIN_IMAGE_SIZE} px (--image-size), got {image_size}")
+        raise UserError(f"image_size must be at least {MIN_IMAGE_SIZE} px (--image-size), got {image_size}")
 
 
 def apportion(n: int, shares: dict) -> dict:

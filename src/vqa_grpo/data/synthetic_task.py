@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 
 from vqa_grpo.data.synthetic import synthesize
-from vqa_grpo.data.synthetic_common import SynthesisError
 from vqa_grpo.data.synthetic_multi import synthesize_multi
 from vqa_grpo.data.synthetic_shift import synthesize_shifted
 from vqa_grpo.data.synthetic_video import DEFAULT_FRAMES, synthesize_video
+from vqa_grpo.errors import UserError
 
 TASKS = ("single", "multi-image", "video")
 """``--task``: the single-image set (synthetic.py), several images (synthetic_multi.py), a clip
@@ -30,15 +30,15 @@ def synthesize_task(
 ) -> Path:
     """The set of ``task`` (TASKS) under ``out_dir``, its data.jsonl's path returned; ``ood``: the
     single-image set's out-of-distribution shift; ``frames`` and ``video_format`` are the video
-    task's. SynthesisError (one line naming the option) for a combination no generator takes."""
+    task's. UserError (one line naming the option) for a combination no generator takes."""
     if task not in TASKS:
-        raise SynthesisError(f"--task {task!r} is not one of {', '.join(TASKS)}")
+        raise UserError(f"--task {task!r} is not one of {', '.join(TASKS)}")
     if ood and unanswerable:
-        raise SynthesisError("--ood takes no --unanswerable: the out-of-distribution set asks answerable questions")
+        raise UserError("--ood takes no --unanswerable: the out-of-distribution set asks answerable questions")
     if task != "single" and (ood or unanswerable):
-        raise SynthesisError(f"--task {task} takes no --ood or --unanswerable: they shift the single-image set")
+        raise UserError(f"--task {task} takes no --ood or --unanswerable: they shift the single-image set")
     if task != "video" and (frames is not None or video_format is not None):
-        raise SynthesisError(f"--frames and --video-format are for --task video, not --task {task}")
+        raise UserError(f"--frames and --video-format are for --task video, not --task {task}")
     if task == "multi-image":
         return synthesize_multi(out_dir, n=n, seed=seed, image_size=image_size)
     if task == "video":

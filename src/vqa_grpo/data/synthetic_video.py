@@ -46,7 +46,6 @@ from PIL import Image
 from vqa_grpo.data.qtypes import question_type_of
 from vqa_grpo.data.synthetic import ALL_KINDS, COLORS, SHAPES, SIZES, draw_scene
 from vqa_grpo.data.synthetic_common import (
-    SynthesisError,
     apportion,
     balanced,
     check_arguments,
@@ -55,6 +54,7 @@ from vqa_grpo.data.synthetic_common import (
     write_rows,
 )
 from vqa_grpo.data.video import import_av
+from vqa_grpo.errors import UserError
 
 KIND_ANSWER_TYPES: dict[str, str] = {"enter": "yes/no", "leave": "other", "count_end": "number", "direction": "other"}
 """The question kinds, in equal shares, and their VQA v2 answer types."""
@@ -216,14 +216,14 @@ def synthesize_video(
     second; PyAV, an even ``image_size``), and ``video`` is that path."""
     check_arguments(n, image_size)
     if frames < MIN_FRAMES:
-        raise SynthesisError(f"frames must be at least {MIN_FRAMES} per clip (--frames), got {frames}")
+        raise UserError(f"frames must be at least {MIN_FRAMES} per clip (--frames), got {frames}")
     if video_format not in VIDEO_FORMATS:
-        raise SynthesisError(
+        raise UserError(
             f"video_format must be one of {', '.join(VIDEO_FORMATS)} (--video-format), got {video_format!r}"
         )
     if video_format == "mp4":
         if image_size % 2:
-            raise SynthesisError(
+            raise UserError(
                 f"image_size must be even for MP4 clips (yuv420p; --image-size), e.g. 112; got {image_size}"
             )
         import_av()
