@@ -28,6 +28,21 @@ from transformers import AutoProcessor
 from vqa_grpo.errors import UserError
 from vqa_grpo.models.visuals import Part, as_visuals, frames_as_images, layout, of_kind, repeat_blocks
 
+_INTERLEAVES: dict[str, bool] = {}
+
+
+def interleaves(owner) -> bool:
+    """Whether ``owner``'s chat template (a processor's or tokenizer's) renders a user turn's parts
+    in their order: probed once per template with (text, image, text). llava-hf's templates render
+    every image first, then every text, so a question's placeholders would be lost."""
+    template = owner.chat_template
+    if template not in _INTERLEAVES:
+        probe = [{"type": "text", "text": "vqaprobeA"}, {"type": "image"}, {"type": "text", "text": "vqaprobeB"}]
+        rendered = owner.apply_chat_template([{"role": "user", "content": probe}], tokenize=False)
+        between = rendered.partition("vqaprobeA")[2].partition("vqaprobeB")[0]
+        _INTERLEAVES[template] = "vqaprobeB" in rendered and bool(between)
+    return _INTERLEAVES[template]
+
 
 def unwrap_ddp(model):
     """The model inside a DDP wrapper (``.module``: the loss's forward runs through the wrapper), or itself."""
@@ -134,15 +149,32 @@ class FamilyAdapter:
         ``visuals``, one image when None, placed by :meth:`prompt_parts`) and the assistant's turn
         opened, in the processor's chat template (the tokenizer's when the processor has none:
         Phi-4-multimodal's processor does not reload its own)."""
-        content = [
-            {"type": "text", "text": value} if kind == "text" else {"type": kind}
-            for kind, value in self.prompt_parts(text, visuals)
-        ]
+        parts = self.prompt_parts(text, visuals)
         owner = processor if getattr(processor, "chat_template", None) else processor.tokenizer
         if not getattr(owner, "chat_template", None):
             raise UserError(f"the {self.name} adapter needs a chat template, and this model's processor has none")
+        kinds = [kind for kind, _ in parts]
+        visuals_first = kinds == sorted(kinds, key=lambda k: k == "text")  # every visual before the text
+        if not visuals_first and not interleaves(owner):
+            parts = [("text", self.inline_text(processor, parts))]
+        content = [{"type": "text", "text": value} if kind == "text" else {"type": kind} for kind, value in parts]
         messages = [{"role": "user", "content": content}]
         return owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def inline_text(self, processor, parts: list[Part]) -> str:
+        """The user turn as one text with the processor's image token (and video token) written
+        where each visual goes: for chat templates that render every image before the text (llava-hf's
+        LLaVA-1.5 and LLaVA-NeXT), whose processors expand the token wherever the text holds it."""
+        out = []
+        for kind, value in parts:
+            token = value if kind == "text" else getattr(processor, f"{kind}_token", None)
+            if not isinstance(token, str):
+                raise UserError(
+                    f"this model's chat template shows every {kind} before the text and its processor names no "
+                    f"{kind} token to write in its place: remove the question's <image>/<video> placeholders"
+                )
+            out.append(token)
+        return "".join(out)
 
     def visual_problem(self, max_images: int, video: bool) -> str | None:
         """One line on why prompts with up to ``max_images`` images (and a video, when ``video``)

@@ -16,9 +16,14 @@ is on its adapter (``FamilyAdapter.position_rule``) and reaches these functions 
 forward plan (models/plan.py), so ``model.family`` decides it too:
 
 - "mrope", Qwen2-VL and Qwen2.5-VL: the model's ``get_rope_index`` gives the prompt's 3-D
-  positions and a per-prompt delta; completion token t of a prompt with n real tokens is at
-  n + delta + t on all three axes. They are always passed explicitly, never left to the model's
-  cached ``rope_deltas``.
+  positions; completion token t is at the last prompt token's position + 1 + t on all three
+  axes, as the full forward over prompt and completion (the loss's plain path) numbers text
+  after the prompt. transformers' ``generate`` continues at the largest prompt position + 1
+  instead (its ``rope_deltas``): the same for images, but past the text's for a clip whose
+  temporal positions (frames apart x tokens_per_second) outrun it, e.g. 8 frames at 0.5 fps.
+  Sampling and scoring here both follow the full forward, so a completion is scored at the
+  positions it was sampled at. Positions are always passed explicitly, never left to the
+  model's cached ``rope_deltas``.
 - "linear", the 1-D families (LLaVA, Idefics3/SmolVLM, Gemma 3, Phi-3/Phi-4): positions count real
   tokens only (left padding skipped), prompt and completion alike, as ``generate`` numbers them.
   (The plain forward pass counts the padding too; with rotary positions only the distance between
@@ -108,8 +113,10 @@ def prompt_positions(model, prompts: PromptBatch, rule: str) -> tuple[torch.Tens
         inner = _rope_model(model)
         accepted = inspect.signature(inner.get_rope_index).parameters
         extra = {k: v for k, v in prompts.extra.items() if k in accepted}
-        position_ids, deltas = inner.get_rope_index(prompts.input_ids, attention_mask=mask, **extra)
-        return position_ids, n_real + deltas.view(-1).to(n_real.device)
+        position_ids, _ = inner.get_rope_index(prompts.input_ids, attention_mask=mask, **extra)
+        # The last prompt token (left padding: the last column) is text, equal on the three axes;
+        # the full forward numbers the text after it from there (not from rope_deltas' maximum).
+        return position_ids, position_ids[0, :, -1].to(n_real.device) + 1
     position_ids = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # [B, P] padding at 0
     return position_ids, n_real
 

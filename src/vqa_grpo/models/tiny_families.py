@@ -37,13 +37,14 @@ from vqa_grpo.models.tiny_parts import (
 )
 
 LLAVA_SPECIALS = ["<pad>", "<s>", "</s>", "<image>"]
-# llava-hf's LLaVA-1.5 format: "USER: <image>\n{text} ASSISTANT:", the answer ends with </s>.
+# llava-hf's LLaVA-1.5 format: "USER: <image>\n{text} ASSISTANT:", the answer ends with </s>. As
+# llava-hf's own templates do, a turn's images all come first, then its texts.
 LLAVA_CHAT_TEMPLATE = (
     "{% for message in messages %}{{ message['role'].upper() + ': ' }}"
     "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<image>\n{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %} {% endfor %}"
+    "{% else %}{% for part in message['content'] if part['type'] == 'image' %}<image>\n{% endfor %}"
+    "{% for part in message['content'] if part['type'] == 'text' %}{{ part['text'] }}{% endfor %}"
+    "{% endif %} {% endfor %}"
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
 
