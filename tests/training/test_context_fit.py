@@ -13,16 +13,19 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 from transformers import AutoProcessor, PretrainedConfig
 
 from vqa_grpo.cli import main
-from vqa_grpo.config import Config
+from vqa_grpo.config import Config, ModelConfig
 from vqa_grpo.data.report import LoadReport
-from vqa_grpo.data.types import BadExample, VQAExample
+from vqa_grpo.data.types import BadExample, Video, VQAExample
 from vqa_grpo.errors import UserError
 from vqa_grpo.models.adapters import adapter_for
-from vqa_grpo.models.fit import After, Split, check_fit, context_length
+from vqa_grpo.models.fit import After, Split, check_fit, context_length, prompt_guard
+from vqa_grpo.models.loading import load_model
+from vqa_grpo.training.batches import Batches
 
 FRAMES = 64
 
@@ -164,3 +167,33 @@ def test_the_context_is_the_config_s_or_its_text_model_s(tiny_model_dir):
     assert context_length(AutoConfig.from_pretrained(tiny_model_dir)) == 2048  # Qwen2-VL: text_config's
     assert context_length(PretrainedConfig(max_position_embeddings=4096)) == 4096
     assert context_length(PretrainedConfig()) is None
+
+
+def test_a_later_longer_clip_is_skipped_and_counted_when_its_batch_is_drawn(tiny_model_dir):
+    """The up-front check measures the first question with a video; a later one with a longer clip
+    (64 frames: 2068 prompt tokens) is skipped when its batch is drawn, with its reason, and the
+    run goes on with the others. Single-image data gets no such check (nothing extra encoded)."""
+    lm = load_model(ModelConfig(name_or_path=str(tiny_model_dir)), torch.device("cpu"))
+
+    def clip(frames: int):
+        return lambda: Video([Image.new("RGB", (224, 224), (200, 30, 30))] * frames, fps=1.0)
+
+    def example(name: str, frames: int) -> VQAExample:
+        return VQAExample(name, "Does it move?", ["red"], "red", answer_type="other", video_loader=clip(frames))
+
+    examples = [example("short", 8), example("long", FRAMES), example("short2", 8)]
+    cfg = Config()
+    guard = prompt_guard(lm, cfg, "grpo", LoadReport(videos=3))
+    batches = Batches(examples, batch_size=2, seed=0, guard=guard)
+    drawn = [ex.id for _ in range(3) for ex in batches.next()[0]]
+    assert set(drawn) == {"short", "short2"} and len(drawn) == 6
+    budget = cfg.grpo.max_completion_length
+    assert batches.bad == {
+        "long": {
+            "reason": "past_context",
+            "detail": f"prompt of 2068 tokens (a video of {FRAMES} frames) + {budget} (grpo.max_completion_length) > "
+            f"the model's context 2048 (max_position_embeddings); lower data.video_frames (8 now), "
+            f"data.max_image_pixels (1000000 now) or grpo.max_completion_length ({budget} now)",
+        }
+    }
+    assert prompt_guard(lm, cfg, "grpo", LoadReport(max_images=1)) is None

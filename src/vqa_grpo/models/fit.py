@@ -9,11 +9,16 @@ several images or a video, the first question of each split with the most images
 with a video, are encoded as sampling encodes them (``FamilyAdapter.encode_prompts``) and measured:
 a handful of questions, no other one decoded. One whose visuals fail to load (or that the processor
 cannot take, ``image_problem``) is passed over for the next, as training skips it.
+
+That check fails fast on the usual case; a later question with a longer clip (or larger images)
+is met at run time instead: :func:`prompt_guard` encodes each training question of such data
+once more when its batch is drawn and raises BadExample (reason ``past_context``) for one that
+does not fit, which training skips and counts (training/batches.py, training/skips.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from PIL import Image
@@ -64,14 +69,55 @@ def check_run_fit(lm: LoadedModel, cfg: Config, mode: str, data) -> None:
     LoadedData (train, eval, report). Under vLLM sampling the training prompts are held to
     grpo.vllm_max_model_len too."""
     where = f"data {cfg.data.path or '(in memory)'}"
-    grpo = After(cfg.grpo.max_completion_length, "grpo.max_completion_length")
-    vllm = mode == "grpo" and cfg.grpo.generation_backend == "vllm"
-    limit = (cfg.grpo.vllm_max_model_len, "grpo.vllm_max_model_len") if vllm else None
-    splits = [Split(where, data.train, grpo if mode == "grpo" else After(None), limit)]
+    splits = [_training_split(cfg, mode, where, data.train)]
     if len(data.eval):
         eval_where = f"data {cfg.data.eval_path}" if cfg.data.eval_path else where
         splits.append(Split(eval_where, data.eval, After(cfg.eval.max_new_tokens, "eval.max_new_tokens")))
     check_fit(lm.adapter, lm.processor, context_length(lm.model.config), cfg, splits, data.report)
+
+
+def _training_split(cfg: Config, mode: str, where: str, examples: Sequence[VQAExample]) -> Split:
+    """The training questions followed by grpo.max_completion_length new tokens (GRPO) or their
+    answers (SFT); under vLLM sampling held to grpo.vllm_max_model_len too."""
+    grpo = After(cfg.grpo.max_completion_length, "grpo.max_completion_length")
+    vllm = mode == "grpo" and cfg.grpo.generation_backend == "vllm"
+    limit = (cfg.grpo.vllm_max_model_len, "grpo.vllm_max_model_len") if vllm else None
+    return Split(where, examples, grpo if mode == "grpo" else After(None), limit)
+
+
+def prompt_guard(
+    lm: LoadedModel, cfg: Config, mode: str, report: LoadReport | None
+) -> Callable[[VQAExample, list], None] | None:
+    """A run-time check of each training question with its decoded visuals: BadExample (skipped
+    and counted) when its prompt and what follows it pass the context. None for single-image or
+    text-only data (nothing extra encoded) and for a model whose context is not known."""
+    split = _training_split(cfg, mode, "", ())
+    bound, name, whose = _bound(split, context_length(lm.model.config))
+    if report is None or not _measured(report) or bound is None:
+        return None
+    template = prompt_template(cfg.data, cfg.reward.reasoning)
+
+    def guard(example: VQAExample, visuals: list) -> None:
+        batch = lm.adapter.encode_prompts(lm.processor, [visuals], [user_text(example.question, template)])
+        prompt, after = int(batch.attention_mask.sum()), split.after
+        new = after.tokens if after.tokens is not None else _answer_tokens(lm.processor, example)
+        if prompt + new > bound:
+            budget = after.key or "the answer and stop token"
+            raise BadExample(
+                example.id,
+                f"prompt of {prompt} tokens ({_shown(visuals)}) + {new} ({budget}) > {whose} context {bound} "
+                f"({name}); " + _fix(cfg.data, visuals, after, name if name != "max_position_embeddings" else None),
+                kind="past_context",
+            )
+
+    return guard
+
+
+def _bound(split: Split, context: int | None) -> tuple[int | None, str, str]:
+    """The positions a split's prompts must fit, the setting that gives them, and whose they are."""
+    if split.limit is not None and (context is None or split.limit[0] < context):
+        return split.limit[0], split.limit[1], "vLLM's"
+    return context, "max_position_embeddings", "the model's"
 
 
 def check_eval_fit(model: ModelConfig, cfg: Config, examples: Sequence[VQAExample], report, what: str) -> None:
@@ -94,9 +140,7 @@ def check_fit(
         return
     template = prompt_template(cfg.data, cfg.reward.reasoning)
     for split in splits:
-        bound, name, whose = context, "max_position_embeddings", "the model's"
-        if split.limit is not None and (context is None or split.limit[0] < context):
-            (bound, name), whose = split.limit, "vLLM's"
+        bound, name, whose = _bound(split, context)
         if bound is None:
             continue
         for example, prompt, visuals in _widest(adapter, processor, split.examples, template, report):

@@ -12,8 +12,9 @@ from vqa_grpo.training.priority import Priorities
 
 class Batches:
     """Seeded data order over epochs; skips examples any of whose visuals (an image of its list,
-    its video) fails to decode, and counts them (``skipped``: every time one is met; ``bad``: each
-    one once, id -> its kind and reason).
+    its video) fails to decode, or that ``guard`` refuses (a prompt past the model's context:
+    models/fit.py ``prompt_guard``), and counts them (``skipped``: every time one is met; ``bad``:
+    each one once, id -> its kind and reason).
 
     Every process walks the same order and decodes the visuals of the whole global batch
     (``batch_size x world`` questions), so all agree on which examples were skipped; rank r then
@@ -37,12 +38,14 @@ class Batches:
         rank: int = 0,
         world: int = 1,
         priorities: Priorities | None = None,
+        guard: Callable[[VQAExample, list[Visual]], None] | None = None,
     ):
         self.examples, self.batch_size, self.seed = examples, batch_size, seed
         self.rank, self.world = rank, world
         self.epoch, self.pos, self.skipped = 0, 0, 0
         self.bad: dict[str, dict[str, str]] = {}
         self.priorities = priorities
+        self.guard = guard  # raises BadExample for a question the model cannot take (models/fit.py)
         self._taken = torch.zeros(len(examples), dtype=torch.bool)  # drawn by priority in this step
         self._order = self._permutation()
 
@@ -97,7 +100,9 @@ class Batches:
         while len(chunk) < self.batch_size * self.world:
             ex = self.examples[draw()]
             try:
-                visuals.append(ex.load_visuals())
+                shown = ex.load_visuals()
+                if self.guard is not None:
+                    self.guard(ex, shown)
             except BadExample as e:
                 self.skipped += 1
                 self.bad.setdefault(ex.id, {"reason": e.kind, "detail": e.reason})
@@ -105,6 +110,7 @@ class Batches:
                     raise RuntimeError("no training image can be decoded") from None
                 continue
             chunk.append(ex)
+            visuals.append(shown)
         lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
         return chunk[lo:hi], visuals[lo:hi]
 

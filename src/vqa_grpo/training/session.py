@@ -18,6 +18,7 @@ from vqa_grpo.data.types import VQAExample
 from vqa_grpo.distributed import Dist
 from vqa_grpo.errors import TrainingStopped
 from vqa_grpo.grpo.vllm_backend import VLLMSampler, mm_limits
+from vqa_grpo.models.fit import prompt_guard
 from vqa_grpo.models.loading import LoadedModel, check_images
 from vqa_grpo.training.batches import Batches
 from vqa_grpo.training.checkpoint import load_checkpoint, no_space, save_checkpoint, save_model
@@ -104,7 +105,8 @@ def start_session(
     if mode == "grpo" and cfg.grpo.prioritized_sampling:  # (SFT has no rewards to prioritise by)
         ids = train.column("id") if hasattr(train, "column") else [e.id for e in train]  # a table: no examples made
         priorities = Priorities.for_run(cfg, ids, dist.gather_lists)
-    batches = Batches(train, cfg.train.per_device_batch_size, cfg.train.seed, dist.rank, dist.world, priorities)
+    guard = prompt_guard(lm, cfg, mode, report)  # a question past the context is skipped (models/fit.py)
+    batches = Batches(train, cfg.train.per_device_batch_size, cfg.train.seed, dist.rank, dist.world, priorities, guard)
     vllm = None
     if mode == "grpo" and cfg.grpo.generation_backend == "vllm":
         vllm = VLLMSampler(cfg, dist.rank, dist.world, mm_limits(report.max_images if report else 1))
