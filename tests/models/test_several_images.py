@@ -26,11 +26,11 @@ from family_models import model_config
 from PIL import Image, ImageDraw
 from test_prefix import assert_grads_close
 
-from vqa_grpo.data.types import Video
+from vqa_grpo.data.types import BadExample, Video, VQAExample
 from vqa_grpo.errors import UserError
 from vqa_grpo.models.adapters import FamilyAdapter, adapter_for
 from vqa_grpo.models.generation import generate
-from vqa_grpo.models.loading import load_model
+from vqa_grpo.models.loading import check_images, load_model
 from vqa_grpo.models.plan import ForwardPlan
 from vqa_grpo.models.prefix import encode_prefix
 from vqa_grpo.models.scoring import completion_logprobs
@@ -318,15 +318,41 @@ def test_visual_problem_and_bad_placeholders():
     assert generic.visual_problem(1, False) is None
     assert generic.visual_problem(2, False) == (
         "the generic adapter shows at most 1 image per question, not 2 images: it cannot tell how this model's "
-        "processor lays out several; set model.family=NAME to the model's family (docs/models.md lists them)"
+        "processor lays out several; where the checkpoint's family has an adapter of its own (docs/models.md lists "
+        "them), set model.family=auto or its name"
     )
-    assert "not 1 images and a video's frames:" in generic.visual_problem(1, True)
+    assert generic.visual_problem(1, True).startswith(
+        "the generic adapter shows at most 1 image per question, not 1 image and a video's frames: "
+    )
+    assert generic.visual_problem(0, True).startswith(
+        "the generic adapter shows at most 1 image per question, not 0 images and a video's frames: "
+    )
     for family in TINY_FAMILIES:
         assert adapter_for(family).visual_problem(3, True) is None, family
     with pytest.raises(UserError, match=r"^the generic adapter shows at most 1 image per question, not 2 images"):
         generic.encode_prompts(None, [[SQUARE, PORTRAIT]], ["Which is red?"])
     with pytest.raises(UserError, match=r"^a question holds 1 <image> and 0 <video> for 2 image\(s\) and 0 video"):
         adapter_for("llava").prompt_parts("Is <image> red?", [SQUARE, PORTRAIT])
+
+
+def test_a_video_frame_phi3_v_cannot_lay_out_skips_the_question(models):
+    """Phi-3-vision shows a video as its frames: each goes through image_problem like an image, so a
+    frame too elongated to crop skips the question (BadExample, counted), not a ValueError mid-run."""
+    lm = models("phi3_v")
+    frames = [SQUARE, Image.new("RGB", (3000, 2)), PORTRAIT]
+    clip = VQAExample(
+        "clip", "What moves?", ["red"], "red", answer_type="other", video_loader=lambda: Video(frames, 1.0)
+    )
+    (checked,) = check_images([clip], lm)
+    with pytest.raises(BadExample) as e:
+        checked.load_visuals()
+    assert (e.value.kind, e.value.reason) == (
+        "unsupported_image",
+        "frame 2 of 3: a 3000x2 image is too elongated for Phi-3-vision at num_crops 1 "
+        "(its short side resizes to 0 px)",
+    )
+    frames[1] = LANDSCAPE  # every frame lays out: the clip loads
+    assert len(checked.load_visuals()[0].frames) == 3
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "idefics3", "phi3_v"])

@@ -172,8 +172,8 @@ def test_sft_trains_then_evaluates_and_reports_mixed_image_counts(mixed, tiny_mo
 def test_a_family_that_cannot_take_the_images_is_refused_before_writing(mixed, tiny_model_dir, tmp_path, capsys):
     refused = (
         f"error: data {mixed}: the generic adapter shows at most 1 image per question, not 3 images and a video's "
-        "frames: it cannot tell how this model's processor lays out several; set model.family=NAME to the model's "
-        "family (docs/models.md lists them)"
+        "frames: it cannot tell how this model's processor lays out several; where the checkpoint's family has an "
+        "adapter of its own (docs/models.md lists them), set model.family=auto or its name"
     )
     out = tmp_path / "run"
     args = [f"model.name_or_path={tiny_model_dir}", "model.family=generic", f"data.path={mixed}"]

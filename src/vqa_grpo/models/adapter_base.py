@@ -182,11 +182,12 @@ class FamilyAdapter:
         frames = video and not self.video_native  # a video's frames are several images
         if self.max_images is None or (max_images <= self.max_images and not frames):
             return None
-        shown = f"{max_images} images" + (" and a video's frames" if frames else "")
+        shown = f"{max_images} image{'s' * (max_images != 1)}" + (" and a video's frames" if frames else "")
         return (
-            f"the {self.name} adapter shows at most {self.max_images} image per question, not {shown}: it cannot "
-            "tell how this model's processor lays out several; set model.family=NAME to the model's family "
-            "(docs/models.md lists them)"
+            f"the {self.name} adapter shows at most {self.max_images} image{'s' * (self.max_images != 1)} per "
+            f"question, not {shown}: it cannot tell how this model's processor lays out several; where the "
+            "checkpoint's family has an adapter of its own (docs/models.md lists them), set model.family=auto "
+            "or its name"
         )
 
     def video_inputs(self, videos: list) -> dict:

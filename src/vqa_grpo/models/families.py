@@ -35,8 +35,11 @@ class Qwen2VLAdapter(FamilyAdapter):
 
     def video_inputs(self, videos: list) -> dict:
         # The frames are already sampled: the processor keeps them all, at the clip's sampled rate.
+        # cap_pixels_per_frame: each frame's pixels bounded by an even share of the clip's token
+        # budget, as the reference (qwen-vl-utils) does; transformers warns on every call without it.
         meta = [VideoMetadata(total_num_frames=len(v.frames), fps=v.fps) for v in videos]
-        return {"videos": [v.frames for v in videos], "video_metadata": meta, "do_sample_frames": False}
+        frames = [v.frames for v in videos]
+        return {"videos": frames, "video_metadata": meta, "do_sample_frames": False, "cap_pixels_per_frame": True}
 
     def rows_per_prompt(self, batch: PromptBatch, key: str) -> list[int] | None:
         flat = {

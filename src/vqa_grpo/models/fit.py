@@ -185,7 +185,8 @@ def _measure(adapter: FamilyAdapter, processor, example: VQAExample, template: s
     fails to load or the processor cannot take an image (training skips such a question)."""
     try:
         visuals = example.load_visuals()
-        if any(isinstance(v, Image.Image) and adapter.image_problem(processor, v) for v in visuals):
+        shown = [v for kind, v in adapter.prompt_parts("", visuals) if kind == "image"]  # frames too, if as images
+        if any(adapter.image_problem(processor, v) for v in shown):
             return None
         batch = adapter.encode_prompts(processor, [visuals], [user_text(example.question, template)])
     except BadExample:

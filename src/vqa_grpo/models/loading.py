@@ -21,7 +21,7 @@ from transformers.utils import cached_file
 
 import vqa_grpo.models.phi3_v  # noqa: F401  registers phi3_v with the auto classes
 from vqa_grpo.config import ModelConfig
-from vqa_grpo.data.types import BadExample
+from vqa_grpo.data.types import BadExample, Video
 from vqa_grpo.errors import UserError
 from vqa_grpo.models.adapters import FamilyAdapter, adapter_for
 from vqa_grpo.models.lora_base import adapter_base, record_base
@@ -313,19 +313,23 @@ def load_model(cfg: ModelConfig, device: torch.device | str = "cpu", *, trainabl
 
 def check_images(examples: list, lm: LoadedModel) -> list:
     """``examples`` whose images, once decoded (still lazily), are also checked by the family's
-    processor (``adapter.image_problem``), each image of a list on its own: one it cannot lay out
+    processor (``adapter.image_problem``), each image of a list on its own, and each frame of a
+    video where the family shows a video as its frames (Phi-3-vision): one it cannot lay out
     raises BadExample, so training and evaluation skip and count the example as they do an image
-    that fails to decode. Unchanged for a family whose processor takes every image. (A video's
-    frames go to the processor's video path, which image_problem does not judge.)"""
+    that fails to decode. Unchanged for a family whose processor takes every image. (On a native
+    video path, Qwen2-VL's, the frames go to the video processor, which image_problem does not judge.)"""
     if type(lm.adapter).image_problem is FamilyAdapter.image_problem:
         return examples
     check = functools.partial(lm.adapter.image_problem, lm.processor)
+    frames = not lm.adapter.video_native
     if hasattr(examples, "mapped"):  # an ExampleTable (data/table.py): each example checked as it is made
-        return examples.mapped(functools.partial(_with_check, check=check))
-    return [_with_check(e, check) for e in examples]
+        return examples.mapped(functools.partial(_with_check, check=check, frames=frames))
+    return [_with_check(e, check, frames) for e in examples]
 
 
-def _with_check(e, check):
+def _with_check(e, check, frames: bool = False):
+    if frames and e.video_loader is not None:
+        e = dataclasses.replace(e, video_loader=CheckedVideoLoader(e.video_loader, check, e.id))
     if e.image_loader is not None:
         return dataclasses.replace(e, image_loader=CheckedLoader(e.image_loader, check, e.id))
     if not e.image_loaders:
@@ -355,6 +359,29 @@ class CheckedLoader:
         if problem:  # "unsupported_image": the name the run's skip counts use
             raise BadExample(self.example_id, self.which + problem, kind="unsupported_image")
         return image
+
+
+@dataclass(frozen=True)
+class CheckedVideoLoader:
+    """A video loader whose frames the family's processor checks, each as an image (``check``:
+    image -> problem or None), for families that show a video as its frames; picklable."""
+
+    inner: Callable[[], Video]
+    check: Callable[[Image.Image], str | None]
+    example_id: str
+
+    @property
+    def source(self):
+        return getattr(self.inner, "source", None)
+
+    def __call__(self) -> Video:
+        video = self.inner()
+        n = len(video.frames)
+        for i, frame in enumerate(video.frames):
+            problem = self.check(frame)
+            if problem:
+                raise BadExample(self.example_id, f"frame {i + 1} of {n}: {problem}", kind="unsupported_image")
+        return video
 
 
 def check_visuals(adapter: FamilyAdapter, max_images: int, videos: int, what: str) -> None:
