@@ -45,13 +45,13 @@ def test_each_question_draws_one_perturbation_seeded_by_step_and_id(synth_dir):
     grpo = GRPOConfig(num_generations=4, augment=["gaussian_noise:3", "rotate:5"])
     a = augment_batch(grpo, 7, 3, 10, examples, images)
     assert a.count == 2 and set(a.labels) <= {"gaussian_noise:3", "rotate:5"} and len(set(a.labels)) == 2
-    for e, image, got, lab in zip(examples, images, a.images, a.labels):
+    for e, image, got, lab in zip(examples, images, a.visuals, a.labels):
         name, severity = lab.split(":")
         want = perturb(image, name, int(severity), perturb_seed(f"{e.id}\0{3}", name, int(severity), 7))
         assert np.array_equal(np.asarray(got), np.asarray(want))
     again = augment_batch(grpo, 7, 3, 10, examples, images)  # no RNG state: the same again
     assert again.labels == a.labels and all(
-        np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(again.images, a.images)
+        np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(again.visuals, a.visuals)
     )
     assert augment_batch(GRPOConfig(augment=["jpeg"], augment_share=0.1), 7, 3, 10, examples, images) is None  # k = 0
 
@@ -95,7 +95,7 @@ def test_the_chosen_rows_of_a_training_rollout_are_sampled_on_the_perturbed_imag
     assert [r["augmented"] for r in records] == [[None, None, "gaussian_noise:5", "gaussian_noise:5"]] * 2
     asked = user_texts(ro.examples, prompt_template(cfg.data, cfg.reward.reasoning))
     clean = lm.adapter.encode_prompts(lm.processor, images, asked)
-    noisy = lm.adapter.encode_prompts(lm.processor, aug.images, asked)
+    noisy = lm.adapter.encode_prompts(lm.processor, aug.visuals, asked)
     C = ro.completion_ids.shape[1]
     ids, mask = ro.completion_ids.view(B, G, C), ro.completion_mask.view(B, G, C)
     sampled = ro.sampling_logprobs.view(B, G, C)

@@ -41,9 +41,9 @@ from vqa_grpo.models.generation import Completions, sample_groups
 class Augmented:
     """The perturbed visuals of one rollout's questions, and how many rows of each group see them."""
 
-    images: list  # [B] each question's visuals (or its one image), perturbed
+    visuals: list  # [B] each question's visuals (or its one image), perturbed
     labels: list[str]  # [B] its perturbation, NAME:SEVERITY
-    count: int  # k: the last k of each group's G completions are sampled on ``images``
+    count: int  # k: the last k of each group's G completions are sampled on ``visuals``
 
 
 def augmented_count(grpo: GRPOConfig, step: int, max_steps: int) -> int:
@@ -90,7 +90,7 @@ def sample_augmented(
     model, adapter, processor, prompts, augmented: Augmented, asked: list[str], grpo, temps, top_ps, device, plan
 ) -> tuple[Completions, torch.Tensor]:
     """G completions per question, the first G - k on ``prompts`` (clean), the last k on the same
-    questions with ``augmented.images`` (their perturbed visuals); rows group after group as one
+    questions with ``augmented.visuals`` (their perturbed visuals); rows group after group as one
     sampling call lays them out. Returns the completions [R, C] and their sampler log-probs [R, C]."""
     G, k = grpo.num_generations, augmented.count
     B = len(asked)
@@ -101,7 +101,7 @@ def sample_augmented(
         if n == 0:
             continue
         if batch is None:
-            batch = adapter.encode_prompts(processor, augmented.images, asked).to(device)
+            batch = adapter.encode_prompts(processor, augmented.visuals, asked).to(device)
         temps_n, top_ps_n = temps[:, cols].reshape(-1), top_ps[:, cols].reshape(-1)  # [B * n]
         comp, logps = sample_groups(
             model, adapter, processor, batch, plan, temps_n, top_ps_n,

@@ -64,9 +64,8 @@ class Rollout:
     is_weights: torch.Tensor | None = None
     reward_seconds: dict[str, float] = field(default_factory=dict)  # each user reward function's wall time
     completions: list[str] = field(default_factory=list)  # [R] decoded completions, as the model wrote them
-    visuals: list = field(
-        default_factory=list
-    )  # [B] each prompt's visuals, as encoded (dynamic sampling re-packs them)
+    # [B] each prompt's visuals, as encoded (dynamic sampling re-packs them)
+    visuals: list = field(default_factory=list)
     bad_input_rows: list[int] = field(default_factory=list)  # [R] bad inputs per row (sum: bad_reward_inputs)
     augmented: list[str | None] = field(default_factory=list)  # [R] NAME:SEVERITY a row was sampled on, or None
 

@@ -18,7 +18,7 @@ family shows them as images).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -74,12 +74,11 @@ class PromptBatch:
         return list(self.videos_per_prompt) if self.videos_per_prompt is not None else [0] * self.size
 
     def to(self, device: torch.device | str) -> "PromptBatch":
-        return PromptBatch(
-            self.input_ids.to(device),
-            self.attention_mask.to(device),
-            {k: v.to(device) for k, v in self.extra.items()},
-            self.images_per_prompt,
-            self.videos_per_prompt,
+        return replace(
+            self,
+            input_ids=self.input_ids.to(device),
+            attention_mask=self.attention_mask.to(device),
+            extra={k: v.to(device) for k, v in self.extra.items()},
         )
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
@@ -149,7 +148,10 @@ class FamilyAdapter:
         ``visuals``, one image when None, placed by :meth:`prompt_parts`) and the assistant's turn
         opened, in the processor's chat template (the tokenizer's when the processor has none:
         Phi-4-multimodal's processor does not reload its own)."""
-        parts = self.prompt_parts(text, visuals)
+        return self.render(processor, self.prompt_parts(text, visuals), text)
+
+    def render(self, processor, parts: list[Part], text: str) -> str:
+        """:meth:`prompt_text` of the user turn's ``parts`` (:meth:`prompt_parts` of ``text``)."""
         owner = processor if getattr(processor, "chat_template", None) else processor.tokenizer
         if not getattr(owner, "chat_template", None):
             raise UserError(f"the {self.name} adapter needs a chat template, and this model's processor has none")
@@ -205,7 +207,7 @@ class FamilyAdapter:
         problem = self.visual_problem(max(map(len, images), default=0), any(videos))
         if problem:
             raise UserError(problem)
-        texts = [self.prompt_text(processor, t, v) for t, v in zip(user_texts, shown)]
+        texts = [self.render(processor, p, t) for p, t in zip(parts, user_texts)]
         inputs = {"images": images} if any(images) else {}  # the processors refuse only empty lists
         if any(videos):
             inputs.update(self.video_inputs([v for vs in videos for v in vs]))
@@ -248,12 +250,11 @@ class FamilyAdapter:
         for key in self.per_token_keys:
             if key in extra:
                 extra[key] = torch.cat([extra[key], torch.zeros_like(completion_ids, dtype=extra[key].dtype)], dim=1)
-        return PromptBatch(
-            torch.cat([batch.input_ids, completion_ids], dim=1),
-            torch.cat([batch.attention_mask, completion_mask.to(batch.attention_mask.dtype)], dim=1),
-            extra,
-            batch.images_per_prompt,
-            batch.videos_per_prompt,
+        return replace(
+            batch,
+            input_ids=torch.cat([batch.input_ids, completion_ids], dim=1),
+            attention_mask=torch.cat([batch.attention_mask, completion_mask.to(batch.attention_mask.dtype)], dim=1),
+            extra=extra,
         )
 
     # ---- tokens ----

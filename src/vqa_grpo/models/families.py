@@ -156,9 +156,9 @@ class Phi3VisionAdapter(FamilyAdapter):
     # turn: the image tags and the text (data/prompts.py).
     PROMPT = "<|user|>\n{text}<|end|>\n<|assistant|>\n"
 
-    def prompt_text(self, processor, text: str, visuals=None) -> str:
+    def render(self, processor, parts, text: str) -> str:
         placed, tags, body = has_placeholders(text), 0, []
-        for kind, value in self.prompt_parts(text, visuals):
+        for kind, value in parts:
             if kind == "text":
                 body.append(value)
             else:
