@@ -225,7 +225,7 @@ def test_every_image_and_frame_is_perturbed_with_the_questions_seed(mixed):
                 assert np.array_equal(np.asarray(b), np.asarray(perturb(a, "gaussian_noise", 3, 7)))
     grpo = GRPOConfig(num_generations=2, augment=["rotate:2"], augment_share=0.5)
     clean = clip.load_visuals()
-    (got,) = augment_batch(grpo, 7, 1, 10, [clip], [clean]).images
+    (got,) = augment_batch(grpo, 7, 1, 10, [clip], [clean]).visuals
     seed = perturb_seed(f"{clip.id}\0{1}", "rotate", 2, 7)
     assert np.array_equal(np.asarray(got[0]), np.asarray(perturb(clean[0], "rotate", 2, seed)))
     assert all(
