@@ -147,8 +147,8 @@ def test_an_out_that_is_a_file_is_refused_before_the_model_loads(synth_dir, tmp_
             "columns",
             {"answr": "x"},
             "unknown config key data.columns.answr; allowed here: data.columns.image, data.columns.video, "
-            "data.columns.question, data.columns.answer, data.columns.answers, data.columns.question_type, data.columns.answer_type, "
-            "data.columns.id",
+            "data.columns.question, data.columns.answer, data.columns.answers, data.columns.question_type, "
+            "data.columns.answer_type, data.columns.id",
         ),
     ],
 )
