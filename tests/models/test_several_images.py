@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import trl
 from family_models import model_config
 from PIL import Image, ImageDraw
 from test_prefix import assert_grads_close
@@ -184,6 +183,8 @@ def test_images_are_placed_at_their_placeholders_or_first(family, models):
 def test_llava_next_with_llava_hfs_own_template_keeps_the_placeholders(models):
     """llava-hf's LLaVA-NeXT template (TRL ships a copy) renders every image, then every text: the
     question's placeholders become the image token in place, which the processor expands."""
+    import trl  # the bench extra, which CI installs: only for its copy of the template
+
     lm = models("llava_next")
     processor = copy.copy(lm.processor)
     processor.chat_template = (Path(trl.__file__).parent / "chat_templates" / "llava_next.jinja").read_text()
