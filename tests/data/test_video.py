@@ -23,7 +23,7 @@ from vqa_grpo.config_load import load_config
 from vqa_grpo.data.loader import SKIP_REASONS, load_examples
 from vqa_grpo.data.table import ExampleTable
 from vqa_grpo.data.types import BadExample, Video
-from vqa_grpo.data.video import VideoLoader, import_av, sample_indices, sample_times
+from vqa_grpo.data.video import VideoLoader, import_av, sample_indices, sample_times, takes_every_frame
 from vqa_grpo.errors import UserError
 
 
@@ -60,6 +60,15 @@ def test_sample_times():
     assert sample_indices(16, 2.0, 4) == ([0, 5, 10, 15], 2.0 / 5)
     assert sample_indices(10, 1.0, 3) == ([0, 5, 9], 1 / 4.5)
     assert sample_indices(3, 1.0, 8) == ([0, 1, 2], 1.0)
+    # 2 s at 8/s asks for 16 times; a clip of 8 frames (at most 16 taken) gives each frame once
+    assert (takes_every_frame(2.0, 8.0, 16, 8), takes_every_frame(2.0, 4.0, 16, 8)) == (True, False)
+    assert (takes_every_frame(2.0, 8.0, 5, 8), takes_every_frame(2.0, 8.0, 16, 0)) == (False, False)
+
+
+def test_a_rate_above_the_clips_own_takes_each_frame_once(tmp_path):
+    # a Matroska file's header has no frame count: 2 s x its mean rate 4/s = 8 frames
+    video = VideoLoader(write_clip(tmp_path / "clip.mkv"), max_frames=32, fps=30.0)()
+    assert (which(video), video.fps) == ([0, 1, 2, 3, 4, 5, 6, 7], 4.0)
 
 
 def test_a_file_at_the_rate_and_evenly_spread_when_over_the_count(clip):
@@ -69,8 +78,12 @@ def test_a_file_at_the_rate_and_evenly_spread_when_over_the_count(clip):
     # 4/s gives 8 > 3: times 0, 1, 2 s, on screen then frames 0, 4 (1 s) and the last, 7 (1.75 s)
     video = VideoLoader(clip, max_frames=3, fps=4.0)()
     assert (which(video), video.fps) == ([0, 4, 7], 1.0)
-    # 8/s, above the clip's 4/s: each frame on screen twice
-    assert which(VideoLoader(clip, max_frames=16, fps=8.0)()) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7]
+    # 8/s, above the clip's 4/s, asks for 16 times from 8 frames: each frame once, at the clip's 4/s
+    video = VideoLoader(clip, max_frames=16, fps=8.0)()
+    assert (which(video), video.fps) == ([0, 1, 2, 3, 4, 5, 6, 7], 4.0)
+    # 8/s with at most 5: 5 times from 0 to 2 s (0.5 s apart), frames 0, 2, 4, 6 and the last, 7
+    video = VideoLoader(clip, max_frames=5, fps=8.0)()
+    assert (which(video), video.fps) == ([0, 2, 4, 6, 7], 2.0)
     assert VideoLoader(clip, 1, 1.0, max_pixels=256)().frames[0].size == (16, 16)  # data.max_image_pixels
 
 

@@ -10,8 +10,10 @@ Sampling: frames at ``fps`` frames per second of the clip (data.video_fps), time
 2/fps, ... while inside the clip, each the frame on screen at that time; when that gives more
 than ``max_frames`` (data.video_frames), ``max_frames`` times evenly spaced over the clip instead,
 its first and last frames included (as qwen_vl_utils and lmms-eval sample), and the rate the
-model is told is then ``(max_frames - 1) / duration``. A list of frames is taken to be a clip at
-``fps``: all of its frames, or ``max_frames`` evenly spaced ones, the first and last included.
+model is told is then ``(max_frames - 1) / duration``. Never more samples than the clip has
+frames (as qwen_vl_utils caps them): when the rate asks for more than the clip's N frames and N is
+at most ``max_frames``, each frame once, at the clip's own rate. A list of frames is taken to be a
+clip at ``fps``: all of its frames, or ``max_frames`` evenly spaced ones, the first and last included.
 Files are read with PyAV (``pip install 'vqa-grpo[video]'``), imported only when a video file is met.
 """
 
@@ -135,12 +137,25 @@ SEEK_GAP = 3.0
 """Seconds ahead of the last decoded frame past which the sampler seeks rather than decodes on."""
 
 
+def asked(duration: float, fps: float) -> int:
+    """How many times ``k/fps`` fall inside a clip of ``duration`` seconds (at least one)."""
+    return max(1, math.ceil(duration * fps - 1e-9))
+
+
+def takes_every_frame(duration: float, fps: float, max_frames: int, count: int) -> bool:
+    """Whether a clip of ``count`` frames is sampled as each of its frames once: the rate asks
+    for more times than it has frames (``fps`` above the clip's own), which would show some
+    frames twice, and its frames fit ``max_frames`` (else ``max_frames`` evenly spaced times,
+    fewer than its frames, already take distinct ones)."""
+    return 0 < count <= max_frames and asked(duration, fps) > count
+
+
 def sample_times(duration: float, fps: float, max_frames: int) -> tuple[list[float], float]:
     """The times (seconds) to sample in a clip of ``duration`` and the rate they make: ``k/fps``
     while inside the clip (at least one), else ``max_frames`` times evenly spaced from 0 to the
     end, both ends included (the frame on screen at the end is the last one), at the rate
     ``(max_frames - 1) / duration``."""
-    n = max(1, math.ceil(duration * fps - 1e-9))
+    n = asked(duration, fps)
     if n <= max_frames:
         return [j / fps for j in range(n)], fps
     if max_frames == 1:
@@ -183,10 +198,17 @@ class VideoLoader:
             stream.thread_type = "AUTO"
             duration = _duration(container, stream)
             if duration is None:  # no duration in the header: count the frames' times first
-                duration = max((_time(f, stream, i) for i, f in enumerate(container.decode(stream))), default=0.0)
+                stamps = [_time(f, stream, i) for i, f in enumerate(container.decode(stream))]
+                duration, count = max(stamps, default=0.0), len(stamps)
                 container.seek(0)
-            times, rate = sample_times(max(duration, 1e-6), self.fps, self.max_frames)
-            frames = _frames_at(container, stream, times)
+            else:
+                count = _frame_count(stream, duration)
+            duration = max(duration, 1e-6)
+            if takes_every_frame(duration, self.fps, self.max_frames, count):
+                frames, rate = _every_frame(container, stream, duration, self.max_frames)
+            else:
+                times, rate = sample_times(duration, self.fps, self.max_frames)
+                frames = _frames_at(container, stream, times)
         if not frames:
             raise ValueError("the video holds no frame that can be decoded")
         return Video([to_rgb(f, self.max_pixels) for f in frames], rate)
@@ -211,6 +233,23 @@ def _duration(container: Any, stream: Any) -> float | None:
     if stream.frames and stream.average_rate:
         return stream.frames / float(stream.average_rate)
     return None
+
+
+def _frame_count(stream: Any, duration: float) -> int:
+    """The clip's frames: the header's count, else its duration times its mean rate (0: unknown)."""
+    if stream.frames:
+        return int(stream.frames)
+    return round(duration * float(stream.average_rate)) if stream.average_rate else 0
+
+
+def _every_frame(container: Any, stream: Any, duration: float, max_frames: int) -> tuple[list[Any], float]:
+    """Each frame of the clip once, decoded from the start, as PIL images, and the clip's rate (its
+    mean rate, else frames / duration). Should the header have undercounted the frames, those
+    past ``max_frames`` are thinned as a list's are (``sample_indices``)."""
+    decoded = list(container.decode(stream))
+    rate = float(stream.average_rate or 0) or len(decoded) / duration
+    picks, rate = sample_indices(len(decoded), rate, max_frames)
+    return [decoded[i].to_image() for i in picks], rate
 
 
 def _time(frame: Any, stream: Any, index: int) -> float:
