@@ -173,7 +173,7 @@ def test_a_set_without_an_image_column_is_text_only(tmp_path):
     examples, report = load_examples(str(tmp_path / "d.jsonl"), DataConfig())
     assert [(e.num_images, e.load_visuals()) for e in examples] == [(0, []), (0, [])]
     assert (report.kept, report.max_images, report.videos) == (2, 0, 0)
-    assert "images per question: at most 0; questions with a video: 0" in report.table()
+    assert report.table().splitlines()[-1] == "  images per question: none; every question is text-only"
 
 
 ABSENT = [  # (images, video) of each row; None: a null cell, or no key at all in JSONL
@@ -226,6 +226,7 @@ def test_rows_without_an_image_are_text_only_until_a_row_shows_the_column(tmp_pa
     (tmp_path / "v.jsonl").write_text("".join(json.dumps(r) + "\n" for r in video_only))
     _, report = load_examples(str(tmp_path / "v.jsonl"), LENIENT)
     assert report.samples["missing_video"] == ["row 2 (id n): no video in the row; write [] for a question without one"]
+    assert report.table().splitlines()[-1] == "  images per question: none; questions with a video: 1"
 
 
 def test_odd_cells_are_skipped_with_their_type(tmp_path):
@@ -254,6 +255,12 @@ def test_odd_cells_are_skipped_with_their_type(tmp_path):
     assert report.samples["corrupt_video"] == [
         f"row 5 (id png): {tmp_path}/a.png is a still image (png_pipe), not a video: put it in the image column"
     ]
+    # the fix names each kind of entry once: a frame not found, then cells of a type no reader takes
+    assert [line.split(maxsplit=2)[2] for line in report.table().splitlines() if "  missing_" in line] == [
+        "video frame not found: check data.image_root and the frame paths in the video column; "
+        "an image cell of a type no reader takes: write a path, bytes or a {'bytes', 'path'} mapping",
+        "a video cell of a type no reader takes: write a file's path or bytes, or a list of frame images",
+    ]
     frames_only = [
         dict(id="f", video=["a.png", "gone.png"], question="Q?", answer="x"),
         dict(id="k", images=["a.png"], question="Q", answer="x"),
@@ -264,6 +271,17 @@ def test_odd_cells_are_skipped_with_their_type(tmp_path):
         "missing_image         video frame not found: check data.image_root and the frame paths in the video column"
         in table
     )
+    # a frame of a type no reader takes is named as such, not as a frame not found
+    odd_frame = [dict(id="f", video=["a.png", 3], question="Q?", answer="x"), frames_only[1]]
+    (tmp_path / "o.jsonl").write_text("".join(json.dumps(r) + "\n" for r in odd_frame))
+    report = load_examples(str(tmp_path / "o.jsonl"), DataConfig(max_skip_fraction=0.9))[1]
+    assert report.samples["missing_image"] == [
+        f"row 1 (id f): video frame 2 of 2: unsupported cell type int: 3; {kinds}"
+    ]
+    fixes = [line.split(maxsplit=2)[2] for line in report.table().splitlines() if "  missing_" in line]
+    assert fixes == [
+        "a video frame of a type no reader takes: write each frame as a path, bytes or a {'bytes', 'path'} mapping"
+    ]
 
 
 def test_a_misnamed_image_column_is_named(tmp_path):

@@ -44,20 +44,32 @@ _FRAME_FIXES = {
     "corrupt_image": "PIL cannot open a video frame: re-export or remove those frames",
     "too_large": "a video frame over PIL's decompression-bomb limit: downscale those frames",
 }
+_UNSUPPORTED_FIXES = {
+    "missing_image": "an image cell of a type no reader takes: write a path, bytes or a {'bytes', 'path'} mapping",
+    "missing_video": "a video cell of a type no reader takes: write a file's path or bytes, or a list of frame images",
+}
+_UNSUPPORTED_FRAME_FIX = (
+    "a video frame of a type no reader takes: write each frame as a path, bytes or a {'bytes', 'path'} mapping"
+)
 _FRAME = "video frame "
 """How a skip's detail names an entry of a video's frame list (convert.py, video.py)."""
+_UNSUPPORTED = "unsupported cell type "
+"""How a skip's detail names a cell of a type no reader takes (images.py, video.py)."""
 _SAMPLES_PER_REASON = 3
 
 
 def fix(reason: str, details: list[str]) -> str:
     """What to fix for the rows skipped for ``reason``, by the kind of entry their details name:
-    an image, a video's frame, or both."""
-    frames = sum(_FRAME in d for d in details)
-    if reason not in _FRAME_FIXES or not frames:
-        return _FIXES[reason]
-    if frames == len(details):
-        return _FRAME_FIXES[reason]
-    return f"{_FIXES[reason]}; {_FRAME_FIXES[reason]}"
+    an image (or a video file), a video's frame, a cell of a type no reader takes, or a frame of
+    such a type; each kind named once, joined by "; " when the rows hold several."""
+    kinds = {(_FRAME in d, _UNSUPPORTED in d) for d in details} or {(False, False)}
+    texts = {
+        (False, False): _FIXES[reason],
+        (True, False): _FRAME_FIXES.get(reason, _FIXES[reason]),
+        (False, True): _UNSUPPORTED_FIXES.get(reason, _FIXES[reason]),
+        (True, True): _UNSUPPORTED_FRAME_FIX if reason == "missing_image" else _FIXES[reason],
+    }
+    return "; ".join(dict.fromkeys(text for kind, text in texts.items() if kind in kinds))
 
 
 @dataclass
@@ -121,8 +133,17 @@ class LoadReport:
                     lines += [f"  {'':>7}  {'':<20}    e.g. {s}" for s in self.samples.get(reason, [])]
         types = ", ".join(f"{t} {n}" for t, n in self.answer_types.items())
         lines.append(f"  kept by answer type: {types}")
-        lines.append(f"  images per question: at most {self.max_images}; questions with a video: {self.videos}")
+        if self.kept:
+            lines.append(f"  {self.visuals_line()}")
         return "\n".join(lines)
+
+    def visuals_line(self) -> str:
+        """The kept questions' images and videos, in words: no "at most 0" when none has an image."""
+        if self.max_images:
+            return f"images per question: at most {self.max_images}; questions with a video: {self.videos}"
+        if self.videos:
+            return f"images per question: none; questions with a video: {self.videos}"
+        return "images per question: none; every question is text-only"
 
     def too_many_skipped(self, max_fraction: float) -> str | None:
         """A one-line complaint when more than ``max_fraction`` of the rows were skipped, else None."""
