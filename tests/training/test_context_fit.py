@@ -9,8 +9,10 @@ the prompt's text 2068 (measured); 8 frames take 256.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -22,6 +24,7 @@ from vqa_grpo.config import Config, ModelConfig
 from vqa_grpo.data.report import LoadReport
 from vqa_grpo.data.types import BadExample, Video, VQAExample
 from vqa_grpo.errors import UserError
+from vqa_grpo.evaluation.answering import answer_and_score
 from vqa_grpo.models.adapters import adapter_for
 from vqa_grpo.models.fit import After, Split, check_fit, context_length, prompt_guard
 from vqa_grpo.models.loading import load_model
@@ -32,12 +35,17 @@ FRAMES = 64
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
-    """data.jsonl: question "clip", a video of FRAMES frames of 224 x 224, and "still", one image."""
+    """data.jsonl: question "brief", a clip of 2 frames (it fits); "clip", a video of FRAMES frames
+    of 224 x 224 (the most frames: the one measured up front, not the first clip); "wordy", a clip of
+    2 frames and a question of 2000 more tokens (2075 in all: past the context, met only at run
+    time, as its frames are few); "still", one image."""
     folder = tmp_path_factory.mktemp("clip")
     Image.new("RGB", (224, 224), (200, 30, 30)).save(folder / "frame.png")
     Image.new("RGB", (56, 56), (20, 30, 200)).save(folder / "still.png")
     rows = [
+        {"id": "brief", "question": "Does it move?", "answer": "no", "video": ["frame.png"] * 2},
         {"id": "clip", "question": "Does it move?", "answer": "red", "video": ["frame.png"] * FRAMES},
+        {"id": "wordy", "question": "Does it move?" + " Really?" * 1000, "answer": "no", "video": ["frame.png"] * 2},
         {"id": "still", "question": "What color?", "answer": "blue", "image": "still.png"},
     ]
     path = folder / "data.jsonl"
@@ -96,9 +104,15 @@ def test_evaluate_refuses_a_clip_past_the_context_before_the_model_loads(clip, t
     code, errors = cli(capsys, *base, f"data.video_frames={FRAMES}")
     assert code == 2 and errors == [expected, expected]
     assert not out.exists()
-    code, _ = cli(capsys, *base, "data.video_frames=8", "train.device=cpu", "train.progress=false")
+    # 8 frames: the widest clip fits; "wordy" is skipped when answered, counted and never scored
+    code = main([*base, "data.video_frames=8", "train.device=cpu", "train.progress=false"])
+    told = [line for line in capsys.readouterr().err.splitlines() if line.startswith("evaluate:")]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert code == 0 and metrics["n"] == 2 and metrics["skipped"] == 0
+    assert code == 0 and metrics["n"] == 3 and metrics["skipped"] == 1
+    assert metrics["skipped_by_reason"] == {"past_context": 1}
+    assert told == ["evaluate: 1 of 4 questions skipped when answered (past_context 1); not scored, 3 scored"]
+    scored = [json.loads(line)["id"] for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert scored == ["brief", "clip", "still"]
 
 
 def test_the_widest_question_is_measured_and_one_that_fails_to_load_passed_over(tiny_model_dir):
@@ -148,16 +162,17 @@ def test_the_widest_question_is_measured_and_one_that_fails_to_load_passed_over(
     check_fit(adapter, processor, None, Config(), [split], report)  # no context known: no check
     single = LoadReport(max_images=1)
     check_fit(adapter, processor, 10, Config(), [split], single)  # one image a question: not measured
-    # vLLM's engine length, tighter than the model's: two images (2 * 66 + 17 = 149 tokens, + 4) already overflow 150
+    # vLLM's engine length, tighter than the model's: the widest question (three images) is the one named
     engine = Split(
         "data pairs.jsonl", examples, After(4, "grpo.max_completion_length"), (150, "grpo.vllm_max_model_len")
     )
     with pytest.raises(UserError) as e:
         check_fit(adapter, processor, 2048, Config(), [engine], report)
     assert str(e.value) == (
-        "data pairs.jsonl: question two (2 images) needs 149 prompt tokens + 4 new ones (grpo.max_completion_length) = "
-        "153 positions, more than vLLM's 150 (grpo.vllm_max_model_len); lower data.max_image_pixels (1000000 now) or "
-        "grpo.max_completion_length (4 now); or give the question fewer images; or raise grpo.vllm_max_model_len"
+        f"data pairs.jsonl: question three (3 images) needs {prompt} prompt tokens + 4 new ones "
+        f"(grpo.max_completion_length) = {prompt + 4} positions, more than vLLM's 150 (grpo.vllm_max_model_len); "
+        "lower data.max_image_pixels (1000000 now) or grpo.max_completion_length (4 now); "
+        "or give the question fewer images; or raise grpo.vllm_max_model_len"
     )
 
 
@@ -169,24 +184,30 @@ def test_the_context_is_the_config_s_or_its_text_model_s(tiny_model_dir):
     assert context_length(PretrainedConfig()) is None
 
 
-def test_a_later_longer_clip_is_skipped_and_counted_when_its_batch_is_drawn(tiny_model_dir):
-    """The up-front check measures the first question with a video; a later one with a longer clip
-    (64 frames: 2068 prompt tokens) is skipped when its batch is drawn, with its reason, and the
-    run goes on with the others. Single-image data gets no such check (nothing extra encoded)."""
+def test_a_later_longer_clip_is_skipped_measured_once_and_never_scored(tiny_model_dir):
+    """A clip whose loader is not a VideoLoader cannot be counted without decoding, so the up-front
+    check may miss it; a longer one (64 frames: 2068 prompt tokens) is skipped when its batch is
+    drawn, with its reason, and the run goes on with the others. Each question is encoded once (its
+    verdict kept) and a refused one is not decoded again in later epochs. Evaluation skips it the
+    same way and counts it as past_context, never scored. Single-image data gets no such check."""
     lm = load_model(ModelConfig(name_or_path=str(tiny_model_dir)), torch.device("cpu"))
+    decoded = []
 
-    def clip(frames: int):
-        return lambda: Video([Image.new("RGB", (224, 224), (200, 30, 30))] * frames, fps=1.0)
+    def clip(name: str, frames: int):
+        return lambda: decoded.append(name) or Video([Image.new("RGB", (224, 224), (200, 30, 30))] * frames, fps=1.0)
 
     def example(name: str, frames: int) -> VQAExample:
-        return VQAExample(name, "Does it move?", ["red"], "red", answer_type="other", video_loader=clip(frames))
+        return VQAExample(name, "Does it move?", ["red"], "red", answer_type="other", video_loader=clip(name, frames))
 
     examples = [example("short", 8), example("long", FRAMES), example("short2", 8)]
     cfg = Config()
     guard = prompt_guard(lm, cfg, "grpo", LoadReport(videos=3))
+    encoded, encode = [], guard.adapter.encode_prompts
+    guard.adapter = SimpleNamespace(encode_prompts=lambda *a: encoded.append(1) or encode(*a))
     batches = Batches(examples, batch_size=2, seed=0, guard=guard)
-    drawn = [ex.id for _ in range(3) for ex in batches.next()[0]]
+    drawn = [ex.id for _ in range(3) for ex in batches.next()[0]]  # three epochs of two usable questions
     assert set(drawn) == {"short", "short2"} and len(drawn) == 6
+    assert len(encoded) == 3 and decoded.count("long") == 1 and batches.skipped == 2
     budget = cfg.grpo.max_completion_length
     assert batches.bad == {
         "long": {
@@ -197,3 +218,7 @@ def test_a_later_longer_clip_is_skipped_and_counted_when_its_batch_is_drawn(tiny
         }
     }
     assert prompt_guard(lm, cfg, "grpo", LoadReport(max_images=1)) is None
+    cfg = Config(eval=dataclasses.replace(cfg.eval, max_new_tokens=2))
+    got = answer_and_score(lm, examples, cfg, torch.device("cpu"))
+    assert [e.id for e in got.examples] == ["short", "short2"] and got.positions == [0, 2]
+    assert got.skipped == 1 and got.skipped_by_reason == {"past_context": 1}

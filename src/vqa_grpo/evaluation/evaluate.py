@@ -6,7 +6,9 @@ official or lmms_eval), ``composite`` and its parts (``composite/bleu1``, ...), 
 metrics asked for (``anls``, ``relaxed_accuracy``, ``exact_match``, ``multiple_choice``: in
 eval.metrics or as train.eval_metric), ``per_answer_type`` and ``per_question_type`` (type ->
 {n, vqa_accuracy, ..., ci95}), ``ci95`` (metric -> [low, high]), ``vqa_convention``,
-``skipped`` (examples whose image failed when answered), ``skipped_at_load`` (rows the data's
+``skipped`` (examples not answered: one of their visuals failed to load, or ``past_context``, a
+prompt with its visuals past the model's context, models/fit.py), ``skipped_by_reason`` (those
+by reason), ``skipped_at_load`` (rows the data's
 load skipped, by reason: ``vqa-grpo data inspect`` lists them), ``primary_metric``
 (the headline metric's key: train.eval_metric, else the benchmark's), and ``answerability`` (the
 "unanswerable" decision's precision, recall, F1 and VizWiz's figures, rewards/abstention.py) for
@@ -21,10 +23,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from vqa_grpo.config import Config
 from vqa_grpo.data.benchmarks import resolve as resolve_benchmark
@@ -138,6 +142,14 @@ def evaluate(
     got = answer_and_score(lm, examples, cfg, device, dist, progress=cfg.train.progress and dist.is_main)
     metrics = summarise(got.scores, got.examples, cfg.eval.bootstrap_samples)
     metrics["skipped"] = got.skipped
+    metrics["skipped_by_reason"] = got.skipped_by_reason
+    if got.skipped and dist.is_main:  # on stderr, as a training run tells its skips (training/skips.py)
+        reasons = ", ".join(f"{reason} {n}" for reason, n in got.skipped_by_reason.items())
+        tqdm.write(
+            f"evaluate: {got.skipped} of {len(examples)} questions skipped when answered ({reasons}); "
+            f"not scored, {len(got.examples)} scored",
+            file=sys.stderr,
+        )
     metrics["skipped_at_load"] = {reason: n for reason, n in (skipped_at_load or {}).items() if n}
     metrics["primary_metric"] = cfg.train.eval_metric  # the headline: the benchmark's metric unless set
     metrics["vqa_convention"] = cfg.eval.vqa_convention  # how vqa_accuracy was computed

@@ -11,20 +11,31 @@ from vqa_grpo.models.plan import plain_plan
 
 
 def predict_sharded(
-    dist: Dist, lm, examples: list, eval_cfg, device, *, progress: bool = False, template: str = DEFAULT_TEMPLATE
-) -> list[str | None]:
-    """The raw answer to each example as ``eval_cfg`` (config.EvalConfig) asks (None where one of its
-    visuals fails to load), each process answering its share and all getting every answer, in order.
-    ``template``: the prompt template each question is put in (data/prompts.py).
+    dist: Dist,
+    lm,
+    examples: list,
+    eval_cfg,
+    device,
+    *,
+    progress: bool = False,
+    template: str = DEFAULT_TEMPLATE,
+    guard=None,
+) -> tuple[list[str | None], list[str | None]]:
+    """The raw answer to each example as ``eval_cfg`` (config.EvalConfig) asks, each process
+    answering its share and all getting every answer, in order; and beside it why an example was
+    not answered (None where it was): one of its visuals failed to load (BadExample's kind), or
+    ``guard`` (models/fit.py ``PromptGuard``) refused it, ``past_context``. ``template``: the
+    prompt template each question is put in (data/prompts.py).
 
-    With sharded weights (FSDP, ZeRO-3) every generate call is a collective: the examples whose visuals fail
-    are dropped first (so that no rank skips a batch the others run), the shares are padded to
-    equal length and the ranks decode in step.
+    With sharded weights (FSDP, ZeRO-3) every generate call is a collective: the examples whose
+    visuals fail, or that the guard refuses, are dropped first (so that no rank skips a batch the
+    others run), the shares are padded to equal length and the ranks decode in step.
     """
     plan = plain_plan(dist.synced_decoding(), "evaluation")  # greedy answers, each prompt run once
 
-    def answer(chunk: list) -> list[str | None]:
-        return predict_answers(
+    def answer(chunk: list) -> list[tuple[str | None, str | None]]:
+        skips: dict[int, str] = {}
+        texts = predict_answers(
             lm.model,
             lm.adapter,
             lm.processor,
@@ -38,20 +49,28 @@ def predict_sharded(
             progress=progress,
             plan=plan,
             template=template,
+            guard=guard,
+            skips=skips,
         )
+        return [(t, skips.get(i)) for i, t in enumerate(texts)]
 
     if not dist.sharded_forward:
-        return dist.map_sharded(answer, examples)
-    loads = dist.map_sharded(lambda chunk: [_visuals_load(e) for e in chunk], examples)
+        got = dist.map_sharded(answer, examples)
+        return [t for t, _ in got], [why for _, why in got]
+    why = dist.map_sharded(lambda chunk: [_skip_reason(e, guard) for e in chunk], examples)
     with dist.decoding(lm.model):
-        texts = iter(dist.map_sharded(answer, [e for e, ok in zip(examples, loads) if ok]))
-    return [next(texts) if ok else None for ok in loads]
+        got = iter(dist.map_sharded(answer, [e for e, w in zip(examples, why) if w is None]))
+    texts = [next(got)[0] if w is None else None for w in why]
+    return texts, why
 
 
-def _visuals_load(example) -> bool:
-    """Whether every image of the example, and its video, decodes."""
+def _skip_reason(example, guard) -> str | None:
+    """Why the example cannot be answered (one of its visuals fails to decode, or ``guard``
+    refuses it), None when it can."""
     try:
-        example.load_visuals()
-    except BadExample:
-        return False
-    return True
+        shown = example.load_visuals()
+        if guard is not None:
+            guard(example, shown)
+    except BadExample as e:
+        return e.kind
+    return None

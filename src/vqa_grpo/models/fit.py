@@ -5,20 +5,24 @@ the family's processor lays them out; with the tokens that follow it (a sampled 
 evaluation's answer, or SFT's target: the answer and its stop token) it must fit the model's
 positions (``max_position_embeddings``, the text model's; a config without one is not checked).
 Single-image data is not measured: one image costs every question about the same. For data with
-several images or a video, the first question of each split with the most images, and the first
-with a video, are encoded as sampling encodes them (``FamilyAdapter.encode_prompts``) and measured:
-a handful of questions, no other one decoded. One whose visuals fail to load (or that the processor
-cannot take, ``image_problem``) is passed over for the next, as training skips it.
+several images or a video, the question of each split with the most images and the one whose clip
+samples the most frames (counted without decoding: a frame list's length, a video file's header)
+are encoded as sampling encodes them (``FamilyAdapter.encode_prompts``) and measured; no other
+question is decoded. One whose visuals fail to load (or that the processor cannot take,
+``image_problem``) is passed over for the next widest, as training skips it.
 
-That check fails fast on the usual case; a later question with a longer clip (or larger images)
-is met at run time instead: :func:`prompt_guard` encodes each training question of such data
-once more when its batch is drawn and raises BadExample (reason ``past_context``) for one that
-does not fit, which training skips and counts (training/batches.py, training/skips.py).
+Larger images, or longer text, can still make a later question longer than the ones measured:
+:class:`PromptGuard` meets it at run time. Training (training/batches.py) and evaluation
+(models/generation.py ``predict_answers``) pass each question with several images or a video
+through it once its visuals are decoded; one that does not fit raises BadExample (reason
+``past_context``) and is skipped and counted, never trained on or scored (training/skips.py,
+evaluation's ``skipped_by_reason``). Each question is encoded once per run: the verdict is kept.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from PIL import Image
@@ -27,6 +31,7 @@ from vqa_grpo.config import Config, DataConfig, ModelConfig
 from vqa_grpo.data.prompts import prompt_template, user_text
 from vqa_grpo.data.report import LoadReport
 from vqa_grpo.data.types import BadExample, Video, VQAExample
+from vqa_grpo.data.video import VideoLoader, _duration, _open, import_av, sample_times
 from vqa_grpo.errors import UserError
 from vqa_grpo.models.adapters import FamilyAdapter
 from vqa_grpo.models.loading import LoadedModel, _resolve
@@ -85,32 +90,78 @@ def _training_split(cfg: Config, mode: str, where: str, examples: Sequence[VQAEx
     return Split(where, examples, grpo if mode == "grpo" else After(None), limit)
 
 
-def prompt_guard(
-    lm: LoadedModel, cfg: Config, mode: str, report: LoadReport | None
-) -> Callable[[VQAExample, list], None] | None:
-    """A run-time check of each training question with its decoded visuals: BadExample (skipped
-    and counted) when its prompt and what follows it pass the context. None for single-image or
-    text-only data (nothing extra encoded) and for a model whose context is not known."""
+class PromptGuard:
+    """A run-time check of each question with its decoded visuals: BadExample (reason
+    ``past_context``, skipped and counted) when its prompt and what follows it pass ``bound``.
+
+    A question with at most one image and no video is let through unmeasured (nothing extra
+    encoded). Each other question is encoded once per run (per process): its verdict is kept by
+    id, as the prompt's length is fixed once its visuals are (the frames sampled and the images
+    resized the same way every time; augmentation, data/perturb.py, keeps every size), so a
+    question drawn again, in a later epoch or batch, costs a dictionary look-up. ``refused``: id ->
+    the reason, for each question refused so far.
+    """
+
+    def __init__(self, adapter: FamilyAdapter, processor, cfg: Config, after: After, bound: int, name: str, whose: str):
+        self.adapter, self.processor, self.data, self.after = adapter, processor, cfg.data, after
+        self.bound, self.name, self.whose = bound, name, whose
+        self.template = prompt_template(cfg.data, cfg.reward.reasoning)
+        self.verdicts: dict[str, BadExample | None] = {}  # id -> why it does not fit, None: it fits
+
+    @property
+    def refused(self) -> dict[str, str]:
+        return {i: v.reason for i, v in self.verdicts.items() if v is not None}
+
+    def __call__(self, example: VQAExample, visuals: list) -> None:
+        if example.id not in self.verdicts:
+            if not _several(visuals):
+                return
+            self.verdicts[example.id] = self._verdict(example, visuals)
+        verdict = self.verdicts[example.id]
+        if verdict is not None:
+            raise verdict
+
+    def _verdict(self, example: VQAExample, visuals: list) -> BadExample | None:
+        text = user_text(example.question, self.template)
+        prompt = int(self.adapter.encode_prompts(self.processor, [visuals], [text]).attention_mask.sum())
+        after = self.after
+        new = after.tokens if after.tokens is not None else _answer_tokens(self.processor, example)
+        if prompt + new <= self.bound:
+            return None
+        budget = after.key or "the answer and stop token"
+        engine = self.name if self.name != "max_position_embeddings" else None
+        return BadExample(
+            example.id,
+            f"prompt of {prompt} tokens ({_shown(visuals)}) + {new} ({budget}) > {self.whose} context {self.bound} "
+            f"({self.name}); " + _fix(self.data, visuals, after, engine),
+            kind="past_context",
+        )
+
+
+def prompt_guard(lm: LoadedModel, cfg: Config, mode: str, report: LoadReport | None) -> PromptGuard | None:
+    """The training questions' run-time check (:class:`PromptGuard`), followed by what follows them
+    in ``mode``. None for single-image or text-only data (nothing extra encoded) and for a model
+    whose context is not known."""
     split = _training_split(cfg, mode, "", ())
     bound, name, whose = _bound(split, context_length(lm.model.config))
     if report is None or not _measured(report) or bound is None:
         return None
-    template = prompt_template(cfg.data, cfg.reward.reasoning)
+    return PromptGuard(lm.adapter, lm.processor, cfg, split.after, bound, name, whose)
 
-    def guard(example: VQAExample, visuals: list) -> None:
-        batch = lm.adapter.encode_prompts(lm.processor, [visuals], [user_text(example.question, template)])
-        prompt, after = int(batch.attention_mask.sum()), split.after
-        new = after.tokens if after.tokens is not None else _answer_tokens(lm.processor, example)
-        if prompt + new > bound:
-            budget = after.key or "the answer and stop token"
-            raise BadExample(
-                example.id,
-                f"prompt of {prompt} tokens ({_shown(visuals)}) + {new} ({budget}) > {whose} context {bound} "
-                f"({name}); " + _fix(cfg.data, visuals, after, name if name != "max_position_embeddings" else None),
-                kind="past_context",
-            )
 
-    return guard
+def eval_guard(lm: LoadedModel, cfg: Config) -> PromptGuard | None:
+    """The evaluation's run-time check: each question with several images or a video followed by
+    eval.max_new_tokens new tokens (None for a model whose context is not known)."""
+    bound = context_length(lm.model.config)
+    if bound is None:
+        return None
+    after = After(cfg.eval.max_new_tokens, "eval.max_new_tokens")
+    return PromptGuard(lm.adapter, lm.processor, cfg, after, bound, "max_position_embeddings", "the model's")
+
+
+def _several(visuals: list) -> bool:
+    """Whether a question shows more than one image or a video (what the checks measure)."""
+    return any(isinstance(v, Video) for v in visuals) or sum(isinstance(v, Image.Image) for v in visuals) > 1
 
 
 def _bound(split: Split, context: int | None) -> tuple[int | None, str, str]:
@@ -163,21 +214,53 @@ def _measured(report: LoadReport) -> bool:
 def _widest(
     adapter: FamilyAdapter, processor, examples: Sequence[VQAExample], template: str, report: LoadReport
 ) -> Iterator[tuple[VQAExample, int, list]]:
-    """(example, prompt tokens, visuals) of each question with more images than any measured before
-    it, and of the first with a video; stops once it has one with ``report.max_images`` images and
-    one with a video (when the data has them)."""
-    most, seen_video = 1, report.videos == 0
-    for example in examples:
-        images, video = example.num_images, example.video_loader is not None
-        if images <= most and (seen_video or not video):
-            continue
-        measured = _measure(adapter, processor, example, template)
-        if measured is None:
-            continue
-        most, seen_video = max(most, images), seen_video or video
-        yield example, *measured
-        if most >= report.max_images and seen_video:
+    """(example, prompt tokens, visuals) of the question with the most images (ties: the first),
+    then of the one with the most frames sampled from its video; one whose visuals fail to load is
+    passed over for the next widest. Images are counted from the examples (nothing decoded); a
+    clip's frames from its list's length, or for a video file from its header's duration (the
+    header of each video file is read, no frame decoded, until one gives data.video_frames)."""
+    if report.max_images > 1:
+        images = sorted((-e.num_images, i) for i, e in enumerate(examples) if e.num_images > 1)
+        yield from _first_measured(adapter, processor, examples, template, [i for _, i in images])
+    if report.videos:
+        frames = []
+        for i, e in enumerate(examples):
+            if e.video_loader is not None:
+                n, cap = _frames_sampled(e.video_loader)
+                frames.append((-n, i))
+                if n >= cap:  # no clip samples more: the first to reach the cap is the widest
+                    break
+        yield from _first_measured(adapter, processor, examples, template, [i for _, i in sorted(frames)])
+
+
+def _first_measured(adapter: FamilyAdapter, processor, examples, template: str, order: list[int]):
+    for i in order:
+        measured = _measure(adapter, processor, examples[i], template)
+        if measured is not None:
+            yield examples[i], *measured
             return
+
+
+def _frames_sampled(loader) -> tuple[int, float]:
+    """The frames a video loader samples and the most any can (data/video.py's rules: a list's
+    ``sample_indices``, a file's ``sample_times`` over its header's duration); (0, inf) for a
+    loader that is not known, or a file whose header fails (measured only if no other is)."""
+    while hasattr(loader, "inner"):  # a processor-checked loader (models/loading.py)
+        loader = loader.inner
+    if not isinstance(loader, VideoLoader):
+        return 0, math.inf
+    cap = loader.max_frames
+    if isinstance(loader.source, tuple):
+        return min(len(loader.source), cap), cap
+    av = import_av()
+    try:
+        with _open(av, loader.source) as container:
+            duration = _duration(container, container.streams.video[0])
+    except (av.FFmpegError, OSError, ValueError, IndexError):
+        return 0, cap
+    if duration is None:  # no duration in the header: the sampler counts the frames; not read here
+        return 0, cap
+    return len(sample_times(max(duration, 1e-6), loader.fps, cap)[0]), cap
 
 
 def _measure(adapter: FamilyAdapter, processor, example: VQAExample, template: str) -> tuple[int, list] | None:

@@ -12,6 +12,7 @@ completion tokens (at most ``max_new_tokens``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -271,19 +272,29 @@ def predict_answers(
     progress: bool = False,
     plan: ForwardPlan,
     template: str = DEFAULT_TEMPLATE,
+    guard: Callable[[object, list], None] | None = None,
+    skips: dict[int, str] | None = None,
 ) -> list[str | None]:
     """Decoded answers for ``examples`` in batches, on ``plan`` (the evaluation's, models/plan.py
     ``plain_plan``); None where any of its visuals (an image of its list, its video) failed to
-    load. ``template``: the prompt template each question is put in (data/prompts.py)."""
+    load, or where ``guard`` (models/fit.py ``PromptGuard``) refused the question with its visuals
+    (a prompt past the model's context): never answered. ``skips``, when given, gets each such
+    question's index -> the reason (BadExample.kind). ``template``: the prompt template each
+    question is put in (data/prompts.py)."""
     out: list[str | None] = [None] * len(examples)
     starts = range(0, len(examples), batch_size)
     for start in tqdm(starts, desc="evaluate", disable=not progress, leave=False):
         chunk, visuals, index = [], [], []
         for i, ex in enumerate(examples[start : start + batch_size], start=start):
             try:
-                visuals.append(ex.load_visuals())
-            except BadExample:
+                shown = ex.load_visuals()
+                if guard is not None:
+                    guard(ex, shown)
+            except BadExample as e:
+                if skips is not None:
+                    skips[i] = e.kind
                 continue
+            visuals.append(shown)
             chunk.append(ex)
             index.append(i)
         if not chunk:

@@ -13,8 +13,9 @@ from vqa_grpo.training.priority import Priorities
 class Batches:
     """Seeded data order over epochs; skips examples any of whose visuals (an image of its list,
     its video) fails to decode, or that ``guard`` refuses (a prompt past the model's context:
-    models/fit.py ``prompt_guard``), and counts them (``skipped``: every time one is met; ``bad``:
-    each one once, id -> its kind and reason).
+    models/fit.py ``PromptGuard``, which measures each question once and keeps its verdict), and
+    counts them (``skipped``: every time one is met; ``bad``: each one once, id -> its kind and
+    reason). A question in ``bad`` is skipped when drawn again without being decoded again.
 
     Every process walks the same order and decodes the visuals of the whole global batch
     (``batch_size x world`` questions), so all agree on which examples were skipped; rank r then
@@ -100,6 +101,8 @@ class Batches:
         while len(chunk) < self.batch_size * self.world:
             ex = self.examples[draw()]
             try:
+                if ex.id in self.bad:  # found bad before (a later epoch): not decoded or measured again
+                    raise BadExample(ex.id, self.bad[ex.id]["detail"], self.bad[ex.id]["reason"])
                 shown = ex.load_visuals()
                 if self.guard is not None:
                     self.guard(ex, shown)
