@@ -76,13 +76,15 @@ def test_sft_reports_rows_skipped_at_load_and_in_training(synth_dir, tiny_model_
     assert [x for x in err.splitlines() if x.startswith("sft:")] == [
         f"sft: 2 of 9 rows skipped (missing_image 1, corrupt_image 1); ids and reasons in {where}",
         f"sft: 3 of 9 rows skipped (corrupt_image 2, missing_image 1): 2 when the data loaded, "
-        f"1 whose image failed in training; ids and reasons in {where}",
+        f"1 skipped in training (corrupt_image 1); 6 left to train on; ids and reasons in {where}",
     ]
     report = json.loads(where.read_text())
-    assert {k: report[k] for k in ("rows", "skipped", "by_reason")} == {
+    assert {k: report[k] for k in ("rows", "skipped", "by_reason", "in_training", "left")} == {
         "rows": 9,
         "skipped": 3,
         "by_reason": {"corrupt_image": 2, "missing_image": 1},
+        "in_training": {"corrupt_image": 1},
+        "left": 6,
     }
     assert [(e["id"], e["reason"], e["when"]) for e in report["examples"]] == [
         ("gone", "missing_image", "load"),

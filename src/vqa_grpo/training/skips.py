@@ -1,13 +1,19 @@
 """The rows a run does not train on, told rather than dropped in silence.
 
 Two kinds: rows skipped when the data loaded (data/loader.py's reasons: missing_image,
-corrupt_image, ...) and examples whose image failed when a batch needed it (training/batches.py:
-a truncated JPEG passes the load-time check and fails at decode; a model's processor may refuse
-an image as well). Rank 0 prints one line with the counts by reason on stderr and keeps
-``skipped.json`` in the run directory, rewritten when a new example is skipped:
+corrupt_image, ...) and examples skipped when a batch needed them (training/batches.py: a
+truncated JPEG passes the load-time check and fails at decode; a model's processor may refuse an
+image; ``past_context``: a prompt with its visuals longer than the model's context, models/fit.py).
+Rank 0 prints one line with the counts by reason on stderr (again at the end of training, with
+the skips in training by reason and the rows left to train on) and keeps ``skipped.json`` in the
+run directory, rewritten when a new example is skipped:
 
     {"rows": rows read, "skipped": rows not trained on, "by_reason": {reason: count},
+     "in_training": {reason: count} (of those, skipped in training), "left": rows - skipped,
      "examples": [{"id", "reason", "detail", "when": "load" (with "row", "source") or "training"}]}
+
+Skips in training have no limit of their own (data.max_skip_fraction judges the load): the line
+and the file say how many rows were left.
 
 Nothing is written when nothing was skipped. ``metrics.jsonl`` carries the running total as
 ``skipped_rows`` on every step's line (beside ``skipped_images``: decode failures met, repeats
@@ -51,10 +57,20 @@ class SkipReport:
         counts.update(bad["reason"] for bad in self.batches.bad.values())
         return dict(counts.most_common())
 
+    def in_training(self) -> dict[str, int]:
+        """The training batches' skips by reason (an image that failed to decode, ``past_context``: a
+        prompt past the model's context, ...), most first."""
+        return dict(Counter(bad["reason"] for bad in self.batches.bad.values()).most_common())
+
     def line(self) -> str:
         reasons = counts_text(self.by_reason())
         late = len(self.batches.bad)
-        when = f": {self.load.num_skipped} when the data loaded, {late} whose image failed in training" if late else ""
+        when = ""
+        if late:
+            when = (
+                f": {self.load.num_skipped} when the data loaded, {late} skipped in training "
+                f"({counts_text(self.in_training())}); {self.load.rows - self.total} left to train on"
+            )
         return (
             f"{self.desc}: {self.total} of {self.load.rows} rows skipped ({reasons}){when}; "
             f"ids and reasons in {self.path}"
@@ -80,7 +96,13 @@ class SkipReport:
     def _save(self) -> None:
         loaded = [{**row, "when": "load"} for row in self.load.rejected]
         trained = [{"id": i, **bad, "when": "training"} for i, bad in self.batches.bad.items()]
-        record = {"rows": self.load.rows, "skipped": self.total, "by_reason": self.by_reason()}
+        record = {
+            "rows": self.load.rows,
+            "skipped": self.total,
+            "by_reason": self.by_reason(),
+            "in_training": self.in_training(),
+            "left": self.load.rows - self.total,
+        }
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps({**record, "examples": loaded + trained}, indent=1) + "\n")
         os.replace(tmp, self.path)
