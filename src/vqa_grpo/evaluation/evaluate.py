@@ -120,7 +120,8 @@ def evaluate(
 ) -> dict:
     """Generate answers for ``examples`` with the model in ``model_dir``; write and return metrics.
     ``skipped_at_load``: the rows the data's load skipped, by reason (metrics.json records them
-    beside ``skipped``, the examples whose image failed when answered).
+    beside ``skipped``, the examples not answered: a visual that failed to load, or a prompt past
+    the model's context, ``skipped_by_reason``).
 
     Under several processes (``accelerate launch``) each answers its share of the questions and
     rank 0 writes the outputs; every process returns the same metrics. An earlier evaluation in

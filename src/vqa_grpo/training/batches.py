@@ -9,6 +9,8 @@ import torch
 from vqa_grpo.data.types import BadExample, Visual, VQAExample
 from vqa_grpo.training.priority import Priorities
 
+SKIPPED_ALL = "no training question can be used: each one drawn was skipped (its visuals or its prompt's length)"
+
 
 class Batches:
     """Seeded data order over epochs; skips examples any of whose visuals (an image of its list,
@@ -76,14 +78,14 @@ class Batches:
                 taken.zero_()
                 i = priorities.pick(g, self._bad_mask(priorities))
             if i is None:
-                raise RuntimeError("no training image can be decoded")
+                raise RuntimeError(SKIPPED_ALL)
             taken[i] = True
             return i
 
         return draw
 
     def _bad_mask(self, priorities: Priorities) -> torch.Tensor:
-        """[N] True for the questions whose image failed: never drawn again."""
+        """[N] True for the questions skipped (a visual that failed, a prompt past the context): never drawn again."""
         mask = torch.zeros(len(self.examples), dtype=torch.bool)
         for q in self.bad:
             mask[priorities.index[q]] = True
@@ -110,7 +112,7 @@ class Batches:
                 self.skipped += 1
                 self.bad.setdefault(ex.id, {"reason": e.kind, "detail": e.reason})
                 if self.skipped > 10 * len(self.examples):
-                    raise RuntimeError("no training image can be decoded") from None
+                    raise RuntimeError(SKIPPED_ALL) from None
                 continue
             chunk.append(ex)
             visuals.append(shown)
