@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,12 +23,14 @@ from transformers import AutoProcessor, PretrainedConfig
 from vqa_grpo.cli import main
 from vqa_grpo.config import Config, ModelConfig
 from vqa_grpo.data.report import LoadReport
+from vqa_grpo.data.synthetic_video import write_mp4
 from vqa_grpo.data.types import BadExample, Video, VQAExample
+from vqa_grpo.data.video import VideoLoader
 from vqa_grpo.errors import UserError
 from vqa_grpo.evaluation.answering import answer_and_score
 from vqa_grpo.models.adapters import adapter_for
-from vqa_grpo.models.fit import After, Split, check_fit, context_length, prompt_guard
-from vqa_grpo.models.loading import load_model
+from vqa_grpo.models.fit import After, Split, _frames_sampled, check_fit, context_length, prompt_guard
+from vqa_grpo.models.loading import CheckedVideoLoader, load_model
 from vqa_grpo.training.batches import Batches
 
 FRAMES = 64
@@ -222,3 +225,22 @@ def test_a_later_longer_clip_is_skipped_measured_once_and_never_scored(tiny_mode
     got = answer_and_score(lm, examples, cfg, torch.device("cpu"))
     assert [e.id for e in got.examples] == ["short", "short2"] and got.positions == [0, 2]
     assert got.skipped == 1 and got.skipped_by_reason == {"past_context": 1}
+
+
+def test_frames_are_counted_from_a_list_s_length_and_a_file_s_header(tmp_path):
+    """The up-front check ranks clips by the frames they sample, without decoding one: a list's
+    length (capped at data.video_frames), a file's duration x data.video_fps from its header
+    (ceil, at least one, capped); a loader it does not know counts 0 and is measured last."""
+    still = Image.new("RGB", (32, 32), (9, 9, 9))
+    write_mp4(tmp_path / "two.mp4", [still] * 8, fps=4)  # 2 s
+    write_mp4(tmp_path / "five.mp4", [still] * 20, fps=4)  # 5 s
+    frames = tuple(tmp_path / "two.mp4" for _ in range(12))  # (a list's frames are not opened)
+    assert _frames_sampled(VideoLoader(tmp_path / "two.mp4", max_frames=8, fps=1.0)) == (2, 8)
+    assert _frames_sampled(VideoLoader(tmp_path / "five.mp4", max_frames=8, fps=1.0)) == (5, 8)
+    assert _frames_sampled(VideoLoader(tmp_path / "five.mp4", max_frames=8, fps=0.5)) == (3, 8)  # 2.5 -> 3
+    assert _frames_sampled(VideoLoader(tmp_path / "five.mp4", max_frames=3, fps=1.0)) == (3, 3)
+    assert _frames_sampled(VideoLoader(frames, max_frames=8)) == (8, 8)
+    assert _frames_sampled(VideoLoader(frames[:5], max_frames=8)) == (5, 8)
+    checked = CheckedVideoLoader(VideoLoader(frames[:5], max_frames=8), lambda image: None, "q")
+    assert _frames_sampled(checked) == (5, 8)  # a processor-checked loader: the one it wraps
+    assert _frames_sampled(lambda: Video([still], 1.0)) == (0, math.inf)
