@@ -96,28 +96,25 @@ class PromptGuard:
 
     A question with at most one image and no video is let through unmeasured (nothing extra
     encoded). Each other question is encoded once per run (per process): its verdict is kept by
-    id, as the prompt's length is fixed once its visuals are (the frames sampled and the images
-    resized the same way every time; augmentation, data/perturb.py, keeps every size), so a
-    question drawn again, in a later epoch or batch, costs a dictionary look-up. ``refused``: id ->
-    the reason, for each question refused so far.
+    id and text (a rephrased question keeps its id), as the prompt's length is fixed once its
+    visuals are (the frames sampled and the images resized the same way every time;
+    augmentation, data/perturb.py, keeps every size), so a question drawn again, in a later epoch
+    or batch, costs a dictionary look-up.
     """
 
     def __init__(self, adapter: FamilyAdapter, processor, cfg: Config, after: After, bound: int, name: str, whose: str):
         self.adapter, self.processor, self.data, self.after = adapter, processor, cfg.data, after
         self.bound, self.name, self.whose = bound, name, whose
         self.template = prompt_template(cfg.data, cfg.reward.reasoning)
-        self.verdicts: dict[str, BadExample | None] = {}  # id -> why it does not fit, None: it fits
-
-    @property
-    def refused(self) -> dict[str, str]:
-        return {i: v.reason for i, v in self.verdicts.items() if v is not None}
+        self.verdicts: dict[tuple[str, str], BadExample | None] = {}  # (id, question) -> why not; None: fits
 
     def __call__(self, example: VQAExample, visuals: list) -> None:
-        if example.id not in self.verdicts:
+        key = (example.id, example.question)
+        if key not in self.verdicts:
             if not _several(visuals):
                 return
-            self.verdicts[example.id] = self._verdict(example, visuals)
-        verdict = self.verdicts[example.id]
+            self.verdicts[key] = self._verdict(example, visuals)
+        verdict = self.verdicts[key]
         if verdict is not None:
             raise verdict
 
