@@ -28,6 +28,7 @@ from vqa_grpo.config_load import load_config
 from vqa_grpo.data.loader import load_examples
 from vqa_grpo.data.perturb import perturb, perturb_seed
 from vqa_grpo.data.types import Video, VQAExample
+from vqa_grpo.errors import UserError
 from vqa_grpo.evaluation.report import write_report
 from vqa_grpo.evaluation.robustness import perturbed
 from vqa_grpo.grpo import plan as plan_module
@@ -207,6 +208,8 @@ def test_a_bad_image_in_a_list_skips_its_question_and_is_counted():
     assert batches.skipped == 1 and batches.bad == {
         "q1": {"reason": "corrupt_image", "detail": "image 2 of 3 failed to load: OSError: truncated file"}
     }
+    with pytest.raises(UserError, match="^no training question can be used"):  # a one-line error, exit 2
+        Batches([example(1, (good, broken))], 1, seed=0).next()
 
 
 def test_every_image_and_frame_is_perturbed_with_the_questions_seed(mixed):

@@ -7,9 +7,13 @@ from typing import Callable, Sequence
 import torch
 
 from vqa_grpo.data.types import BadExample, Visual, VQAExample
+from vqa_grpo.errors import UserError
 from vqa_grpo.training.priority import Priorities
 
-SKIPPED_ALL = "no training question can be used: each one drawn was skipped (its visuals or its prompt's length)"
+SKIPPED_ALL = (
+    "no training question can be used: each one drawn was skipped (its visuals or its prompt's length); "
+    "check the data with vqa-grpo data inspect (and data.video_frames for prompts past the context)"
+)
 
 
 class Batches:
@@ -78,7 +82,7 @@ class Batches:
                 taken.zero_()
                 i = priorities.pick(g, self._bad_mask(priorities))
             if i is None:
-                raise RuntimeError(SKIPPED_ALL)
+                raise UserError(SKIPPED_ALL)
             taken[i] = True
             return i
 
@@ -112,7 +116,7 @@ class Batches:
                 self.skipped += 1
                 self.bad.setdefault(ex.id, {"reason": e.kind, "detail": e.reason})
                 if self.skipped > 10 * len(self.examples):
-                    raise RuntimeError(SKIPPED_ALL) from None
+                    raise UserError(SKIPPED_ALL) from None
                 continue
             chunk.append(ex)
             visuals.append(shown)
