@@ -182,9 +182,10 @@ def evaluate(
     """Answer ``data``'s questions with the model (a directory, checkpoint or LoRA adapter) and
     score them; writes predictions.jsonl and metrics.json to ``out`` when given (an earlier
     evaluation there is refused unless ``overwrite``; data with more images per question, or a
-    video, than the model's family takes is refused, as is a question whose prompt and answer
-    overflow the model's context). Returns the metrics dict: overall, per
-    answer type and per question type, with bootstrap intervals.
+    video, than the model's family takes is refused, as is data whose widest question's prompt and
+    answer overflow the model's context; another question past it is skipped and counted, never
+    scored: ``skipped_by_reason``). Returns the metrics dict: overall, per answer type and per
+    question type, with bootstrap intervals.
 
     ``data.max_eval_samples`` keeps that many questions, drawn as training draws its eval set
     (seeded by ``train.seed``, stratified by answer type, in file order)."""
