@@ -239,6 +239,7 @@ def test_frames_are_counted_from_a_list_s_length_and_a_file_s_header(tmp_path):
     assert _frames_sampled(VideoLoader(tmp_path / "five.mp4", max_frames=8, fps=1.0)) == (5, 8)
     assert _frames_sampled(VideoLoader(tmp_path / "five.mp4", max_frames=8, fps=0.5)) == (3, 8)  # 2.5 -> 3
     assert _frames_sampled(VideoLoader(tmp_path / "five.mp4", max_frames=3, fps=1.0)) == (3, 3)
+    assert _frames_sampled(VideoLoader(tmp_path / "five.mp4", max_frames=30, fps=8.0)) == (20, 30)  # each frame once
     assert _frames_sampled(VideoLoader(frames, max_frames=8)) == (8, 8)
     assert _frames_sampled(VideoLoader(frames[:5], max_frames=8)) == (5, 8)
     checked = CheckedVideoLoader(VideoLoader(frames[:5], max_frames=8), lambda image: None, "q")

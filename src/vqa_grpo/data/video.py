@@ -213,6 +213,26 @@ class VideoLoader:
             raise ValueError("the video holds no frame that can be decoded")
         return Video([to_rgb(f, self.max_pixels) for f in frames], rate)
 
+    def frames_sampled(self) -> int | None:
+        """How many frames a call returns, from a list's length or a file's header (no frame is
+        decoded); None when the header gives no duration or cannot be read."""
+        if isinstance(self.source, tuple):
+            return len(sample_indices(len(self.source), self.fps, self.max_frames)[0])
+        av = import_av()
+        try:
+            with _open(av, self.source) as container:
+                stream = container.streams.video[0]
+                duration = _duration(container, stream)
+                count = 0 if duration is None else _frame_count(stream, duration)
+        except (av.FFmpegError, OSError, ValueError, IndexError):
+            return None
+        if duration is None:
+            return None
+        duration = max(duration, 1e-6)
+        if takes_every_frame(duration, self.fps, self.max_frames, count):
+            return count
+        return len(sample_times(duration, self.fps, self.max_frames)[0])
+
     def _from_frames(self, sources: tuple[ImageSource, ...]) -> Video:
         picks, rate = sample_indices(len(sources), self.fps, self.max_frames)
         return Video([ImageLoader(sources[i], self.max_pixels)() for i in picks], rate)

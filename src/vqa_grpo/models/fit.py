@@ -31,7 +31,7 @@ from vqa_grpo.config import Config, DataConfig, ModelConfig
 from vqa_grpo.data.prompts import prompt_template, user_text
 from vqa_grpo.data.report import LoadReport
 from vqa_grpo.data.types import BadExample, Video, VQAExample
-from vqa_grpo.data.video import VideoLoader, _duration, _open, import_av, sample_times
+from vqa_grpo.data.video import VideoLoader
 from vqa_grpo.errors import UserError
 from vqa_grpo.models.adapters import FamilyAdapter
 from vqa_grpo.models.loading import LoadedModel, _resolve
@@ -239,25 +239,14 @@ def _first_measured(adapter: FamilyAdapter, processor, examples, template: str, 
 
 
 def _frames_sampled(loader) -> tuple[int, float]:
-    """The frames a video loader samples and the most any can (data/video.py's rules: a list's
-    ``sample_indices``, a file's ``sample_times`` over its header's duration); (0, inf) for a
-    loader that is not known, or a file whose header fails (measured only if no other is)."""
+    """The frames a video loader samples (``VideoLoader.frames_sampled``: a list's length, a file's
+    header) and the most any can; (0, inf) for a loader that is not known, (0, cap) for a file
+    whose header gives no duration (measured only if no other is)."""
     while hasattr(loader, "inner"):  # a processor-checked loader (models/loading.py)
         loader = loader.inner
     if not isinstance(loader, VideoLoader):
         return 0, math.inf
-    cap = loader.max_frames
-    if isinstance(loader.source, tuple):
-        return min(len(loader.source), cap), cap
-    av = import_av()
-    try:
-        with _open(av, loader.source) as container:
-            duration = _duration(container, container.streams.video[0])
-    except (av.FFmpegError, OSError, ValueError, IndexError):
-        return 0, cap
-    if duration is None:  # no duration in the header: the sampler counts the frames; not read here
-        return 0, cap
-    return len(sample_times(max(duration, 1e-6), loader.fps, cap)[0]), cap
+    return loader.frames_sampled() or 0, loader.max_frames
 
 
 def _measure(adapter: FamilyAdapter, processor, example: VQAExample, template: str) -> tuple[int, list] | None:
