@@ -50,6 +50,21 @@ def resolve_image(value: Any, root: Path, allow_outside_root: bool) -> tuple[Ima
     """``(source, reason, detail)``: the source when usable, else a skip reason and what was seen."""
     if isinstance(value, (Image.Image, StoredImage)):
         return value, "", ""
+    return resolve_file(value, root, allow_outside_root, "image")
+
+
+FILE_KINDS = {
+    "image": ("an image", "a PIL image", ""),
+    "video": ("a video", "a list of frame images", "video "),
+}
+"""A file cell's kind -> how a skip's detail names it, its other accepted form, and the prefix of
+an outside-root detail."""
+
+
+def resolve_file(value: Any, root: Path, allow_outside_root: bool, kind: str) -> tuple[Path | bytes | None, str, str]:
+    """A cell holding ``kind``'s ("image" or "video") file as encoded bytes, a ``{"bytes", "path"}``
+    mapping or a path under ``root``: ``(source, reason, detail)`` as :func:`resolve_image`."""
+    missing, (what, other, prefix) = f"missing_{kind}", FILE_KINDS[kind]
     data = cell_bytes(value)
     if data:
         return data, "", ""
@@ -57,23 +72,23 @@ def resolve_image(value: Any, root: Path, allow_outside_root: bool) -> tuple[Ima
         value = value.get("path")
     if not isinstance(value, str):
         if value is None or (isinstance(value, float) and value != value):
-            return None, "missing_image", "no image in the cell"
-        return None, "missing_image", f"unsupported cell type {type(value).__name__}: {unsupported(value, 'an image')}"
+            return None, missing, f"no {kind} in the cell"
+        return None, missing, f"unsupported cell type {type(value).__name__}: {unsupported(value, what, other)}"
     if not value.strip():
-        return None, "missing_image", "no image in the cell"
+        return None, missing, f"no {kind} in the cell"
     text = value.strip()
     # Lexical normalisation only: a symlinked image folder inside the root stays allowed.
     path = Path(os.path.normpath(root / text))
     if not allow_outside_root and not path.is_relative_to(root):
-        return None, "outside_root", f"{text} leaves the image root {root}"
+        return None, "outside_root", f"{prefix}{text} leaves the image root {root}"
     return path, "", ""
 
 
-def unsupported(value: Any, what: str) -> str:
+def unsupported(value: Any, what: str, other: str = "a PIL image") -> str:
     """The end of a skip's detail for a cell of a type no reader takes (a number, a nested list)."""
     shown = repr(value)
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
-    return f"{shown}; {what} is a path, encoded bytes, a {{'bytes', 'path'}} mapping or a PIL image"
+    return f"{shown}; {what} is a path, encoded bytes, a {{'bytes', 'path'}} mapping or {other}"
 
 
 def check_image(source: ImageSource) -> tuple[str, str]:

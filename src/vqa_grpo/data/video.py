@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,11 +28,10 @@ from typing import Any
 from vqa_grpo.data.images import (
     ImageLoader,
     ImageSource,
-    cell_bytes,
     check_image,
+    resolve_file,
     resolve_image,
     to_rgb,
-    unsupported,
 )
 from vqa_grpo.data.types import Video
 from vqa_grpo.errors import UserError
@@ -71,23 +69,7 @@ def resolve_video(value: Any, root: Path, allow_outside_root: bool) -> tuple[Vid
                 return None, reason, f"video frame {i + 1} of {len(frames)}: {detail}"
             sources.append(source)
         return tuple(sources), "", ""
-    data = cell_bytes(value)
-    if data:
-        return data, "", ""
-    if isinstance(value, dict):
-        value = value.get("path")
-    if not isinstance(value, str):
-        if value is None or (isinstance(value, float) and value != value):
-            return None, "missing_video", "no video in the cell"
-        detail = unsupported(value, "a video").replace("a PIL image", "a list of frame images")
-        return None, "missing_video", f"unsupported cell type {type(value).__name__}: {detail}"
-    if not value.strip():
-        return None, "missing_video", "no video in the cell"
-    text = value.strip()
-    path = Path(os.path.normpath(root / text))  # lexical, as for images
-    if not allow_outside_root and not path.is_relative_to(root):
-        return None, "outside_root", f"video {text} leaves the image root {root}"
-    return path, "", ""
+    return resolve_file(value, root, allow_outside_root, "video")
 
 
 def check_video(source: VideoSource) -> tuple[str, str]:
