@@ -1,5 +1,6 @@
-"""The training loop shared by `sft` and `train`: run directory, checkpoints, accumulation, resume,
-learning-rate schedule and non-finite steps.
+"""The training loop shared by `sft` and `train`: run directory, accumulation, learning-rate
+schedule and non-finite steps; and the helpers the other loop tests import (config, records,
+weights, resume_overrides). Checkpoints and resume: test_loop_resume.py.
 
 Everything runs the real loop (``vqa_grpo.training.loop.run``) on the tiny Qwen2-VL and the
 synthetic set, fp32 on the CPU, one thread. The NaN tests wrap the real ``load_model`` to add a
@@ -8,36 +9,25 @@ gradient hook to one parameter of the real model; nothing else is replaced.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from vqa_grpo.config import ModelConfig, TrainConfig
+from vqa_grpo.config import TrainConfig
 from vqa_grpo.config_load import load_config
 from vqa_grpo.data.benchmarks import resolve as resolve_benchmark
 from vqa_grpo.errors import TrainingStopped
-from vqa_grpo.models.loading import load_model
 from vqa_grpo.training import loop
-from vqa_grpo.training.checkpoint import load_checkpoint, save_checkpoint
 from vqa_grpo.training.optim import lr_factor, make_optimizer, make_scheduler
 
 CHECKPOINT_FILES = {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json", "config.yaml"}
 # Every step of these runs is skipped, so the scheduler steps while the optimizer never does.
 NO_OPTIMIZER_STEP = pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before:UserWarning")
 TIMINGS = {"step_seconds", "rollout_seconds", "completion_tokens_per_second", "rss_mib"}  # and memory
-
-RESUME_BUG = (
-    "training/checkpoint.py load_checkpoint loads model.safetensors with safetensors' load_file into "
-    "model.load_state_dict, but transformers 5 save_pretrained writes the checkpoint's original key names "
-    "(visual.*, model.embed_tokens.*) while the module uses model.visual.*, model.language_model.*: "
-    "resume raises 'checkpoint ... does not match the model'"
-)
 
 
 def config(synth_dir, model_dir, out, *overrides: str):
@@ -70,6 +60,23 @@ def train_records(run_dir: Path) -> list[dict]:
 
 def weights(model_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(model_dir / "model.safetensors")
+
+
+def resume_overrides(mode: str) -> list[str]:
+    """4 steps, a checkpoint every 2; warmup + cosine so the scheduler state matters. GRPO samples
+    its completions (the RNG state matters) and adds the answer's NLL (sft_coef) so that every step
+    moves the weights even when a random model earns no reward."""
+    common = [
+        "train.max_steps=4",
+        "train.save_steps=2",
+        "train.per_device_batch_size=2",
+        "train.learning_rate=1e-3",
+        "train.lr_scheduler=cosine",
+        "train.warmup_steps=1",
+    ]
+    if mode == "grpo":
+        common += ["grpo.num_generations=2", "grpo.max_completion_length=4", "grpo.sft_coef=0.5"]
+    return common
 
 
 # ---- the run directory -------------------------------------------------------------------------
@@ -237,86 +244,6 @@ def test_logged_nll_does_not_depend_on_the_accumulation_layout(two_answers, synt
     assert acc_log["nll"] == pytest.approx(big_log["nll"], abs=1e-6)
 
 
-# ---- checkpoints and resume --------------------------------------------------------------------
-
-
-def test_load_checkpoint_restores_the_saved_weights(tiny_model_dir, tmp_path):
-    lm = load_model(ModelConfig(name_or_path=str(tiny_model_dir)), "cpu")
-    with torch.no_grad():
-        for p in lm.model.parameters():
-            p.add_(0.5)
-    opt = make_optimizer(lm.model.parameters(), TrainConfig())
-    sched = make_scheduler(opt, TrainConfig())
-    ckpt = save_checkpoint(tmp_path, 1, lm.model, lm.processor, opt, sched, {"data": {}}, limit=2)
-    saved = {k: v.clone() for k, v in lm.model.state_dict().items()}
-
-    fresh = load_model(ModelConfig(name_or_path=str(tiny_model_dir)), "cpu")
-    opt2 = make_optimizer(fresh.model.parameters(), TrainConfig())
-    load_checkpoint(ckpt, fresh.model, opt2, make_scheduler(opt2, TrainConfig()))
-    restored = fresh.model.state_dict()
-    assert all(torch.equal(saved[k], restored[k]) for k in saved)
-
-
-def resume_overrides(mode: str) -> list[str]:
-    """4 steps, a checkpoint every 2; warmup + cosine so the scheduler state matters. GRPO samples
-    its completions (the RNG state matters) and adds the answer's NLL (sft_coef) so that every step
-    moves the weights even when a random model earns no reward."""
-    common = [
-        "train.max_steps=4",
-        "train.save_steps=2",
-        "train.per_device_batch_size=2",
-        "train.learning_rate=1e-3",
-        "train.lr_scheduler=cosine",
-        "train.warmup_steps=1",
-    ]
-    if mode == "grpo":
-        common += ["grpo.num_generations=2", "grpo.max_completion_length=4", "grpo.sft_coef=0.5"]
-    return common
-
-
-@pytest.fixture(scope="module", params=["sft", "grpo"])
-def uninterrupted(request, synth_dir, tiny_model_dir, tmp_path_factory):
-    mode = request.param
-    out = tmp_path_factory.mktemp(f"full_{mode}") / "run"
-    loop.run(config(synth_dir, tiny_model_dir, out, *resume_overrides(mode)), mode)
-    return mode, out
-
-
-@pytest.mark.slow
-def test_resume_from_a_checkpoint_path_ends_bitwise_equal(uninterrupted, synth_dir, tiny_model_dir, tmp_path):
-    mode, full = uninterrupted
-    at2 = weights(full / "checkpoint-2")
-    assert any(not torch.equal(at2[k], v) for k, v in weights(full / "final").items())  # steps 3-4 trained
-    out = tmp_path / "resumed"
-    loop.run(
-        config(synth_dir, tiny_model_dir, out, *resume_overrides(mode), f"train.resume={full / 'checkpoint-2'}"), mode
-    )
-    a, b = weights(full / "final"), weights(out / "final")
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    expected = train_records(full)[2:]
-    assert [r["step"] for r in expected] == [3, 4]
-    assert train_records(out) == expected  # loss, lr, grad norm, rewards: exactly equal
-    if mode == "grpo":  # the sampled completions of steps 3-4 too (the RNG state was restored)
-        sampled = [json.loads(s) for s in (full / "completions.jsonl").read_text().splitlines()]
-        sampled = [r for r in sampled if r["step"] > 2]  # one line per question group
-        assert [json.loads(s) for s in (out / "completions.jsonl").read_text().splitlines()] == sampled
-
-
-@pytest.mark.slow
-def test_resume_auto_after_a_kill_ends_bitwise_equal(uninterrupted, synth_dir, tiny_model_dir, tmp_path):
-    # A run killed after checkpoint-2 was written: remove what the last two steps wrote.
-    mode, full = uninterrupted
-    out = tmp_path / "run"
-    shutil.copytree(full, out)
-    shutil.rmtree(out / "checkpoint-4")
-    shutil.rmtree(out / "final")
-    loop.run(config(synth_dir, tiny_model_dir, out, *resume_overrides(mode), "train.resume=auto"), mode)
-    a, b = weights(full / "final"), weights(out / "final")
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    last = {r["step"]: r for r in train_records(out)}  # the resumed run's line for each step
-    assert [last[s] for s in (1, 2, 3, 4)] == train_records(full)
-
-
 # ---- learning-rate schedule --------------------------------------------------------------------
 
 
@@ -457,21 +384,3 @@ def test_a_run_stopped_by_bad_steps_leaves_a_checkpoint(nan_on_backward, synth_d
     with pytest.raises(TrainingStopped):
         loop.run(cfg, "sft")
     assert list(out.glob("checkpoint-*/trainer_state.json"))
-
-
-def test_resume_keeps_the_optimizers_own_kernel_choice():
-    from vqa_grpo.distributed.helpers import load_optimizer_keeping_kind
-
-    torch.manual_seed(0)
-    lin = torch.nn.Linear(3, 2)
-    old = torch.optim.AdamW(lin.parameters(), lr=0.1, foreach=False)  # an older checkpoint's kind
-    lin(torch.randn(4, 3)).sum().backward()
-    old.step()
-    new = torch.optim.AdamW(lin.parameters(), lr=0.1, fused=True)
-    plain = copy.deepcopy(new)
-    plain.load_state_dict(old.state_dict())
-    assert plain.param_groups[0]["fused"] is None  # what torch alone does: the saved flags win
-    load_optimizer_keeping_kind(new, old.state_dict())
-    assert new.param_groups[0]["fused"] is True and new.param_groups[0]["foreach"] is None
-    for p in lin.parameters():
-        assert torch.equal(new.state[p]["exp_avg"], old.state[p]["exp_avg"])
