@@ -12,10 +12,12 @@ import torch
 from PIL import Image
 from transformers.video_utils import VideoMetadata
 
+from vqa_grpo.data.types import Video
 from vqa_grpo.errors import UserError
 from vqa_grpo.models.adapter_base import FamilyAdapter, PromptBatch, unwrap_ddp
+from vqa_grpo.models.idefics3_frames import encode_with_untiled_frames, written_parts
 from vqa_grpo.models.phi3_v.processing import Phi3VProcessor
-from vqa_grpo.models.visuals import has_placeholders
+from vqa_grpo.models.visuals import as_visuals, has_placeholders, layout
 
 
 class Qwen2VLAdapter(FamilyAdapter):
@@ -78,13 +80,32 @@ class Idefics3Adapter(FamilyAdapter):
     ``pixel_attention_mask`` [B, tiles, H, W] marks real pixels: per example, a prompt's images'
     tiles one after the other (an all-zero tile is padding, which the model drops). Each tile's
     image tokens sit between ``<fake_token_around_image>`` and a ``<row_i_col_j>`` or
-    ``<global-img>`` tag."""
+    ``<global-img>`` tag.
+
+    A video's frames are shown untiled, one image each at ``max_image_size``, as transformers'
+    video path for these models shows them; on SmolVLM (a processor with a video processor) with
+    its video text: the frame count and duration, and each frame's time. A batch with a video is
+    assembled by models/idefics3_frames.py; one without goes through the processor unchanged."""
 
     name = "idefics3"
     position_rule = "linear"
     text_model_pattern = r".*text_model.*"
     per_image_keys = ()
     max_images = None
+
+    def prompt_text(self, processor, text: str, visuals=None) -> str:
+        shown = as_visuals(visuals)
+        if not any(isinstance(v, Video) for v in shown):
+            return super().prompt_text(processor, text, visuals)
+        return self.render(processor, written_parts(processor, layout(text, shown)), text)
+
+    def encode_prompts(self, processor, visuals: list, user_texts: list[str]) -> PromptBatch:
+        shown = [as_visuals(v) for v in visuals]
+        if not any(isinstance(v, Video) for prompt in shown for v in prompt):
+            return super().encode_prompts(processor, visuals, user_texts)
+        layouts = [layout(t, v) for t, v in zip(user_texts, shown, strict=True)]
+        texts = [self.render(processor, written_parts(processor, p), t) for p, t in zip(layouts, user_texts)]
+        return encode_with_untiled_frames(processor, layouts, texts)
 
     def layout_tokens(self, processor) -> list[str]:
         tags = [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]

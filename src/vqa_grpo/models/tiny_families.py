@@ -162,8 +162,11 @@ def build_tiny_idefics3(
     torch.manual_seed(seed)
     model = model_cls(config)
     _set_generation_ids(model, eos=ids["<end_of_utterance>"], pad=ids["<|endoftext|>"], bos=ids["<|im_start|>"])
-    image_processor = image_cls(size={"longest_edge": 64}, max_image_size={"longest_edge": 32})
-    videos = {"video_processor": tf.SmolVLMVideoProcessor()} if smolvlm else {}
+    tile = {"longest_edge": 32}
+    image_processor = image_cls(size={"longest_edge": 64}, max_image_size=tile)
+    # SmolVLM's video processor shows each frame untiled at max_image_size (SmolVLM2's own: frames
+    # resized to 512 px, their max_image_size); its default (364 px) would not fit this tower.
+    videos = {"video_processor": tf.SmolVLMVideoProcessor(size=tile, max_image_size=tile)} if smolvlm else {}
     processor = processor_cls(
         image_processor=image_processor,
         tokenizer=tokenizer,
