@@ -1,4 +1,6 @@
-"""Hub datasets (``data.path=hf:NAME``): each preset, streaming, inspect and the errors users see.
+"""Hub datasets (``data.path=hf:NAME``): each preset, on a local repository that stands for it; and
+the repository builders and the offline fixture that the other Hub tests import. Streaming, eval
+splits and no preset: test_hub_loading_options.py; inspect and errors: test_hub_inspect_and_errors.py.
 
 Offline: every repository is a tmp folder laid out as a Hub dataset repository (parquet shards
 under data/ or <config>/, a README.md with YAML ``configs:`` where the real card has one), with the
@@ -20,12 +22,10 @@ from datasets import ClassLabel, Dataset, Features, List, Value
 from datasets import Image as ImageFeature
 from PIL import Image
 
-from vqa_grpo.config import ConfigError
 from vqa_grpo.config_load import load_config
 from vqa_grpo.data.hub import PRESETS, find_preset
 from vqa_grpo.data.images import StoredImage
-from vqa_grpo.data.loader import SKIP_REASONS, load_examples, load_vqa
-from vqa_grpo.data.spill import StreamSpill
+from vqa_grpo.data.loader import SKIP_REASONS, load_examples
 from vqa_grpo.errors import UserError
 
 
@@ -383,43 +383,3 @@ def test_every_preset_is_tested_here():
                             "lmms-lab/OK-VQA", "lmms-lab/GQA", "HuggingFaceM4/A-OKVQA", "MUIRBENCH/MUIRBENCH",
                             "lmms-lab/ChartQA", "lmms-lab/VizWiz-VQA", "lmms-lab/Video-MME"}  # fmt: skip
     assert all(p.source and p.splits for p in PRESETS.values())
-
-
-# ---------------------------------------------------------------------------------------------
-# Streaming, eval splits, no preset.
-
-
-def test_streaming_yields_the_same_examples(tmp_path, offline_tmp_cache):
-    root = vqav2_repo(tmp_path / "VQAv2")
-    streamed, streamed_report = load(root, "data.split=validation", "data.preset=lmms-lab/VQAv2", "data.streaming=true")
-    assert written(offline_tmp_cache) == []  # a stream is not cached on disk
-    plain, plain_report = load(root, "data.split=validation", "data.preset=lmms-lab/VQAv2")
-    assert [fields(e) + (e.id,) for e in streamed] == [fields(e) + (e.id,) for e in plain]
-    assert streamed_report.to_dict() == plain_report.to_dict()
-    assert [e.load_image().tobytes() for e in streamed] == [e.load_image().tobytes() for e in plain]
-    assert "streaming" in streamed_report.source
-    # a stream cannot be re-read: its images are read back from the spill file, never held as bytes
-    assert all(isinstance(e.image_loader.source, StoredImage) for e in streamed)
-    assert all(isinstance(e.image_loader.source.read.func, StreamSpill) for e in streamed)
-
-
-def test_eval_path_reads_eval_split(tmp_path):
-    root = aokvqa_repo(tmp_path / "A-OKVQA")
-    cfg = load_config(None, [f"data.path={hf(root)}", f"data.eval_path={hf(root)}", "data.eval_split=validation",
-                             "data.preset=HuggingFaceM4/A-OKVQA"]).data  # fmt: skip
-    data = load_vqa(cfg)
-    assert [e.id for e in data.train] == ["22MexNkBPpdZGX6sxbxVBH"]
-    assert [(e.id, e.answer) for e in data.eval] == [("22jbM6gDxdaMaunuzgrsBB", "cigarette")]
-    with pytest.raises(ConfigError, match="the eval set would be the training set; set data.eval_split"):
-        load_config(None, [f"data.path={hf(root)}", f"data.eval_path={hf(root)}"])
-
-
-def test_without_a_preset_the_columns_come_from_data_columns(tmp_path):
-    root = chartqa_repo(tmp_path / "charts")
-    with pytest.raises(UserError, match="has no column 'question' for the question .* data.columns.question=NAME"):
-        load(root, "data.split=val")
-    examples, _ = load(root, "data.split=val", "data.columns.question=query", "data.columns.answers=label")
-    assert [(e.id, e.question, e.answers, e.question_type) for e in examples] == [
-        ("row1", "Is the value of Favorable 38 in 2015?", ["Yes"], "is the"),
-        ("row2", "How many bars are there?", ["6"], "how many"),
-    ]
