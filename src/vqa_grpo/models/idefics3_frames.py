@@ -38,7 +38,7 @@ Tile = tuple[torch.Tensor, torch.Tensor]
 
 def writes_video_text(processor) -> bool:
     """Whether the processor writes a video in the prompt itself (SmolVLM's, with a video processor)."""
-    return getattr(processor, "video_processor", None) is not None and getattr(processor, "video_token", None)
+    return getattr(processor, "video_processor", None) is not None and bool(getattr(processor, "video_token", None))
 
 
 def written_parts(processor, parts: list[Part]) -> list[Part]:
