@@ -7,6 +7,7 @@ left-padded differently (a short and a long question, images of 112 and 168 px) 
 right-padded, so positions that only work without padding would fail here.
 
 Shapes: B = 2 prompts, G = 4 completions each, R = 8 rows, C completion tokens, V vocabulary.
+Which path a run takes (position rules, settings, fallbacks): test_prefix_plan.py.
 """
 
 from __future__ import annotations
@@ -21,15 +22,13 @@ from plans import on_path, rollout
 from transformers import LogitsProcessorList
 
 from vqa_grpo.config import DataConfig, GRPOConfig, RewardConfig
-from vqa_grpo.config_load import load_config
 from vqa_grpo.data.loader import load_vqa
-from vqa_grpo.errors import UserError
 from vqa_grpo.grpo import group_advantages
 from vqa_grpo.grpo import plan as plan_module
 from vqa_grpo.grpo.plan import choose_plan
 from vqa_grpo.grpo.rollout import grpo_objective, make_rollout_and_prefill, rollout_logprobs
 from vqa_grpo.models import prefix
-from vqa_grpo.models.adapters import ADAPTERS, adapter_for
+from vqa_grpo.models.adapters import adapter_for
 from vqa_grpo.models.generation import generate
 from vqa_grpo.models.loading import load_model
 from vqa_grpo.models.plan import ForwardPlan
@@ -96,26 +95,6 @@ def assert_grads_close(plain, shared):
     for name, g in plain.items():
         err = float((shared[name] - g).norm())
         assert err <= 1e-4 * float(g.norm()) + 1e-6 * total, (name, err, float(g.norm()))
-
-
-def test_every_tiny_family_has_a_shared_prefix_rule():
-    # Phi-3-vision (native) included; the generic adapter falls back. The rule is the adapter's, so
-    # SmolVLM (the Idefics3 adapter) has it too.
-    assert set(TINY_FAMILIES) == set(SHARED_FAMILIES)
-    assert "phi3_v" in SHARED_FAMILIES
-    rules = {name: a.position_rule for name, a in ADAPTERS.items()}
-    assert rules == {
-        "qwen2_vl": "mrope",
-        "qwen2_5_vl": "mrope",
-        "llava": "linear",
-        "llava_next": "linear",
-        "idefics3": "linear",
-        "smolvlm": "linear",
-        "gemma3": "linear",
-        "phi4_multimodal": "linear",
-        "phi3_v": "linear",
-        "generic": None,
-    }
 
 
 @pytest.mark.parametrize("family", SHARED_FAMILIES)
@@ -290,31 +269,6 @@ def test_gradient_checkpointing_keeps_the_loss_on_the_plain_path(family_dirs, da
     assert_grads_close(plain_grads, shared_grads)
 
 
-def test_shared_prefix_setting(tiny_model_dir, caplog):
-    # YAML 1.1 reads on/off as booleans; the key still takes them.
-    assert load_config(None, ["grpo.shared_prefix=on"]).grpo.shared_prefix == "on"
-    assert load_config(None, ["grpo.shared_prefix=off"]).grpo.shared_prefix == "off"
-    assert load_config(None, []).grpo.shared_prefix == "auto"
-    from vqa_grpo.config import ConfigError
-
-    with pytest.raises(ConfigError, match="grpo.shared_prefix='always' is not allowed; choose one of auto, on, off"):
-        load_config(None, ["grpo.shared_prefix=always"])
-
-    lm = load(tiny_model_dir)
-    for setting, shared in (("auto", True), ("on", True), ("off", False)):
-        assert choose_plan(lm.model, lm.adapter, GRPOConfig(shared_prefix=setting)).sample_shared is shared
-    generic = adapter_for("some_new_family")  # a family without a tested position rule: the generic adapter
-    plan_module._logged.clear()
-    with caplog.at_level(logging.INFO, logger="vqa_grpo.prefix"):
-        assert not choose_plan(lm.model, generic, GRPOConfig()).sample_shared
-    assert (
-        "GRPO forward plan: sampling: plain; loss: plain; log-prob passes: plain [the generic adapter has no tested "
-        "shared-prefix position rule]" in caplog.text
-    )
-    with pytest.raises(UserError, match="^grpo.shared_prefix=on cannot run: the generic adapter has no tested"):
-        choose_plan(lm.model, generic, GRPOConfig(shared_prefix="on"))
-
-
 def test_shared_prefix_loss_through_a_ddp_wrapper(family_dirs, data, tmp_path):
     # The loss runs through DistributedDataParallel when several processes train: two forward
     # calls (prefix, then completions) before one backward must still give each parameter its
@@ -382,48 +336,6 @@ def test_fused_prefill_samples_and_scores_as_two_passes_do(family, family_dirs, 
     assert abs(float(loss_one - loss_two)) < 1e-6 and float(loss_two) != 0.0
     assert grads_one.keys() == grads_two.keys() and any("visual" in n or "vision" in n for n in grads_one)
     assert_grads_close(grads_two, grads_one)
-
-
-def test_fused_prefill_is_used_only_where_it_is_exact(family_dirs, tiny_model_dir, caplog):
-    lm = load(tiny_model_dir)
-    ok = GRPOConfig()
-
-    def fused_prefill_reason(model, cfg, **kw):
-        return plan_module.fused_prefill_reason(model, lm.adapter, cfg, **kw)
-
-    def fuse_prefill(model, cfg):
-        return choose_plan(model, lm.adapter, cfg).fused
-
-    assert fused_prefill_reason(lm.model, ok) is None
-    reasons = {
-        "grpo.fuse_prefill=off": (GRPOConfig(fuse_prefill="off"), {}),
-        "no shared prefix": (GRPOConfig(shared_prefix="off"), {}),
-        "grpo.num_iterations > 1": (GRPOConfig(num_iterations=2), {}),
-        "the seed report's loss has no completion pass": (GRPOConfig(loss_type="seed_report"), {}),
-        "vLLM samples": (GRPOConfig(generation_backend="vllm"), {}),
-        "several processes": (ok, {"processes": 2}),
-        "gradient accumulation": (ok, {"accumulation": 2}),
-    }
-    for why, (cfg, kw) in reasons.items():
-        assert fused_prefill_reason(lm.model, cfg, **kw) == why
-    lm.model.generation_config.no_repeat_ngram_size = 2  # only transformers' generate applies it
-    assert fused_prefill_reason(lm.model, ok) == "the generation config needs transformers' generate"
-    lm.model.generation_config.no_repeat_ngram_size = 0
-    # YAML 1.1 reads off as a boolean; the key still takes it.
-    assert load_config(None, ["grpo.fuse_prefill=off"]).grpo.fuse_prefill == "off"
-    assert load_config(None, []).grpo.fuse_prefill == "auto"
-    dropped = load(tiny_model_dir, lora=True, lora_dropout=0.05)
-    assert fused_prefill_reason(dropped.model, ok) == "dropout is active"
-    assert fused_prefill_reason(load(tiny_model_dir, lora=True).model, ok) is None  # lora_dropout 0
-    plan_module._logged.clear()
-    with caplog.at_level(logging.INFO, logger="vqa_grpo.prefix"):
-        assert fuse_prefill(lm.model, ok) and not fuse_prefill(dropped.model, ok)
-    assert "loss: fused prefill; log-prob passes: shared prefix [qwen2_vl adapter, mrope positions]" in caplog.text
-    assert (
-        "loss: shared prefix; log-prob passes: shared prefix [qwen2_vl adapter, mrope positions, no fused "
-        "prefill: dropout is "
-        "active]" in caplog.text
-    )
 
 
 def test_gradient_checkpointing_keeps_two_prompt_passes_and_a_grpo_step_runs(tiny_model_dir, data, caplog):
