@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--family",
         default="qwen2_vl",
         help="(default: qwen2_vl) model family: qwen2_vl, qwen2_5_vl, "
-        "llava, llava_next, idefics3, gemma3, phi4_multimodal or phi3_v",
+        "llava, llava_next, idefics3, smolvlm, gemma3, phi4_multimodal or phi3_v",
     )
     tiny.add_argument("--out", required=True, help="output directory (required)")
     tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default: 0)")

@@ -29,7 +29,7 @@ from vqa_grpo.models.generation import completion_mask, decode, generate, predic
 from vqa_grpo.models.loading import load_model
 from vqa_grpo.models.plan import PLAIN
 from vqa_grpo.models.scoring import answer_ids
-from vqa_grpo.models.tiny import PROMPT_WORDS, build_tiny
+from vqa_grpo.models.tiny import PROMPT_WORDS, TINY_FAMILIES, build_tiny
 
 CPU = torch.device("cpu")
 PAD, EOS, IMAGE_PAD, UNK = 0, 2, 5, 7
@@ -100,6 +100,14 @@ def test_chat_template_holds_exactly_the_image_tokens_the_processor_expects(lm, 
     # The model accepts them (it raises when the image-token count and the features differ).
     with torch.no_grad():
         assert torch.isfinite(lm.model(**batch.model_inputs()).logits).all()
+
+
+def test_model_tiny_help_names_every_family_it_builds():
+    from vqa_grpo.cli_parser import build_parser
+
+    tiny = build_parser()._subparsers._group_actions[0].choices["model"]
+    help_text = " ".join(tiny._subparsers._group_actions[0].choices["tiny"].format_help().split())
+    assert [f for f in TINY_FAMILIES if f not in help_text] == []
 
 
 def test_same_seed_same_weights_other_seed_other_weights(tiny_model_dir, tmp_path):
