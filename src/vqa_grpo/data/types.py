@@ -26,11 +26,20 @@ VIDEO_PLACEHOLDER = "<video>"
 
 @dataclass
 class Video:
-    """A clip as the model sees it: frames sampled from it, in time order, and their rate."""
+    """A clip as the model sees it: frames sampled from it, in time order, their rate and times."""
 
     frames: list[Image.Image]
     fps: float
     """Sampled frames per second of the clip (Qwen2-VL's temporal positions use it)."""
+    times: tuple[float, ...] | None = None
+    """Each frame's time in the clip, in seconds (SmolVLM's prompt writes them); None: frame k at
+    k / fps. A clip thinned to fewer frames need not be evenly spaced (data/video.py)."""
+
+    def frame_times(self) -> tuple[float, ...]:
+        """Each frame's time in seconds: ``times``, else k / fps for the k-th frame."""
+        if self.times is not None:
+            return self.times
+        return tuple(k / self.fps for k in range(len(self.frames)))
 
 
 Visual = Image.Image | Video

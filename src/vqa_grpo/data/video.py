@@ -14,6 +14,9 @@ model is told is then ``(max_frames - 1) / duration``. Never more samples than t
 frames (as qwen_vl_utils caps them): when the rate asks for more than the clip's N frames and N is
 at most ``max_frames``, each frame once, at the clip's own rate. A list of frames is taken to be a
 clip at ``fps``: all of its frames, or ``max_frames`` evenly spaced ones, the first and last included.
+Each sampled frame keeps its time in the clip (``Video.times``): the time sampled, a frame's own
+time when each frame is taken, index / ``fps`` for a list. Rounded picks from a list need not be
+evenly spaced (9 frames to 8: 0, 1, 2, 3, 5, 6, 7, 8 s), so the times, not k / rate, say when.
 Files are read with PyAV (``pip install 'vqa-grpo[video]'``), imported only when a video file is met.
 """
 
@@ -187,13 +190,13 @@ class VideoLoader:
                 count = _frame_count(stream, duration)
             duration = max(duration, 1e-6)
             if takes_every_frame(duration, self.fps, self.max_frames, count):
-                frames, rate = _every_frame(container, stream, duration, self.max_frames)
+                frames, times, rate = _every_frame(container, stream, duration, self.max_frames)
             else:
-                times, rate = sample_times(duration, self.fps, self.max_frames)
-                frames = _frames_at(container, stream, times)
+                wanted, rate = sample_times(duration, self.fps, self.max_frames)
+                frames, times = _frames_at(container, stream, wanted)
         if not frames:
             raise ValueError("the video holds no frame that can be decoded")
-        return Video([to_rgb(f, self.max_pixels) for f in frames], rate)
+        return Video([to_rgb(f, self.max_pixels) for f in frames], rate, tuple(times))
 
     def frames_sampled(self) -> int | None:
         """How many frames a call returns, from a list's length or a file's header (no frame is
@@ -217,7 +220,8 @@ class VideoLoader:
 
     def _from_frames(self, sources: tuple[ImageSource, ...]) -> Video:
         picks, rate = sample_indices(len(sources), self.fps, self.max_frames)
-        return Video([ImageLoader(sources[i], self.max_pixels)() for i in picks], rate)
+        times = tuple(i / self.fps for i in picks)  # frame i of the list is at i / fps
+        return Video([ImageLoader(sources[i], self.max_pixels)() for i in picks], rate, times)
 
     def describe(self) -> str:
         """A short human description of where the video comes from."""
@@ -244,14 +248,21 @@ def _frame_count(stream: Any, duration: float) -> int:
     return round(duration * float(stream.average_rate)) if stream.average_rate else 0
 
 
-def _every_frame(container: Any, stream: Any, duration: float, max_frames: int) -> tuple[list[Any], float]:
-    """Each frame of the clip once, decoded from the start, as PIL images, and the clip's rate (its
-    mean rate, else frames / duration). Should the header have undercounted the frames, those
-    past ``max_frames`` are thinned as a list's are (``sample_indices``)."""
+def _every_frame(container: Any, stream: Any, duration: float, max_frames: int) -> tuple[list[Any], list[float], float]:
+    """Each frame of the clip once, decoded from the start, as PIL images, their times from the
+    clip's start, and the clip's rate (its mean rate, else frames / duration). Should the header
+    have undercounted the frames, those past ``max_frames`` are thinned as a list's are
+    (``sample_indices``)."""
     decoded = list(container.decode(stream))
     rate = float(stream.average_rate or 0) or len(decoded) / duration
     picks, rate = sample_indices(len(decoded), rate, max_frames)
-    return [decoded[i].to_image() for i in picks], rate
+    start = _start(stream)
+    return [decoded[i].to_image() for i in picks], [_time(decoded[i], stream, i) - start for i in picks], rate
+
+
+def _start(stream: Any) -> float:
+    """The stream's first time, in seconds (0 when the header gives none)."""
+    return float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
 
 
 def _time(frame: Any, stream: Any, index: int) -> float:
@@ -261,13 +272,15 @@ def _time(frame: Any, stream: Any, index: int) -> float:
     return index / rate
 
 
-def _frames_at(container: Any, stream: Any, times: list[float]) -> list[Any]:
-    """The frame on screen at each time (the last frame starting at or before it), as PIL images.
+def _frames_at(container: Any, stream: Any, times: list[float]) -> tuple[list[Any], list[float]]:
+    """The frame on screen at each time (the last frame starting at or before it), as PIL images,
+    and the times they show. Should decoding stop early, the last frame found stands for the
+    times left, each copy with the time of the frame it copies.
 
     Decodes forward from the start, seeking (to the key frame at or before the time) only when
     the next time is more than ``SEEK_GAP`` seconds past the last frame decoded: a few frames of
     an hour-long clip do not decode the hour."""
-    start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+    start = _start(stream)
     out: list[Any] = []
     frames = None  # (time from the clip's start, frame) from the last seek on
     current = ahead = None  # the last frame at or before the time; the first one past it
@@ -289,6 +302,8 @@ def _frames_at(container: Any, stream: Any, times: list[float]) -> list[Any]:
         if picked is None:
             break
         out.append(picked[1].to_image())
+    shown = times[: len(out)]
     if out:
-        out += [out[-1]] * (len(times) - len(out))
-    return out
+        missing = len(times) - len(out)
+        out, shown = out + [out[-1]] * missing, shown + [shown[-1]] * missing
+    return out, shown

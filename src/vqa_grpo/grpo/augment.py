@@ -27,7 +27,7 @@ the fused prefill is off with augment (grpo/plan.py), as its pass is the clean p
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -71,11 +71,11 @@ def augment_batch(grpo: GRPOConfig, seed: int, step: int, max_steps: int, exampl
 
 def perturb_visuals(visuals, name: str, severity: int, seed: int):
     """``visuals`` perturbed (data/perturb.py), each image and each video frame as a lone image,
-    all with ``seed``: an image gives an image, a Video a Video at the same rate, a list a list."""
+    all with ``seed``: an image gives an image, a Video a Video at the same rate and times, a list a list."""
     if isinstance(visuals, list):
         return [perturb_visuals(v, name, severity, seed) for v in visuals]
     if isinstance(visuals, Video):
-        return Video([perturb(f, name, severity, seed) for f in visuals.frames], visuals.fps)
+        return replace(visuals, frames=[perturb(f, name, severity, seed) for f in visuals.frames])
     return perturb(visuals, name, severity, seed)
 
 

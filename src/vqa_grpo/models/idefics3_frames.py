@@ -18,9 +18,12 @@ assembled here, with the processor's own pieces:
   frame count and duration, "Frame from MM:SS:" before each frame, its outro), through
   ``processor.get_text_with_replacements``; then the tokenizer, left-padded.
 
-A frame's time is k / fps for the k-th frame of a Video (data/types.py: frames sampled in time
-order at the rate ``fps``, data/video.py); the duration written is the last frame's time, the
-processor's own choice when it is given none. A batch without a video never comes here.
+A frame's time is the Video's own (``Video.frame_times``: the time data/video.py sampled it at,
+which a thinned clip need not space evenly; k / fps when it carries none); the duration written
+is the last frame's time, the processor's own choice when it is given none. The processor reads
+frame indices over a rate and truncates the seconds with ``int``, so it is given the times
+themselves as indices at rate 1, rounded to a microsecond: a time computed as 24.999999999999996 s
+(7 / (7 / 25)) is written 00:25, not 00:24. A batch without a video never comes here.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch
 from transformers.video_utils import VideoMetadata
 
 from vqa_grpo.data.types import Video
+from vqa_grpo.errors import UserError
 from vqa_grpo.models.adapter_base import PromptBatch
 from vqa_grpo.models.visuals import Part, frames_as_images
 
@@ -52,6 +56,8 @@ def written_parts(processor, parts: list[Part]) -> list[Part]:
 def encode_with_untiled_frames(processor, layouts: list[list[Part]], texts: list[str]) -> PromptBatch:
     """B prompts (``layouts[b]``: prompt b's parts with its video kept whole; ``texts[b]``: its
     rendered text, :func:`written_parts`), left-padded, with stills tiled and frames untiled."""
+    if any(kind == "video" and not v.frames for parts in layouts for kind, v in parts):
+        raise UserError("a video with no frames cannot be shown: give each Video at least one frame")
     stills = iter(_stills(processor, [v for parts in layouts for kind, v in parts if kind == "image"]))
     frames = iter(
         _frames(processor, [f for parts in layouts for kind, v in parts if kind == "video" for f in v.frames])
@@ -106,9 +112,9 @@ def _frames(processor, frames: list) -> list[Tile]:
 
 
 def _video_text(processor, video: Video, shown: list[Tile]) -> str:
-    """SmolVLM's prompt text for ``video``'s frames: frame k at k / fps seconds."""
-    n = len(video.frames)
-    meta = VideoMetadata(total_num_frames=n, fps=video.fps, frames_indices=list(range(n)))
+    """SmolVLM's prompt text for ``video``'s frames, each at its time (``Video.frame_times``)."""
+    times = [round(t, 6) for t in video.frame_times()]  # 24.999999999999996 s is 25 s, not 24
+    meta = VideoMetadata(total_num_frames=len(times), fps=1.0, frames_indices=times)  # index / 1.0 = time
     pixels = torch.cat([pixels for pixels, _ in shown])[None]  # [1, frames, 3, H, W]: the count it reads
     return processor.replace_video_token({"pixel_values": pixels, "video_metadata": [meta]}, 0)
 
