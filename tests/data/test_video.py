@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import sys
+from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
 
 import av
 import numpy as np
@@ -23,7 +25,7 @@ from vqa_grpo.config_load import load_config
 from vqa_grpo.data.loader import SKIP_REASONS, load_examples
 from vqa_grpo.data.table import ExampleTable
 from vqa_grpo.data.types import BadExample, Video
-from vqa_grpo.data.video import VideoLoader, import_av, sample_indices, sample_times, takes_every_frame
+from vqa_grpo.data.video import VideoLoader, _frames_at, import_av, sample_indices, sample_times, takes_every_frame
 from vqa_grpo.errors import UserError
 
 
@@ -69,21 +71,24 @@ def test_a_rate_above_the_clips_own_takes_each_frame_once(tmp_path):
     # a Matroska file's header has no frame count: 2 s x its mean rate 4/s = 8 frames
     video = VideoLoader(write_clip(tmp_path / "clip.mkv"), max_frames=32, fps=30.0)()
     assert (which(video), video.fps) == ([0, 1, 2, 3, 4, 5, 6, 7], 4.0)
+    assert video.times == (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # each frame's own time
 
 
 def test_a_file_at_the_rate_and_evenly_spread_when_over_the_count(clip):
     video = VideoLoader(clip, max_frames=8, fps=1.0)()
     assert (which(video), video.fps, [f.size for f in video.frames]) == ([0, 4], 1.0, [(32, 32)] * 2)
+    assert video.times == (0.0, 1.0)  # the times sampled
     assert all(f.mode == "RGB" for f in video.frames)
     # 4/s gives 8 > 3: times 0, 1, 2 s, on screen then frames 0, 4 (1 s) and the last, 7 (1.75 s)
     video = VideoLoader(clip, max_frames=3, fps=4.0)()
-    assert (which(video), video.fps) == ([0, 4, 7], 1.0)
+    assert (which(video), video.fps, video.times) == ([0, 4, 7], 1.0, (0.0, 1.0, 2.0))
     # 8/s, above the clip's 4/s, asks for 16 times from 8 frames: each frame once, at the clip's 4/s
     video = VideoLoader(clip, max_frames=16, fps=8.0)()
     assert (which(video), video.fps) == ([0, 1, 2, 3, 4, 5, 6, 7], 4.0)
+    assert video.times == (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
     # 8/s with at most 5: 5 times from 0 to 2 s (0.5 s apart), frames 0, 2, 4, 6 and the last, 7
     video = VideoLoader(clip, max_frames=5, fps=8.0)()
-    assert (which(video), video.fps) == ([0, 2, 4, 6, 7], 2.0)
+    assert (which(video), video.fps, video.times) == ([0, 2, 4, 6, 7], 2.0, (0.0, 0.5, 1.0, 1.5, 2.0))
     assert VideoLoader(clip, 1, 1.0, max_pixels=256)().frames[0].size == (16, 16)  # data.max_image_pixels
 
 
@@ -106,7 +111,7 @@ def test_a_long_clip_seeks_to_far_times(tmp_path):
     # 1/s gives 10 > 3: at 0, 5 and 10 s, frames 0, 20 and the last, 39; each time more than
     # SEEK_GAP (3 s) past the last frame decoded, so each is reached by a seek
     video = VideoLoader(tmp_path / "long.mp4", max_frames=3, fps=1.0)()
-    assert (index(video), round(video.fps, 4)) == ([0, 20, 39], 0.2)
+    assert (index(video), round(video.fps, 4), video.times) == ([0, 20, 39], 0.2, (0.0, 5.0, 10.0))
     assert index(VideoLoader(tmp_path / "long.mp4", max_frames=10, fps=1.0)()) == list(range(0, 40, 4))
 
 
@@ -116,12 +121,40 @@ def test_a_list_of_frames(tmp_path):
         Image.new("RGB", (6, 4), (50 * i, 0, 0)).save(tmp_path / f"f{i}.png")
         paths.append(tmp_path / f"f{i}.png")
     video = VideoLoader(tuple(paths), max_frames=8, fps=1.0)()
-    assert (which(video, 50), video.fps) == ([0, 1, 2, 3, 4], 1.0)
+    assert (which(video, 50), video.fps, video.times) == ([0, 1, 2, 3, 4], 1.0, (0.0, 1.0, 2.0, 3.0, 4.0))
     # 5 frames at 1/s; 2 of them: the first and the last, 4 s apart; 3: frames 0, 2 and 4
     video = VideoLoader(tuple(paths), max_frames=2, fps=1.0)()
-    assert (which(video, 50), video.fps) == ([0, 4], 0.25)
+    assert (which(video, 50), video.fps, video.times) == ([0, 4], 0.25, (0.0, 4.0))
     video = VideoLoader(tuple(paths), max_frames=3, fps=1.0)()
-    assert (which(video, 50), video.fps) == ([0, 2, 4], 0.5)
+    assert (which(video, 50), video.fps, video.times) == ([0, 2, 4], 0.5, (0.0, 2.0, 4.0))
+    # 4 of them: round(0, 4/3, 8/3, 4) = frames 0, 1, 3, 4, not evenly spaced: each at its own second
+    video = VideoLoader(tuple(paths), max_frames=4, fps=2.0)()
+    assert (which(video, 50), video.fps, video.times) == ([0, 1, 3, 4], 1.5, (0.0, 0.5, 1.5, 2.0))
+    assert Video(video.frames, 1.5).frame_times() == (0.0, 2 / 3, 4 / 3, 2.0)  # without times: k / fps
+
+
+def test_frames_missing_at_the_end_repeat_the_last_with_its_time():
+    """Should decoding stop early (a header longer than the frames), the last frame found stands
+    for the times left, each copy at the time of the frame it copies, not at the time asked."""
+
+    class Frame:
+        def __init__(self, time):
+            self.time = time
+
+        def to_image(self):
+            return self.time
+
+    class Container:
+        decoded = [[Frame(0.0), Frame(1.0)], []]  # the first pass, then nothing after the seek to 5 s
+
+        def seek(self, *args, **kwargs):
+            pass
+
+        def decode(self, stream):
+            return iter(self.decoded.pop(0))
+
+    stream = SimpleNamespace(start_time=None, time_base=Fraction(1, 1000), average_rate=Fraction(1))
+    assert _frames_at(Container(), stream, [0.0, 1.0, 5.0, 9.0]) == ([0.0, 1.0, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0])
 
 
 def write_rows(folder: Path, clip: Path) -> Path:
