@@ -164,8 +164,8 @@ def build_tiny_idefics3(
     _set_generation_ids(model, eos=ids["<end_of_utterance>"], pad=ids["<|endoftext|>"], bos=ids["<|im_start|>"])
     tile = {"longest_edge": 32}
     image_processor = image_cls(size={"longest_edge": 64}, max_image_size=tile)
-    # SmolVLM's video processor shows each frame untiled at max_image_size (SmolVLM2's own: frames
-    # resized to 512 px, their max_image_size); its default (364 px) would not fit this tower.
+    # SmolVLM's video processor resizes each frame to a square of max_image_size: one untiled
+    # tile. Its default max_image_size (364 px) would not fit this tower's 32 px images.
     videos = {"video_processor": tf.SmolVLMVideoProcessor(size=tile, max_image_size=tile)} if smolvlm else {}
     processor = processor_cls(
         image_processor=image_processor,
