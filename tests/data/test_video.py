@@ -133,6 +133,18 @@ def test_a_list_of_frames(tmp_path):
     assert Video(video.frames, 1.5).frame_times() == (0.0, 2 / 3, 4 / 3, 2.0)  # without times: k / fps
 
 
+def test_a_perturbed_clip_keeps_its_times():
+    """Augmentation and the robustness evaluation perturb each frame (grpo/augment.py): the rate
+    and each frame's time stay as sampled."""
+    from vqa_grpo.data.perturb import perturb
+    from vqa_grpo.grpo.augment import perturb_visuals
+
+    frames = [Image.new("RGB", (8, 8), (40 * i, 0, 0)) for i in range(3)]
+    out = perturb_visuals(Video(frames, 0.75, (0.0, 1.0, 3.0)), "gaussian_noise", 3, seed=7)
+    assert (out.fps, out.times) == (0.75, (0.0, 1.0, 3.0))
+    assert [f.tobytes() for f in out.frames] == [perturb(f, "gaussian_noise", 3, 7).tobytes() for f in frames]
+
+
 def test_frames_missing_at_the_end_repeat_the_last_with_its_time():
     """Should decoding stop early (a header longer than the frames), the last frame found stands
     for the times left, each copy at the time of the frame it copies, not at the time asked."""
