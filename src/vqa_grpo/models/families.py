@@ -114,15 +114,43 @@ class Idefics3Adapter(FamilyAdapter):
 
 
 class Gemma3Adapter(FamilyAdapter):
-    """Gemma 3: ``pixel_values`` [N, 3, H, W]; a fixed number of image tokens between
-    ``<start_of_image>`` and ``<end_of_image>`` for each image, and ``token_type_ids`` [B, P] (1 on
-    image tokens: bidirectional attention among each image's)."""
+    """Gemma 3: ``pixel_values`` [rows, 3, H, W], one row per image, and with pan-and-scan (the
+    image processor's ``do_pan_and_scan``) one more per crop of each image the processor crops,
+    after it; a fixed number of image tokens between ``<start_of_image>`` and ``<end_of_image>`` for
+    each row, and ``token_type_ids`` [B, P] (1 on image tokens: bidirectional attention among each
+    row's)."""
 
     name = "gemma3"
     position_rule = "linear"
     text_model_pattern = r".*language_model.*"
     per_image_keys = ("pixel_values",)
     max_images = None
+
+    def rows_per_prompt(self, batch: PromptBatch, key: str) -> list[int] | None:
+        """A prompt's rows of ``pixel_values``: its images when there are as many rows as images (no
+        crops: pan-and-scan off, or no image cropped); else counted from what the processor wrote,
+        as the prompt's image tokens (``token_type_ids``) over the batch's image tokens per row.
+        The processor returns no per-image crop counts (transformers drops its ``num_crops``)."""
+        images = super().rows_per_prompt(batch, key)
+        if key != "pixel_values" or "token_type_ids" not in batch.extra:
+            return images
+        rows = batch.extra[key].shape[0]
+        if rows == sum(images):
+            return images
+        tokens = (batch.extra["token_type_ids"] != 0).sum(1)  # [B] image tokens of each prompt
+        per_row, rest = divmod(int(tokens.sum()), rows)
+        if rest or not per_row:
+            raise ValueError(f"{int(tokens.sum())} image tokens do not split into {rows} rows of pixel_values")
+        return (tokens // per_row).tolist()
+
+    def load_processor(self, path: str, cfg):
+        """The processor, with the checkpoint's image processor config's pan-and-scan settings
+        (``do_pan_and_scan``, ``pan_and_scan_*``) where it sets them: Gemma3Processor passes its own
+        defaults (pan-and-scan off) to the image processor on every call, over the saved ones."""
+        processor = super().load_processor(path, cfg)
+        saved = {k: getattr(processor.image_processor, k, None) for k in processor.images_kwargs if "pan_and_scan" in k}
+        processor.images_kwargs = {**processor.images_kwargs, **{k: v for k, v in saved.items() if v is not None}}
+        return processor
 
     def output_head(self, model):
         """Gemma3ForCausalLM caps its logits (final_logit_softcapping); Gemma3ForConditionalGeneration does not."""

@@ -199,12 +199,16 @@ GEMMA3_CHAT_TEMPLATE = (
 )
 
 
-def build_tiny_gemma3(out_dir: str | Path, *, seed: int = 0, words: list[str] | None = None, hidden: int = 64) -> Path:
+def build_tiny_gemma3(
+    out_dir: str | Path, *, seed: int = 0, words: list[str] | None = None, hidden: int = 64, pan_and_scan: bool = False
+) -> Path:
     """Gemma 3: a SigLIP tower at 32 px (patch 8: 4x4 patches, average-pooled to 2x2 = 4 image
     tokens between <start_of_image> and <end_of_image>), ``token_type_ids`` marking the image
     tokens (bidirectional attention among them). Gemma 3 built from its config initialises the
     multi-modal projector's weight to zeros, so every image would reach the text model as zeros:
-    it is re-initialised here with the text model's initializer range."""
+    it is re-initialised here with the text model's initializer range. ``pan_and_scan``: the saved
+    image processor config turns it on (crops of at least 8 px, at most 4 an image), as a
+    checkpoint's preprocessor config does."""
     raw = build_word_tokenizer(_words(words, ("model",)), GEMMA3_SPECIALS)
     ids = {t: raw.token_to_id(t) for t in GEMMA3_SPECIALS}
     tokenizer = _fast_tokenizer(
@@ -254,7 +258,8 @@ def build_tiny_gemma3(out_dir: str | Path, *, seed: int = 0, words: list[str] | 
     with torch.no_grad():
         projector.normal_(0.0, config.text_config.initializer_range)
     _set_generation_ids(model, eos=[ids["<eos>"], ids["<end_of_turn>"]], pad=ids["<pad>"], bos=ids["<bos>"])
-    image_processor = Gemma3ImageProcessor(size={"height": 32, "width": 32})
+    crops = dict(do_pan_and_scan=True, pan_and_scan_min_crop_size=8, pan_and_scan_max_num_crops=4)
+    image_processor = Gemma3ImageProcessor(size={"height": 32, "width": 32}, **(crops if pan_and_scan else {}))
     processor = Gemma3Processor(
         image_processor=image_processor, tokenizer=tokenizer, image_seq_length=4, chat_template=GEMMA3_CHAT_TEMPLATE
     )
