@@ -148,6 +148,8 @@ class Gemma3Adapter(FamilyAdapter):
         (``do_pan_and_scan``, ``pan_and_scan_*``) where it sets them: Gemma3Processor passes its own
         defaults (pan-and-scan off) to the image processor on every call, over the saved ones."""
         processor = super().load_processor(path, cfg)
+        if not isinstance(getattr(processor, "images_kwargs", None), dict):
+            return processor
         saved = {k: getattr(processor.image_processor, k, None) for k in processor.images_kwargs if "pan_and_scan" in k}
         processor.images_kwargs = {**processor.images_kwargs, **{k: v for k, v in saved.items() if v is not None}}
         return processor
