@@ -67,8 +67,18 @@ class Samples:
 class VLLMSampler:
     """A colocated vLLM engine for one training process, and the weight pushes into it."""
 
-    def __init__(self, cfg: Config, rank: int = 0, world: int = 1, limits: dict[str, int] | None = None):
-        """``limits``: vLLM's limit_mm_per_prompt (``mm_limits`` of the run's data; default one image)."""
+    def __init__(
+        self,
+        cfg: Config,
+        rank: int = 0,
+        world: int = 1,
+        limits: dict[str, int] | None = None,
+        processor_kwargs: dict | None = None,
+    ):
+        """``limits``: vLLM's limit_mm_per_prompt (``mm_limits`` of the run's data; default one image).
+        ``processor_kwargs``: vLLM's mm_processor_kwargs, for its processor to show images as the
+        trainer's does (the family adapter's ``vllm_processor_kwargs``: Phi-3's model.num_crops,
+        Gemma 3's pan-and-scan settings); None: the checkpoint's processor as vLLM loads it."""
         vllm = require_vllm()
         # The engine core must live in this process for its weights to be reachable (and, under a
         # launcher, each rank runs its own engine over the already initialised process group).
@@ -84,7 +94,7 @@ class VLLMSampler:
             trust_remote_code=cfg.model.trust_remote_code,
             logprobs_mode="raw_logprobs",  # the model's own, before temperature, top-p and logit bias
             max_model_len=cfg.grpo.vllm_max_model_len,
-            mm_processor_kwargs={"num_crops": cfg.model.num_crops} if cfg.model.num_crops else None,
+            mm_processor_kwargs=processor_kwargs,
             distributed_executor_backend="external_launcher" if world > 1 else None,
         )
         self.vllm = vllm

@@ -319,6 +319,12 @@ class FamilyAdapter:
             path, trust_remote_code=cfg.trust_remote_code, **self.processor_kwargs(cfg)
         )
 
+    def vllm_processor_kwargs(self, processor, cfg) -> dict | None:
+        """The keyword arguments vLLM must call this model's processor with (its ``mm_processor_kwargs``)
+        to show images as :meth:`encode_prompts` shows them with ``processor``; None: vLLM's own load
+        of the checkpoint's processor already does."""
+        return None
+
     def image_problem(self, processor, image: Image.Image) -> str | None:
         """Why the processor cannot take ``image`` (None when it can): such an example is skipped
         and counted like an image that fails to decode (models.loading.check_images)."""

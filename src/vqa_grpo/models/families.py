@@ -154,6 +154,16 @@ class Gemma3Adapter(FamilyAdapter):
         processor.images_kwargs = {**processor.images_kwargs, **{k: v for k, v in saved.items() if v is not None}}
         return processor
 
+    def vllm_processor_kwargs(self, processor, cfg) -> dict | None:
+        """The pan-and-scan settings the processor's calls pass (``images_kwargs``, the checkpoint's
+        as :meth:`load_processor` set them) when ``do_pan_and_scan`` is on: vLLM's calls of its own
+        Gemma3Processor pass the class's defaults, pan-and-scan off, as a processor without
+        ``images_kwargs`` does (transformers before 5.20's per-processor call defaults: None then)."""
+        active = getattr(processor, "images_kwargs", None)
+        if not isinstance(active, dict) or not active.get("do_pan_and_scan"):
+            return None
+        return {k: v for k, v in active.items() if "pan_and_scan" in k}
+
     def output_head(self, model):
         """Gemma3ForCausalLM caps its logits (final_logit_softcapping); Gemma3ForConditionalGeneration does not."""
         head, fn = super().output_head(model)
@@ -234,6 +244,10 @@ class Phi3VisionAdapter(FamilyAdapter):
 
     def processor_kwargs(self, cfg) -> dict:
         return {} if cfg.num_crops is None else {"num_crops": cfg.num_crops}
+
+    def vllm_processor_kwargs(self, processor, cfg) -> dict | None:
+        """model.num_crops, which the trainer's processor was loaded with; None: the checkpoint's."""
+        return self.processor_kwargs(cfg) or None
 
     def image_problem(self, processor, image: Image.Image) -> str | None:
         return processor.image_processor.layout_problem(image)

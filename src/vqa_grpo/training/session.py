@@ -109,7 +109,8 @@ def start_session(
     batches = Batches(train, cfg.train.per_device_batch_size, cfg.train.seed, dist.rank, dist.world, priorities, guard)
     vllm = None
     if mode == "grpo" and cfg.grpo.generation_backend == "vllm":
-        vllm = VLLMSampler(cfg, dist.rank, dist.world, mm_limits(report.max_images if report else 1))
+        kwargs = lm.adapter.vllm_processor_kwargs(lm.processor, cfg.model)  # vLLM shows images as the trainer does
+        vllm = VLLMSampler(cfg, dist.rank, dist.world, mm_limits(report.max_images if report else 1), kwargs)
     state = {"best_metric": None, "bad_steps": 0, "eval_history": [], "mode": mode}
     start = 0
     if resume is not None:
