@@ -36,7 +36,7 @@ def test_gemma3_gives_vllm_its_active_pan_and_scan_settings(gemma3_processors):
     }
     # Off (the checkpoint does not turn it on): vLLM's default, the same, so nothing is passed.
     assert adapter.vllm_processor_kwargs(gemma3_processors[False], ModelConfig()) is None
-    # A processor without per-processor call defaults (transformers < 5.20) passes transformers' own, pan-and-scan off.
+    # A processor without per-processor call defaults (transformers 5.19) passes the class's, pan-and-scan off.
     plain = type("Processor", (), {"image_processor": gemma3_processors[True].image_processor})()
     assert adapter.vllm_processor_kwargs(plain, ModelConfig()) is None
 

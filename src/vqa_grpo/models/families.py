@@ -158,7 +158,7 @@ class Gemma3Adapter(FamilyAdapter):
         """The pan-and-scan settings the processor's calls pass (``images_kwargs``, the checkpoint's
         as :meth:`load_processor` set them) when ``do_pan_and_scan`` is on: vLLM's calls of its own
         Gemma3Processor pass the class's defaults, pan-and-scan off, as a processor without
-        ``images_kwargs`` does (transformers before 5.20's per-processor call defaults: None then)."""
+        ``images_kwargs`` does (transformers 5.19, which vLLM 0.32 pins: None then)."""
         active = getattr(processor, "images_kwargs", None)
         if not isinstance(active, dict) or not active.get("do_pan_and_scan"):
             return None
