@@ -23,6 +23,7 @@ from vqa_grpo.models.adapters import Phi3VisionAdapter
 from vqa_grpo.models.loading import load_model
 from vqa_grpo.models.phi3_v import Phi3VConfig, Phi3VForCausalLM
 from vqa_grpo.models.phi3_v.processing import Phi3VProcessor, hd_size, num_image_tokens
+from vqa_grpo.models.prefix import output_cache
 
 OFFICIAL = Path(__file__).resolve().parents[3] / "shared" / "models" / "phi-3-vision-128k-instruct"
 CPU = torch.device("cpu")
@@ -268,6 +269,27 @@ def test_gradient_checkpointing_gives_the_same_loss_and_vision_gradient(tiny_dir
     (loss_a, grad_a), (loss_b, grad_b) = results
     assert torch.allclose(loss_a, loss_b, atol=1e-6) and float(grad_a.norm()) > 0
     assert torch.allclose(grad_a, grad_b, atol=1e-6, rtol=1e-5)
+
+
+def test_a_cache_given_under_either_name_continues_the_prompt(tiny_dir):
+    # Phi-3's forward reads the cache as ``cache`` (transformers >= 5.20) or ``past_key_values``
+    # (5.19, vLLM's pin); handed on under the other name it was dropped without an error. Either
+    # name must continue the cached prompt as the full forward does, and greedy ``generate`` (5.19
+    # passes the cache as past_key_values) must give the tokens of the loop without a cache.
+    model = load_model(model_config(tiny_dir), CPU, trainable=False).model.eval()
+    ids = torch.tensor([[5, 17, 40, 9, 33, 21, 8, 60, 12, 7, 44, 3]])
+    with torch.no_grad():
+        full = model(input_ids=ids).logits
+        for name in ("cache", "past_key_values"):
+            cache = output_cache(model(input_ids=ids[:, :8], use_cache=True))
+            after = model(input_ids=ids[:, 8:], position_ids=torch.arange(8, 12)[None], use_cache=True, **{name: cache})
+            assert cache.get_seq_length() == 12
+            assert (after.logits - full[:, 8:]).abs().max() < 1e-5
+        greedy = ids[:, :8]
+        for _ in range(6):
+            greedy = torch.cat([greedy, model(input_ids=greedy).logits[:, -1:].argmax(-1)], dim=1)
+        sampled = model.generate(input_ids=ids[:, :8], max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert sampled.tolist() == greedy.tolist()
 
 
 def test_the_checkpoints_code_files_are_carried_to_saved_checkpoints_and_never_run(tiny_dir, tmp_path):

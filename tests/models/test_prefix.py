@@ -13,6 +13,7 @@ Which path a run takes (position rules, settings, fallbacks): test_prefix_plan.p
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import replace
 
 import pytest
@@ -125,6 +126,22 @@ def test_shared_prefix_logprobs_and_gradients_equal_the_plain_path(family, famil
     finally:
         prefix.continuation_positions = original
     assert ((wrong * mask)[:, 1:] - plain_logp[:, 1:]).abs().max() > 3e-5
+
+
+def test_a_forward_that_drops_the_cache_it_is_given_is_refused(family_dirs, data, monkeypatch):
+    # Phi-3-vision once handed its cache on under the name of transformers >= 5.20; 5.19 read
+    # another and ran every completion token without the prompt (log-probs 0.6 off, no error).
+    # Here the cache goes under a name no version reads: extending must refuse, not go on.
+    lm = load(family_dirs("phi3_v"))
+    prompts = padded_prompts(lm, data)
+    ids, mask = completions(lm)
+    P = prompts.input_ids.shape[1]
+    with torch.no_grad():
+        shared = prefix.encode_prefix(lm.model, prompts, G, lm.adapter.position_rule)
+        monkeypatch.setattr(prefix, "cache_argument", lambda model: "kv_cache")
+        want = f"Phi3VForCausalLM did not extend the KV cache it was given ({P} -> {P} positions, expected {P + C})"
+        with pytest.raises(RuntimeError, match=re.escape(want)):
+            shared.extend(lm.model, ids, mask)
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "phi3_v"])

@@ -23,6 +23,8 @@ The weights keep the official names: ``model.vision_embed_tokens.img_processor.v
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 from transformers import CLIPVisionModel
@@ -32,6 +34,11 @@ from transformers.models.clip.modeling_clip import CLIPPreTrainedModel
 from transformers.models.phi3.modeling_phi3 import Phi3ForCausalLM, Phi3Model, Phi3PreTrainedModel
 
 from vqa_grpo.models.phi3_v.configuration import Phi3VConfig
+
+# transformers 5.20 renamed Phi-3's forward argument ``past_key_values`` to ``cache``. The cache is
+# handed on under the name the installed Phi-3 reads: 5.19 (vLLM's pin) takes ``cache`` into its
+# ``**kwargs`` and drops it without an error, so every token after a cached prompt ran without it.
+_PARENT_CACHE = "cache" if "cache" in inspect.signature(Phi3ForCausalLM.forward).parameters else "past_key_values"
 
 
 class _Tower(nn.Module):
@@ -173,17 +180,17 @@ class Phi3VForCausalLM(Phi3ForCausalLM):
         logits_to_keep=0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        if "past_key_values" in kwargs:  # the name before transformers 5.20
+        if "past_key_values" in kwargs:  # the name before transformers 5.20 (its generate uses it)
             cache = kwargs.pop("past_key_values")
         if inputs_embeds is None and input_ids is not None:
             inputs_embeds = self.model.embed(input_ids, pixel_values, image_sizes)
         return super().forward(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache,
             inputs_embeds=inputs_embeds,
             labels=labels,
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
+            **{_PARENT_CACHE: cache},
             **kwargs,
         )
