@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from fractions import Fraction
 from pathlib import Path
-from types import SimpleNamespace
 
 import av
 import numpy as np
@@ -25,17 +23,18 @@ from vqa_grpo.config_load import load_config
 from vqa_grpo.data.loader import SKIP_REASONS, load_examples
 from vqa_grpo.data.table import ExampleTable
 from vqa_grpo.data.types import BadExample, Video
-from vqa_grpo.data.video import VideoLoader, _frames_at, import_av, sample_indices, sample_times, takes_every_frame
+from vqa_grpo.data.video import VideoLoader, import_av, sample_indices, sample_times, takes_every_frame
 from vqa_grpo.errors import UserError
 
 
-def write_clip(path: Path, frames: int = 8, rate: int = 4) -> Path:
+def write_clip(path: Path, frames: int = 8, rate: int = 4, step: int = 30, codec: str = "mpeg4") -> Path:
+    """``frames`` frames of 32x32 at ``rate`` frames/s, frame i grey at level ``step * i``."""
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=rate)
+        stream = container.add_stream(codec, rate=rate)
         stream.width = stream.height = 32
         stream.pix_fmt = "yuv420p"
         for i in range(frames):
-            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 30 * i, np.uint8), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), step * i, np.uint8), format="rgb24")
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return path
@@ -145,28 +144,21 @@ def test_a_perturbed_clip_keeps_its_times():
     assert [f.tobytes() for f in out.frames] == [perturb(f, "gaussian_noise", 3, 7).tobytes() for f in frames]
 
 
-def test_frames_missing_at_the_end_repeat_the_last_with_its_time():
-    """Should decoding stop early (a header longer than the frames), the last frame found stands
-    for the times left, each copy at the time of the frame it copies, not at the time asked."""
-
-    class Frame:
-        def __init__(self, time):
-            self.time = time
-
-        def to_image(self):
-            return self.time
-
-    class Container:
-        decoded = [[Frame(0.0), Frame(1.0)], []]  # the first pass, then nothing after the seek to 5 s
-
-        def seek(self, *args, **kwargs):
-            pass
-
-        def decode(self, stream):
-            return iter(self.decoded.pop(0))
-
-    stream = SimpleNamespace(start_time=None, time_base=Fraction(1, 1000), average_rate=Fraction(1))
-    assert _frames_at(Container(), stream, [0.0, 1.0, 5.0, 9.0]) == ([0.0, 1.0, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0])
+def test_a_file_cut_short_repeats_its_last_frame_at_that_frames_time(tmp_path):
+    """A file holding fewer frames than its header says: a time within the frames it holds keeps
+    the time asked; one more than a frame's duration (1/4 s) past the last frame decoded shows
+    that frame at its own time, so a prompt never dates a frame later than it is."""
+    # 80 frames at 4/s (20 s), frame i grey 3*i, lossless (ffv1: yuv rounding moves a level by at
+    # most 1, so round(level / 3) is the frame); its first half of bytes holds frames 0 to 37
+    # (0 to 9.25 s) under the header's 20 s
+    full = write_clip(tmp_path / "full.mkv", frames=80, step=3, codec="ffv1").read_bytes()
+    (tmp_path / "cut.mkv").write_bytes(full[: len(full) // 2])
+    video = VideoLoader(tmp_path / "cut.mkv", max_frames=10, fps=0.5)()  # every 2 s, 0 to 18 s
+    assert (which(video, 3), video.fps) == ([0, 8, 16, 24, 32, 37, 37, 37, 37, 37], 0.5)
+    assert video.times == (0.0, 2.0, 4.0, 6.0, 8.0, 9.25, 9.25, 9.25, 9.25, 9.25)
+    # every 0.5 s: 9.5 s is within frame 37's quarter second (on screen 9.25 to 9.5 s), 10 s past it
+    video = VideoLoader(tmp_path / "cut.mkv", max_frames=40, fps=2.0)()
+    assert (which(video, 3)[17:], video.times[17:]) == ([34, 36, 37] + [37] * 20, (8.5, 9.0, 9.5) + (9.25,) * 20)
 
 
 def write_rows(folder: Path, clip: Path) -> Path:

@@ -15,8 +15,10 @@ frames (as qwen_vl_utils caps them): when the rate asks for more than the clip's
 at most ``max_frames``, each frame once, at the clip's own rate. A list of frames is taken to be a
 clip at ``fps``: all of its frames, or ``max_frames`` evenly spaced ones, the first and last included.
 Each sampled frame keeps its time in the clip (``Video.times``): the time sampled, a frame's own
-time when each frame is taken, index / ``fps`` for a list. Rounded picks from a list need not be
-evenly spaced (9 frames to 8: 0, 1, 2, 3, 5, 6, 7, 8 s), so the times, not k / rate, say when.
+time when each frame is taken or when a file holds fewer frames than its header says (a time past
+its last frame shows that frame, at its own time: ``_frames_at``), index / ``fps`` for a list.
+Rounded picks from a list need not be evenly spaced (9 frames to 8: 0, 1, 2, 3, 5, 6, 7, 8 s), so
+the times, not k / rate, say when.
 Files are read with PyAV (``pip install 'vqa-grpo[video]'``), imported only when a video file is met.
 """
 
@@ -274,19 +276,26 @@ def _time(frame: Any, stream: Any, index: int) -> float:
 
 def _frames_at(container: Any, stream: Any, times: list[float]) -> tuple[list[Any], list[float]]:
     """The frame on screen at each time (the last frame starting at or before it), as PIL images,
-    and the times they show. Should decoding stop early, the last frame found stands for the
-    times left, each copy with the time of the frame it copies.
+    and the time each shows: the time asked while it lies within the clip. When the decoder runs
+    out of frames (a header longer than the frames the file holds, a file cut short), a time more
+    than one frame's duration (1 / the stream's rate) past the start of the last frame it gave
+    shows that frame at that frame's own time, not at the time asked. A seek that yields no frame
+    counts as running out (the last frame decoded before it stands in); once out, no more seeks.
 
     Decodes forward from the start, seeking (to the key frame at or before the time) only when
     the next time is more than ``SEEK_GAP`` seconds past the last frame decoded: a few frames of
     an hour-long clip do not decode the hour."""
     start = _start(stream)
+    frame_duration = 1 / (float(stream.average_rate or 0) or 1.0)
     out: list[Any] = []
+    shown: list[float] = []
     frames = None  # (time from the clip's start, frame) from the last seek on
     current = ahead = None  # the last frame at or before the time; the first one past it
+    latest = None  # the last frame the decoder gave
+    exhausted = False
     for t in times:
         last = (ahead or current or (None, None))[0]
-        if frames is None or last is None or t - last > SEEK_GAP:
+        if not exhausted and (frames is None or last is None or t - last > SEEK_GAP):
             container.seek(int((t + start) / stream.time_base), stream=stream, backward=True)
             frames = ((_time(f, stream, i) - start, f) for i, f in enumerate(container.decode(stream)))
             current = ahead = None
@@ -294,16 +303,15 @@ def _frames_at(container: Any, stream: Any, times: list[float]) -> tuple[list[An
             if ahead is None:
                 ahead = next(frames, None)
                 if ahead is None:
+                    exhausted = True
                     break
+                latest = ahead
             if ahead[0] > t + 1e-6:
                 break
             current, ahead = ahead, None
-        picked = current or ahead
-        if picked is None:
+        picked = current or ahead or latest
+        if picked is None:  # not one frame decoded
             break
         out.append(picked[1].to_image())
-    shown = times[: len(out)]
-    if out:
-        missing = len(times) - len(out)
-        out, shown = out + [out[-1]] * missing, shown + [shown[-1]] * missing
+        shown.append(picked[0] if exhausted and t - picked[0] > frame_duration + 1e-6 else t)
     return out, shown
