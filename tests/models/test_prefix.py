@@ -379,3 +379,17 @@ def test_gradient_checkpointing_keeps_two_prompt_passes_and_a_grpo_step_runs(tin
     loss, _ = grpo_objective(lm.model, lm.adapter, lm.processor, ro, grpo)
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in lm.model.parameters() if p.grad is not None)
+
+
+def test_extending_a_static_cache_passes_the_growth_check():
+    # A static layer's get_seq_length is a tensor the forward grows in place: read before and
+    # after as ints (3 -> 5), else "before" would have grown too and the check would refuse.
+    from transformers import LlamaConfig, LlamaForCausalLM, StaticCache
+
+    config = LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2)
+    model, cache = LlamaForCausalLM(config).eval(), StaticCache(config=config, max_cache_len=8)
+    with torch.no_grad():
+        model(input_ids=torch.tensor([[1, 2, 3]]), use_cache=True, **{prefix.cache_argument(model): cache})
+        shared = prefix.Prefix(cache, None, torch.ones(1, 3, dtype=torch.long), torch.tensor([3]), "linear")
+        logits = shared.extend(model, torch.tensor([[4, 5]]))
+    assert (int(cache.get_seq_length()), shared.attention_mask.shape, logits.shape) == (5, (1, 5), (1, 2, 16))

@@ -151,7 +151,7 @@ class Prefix:
         R, T = ids.shape
         mask = torch.ones_like(ids) if mask is None else mask
         self.attention_mask = torch.cat([self.attention_mask, mask.to(self.attention_mask.dtype)], dim=1)
-        cached = self.cache.get_seq_length()
+        cached = int(self.cache.get_seq_length())  # a static layer's is a tensor the forward grows in place
         out = model(
             input_ids=ids,
             attention_mask=self.attention_mask,
@@ -160,10 +160,11 @@ class Prefix:
             logits_to_keep=logits_to_keep,
             **{cache_argument(model): self.cache},
         )
-        if self.cache.get_seq_length() != cached + T:  # a forward that took the cache under another name
+        grown = int(self.cache.get_seq_length())
+        if grown != cached + T:  # a forward that took the cache under another name
             raise RuntimeError(  # ran without it: every log-prob after the prompt would be wrong
                 f"{type(unwrap_ddp(model)).__name__} did not extend the KV cache it was given "
-                f"({cached} -> {self.cache.get_seq_length()} positions, expected {cached + T}): "
+                f"({cached} -> {grown} positions, expected {cached + T}): "
                 "use grpo.shared_prefix=off"
             )
         self.next_position = self.next_position + T
