@@ -129,9 +129,9 @@ def test_shared_prefix_logprobs_and_gradients_equal_the_plain_path(family, famil
 
 
 def test_a_forward_that_drops_the_cache_it_is_given_is_refused(family_dirs, data, monkeypatch):
-    # Phi-3-vision once handed its cache on under the name of transformers >= 5.20; 5.19 read
-    # another and ran every completion token without the prompt (log-probs 0.6 off, no error).
-    # Here the cache goes under a name no version reads: extending must refuse, not go on.
+    # A cache handed on under a name the installed transformers does not read is dropped without
+    # an error: every completion token runs without the prompt (Phi-3-vision passing `cache` to
+    # 5.19: log-probs up to 0.42 off, docs/scaling.md). Here no version reads the name: refused.
     lm = load(family_dirs("phi3_v"))
     prompts = padded_prompts(lm, data)
     ids, mask = completions(lm)
