@@ -132,6 +132,13 @@ def test_a_list_of_frames(tmp_path):
     assert Video(video.frames, 1.5).frame_times() == (0.0, 2 / 3, 4 / 3, 2.0)  # without times: k / fps
 
 
+def test_a_video_gives_one_time_per_frame():
+    frames = [Image.new("RGB", (4, 4))] * 3
+    with pytest.raises(UserError, match=r"^a Video's times must give one time per frame: 2 for 3 frames$"):
+        Video(frames, 1.0, (0.0, 1.0))
+    assert Video(frames, 1.0, (0.0, 1.0, 3.0)).frame_times() == (0.0, 1.0, 3.0)
+
+
 def test_a_perturbed_clip_keeps_its_times():
     """Augmentation and the robustness evaluation perturb each frame (grpo/augment.py): the rate
     and each frame's time stay as sampled."""

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from PIL import Image
 
-from vqa_grpo.errors import BadExample  # raised here; callers import it from here too
+from vqa_grpo.errors import BadExample, UserError  # BadExample is raised here; callers import it from here too
 
 ANSWER_TYPES = ("yes/no", "number", "other")
 
@@ -34,6 +34,12 @@ class Video:
     times: tuple[float, ...] | None = None
     """Each frame's time in the clip, in seconds (SmolVLM's prompt writes them); None: frame k at
     k / fps. A clip thinned to fewer frames need not be evenly spaced (data/video.py)."""
+
+    def __post_init__(self):
+        if self.times is not None and len(self.times) != len(self.frames):
+            raise UserError(
+                f"a Video's times must give one time per frame: {len(self.times)} for {len(self.frames)} frames"
+            )
 
     def frame_times(self) -> tuple[float, ...]:
         """Each frame's time in seconds: ``times``, else k / fps for the k-th frame."""
