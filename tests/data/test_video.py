@@ -163,9 +163,10 @@ def test_a_file_cut_short_repeats_its_last_frame_at_that_frames_time(tmp_path):
     video = VideoLoader(tmp_path / "cut.mkv", max_frames=10, fps=0.5)()  # every 2 s, 0 to 18 s
     assert (which(video, 3), video.fps) == ([0, 8, 16, 24, 32, 37, 37, 37, 37, 37], 0.5)
     assert video.times == (0.0, 2.0, 4.0, 6.0, 8.0, 9.25, 9.25, 9.25, 9.25, 9.25)
-    # every 0.5 s: 9.5 s is within frame 37's quarter second (on screen 9.25 to 9.5 s), 10 s past it
+    # every 0.5 s: 9.5 s is within frame 37's quarter second (on screen 9.25 to 9.5 s), 10 s past
+    # it; its copies keep 9.5 s rather than go back to 9.25 s
     video = VideoLoader(tmp_path / "cut.mkv", max_frames=40, fps=2.0)()
-    assert (which(video, 3)[17:], video.times[17:]) == ([34, 36, 37] + [37] * 20, (8.5, 9.0, 9.5) + (9.25,) * 20)
+    assert (which(video, 3)[17:], video.times[17:]) == ([34, 36, 37] + [37] * 20, (8.5, 9.0, 9.5) + (9.5,) * 20)
 
 
 def write_rows(folder: Path, clip: Path) -> Path:

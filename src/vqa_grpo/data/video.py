@@ -279,8 +279,9 @@ def _frames_at(container: Any, stream: Any, times: list[float]) -> tuple[list[An
     and the time each shows: the time asked while it lies within the clip. When the decoder runs
     out of frames (a header longer than the frames the file holds, a file cut short), a time more
     than one frame's duration (1 / the stream's rate) past the start of the last frame it gave
-    shows that frame at that frame's own time, not at the time asked. A seek that yields no frame
-    counts as running out (the last frame decoded before it stands in); once out, no more seeks.
+    shows that frame at that frame's own time, not at the time asked (nor before the time shown
+    ahead of it: times never go back). A seek that yields no frame counts as running out (the last
+    frame decoded before it stands in); once out, no more seeks.
 
     Decodes forward from the start, seeking (to the key frame at or before the time) only when
     the next time is more than ``SEEK_GAP`` seconds past the last frame decoded: a few frames of
@@ -313,5 +314,6 @@ def _frames_at(container: Any, stream: Any, times: list[float]) -> tuple[list[An
         if picked is None:  # not one frame decoded
             break
         out.append(picked[1].to_image())
-        shown.append(picked[0] if exhausted and t - picked[0] > frame_duration + 1e-6 else t)
+        past_end = exhausted and t - picked[0] > frame_duration + 1e-6
+        shown.append(max(picked[0], *shown[-1:]) if past_end else t)  # never before the time ahead of it
     return out, shown
