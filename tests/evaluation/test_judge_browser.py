@@ -97,8 +97,8 @@ class Browser:
     def page(self, method: str, **params) -> dict:
         return self.send(method, self.session, **params)
 
-    def js(self, expression: str):
-        result = self.page("Runtime.evaluate", expression=expression, returnByValue=True)
+    def js(self, expression: str, session: str | None = None):
+        result = self.send("Runtime.evaluate", session or self.session, expression=expression, returnByValue=True)
         assert "exceptionDetails" not in result, result
         return result["result"].get("value")
 
@@ -114,6 +114,18 @@ class Browser:
         while self.js("window.__replaced === true || document.readyState !== 'complete'"):
             assert time.monotonic() < deadline, f"{url or 'the reload'} did not load"
             time.sleep(0.05)
+
+    def until_stored(self, url: str, expression: str) -> None:
+        """Wait until ``expression`` is true in a second tab at ``url``. A new tab has a renderer process
+        of its own, so it reads localStorage from the browser's copy, which a reloaded page may also be
+        given; the first page's writes reach that copy asynchronously (late on a busy machine)."""
+        target = self.send("Target.createTarget", url=url)["targetId"]
+        session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        deadline = time.monotonic() + 20
+        while not self.js(f"document.readyState === 'complete' && !!({expression})", session):
+            assert time.monotonic() < deadline, f"the browser never held: {expression}"
+            time.sleep(0.05)
+        self.send("Target.closeTarget", targetId=target)
 
     def key(self, key: str, repeat: bool = False) -> None:
         """A key pressed and let go; ``repeat``: the press is an auto-repeat of a held key."""
@@ -196,6 +208,11 @@ def test_judge_by_keyboard_and_mouse_reload_export_and_agreement(tmp_path, synth
             browser.key("j"), browser.key(KEYS[labels[1]]), browser.key(KEYS[labels[2]])
             browser.key(KEYS[labels[3]], repeat=True)
             assert progress() == "3 / 5 judged"
+            (tmp_path / "p" / "blank.html").write_text("<!doctype html><title>blank</title>")
+            ada = f"JSON.parse(localStorage.getItem('vqa-grpo-judge:{key['page']}:judge:Ada') || '{{}}')"
+            browser.until_stored(
+                (tmp_path / "p" / "blank.html").as_uri(), f"Object.keys({ada}.marks || {{}}).length == 3"
+            )
             browser.open("", reload=True)  # nothing lost, and back at the answer Ada was on (3)
             assert progress() == "3 / 5 judged"
             assert browser.js("document.getElementById('judge-name').value") == "Ada"
