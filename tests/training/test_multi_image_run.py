@@ -2,7 +2,8 @@
 prefill, the shared prefix, the plain path and with LoRA, and SFT, then an evaluation; a family
 that cannot take the data's images refused in one line before anything is written; a bad image in
 a list skipping its question. And what shows a question's visuals besides the model: the report's
-gallery, and the perturbed copies of augmentation and ``evaluate --perturb``.
+gallery, and the perturbed copies of augmentation and ``evaluate --perturb``. And the synthetic
+multi-image and video tasks through the CLI, from ``data synth`` to ``train`` and ``evaluate``.
 
 The real loop on the tiny Qwen2-VL (its real processor), fp32 on the CPU, one thread; the data is
 a JSONL of ``images`` lists and PNGs written here.
@@ -168,6 +169,34 @@ def test_sft_trains_then_evaluates_and_reports_mixed_image_counts(mixed, tiny_mo
     tags = {i: page.count(f'alt="image of {i}"') + page.count(f'alt="image of {i}, ') for i in shown(mixed)}
     assert tags == {i: per_kind[kind] for i, kind in shown(mixed).items()}
     assert page.count("no image</span>") == ROWS // 4  # the text-only questions
+
+
+@pytest.mark.parametrize("task", ["multi-image", "video"])
+def test_the_synthetic_tasks_train_and_evaluate_through_the_cli(task, tiny_model_dir, tmp_path, capsys):
+    """`data synth --task multi-image` (2-3 images) and `--task video` (MP4 clips), then `train` and
+    `evaluate` as a user runs them: every question kept, trained on and scored."""
+    data = tmp_path / "data"
+    extra = ["--video-format", "mp4", "--frames", "4"] if task == "video" else []
+    assert main(["data", "synth", "--task", task, "--out", str(data), "--n", "12", "--image-size", "56", *extra]) == 0
+    rows = [json.loads(s) for s in (data / "data.jsonl").read_text().splitlines()]
+    capsys.readouterr()
+    assert main(["data", "inspect", str(data / "data.jsonl"), "--json"]) == 0
+    loaded = json.loads(capsys.readouterr().out)
+    shows = {"multi-image": (3, 0), "video": (0, 12)}[task]  # the most images of a question; questions with a video
+    assert (loaded["kept"], loaded["max_images"], loaded["videos"]) == (12, *shows)
+    settings = [f"model.name_or_path={tiny_model_dir}", f"data.path={data / 'data.jsonl'}", "train.device=cpu"]
+    run = [f"train.output_dir={tmp_path / 'run'}", "train.progress=false", "train.cpu_threads=1"]
+    assert main(["train", *settings, *run, *STEP, *GRPO, "data.eval_fraction=0.25", "eval.max_new_tokens=3"]) == 0
+    lines = [r for r in records(tmp_path / "run") if "loss" in r]
+    assert len(lines) == 2 and all(math.isfinite(r["loss"]) and r["skipped_images"] == 0 for r in lines)
+    logged = [json.loads(s) for s in (tmp_path / "run" / "completions.jsonl").read_text().splitlines()]
+    assert len(logged) == 8 and {r["id"] for r in logged} <= {r["id"] for r in rows}
+    final = tmp_path / "run" / "final"
+    args = ["evaluate", "--model", str(final), "--data", str(data / "data.jsonl"), "--out", str(tmp_path / "eval")]
+    assert main([*args, "train.device=cpu", "eval.max_new_tokens=3"]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["n"] == len(rows) == 12 and metrics["skipped"] == 0
+    capsys.readouterr()
 
 
 def test_a_family_that_cannot_take_the_images_is_refused_before_writing(mixed, tiny_model_dir, tmp_path, capsys):
