@@ -196,7 +196,6 @@ def test_the_synthetic_tasks_train_and_evaluate_through_the_cli(task, tiny_model
     assert main([*args, "train.device=cpu", "eval.max_new_tokens=3"]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["n"] == len(rows) == 12 and metrics["skipped"] == 0
-    capsys.readouterr()
 
 
 def test_a_family_that_cannot_take_the_images_is_refused_before_writing(mixed, tiny_model_dir, tmp_path, capsys):
